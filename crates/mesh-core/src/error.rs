@@ -1,0 +1,161 @@
+//! [`MeshError`]: the one error type of tower-mesh layers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::name::{EndpointId, InvalidName, ServiceName};
+
+/// The error type tower services in a stack pass along: any error, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong in a tower-mesh layer, said so that a person can act.
+///
+/// Layers return these boxed (as [`BoxError`]), because a stack mixes them
+/// with errors from tower and hyper. Find one in an error chain with
+/// [`MeshError::find`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    /// The request URI has no authority, so there is no service to route to.
+    #[error("the request URI has no authority: send requests to http://<service-name>/path so the mesh knows which service they are for")]
+    MissingAuthority,
+
+    /// The URI authority does not name a valid service.
+    #[error("the request authority {authority:?} is not a valid service name: {source}")]
+    InvalidAuthority {
+        /// The authority as written.
+        authority: String,
+        /// Why it is not a service name.
+        source: InvalidName,
+    },
+
+    /// No registry knows the service.
+    #[error("unknown service {service:?}: no registry lists it; check the name or add it to discovery")]
+    UnknownService {
+        /// The service asked for.
+        service: ServiceName,
+    },
+
+    /// The service is known but none of its endpoints may take a request.
+    #[error("service {service:?} has no available endpoint ({total} known, all unhealthy, ejected or draining)")]
+    NoAvailableEndpoints {
+        /// The service.
+        service: ServiceName,
+        /// How many endpoints it has in all.
+        total: usize,
+    },
+
+    /// A layer that needs an earlier layer's work found none: the stack is
+    /// assembled in the wrong order.
+    #[error("{layer} found no {missing} on the request: {hint}")]
+    Misconfigured {
+        /// The layer that noticed.
+        layer: &'static str,
+        /// What it looked for.
+        missing: &'static str,
+        /// How to fix the stack.
+        hint: &'static str,
+    },
+
+    /// A circuit breaker refused the call without sending it.
+    #[error("circuit open for {}{}: calls are refused for up to {retry_in:?} while it recovers", service.as_ref().map_or("the service", |s| s.as_str()), endpoint.as_ref().map(|e| format!(" endpoint {e}")).unwrap_or_default())]
+    CircuitOpen {
+        /// The service guarded.
+        service: Option<ServiceName>,
+        /// The endpoint, for a per-endpoint breaker.
+        endpoint: Option<EndpointId>,
+        /// The longest the breaker stays open from now.
+        retry_in: Duration,
+    },
+
+    /// Sending to a chosen endpoint failed; `source` says how.
+    #[error("request to {service} endpoint {endpoint} ({address}) failed")]
+    Endpoint {
+        /// The service.
+        service: ServiceName,
+        /// The endpoint that was tried.
+        endpoint: EndpointId,
+        /// Its address.
+        address: SocketAddr,
+        /// The underlying error (connect, timeout, breaker...).
+        #[source]
+        source: crate::BoxError,
+    },
+
+    /// A configuration or endpoint list was refused when it was built.
+    #[error("invalid configuration: {what}: {reason}")]
+    InvalidConfig {
+        /// The entry at fault (a path, a key, an address).
+        what: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+impl MeshError {
+    /// The first `MeshError` in `err`'s source chain, `err` included.
+    ///
+    /// ```
+    /// use mesh_core::{BoxError, MeshError};
+    /// let err: BoxError = Box::new(MeshError::MissingAuthority);
+    /// assert!(matches!(MeshError::find(&*err), Some(MeshError::MissingAuthority)));
+    /// ```
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a MeshError> {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<MeshError>() {
+                // An endpoint wrapper is context; prefer the cause beneath it.
+                if let MeshError::Endpoint { source, .. } = found {
+                    if let Some(inner) = MeshError::find(source.as_ref()) {
+                        return Some(inner);
+                    }
+                }
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_what_to_fix() {
+        let svc = ServiceName::new("payments").unwrap();
+        let unknown = MeshError::UnknownService {
+            service: svc.clone(),
+        };
+        assert!(unknown.to_string().contains("\"payments\""));
+        let open = MeshError::CircuitOpen {
+            service: Some(svc.clone()),
+            endpoint: Some(EndpointId::new("10.0.0.1:80").unwrap()),
+            retry_in: Duration::from_secs(2),
+        };
+        assert_eq!(
+            open.to_string(),
+            "circuit open for payments endpoint 10.0.0.1:80: calls are refused for up to 2s while it recovers"
+        );
+    }
+
+    #[test]
+    fn find_looks_through_endpoint_context() {
+        let inner = MeshError::CircuitOpen {
+            service: None,
+            endpoint: None,
+            retry_in: Duration::ZERO,
+        };
+        let outer = MeshError::Endpoint {
+            service: ServiceName::new("a").unwrap(),
+            endpoint: EndpointId::new("e").unwrap(),
+            address: "127.0.0.1:1".parse().unwrap(),
+            source: Box::new(inner),
+        };
+        assert!(matches!(
+            MeshError::find(&outer),
+            Some(MeshError::CircuitOpen { .. })
+        ));
+    }
+}

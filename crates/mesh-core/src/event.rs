@@ -1,0 +1,191 @@
+//! [`MeshEvent`]s and the [`EventBus`] that carries them.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::classify::FailureKind;
+use crate::name::{EndpointId, ServiceName};
+use crate::state::Health;
+
+/// The state of a circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CircuitState {
+    /// Calls pass; failures are counted.
+    Closed,
+    /// Calls are refused without being sent, until the open duration ends.
+    Open,
+    /// A limited number of probe calls pass to test recovery.
+    HalfOpen,
+}
+
+impl fmt::Display for CircuitState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half-open",
+        })
+    }
+}
+
+/// Something that happened in the mesh that an operator may want to see.
+///
+/// Events are for transitions and decisions (a breaker opening, a retry
+/// being scheduled, a set of endpoints changing), never one per request.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum MeshEvent {
+    /// A circuit breaker changed state.
+    BreakerTransition {
+        /// The service the breaker guards.
+        service: Option<ServiceName>,
+        /// The endpoint, for a per-endpoint breaker.
+        endpoint: Option<EndpointId>,
+        /// The state it left.
+        from: CircuitState,
+        /// The state it entered.
+        to: CircuitState,
+    },
+    /// A request is going to be sent again.
+    RetryScheduled {
+        /// The service the request is for.
+        service: Option<ServiceName>,
+        /// The attempt about to be made (2 for the first retry).
+        attempt: u32,
+        /// The endpoint that failed the previous attempt, if known.
+        failed_endpoint: Option<EndpointId>,
+        /// Why the previous attempt failed.
+        reason: FailureKind,
+        /// How long the retry waits before sending.
+        backoff: Duration,
+    },
+    /// Discovery published a new set of endpoints for a service.
+    EndpointsChanged {
+        /// The service.
+        service: ServiceName,
+        /// Endpoints in the new set.
+        total: usize,
+        /// Endpoints that were not in the previous set.
+        added: usize,
+        /// Endpoints of the previous set that are gone.
+        removed: usize,
+    },
+    /// Health checking changed its verdict on an endpoint.
+    EndpointHealthChanged {
+        /// The service.
+        service: ServiceName,
+        /// The endpoint.
+        endpoint: EndpointId,
+        /// The previous verdict.
+        from: Health,
+        /// The new verdict.
+        to: Health,
+    },
+}
+
+/// A broadcast channel of [`MeshEvent`]s shared by every layer of a stack.
+///
+/// Publishing never blocks and never fails: with no subscriber the event is
+/// dropped, and a subscriber that falls more than `capacity` events behind
+/// skips the oldest ones (it sees [`broadcast::error::RecvError::Lagged`])
+/// rather than slowing the request path down.
+///
+/// ```
+/// use mesh_core::{CircuitState, EventBus, MeshEvent};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let bus = EventBus::new(64);
+/// let mut events = bus.subscribe();
+/// bus.publish(MeshEvent::BreakerTransition {
+///     service: None,
+///     endpoint: None,
+///     from: CircuitState::Closed,
+///     to: CircuitState::Open,
+/// });
+/// assert!(matches!(events.recv().await, Ok(MeshEvent::BreakerTransition { .. })));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct EventBus {
+    sender: broadcast::Sender<MeshEvent>,
+}
+
+// === impl EventBus ===
+
+impl EventBus {
+    /// The number of events a default bus buffers per subscriber.
+    pub const DEFAULT_CAPACITY: usize = 1024;
+
+    /// A bus that buffers up to `capacity` events per subscriber (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        let (sender, _) = broadcast::channel(capacity.max(1));
+        EventBus { sender }
+    }
+
+    /// A new subscriber that sees every event published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<MeshEvent> {
+        self.sender.subscribe()
+    }
+
+    /// Publishes an event to every current subscriber, without waiting.
+    pub fn publish(&self, event: MeshEvent) {
+        tracing::debug!(?event, "mesh event");
+        // An error only means nobody is listening, which is fine.
+        let _ = self.sender.send(event);
+    }
+
+    /// How many subscribers are listening.
+    pub fn subscriber_count(&self) -> usize {
+        self.sender.receiver_count()
+    }
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus::new(Self::DEFAULT_CAPACITY)
+    }
+}
+
+impl fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventBus")
+            .field("subscribers", &self.subscriber_count())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u32) -> MeshEvent {
+        MeshEvent::RetryScheduled {
+            service: None,
+            attempt: n,
+            failed_endpoint: None,
+            reason: FailureKind::Timeout,
+            backoff: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn publishing_without_subscribers_is_fine() {
+        EventBus::new(1).publish(event(1));
+    }
+
+    #[tokio::test]
+    async fn slow_subscribers_lose_old_events_instead_of_blocking() {
+        let bus = EventBus::new(2);
+        let mut rx = bus.subscribe();
+        for n in 0..10 {
+            bus.publish(event(n));
+        }
+        assert!(matches!(
+            rx.recv().await,
+            Err(broadcast::error::RecvError::Lagged(8))
+        ));
+        assert_eq!(rx.recv().await.unwrap(), event(8));
+        assert_eq!(rx.recv().await.unwrap(), event(9));
+    }
+}

@@ -1,0 +1,129 @@
+//! Request extensions: what one layer tells the layers below it.
+//!
+//! Layers never call each other; they read and write these types in
+//! [`http::Extensions`]. Outside in:
+//!
+//! | type | written by | read by |
+//! |---|---|---|
+//! | [`TargetService`] | discovery (from the authority), or the user | all |
+//! | [`AffinityKey`] | the user | balancer (sticky sessions, hashing) |
+//! | [`Attempt`] | retry | breaker, tracing |
+//! | [`AvoidEndpoints`] | retry | balancer |
+//! | [`crate::EndpointSet`] | discovery | balancer |
+//! | [`SelectedEndpoint`] | balancer (request and response) | breaker, retry |
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use crate::endpoint::Endpoint;
+use crate::name::{EndpointId, ServiceName};
+
+/// The logical service a request is for.
+///
+/// Discovery derives it from the URI authority when the request does not
+/// carry one already; setting it yourself routes a request whose authority
+/// is something else.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TargetService(pub ServiceName);
+
+/// A client key for session affinity and consistent hashing (the design
+/// document's `clientId`).
+///
+/// ```
+/// use mesh_core::ext::AffinityKey;
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(AffinityKey::new("client-123"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey(pub Arc<str>);
+
+impl AffinityKey {
+    /// A key from any string.
+    pub fn new(key: impl Into<Arc<str>>) -> Self {
+        AffinityKey(key.into())
+    }
+}
+
+/// The endpoint the balancer chose for this attempt.
+///
+/// Present on the request below the balancer (so a per-endpoint breaker
+/// knows whose state to update) and on the response it returns (so retry
+/// knows which endpoint answered).
+#[derive(Clone, Debug)]
+pub struct SelectedEndpoint(pub Endpoint);
+
+/// Which attempt this is: 1 for the first send, 2 for the first retry...
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Attempt(pub NonZeroU32);
+
+impl Attempt {
+    /// The first attempt.
+    pub const FIRST: Attempt = Attempt(NonZeroU32::MIN);
+
+    /// The attempt number, from 1.
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+
+    /// The attempt after this one.
+    pub fn next(self) -> Attempt {
+        Attempt(self.0.saturating_add(1))
+    }
+}
+
+impl Default for Attempt {
+    fn default() -> Self {
+        Attempt::FIRST
+    }
+}
+
+/// Endpoints that failed earlier attempts of this request: the balancer
+/// prefers any other available endpoint, and uses these only when nothing
+/// else is available.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AvoidEndpoints(Vec<EndpointId>);
+
+impl AvoidEndpoints {
+    /// Adds an endpoint (once).
+    pub fn insert(&mut self, id: EndpointId) {
+        if !self.0.contains(&id) {
+            self.0.push(id);
+        }
+    }
+
+    /// Whether `id` should be avoided.
+    pub fn contains(&self, id: &EndpointId) -> bool {
+        self.0.contains(id)
+    }
+
+    /// Whether nothing is to be avoided.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The endpoints to avoid, in the order they failed.
+    pub fn iter(&self) -> impl Iterator<Item = &EndpointId> {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avoid_list_holds_each_endpoint_once() {
+        let mut avoid = AvoidEndpoints::default();
+        let id = EndpointId::new("a").unwrap();
+        avoid.insert(id.clone());
+        avoid.insert(id.clone());
+        assert_eq!(avoid.iter().count(), 1);
+        assert!(avoid.contains(&id));
+    }
+
+    #[test]
+    fn attempts_count_from_one() {
+        assert_eq!(Attempt::default().get(), 1);
+        assert_eq!(Attempt::FIRST.next().get(), 2);
+    }
+}

@@ -1,0 +1,214 @@
+//! [`EndpointSet`]: an immutable snapshot of a service's endpoints.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::clock::Nanos;
+use crate::endpoint::Endpoint;
+use crate::name::{EndpointId, ServiceName};
+
+/// The endpoints of one service at one moment.
+///
+/// A set never changes: discovery builds a new one and swaps it in whole, so
+/// a request that took a snapshot keeps a consistent view for its lifetime.
+/// Cloning is two reference-count increments, cheap enough to attach to
+/// every request.
+///
+/// ```
+/// use mesh_core::{Endpoint, EndpointSet, ServiceName};
+/// let name = ServiceName::new("orders")?;
+/// let v1 = EndpointSet::new(name.clone(), vec![Endpoint::builder("127.0.0.1:1".parse()?).build()]);
+/// v1.endpoints()[0].state().start_request();
+///
+/// // A refreshed set from the registry: same endpoint plus a new one.
+/// let fresh = EndpointSet::new(name, vec![
+///     Endpoint::builder("127.0.0.1:1".parse()?).build(),
+///     Endpoint::builder("127.0.0.1:2".parse()?).build(),
+/// ]);
+/// let v2 = fresh.reconcile(&v1);
+/// // The surviving endpoint kept its live state (one request in flight).
+/// assert_eq!(v2.endpoints()[0].state().in_flight(), 1);
+/// assert_eq!(v2.endpoints()[1].state().in_flight(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct EndpointSet {
+    service: ServiceName,
+    endpoints: Arc<[Endpoint]>,
+}
+
+// === impl EndpointSet ===
+
+impl EndpointSet {
+    /// A set of `endpoints` for `service`. If two endpoints share an id, the
+    /// later one wins, so an id always names exactly one endpoint.
+    pub fn new(service: ServiceName, endpoints: Vec<Endpoint>) -> Self {
+        let mut endpoints = endpoints;
+        let mut seen: HashMap<EndpointId, usize> = HashMap::with_capacity(endpoints.len());
+        let mut keep = vec![true; endpoints.len()];
+        for (i, ep) in endpoints.iter().enumerate() {
+            if let Some(prev) = seen.insert(ep.id().clone(), i) {
+                keep[prev] = false;
+            }
+        }
+        let mut i = 0;
+        endpoints.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        EndpointSet {
+            service,
+            endpoints: endpoints.into(),
+        }
+    }
+
+    /// An empty set: the service exists but has no instances right now.
+    pub fn empty(service: ServiceName) -> Self {
+        EndpointSet {
+            service,
+            endpoints: Arc::from(Vec::new()),
+        }
+    }
+
+    /// The service these endpoints belong to.
+    pub fn service(&self) -> &ServiceName {
+        &self.service
+    }
+
+    /// All endpoints, available or not, in a stable order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Iterates over all endpoints.
+    pub fn iter(&self) -> std::slice::Iter<'_, Endpoint> {
+        self.endpoints.iter()
+    }
+
+    /// The number of endpoints, available or not.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether the set has no endpoint at all.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    /// The endpoint with this id.
+    pub fn get(&self, id: &EndpointId) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.id() == id)
+    }
+
+    /// The endpoints that may receive a new request at `now` (healthy or
+    /// unchecked, and not ejected).
+    pub fn available(&self, now: Nanos) -> impl Iterator<Item = &Endpoint> + '_ {
+        self.endpoints
+            .iter()
+            .filter(move |e| e.state().is_available(now))
+    }
+
+    /// Whether two sets are the same snapshot (pointer equality).
+    pub fn ptr_eq(&self, other: &EndpointSet) -> bool {
+        Arc::ptr_eq(&self.endpoints, &other.endpoints)
+    }
+
+    /// This set, with every endpoint that `previous` also had (by id)
+    /// carrying `previous`'s live state, so in-flight counts, latency,
+    /// health and ejections survive a refresh from the registry.
+    pub fn reconcile(&self, previous: &EndpointSet) -> EndpointSet {
+        if previous.is_empty() {
+            return self.clone();
+        }
+        let by_id: HashMap<&EndpointId, &Endpoint> =
+            previous.iter().map(|e| (e.id(), e)).collect();
+        let endpoints: Vec<Endpoint> = self
+            .iter()
+            .map(|e| match by_id.get(e.id()) {
+                Some(old) => e.with_state(Arc::clone(old.state())),
+                None => e.clone(),
+            })
+            .collect();
+        EndpointSet {
+            service: self.service.clone(),
+            endpoints: endpoints.into(),
+        }
+    }
+
+    /// Whether both sets describe the same endpoints (ids, addresses,
+    /// weights, tags, metadata, zones), in any order, ignoring live state.
+    /// Discovery uses it to skip updates that change nothing.
+    pub fn same_endpoints(&self, other: &EndpointSet) -> bool {
+        if self.len() != other.len() {
+            return false;
+        }
+        self.iter().all(|e| {
+            other
+                .get(e.id())
+                .is_some_and(|o| o.same_description(e))
+        })
+    }
+}
+
+impl fmt::Debug for EndpointSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointSet")
+            .field("service", &self.service)
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a EndpointSet {
+    type Item = &'a Endpoint;
+    type IntoIter = std::slice::Iter<'a, Endpoint>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Health;
+
+    fn ep(port: u16) -> Endpoint {
+        Endpoint::builder(([127, 0, 0, 1], port).into()).build()
+    }
+
+    fn name() -> ServiceName {
+        ServiceName::new("svc").unwrap()
+    }
+
+    #[test]
+    fn duplicate_ids_keep_the_last() {
+        let first = ep(1);
+        let second = Endpoint::builder(([127, 0, 0, 1], 1).into())
+            .tag("later")
+            .build();
+        let set = EndpointSet::new(name(), vec![first, ep(2), second]);
+        assert_eq!(set.len(), 2);
+        assert!(set.endpoints()[1].has_tag("later"));
+    }
+
+    #[test]
+    fn available_skips_unhealthy_and_ejected() {
+        let set = EndpointSet::new(name(), vec![ep(1), ep(2), ep(3)]);
+        set.endpoints()[0].state().set_health(Health::Unhealthy);
+        set.endpoints()[1].state().eject_until(Nanos(50));
+        let ports: Vec<u16> = set.available(Nanos(10)).map(|e| e.address().port()).collect();
+        assert_eq!(ports, vec![3]);
+        let ports: Vec<u16> = set.available(Nanos(60)).map(|e| e.address().port()).collect();
+        assert_eq!(ports, vec![2, 3]);
+    }
+
+    #[test]
+    fn same_endpoints_ignores_order_and_state() {
+        let a = EndpointSet::new(name(), vec![ep(1), ep(2)]);
+        let b = EndpointSet::new(name(), vec![ep(2), ep(1)]);
+        assert!(a.same_endpoints(&b));
+        let c = EndpointSet::new(name(), vec![ep(2), ep(3)]);
+        assert!(!a.same_endpoints(&c));
+    }
+}
