@@ -73,6 +73,9 @@ pub struct Endpoint {
 struct EndpointInfo {
     id: EndpointId,
     address: SocketAddr,
+    /// The address as a URI authority, built once so that rewriting a
+    /// request's URI to this endpoint allocates nothing.
+    authority: http::uri::Authority,
     weight: Weight,
     tags: Box<[String]>,
     metadata: BTreeMap<String, String>,
@@ -103,6 +106,11 @@ impl Endpoint {
     /// Where to connect.
     pub fn address(&self) -> SocketAddr {
         self.info.address
+    }
+
+    /// The address as a URI authority (`10.0.0.7:8080`, `[::1]:8080`).
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.info.authority
     }
 
     /// Its relative share of traffic.
@@ -224,6 +232,7 @@ impl EndpointBuilder {
             info: Arc::new(EndpointInfo {
                 id: self.id.unwrap_or_else(|| EndpointId::from_addr(self.address)),
                 address: self.address,
+                authority: authority_of(self.address),
                 weight: self.weight,
                 tags: self.tags.into_boxed_slice(),
                 metadata: self.metadata,
@@ -232,6 +241,13 @@ impl EndpointBuilder {
             state: Arc::new(EndpointState::new()),
         }
     }
+}
+
+fn authority_of(address: SocketAddr) -> http::uri::Authority {
+    // A socket address always prints as a valid authority ("ip:port" or
+    // "[ipv6]:port"); the fallback only keeps this free of panics.
+    http::uri::Authority::try_from(address.to_string())
+        .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0"))
 }
 
 #[cfg(test)]
@@ -249,6 +265,9 @@ mod tests {
         let a = Endpoint::builder("127.0.0.1:1".parse().unwrap()).build();
         let b = Endpoint::builder("127.0.0.1:1".parse().unwrap()).build();
         assert!(a.same_description(&b));
+        assert_eq!(a.authority().as_str(), "127.0.0.1:1");
+        let v6 = Endpoint::builder("[::1]:80".parse().unwrap()).build();
+        assert_eq!(v6.authority().as_str(), "[::1]:80");
         assert!(!Arc::ptr_eq(a.state(), b.state()));
         let c = b.with_state(Arc::clone(a.state()));
         assert!(Arc::ptr_eq(a.state(), c.state()));

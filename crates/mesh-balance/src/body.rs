@@ -1,0 +1,182 @@
+//! [`TrackedBody`]: a response body that ends its request's in-flight count.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body::{Body, Frame, SizeHint};
+use mesh_core::EndpointState;
+use pin_project_lite::pin_project;
+
+/// Counts one request in its endpoint's in-flight gauge for as long as it
+/// lives; records the request's latency when it ends after a response.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    state: Arc<EndpointState>,
+    started: Instant,
+    responded: bool,
+}
+
+impl InFlight {
+    pub(crate) fn start(state: Arc<EndpointState>) -> Self {
+        state.start_request();
+        InFlight {
+            state,
+            started: Instant::now(),
+            responded: false,
+        }
+    }
+
+    /// Marks that the endpoint answered, so that the latency is recorded.
+    /// A call that failed before any response (refused connection, timeout)
+    /// records none: its speed says nothing about the endpoint's.
+    pub(crate) fn responded(&mut self) {
+        self.responded = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.finish_request();
+        if self.responded {
+            self.state.record_latency(self.started.elapsed());
+        }
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request counted as in flight on the
+    /// endpoint that serves it until the body ends, fails, or is dropped.
+    ///
+    /// It yields exactly the inner body's frames; use it as you would the
+    /// inner body (for example with `http_body_util::BodyExt::collect`).
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B> TrackedBody<B> {
+    pub(crate) fn new(inner: B, in_flight: InFlight) -> Self {
+        TrackedBody {
+            inner,
+            in_flight: Some(in_flight),
+        }
+    }
+
+    /// The inner body (the request stays counted until this wrapper is
+    /// dropped or ends; use [`TrackedBody::into_inner`] to stop tracking).
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// Stops tracking and returns the inner body: the request counts as
+    /// finished now.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            // End of stream or a broken body: the request is over.
+            this.in_flight.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> std::fmt::Debug for TrackedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackedBody")
+            .field("in_flight", &self.in_flight.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    #[tokio::test]
+    async fn count_ends_with_the_body_and_latency_is_recorded() {
+        let state = Arc::new(EndpointState::new());
+        let mut guard = InFlight::start(Arc::clone(&state));
+        guard.responded();
+        let body = TrackedBody::new(Full::new(Bytes::from_static(b"hi")), guard);
+        assert_eq!(state.in_flight(), 1);
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hi");
+        assert_eq!(state.in_flight(), 0);
+        assert!(state.latency().is_some());
+    }
+
+    #[tokio::test]
+    async fn dropping_a_half_read_body_ends_the_count() {
+        let state = Arc::new(EndpointState::new());
+        let chunks = futures_stream(vec![Ok(Frame::data(Bytes::from_static(b"a")))]);
+        let mut body = TrackedBody::new(chunks, InFlight::start(Arc::clone(&state)));
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "a");
+        assert_eq!(state.in_flight(), 1, "still streaming");
+        drop(body);
+        assert_eq!(state.in_flight(), 0);
+        assert!(state.latency().is_none(), "no response was marked");
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_ends_the_count_at_the_error() {
+        let state = Arc::new(EndpointState::new());
+        let chunks = futures_stream(vec![Err(std::io::Error::other("reset"))]);
+        let mut body = TrackedBody::new(chunks, InFlight::start(Arc::clone(&state)));
+        assert!(body.frame().await.unwrap().is_err());
+        assert_eq!(state.in_flight(), 0);
+        drop(body);
+        assert_eq!(state.in_flight(), 0, "no double decrement");
+    }
+
+    type Chunk = Result<Frame<Bytes>, std::io::Error>;
+
+    /// A body that yields `chunks` and then stays pending forever (as a
+    /// slow upstream would), so only an error or a drop can end it.
+    struct ThenPending(std::collections::VecDeque<Chunk>);
+
+    impl Body for ThenPending {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Chunk>> {
+            match self.0.pop_front() {
+                Some(chunk) => Poll::Ready(Some(chunk)),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    fn futures_stream(chunks: Vec<Chunk>) -> ThenPending {
+        ThenPending(chunks.into())
+    }
+}

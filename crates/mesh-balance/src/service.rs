@@ -1,0 +1,200 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::HOST;
+use http::uri::{Parts, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use mesh_core::ext::{AvoidEndpoints, SelectedEndpoint};
+use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, ServiceName};
+use tower::Service;
+
+use crate::body::{InFlight, TrackedBody};
+use crate::future::ResponseFuture;
+use crate::round_robin::RoundRobin;
+
+/// Sends each request to one available endpoint of its service.
+///
+/// Expects the service's [`EndpointSet`] in the request's extensions (put
+/// there by `mesh-discover`'s `DiscoverLayer`); without it the call fails
+/// with [`MeshError::Misconfigured`]. With no available endpoint it fails
+/// with [`MeshError::NoAvailableEndpoints`]. Errors from the inner service
+/// come back wrapped in [`MeshError::Endpoint`], naming the endpoint.
+#[derive(Clone, Debug)]
+pub struct Balance<S> {
+    inner: S,
+    picker: Arc<RoundRobin>,
+}
+
+impl<S> Balance<S> {
+    pub(crate) fn new(inner: S, picker: Arc<RoundRobin>) -> Self {
+        Balance { inner, picker }
+    }
+
+    fn choose<B>(&self, req: &Request<B>) -> Result<(Endpoint, ServiceName), MeshError> {
+        let set = req
+            .extensions()
+            .get::<EndpointSet>()
+            .ok_or(MeshError::Misconfigured {
+                layer: "BalanceLayer",
+                missing: "EndpointSet",
+                hint: "place DiscoverLayer above BalanceLayer, or insert an EndpointSet into the request's extensions",
+            })?;
+        self.picker
+            .pick(set, req.extensions().get::<AvoidEndpoints>(), clock::now())
+            .map(|e| (e.clone(), set.service().clone()))
+            .ok_or_else(|| MeshError::NoAvailableEndpoints {
+                service: set.service().clone(),
+                total: set.len(),
+            })
+    }
+}
+
+/// Points `req` at `endpoint`, keeping the logical authority in `Host`.
+fn rewrite<B>(req: &mut Request<B>, endpoint: &Endpoint) {
+    if !req.headers().contains_key(HOST) {
+        if let Some(value) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(HOST, value);
+        }
+    }
+    let mut parts = Parts::default();
+    parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
+    parts.authority = Some(endpoint.authority().clone());
+    parts.path_and_query = req.uri().path_and_query().cloned();
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    // Scheme, authority and path all come from valid URIs, so this cannot
+    // fail; if it somehow did, the request keeps its URI and the inner
+    // client reports the problem.
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Balance<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<TrackedBody<RB>>;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let (endpoint, service) = match self.choose(&req) {
+            Ok(chosen) => chosen,
+            Err(error) => {
+                tracing::debug!(%error, "balancer refused request");
+                return ResponseFuture::failed(error);
+            }
+        };
+        tracing::trace!(endpoint = %endpoint, "picked endpoint");
+        rewrite(&mut req, &endpoint);
+        req.extensions_mut()
+            .insert(SelectedEndpoint(endpoint.clone()));
+        let in_flight = InFlight::start(Arc::clone(endpoint.state()));
+        let future = self.inner.call(req);
+        ResponseFuture::called(future, endpoint, service, in_flight)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BalanceLayer;
+    use http_body_util::{BodyExt, Full};
+    use mesh_core::Health;
+    use std::convert::Infallible;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    fn set() -> EndpointSet {
+        EndpointSet::new(
+            ServiceName::new("users").unwrap(),
+            vec![
+                Endpoint::builder("127.0.0.1:1".parse().unwrap()).build(),
+                Endpoint::builder("127.0.0.1:2".parse().unwrap()).build(),
+            ],
+        )
+    }
+
+    fn request(set: &EndpointSet) -> Request<()> {
+        let mut req = Request::get("http://users/a?b=c").body(()).unwrap();
+        req.extensions_mut().insert(set.clone());
+        req
+    }
+
+    #[tokio::test]
+    async fn rewrites_the_uri_keeps_the_host_and_reports_the_choice() {
+        let set = set();
+        let svc = BalanceLayer::round_robin().layer(service_fn(|req: Request<()>| async move {
+            let host = req.headers()[HOST].to_str().unwrap().to_owned();
+            let picked = req.extensions().get::<SelectedEndpoint>().unwrap().0.address();
+            Ok::<_, Infallible>(Response::new(Full::<bytes::Bytes>::from(format!("{} {host} {picked}", req.uri()))))
+        }));
+        let response = svc.oneshot(request(&set)).await.unwrap();
+        let chosen = response.extensions().get::<SelectedEndpoint>().unwrap().0.clone();
+        assert_eq!(chosen.state().in_flight(), 1, "body not consumed yet");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"http://127.0.0.1:1/a?b=c users 127.0.0.1:1");
+        assert_eq!(chosen.state().in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_call_leaves_no_count_behind() {
+        let set = set();
+        let svc = BalanceLayer::round_robin().layer(service_fn(|_req: Request<()>| async move {
+            std::future::pending::<Result<Response<Full<bytes::Bytes>>, Infallible>>().await
+        }));
+        let future = svc.oneshot(request(&set));
+        let mut future = Box::pin(future);
+        assert!(futures_poll_once(&mut future).is_none());
+        assert_eq!(set.endpoints()[0].state().in_flight(), 1);
+        drop(future);
+        assert_eq!(set.endpoints()[0].state().in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_endpoint_and_unavailable_sets_fail_clearly() {
+        let set = set();
+        let failing = || {
+            BalanceLayer::round_robin().layer(service_fn(|_req: Request<()>| async move {
+                Err::<Response<Full<bytes::Bytes>>, _>(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                ))
+            }))
+        };
+        let err = failing().oneshot(request(&set)).await.unwrap_err();
+        assert_eq!(err.to_string(), "request to users endpoint 127.0.0.1:1 (127.0.0.1:1) failed");
+        assert_eq!(set.endpoints()[0].state().in_flight(), 0);
+
+        for e in set.iter() {
+            e.state().set_health(Health::Unhealthy);
+        }
+        let err = failing().oneshot(request(&set)).await.unwrap_err();
+        assert!(matches!(
+            MeshError::find(&*err),
+            Some(MeshError::NoAvailableEndpoints { total: 2, .. })
+        ));
+
+        let bare = Request::get("http://users/").body(()).unwrap();
+        let err = failing().oneshot(bare).await.unwrap_err();
+        assert!(err.to_string().contains("place DiscoverLayer above BalanceLayer"), "{err}");
+    }
+
+    fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        match std::pin::Pin::new(f).poll(&mut cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+use std::task::{Context, Poll};
+
+use http::Request;
+use mesh_core::ext::TargetService;
+use mesh_core::{BoxError, EndpointSet, MeshError, ServiceName};
+use tower::Service;
+
+use crate::catalog::Catalog;
+use crate::future::ResponseFuture;
+
+/// Resolves each request's target service to its endpoints.
+///
+/// The target is the [`TargetService`] extension when the request carries
+/// one, else the host of the URI authority. The service's current
+/// [`EndpointSet`] (and the [`TargetService`], if it was derived) is
+/// inserted into the request's extensions for the balancer below.
+///
+/// A request with no authority, a host that is not a valid service name, or
+/// a service no registry knows fails at once with a [`MeshError`] saying
+/// which, without reaching the inner service.
+#[derive(Clone, Debug)]
+pub struct Discover<S> {
+    inner: S,
+    catalog: Catalog,
+}
+
+impl<S> Discover<S> {
+    /// Wraps `inner`, resolving against `catalog`.
+    pub fn new(inner: S, catalog: Catalog) -> Self {
+        Discover { inner, catalog }
+    }
+
+    /// The catalog requests resolve against.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn resolve<B>(&self, req: &Request<B>) -> Result<(EndpointSet, bool), MeshError> {
+        if let Some(TargetService(service)) = req.extensions().get::<TargetService>() {
+            return self
+                .catalog
+                .get(service.as_str())
+                .map(|set| (set, false))
+                .ok_or_else(|| MeshError::UnknownService {
+                    service: service.clone(),
+                });
+        }
+        let host = req.uri().host().ok_or(MeshError::MissingAuthority)?;
+        if let Some(set) = self.catalog.get(host) {
+            return Ok((set, true));
+        }
+        // Not found: build the name only now, to tell a malformed host from
+        // an unknown one.
+        match ServiceName::new(host) {
+            Ok(service) => Err(MeshError::UnknownService { service }),
+            Err(source) => Err(MeshError::InvalidAuthority {
+                authority: host.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for Discover<S>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match self.resolve(&req) {
+            Ok((set, derived)) => {
+                if derived {
+                    req.extensions_mut()
+                        .insert(TargetService(set.service().clone()));
+                }
+                req.extensions_mut().insert(set);
+                ResponseFuture::called(self.inner.call(req))
+            }
+            Err(error) => {
+                tracing::debug!(%error, uri = %req.uri(), "discovery refused request");
+                ResponseFuture::failed(error)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StaticRegistry;
+    use std::convert::Infallible;
+    use tower::{service_fn, ServiceExt};
+
+    fn svc() -> impl Service<Request<()>, Response = String, Error = BoxError> {
+        let catalog = StaticRegistry::builder()
+            .service("users", ["127.0.0.1:1"])
+            .service("other", ["127.0.0.1:2"])
+            .build()
+            .unwrap()
+            .catalog();
+        Discover::new(
+            service_fn(|req: Request<()>| async move {
+                let set = req.extensions().get::<EndpointSet>().unwrap();
+                let target = req.extensions().get::<TargetService>().unwrap();
+                Ok::<_, Infallible>(format!("{} {}", target.0, set.endpoints()[0].address()))
+            }),
+            catalog,
+        )
+    }
+
+    async fn send(req: Request<()>) -> Result<String, BoxError> {
+        svc().oneshot(req).await
+    }
+
+    #[tokio::test]
+    async fn resolves_the_authority_host() {
+        let req = Request::get("http://Users:8080/x").body(()).unwrap();
+        assert_eq!(send(req).await.unwrap(), "users 127.0.0.1:1");
+    }
+
+    #[tokio::test]
+    async fn an_explicit_target_wins_over_the_authority() {
+        let mut req = Request::get("http://users/x").body(()).unwrap();
+        req.extensions_mut()
+            .insert(TargetService(ServiceName::new("other").unwrap()));
+        assert_eq!(send(req).await.unwrap(), "other 127.0.0.1:2");
+    }
+
+    #[tokio::test]
+    async fn unknown_services_are_named_in_the_error() {
+        let err = send(Request::get("http://billing/x").body(()).unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(MeshError::find(&*err), Some(MeshError::UnknownService { .. })));
+        assert!(err.to_string().contains("\"billing\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn requests_without_authority_are_refused() {
+        let err = send(Request::get("/x").body(()).unwrap()).await.unwrap_err();
+        assert!(matches!(MeshError::find(&*err), Some(MeshError::MissingAuthority)));
+    }
+
+    #[tokio::test]
+    async fn malformed_hosts_are_told_apart_from_unknown_ones() {
+        let err = send(Request::get("http://a~b/x").body(()).unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(MeshError::find(&*err), Some(MeshError::InvalidAuthority { .. })),
+            "{err}"
+        );
+    }
+}
