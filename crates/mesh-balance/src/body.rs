@@ -165,10 +165,7 @@ mod tests {
     impl Body for ThenPending {
         type Data = Bytes;
         type Error = std::io::Error;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Chunk>> {
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Chunk>> {
             match self.0.pop_front() {
                 Some(chunk) => Poll::Ready(Some(chunk)),
                 None => Poll::Pending,

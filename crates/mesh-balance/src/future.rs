@@ -82,16 +82,15 @@ where
                     mut in_flight,
                 }) = call.take()
                 else {
-                    return Poll::Ready(Err("balance response future polled after completion".into()));
+                    return Poll::Ready(Err(
+                        "balance response future polled after completion".into()
+                    ));
                 };
                 Poll::Ready(match result {
                     Ok(response) => {
                         in_flight.responded();
-                        let mut response =
-                            response.map(|body| TrackedBody::new(body, in_flight));
-                        response
-                            .extensions_mut()
-                            .insert(SelectedEndpoint(endpoint));
+                        let mut response = response.map(|body| TrackedBody::new(body, in_flight));
+                        response.extensions_mut().insert(SelectedEndpoint(endpoint));
                         Ok(response)
                     }
                     Err(error) => {

@@ -39,9 +39,8 @@ impl RoundRobin {
         let preferred = |e: &Endpoint| {
             e.state().is_available(now) && !avoid.is_some_and(|a| a.contains(e.id()))
         };
-        self.nth_matching(set, preferred).or_else(|| {
-            avoid.and_then(|_| self.nth_matching(set, |e| e.state().is_available(now)))
-        })
+        self.nth_matching(set, preferred)
+            .or_else(|| avoid.and_then(|_| self.nth_matching(set, |e| e.state().is_available(now))))
     }
 
     fn nth_matching<'a>(
@@ -82,7 +81,9 @@ mod tests {
         let set = set(3);
         set.endpoints()[1].state().set_health(Health::Unhealthy);
         let rr = RoundRobin::new();
-        let picks: Vec<_> = (0..6).map(|_| port(rr.pick(&set, None, Nanos(0)))).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| port(rr.pick(&set, None, Nanos(0))))
+            .collect();
         assert_eq!(picks, [1, 3, 1, 3, 1, 3].map(Some));
     }
 
@@ -110,7 +111,6 @@ mod tests {
         let empty = EndpointSet::empty(ServiceName::new("s").unwrap());
         assert!(RoundRobin::new().pick(&empty, None, Nanos(0)).is_none());
     }
-
 
     proptest! {
         /// Over k full rounds, every available endpoint is picked exactly k

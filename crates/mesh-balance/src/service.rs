@@ -136,11 +136,24 @@ mod tests {
         let set = set();
         let svc = BalanceLayer::round_robin().layer(service_fn(|req: Request<()>| async move {
             let host = req.headers()[HOST].to_str().unwrap().to_owned();
-            let picked = req.extensions().get::<SelectedEndpoint>().unwrap().0.address();
-            Ok::<_, Infallible>(Response::new(Full::<bytes::Bytes>::from(format!("{} {host} {picked}", req.uri()))))
+            let picked = req
+                .extensions()
+                .get::<SelectedEndpoint>()
+                .unwrap()
+                .0
+                .address();
+            Ok::<_, Infallible>(Response::new(Full::<bytes::Bytes>::from(format!(
+                "{} {host} {picked}",
+                req.uri()
+            ))))
         }));
         let response = svc.oneshot(request(&set)).await.unwrap();
-        let chosen = response.extensions().get::<SelectedEndpoint>().unwrap().0.clone();
+        let chosen = response
+            .extensions()
+            .get::<SelectedEndpoint>()
+            .unwrap()
+            .0
+            .clone();
         assert_eq!(chosen.state().in_flight(), 1, "body not consumed yet");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"http://127.0.0.1:1/a?b=c users 127.0.0.1:1");
@@ -172,7 +185,10 @@ mod tests {
             }))
         };
         let err = failing().oneshot(request(&set)).await.unwrap_err();
-        assert_eq!(err.to_string(), "request to users endpoint 127.0.0.1:1 (127.0.0.1:1) failed");
+        assert_eq!(
+            err.to_string(),
+            "request to users endpoint 127.0.0.1:1 (127.0.0.1:1) failed"
+        );
         assert_eq!(set.endpoints()[0].state().in_flight(), 0);
 
         for e in set.iter() {
@@ -186,7 +202,11 @@ mod tests {
 
         let bare = Request::get("http://users/").body(()).unwrap();
         let err = failing().oneshot(bare).await.unwrap_err();
-        assert!(err.to_string().contains("place DiscoverLayer above BalanceLayer"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("place DiscoverLayer above BalanceLayer"),
+            "{err}"
+        );
     }
 
     fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {

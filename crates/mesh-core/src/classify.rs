@@ -135,7 +135,9 @@ impl FromIterator<StatusCode> for StatusSet {
 
 impl fmt::Debug for StatusSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.iter().map(|c| c.as_u16())).finish()
+        f.debug_set()
+            .entries(self.iter().map(|c| c.as_u16()))
+            .finish()
     }
 }
 

@@ -69,7 +69,8 @@ mod tests {
         let n = Nanos::from_instant(at);
         assert_eq!(n.to_instant(), at);
         assert_eq!(
-            n.saturating_add(Duration::from_millis(1)).saturating_since(n),
+            n.saturating_add(Duration::from_millis(1))
+                .saturating_since(n),
             Duration::from_millis(1)
         );
         assert_eq!(Nanos::ZERO.saturating_since(n), Duration::ZERO);

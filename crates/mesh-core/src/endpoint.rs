@@ -230,7 +230,9 @@ impl EndpointBuilder {
     pub fn build(self) -> Endpoint {
         Endpoint {
             info: Arc::new(EndpointInfo {
-                id: self.id.unwrap_or_else(|| EndpointId::from_addr(self.address)),
+                id: self
+                    .id
+                    .unwrap_or_else(|| EndpointId::from_addr(self.address)),
                 address: self.address,
                 authority: authority_of(self.address),
                 weight: self.weight,

@@ -30,7 +30,9 @@ pub enum MeshError {
     },
 
     /// No registry knows the service.
-    #[error("unknown service {service:?}: no registry lists it; check the name or add it to discovery")]
+    #[error(
+        "unknown service {service:?}: no registry lists it; check the name or add it to discovery"
+    )]
     UnknownService {
         /// The service asked for.
         service: ServiceName,

@@ -121,8 +121,7 @@ impl EndpointSet {
         if previous.is_empty() {
             return self.clone();
         }
-        let by_id: HashMap<&EndpointId, &Endpoint> =
-            previous.iter().map(|e| (e.id(), e)).collect();
+        let by_id: HashMap<&EndpointId, &Endpoint> = previous.iter().map(|e| (e.id(), e)).collect();
         let endpoints: Vec<Endpoint> = self
             .iter()
             .map(|e| match by_id.get(e.id()) {
@@ -143,11 +142,8 @@ impl EndpointSet {
         if self.len() != other.len() {
             return false;
         }
-        self.iter().all(|e| {
-            other
-                .get(e.id())
-                .is_some_and(|o| o.same_description(e))
-        })
+        self.iter()
+            .all(|e| other.get(e.id()).is_some_and(|o| o.same_description(e)))
     }
 }
 
@@ -197,9 +193,15 @@ mod tests {
         let set = EndpointSet::new(name(), vec![ep(1), ep(2), ep(3)]);
         set.endpoints()[0].state().set_health(Health::Unhealthy);
         set.endpoints()[1].state().eject_until(Nanos(50));
-        let ports: Vec<u16> = set.available(Nanos(10)).map(|e| e.address().port()).collect();
+        let ports: Vec<u16> = set
+            .available(Nanos(10))
+            .map(|e| e.address().port())
+            .collect();
         assert_eq!(ports, vec![3]);
-        let ports: Vec<u16> = set.available(Nanos(60)).map(|e| e.address().port()).collect();
+        let ports: Vec<u16> = set
+            .available(Nanos(60))
+            .map(|e| e.address().port())
+            .collect();
         assert_eq!(ports, vec![2, 3]);
     }
 

@@ -102,9 +102,7 @@ impl EndpointState {
 
     /// Folds one latency sample into the moving average.
     pub fn record_latency(&self, sample: Duration) {
-        let sample = u64::try_from(sample.as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let sample = u64::try_from(sample.as_nanos()).unwrap_or(u64::MAX).max(1);
         let _ = self
             .latency_ewma
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {

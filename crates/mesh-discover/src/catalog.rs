@@ -132,8 +132,14 @@ fn diff(previous: Option<&EndpointSet>, next: &EndpointSet) -> (usize, usize, us
     let Some(previous) = previous else {
         return (total, 0, total);
     };
-    let added = next.iter().filter(|e| previous.get(e.id()).is_none()).count();
-    let removed = previous.iter().filter(|e| next.get(e.id()).is_none()).count();
+    let added = next
+        .iter()
+        .filter(|e| previous.get(e.id()).is_none())
+        .count();
+    let removed = previous
+        .iter()
+        .filter(|e| next.get(e.id()).is_none())
+        .count();
     (added, removed, total)
 }
 
@@ -168,10 +174,29 @@ mod tests {
         assert_eq!(now.endpoints()[0].state().in_flight(), 1);
 
         let first = events.recv().await.unwrap();
-        assert!(matches!(first, MeshEvent::EndpointsChanged { added: 2, removed: 0, total: 2, .. }));
+        assert!(matches!(
+            first,
+            MeshEvent::EndpointsChanged {
+                added: 2,
+                removed: 0,
+                total: 2,
+                ..
+            }
+        ));
         let second = events.recv().await.unwrap();
-        assert!(matches!(second, MeshEvent::EndpointsChanged { added: 1, removed: 1, total: 2, .. }));
-        assert!(events.try_recv().is_err(), "the no-op update published nothing");
+        assert!(matches!(
+            second,
+            MeshEvent::EndpointsChanged {
+                added: 1,
+                removed: 1,
+                total: 2,
+                ..
+            }
+        ));
+        assert!(
+            events.try_recv().is_err(),
+            "the no-op update published nothing"
+        );
     }
 
     #[test]

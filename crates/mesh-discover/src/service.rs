@@ -139,14 +139,22 @@ mod tests {
         let err = send(Request::get("http://billing/x").body(()).unwrap())
             .await
             .unwrap_err();
-        assert!(matches!(MeshError::find(&*err), Some(MeshError::UnknownService { .. })));
+        assert!(matches!(
+            MeshError::find(&*err),
+            Some(MeshError::UnknownService { .. })
+        ));
         assert!(err.to_string().contains("\"billing\""), "{err}");
     }
 
     #[tokio::test]
     async fn requests_without_authority_are_refused() {
-        let err = send(Request::get("/x").body(()).unwrap()).await.unwrap_err();
-        assert!(matches!(MeshError::find(&*err), Some(MeshError::MissingAuthority)));
+        let err = send(Request::get("/x").body(()).unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            MeshError::find(&*err),
+            Some(MeshError::MissingAuthority)
+        ));
     }
 
     #[tokio::test]
@@ -155,7 +163,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(MeshError::find(&*err), Some(MeshError::InvalidAuthority { .. })),
+            matches!(
+                MeshError::find(&*err),
+                Some(MeshError::InvalidAuthority { .. })
+            ),
             "{err}"
         );
     }

@@ -121,7 +121,9 @@ fn parse_address(service: &ServiceName, addr: &str) -> Result<Endpoint, MeshErro
         .map(|a| Endpoint::builder(a).build())
         .map_err(|e| MeshError::InvalidConfig {
             what: format!("static service {service:?} endpoint {addr:?}"),
-            reason: format!("{e}; expected an IP address and port such as \"10.0.0.7:8080\" or \"[::1]:8080\""),
+            reason: format!(
+                "{e}; expected an IP address and port such as \"10.0.0.7:8080\" or \"[::1]:8080\""
+            ),
         })
 }
 
@@ -155,7 +157,10 @@ mod tests {
             .build()
             .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("\"localhost\"") && msg.contains("\"a\""), "{msg}");
+        assert!(
+            msg.contains("\"localhost\"") && msg.contains("\"a\""),
+            "{msg}"
+        );
     }
 
     #[test]
