@@ -1,0 +1,326 @@
+//! The whole pipeline against real hyper servers on 127.0.0.1, built with
+//! `ServiceBuilder` exactly as a user would: Retry, Discover, Balance,
+//! Breaker and tower's timeout over hyper-util's legacy client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mesh::balance::TrackedBody;
+use mesh::breaker::BreakerKey;
+use mesh::core::{CircuitState, EndpointId, MeshEvent};
+use mesh::discover::Catalog;
+use mesh::prelude::*;
+use mesh_testkit::{Backend, Behavior};
+use tokio::sync::broadcast;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+const SERVICE: &str = "users";
+
+struct Scene {
+    backends: Vec<Backend>,
+    catalog: Catalog,
+    breaker: BreakerLayer,
+    retry: RetryLayer,
+    events: broadcast::Receiver<MeshEvent>,
+    stack: Stack,
+}
+
+type Stack = mesh::retry::Retry<
+    mesh::discover::Discover<
+        mesh::balance::Balance<
+            mesh::breaker::Breaker<
+                tower::timeout::Timeout<
+                    Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+                >,
+            >,
+        >,
+    >,
+>;
+
+async fn scene(behaviors: &[Behavior], timeout: Duration) -> Scene {
+    let mut backends = Vec::new();
+    for b in behaviors {
+        backends.push(Backend::start(*b).await.expect("loopback backend"));
+    }
+    let bus = EventBus::new(4096);
+    let events = bus.subscribe();
+    let registry = StaticRegistry::builder()
+        .service(SERVICE, backends.iter().map(|b| b.addr().to_string()))
+        .events(bus.clone())
+        .build()
+        .expect("valid static list");
+    let breaker = BreakerLayer::new(
+        BreakerConfig::builder()
+            .consecutive_failures(3)
+            .open_duration(Duration::from_millis(100))
+            .build()
+            .expect("valid breaker config"),
+    )
+    .events(bus.clone());
+    let retry = RetryLayer::new(
+        RetryConfig::builder()
+            .max_retries(2)
+            .backoff(Backoff::constant(Duration::from_millis(1)))
+            .build()
+            .expect("valid retry config"),
+    )
+    .events(bus.clone());
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let stack = ServiceBuilder::new()
+        .layer(retry.clone())
+        .layer(DiscoverLayer::new(registry.catalog()))
+        .layer(BalanceLayer::round_robin())
+        .layer(breaker.clone())
+        .timeout(timeout)
+        .service(client);
+    Scene {
+        backends,
+        catalog: registry.catalog(),
+        breaker,
+        retry,
+        events,
+        stack,
+    }
+}
+
+async fn get(stack: &Stack, path: &str) -> Result<Response<TrackedBody<Incoming>>, BoxError> {
+    let req = Request::get(format!("http://{SERVICE}{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("valid request");
+    stack.clone().oneshot(req).await
+}
+
+/// Transitions seen for the endpoint at `addr`, in order.
+fn transitions(events: &mut broadcast::Receiver<MeshEvent>, addr: SocketAddr) -> Vec<CircuitState> {
+    let id = EndpointId::from_addr(addr);
+    let mut seen = Vec::new();
+    loop {
+        match events.try_recv() {
+            Ok(MeshEvent::BreakerTransition {
+                endpoint: Some(e),
+                to,
+                ..
+            }) if e == id => seen.push(to),
+            Ok(_) => {}
+            Err(broadcast::error::TryRecvError::Lagged(n)) => panic!("lost {n} events"),
+            Err(_) => return seen,
+        }
+    }
+}
+
+fn in_flight_total(catalog: &Catalog) -> u32 {
+    catalog
+        .get(SERVICE)
+        .expect("service listed")
+        .iter()
+        .map(|e| e.state().in_flight())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_succeeds_and_the_failing_server_only_sees_half_open_probes() {
+    let mut s = scene(
+        &[Behavior::Ok, Behavior::Status(503), Behavior::Ok],
+        Duration::from_secs(5),
+    )
+    .await;
+    for i in 0..300 {
+        let response = get(&s.stack, &format!("/api/users/{i}"))
+            .await
+            .expect("request succeeds");
+        assert_eq!(response.status(), StatusCode::OK, "request {i}");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert!(body.starts_with(b"200 OK from 127.0.0.1:"));
+        // Spread the requests over a few open durations, so probes happen.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    let bad = &s.backends[1];
+    let seen = transitions(&mut s.events, bad.addr());
+    let opened = seen.iter().filter(|t| **t == CircuitState::Open).count();
+    let probes = seen
+        .iter()
+        .filter(|t| **t == CircuitState::HalfOpen)
+        .count();
+    assert!(opened >= 1, "the failing server's breaker opened: {seen:?}");
+    assert_eq!(seen[0], CircuitState::Open);
+    assert!(probes >= 1, "probes were sent: {seen:?}");
+    assert!(
+        !seen.contains(&CircuitState::Closed),
+        "a 503 probe never closes it"
+    );
+    // Exactly 3 failures opened it; after that, only the probes got through.
+    assert_eq!(
+        bad.stats().requests,
+        3 + probes as u64,
+        "transitions: {seen:?}"
+    );
+
+    let good: u64 = [&s.backends[0], &s.backends[2]]
+        .iter()
+        .map(|b| b.stats().requests)
+        .sum();
+    assert_eq!(
+        good, 300,
+        "every request was answered once by a healthy server"
+    );
+    assert_eq!(
+        s.retry.stats().retries,
+        3 + probes as u64,
+        "each 503 was retried once"
+    );
+    assert_eq!(s.retry.stats().exhausted, 0);
+    assert_eq!(in_flight_total(&s.catalog), 0);
+    let key = BreakerKey::Endpoint(
+        ServiceName::new(SERVICE).expect("name"),
+        EndpointId::from_addr(bad.addr()),
+    );
+    assert_eq!(s.breaker.state(&key), Some(CircuitState::Open));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_all_succeed_and_leave_nothing_in_flight() {
+    let s = scene(
+        &[Behavior::Ok, Behavior::Status(503), Behavior::Ok],
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let stack = s.stack.clone();
+        tasks.spawn(async move {
+            for i in 0..50 {
+                let r = get(&stack, &format!("/w{worker}/{i}"))
+                    .await
+                    .expect("request succeeds");
+                assert_eq!(r.status(), StatusCode::OK);
+                r.into_body().collect().await.expect("body");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("worker finished");
+    }
+    let served: u64 = s
+        .backends
+        .iter()
+        .map(|b| b.stats().requests - b.stats().errors)
+        .sum();
+    assert_eq!(served, 400);
+    assert_eq!(in_flight_total(&s.catalog), 0);
+    let key = BreakerKey::Endpoint(
+        ServiceName::new(SERVICE).expect("name"),
+        EndpointId::from_addr(s.backends[1].addr()),
+    );
+    assert_ne!(s.breaker.state(&key), Some(CircuitState::HalfOpen));
+    assert_ne!(s.breaker.state(&key), Some(CircuitState::Closed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_times_out_opens_its_breaker_and_is_routed_around() {
+    let mut s = scene(
+        &[Behavior::Ok, Behavior::Slow(Duration::from_millis(500))],
+        Duration::from_millis(50),
+    )
+    .await;
+    for i in 0..40 {
+        let r = get(&s.stack, &format!("/{i}"))
+            .await
+            .expect("request succeeds");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let slow = &s.backends[1];
+    let seen = transitions(&mut s.events, slow.addr());
+    assert_eq!(seen.first(), Some(&CircuitState::Open), "{seen:?}");
+    let probes = seen
+        .iter()
+        .filter(|t| **t == CircuitState::HalfOpen)
+        .count() as u64;
+    assert_eq!(slow.stats().requests, 3 + probes);
+    assert_eq!(s.backends[0].stats().requests, 40);
+    assert_eq!(in_flight_total(&s.catalog), 0);
+}
+
+#[tokio::test]
+async fn bad_requests_get_errors_that_say_what_is_wrong() {
+    let s = scene(&[Behavior::Ok], Duration::from_secs(1)).await;
+
+    let unknown = Request::get("http://billing/invoices")
+        .body(Full::new(Bytes::new()))
+        .expect("valid request");
+    let err = s
+        .stack
+        .clone()
+        .oneshot(unknown)
+        .await
+        .expect_err("unknown service");
+    assert!(matches!(
+        MeshError::find(&*err),
+        Some(MeshError::UnknownService { .. })
+    ));
+    assert!(err.to_string().contains("\"billing\""), "{err}");
+
+    let relative = Request::get("/no/authority")
+        .body(Full::new(Bytes::new()))
+        .expect("valid request");
+    let err = s
+        .stack
+        .clone()
+        .oneshot(relative)
+        .await
+        .expect_err("no authority");
+    assert!(matches!(
+        MeshError::find(&*err),
+        Some(MeshError::MissingAuthority)
+    ));
+    assert_eq!(
+        s.backends[0].stats().requests,
+        0,
+        "nothing reached the server"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_retried_on_a_live_one() {
+    // Reserve a port, then free it: connecting to it is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let live = Backend::start(Behavior::Ok).await.expect("backend");
+    let registry = StaticRegistry::builder()
+        .service(SERVICE, [dead.to_string(), live.addr().to_string()])
+        .build()
+        .expect("valid list");
+    let mut stack = ServiceBuilder::new()
+        .layer(RetryLayer::default())
+        .layer(DiscoverLayer::new(registry.catalog()))
+        .layer(BalanceLayer::round_robin())
+        .layer(BreakerLayer::default())
+        .timeout(Duration::from_secs(1))
+        .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    for _ in 0..4 {
+        let req = Request::get(format!("http://{SERVICE}/"))
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        let r = stack
+            .ready()
+            .await
+            .expect("ready")
+            .call(req)
+            .await
+            .expect("retried");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(live.stats().requests, 4);
+}
