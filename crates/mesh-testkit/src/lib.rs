@@ -1,18 +1,4 @@
-//! Loopback upstreams for tower-mesh's tests, examples and benchmarks.
-//!
-//! A [`Backend`] is a real hyper HTTP/1.1 server on `127.0.0.1` with a
-//! scripted [`Behavior`] (answer at once, answer with an error status,
-//! answer slowly), switchable while it runs, and counters of what it saw.
-//! It exists so that every test talks to a real server over a real socket.
-//!
-//! ```
-//! use mesh_testkit::{Backend, Behavior};
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
-//! let backend = Backend::start(Behavior::Status(503)).await?;
-//! assert_eq!(backend.stats().requests, 0);
-//! backend.set_behavior(Behavior::Ok);
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
 
