@@ -44,13 +44,20 @@ pub(crate) fn healthy_get(c: &mut Criterion) {
     let uris: Arc<Vec<Uri>> = Arc::new(
         backends
             .iter()
-            .map(|b| format!("http://{}/api/users", b.addr()).parse().expect("uri"))
+            .map(|b| {
+                format!("http://{}/api/users", b.addr())
+                    .parse()
+                    .expect("uri")
+            })
             .collect(),
     );
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
 
     let registry = StaticRegistry::builder()
-        .service("user-service", backends.iter().map(|b| b.addr().to_string()))
+        .service(
+            "user-service",
+            backends.iter().map(|b| b.addr().to_string()),
+        )
         .build()
         .expect("static list");
     let stack = ServiceBuilder::new()
@@ -103,7 +110,10 @@ pub(crate) fn in_memory_overhead(c: &mut Criterion) {
         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
     });
     let registry = StaticRegistry::builder()
-        .service("user-service", ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])
+        .service(
+            "user-service",
+            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
+        )
         .build()
         .expect("static list");
     let stack = ServiceBuilder::new()

@@ -210,7 +210,10 @@ async fn main() -> Result<(), BoxError> {
     if transitions.len() > 12 {
         println!("  ... {} more", transitions.len() - 12);
     }
-    let opened = transitions.iter().filter(|t| t.2 == CircuitState::Open).count();
+    let opened = transitions
+        .iter()
+        .filter(|t| t.2 == CircuitState::Open)
+        .count();
     let stats = retry.stats();
     println!(
         "\nRetries: {} (exhausted: {}); circuits opened {} times",
@@ -220,7 +223,10 @@ async fn main() -> Result<(), BoxError> {
     let ejected = set.iter().filter(|e| !e.state().is_available(now)).count();
     println!("Endpoints ejected at the end: {ejected} of {}", set.len());
 
-    println!("\n{:<12} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}", "client", "success", "failed", "p50", "p99", "max", "req/s");
+    println!(
+        "\n{:<12} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "client", "success", "failed", "p50", "p99", "max", "req/s"
+    );
     for (name, r) in [("bare hyper", &bare), ("tower-mesh", &meshed)] {
         println!(
             "{:<12} {:>8.2}% {:>9} {:>10} {:>10} {:>10} {:>10.0}",
