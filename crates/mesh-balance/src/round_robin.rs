@@ -1,10 +1,13 @@
 //! Round robin over the available endpoints.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use mesh_core::clock::Nanos;
 use mesh_core::ext::AvoidEndpoints;
-use mesh_core::{Endpoint, EndpointSet};
+use mesh_core::{Endpoint, EndpointSet, ServiceName};
 
 /// Sends each request to the next available endpoint in turn.
 ///
@@ -15,11 +18,15 @@ use mesh_core::{Endpoint, EndpointSet};
 ///
 /// Candidates are the available endpoints minus those to avoid; when that
 /// leaves nothing, the available endpoints, since a retry on an endpoint that
-/// failed once beats no retry at all. The counter is one atomic shared by
-/// all clones; a pick reads the set twice and allocates nothing.
+/// failed once beats no retry at all.
+///
+/// Each service has its own turn counter, so that calls alternating between
+/// two services do not lock each into one endpoint. The counters live in a
+/// snapshot map shared by all clones: a pick is a lock-free lookup and one
+/// atomic increment, reads the set twice and allocates nothing.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
-    next: AtomicUsize,
+    turns: ArcSwap<HashMap<ServiceName, Arc<AtomicUsize>>>,
 }
 
 impl RoundRobin {
@@ -52,8 +59,30 @@ impl RoundRobin {
         if count == 0 {
             return None;
         }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % count;
-        set.iter().filter(|e| candidate(e)).nth(turn)
+        let turn = self.next_turn(set.service()) % count;
+        // Availability is live: an endpoint may have been ejected since the
+        // count. Then take the last candidate rather than failing a request
+        // that other endpoints can serve.
+        set.iter().filter(|e| candidate(e)).take(turn + 1).last()
+    }
+
+    fn next_turn(&self, service: &ServiceName) -> usize {
+        if let Some(turn) = self.turns.load().get(service) {
+            return turn.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut counter = None;
+        self.turns.rcu(|turns| {
+            if let Some(existing) = turns.get(service) {
+                counter = Some(Arc::clone(existing));
+                return Arc::clone(turns);
+            }
+            let fresh = Arc::new(AtomicUsize::new(0));
+            counter = Some(Arc::clone(&fresh));
+            let mut turns = HashMap::clone(turns);
+            turns.insert(service.clone(), fresh);
+            Arc::new(turns)
+        });
+        counter.map_or(0, |c| c.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -64,8 +93,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn set(n: u16) -> EndpointSet {
+        named_set("s", n)
+    }
+
+    fn named_set(name: &str, n: u16) -> EndpointSet {
         EndpointSet::new(
-            ServiceName::new("s").unwrap(),
+            ServiceName::new(name).unwrap(),
             (1..=n)
                 .map(|p| Endpoint::builder(([127, 0, 0, 1], p).into()).build())
                 .collect(),
@@ -85,6 +118,19 @@ mod tests {
             .map(|_| port(rr.pick(&set, None, Nanos(0))))
             .collect();
         assert_eq!(picks, [1, 3, 1, 3, 1, 3].map(Some));
+    }
+
+    #[test]
+    fn services_take_turns_independently() {
+        let (a, b) = (named_set("a", 2), named_set("b", 2));
+        let rr = RoundRobin::new();
+        let mut picks = Vec::new();
+        for _ in 0..4 {
+            picks.push(port(rr.pick(&a, None, Nanos(0))));
+            picks.push(port(rr.pick(&b, None, Nanos(0))));
+        }
+        // Interleaved calls still alternate within each service.
+        assert_eq!(picks, [1, 1, 2, 2, 1, 1, 2, 2].map(Some));
     }
 
     #[test]

@@ -52,11 +52,14 @@ impl<S> Balance<S> {
 /// Points `req` at `endpoint`, keeping the logical authority in `Host`.
 fn rewrite<B>(req: &mut Request<B>, endpoint: &Endpoint) {
     if !req.headers().contains_key(HOST) {
-        if let Some(value) = req
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
+        // host[:port] only: an authority's userinfo ("user:pw@") must never
+        // travel in a header.
+        let host = match (req.uri().host(), req.uri().port_u16()) {
+            (Some(host), Some(port)) => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
+            (Some(host), None) => HeaderValue::from_str(host).ok(),
+            (None, _) => None,
+        };
+        if let Some(value) = host {
             req.headers_mut().insert(HOST, value);
         }
     }
@@ -158,6 +161,26 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"http://127.0.0.1:1/a?b=c users 127.0.0.1:1");
         assert_eq!(chosen.state().in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_host_header_never_carries_userinfo() {
+        let set = set();
+        let svc = BalanceLayer::round_robin().layer(service_fn(|req: Request<()>| async move {
+            let host = req.headers()[HOST].to_str().unwrap().to_owned();
+            Ok::<_, Infallible>(Response::new(Full::<bytes::Bytes>::from(host)))
+        }));
+        let mut req = Request::get("http://user:pw@users:8080/").body(()).unwrap();
+        req.extensions_mut().insert(set.clone());
+        let body = svc
+            .oneshot(req)
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(&body.to_bytes()[..], b"users:8080");
     }
 
     #[tokio::test]

@@ -9,12 +9,15 @@
 //!                                   +--(probe fails)--> OPEN
 //! ```
 //!
-//! The state and the instant it refers to (when OPEN ends, when the
-//! HALF_OPEN probe started) are packed into one `AtomicU64`, so every
-//! transition is a single compare-and-swap: two threads can never both
-//! open the circuit, both win the probe, or see a state with a stale
-//! deadline. A closed circuit costs one atomic load per call and one
-//! atomic store per failure.
+//! The state and the instant it refers to (when CLOSED began, when OPEN
+//! ends, when the HALF_OPEN probe started) are packed into one `AtomicU64`,
+//! so every transition is a single compare-and-swap: two threads can never
+//! both open the circuit, both win the probe, or see a state with a stale
+//! deadline. Every permit carries the instant of the state that issued
+//! it, so a late outcome from an earlier period is ignored instead of
+//! counting against the current one. The consecutive-failure count is a
+//! separate atomic, zeroed before each closed period starts. A closed
+//! circuit costs one atomic load per call and one atomic add per failure.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -48,8 +51,13 @@ fn state_of(bits: u64) -> CircuitState {
 /// What a caller was allowed to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permit {
-    /// A normal call through a closed circuit.
-    Normal,
+    /// A normal call through a closed circuit. It remembers which closed
+    /// period admitted it, so that a call admitted before the circuit
+    /// opened cannot count against the next closed period.
+    Normal {
+        /// When the closed period that admitted the call began.
+        closed_since: Nanos,
+    },
     /// The half-open probe: its outcome decides whether the circuit closes.
     /// It remembers when it started, so that the outcome of a probe that
     /// was presumed lost (and replaced) cannot decide for its successor.
@@ -115,7 +123,7 @@ impl Circuit {
         let (state, at) = unpack(word);
         let probe_deadline = now.saturating_add(self.config.open_duration());
         match state {
-            CLOSED => Ok((Permit::Normal, None)),
+            CLOSED => Ok((Permit::Normal { closed_since: at }, None)),
             OPEN | HALF_OPEN => {
                 let expires = match state {
                     OPEN => at,
@@ -144,39 +152,52 @@ impl Circuit {
                     }),
                 }
             }
-            _ => Ok((Permit::Normal, None)),
+            _ => Ok((Permit::Normal { closed_since: at }, None)),
         }
     }
 
     /// Records the outcome of a permitted call at `now`.
     pub fn record(&self, permit: Permit, failed: bool, now: Nanos) -> Option<Transition> {
         match (permit, failed) {
-            (Permit::Normal, false) => {
+            (Permit::Normal { closed_since }, false) => {
                 // Skip the store when already zero: a healthy circuit under
                 // load then never writes the shared cache line.
-                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                if self.is_current(CLOSED, closed_since)
+                    && self.consecutive_failures.load(Ordering::Relaxed) != 0
+                {
                     self.consecutive_failures.store(0, Ordering::Relaxed);
                 }
                 None
             }
-            (Permit::Normal, true) => {
-                let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            (Permit::Normal { closed_since }, true) => {
+                if !self.is_current(CLOSED, closed_since) {
+                    return None;
+                }
+                let failures = self
+                    .consecutive_failures
+                    .fetch_add(1, Ordering::Relaxed)
+                    .saturating_add(1);
                 if failures < self.config.consecutive_failures() {
                     return None;
                 }
-                self.transition(CLOSED, OPEN, now)
+                self.transition_from(pack(CLOSED, closed_since), OPEN, now)
             }
             (Permit::Probe { started }, false) => {
-                let t = self.transition_from(pack(HALF_OPEN, started), CLOSED, now);
-                if t.is_some() {
+                // Zeroed before the circuit closes, so the new closed period
+                // starts from a clean count.
+                if self.is_current(HALF_OPEN, started) {
                     self.consecutive_failures.store(0, Ordering::Relaxed);
                 }
-                t
+                self.transition_from(pack(HALF_OPEN, started), CLOSED, now)
             }
             (Permit::Probe { started }, true) => {
                 self.transition_from(pack(HALF_OPEN, started), OPEN, now)
             }
         }
+    }
+
+    fn is_current(&self, state: u64, at: Nanos) -> bool {
+        self.word.load(Ordering::Acquire) == pack(state, at)
     }
 
     /// Gives a probe back without an outcome (its call was cancelled): the
@@ -202,19 +223,11 @@ impl Circuit {
             })
     }
 
-    /// Moves from any `from`-state word to `to`; at most one caller wins.
-    fn transition(&self, from: u64, to: u64, now: Nanos) -> Option<Transition> {
-        let word = self.word.load(Ordering::Acquire);
-        if unpack(word).0 != from {
-            return None;
-        }
-        self.transition_from(word, to, now)
-    }
-
     /// Moves from exactly `word` to `to`; fails if the circuit moved on.
     fn transition_from(&self, word: u64, to: u64, now: Nanos) -> Option<Transition> {
         let until = (to == OPEN).then(|| now.saturating_add(self.config.open_duration()));
-        let next = pack(to, until.unwrap_or(Nanos::ZERO));
+        // OPEN records when it ends; CLOSED records when it began.
+        let next = pack(to, until.unwrap_or(now));
         self.word
             .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
             .ok()
@@ -243,17 +256,39 @@ mod tests {
         )
     }
 
+    fn normal(c: &Circuit, now: Nanos) -> Permit {
+        let (permit, _) = c.acquire(now).unwrap();
+        assert!(matches!(permit, Permit::Normal { .. }));
+        permit
+    }
+
+    #[test]
+    fn a_failure_admitted_before_the_circuit_opened_does_not_count_after_it_closes() {
+        let c = circuit(2, 100);
+        let stale = normal(&c, Nanos(0));
+        c.record(normal(&c, Nanos(0)), true, Nanos(0));
+        c.record(normal(&c, Nanos(0)), true, Nanos(0));
+        assert_eq!(c.state(), CircuitState::Open);
+        let (probe, _) = c.acquire(Nanos(100 * MS)).unwrap();
+        c.record(probe, false, Nanos(100 * MS));
+        assert_eq!(c.state(), CircuitState::Closed);
+        // The stale failure arrives late: ignored, the count stays at zero.
+        assert!(c.record(stale, true, Nanos(101 * MS)).is_none());
+        c.record(normal(&c, Nanos(101 * MS)), true, Nanos(101 * MS));
+        assert_eq!(c.state(), CircuitState::Closed, "one failure of two");
+    }
+
     #[test]
     fn opens_after_consecutive_failures_and_a_success_resets_the_count() {
         let c = circuit(3, 100);
         let t = Nanos(MS);
-        c.record(Permit::Normal, true, t);
-        c.record(Permit::Normal, true, t);
-        c.record(Permit::Normal, false, t);
-        c.record(Permit::Normal, true, t);
-        c.record(Permit::Normal, true, t);
+        c.record(normal(&c, t), true, t);
+        c.record(normal(&c, t), true, t);
+        c.record(normal(&c, t), false, t);
+        c.record(normal(&c, t), true, t);
+        c.record(normal(&c, t), true, t);
         assert_eq!(c.state(), CircuitState::Closed);
-        let opened = c.record(Permit::Normal, true, t).unwrap();
+        let opened = c.record(normal(&c, t), true, t).unwrap();
         assert_eq!(
             (opened.from, opened.to),
             (CircuitState::Closed, CircuitState::Open)
@@ -268,20 +303,23 @@ mod tests {
     #[test]
     fn one_probe_after_the_open_duration_then_close_on_success() {
         let c = circuit(1, 100);
-        c.record(Permit::Normal, true, Nanos(0));
+        c.record(normal(&c, Nanos(0)), true, Nanos(0));
         let (permit, t) = c.acquire(Nanos(100 * MS)).unwrap();
         assert!(matches!(permit, Permit::Probe { .. }));
         assert_eq!(t.unwrap().to, CircuitState::HalfOpen);
         assert!(c.acquire(Nanos(100 * MS)).is_err(), "only one probe");
         let closed = c.record(permit, false, Nanos(101 * MS)).unwrap();
         assert_eq!(closed.to, CircuitState::Closed);
-        assert_eq!(c.acquire(Nanos(101 * MS)).unwrap().0, Permit::Normal);
+        assert!(matches!(
+            c.acquire(Nanos(101 * MS)).unwrap().0,
+            Permit::Normal { .. }
+        ));
     }
 
     #[test]
     fn a_failed_probe_reopens_for_a_full_duration() {
         let c = circuit(1, 100);
-        c.record(Permit::Normal, true, Nanos(0));
+        c.record(normal(&c, Nanos(0)), true, Nanos(0));
         let (permit, _) = c.acquire(Nanos(150 * MS)).unwrap();
         let reopened = c.record(permit, true, Nanos(160 * MS)).unwrap();
         assert_eq!(reopened.to, CircuitState::Open);
@@ -295,7 +333,7 @@ mod tests {
     #[test]
     fn an_abandoned_or_lost_probe_lets_the_next_caller_probe() {
         let c = circuit(1, 100);
-        c.record(Permit::Normal, true, Nanos(0));
+        c.record(normal(&c, Nanos(0)), true, Nanos(0));
         let (permit, _) = c.acquire(Nanos(100 * MS)).unwrap();
         assert!(c.abandon(permit, Nanos(110 * MS)).is_some());
         let (permit, _) = c.acquire(Nanos(110 * MS)).unwrap();
@@ -335,64 +373,83 @@ mod tests {
 
     proptest! {
         /// Under any interleaving of calls, outcomes, cancellations and time:
-        /// never two probes out at once, a closed circuit admits everyone,
-        /// an open one admits no one before its deadline, every transition
-        /// starts from the state the circuit was in, and `threshold`
-        /// consecutive failures of normal calls in CLOSED always open it.
+        /// never two live probes at once; a closed circuit admits everyone;
+        /// an open one admits a caller exactly when its deadline has passed;
+        /// every transition starts from the state the circuit was in; and
+        /// `threshold` consecutive failures of calls admitted in the current
+        /// closed period always open it, while outcomes of calls admitted in
+        /// an earlier period change nothing.
         #[test]
         fn transitions_are_consistent(threshold in 1u32..5, ops in proptest::collection::vec(op(), 1..200)) {
             let c = circuit(threshold, 100);
             let mut now = Nanos(0);
-            let mut outstanding: Vec<(Permit, Nanos)> = Vec::new();
+            // (permit, closed period that admitted it, when)
+            let mut outstanding: Vec<(Permit, u32, Nanos)> = Vec::new();
+            let mut period = 0u32;
             let mut streak = 0u32;
+            let mut open_until = Nanos(0);
             for op in ops {
                 let before = c.state();
                 let transition = match op {
                     Op::Advance(ms) => { now = Nanos(now.0 + ms * MS); None }
-                    Op::Acquire => match c.acquire(now) {
-                        Ok((permit, t)) => {
-                            if before == CircuitState::Closed {
-                                prop_assert_eq!(permit, Permit::Normal);
+                    Op::Acquire => {
+                        let acquired = c.acquire(now);
+                        if before == CircuitState::Open {
+                            prop_assert_eq!(acquired.is_ok(), now >= open_until);
+                        }
+                        match acquired {
+                            Ok((permit, t)) => {
+                                if before == CircuitState::Closed {
+                                    let normal = matches!(permit, Permit::Normal { .. });
+                                    prop_assert!(normal);
+                                }
+                                outstanding.push((permit, period, now));
+                                t
                             }
-                            outstanding.push((permit, now));
-                            t
+                            Err(_) => {
+                                prop_assert_ne!(before, CircuitState::Closed);
+                                None
+                            }
                         }
-                        Err(_) => {
-                            prop_assert_ne!(before, CircuitState::Closed);
-                            None
-                        }
-                    },
-                    Op::Succeed(i) | Op::Fail(i) | Op::Abandon(i) if outstanding.is_empty() => { let _ = i; None }
+                    }
+                    Op::Succeed(_) | Op::Fail(_) | Op::Abandon(_) if outstanding.is_empty() => None,
                     Op::Succeed(i) => {
-                        let (p, _) = outstanding.remove(i % outstanding.len());
-                        if p == Permit::Normal { streak = 0; }
+                        let (p, admitted_in, _) = outstanding.remove(i % outstanding.len());
+                        let current = matches!(p, Permit::Normal { .. }) && admitted_in == period && before == CircuitState::Closed;
+                        if current { streak = 0; }
                         c.record(p, false, now)
                     }
                     Op::Fail(i) => {
-                        let (p, _) = outstanding.remove(i % outstanding.len());
-                        if p == Permit::Normal && before == CircuitState::Closed { streak += 1; }
+                        let (p, admitted_in, _) = outstanding.remove(i % outstanding.len());
+                        let current = matches!(p, Permit::Normal { .. }) && admitted_in == period && before == CircuitState::Closed;
+                        if current { streak += 1; }
                         let t = c.record(p, true, now);
-                        if p == Permit::Normal && before == CircuitState::Closed && streak >= threshold {
+                        if current && streak >= threshold {
                             prop_assert_eq!(c.state(), CircuitState::Open);
+                        } else if matches!(p, Permit::Normal { .. }) {
+                            prop_assert!(t.is_none(), "a stale or early failure opened the circuit");
                         }
                         t
                     }
                     Op::Abandon(i) => {
-                        let (p, _) = outstanding.remove(i % outstanding.len());
+                        let (p, _, _) = outstanding.remove(i % outstanding.len());
                         c.abandon(p, now)
                     }
                 };
                 if let Some(t) = transition {
                     prop_assert_eq!(t.from, before);
                     prop_assert_eq!(t.to, c.state());
-                    if t.to == CircuitState::Closed { streak = 0; }
+                    match t.to {
+                        CircuitState::Closed => { period += 1; streak = 0; }
+                        CircuitState::Open => { open_until = t.until.unwrap(); streak = 0; }
+                        CircuitState::HalfOpen => {}
+                    }
                 }
-                if c.state() != CircuitState::Closed { streak = 0; }
                 // A second probe only once the first is presumed lost (older
                 // than one open duration) or was given back.
                 let live_probes = outstanding
                     .iter()
-                                .filter(|(p, at)| matches!(p, Permit::Probe { .. }) && now.saturating_since(*at) < Duration::from_millis(100))
+                    .filter(|(p, _, at)| matches!(p, Permit::Probe { .. }) && now.saturating_since(*at) < Duration::from_millis(100))
                     .count();
                 prop_assert!(live_probes <= 1, "{} live probes", live_probes);
             }

@@ -67,7 +67,7 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Called { #[pin] future: F, tracker: Tracker },
+        Called { #[pin] future: F, tracker: Option<Tracker> },
         Rejected { error: Option<MeshError> },
     }
 }
@@ -75,7 +75,19 @@ pin_project! {
 impl<F> ResponseFuture<F> {
     pub(crate) fn called(future: F, tracker: Tracker) -> Self {
         ResponseFuture {
-            state: State::Called { future, tracker },
+            state: State::Called {
+                future,
+                tracker: Some(tracker),
+            },
+        }
+    }
+
+    pub(crate) fn unguarded(future: F) -> Self {
+        ResponseFuture {
+            state: State::Called {
+                future,
+                tracker: None,
+            },
         }
     }
 
@@ -97,8 +109,10 @@ where
         match self.project().state.project() {
             StateProj::Called { future, tracker } => {
                 let result = std::task::ready!(future.poll(cx)).map_err(Into::into);
-                let outcome = tracker.shared.classifier.classify_result(&result);
-                tracker.finish(outcome.is_failure());
+                if let Some(mut tracker) = tracker.take() {
+                    let outcome = tracker.shared.classifier.classify_result(&result);
+                    tracker.finish(outcome.is_failure());
+                }
                 Poll::Ready(result)
             }
             StateProj::Rejected { error } => Poll::Ready(Err(match error.take() {

@@ -76,7 +76,10 @@ impl<S> Breaker<S> {
     }
 }
 
-fn key_of<B>(req: &Request<B>) -> (BreakerKey, Guarded) {
+/// The circuit a request belongs to; `None` for a request that names no
+/// service, endpoint or authority (it passes unguarded: there is nothing to
+/// attribute its outcome to, and it will fail below for lack of a target).
+fn key_of<B>(req: &Request<B>) -> Option<(BreakerKey, Guarded)> {
     let ext = req.extensions();
     let service = ext
         .get::<TargetService>()
@@ -85,27 +88,27 @@ fn key_of<B>(req: &Request<B>) -> (BreakerKey, Guarded) {
     if let Some(SelectedEndpoint(endpoint)) = ext.get::<SelectedEndpoint>() {
         if let Some(service) = &service {
             let key = BreakerKey::Endpoint(service.clone(), endpoint.id().clone());
-            return (
+            return Some((
                 key,
                 Guarded {
                     service: Some(service.clone()),
                     endpoint: Some(endpoint.clone()),
                 },
-            );
+            ));
         }
     }
     let key = match (&service, req.uri().authority()) {
         (Some(service), _) => BreakerKey::Service(service.clone()),
         (None, Some(authority)) => BreakerKey::Authority(authority.clone()),
-        (None, None) => BreakerKey::Authority(http::uri::Authority::from_static("unknown")),
+        (None, None) => return None,
     };
-    (
+    Some((
         key,
         Guarded {
             service,
             endpoint: None,
         },
-    )
+    ))
 }
 
 impl<S, B, RB> Service<Request<B>> for Breaker<S>
@@ -124,8 +127,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some((key, guarded)) = key_of(&req) else {
+            return ResponseFuture::unguarded(self.inner.call(req));
+        };
         let now = clock::now();
-        let (key, guarded) = key_of(&req);
         let circuit = self.shared.registry.get_or_insert(&key);
         match circuit.acquire(now) {
             Ok((permit, transition)) => {

@@ -3,7 +3,9 @@
 //! Both layers must agree on what a failure is, or a breaker would open on
 //! calls that retry considers fine. The default: a connect error, a timeout,
 //! a reset connection and a 5xx status are failures; a 4xx is the caller's
-//! mistake, not the upstream's, and is not. Both halves are configurable.
+//! mistake, not the upstream's, and is not. Which statuses fail is
+//! configurable; every error is a failure, and its kind is read from the
+//! error itself.
 
 use std::error::Error;
 use std::fmt;

@@ -11,6 +11,9 @@ use crate::state::EndpointState;
 
 /// The relative share of traffic an endpoint should receive; never zero.
 ///
+/// Weighted strategies honour it; round robin, the only strategy so far,
+/// treats every endpoint alike.
+///
 /// An endpoint that should receive nothing is removed from the set or marked
 /// unhealthy, not given weight zero: that keeps "weight" meaning one thing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -16,7 +16,8 @@ pub enum CircuitState {
     Closed,
     /// Calls are refused without being sent, until the open duration ends.
     Open,
-    /// A limited number of probe calls pass to test recovery.
+    /// Probe calls (exactly one at a time today) pass to test recovery;
+    /// the others are refused.
     HalfOpen,
 }
 
@@ -117,9 +118,14 @@ impl EventBus {
     /// The number of events a default bus buffers per subscriber.
     pub const DEFAULT_CAPACITY: usize = 1024;
 
-    /// A bus that buffers up to `capacity` events per subscriber (at least 1).
+    /// The most events a bus buffers, whatever is asked: a bigger buffer
+    /// would only hide a subscriber that never reads.
+    pub const MAX_CAPACITY: usize = 1 << 20;
+
+    /// A bus that buffers up to `capacity` events per subscriber, clamped
+    /// to `1..=MAX_CAPACITY`.
     pub fn new(capacity: usize) -> Self {
-        let (sender, _) = broadcast::channel(capacity.max(1));
+        let (sender, _) = broadcast::channel(capacity.clamp(1, Self::MAX_CAPACITY));
         EventBus { sender }
     }
 
@@ -170,8 +176,25 @@ mod tests {
     }
 
     #[test]
-    fn publishing_without_subscribers_is_fine() {
-        EventBus::new(1).publish(event(1));
+    fn publishing_without_subscribers_drops_the_event() {
+        let bus = EventBus::new(4);
+        assert_eq!(bus.subscriber_count(), 0);
+        bus.publish(event(1));
+        let mut late = bus.subscribe();
+        assert!(
+            late.try_recv().is_err(),
+            "events before subscribing are not replayed"
+        );
+        bus.publish(event(2));
+        assert_eq!(late.try_recv().unwrap(), event(2));
+    }
+
+    #[test]
+    fn absurd_capacities_are_clamped_instead_of_panicking() {
+        let bus = EventBus::new(usize::MAX);
+        let mut rx = bus.subscribe();
+        bus.publish(event(1));
+        assert_eq!(rx.try_recv().unwrap(), event(1));
     }
 
     #[tokio::test]

@@ -5,9 +5,9 @@
 //!
 //! | type | written by | read by |
 //! |---|---|---|
-//! | [`TargetService`] | discovery (from the authority), or the user | all |
-//! | [`AffinityKey`] | the user | balancer (sticky sessions, hashing) |
-//! | [`Attempt`] | retry | breaker, tracing |
+//! | [`TargetService`] | discovery (from the authority), or the user | breaker, events |
+//! | [`AffinityKey`] | the user | reserved for sticky sessions and hashing (not read yet) |
+//! | [`Attempt`] | retry | anyone tracing or logging |
 //! | [`AvoidEndpoints`] | retry | balancer |
 //! | [`crate::EndpointSet`] | discovery | balancer |
 //! | [`SelectedEndpoint`] | balancer (request and response) | breaker, retry |

@@ -114,19 +114,21 @@ impl EndpointSet {
         Arc::ptr_eq(&self.endpoints, &other.endpoints)
     }
 
-    /// This set, with every endpoint that `previous` also had (by id)
-    /// carrying `previous`'s live state, so in-flight counts, latency,
+    /// This set, with every endpoint that `previous` also had (same id and
+    /// address) carrying `previous`'s live state, so in-flight counts, latency,
     /// health and ejections survive a refresh from the registry.
     pub fn reconcile(&self, previous: &EndpointSet) -> EndpointSet {
         if previous.is_empty() {
             return self.clone();
         }
-        let by_id: HashMap<&EndpointId, &Endpoint> = previous.iter().map(|e| (e.id(), e)).collect();
+        let by_id = previous.by_id();
         let endpoints: Vec<Endpoint> = self
             .iter()
             .map(|e| match by_id.get(e.id()) {
-                Some(old) => e.with_state(Arc::clone(old.state())),
-                None => e.clone(),
+                // Same id at a new address is a new instance (a rescheduled
+                // pod keeps its name): it starts with fresh state.
+                Some(old) if old.address() == e.address() => e.with_state(Arc::clone(old.state())),
+                _ => e.clone(),
             })
             .collect();
         EndpointSet {
@@ -142,8 +144,15 @@ impl EndpointSet {
         if self.len() != other.len() {
             return false;
         }
+        let others = other.by_id();
         self.iter()
-            .all(|e| other.get(e.id()).is_some_and(|o| o.same_description(e)))
+            .all(|e| others.get(e.id()).is_some_and(|o| o.same_description(e)))
+    }
+
+    /// The endpoints indexed by id, for comparisons that would otherwise
+    /// scan the set once per endpoint.
+    pub fn by_id(&self) -> HashMap<&EndpointId, &Endpoint> {
+        self.iter().map(|e| (e.id(), e)).collect()
     }
 }
 
@@ -206,8 +215,28 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_id_at_a_new_address_starts_fresh() {
+        let id = EndpointId::new("pod-a").unwrap();
+        let old = Endpoint::builder(([10, 0, 0, 1], 80).into())
+            .id(id.clone())
+            .build();
+        old.state().set_health(Health::Unhealthy);
+        let previous = EndpointSet::new(name(), vec![old]);
+        let moved = Endpoint::builder(([10, 0, 0, 2], 80).into())
+            .id(id.clone())
+            .build();
+        let stayed = Endpoint::builder(([10, 0, 0, 1], 80).into()).id(id).build();
+        let fresh = EndpointSet::new(name(), vec![moved]).reconcile(&previous);
+        assert_eq!(fresh.endpoints()[0].state().health(), Health::Unknown);
+        let kept = EndpointSet::new(name(), vec![stayed]).reconcile(&previous);
+        assert_eq!(kept.endpoints()[0].state().health(), Health::Unhealthy);
+    }
+
+    #[test]
     fn same_endpoints_ignores_order_and_state() {
         let a = EndpointSet::new(name(), vec![ep(1), ep(2)]);
+        a.endpoints()[0].state().start_request();
+        a.endpoints()[1].state().set_health(Health::Unhealthy);
         let b = EndpointSet::new(name(), vec![ep(2), ep(1)]);
         assert!(a.same_endpoints(&b));
         let c = EndpointSet::new(name(), vec![ep(2), ep(3)]);

@@ -132,14 +132,9 @@ fn diff(previous: Option<&EndpointSet>, next: &EndpointSet) -> (usize, usize, us
     let Some(previous) = previous else {
         return (total, 0, total);
     };
-    let added = next
-        .iter()
-        .filter(|e| previous.get(e.id()).is_none())
-        .count();
-    let removed = previous
-        .iter()
-        .filter(|e| next.get(e.id()).is_none())
-        .count();
+    let (before, after) = (previous.by_id(), next.by_id());
+    let added = after.keys().filter(|id| !before.contains_key(*id)).count();
+    let removed = before.keys().filter(|id| !after.contains_key(*id)).count();
     (added, removed, total)
 }
 

@@ -83,7 +83,12 @@ impl StaticRegistryBuilder {
     }
 
     fn add(&mut self, service: &str, mut entries: Vec<Entry>) {
-        match self.services.iter_mut().find(|(name, _)| name == service) {
+        // Service names compare case-insensitively, as hosts do.
+        match self
+            .services
+            .iter_mut()
+            .find(|(name, _)| name.eq_ignore_ascii_case(service))
+        {
             Some((_, list)) => list.append(&mut entries),
             None => self.services.push((service.to_owned(), entries)),
         }
@@ -135,7 +140,7 @@ mod tests {
     fn lists_services_and_merges_repeated_ones() {
         let reg = StaticRegistry::builder()
             .service("a", ["127.0.0.1:1"])
-            .service("a", [" 127.0.0.1:2 "])
+            .service("A", [" 127.0.0.1:2 "])
             .service("b", ["[::1]:3"])
             .build()
             .unwrap();
