@@ -30,6 +30,10 @@ impl BreakerLayer {
     }
 
     /// Publishes transitions on `events`.
+    ///
+    /// This and [`BreakerLayer::classifier`] return a new layer with fresh
+    /// circuits: configure the layer before making services or taking
+    /// clones that should share them.
     pub fn events(self, events: EventBus) -> Self {
         self.rebuild(|s| s.events = events)
     }

@@ -32,19 +32,22 @@ impl RetryLayer {
 
     /// Publishes a [`mesh_core::MeshEvent::RetryScheduled`] on `events` for
     /// every retry.
+    ///
+    /// This returns a new layer with fresh counters: configure it before
+    /// making services or taking clones that should share them.
     pub fn events(self, events: EventBus) -> Self {
         self.rebuild(|s| s.events = events)
-    }
-
-    /// Names error kinds with `classifier` (its status half is not used:
-    /// retry has its own retryable statuses).
-    pub fn classifier(self, classifier: FailureClassifier) -> Self {
-        self.rebuild(|s| s.classifier = classifier)
     }
 
     /// The counters so far.
     pub fn stats(&self) -> RetryStats {
         self.shared.stats()
+    }
+
+    /// The policy this layer's services use, for driving tower's own
+    /// [`tower::retry::Retry`] directly. It shares this layer's counters.
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy::new(Arc::clone(&self.shared))
     }
 
     fn rebuild(self, change: impl FnOnce(&mut Shared)) -> Self {

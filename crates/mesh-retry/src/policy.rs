@@ -49,8 +49,12 @@ impl Shared {
 /// Decides, per request, whether and when to send it again.
 ///
 /// It implements [`tower::retry::Policy`], so it also works with tower's
-/// own `Retry` service. A policy value is cloned for each request (tower
-/// does this), and `retries` counts that request's retries.
+/// own `Retry` service: take one from [`crate::RetryLayer::policy`]. A
+/// policy value is cloned for each request (tower does this), and counts
+/// that request's retries.
+///
+/// Backoff sleeps on tokio's timer, so the runtime must have time enabled
+/// (`#[tokio::main]` does; a hand-built runtime needs `enable_time`).
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
     shared: Arc<Shared>,
@@ -62,9 +66,10 @@ impl RetryPolicy {
         RetryPolicy { shared, retries: 0 }
     }
 
-    /// Whether `req` may be sent more than once: idempotent methods (RFC
-    /// 9110 section 9.2.2), requests carrying an `Idempotency-Key`, or
-    /// anything when configured so.
+    /// Whether `req` may be sent more than once whatever the failure:
+    /// idempotent methods (RFC 9110 section 9.2.2), requests carrying an
+    /// `Idempotency-Key`, or anything when configured so. Other requests
+    /// are retried only after failures that prove they were never sent.
     pub fn may_retry<B>(&self, req: &Request<B>) -> bool {
         self.shared.config.retry_non_idempotent()
             || is_idempotent(req.method())
@@ -125,6 +130,12 @@ where
         result: &mut Result<Response<RB>, BoxError>,
     ) -> Option<Self::Future> {
         let reason = self.retryable(result)?;
+        if !self.may_retry(req) && !reason.never_sent() {
+            // A non-idempotent request may have been applied upstream; only
+            // a failure that provably never sent it (refused connection,
+            // open circuit) may be retried.
+            return None;
+        }
         if self.retries >= self.shared.config.max_retries() {
             self.shared
                 .counters
@@ -157,8 +168,10 @@ where
 
     fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
         // Kept even when no retry is left, so that `retry` still sees the
-        // last outcome and counts an exhausted request.
-        if self.shared.config.max_retries() == 0 || !self.may_retry(req) {
+        // last outcome and counts an exhausted request; kept for
+        // non-idempotent requests too, which may be retried when a failure
+        // proves they were never sent.
+        if self.shared.config.max_retries() == 0 {
             return None;
         }
         let mut clone = Request::new(req.body().clone());
@@ -286,6 +299,20 @@ mod tests {
             err.to_string(),
             "request to users endpoint 127.0.0.1:2 (127.0.0.1:2) failed"
         );
+        assert_eq!(log.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn non_idempotent_requests_are_retried_only_when_never_sent() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // A refused connection, then a 503: the POST is resent after the
+        // first (it never left) but not after the second (it may have
+        // been applied).
+        let svc = layer(3).layer(upstream(vec![None, Some(503), Some(200)], Arc::clone(&log)));
+        let post = Request::post("http://users/x")
+            .body("{}".to_owned())
+            .unwrap();
+        assert_eq!(svc.oneshot(post).await.unwrap().status(), 503);
         assert_eq!(log.lock().unwrap().len(), 2);
     }
 
