@@ -137,8 +137,10 @@ async fn main() -> Result<(), BoxError> {
     .events(events.clone());
     let breaker = BreakerLayer::new(
         BreakerConfig::builder()
+            .scope(BreakerScope::Endpoint)
             .consecutive_failures(5)
             .open_duration(Duration::from_millis(500))
+            .half_open_probes(1)
             .build()?,
     )
     .events(events.clone());

@@ -57,8 +57,10 @@ async fn scene(behaviors: &[Behavior], timeout: Duration) -> Scene {
         .expect("valid static list");
     let breaker = BreakerLayer::new(
         BreakerConfig::builder()
+            .scope(BreakerScope::Endpoint)
             .consecutive_failures(3)
             .open_duration(Duration::from_millis(100))
+            .half_open_probes(1)
             .build()
             .expect("valid breaker config"),
     )

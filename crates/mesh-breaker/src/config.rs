@@ -1,61 +1,425 @@
-//! [`BreakerConfig`]: validated breaker settings.
+//! [`BreakerConfig`]: validated breaker settings, from code or from a file.
 
 use std::time::Duration;
 
 use mesh_core::MeshError;
+use serde::{Deserialize, Serialize};
 
-/// When a circuit opens and for how long. Built with
-/// [`BreakerConfig::builder`], which refuses values that make no sense.
+/// What one breaker guards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerScope {
+    /// One breaker per service (the default): the service as a whole is
+    /// judged.
+    #[default]
+    Service,
+    /// One breaker per endpoint of a service (from the balancer's
+    /// selection): a failing instance is cut off, the others keep
+    /// serving, and the open breaker ejects its endpoint from balancing.
+    Endpoint,
+}
+
+/// The rolling window that failure and slow-call rates are computed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WindowConfig {
+    /// The last `size` calls.
+    Count {
+        /// How many calls.
+        size: u32,
+    },
+    /// The calls of the last `duration`, kept in `buckets` fixed slices
+    /// (a call leaves the window one slice at a time).
+    Time {
+        /// How far back.
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+        /// Into how many slices the duration is cut.
+        buckets: u32,
+    },
+}
+
+/// Settings of a circuit breaker. Every value is checked when built, by
+/// [`BreakerConfig::builder`] or when deserialized, and a bad one is refused
+/// with a message naming the field.
+///
+/// Trip conditions combine: the circuit opens when *any* configured
+/// condition is met.
+///
+/// - `consecutive_failures`: that many failures in a row.
+/// - `failure_rate_threshold`: failed calls in the window, in percent,
+///   reach the threshold (`>=`, as resilience4j), once the window holds at
+///   least `minimum_calls`.
+/// - `slow_call_rate_threshold`: calls slower than `slow_call_duration`
+///   reach that share of the window, failed or not, so an upstream that is
+///   slow but not failing still trips.
 ///
 /// ```
 /// use std::time::Duration;
-/// use mesh_breaker::BreakerConfig;
+/// use mesh_breaker::{BreakerConfig, WindowConfig};
 ///
 /// let config = BreakerConfig::builder()
-///     .consecutive_failures(5)
-///     .open_duration(Duration::from_secs(30))
+///     .failure_rate_threshold(50.0)
+///     .window(WindowConfig::Count { size: 100 })
+///     .minimum_calls(20)
+///     .slow_calls(Duration::from_secs(2), 80.0)
+///     .open_duration(Duration::from_secs(10))
+///     .half_open_probes(3)
 ///     .build()?;
-/// assert_eq!(config.consecutive_failures(), 5);
+/// assert_eq!(config.half_open_probes(), 3);
 ///
-/// assert!(BreakerConfig::builder().consecutive_failures(0).build().is_err());
+/// let err = BreakerConfig::builder().failure_rate_threshold(0.0).build().unwrap_err();
+/// assert!(err.to_string().contains("failure_rate_threshold"));
 /// # Ok::<(), mesh_core::MeshError>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// From a file, with human durations; unknown keys are refused:
+///
+/// ```
+/// let config: mesh_breaker::BreakerConfig = serde_json::from_str(r#"{
+///     "scope": "endpoint",
+///     "consecutive_failures": 5,
+///     "failure_rate_threshold": 50,
+///     "window": { "kind": "time", "duration": "30s", "buckets": 10 },
+///     "minimum_calls": 10,
+///     "open_duration": "15s",
+///     "open_duration_max": "2m",
+///     "call_timeout": "3s"
+/// }"#)?;
+/// assert_eq!(config.open_duration(), std::time::Duration::from_secs(15));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawConfig", into = "RawConfig")]
 pub struct BreakerConfig {
-    consecutive_failures: u32,
+    scope: BreakerScope,
+    consecutive_failures: Option<u32>,
+    failure_rate_threshold: Option<f64>,
+    slow_call_rate_threshold: Option<f64>,
+    slow_call_duration: Duration,
+    window: WindowConfig,
+    minimum_calls: u32,
     open_duration: Duration,
+    open_duration_max: Duration,
+    open_duration_multiplier: f64,
+    open_duration_jitter: f64,
+    half_open_probes: u32,
+    half_open_max_wait: Duration,
+    call_timeout: Option<Duration>,
+    max_breakers: u32,
+    idle_timeout: Duration,
 }
 
-impl BreakerConfig {
-    /// The default number of consecutive failures that opens a circuit.
-    pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
-    /// The default time a circuit stays open before probing.
-    pub const DEFAULT_OPEN_DURATION: Duration = Duration::from_secs(30);
+/// The serde form of [`BreakerConfig`]: every field optional, defaults
+/// filled in, then validated by the builder.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<BreakerScope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    consecutive_failures: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failure_rate_threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slow_call_rate_threshold: Option<f64>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    slow_call_duration: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    window: Option<WindowConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    minimum_calls: Option<u32>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    open_duration: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    open_duration_max: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    open_duration_multiplier: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    open_duration_jitter: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    half_open_probes: Option<u32>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    half_open_max_wait: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    call_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_breakers: Option<u32>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    idle_timeout: Option<Duration>,
+}
 
-    /// Starts from the defaults (5 consecutive failures, 30 s open).
+impl TryFrom<RawConfig> for BreakerConfig {
+    type Error = MeshError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
+        let mut b = BreakerConfig::builder();
+        let c = &mut b.config;
+        if let Some(v) = raw.scope {
+            c.scope = v;
+        }
+        if let Some(v) = raw.consecutive_failures {
+            c.consecutive_failures = Some(v);
+        }
+        if let Some(v) = raw.failure_rate_threshold {
+            c.failure_rate_threshold = Some(v);
+        }
+        if let Some(v) = raw.slow_call_rate_threshold {
+            c.slow_call_rate_threshold = Some(v);
+        }
+        if let Some(v) = raw.slow_call_duration {
+            c.slow_call_duration = v;
+        }
+        if let Some(v) = raw.window {
+            c.window = v;
+        }
+        if let Some(v) = raw.minimum_calls {
+            c.minimum_calls = v;
+        }
+        if let Some(v) = raw.open_duration {
+            c.open_duration = v;
+            // A file that sets only the base duration means "no growth".
+            if raw.open_duration_max.is_none() {
+                c.open_duration_max = c.open_duration_max.max(v);
+            }
+        }
+        if let Some(v) = raw.open_duration_max {
+            c.open_duration_max = v;
+        }
+        if let Some(v) = raw.open_duration_multiplier {
+            c.open_duration_multiplier = v;
+        }
+        if let Some(v) = raw.open_duration_jitter {
+            c.open_duration_jitter = v;
+        }
+        if let Some(v) = raw.half_open_probes {
+            c.half_open_probes = v;
+        }
+        if let Some(v) = raw.half_open_max_wait {
+            c.half_open_max_wait = v;
+        }
+        c.call_timeout = raw.call_timeout;
+        if let Some(v) = raw.max_breakers {
+            c.max_breakers = v;
+        }
+        if let Some(v) = raw.idle_timeout {
+            c.idle_timeout = v;
+        }
+        b.build()
+    }
+}
+
+impl From<BreakerConfig> for RawConfig {
+    fn from(c: BreakerConfig) -> Self {
+        RawConfig {
+            scope: Some(c.scope),
+            consecutive_failures: c.consecutive_failures,
+            failure_rate_threshold: c.failure_rate_threshold,
+            slow_call_rate_threshold: c.slow_call_rate_threshold,
+            slow_call_duration: Some(c.slow_call_duration),
+            window: Some(c.window),
+            minimum_calls: Some(c.minimum_calls),
+            open_duration: Some(c.open_duration),
+            open_duration_max: Some(c.open_duration_max),
+            open_duration_multiplier: Some(c.open_duration_multiplier),
+            open_duration_jitter: Some(c.open_duration_jitter),
+            half_open_probes: Some(c.half_open_probes),
+            half_open_max_wait: Some(c.half_open_max_wait),
+            call_timeout: c.call_timeout,
+            max_breakers: Some(c.max_breakers),
+            idle_timeout: Some(c.idle_timeout),
+        }
+    }
+}
+
+// === impl BreakerConfig ===
+
+impl BreakerConfig {
+    /// Starts from [`BreakerConfig::default`].
     pub fn builder() -> BreakerConfigBuilder {
         BreakerConfigBuilder {
             config: BreakerConfig::default(),
         }
     }
 
-    /// Consecutive failures that open the circuit (at least 1).
-    pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures
+    /// For an authentication service (the design document's "strict"
+    /// profile): trips early on a small sample and probes carefully, since
+    /// every caller depends on it and failing fast beats piling up.
+    pub fn strict() -> BreakerConfig {
+        BreakerConfig {
+            consecutive_failures: Some(3),
+            failure_rate_threshold: Some(25.0),
+            slow_call_rate_threshold: Some(50.0),
+            slow_call_duration: Duration::from_secs(1),
+            window: WindowConfig::Count { size: 50 },
+            minimum_calls: 10,
+            open_duration: Duration::from_secs(10),
+            open_duration_max: Duration::from_secs(120),
+            half_open_probes: 3,
+            call_timeout: Some(Duration::from_secs(2)),
+            ..BreakerConfig::default()
+        }
     }
 
-    /// How long an open circuit refuses calls before letting a probe
-    /// through (the design document's `resetTimeout`).
+    /// For a payment service (the design document's "conservative"
+    /// profile): trips only on strong evidence over a longer window, since
+    /// refusing a payment costs more than a slow one, and lets slow calls
+    /// run long before judging them.
+    pub fn conservative() -> BreakerConfig {
+        BreakerConfig {
+            consecutive_failures: Some(10),
+            failure_rate_threshold: Some(60.0),
+            slow_call_rate_threshold: Some(90.0),
+            slow_call_duration: Duration::from_secs(10),
+            window: WindowConfig::Time {
+                duration: Duration::from_secs(60),
+                buckets: 12,
+            },
+            minimum_calls: 30,
+            open_duration: Duration::from_secs(30),
+            open_duration_max: Duration::from_secs(300),
+            half_open_probes: 5,
+            call_timeout: Some(Duration::from_secs(15)),
+            ..BreakerConfig::default()
+        }
+    }
+
+    /// For a notification service (the design document's "fallbacks
+    /// enabled" profile): trips readily and stays open longer, because
+    /// callers answer from a fallback (see [`crate::FallbackLayer`]) and a
+    /// delayed notification is cheap.
+    pub fn lenient() -> BreakerConfig {
+        BreakerConfig {
+            consecutive_failures: Some(5),
+            failure_rate_threshold: Some(50.0),
+            slow_call_rate_threshold: None,
+            window: WindowConfig::Count { size: 20 },
+            minimum_calls: 5,
+            open_duration: Duration::from_secs(60),
+            open_duration_max: Duration::from_secs(600),
+            half_open_probes: 1,
+            call_timeout: Some(Duration::from_secs(5)),
+            ..BreakerConfig::default()
+        }
+    }
+
+    /// One breaker per service or per endpoint.
+    pub fn scope(&self) -> BreakerScope {
+        self.scope
+    }
+    /// Failures in a row that open the circuit, if that condition is on.
+    pub fn consecutive_failures(&self) -> Option<u32> {
+        self.consecutive_failures
+    }
+    /// The failure rate (percent) that opens the circuit, if on.
+    pub fn failure_rate_threshold(&self) -> Option<f64> {
+        self.failure_rate_threshold
+    }
+    /// The slow-call rate (percent) that opens the circuit, if on.
+    pub fn slow_call_rate_threshold(&self) -> Option<f64> {
+        self.slow_call_rate_threshold
+    }
+    /// How long a call may take before it counts as slow.
+    pub fn slow_call_duration(&self) -> Duration {
+        self.slow_call_duration
+    }
+    /// The rolling window of the rates.
+    pub fn window(&self) -> WindowConfig {
+        self.window
+    }
+    /// Calls the window must hold before its rates are judged.
+    pub fn minimum_calls(&self) -> u32 {
+        self.minimum_calls
+    }
+    /// How long the circuit stays open after its first trip (the design
+    /// document's `resetTimeout`).
     pub fn open_duration(&self) -> Duration {
         self.open_duration
+    }
+    /// The longest the open duration grows to on repeated trips.
+    pub fn open_duration_max(&self) -> Duration {
+        self.open_duration_max
+    }
+    /// The factor the open duration grows by on each trip that follows a
+    /// failed recovery (1 = no growth).
+    pub fn open_duration_multiplier(&self) -> f64 {
+        self.open_duration_multiplier
+    }
+    /// The share (0 to 1) by which each open duration is randomly
+    /// lengthened or shortened, so that many clients do not probe at once.
+    pub fn open_duration_jitter(&self) -> f64 {
+        self.open_duration_jitter
+    }
+    /// Probe calls admitted in HALF_OPEN.
+    pub fn half_open_probes(&self) -> u32 {
+        self.half_open_probes
+    }
+    /// The longest HALF_OPEN waits for its probes before opening again.
+    pub fn half_open_max_wait(&self) -> Duration {
+        self.half_open_max_wait
+    }
+    /// The per-call timeout (the design document's `timeout`), if any.
+    pub fn call_timeout(&self) -> Option<Duration> {
+        self.call_timeout
+    }
+    /// The most breakers one layer keeps (one per key).
+    pub fn max_breakers(&self) -> u32 {
+        self.max_breakers
+    }
+    /// How long a breaker may go unused before it may be evicted.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 }
 
 impl Default for BreakerConfig {
+    /// One breaker per service; trips on 5 failures in a row, or on a 50%
+    /// failure rate over the last 100 calls once 20 were seen; open for
+    /// 30 s, doubling on repeated trips up to 5 min, with 10% jitter; 3
+    /// probes, at most 30 s of half-open; no slow-call rule and no call
+    /// timeout (tower's timeout below the breaker usually does that).
     fn default() -> Self {
         BreakerConfig {
-            consecutive_failures: Self::DEFAULT_CONSECUTIVE_FAILURES,
-            open_duration: Self::DEFAULT_OPEN_DURATION,
+            scope: BreakerScope::Service,
+            consecutive_failures: Some(5),
+            failure_rate_threshold: Some(50.0),
+            slow_call_rate_threshold: None,
+            slow_call_duration: Duration::from_secs(5),
+            window: WindowConfig::Count { size: 100 },
+            minimum_calls: 20,
+            open_duration: Duration::from_secs(30),
+            open_duration_max: Duration::from_secs(300),
+            open_duration_multiplier: 2.0,
+            open_duration_jitter: 0.1,
+            half_open_probes: 3,
+            half_open_max_wait: Duration::from_secs(30),
+            call_timeout: None,
+            max_breakers: 10_000,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -66,16 +430,101 @@ pub struct BreakerConfigBuilder {
     config: BreakerConfig,
 }
 
+fn invalid(field: &str, reason: String) -> MeshError {
+    MeshError::InvalidConfig {
+        what: format!("breaker.{field}"),
+        reason,
+    }
+}
+
 impl BreakerConfigBuilder {
-    /// Opens the circuit after this many consecutive failures.
-    pub fn consecutive_failures(mut self, n: u32) -> Self {
-        self.config.consecutive_failures = n;
+    /// Starts from a preset instead of the default.
+    pub fn from_config(config: BreakerConfig) -> Self {
+        BreakerConfigBuilder { config }
+    }
+    /// One breaker per service or per endpoint.
+    pub fn scope(mut self, scope: BreakerScope) -> Self {
+        self.config.scope = scope;
         self
     }
-
-    /// Keeps an open circuit open this long.
+    /// Opens after `n` failures in a row.
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.config.consecutive_failures = Some(n);
+        self
+    }
+    /// Turns the consecutive-failures condition off.
+    pub fn no_consecutive_failures(mut self) -> Self {
+        self.config.consecutive_failures = None;
+        self
+    }
+    /// Opens when failed calls reach `percent` of the window.
+    pub fn failure_rate_threshold(mut self, percent: f64) -> Self {
+        self.config.failure_rate_threshold = Some(percent);
+        self
+    }
+    /// Turns the failure-rate condition off.
+    pub fn no_failure_rate(mut self) -> Self {
+        self.config.failure_rate_threshold = None;
+        self
+    }
+    /// Opens when calls slower than `duration` reach `percent` of the window.
+    pub fn slow_calls(mut self, duration: Duration, percent: f64) -> Self {
+        self.config.slow_call_duration = duration;
+        self.config.slow_call_rate_threshold = Some(percent);
+        self
+    }
+    /// The window the rates are computed over.
+    pub fn window(mut self, window: WindowConfig) -> Self {
+        self.config.window = window;
+        self
+    }
+    /// Judges rates only once the window holds `n` calls.
+    pub fn minimum_calls(mut self, n: u32) -> Self {
+        self.config.minimum_calls = n;
+        self
+    }
+    /// Stays open `d` after a trip, with no growth on repeated trips.
     pub fn open_duration(mut self, d: Duration) -> Self {
         self.config.open_duration = d;
+        self.config.open_duration_max = d;
+        self.config.open_duration_multiplier = 1.0;
+        self
+    }
+    /// Grows the open duration by `multiplier` on each trip that follows a
+    /// failed recovery, up to `max`.
+    pub fn open_duration_growth(mut self, multiplier: f64, max: Duration) -> Self {
+        self.config.open_duration_multiplier = multiplier;
+        self.config.open_duration_max = max;
+        self
+    }
+    /// Lengthens or shortens each open duration by up to `share` (0 to 1).
+    pub fn open_duration_jitter(mut self, share: f64) -> Self {
+        self.config.open_duration_jitter = share;
+        self
+    }
+    /// Admits `n` probes in HALF_OPEN.
+    pub fn half_open_probes(mut self, n: u32) -> Self {
+        self.config.half_open_probes = n;
+        self
+    }
+    /// Opens again if HALF_OPEN has not decided within `d`.
+    pub fn half_open_max_wait(mut self, d: Duration) -> Self {
+        self.config.half_open_max_wait = d;
+        self
+    }
+    /// Cancels, and counts as failed, any call longer than `d`.
+    pub fn call_timeout(mut self, d: Duration) -> Self {
+        self.config.call_timeout = Some(d);
+        self
+    }
+    /// Keeps at most `n` breakers, evicting idle ones.
+    pub fn max_breakers(mut self, n: u32) -> Self {
+        self.config.max_breakers = n;
+        self
+    }
+    /// A breaker unused for `d` may be evicted.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.config.idle_timeout = d;
         self
     }
 
@@ -83,25 +532,260 @@ impl BreakerConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] when `consecutive_failures` is 0 or
-    /// `open_duration` is zero or over a day.
+    /// [`MeshError::InvalidConfig`] naming the first field out of range.
     pub fn build(self) -> Result<BreakerConfig, MeshError> {
         let c = self.config;
-        if c.consecutive_failures == 0 {
-            return Err(MeshError::InvalidConfig {
-                what: "breaker consecutive_failures".into(),
-                reason: "must be at least 1 (0 would open the circuit before any call)".into(),
-            });
+        let day = Duration::from_secs(86_400);
+        if c.consecutive_failures == Some(0) {
+            return Err(invalid(
+                "consecutive_failures",
+                "must be at least 1 (0 would open the circuit before any call)".into(),
+            ));
         }
-        if c.open_duration.is_zero() || c.open_duration > Duration::from_secs(86_400) {
-            return Err(MeshError::InvalidConfig {
-                what: "breaker open_duration".into(),
-                reason: format!(
+        for (field, rate) in [
+            ("failure_rate_threshold", c.failure_rate_threshold),
+            ("slow_call_rate_threshold", c.slow_call_rate_threshold),
+        ] {
+            if let Some(rate) = rate {
+                if !(rate > 0.0 && rate <= 100.0) {
+                    return Err(invalid(
+                        field,
+                        format!("{rate} is outside (0, 100]: it is a percentage of calls"),
+                    ));
+                }
+            }
+        }
+        if c.consecutive_failures.is_none()
+            && c.failure_rate_threshold.is_none()
+            && c.slow_call_rate_threshold.is_none()
+        {
+            return Err(invalid("consecutive_failures", "no trip condition is set: set consecutive_failures, failure_rate_threshold or slow_call_rate_threshold (use a disabled breaker to never trip)".into()));
+        }
+        if c.slow_call_duration.is_zero() {
+            return Err(invalid("slow_call_duration", "must be more than 0".into()));
+        }
+        match c.window {
+            WindowConfig::Count { size } => {
+                if size == 0 || size > 100_000 {
+                    return Err(invalid(
+                        "window.size",
+                        format!("{size} is outside 1..=100000"),
+                    ));
+                }
+                if c.minimum_calls > size {
+                    return Err(invalid("minimum_calls", format!("{} is more than the window's {size} calls, so rates would never be judged", c.minimum_calls)));
+                }
+            }
+            WindowConfig::Time { duration, buckets } => {
+                if duration.is_zero() || duration > day {
+                    return Err(invalid(
+                        "window.duration",
+                        format!("{duration:?} is out of range: use more than 0 and at most 24h"),
+                    ));
+                }
+                if buckets == 0 || buckets > 1000 {
+                    return Err(invalid(
+                        "window.buckets",
+                        format!("{buckets} is outside 1..=1000"),
+                    ));
+                }
+                if duration.as_nanos() < u128::from(buckets) * 1_000_000 {
+                    return Err(invalid(
+                        "window.buckets",
+                        format!("{buckets} buckets over {duration:?} are shorter than 1ms each"),
+                    ));
+                }
+            }
+        }
+        if c.minimum_calls == 0 {
+            return Err(invalid("minimum_calls", "must be at least 1".into()));
+        }
+        if c.open_duration.is_zero() || c.open_duration > day {
+            return Err(invalid(
+                "open_duration",
+                format!(
                     "{:?} is out of range: use more than 0 and at most 24h",
                     c.open_duration
                 ),
-            });
+            ));
+        }
+        if c.open_duration_max < c.open_duration || c.open_duration_max > day {
+            return Err(invalid(
+                "open_duration_max",
+                format!(
+                    "{:?} must be at least open_duration ({:?}) and at most 24h",
+                    c.open_duration_max, c.open_duration
+                ),
+            ));
+        }
+        if !(1.0..=100.0).contains(&c.open_duration_multiplier) {
+            return Err(invalid(
+                "open_duration_multiplier",
+                format!("{} is outside [1, 100]", c.open_duration_multiplier),
+            ));
+        }
+        if !(0.0..=1.0).contains(&c.open_duration_jitter) {
+            return Err(invalid(
+                "open_duration_jitter",
+                format!(
+                    "{} is outside [0, 1]: it is a share of the duration",
+                    c.open_duration_jitter
+                ),
+            ));
+        }
+        if c.half_open_probes == 0 || c.half_open_probes > 1000 {
+            return Err(invalid(
+                "half_open_probes",
+                format!("{} is outside 1..=1000", c.half_open_probes),
+            ));
+        }
+        if c.half_open_max_wait.is_zero() || c.half_open_max_wait > day {
+            return Err(invalid(
+                "half_open_max_wait",
+                format!(
+                    "{:?} is out of range: use more than 0 and at most 24h",
+                    c.half_open_max_wait
+                ),
+            ));
+        }
+        if let Some(t) = c.call_timeout {
+            if t.is_zero() || t > day {
+                return Err(invalid(
+                    "call_timeout",
+                    format!("{t:?} is out of range: use more than 0 and at most 24h"),
+                ));
+            }
+        }
+        if c.max_breakers == 0 {
+            return Err(invalid("max_breakers", "must be at least 1".into()));
+        }
+        if c.idle_timeout.is_zero() {
+            return Err(invalid("idle_timeout", "must be more than 0".into()));
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(err: MeshError) -> String {
+        match err {
+            MeshError::InvalidConfig { what, .. } => what,
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_field() {
+        let b = BreakerConfig::builder;
+        let cases = [
+            (
+                b().failure_rate_threshold(0.0),
+                "breaker.failure_rate_threshold",
+            ),
+            (
+                b().failure_rate_threshold(100.5),
+                "breaker.failure_rate_threshold",
+            ),
+            (
+                b().failure_rate_threshold(f64::NAN),
+                "breaker.failure_rate_threshold",
+            ),
+            (
+                b().slow_calls(Duration::from_secs(1), -1.0),
+                "breaker.slow_call_rate_threshold",
+            ),
+            (
+                b().window(WindowConfig::Count { size: 0 }),
+                "breaker.window.size",
+            ),
+            (
+                b().window(WindowConfig::Time {
+                    duration: Duration::ZERO,
+                    buckets: 10,
+                }),
+                "breaker.window.duration",
+            ),
+            (
+                b().window(WindowConfig::Time {
+                    duration: Duration::from_secs(10),
+                    buckets: 0,
+                }),
+                "breaker.window.buckets",
+            ),
+            (b().half_open_probes(0), "breaker.half_open_probes"),
+            (
+                b().window(WindowConfig::Count { size: 10 })
+                    .minimum_calls(11),
+                "breaker.minimum_calls",
+            ),
+            (b().consecutive_failures(0), "breaker.consecutive_failures"),
+            (b().open_duration(Duration::ZERO), "breaker.open_duration"),
+            (
+                b().open_duration_jitter(1.5),
+                "breaker.open_duration_jitter",
+            ),
+        ];
+        for (builder, field) in cases {
+            assert_eq!(field_of(builder.build().unwrap_err()), field);
+        }
+    }
+
+    #[test]
+    fn presets_and_the_default_are_valid() {
+        for preset in [
+            BreakerConfig::default(),
+            BreakerConfig::strict(),
+            BreakerConfig::conservative(),
+            BreakerConfig::lenient(),
+        ] {
+            let rebuilt = BreakerConfigBuilder::from_config(preset.clone())
+                .build()
+                .unwrap();
+            assert_eq!(rebuilt, preset);
+        }
+        assert!(
+            BreakerConfig::strict().failure_rate_threshold()
+                < BreakerConfig::conservative().failure_rate_threshold()
+        );
+    }
+
+    #[test]
+    fn files_use_human_durations_and_refuse_unknown_keys() {
+        let config: BreakerConfig = toml::from_str(
+            r#"
+            scope = "endpoint"
+            failure_rate_threshold = 40.0
+            window = { kind = "count", size = 50 }
+            minimum_calls = 10
+            open_duration = "250ms"
+            call_timeout = "2s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.scope(), BreakerScope::Endpoint);
+        assert_eq!(config.open_duration(), Duration::from_millis(250));
+        assert_eq!(config.call_timeout(), Some(Duration::from_secs(2)));
+
+        let err = toml::from_str::<BreakerConfig>("failure_rate = 40.0").unwrap_err();
+        assert!(err.to_string().contains("failure_rate"), "{err}");
+        let err = toml::from_str::<BreakerConfig>("failure_rate_threshold = 140.0").unwrap_err();
+        assert!(
+            err.to_string().contains("breaker.failure_rate_threshold"),
+            "{err}"
+        );
+        let err =
+            toml::from_str::<BreakerConfig>("window = { kind = \"count\", size = 5, extra = 1 }")
+                .unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
+
+        // What serializes, deserializes to the same config.
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(
+            serde_json::from_str::<BreakerConfig>(&json).unwrap(),
+            config
+        );
     }
 }

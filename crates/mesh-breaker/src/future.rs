@@ -2,45 +2,74 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use mesh_core::{clock, BoxError, MeshError};
+use mesh_core::{clock, BoxError, Endpoint, FailureKind, MeshError, Outcome, ServiceName};
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 
-use crate::circuit::{Circuit, Permit};
-use crate::service::{Guarded, Shared};
+use crate::circuit::Permit;
+use crate::registry::Entry;
+use crate::service::Shared;
 
-/// Holds a call's permit until its outcome is recorded; a call dropped
-/// before finishing gives its probe back instead of leaving the circuit
-/// half-open forever.
+/// Holds a call's permit until its outcome is recorded. A call dropped
+/// before it finished (cancelled by its caller) is recorded as ignored: it
+/// says nothing about the upstream, and a probe's slot goes to another
+/// call instead of leaving the circuit half-open until it times out.
 pub(crate) struct Tracker {
     shared: Arc<Shared>,
-    circuit: Arc<Circuit>,
+    entry: Arc<Entry>,
     permit: Permit,
-    guarded: Guarded,
+    service: Option<ServiceName>,
+    endpoint: Option<Endpoint>,
+    started: Option<Instant>,
     done: bool,
 }
 
 impl Tracker {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        circuit: Arc<Circuit>,
+        entry: Arc<Entry>,
         permit: Permit,
-        guarded: Guarded,
+        service: Option<ServiceName>,
+        endpoint: Option<Endpoint>,
     ) -> Self {
         Tracker {
+            started: shared.times_calls.then(Instant::now),
             shared,
-            circuit,
+            entry,
             permit,
-            guarded,
+            service,
+            endpoint,
             done: false,
         }
     }
 
-    fn finish(&mut self, failed: bool) {
+    fn finish(&mut self, outcome: Outcome) {
         self.done = true;
-        let now = clock::now();
-        if let Some(t) = self.circuit.record(self.permit, failed, now) {
-            self.shared.announce(&self.guarded, t, now);
+        let elapsed = self.started.map_or(Duration::ZERO, |s| s.elapsed());
+        let recorded = self
+            .entry
+            .circuit
+            .record_with(self.permit, outcome, elapsed, clock::now);
+        if let Some(t) = recorded.transition {
+            self.shared.announce_for(
+                self.service.as_ref(),
+                self.endpoint.as_ref(),
+                t,
+                clock::now(),
+            );
+        }
+        if let Some((failure_rate, slow_call_rate)) = recorded.rate_exceeded {
+            tracing::warn!(service = ?self.service, failure_rate, slow_call_rate, "breaker rate threshold reached");
+            self.shared
+                .events
+                .publish(mesh_core::MeshEvent::BreakerRateExceeded {
+                    service: self.service.clone(),
+                    endpoint: self.endpoint.as_ref().map(|e| e.id().clone()),
+                    failure_rate,
+                    slow_call_rate,
+                });
         }
     }
 }
@@ -48,10 +77,7 @@ impl Tracker {
 impl Drop for Tracker {
     fn drop(&mut self) {
         if !self.done {
-            let now = clock::now();
-            if let Some(t) = self.circuit.abandon(self.permit, now) {
-                self.shared.announce(&self.guarded, t, now);
-            }
+            self.finish(Outcome::Ignored);
         }
     }
 }
@@ -67,16 +93,25 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Called { #[pin] future: F, tracker: Option<Tracker> },
+        Called {
+            #[pin]
+            future: F,
+            #[pin]
+            timeout: Option<Sleep>,
+            after: Duration,
+            tracker: Option<Tracker>,
+        },
         Rejected { error: Option<MeshError> },
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn called(future: F, tracker: Tracker) -> Self {
+    pub(crate) fn called(future: F, tracker: Tracker, timeout: Option<Duration>) -> Self {
         ResponseFuture {
             state: State::Called {
                 future,
+                timeout: timeout.map(tokio::time::sleep),
+                after: timeout.unwrap_or_default(),
                 tracker: Some(tracker),
             },
         }
@@ -86,6 +121,8 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             state: State::Called {
                 future,
+                timeout: None,
+                after: Duration::ZERO,
                 tracker: None,
             },
         }
@@ -107,13 +144,31 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Called { future, tracker } => {
-                let result = std::task::ready!(future.poll(cx)).map_err(Into::into);
-                if let Some(mut tracker) = tracker.take() {
-                    let outcome = tracker.shared.classifier.classify_result(&result);
-                    tracker.finish(outcome.is_failure());
+            StateProj::Called {
+                future,
+                timeout,
+                after,
+                tracker,
+            } => {
+                if let Poll::Ready(result) = future.poll(cx) {
+                    let result = result.map_err(Into::into);
+                    if let Some(mut tracker) = tracker.take() {
+                        let outcome = tracker.shared.classifier.classify_result(&result);
+                        tracker.finish(outcome);
+                    }
+                    return Poll::Ready(result);
                 }
-                Poll::Ready(result)
+                if let Some(sleep) = timeout.as_pin_mut() {
+                    if sleep.poll(cx).is_ready() {
+                        // The call is cancelled when the caller drops this
+                        // future, right after this answer.
+                        if let Some(mut tracker) = tracker.take() {
+                            tracker.finish(Outcome::Failure(FailureKind::Timeout));
+                        }
+                        return Poll::Ready(Err(MeshError::Timeout { after: *after }.into()));
+                    }
+                }
+                Poll::Pending
             }
             StateProj::Rejected { error } => Poll::Ready(Err(match error.take() {
                 Some(e) => e.into(),

@@ -1,17 +1,39 @@
 use std::sync::Arc;
 
-use mesh_core::{CircuitState, EventBus, FailureClassifier};
+use http::{Extensions, HeaderMap, Method, Uri};
+use mesh_core::{clock, EventBus, FailureClassifier};
 use tower_layer::Layer;
 
+use crate::circuit::BreakerMetrics;
 use crate::config::BreakerConfig;
-use crate::registry::{BreakerKey, Registry};
+use crate::handle::BreakerHandle;
+use crate::registry::BreakerKey;
 use crate::service::{Breaker, Shared};
+
+/// The parts of a request a custom key function may look at.
+#[derive(Debug)]
+pub struct RequestParts<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The URI.
+    pub uri: &'a Uri,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The extensions.
+    pub extensions: &'a Extensions,
+}
+
+/// A function choosing a request's breaker key; `None` falls back to the
+/// configured scope.
+pub type KeyFn = dyn Fn(&RequestParts<'_>) -> Option<String> + Send + Sync;
 
 /// Wraps a service in circuit breakers; see [`Breaker`].
 ///
 /// Every service made by the layer, and every clone of those, shares one
-/// set of circuits: a stack cloned into many tasks still trips as one.
-#[derive(Clone, Debug)]
+/// registry of breakers: a stack cloned into many tasks still trips as one.
+/// Configure the layer (events, classifier, key) before making services:
+/// each of those methods returns a layer with a fresh registry.
+#[derive(Clone)]
 pub struct BreakerLayer {
     shared: Arc<Shared>,
 }
@@ -21,39 +43,95 @@ impl BreakerLayer {
     /// event subscribers.
     pub fn new(config: BreakerConfig) -> Self {
         BreakerLayer {
-            shared: Arc::new(Shared {
-                registry: Registry::new(config),
-                classifier: FailureClassifier::default(),
-                events: EventBus::default(),
-            }),
+            shared: Arc::new(Shared::new(config)),
         }
     }
 
-    /// Publishes transitions on `events`.
-    ///
-    /// This and [`BreakerLayer::classifier`] return a new layer with fresh
-    /// circuits: configure the layer before making services or taking
-    /// clones that should share them.
+    /// Publishes transitions, rejections and rate crossings on `events`.
     pub fn events(self, events: EventBus) -> Self {
         self.rebuild(|s| s.events = events)
     }
 
-    /// Judges failures with `classifier` instead of the default.
+    /// Judges outcomes with `classifier` instead of the default (5xx and
+    /// errors fail).
     pub fn classifier(self, classifier: FailureClassifier) -> Self {
         self.rebuild(|s| s.classifier = classifier)
     }
 
-    /// The state of the circuit for `key`, if a call ever used it.
-    pub fn state(&self, key: &BreakerKey) -> Option<CircuitState> {
-        self.shared.registry.get(key).map(|c| c.state())
+    /// Keys breakers by what `key` returns for a request (a tenant, a
+    /// route...), falling back to the configured scope when it returns
+    /// `None`.
+    ///
+    /// ```
+    /// use mesh_breaker::{BreakerConfig, BreakerLayer};
+    /// let layer = BreakerLayer::new(BreakerConfig::default()).key_by(|req| {
+    ///     req.headers.get("x-tenant")?.to_str().ok().map(str::to_owned)
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn key_by<F>(self, key: F) -> Self
+    where
+        F: Fn(&RequestParts<'_>) -> Option<String> + Send + Sync + 'static,
+    {
+        let key: Arc<KeyFn> = Arc::new(key);
+        self.rebuild(move |s| s.key_fn = Some(key))
+    }
+
+    /// A handle on the breaker for `key`, to inspect or drive it by hand;
+    /// `None` if no call has created it yet.
+    pub fn handle(&self, key: &BreakerKey) -> Option<BreakerHandle> {
+        self.shared
+            .registry
+            .get(key)
+            .map(|entry| BreakerHandle::new(Arc::clone(&self.shared), key.clone(), entry))
+    }
+
+    /// A handle on the breaker for `key`, creating it if needed (to force
+    /// one open before any call, say). `None` only if the registry is full
+    /// of breakers that may not be evicted.
+    pub fn handle_or_create(&self, key: &BreakerKey) -> Option<BreakerHandle> {
+        let service = match key {
+            BreakerKey::Endpoint(s, _) | BreakerKey::Service(s) => Some(s),
+            _ => None,
+        };
+        self.shared
+            .registry
+            .get_or_insert(key, service, None, clock::now)
+            .map(|entry| BreakerHandle::new(Arc::clone(&self.shared), key.clone(), entry))
+    }
+
+    /// The state of the breaker for `key`, if a call ever used it.
+    pub fn state(&self, key: &BreakerKey) -> Option<mesh_core::CircuitState> {
+        self.shared.registry.get(key).map(|e| e.circuit.state())
+    }
+
+    /// A metrics snapshot of every breaker, by key.
+    pub fn metrics(&self) -> Vec<(BreakerKey, BreakerMetrics)> {
+        let now = clock::now();
+        let mut all: Vec<_> = self
+            .shared
+            .registry
+            .keys()
+            .into_iter()
+            .filter_map(|k| {
+                let m = self.shared.registry.get(&k)?.circuit.metrics(now);
+                Some((k, m))
+            })
+            .collect();
+        all.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+        all
+    }
+
+    /// How many breakers the registry holds.
+    pub fn breakers(&self) -> usize {
+        self.shared.registry.len()
     }
 
     fn rebuild(self, change: impl FnOnce(&mut Shared)) -> Self {
-        let mut shared = Shared {
-            registry: Registry::new(*self.shared.registry.config()),
-            classifier: self.shared.classifier,
-            events: self.shared.events.clone(),
-        };
+        let mut shared = Shared::new(self.shared.registry.config().clone());
+        shared.classifier = self.shared.classifier.clone();
+        shared.events = self.shared.events.clone();
+        shared.key_fn = self.shared.key_fn.clone();
         change(&mut shared);
         BreakerLayer {
             shared: Arc::new(shared),
@@ -64,6 +142,15 @@ impl BreakerLayer {
 impl Default for BreakerLayer {
     fn default() -> Self {
         BreakerLayer::new(BreakerConfig::default())
+    }
+}
+
+impl std::fmt::Debug for BreakerLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakerLayer")
+            .field("config", self.shared.registry.config())
+            .field("breakers", &self.breakers())
+            .finish()
     }
 }
 

@@ -4,14 +4,20 @@
 
 mod circuit;
 mod config;
+mod fallback;
 mod future;
+mod handle;
 mod layer;
 mod registry;
 mod service;
+mod window;
 
-pub use circuit::{Circuit, Permit, Rejected, Transition};
-pub use config::{BreakerConfig, BreakerConfigBuilder};
+pub use circuit::{Admitted, BreakerMetrics, Circuit, Permit, Recorded, Rejected, Transition};
+pub use config::{BreakerConfig, BreakerConfigBuilder, BreakerScope, WindowConfig};
+pub use fallback::{Fallback, FallbackFuture, FallbackLayer, Fault};
 pub use future::ResponseFuture;
-pub use layer::BreakerLayer;
+pub use handle::BreakerHandle;
+pub use layer::{BreakerLayer, KeyFn, RequestParts};
 pub use registry::BreakerKey;
 pub use service::Breaker;
+pub use window::WindowCounts;

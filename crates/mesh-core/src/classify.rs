@@ -62,6 +62,9 @@ pub enum Outcome {
     Success,
     /// The call failed.
     Failure(FailureKind),
+    /// The call says nothing about the upstream's health (a cancelled
+    /// request, a status configured as ignored): it counts neither way.
+    Ignored,
 }
 
 impl Outcome {
@@ -143,7 +146,36 @@ impl fmt::Debug for StatusSet {
     }
 }
 
-/// Decides whether a response or an error is a failure.
+/// The kinds of error a classifier ignores, as a bitmask over the
+/// non-status [`FailureKind`]s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct KindSet(u8);
+
+impl KindSet {
+    fn bit(kind: FailureKind) -> u8 {
+        match kind {
+            FailureKind::Connect => 1,
+            FailureKind::Timeout => 2,
+            FailureKind::Reset => 4,
+            FailureKind::CircuitOpen => 8,
+            FailureKind::Status(_) => 0,
+            FailureKind::Other => 16,
+        }
+    }
+}
+
+/// A user rule consulted before the status and error rules: `Some` decides,
+/// `None` leaves the call to them.
+pub type OutcomePredicate =
+    dyn Fn(Result<StatusCode, &(dyn Error + 'static)>) -> Option<Outcome> + Send + Sync;
+
+/// Decides whether a response or an error is a success, a failure, or
+/// neither (ignored).
+///
+/// Three rules, in order: a custom predicate if one is set; then for a
+/// response, its status (failure statuses fail, ignored statuses count
+/// neither way, anything else succeeds); for an error, its kind (ignored
+/// kinds count neither way, any other error fails).
 ///
 /// ```
 /// use http::StatusCode;
@@ -157,16 +189,22 @@ impl fmt::Debug for StatusSet {
 ///     Outcome::Failure(FailureKind::Status(StatusCode::SERVICE_UNAVAILABLE)),
 /// );
 ///
-/// // Treat 429 as a failure too, and 501 as a plain answer.
+/// // Treat 429 as a failure too, 501 as a plain answer, and ignore 499.
 /// let custom = FailureClassifier::default()
 ///     .with_failure_status(StatusCode::TOO_MANY_REQUESTS)
-///     .without_failure_status(StatusCode::NOT_IMPLEMENTED);
+///     .without_failure_status(StatusCode::NOT_IMPLEMENTED)
+///     .with_ignored_status(StatusCode::from_u16(499)?);
 /// assert!(custom.classify_status(StatusCode::TOO_MANY_REQUESTS).is_failure());
 /// assert!(!custom.classify_status(StatusCode::NOT_IMPLEMENTED).is_failure());
+/// assert_eq!(custom.classify_status(StatusCode::from_u16(499)?), Outcome::Ignored);
+/// # Ok::<(), http::status::InvalidStatusCode>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct FailureClassifier {
     failure_statuses: StatusSet,
+    ignored_statuses: StatusSet,
+    ignored_kinds: KindSet,
+    predicate: Option<std::sync::Arc<OutcomePredicate>>,
 }
 
 // === impl FailureClassifier ===
@@ -176,18 +214,61 @@ impl FailureClassifier {
     pub fn with_failure_statuses(statuses: StatusSet) -> Self {
         FailureClassifier {
             failure_statuses: statuses,
+            ignored_statuses: StatusSet::EMPTY,
+            ignored_kinds: KindSet::default(),
+            predicate: None,
         }
     }
 
     /// This classifier, also counting `code` as a failure.
     pub fn with_failure_status(mut self, code: StatusCode) -> Self {
         self.failure_statuses.insert(code);
+        self.ignored_statuses.remove(code);
         self
     }
 
     /// This classifier, no longer counting `code` as a failure.
     pub fn without_failure_status(mut self, code: StatusCode) -> Self {
         self.failure_statuses.remove(code);
+        self
+    }
+
+    /// This classifier, counting responses with `code` neither way.
+    pub fn with_ignored_status(mut self, code: StatusCode) -> Self {
+        self.ignored_statuses.insert(code);
+        self.failure_statuses.remove(code);
+        self
+    }
+
+    /// This classifier, counting errors of `kind` neither way (for
+    /// example [`FailureKind::CircuitOpen`], so that a breaker below this
+    /// one refusing a call does not count against it).
+    pub fn with_ignored_error(mut self, kind: FailureKind) -> Self {
+        self.ignored_kinds.0 |= KindSet::bit(kind);
+        self
+    }
+
+    /// This classifier, asking `predicate` first about every call.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mesh_core::{FailureClassifier, FailureKind, Outcome};
+    /// // A 200 from this upstream is only a success if it is not a 204.
+    /// let c = FailureClassifier::default().with_predicate(|call| match call {
+    ///     Ok(StatusCode::NO_CONTENT) => Some(Outcome::Failure(FailureKind::Other)),
+    ///     _ => None,
+    /// });
+    /// assert!(c.classify_status(StatusCode::NO_CONTENT).is_failure());
+    /// assert!(!c.classify_status(StatusCode::OK).is_failure());
+    /// ```
+    pub fn with_predicate<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(Result<StatusCode, &(dyn Error + 'static)>) -> Option<Outcome>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.predicate = Some(std::sync::Arc::new(predicate));
         self
     }
 
@@ -198,8 +279,13 @@ impl FailureClassifier {
 
     /// The verdict on a response status.
     pub fn classify_status(&self, status: StatusCode) -> Outcome {
+        if let Some(decided) = self.predicate.as_ref().and_then(|p| p(Ok(status))) {
+            return decided;
+        }
         if self.failure_statuses.contains(status) {
             Outcome::Failure(FailureKind::Status(status))
+        } else if self.ignored_statuses.contains(status) {
+            Outcome::Ignored
         } else {
             Outcome::Success
         }
@@ -210,11 +296,26 @@ impl FailureClassifier {
         self.classify_status(response.status())
     }
 
-    /// How an error failed: every error is a failure, and this names its
-    /// kind by walking the source chain for a timeout, a refused or reset
-    /// connection, or an open circuit.
+    /// How an error failed, by walking the source chain for a timeout, a
+    /// refused or reset connection, or an open circuit. This names the
+    /// kind only; [`FailureClassifier::classify_error_outcome`] applies the
+    /// predicate and the ignored kinds.
     pub fn classify_error(&self, error: &(dyn Error + 'static)) -> FailureKind {
         classify_error_chain(error)
+    }
+
+    /// The verdict on an error: a failure of its kind, unless the
+    /// predicate decides otherwise or the kind is ignored.
+    pub fn classify_error_outcome(&self, error: &(dyn Error + 'static)) -> Outcome {
+        if let Some(decided) = self.predicate.as_ref().and_then(|p| p(Err(error))) {
+            return decided;
+        }
+        let kind = classify_error_chain(error);
+        if self.ignored_kinds.0 & KindSet::bit(kind) != 0 {
+            Outcome::Ignored
+        } else {
+            Outcome::Failure(kind)
+        }
     }
 
     /// The verdict on a call's result.
@@ -224,8 +325,22 @@ impl FailureClassifier {
     {
         match result {
             Ok(response) => self.classify_response(response),
-            Err(error) => Outcome::Failure(self.classify_error(error.as_ref())),
+            Err(error) => {
+                let error: &(dyn Error + Send + Sync + 'static) = error.as_ref();
+                self.classify_error_outcome(error)
+            }
         }
+    }
+}
+
+impl fmt::Debug for FailureClassifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureClassifier")
+            .field("failure_statuses", &self.failure_statuses)
+            .field("ignored_statuses", &self.ignored_statuses)
+            .field("ignored_kinds", &self.ignored_kinds)
+            .field("predicate", &self.predicate.is_some())
+            .finish()
     }
 }
 
@@ -245,6 +360,7 @@ fn classify_error_chain(error: &(dyn Error + 'static)) -> FailureKind {
         if let Some(mesh) = e.downcast_ref::<MeshError>() {
             match mesh {
                 MeshError::CircuitOpen { .. } => return FailureKind::CircuitOpen,
+                MeshError::Timeout { .. } => return FailureKind::Timeout,
                 MeshError::Endpoint { .. } => {}
                 _ => return FailureKind::Other,
             }
@@ -302,11 +418,33 @@ mod tests {
         let open = MeshError::CircuitOpen {
             service: None,
             endpoint: None,
-            retry_in: std::time::Duration::ZERO,
+            retry_in: None,
         };
         assert_eq!(c.classify_error(&open), FailureKind::CircuitOpen);
         assert!(FailureKind::CircuitOpen.never_sent());
         assert!(!FailureKind::Timeout.never_sent());
+    }
+
+    #[test]
+    fn ignored_kinds_and_predicates_override_the_default() {
+        let c = FailureClassifier::default().with_ignored_error(FailureKind::CircuitOpen);
+        let open = MeshError::CircuitOpen {
+            service: None,
+            endpoint: None,
+            retry_in: None,
+        };
+        assert_eq!(c.classify_error_outcome(&open), Outcome::Ignored);
+        let timeout = MeshError::Timeout {
+            after: std::time::Duration::from_secs(1),
+        };
+        assert_eq!(
+            c.classify_error_outcome(&timeout),
+            Outcome::Failure(FailureKind::Timeout)
+        );
+        let lenient = c.with_predicate(|call| call.is_err().then_some(Outcome::Success));
+        assert_eq!(lenient.classify_error_outcome(&timeout), Outcome::Success);
+        let r: Result<http::Response<()>, crate::BoxError> = Err(Box::new(timeout));
+        assert_eq!(lenient.classify_result(&r), Outcome::Success);
     }
 
     proptest! {

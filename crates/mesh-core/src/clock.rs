@@ -3,7 +3,10 @@
 //! Endpoint state is a set of atomics, so a point in time stored there (such
 //! as "ejected until") must fit in an `AtomicU64`. [`Nanos`] counts
 //! nanoseconds since a process-wide epoch fixed on first use; it is derived
-//! from [`std::time::Instant`], so it never goes backwards.
+//! from tokio's [`Instant`](tokio::time::Instant), so it never goes
+//! backwards, and a test that pauses tokio's clock
+//! (`tokio::time::pause`) controls every timed decision of the mesh
+//! (breaker windows, open durations) without sleeping.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -11,7 +14,9 @@ use std::time::{Duration, Instant};
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 fn epoch() -> Instant {
-    *EPOCH.get_or_init(Instant::now)
+    // Read through tokio, like `now`, so that under a paused test clock the
+    // epoch is not later than the frozen time.
+    *EPOCH.get_or_init(|| tokio::time::Instant::now().into_std())
 }
 
 /// A point on the process's monotonic clock, in nanoseconds since its epoch.
@@ -56,12 +61,19 @@ impl Nanos {
 /// assert!(b >= a);
 /// ```
 pub fn now() -> Nanos {
-    Nanos::from_instant(Instant::now())
+    Nanos::from_instant(tokio::time::Instant::now().into_std())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn follows_tokio_s_paused_clock() {
+        let before = now();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(now().saturating_since(before), Duration::from_secs(30));
+    }
 
     #[test]
     fn round_trips_through_instant() {

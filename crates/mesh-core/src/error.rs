@@ -60,14 +60,23 @@ pub enum MeshError {
     },
 
     /// A circuit breaker refused the call without sending it.
-    #[error("circuit open for {}{}: calls are refused for up to {retry_in:?} while it recovers", service.as_ref().map_or("the service", |s| s.as_str()), endpoint.as_ref().map(|e| format!(" endpoint {e}")).unwrap_or_default())]
+    #[error("circuit open for {}{}: {}", service.as_ref().map_or("the service", |s| s.as_str()), endpoint.as_ref().map(|e| format!(" endpoint {e}")).unwrap_or_default(), retry_in.map_or("held open by an operator until released".to_owned(), |d| format!("calls are refused for up to {d:?} while it recovers")))]
     CircuitOpen {
         /// The service guarded.
         service: Option<ServiceName>,
         /// The endpoint, for a per-endpoint breaker.
         endpoint: Option<EndpointId>,
-        /// The longest the breaker stays open from now.
-        retry_in: Duration,
+        /// The longest the breaker refuses calls from now; `None` while an
+        /// operator holds it open.
+        retry_in: Option<Duration>,
+    },
+
+    /// A call took longer than the timeout a layer gives it, and was
+    /// cancelled.
+    #[error("call timed out after {after:?} and was cancelled")]
+    Timeout {
+        /// The timeout.
+        after: Duration,
     },
 
     /// Sending to a chosen endpoint failed; `source` says how.
@@ -134,7 +143,7 @@ mod tests {
         let open = MeshError::CircuitOpen {
             service: Some(svc.clone()),
             endpoint: Some(EndpointId::new("10.0.0.1:80").unwrap()),
-            retry_in: Duration::from_secs(2),
+            retry_in: Some(Duration::from_secs(2)),
         };
         assert_eq!(
             open.to_string(),
@@ -147,7 +156,7 @@ mod tests {
         let inner = MeshError::CircuitOpen {
             service: None,
             endpoint: None,
-            retry_in: Duration::ZERO,
+            retry_in: Some(Duration::ZERO),
         };
         let outer = MeshError::Endpoint {
             service: ServiceName::new("a").unwrap(),

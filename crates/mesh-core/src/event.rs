@@ -16,9 +16,27 @@ pub enum CircuitState {
     Closed,
     /// Calls are refused without being sent, until the open duration ends.
     Open,
-    /// Probe calls (exactly one at a time today) pass to test recovery;
-    /// the others are refused.
+    /// A configured number of probe calls pass to test recovery; the
+    /// others are refused.
     HalfOpen,
+    /// Held open by an operator: every call is refused until released.
+    ForcedOpen,
+    /// Switched off by an operator: every call passes and nothing is
+    /// recorded.
+    Disabled,
+    /// Recording without acting: every call passes, rates are computed and
+    /// reported, the circuit never trips.
+    MetricsOnly,
+}
+
+impl CircuitState {
+    /// Whether calls are refused in this state (all, or all but probes).
+    pub fn refuses_calls(self) -> bool {
+        matches!(
+            self,
+            CircuitState::Open | CircuitState::HalfOpen | CircuitState::ForcedOpen
+        )
+    }
 }
 
 impl fmt::Display for CircuitState {
@@ -27,6 +45,9 @@ impl fmt::Display for CircuitState {
             CircuitState::Closed => "closed",
             CircuitState::Open => "open",
             CircuitState::HalfOpen => "half-open",
+            CircuitState::ForcedOpen => "forced-open",
+            CircuitState::Disabled => "disabled",
+            CircuitState::MetricsOnly => "metrics-only",
         })
     }
 }
@@ -34,7 +55,9 @@ impl fmt::Display for CircuitState {
 /// Something that happened in the mesh that an operator may want to see.
 ///
 /// Events are for transitions and decisions (a breaker opening, a retry
-/// being scheduled, a set of endpoints changing), never one per request.
+/// being scheduled, a set of endpoints changing). The one per-call event,
+/// [`MeshEvent::BreakerRejected`], is published only while someone
+/// subscribes.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum MeshEvent {
@@ -48,6 +71,27 @@ pub enum MeshEvent {
         from: CircuitState,
         /// The state it entered.
         to: CircuitState,
+    },
+    /// A circuit breaker refused a call without sending it.
+    BreakerRejected {
+        /// The service the breaker guards.
+        service: Option<ServiceName>,
+        /// The endpoint, for a per-endpoint breaker.
+        endpoint: Option<EndpointId>,
+        /// The state that refused it.
+        state: CircuitState,
+    },
+    /// A breaker's failure or slow-call rate reached its threshold (once
+    /// per crossing; a metrics-only breaker reports it without tripping).
+    BreakerRateExceeded {
+        /// The service the breaker guards.
+        service: Option<ServiceName>,
+        /// The endpoint, for a per-endpoint breaker.
+        endpoint: Option<EndpointId>,
+        /// Failed calls in the window, in percent.
+        failure_rate: f64,
+        /// Slow calls in the window, in percent.
+        slow_call_rate: f64,
     },
     /// A request is going to be sent again.
     RetryScheduled {

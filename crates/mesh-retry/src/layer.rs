@@ -53,7 +53,7 @@ impl RetryLayer {
     fn rebuild(self, change: impl FnOnce(&mut Shared)) -> Self {
         let mut shared = Shared {
             config: self.shared.config.clone(),
-            classifier: self.shared.classifier,
+            classifier: self.shared.classifier.clone(),
             events: self.shared.events.clone(),
             counters: Counters::default(),
         };

@@ -1,0 +1,625 @@
+//! The circuit state machine, with no tower in it.
+//!
+//! ```text
+//!            trip condition met                 open duration over
+//!   CLOSED ----------------------> OPEN ----------------------------> HALF_OPEN
+//!     ^                             ^  (next call becomes a probe)       |
+//!     |                             |                                    |
+//!     |                             +--- probes fail, or max wait over --+
+//!     +------------------------ probes succeed --------------------------+
+//!
+//!   operator states, entered and left only by hand:
+//!   FORCED_OPEN (refuse all)   DISABLED (pass all, record nothing)
+//!   METRICS_ONLY (pass all, record, never trip)
+//! ```
+//!
+//! The state and the instant it refers to (when CLOSED or an operator
+//! state began, when OPEN ends, when HALF_OPEN began) are packed into one
+//! `AtomicU64`. The closed path reads that word and records outcomes in
+//! atomics, with no lock and no allocation. Every permit carries the
+//! instant of the state that issued it, so the late outcome of a call
+//! from an earlier period (admitted before the circuit opened, or a probe
+//! of an earlier half-open) is ignored instead of counting against the
+//! current one.
+//!
+//! Everything else (tripping, half-open admission, operator transitions)
+//! takes a small mutex, held for a few instructions and never across an
+//! await. That is what makes "exactly N probes, under any concurrency" a
+//! plain comparison instead of a lock-free puzzle, and it costs nothing
+//! while the circuit is closed and healthy.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use mesh_core::clock::Nanos;
+use mesh_core::{CircuitState, Outcome};
+
+use crate::config::BreakerConfig;
+use crate::window::{Window, WindowCounts};
+
+#[cfg(test)]
+mod tests;
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const FORCED_OPEN: u64 = 3;
+const DISABLED: u64 = 4;
+const METRICS_ONLY: u64 = 5;
+const STATE_BITS: u32 = 3;
+
+fn pack(state: u64, at: Nanos) -> u64 {
+    // 61 bits of nanoseconds cover 73 years of process uptime.
+    (at.0.min(u64::MAX >> STATE_BITS) << STATE_BITS) | state
+}
+
+fn unpack(word: u64) -> (u64, Nanos) {
+    (word & 0b111, Nanos(word >> STATE_BITS))
+}
+
+fn state_of(bits: u64) -> CircuitState {
+    match bits {
+        OPEN => CircuitState::Open,
+        HALF_OPEN => CircuitState::HalfOpen,
+        FORCED_OPEN => CircuitState::ForcedOpen,
+        DISABLED => CircuitState::Disabled,
+        METRICS_ONLY => CircuitState::MetricsOnly,
+        _ => CircuitState::Closed,
+    }
+}
+
+fn bits_of(state: CircuitState) -> u64 {
+    match state {
+        CircuitState::Closed => CLOSED,
+        CircuitState::Open => OPEN,
+        CircuitState::HalfOpen => HALF_OPEN,
+        CircuitState::ForcedOpen => FORCED_OPEN,
+        CircuitState::Disabled => DISABLED,
+        CircuitState::MetricsOnly => METRICS_ONLY,
+    }
+}
+
+/// What a caller was allowed to do; hand it back with the outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permit {
+    /// A call through a closed (or metrics-only) circuit.
+    Normal {
+        /// When the state that admitted it began.
+        period: Nanos,
+    },
+    /// A half-open probe.
+    Probe {
+        /// When the half-open state that admitted it began.
+        started: Nanos,
+    },
+    /// A call through a disabled circuit: nothing is recorded.
+    Unrecorded,
+}
+
+/// A state change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The state left.
+    pub from: CircuitState,
+    /// The state entered.
+    pub to: CircuitState,
+    /// For OPEN, when it ends; for HALF_OPEN, the latest it lasts.
+    pub until: Option<Nanos>,
+}
+
+/// A call the circuit let through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// Hand it back to [`Circuit::record`] or [`Circuit::abandon`].
+    pub permit: Permit,
+    /// The transition this admission caused (OPEN to HALF_OPEN).
+    pub transition: Option<Transition>,
+    /// This was the last probe HALF_OPEN admits: until they report, the
+    /// endpoint may as well be skipped by the balancer.
+    pub probes_exhausted: Option<Nanos>,
+}
+
+/// A call the circuit refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// The state that refused it.
+    pub state: CircuitState,
+    /// The longest until a call may pass again; `None` while an operator
+    /// holds the circuit open.
+    pub retry_in: Option<Duration>,
+    /// A transition the refusal caused (HALF_OPEN to OPEN when the probes
+    /// took longer than the maximum wait).
+    pub transition: Option<Transition>,
+}
+
+/// What recording an outcome caused.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Recorded {
+    /// The transition it caused, if any.
+    pub transition: Option<Transition>,
+    /// The window's (failure rate, slow-call rate) in percent, when this
+    /// call made them cross their thresholds.
+    pub rate_exceeded: Option<(f64, f64)>,
+}
+
+/// A snapshot of one breaker.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BreakerMetrics {
+    /// The state now.
+    pub state: CircuitState,
+    /// Failed calls in the window, in percent (`None` with no call).
+    pub failure_rate: Option<f64>,
+    /// Slow calls in the window, in percent (`None` with no call).
+    pub slow_call_rate: Option<f64>,
+    /// Calls in the window.
+    pub buffered_calls: u32,
+    /// Failed calls in the window.
+    pub failed_calls: u32,
+    /// Slow calls in the window.
+    pub slow_calls: u32,
+    /// Calls that succeeded, since the breaker was created.
+    pub successful_total: u64,
+    /// Calls that failed, since the breaker was created.
+    pub failed_total: u64,
+    /// Calls whose outcome was ignored, since the breaker was created.
+    pub ignored_total: u64,
+    /// Calls refused, since the breaker was created.
+    pub rejected_total: u64,
+    /// State transitions, since the breaker was created.
+    pub transitions: u64,
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    successes: AtomicU64,
+    failures: AtomicU64,
+    ignored: AtomicU64,
+    rejected: AtomicU64,
+    transitions: AtomicU64,
+}
+
+/// What only the slow path touches, under the mutex.
+#[derive(Debug, Default)]
+struct Control {
+    /// Trips since the circuit last closed, for the growing open duration.
+    trips: u32,
+    half_open: Probes,
+}
+
+#[derive(Debug, Default)]
+struct Probes {
+    admitted: u32,
+    succeeded: u32,
+    failed: u32,
+    slow: u32,
+}
+
+/// One circuit breaker.
+#[derive(Debug)]
+pub struct Circuit {
+    config: BreakerConfig,
+    word: AtomicU64,
+    consecutive_failures: AtomicU32,
+    window: Window,
+    rate_exceeded: AtomicBool,
+    totals: Totals,
+    control: Mutex<Control>,
+}
+
+// === impl Circuit ===
+
+impl Circuit {
+    /// A closed circuit.
+    pub fn new(config: BreakerConfig) -> Self {
+        Circuit {
+            window: Window::new(config.window()),
+            config,
+            word: AtomicU64::new(pack(CLOSED, Nanos::ZERO)),
+            consecutive_failures: AtomicU32::new(0),
+            rate_exceeded: AtomicBool::new(false),
+            totals: Totals::default(),
+            control: Mutex::new(Control::default()),
+        }
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
+    /// The current state.
+    pub fn state(&self) -> CircuitState {
+        state_of(unpack(self.word.load(Ordering::Acquire)).0)
+    }
+
+    fn control(&self) -> MutexGuard<'_, Control> {
+        // A panic while holding this lock cannot leave the counters in a
+        // state worse than stale; keep serving.
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks to make a call at `now`.
+    pub fn acquire(&self, now: Nanos) -> Result<Admitted, Rejected> {
+        self.acquire_with(|| now)
+    }
+
+    /// [`Circuit::acquire`], reading the clock only if the state needs it:
+    /// a closed circuit admits without knowing the time.
+    pub fn acquire_with(&self, clock: impl Fn() -> Nanos) -> Result<Admitted, Rejected> {
+        let word = self.word.load(Ordering::Acquire);
+        let (state, at) = unpack(word);
+        match state {
+            CLOSED | METRICS_ONLY => Ok(Admitted {
+                permit: Permit::Normal { period: at },
+                transition: None,
+                probes_exhausted: None,
+            }),
+            DISABLED => Ok(Admitted {
+                permit: Permit::Unrecorded,
+                transition: None,
+                probes_exhausted: None,
+            }),
+            FORCED_OPEN => Err(self.reject(CircuitState::ForcedOpen, None, None)),
+            _ => {
+                let now = clock();
+                if state == OPEN && now < at {
+                    return Err(self.reject(
+                        CircuitState::Open,
+                        Some(at.saturating_since(now)),
+                        None,
+                    ));
+                }
+                self.acquire_slow(now)
+            }
+        }
+    }
+
+    fn reject(
+        &self,
+        state: CircuitState,
+        retry_in: Option<Duration>,
+        transition: Option<Transition>,
+    ) -> Rejected {
+        self.totals.rejected.fetch_add(1, Ordering::Relaxed);
+        Rejected {
+            state,
+            retry_in,
+            transition,
+        }
+    }
+
+    /// OPEN past its deadline, or HALF_OPEN: decided under the lock.
+    fn acquire_slow(&self, now: Nanos) -> Result<Admitted, Rejected> {
+        let mut control = self.control();
+        let word = self.word.load(Ordering::Acquire);
+        let (state, at) = unpack(word);
+        let probes = self.config.half_open_probes();
+        let max_wait = self.config.half_open_max_wait();
+        match state {
+            OPEN if now >= at => {
+                control.half_open = Probes {
+                    admitted: 1,
+                    ..Probes::default()
+                };
+                let transition = self.set(pack(HALF_OPEN, now), Some(now.saturating_add(max_wait)));
+                Ok(Admitted {
+                    permit: Permit::Probe { started: now },
+                    transition: Some(transition),
+                    probes_exhausted: (probes == 1).then(|| now.saturating_add(max_wait)),
+                })
+            }
+            HALF_OPEN => {
+                let deadline = at.saturating_add(max_wait);
+                if now >= deadline {
+                    // The probes took too long: presume the worst.
+                    let transition = self.trip(&mut control, now);
+                    return Err(self.reject(
+                        CircuitState::Open,
+                        transition.until.map(|u| u.saturating_since(now)),
+                        Some(transition),
+                    ));
+                }
+                if control.half_open.admitted < probes {
+                    control.half_open.admitted += 1;
+                    return Ok(Admitted {
+                        permit: Permit::Probe { started: at },
+                        transition: None,
+                        probes_exhausted: (control.half_open.admitted == probes)
+                            .then_some(deadline),
+                    });
+                }
+                Err(self.reject(
+                    CircuitState::HalfOpen,
+                    Some(deadline.saturating_since(now)),
+                    None,
+                ))
+            }
+            // The state moved on between the first look and the lock
+            // (tripped again, closed, or set by hand): decide afresh.
+            _ => {
+                drop(control);
+                self.acquire(now)
+            }
+        }
+    }
+
+    /// Records the outcome of a permitted call that took `elapsed`.
+    pub fn record(
+        &self,
+        permit: Permit,
+        outcome: Outcome,
+        elapsed: Duration,
+        now: Nanos,
+    ) -> Recorded {
+        self.record_with(permit, outcome, elapsed, || now)
+    }
+
+    /// [`Circuit::record`], reading the clock only if needed (a time
+    /// window, or a transition): a success in a count window needs none.
+    pub fn record_with(
+        &self,
+        permit: Permit,
+        outcome: Outcome,
+        elapsed: Duration,
+        clock: impl Fn() -> Nanos,
+    ) -> Recorded {
+        if permit == Permit::Unrecorded {
+            return Recorded::default();
+        }
+        let failed = matches!(outcome, Outcome::Failure(_));
+        let slow = self.config.slow_call_rate_threshold().is_some()
+            && elapsed >= self.config.slow_call_duration();
+        let total = match outcome {
+            Outcome::Success => &self.totals.successes,
+            Outcome::Failure(_) => &self.totals.failures,
+            Outcome::Ignored => &self.totals.ignored,
+        };
+        total.fetch_add(1, Ordering::Relaxed);
+        match permit {
+            Permit::Normal { period } => {
+                if outcome == Outcome::Ignored {
+                    return Recorded::default();
+                }
+                self.record_normal(period, failed, slow, clock)
+            }
+            Permit::Probe { started } => self.record_probe(started, outcome, slow, clock()),
+            Permit::Unrecorded => Recorded::default(),
+        }
+    }
+
+    fn record_normal(
+        &self,
+        period: Nanos,
+        failed: bool,
+        slow: bool,
+        clock: impl Fn() -> Nanos,
+    ) -> Recorded {
+        let word = self.word.load(Ordering::Acquire);
+        if word != pack(CLOSED, period) && word != pack(METRICS_ONLY, period) {
+            return Recorded::default(); // from an earlier period
+        }
+        self.window.record(failed, slow, &clock);
+        let consecutive = if failed {
+            self.consecutive_failures
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        } else {
+            // Skip the store when already zero: a healthy circuit under
+            // load then never writes this cache line.
+            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            0
+        };
+        let by_count = self
+            .config
+            .consecutive_failures()
+            .is_some_and(|n| consecutive >= n);
+        let rates = self.rates_exceeded(&clock);
+        let mut recorded = Recorded::default();
+        match rates {
+            Some(r) => {
+                if !self.rate_exceeded.swap(true, Ordering::Relaxed) {
+                    recorded.rate_exceeded = Some(r);
+                }
+            }
+            None => {
+                if self.rate_exceeded.load(Ordering::Relaxed) {
+                    self.rate_exceeded.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        if (by_count || rates.is_some()) && unpack(word).0 == CLOSED {
+            let mut control = self.control();
+            if self.word.load(Ordering::Acquire) == word {
+                recorded.transition = Some(self.trip(&mut control, clock()));
+            }
+        }
+        recorded
+    }
+
+    /// The window's rates, if they are judged (enough calls) and either
+    /// reaches its threshold.
+    fn rates_exceeded(&self, clock: impl Fn() -> Nanos) -> Option<(f64, f64)> {
+        let (fail_at, slow_at) = (
+            self.config.failure_rate_threshold(),
+            self.config.slow_call_rate_threshold(),
+        );
+        if (fail_at.is_none() && slow_at.is_none()) || !self.window.may_have_bad_calls() {
+            return None;
+        }
+        let counts = self.window.counts(clock);
+        if counts.calls < self.config.minimum_calls() {
+            return None;
+        }
+        let failure_rate = counts.failure_rate().unwrap_or(0.0);
+        let slow_rate = counts.slow_call_rate().unwrap_or(0.0);
+        let exceeded =
+            fail_at.is_some_and(|t| failure_rate >= t) || slow_at.is_some_and(|t| slow_rate >= t);
+        exceeded.then_some((failure_rate, slow_rate))
+    }
+
+    fn record_probe(&self, started: Nanos, outcome: Outcome, slow: bool, now: Nanos) -> Recorded {
+        let mut control = self.control();
+        if self.word.load(Ordering::Acquire) != pack(HALF_OPEN, started) {
+            return Recorded::default(); // a probe of an earlier half-open
+        }
+        let probes = &mut control.half_open;
+        match outcome {
+            // An ignored probe proves nothing: give its slot to another.
+            Outcome::Ignored => {
+                probes.admitted = probes.admitted.saturating_sub(1);
+                return Recorded::default();
+            }
+            Outcome::Success => probes.succeeded += 1,
+            Outcome::Failure(_) => probes.failed += 1,
+        }
+        if slow {
+            probes.slow += 1;
+        }
+        let n = self.config.half_open_probes();
+        let needed = |threshold: Option<f64>| {
+            // The fewest of n probes whose share reaches the threshold;
+            // with no rate rule, one failed probe is enough to reopen.
+            threshold.map_or(1, |t| {
+                ((t * f64::from(n) / 100.0).ceil() as u32).clamp(1, n)
+            })
+        };
+        let fail_needed = needed(self.config.failure_rate_threshold());
+        let slow_needed = self
+            .config
+            .slow_call_rate_threshold()
+            .map(|t| needed(Some(t)));
+        let (failed, slow, done) = (probes.failed, probes.slow, probes.succeeded + probes.failed);
+        let remaining = n.saturating_sub(done);
+        let reopen = failed >= fail_needed || slow_needed.is_some_and(|s| slow >= s);
+        // Close as soon as the remaining probes could no longer reach
+        // either threshold, even if all of them failed and were slow.
+        let can_still_fail =
+            failed + remaining >= fail_needed || slow_needed.is_some_and(|s| slow + remaining >= s);
+        let transition = if reopen {
+            Some(self.trip(&mut control, now))
+        } else if !can_still_fail {
+            Some(self.close(&mut control, now))
+        } else {
+            None
+        };
+        Recorded {
+            transition,
+            rate_exceeded: None,
+        }
+    }
+
+    /// Gives a probe's slot back without an outcome (its call was
+    /// cancelled), so another call may probe in its place.
+    pub fn abandon(&self, permit: Permit) {
+        if let Permit::Probe { started } = permit {
+            let mut control = self.control();
+            if self.word.load(Ordering::Acquire) == pack(HALF_OPEN, started) {
+                control.half_open.admitted = control.half_open.admitted.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Moves to OPEN, for longer after each failed recovery.
+    fn trip(&self, control: &mut Control, now: Nanos) -> Transition {
+        // In whole nanoseconds, so that durations without jitter are exact.
+        let base = self.config.open_duration().as_nanos() as f64;
+        let grown = base
+            * self
+                .config
+                .open_duration_multiplier()
+                .powi(control.trips.min(64) as i32);
+        let capped = grown.min(self.config.open_duration_max().as_nanos() as f64);
+        let jitter = self.config.open_duration_jitter();
+        let factor = if jitter > 0.0 {
+            1.0 + jitter * (2.0 * fastrand::f64() - 1.0)
+        } else {
+            1.0
+        };
+        let open_for = Duration::from_nanos((capped * factor).round().max(1_000_000.0) as u64);
+        control.trips = control.trips.saturating_add(1);
+        let until = now.saturating_add(open_for);
+        self.set(pack(OPEN, until), Some(until))
+    }
+
+    /// Moves to CLOSED with a fresh window.
+    fn close(&self, control: &mut Control, now: Nanos) -> Transition {
+        control.trips = 0;
+        self.window.reset();
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.rate_exceeded.store(false, Ordering::Relaxed);
+        self.set(pack(CLOSED, now), None)
+    }
+
+    fn set(&self, word: u64, until: Option<Nanos>) -> Transition {
+        let previous = self.word.swap(word, Ordering::AcqRel);
+        self.totals.transitions.fetch_add(1, Ordering::Relaxed);
+        Transition {
+            from: state_of(unpack(previous).0),
+            to: state_of(unpack(word).0),
+            until,
+        }
+    }
+
+    /// Moves to `target` by hand at `now` (an operator's decision). A move
+    /// to the current state does nothing and returns `None`.
+    ///
+    /// CLOSED starts a fresh window; OPEN lasts the configured open
+    /// duration; HALF_OPEN admits a fresh set of probes; the operator states
+    /// hold until the next manual transition.
+    pub fn transition_to(&self, target: CircuitState, now: Nanos) -> Option<Transition> {
+        let mut control = self.control();
+        if self.state() == target {
+            return None;
+        }
+        Some(match target {
+            CircuitState::Closed => self.close(&mut control, now),
+            CircuitState::Open => {
+                let until = now.saturating_add(self.config.open_duration());
+                self.set(pack(OPEN, until), Some(until))
+            }
+            CircuitState::HalfOpen => {
+                control.half_open = Probes::default();
+                let max_wait = self.config.half_open_max_wait();
+                self.set(pack(HALF_OPEN, now), Some(now.saturating_add(max_wait)))
+            }
+            other => self.set(pack(bits_of(other), now), None),
+        })
+    }
+
+    /// Back to a fresh CLOSED circuit: empty window, no failure streak, no
+    /// growth of the open duration. Returns the transition, if the state
+    /// was not CLOSED already.
+    pub fn reset(&self, now: Nanos) -> Option<Transition> {
+        let mut control = self.control();
+        if self.state() == CircuitState::Closed {
+            control.trips = 0;
+            self.window.reset();
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.rate_exceeded.store(false, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.close(&mut control, now))
+    }
+
+    /// A snapshot of the breaker at `now`.
+    pub fn metrics(&self, now: Nanos) -> BreakerMetrics {
+        let counts: WindowCounts = self.window.counts(|| now);
+        let t = &self.totals;
+        BreakerMetrics {
+            state: self.state(),
+            failure_rate: counts.failure_rate(),
+            slow_call_rate: counts.slow_call_rate(),
+            buffered_calls: counts.calls,
+            failed_calls: counts.failures,
+            slow_calls: counts.slow,
+            successful_total: t.successes.load(Ordering::Relaxed),
+            failed_total: t.failures.load(Ordering::Relaxed),
+            ignored_total: t.ignored.load(Ordering::Relaxed),
+            rejected_total: t.rejected.load(Ordering::Relaxed),
+            transitions: t.transitions.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! [`FallbackLayer`]: answer from a fallback when a call is refused or fails
+//! (the design document's `execute(fn, fallback)`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Response, StatusCode};
+use mesh_core::{BoxError, FailureClassifier, FailureKind, MeshError, Outcome};
+use pin_project_lite::pin_project;
+use tower::Service;
+use tower_layer::Layer;
+
+/// Why the fallback is asked to answer.
+#[derive(Debug)]
+pub enum Fault {
+    /// A circuit breaker refused the call (it was never sent).
+    Rejected(BoxError),
+    /// The call failed with an error (connect, timeout, reset...).
+    Error(BoxError),
+    /// The call was answered with a status the classifier calls a failure
+    /// (only with [`FallbackLayer::on_failed_responses`]).
+    Response(StatusCode),
+}
+
+/// Answers with `fallback(fault)` instead of an error (and, if asked,
+/// instead of a failed response).
+///
+/// Put it above the breaker, and above retries if the fallback should only
+/// answer once they are spent:
+///
+/// ```
+/// use mesh_breaker::{BreakerConfig, BreakerLayer, FallbackLayer, Fault};
+/// use tower::{service_fn, ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let svc = ServiceBuilder::new()
+///     .layer(FallbackLayer::new(|fault: Fault| {
+///         // A cached or default answer: notifications can wait.
+///         let note = match fault {
+///             Fault::Rejected(_) => "queued: notifications are paused",
+///             _ => "queued: notifications are failing",
+///         };
+///         Ok(http::Response::new(note.to_owned()))
+///     }))
+///     .layer(BreakerLayer::new(BreakerConfig::lenient()))
+///     .service(service_fn(|_req: http::Request<()>| async {
+///         Err::<http::Response<String>, _>(std::io::Error::other("upstream down"))
+///     }));
+/// let response = svc.oneshot(http::Request::get("http://notify/").body(())?).await?;
+/// assert_eq!(response.into_body(), "queued: notifications are failing");
+/// # Ok(()) }
+/// ```
+pub struct FallbackLayer<F> {
+    fallback: Arc<F>,
+    failed_responses: Option<FailureClassifier>,
+}
+
+impl<F> FallbackLayer<F> {
+    /// Answers errors and refusals with `fallback`.
+    pub fn new(fallback: F) -> Self {
+        FallbackLayer {
+            fallback: Arc::new(fallback),
+            failed_responses: None,
+        }
+    }
+
+    /// Also replaces responses that `classifier` calls failures (a 503,
+    /// say) with the fallback's answer.
+    pub fn on_failed_responses(mut self, classifier: FailureClassifier) -> Self {
+        self.failed_responses = Some(classifier);
+        self
+    }
+}
+
+impl<F> Clone for FallbackLayer<F> {
+    fn clone(&self) -> Self {
+        FallbackLayer {
+            fallback: Arc::clone(&self.fallback),
+            failed_responses: self.failed_responses.clone(),
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for FallbackLayer<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FallbackLayer")
+            .field("failed_responses", &self.failed_responses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, F> Layer<S> for FallbackLayer<F> {
+    type Service = Fallback<S, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Fallback {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`FallbackLayer`].
+pub struct Fallback<S, F> {
+    inner: S,
+    layer: FallbackLayer<F>,
+}
+
+impl<S: Clone, F> Clone for Fallback<S, F> {
+    fn clone(&self) -> Self {
+        Fallback {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, F> std::fmt::Debug for Fallback<S, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fallback")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, F, Req, RB> Service<Req> for Fallback<S, F>
+where
+    S: Service<Req, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    F: Fn(Fault) -> Result<Response<RB>, BoxError>,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = FallbackFuture<S::Future, F>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        FallbackFuture {
+            inner: self.inner.call(req),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Fallback`].
+    pub struct FallbackFuture<Fut, F> {
+        #[pin]
+        inner: Fut,
+        layer: FallbackLayer<F>,
+    }
+}
+
+impl<Fut, F, RB, E> Future for FallbackFuture<Fut, F>
+where
+    Fut: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+    F: Fn(Fault) -> Result<Response<RB>, BoxError>,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        let fault = match result {
+            Ok(response) => match &this.layer.failed_responses {
+                Some(c) if matches!(c.classify_response(&response), Outcome::Failure(_)) => {
+                    Fault::Response(response.status())
+                }
+                _ => return Poll::Ready(Ok(response)),
+            },
+            Err(error) => {
+                let error: BoxError = error.into();
+                let refused = FailureClassifier::default().classify_error(error.as_ref())
+                    == FailureKind::CircuitOpen
+                    || matches!(
+                        MeshError::find(error.as_ref()),
+                        Some(MeshError::CircuitOpen { .. })
+                    );
+                if refused {
+                    Fault::Rejected(error)
+                } else {
+                    Fault::Error(error)
+                }
+            }
+        };
+        tracing::debug!(?fault, "answering from fallback");
+        Poll::Ready((this.layer.fallback)(fault))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BreakerConfig, BreakerKey, BreakerLayer};
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    fn answer(fault: Fault) -> Result<Response<String>, BoxError> {
+        Ok(Response::new(match fault {
+            Fault::Rejected(_) => "rejected".to_owned(),
+            Fault::Error(e) => format!("error: {e}"),
+            Fault::Response(s) => format!("status {}", s.as_u16()),
+        }))
+    }
+
+    #[tokio::test]
+    async fn answers_refusals_errors_and_if_asked_failed_responses() {
+        let breaker = BreakerLayer::new(BreakerConfig::default());
+        let svc = ServiceBuilder::new()
+            .layer(FallbackLayer::new(answer).on_failed_responses(FailureClassifier::default()))
+            .layer(breaker.clone())
+            .service(service_fn(|req: http::Request<()>| async move {
+                match req.uri().path() {
+                    "/err" => Err::<Response<String>, BoxError>("boom".into()),
+                    "/503" => Ok(http::Response::builder()
+                        .status(503)
+                        .body(String::new())
+                        .unwrap()),
+                    _ => Ok(Response::new("real".to_owned())),
+                }
+            }));
+        let get = |path: &str| {
+            http::Request::get(format!("http://api{path}"))
+                .body(())
+                .unwrap()
+        };
+        let body = |r: Response<String>| r.into_body();
+        assert_eq!(body(svc.clone().oneshot(get("/ok")).await.unwrap()), "real");
+        assert_eq!(
+            body(svc.clone().oneshot(get("/err")).await.unwrap()),
+            "error: boom"
+        );
+        assert_eq!(
+            body(svc.clone().oneshot(get("/503")).await.unwrap()),
+            "status 503"
+        );
+        let key = BreakerKey::Authority(http::uri::Authority::from_static("api"));
+        breaker.handle(&key).unwrap().force_open();
+        assert_eq!(body(svc.oneshot(get("/ok")).await.unwrap()), "rejected");
+    }
+}
