@@ -4,68 +4,62 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use mesh_core::{clock, BoxError, Endpoint, FailureKind, MeshError, Outcome, ServiceName};
+use mesh_core::{clock, BoxError, Endpoint, FailureKind, MeshError, Outcome};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::circuit::Permit;
 use crate::registry::Entry;
-use crate::service::Shared;
 
 /// Holds a call's permit until its outcome is recorded. A call dropped
 /// before it finished (cancelled by its caller) is recorded as ignored: it
 /// says nothing about the upstream, and a probe's slot goes to another
 /// call instead of leaving the circuit half-open until it times out.
 pub(crate) struct Tracker {
-    shared: Arc<Shared>,
     entry: Arc<Entry>,
     permit: Permit,
-    service: Option<ServiceName>,
     endpoint: Option<Endpoint>,
     started: Option<Instant>,
     done: bool,
 }
 
 impl Tracker {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        entry: Arc<Entry>,
-        permit: Permit,
-        service: Option<ServiceName>,
-        endpoint: Option<Endpoint>,
-    ) -> Self {
+    pub(crate) fn new(entry: Arc<Entry>, permit: Permit, endpoint: Option<Endpoint>) -> Self {
         Tracker {
-            started: shared.times_calls.then(Instant::now),
-            shared,
+            started: entry.common.times_calls.then(Instant::now),
             entry,
             permit,
-            service,
             endpoint,
             done: false,
         }
     }
 
-    fn finish(&mut self, outcome: Outcome) {
+    pub(crate) fn classifier(&self) -> &mesh_core::FailureClassifier {
+        &self.entry.common.classifier
+    }
+
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
         self.done = true;
         let elapsed = self.started.map_or(Duration::ZERO, |s| s.elapsed());
-        let recorded = self
-            .entry
+        let entry = &self.entry;
+        let recorded = entry
             .circuit
             .record_with(self.permit, outcome, elapsed, clock::now);
         if let Some(t) = recorded.transition {
-            self.shared.announce_for(
-                self.service.as_ref(),
+            entry.common.announce(
+                entry.service.as_ref(),
                 self.endpoint.as_ref(),
                 t,
                 clock::now(),
             );
         }
         if let Some((failure_rate, slow_call_rate)) = recorded.rate_exceeded {
-            tracing::warn!(service = ?self.service, failure_rate, slow_call_rate, "breaker rate threshold reached");
-            self.shared
+            tracing::warn!(service = ?entry.service, failure_rate, slow_call_rate, "breaker rate threshold reached");
+            entry
+                .common
                 .events
                 .publish(mesh_core::MeshEvent::BreakerRateExceeded {
-                    service: self.service.clone(),
+                    service: entry.service.clone(),
                     endpoint: self.endpoint.as_ref().map(|e| e.id().clone()),
                     failure_rate,
                     slow_call_rate,
@@ -153,7 +147,7 @@ where
                 if let Poll::Ready(result) = future.poll(cx) {
                     let result = result.map_err(Into::into);
                     if let Some(mut tracker) = tracker.take() {
-                        let outcome = tracker.shared.classifier.classify_result(&result);
+                        let outcome = tracker.classifier().classify_result(&result);
                         tracker.finish(outcome);
                     }
                     return Poll::Ready(result);

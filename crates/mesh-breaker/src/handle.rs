@@ -6,7 +6,6 @@ use mesh_core::{clock, CircuitState};
 
 use crate::circuit::BreakerMetrics;
 use crate::registry::{BreakerKey, Entry};
-use crate::service::Shared;
 
 /// One breaker, to inspect or drive by hand. Every manual transition
 /// publishes exactly one event (and applies endpoint ejection like an
@@ -27,14 +26,20 @@ use crate::service::Shared;
 /// ```
 #[derive(Clone)]
 pub struct BreakerHandle {
-    shared: Arc<Shared>,
     key: BreakerKey,
     entry: Arc<Entry>,
 }
 
 impl BreakerHandle {
-    pub(crate) fn new(shared: Arc<Shared>, key: BreakerKey, entry: Arc<Entry>) -> Self {
-        BreakerHandle { shared, key, entry }
+    pub(crate) fn new(key: BreakerKey, entry: Arc<Entry>) -> Self {
+        BreakerHandle { key, entry }
+    }
+
+    fn announce(&self, t: crate::circuit::Transition, now: mesh_core::clock::Nanos) {
+        let entry = &self.entry;
+        entry
+            .common
+            .announce(entry.service.as_ref(), entry.endpoint.as_ref(), t, now);
     }
 
     /// Which breaker this is.
@@ -57,7 +62,7 @@ impl BreakerHandle {
         let now = clock::now();
         match self.entry.circuit.transition_to(state, now) {
             Some(t) => {
-                self.shared.announce(&self.entry, t, now);
+                self.announce(t, now);
                 true
             }
             None => false,
@@ -84,7 +89,7 @@ impl BreakerHandle {
         let now = clock::now();
         match self.entry.circuit.reset(now) {
             Some(t) => {
-                self.shared.announce(&self.entry, t, now);
+                self.announce(t, now);
                 true
             }
             None => false,

@@ -7,7 +7,7 @@ use tower_layer::Layer;
 use crate::circuit::BreakerMetrics;
 use crate::config::BreakerConfig;
 use crate::handle::BreakerHandle;
-use crate::registry::BreakerKey;
+use crate::registry::{BreakerKey, Common, KeyRef};
 use crate::service::{Breaker, Shared};
 
 /// The parts of a request a custom key function may look at.
@@ -42,20 +42,21 @@ impl BreakerLayer {
     /// Breakers with `config`, the default failure classification and no
     /// event subscribers.
     pub fn new(config: BreakerConfig) -> Self {
+        let common = Common::for_config(&config);
         BreakerLayer {
-            shared: Arc::new(Shared::new(config)),
+            shared: Arc::new(Shared::new(config, common, None)),
         }
     }
 
     /// Publishes transitions, rejections and rate crossings on `events`.
     pub fn events(self, events: EventBus) -> Self {
-        self.rebuild(|s| s.events = events)
+        self.rebuild(|common, _| common.events = events)
     }
 
     /// Judges outcomes with `classifier` instead of the default (5xx and
     /// errors fail).
     pub fn classifier(self, classifier: FailureClassifier) -> Self {
-        self.rebuild(|s| s.classifier = classifier)
+        self.rebuild(|common, _| common.classifier = classifier)
     }
 
     /// Keys breakers by what `key` returns for a request (a tenant, a
@@ -74,7 +75,7 @@ impl BreakerLayer {
         F: Fn(&RequestParts<'_>) -> Option<String> + Send + Sync + 'static,
     {
         let key: Arc<KeyFn> = Arc::new(key);
-        self.rebuild(move |s| s.key_fn = Some(key))
+        self.rebuild(move |_, key_fn| *key_fn = Some(key))
     }
 
     /// A handle on the breaker for `key`, to inspect or drive it by hand;
@@ -83,7 +84,7 @@ impl BreakerLayer {
         self.shared
             .registry
             .get(key)
-            .map(|entry| BreakerHandle::new(Arc::clone(&self.shared), key.clone(), entry))
+            .map(|entry| BreakerHandle::new(key.clone(), entry))
     }
 
     /// A handle on the breaker for `key`, creating it if needed (to force
@@ -96,8 +97,8 @@ impl BreakerLayer {
         };
         self.shared
             .registry
-            .get_or_insert(key, service, None, clock::now)
-            .map(|entry| BreakerHandle::new(Arc::clone(&self.shared), key.clone(), entry))
+            .get_or_insert(KeyRef::of(key), service, None, clock::now)
+            .map(|entry| BreakerHandle::new(key.clone(), entry))
     }
 
     /// The state of the breaker for `key`, if a call ever used it.
@@ -127,14 +128,18 @@ impl BreakerLayer {
         self.shared.registry.len()
     }
 
-    fn rebuild(self, change: impl FnOnce(&mut Shared)) -> Self {
-        let mut shared = Shared::new(self.shared.registry.config().clone());
-        shared.classifier = self.shared.classifier.clone();
-        shared.events = self.shared.events.clone();
-        shared.key_fn = self.shared.key_fn.clone();
-        change(&mut shared);
+    fn rebuild(self, change: impl FnOnce(&mut Common, &mut Option<Arc<KeyFn>>)) -> Self {
+        let config = self.shared.registry.config().clone();
+        let old = self.shared.registry.common();
+        let mut common = Common {
+            classifier: old.classifier.clone(),
+            events: old.events.clone(),
+            times_calls: old.times_calls,
+        };
+        let mut key_fn = self.shared.key_fn.clone();
+        change(&mut common, &mut key_fn);
         BreakerLayer {
-            shared: Arc::new(shared),
+            shared: Arc::new(Shared::new(config, common, key_fn)),
         }
     }
 }

@@ -1,18 +1,22 @@
 //! The breakers of one layer, by key: bounded, with idle ones evicted.
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use hashbrown::{Equivalent, HashMap};
 use mesh_core::clock::Nanos;
-use mesh_core::{CircuitState, Endpoint, EndpointId, ServiceName};
+use mesh_core::{CircuitState, Endpoint, EndpointId, EventBus, FailureClassifier, ServiceName};
 
 use crate::circuit::Circuit;
 use crate::config::BreakerConfig;
 
 /// What one breaker guards.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// Keys compare as written: an authority `API` and an authority `api` are
+/// two breakers (service names are lower case already).
+#[derive(Clone, Debug)]
 pub enum BreakerKey {
     /// One endpoint of a service (scope [`crate::BreakerScope::Endpoint`]).
     Endpoint(ServiceName, EndpointId),
@@ -24,10 +28,111 @@ pub enum BreakerKey {
     Custom(Arc<str>),
 }
 
+impl BreakerKey {
+    /// (kind, first part, second part): what keys hash and compare by.
+    fn parts(&self) -> (u8, &str, &str) {
+        match self {
+            BreakerKey::Endpoint(s, e) => (0, s.as_str(), e.as_str()),
+            BreakerKey::Service(s) => (1, s.as_str(), ""),
+            BreakerKey::Authority(a) => (2, a.as_str(), ""),
+            BreakerKey::Custom(k) => (3, k, ""),
+        }
+    }
+}
+
+/// Whether two key parts are equal. Parts usually share their buffer
+/// (every request for a service carries the same `Arc<str>`), so pointer
+/// equality answers first; short keys are then compared inline rather than
+/// through a `memcmp` call, which costs more than the rest of a lookup.
+fn same_part(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && (std::ptr::eq(a.as_ptr(), b.as_ptr()) || a.bytes().zip(b.bytes()).all(|(x, y)| x == y))
+}
+
+fn same_parts(a: (u8, &str, &str), b: (u8, &str, &str)) -> bool {
+    a.0 == b.0 && same_part(a.1, b.1) && same_part(a.2, b.2)
+}
+
+impl PartialEq for BreakerKey {
+    fn eq(&self, other: &Self) -> bool {
+        same_parts(self.parts(), other.parts())
+    }
+}
+
+impl Eq for BreakerKey {}
+
+impl Hash for BreakerKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+/// A [`BreakerKey`] borrowed from a request, so that looking a breaker up
+/// clones nothing and counts no reference.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum KeyRef<'a> {
+    Endpoint(&'a ServiceName, &'a EndpointId),
+    Service(&'a ServiceName),
+    Authority(&'a http::uri::Authority),
+    Custom(&'a str),
+}
+
+impl<'a> KeyRef<'a> {
+    fn parts(self) -> (u8, &'a str, &'a str) {
+        match self {
+            KeyRef::Endpoint(s, e) => (0, s.as_str(), e.as_str()),
+            KeyRef::Service(s) => (1, s.as_str(), ""),
+            KeyRef::Authority(a) => (2, a.as_str(), ""),
+            KeyRef::Custom(k) => (3, k, ""),
+        }
+    }
+
+    pub(crate) fn to_owned_key(self) -> BreakerKey {
+        match self {
+            KeyRef::Endpoint(s, e) => BreakerKey::Endpoint(s.clone(), e.clone()),
+            KeyRef::Service(s) => BreakerKey::Service(s.clone()),
+            KeyRef::Authority(a) => BreakerKey::Authority(a.clone()),
+            KeyRef::Custom(k) => BreakerKey::Custom(Arc::from(k)),
+        }
+    }
+
+    pub(crate) fn of(key: &'a BreakerKey) -> KeyRef<'a> {
+        match key {
+            BreakerKey::Endpoint(s, e) => KeyRef::Endpoint(s, e),
+            BreakerKey::Service(s) => KeyRef::Service(s),
+            BreakerKey::Authority(a) => KeyRef::Authority(a),
+            BreakerKey::Custom(k) => KeyRef::Custom(k),
+        }
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl Equivalent<BreakerKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &BreakerKey) -> bool {
+        same_parts(self.parts(), key.parts())
+    }
+}
+
+/// What every breaker of a layer shares: how to judge outcomes and where
+/// to report.
+#[derive(Debug)]
+pub(crate) struct Common {
+    pub(crate) classifier: FailureClassifier,
+    pub(crate) events: EventBus,
+    /// Whether calls must be timed: only a slow-call rule needs it.
+    pub(crate) times_calls: bool,
+}
+
 /// One breaker and what events and ejection need to know about it.
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) circuit: Circuit,
+    pub(crate) common: Arc<Common>,
     pub(crate) service: Option<ServiceName>,
     pub(crate) endpoint: Option<Endpoint>,
     /// Used since the last sweep. Set with a load-then-store so that a
@@ -57,15 +162,17 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) struct Registry {
     config: BreakerConfig,
+    common: Arc<Common>,
     map: ArcSwap<HashMap<BreakerKey, Arc<Entry>>>,
     last_sweep: AtomicU64,
     inserting: Mutex<()>,
 }
 
 impl Registry {
-    pub(crate) fn new(config: BreakerConfig) -> Self {
+    pub(crate) fn new(config: BreakerConfig, common: Common) -> Self {
         Registry {
             config,
+            common: Arc::new(common),
             map: ArcSwap::from_pointee(HashMap::new()),
             last_sweep: AtomicU64::new(0),
             inserting: Mutex::new(()),
@@ -76,8 +183,12 @@ impl Registry {
         &self.config
     }
 
+    pub(crate) fn common(&self) -> &Common {
+        &self.common
+    }
+
     pub(crate) fn get(&self, key: &BreakerKey) -> Option<Arc<Entry>> {
-        self.map.load().get(key).cloned()
+        self.map.load().get(&KeyRef::of(key)).cloned()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -92,22 +203,35 @@ impl Registry {
     /// full of breakers that may not be evicted.
     pub(crate) fn get_or_insert(
         &self,
-        key: &BreakerKey,
+        key: KeyRef<'_>,
         service: Option<&ServiceName>,
         endpoint: Option<&Endpoint>,
         clock: impl Fn() -> Nanos,
     ) -> Option<Arc<Entry>> {
-        if let Some(entry) = self.map.load().get(key) {
+        if let Some(entry) = self.map.load().get(&key) {
             if !entry.touched.load(Ordering::Relaxed) {
                 entry.touched.store(true, Ordering::Relaxed);
             }
             return Some(Arc::clone(entry));
         }
+        self.insert(key, service, endpoint, clock)
+    }
+
+    #[cold]
+    fn insert(
+        &self,
+        key: KeyRef<'_>,
+        service: Option<&ServiceName>,
+        endpoint: Option<&Endpoint>,
+        clock: impl Fn() -> Nanos,
+    ) -> Option<Arc<Entry>> {
         let _inserting = self.inserting.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.map.load_full();
-        if let Some(entry) = current.get(key) {
+        if let Some(entry) = current.get(&key) {
             return Some(Arc::clone(entry));
         }
+        let key = key.to_owned_key();
+        let key = &key;
         let mut map = HashMap::clone(&current);
         drop(current);
         let now = clock();
@@ -149,6 +273,7 @@ impl Registry {
         });
         let entry = Arc::new(Entry {
             circuit: Circuit::new(self.config.clone()),
+            common: Arc::clone(&self.common),
             service,
             endpoint: endpoint.cloned(),
             touched: AtomicBool::new(true),
@@ -177,6 +302,11 @@ mod tests {
                 .idle_timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),
+            Common {
+                classifier: FailureClassifier::default(),
+                events: EventBus::default(),
+                times_calls: false,
+            },
         )
     }
 
@@ -185,7 +315,9 @@ mod tests {
     #[test]
     fn stays_within_its_bound_and_keeps_open_breakers() {
         let r = registry(3);
-        let open = r.get_or_insert(&key(0), None, None, || Nanos(0)).unwrap();
+        let open = r
+            .get_or_insert(KeyRef::of(&key(0)), None, None, || Nanos(0))
+            .unwrap();
         let a = open.circuit.acquire(Nanos(0)).unwrap();
         open.circuit.record(
             a.permit,
@@ -195,7 +327,9 @@ mod tests {
         );
         drop(open);
         for n in 1..10 {
-            assert!(r.get_or_insert(&key(n), None, None, || Nanos(S)).is_some());
+            assert!(r
+                .get_or_insert(KeyRef::of(&key(n)), None, None, || Nanos(S))
+                .is_some());
             assert!(r.len() <= 3);
         }
         assert!(
@@ -207,13 +341,13 @@ mod tests {
     #[test]
     fn evicts_breakers_idle_for_a_whole_timeout_first() {
         let r = registry(100);
-        r.get_or_insert(&key(1), None, None, || Nanos(0));
-        r.get_or_insert(&key(2), None, None, || Nanos(0));
+        r.get_or_insert(KeyRef::of(&key(1)), None, None, || Nanos(0));
+        r.get_or_insert(KeyRef::of(&key(2)), None, None, || Nanos(0));
         // 61 s later: a sweep clears the "used" marks; key 2 is used again.
-        r.get_or_insert(&key(3), None, None, || Nanos(61 * S));
-        r.get_or_insert(&key(2), None, None, || Nanos(62 * S));
+        r.get_or_insert(KeyRef::of(&key(3)), None, None, || Nanos(61 * S));
+        r.get_or_insert(KeyRef::of(&key(2)), None, None, || Nanos(62 * S));
         // 122 s: key 1 has not been used for a whole sweep period.
-        r.get_or_insert(&key(4), None, None, || Nanos(122 * S));
+        r.get_or_insert(KeyRef::of(&key(4)), None, None, || Nanos(122 * S));
         assert!(r.get(&key(1)).is_none(), "idle: evicted");
         assert!(r.get(&key(2)).is_some(), "used since the last sweep: kept");
     }
@@ -221,9 +355,44 @@ mod tests {
     #[test]
     fn a_registry_full_of_busy_breakers_leaves_new_keys_unguarded() {
         let r = registry(1);
-        let held = r.get_or_insert(&key(0), None, None, || Nanos(0)).unwrap();
-        assert!(r.get_or_insert(&key(1), None, None, || Nanos(0)).is_none());
+        let held = r
+            .get_or_insert(KeyRef::of(&key(0)), None, None, || Nanos(0))
+            .unwrap();
+        assert!(r
+            .get_or_insert(KeyRef::of(&key(1)), None, None, || Nanos(0))
+            .is_none());
         drop(held);
-        assert!(r.get_or_insert(&key(1), None, None, || Nanos(0)).is_some());
+        assert!(r
+            .get_or_insert(KeyRef::of(&key(1)), None, None, || Nanos(0))
+            .is_some());
+    }
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_and_owned_keys_find_the_same_breaker() {
+        let r = Registry::new(
+            BreakerConfig::default(),
+            Common {
+                classifier: FailureClassifier::default(),
+                events: EventBus::default(),
+                times_calls: false,
+            },
+        );
+        let authority = http::uri::Authority::from_static("api");
+        let first = r
+            .get_or_insert(KeyRef::Authority(&authority), None, None, || Nanos(0))
+            .unwrap();
+        let again = r
+            .get_or_insert(KeyRef::Authority(&authority), None, None, || Nanos(0))
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let owned = BreakerKey::Authority(authority.clone());
+        assert!(Arc::ptr_eq(&first, &r.get(&owned).unwrap()));
+        assert_eq!(r.len(), 1);
+        assert_eq!(first.service.as_ref().map(|s| s.as_str()), Some("api"));
     }
 }

@@ -14,26 +14,30 @@ use crate::circuit::Transition;
 use crate::config::{BreakerConfig, BreakerScope};
 use crate::future::{ResponseFuture, Tracker};
 use crate::layer::{KeyFn, RequestParts};
-use crate::registry::{BreakerKey, Registry};
+use crate::registry::{Common, KeyRef, Registry};
 
 /// What all services of one [`crate::BreakerLayer`] share.
 pub(crate) struct Shared {
     pub(crate) registry: Registry,
-    pub(crate) classifier: FailureClassifier,
-    pub(crate) events: EventBus,
     pub(crate) key_fn: Option<Arc<KeyFn>>,
-    /// Whether calls must be timed: only a slow-call rule needs it.
-    pub(crate) times_calls: bool,
 }
 
 impl Shared {
-    pub(crate) fn new(config: BreakerConfig) -> Self {
+    pub(crate) fn new(config: BreakerConfig, common: Common, key_fn: Option<Arc<KeyFn>>) -> Self {
         Shared {
-            times_calls: config.slow_call_rate_threshold().is_some(),
-            registry: Registry::new(config),
+            registry: Registry::new(config, common),
+            key_fn,
+        }
+    }
+}
+
+impl Common {
+    /// The shared parts for `config`, with the default classifier and bus.
+    pub(crate) fn for_config(config: &BreakerConfig) -> Common {
+        Common {
             classifier: FailureClassifier::default(),
             events: EventBus::default(),
-            key_fn: None,
+            times_calls: config.slow_call_rate_threshold().is_some(),
         }
     }
 
@@ -41,11 +45,7 @@ impl Shared {
     /// an open breaker ejects its endpoint so the balancer skips it; a
     /// half-open one lets the balancer send it probes; a closed one returns
     /// it.
-    pub(crate) fn announce(&self, entry: &crate::registry::Entry, t: Transition, now: Nanos) {
-        self.announce_for(entry.service.as_ref(), entry.endpoint.as_ref(), t, now);
-    }
-
-    pub(crate) fn announce_for(
+    pub(crate) fn announce(
         &self,
         service: Option<&ServiceName>,
         endpoint: Option<&Endpoint>,
@@ -79,45 +79,42 @@ impl Shared {
             to: t.to,
         });
     }
+}
 
-    /// Which breaker a request belongs to, and who it guards; `None` for a
-    /// request that names no service, endpoint or authority (it passes
-    /// unguarded: there is nothing to attribute its outcome to).
-    fn target_of<B>(
-        &self,
-        req: &Request<B>,
-    ) -> Option<(BreakerKey, Option<ServiceName>, Option<Endpoint>)> {
-        let ext = req.extensions();
-        if let Some(key_fn) = &self.key_fn {
-            let parts = RequestParts {
-                method: req.method(),
-                uri: req.uri(),
-                headers: req.headers(),
-                extensions: ext,
-            };
-            if let Some(key) = key_fn(&parts) {
-                return Some((BreakerKey::Custom(Arc::from(key)), None, None));
-            }
+/// Which breaker a request belongs to, borrowed from the request: the key,
+/// the service and (for per-endpoint breakers) the endpoint. `None` for a
+/// request that names no service, endpoint or authority: it passes
+/// unguarded, having nothing to attribute its outcome to.
+fn target_of<'a, B>(
+    req: &'a Request<B>,
+    custom: Option<&'a str>,
+    scope: BreakerScope,
+) -> Option<(KeyRef<'a>, Option<&'a ServiceName>, Option<&'a Endpoint>)> {
+    if let Some(key) = custom {
+        return Some((KeyRef::Custom(key), None, None));
+    }
+    let ext = req.extensions();
+    let service = ext
+        .get::<TargetService>()
+        .map(|t| &t.0)
+        .or_else(|| ext.get::<EndpointSet>().map(|s| s.service()));
+    if scope == BreakerScope::Endpoint {
+        if let (Some(SelectedEndpoint(endpoint)), Some(service)) =
+            (ext.get::<SelectedEndpoint>(), service)
+        {
+            return Some((
+                KeyRef::Endpoint(service, endpoint.id()),
+                Some(service),
+                Some(endpoint),
+            ));
         }
-        let service = ext
-            .get::<TargetService>()
-            .map(|t| t.0.clone())
-            .or_else(|| ext.get::<EndpointSet>().map(|s| s.service().clone()));
-        if self.registry.config().scope() == BreakerScope::Endpoint {
-            if let (Some(SelectedEndpoint(endpoint)), Some(service)) =
-                (ext.get::<SelectedEndpoint>(), &service)
-            {
-                let key = BreakerKey::Endpoint(service.clone(), endpoint.id().clone());
-                return Some((key, Some(service.clone()), Some(endpoint.clone())));
-            }
-        }
-        match service {
-            Some(service) => Some((BreakerKey::Service(service.clone()), Some(service), None)),
-            None => req
-                .uri()
-                .authority()
-                .map(|a| (BreakerKey::Authority(a.clone()), None, None)),
-        }
+    }
+    match service {
+        Some(service) => Some((KeyRef::Service(service), Some(service), None)),
+        None => req
+            .uri()
+            .authority()
+            .map(|a| (KeyRef::Authority(a), None, None)),
     }
 }
 
@@ -159,23 +156,34 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let Some((key, service, endpoint)) = self.shared.target_of(&req) else {
+        let custom = self.shared.key_fn.as_ref().and_then(|key_fn| {
+            key_fn(&RequestParts {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+                extensions: req.extensions(),
+            })
+        });
+        let registry = &self.shared.registry;
+        let Some((key, service, endpoint)) =
+            target_of(&req, custom.as_deref(), registry.config().scope())
+        else {
             return ResponseFuture::unguarded(self.inner.call(req));
         };
-        let Some(entry) = self.shared.registry.get_or_insert(
-            &key,
-            service.as_ref(),
-            endpoint.as_ref(),
-            clock::now,
-        ) else {
+        let Some(entry) = registry.get_or_insert(key, service, endpoint, clock::now) else {
             return ResponseFuture::unguarded(self.inner.call(req));
         };
-        let service = service.or_else(|| entry.service.clone());
+        // Owned only for per-endpoint breakers, which eject it.
+        let endpoint = endpoint.cloned();
         match entry.circuit.acquire_with(clock::now) {
             Ok(admitted) => {
                 if let Some(t) = admitted.transition {
-                    self.shared
-                        .announce_for(service.as_ref(), endpoint.as_ref(), t, clock::now());
+                    entry.common.announce(
+                        entry.service.as_ref(),
+                        endpoint.as_ref(),
+                        t,
+                        clock::now(),
+                    );
                 }
                 if let (Some(until), Some(endpoint)) = (admitted.probes_exhausted, &endpoint) {
                     // Every probe is out: nothing more may pass until they
@@ -183,25 +191,22 @@ where
                     endpoint.state().eject_until(until);
                 }
                 let timeout = entry.circuit.config().call_timeout();
-                let tracker = Tracker::new(
-                    Arc::clone(&self.shared),
-                    entry,
-                    admitted.permit,
-                    service,
-                    endpoint,
-                );
+                let tracker = Tracker::new(entry, admitted.permit, endpoint);
                 ResponseFuture::called(self.inner.call(req), tracker, timeout)
             }
             Err(rejected) => {
                 let now = clock::now();
                 if let Some(t) = rejected.transition {
-                    self.shared
-                        .announce_for(service.as_ref(), endpoint.as_ref(), t, now);
+                    entry
+                        .common
+                        .announce(entry.service.as_ref(), endpoint.as_ref(), t, now);
                 }
+                let service = entry.service.clone();
                 let endpoint_id = endpoint.map(|e| e.id().clone());
                 tracing::debug!(?service, endpoint = ?endpoint_id, state = %rejected.state, "call refused by circuit breaker");
-                if self.shared.events.subscriber_count() > 0 {
-                    self.shared.events.publish(MeshEvent::BreakerRejected {
+                let events = &entry.common.events;
+                if events.subscriber_count() > 0 {
+                    events.publish(MeshEvent::BreakerRejected {
                         service: service.clone(),
                         endpoint: endpoint_id.clone(),
                         state: rejected.state,
