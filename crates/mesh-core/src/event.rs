@@ -106,6 +106,23 @@ pub enum MeshEvent {
         /// How long the retry waits before sending.
         backoff: Duration,
     },
+    /// A request still failed after its last allowed retry (the design
+    /// document's `service-mesh:retry:max-reached`).
+    RetriesExhausted {
+        /// The service the request is for.
+        service: Option<ServiceName>,
+        /// Attempts made, the first included.
+        attempts: u32,
+        /// Why the last attempt failed.
+        reason: FailureKind,
+    },
+    /// A retry was not made because the retry budget was spent.
+    RetryBudgetExhausted {
+        /// The service the request is for.
+        service: Option<ServiceName>,
+        /// Why the attempt that was not retried failed.
+        reason: FailureKind,
+    },
     /// Discovery published a new set of endpoints for a service.
     EndpointsChanged {
         /// The service.

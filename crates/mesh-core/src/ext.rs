@@ -9,6 +9,7 @@
 //! | [`AffinityKey`] | the user | reserved for sticky sessions and hashing (not read yet) |
 //! | [`Attempt`] | retry | anyone tracing or logging |
 //! | [`AvoidEndpoints`] | retry | balancer |
+//! | [`Deadline`] | retry | retry's per-attempt timeout, any layer that waits |
 //! | [`crate::EndpointSet`] | discovery | balancer |
 //! | [`SelectedEndpoint`] | balancer (request and response) | breaker, retry |
 
@@ -74,6 +75,18 @@ impl Attempt {
 impl Default for Attempt {
     fn default() -> Self {
         Attempt::FIRST
+    }
+}
+
+/// When the request as a whole must be answered (across all attempts and
+/// waits), on [`crate::clock`]. A layer that waits should not wait past it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline(pub crate::clock::Nanos);
+
+impl Deadline {
+    /// The time left at `now`, zero if the deadline has passed.
+    pub fn remaining(self, now: crate::clock::Nanos) -> std::time::Duration {
+        self.0.saturating_since(now)
     }
 }
 

@@ -1,41 +1,73 @@
 //! [`RetryConfig`]: validated retry settings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{HeaderMap, Method, StatusCode, Uri};
 use mesh_core::{FailureKind, MeshError, StatusSet};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, Strategy};
+use crate::budget::RetryBudget;
 
-/// Which failures are retried, how often, and how far apart.
+/// What a custom retry condition sees of one attempt.
+#[derive(Debug)]
+pub struct RetryContext<'a> {
+    /// The request's method.
+    pub method: &'a Method,
+    /// The request's URI (the logical one, before balancing).
+    pub uri: &'a Uri,
+    /// The request's headers.
+    pub headers: &'a HeaderMap,
+    /// The attempt that just ended (1 for the first).
+    pub attempt: u32,
+    /// Its outcome: the response status, or the error.
+    pub outcome: Result<StatusCode, &'a (dyn std::error::Error + 'static)>,
+}
+
+/// A custom retry condition: `Some(true)` retries, `Some(false)` does not,
+/// `None` leaves the decision to the statuses and error kinds. Idempotency,
+/// the retry limit, the budget and the deadline still apply.
+pub type RetryPredicate = dyn Fn(&RetryContext<'_>) -> Option<bool> + Send + Sync;
+
+/// Which failures are retried, how often, how far apart, and within what
+/// limits. Built with [`RetryConfig::builder`], which refuses values that
+/// make no sense, naming the field.
 ///
 /// ```
 /// use std::time::Duration;
-/// use mesh_retry::{Backoff, RetryConfig};
+/// use mesh_retry::{Backoff, Jitter, RetryConfig};
 ///
 /// let config = RetryConfig::builder()
 ///     .max_retries(3)
-///     .backoff(Backoff::constant(Duration::from_millis(10)))
+///     .backoff(Backoff::exponential(Duration::from_millis(50), 2.0).max_delay(Duration::from_secs(2)).jitter(Jitter::Full))
+///     .budget(20.0, 10, Duration::from_secs(10))
+///     .deadline(Duration::from_secs(5))
+///     .per_attempt_timeout(Duration::from_secs(1))
 ///     .build()?;
 /// assert_eq!(config.max_retries(), 3);
 /// assert!(config.retries_status(http::StatusCode::SERVICE_UNAVAILABLE));
 /// assert!(!config.retries_status(http::StatusCode::NOT_FOUND));
 /// # Ok::<(), mesh_core::MeshError>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct RetryConfig {
     max_retries: u32,
     backoff: Backoff,
     retryable_statuses: StatusSet,
+    retryable_errors: Vec<FailureKind>,
     retry_non_idempotent: bool,
+    honor_retry_after: bool,
+    budget: Option<(f64, u32, Duration)>,
+    deadline: Option<Duration>,
+    per_attempt_timeout: Option<Duration>,
+    predicate: Option<Arc<RetryPredicate>>,
 }
 
 impl RetryConfig {
     /// The design document's retryable statuses: 408, 429, 500, 502, 503, 504.
     pub const DEFAULT_RETRYABLE_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
 
-    /// Starts from the defaults: 2 retries (3 attempts), a 25 ms constant
-    /// backoff, the default statuses, idempotent requests only.
+    /// Starts from [`RetryConfig::default`].
     pub fn builder() -> RetryConfigBuilder {
         RetryConfigBuilder {
             config: RetryConfig::default(),
@@ -57,27 +89,52 @@ impl RetryConfig {
         self.retryable_statuses.contains(status)
     }
 
-    /// Whether an error of `kind` is retried: connect errors, resets,
-    /// timeouts and open circuits are; other errors are not, since
+    /// Whether an error of `kind` is retried: by default connect errors,
+    /// resets, timeouts and open circuits; other errors are not, since
     /// sending the same request again would fail the same way.
     pub fn retries_error(&self, kind: FailureKind) -> bool {
-        matches!(
-            kind,
-            FailureKind::Connect
-                | FailureKind::Timeout
-                | FailureKind::Reset
-                | FailureKind::CircuitOpen
-        )
+        self.retryable_errors.contains(&kind)
     }
 
     /// Whether requests with non-idempotent methods (POST, PATCH...) and no
-    /// `Idempotency-Key` header are retried too.
+    /// `Idempotency-Key` header are retried after any retryable failure
+    /// (by default only after failures that prove they were never sent).
     pub fn retry_non_idempotent(&self) -> bool {
         self.retry_non_idempotent
+    }
+
+    /// Whether a `Retry-After` hint on 429 and 503 responses sets the delay.
+    pub fn honor_retry_after(&self) -> bool {
+        self.honor_retry_after
+    }
+
+    /// The overall deadline across all attempts, if any.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    /// The timeout of each attempt, if any.
+    pub fn per_attempt_timeout(&self) -> Option<Duration> {
+        self.per_attempt_timeout
+    }
+
+    pub(crate) fn predicate(&self) -> Option<&RetryPredicate> {
+        self.predicate.as_deref()
+    }
+
+    pub(crate) fn make_budget(&self) -> Result<Option<RetryBudget>, MeshError> {
+        self.budget
+            .map(|(percent, min, ttl)| RetryBudget::new(percent, min, ttl))
+            .transpose()
     }
 }
 
 impl Default for RetryConfig {
+    /// 2 retries (3 attempts); the default [`Backoff`]; the design
+    /// document's statuses; connect errors, resets, timeouts and open
+    /// circuits; idempotent requests only; `Retry-After` honoured; a budget
+    /// of 20% of the last 10 s of requests plus 10 retries per second; no
+    /// deadline and no per-attempt timeout.
     fn default() -> Self {
         RetryConfig {
             max_retries: 2,
@@ -86,8 +143,36 @@ impl Default for RetryConfig {
                 .iter()
                 .filter_map(|c| StatusCode::from_u16(*c).ok())
                 .collect(),
+            retryable_errors: vec![
+                FailureKind::Connect,
+                FailureKind::Reset,
+                FailureKind::Timeout,
+                FailureKind::CircuitOpen,
+            ],
             retry_non_idempotent: false,
+            honor_retry_after: true,
+            budget: Some((20.0, 10, Duration::from_secs(10))),
+            deadline: None,
+            per_attempt_timeout: None,
+            predicate: None,
         }
+    }
+}
+
+impl std::fmt::Debug for RetryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryConfig")
+            .field("max_retries", &self.max_retries)
+            .field("backoff", &self.backoff)
+            .field("retryable_statuses", &self.retryable_statuses)
+            .field("retryable_errors", &self.retryable_errors)
+            .field("retry_non_idempotent", &self.retry_non_idempotent)
+            .field("honor_retry_after", &self.honor_retry_after)
+            .field("budget", &self.budget)
+            .field("deadline", &self.deadline)
+            .field("per_attempt_timeout", &self.per_attempt_timeout)
+            .field("predicate", &self.predicate.is_some())
+            .finish()
     }
 }
 
@@ -95,6 +180,13 @@ impl Default for RetryConfig {
 #[derive(Clone, Debug)]
 pub struct RetryConfigBuilder {
     config: RetryConfig,
+}
+
+fn invalid(field: &str, reason: String) -> MeshError {
+    MeshError::InvalidConfig {
+        what: format!("retry.{field}"),
+        reason,
+    }
 }
 
 impl RetryConfigBuilder {
@@ -116,10 +208,70 @@ impl RetryConfigBuilder {
         self
     }
 
-    /// Retries non-idempotent requests too (only if the upstream tolerates
-    /// duplicates).
+    /// Retries exactly the errors of these kinds.
+    pub fn retryable_errors(mut self, kinds: impl IntoIterator<Item = FailureKind>) -> Self {
+        self.config.retryable_errors = kinds.into_iter().collect();
+        self
+    }
+
+    /// Retries non-idempotent requests after any retryable failure (only if
+    /// the upstream tolerates duplicates).
     pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
         self.config.retry_non_idempotent = yes;
+        self
+    }
+
+    /// Honours (or ignores) `Retry-After` on 429 and 503 responses.
+    pub fn honor_retry_after(mut self, yes: bool) -> Self {
+        self.config.honor_retry_after = yes;
+        self
+    }
+
+    /// Limits retries to `percent` of the requests of the last `ttl`, plus
+    /// `min_per_second`; see [`RetryBudget`].
+    pub fn budget(mut self, percent: f64, min_per_second: u32, ttl: Duration) -> Self {
+        self.config.budget = Some((percent, min_per_second, ttl));
+        self
+    }
+
+    /// Retries without a budget (only the retry limit bounds them).
+    pub fn no_budget(mut self) -> Self {
+        self.config.budget = None;
+        self
+    }
+
+    /// Gives up, across all attempts and waits, after `d`.
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.config.deadline = Some(d);
+        self
+    }
+
+    /// Cancels an attempt after `d` (it then counts as a timeout, which is
+    /// retryable).
+    pub fn per_attempt_timeout(mut self, d: Duration) -> Self {
+        self.config.per_attempt_timeout = Some(d);
+        self
+    }
+
+    /// Asks `predicate` first about every failed or successful attempt.
+    ///
+    /// ```
+    /// use mesh_retry::RetryConfig;
+    /// // Also retry a 409 Conflict on this API, and never a 429.
+    /// let config = RetryConfig::builder()
+    ///     .retry_if(|ctx| match ctx.outcome {
+    ///         Ok(s) if s == 409 => Some(true),
+    ///         Ok(s) if s == 429 => Some(false),
+    ///         _ => None,
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), mesh_core::MeshError>(())
+    /// ```
+    pub fn retry_if<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&RetryContext<'_>) -> Option<bool> + Send + Sync + 'static,
+    {
+        self.config.predicate = Some(Arc::new(predicate));
         self
     }
 
@@ -127,27 +279,31 @@ impl RetryConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] when `max_retries` exceeds 100 or a
-    /// backoff delay exceeds one hour.
+    /// [`MeshError::InvalidConfig`] naming the first field out of range.
     pub fn build(self) -> Result<RetryConfig, MeshError> {
         let c = self.config;
+        let hour = Duration::from_secs(3600);
         if c.max_retries > 100 {
-            return Err(MeshError::InvalidConfig {
-                what: "retry max_retries".into(),
-                reason: format!(
-                    "{} is more than 100; a request retried that often is a retry storm",
-                    c.max_retries
-                ),
-            });
+            return Err(invalid("max_retries", format!("{} is more than 100; a request retried that often is a retry storm", c.max_retries)));
         }
-        if c.backoff.max_delay() > Duration::from_secs(3600) {
-            return Err(MeshError::InvalidConfig {
-                what: "retry backoff".into(),
-                reason: format!(
-                    "a delay of {:?} is more than one hour",
-                    c.backoff.max_delay()
-                ),
-            });
+        let b = c.backoff;
+        if b.cap() > hour {
+            return Err(invalid("backoff.max_delay", format!("{:?} is more than one hour", b.cap())));
+        }
+        if let Strategy::Exponential { multiplier, .. } = b.strategy() {
+            if !(1.0..=100.0).contains(&multiplier) {
+                return Err(invalid("backoff.multiplier", format!("{multiplier} is outside [1, 100]")));
+            }
+        }
+        if let Some((percent, min, ttl)) = c.budget {
+            RetryBudget::new(percent, min, ttl)?;
+        }
+        for (field, d) in [("deadline", c.deadline), ("per_attempt_timeout", c.per_attempt_timeout)] {
+            if let Some(d) = d {
+                if d.is_zero() || d > hour {
+                    return Err(invalid(field, format!("{d:?} is out of range: use more than 0 and at most 1h")));
+                }
+            }
         }
         Ok(c)
     }
@@ -170,15 +326,19 @@ mod tests {
 
     #[test]
     fn absurd_values_are_refused_by_name() {
-        let err = RetryConfig::builder()
-            .max_retries(1000)
-            .build()
-            .unwrap_err();
-        assert!(err.to_string().contains("max_retries"), "{err}");
-        let err = RetryConfig::builder()
-            .backoff(Backoff::constant(Duration::from_secs(7200)))
-            .build()
-            .unwrap_err();
-        assert!(err.to_string().contains("backoff"), "{err}");
+        let cases = [
+            (RetryConfig::builder().max_retries(1000), "retry.max_retries"),
+            (RetryConfig::builder().backoff(Backoff::constant(Duration::from_secs(1)).max_delay(Duration::from_secs(7200))), "retry.backoff.max_delay"),
+            (RetryConfig::builder().backoff(Backoff::exponential(Duration::from_secs(1), 0.5)), "retry.backoff.multiplier"),
+            (RetryConfig::builder().budget(2000.0, 0, Duration::from_secs(10)), "retry.budget.percent"),
+            (RetryConfig::builder().deadline(Duration::ZERO), "retry.deadline"),
+            (RetryConfig::builder().per_attempt_timeout(Duration::from_secs(7200)), "retry.per_attempt_timeout"),
+        ];
+        for (builder, field) in cases {
+            match builder.build() {
+                Err(MeshError::InvalidConfig { what, .. }) => assert_eq!(what, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 }

@@ -10,7 +10,9 @@ use crate::service::Retry;
 /// Wraps a service in retries; see [`Retry`].
 ///
 /// All services made by the layer share one set of counters
-/// ([`RetryLayer::stats`]).
+/// ([`RetryLayer::stats`]) and one retry budget. Configure the layer
+/// before making services: [`RetryLayer::events`] returns a layer with
+/// fresh counters and a fresh budget.
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
     shared: Arc<Shared>,
@@ -21,22 +23,27 @@ impl RetryLayer {
     /// classification and no event subscribers.
     pub fn new(config: RetryConfig) -> Self {
         RetryLayer {
-            shared: Arc::new(Shared {
-                config,
-                classifier: FailureClassifier::default(),
-                events: EventBus::default(),
-                counters: Counters::default(),
-            }),
+            shared: Arc::new(Self::shared(config, EventBus::default())),
         }
     }
 
-    /// Publishes a [`mesh_core::MeshEvent::RetryScheduled`] on `events` for
-    /// every retry.
-    ///
-    /// This returns a new layer with fresh counters: configure it before
-    /// making services or taking clones that should share them.
+    fn shared(config: RetryConfig, events: EventBus) -> Shared {
+        // A built config was validated, so its budget settings are valid.
+        let budget = config.make_budget().ok().flatten();
+        Shared {
+            config,
+            classifier: FailureClassifier::default(),
+            events,
+            counters: Counters::default(),
+            budget,
+        }
+    }
+
+    /// Publishes retries, exhausted retries and spent budgets on `events`.
     pub fn events(self, events: EventBus) -> Self {
-        self.rebuild(|s| s.events = events)
+        RetryLayer {
+            shared: Arc::new(Self::shared(self.shared.config.clone(), events)),
+        }
     }
 
     /// The counters so far.
@@ -45,22 +52,10 @@ impl RetryLayer {
     }
 
     /// The policy this layer's services use, for driving tower's own
-    /// [`tower::retry::Retry`] directly. It shares this layer's counters.
+    /// [`tower::retry::Retry`] directly. It shares this layer's counters
+    /// and budget.
     pub fn policy(&self) -> RetryPolicy {
         RetryPolicy::new(Arc::clone(&self.shared))
-    }
-
-    fn rebuild(self, change: impl FnOnce(&mut Shared)) -> Self {
-        let mut shared = Shared {
-            config: self.shared.config.clone(),
-            classifier: self.shared.classifier.clone(),
-            events: self.shared.events.clone(),
-            counters: Counters::default(),
-        };
-        change(&mut shared);
-        RetryLayer {
-            shared: Arc::new(shared),
-        }
     }
 }
 
@@ -74,6 +69,10 @@ impl<S> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry::new(inner, RetryPolicy::new(Arc::clone(&self.shared)))
+        Retry::new(
+            inner,
+            RetryPolicy::new(Arc::clone(&self.shared)),
+            Arc::clone(&self.shared),
+        )
     }
 }

@@ -3,13 +3,17 @@
 #![warn(missing_docs, clippy::unwrap_used)]
 
 mod backoff;
+mod budget;
 mod config;
 mod layer;
 mod policy;
+mod replay;
 mod service;
 
-pub use backoff::Backoff;
-pub use config::{RetryConfig, RetryConfigBuilder};
+pub use backoff::{Backoff, Delays, Jitter, Strategy};
+pub use budget::RetryBudget;
+pub use config::{RetryConfig, RetryConfigBuilder, RetryContext, RetryPredicate};
 pub use layer::RetryLayer;
 pub use policy::{RetryPolicy, RetryStats};
-pub use service::{BoxErrors, BoxErrorsFuture, Retry};
+pub use replay::{ReplayBody, ReplayableBody};
+pub use service::{AttemptFuture, AttemptTimeout, Attempts, BoxErrors, BoxErrorsFuture, Retry};

@@ -2,47 +2,83 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use http::{Method, Request, Response};
-use mesh_core::ext::{Attempt, AvoidEndpoints, SelectedEndpoint};
+use http::header::RETRY_AFTER;
+use http::{Method, Request, Response, StatusCode};
+use mesh_core::clock;
+use mesh_core::ext::{Attempt, AvoidEndpoints, Deadline, SelectedEndpoint};
 use mesh_core::{
     BoxError, EndpointId, EventBus, FailureClassifier, FailureKind, MeshError, MeshEvent,
     ServiceName,
 };
 use tokio::time::Sleep;
 
-use crate::config::RetryConfig;
+use crate::budget::RetryBudget;
+use crate::config::{RetryConfig, RetryContext};
+use crate::replay::ReplayableBody;
 
 /// Counters of one retry layer, shared by all its clones.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
     retries: AtomicU64,
+    successes_after_retry: AtomicU64,
     exhausted: AtomicU64,
+    budget_exhausted: AtomicU64,
+    total_delay_nanos: AtomicU64,
 }
 
 /// A snapshot of a retry layer's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RetryStats {
+    /// Requests received.
+    pub requests: u64,
+    /// Attempts sent (requests plus retries).
+    pub attempts: u64,
     /// Attempts made beyond the first.
     pub retries: u64,
+    /// Requests that succeeded after at least one retry.
+    pub successes_after_retry: u64,
     /// Requests that still failed when they ran out of retries.
     pub exhausted: u64,
+    /// Retries not made because the budget was spent.
+    pub budget_exhausted: u64,
+    /// Time spent waiting between attempts, in all.
+    pub total_delay: Duration,
 }
 
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: RetryConfig,
     pub(crate) classifier: FailureClassifier,
     pub(crate) events: EventBus,
     pub(crate) counters: Counters,
+    pub(crate) budget: Option<RetryBudget>,
 }
 
 impl Shared {
     pub(crate) fn stats(&self) -> RetryStats {
+        let c = &self.counters;
+        let requests = c.requests.load(Ordering::Relaxed);
+        let retries = c.retries.load(Ordering::Relaxed);
         RetryStats {
-            retries: self.counters.retries.load(Ordering::Relaxed),
-            exhausted: self.counters.exhausted.load(Ordering::Relaxed),
+            requests,
+            attempts: requests + retries,
+            retries,
+            successes_after_retry: c.successes_after_retry.load(Ordering::Relaxed),
+            exhausted: c.exhausted.load(Ordering::Relaxed),
+            budget_exhausted: c.budget_exhausted.load(Ordering::Relaxed),
+            total_delay: Duration::from_nanos(c.total_delay_nanos.load(Ordering::Relaxed)),
         }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,7 +87,9 @@ impl Shared {
 /// It implements [`tower::retry::Policy`], so it also works with tower's
 /// own `Retry` service: take one from [`crate::RetryLayer::policy`]. A
 /// policy value is cloned for each request (tower does this), and counts
-/// that request's retries.
+/// that request's retries. With tower's `Retry` directly, the layer's
+/// per-request parts (request counting for the budget, the deadline, the
+/// per-attempt timeout) are not applied; [`crate::RetryLayer`] does them.
 ///
 /// Backoff sleeps on tokio's timer, so the runtime must have time enabled
 /// (`#[tokio::main]` does; a hand-built runtime needs `enable_time`).
@@ -59,11 +97,16 @@ impl Shared {
 pub struct RetryPolicy {
     shared: Arc<Shared>,
     retries: u32,
+    previous_delay: Option<Duration>,
 }
 
 impl RetryPolicy {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        RetryPolicy { shared, retries: 0 }
+        RetryPolicy {
+            shared,
+            retries: 0,
+            previous_delay: None,
+        }
     }
 
     /// Whether `req` may be sent more than once whatever the failure:
@@ -77,16 +120,37 @@ impl RetryPolicy {
     }
 
     /// Why this result should be retried, or `None` if it should not be.
-    fn retryable<RB>(&self, result: &Result<Response<RB>, BoxError>) -> Option<FailureKind> {
+    fn retryable<B, RB>(
+        &self,
+        req: &Request<B>,
+        result: &Result<Response<RB>, BoxError>,
+    ) -> Option<FailureKind> {
         let config = &self.shared.config;
-        match result {
-            Ok(response) => config
-                .retries_status(response.status())
-                .then(|| FailureKind::Status(response.status())),
-            Err(error) => {
-                let kind = self.shared.classifier.classify_error(error.as_ref());
-                config.retries_error(kind).then_some(kind)
+        let kind = match result {
+            Ok(response) => FailureKind::Status(response.status()),
+            Err(error) => self.shared.classifier.classify_error(error.as_ref()),
+        };
+        if let Some(predicate) = config.predicate() {
+            let ctx = RetryContext {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+                attempt: self.retries + 1,
+                outcome: match result {
+                    Ok(response) => Ok(response.status()),
+                    Err(error) => {
+                        let error: &(dyn std::error::Error + 'static) = error.as_ref();
+                        Err(error)
+                    }
+                },
+            };
+            if let Some(decided) = predicate(&ctx) {
+                return decided.then_some(kind);
             }
+        }
+        match result {
+            Ok(response) => config.retries_status(response.status()).then_some(kind),
+            Err(_) => config.retries_error(kind).then_some(kind),
         }
     }
 }
@@ -96,6 +160,23 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// The server's `Retry-After` hint on a 429 or 503: delay-seconds or an
+/// HTTP date (RFC 9110 section 10.2.3). A date in the past means now.
+pub(crate) fn retry_after<RB>(response: &Response<RB>, now: SystemTime) -> Option<Duration> {
+    if !matches!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        return None;
+    }
+    let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// The endpoint that served (or failed) an attempt, if the balancer said.
@@ -118,9 +199,13 @@ fn failed_endpoint<RB>(result: &Result<Response<RB>, BoxError>) -> Option<Endpoi
     }
 }
 
+fn service_of<B>(req: &Request<B>) -> Option<ServiceName> {
+    req.uri().host().and_then(|h| ServiceName::new(h).ok())
+}
+
 impl<B, RB> tower::retry::Policy<Request<B>, Response<RB>, BoxError> for RetryPolicy
 where
-    B: Clone,
+    B: ReplayableBody,
 {
     type Future = Sleep;
 
@@ -129,23 +214,71 @@ where
         req: &mut Request<B>,
         result: &mut Result<Response<RB>, BoxError>,
     ) -> Option<Self::Future> {
-        let reason = self.retryable(result)?;
+        let shared = &*self.shared;
+        let counters = &shared.counters;
+        let Some(reason) = self.retryable(req, result) else {
+            if self.retries > 0 && result.is_ok() {
+                counters.successes_after_retry.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        };
         if !self.may_retry(req) && !reason.never_sent() {
             // A non-idempotent request may have been applied upstream; only
-            // a failure that provably never sent it (refused connection,
-            // open circuit) may be retried.
+            // a failure that provably never sent it may be retried.
             return None;
         }
-        if self.retries >= self.shared.config.max_retries() {
-            self.shared
-                .counters
-                .exhausted
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%reason, retries = self.retries, "retries exhausted");
+        if !req.body().is_replayable() {
+            tracing::debug!(%reason, "not retried: the request body outgrew its replay buffer");
             return None;
         }
-        let backoff = self.shared.config.backoff().delay(self.retries);
+        let attempts = self.retries + 1;
+        if self.retries >= shared.config.max_retries() {
+            counters.exhausted.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%reason, attempts, "retries exhausted");
+            shared.events.publish(MeshEvent::RetriesExhausted {
+                service: service_of(req),
+                attempts,
+                reason,
+            });
+            return None;
+        }
+        let backoff = shared.config.backoff();
+        let hint = match result {
+            Ok(response) if shared.config.honor_retry_after() => {
+                retry_after(response, SystemTime::now())
+            }
+            _ => None,
+        };
+        let delay = match hint {
+            // A server asking for more than we would ever wait: give up now
+            // rather than retry early against its wish.
+            Some(hint) if hint > backoff.cap() => {
+                tracing::debug!(?hint, cap = ?backoff.cap(), "not retried: Retry-After beyond the max delay");
+                return None;
+            }
+            Some(hint) => hint,
+            None => backoff.delay(self.retries, self.previous_delay),
+        };
+        let now = clock::now();
+        if let Some(deadline) = req.extensions().get::<Deadline>() {
+            if delay >= deadline.remaining(now) {
+                tracing::debug!(?delay, "not retried: the wait would pass the deadline");
+                return None;
+            }
+        }
+        if let Some(budget) = &shared.budget {
+            if !budget.try_withdraw(now) {
+                counters.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%reason, "not retried: retry budget spent");
+                shared.events.publish(MeshEvent::RetryBudgetExhausted {
+                    service: service_of(req),
+                    reason,
+                });
+                return None;
+            }
+        }
         self.retries += 1;
+        self.previous_delay = Some(delay);
         let attempt = Attempt::FIRST.0.saturating_add(self.retries);
         let failed = failed_endpoint(result);
         if let Some(id) = &failed {
@@ -154,16 +287,20 @@ where
                 .insert(id.clone());
         }
         req.extensions_mut().insert(Attempt(attempt));
-        self.shared.counters.retries.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%reason, attempt = attempt.get(), ?failed, ?backoff, "retrying");
-        self.shared.events.publish(MeshEvent::RetryScheduled {
-            service: req.uri().host().and_then(|h| ServiceName::new(h).ok()),
+        counters.retries.fetch_add(1, Ordering::Relaxed);
+        counters.total_delay_nanos.fetch_add(
+            u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        tracing::debug!(%reason, attempt = attempt.get(), ?failed, ?delay, "retrying");
+        shared.events.publish(MeshEvent::RetryScheduled {
+            service: service_of(req),
             attempt: attempt.get(),
             failed_endpoint: failed,
             reason,
-            backoff,
+            backoff: delay,
         });
-        Some(tokio::time::sleep(backoff))
+        Some(tokio::time::sleep(delay))
     }
 
     fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
@@ -204,6 +341,7 @@ mod tests {
         RetryLayer::new(
             RetryConfig::builder()
                 .max_retries(max_retries)
+                .no_budget()
                 .backoff(Backoff::constant(Duration::from_millis(1)))
                 .build()
                 .unwrap(),

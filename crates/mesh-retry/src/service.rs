@@ -1,30 +1,66 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
-use mesh_core::BoxError;
+use mesh_core::ext::Deadline;
+use mesh_core::{clock, BoxError, MeshError};
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower::Service;
 
-use crate::policy::RetryPolicy;
+use crate::policy::{RetryPolicy, Shared};
+use crate::replay::ReplayableBody;
+
+/// The service of the retry layer stack: the inner service as each
+/// attempt sees it (errors boxed, attempts timed out).
+pub type Attempts<S> = AttemptTimeout<BoxErrors<S>>;
 
 /// Sends a request again when an attempt fails in a retryable way; see the
 /// [crate docs](crate).
 ///
 /// This is tower's own [`tower::retry::Retry`] driven by a
 /// [`RetryPolicy`], over the inner service with its errors boxed (so the
-/// policy can classify any error the stack below produces).
-#[derive(Clone, Debug)]
+/// policy can classify any error the stack below produces) and each
+/// attempt bounded by the per-attempt timeout and the request's deadline.
+/// Before the first attempt it counts the request for the retry budget and
+/// sets the request's [`Deadline`].
 pub struct Retry<S> {
-    inner: tower::retry::Retry<RetryPolicy, BoxErrors<S>>,
+    inner: tower::retry::Retry<RetryPolicy, Attempts<S>>,
+    shared: Arc<Shared>,
 }
 
 impl<S> Retry<S> {
-    pub(crate) fn new(inner: S, policy: RetryPolicy) -> Self {
+    pub(crate) fn new(inner: S, policy: RetryPolicy, shared: Arc<Shared>) -> Self {
+        let per_attempt = shared.config.per_attempt_timeout();
         Retry {
-            inner: tower::retry::Retry::new(policy, BoxErrors { inner }),
+            inner: tower::retry::Retry::new(
+                policy,
+                AttemptTimeout {
+                    inner: BoxErrors { inner },
+                    per_attempt,
+                },
+            ),
+            shared,
         }
+    }
+}
+
+impl<S: Clone> Clone for Retry<S> {
+    fn clone(&self) -> Self {
+        Retry {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Retry<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retry").field("inner", &self.inner).finish_non_exhaustive()
     }
 }
 
@@ -32,18 +68,110 @@ impl<S, B, RB> Service<Request<B>> for Retry<S>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
-    B: Clone,
+    B: ReplayableBody,
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = tower::retry::future::ResponseFuture<RetryPolicy, BoxErrors<S>, Request<B>>;
+    type Future = tower::retry::future::ResponseFuture<RetryPolicy, Attempts<S>, Request<B>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let shared = &*self.shared;
+        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let deadline = shared.config.deadline();
+        if shared.budget.is_some() || deadline.is_some() {
+            let now = clock::now();
+            if let Some(budget) = &shared.budget {
+                budget.deposit(now);
+            }
+            if let Some(d) = deadline {
+                // A deadline set further out (by the caller) still wins if
+                // it is earlier.
+                let ours = Deadline(now.saturating_add(d));
+                let ext = req.extensions_mut();
+                let earliest = ext.get::<Deadline>().map_or(ours, |theirs| (*theirs).min(ours));
+                ext.insert(earliest);
+            }
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Bounds each attempt by the per-attempt timeout and by the time left
+/// before the request's [`Deadline`]; an attempt cut short fails with
+/// [`MeshError::Timeout`], which the policy may retry.
+#[derive(Clone, Debug)]
+pub struct AttemptTimeout<S> {
+    inner: S,
+    per_attempt: Option<Duration>,
+}
+
+impl<S, B> Service<Request<B>> for AttemptTimeout<S>
+where
+    S: Service<Request<B>, Error = BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = AttemptFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.inner.call(req)
+        let left = req
+            .extensions()
+            .get::<Deadline>()
+            .map(|d| d.remaining(clock::now()));
+        let limit = match (self.per_attempt, left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        AttemptFuture {
+            inner: self.inner.call(req),
+            sleep: limit.map(tokio::time::sleep),
+            limit: limit.unwrap_or_default(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`AttemptTimeout`].
+    pub struct AttemptFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        limit: Duration,
+    }
+}
+
+impl<F, T> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<T, BoxError>>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            return Poll::Ready(result);
+        }
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            if sleep.poll(cx).is_ready() {
+                return Poll::Ready(Err(MeshError::Timeout { after: *this.limit }.into()));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<F> std::fmt::Debug for AttemptFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptFuture").field("limit", &self.limit).finish_non_exhaustive()
     }
 }
 

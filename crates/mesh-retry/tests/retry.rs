@@ -1,0 +1,312 @@
+//! The retry layer end to end: timings on tokio's paused clock, server
+//! hints, deadlines, budgets under a storm, and body replay to a real
+//! hyper server.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_core::{BoxError, MeshError};
+use mesh_retry::{Backoff, ReplayBody, RetryConfig, RetryLayer};
+use mesh_testkit::{Backend, Behavior};
+use tokio::time::Instant;
+use tower::{service_fn, Layer, ServiceExt};
+
+type Reply = Result<Response<String>, BoxError>;
+
+/// An upstream that answers each attempt from `script` (then repeats the
+/// last entry) and logs when each attempt arrived.
+fn scripted(
+    script: Vec<(u16, Option<&'static str>, Duration)>,
+    log: Arc<Mutex<Vec<Instant>>>,
+) -> impl tower::Service<Request<String>, Response = Response<String>, Error = BoxError, Future = impl Send> + Clone {
+    let script = Arc::new(script);
+    service_fn(move |_req: Request<String>| {
+        let n = {
+            let mut log = log.lock().expect("log");
+            log.push(Instant::now());
+            log.len() - 1
+        };
+        let (code, retry_after, delay) = script[n.min(script.len() - 1)];
+        async move {
+            tokio::time::sleep(delay).await;
+            let mut r = Response::builder().status(code);
+            if let Some(v) = retry_after {
+                r = r.header("retry-after", v);
+            }
+            Ok::<_, BoxError>(r.body(String::new()).expect("response"))
+        }
+    })
+}
+
+fn get() -> Request<String> {
+    Request::get("http://api/x").body(String::new()).expect("request")
+}
+
+fn gaps(log: &Mutex<Vec<Instant>>) -> Vec<Duration> {
+    let log = log.lock().expect("log");
+    log.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+#[tokio::test(start_paused = true)]
+async fn attempts_follow_the_backoff_schedule_exactly() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let layer = RetryLayer::new(
+        RetryConfig::builder()
+            .max_retries(3)
+            .backoff(Backoff::exponential(MS(100), 2.0))
+            .no_budget()
+            .build()
+            .expect("config"),
+    );
+    let svc = layer.layer(scripted(vec![(503, None, Duration::ZERO)], Arc::clone(&log)));
+    let r: Reply = svc.oneshot(get()).await;
+    assert_eq!(r.expect("answered").status(), 503, "the last real response");
+    assert_eq!(gaps(&log), [MS(100), MS(200), MS(400)]);
+    let stats = layer.stats();
+    assert_eq!((stats.requests, stats.attempts, stats.exhausted), (1, 4, 1));
+    assert_eq!(stats.total_delay, MS(700));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_in_seconds_sets_the_delay_and_a_hint_over_the_cap_stops_retrying() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let layer = RetryLayer::new(
+        RetryConfig::builder()
+            .max_retries(2)
+            .backoff(Backoff::constant(MS(10)).max_delay(Duration::from_secs(5)))
+            .no_budget()
+            .build()
+            .expect("config"),
+    );
+    let svc = layer.layer(scripted(
+        vec![(429, Some("2"), Duration::ZERO), (503, Some("60"), Duration::ZERO), (200, None, Duration::ZERO)],
+        Arc::clone(&log),
+    ));
+    let r = svc.oneshot(get()).await.expect("answered");
+    assert_eq!(r.status(), 503, "60 s is over the 5 s cap: not retried");
+    assert_eq!(gaps(&log), [Duration::from_secs(2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_as_an_http_date_is_honoured() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
+    let at: &'static str = Box::leak(at.into_boxed_str());
+    let layer = RetryLayer::new(
+        RetryConfig::builder()
+            .max_retries(1)
+            .backoff(Backoff::constant(MS(10)).max_delay(Duration::from_secs(10)))
+            .no_budget()
+            .build()
+            .expect("config"),
+    );
+    let svc = layer.layer(scripted(
+        vec![(503, Some(at), Duration::ZERO), (200, None, Duration::ZERO)],
+        Arc::clone(&log),
+    ));
+    assert_eq!(svc.oneshot(get()).await.expect("answered").status(), 200);
+    // HTTP dates have whole seconds: between 2 and 3 s from now.
+    let gap = gaps(&log)[0];
+    assert!(gap > Duration::from_secs(2) && gap <= Duration::from_secs(3), "{gap:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_stops_retries_that_would_end_after_it() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let layer = RetryLayer::new(
+        RetryConfig::builder()
+            .max_retries(10)
+            .backoff(Backoff::constant(MS(100)))
+            .deadline(MS(250))
+            .no_budget()
+            .build()
+            .expect("config"),
+    );
+    let svc = layer.layer(scripted(vec![(503, None, Duration::ZERO)], Arc::clone(&log)));
+    let started = Instant::now();
+    let r = svc.oneshot(get()).await.expect("answered");
+    assert_eq!(r.status(), 503);
+    assert_eq!(log.lock().expect("log").len(), 3, "at 0, 100 and 200 ms; 300 is past 250");
+    assert_eq!(started.elapsed(), MS(200));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_attempt_times_out_and_the_retry_succeeds() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let layer = RetryLayer::new(
+        RetryConfig::builder()
+            .max_retries(2)
+            .backoff(Backoff::constant(MS(10)))
+            .per_attempt_timeout(MS(100))
+            .no_budget()
+            .build()
+            .expect("config"),
+    );
+    let svc = layer.layer(scripted(
+        vec![(200, None, Duration::from_secs(60)), (200, None, Duration::ZERO)],
+        Arc::clone(&log),
+    ));
+    let started = Instant::now();
+    assert_eq!(svc.oneshot(get()).await.expect("answered").status(), 200);
+    assert_eq!(started.elapsed(), MS(110));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_also_cuts_the_attempt_in_flight() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let layer = RetryLayer::new(
+        RetryConfig::builder()
+            .deadline(MS(150))
+            .no_budget()
+            .build()
+            .expect("config"),
+    );
+    let svc = layer.layer(scripted(vec![(200, None, Duration::from_secs(60))], Arc::clone(&log)));
+    let started = Instant::now();
+    let err = svc.oneshot(get()).await.expect_err("deadline");
+    assert!(matches!(MeshError::find(&*err), Some(MeshError::Timeout { .. })), "{err}");
+    assert_eq!(started.elapsed(), MS(150));
+}
+
+/// 50 clients hammer a backend that fails every request, with a 20%
+/// budget: the backend sees at most 1.2x the requests plus the budget's
+/// per-second minimum over the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_is_held_to_the_budget() {
+    const CLIENTS: usize = 50;
+    const PER_CLIENT: usize = 20;
+    const MIN_PER_SECOND: u32 = 10;
+    let backend = Backend::start(Behavior::Status(503)).await.expect("backend");
+    let layer = RetryLayer::new(
+        RetryConfig::builder()
+            .max_retries(3)
+            .backoff(Backoff::constant(MS(1)))
+            .budget(20.0, MIN_PER_SECOND, Duration::from_secs(10))
+            .build()
+            .expect("config"),
+    );
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let svc = layer.layer(client);
+    let uri = format!("http://{}/", backend.addr());
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let (svc, uri) = (svc.clone(), uri.clone());
+        tasks.spawn(async move {
+            for _ in 0..PER_CLIENT {
+                let req = Request::get(uri.as_str()).body(Full::new(Bytes::new())).expect("request");
+                let r = svc.clone().oneshot(req).await.expect("the last real response");
+                assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("client");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let requests = (CLIENTS * PER_CLIENT) as f64;
+    let attempts = backend.stats().requests as f64;
+    let bound = 1.2 * requests + f64::from(MIN_PER_SECOND) * (seconds + 1.0);
+    assert!(attempts <= bound, "{attempts} attempts for {requests} requests in {seconds:.2}s (bound {bound})");
+    assert!(attempts > requests, "some retries were allowed");
+    let stats = layer.stats();
+    assert_eq!(stats.attempts as f64, attempts);
+    assert!(stats.budget_exhausted > 0);
+}
+
+/// A body that yields its chunks one poll at a time, like a stream.
+struct Chunks(VecDeque<Bytes>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+    }
+}
+
+/// A real hyper server that reads each request's whole body, logs it, and
+/// answers 503 to the first request, 200 after.
+async fn recording_server() -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&bodies);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let first = {
+                            let mut seen = seen.lock().expect("log");
+                            seen.push(body);
+                            seen.len() == 1
+                        };
+                        let status = if first { 503 } else { 200 };
+                        Ok::<_, hyper::Error>(Response::builder().status(status).body(Full::new(Bytes::new())).expect("response"))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    (addr, bodies)
+}
+
+fn streaming(parts: usize) -> Chunks {
+    Chunks((0..parts).map(|i| Bytes::from(format!("chunk-{i:03};"))).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_body_under_the_cap_is_replayed_byte_for_byte() {
+    let (addr, bodies) = recording_server().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Chunks>>();
+    let svc = RetryLayer::new(
+        RetryConfig::builder().backoff(Backoff::constant(MS(1))).no_budget().build().expect("config"),
+    )
+    .layer(client);
+    let req = Request::put(format!("http://{addr}/upload"))
+        .body(ReplayBody::new(streaming(50), 64 * 1024))
+        .expect("request");
+    let r = svc.oneshot(req).await.expect("answered");
+    assert_eq!(r.status(), 200);
+    let bodies = bodies.lock().expect("log");
+    assert_eq!(bodies.len(), 2);
+    assert_eq!(bodies[0].len(), 50 * 10);
+    assert_eq!(bodies[0], bodies[1], "the retry sent the same bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_body_over_the_cap_is_sent_once() {
+    let (addr, bodies) = recording_server().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Chunks>>();
+    let svc = RetryLayer::new(
+        RetryConfig::builder().backoff(Backoff::constant(MS(1))).no_budget().build().expect("config"),
+    )
+    .layer(client);
+    let req = Request::put(format!("http://{addr}/upload"))
+        .body(ReplayBody::new(streaming(50), 100))
+        .expect("request");
+    let r = svc.oneshot(req).await.expect("answered");
+    assert_eq!(r.status(), 503, "the first (and only) answer");
+    let bodies = bodies.lock().expect("log");
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0].len(), 500, "sent whole, once");
+}
