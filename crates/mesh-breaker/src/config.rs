@@ -201,11 +201,11 @@ impl TryFrom<RawConfig> for BreakerConfig {
             c.minimum_calls = v;
         }
         if let Some(v) = raw.open_duration {
+            // As with the builder: a base duration alone means no growth;
+            // growth is asked for with a multiplier and a maximum.
             c.open_duration = v;
-            // A file that sets only the base duration means "no growth".
-            if raw.open_duration_max.is_none() {
-                c.open_duration_max = c.open_duration_max.max(v);
-            }
+            c.open_duration_max = v;
+            c.open_duration_multiplier = 1.0;
         }
         if let Some(v) = raw.open_duration_max {
             c.open_duration_max = v;
@@ -483,7 +483,10 @@ impl BreakerConfigBuilder {
         self.config.minimum_calls = n;
         self
     }
-    /// Stays open `d` after a trip, with no growth on repeated trips.
+    /// Stays open `d` after a trip, with no growth on repeated trips (call
+    /// [`BreakerConfigBuilder::open_duration_growth`] after this to add
+    /// growth; a file does the same with `open_duration_multiplier` and
+    /// `open_duration_max`).
     pub fn open_duration(mut self, d: Duration) -> Self {
         self.config.open_duration = d;
         self.config.open_duration_max = d;
@@ -583,10 +586,10 @@ impl BreakerConfigBuilder {
                         format!("{duration:?} is out of range: use more than 0 and at most 24h"),
                     ));
                 }
-                if buckets == 0 || buckets > 1000 {
+                if buckets == 0 || buckets > 100 {
                     return Err(invalid(
                         "window.buckets",
-                        format!("{buckets} is outside 1..=1000"),
+                        format!("{buckets} is outside 1..=100 (each call reads every bucket)"),
                     ));
                 }
                 if duration.as_nanos() < u128::from(buckets) * 1_000_000 {

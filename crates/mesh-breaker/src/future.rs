@@ -90,9 +90,11 @@ pin_project! {
         Called {
             #[pin]
             future: F,
+            // Made on the first poll, not in `call`, so that building the
+            // future needs no timer.
             #[pin]
             timeout: Option<Sleep>,
-            after: Duration,
+            after: Option<Duration>,
             tracker: Option<Tracker>,
         },
         Rejected { error: Option<MeshError> },
@@ -104,19 +106,19 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             state: State::Called {
                 future,
-                timeout: timeout.map(tokio::time::sleep),
-                after: timeout.unwrap_or_default(),
+                timeout: None,
+                after: timeout,
                 tracker: Some(tracker),
             },
         }
     }
 
-    pub(crate) fn unguarded(future: F) -> Self {
+    pub(crate) fn unguarded(future: F, timeout: Option<Duration>) -> Self {
         ResponseFuture {
             state: State::Called {
                 future,
                 timeout: None,
-                after: Duration::ZERO,
+                after: timeout,
                 tracker: None,
             },
         }
@@ -140,7 +142,7 @@ where
         match self.project().state.project() {
             StateProj::Called {
                 future,
-                timeout,
+                mut timeout,
                 after,
                 tracker,
             } => {
@@ -152,6 +154,12 @@ where
                     }
                     return Poll::Ready(result);
                 }
+                let Some(limit) = *after else {
+                    return Poll::Pending;
+                };
+                if timeout.is_none() {
+                    timeout.set(Some(tokio::time::sleep(limit)));
+                }
                 if let Some(sleep) = timeout.as_pin_mut() {
                     if sleep.poll(cx).is_ready() {
                         // The call is cancelled when the caller drops this
@@ -159,7 +167,7 @@ where
                         if let Some(mut tracker) = tracker.take() {
                             tracker.finish(Outcome::Failure(FailureKind::Timeout));
                         }
-                        return Poll::Ready(Err(MeshError::Timeout { after: *after }.into()));
+                        return Poll::Ready(Err(MeshError::Timeout { after: limit }.into()));
                     }
                 }
                 Poll::Pending

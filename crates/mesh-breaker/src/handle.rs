@@ -39,7 +39,7 @@ impl BreakerHandle {
         let entry = &self.entry;
         entry
             .common
-            .announce(entry.service.as_ref(), entry.endpoint.as_ref(), t, now);
+            .announce(entry.service.as_ref(), entry.endpoint.get(), t, now);
     }
 
     /// Which breaker this is.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use hashbrown::{Equivalent, HashMap};
 use mesh_core::clock::Nanos;
-use mesh_core::{CircuitState, Endpoint, EndpointId, EventBus, FailureClassifier, ServiceName};
+use mesh_core::{Endpoint, EndpointId, EventBus, FailureClassifier, ServiceName};
 
 use crate::circuit::Circuit;
 use crate::config::BreakerConfig;
@@ -134,20 +134,21 @@ pub(crate) struct Entry {
     pub(crate) circuit: Circuit,
     pub(crate) common: Arc<Common>,
     pub(crate) service: Option<ServiceName>,
-    pub(crate) endpoint: Option<Endpoint>,
+    /// The endpoint of a per-endpoint breaker, from the first call that
+    /// named it (a handle made before any call learns it then).
+    pub(crate) endpoint: std::sync::OnceLock<Endpoint>,
     /// Used since the last sweep. Set with a load-then-store so that a
     /// breaker in steady use never writes the shared cache line.
     touched: AtomicBool,
 }
 
 impl Entry {
-    fn is_evictable(self: &Arc<Self>, idle_only: bool) -> bool {
-        // Never evict a breaker that is protecting anyone (open, probing,
-        // held by an operator) or that a call in flight still uses.
-        let quiet = matches!(
-            self.circuit.state(),
-            CircuitState::Closed | CircuitState::MetricsOnly | CircuitState::Disabled
-        ) && Arc::strong_count(self) <= 2; // the published map and the copy being edited
+    fn is_evictable(self: &Arc<Self>, now: Nanos, idle_only: bool) -> bool {
+        // Never evict a breaker that is protecting anyone (open or probing
+        // and not yet due, held by an operator) or that a call in flight or
+        // a handle still uses. An open breaker whose endpoint never came
+        // back is settled once its deadline passes, so it does not leak.
+        let quiet = self.circuit.is_settled(now) && Arc::strong_count(self) <= 2; // the published map and the copy being edited
         quiet && (!idle_only || !self.touched.load(Ordering::Relaxed))
     }
 }
@@ -237,22 +238,25 @@ impl Registry {
         let now = clock();
         let idle = self.config.idle_timeout();
         let last = Nanos(self.last_sweep.load(Ordering::Relaxed));
-        let full = map.len() >= self.config.max_breakers() as usize;
-        if full || now.saturating_since(last) >= idle {
-            map.retain(|_, e| !e.is_evictable(true));
+        if now.saturating_since(last) >= idle {
+            // Once per idle period: forget breakers unused since the last
+            // sweep, and start a new period of marks.
+            map.retain(|_, e| !e.is_evictable(now, true));
             for e in map.values() {
                 e.touched.store(false, Ordering::Relaxed);
             }
             self.last_sweep.store(now.0, Ordering::Relaxed);
         }
-        if map.len() >= self.config.max_breakers() as usize {
-            let quiet: Vec<BreakerKey> = map
+        let max = self.config.max_breakers() as usize;
+        if map.len() >= max {
+            // Full: make just enough room, unused breakers first.
+            let mut quiet: Vec<(bool, BreakerKey)> = map
                 .iter()
-                .filter(|(_, e)| e.is_evictable(false))
-                .map(|(k, _)| k.clone())
-                .take(map.len() + 1 - self.config.max_breakers() as usize)
+                .filter(|(_, e)| e.is_evictable(now, false))
+                .map(|(k, e)| (e.touched.load(Ordering::Relaxed), k.clone()))
                 .collect();
-            for k in quiet {
+            quiet.sort_by_key(|(touched, _)| *touched);
+            for (_, k) in quiet.into_iter().take(map.len() + 1 - max) {
                 map.remove(&k);
             }
         }
@@ -275,7 +279,10 @@ impl Registry {
             circuit: Circuit::new(self.config.clone()),
             common: Arc::clone(&self.common),
             service,
-            endpoint: endpoint.cloned(),
+            endpoint: endpoint
+                .cloned()
+                .map(std::sync::OnceLock::from)
+                .unwrap_or_default(),
             touched: AtomicBool::new(true),
         });
         map.insert(key.clone(), Arc::clone(&entry));

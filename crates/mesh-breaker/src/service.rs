@@ -5,8 +5,8 @@ use http::Request;
 use mesh_core::clock::{self, Nanos};
 use mesh_core::ext::{SelectedEndpoint, TargetService};
 use mesh_core::{
-    BoxError, CircuitState, Endpoint, EndpointSet, EventBus, FailureClassifier, MeshError,
-    MeshEvent, ServiceName,
+    BoxError, CircuitState, Endpoint, EndpointSet, EventBus, FailureClassifier, FailureKind,
+    MeshError, MeshEvent, ServiceName,
 };
 use tower::Service;
 
@@ -35,7 +35,9 @@ impl Common {
     /// The shared parts for `config`, with the default classifier and bus.
     pub(crate) fn for_config(config: &BreakerConfig) -> Common {
         Common {
-            classifier: FailureClassifier::default(),
+            // A refusal by another breaker below never reached the
+            // upstream: it says nothing about it, so it counts neither way.
+            classifier: FailureClassifier::default().with_ignored_error(FailureKind::CircuitOpen),
             events: EventBus::default(),
             times_calls: config.slow_call_rate_threshold().is_some(),
         }
@@ -165,16 +167,22 @@ where
             })
         });
         let registry = &self.shared.registry;
+        let timeout = registry.config().call_timeout();
         let Some((key, service, endpoint)) =
             target_of(&req, custom.as_deref(), registry.config().scope())
         else {
-            return ResponseFuture::unguarded(self.inner.call(req));
+            return ResponseFuture::unguarded(self.inner.call(req), timeout);
         };
         let Some(entry) = registry.get_or_insert(key, service, endpoint, clock::now) else {
-            return ResponseFuture::unguarded(self.inner.call(req));
+            return ResponseFuture::unguarded(self.inner.call(req), timeout);
         };
         // Owned only for per-endpoint breakers, which eject it.
         let endpoint = endpoint.cloned();
+        if let Some(e) = &endpoint {
+            if entry.endpoint.get().is_none() {
+                let _ = entry.endpoint.set(e.clone());
+            }
+        }
         match entry.circuit.acquire_with(clock::now) {
             Ok(admitted) => {
                 if let Some(t) = admitted.transition {
@@ -189,8 +197,12 @@ where
                     // Every probe is out: nothing more may pass until they
                     // report, so the balancer may as well look elsewhere.
                     endpoint.state().eject_until(until);
+                    // Unless the probes already decided meanwhile (this
+                    // write raced their verdict): then undo it.
+                    if entry.circuit.state() != CircuitState::HalfOpen {
+                        endpoint.state().clear_ejection();
+                    }
                 }
-                let timeout = entry.circuit.config().call_timeout();
                 let tracker = Tracker::new(entry, admitted.permit, endpoint);
                 ResponseFuture::called(self.inner.call(req), tracker, timeout)
             }

@@ -10,8 +10,10 @@
 //! - [`TimeWindow`]: fixed buckets, each stamped with the time slice it
 //!   counts. A call adds to its slice's bucket, resetting it first if the
 //!   bucket still holds an older slice. Buckets older than the window are
-//!   skipped when reading. Under concurrent calls at a slice boundary a
-//!   call may land in the neighbouring slice; counts are exact otherwise.
+//!   skipped when reading. A bucket being reset is marked as such until its
+//!   counts are zeroed, so no reader sees old counts under a new stamp;
+//!   a call that meets a bucket mid-reset is not counted. Counts are exact
+//!   otherwise.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
@@ -21,6 +23,8 @@ use mesh_core::clock::Nanos;
 use crate::config::WindowConfig;
 
 const FAILED: u8 = 1;
+/// A time-window bucket whose counts are being zeroed.
+const RESETTING: u64 = u64::MAX - 1;
 const SLOW: u8 = 2;
 
 /// Counts over a window at one moment.
@@ -212,18 +216,24 @@ impl TimeWindow {
             return;
         };
         let seen = bucket.stamp.load(Ordering::Acquire);
-        if seen != stamp
-            && bucket
+        if seen == RESETTING {
+            return;
+        }
+        if seen != stamp {
+            // Claim the bucket left over from an older slice, zero it, and
+            // only then publish the new slice: readers and writers never
+            // see the old counts under the new stamp.
+            if bucket
                 .stamp
-                .compare_exchange(seen, stamp, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // This call won the reset of a bucket left over from an older
-            // slice (or a later one, after a reset: the clock is monotonic
-            // so that only happens when the bucket was never used).
+                .compare_exchange(seen, RESETTING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return;
+            }
             bucket.calls.store(0, Ordering::Relaxed);
             bucket.failures.store(0, Ordering::Relaxed);
             bucket.slow.store(0, Ordering::Relaxed);
+            bucket.stamp.store(stamp, Ordering::Release);
         }
         bucket.calls.fetch_add(1, Ordering::Relaxed);
         if failed {

@@ -141,7 +141,13 @@ async fn a_call_over_the_timeout_is_cancelled_and_counts_as_a_failure() {
         }))
     };
     for n in 1..=2 {
+        let started = tokio::time::Instant::now();
         let err = svc.clone().oneshot(get()).await.expect_err("timed out");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(100),
+            "cut at the timeout, not run to its end"
+        );
         assert!(
             matches!(MeshError::find(&*err), Some(MeshError::Timeout { .. })),
             "{err}"
@@ -353,13 +359,21 @@ async fn a_half_open_breaker_never_admits_more_than_its_probes_under_contention(
         }))
     };
     let handle = layer.handle_or_create(&key()).expect("breaker");
-    handle.transition_to(CircuitState::HalfOpen);
 
     let (ok, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // All 16 tasks wait at the barrier; the breaker goes half-open only
+    // once they are all there, so they race for the probes together.
+    let start = Arc::new(tokio::sync::Barrier::new(17));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..16 {
-        let (svc, ok, refused) = (svc.clone(), Arc::clone(&ok), Arc::clone(&refused));
+        let (svc, ok, refused, start) = (
+            svc.clone(),
+            Arc::clone(&ok),
+            Arc::clone(&refused),
+            Arc::clone(&start),
+        );
         tasks.spawn(async move {
+            start.wait().await;
             let mut probes = Vec::new();
             for _ in 0..200 {
                 let mut svc = svc.clone();
@@ -385,6 +399,8 @@ async fn a_half_open_breaker_never_admits_more_than_its_probes_under_contention(
             }
         });
     }
+    handle.transition_to(CircuitState::HalfOpen);
+    start.wait().await;
     // Wait (bounded) until every task has made its 200 attempts.
     for _ in 0..1000 {
         if refused.load(Ordering::SeqCst) + admitted.load(Ordering::SeqCst) >= 16 * 200 {

@@ -43,7 +43,11 @@ struct TowerPolicy(u32);
 impl tower::retry::Policy<Request<Body>, Response<()>, Infallible> for TowerPolicy {
     type Future = std::future::Ready<()>;
 
-    fn retry(&mut self, _req: &mut Request<Body>, result: &mut Result<Response<()>, Infallible>) -> Option<Self::Future> {
+    fn retry(
+        &mut self,
+        _req: &mut Request<Body>,
+        result: &mut Result<Response<()>, Infallible>,
+    ) -> Option<Self::Future> {
         match result {
             Ok(r) if r.status().is_server_error() && self.0 > 0 => {
                 self.0 -= 1;
@@ -94,9 +98,15 @@ pub(crate) fn no_retry_needed(c: &mut Criterion) {
     let mut mesh_no_budget = RetryLayer::new(no_budget).layer(inner());
 
     let mut group = c.benchmark_group("no_retry_needed");
-    group.bench_function("no_layer", |b| b.iter(|| black_box(one_call(&mut bare, &uri))));
-    group.bench_function("tower_retry", |b| b.iter(|| black_box(one_call(&mut tower_retry, &uri))));
-    group.bench_function("mesh_retry", |b| b.iter(|| black_box(one_call(&mut mesh, &uri))));
+    group.bench_function("no_layer", |b| {
+        b.iter(|| black_box(one_call(&mut bare, &uri)))
+    });
+    group.bench_function("tower_retry", |b| {
+        b.iter(|| black_box(one_call(&mut tower_retry, &uri)))
+    });
+    group.bench_function("mesh_retry", |b| {
+        b.iter(|| black_box(one_call(&mut mesh, &uri)))
+    });
     group.bench_function("mesh_retry_no_budget", |b| {
         b.iter(|| black_box(one_call(&mut mesh_no_budget, &uri)))
     });

@@ -77,7 +77,10 @@ impl Backoff {
     /// Exponential backoff from `initial`, capped at 30 s until
     /// [`Backoff::max_delay`] says otherwise.
     pub fn exponential(initial: Duration, multiplier: f64) -> Backoff {
-        Backoff::of(Strategy::Exponential { initial, multiplier })
+        Backoff::of(Strategy::Exponential {
+            initial,
+            multiplier,
+        })
     }
 
     /// Linear backoff by steps of `initial`.
@@ -147,9 +150,10 @@ impl Backoff {
         let raw = match self.strategy {
             Strategy::Constant { delay } => nanos(delay),
             Strategy::Linear { initial } => nanos(initial) * (f64::from(n) + 1.0),
-            Strategy::Exponential { initial, multiplier } => {
-                nanos(initial) * multiplier.powi(n.min(1024) as i32)
-            }
+            Strategy::Exponential {
+                initial,
+                multiplier,
+            } => nanos(initial) * multiplier.powi(n.min(1024) as i32),
             Strategy::Fibonacci { initial } => nanos(initial) * fibonacci(n.saturating_add(1)),
         };
         clamp(raw, self.max_delay)
@@ -246,18 +250,37 @@ mod tests {
 
     #[test]
     fn unjittered_schedules_are_exact() {
-        let take = |b: Backoff| b.max_delay(Duration::from_secs(3600)).delays().take(6).collect::<Vec<_>>();
-        assert_eq!(take(Backoff::exponential(MS(10), 2.0)), [10, 20, 40, 80, 160, 320].map(MS));
-        assert_eq!(take(Backoff::linear(MS(10))), [10, 20, 30, 40, 50, 60].map(MS));
+        let take = |b: Backoff| {
+            b.max_delay(Duration::from_secs(3600))
+                .delays()
+                .take(6)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            take(Backoff::exponential(MS(10), 2.0)),
+            [10, 20, 40, 80, 160, 320].map(MS)
+        );
+        assert_eq!(
+            take(Backoff::linear(MS(10))),
+            [10, 20, 30, 40, 50, 60].map(MS)
+        );
         assert_eq!(take(Backoff::constant(MS(7))), [7; 6].map(MS));
-        assert_eq!(take(Backoff::fibonacci(MS(10))), [10, 10, 20, 30, 50, 80].map(MS));
+        assert_eq!(
+            take(Backoff::fibonacci(MS(10))),
+            [10, 10, 20, 30, 50, 80].map(MS)
+        );
     }
 
     #[test]
     fn the_cap_holds_even_when_the_schedule_overflows() {
         let b = Backoff::exponential(MS(1), 10.0).max_delay(MS(500));
         assert_eq!(b.base_delay(1000), MS(500));
-        assert_eq!(Backoff::fibonacci(MS(1)).max_delay(MS(5)).base_delay(u32::MAX), MS(5));
+        assert_eq!(
+            Backoff::fibonacci(MS(1))
+                .max_delay(MS(5))
+                .base_delay(u32::MAX),
+            MS(5)
+        );
     }
 
     fn strategy() -> impl Strategy<Value = Backoff> {
@@ -271,7 +294,12 @@ mod tests {
     }
 
     fn jitter() -> impl Strategy<Value = Jitter> {
-        prop_oneof![Just(Jitter::None), Just(Jitter::Full), Just(Jitter::Equal), Just(Jitter::Decorrelated)]
+        prop_oneof![
+            Just(Jitter::None),
+            Just(Jitter::Full),
+            Just(Jitter::Equal),
+            Just(Jitter::Decorrelated)
+        ]
     }
 
     proptest! {

@@ -207,8 +207,14 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_by_name() {
-        assert!(RetryBudget::new(-1.0, 0, Duration::from_secs(10)).unwrap_err().to_string().contains("percent"));
-        assert!(RetryBudget::new(20.0, 0, Duration::ZERO).unwrap_err().to_string().contains("ttl"));
+        assert!(RetryBudget::new(-1.0, 0, Duration::from_secs(10))
+            .unwrap_err()
+            .to_string()
+            .contains("percent"));
+        assert!(RetryBudget::new(20.0, 0, Duration::ZERO)
+            .unwrap_err()
+            .to_string()
+            .contains("ttl"));
     }
 
     proptest! {

@@ -284,24 +284,42 @@ impl RetryConfigBuilder {
         let c = self.config;
         let hour = Duration::from_secs(3600);
         if c.max_retries > 100 {
-            return Err(invalid("max_retries", format!("{} is more than 100; a request retried that often is a retry storm", c.max_retries)));
+            return Err(invalid(
+                "max_retries",
+                format!(
+                    "{} is more than 100; a request retried that often is a retry storm",
+                    c.max_retries
+                ),
+            ));
         }
         let b = c.backoff;
         if b.cap() > hour {
-            return Err(invalid("backoff.max_delay", format!("{:?} is more than one hour", b.cap())));
+            return Err(invalid(
+                "backoff.max_delay",
+                format!("{:?} is more than one hour", b.cap()),
+            ));
         }
         if let Strategy::Exponential { multiplier, .. } = b.strategy() {
             if !(1.0..=100.0).contains(&multiplier) {
-                return Err(invalid("backoff.multiplier", format!("{multiplier} is outside [1, 100]")));
+                return Err(invalid(
+                    "backoff.multiplier",
+                    format!("{multiplier} is outside [1, 100]"),
+                ));
             }
         }
         if let Some((percent, min, ttl)) = c.budget {
             RetryBudget::new(percent, min, ttl)?;
         }
-        for (field, d) in [("deadline", c.deadline), ("per_attempt_timeout", c.per_attempt_timeout)] {
+        for (field, d) in [
+            ("deadline", c.deadline),
+            ("per_attempt_timeout", c.per_attempt_timeout),
+        ] {
             if let Some(d) = d {
                 if d.is_zero() || d > hour {
-                    return Err(invalid(field, format!("{d:?} is out of range: use more than 0 and at most 1h")));
+                    return Err(invalid(
+                        field,
+                        format!("{d:?} is out of range: use more than 0 and at most 1h"),
+                    ));
                 }
             }
         }
@@ -327,12 +345,32 @@ mod tests {
     #[test]
     fn absurd_values_are_refused_by_name() {
         let cases = [
-            (RetryConfig::builder().max_retries(1000), "retry.max_retries"),
-            (RetryConfig::builder().backoff(Backoff::constant(Duration::from_secs(1)).max_delay(Duration::from_secs(7200))), "retry.backoff.max_delay"),
-            (RetryConfig::builder().backoff(Backoff::exponential(Duration::from_secs(1), 0.5)), "retry.backoff.multiplier"),
-            (RetryConfig::builder().budget(2000.0, 0, Duration::from_secs(10)), "retry.budget.percent"),
-            (RetryConfig::builder().deadline(Duration::ZERO), "retry.deadline"),
-            (RetryConfig::builder().per_attempt_timeout(Duration::from_secs(7200)), "retry.per_attempt_timeout"),
+            (
+                RetryConfig::builder().max_retries(1000),
+                "retry.max_retries",
+            ),
+            (
+                RetryConfig::builder().backoff(
+                    Backoff::constant(Duration::from_secs(1)).max_delay(Duration::from_secs(7200)),
+                ),
+                "retry.backoff.max_delay",
+            ),
+            (
+                RetryConfig::builder().backoff(Backoff::exponential(Duration::from_secs(1), 0.5)),
+                "retry.backoff.multiplier",
+            ),
+            (
+                RetryConfig::builder().budget(2000.0, 0, Duration::from_secs(10)),
+                "retry.budget.percent",
+            ),
+            (
+                RetryConfig::builder().deadline(Duration::ZERO),
+                "retry.deadline",
+            ),
+            (
+                RetryConfig::builder().per_attempt_timeout(Duration::from_secs(7200)),
+                "retry.per_attempt_timeout",
+            ),
         ];
         for (builder, field) in cases {
             match builder.build() {

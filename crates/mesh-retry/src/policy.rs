@@ -218,7 +218,9 @@ where
         let counters = &shared.counters;
         let Some(reason) = self.retryable(req, result) else {
             if self.retries > 0 && result.is_ok() {
-                counters.successes_after_retry.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .successes_after_retry
+                    .fetch_add(1, Ordering::Relaxed);
             }
             return None;
         };

@@ -60,7 +60,9 @@ impl<S: Clone> Clone for Retry<S> {
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Retry<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Retry").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,7 +94,9 @@ where
                 // it is earlier.
                 let ours = Deadline(now.saturating_add(d));
                 let ext = req.extensions_mut();
-                let earliest = ext.get::<Deadline>().map_or(ours, |theirs| (*theirs).min(ours));
+                let earliest = ext
+                    .get::<Deadline>()
+                    .map_or(ours, |theirs| (*theirs).min(ours));
                 ext.insert(earliest);
             }
         }
@@ -171,7 +175,9 @@ where
 
 impl<F> std::fmt::Debug for AttemptFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AttemptFuture").field("limit", &self.limit).finish_non_exhaustive()
+        f.debug_struct("AttemptFuture")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
     }
 }
 

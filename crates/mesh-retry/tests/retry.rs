@@ -29,7 +29,12 @@ type Reply = Result<Response<String>, BoxError>;
 fn scripted(
     script: Vec<(u16, Option<&'static str>, Duration)>,
     log: Arc<Mutex<Vec<Instant>>>,
-) -> impl tower::Service<Request<String>, Response = Response<String>, Error = BoxError, Future = impl Send> + Clone {
+) -> impl tower::Service<
+    Request<String>,
+    Response = Response<String>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone {
     let script = Arc::new(script);
     service_fn(move |_req: Request<String>| {
         let n = {
@@ -50,7 +55,9 @@ fn scripted(
 }
 
 fn get() -> Request<String> {
-    Request::get("http://api/x").body(String::new()).expect("request")
+    Request::get("http://api/x")
+        .body(String::new())
+        .expect("request")
 }
 
 fn gaps(log: &Mutex<Vec<Instant>>) -> Vec<Duration> {
@@ -71,7 +78,10 @@ async fn attempts_follow_the_backoff_schedule_exactly() {
             .build()
             .expect("config"),
     );
-    let svc = layer.layer(scripted(vec![(503, None, Duration::ZERO)], Arc::clone(&log)));
+    let svc = layer.layer(scripted(
+        vec![(503, None, Duration::ZERO)],
+        Arc::clone(&log),
+    ));
     let r: Reply = svc.oneshot(get()).await;
     assert_eq!(r.expect("answered").status(), 503, "the last real response");
     assert_eq!(gaps(&log), [MS(100), MS(200), MS(400)]);
@@ -92,7 +102,11 @@ async fn retry_after_in_seconds_sets_the_delay_and_a_hint_over_the_cap_stops_ret
             .expect("config"),
     );
     let svc = layer.layer(scripted(
-        vec![(429, Some("2"), Duration::ZERO), (503, Some("60"), Duration::ZERO), (200, None, Duration::ZERO)],
+        vec![
+            (429, Some("2"), Duration::ZERO),
+            (503, Some("60"), Duration::ZERO),
+            (200, None, Duration::ZERO),
+        ],
         Arc::clone(&log),
     ));
     let r = svc.oneshot(get()).await.expect("answered");
@@ -120,7 +134,10 @@ async fn retry_after_as_an_http_date_is_honoured() {
     assert_eq!(svc.oneshot(get()).await.expect("answered").status(), 200);
     // HTTP dates have whole seconds: between 2 and 3 s from now.
     let gap = gaps(&log)[0];
-    assert!(gap > Duration::from_secs(2) && gap <= Duration::from_secs(3), "{gap:?}");
+    assert!(
+        gap > Duration::from_secs(2) && gap <= Duration::from_secs(3),
+        "{gap:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -135,11 +152,18 @@ async fn the_deadline_stops_retries_that_would_end_after_it() {
             .build()
             .expect("config"),
     );
-    let svc = layer.layer(scripted(vec![(503, None, Duration::ZERO)], Arc::clone(&log)));
+    let svc = layer.layer(scripted(
+        vec![(503, None, Duration::ZERO)],
+        Arc::clone(&log),
+    ));
     let started = Instant::now();
     let r = svc.oneshot(get()).await.expect("answered");
     assert_eq!(r.status(), 503);
-    assert_eq!(log.lock().expect("log").len(), 3, "at 0, 100 and 200 ms; 300 is past 250");
+    assert_eq!(
+        log.lock().expect("log").len(),
+        3,
+        "at 0, 100 and 200 ms; 300 is past 250"
+    );
     assert_eq!(started.elapsed(), MS(200));
 }
 
@@ -156,7 +180,10 @@ async fn a_slow_attempt_times_out_and_the_retry_succeeds() {
             .expect("config"),
     );
     let svc = layer.layer(scripted(
-        vec![(200, None, Duration::from_secs(60)), (200, None, Duration::ZERO)],
+        vec![
+            (200, None, Duration::from_secs(60)),
+            (200, None, Duration::ZERO),
+        ],
         Arc::clone(&log),
     ));
     let started = Instant::now();
@@ -174,10 +201,16 @@ async fn the_deadline_also_cuts_the_attempt_in_flight() {
             .build()
             .expect("config"),
     );
-    let svc = layer.layer(scripted(vec![(200, None, Duration::from_secs(60))], Arc::clone(&log)));
+    let svc = layer.layer(scripted(
+        vec![(200, None, Duration::from_secs(60))],
+        Arc::clone(&log),
+    ));
     let started = Instant::now();
     let err = svc.oneshot(get()).await.expect_err("deadline");
-    assert!(matches!(MeshError::find(&*err), Some(MeshError::Timeout { .. })), "{err}");
+    assert!(
+        matches!(MeshError::find(&*err), Some(MeshError::Timeout { .. })),
+        "{err}"
+    );
     assert_eq!(started.elapsed(), MS(150));
 }
 
@@ -189,7 +222,9 @@ async fn a_storm_is_held_to_the_budget() {
     const CLIENTS: usize = 50;
     const PER_CLIENT: usize = 20;
     const MIN_PER_SECOND: u32 = 10;
-    let backend = Backend::start(Behavior::Status(503)).await.expect("backend");
+    let backend = Backend::start(Behavior::Status(503))
+        .await
+        .expect("backend");
     let layer = RetryLayer::new(
         RetryConfig::builder()
             .max_retries(3)
@@ -207,8 +242,14 @@ async fn a_storm_is_held_to_the_budget() {
         let (svc, uri) = (svc.clone(), uri.clone());
         tasks.spawn(async move {
             for _ in 0..PER_CLIENT {
-                let req = Request::get(uri.as_str()).body(Full::new(Bytes::new())).expect("request");
-                let r = svc.clone().oneshot(req).await.expect("the last real response");
+                let req = Request::get(uri.as_str())
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let r = svc
+                    .clone()
+                    .oneshot(req)
+                    .await
+                    .expect("the last real response");
                 assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
             }
         });
@@ -220,7 +261,10 @@ async fn a_storm_is_held_to_the_budget() {
     let requests = (CLIENTS * PER_CLIENT) as f64;
     let attempts = backend.stats().requests as f64;
     let bound = 1.2 * requests + f64::from(MIN_PER_SECOND) * (seconds + 1.0);
-    assert!(attempts <= bound, "{attempts} attempts for {requests} requests in {seconds:.2}s (bound {bound})");
+    assert!(
+        attempts <= bound,
+        "{attempts} attempts for {requests} requests in {seconds:.2}s (bound {bound})"
+    );
     assert!(attempts > requests, "some retries were allowed");
     let stats = layer.stats();
     assert_eq!(stats.attempts as f64, attempts);
@@ -234,7 +278,10 @@ impl Body for Chunks {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
     }
 }
@@ -242,7 +289,9 @@ impl Body for Chunks {
 /// A real hyper server that reads each request's whole body, logs it, and
 /// answers 503 to the first request, 200 after.
 async fn recording_server() -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&bodies);
@@ -260,10 +309,17 @@ async fn recording_server() -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
                             seen.len() == 1
                         };
                         let status = if first { 503 } else { 200 };
-                        Ok::<_, hyper::Error>(Response::builder().status(status).body(Full::new(Bytes::new())).expect("response"))
+                        Ok::<_, hyper::Error>(
+                            Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::new()))
+                                .expect("response"),
+                        )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -271,7 +327,11 @@ async fn recording_server() -> (SocketAddr, Arc<Mutex<Vec<Bytes>>>) {
 }
 
 fn streaming(parts: usize) -> Chunks {
-    Chunks((0..parts).map(|i| Bytes::from(format!("chunk-{i:03};"))).collect())
+    Chunks(
+        (0..parts)
+            .map(|i| Bytes::from(format!("chunk-{i:03};")))
+            .collect(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +339,11 @@ async fn a_streaming_body_under_the_cap_is_replayed_byte_for_byte() {
     let (addr, bodies) = recording_server().await;
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Chunks>>();
     let svc = RetryLayer::new(
-        RetryConfig::builder().backoff(Backoff::constant(MS(1))).no_budget().build().expect("config"),
+        RetryConfig::builder()
+            .backoff(Backoff::constant(MS(1)))
+            .no_budget()
+            .build()
+            .expect("config"),
     )
     .layer(client);
     let req = Request::put(format!("http://{addr}/upload"))
@@ -298,7 +362,11 @@ async fn a_streaming_body_over_the_cap_is_sent_once() {
     let (addr, bodies) = recording_server().await;
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Chunks>>();
     let svc = RetryLayer::new(
-        RetryConfig::builder().backoff(Backoff::constant(MS(1))).no_budget().build().expect("config"),
+        RetryConfig::builder()
+            .backoff(Backoff::constant(MS(1)))
+            .no_budget()
+            .build()
+            .expect("config"),
     )
     .layer(client);
     let req = Request::put(format!("http://{addr}/upload"))

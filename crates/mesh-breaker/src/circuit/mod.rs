@@ -138,6 +138,10 @@ pub struct Rejected {
 pub struct Recorded {
     /// The transition it caused, if any.
     pub transition: Option<Transition>,
+    /// A half-open probe's slot was given back (its outcome was ignored):
+    /// another call may probe, so an endpoint ejected because every probe
+    /// was out should take traffic again.
+    pub probe_slot_freed: bool,
     /// The window's (failure rate, slow-call rate) in percent, when this
     /// call made them cross their thresholds.
     pub rate_exceeded: Option<(f64, f64)>,
@@ -185,6 +189,11 @@ struct Control {
     /// Trips since the circuit last closed, for the growing open duration.
     trips: u32,
     half_open: Probes,
+    /// The start of the last period whose permits are recorded (CLOSED,
+    /// HALF_OPEN, METRICS_ONLY): the next one starts strictly later, so two
+    /// periods never share a word even when the clock stands still
+    /// (tokio's paused clock, a coarse clock).
+    last_at: u64,
 }
 
 #[derive(Debug, Default)]
@@ -302,11 +311,17 @@ impl Circuit {
                     admitted: 1,
                     ..Probes::default()
                 };
-                let transition = self.set(pack(HALF_OPEN, now), Some(now.saturating_add(max_wait)));
+                let transition = self.set(
+                    &mut control,
+                    HALF_OPEN,
+                    now,
+                    Some(now.saturating_add(max_wait)),
+                );
+                let started = unpack(self.word.load(Ordering::Acquire)).1;
                 Ok(Admitted {
-                    permit: Permit::Probe { started: now },
+                    permit: Permit::Probe { started },
                     transition: Some(transition),
-                    probes_exhausted: (probes == 1).then(|| now.saturating_add(max_wait)),
+                    probes_exhausted: (probes == 1).then(|| started.saturating_add(max_wait)),
                 })
             }
             HALF_OPEN => {
@@ -470,7 +485,10 @@ impl Circuit {
             // An ignored probe proves nothing: give its slot to another.
             Outcome::Ignored => {
                 probes.admitted = probes.admitted.saturating_sub(1);
-                return Recorded::default();
+                return Recorded {
+                    probe_slot_freed: true,
+                    ..Recorded::default()
+                };
             }
             Outcome::Success => probes.succeeded += 1,
             Outcome::Failure(_) => probes.failed += 1,
@@ -507,7 +525,7 @@ impl Circuit {
         };
         Recorded {
             transition,
-            rate_exceeded: None,
+            ..Recorded::default()
         }
     }
 
@@ -538,10 +556,13 @@ impl Circuit {
         } else {
             1.0
         };
-        let open_for = Duration::from_nanos((capped * factor).round().max(1_000_000.0) as u64);
+        // Jitter spreads below the cap too: the cap is a hard limit.
+        let max = self.config.open_duration_max().as_nanos() as f64;
+        let open_for =
+            Duration::from_nanos((capped * factor).min(max).round().max(1_000_000.0) as u64);
         control.trips = control.trips.saturating_add(1);
         let until = now.saturating_add(open_for);
-        self.set(pack(OPEN, until), Some(until))
+        self.set(control, OPEN, until, Some(until))
     }
 
     /// Moves to CLOSED with a fresh window.
@@ -550,10 +571,27 @@ impl Circuit {
         self.window.reset();
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.rate_exceeded.store(false, Ordering::Relaxed);
-        self.set(pack(CLOSED, now), None)
+        self.set(control, CLOSED, now, None)
     }
 
-    fn set(&self, word: u64, until: Option<Nanos>) -> Transition {
+    fn set(
+        &self,
+        control: &mut Control,
+        state: u64,
+        at: Nanos,
+        until: Option<Nanos>,
+    ) -> Transition {
+        // States whose permits are recorded against their period start
+        // strictly after the last such start. (OPEN's instant is a deadline
+        // and issues no permit: it is left as it is.)
+        let at = if matches!(state, CLOSED | HALF_OPEN | METRICS_ONLY) {
+            let at = Nanos(at.0.max(control.last_at.saturating_add(1)));
+            control.last_at = at.0;
+            at
+        } else {
+            at
+        };
+        let word = pack(state, at);
         let previous = self.word.swap(word, Ordering::AcqRel);
         self.totals.transitions.fetch_add(1, Ordering::Relaxed);
         Transition {
@@ -578,14 +616,19 @@ impl Circuit {
             CircuitState::Closed => self.close(&mut control, now),
             CircuitState::Open => {
                 let until = now.saturating_add(self.config.open_duration());
-                self.set(pack(OPEN, until), Some(until))
+                self.set(&mut control, OPEN, until, Some(until))
             }
             CircuitState::HalfOpen => {
                 control.half_open = Probes::default();
                 let max_wait = self.config.half_open_max_wait();
-                self.set(pack(HALF_OPEN, now), Some(now.saturating_add(max_wait)))
+                self.set(
+                    &mut control,
+                    HALF_OPEN,
+                    now,
+                    Some(now.saturating_add(max_wait)),
+                )
             }
-            other => self.set(pack(bits_of(other), now), None),
+            other => self.set(&mut control, bits_of(other), now, None),
         })
     }
 
@@ -602,6 +645,20 @@ impl Circuit {
             return None;
         }
         Some(self.close(&mut control, now))
+    }
+
+    /// Whether nothing depends on this breaker at `now`: CLOSED, or OPEN
+    /// past its deadline, or HALF_OPEN past its maximum wait (the next call
+    /// would reprobe or reopen anyway). Operator states are never settled:
+    /// they change only by hand. A registry may forget a settled breaker.
+    pub fn is_settled(&self, now: Nanos) -> bool {
+        let (state, at) = unpack(self.word.load(Ordering::Acquire));
+        match state {
+            CLOSED => true,
+            OPEN => now >= at,
+            HALF_OPEN => now >= at.saturating_add(self.config.half_open_max_wait()),
+            _ => false,
+        }
     }
 
     /// A snapshot of the breaker at `now`.
