@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 use http::header::HOST;
 use http::uri::{Parts, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use mesh_core::ext::{AvoidEndpoints, SelectedEndpoint};
+use mesh_core::ext::{AvoidEndpoints, EndpointSlot, SelectedEndpoint};
 use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, ServiceName};
 use tower::Service;
 
@@ -101,6 +101,9 @@ where
         };
         tracing::trace!(endpoint = %endpoint, "picked endpoint");
         rewrite(&mut req, &endpoint);
+        if let Some(slot) = req.extensions().get::<EndpointSlot>() {
+            slot.set(service.clone(), endpoint.clone());
+        }
         req.extensions_mut()
             .insert(SelectedEndpoint(endpoint.clone()));
         let in_flight = InFlight::start(Arc::clone(endpoint.state()));

@@ -10,6 +10,7 @@
 //! | [`Attempt`] | retry | anyone tracing or logging |
 //! | [`AvoidEndpoints`] | retry | balancer |
 //! | [`Deadline`] | retry | retry's per-attempt timeout, any layer that waits |
+//! | [`EndpointSlot`] | a layer that may cancel an attempt (retry's timeout) | written by the balancer |
 //! | [`crate::EndpointSet`] | discovery | balancer |
 //! | [`SelectedEndpoint`] | balancer (request and response) | breaker, retry |
 
@@ -87,6 +88,26 @@ impl Deadline {
     /// The time left at `now`, zero if the deadline has passed.
     pub fn remaining(self, now: crate::clock::Nanos) -> std::time::Duration {
         self.0.saturating_since(now)
+    }
+}
+
+/// A place for the balancer to note the endpoint it chose, read by a
+/// layer above that may cancel the attempt before any response names it
+/// (retry's per-attempt timeout), so that the next attempt avoids it.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointSlot(Arc<std::sync::Mutex<Option<(ServiceName, Endpoint)>>>);
+
+impl EndpointSlot {
+    /// Notes the endpoint chosen for this attempt.
+    pub fn set(&self, service: ServiceName, endpoint: Endpoint) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some((service, endpoint));
+        }
+    }
+
+    /// The endpoint chosen, if the balancer got that far.
+    pub fn get(&self) -> Option<(ServiceName, Endpoint)> {
+        self.0.lock().ok().and_then(|slot| slot.clone())
     }
 }
 

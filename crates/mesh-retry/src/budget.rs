@@ -8,15 +8,17 @@ use mesh_core::clock::Nanos;
 use mesh_core::MeshError;
 
 const BUCKETS: u64 = 10;
+const RESETTING: u64 = u64::MAX - 1;
 const PPM: u128 = 1_000_000;
 
 /// Limits retries to `percent` of the requests of the last `ttl`, plus
 /// `min_per_second` retries per second however few requests there were (as
 /// Finagle's and linkerd's budgets do), so that a failing upstream sees at
 /// most `(1 + percent/100)` times its normal load plus a trickle, never a
-/// storm. The per-second minimum accrues with time (from one second's
-/// worth at creation, up to one `ttl`'s worth), so over a run of `d`
-/// seconds it adds at most `min_per_second x (d + 1)` retries.
+/// storm. The per-second minimum is a token bucket that refills at
+/// `min_per_second` and holds at most one second's worth, so over any run
+/// of `d` seconds it adds at most `min_per_second x (d + 1)` retries, even
+/// after a long idle period.
 ///
 /// Shared by all clones of a [`crate::RetryLayer`]. The arithmetic is in
 /// integers (parts per million of a retry), so a fractional percentage
@@ -45,9 +47,15 @@ pub struct RetryBudget {
     min_per_second: u32,
     ttl: Duration,
     slice: u64,
-    created: Nanos,
     buckets: Box<[Bucket]>,
-    withdrawing: Mutex<()>,
+    withdrawing: Mutex<Reserve>,
+}
+
+/// The per-second minimum, in parts per million of a retry.
+#[derive(Debug)]
+struct Reserve {
+    tokens: u128,
+    refilled: Nanos,
 }
 
 #[derive(Debug)]
@@ -84,7 +92,6 @@ impl RetryBudget {
             min_per_second,
             ttl,
             slice: (ttl_nanos / BUCKETS).max(1),
-            created: mesh_core::clock::now(),
             buckets: (0..BUCKETS)
                 .map(|_| Bucket {
                     stamp: AtomicU64::new(u64::MAX),
@@ -92,7 +99,12 @@ impl RetryBudget {
                     retries: AtomicU64::new(0),
                 })
                 .collect(),
-            withdrawing: Mutex::new(()),
+            // A new budget starts with one second of the minimum in hand,
+            // so the very first failures of a fresh client can be retried.
+            withdrawing: Mutex::new(Reserve {
+                tokens: u128::from(min_per_second) * PPM,
+                refilled: mesh_core::clock::now(),
+            }),
         })
     }
 
@@ -105,15 +117,23 @@ impl RetryBudget {
         let stamp = now.0 / self.slice;
         let bucket = self.buckets.get((stamp % BUCKETS) as usize)?;
         let seen = bucket.stamp.load(Ordering::Acquire);
-        if seen != stamp
-            && bucket
-                .stamp
-                .compare_exchange(seen, stamp, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            bucket.requests.store(0, Ordering::Relaxed);
-            bucket.retries.store(0, Ordering::Relaxed);
+        if seen == stamp {
+            return Some(bucket);
         }
+        // Claim the bucket of an older slice, zero it, and only then publish
+        // the new slice, so nobody counts in (or reads) old counts under a
+        // new stamp. A call meeting a bucket mid-reset is not counted.
+        if seen == RESETTING
+            || bucket
+                .stamp
+                .compare_exchange(seen, RESETTING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return None;
+        }
+        bucket.requests.store(0, Ordering::Relaxed);
+        bucket.retries.store(0, Ordering::Relaxed);
+        bucket.stamp.store(stamp, Ordering::Release);
         Some(bucket)
     }
 
@@ -139,25 +159,26 @@ impl RetryBudget {
 
     /// Spends one retry if the budget allows it at `now`.
     pub fn try_withdraw(&self, now: Nanos) -> bool {
-        let _one_at_a_time = self.withdrawing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reserve = self.withdrawing.lock().unwrap_or_else(|e| e.into_inner());
+        // Retries funded by the percentage count in the window; beyond it,
+        // the per-second minimum pays from its own bucket.
         let (requests, retries) = self.totals(now);
-        // The per-second minimum accrues with time, up to one window's
-        // worth, so a short burst cannot spend a whole window's reserve.
-        // A new budget starts with one second of the minimum in hand, so
-        // the very first failures of a fresh client can be retried.
-        let accrued = (now.saturating_since(self.created) + Duration::from_secs(1)).min(self.ttl);
-        let reserve = u128::from(self.min_per_second) * accrued.as_nanos() * PPM / 1_000_000_000;
-        let allowed = requests * self.ppm_per_request + reserve;
-        if (retries + 1) * PPM > allowed {
-            return false;
-        }
-        match self.bucket(now) {
-            Some(b) => {
+        if (retries + 1) * PPM <= requests * self.ppm_per_request {
+            if let Some(b) = self.bucket(now) {
                 b.retries.fetch_add(1, Ordering::Relaxed);
-                true
+                return true;
             }
-            None => false,
         }
+        let one_second = u128::from(self.min_per_second) * PPM;
+        let elapsed = now.saturating_since(reserve.refilled);
+        let refill = u128::from(self.min_per_second) * elapsed.as_nanos() * PPM / 1_000_000_000;
+        reserve.tokens = (reserve.tokens + refill).min(one_second);
+        reserve.refilled = now.max(reserve.refilled);
+        if reserve.tokens >= PPM {
+            reserve.tokens -= PPM;
+            return true;
+        }
+        false
     }
 }
 
@@ -182,10 +203,9 @@ mod tests {
     }
 
     #[test]
-    fn old_requests_leave_the_window_and_the_minimum_accrues() {
+    fn old_requests_leave_the_window_and_the_minimum_refills_one_second_at_most() {
         let b = RetryBudget::new(50.0, 2, Duration::from_secs(10)).unwrap();
-        // The budget counts a second of minimum from creation on.
-        let t0 = b.created.0;
+        let t0 = b.withdrawing.lock().unwrap().refilled.0;
         for _ in 0..4 {
             b.deposit(Nanos(t0));
         }
@@ -194,15 +214,15 @@ mod tests {
             assert!(b.try_withdraw(Nanos(t0)));
         }
         assert!(!b.try_withdraw(Nanos(t0)));
-        // 1 s later the minimum has accrued 2 more.
+        // 1 s later the minimum has refilled 2.
         assert!(b.try_withdraw(Nanos(t0 + S)));
         assert!(b.try_withdraw(Nanos(t0 + S)));
         assert!(!b.try_withdraw(Nanos(t0 + S)));
-        // 20 s later the old requests and retries are gone; the reserve
-        // is a whole window's: 2/s x 10 s.
-        let later = Nanos(t0 + 20 * S);
+        // After a long idle spell the requests have left the window, and
+        // the minimum holds one second's worth, not a window's.
+        let later = Nanos(t0 + 600 * S);
         let granted = (0..30).filter(|_| b.try_withdraw(later)).count();
-        assert_eq!(granted, 20);
+        assert_eq!(granted, 2);
     }
 
     #[test]

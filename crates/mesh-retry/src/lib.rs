@@ -15,5 +15,5 @@ pub use budget::RetryBudget;
 pub use config::{RetryConfig, RetryConfigBuilder, RetryContext, RetryPredicate};
 pub use layer::RetryLayer;
 pub use policy::{RetryPolicy, RetryStats};
-pub use replay::{ReplayBody, ReplayableBody};
+pub use replay::{ReplayBody, ReplayError, ReplayableBody};
 pub use service::{AttemptFuture, AttemptTimeout, Attempts, BoxErrors, BoxErrorsFuture, Retry};

@@ -172,8 +172,12 @@ pub(crate) fn retry_after<RB>(response: &Response<RB>, now: SystemTime) -> Optio
         return None;
     }
     let value = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Too many digits for a u64 is still "wait longer than we ever
+        // would": saturate, so the cap turns the retry down.
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -217,7 +221,9 @@ where
         let shared = &*self.shared;
         let counters = &shared.counters;
         let Some(reason) = self.retryable(req, result) else {
-            if self.retries > 0 && result.is_ok() {
+            let succeeded =
+                matches!(result, Ok(r) if r.status().is_success() || r.status().is_redirection());
+            if self.retries > 0 && succeeded {
                 counters
                     .successes_after_retry
                     .fetch_add(1, Ordering::Relaxed);
@@ -472,6 +478,38 @@ mod tests {
             .unwrap();
         assert_eq!(svc.oneshot(keyed).await.unwrap().status(), 503);
         assert_eq!(log.lock().unwrap().len(), 5, "1 + 4 attempts");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_absurd_values() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hint = |status: u16, value: &str| {
+            let r = Response::builder()
+                .status(status)
+                .header("retry-after", value)
+                .body(())
+                .unwrap();
+            super::retry_after(&r, now)
+        };
+        assert_eq!(hint(503, "7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            hint(429, &httpdate::fmt_http_date(now + Duration::from_secs(30))),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            hint(503, &httpdate::fmt_http_date(now - Duration::from_secs(30))),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            hint(503, "99999999999999999999999"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(
+            hint(500, "7"),
+            None,
+            "only 429 and 503 carry hints we follow"
+        );
+        assert_eq!(hint(503, "soon"), None);
     }
 
     #[tokio::test]

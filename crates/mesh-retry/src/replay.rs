@@ -1,15 +1,16 @@
 //! Request bodies that can be sent more than once.
 //!
 //! A retry sends the same request again, body included. Buffered bodies
-//! (`Full<Bytes>`, `Empty`, `String`) clone by reference count, so they
-//! replay at no copy cost and need nothing from you. A streaming body is
+//! backed by `Bytes` (`Full<Bytes>`, `Empty`, `Bytes`) clone by reference
+//! count, so they replay at no copy cost and need nothing from you (a
+//! `String` body works too, but its clone copies it). A streaming body is
 //! read only once; wrap it in [`ReplayBody`] to keep what is sent, up to a
 //! cap, so a retry can send it again. A body that outgrew its cap is
 //! streamed to the end on its first attempt but never retried.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
@@ -27,8 +28,10 @@ pub trait ReplayableBody: Clone {
 
 impl<D: Buf + Clone> ReplayableBody for http_body_util::Full<D> {}
 impl<D: Buf + Clone> ReplayableBody for http_body_util::Empty<D> {}
-impl ReplayableBody for String {}
 impl ReplayableBody for Bytes {}
+/// Replayable, but a clone copies the string: prefer `Full<Bytes>` for
+/// large bodies.
+impl ReplayableBody for String {}
 /// For services that take requests without a body.
 impl ReplayableBody for () {}
 
@@ -70,38 +73,75 @@ pub struct ReplayBody<B> {
     source: Option<Pin<Box<B>>>,
     /// This reader has yielded its end (or its trailers).
     done: bool,
+    /// Bytes this reader has yielded.
+    sent: u64,
 }
 
 struct Shared<B> {
+    /// The source's size hint before anything was read: every reader's
+    /// hint is this less what it has sent, so a retry announces the same
+    /// length as the first attempt.
+    original: SizeHint,
     /// The source, when no reader holds it; `None` once it has ended.
     source: Option<Pin<Box<B>>>,
     ended: bool,
+    /// The source failed: what was sent cannot be completed.
+    failed: bool,
     kept: Vec<Bytes>,
     trailers: Option<HeaderMap>,
     kept_bytes: usize,
     cap: usize,
     overflowed: bool,
+    /// Readers waiting for the reader that holds the source (an earlier
+    /// attempt still sending) to keep more, finish, or hand it back.
+    waiting: Vec<Waker>,
 }
 
-impl<B> ReplayBody<B> {
+impl<B> Shared<B> {
+    fn wake_all(&mut self) {
+        for waker in self.waiting.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// Why a replay could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError<E> {
+    /// The source body failed.
+    #[error("request body failed")]
+    Source(#[source] E),
+    /// A retry could not replay the body: it outgrew the replay buffer, or
+    /// the source failed, while the earlier attempt was still sending it.
+    #[error("request body could not be replayed: {0}")]
+    Lost(&'static str),
+}
+
+impl<B: Body> ReplayBody<B> {
     /// Wraps `body`, keeping up to `cap` bytes of it for replay.
     pub fn new(body: B, cap: usize) -> Self {
         ReplayBody {
             shared: Arc::new(Mutex::new(Shared {
+                original: body.size_hint(),
                 source: Some(Box::pin(body)),
                 ended: false,
+                failed: false,
                 kept: Vec::new(),
                 trailers: None,
                 kept_bytes: 0,
                 cap,
                 overflowed: false,
+                waiting: Vec::new(),
             })),
             replayed: 0,
             source: None,
             done: false,
+            sent: 0,
         }
     }
+}
 
+impl<B> ReplayBody<B> {
     fn lock(&self) -> MutexGuard<'_, Shared<B>> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -114,13 +154,15 @@ impl<B> Clone for ReplayBody<B> {
             replayed: 0,
             source: None,
             done: false,
+            sent: 0,
         }
     }
 }
 
 impl<B> ReplayableBody for ReplayBody<B> {
     fn is_replayable(&self) -> bool {
-        !self.lock().overflowed
+        let shared = self.lock();
+        !shared.overflowed && !shared.failed
     }
 }
 
@@ -130,6 +172,7 @@ impl<B> Drop for ReplayBody<B> {
         if let Some(source) = self.source.take() {
             let mut shared = self.lock();
             shared.source = Some(source);
+            shared.wake_all();
         }
     }
 }
@@ -140,21 +183,33 @@ where
     B::Data: Buf,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = ReplayError<B::Error>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);
         }
         if this.source.is_none() {
             let mut shared = this.shared.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.overflowed || shared.failed {
+                // What this reader would need was not kept: fail loudly
+                // rather than send a body that looks whole but is not.
+                this.done = true;
+                let why = if shared.failed {
+                    "the source failed"
+                } else {
+                    "it outgrew its replay buffer"
+                };
+                return Poll::Ready(Some(Err(ReplayError::Lost(why))));
+            }
             if let Some(chunk) = shared.kept.get(this.replayed) {
                 let chunk = chunk.clone();
                 this.replayed += 1;
+                this.sent += chunk.len() as u64;
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
             if shared.ended {
@@ -163,9 +218,13 @@ where
             }
             match shared.source.take() {
                 Some(source) => this.source = Some(source),
-                // Another reader holds the source: only one attempt is in
-                // flight at a time, so this one was overtaken; end it.
-                None => return Poll::Ready(None),
+                None => {
+                    // An earlier attempt still holds the source (its
+                    // connection is still sending): wait for it to keep
+                    // more, finish, or hand the source back.
+                    shared.waiting.push(cx.waker().clone());
+                    return Poll::Pending;
+                }
             }
         }
         let Some(source) = this.source.as_mut() else {
@@ -173,15 +232,20 @@ where
         };
         let polled = source.as_mut().poll_frame(cx);
         let mut shared = this.shared.lock().unwrap_or_else(|e| e.into_inner());
-        match polled {
-            Poll::Pending => Poll::Pending,
+        let out = match polled {
+            Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => {
                 shared.ended = true;
                 this.source = None;
                 this.done = true;
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                shared.failed = true;
+                this.source = None;
+                this.done = true;
+                Poll::Ready(Some(Err(ReplayError::Source(e))))
+            }
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(mut data) => {
                     let bytes = data.copy_to_bytes(data.remaining());
@@ -195,6 +259,7 @@ where
                             shared.kept = Vec::new();
                         }
                     }
+                    this.sent += bytes.len() as u64;
                     Poll::Ready(Some(Ok(Frame::data(bytes))))
                 }
                 Err(frame) => {
@@ -207,19 +272,22 @@ where
                     Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
                 }
             },
-        }
+        };
+        shared.wake_all();
+        out
     }
 
     fn size_hint(&self) -> SizeHint {
         let shared = self.lock();
-        if shared.ended && !shared.overflowed {
-            let rest: usize = shared.kept.iter().skip(self.replayed).map(Bytes::len).sum();
-            return SizeHint::with_exact(rest as u64);
+        if shared.ended && !shared.overflowed && !shared.failed {
+            return SizeHint::with_exact((shared.kept_bytes as u64).saturating_sub(self.sent));
         }
-        match &shared.source {
-            Some(source) if self.replayed == shared.kept.len() => source.size_hint(),
-            _ => SizeHint::default(),
+        let mut hint = SizeHint::new();
+        hint.set_lower(shared.original.lower().saturating_sub(self.sent));
+        if let Some(upper) = shared.original.upper() {
+            hint.set_upper(upper.saturating_sub(self.sent));
         }
+        hint
     }
 }
 
@@ -232,5 +300,81 @@ impl<B> std::fmt::Debug for ReplayBody<B> {
             .field("overflowed", &shared.overflowed)
             .field("ended", &shared.ended)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+
+    /// Yields its chunks one per poll, then ends.
+    struct Chunks(VecDeque<&'static str>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))),
+            )
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.0.iter().map(|c| c.len() as u64).sum())
+        }
+    }
+
+    fn chunks() -> Chunks {
+        Chunks(["ab", "cd", "ef"].into_iter().collect())
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_an_early_answer_still_sends_the_whole_body() {
+        let first = ReplayBody::new(chunks(), 100);
+        let retry = first.clone();
+        let mut first = Box::pin(first);
+        // The first attempt sent one chunk, then the answer came.
+        let sent = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(sent, "ab");
+        assert_eq!(
+            retry.size_hint().exact(),
+            Some(6),
+            "a retry keeps its Content-Length"
+        );
+        drop(first);
+        assert_eq!(retry.collect().await.unwrap().to_bytes(), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_retry_waits_for_an_attempt_still_sending() {
+        let first = ReplayBody::new(chunks(), 100);
+        let retry = first.clone();
+        let mut first = Box::pin(first);
+        first.frame().await.unwrap().unwrap();
+        let reader = tokio::spawn(async move { retry.collect().await.map(|c| c.to_bytes()) });
+        tokio::task::yield_now().await;
+        // The earlier attempt's connection keeps sending to the end.
+        while first.frame().await.is_some() {}
+        let replayed = reader.await.unwrap().unwrap();
+        assert_eq!(replayed, "abcdef");
+    }
+
+    #[tokio::test]
+    async fn a_retry_fails_rather_than_send_a_body_cut_by_the_cap() {
+        let first = ReplayBody::new(chunks(), 3);
+        let retry = first.clone();
+        assert!(
+            first.collect().await.is_ok(),
+            "the first attempt sends it whole"
+        );
+        assert!(!retry.is_replayable());
+        assert!(matches!(retry.collect().await, Err(ReplayError::Lost(_))));
     }
 }

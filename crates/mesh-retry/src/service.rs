@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use mesh_core::ext::Deadline;
+use mesh_core::ext::{Deadline, EndpointSlot};
 use mesh_core::{clock, BoxError, MeshError};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -134,10 +134,18 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // With a limit, the attempt may be cut before any response names
+        // its endpoint: ask the balancer to note it.
+        let slot = limit.map(|_| EndpointSlot::default());
+        let mut req = req;
+        if let Some(slot) = &slot {
+            req.extensions_mut().insert(slot.clone());
+        }
         AttemptFuture {
             inner: self.inner.call(req),
             sleep: limit.map(tokio::time::sleep),
             limit: limit.unwrap_or_default(),
+            slot,
         }
     }
 }
@@ -150,6 +158,7 @@ pin_project! {
         #[pin]
         sleep: Option<Sleep>,
         limit: Duration,
+        slot: Option<EndpointSlot>,
     }
 }
 
@@ -166,7 +175,19 @@ where
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             if sleep.poll(cx).is_ready() {
-                return Poll::Ready(Err(MeshError::Timeout { after: *this.limit }.into()));
+                let timeout = MeshError::Timeout { after: *this.limit };
+                // Name the endpoint that was too slow, so the policy puts it
+                // on the avoid list for the next attempt.
+                let error = match this.slot.as_ref().and_then(EndpointSlot::get) {
+                    Some((service, endpoint)) => MeshError::Endpoint {
+                        service,
+                        endpoint: endpoint.id().clone(),
+                        address: endpoint.address(),
+                        source: Box::new(timeout),
+                    },
+                    None => timeout,
+                };
+                return Poll::Ready(Err(error.into()));
             }
         }
         Poll::Pending

@@ -117,7 +117,12 @@ async fn retry_after_in_seconds_sets_the_delay_and_a_hint_over_the_cap_stops_ret
 #[tokio::test(start_paused = true)]
 async fn retry_after_as_an_http_date_is_honoured() {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let at = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
+    // Whole seconds, as HTTP dates have: 4 s after the start of this second.
+    let unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let at = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(unix + 4));
     let at: &'static str = Box::leak(at.into_boxed_str());
     let layer = RetryLayer::new(
         RetryConfig::builder()
@@ -132,10 +137,10 @@ async fn retry_after_as_an_http_date_is_honoured() {
         Arc::clone(&log),
     ));
     assert_eq!(svc.oneshot(get()).await.expect("answered").status(), 200);
-    // HTTP dates have whole seconds: between 2 and 3 s from now.
+    // Between 3 and 4 s from now, give or take the real time the test takes.
     let gap = gaps(&log)[0];
     assert!(
-        gap > Duration::from_secs(2) && gap <= Duration::from_secs(3),
+        gap >= Duration::from_secs(2) && gap <= Duration::from_secs(4),
         "{gap:?}"
     );
 }
@@ -377,4 +382,48 @@ async fn a_streaming_body_over_the_cap_is_sent_once() {
     let bodies = bodies.lock().expect("log");
     assert_eq!(bodies.len(), 1);
     assert_eq!(bodies[0].len(), 500, "sent whole, once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_by_its_timeout_puts_its_endpoint_on_the_avoid_list() {
+    use mesh_core::ext::{AvoidEndpoints, EndpointSlot};
+    use mesh_core::{Endpoint, ServiceName};
+    let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    // Stands in for the balancer: notes its choice in the slot, and the
+    // first choice hangs.
+    let inner = service_fn(move |req: Request<String>| {
+        let avoid: Vec<String> = req
+            .extensions()
+            .get::<AvoidEndpoints>()
+            .map(|a| a.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
+        let attempt = {
+            let mut log = log.lock().expect("log");
+            log.push(avoid);
+            log.len()
+        };
+        let endpoint = Endpoint::builder(([127, 0, 0, attempt as u8], 80).into()).build();
+        if let Some(slot) = req.extensions().get::<EndpointSlot>() {
+            slot.set(ServiceName::new("api").expect("name"), endpoint);
+        }
+        async move {
+            if attempt == 1 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(Response::new(String::new()))
+        }
+    });
+    let svc = RetryLayer::new(
+        RetryConfig::builder()
+            .backoff(Backoff::constant(MS(1)))
+            .per_attempt_timeout(MS(50))
+            .no_budget()
+            .build()
+            .expect("config"),
+    )
+    .layer(inner);
+    assert_eq!(svc.oneshot(get()).await.expect("answered").status(), 200);
+    let seen = seen.lock().expect("log");
+    assert_eq!(seen.as_slice(), [vec![], vec!["127.0.0.1:80".to_owned()]]);
 }
