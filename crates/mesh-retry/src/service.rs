@@ -82,23 +82,18 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let shared = &*self.shared;
-        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let deadline = shared.config.deadline();
-        if shared.budget.is_some() || deadline.is_some() {
-            let now = clock::now();
-            if let Some(budget) = &shared.budget {
-                budget.deposit(now);
-            }
-            if let Some(d) = deadline {
-                // A deadline set further out (by the caller) still wins if
-                // it is earlier.
-                let ours = Deadline(now.saturating_add(d));
-                let ext = req.extensions_mut();
-                let earliest = ext
-                    .get::<Deadline>()
-                    .map_or(ours, |theirs| (*theirs).min(ours));
-                ext.insert(earliest);
-            }
+        let sequence = shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(budget) = &shared.budget {
+            budget.deposit_counted(sequence);
+        }
+        if let Some(d) = shared.config.deadline() {
+            // A deadline the caller set stays if it is earlier than ours.
+            let ours = Deadline(clock::now().saturating_add(d));
+            let ext = req.extensions_mut();
+            let earliest = ext
+                .get::<Deadline>()
+                .map_or(ours, |theirs| (*theirs).min(ours));
+            ext.insert(earliest);
         }
         self.inner.call(req)
     }
