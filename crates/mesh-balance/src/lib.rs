@@ -7,9 +7,11 @@ mod future;
 mod layer;
 mod round_robin;
 mod service;
+mod strategy;
 
 pub use body::TrackedBody;
 pub use future::ResponseFuture;
 pub use layer::BalanceLayer;
 pub use round_robin::RoundRobin;
 pub use service::Balance;
+pub use strategy::{hash_key, KeySource, PickContext, Picker, Strategy};

@@ -4,13 +4,13 @@ use std::task::{Context, Poll};
 use http::header::HOST;
 use http::uri::{Parts, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use mesh_core::ext::{AvoidEndpoints, EndpointSlot, SelectedEndpoint};
+use mesh_core::ext::{AffinityKey, AvoidEndpoints, EndpointSlot, SelectedEndpoint};
 use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, ServiceName};
 use tower::Service;
 
 use crate::body::{InFlight, TrackedBody};
 use crate::future::ResponseFuture;
-use crate::round_robin::RoundRobin;
+use crate::strategy::{hash_key, KeySource, PickContext, Picker};
 
 /// Sends each request to one available endpoint of its service.
 ///
@@ -22,12 +22,30 @@ use crate::round_robin::RoundRobin;
 #[derive(Clone, Debug)]
 pub struct Balance<S> {
     inner: S,
-    picker: Arc<RoundRobin>,
+    picker: Arc<Picker>,
+    keys: Arc<[KeySource]>,
 }
 
 impl<S> Balance<S> {
-    pub(crate) fn new(inner: S, picker: Arc<RoundRobin>) -> Self {
-        Balance { inner, picker }
+    pub(crate) fn new(inner: S, picker: Arc<Picker>, keys: Arc<[KeySource]>) -> Self {
+        Balance {
+            inner,
+            picker,
+            keys,
+        }
+    }
+
+    /// A hash of the request's affinity key, from the first source that
+    /// has one.
+    fn key_hash<B>(&self, req: &Request<B>) -> Option<u64> {
+        self.keys.iter().find_map(|source| match source {
+            KeySource::Extension => req
+                .extensions()
+                .get::<AffinityKey>()
+                .map(|k| hash_key(k.0.as_bytes())),
+            KeySource::Header(name) => req.headers().get(name).map(|v| hash_key(v.as_bytes())),
+            KeySource::Cookie(name) => cookie(req.headers(), name).map(hash_key),
+        })
     }
 
     fn choose<B>(&self, req: &Request<B>) -> Result<(Endpoint, ServiceName), MeshError> {
@@ -39,14 +57,31 @@ impl<S> Balance<S> {
                 missing: "EndpointSet",
                 hint: "place DiscoverLayer above BalanceLayer, or insert an EndpointSet into the request's extensions",
             })?;
+        let cx = PickContext {
+            avoid: req.extensions().get::<AvoidEndpoints>(),
+            key_hash: self.key_hash(req),
+        };
         self.picker
-            .pick(set, req.extensions().get::<AvoidEndpoints>(), clock::now())
+            .pick(set, &cx, clock::now())
             .map(|e| (e.clone(), set.service().clone()))
             .ok_or_else(|| MeshError::NoAvailableEndpoints {
                 service: set.service().clone(),
                 total: set.len(),
             })
     }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+            (k == name.as_bytes()).then(|| &v[1..])
+        })
 }
 
 /// Points `req` at `endpoint`, keeping the logical authority in `Host`.
@@ -242,5 +277,62 @@ mod tests {
             Poll::Ready(v) => Some(v),
             Poll::Pending => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod sticky_tests {
+    use super::*;
+    use crate::{BalanceLayer, Strategy};
+    use std::convert::Infallible;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    fn set() -> EndpointSet {
+        EndpointSet::new(
+            ServiceName::new("users").unwrap(),
+            (1..=8)
+                .map(|p| Endpoint::builder(([127, 0, 0, 1], p).into()).build())
+                .collect(),
+        )
+    }
+
+    async fn pick(layer: &BalanceLayer, set: &EndpointSet, cookie: Option<&str>) -> String {
+        let svc = layer.layer(service_fn(|req: Request<()>| async move {
+            Ok::<_, Infallible>(Response::new(req.uri().authority().unwrap().to_string()))
+        }));
+        let mut req = Request::get("http://users/").body(()).unwrap();
+        if let Some(c) = cookie {
+            req.headers_mut()
+                .insert(http::header::COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        req.extensions_mut().insert(set.clone());
+        svc.oneshot(req).await.unwrap().into_body().into_inner()
+    }
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::COOKIE,
+            HeaderValue::from_static("a=1; session=abc;  b=2"),
+        );
+        assert_eq!(cookie(&headers, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&headers, "sess"), None);
+    }
+
+    #[tokio::test]
+    async fn a_session_cookie_keeps_a_client_on_one_instance() {
+        let set = set();
+        let layer = BalanceLayer::new(Strategy::RoundRobin)
+            .sticky_by([KeySource::Cookie("session".into())]);
+        let home = pick(&layer, &set, Some("theme=dark; session=alice")).await;
+        for _ in 0..50 {
+            assert_eq!(pick(&layer, &set, Some("session=alice")).await, home);
+        }
+        let mut spread = std::collections::HashSet::new();
+        for _ in 0..16 {
+            spread.insert(pick(&layer, &set, None).await);
+        }
+        assert_eq!(spread.len(), 8, "without a cookie, round robin");
     }
 }

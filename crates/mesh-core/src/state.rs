@@ -46,8 +46,8 @@ impl Health {
 /// ejections survive a registry refresh.
 pub struct EndpointState {
     in_flight: AtomicU32,
-    /// Exponentially weighted moving average of latency, in nanoseconds;
-    /// 0 means "no sample yet".
+    /// Peak-sensitive moving average of latency, in nanoseconds; 0 means
+    /// "no sample yet".
     latency_ewma: AtomicU64,
     health: AtomicU8,
     /// Until when (on [`crate::clock`]) the endpoint is ejected; 0 = not.
@@ -92,7 +92,8 @@ impl EndpointState {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    /// The moving average of observed latency, if any sample was recorded.
+    /// The latency estimate (peak-sensitive moving average), if any sample
+    /// was recorded.
     pub fn latency(&self) -> Option<Duration> {
         match self.latency_ewma.load(Ordering::Relaxed) {
             0 => None,
@@ -100,13 +101,17 @@ impl EndpointState {
         }
     }
 
-    /// Folds one latency sample into the moving average.
+    /// Folds one latency sample into the estimate, peak-sensitive as
+    /// linkerd's and Finagle's: a sample above the estimate replaces it at
+    /// once (an endpoint turning slow is noticed on its first slow answer),
+    /// a sample below pulls it down by 1/8 of the difference (recovery is
+    /// believed gradually).
     pub fn record_latency(&self, sample: Duration) {
         let sample = u64::try_from(sample.as_nanos()).unwrap_or(u64::MAX).max(1);
         let _ = self
             .latency_ewma
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(if old == 0 {
+                Some(if old == 0 || sample >= old {
                     sample
                 } else {
                     // old + (sample - old) / 8, in signed arithmetic.
@@ -176,6 +181,16 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn a_slow_sample_is_believed_at_once_and_recovery_gradually() {
+        let s = EndpointState::new();
+        s.record_latency(Duration::from_millis(10));
+        s.record_latency(Duration::from_millis(80));
+        assert_eq!(s.latency(), Some(Duration::from_millis(80)));
+        s.record_latency(Duration::from_millis(0));
+        assert_eq!(s.latency(), Some(Duration::from_millis(70)));
+    }
+
+    #[test]
     fn ejection_expires() {
         let s = EndpointState::new();
         s.eject_until(Nanos(100));
@@ -209,7 +224,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn latency_average_stays_within_the_samples(samples in proptest::collection::vec(1u64..10_000_000, 1..200)) {
+        fn latency_estimate_stays_within_the_samples(samples in proptest::collection::vec(1u64..10_000_000, 1..200)) {
             let s = EndpointState::new();
             for &n in &samples {
                 s.record_latency(Duration::from_nanos(n));

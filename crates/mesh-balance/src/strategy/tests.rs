@@ -1,0 +1,220 @@
+use std::collections::HashMap;
+
+use mesh_core::{EndpointId, Health, Weight};
+
+use super::*;
+
+fn set_of(weights: &[u32]) -> EndpointSet {
+    EndpointSet::new(
+        ServiceName::new("svc").unwrap(),
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Endpoint::builder(([10, 0, (i / 250) as u8, (i % 250) as u8], 80).into())
+                    .weight(Weight::new(*w).unwrap())
+                    .build()
+            })
+            .collect(),
+    )
+}
+
+fn counts(picker: &Picker, set: &EndpointSet, picks: usize) -> Vec<usize> {
+    let mut counts = vec![0; set.len()];
+    let index: HashMap<&EndpointId, usize> =
+        set.iter().enumerate().map(|(i, e)| (e.id(), i)).collect();
+    for _ in 0..picks {
+        let e = picker.pick(set, &PickContext::default(), Nanos(0)).unwrap();
+        counts[index[e.id()]] += 1;
+    }
+    counts
+}
+
+#[test]
+fn smooth_weighted_round_robin_matches_the_weights_within_one_percent() {
+    for weights in [vec![198, 1, 1], vec![5, 1, 1]] {
+        let set = set_of(&weights);
+        let picker = Picker::new(Strategy::WeightedRoundRobin, false);
+        let got = counts(&picker, &set, 100_000);
+        let total: u32 = weights.iter().sum();
+        for (c, w) in got.iter().zip(&weights) {
+            let expected = 100_000.0 * f64::from(*w) / f64::from(total);
+            assert!(
+                (*c as f64 - expected).abs() <= 0.01 * 100_000.0,
+                "{got:?} for {weights:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn weighted_round_robin_shares_a_down_endpoint_s_turns() {
+    let set = set_of(&[2, 1, 1]);
+    set.endpoints()[0].state().set_health(Health::Unhealthy);
+    let got = counts(
+        &Picker::new(Strategy::WeightedRoundRobin, false),
+        &set,
+        10_000,
+    );
+    assert_eq!(got[0], 0);
+    // Equal weights: equal shares (the down one's half split at random,
+    // about +-50 at one sigma).
+    assert!((got[1] as i64 - got[2] as i64).abs() <= 400, "{got:?}");
+}
+
+#[test]
+fn random_passes_a_chi_square_test() {
+    let set = set_of(&[1; 10]);
+    let got = counts(&Picker::new(Strategy::Random, false), &set, 100_000);
+    let expected = 10_000.0;
+    let chi2: f64 = got
+        .iter()
+        .map(|c| (*c as f64 - expected).powi(2) / expected)
+        .sum();
+    // 9 degrees of freedom, p = 0.001.
+    assert!(chi2 < 27.877, "chi2 = {chi2}, counts {got:?}");
+}
+
+#[test]
+fn least_connections_never_picks_above_the_minimum() {
+    let set = set_of(&[1; 8]);
+    let picker = Picker::new(Strategy::LeastConnections, false);
+    for round in 0..2000u32 {
+        // Random loads, some endpoints out.
+        for e in set.iter() {
+            while e.state().in_flight() > 0 {
+                e.state().finish_request();
+            }
+            for _ in 0..fastrand::u32(..5) {
+                e.state().start_request();
+            }
+            e.state().set_health(if fastrand::u8(..10) == 0 {
+                Health::Unhealthy
+            } else {
+                Health::Healthy
+            });
+        }
+        let min = set.available(Nanos(0)).map(|e| e.state().in_flight()).min();
+        let picked = picker.pick(&set, &PickContext::default(), Nanos(0));
+        assert_eq!(picked.map(|e| e.state().in_flight()), min, "round {round}");
+    }
+}
+
+/// 5 instances, one ten times slower; requests arrive every 0.1 ms and
+/// hold their instance for its latency: least response time and P2C send
+/// the slow one under 10% of the traffic.
+#[test]
+fn least_response_time_and_p2c_starve_a_slow_instance() {
+    for strategy in [Strategy::LeastResponseTime, Strategy::PowerOfTwoChoices] {
+        let set = set_of(&[1; 5]);
+        let latency = |i: usize| if i == 4 { 10_000u64 } else { 1_000 }; // us
+        for (i, e) in set.iter().enumerate() {
+            e.state().record_latency(Duration::from_micros(latency(i)));
+        }
+        let picker = Picker::new(strategy.clone(), false);
+        let index: HashMap<&EndpointId, usize> =
+            set.iter().enumerate().map(|(i, e)| (e.id(), i)).collect();
+        let mut finishing: Vec<(u64, usize)> = Vec::new();
+        let mut picks = [0usize; 5];
+        for t in (0..2_000_000u64).step_by(100) {
+            finishing.retain(|(end, i)| {
+                let done = *end <= t;
+                if done {
+                    set.endpoints()[*i].state().finish_request();
+                }
+                !done
+            });
+            let e = picker
+                .pick(&set, &PickContext::default(), Nanos(0))
+                .unwrap();
+            let i = index[e.id()];
+            e.state().start_request();
+            finishing.push((t + latency(i), i));
+            picks[i] += 1;
+        }
+        let share = picks[4] as f64 / picks.iter().sum::<usize>() as f64;
+        assert!(
+            share < 0.10,
+            "{strategy:?}: slow share {share:.3}, picks {picks:?}"
+        );
+    }
+}
+
+fn owners(picker: &Picker, set: &EndpointSet, keys: u32) -> Vec<EndpointId> {
+    (0..keys)
+        .map(|k| {
+            let cx = PickContext {
+                avoid: None,
+                key_hash: Some(hash_key(&k.to_le_bytes())),
+            };
+            picker.pick(set, &cx, Nanos(0)).unwrap().id().clone()
+        })
+        .collect()
+}
+
+#[test]
+fn consistent_hashing_moves_about_one_nth_of_keys_and_shares_fairly() {
+    let ten = set_of(&[1; 10]);
+    let picker = Picker::new(Strategy::ConsistentHash, false);
+    let before = owners(&picker, &ten, 100_000);
+    let mut share: HashMap<&EndpointId, usize> = HashMap::new();
+    for id in &before {
+        *share.entry(id).or_default() += 1;
+    }
+    for (id, n) in &share {
+        assert!((8_000..=12_000).contains(n), "{id}: {n} keys");
+    }
+
+    // One more instance: at most 1/11 + 2% of keys move.
+    let eleven = set_of(&[1; 11]);
+    let after = owners(&picker, &eleven, 100_000);
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    assert!(
+        moved as f64 <= 100_000.0 * (1.0 / 11.0 + 0.02),
+        "{moved} moved"
+    );
+
+    // One fewer: only the removed instance's keys move.
+    let nine = EndpointSet::new(ten.service().clone(), ten.endpoints()[..9].to_vec());
+    let gone = ten.endpoints()[9].id().clone();
+    let after = owners(&picker, &nine, 100_000);
+    for (a, b) in before.iter().zip(&after) {
+        if *a != gone {
+            assert_eq!(a, b, "a key of a remaining instance moved");
+        }
+    }
+}
+
+#[test]
+fn affinity_holds_moves_when_the_instance_is_ejected_and_moves_back() {
+    let set = set_of(&[1; 5]);
+    let picker = Picker::new(Strategy::RoundRobin, true);
+    let cx = PickContext {
+        avoid: None,
+        key_hash: Some(hash_key(b"client-123")),
+    };
+    let home = picker.pick(&set, &cx, Nanos(0)).unwrap().id().clone();
+    for _ in 0..1000 {
+        assert_eq!(picker.pick(&set, &cx, Nanos(0)).unwrap().id(), &home);
+    }
+    let home_ep = set.get(&home).unwrap();
+    home_ep.state().eject_until(Nanos(100));
+    let away = picker.pick(&set, &cx, Nanos(50)).unwrap().id().clone();
+    assert_ne!(away, home);
+    for _ in 0..100 {
+        assert_eq!(
+            picker.pick(&set, &cx, Nanos(50)).unwrap().id(),
+            &away,
+            "a stable second choice"
+        );
+    }
+    assert_eq!(
+        picker.pick(&set, &cx, Nanos(100)).unwrap().id(),
+        &home,
+        "back once it recovers"
+    );
+    home_ep.state().clear_ejection();
+    // Requests without a key still go round robin.
+    let plain = counts(&picker, &set, 500);
+    assert!(plain.iter().all(|c| *c == 100), "{plain:?}");
+}
