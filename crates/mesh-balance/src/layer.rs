@@ -2,8 +2,11 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
+use mesh_core::EventBus;
+
+use crate::config::BalanceConfig;
 use crate::service::Balance;
-use crate::strategy::{KeySource, Picker, Strategy};
+use crate::strategy::{KeySource, Picker, ServiceMetrics, Strategy};
 
 /// Wraps a service so that each request goes to one endpoint of its
 /// service; see [`Balance`].
@@ -27,22 +30,47 @@ use crate::strategy::{KeySource, Picker, Strategy};
 pub struct BalanceLayer {
     picker: Arc<Picker>,
     keys: Arc<[KeySource]>,
+    events: EventBus,
 }
 
 impl BalanceLayer {
-    /// Balances with `strategy`. With [`Strategy::ConsistentHash`] the key
-    /// is the [`mesh_core::ext::AffinityKey`] extension unless
+    /// Balances with `strategy` and otherwise default settings. With
+    /// [`Strategy::ConsistentHash`] the key is the
+    /// [`mesh_core::ext::AffinityKey`] extension unless
     /// [`BalanceLayer::sticky_by`] names other sources.
     pub fn new(strategy: Strategy) -> Self {
-        let keys: Arc<[KeySource]> = if strategy == Strategy::ConsistentHash {
-            Arc::from([KeySource::Extension])
-        } else {
-            Arc::from([])
+        let config = BalanceConfig::builder().strategy(strategy).build();
+        // The default settings with a strategy are always valid.
+        BalanceLayer::from_config(config.unwrap_or_default())
+    }
+
+    /// Balances according to `config`.
+    pub fn from_config(config: BalanceConfig) -> Self {
+        BalanceLayer::with(config, EventBus::default())
+    }
+
+    fn with(config: BalanceConfig, events: EventBus) -> Self {
+        let keys: Arc<[KeySource]> = match (config.sticky(), config.strategy()) {
+            ([], Strategy::ConsistentHash) => Arc::from([KeySource::Extension]),
+            (sources, _) => sources.iter().cloned().collect(),
         };
         BalanceLayer {
-            picker: Arc::new(Picker::new(strategy, false)),
+            picker: Arc::new(Picker::new(config, events.clone())),
             keys,
+            events,
         }
+    }
+
+    /// Publishes changes in the number of available endpoints on `events`.
+    /// Returns a layer with fresh picking state: configure before use.
+    pub fn events(self, events: EventBus) -> Self {
+        BalanceLayer::with(self.picker.config().clone(), events)
+    }
+
+    /// Per service, per instance: requests, in flight, latency estimate,
+    /// share of traffic and availability, as this balancer sees them.
+    pub fn metrics(&self) -> Vec<ServiceMetrics> {
+        self.picker.metrics()
     }
 
     /// Balances by round robin over the available endpoints.
@@ -56,10 +84,11 @@ impl BalanceLayer {
     /// endpoint is unavailable the key moves to a stable second choice,
     /// and back when it recovers. Requests without a key use the strategy.
     pub fn sticky_by(self, sources: impl IntoIterator<Item = KeySource>) -> Self {
-        BalanceLayer {
-            picker: Arc::new(Picker::new(self.picker.strategy().clone(), true)),
-            keys: sources.into_iter().collect(),
-        }
+        let config = self.picker.config().clone();
+        let config = crate::config::BalanceConfigBuilder::from(config)
+            .sticky_by(sources)
+            .build();
+        BalanceLayer::with(config.unwrap_or_default(), self.events)
     }
 }
 

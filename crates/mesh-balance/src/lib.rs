@@ -3,6 +3,7 @@
 #![warn(missing_docs, clippy::unwrap_used)]
 
 mod body;
+mod config;
 mod future;
 mod layer;
 mod round_robin;
@@ -10,8 +11,11 @@ mod service;
 mod strategy;
 
 pub use body::TrackedBody;
+pub use config::{BalanceConfig, BalanceConfigBuilder};
 pub use future::ResponseFuture;
 pub use layer::BalanceLayer;
 pub use round_robin::RoundRobin;
 pub use service::Balance;
-pub use strategy::{hash_key, KeySource, PickContext, Picker, Strategy};
+pub use strategy::{
+    hash_key, InstanceMetrics, KeySource, NoPick, PickContext, Picker, ServiceMetrics, Strategy,
+};

@@ -50,6 +50,15 @@ impl RoundRobin {
             .or_else(|| avoid.and_then(|_| self.nth_matching(set, |e| e.state().is_available(now))))
     }
 
+    /// The next endpoint in turn among those `ok` accepts.
+    pub(crate) fn pick_by<'a>(
+        &self,
+        set: &'a EndpointSet,
+        ok: &dyn Fn(&Endpoint) -> bool,
+    ) -> Option<&'a Endpoint> {
+        self.nth_matching(set, ok)
+    }
+
     fn nth_matching<'a>(
         &self,
         set: &'a EndpointSet,

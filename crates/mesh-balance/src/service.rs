@@ -10,7 +10,7 @@ use tower::Service;
 
 use crate::body::{InFlight, TrackedBody};
 use crate::future::ResponseFuture;
-use crate::strategy::{hash_key, KeySource, PickContext, Picker};
+use crate::strategy::{hash_key, KeySource, NoPick, PickContext, Picker};
 
 /// Sends each request to one available endpoint of its service.
 ///
@@ -61,13 +61,22 @@ impl<S> Balance<S> {
             avoid: req.extensions().get::<AvoidEndpoints>(),
             key_hash: self.key_hash(req),
         };
-        self.picker
-            .pick(set, &cx, clock::now())
-            .map(|e| (e.clone(), set.service().clone()))
-            .ok_or_else(|| MeshError::NoAvailableEndpoints {
+        match self.picker.pick(set, &cx, clock::now()) {
+            Ok(e) => Ok((e.clone(), set.service().clone())),
+            Err(NoPick::NoneAvailable) => Err(MeshError::NoAvailableEndpoints {
                 service: set.service().clone(),
                 total: set.len(),
-            })
+            }),
+            Err(NoPick::AtCapacity { available }) => Err(MeshError::AtCapacity {
+                service: set.service().clone(),
+                available,
+                limit: self
+                    .picker
+                    .config()
+                    .max_connections_per_instance()
+                    .unwrap_or(0),
+            }),
+        }
     }
 }
 
@@ -253,7 +262,7 @@ mod tests {
         assert_eq!(set.endpoints()[0].state().in_flight(), 0);
 
         for e in set.iter() {
-            e.state().set_health(Health::Unhealthy);
+            e.state().set_health(Health::Draining);
         }
         let err = failing().oneshot(request(&set)).await.unwrap_err();
         assert!(matches!(

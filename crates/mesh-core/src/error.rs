@@ -47,6 +47,17 @@ pub enum MeshError {
         total: usize,
     },
 
+    /// Every available endpoint is at its limit of requests in flight.
+    #[error("all {available} available endpoints of {service:?} are at their limit of {limit} requests in flight; raise max_connections_per_instance or add instances")]
+    AtCapacity {
+        /// The service.
+        service: ServiceName,
+        /// How many endpoints were available.
+        available: usize,
+        /// The per-instance limit.
+        limit: u32,
+    },
+
     /// A layer that needs an earlier layer's work found none: the stack is
     /// assembled in the wrong order.
     #[error("{layer} found no {missing} on the request: {hint}")]

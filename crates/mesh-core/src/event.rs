@@ -134,6 +134,19 @@ pub enum MeshEvent {
         /// Endpoints of the previous set that are gone.
         removed: usize,
     },
+    /// The number of endpoints a balancer may use changed (health,
+    /// ejection or discovery), as seen by the balancer.
+    AvailableEndpointsChanged {
+        /// The service.
+        service: ServiceName,
+        /// Endpoints available now.
+        available: usize,
+        /// Endpoints in all.
+        total: usize,
+        /// Whether too few are available and the balancer uses them all
+        /// (panic mode).
+        panic: bool,
+    },
     /// Health checking changed its verdict on an endpoint.
     EndpointHealthChanged {
         /// The service.

@@ -46,6 +46,8 @@ impl Health {
 /// ejections survive a registry refresh.
 pub struct EndpointState {
     in_flight: AtomicU32,
+    /// Requests ever dispatched to the endpoint.
+    requests: AtomicU64,
     /// Peak-sensitive moving average of latency, in nanoseconds; 0 means
     /// "no sample yet".
     latency_ewma: AtomicU64,
@@ -66,6 +68,7 @@ impl EndpointState {
     pub fn new() -> Self {
         EndpointState {
             in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
             latency_ewma: AtomicU64::new(0),
             health: AtomicU8::new(Health::Unknown as u8),
             ejected_until: AtomicU64::new(0),
@@ -81,6 +84,13 @@ impl EndpointState {
     /// [`EndpointState::finish_request`]; balancers do it with a guard.
     pub fn start_request(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests ever dispatched to the endpoint (counted by
+    /// [`EndpointState::start_request`]).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// Counts one request as finished.

@@ -15,7 +15,7 @@ mod swrr;
 mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +23,15 @@ use arc_swap::ArcSwap;
 use http::HeaderName;
 use mesh_core::clock::Nanos;
 use mesh_core::ext::AvoidEndpoints;
-use mesh_core::{Endpoint, EndpointSet, ServiceName};
+use mesh_core::{Endpoint, EndpointId, EndpointSet, EventBus, MeshEvent, ServiceName};
 
+use crate::config::BalanceConfig;
 use crate::round_robin::RoundRobin;
 use ring::Ring;
 
 /// How the balancer chooses among candidates.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Strategy {
     /// Each candidate in turn.
@@ -80,85 +82,157 @@ pub fn hash_key(key: &[u8]) -> u64 {
     ring::hash(0x6b65_7973, key)
 }
 
-/// Tables kept per endpoint-set snapshot.
+/// Why no endpoint could be picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoPick {
+    /// No endpoint is available.
+    NoneAvailable,
+    /// Every available endpoint is at its connection limit.
+    AtCapacity {
+        /// How many were available.
+        available: usize,
+    },
+}
+
+/// How often the share of available endpoints is recounted, for the panic
+/// threshold and for events (a count is O(n), so not per pick).
+const RECOUNT: Duration = Duration::from_millis(100);
+
+/// Tables and counts kept per endpoint-set snapshot.
 #[derive(Debug)]
 struct Memo {
     set: EndpointSet,
     swrr: Vec<u32>,
     cursor: AtomicUsize,
     ring: Option<Ring>,
+    /// When availability was last counted (clock nanos), and the result.
+    counted_at: AtomicU64,
+    available: AtomicUsize,
+    panic: AtomicBool,
+}
+
+/// One instance in a [`ServiceMetrics`] snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceMetrics {
+    /// The endpoint.
+    pub endpoint: EndpointId,
+    /// Its address.
+    pub address: std::net::SocketAddr,
+    /// Requests ever dispatched to it.
+    pub requests: u64,
+    /// Requests in flight now.
+    pub in_flight: u32,
+    /// Its latency estimate, if measured.
+    pub latency: Option<Duration>,
+    /// Its share of this service's requests so far (0 to 1).
+    pub share: f64,
+    /// Whether it may take a request now.
+    pub available: bool,
+}
+
+/// A balancer's view of one service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceMetrics {
+    /// The service.
+    pub service: ServiceName,
+    /// Whether the balancer is in panic mode for it.
+    pub panic: bool,
+    /// Its instances, in set order.
+    pub instances: Vec<InstanceMetrics>,
 }
 
 /// Chooses endpoints for one balancer layer (shared by its clones).
 #[derive(Debug)]
 pub struct Picker {
-    strategy: Strategy,
-    sticky: bool,
-    unknown_latency: Duration,
+    config: BalanceConfig,
+    events: EventBus,
     rr: RoundRobin,
     memos: ArcSwap<HashMap<ServiceName, Arc<Memo>>>,
 }
 
 impl Picker {
-    /// A picker for `strategy`; `sticky` sends requests that carry a key
-    /// by consistent hashing whatever the strategy.
-    pub fn new(strategy: Strategy, sticky: bool) -> Self {
+    /// A picker for `config`, publishing availability changes on `events`.
+    pub fn new(config: BalanceConfig, events: EventBus) -> Self {
         Picker {
-            strategy,
-            sticky,
-            // An endpoint with no sample yet is assumed this fast: not 0,
-            // which would send it everything until its first answer.
-            unknown_latency: Duration::from_millis(10),
+            config,
+            events,
             rr: RoundRobin::new(),
             memos: ArcSwap::from_pointee(HashMap::new()),
         }
     }
 
-    /// The strategy.
-    pub fn strategy(&self) -> &Strategy {
-        &self.strategy
+    /// The settings.
+    pub fn config(&self) -> &BalanceConfig {
+        &self.config
     }
 
-    /// Picks an endpoint of `set` at `now`, or `None` if none is available.
+    fn strategy(&self) -> &Strategy {
+        self.config.strategy()
+    }
+
+    fn hashes(&self) -> bool {
+        !self.config.sticky().is_empty() || *self.strategy() == Strategy::ConsistentHash
+    }
+
+    /// Picks an endpoint of `set` at `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`NoPick`] says why none could be picked.
     pub fn pick<'a>(
         &self,
         set: &'a EndpointSet,
         cx: &PickContext<'_>,
         now: Nanos,
-    ) -> Option<&'a Endpoint> {
+    ) -> Result<&'a Endpoint, NoPick> {
+        let memo = self.memo(set);
+        let panic = self.recount(&memo, now);
         let avoid = cx.avoid.filter(|a| !a.is_empty());
-        let preferred = |e: &Endpoint| {
-            e.state().is_available(now) && !avoid.is_some_and(|a| a.contains(e.id()))
+        let limit = self.config.max_connections_per_instance();
+        // In panic mode (too few available), endpoints that health checks
+        // doubt are candidates again: better to spread load over them than
+        // crush the few (Envoy's panic threshold). Ejected (open breaker)
+        // and draining endpoints stay out: those are decisions, not doubts.
+        let usable = |e: &Endpoint| {
+            e.state().is_available(now)
+                || (panic
+                    && e.state().health() == mesh_core::Health::Unhealthy
+                    && e.state().ejected_until(now).is_none())
         };
-        let available = |e: &Endpoint| e.state().is_available(now);
-        if let (Some(hash), true) = (
-            cx.key_hash,
-            self.sticky || self.strategy == Strategy::ConsistentHash,
-        ) {
-            return self
-                .by_hash(set, hash, &preferred)
-                .or_else(|| self.by_hash(set, hash, &available));
-        }
-        if matches!(
-            self.strategy,
-            Strategy::RoundRobin | Strategy::ConsistentHash
-        ) {
-            return self.rr.pick(set, avoid, now);
-        }
-        self.pick_with(set, &preferred)
-            .or_else(|| avoid.and_then(|_| self.pick_with(set, &available)))
+        let under_limit = |e: &Endpoint| limit.is_none_or(|l| e.state().in_flight() < l);
+        let preferred = |e: &Endpoint| {
+            usable(e) && under_limit(e) && !avoid.is_some_and(|a| a.contains(e.id()))
+        };
+        let fallback = |e: &Endpoint| usable(e) && under_limit(e);
+        let picked = match cx.key_hash {
+            Some(hash) if self.hashes() => self
+                .by_hash(&memo, set, hash, &preferred)
+                .or_else(|| self.by_hash(&memo, set, hash, &fallback)),
+            _ => self
+                .pick_with(&memo, set, &preferred)
+                .or_else(|| avoid.and_then(|_| self.pick_with(&memo, set, &fallback))),
+        };
+        picked.ok_or_else(|| {
+            let available = set.iter().filter(|e| usable(e)).count();
+            if available > 0 && limit.is_some() {
+                NoPick::AtCapacity { available }
+            } else {
+                NoPick::NoneAvailable
+            }
+        })
     }
 
     fn pick_with<'a>(
         &self,
+        memo: &Memo,
         set: &'a EndpointSet,
         ok: &dyn Fn(&Endpoint) -> bool,
     ) -> Option<&'a Endpoint> {
         let endpoints = set.endpoints();
-        match self.strategy {
-            Strategy::RoundRobin | Strategy::ConsistentHash => uniform(endpoints, ok),
+        match self.strategy() {
+            Strategy::RoundRobin | Strategy::ConsistentHash => self.rr.pick_by(set, ok),
             Strategy::Random => random(endpoints, ok),
-            Strategy::WeightedRoundRobin => self.weighted(set, ok),
+            Strategy::WeightedRoundRobin => weighted(memo, set, ok),
             Strategy::LeastConnections => least_by(endpoints, ok, |e| {
                 u128::from(e.state().in_flight()) * 1_000_000 / u128::from(e.weight().get())
             }),
@@ -173,7 +247,7 @@ impl Picker {
         let latency = e
             .state()
             .latency()
-            .unwrap_or(self.unknown_latency)
+            .unwrap_or(self.config.unknown_latency())
             .as_nanos()
             .max(1);
         latency * (u128::from(e.state().in_flight()) + 1) * 1000 / u128::from(e.weight().get())
@@ -185,6 +259,9 @@ impl Picker {
         ok: &dyn Fn(&Endpoint) -> bool,
     ) -> Option<&'a Endpoint> {
         let n = endpoints.len();
+        if n == 0 {
+            return None;
+        }
         let draw = || {
             // A few random draws find a candidate at once unless most
             // endpoints are out; then fall back to a uniform scan.
@@ -193,9 +270,6 @@ impl Picker {
                 .find(|e| ok(e))
                 .or_else(|| uniform(endpoints, ok))
         };
-        if n == 0 {
-            return None;
-        }
         let a = draw()?;
         let b = draw()?;
         Some(if self.cost(b) < self.cost(a) { b } else { a })
@@ -210,14 +284,16 @@ impl Picker {
         let weights: Vec<u32> = set.iter().map(|e| e.weight().get()).collect();
         let memo = Arc::new(Memo {
             set: set.clone(),
-            swrr: if self.strategy == Strategy::WeightedRoundRobin {
+            swrr: if *self.strategy() == Strategy::WeightedRoundRobin {
                 swrr::sequence(&weights)
             } else {
                 Vec::new()
             },
             cursor: AtomicUsize::new(0),
-            ring: (self.sticky || self.strategy == Strategy::ConsistentHash)
-                .then(|| Ring::new(set.endpoints())),
+            ring: self.hashes().then(|| Ring::new(set.endpoints())),
+            counted_at: AtomicU64::new(u64::MAX),
+            available: AtomicUsize::new(usize::MAX),
+            panic: AtomicBool::new(false),
         });
         self.memos.rcu(|memos| {
             let mut memos = HashMap::clone(memos);
@@ -227,35 +303,47 @@ impl Picker {
         memo
     }
 
-    fn weighted<'a>(
-        &self,
-        set: &'a EndpointSet,
-        ok: &dyn Fn(&Endpoint) -> bool,
-    ) -> Option<&'a Endpoint> {
-        let memo = self.memo(set);
-        let len = memo.swrr.len();
-        if len == 0 {
-            return None;
+    /// Whether the service is in panic mode at `now`, recounting the
+    /// available endpoints at most every 100 ms (and publishing a change).
+    fn recount(&self, memo: &Memo, now: Nanos) -> bool {
+        let last = memo.counted_at.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now.saturating_since(Nanos(last)) >= RECOUNT;
+        if !due
+            || memo
+                .counted_at
+                .compare_exchange(last, now.0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return memo.panic.load(Ordering::Relaxed);
         }
-        let turn = memo.cursor.fetch_add(1, Ordering::Relaxed) % len;
-        let endpoints = set.endpoints();
-        match endpoints.get(memo.swrr[turn] as usize) {
-            Some(e) if ok(e) => Some(e),
-            // The turn of an endpoint that is out goes to a candidate drawn
-            // by weight, so its share spreads over the others in their
-            // proportions (stepping to the next turn instead would hand it
-            // all to whichever endpoint follows it in the cycle).
-            _ => weighted_random(endpoints, ok),
+        let total = memo.set.len();
+        let available = memo.set.available(now).count();
+        let threshold = self.config.panic_threshold();
+        let panic =
+            total > 0 && threshold > 0.0 && (available as f64) * 100.0 < threshold * total as f64;
+        memo.panic.store(panic, Ordering::Relaxed);
+        let before = memo.available.swap(available, Ordering::Relaxed);
+        if before != available {
+            if panic {
+                tracing::warn!(service = %memo.set.service(), available, total, "too few endpoints available: balancing over all of them");
+            }
+            self.events.publish(MeshEvent::AvailableEndpointsChanged {
+                service: memo.set.service().clone(),
+                available,
+                total,
+                panic,
+            });
         }
+        panic
     }
 
     fn by_hash<'a>(
         &self,
+        memo: &Memo,
         set: &'a EndpointSet,
         hash: u64,
         ok: &dyn Fn(&Endpoint) -> bool,
     ) -> Option<&'a Endpoint> {
-        let memo = self.memo(set);
         let ring = memo.ring.as_ref()?;
         let start = ring.position(hash)?;
         // The key's own endpoint if it can serve, else the next points'
@@ -265,6 +353,63 @@ impl Picker {
             .filter_map(|k| ring.at(start + k))
             .filter_map(|i| set.endpoints().get(i))
             .find(|e| ok(e))
+    }
+
+    /// A snapshot of every service this balancer has picked for.
+    pub fn metrics(&self) -> Vec<ServiceMetrics> {
+        let now = mesh_core::clock::now();
+        let mut all: Vec<ServiceMetrics> = self
+            .memos
+            .load()
+            .values()
+            .map(|memo| {
+                let total: u64 = memo.set.iter().map(|e| e.state().requests()).sum();
+                ServiceMetrics {
+                    service: memo.set.service().clone(),
+                    panic: memo.panic.load(Ordering::Relaxed),
+                    instances: memo
+                        .set
+                        .iter()
+                        .map(|e| InstanceMetrics {
+                            endpoint: e.id().clone(),
+                            address: e.address(),
+                            requests: e.state().requests(),
+                            in_flight: e.state().in_flight(),
+                            latency: e.state().latency(),
+                            share: if total == 0 {
+                                0.0
+                            } else {
+                                e.state().requests() as f64 / total as f64
+                            },
+                            available: e.state().is_available(now),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| a.service.cmp(&b.service));
+        all
+    }
+}
+
+fn weighted<'a>(
+    memo: &Memo,
+    set: &'a EndpointSet,
+    ok: &dyn Fn(&Endpoint) -> bool,
+) -> Option<&'a Endpoint> {
+    let len = memo.swrr.len();
+    if len == 0 {
+        return None;
+    }
+    let turn = memo.cursor.fetch_add(1, Ordering::Relaxed) % len;
+    let endpoints = set.endpoints();
+    match endpoints.get(memo.swrr[turn] as usize) {
+        Some(e) if ok(e) => Some(e),
+        // The turn of an endpoint that is out goes to a candidate drawn
+        // by weight, so its share spreads over the others in their
+        // proportions (stepping to the next turn instead would hand it
+        // all to whichever endpoint follows it in the cycle).
+        _ => weighted_random(endpoints, ok),
     }
 }
 

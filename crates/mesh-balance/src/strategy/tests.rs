@@ -4,6 +4,16 @@ use mesh_core::{EndpointId, Health, Weight};
 
 use super::*;
 
+fn picker_for(strategy: Strategy, sticky: bool) -> Picker {
+    let mut b = BalanceConfig::builder()
+        .strategy(strategy)
+        .panic_threshold(0.0);
+    if sticky {
+        b = b.sticky_by([KeySource::Extension]);
+    }
+    Picker::new(b.build().unwrap(), EventBus::default())
+}
+
 fn set_of(weights: &[u32]) -> EndpointSet {
     EndpointSet::new(
         ServiceName::new("svc").unwrap(),
@@ -34,7 +44,7 @@ fn counts(picker: &Picker, set: &EndpointSet, picks: usize) -> Vec<usize> {
 fn smooth_weighted_round_robin_matches_the_weights_within_one_percent() {
     for weights in [vec![198, 1, 1], vec![5, 1, 1]] {
         let set = set_of(&weights);
-        let picker = Picker::new(Strategy::WeightedRoundRobin, false);
+        let picker = picker_for(Strategy::WeightedRoundRobin, false);
         let got = counts(&picker, &set, 100_000);
         let total: u32 = weights.iter().sum();
         for (c, w) in got.iter().zip(&weights) {
@@ -52,7 +62,7 @@ fn weighted_round_robin_shares_a_down_endpoint_s_turns() {
     let set = set_of(&[2, 1, 1]);
     set.endpoints()[0].state().set_health(Health::Unhealthy);
     let got = counts(
-        &Picker::new(Strategy::WeightedRoundRobin, false),
+        &picker_for(Strategy::WeightedRoundRobin, false),
         &set,
         10_000,
     );
@@ -65,7 +75,7 @@ fn weighted_round_robin_shares_a_down_endpoint_s_turns() {
 #[test]
 fn random_passes_a_chi_square_test() {
     let set = set_of(&[1; 10]);
-    let got = counts(&Picker::new(Strategy::Random, false), &set, 100_000);
+    let got = counts(&picker_for(Strategy::Random, false), &set, 100_000);
     let expected = 10_000.0;
     let chi2: f64 = got
         .iter()
@@ -78,7 +88,7 @@ fn random_passes_a_chi_square_test() {
 #[test]
 fn least_connections_never_picks_above_the_minimum() {
     let set = set_of(&[1; 8]);
-    let picker = Picker::new(Strategy::LeastConnections, false);
+    let picker = picker_for(Strategy::LeastConnections, false);
     for round in 0..2000u32 {
         // Random loads, some endpoints out.
         for e in set.iter() {
@@ -95,7 +105,7 @@ fn least_connections_never_picks_above_the_minimum() {
             });
         }
         let min = set.available(Nanos(0)).map(|e| e.state().in_flight()).min();
-        let picked = picker.pick(&set, &PickContext::default(), Nanos(0));
+        let picked = picker.pick(&set, &PickContext::default(), Nanos(0)).ok();
         assert_eq!(picked.map(|e| e.state().in_flight()), min, "round {round}");
     }
 }
@@ -111,7 +121,7 @@ fn least_response_time_and_p2c_starve_a_slow_instance() {
         for (i, e) in set.iter().enumerate() {
             e.state().record_latency(Duration::from_micros(latency(i)));
         }
-        let picker = Picker::new(strategy.clone(), false);
+        let picker = picker_for(strategy.clone(), false);
         let index: HashMap<&EndpointId, usize> =
             set.iter().enumerate().map(|(i, e)| (e.id(), i)).collect();
         let mut finishing: Vec<(u64, usize)> = Vec::new();
@@ -155,7 +165,7 @@ fn owners(picker: &Picker, set: &EndpointSet, keys: u32) -> Vec<EndpointId> {
 #[test]
 fn consistent_hashing_moves_about_one_nth_of_keys_and_shares_fairly() {
     let ten = set_of(&[1; 10]);
-    let picker = Picker::new(Strategy::ConsistentHash, false);
+    let picker = picker_for(Strategy::ConsistentHash, false);
     let before = owners(&picker, &ten, 100_000);
     let mut share: HashMap<&EndpointId, usize> = HashMap::new();
     for id in &before {
@@ -188,7 +198,7 @@ fn consistent_hashing_moves_about_one_nth_of_keys_and_shares_fairly() {
 #[test]
 fn affinity_holds_moves_when_the_instance_is_ejected_and_moves_back() {
     let set = set_of(&[1; 5]);
-    let picker = Picker::new(Strategy::RoundRobin, true);
+    let picker = picker_for(Strategy::RoundRobin, true);
     let cx = PickContext {
         avoid: None,
         key_hash: Some(hash_key(b"client-123")),
@@ -217,4 +227,95 @@ fn affinity_holds_moves_when_the_instance_is_ejected_and_moves_back() {
     // Requests without a key still go round robin.
     let plain = counts(&picker, &set, 500);
     assert!(plain.iter().all(|c| *c == 100), "{plain:?}");
+}
+
+#[test]
+fn instances_at_their_limit_are_skipped_and_a_full_house_says_so() {
+    let set = set_of(&[1; 3]);
+    let picker = Picker::new(
+        BalanceConfig::builder()
+            .max_connections_per_instance(2)
+            .build()
+            .unwrap(),
+        EventBus::default(),
+    );
+    for _ in 0..6 {
+        let e = picker
+            .pick(&set, &PickContext::default(), Nanos(0))
+            .unwrap();
+        e.state().start_request();
+    }
+    assert!(set.iter().all(|e| e.state().in_flight() == 2));
+    assert_eq!(
+        picker
+            .pick(&set, &PickContext::default(), Nanos(0))
+            .unwrap_err(),
+        NoPick::AtCapacity { available: 3 }
+    );
+    set.endpoints()[1].state().finish_request();
+    assert_eq!(
+        picker
+            .pick(&set, &PickContext::default(), Nanos(0))
+            .unwrap()
+            .id(),
+        set.endpoints()[1].id()
+    );
+}
+
+#[tokio::test]
+async fn below_the_panic_threshold_every_instance_takes_traffic() {
+    let set = set_of(&[1; 4]);
+    for e in &set.endpoints()[..3] {
+        e.state().set_health(Health::Unhealthy);
+    }
+    let bus = EventBus::new(8);
+    let mut events = bus.subscribe();
+    let picker = Picker::new(
+        BalanceConfig::builder()
+            .panic_threshold(50.0)
+            .build()
+            .unwrap(),
+        bus,
+    );
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        seen.insert(
+            picker
+                .pick(&set, &PickContext::default(), Nanos(0))
+                .unwrap()
+                .id()
+                .clone(),
+        );
+    }
+    assert_eq!(seen.len(), 4, "1 of 4 available is under 50%: all are used");
+    assert!(matches!(
+        events.try_recv(),
+        Ok(MeshEvent::AvailableEndpointsChanged {
+            available: 1,
+            total: 4,
+            panic: true,
+            ..
+        })
+    ));
+    // Back above the threshold (recounted after 100 ms): only healthy ones.
+    for e in &set.endpoints()[..2] {
+        e.state().set_health(Health::Healthy);
+    }
+    let later = Nanos(200_000_000);
+    let picks: std::collections::HashSet<_> = (0..30)
+        .map(|_| {
+            picker
+                .pick(&set, &PickContext::default(), later)
+                .unwrap()
+                .id()
+                .clone()
+        })
+        .collect();
+    assert_eq!(picks.len(), 3);
+    assert!(!picks.contains(set.endpoints()[2].id()));
+    let metrics = picker.metrics();
+    assert_eq!(metrics.len(), 1);
+    assert!(!metrics[0].panic);
+    let shares: f64 = metrics[0].instances.iter().map(|i| i.share).sum();
+    assert!((shares - 1.0).abs() < 1e-9 || shares == 0.0);
 }
