@@ -3,9 +3,9 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http_body::{Body, Frame, SizeHint};
+use mesh_core::clock::{self, Nanos};
 use mesh_core::EndpointState;
 use pin_project_lite::pin_project;
 
@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 #[derive(Debug)]
 pub(crate) struct InFlight {
     state: Arc<EndpointState>,
-    started: Instant,
+    started: Nanos,
     responded: bool,
 }
 
@@ -23,7 +23,7 @@ impl InFlight {
         state.start_request();
         InFlight {
             state,
-            started: Instant::now(),
+            started: clock::now(),
             responded: false,
         }
     }
@@ -40,7 +40,9 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.state.finish_request();
         if self.responded {
-            self.state.record_latency(self.started.elapsed());
+            let now = clock::now();
+            self.state
+                .record_latency_at(now.saturating_since(self.started), now);
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct EndpointState {
     /// Peak-sensitive moving average of latency, in nanoseconds; 0 means
     /// "no sample yet".
     latency_ewma: AtomicU64,
+    /// When the estimate was last updated (clock nanos).
+    latency_at: AtomicU64,
     health: AtomicU8,
     /// Until when (on [`crate::clock`]) the endpoint is ejected; 0 = not.
     ejected_until: AtomicU64,
@@ -70,6 +72,7 @@ impl EndpointState {
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             latency_ewma: AtomicU64::new(0),
+            latency_at: AtomicU64::new(0),
             health: AtomicU8::new(Health::Unknown as u8),
             ejected_until: AtomicU64::new(0),
         }
@@ -109,6 +112,30 @@ impl EndpointState {
             0 => None,
             n => Some(Duration::from_nanos(n)),
         }
+    }
+
+    /// The latency estimate as of `now`, decayed towards zero by half every
+    /// [`EndpointState::LATENCY_HALF_LIFE`] without a new sample: an
+    /// endpoint that was slow and then left alone looks better with time,
+    /// so a latency-aware balancer tries it again instead of starving it
+    /// forever (its next answer resets the estimate).
+    pub fn latency_at(&self, now: Nanos) -> Option<Duration> {
+        let estimate = self.latency()?;
+        let at = Nanos(self.latency_at.load(Ordering::Relaxed));
+        let age = now.saturating_since(at).as_secs_f64();
+        let half_lives = age / Self::LATENCY_HALF_LIFE.as_secs_f64();
+        Some(estimate.mul_f64(0.5f64.powf(half_lives)))
+    }
+
+    /// How fast an unrefreshed latency estimate fades (see
+    /// [`EndpointState::latency_at`]).
+    pub const LATENCY_HALF_LIFE: Duration = Duration::from_secs(5);
+
+    /// Folds one latency sample, taken at `now`, into the estimate (see
+    /// [`EndpointState::record_latency`]).
+    pub fn record_latency_at(&self, sample: Duration, now: Nanos) {
+        self.record_latency(sample);
+        self.latency_at.store(now.0, Ordering::Relaxed);
     }
 
     /// Folds one latency sample into the estimate, peak-sensitive as
@@ -198,6 +225,15 @@ mod tests {
         assert_eq!(s.latency(), Some(Duration::from_millis(80)));
         s.record_latency(Duration::from_millis(0));
         assert_eq!(s.latency(), Some(Duration::from_millis(70)));
+    }
+
+    #[test]
+    fn an_estimate_left_alone_fades_by_half_every_half_life() {
+        let s = EndpointState::new();
+        s.record_latency_at(Duration::from_millis(80), Nanos(0));
+        let later = Nanos(0).saturating_add(EndpointState::LATENCY_HALF_LIFE * 2);
+        assert_eq!(s.latency_at(later), Some(Duration::from_millis(20)));
+        assert_eq!(s.latency_at(Nanos(0)), Some(Duration::from_millis(80)));
     }
 
     #[test]

@@ -209,8 +209,8 @@ impl Picker {
                 .by_hash(&memo, set, hash, &preferred)
                 .or_else(|| self.by_hash(&memo, set, hash, &fallback)),
             _ => self
-                .pick_with(&memo, set, &preferred)
-                .or_else(|| avoid.and_then(|_| self.pick_with(&memo, set, &fallback))),
+                .pick_with(&memo, set, &preferred, now)
+                .or_else(|| avoid.and_then(|_| self.pick_with(&memo, set, &fallback, now))),
         };
         picked.ok_or_else(|| {
             let available = set.iter().filter(|e| usable(e)).count();
@@ -227,6 +227,7 @@ impl Picker {
         memo: &Memo,
         set: &'a EndpointSet,
         ok: &dyn Fn(&Endpoint) -> bool,
+        now: Nanos,
     ) -> Option<&'a Endpoint> {
         let endpoints = set.endpoints();
         match self.strategy() {
@@ -236,17 +237,17 @@ impl Picker {
             Strategy::LeastConnections => least_by(endpoints, ok, |e| {
                 u128::from(e.state().in_flight()) * 1_000_000 / u128::from(e.weight().get())
             }),
-            Strategy::LeastResponseTime => least_by(endpoints, ok, |e| self.cost(e)),
-            Strategy::PowerOfTwoChoices => self.two_choices(endpoints, ok),
+            Strategy::LeastResponseTime => least_by(endpoints, ok, |e| self.cost(e, now)),
+            Strategy::PowerOfTwoChoices => self.two_choices(endpoints, ok, now),
         }
     }
 
     /// Expected wait at `e`, scaled to compare across weights: latency x
     /// (in flight + 1) / weight, in nanoseconds x 1000.
-    fn cost(&self, e: &Endpoint) -> u128 {
+    fn cost(&self, e: &Endpoint, now: Nanos) -> u128 {
         let latency = e
             .state()
-            .latency()
+            .latency_at(now)
             .unwrap_or(self.config.unknown_latency())
             .as_nanos()
             .max(1);
@@ -257,6 +258,7 @@ impl Picker {
         &self,
         endpoints: &'a [Endpoint],
         ok: &dyn Fn(&Endpoint) -> bool,
+        now: Nanos,
     ) -> Option<&'a Endpoint> {
         let n = endpoints.len();
         if n == 0 {
@@ -271,8 +273,16 @@ impl Picker {
                 .or_else(|| uniform(endpoints, ok))
         };
         let a = draw()?;
-        let b = draw()?;
-        Some(if self.cost(b) < self.cost(a) { b } else { a })
+        // Two *distinct* candidates: drawing the same one twice would send
+        // the worst endpoint 1/n^2 of the traffic unchallenged.
+        let b = (0..4)
+            .map(|_| draw())
+            .find(|b| b.is_some_and(|b| !std::ptr::eq(a, b)))
+            .flatten();
+        Some(match b {
+            Some(b) if self.cost(b, now) < self.cost(a, now) => b,
+            _ => a,
+        })
     }
 
     fn memo(&self, set: &EndpointSet) -> Arc<Memo> {
