@@ -21,6 +21,12 @@ pub(crate) struct InFlight {
 impl InFlight {
     pub(crate) fn start(state: Arc<EndpointState>) -> Self {
         state.start_request();
+        InFlight::adopt(state)
+    }
+
+    /// Takes over a request already counted (by
+    /// [`EndpointState::try_start_request`]).
+    pub(crate) fn adopt(state: Arc<EndpointState>) -> Self {
         InFlight {
             state,
             started: clock::now(),
@@ -39,10 +45,16 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.state.finish_request();
+        let now = clock::now();
+        let elapsed = now.saturating_since(self.started);
         if self.responded {
-            let now = clock::now();
-            self.state
-                .record_latency_at(now.saturating_since(self.started), now);
+            self.state.record_latency_at(elapsed, now);
+        } else if self.state.latency().is_some_and(|l| elapsed > l) {
+            // No answer, and longer than the endpoint usually takes (a
+            // timeout, a hung call): that is evidence of slowness, so the
+            // peak-sensitive estimate takes it. A quick failure (refused
+            // connection) says nothing about speed and is not recorded.
+            self.state.record_latency_at(elapsed, now);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! can run over tower-mesh discovery and endpoint state (and be compared
 //! with [`crate::BalanceLayer`] on the same footing).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -105,7 +105,9 @@ impl<F: Future<Output = Result<T, E>>, T, E> Future for CountedFuture<F> {
         let out = std::task::ready!(this.inner.poll(cx));
         if let Some(guard) = this.guard.take() {
             if out.is_ok() {
-                guard.state.record_latency(guard.started.elapsed());
+                guard
+                    .state
+                    .record_latency_at(guard.started.elapsed(), mesh_core::clock::now());
             }
         }
         Poll::Ready(out)
@@ -144,7 +146,7 @@ pin_project! {
         #[pin]
         snapshots: St,
         make: F,
-        known: HashSet<EndpointId>,
+        known: HashMap<EndpointId, Endpoint>,
         pending: std::collections::VecDeque<Change<EndpointId, S>>,
     }
 }
@@ -156,7 +158,7 @@ impl<St, F, S> EndpointChanges<St, F, S> {
         EndpointChanges {
             snapshots,
             make,
-            known: HashSet::new(),
+            known: HashMap::new(),
             pending: std::collections::VecDeque::new(),
         }
     }
@@ -181,7 +183,7 @@ where
             let now: HashMap<&EndpointId, &Endpoint> = set.iter().map(|e| (e.id(), e)).collect();
             let gone: Vec<EndpointId> = this
                 .known
-                .iter()
+                .keys()
                 .filter(|id| !now.contains_key(id))
                 .cloned()
                 .collect();
@@ -190,7 +192,14 @@ where
                 this.pending.push_back(Change::Remove(id));
             }
             for e in set.iter() {
-                if this.known.insert(e.id().clone()) {
+                let changed = this
+                    .known
+                    .get(e.id())
+                    .is_some_and(|old| !old.same_description(e));
+                if changed || !this.known.contains_key(e.id()) {
+                    // New, or the same id at a new address or weight: tower
+                    // replaces the service inserted under a known key.
+                    this.known.insert(e.id().clone(), e.clone());
                     this.pending
                         .push_back(Change::Insert(e.id().clone(), (this.make)(e)));
                 }

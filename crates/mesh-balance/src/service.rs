@@ -42,9 +42,20 @@ impl<S> Balance<S> {
             KeySource::Extension => req
                 .extensions()
                 .get::<AffinityKey>()
-                .map(|k| hash_key(k.0.as_bytes())),
-            KeySource::Header(name) => req.headers().get(name).map(|v| hash_key(v.as_bytes())),
-            KeySource::Cookie(name) => cookie(req.headers(), name).map(hash_key),
+                .map(|k| k.0.as_bytes())
+                .filter(|k| !k.is_empty())
+                .map(hash_key),
+            // An empty value is no key: it would send every anonymous
+            // client to one instance.
+            KeySource::Header(name) => req
+                .headers()
+                .get(name)
+                .map(|v| v.as_bytes())
+                .filter(|k| !k.is_empty())
+                .map(hash_key),
+            KeySource::Cookie(name) => cookie(req.headers(), name)
+                .filter(|k| !k.is_empty())
+                .map(hash_key),
         })
     }
 
@@ -136,12 +147,47 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let (endpoint, service) = match self.choose(&req) {
-            Ok(chosen) => chosen,
-            Err(error) => {
-                tracing::debug!(%error, "balancer refused request");
-                return ResponseFuture::failed(error);
+        let limit = self.picker.config().max_connections_per_instance();
+        let mut chosen = None;
+        // With a connection limit, the pick and the count must agree: the
+        // slot is taken atomically, and a pick that lost the race for the
+        // last slot of an endpoint picks again (that endpoint is now full).
+        for _ in 0..4 {
+            match self.choose(&req) {
+                Ok((endpoint, service)) => {
+                    let state = Arc::clone(endpoint.state());
+                    let in_flight = match limit {
+                        None => Some(InFlight::start(state)),
+                        Some(l) => state.try_start_request(l).then(|| InFlight::adopt(state)),
+                    };
+                    if let Some(in_flight) = in_flight {
+                        chosen = Some((endpoint, service, in_flight));
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "balancer refused request");
+                    return ResponseFuture::failed(error);
+                }
             }
+        }
+        let Some((endpoint, service, in_flight)) = chosen else {
+            let set = req.extensions().get::<EndpointSet>();
+            return ResponseFuture::failed(MeshError::AtCapacity {
+                service: match set {
+                    Some(s) => s.service().clone(),
+                    // `choose` fails first without a set; kept total all the same.
+                    None => {
+                        return ResponseFuture::failed(MeshError::Misconfigured {
+                            layer: "BalanceLayer",
+                            missing: "EndpointSet",
+                            hint: "place DiscoverLayer above BalanceLayer",
+                        })
+                    }
+                },
+                available: set.map_or(0, EndpointSet::len),
+                limit: limit.unwrap_or(0),
+            });
         };
         tracing::trace!(endpoint = %endpoint, "picked endpoint");
         rewrite(&mut req, &endpoint);
@@ -150,7 +196,6 @@ where
         }
         req.extensions_mut()
             .insert(SelectedEndpoint(endpoint.clone()));
-        let in_flight = InFlight::start(Arc::clone(endpoint.state()));
         let future = self.inner.call(req);
         ResponseFuture::called(future, endpoint, service, in_flight)
     }
@@ -343,5 +388,84 @@ mod sticky_tests {
             spread.insert(pick(&layer, &set, None).await);
         }
         assert_eq!(spread.len(), 8, "without a cookie, round robin");
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use crate::{BalanceConfig, BalanceLayer};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tower::{service_fn, Layer, ServiceExt};
+
+    /// Many callers on many threads: no endpoint ever holds more than its
+    /// limit, because the pick and the count are one atomic step.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_connection_limit_holds_under_concurrency() {
+        let set = EndpointSet::new(
+            ServiceName::new("users").unwrap(),
+            (1..=3)
+                .map(|p| Endpoint::builder(([127, 0, 0, 1], p).into()).build())
+                .collect(),
+        );
+        let worst = Arc::new(AtomicU32::new(0));
+        let layer = BalanceLayer::from_config(
+            BalanceConfig::builder()
+                .max_connections_per_instance(2)
+                .build()
+                .unwrap(),
+        );
+        let svc = {
+            let worst = Arc::clone(&worst);
+            layer.layer(service_fn(move |req: Request<()>| {
+                let picked = req
+                    .extensions()
+                    .get::<SelectedEndpoint>()
+                    .unwrap()
+                    .0
+                    .clone();
+                worst.fetch_max(picked.state().in_flight(), Ordering::SeqCst);
+                async move {
+                    tokio::task::yield_now().await;
+                    Ok::<_, std::convert::Infallible>(Response::new(()))
+                }
+            }))
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (svc, set) = (svc.clone(), set.clone());
+            tasks.spawn(async move {
+                let mut refused = 0;
+                for _ in 0..200 {
+                    let mut req = Request::get("http://users/").body(()).unwrap();
+                    req.extensions_mut().insert(set.clone());
+                    match svc.clone().oneshot(req).await {
+                        Ok(_) => {}
+                        Err(e) => {
+                            assert!(
+                                matches!(
+                                    MeshError::find(&*e),
+                                    Some(MeshError::AtCapacity { limit: 2, .. })
+                                ),
+                                "{e}"
+                            );
+                            refused += 1;
+                        }
+                    }
+                }
+                refused
+            });
+        }
+        let mut refused = 0;
+        while let Some(r) = tasks.join_next().await {
+            refused += r.unwrap();
+        }
+        assert!(
+            worst.load(Ordering::SeqCst) <= 2,
+            "an endpoint held {}",
+            worst.load(Ordering::SeqCst)
+        );
+        assert!(set.iter().all(|e| e.state().in_flight() == 0));
+        let _ = refused;
     }
 }

@@ -14,9 +14,17 @@ use std::time::{Duration, Instant};
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 fn epoch() -> Instant {
-    // Read through tokio, like `now`, so that under a paused test clock the
-    // epoch is not later than the frozen time.
-    *EPOCH.get_or_init(|| tokio::time::Instant::now().into_std())
+    *EPOCH.get_or_init(|| {
+        // Read through tokio, like `now`, and set well in the past: a test
+        // runtime whose clock was paused a little before another set the
+        // epoch must still read times after it (times before the epoch all
+        // read as zero, which would stop the clock for that runtime).
+        let first = tokio::time::Instant::now().into_std();
+        [3600, 60, 1]
+            .into_iter()
+            .find_map(|s| first.checked_sub(Duration::from_secs(s)))
+            .unwrap_or(first)
+    })
 }
 
 /// A point on the process's monotonic clock, in nanoseconds since its epoch.

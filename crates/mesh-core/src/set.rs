@@ -36,6 +36,14 @@ use crate::name::{EndpointId, ServiceName};
 pub struct EndpointSet {
     service: ServiceName,
     endpoints: Arc<[Endpoint]>,
+    generation: u64,
+}
+
+/// Orders snapshots: every set made gets the next number.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 // === impl EndpointSet ===
@@ -60,7 +68,15 @@ impl EndpointSet {
         EndpointSet {
             service,
             endpoints: endpoints.into(),
+            generation: next_generation(),
         }
+    }
+
+    /// When this snapshot was made, relative to others: a larger number is
+    /// a later snapshot. Layers that cache per snapshot use it to never
+    /// replace a newer snapshot's cache with an older one's.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// An empty set: the service exists but has no instances right now.
@@ -68,6 +84,7 @@ impl EndpointSet {
         EndpointSet {
             service,
             endpoints: Arc::from(Vec::new()),
+            generation: next_generation(),
         }
     }
 
@@ -134,6 +151,7 @@ impl EndpointSet {
         EndpointSet {
             service: self.service.clone(),
             endpoints: endpoints.into(),
+            generation: next_generation(),
         }
     }
 

@@ -83,6 +83,22 @@ impl EndpointState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Counts one more request in flight if fewer than `limit` are: the
+    /// check and the count are one atomic step, so concurrent callers can
+    /// never push the endpoint past its limit. Returns whether it counted.
+    pub fn try_start_request(&self, limit: u32) -> bool {
+        let counted = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok();
+        if counted {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        counted
+    }
+
     /// Counts one more request in flight. Pair every call with
     /// [`EndpointState::finish_request`]; balancers do it with a guard.
     pub fn start_request(&self) {
@@ -121,6 +137,11 @@ impl EndpointState {
     /// forever (its next answer resets the estimate).
     pub fn latency_at(&self, now: Nanos) -> Option<Duration> {
         let estimate = self.latency()?;
+        if self.in_flight() > 0 {
+            // Requests still out say nothing good yet: no fading while
+            // they are (a hung endpoint must not look faster with time).
+            return Some(estimate);
+        }
         let at = Nanos(self.latency_at.load(Ordering::Relaxed));
         let age = now.saturating_since(at).as_secs_f64();
         let half_lives = age / Self::LATENCY_HALF_LIFE.as_secs_f64();

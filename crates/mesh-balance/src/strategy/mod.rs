@@ -109,6 +109,7 @@ struct Memo {
     counted_at: AtomicU64,
     available: AtomicUsize,
     panic: AtomicBool,
+    uniform_weights: bool,
 }
 
 /// One instance in a [`ServiceMetrics`] snapshot.
@@ -232,7 +233,8 @@ impl Picker {
         let endpoints = set.endpoints();
         match self.strategy() {
             Strategy::RoundRobin | Strategy::ConsistentHash => self.rr.pick_by(set, ok),
-            Strategy::Random => random(endpoints, ok),
+            Strategy::Random if memo.uniform_weights => random(endpoints, ok),
+            Strategy::Random => weighted_random(endpoints, ok),
             Strategy::WeightedRoundRobin => weighted(memo, set, ok),
             Strategy::LeastConnections => least_by(endpoints, ok, |e| {
                 u128::from(e.state().in_flight()) * 1_000_000 / u128::from(e.weight().get())
@@ -286,26 +288,53 @@ impl Picker {
     }
 
     fn memo(&self, set: &EndpointSet) -> Arc<Memo> {
-        if let Some(m) = self.memos.load().get(set.service()) {
+        let previous = self.memos.load().get(set.service()).cloned();
+        if let Some(m) = &previous {
             if m.set.ptr_eq(set) {
                 return Arc::clone(m);
             }
         }
         let weights: Vec<u32> = set.iter().map(|e| e.weight().get()).collect();
+        let uniform = weights.windows(2).all(|w| w[0] == w[1]);
+        let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
         let memo = Arc::new(Memo {
             set: set.clone(),
-            swrr: if *self.strategy() == Strategy::WeightedRoundRobin {
-                swrr::sequence(&weights)
-            } else {
-                Vec::new()
+            swrr: match self.strategy() {
+                // Equal weights: the smooth sequence is plain order.
+                Strategy::WeightedRoundRobin if uniform => (0..weights.len() as u32).collect(),
+                // Building costs sum(weights) x n: past that budget, weighted
+                // random keeps the proportions without the table.
+                Strategy::WeightedRoundRobin
+                    if total.saturating_mul(weights.len() as u64) <= 10_000_000 =>
+                {
+                    swrr::sequence(&weights)
+                }
+                _ => Vec::new(),
             },
             cursor: AtomicUsize::new(0),
             ring: self.hashes().then(|| Ring::new(set.endpoints())),
             counted_at: AtomicU64::new(u64::MAX),
-            available: AtomicUsize::new(usize::MAX),
+            // Carried over, so a new snapshot with the same availability
+            // publishes no event.
+            available: AtomicUsize::new(
+                previous
+                    .as_ref()
+                    .map_or(usize::MAX, |p| p.available.load(Ordering::Relaxed)),
+            ),
             panic: AtomicBool::new(false),
+            uniform_weights: uniform,
         });
+        // A request still carrying an older snapshot (a retry, a call in
+        // flight during a swap) gets tables for it, but never replaces the
+        // newer snapshot's.
+        let generation = set.generation();
         self.memos.rcu(|memos| {
+            if memos
+                .get(set.service())
+                .is_some_and(|m| m.set.generation() >= generation)
+            {
+                return Arc::clone(memos);
+            }
             let mut memos = HashMap::clone(memos);
             memos.insert(set.service().clone(), Arc::clone(&memo));
             Arc::new(memos)
@@ -385,7 +414,7 @@ impl Picker {
                             address: e.address(),
                             requests: e.state().requests(),
                             in_flight: e.state().in_flight(),
-                            latency: e.state().latency(),
+                            latency: e.state().latency_at(now),
                             share: if total == 0 {
                                 0.0
                             } else {
@@ -409,7 +438,7 @@ fn weighted<'a>(
 ) -> Option<&'a Endpoint> {
     let len = memo.swrr.len();
     if len == 0 {
-        return None;
+        return weighted_random(set.endpoints(), ok);
     }
     let turn = memo.cursor.fetch_add(1, Ordering::Relaxed) % len;
     let endpoints = set.endpoints();

@@ -313,9 +313,17 @@ async fn below_the_panic_threshold_every_instance_takes_traffic() {
         .collect();
     assert_eq!(picks.len(), 3);
     assert!(!picks.contains(set.endpoints()[2].id()));
+    for _ in 0..10 {
+        picker
+            .pick(&set, &PickContext::default(), later)
+            .unwrap()
+            .state()
+            .start_request();
+    }
     let metrics = picker.metrics();
     assert_eq!(metrics.len(), 1);
     assert!(!metrics[0].panic);
     let shares: f64 = metrics[0].instances.iter().map(|i| i.share).sum();
-    assert!((shares - 1.0).abs() < 1e-9 || shares == 0.0);
+    assert!((shares - 1.0).abs() < 1e-9, "{shares}");
+    assert_eq!(metrics[0].instances[2].requests, 0, "unhealthy: no traffic");
 }
