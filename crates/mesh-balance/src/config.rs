@@ -32,6 +32,7 @@ pub struct BalanceConfig {
     strategy: Strategy,
     sticky: Vec<KeySource>,
     max_connections_per_instance: Option<u32>,
+    wait_at_capacity: Option<Duration>,
     panic_threshold: f64,
     unknown_latency: Duration,
 }
@@ -57,6 +58,12 @@ struct RawConfig {
     sticky: Vec<RawKeySource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_connections_per_instance: Option<u32>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    wait_at_capacity: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     panic_threshold: Option<f64>,
     #[serde(
@@ -88,6 +95,7 @@ impl TryFrom<RawConfig> for BalanceConfig {
         }
         b.config.sticky = sticky;
         b.config.max_connections_per_instance = raw.max_connections_per_instance;
+        b.config.wait_at_capacity = raw.wait_at_capacity;
         if let Some(p) = raw.panic_threshold {
             b = b.panic_threshold(p);
         }
@@ -112,6 +120,7 @@ impl From<BalanceConfig> for RawConfig {
                 })
                 .collect(),
             max_connections_per_instance: c.max_connections_per_instance,
+            wait_at_capacity: c.wait_at_capacity,
             panic_threshold: Some(c.panic_threshold),
             unknown_latency: Some(c.unknown_latency),
         }
@@ -145,6 +154,11 @@ impl BalanceConfig {
     pub fn max_connections_per_instance(&self) -> Option<u32> {
         self.max_connections_per_instance
     }
+    /// How long a request waits for a slot when every instance is at its
+    /// limit; `None`: it fails at once with [`MeshError::AtCapacity`].
+    pub fn wait_at_capacity(&self) -> Option<Duration> {
+        self.wait_at_capacity
+    }
     /// Below this share (percent) of available instances, instances that
     /// health checks call unhealthy take traffic again (Envoy's panic
     /// threshold); ejected and draining ones do not. 0 turns it off.
@@ -165,6 +179,7 @@ impl Default for BalanceConfig {
             strategy: Strategy::RoundRobin,
             sticky: Vec::new(),
             max_connections_per_instance: None,
+            wait_at_capacity: None,
             panic_threshold: 50.0,
             unknown_latency: Duration::from_millis(10),
         }
@@ -202,6 +217,12 @@ impl BalanceConfigBuilder {
         self.config.max_connections_per_instance = Some(n);
         self
     }
+    /// With every instance at its limit, waits up to `max` for a slot
+    /// (looking again every millisecond) instead of failing at once.
+    pub fn wait_at_capacity(mut self, max: Duration) -> Self {
+        self.config.wait_at_capacity = Some(max);
+        self
+    }
     /// The panic threshold in percent (0 to 100; 0 turns it off).
     pub fn panic_threshold(mut self, percent: f64) -> Self {
         self.config.panic_threshold = percent;
@@ -234,6 +255,14 @@ impl BalanceConfigBuilder {
                 "max_connections_per_instance",
                 "must be at least 1".into(),
             ));
+        }
+        if let Some(w) = c.wait_at_capacity {
+            if w.is_zero() || w > Duration::from_secs(60) {
+                return Err(invalid(
+                    "wait_at_capacity",
+                    format!("{w:?} is outside (0, 60s]"),
+                ));
+            }
         }
         if c.unknown_latency.is_zero() || c.unknown_latency > Duration::from_secs(60) {
             return Err(invalid(

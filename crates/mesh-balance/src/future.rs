@@ -2,58 +2,92 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::Response;
+use std::time::Duration;
+
+use http::{Request, Response};
 use mesh_core::ext::SelectedEndpoint;
 use mesh_core::{BoxError, Endpoint, MeshError, ServiceName};
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::Service;
 
 use crate::body::{InFlight, TrackedBody};
+use crate::service::{Chooser, Dispatch};
 
 pin_project! {
     /// The response future of [`crate::Balance`].
     ///
     /// Dropping it before the response arrives (a cancelled request) ends
     /// the in-flight count at once.
-    pub struct ResponseFuture<F> {
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
         #[pin]
-        state: State<F>,
+        state: State<S, B>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
         Called {
             #[pin]
-            future: F,
+            future: S::Future,
             call: Option<Call>,
         },
         Failed { error: Option<MeshError> },
+        // Every endpoint was at its connection limit: look again every
+        // millisecond until one has room or the deadline passes. Boxed, so
+        // that this rare state does not make every call's future larger.
+        Waiting { waiting: Pin<Box<Waiting<S, B>>> },
     }
 }
 
+pin_project! {
+    /// A request waiting for a connection slot.
+    struct Waiting<S, B> {
+        #[pin]
+        tick: Sleep,
+        inner: S,
+        chooser: Chooser,
+        req: Option<Request<B>>,
+        deadline: tokio::time::Instant,
+    }
+}
+
+/// How often a request waiting for capacity looks again.
+const WAIT_TICK: Duration = Duration::from_millis(1);
+
 /// What the balancer remembers about a dispatched call.
-struct Call {
+pub(crate) struct Call {
     endpoint: Endpoint,
     service: ServiceName,
     in_flight: InFlight,
 }
 
-impl<F> ResponseFuture<F> {
-    pub(crate) fn called(
-        future: F,
-        endpoint: Endpoint,
-        service: ServiceName,
-        in_flight: InFlight,
-    ) -> Self {
+impl Call {
+    pub(crate) fn new(endpoint: Endpoint, service: ServiceName, in_flight: InFlight) -> Self {
+        Call {
+            endpoint,
+            service,
+            in_flight,
+        }
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn called(future: S::Future, call: Call) -> Self {
         ResponseFuture {
             state: State::Called {
                 future,
-                call: Some(Call {
-                    endpoint,
-                    service,
-                    in_flight,
-                }),
+                call: Some(call),
             },
         }
     }
@@ -63,58 +97,119 @@ impl<F> ResponseFuture<F> {
             state: State::Failed { error: Some(error) },
         }
     }
-}
 
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<TrackedBody<B>>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Called { future, call } => {
-                let result = std::task::ready!(future.poll(cx));
-                let Some(Call {
-                    endpoint,
-                    service,
-                    mut in_flight,
-                }) = call.take()
-                else {
-                    return Poll::Ready(Err(
-                        "balance response future polled after completion".into()
-                    ));
-                };
-                Poll::Ready(match result {
-                    Ok(response) => {
-                        in_flight.responded();
-                        let mut response = response.map(|body| TrackedBody::new(body, in_flight));
-                        response.extensions_mut().insert(SelectedEndpoint(endpoint));
-                        Ok(response)
-                    }
-                    Err(error) => {
-                        drop(in_flight);
-                        let source = error.into();
-                        Err(MeshError::Endpoint {
-                            service,
-                            endpoint: endpoint.id().clone(),
-                            address: endpoint.address(),
-                            source,
-                        }
-                        .into())
-                    }
-                })
-            }
-            StateProj::Failed { error } => Poll::Ready(Err(match error.take() {
-                Some(e) => e.into(),
-                None => "balance response future polled after completion".into(),
-            })),
+    pub(crate) fn waiting(inner: S, chooser: Chooser, req: Request<B>, max: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        ResponseFuture {
+            state: State::Waiting {
+                waiting: Box::pin(Waiting {
+                    tick: tokio::time::sleep_until(now + WAIT_TICK),
+                    inner,
+                    chooser,
+                    req: Some(req),
+                    deadline: now + max,
+                }),
+            },
         }
     }
 }
 
-impl<F> std::fmt::Debug for ResponseFuture<F> {
+impl<S, B, RB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<TrackedBody<RB>>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let next = match this.state.as_mut().project() {
+                StateProj::Called { future, call } => return poll_called(future, call, cx),
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(match error.take() {
+                        Some(e) => e.into(),
+                        None => "balance response future polled after completion".into(),
+                    }))
+                }
+                StateProj::Waiting { waiting } => {
+                    let w = waiting.as_mut().project();
+                    let (mut tick, inner, chooser, req, deadline) =
+                        (w.tick, w.inner, w.chooser, w.req, w.deadline);
+                    std::task::ready!(tick.as_mut().poll(cx));
+                    if let Err(e) = std::task::ready!(inner.poll_ready(cx)) {
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let Some(request) = req.take() else {
+                        return Poll::Ready(Err(
+                            "balance response future polled after completion".into()
+                        ));
+                    };
+                    match chooser.dispatch(request) {
+                        Dispatch::Sent(request, call) => State::Called {
+                            future: inner.call(request),
+                            call: Some(call),
+                        },
+                        Dispatch::Refused(request, error @ MeshError::AtCapacity { .. }) => {
+                            let now = tokio::time::Instant::now();
+                            if now >= *deadline {
+                                return Poll::Ready(Err(error.into()));
+                            }
+                            *req = Some(request);
+                            tick.reset((now + WAIT_TICK).min(*deadline));
+                            continue;
+                        }
+                        Dispatch::Refused(_, error) => return Poll::Ready(Err(error.into())),
+                    }
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}
+
+fn poll_called<F, RB, E>(
+    future: Pin<&mut F>,
+    call: &mut Option<Call>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<TrackedBody<RB>>, BoxError>>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+{
+    let result = std::task::ready!(future.poll(cx));
+    let Some(Call {
+        endpoint,
+        service,
+        mut in_flight,
+    }) = call.take()
+    else {
+        return Poll::Ready(Err("balance response future polled after completion".into()));
+    };
+    Poll::Ready(match result {
+        Ok(response) => {
+            in_flight.responded();
+            let mut response = response.map(|body| TrackedBody::new(body, in_flight));
+            response.extensions_mut().insert(SelectedEndpoint(endpoint));
+            Ok(response)
+        }
+        Err(error) => {
+            drop(in_flight);
+            Err(MeshError::Endpoint {
+                service,
+                endpoint: endpoint.id().clone(),
+                address: endpoint.address(),
+                source: error.into(),
+            }
+            .into())
+        }
+    })
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }

@@ -9,7 +9,7 @@ use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, ServiceName};
 use tower::Service;
 
 use crate::body::{InFlight, TrackedBody};
-use crate::future::ResponseFuture;
+use crate::future::{Call, ResponseFuture};
 use crate::strategy::{hash_key, KeySource, NoPick, PickContext, Picker};
 
 /// Sends each request to one available endpoint of its service.
@@ -22,6 +22,12 @@ use crate::strategy::{hash_key, KeySource, NoPick, PickContext, Picker};
 #[derive(Clone, Debug)]
 pub struct Balance<S> {
     inner: S,
+    chooser: Chooser,
+}
+
+/// What picks, shared by the service and a future waiting for capacity.
+#[derive(Clone, Debug)]
+pub(crate) struct Chooser {
     picker: Arc<Picker>,
     keys: Arc<[KeySource]>,
 }
@@ -30,9 +36,14 @@ impl<S> Balance<S> {
     pub(crate) fn new(inner: S, picker: Arc<Picker>, keys: Arc<[KeySource]>) -> Self {
         Balance {
             inner,
-            picker,
-            keys,
+            chooser: Chooser { picker, keys },
         }
+    }
+}
+
+impl Chooser {
+    pub(crate) fn picker(&self) -> &Picker {
+        &self.picker
     }
 
     /// A hash of the request's affinity key, from the first source that
@@ -78,17 +89,69 @@ impl<S> Balance<S> {
                 service: set.service().clone(),
                 total: set.len(),
             }),
-            Err(NoPick::AtCapacity { available }) => Err(MeshError::AtCapacity {
-                service: set.service().clone(),
-                available,
-                limit: self
-                    .picker
-                    .config()
-                    .max_connections_per_instance()
-                    .unwrap_or(0),
-            }),
+            Err(NoPick::AtCapacity { available }) => {
+                Err(self.at_capacity(set.service().clone(), available))
+            }
         }
     }
+
+    fn at_capacity(&self, service: ServiceName, available: usize) -> MeshError {
+        MeshError::AtCapacity {
+            service,
+            available,
+            limit: self
+                .picker
+                .config()
+                .max_connections_per_instance()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Picks an endpoint, takes a slot on it, and points the request at it.
+    pub(crate) fn dispatch<B>(&self, mut req: Request<B>) -> Dispatch<B> {
+        let limit = self.picker.config().max_connections_per_instance();
+        // With a connection limit, the pick and the count must agree: the
+        // slot is taken atomically, and a pick that lost the race for the
+        // last slot of an endpoint picks again (that endpoint is now full).
+        for _ in 0..4 {
+            let (endpoint, service) = match self.choose(&req) {
+                Ok(chosen) => chosen,
+                Err(error) => return Dispatch::Refused(req, error),
+            };
+            let state = Arc::clone(endpoint.state());
+            let in_flight = match limit {
+                None => InFlight::start(state),
+                Some(l) => match state.try_start_request(l) {
+                    true => InFlight::adopt(state),
+                    false => continue,
+                },
+            };
+            tracing::trace!(endpoint = %endpoint, "picked endpoint");
+            rewrite(&mut req, &endpoint);
+            if let Some(slot) = req.extensions().get::<EndpointSlot>() {
+                slot.set(service.clone(), endpoint.clone());
+            }
+            req.extensions_mut()
+                .insert(SelectedEndpoint(endpoint.clone()));
+            return Dispatch::Sent(req, Call::new(endpoint, service, in_flight));
+        }
+        let error = match req.extensions().get::<EndpointSet>() {
+            Some(set) => self.at_capacity(set.service().clone(), set.len()),
+            None => MeshError::Misconfigured {
+                layer: "BalanceLayer",
+                missing: "EndpointSet",
+                hint: "place DiscoverLayer above BalanceLayer",
+            },
+        };
+        Dispatch::Refused(req, error)
+    }
+}
+
+/// The outcome of [`Chooser::dispatch`]: the request back, pointed at an
+/// endpoint with its slot taken, or the request back with the reason.
+pub(crate) enum Dispatch<B> {
+    Sent(Request<B>, Call),
+    Refused(Request<B>, MeshError),
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -135,69 +198,35 @@ fn rewrite<B>(req: &mut Request<B>, endpoint: &Endpoint) {
 
 impl<S, B, RB> Service<Request<B>> for Balance<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
 {
     type Response = Response<TrackedBody<RB>>;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let limit = self.picker.config().max_connections_per_instance();
-        let mut chosen = None;
-        // With a connection limit, the pick and the count must agree: the
-        // slot is taken atomically, and a pick that lost the race for the
-        // last slot of an endpoint picks again (that endpoint is now full).
-        for _ in 0..4 {
-            match self.choose(&req) {
-                Ok((endpoint, service)) => {
-                    let state = Arc::clone(endpoint.state());
-                    let in_flight = match limit {
-                        None => Some(InFlight::start(state)),
-                        Some(l) => state.try_start_request(l).then(|| InFlight::adopt(state)),
-                    };
-                    if let Some(in_flight) = in_flight {
-                        chosen = Some((endpoint, service, in_flight));
-                        break;
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match self.chooser.dispatch(req) {
+            Dispatch::Sent(req, call) => ResponseFuture::called(self.inner.call(req), call),
+            Dispatch::Refused(req, error @ MeshError::AtCapacity { .. }) => {
+                match self.chooser.picker().config().wait_at_capacity() {
+                    // Wait (bounded) for a slot, with a clone of the inner
+                    // service to call once one frees.
+                    Some(max) => {
+                        ResponseFuture::waiting(self.inner.clone(), self.chooser.clone(), req, max)
                     }
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "balancer refused request");
-                    return ResponseFuture::failed(error);
+                    None => ResponseFuture::failed(error),
                 }
             }
+            Dispatch::Refused(_, error) => {
+                tracing::debug!(%error, "balancer refused request");
+                ResponseFuture::failed(error)
+            }
         }
-        let Some((endpoint, service, in_flight)) = chosen else {
-            let set = req.extensions().get::<EndpointSet>();
-            return ResponseFuture::failed(MeshError::AtCapacity {
-                service: match set {
-                    Some(s) => s.service().clone(),
-                    // `choose` fails first without a set; kept total all the same.
-                    None => {
-                        return ResponseFuture::failed(MeshError::Misconfigured {
-                            layer: "BalanceLayer",
-                            missing: "EndpointSet",
-                            hint: "place DiscoverLayer above BalanceLayer",
-                        })
-                    }
-                },
-                available: set.map_or(0, EndpointSet::len),
-                limit: limit.unwrap_or(0),
-            });
-        };
-        tracing::trace!(endpoint = %endpoint, "picked endpoint");
-        rewrite(&mut req, &endpoint);
-        if let Some(slot) = req.extensions().get::<EndpointSlot>() {
-            slot.set(service.clone(), endpoint.clone());
-        }
-        req.extensions_mut()
-            .insert(SelectedEndpoint(endpoint.clone()));
-        let future = self.inner.call(req);
-        ResponseFuture::called(future, endpoint, service, in_flight)
     }
 }
 
@@ -467,5 +496,71 @@ mod limit_tests {
         );
         assert!(set.iter().all(|e| e.state().in_flight() == 0));
         let _ = refused;
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+    use crate::{BalanceConfig, BalanceLayer};
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    #[tokio::test]
+    async fn a_request_waits_for_a_slot_then_fails_clearly_when_none_frees() {
+        let set = EndpointSet::new(
+            ServiceName::new("users").unwrap(),
+            vec![Endpoint::builder("127.0.0.1:1".parse().unwrap()).build()],
+        );
+        let layer = BalanceLayer::from_config(
+            BalanceConfig::builder()
+                .max_connections_per_instance(1)
+                .wait_at_capacity(Duration::from_millis(200))
+                .build()
+                .unwrap(),
+        );
+        let (release, held) = oneshot::channel::<()>();
+        let held = Arc::new(std::sync::Mutex::new(Some(held)));
+        let svc = layer.layer(service_fn(move |_req: Request<()>| {
+            let held = held.lock().unwrap().take();
+            async move {
+                if let Some(held) = held {
+                    let _ = held.await; // the first call holds its slot
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(()))
+            }
+        }));
+        let request = || {
+            let mut req = Request::get("http://users/").body(()).unwrap();
+            req.extensions_mut().insert(set.clone());
+            req
+        };
+        let first = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(set.endpoints()[0].state().in_flight(), 1);
+        // The second waits; the first finishes 20 ms later; the second goes.
+        let second = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!second.is_finished(), "waiting for the slot");
+        release.send(()).unwrap();
+        let first = first.await.unwrap().unwrap();
+        drop(first);
+        second.await.unwrap().expect("got the slot");
+
+        // Now hold the slot for good: a waiter gives up after 200 ms.
+        let hold = Arc::clone(set.endpoints()[0].state());
+        hold.start_request();
+        let started = std::time::Instant::now();
+        let err = svc.oneshot(request()).await.unwrap_err();
+        assert!(
+            matches!(
+                MeshError::find(&*err),
+                Some(MeshError::AtCapacity { limit: 1, .. })
+            ),
+            "{err}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        hold.finish_request();
     }
 }
