@@ -212,7 +212,8 @@ impl BalanceConfigBuilder {
     }
     /// At most `n` requests in flight per instance; an instance at its
     /// limit is skipped, and with every instance at its limit the request
-    /// fails at once with [`MeshError::AtCapacity`].
+    /// fails at once with [`MeshError::AtCapacity`] (or waits, see
+    /// [`BalanceConfigBuilder::wait_at_capacity`]).
     pub fn max_connections_per_instance(mut self, n: u32) -> Self {
         self.config.max_connections_per_instance = Some(n);
         self
