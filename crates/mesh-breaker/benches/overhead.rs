@@ -13,10 +13,7 @@
 //! ```
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use criterion::{criterion_main, Criterion};
@@ -35,23 +32,11 @@ fn inner() -> impl Service<
     service_fn(|_req: Request<()>| std::future::ready(Ok(Response::new(()))))
 }
 
-/// One call through `svc`, polled to completion on a no-op waker.
-fn one_call<S>(svc: &mut S, uri: &Uri) -> bool
-where
-    S: Service<Request<()>, Response = Response<()>>,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    if !matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
-        return false;
-    }
+/// One call through `svc`, on a no-op waker (see `mesh_testkit::call_now`).
+fn one_call<S: Service<Request<()>>>(svc: &mut S, uri: &Uri) -> bool {
     let mut req = Request::new(());
     *req.uri_mut() = uri.clone();
-    let mut future = pin!(svc.call(req));
-    loop {
-        if let Poll::Ready(result) = future.as_mut().poll(&mut cx) {
-            return result.is_ok();
-        }
-    }
+    matches!(mesh_testkit::call_now(svc, req), Some(Ok(_)))
 }
 
 pub(crate) fn closed_breaker(c: &mut Criterion) {
