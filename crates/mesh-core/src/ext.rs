@@ -6,7 +6,7 @@
 //! | type | written by | read by |
 //! |---|---|---|
 //! | [`TargetService`] | discovery (from the authority), or the user | breaker, events |
-//! | [`AffinityKey`] | the user | reserved for sticky sessions and hashing (not read yet) |
+//! | [`AffinityKey`] | the user | balancer (session affinity, consistent hashing) |
 //! | [`Attempt`] | retry | anyone tracing or logging |
 //! | [`AvoidEndpoints`] | retry | balancer |
 //! | [`Deadline`] | retry | retry's per-attempt timeout, any layer that waits |

@@ -156,7 +156,7 @@ impl RetryBudget {
     /// leaves the window sooner: the budget errs towards fewer retries,
     /// never more.
     pub fn deposit_counted(&self, sequence: u64) {
-        if sequence % 32 != 0 {
+        if !sequence.is_multiple_of(32) {
             let stamp = self.current.load(Ordering::Relaxed);
             if let Some(b) = self.buckets.get((stamp % BUCKETS) as usize) {
                 if b.stamp.load(Ordering::Acquire) == stamp {

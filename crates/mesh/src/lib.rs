@@ -12,12 +12,12 @@ pub use mesh_tls as tls;
 
 /// The names most stacks need, in one `use`.
 pub mod prelude {
-    pub use mesh_balance::BalanceLayer;
+    pub use mesh_balance::{BalanceConfig, BalanceLayer, KeySource, Strategy};
     pub use mesh_breaker::{BreakerConfig, BreakerLayer, BreakerScope, FallbackLayer, Fault};
     pub use mesh_core::ext::{AffinityKey, TargetService};
     pub use mesh_core::{BoxError, EventBus, MeshError, MeshEvent, ServiceName};
     pub use mesh_discover::{DiscoverLayer, StaticRegistry};
-    pub use mesh_retry::{Backoff, RetryConfig, RetryLayer};
+    pub use mesh_retry::{Backoff, Jitter, ReplayBody, RetryConfig, RetryLayer};
 }
 
 #[cfg(doctest)]

@@ -5,7 +5,7 @@
 //! (healthy or unchecked, not ejected) and not on the request's avoid list;
 //! when that leaves none, the available ones, avoid list or not.
 //!
-//! Tables a strategy needs (the smooth weighted sequence, the Maglev table)
+//! Tables a strategy needs (the smooth weighted sequence, the hash ring)
 //! are computed once per endpoint-set snapshot and kept beside it; a new
 //! snapshot from discovery gets new tables on its first pick.
 
