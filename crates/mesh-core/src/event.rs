@@ -134,6 +134,21 @@ pub enum MeshEvent {
         /// Endpoints of the previous set that are gone.
         removed: usize,
     },
+    /// A registry could not answer for a service; the last good set stays
+    /// in use, marked stale.
+    DiscoveryFailed {
+        /// The service.
+        service: ServiceName,
+        /// What went wrong.
+        error: String,
+        /// How long the service's set has not been refreshed.
+        stale_for: Duration,
+    },
+    /// A registry answers again for a service whose set was stale.
+    DiscoveryRecovered {
+        /// The service.
+        service: ServiceName,
+    },
     /// The number of endpoints a balancer may use changed (health,
     /// ejection or discovery), as seen by the balancer.
     AvailableEndpointsChanged {

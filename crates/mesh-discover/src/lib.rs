@@ -3,13 +3,19 @@
 #![warn(missing_docs, clippy::unwrap_used)]
 
 mod catalog;
+mod file;
+mod follow;
 mod future;
 mod layer;
+mod registry;
 mod service;
 mod static_list;
 
 pub use catalog::Catalog;
+pub use file::FileRegistry;
+pub use follow::Follow;
 pub use future::ResponseFuture;
 pub use layer::DiscoverLayer;
+pub use registry::{poll_watch, BoxFuture, BoxStream, DiscoveryError, Registry};
 pub use service::Discover;
 pub use static_list::{StaticRegistry, StaticRegistryBuilder};

@@ -1,0 +1,83 @@
+//! Keeping a [`Catalog`] fresh from a [`Registry`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use mesh_core::{clock, MeshEvent, ServiceName};
+use tokio::task::JoinHandle;
+
+use crate::catalog::Catalog;
+use crate::registry::Registry;
+
+/// A background task following one service of a registry into a catalog;
+/// it stops when dropped.
+#[derive(Debug)]
+pub struct Follow {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Catalog {
+    /// Follows `service` in `registry`: every snapshot the registry's watch
+    /// yields replaces the service's set (identical ones change nothing).
+    /// When the registry fails, the last good set stays in use and a
+    /// [`MeshEvent::DiscoveryFailed`] says how stale it is; the first good
+    /// answer after that publishes [`MeshEvent::DiscoveryRecovered`]. A
+    /// watch stream that ends is restarted after `retry_after`.
+    ///
+    /// Needs a tokio runtime.
+    pub fn follow(
+        &self,
+        registry: Arc<dyn Registry>,
+        service: ServiceName,
+        retry_after: Duration,
+    ) -> Follow {
+        let catalog = self.clone();
+        let task = tokio::spawn(async move {
+            let mut last_good = clock::now();
+            let mut failing = false;
+            loop {
+                let mut watch = registry.watch(&service);
+                while let Some(answer) = next(&mut watch).await {
+                    match answer {
+                        Ok(set) if set.service() == &service => {
+                            catalog.update(set);
+                            last_good = clock::now();
+                            if std::mem::take(&mut failing) {
+                                tracing::info!(%service, "registry answers again");
+                                catalog.events().publish(MeshEvent::DiscoveryRecovered {
+                                    service: service.clone(),
+                                });
+                            }
+                        }
+                        Ok(set) => {
+                            tracing::warn!(%service, other = %set.service(), "registry answered for another service; ignored");
+                        }
+                        Err(error) => {
+                            failing = true;
+                            let stale_for = clock::now().saturating_since(last_good);
+                            tracing::warn!(%service, %error, ?stale_for, "registry failed; keeping the last good set");
+                            catalog.events().publish(MeshEvent::DiscoveryFailed {
+                                service: service.clone(),
+                                error: error.to_string(),
+                                stale_for,
+                            });
+                        }
+                    }
+                }
+                tokio::time::sleep(retry_after).await;
+            }
+        });
+        Follow { task }
+    }
+}
+
+async fn next<S: Stream + Unpin + ?Sized>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
+}

@@ -1,0 +1,113 @@
+//! A services file followed into a catalog: edits seen at once, bad edits
+//! and a vanished file leave the last good set in use.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_core::{EventBus, MeshEvent, ServiceName};
+use mesh_discover::{Catalog, FileRegistry};
+use tokio::sync::broadcast;
+
+fn write(path: &std::path::Path, ports: &[u16]) {
+    let endpoints: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let body = format!(
+        "{{ \"services\": {{ \"users\": [{}] }} }}",
+        endpoints.join(", ")
+    );
+    // Write then rename, as configuration tools do, so a reader never sees
+    // half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+async fn until(catalog: &Catalog, want: usize) -> Duration {
+    let started = Instant::now();
+    while catalog.get("users").map_or(0, |s| s.len()) != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never saw {want} endpoints"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed()
+}
+
+fn next_discovery_event(rx: &mut broadcast::Receiver<MeshEvent>) -> Option<MeshEvent> {
+    while let Ok(event) = rx.try_recv() {
+        if matches!(
+            event,
+            MeshEvent::DiscoveryFailed { .. } | MeshEvent::DiscoveryRecovered { .. }
+        ) {
+            return Some(event);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_are_seen_within_100ms_and_bad_edits_keep_the_last_good_set() {
+    let dir = std::env::temp_dir().join(format!("mesh-file-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("services.json");
+    write(&path, &[1, 2]);
+
+    let bus = EventBus::new(64);
+    let mut events = bus.subscribe();
+    let catalog = Catalog::new(bus);
+    let registry = Arc::new(FileRegistry::new(&path).check_every(Duration::from_millis(10)));
+    let _follow = catalog.follow(
+        registry,
+        ServiceName::new("users").expect("name"),
+        Duration::from_millis(50),
+    );
+    until(&catalog, 2).await;
+
+    // An edit is seen within 100 ms.
+    write(&path, &[1, 2, 3]);
+    let seen_after = until(&catalog, 3).await;
+    assert!(
+        seen_after < Duration::from_millis(100),
+        "seen after {seen_after:?}"
+    );
+
+    // A malformed edit: refused, the last good set stays, an event says so.
+    std::fs::write(&path, "{ not json").expect("write");
+    let started = Instant::now();
+    let failed = loop {
+        if let Some(e) = next_discovery_event(&mut events) {
+            break e;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no failure event"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(
+        matches!(failed, MeshEvent::DiscoveryFailed { ref error, .. } if error.contains("services.json")),
+        "{failed:?}"
+    );
+    assert_eq!(catalog.get("users").map(|s| s.len()), Some(3));
+
+    // Fixed: the new set, and a recovery event.
+    write(&path, &[4]);
+    until(&catalog, 1).await;
+    let started = Instant::now();
+    loop {
+        if let Some(MeshEvent::DiscoveryRecovered { .. }) = next_discovery_event(&mut events) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no recovery event"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The file vanishes (the registry dies): requests keep the last set.
+    std::fs::remove_file(&path).expect("remove");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(catalog.get("users").map(|s| s.len()), Some(1));
+    std::fs::remove_dir_all(&dir).ok();
+}
