@@ -227,7 +227,8 @@ impl Registry for FileRegistry {
     }
 }
 
-struct Receiver<T>(tokio::sync::mpsc::Receiver<T>);
+/// A stream over a channel fed by a background watch task.
+pub(crate) struct Receiver<T>(pub(crate) tokio::sync::mpsc::Receiver<T>);
 
 impl<T> futures_core::Stream for Receiver<T> {
     type Item = T;

@@ -47,14 +47,14 @@ impl Catalog {
                 while let Some(answer) = next(&mut watch).await {
                     match answer {
                         Ok(set) if set.service() == &service => {
-                            catalog.update(set);
-                            last_good = clock::now();
                             if std::mem::take(&mut failing) {
                                 tracing::info!(%service, "registry answers again");
                                 catalog.events().publish(MeshEvent::DiscoveryRecovered {
                                     service: service.clone(),
                                 });
                             }
+                            catalog.update(set);
+                            last_good = clock::now();
                         }
                         Ok(set) => {
                             tracing::warn!(%service, other = %set.service(), "registry answered for another service; ignored");

@@ -3,6 +3,7 @@
 #![warn(missing_docs, clippy::unwrap_used)]
 
 mod catalog;
+mod consul;
 mod file;
 mod follow;
 mod future;
@@ -12,6 +13,7 @@ mod service;
 mod static_list;
 
 pub use catalog::Catalog;
+pub use consul::{ConsulRegistry, ConsulRegistryBuilder};
 pub use file::FileRegistry;
 pub use follow::Follow;
 pub use future::ResponseFuture;

@@ -1,0 +1,509 @@
+//! [`ConsulRegistry`]: services from Consul's health API, watched with
+//! blocking queries.
+//!
+//! Blocking queries follow Consul's documented rules
+//! (<https://developer.hashicorp.com/consul/api-docs/features/blocking>):
+//! the `X-Consul-Index` of each answer is sent back as `index` with a
+//! `wait`; the HTTP timeout exceeds `wait x 17/16` (Consul adds up to
+//! wait/16 of jitter); an answer is not proof of a change, so sets are
+//! compared (the catalog drops identical ones); an index that goes
+//! backwards resets to 0; an index below 1 is treated as 1; requests are
+//! spaced by a minimum interval, and errors back off exponentially.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mesh_core::{Endpoint, EndpointId, EndpointSet, MeshError, ServiceName, Weight};
+use serde::Deserialize;
+
+use crate::registry::{BoxFuture, BoxStream, DiscoveryError, Registry};
+
+/// The largest answer read from Consul (a bigger one is an error).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// A Consul catalog, read through the health API of an agent or server.
+///
+/// ```
+/// use std::time::Duration;
+/// use mesh_discover::ConsulRegistry;
+/// let consul = ConsulRegistry::builder("http://127.0.0.1:8500")
+///     .token("secret")
+///     .datacenter("dc1")
+///     .tag("v2")
+///     .wait(Duration::from_secs(60))
+///     .build()?;
+/// # let _ = consul;
+/// # Ok::<(), mesh_core::MeshError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConsulRegistry {
+    base: Uri,
+    token: Option<String>,
+    datacenter: Option<String>,
+    namespace: Option<String>,
+    tags: Vec<String>,
+    meta: BTreeMap<String, String>,
+    passing_only: bool,
+    wait: Duration,
+    min_interval: Duration,
+    max_backoff: Duration,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+/// Builds a [`ConsulRegistry`].
+#[derive(Debug)]
+pub struct ConsulRegistryBuilder {
+    base: String,
+    token: Option<String>,
+    datacenter: Option<String>,
+    namespace: Option<String>,
+    tags: Vec<String>,
+    meta: BTreeMap<String, String>,
+    passing_only: bool,
+    wait: Duration,
+    min_interval: Duration,
+    max_backoff: Duration,
+}
+
+impl ConsulRegistry {
+    /// Starts configuring a registry at `address` (`http://host:8500`).
+    pub fn builder(address: impl Into<String>) -> ConsulRegistryBuilder {
+        ConsulRegistryBuilder {
+            base: address.into(),
+            token: None,
+            datacenter: None,
+            namespace: None,
+            tags: Vec::new(),
+            meta: BTreeMap::new(),
+            passing_only: true,
+            wait: Duration::from_secs(300),
+            min_interval: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+
+    fn url(&self, service: &ServiceName, index: Option<u64>) -> Result<Uri, DiscoveryError> {
+        let mut query = Vec::new();
+        if self.passing_only {
+            query.push("passing=true".to_owned());
+        }
+        if let Some(index) = index {
+            query.push(format!("index={index}"));
+            query.push(format!("wait={}ms", self.wait.as_millis()));
+        }
+        if let Some(dc) = &self.datacenter {
+            query.push(format!("dc={}", encode(dc)));
+        }
+        if let Some(ns) = &self.namespace {
+            query.push(format!("ns={}", encode(ns)));
+        }
+        for tag in &self.tags {
+            query.push(format!("tag={}", encode(tag)));
+        }
+        let base = self.base.to_string();
+        let url = format!(
+            "{}/v1/health/service/{}?{}",
+            base.trim_end_matches('/'),
+            encode(service.as_str()),
+            query.join("&")
+        );
+        url.parse()
+            .map_err(|e| DiscoveryError::Malformed(format!("Consul URL {url:?}: {e}")))
+    }
+
+    /// One health query: the set and the index of the answer.
+    async fn query(
+        &self,
+        service: &ServiceName,
+        index: Option<u64>,
+    ) -> Result<(EndpointSet, u64), DiscoveryError> {
+        let mut req = Request::get(self.url(service, index)?);
+        if let Some(token) = &self.token {
+            req = req.header("x-consul-token", token);
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
+        // Consul may hold a blocking query up to wait + wait/16.
+        let timeout = self.wait + self.wait / 16 + Duration::from_secs(5);
+        let response = tokio::time::timeout(timeout, self.client.request(req))
+            .await
+            .map_err(|_| {
+                DiscoveryError::Unavailable(format!("no answer from Consul within {timeout:?}"))
+            })?
+            .map_err(|e| DiscoveryError::Unavailable(format!("Consul request failed: {e}")))?;
+        let status = response.status();
+        let new_index = response
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| DiscoveryError::Unavailable(format!("reading Consul's answer: {e}")))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            return Err(DiscoveryError::Unavailable(format!(
+                "Consul answered {status}: {text}"
+            )));
+        }
+        let set = parse_health(service, &body, self.passing_only, &self.tags, &self.meta)?;
+        Ok((set, new_index.unwrap_or(0)))
+    }
+}
+
+impl ConsulRegistryBuilder {
+    /// Sends this ACL token (`X-Consul-Token`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+    /// Asks this datacenter.
+    pub fn datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = Some(dc.into());
+        self
+    }
+    /// Asks this namespace (Consul Enterprise).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = Some(ns.into());
+        self
+    }
+    /// Keeps only instances with this tag (repeat for several: all must match).
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+    /// Keeps only instances whose service metadata has `key = value`.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.meta.insert(key.into(), value.into());
+        self
+    }
+    /// Includes instances with warning checks (weighted by their Warning
+    /// weight); by default only passing ones.
+    pub fn include_warning(mut self) -> Self {
+        self.passing_only = false;
+        self
+    }
+    /// How long one blocking query may wait for a change (Consul caps it
+    /// at 10 minutes).
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+    /// The shortest time between two queries (rate limit).
+    pub fn min_interval(mut self, d: Duration) -> Self {
+        self.min_interval = d;
+        self
+    }
+
+    /// Validates the settings.
+    ///
+    /// # Errors
+    ///
+    /// [`MeshError::InvalidConfig`] naming the value at fault.
+    pub fn build(self) -> Result<ConsulRegistry, MeshError> {
+        let invalid = |what: &str, reason: String| MeshError::InvalidConfig {
+            what: format!("consul.{what}"),
+            reason,
+        };
+        let base: Uri = self
+            .base
+            .parse()
+            .map_err(|e| invalid("address", format!("{:?}: {e}", self.base)))?;
+        if base.scheme_str() != Some("http") || base.authority().is_none() {
+            return Err(invalid(
+                "address",
+                format!(
+                    "{:?}: use http://host:port (TLS to Consul comes with mesh-tls)",
+                    self.base
+                ),
+            ));
+        }
+        if self.wait.is_zero() || self.wait > Duration::from_secs(600) {
+            return Err(invalid(
+                "wait",
+                format!("{:?} is outside (0, 10m]", self.wait),
+            ));
+        }
+        if self.min_interval > Duration::from_secs(60) {
+            return Err(invalid(
+                "min_interval",
+                format!("{:?} is over a minute", self.min_interval),
+            ));
+        }
+        Ok(ConsulRegistry {
+            base,
+            token: self.token,
+            datacenter: self.datacenter,
+            namespace: self.namespace,
+            tags: self.tags,
+            meta: self.meta,
+            passing_only: self.passing_only,
+            wait: self.wait,
+            min_interval: self.min_interval,
+            max_backoff: self.max_backoff,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+}
+
+/// Percent-encodes a query or path component.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Entry {
+    node: Node,
+    service: Service,
+    #[serde(default)]
+    checks: Vec<Check>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Node {
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Service {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: u32,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    weights: Option<Weights>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Weights {
+    #[serde(default)]
+    passing: u32,
+    #[serde(default)]
+    warning: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Check {
+    #[serde(default)]
+    status: String,
+}
+
+/// Parses a `/v1/health/service` answer. An entry that cannot be used (no
+/// address, a port out of range, failing checks, a filter that does not
+/// match, weight zero) is skipped, never fatal; an answer that is not the
+/// documented JSON is an error.
+pub(crate) fn parse_health(
+    service: &ServiceName,
+    body: &[u8],
+    passing_only: bool,
+    tags: &[String],
+    meta: &BTreeMap<String, String>,
+) -> Result<EndpointSet, DiscoveryError> {
+    let entries: Vec<Entry> = serde_json::from_slice(body).map_err(|e| {
+        DiscoveryError::Malformed(format!("Consul health answer for {service}: {e}"))
+    })?;
+    let mut endpoints = Vec::with_capacity(entries.len());
+    for entry in entries {
+        // Filter client-side too: a check not passing drops the instance
+        // (or, with warnings allowed, a critical one does).
+        let warning = entry.checks.iter().any(|c| c.status == "warning");
+        let critical = entry
+            .checks
+            .iter()
+            .any(|c| c.status != "passing" && c.status != "warning");
+        if critical || (passing_only && warning) {
+            continue;
+        }
+        let s = &entry.service;
+        let entry_tags = s.tags.clone().unwrap_or_default();
+        if !tags.iter().all(|t| entry_tags.contains(t)) {
+            continue;
+        }
+        let entry_meta = s.meta.clone().unwrap_or_default();
+        if !meta.iter().all(|(k, v)| entry_meta.get(k) == Some(v)) {
+            continue;
+        }
+        let host = if s.address.is_empty() {
+            &entry.node.address
+        } else {
+            &s.address
+        };
+        let (Ok(ip), Ok(port)) = (host.parse::<IpAddr>(), u16::try_from(s.port)) else {
+            tracing::debug!(%service, address = %host, port = s.port, "skipping Consul entry without an IP and port");
+            continue;
+        };
+        if port == 0 {
+            continue;
+        }
+        let weight = match &s.weights {
+            Some(w) if warning => w.warning,
+            Some(w) => w.passing,
+            None => 1,
+        };
+        let Ok(weight) = Weight::new(weight) else {
+            continue; // weight 0: Consul's way to say "send nothing"
+        };
+        // Service IDs are unique per agent, not across nodes.
+        let id = if s.id.is_empty() {
+            None
+        } else {
+            EndpointId::new(&format!("{}/{}", entry.node.node, s.id)).ok()
+        };
+        let mut b = Endpoint::builder(SocketAddr::new(ip, port)).weight(weight);
+        if let Some(id) = id {
+            b = b.id(id);
+        }
+        for tag in entry_tags {
+            b = b.tag(tag);
+        }
+        for (k, v) in entry_meta {
+            b = b.metadata(k, v);
+        }
+        endpoints.push(b.build());
+    }
+    Ok(EndpointSet::new(service.clone(), endpoints))
+}
+
+impl Registry for ConsulRegistry {
+    fn resolve(&self, service: &ServiceName) -> BoxFuture<Result<EndpointSet, DiscoveryError>> {
+        let (this, service) = (self.clone(), service.clone());
+        Box::pin(async move { this.query(&service, None).await.map(|(set, _)| set) })
+    }
+
+    fn watch(&self, service: &ServiceName) -> BoxStream<Result<EndpointSet, DiscoveryError>> {
+        let (this, service) = (self.clone(), service.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut index: u64 = 0;
+            let mut backoff = Duration::ZERO;
+            loop {
+                let started = tokio::time::Instant::now();
+                let answer = this.query(&service, (index > 0).then_some(index)).await;
+                let answer = match answer {
+                    Ok((set, new_index)) => {
+                        backoff = Duration::ZERO;
+                        // Below 1 is treated as 1 (else queries return at
+                        // once, forever); then an index that went backwards
+                        // (a restarted agent) starts over from 0.
+                        let new_index = new_index.max(1);
+                        index = if new_index < index { 0 } else { new_index };
+                        Ok(set)
+                    }
+                    Err(e) => {
+                        backoff = (backoff * 2).clamp(Duration::from_millis(250), this.max_backoff);
+                        Err(e)
+                    }
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() {
+                    return;
+                }
+                // Rate limit, and back off (with jitter) after an error.
+                let mut pause = this.min_interval.saturating_sub(started.elapsed());
+                if failed {
+                    pause = pause.max(backoff.mul_f64(0.5 + fastrand::f64() / 2.0));
+                }
+                tokio::time::sleep(pause).await;
+            }
+        });
+        Box::pin(crate::file::Receiver(rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> ServiceName {
+        ServiceName::new("users").unwrap()
+    }
+
+    #[test]
+    fn keeps_passing_instances_that_match_the_filters_with_their_weights() {
+        let body = br#"[
+          {"Node":{"Node":"n1","Address":"10.0.0.1"},"Service":{"ID":"u1","Address":"","Port":8080,"Tags":["v2"],"Meta":{"zone":"a"},"Weights":{"Passing":3,"Warning":1}},"Checks":[{"Status":"passing"}]},
+          {"Node":{"Node":"n2","Address":"10.0.0.2"},"Service":{"ID":"u2","Address":"10.0.9.2","Port":8080,"Tags":["v2"],"Meta":{"zone":"a"}},"Checks":[{"Status":"passing"},{"Status":"critical"}]},
+          {"Node":{"Node":"n3","Address":"10.0.0.3"},"Service":{"ID":"u3","Address":"","Port":8080,"Tags":["v1"],"Meta":{"zone":"a"}},"Checks":[]},
+          {"Node":{"Node":"n4","Address":"10.0.0.4"},"Service":{"ID":"u4","Address":"","Port":8080,"Tags":["v2"],"Meta":{"zone":"a"},"Weights":{"Passing":0,"Warning":0}},"Checks":[]},
+          {"Node":{"Node":"n5","Address":"not-an-ip"},"Service":{"ID":"u5","Address":"","Port":8080,"Tags":["v2"],"Meta":{"zone":"a"}},"Checks":[]},
+          {"Node":{"Node":"n6","Address":"10.0.0.6"},"Service":{"ID":"u6","Address":"","Port":70000,"Tags":["v2"],"Meta":{"zone":"a"}},"Checks":[]}
+        ]"#;
+        let meta = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
+        let set = parse_health(&name(), body, true, &["v2".to_owned()], &meta).unwrap();
+        assert_eq!(set.len(), 1, "{set:?}");
+        let e = &set.endpoints()[0];
+        assert_eq!(
+            e.address(),
+            "10.0.0.1:8080".parse().unwrap(),
+            "node address when the service has none"
+        );
+        assert_eq!(e.weight().get(), 3);
+        assert_eq!(e.id().as_str(), "n1/u1");
+    }
+
+    #[test]
+    fn warning_instances_use_their_warning_weight_when_allowed() {
+        let body = br#"[{"Node":{"Node":"n","Address":"10.0.0.1"},"Service":{"ID":"s","Port":80,"Weights":{"Passing":5,"Warning":1}},"Checks":[{"Status":"warning"}]}]"#;
+        assert!(parse_health(&name(), body, true, &[], &BTreeMap::new())
+            .unwrap()
+            .is_empty());
+        let set = parse_health(&name(), body, false, &[], &BTreeMap::new()).unwrap();
+        assert_eq!(set.endpoints()[0].weight().get(), 1);
+    }
+
+    #[test]
+    fn a_bad_address_is_refused_when_built() {
+        assert!(ConsulRegistry::builder("consul:8500").build().is_err());
+        assert!(ConsulRegistry::builder("http://127.0.0.1:8500")
+            .wait(Duration::from_secs(3600))
+            .build()
+            .is_err());
+    }
+
+    proptest! {
+        /// Whatever Consul answers, parsing gives a set or an error, never
+        /// a panic.
+        #[test]
+        fn arbitrary_answers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_health(&name(), &bytes, true, &[], &BTreeMap::new());
+        }
+
+        #[test]
+        fn near_valid_entries_never_panic(addr in ".{0,20}", port in any::<u32>(), passing in any::<u32>(), status in "[a-z]{0,8}") {
+            let doc = serde_json::json!([{ "Node": { "Node": "n", "Address": addr }, "Service": { "ID": "s", "Port": port, "Weights": { "Passing": passing, "Warning": 1 } }, "Checks": [{ "Status": status }] }]);
+            let _ = parse_health(&name(), doc.to_string().as_bytes(), false, &[], &BTreeMap::new());
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The Consul backend against an in-repo double of Consul's health API
+//! (no Consul binary can be installed here; see tests/support/consul.rs for
+//! the documented rules it follows).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_core::{EventBus, MeshEvent, ServiceName};
+use mesh_discover::{Catalog, ConsulRegistry, Registry};
+use support::consul::{entry, ConsulDouble};
+
+async fn until(catalog: &Catalog, want: usize) -> Duration {
+    let started = Instant::now();
+    while catalog.get("users").map_or(0, |s| s.len()) != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never saw {want} endpoints"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed()
+}
+
+fn registry(double: &ConsulDouble) -> Arc<ConsulRegistry> {
+    Arc::new(
+        ConsulRegistry::builder(double.url())
+            .wait(Duration::from_secs(2))
+            .min_interval(Duration::from_millis(5))
+            .build()
+            .expect("config"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_queries_see_changes_at_once_and_follow_the_index_rules() {
+    let double = ConsulDouble::start().await;
+    double.set(
+        "users",
+        vec![
+            entry("n1", "10.0.0.1", 80, "passing"),
+            entry("n2", "10.0.0.2", 80, "critical"),
+        ],
+    );
+    let bus = EventBus::new(256);
+    let mut events = bus.subscribe();
+    let catalog = Catalog::new(bus);
+    let _follow = catalog.follow(
+        registry(&double),
+        ServiceName::new("users").expect("name"),
+        Duration::from_millis(50),
+    );
+    until(&catalog, 1).await; // the critical one is dropped
+
+    // A change is visible within 100 ms (the watch was blocked on it).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    double.set(
+        "users",
+        vec![
+            entry("n1", "10.0.0.1", 80, "passing"),
+            entry("n3", "10.0.0.3", 80, "passing"),
+        ],
+    );
+    let seen = until(&catalog, 2).await;
+    assert!(seen < Duration::from_millis(100), "seen after {seen:?}");
+
+    // The client sent the index back with a wait.
+    let requests = double.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|q| q.contains("index=11") && q.contains("wait=2000ms")),
+        "{requests:?}"
+    );
+    assert!(requests.iter().all(|q| q.contains("passing=true")));
+
+    // An agent restart sends the index backwards: the client starts over
+    // from 0 (no index) instead of blocking on a future index.
+    double.force_index(3);
+    double.set("users", vec![entry("n4", "10.0.0.4", 80, "passing")]);
+    until(&catalog, 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after: Vec<String> = double.requests();
+    let restart = after
+        .iter()
+        .rposition(|q| !q.contains("index="))
+        .expect("a query without index after the reset");
+    assert!(restart > requests.len() - 1);
+
+    // Index 0 (an old-Consul bug) is treated as 1: queries keep blocking
+    // instead of returning at once in a loop.
+    double.force_index(0);
+    double.set("users", vec![entry("n4", "10.0.0.4", 80, "passing")]); // index 1
+    double.force_index(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let burst = double.requests().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        double.requests().len() - burst <= 3,
+        "no busy loop on index 0"
+    );
+
+    // 500s: the last good set stays, a failure event, then recovery.
+    while events.try_recv().is_ok() {}
+    double.fail_next(2);
+    // This change releases the blocked query; the next two fail.
+    double.set(
+        "users",
+        vec![
+            entry("n4", "10.0.0.4", 80, "passing"),
+            entry("n5", "10.0.0.5", 80, "passing"),
+            entry("n6", "10.0.0.6", 80, "passing"),
+        ],
+    );
+    until(&catalog, 3).await;
+    let started = Instant::now();
+    let mut failures = 0;
+    while failures < 2 {
+        match events.try_recv() {
+            Ok(MeshEvent::DiscoveryFailed { error, .. }) => {
+                assert!(error.contains("500"), "{error}");
+                failures += 1;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "no failure events"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    assert_eq!(
+        catalog.get("users").map(|s| s.len()),
+        Some(3),
+        "the last good set stays"
+    );
+    double.set(
+        "users",
+        vec![
+            entry("n4", "10.0.0.4", 80, "passing"),
+            entry("n5", "10.0.0.5", 80, "passing"),
+        ],
+    );
+    until(&catalog, 2).await;
+    let started = Instant::now();
+    loop {
+        match events.try_recv() {
+            Ok(MeshEvent::DiscoveryRecovered { .. }) => break,
+            Ok(_) => {}
+            Err(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "no recovery event"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_dead_consul_keeps_the_last_good_set() {
+    let double = ConsulDouble::start().await;
+    double.set("users", vec![entry("n1", "10.0.0.1", 80, "passing")]);
+    let catalog = Catalog::default();
+    let follow = catalog.follow(
+        registry(&double),
+        ServiceName::new("users").expect("name"),
+        Duration::from_millis(50),
+    );
+    until(&catalog, 1).await;
+    double.delay(Duration::from_millis(300));
+    drop(double); // dead
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(catalog.get("users").map(|s| s.len()), Some(1));
+    drop(follow);
+
+    // resolve() answers once, without blocking.
+    let double = ConsulDouble::start().await;
+    double.set(
+        "users",
+        vec![
+            entry("n1", "10.0.0.1", 80, "passing"),
+            entry("n2", "10.0.0.2", 81, "passing"),
+        ],
+    );
+    let set = registry(&double)
+        .resolve(&ServiceName::new("users").expect("name"))
+        .await
+        .expect("answer");
+    assert_eq!(set.len(), 2);
+}

@@ -1,0 +1,213 @@
+//! An in-repo double of Consul's `/v1/health/service/:name` endpoint,
+//! written to the documented API and blocking-query rules: an `index`
+//! parameter at or above the current index blocks until the index moves or
+//! `wait` passes (then answers the same data with the same index); each
+//! answer carries `X-Consul-Index`; `passing=true` keeps only entries whose
+//! checks all pass. Test hooks: change the entries (the index moves),
+//! force the index (backwards or to 0, as an agent restart or old-Consul
+//! bug does), fail the next requests with 500, delay answers.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct State {
+    index: u64,
+    services: HashMap<String, Vec<serde_json::Value>>,
+    fail_next: u32,
+    delay: Duration,
+    requests: Vec<String>,
+}
+
+/// The double; stops when dropped.
+pub struct ConsulDouble {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    changed: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ConsulDouble {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A health entry for `ip:port` with checks of `status`.
+pub fn entry(node: &str, ip: &str, port: u16, status: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Node": { "Node": node, "Address": ip },
+        "Service": { "ID": format!("svc-{port}"), "Service": "users", "Address": ip, "Port": port, "Tags": [], "Meta": {}, "Weights": { "Passing": 1, "Warning": 1 } },
+        "Checks": [{ "Status": status }]
+    })
+}
+
+impl ConsulDouble {
+    pub async fn start() -> ConsulDouble {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(State {
+            index: 10,
+            ..State::default()
+        }));
+        let changed = Arc::new(Notify::new());
+        let (s, c) = (Arc::clone(&state), Arc::clone(&changed));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (s, c) = (Arc::clone(&s), Arc::clone(&c));
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        answer(req, Arc::clone(&s), Arc::clone(&c))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        ConsulDouble {
+            addr,
+            state,
+            changed,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let out = f(&mut self.state.lock().expect("state"));
+        self.changed.notify_waiters();
+        out
+    }
+
+    /// Replaces a service's entries; the index moves forward.
+    pub fn set(&self, service: &str, entries: Vec<serde_json::Value>) {
+        self.with(|s| {
+            s.services.insert(service.to_owned(), entries);
+            s.index += 1;
+        });
+    }
+
+    /// Forces the index (an agent restart sends it backwards).
+    pub fn force_index(&self, index: u64) {
+        self.with(|s| s.index = index);
+    }
+
+    pub fn fail_next(&self, n: u32) {
+        self.with(|s| s.fail_next = n);
+    }
+
+    pub fn delay(&self, d: Duration) {
+        self.with(|s| s.delay = d);
+    }
+
+    /// The query strings received, in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().expect("state").requests.clone()
+    }
+}
+
+fn param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn wait_of(query: &str) -> Duration {
+    // Consul accepts "10s", "500ms", "5m"; the client here sends ms.
+    let Some(w) = param(query, "wait") else {
+        return Duration::from_secs(300);
+    };
+    if let Some(ms) = w.strip_suffix("ms") {
+        return Duration::from_millis(ms.parse().unwrap_or(0));
+    }
+    if let Some(s) = w.strip_suffix('s') {
+        return Duration::from_secs(s.parse().unwrap_or(0));
+    }
+    Duration::from_secs(300)
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    changed: Arc<Notify>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let Some(service) = path.strip_prefix("/v1/health/service/").map(str::to_owned) else {
+        return Ok(Response::builder()
+            .status(404)
+            .body(Full::new(Bytes::new()))
+            .expect("response"));
+    };
+    let (fail, delay) = {
+        let mut s = state.lock().expect("state");
+        s.requests.push(query.clone());
+        let fail = s.fail_next > 0;
+        if fail {
+            s.fail_next -= 1;
+        }
+        (fail, s.delay)
+    };
+    tokio::time::sleep(delay).await;
+    if fail {
+        return Ok(Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body(Full::new(Bytes::from("rpc error")))
+            .expect("response"));
+    }
+    // Blocking: an index at or above the current one waits for a change,
+    // up to `wait`.
+    if let Some(index) = param(&query, "index").and_then(|i| i.parse::<u64>().ok()) {
+        let deadline = tokio::time::Instant::now() + wait_of(&query);
+        loop {
+            let notified = changed.notified();
+            // Consul blocks while the requested index is at or above the
+            // current one.
+            if state.lock().expect("state").index > index {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+    }
+    let s = state.lock().expect("state");
+    let passing_only = param(&query, "passing") == Some("true");
+    let entries: Vec<&serde_json::Value> = s
+        .services
+        .get(&service)
+        .map(|v| {
+            v.iter()
+                .filter(|e| {
+                    !passing_only
+                        || e["Checks"]
+                            .as_array()
+                            .is_some_and(|c| c.iter().all(|c| c["Status"] == "passing"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Response::builder()
+        .header("x-consul-index", s.index.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(&entries).expect("json"),
+        )))
+        .expect("response"))
+}

@@ -1,0 +1,3 @@
+//! Test doubles.
+
+pub mod consul;
