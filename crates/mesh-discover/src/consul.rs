@@ -89,6 +89,14 @@ impl ConsulRegistry {
         }
     }
 
+    pub(crate) fn base_url(&self) -> String {
+        self.base.to_string()
+    }
+
+    pub(crate) fn token_value(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     fn url(&self, service: &ServiceName, index: Option<u64>) -> Result<Uri, DiscoveryError> {
         let mut query = Vec::new();
         if self.passing_only {
@@ -257,7 +265,7 @@ impl ConsulRegistryBuilder {
 }
 
 /// Percent-encodes a query or path component.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -10,11 +10,23 @@ use tokio::task::JoinHandle;
 use crate::catalog::Catalog;
 use crate::registry::Registry;
 
-/// A background task following one service of a registry into a catalog;
-/// it stops when dropped.
+/// A background task (following a registry into a catalog, sending
+/// heartbeats); it stops when dropped.
 #[derive(Debug)]
 pub struct Follow {
     task: JoinHandle<()>,
+}
+
+impl Follow {
+    /// Runs `task` in the background until the handle is dropped.
+    pub(crate) fn spawn<F>(task: F) -> Follow
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        Follow {
+            task: tokio::spawn(task),
+        }
+    }
 }
 
 impl Drop for Follow {

@@ -4,6 +4,7 @@
 
 mod catalog;
 mod consul;
+mod consul_agent;
 mod file;
 mod follow;
 mod future;
@@ -14,6 +15,7 @@ mod static_list;
 
 pub use catalog::Catalog;
 pub use consul::{ConsulRegistry, ConsulRegistryBuilder};
+pub use consul_agent::{AgentCheck, Registration};
 pub use file::FileRegistry;
 pub use follow::Follow;
 pub use future::ResponseFuture;

@@ -193,3 +193,51 @@ async fn a_slow_or_dead_consul_keeps_the_last_good_set() {
         .expect("answer");
     assert_eq!(set.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_round_trip_with_a_ttl_check_and_heartbeats() {
+    use mesh_discover::{AgentCheck, Registration};
+    let double = ConsulDouble::start().await;
+    let consul = registry(&double);
+    let me = Registration {
+        id: "api-gateway-1".into(),
+        name: "api-gateway".into(),
+        address: "127.0.0.1".parse().expect("ip"),
+        port: 8080,
+        tags: vec!["v1".into(), "production".into()],
+        meta: Default::default(),
+        check: Some(AgentCheck::Ttl {
+            ttl: Duration::from_secs(15),
+        }),
+        deregister_critical_after: Some(Duration::from_secs(60)),
+    };
+    consul.register(&me).await.expect("registered");
+    let sent = double
+        .registration("api-gateway-1")
+        .expect("the agent got it");
+    assert_eq!(sent["Name"], "api-gateway");
+    assert_eq!(sent["Port"], 8080);
+    assert_eq!(sent["Tags"], serde_json::json!(["v1", "production"]));
+    assert_eq!(sent["Check"]["TTL"], "15000ms");
+    assert_eq!(sent["Check"]["DeregisterCriticalServiceAfter"], "60000ms");
+
+    let name = ServiceName::new("api-gateway").expect("name");
+    // Critical until the first heartbeat: not among passing instances.
+    assert!(consul.resolve(&name).await.expect("answer").is_empty());
+    let beats = consul.heartbeat("api-gateway-1", Duration::from_millis(20));
+    let started = Instant::now();
+    while consul.resolve(&name).await.expect("answer").is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(5), "never passing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(double.heartbeats() >= 2, "heartbeats keep coming");
+    drop(beats);
+
+    consul
+        .deregister("api-gateway-1")
+        .await
+        .expect("deregistered");
+    assert!(double.registration("api-gateway-1").is_none());
+    assert!(consul.resolve(&name).await.expect("answer").is_empty());
+}

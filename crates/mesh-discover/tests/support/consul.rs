@@ -27,6 +27,9 @@ struct State {
     fail_next: u32,
     delay: Duration,
     requests: Vec<String>,
+    /// Agent registrations by ID, as sent.
+    registered: HashMap<String, serde_json::Value>,
+    heartbeats: u32,
 }
 
 /// The double; stops when dropped.
@@ -116,6 +119,21 @@ impl ConsulDouble {
         self.with(|s| s.delay = d);
     }
 
+    /// The registration sent for `id`, if any.
+    pub fn registration(&self, id: &str) -> Option<serde_json::Value> {
+        self.state
+            .lock()
+            .expect("state")
+            .registered
+            .get(id)
+            .cloned()
+    }
+
+    /// TTL heartbeats received.
+    pub fn heartbeats(&self) -> u32 {
+        self.state.lock().expect("state").heartbeats
+    }
+
     /// The query strings received, in order.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().expect("state").requests.clone()
@@ -142,11 +160,82 @@ fn wait_of(query: &str) -> Duration {
     Duration::from_secs(300)
 }
 
+fn ok() -> Response<Full<Bytes>> {
+    Response::new(Full::new(Bytes::new()))
+}
+
+/// The agent API: register (the instance appears in the health answers,
+/// critical until a TTL heartbeat when its check is a TTL), deregister,
+/// and TTL passes.
+async fn agent(
+    req: Request<Incoming>,
+    state: &Mutex<State>,
+    changed: &Notify,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let path = req.uri().path().to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut s = state.lock().expect("state");
+    if path == "/v1/agent/service/register" {
+        let Ok(reg) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return Response::builder()
+                .status(400)
+                .body(Full::new(Bytes::from("bad JSON")))
+                .expect("response");
+        };
+        let id = reg["ID"].as_str().unwrap_or_default().to_owned();
+        let name = reg["Name"].as_str().unwrap_or_default().to_owned();
+        let status = if reg["Check"]["TTL"].is_string() {
+            "critical"
+        } else {
+            "passing"
+        };
+        let entry = serde_json::json!({
+            "Node": { "Node": "agent", "Address": "127.0.0.1" },
+            "Service": { "ID": id, "Service": name, "Address": reg["Address"], "Port": reg["Port"], "Tags": reg["Tags"], "Meta": reg["Meta"] },
+            "Checks": [{ "Status": status, "ServiceID": id }]
+        });
+        let entries = s.services.entry(name).or_default();
+        entries.retain(|e| e["Service"]["ID"] != id.as_str());
+        entries.push(entry);
+        s.registered.insert(id, reg);
+    } else if let Some(id) = path.strip_prefix("/v1/agent/service/deregister/") {
+        s.registered.remove(id);
+        for entries in s.services.values_mut() {
+            entries.retain(|e| e["Service"]["ID"] != id);
+        }
+    } else if let Some(id) = path.strip_prefix("/v1/agent/check/pass/service:") {
+        s.heartbeats += 1;
+        for entries in s.services.values_mut() {
+            for e in entries.iter_mut().filter(|e| e["Service"]["ID"] == id) {
+                e["Checks"][0]["Status"] = serde_json::json!("passing");
+            }
+        }
+    } else {
+        return Response::builder()
+            .status(404)
+            .body(Full::new(Bytes::new()))
+            .expect("response");
+    }
+    s.index += 1;
+    drop(s);
+    changed.notify_waiters();
+    ok()
+}
+
 async fn answer(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == http::Method::PUT {
+        return Ok(agent(req, &state, &changed).await);
+    }
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let Some(service) = path.strip_prefix("/v1/health/service/").map(str::to_owned) else {
