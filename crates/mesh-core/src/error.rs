@@ -38,6 +38,16 @@ pub enum MeshError {
         service: ServiceName,
     },
 
+    /// The first request for a service waited for the registry's first
+    /// answer, and none came in time.
+    #[error("no answer from the registry for service {service:?} within {after:?}: check that the registry is reachable and lists the service")]
+    DiscoveryTimeout {
+        /// The service.
+        service: ServiceName,
+        /// How long the request waited.
+        after: Duration,
+    },
+
     /// The service is known but none of its endpoints may take a request.
     #[error("service {service:?} has no available endpoint ({total} known, all unhealthy, ejected or draining)")]
     NoAvailableEndpoints {

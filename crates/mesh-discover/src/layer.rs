@@ -1,19 +1,60 @@
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use tower_layer::Layer;
 
 use crate::catalog::Catalog;
-use crate::service::Discover;
+use crate::registry::Registry;
+use crate::service::{Discover, Source};
 
 /// Wraps a service so that each request carries its target service's
 /// current [`EndpointSet`](mesh_core::EndpointSet); see [`Discover`].
 #[derive(Clone, Debug)]
 pub struct DiscoverLayer {
     catalog: Catalog,
+    source: Option<Arc<Source>>,
 }
 
 impl DiscoverLayer {
     /// Resolves requests against `catalog`.
     pub fn new(catalog: Catalog) -> Self {
-        DiscoverLayer { catalog }
+        DiscoverLayer {
+            catalog,
+            source: None,
+        }
+    }
+
+    /// Resolves requests against `catalog`, backed by `registry`: the first
+    /// request for a service the catalog does not hold starts following it
+    /// (see [`Catalog::follow`]) and waits up to `first_wait` for the
+    /// registry's first answer, then fails with
+    /// [`mesh_core::MeshError::DiscoveryTimeout`]. Later requests never
+    /// wait on the registry.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use mesh_discover::{Catalog, ConsulRegistry, DiscoverLayer};
+    ///
+    /// let consul = ConsulRegistry::builder("http://127.0.0.1:8500").build()?;
+    /// let layer = DiscoverLayer::with_registry(Catalog::default(), Arc::new(consul), Duration::from_secs(2));
+    /// # let _ = layer;
+    /// # Ok::<(), mesh_core::MeshError>(())
+    /// ```
+    pub fn with_registry(
+        catalog: Catalog,
+        registry: Arc<dyn Registry>,
+        first_wait: Duration,
+    ) -> Self {
+        DiscoverLayer {
+            catalog,
+            source: Some(Arc::new(Source {
+                registry,
+                first_wait,
+                retry_after: Duration::from_secs(1),
+                follows: Mutex::new(Default::default()),
+            })),
+        }
     }
 }
 
@@ -21,6 +62,6 @@ impl<S> Layer<S> for DiscoverLayer {
     type Service = Discover<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Discover::new(inner, self.catalog.clone())
+        Discover::with_source(inner, self.catalog.clone(), self.source.clone())
     }
 }

@@ -5,8 +5,14 @@ use mesh_core::ext::TargetService;
 use mesh_core::{BoxError, EndpointSet, MeshError, ServiceName};
 use tower::Service;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use crate::catalog::Catalog;
+use crate::follow::Follow;
 use crate::future::ResponseFuture;
+use crate::registry::Registry;
 
 /// Resolves each request's target service to its endpoints.
 ///
@@ -22,12 +28,45 @@ use crate::future::ResponseFuture;
 pub struct Discover<S> {
     inner: S,
     catalog: Catalog,
+    source: Option<Arc<Source>>,
+}
+
+/// The most services one layer follows from its registry.
+const MAX_FOLLOWED: usize = 1024;
+
+/// A registry behind the catalog: services not in the catalog yet are
+/// followed from it on their first request.
+pub(crate) struct Source {
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) first_wait: Duration,
+    pub(crate) retry_after: Duration,
+    pub(crate) follows: Mutex<HashMap<ServiceName, Follow>>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("first_wait", &self.first_wait)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> Discover<S> {
     /// Wraps `inner`, resolving against `catalog`.
     pub fn new(inner: S, catalog: Catalog) -> Self {
-        Discover { inner, catalog }
+        Discover {
+            inner,
+            catalog,
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(inner: S, catalog: Catalog, source: Option<Arc<Source>>) -> Self {
+        Discover {
+            inner,
+            catalog,
+            source,
+        }
     }
 
     /// The catalog requests resolve against.
@@ -63,12 +102,12 @@ impl<S> Discover<S> {
 
 impl<S, B> Service<Request<B>> for Discover<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>> + Clone,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -83,6 +122,35 @@ where
                 }
                 req.extensions_mut().insert(set);
                 ResponseFuture::called(self.inner.call(req))
+            }
+            Err(MeshError::UnknownService { service }) if self.source.is_some() => {
+                // The first request for a service behind a registry: follow
+                // it, and wait (bounded) for the registry's first answer.
+                let Some(source) = &self.source else {
+                    return ResponseFuture::failed(MeshError::UnknownService { service });
+                };
+                if let Ok(mut follows) = source.follows.lock() {
+                    // Hosts come from requests: bound how many services a
+                    // stream of typos can make the layer follow.
+                    if follows.len() >= MAX_FOLLOWED && !follows.contains_key(&service) {
+                        return ResponseFuture::failed(MeshError::UnknownService { service });
+                    }
+                    follows.entry(service.clone()).or_insert_with(|| {
+                        tracing::info!(%service, "following a new service");
+                        self.catalog.follow(
+                            Arc::clone(&source.registry),
+                            service.clone(),
+                            source.retry_after,
+                        )
+                    });
+                }
+                ResponseFuture::waiting(
+                    self.inner.clone(),
+                    self.catalog.clone(),
+                    service,
+                    req,
+                    source.first_wait,
+                )
             }
             Err(error) => {
                 tracing::debug!(%error, uri = %req.uri(), "discovery refused request");

@@ -111,3 +111,54 @@ async fn edits_are_seen_within_100ms_and_bad_edits_keep_the_last_good_set() {
     assert_eq!(catalog.get("users").map(|s| s.len()), Some(1));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_request_waits_for_the_registry_and_an_unknown_service_times_out() {
+    use mesh_core::{EndpointSet, MeshError};
+    use mesh_discover::DiscoverLayer;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    let dir = std::env::temp_dir().join(format!("mesh-first-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("services.json");
+    write(&path, &[1, 2]);
+    let registry = Arc::new(FileRegistry::new(&path).check_every(Duration::from_millis(10)));
+    let layer =
+        DiscoverLayer::with_registry(Catalog::default(), registry, Duration::from_millis(300));
+    let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
+        let n = req
+            .extensions()
+            .get::<EndpointSet>()
+            .map_or(0, EndpointSet::len);
+        Ok::<_, std::convert::Infallible>(n)
+    }));
+    let get = |host: &str| {
+        http::Request::get(format!("http://{host}/"))
+            .body(())
+            .expect("request")
+    };
+
+    // Nothing cached yet: the first request waits for the first answer.
+    assert_eq!(
+        svc.clone().oneshot(get("users")).await.expect("resolved"),
+        2
+    );
+    // Cached now: no wait.
+    let started = Instant::now();
+    assert_eq!(
+        svc.clone().oneshot(get("users")).await.expect("resolved"),
+        2
+    );
+    assert!(started.elapsed() < Duration::from_millis(50));
+    // A service the registry does not list: a clear error after the wait.
+    let err = svc.oneshot(get("billing")).await.expect_err("unknown");
+    assert!(
+        matches!(
+            MeshError::find(&*err),
+            Some(MeshError::DiscoveryTimeout { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("\"billing\""), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
