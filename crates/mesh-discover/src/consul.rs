@@ -97,6 +97,14 @@ impl ConsulRegistry {
         self.token.as_deref()
     }
 
+    pub(crate) fn namespace_value(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    pub(crate) fn datacenter_value(&self) -> Option<&str> {
+        self.datacenter.as_deref()
+    }
+
     fn url(&self, service: &ServiceName, index: Option<u64>) -> Result<Uri, DiscoveryError> {
         let mut query = Vec::new();
         if self.passing_only {
@@ -139,25 +147,37 @@ impl ConsulRegistry {
         let req = req
             .body(Empty::new())
             .map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
-        // Consul may hold a blocking query up to wait + wait/16.
-        let timeout = self.wait + self.wait / 16 + Duration::from_secs(5);
-        let response = tokio::time::timeout(timeout, self.client.request(req))
-            .await
-            .map_err(|_| {
-                DiscoveryError::Unavailable(format!("no answer from Consul within {timeout:?}"))
-            })?
-            .map_err(|e| DiscoveryError::Unavailable(format!("Consul request failed: {e}")))?;
-        let status = response.status();
-        let new_index = response
-            .headers()
-            .get("x-consul-index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| DiscoveryError::Unavailable(format!("reading Consul's answer: {e}")))?
-            .to_bytes();
+        // Consul may hold a blocking query up to wait + wait/16; a query
+        // without an index answers at once. The timeout covers the body too:
+        // a stalled body must not freeze the watch.
+        let timeout = match index {
+            Some(_) => self.wait + self.wait / 16 + Duration::from_secs(5),
+            None => Duration::from_secs(10),
+        };
+        let exchange = async {
+            let response =
+                self.client.request(req).await.map_err(|e| {
+                    DiscoveryError::Unavailable(format!("Consul request failed: {e}"))
+                })?;
+            let status = response.status();
+            let new_index = response
+                .headers()
+                .get("x-consul-index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| DiscoveryError::Unavailable(format!("reading Consul's answer: {e}")))?
+                .to_bytes();
+            Ok::<_, DiscoveryError>((status, new_index, body))
+        };
+        let (status, new_index, body) =
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| {
+                    DiscoveryError::Unavailable(format!("no answer from Consul within {timeout:?}"))
+                })??;
         if status != StatusCode::OK {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
             return Err(DiscoveryError::Unavailable(format!(
@@ -242,10 +262,15 @@ impl ConsulRegistryBuilder {
                 format!("{:?} is outside (0, 10m]", self.wait),
             ));
         }
-        if self.min_interval > Duration::from_secs(60) {
+        if self.min_interval < Duration::from_millis(1)
+            || self.min_interval > Duration::from_secs(60)
+        {
             return Err(invalid(
                 "min_interval",
-                format!("{:?} is over a minute", self.min_interval),
+                format!(
+                    "{:?} is outside [1ms, 60s]: blocking queries must be rate limited",
+                    self.min_interval
+                ),
             ));
         }
         Ok(ConsulRegistry {
@@ -259,7 +284,11 @@ impl ConsulRegistryBuilder {
             wait: self.wait,
             min_interval: self.min_interval,
             max_backoff: self.max_backoff,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(Duration::from_secs(5)));
+                Client::builder(TokioExecutor::new()).build(connector)
+            },
         })
     }
 }
@@ -282,7 +311,7 @@ struct Entry {
     node: Node,
     service: Service,
     #[serde(default)]
-    checks: Vec<Check>,
+    checks: Option<Vec<Check>>,
 }
 
 #[derive(Deserialize)]
@@ -302,22 +331,13 @@ struct Service {
     #[serde(default)]
     address: String,
     #[serde(default)]
-    port: u32,
+    port: serde_json::Value,
     #[serde(default)]
     tags: Option<Vec<String>>,
     #[serde(default)]
     meta: Option<BTreeMap<String, String>>,
     #[serde(default)]
-    weights: Option<Weights>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct Weights {
-    #[serde(default)]
-    passing: u32,
-    #[serde(default)]
-    warning: u32,
+    weights: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -345,9 +365,9 @@ pub(crate) fn parse_health(
     for entry in entries {
         // Filter client-side too: a check not passing drops the instance
         // (or, with warnings allowed, a critical one does).
-        let warning = entry.checks.iter().any(|c| c.status == "warning");
-        let critical = entry
-            .checks
+        let checks = entry.checks.as_deref().unwrap_or_default();
+        let warning = checks.iter().any(|c| c.status == "warning");
+        let critical = checks
             .iter()
             .any(|c| c.status != "passing" && c.status != "warning");
         if critical || (passing_only && warning) {
@@ -367,18 +387,28 @@ pub(crate) fn parse_health(
         } else {
             &s.address
         };
-        let (Ok(ip), Ok(port)) = (host.parse::<IpAddr>(), u16::try_from(s.port)) else {
-            tracing::debug!(%service, address = %host, port = s.port, "skipping Consul entry without an IP and port");
+        // Fields of odd types skip the entry, never the whole answer.
+        let port = s.port.as_u64().and_then(|p| u16::try_from(p).ok());
+        let (Ok(ip), Some(port)) = (host.parse::<IpAddr>(), port) else {
+            tracing::debug!(%service, address = %host, port = %s.port, "skipping Consul entry without an IP and port");
             continue;
         };
         if port == 0 {
             continue;
         }
-        let weight = match &s.weights {
-            Some(w) if warning => w.warning,
-            Some(w) => w.passing,
-            None => 1,
+        let weight_of = |key: &str| {
+            s.weights
+                .as_ref()
+                .and_then(|w| w.get(key))
+                .and_then(serde_json::Value::as_u64)
+                .map(|w| u32::try_from(w).unwrap_or(u32::MAX))
         };
+        let weight = if warning {
+            weight_of("Warning")
+        } else {
+            weight_of("Passing")
+        }
+        .unwrap_or(1);
         let Ok(weight) = Weight::new(weight) else {
             continue; // weight 0: Consul's way to say "send nothing"
         };
@@ -412,7 +442,7 @@ impl Registry for ConsulRegistry {
     fn watch(&self, service: &ServiceName) -> BoxStream<Result<EndpointSet, DiscoveryError>> {
         let (this, service) = (self.clone(), service.clone());
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut index: u64 = 0;
             let mut backoff = Duration::ZERO;
             loop {
@@ -445,7 +475,10 @@ impl Registry for ConsulRegistry {
                 tokio::time::sleep(pause).await;
             }
         });
-        Box::pin(crate::file::Receiver(rx))
+        Box::pin(crate::file::Receiver {
+            rx,
+            task: task.abort_handle(),
+        })
     }
 }
 

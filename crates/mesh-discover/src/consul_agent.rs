@@ -179,24 +179,44 @@ impl ConsulRegistry {
         .await
     }
 
-    /// Sends [`ConsulRegistry::pass_ttl`] heartbeats for `id` every `every`
-    /// (pick a third of the TTL) until the returned handle is dropped.
-    /// A failed heartbeat is logged and retried at the next beat.
-    pub fn heartbeat(&self, id: impl Into<String>, every: Duration) -> crate::Follow {
-        let (this, id) = (self.clone(), id.into());
+    /// Sends [`ConsulRegistry::pass_ttl`] heartbeats for `registration`
+    /// every `every` (pick a third of the TTL) until the returned handle is
+    /// dropped. A refused heartbeat (an agent restarted without its state
+    /// forgets the service) registers the service again; a beat that could
+    /// not be sent is retried at the next one, without a burst of catch-up
+    /// beats.
+    pub fn heartbeat(&self, registration: Registration, every: Duration) -> crate::Follow {
+        let this = self.clone();
         crate::Follow::spawn(async move {
             let mut ticker = tokio::time::interval(every.max(Duration::from_millis(10)));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                if let Err(error) = this.pass_ttl(&id).await {
-                    tracing::warn!(%id, %error, "TTL heartbeat to Consul failed");
+                let id = &registration.id;
+                if let Err(error) = this.pass_ttl(id).await {
+                    tracing::warn!(%id, %error, "TTL heartbeat to Consul failed; registering again");
+                    if let Err(error) = this.register(&registration).await {
+                        tracing::warn!(%id, %error, "registering again failed");
+                    }
                 }
             }
         })
     }
 
     async fn agent_put(&self, path: &str, body: Bytes) -> Result<(), DiscoveryError> {
-        let url = format!("{}{}", self.base_url().trim_end_matches('/'), path);
+        let mut url = format!("{}{}", self.base_url().trim_end_matches('/'), path);
+        // The same namespace and datacenter as the health queries, so what
+        // is registered is what is watched.
+        let mut query = Vec::new();
+        if let Some(ns) = self.namespace_value() {
+            query.push(format!("ns={}", crate::consul::encode(ns)));
+        }
+        if let Some(dc) = self.datacenter_value() {
+            query.push(format!("dc={}", crate::consul::encode(dc)));
+        }
+        if !query.is_empty() {
+            url = format!("{url}?{}", query.join("&"));
+        }
         let mut req = Request::builder().method(Method::PUT).uri(&url);
         if let Some(token) = self.token_value() {
             req = req.header("x-consul-token", token);
@@ -213,10 +233,14 @@ impl ConsulRegistry {
         if status == StatusCode::OK {
             return Ok(());
         }
-        let text = response
-            .into_body()
-            .collect()
+        let body = http_body_util::Limited::new(response.into_body(), 64 * 1024).collect();
+        let text = tokio::time::timeout(Duration::from_secs(5), body)
             .await
+            .map_err(|_| {
+                DiscoveryError::Unavailable(format!(
+                    "{url}: Consul answered {status}, then stalled"
+                ))
+            })?
             .map(|b| {
                 String::from_utf8_lossy(&b.to_bytes()[..])
                     .chars()

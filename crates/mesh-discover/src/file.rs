@@ -50,6 +50,34 @@ pub struct FileRegistry {
     interval: Duration,
 }
 
+/// What tells a file changed: modification time and length, plus inode
+/// and change time where the platform has them (an edit of the same length
+/// within the timestamp granularity, or a rename over the file with the old
+/// mtime, still changes those).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+    changed: (i64, i64),
+}
+
+fn stamp_of(m: &std::fs::Metadata) -> Stamp {
+    #[cfg(unix)]
+    let (inode, changed) = {
+        use std::os::unix::fs::MetadataExt;
+        (m.ino(), (m.ctime(), m.ctime_nsec()))
+    };
+    #[cfg(not(unix))]
+    let (inode, changed) = (0, (0, 0));
+    Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode,
+        changed,
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileContents {
@@ -178,14 +206,13 @@ impl Registry for FileRegistry {
         // Poll the file's modification time and length; a change (or the
         // first look) re-reads it and sends the service's set. The task
         // ends when the stream is dropped.
-        tokio::spawn(async move {
-            let mut seen: Option<(Option<SystemTime>, u64)> = None;
+        let task = tokio::spawn(async move {
+            let mut seen: Option<Stamp> = None;
+            let mut listed = false;
             // The same failure is reported once, not on every look.
             let mut last_error: Option<String> = None;
             loop {
-                let stamp = tokio::fs::metadata(&*this.path)
-                    .await
-                    .map(|m| (m.modified().ok(), m.len()));
+                let stamp = tokio::fs::metadata(&*this.path).await.map(|m| stamp_of(&m));
                 let answer = match stamp {
                     Err(e) => {
                         seen = None;
@@ -197,10 +224,22 @@ impl Registry for FileRegistry {
                     Ok(stamp) if Some(stamp) == seen => None,
                     Ok(stamp) => {
                         seen = Some(stamp);
-                        Some(this.load().await.and_then(|mut all| {
-                            all.remove(&service)
-                                .ok_or_else(|| DiscoveryError::UnknownService(service.clone()))
-                        }))
+                        // A service the file listed and no longer does has
+                        // no endpoints (as Consul answers `[]`), rather than
+                        // a failure that would keep the old set forever; one
+                        // it never listed is unknown.
+                        Some(
+                            this.load()
+                                .await
+                                .and_then(|mut all| match all.remove(&service) {
+                                    Some(set) => {
+                                        listed = true;
+                                        Ok(set)
+                                    }
+                                    None if listed => Ok(EndpointSet::empty(service.clone())),
+                                    None => Err(DiscoveryError::UnknownService(service.clone())),
+                                }),
+                        )
                     }
                 };
                 let answer = match answer {
@@ -223,12 +262,26 @@ impl Registry for FileRegistry {
                 tokio::time::sleep(this.interval).await;
             }
         });
-        Box::pin(Receiver(rx))
+        Box::pin(Receiver {
+            rx,
+            task: task.abort_handle(),
+        })
     }
 }
 
-/// A stream over a channel fed by a background watch task.
-pub(crate) struct Receiver<T>(pub(crate) tokio::sync::mpsc::Receiver<T>);
+/// A stream over a channel fed by a background watch task; dropping the
+/// stream stops the task (it may be blocked on a long poll, so waiting for
+/// its next send to fail is not enough).
+pub(crate) struct Receiver<T> {
+    pub(crate) rx: tokio::sync::mpsc::Receiver<T>,
+    pub(crate) task: tokio::task::AbortHandle,
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 impl<T> futures_core::Stream for Receiver<T> {
     type Item = T;
@@ -237,7 +290,7 @@ impl<T> futures_core::Stream for Receiver<T> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<T>> {
-        self.0.poll_recv(cx)
+        self.rx.poll_recv(cx)
     }
 }
 

@@ -52,7 +52,8 @@ impl Catalog {
     ) -> Follow {
         let catalog = self.clone();
         let task = tokio::spawn(async move {
-            let mut last_good = clock::now();
+            let mut last_good: Option<mesh_core::clock::Nanos> = None;
+            let started = clock::now();
             let mut failing = false;
             loop {
                 let mut watch = registry.watch(&service);
@@ -66,14 +67,16 @@ impl Catalog {
                                 });
                             }
                             catalog.update(set);
-                            last_good = clock::now();
+                            last_good = Some(clock::now());
                         }
                         Ok(set) => {
                             tracing::warn!(%service, other = %set.service(), "registry answered for another service; ignored");
                         }
                         Err(error) => {
                             failing = true;
-                            let stale_for = clock::now().saturating_since(last_good);
+                            // Never refreshed yet: stale for as long as it has been followed.
+                            let stale_for =
+                                clock::now().saturating_since(last_good.unwrap_or(started));
                             tracing::warn!(%service, %error, ?stale_for, "registry failed; keeping the last good set");
                             catalog.events().publish(MeshEvent::DiscoveryFailed {
                                 service: service.clone(),

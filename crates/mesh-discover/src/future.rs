@@ -10,7 +10,10 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
+use std::sync::Arc;
+
 use crate::catalog::Catalog;
+use crate::service::Source;
 
 pin_project! {
     /// The response future of [`crate::Discover`]: the inner call, the
@@ -48,6 +51,7 @@ pin_project! {
         req: Option<Request<B>>,
         deadline: Instant,
         waited: Duration,
+        source: Option<Arc<Source>>,
     }
 }
 
@@ -76,6 +80,7 @@ where
         service: ServiceName,
         req: Request<B>,
         max: Duration,
+        source: Option<Arc<Source>>,
     ) -> Self {
         let now = Instant::now();
         ResponseFuture {
@@ -88,6 +93,7 @@ where
                     req: Some(req),
                     deadline: now + max,
                     waited: max,
+                    source,
                 }),
             },
         }
@@ -119,6 +125,16 @@ where
                     let Some(set) = w.catalog.get(w.service.as_str()) else {
                         let now = Instant::now();
                         if now >= *w.deadline {
+                            // Nothing came: stop following a service that
+                            // may never exist (a typo in a host), so hosts
+                            // from requests cannot pile up followers.
+                            if let Some(source) = w.source {
+                                if let Ok(mut follows) = source.follows.lock() {
+                                    if w.catalog.get(w.service.as_str()).is_none() {
+                                        follows.remove(w.service);
+                                    }
+                                }
+                            }
                             return Poll::Ready(Err(MeshError::DiscoveryTimeout {
                                 service: w.service.clone(),
                                 after: *w.waited,

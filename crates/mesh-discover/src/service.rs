@@ -150,6 +150,7 @@ where
                     service,
                     req,
                     source.first_wait,
+                    Some(Arc::clone(source)),
                 )
             }
             Err(error) => {

@@ -88,17 +88,30 @@ async fn blocking_queries_see_changes_at_once_and_follow_the_index_rules() {
         .expect("a query without index after the reset");
     assert!(restart > requests.len() - 1);
 
-    // Index 0 (an old-Consul bug) is treated as 1: queries keep blocking
-    // instead of returning at once in a loop.
+    // Index 0 (an old-Consul bug) is treated as 1: once the client has
+    // seen it, its queries block (index=1) instead of returning at once in
+    // a loop (index=0 never blocks).
     double.force_index(0);
     double.set("users", vec![entry("n4", "10.0.0.4", 80, "passing")]); // index 1
     double.force_index(0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let burst = double.requests().len();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    double.set("users", vec![entry("n7", "10.0.0.7", 80, "passing")]); // index 1 again
+    double.force_index(0);
+    double.set("users", vec![entry("n4", "10.0.0.4", 80, "passing")]); // releases the watch
+    double.force_index(0);
+    let started = Instant::now();
+    while !double.requests().iter().any(|q| q.contains("index=1&")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the client never sent index 1"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = double.requests().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        double.requests().len() - burst <= 3,
-        "no busy loop on index 0"
+        double.requests().len() - before <= 2,
+        "no busy loop on index 0: {} requests in 500 ms",
+        double.requests().len() - before
     );
 
     // 500s: the last good set stays, a failure event, then recovery.
@@ -165,17 +178,35 @@ async fn blocking_queries_see_changes_at_once_and_follow_the_index_rules() {
 async fn a_slow_or_dead_consul_keeps_the_last_good_set() {
     let double = ConsulDouble::start().await;
     double.set("users", vec![entry("n1", "10.0.0.1", 80, "passing")]);
-    let catalog = Catalog::default();
+    let bus = EventBus::new(64);
+    let mut events = bus.subscribe();
+    let catalog = Catalog::new(bus);
     let follow = catalog.follow(
         registry(&double),
         ServiceName::new("users").expect("name"),
         Duration::from_millis(50),
     );
     until(&catalog, 1).await;
-    double.delay(Duration::from_millis(300));
-    drop(double); // dead
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(catalog.get("users").map(|s| s.len()), Some(1));
+    drop(double); // dead: its connections close with it
+    let started = Instant::now();
+    loop {
+        match events.try_recv() {
+            Ok(MeshEvent::DiscoveryFailed { .. }) => break,
+            Ok(_) => {}
+            Err(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "no failure event"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    assert_eq!(
+        catalog.get("users").map(|s| s.len()),
+        Some(1),
+        "the last good set stays"
+    );
     drop(follow);
 
     // resolve() answers once, without blocking.
@@ -192,6 +223,16 @@ async fn a_slow_or_dead_consul_keeps_the_last_good_set() {
         .await
         .expect("answer");
     assert_eq!(set.len(), 2);
+
+    // A slow Consul is waited for (within the timeout), not given up on.
+    double.delay(Duration::from_millis(300));
+    let started = Instant::now();
+    let set = registry(&double)
+        .resolve(&ServiceName::new("users").expect("name"))
+        .await
+        .expect("a slow answer");
+    assert_eq!(set.len(), 2);
+    assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +265,7 @@ async fn registration_round_trip_with_a_ttl_check_and_heartbeats() {
     let name = ServiceName::new("api-gateway").expect("name");
     // Critical until the first heartbeat: not among passing instances.
     assert!(consul.resolve(&name).await.expect("answer").is_empty());
-    let beats = consul.heartbeat("api-gateway-1", Duration::from_millis(20));
+    let beats = consul.heartbeat(me.clone(), Duration::from_millis(20));
     let started = Instant::now();
     while consul.resolve(&name).await.expect("answer").is_empty() {
         assert!(started.elapsed() < Duration::from_secs(5), "never passing");

@@ -109,6 +109,11 @@ async fn edits_are_seen_within_100ms_and_bad_edits_keep_the_last_good_set() {
     std::fs::remove_file(&path).expect("remove");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(catalog.get("users").map(|s| s.len()), Some(1));
+
+    // Back, without the service: listed before, so now it has no
+    // endpoints (not a failure that would keep the old set forever).
+    std::fs::write(&path, r#"{ "services": {} }"#).expect("write");
+    until(&catalog, 0).await;
     std::fs::remove_dir_all(&dir).ok();
 }
 

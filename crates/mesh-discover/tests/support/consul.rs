@@ -68,9 +68,12 @@ impl ConsulDouble {
         let changed = Arc::new(Notify::new());
         let (s, c) = (Arc::clone(&state), Arc::clone(&changed));
         let task = tokio::spawn(async move {
+            // Connections live in this set: dropping the double (aborting
+            // this task) closes them too, as a dead Consul would.
+            let mut connections = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let (s, c) = (Arc::clone(&s), Arc::clone(&c));
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         answer(req, Arc::clone(&s), Arc::clone(&c))
                     });
