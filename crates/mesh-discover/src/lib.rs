@@ -8,6 +8,8 @@ mod consul_agent;
 mod file;
 mod follow;
 mod future;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod layer;
 mod registry;
 mod service;
@@ -19,6 +21,8 @@ pub use consul_agent::{AgentCheck, Registration};
 pub use file::FileRegistry;
 pub use follow::Follow;
 pub use future::ResponseFuture;
+#[cfg(feature = "kubernetes")]
+pub use kubernetes::{KubernetesDnsRegistry, KubernetesDnsRegistryBuilder, PortSource};
 pub use layer::DiscoverLayer;
 pub use registry::{poll_watch, BoxFuture, BoxStream, DiscoveryError, Registry};
 pub use service::Discover;
