@@ -144,6 +144,16 @@ pub enum MeshEvent {
         /// How long the service's set has not been refreshed.
         stale_for: Duration,
     },
+    /// A service's set stayed stale longer than its follower's max
+    /// staleness and was withdrawn: requests fail with "no endpoints"
+    /// until the registry answers again, instead of going to addresses
+    /// that may long since belong to something else.
+    DiscoveryExpired {
+        /// The service.
+        service: ServiceName,
+        /// How long the set had not been refreshed.
+        stale_for: Duration,
+    },
     /// A registry answers again for a service whose set was stale.
     DiscoveryRecovered {
         /// The service.

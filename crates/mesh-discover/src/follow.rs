@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_core::Stream;
-use mesh_core::{clock, MeshEvent, ServiceName};
+use mesh_core::{clock, EndpointSet, MeshEvent, ServiceName};
 use tokio::task::JoinHandle;
 
 use crate::catalog::Catalog;
@@ -43,6 +43,9 @@ impl Catalog {
     /// answer after that publishes [`MeshEvent::DiscoveryRecovered`]. A
     /// watch stream that ends is restarted after `retry_after`.
     ///
+    /// The last good set is kept for as long as the registry fails; see
+    /// [`Catalog::follow_with_max_staleness`] to bound that.
+    ///
     /// Needs a tokio runtime.
     pub fn follow(
         &self,
@@ -50,14 +53,71 @@ impl Catalog {
         service: ServiceName,
         retry_after: Duration,
     ) -> Follow {
+        self.follow_inner(registry, service, retry_after, None)
+    }
+
+    /// [`Catalog::follow`], except that a set left unrefreshed for longer
+    /// than `max_staleness` (the registry failing or silent all along) is
+    /// replaced by an empty one and [`MeshEvent::DiscoveryExpired`] is
+    /// published: past some age, addresses may belong to other workloads
+    /// and failing clearly beats calling them. The next good answer
+    /// restores the service.
+    ///
+    /// Needs a tokio runtime.
+    pub fn follow_with_max_staleness(
+        &self,
+        registry: Arc<dyn Registry>,
+        service: ServiceName,
+        retry_after: Duration,
+        max_staleness: Duration,
+    ) -> Follow {
+        self.follow_inner(registry, service, retry_after, Some(max_staleness))
+    }
+
+    fn follow_inner(
+        &self,
+        registry: Arc<dyn Registry>,
+        service: ServiceName,
+        retry_after: Duration,
+        max_staleness: Option<Duration>,
+    ) -> Follow {
         let catalog = self.clone();
         let task = tokio::spawn(async move {
             let mut last_good: Option<mesh_core::clock::Nanos> = None;
             let started = clock::now();
             let mut failing = false;
+            let mut expired = false;
+            // Withdraws the set once it is too old; checked on every
+            // answer and by a timer, so a registry that hangs expires too.
+            let expire_if_due = |last_good: Option<clock::Nanos>, expired: &mut bool| {
+                let stale_for = clock::now().saturating_since(last_good.unwrap_or(started));
+                match max_staleness {
+                    Some(max) if !*expired && stale_for >= max => {
+                        *expired = true;
+                        tracing::error!(%service, ?stale_for, "discovery set expired; withdrawing it");
+                        catalog.update(EndpointSet::empty(service.clone()));
+                        catalog.events().publish(MeshEvent::DiscoveryExpired {
+                            service: service.clone(),
+                            stale_for,
+                        });
+                        None
+                    }
+                    Some(max) if !*expired => Some(max - stale_for),
+                    _ => None,
+                }
+            };
             loop {
                 let mut watch = registry.watch(&service);
-                while let Some(answer) = next(&mut watch).await {
+                loop {
+                    let until_expiry = expire_if_due(last_good, &mut expired);
+                    let answer = match until_expiry {
+                        Some(left) => match tokio::time::timeout(left, next(&mut watch)).await {
+                            Ok(answer) => answer,
+                            Err(_) => continue,
+                        },
+                        None => next(&mut watch).await,
+                    };
+                    let Some(answer) = answer else { break };
                     match answer {
                         Ok(set) if set.service() == &service => {
                             if std::mem::take(&mut failing) {
@@ -68,6 +128,7 @@ impl Catalog {
                             }
                             catalog.update(set);
                             last_good = Some(clock::now());
+                            expired = false;
                         }
                         Ok(set) => {
                             tracing::warn!(%service, other = %set.service(), "registry answered for another service; ignored");
