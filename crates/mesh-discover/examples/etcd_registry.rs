@@ -9,8 +9,9 @@
 //! `watch` reads the whole prefix, then holds an etcd watch open from the
 //! next revision; any event re-reads the prefix and yields a full snapshot
 //! (`Catalog::follow` drops snapshots that change nothing). When etcd goes
-//! away the stream yields an error (the catalog keeps the last good set)
-//! and reconnects after a pause.
+//! away, or cancels the watch, the stream yields an error (the catalog
+//! keeps the last good set) and reconnects after a pause; TCP keepalive
+//! notices a peer that vanished without closing the connection.
 //!
 //! Run against a local etcd:
 //!
@@ -59,9 +60,13 @@ impl EtcdRegistry {
     /// A registry reading `<prefix>/<service>/*` from the etcd at `base`
     /// (for example `http://127.0.0.1:2379`).
     pub fn new(base: &str, prefix: &str) -> Self {
+        // A watch is one long-lived request: TCP keepalive is what notices
+        // an etcd that vanished without closing the connection.
+        let mut connector = HttpConnector::new();
+        connector.set_keepalive(Some(Duration::from_secs(15)));
         EtcdRegistry {
             inner: Arc::new(Inner {
-                client: Client::builder(TokioExecutor::new()).build_http(),
+                client: Client::builder(TokioExecutor::new()).build(connector),
                 base: base.trim_end_matches('/').to_owned(),
                 prefix: prefix.trim_end_matches('/').to_owned(),
                 retry_after: Duration::from_millis(500),
@@ -156,29 +161,56 @@ impl EtcdRegistry {
             .await
             .map_err(|e| DiscoveryError::Unavailable(format!("etcd watch: {e}")))?
             .into_body();
-        // Each streamed message is one watch response. Rather than merging
-        // events into the set (and getting deletes or compaction subtly
-        // wrong), any message carrying events re-reads the prefix.
+        // The gateway streams one JSON watch response per line; a line may
+        // span frames. Rather than merging events into the set (and
+        // getting deletes or compaction subtly wrong), a response carrying
+        // events re-reads the prefix.
+        let mut pending = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame =
                 frame.map_err(|e| DiscoveryError::Unavailable(format!("etcd watch: {e}")))?;
             let Some(data) = frame.data_ref() else {
                 continue;
             };
-            if !contains(data, b"\"events\"") {
-                continue;
-            }
-            let (set, _) = self.read(service).await?;
-            if tx.send(Ok(set)).await.is_err() {
-                return Ok(());
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if watch_changed(&line)? {
+                    let (set, _) = self.read(service).await?;
+                    if tx.send(Ok(set)).await.is_err() {
+                        return Ok(());
+                    }
+                }
             }
         }
         Err(DiscoveryError::Unavailable("etcd watch ended".into()))
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether one watch response reports changes; an error when the watch is
+/// over (cancelled, for example after compaction, or an error line), so the
+/// caller reconnects instead of waiting on a dead watch.
+fn watch_changed(line: &[u8]) -> Result<bool, DiscoveryError> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(false);
+    }
+    let response: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| DiscoveryError::Malformed(format!("etcd watch: {e}")))?;
+    if let Some(error) = response.get("error") {
+        return Err(DiscoveryError::Unavailable(format!("etcd watch: {error}")));
+    }
+    let result = &response["result"];
+    if result["canceled"].as_bool() == Some(true) {
+        return Err(DiscoveryError::Unavailable(format!(
+            "etcd watch cancelled: {}",
+            result["cancel_reason"]
+                .as_str()
+                .unwrap_or("no reason given")
+        )));
+    }
+    Ok(result["events"]
+        .as_array()
+        .is_some_and(|events| !events.is_empty()))
 }
 
 fn parse_instance(kv: &serde_json::Value) -> Result<Endpoint, String> {

@@ -56,12 +56,18 @@ impl Catalog {
         self.follow_inner(registry, service, retry_after, None)
     }
 
-    /// [`Catalog::follow`], except that a set left unrefreshed for longer
-    /// than `max_staleness` (the registry failing or silent all along) is
-    /// replaced by an empty one and [`MeshEvent::DiscoveryExpired`] is
+    /// [`Catalog::follow`], except that once the registry is failing, a set
+    /// left unrefreshed for longer than `max_staleness` is replaced by an
+    /// empty one and [`MeshEvent::DiscoveryExpired`] is
     /// published: past some age, addresses may belong to other workloads
     /// and failing clearly beats calling them. The next good answer
     /// restores the service.
+    ///
+    /// Age counts only while the registry reports errors: many watches
+    /// (files, Consul blocking queries, etcd) are silent while nothing
+    /// changes, and silence is not staleness. A registry that hangs rather
+    /// than failing must time out into an error (Consul's blocking queries
+    /// do) for its set to expire.
     ///
     /// Needs a tokio runtime.
     pub fn follow_with_max_staleness(
@@ -87,30 +93,33 @@ impl Catalog {
             let started = clock::now();
             let mut failing = false;
             let mut expired = false;
-            // Withdraws the set once it is too old; checked on every
-            // answer and by a timer, so a registry that hangs expires too.
-            let expire_if_due = |last_good: Option<clock::Nanos>, expired: &mut bool| {
-                let stale_for = clock::now().saturating_since(last_good.unwrap_or(started));
-                match max_staleness {
-                    Some(max) if !*expired && stale_for >= max => {
-                        *expired = true;
-                        tracing::error!(%service, ?stale_for, "discovery set expired; withdrawing it");
-                        catalog.update(EndpointSet::empty(service.clone()));
-                        catalog.events().publish(MeshEvent::DiscoveryExpired {
-                            service: service.clone(),
-                            stale_for,
-                        });
-                        None
+            // Withdraws the set once the registry has failed for too long
+            // since the last good answer; checked on every answer and by a
+            // timer, so a registry that fails and then hangs expires too.
+            // Returns how long until expiry while that is still ahead.
+            let expire_if_due =
+                |last_good: Option<clock::Nanos>, failing: bool, expired: &mut bool| {
+                    let max = match max_staleness {
+                        Some(max) if failing && !*expired => max,
+                        _ => return None,
+                    };
+                    let stale_for = clock::now().saturating_since(last_good.unwrap_or(started));
+                    if stale_for < max {
+                        return Some(max - stale_for);
                     }
-                    Some(max) if !*expired => Some(max - stale_for),
-                    _ => None,
-                }
-            };
+                    *expired = true;
+                    tracing::error!(%service, ?stale_for, "discovery set expired; withdrawing it");
+                    catalog.update(EndpointSet::empty(service.clone()));
+                    catalog.events().publish(MeshEvent::DiscoveryExpired {
+                        service: service.clone(),
+                        stale_for,
+                    });
+                    None
+                };
             loop {
                 let mut watch = registry.watch(&service);
                 loop {
-                    let until_expiry = expire_if_due(last_good, &mut expired);
-                    let answer = match until_expiry {
+                    let answer = match expire_if_due(last_good, failing, &mut expired) {
                         Some(left) => match tokio::time::timeout(left, next(&mut watch)).await {
                             Ok(answer) => answer,
                             Err(_) => continue,
@@ -147,7 +156,15 @@ impl Catalog {
                         }
                     }
                 }
-                tokio::time::sleep(retry_after).await;
+                // Wait before restarting the watch, still expiring on time.
+                let restart = tokio::time::Instant::now() + retry_after;
+                while let Some(left) = expire_if_due(last_good, failing, &mut expired) {
+                    if tokio::time::Instant::now() >= restart {
+                        break;
+                    }
+                    tokio::time::sleep_until(restart.min(tokio::time::Instant::now() + left)).await;
+                }
+                tokio::time::sleep_until(restart).await;
             }
         });
         Follow { task }

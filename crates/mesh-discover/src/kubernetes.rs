@@ -123,24 +123,45 @@ impl KubernetesDnsRegistry {
                                 _ => None,
                             })
                             .collect();
-                        // Only the best (lowest) priority serves; the others
-                        // are fallbacks for when it has no instance.
-                        let best = records.iter().map(|r| r.0).min();
-                        for (priority, weight, port, target) in records {
-                            if Some(priority) != best {
-                                continue;
+                        // The lowest priority with an instance serves; the
+                        // others are fallbacks (RFC 2782).
+                        let mut priorities: Vec<u16> = records.iter().map(|r| r.0).collect();
+                        priorities.sort_unstable();
+                        priorities.dedup();
+                        for serving in priorities {
+                            for (priority, weight, port, target) in &records {
+                                if *priority != serving {
+                                    continue;
+                                }
+                                let ips = match self.resolver.lookup_ip(target.clone()).await {
+                                    Ok(ips) => ips,
+                                    // The pod behind the record is gone.
+                                    Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
+                                        tracing::debug!(%target, "SRV target has no address; skipped");
+                                        continue;
+                                    }
+                                    // Anything else (timeout, SERVFAIL) makes the
+                                    // answer incomplete: fail, so the last good
+                                    // set stays instead of a partial one.
+                                    Err(e) => {
+                                        return Err(DiscoveryError::Unavailable(format!(
+                                            "DNS {target}: {e}"
+                                        )))
+                                    }
+                                };
+                                // SRV weight 0 means "rarely": the smallest
+                                // weight there is.
+                                let weight = Weight::new(u32::from(*weight)).unwrap_or(Weight::ONE);
+                                for ip in ips.iter() {
+                                    endpoints.push(
+                                        Endpoint::builder(SocketAddr::new(ip, *port))
+                                            .weight(weight)
+                                            .build(),
+                                    );
+                                }
                             }
-                            let Ok(ips) = self.resolver.lookup_ip(target.clone()).await else {
-                                tracing::debug!(%target, "SRV target did not resolve; skipped");
-                                continue;
-                            };
-                            for ip in ips.iter() {
-                                let weight = Weight::new(u32::from(weight)).unwrap_or(Weight::ONE);
-                                endpoints.push(
-                                    Endpoint::builder(SocketAddr::new(ip, port))
-                                        .weight(weight)
-                                        .build(),
-                                );
+                            if !endpoints.is_empty() {
+                                break;
                             }
                         }
                         Some(lookup.valid_until())
@@ -173,9 +194,11 @@ impl KubernetesDnsRegistryBuilder {
         self.namespace = namespace.into();
         self
     }
-    /// The cluster's DNS zone.
+    /// The cluster's DNS zone; a trailing dot (`cluster.local.`) is
+    /// accepted.
     pub fn zone(mut self, zone: impl Into<String>) -> Self {
-        self.zone = zone.into();
+        let zone = zone.into();
+        self.zone = zone.strip_suffix('.').map(str::to_owned).unwrap_or(zone);
         self
     }
     /// Re-resolves no sooner than `min` and no later than `max`, whatever
@@ -196,10 +219,17 @@ impl KubernetesDnsRegistryBuilder {
             what: format!("kubernetes_dns.{what}"),
             reason,
         };
-        for (what, label) in [("namespace", &self.namespace), ("zone", &self.zone)] {
-            if label.is_empty() || ServiceName::new(label).is_err() {
-                return Err(invalid(what, format!("{label:?} is not a DNS name")));
-            }
+        if !is_dns_label(&self.namespace) {
+            return Err(invalid(
+                "namespace",
+                format!("{:?} is not a DNS label", self.namespace),
+            ));
+        }
+        if !self.zone.split('.').all(is_dns_label) {
+            return Err(invalid(
+                "zone",
+                format!("{:?} is not a DNS name", self.zone),
+            ));
         }
         if self.min_refresh.is_zero() || self.min_refresh > self.max_refresh {
             return Err(invalid(
@@ -277,5 +307,50 @@ impl Registry for KubernetesDnsRegistry {
             rx,
             task: task.abort_handle(),
         })
+    }
+}
+
+/// One DNS label as Kubernetes names use them (RFC 1123): 1 to 63 letters,
+/// digits or hyphens, not starting or ending with a hyphen.
+fn is_dns_label(label: &str) -> bool {
+    (1..=63).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(namespace: &str, zone: &str) -> Result<KubernetesDnsRegistry, MeshError> {
+        KubernetesDnsRegistry::builder(PortSource::Fixed(80))
+            .namespace(namespace)
+            .zone(zone)
+            .build()
+    }
+
+    #[tokio::test]
+    async fn names_are_validated_as_dns() {
+        assert!(build("default", "cluster.local").is_ok());
+        assert!(build("default", "cluster.local.").is_ok());
+        let long = "a".repeat(64);
+        for (namespace, zone) in [
+            ("bad_ns", "cluster.local"),
+            ("a.b", "cluster.local"),
+            ("", "cluster.local"),
+            ("-x", "cluster.local"),
+            ("default", "a..b"),
+            ("default", ""),
+            ("default", long.as_str()),
+        ] {
+            let error = build(namespace, zone).err();
+            assert!(
+                matches!(error, Some(MeshError::InvalidConfig { .. })),
+                "{namespace:?} / {zone:?} accepted"
+            );
+        }
     }
 }

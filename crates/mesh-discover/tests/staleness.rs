@@ -1,9 +1,12 @@
 //! How long a last good set outlives a failing registry: forever with
-//! `follow`, `max_staleness` with `follow_with_max_staleness`.
+//! `follow`, `max_staleness` with `follow_with_max_staleness`. On tokio's
+//! paused clock (which `mesh_core::clock` follows): deterministic, instant.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use mesh_core::{Endpoint, EndpointSet, EventBus, MeshEvent, ServiceName};
 use mesh_discover::{BoxFuture, BoxStream, Catalog, DiscoveryError, Registry};
@@ -72,7 +75,7 @@ async fn until(catalog: &Catalog, want: usize) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_set_older_than_max_staleness_is_withdrawn_then_restored() {
     let bus = EventBus::new(64);
     let mut events = bus.subscribe();
@@ -116,9 +119,11 @@ async fn a_set_older_than_max_staleness_is_withdrawn_then_restored() {
     assert!(recovered);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn without_max_staleness_the_last_good_set_stays() {
-    let catalog = Catalog::default();
+    let bus = EventBus::new(64);
+    let mut events = bus.subscribe();
+    let catalog = Catalog::new(bus);
     let (registry, tx) = scripted();
     let _follow = catalog.follow(
         registry,
@@ -129,6 +134,29 @@ async fn without_max_staleness_the_last_good_set_stays() {
     until(&catalog, 2).await;
     tx.send(Err(DiscoveryError::Unavailable("down".into())))
         .expect("send");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+    assert_eq!(catalog.get("users").map(|s| s.len()), Some(2));
+    let mut failed = false;
+    while let Ok(event) = events.try_recv() {
+        failed |= matches!(event, MeshEvent::DiscoveryFailed { .. });
+        assert!(!matches!(event, MeshEvent::DiscoveryExpired { .. }));
+    }
+    assert!(failed, "the error was never processed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_healthy_registry_never_expires() {
+    // Files, Consul and etcd watches say nothing while nothing changes.
+    let catalog = Catalog::default();
+    let (registry, tx) = scripted();
+    let _follow = catalog.follow_with_max_staleness(
+        registry,
+        ServiceName::new("users").expect("name"),
+        Duration::from_millis(10),
+        Duration::from_millis(500),
+    );
+    tx.send(Ok(users(2))).expect("send");
+    until(&catalog, 2).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(catalog.get("users").map(|s| s.len()), Some(2));
 }
