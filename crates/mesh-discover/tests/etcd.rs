@@ -72,7 +72,7 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .expect("etcd could not start: install Debian's etcd-server (.ci/run does)");
-        let etcd = Etcd {
+        let mut etcd = Etcd {
             child,
             base: client_url,
             dir,
@@ -84,6 +84,14 @@ impl Etcd {
             .await
             .is_err()
         {
+            // Fail at once, with etcd's own words, if it could not start
+            // (a port taken between picking and binding, for example).
+            if let Ok(Some(status)) = etcd.child.try_wait() {
+                panic!(
+                    "etcd exited ({status}): {}",
+                    std::fs::read_to_string(etcd.dir.with_extension("log")).unwrap_or_default()
+                );
+            }
             // Generous: a cold first start on a loaded 2-core machine is slow.
             assert!(
                 started.elapsed() < Duration::from_secs(60),
