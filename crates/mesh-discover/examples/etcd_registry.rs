@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use mesh_core::{Endpoint, EndpointId, EndpointSet, ServiceName, Weight};
-use mesh_discover::{BoxFuture, BoxStream, DiscoveryError, Registry};
+use mesh_discover::{BoxFuture, BoxStream, DiscoveryError, Registry, WatchSender};
 
 /// Instances of every service under one etcd key prefix.
 #[derive(Clone)]
@@ -138,11 +138,7 @@ impl EtcdRegistry {
     }
 
     /// Follows one etcd watch until it ends; `Ok` when it ends cleanly.
-    async fn follow(
-        &self,
-        service: &ServiceName,
-        tx: &tokio::sync::mpsc::Sender<Result<EndpointSet, DiscoveryError>>,
-    ) -> Result<(), DiscoveryError> {
+    async fn follow(&self, service: &ServiceName, tx: &WatchSender) -> Result<(), DiscoveryError> {
         let (set, revision) = self.read(service).await?;
         if tx.send(Ok(set)).await.is_err() {
             return Ok(());
@@ -241,8 +237,7 @@ impl Registry for EtcdRegistry {
 
     fn watch(&self, service: &ServiceName) -> BoxStream<Result<EndpointSet, DiscoveryError>> {
         let (this, service) = (self.clone(), service.clone());
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let task = tokio::spawn(async move {
+        mesh_discover::watch_task(move |tx| async move {
             loop {
                 let error = match this.follow(&service, &tx).await {
                     Ok(()) => return,
@@ -253,35 +248,7 @@ impl Registry for EtcdRegistry {
                 }
                 tokio::time::sleep(this.inner.retry_after).await;
             }
-        });
-        Box::pin(Snapshots {
-            rx,
-            task: task.abort_handle(),
         })
-    }
-}
-
-/// The watch task's snapshots; dropping it stops the task (and closes its
-/// etcd watch) at once instead of at the next event.
-struct Snapshots {
-    rx: tokio::sync::mpsc::Receiver<Result<EndpointSet, DiscoveryError>>,
-    task: tokio::task::AbortHandle,
-}
-
-impl futures_core::Stream for Snapshots {
-    type Item = Result<EndpointSet, DiscoveryError>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for Snapshots {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

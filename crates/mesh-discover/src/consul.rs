@@ -441,8 +441,7 @@ impl Registry for ConsulRegistry {
 
     fn watch(&self, service: &ServiceName) -> BoxStream<Result<EndpointSet, DiscoveryError>> {
         let (this, service) = (self.clone(), service.clone());
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let task = tokio::spawn(async move {
+        crate::registry::watch_task(move |tx| async move {
             let mut index: u64 = 0;
             let mut backoff = Duration::ZERO;
             loop {
@@ -474,10 +473,6 @@ impl Registry for ConsulRegistry {
                 }
                 tokio::time::sleep(pause).await;
             }
-        });
-        Box::pin(crate::file::Receiver {
-            rx,
-            task: task.abort_handle(),
         })
     }
 }

@@ -202,11 +202,10 @@ impl Registry for FileRegistry {
 
     fn watch(&self, service: &ServiceName) -> BoxStream<Result<EndpointSet, DiscoveryError>> {
         let (this, service) = (self.clone(), service.clone());
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
         // Poll the file's modification time and length; a change (or the
         // first look) re-reads it and sends the service's set. The task
         // ends when the stream is dropped.
-        let task = tokio::spawn(async move {
+        crate::registry::watch_task(move |tx| async move {
             let mut seen: Option<Stamp> = None;
             let mut listed = false;
             // The same failure is reported once, not on every look.
@@ -261,36 +260,7 @@ impl Registry for FileRegistry {
                 }
                 tokio::time::sleep(this.interval).await;
             }
-        });
-        Box::pin(Receiver {
-            rx,
-            task: task.abort_handle(),
         })
-    }
-}
-
-/// A stream over a channel fed by a background watch task; dropping the
-/// stream stops the task (it may be blocked on a long poll, so waiting for
-/// its next send to fail is not enough).
-pub(crate) struct Receiver<T> {
-    pub(crate) rx: tokio::sync::mpsc::Receiver<T>,
-    pub(crate) task: tokio::task::AbortHandle,
-}
-
-impl<T> Drop for Receiver<T> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl<T> futures_core::Stream for Receiver<T> {
-    type Item = T;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        self.rx.poll_recv(cx)
     }
 }
 

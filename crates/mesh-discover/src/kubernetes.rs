@@ -290,8 +290,7 @@ impl Registry for KubernetesDnsRegistry {
 
     fn watch(&self, service: &ServiceName) -> BoxStream<Result<EndpointSet, DiscoveryError>> {
         let (this, service) = (self.clone(), service.clone());
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let task = tokio::spawn(async move {
+        crate::registry::watch_task(move |tx| async move {
             loop {
                 let (answer, wait) = match this.lookup(&service).await {
                     Ok((set, ttl)) => (Ok(set), ttl),
@@ -302,10 +301,6 @@ impl Registry for KubernetesDnsRegistry {
                 }
                 tokio::time::sleep(wait).await;
             }
-        });
-        Box::pin(crate::file::Receiver {
-            rx,
-            task: task.abort_handle(),
         })
     }
 }

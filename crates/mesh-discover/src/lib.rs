@@ -24,6 +24,8 @@ pub use future::ResponseFuture;
 #[cfg(feature = "kubernetes")]
 pub use kubernetes::{KubernetesDnsRegistry, KubernetesDnsRegistryBuilder, PortSource};
 pub use layer::DiscoverLayer;
-pub use registry::{poll_watch, BoxFuture, BoxStream, DiscoveryError, Registry};
+pub use registry::{
+    poll_watch, watch_task, BoxFuture, BoxStream, DiscoveryError, Registry, WatchSender,
+};
 pub use service::Discover;
 pub use static_list::{StaticRegistry, StaticRegistryBuilder};

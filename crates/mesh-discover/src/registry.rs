@@ -115,3 +115,46 @@ impl<R: Registry + ?Sized> Stream for PollWatch<R> {
         }
     }
 }
+
+/// The sending half a [`watch_task`] feeds its snapshots into.
+pub type WatchSender = tokio::sync::mpsc::Sender<Result<EndpointSet, DiscoveryError>>;
+
+/// A watch stream fed by a background task: `task` gets the sender and
+/// sends each snapshot (or error) as the backend learns it. Dropping the
+/// stream aborts the task at once; it may be blocked on a long poll or an
+/// open watch, so waiting for its next send to fail would not be enough.
+/// The channel holds one snapshot: a slow reader slows the task down
+/// instead of queueing stale sets.
+///
+/// Needs a tokio runtime.
+pub fn watch_task<F, Fut>(task: F) -> BoxStream<Result<EndpointSet, DiscoveryError>>
+where
+    F: FnOnce(WatchSender) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let task = tokio::spawn(task(tx));
+    Box::pin(TaskStream {
+        rx,
+        task: task.abort_handle(),
+    })
+}
+
+struct TaskStream<T> {
+    rx: tokio::sync::mpsc::Receiver<T>,
+    task: tokio::task::AbortHandle,
+}
+
+impl<T> Drop for TaskStream<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl<T> Stream for TaskStream<T> {
+    type Item = T;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.rx.poll_recv(cx)
+    }
+}

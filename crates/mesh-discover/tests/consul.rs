@@ -4,24 +4,16 @@
 
 mod support;
 
+#[path = "support/wait.rs"]
+mod wait;
+use wait::until;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_core::{EventBus, MeshEvent, ServiceName};
 use mesh_discover::{Catalog, ConsulRegistry, Registry};
 use support::consul::{entry, ConsulDouble};
-
-async fn until(catalog: &Catalog, want: usize) -> Duration {
-    let started = Instant::now();
-    while catalog.get("users").map_or(0, |s| s.len()) != want {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never saw {want} endpoints"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    started.elapsed()
-}
 
 fn registry(double: &ConsulDouble) -> Arc<ConsulRegistry> {
     Arc::new(

@@ -5,6 +5,10 @@
 #[path = "../examples/etcd_registry.rs"]
 mod etcd_registry;
 
+#[path = "support/wait.rs"]
+mod wait;
+use wait::until;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -139,18 +143,6 @@ impl Etcd {
             &format!(r#"{{"address":"{address}","weight":2,"tags":["v2"]}}"#),
         )
         .await;
-    }
-}
-
-async fn until(catalog: &Catalog, want: usize) {
-    let started = Instant::now();
-    while catalog.get("users").map_or(usize::MAX, |s| s.len()) != want {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "never saw {want} instances: {:?}",
-            catalog.get("users").map(|s| s.len())
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -1,6 +1,10 @@
 //! A services file followed into a catalog: edits seen at once, bad edits
 //! and a vanished file leave the last good set in use.
 
+#[path = "support/wait.rs"]
+mod wait;
+use wait::until;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,18 +23,6 @@ fn write(path: &std::path::Path, ports: &[u16]) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, body).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
-}
-
-async fn until(catalog: &Catalog, want: usize) -> Duration {
-    let started = Instant::now();
-    while catalog.get("users").map_or(0, |s| s.len()) != want {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never saw {want} endpoints"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    started.elapsed()
 }
 
 fn next_discovery_event(rx: &mut broadcast::Receiver<MeshEvent>) -> Option<MeshEvent> {

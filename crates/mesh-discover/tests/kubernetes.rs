@@ -3,6 +3,10 @@
 //! for a headless service: A records from a hosts directory (changes picked
 //! up without a restart) and SRV records for a named port.
 
+#[path = "support/wait.rs"]
+mod wait;
+use wait::until;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -112,18 +116,6 @@ fn registry(dns: &Dnsmasq, port: PortSource) -> KubernetesDnsRegistry {
         .refresh_between(Duration::from_millis(50), Duration::from_millis(200))
         .build()
         .expect("config")
-}
-
-async fn until(catalog: &Catalog, want: usize) {
-    let started = Instant::now();
-    while catalog.get("users").map_or(usize::MAX, |s| s.len()) != want {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "never saw {want} instances: {:?}",
-            catalog.get("users").map(|s| s.len())
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn ready(registry: &KubernetesDnsRegistry) {

@@ -2,6 +2,10 @@
 //! `follow`, `max_staleness` with `follow_with_max_staleness`. On tokio's
 //! paused clock (which `mesh_core::clock` follows): deterministic, instant.
 
+#[path = "support/wait.rs"]
+mod wait;
+use wait::until;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,17 +66,6 @@ fn scripted() -> (
         answers: Mutex::new(Some(rx)),
     };
     (Arc::new(registry), tx)
-}
-
-async fn until(catalog: &Catalog, want: usize) {
-    let started = Instant::now();
-    while catalog.get("users").map(|s| s.len()) != Some(want) {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never saw {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(start_paused = true)]
