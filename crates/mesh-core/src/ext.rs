@@ -5,13 +5,13 @@
 //!
 //! | type | written by | read by |
 //! |---|---|---|
-//! | [`TargetService`] | discovery (from the authority), or the user | breaker, events |
+//! | [`TargetService`] | the user, to route by something other than the authority | discovery, breaker, events |
 //! | [`AffinityKey`] | the user | balancer (session affinity, consistent hashing) |
 //! | [`Attempt`] | retry | anyone tracing or logging |
 //! | [`AvoidEndpoints`] | retry | balancer |
 //! | [`Deadline`] | retry | retry's per-attempt timeout, any layer that waits |
 //! | [`EndpointSlot`] | a layer that may cancel an attempt (retry's timeout) | written by the balancer |
-//! | [`crate::EndpointSet`] | discovery | balancer |
+//! | [`crate::EndpointSet`] | discovery | balancer; breaker and events take the service from it when there is no [`TargetService`] |
 //! | [`SelectedEndpoint`] | balancer (request and response) | breaker, retry |
 
 use std::num::NonZeroU32;
@@ -22,9 +22,10 @@ use crate::name::{EndpointId, ServiceName};
 
 /// The logical service a request is for.
 ///
-/// Discovery derives it from the URI authority when the request does not
-/// carry one already; setting it yourself routes a request whose authority
-/// is something else.
+/// Without it, discovery resolves the URI authority's host, and the layers
+/// below take the service's name from the inserted
+/// [`EndpointSet`](crate::EndpointSet). Setting it yourself routes a request
+/// whose authority is something else.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TargetService(pub ServiceName);
 

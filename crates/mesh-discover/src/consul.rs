@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh_core::{Endpoint, EndpointId, EndpointSet, MeshError, ServiceName, Weight};
@@ -27,6 +28,54 @@ use crate::registry::{BoxFuture, BoxStream, DiscoveryError, Registry};
 
 /// The largest answer read from Consul (a bigger one is an error).
 const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// How the registry reaches Consul: one pooled hyper-util client over
+/// whichever connector the builder was given, behind one type so the
+/// registry stays a plain (non-generic) type.
+trait Transport: Send + Sync {
+    fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> BoxFuture<Result<http::Response<Incoming>, hyper_util::client::legacy::Error>>;
+}
+
+impl<C> Transport for Client<C, Full<Bytes>>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> BoxFuture<Result<http::Response<Incoming>, hyper_util::client::legacy::Error>> {
+        Box::pin(self.request(req))
+    }
+}
+
+/// The transport, shared by clones of the registry (they share its
+/// connection pool too).
+#[derive(Clone)]
+pub(crate) struct SharedTransport(std::sync::Arc<dyn Transport>);
+
+impl SharedTransport {
+    fn new<C: Connect + Clone + Send + Sync + 'static>(connector: C) -> Self {
+        SharedTransport(std::sync::Arc::new(
+            Client::builder(TokioExecutor::new()).build::<C, Full<Bytes>>(connector),
+        ))
+    }
+
+    pub(crate) fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> BoxFuture<Result<http::Response<Incoming>, hyper_util::client::legacy::Error>> {
+        self.0.send(req)
+    }
+}
+
+impl std::fmt::Debug for SharedTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Transport")
+    }
+}
 
 /// A Consul catalog, read through the health API of an agent or server.
 ///
@@ -54,7 +103,7 @@ pub struct ConsulRegistry {
     wait: Duration,
     min_interval: Duration,
     max_backoff: Duration,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: SharedTransport,
 }
 
 /// Builds a [`ConsulRegistry`].
@@ -70,6 +119,7 @@ pub struct ConsulRegistryBuilder {
     wait: Duration,
     min_interval: Duration,
     max_backoff: Duration,
+    transport: Option<SharedTransport>,
 }
 
 impl ConsulRegistry {
@@ -86,11 +136,16 @@ impl ConsulRegistry {
             wait: Duration::from_secs(300),
             min_interval: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
+            transport: None,
         }
     }
 
     pub(crate) fn base_url(&self) -> String {
         self.base.to_string()
+    }
+
+    pub(crate) fn transport(&self) -> &SharedTransport {
+        &self.client
     }
 
     pub(crate) fn token_value(&self) -> Option<&str> {
@@ -145,7 +200,7 @@ impl ConsulRegistry {
             req = req.header("x-consul-token", token);
         }
         let req = req
-            .body(Empty::new())
+            .body(Full::default())
             .map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
         // Consul may hold a blocking query up to wait + wait/16; a query
         // without an index answers at once. The timeout covers the body too:
@@ -156,7 +211,7 @@ impl ConsulRegistry {
         };
         let exchange = async {
             let response =
-                self.client.request(req).await.map_err(|e| {
+                self.client.send(req).await.map_err(|e| {
                     DiscoveryError::Unavailable(format!("Consul request failed: {e}"))
                 })?;
             let status = response.status();
@@ -190,6 +245,19 @@ impl ConsulRegistry {
 }
 
 impl ConsulRegistryBuilder {
+    /// Reaches Consul through `connector` instead of plain TCP: a TLS
+    /// connector for an `https://` address (mesh-tls's, or any
+    /// hyper-util connector), with the CA and client certificate Consul's
+    /// `verify_incoming` asks for. The agent API (registration, heartbeats)
+    /// goes through it too.
+    pub fn connector<C>(mut self, connector: C) -> Self
+    where
+        C: Connect + Clone + Send + Sync + 'static,
+    {
+        self.transport = Some(SharedTransport::new(connector));
+        self
+    }
+
     /// Sends this ACL token (`X-Consul-Token`).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
@@ -247,14 +315,29 @@ impl ConsulRegistryBuilder {
             .base
             .parse()
             .map_err(|e| invalid("address", format!("{:?}: {e}", self.base)))?;
-        if base.scheme_str() != Some("http") || base.authority().is_none() {
-            return Err(invalid(
-                "address",
-                format!(
-                    "{:?}: use http://host:port (TLS to Consul comes with mesh-tls)",
-                    self.base
-                ),
-            ));
+        match (base.scheme_str(), &self.transport) {
+            _ if base.authority().is_none() => {
+                return Err(invalid(
+                    "address",
+                    format!("{:?}: use http://host:port or https://host:port", self.base),
+                ))
+            }
+            (Some("http"), _) | (Some("https"), Some(_)) => {}
+            (Some("https"), None) => {
+                return Err(invalid(
+                    "address",
+                    format!(
+                        "{:?}: https needs a TLS connector (ConsulRegistryBuilder::connector, for example mesh-tls's)",
+                        self.base
+                    ),
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "address",
+                    format!("{:?}: use http://host:port or https://host:port", self.base),
+                ))
+            }
         }
         if self.wait.is_zero() || self.wait > Duration::from_secs(600) {
             return Err(invalid(
@@ -284,10 +367,14 @@ impl ConsulRegistryBuilder {
             wait: self.wait,
             min_interval: self.min_interval,
             max_backoff: self.max_backoff,
-            client: {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(Duration::from_secs(5)));
-                Client::builder(TokioExecutor::new()).build(connector)
+            client: match self.transport {
+                Some(transport) => transport,
+                None => {
+                    let mut connector = HttpConnector::new();
+                    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+                    connector.set_nodelay(true);
+                    SharedTransport::new(connector)
+                }
             },
         })
     }
@@ -471,7 +558,10 @@ impl Registry for ConsulRegistry {
                 if failed {
                     pause = pause.max(backoff.mul_f64(0.5 + fastrand::f64() / 2.0));
                 }
-                tokio::time::sleep(pause).await;
+                // A zero sleep would still wait for the timer's next tick.
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
             }
         })
     }
@@ -524,6 +614,25 @@ mod tests {
         assert!(ConsulRegistry::builder("consul:8500").build().is_err());
         assert!(ConsulRegistry::builder("http://127.0.0.1:8500")
             .wait(Duration::from_secs(3600))
+            .build()
+            .is_err());
+    }
+
+    #[test]
+    fn https_needs_a_connector_and_says_so() {
+        let err = ConsulRegistry::builder("https://127.0.0.1:8501")
+            .build()
+            .expect_err("plain TCP cannot speak https");
+        assert!(err.to_string().contains("needs a TLS connector"), "{err}");
+        // Any hyper-util connector is accepted; this one would fail the
+        // handshake, but the configuration itself is valid.
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        assert!(ConsulRegistry::builder("https://127.0.0.1:8501")
+            .connector(connector)
+            .build()
+            .is_ok());
+        assert!(ConsulRegistry::builder("ftp://127.0.0.1:8501")
             .build()
             .is_err());
     }

@@ -7,8 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
 use crate::consul::ConsulRegistry;
@@ -224,8 +222,7 @@ impl ConsulRegistry {
         let req = req
             .body(Full::new(body))
             .map_err(|e| DiscoveryError::Malformed(format!("{url}: {e}")))?;
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        let response = tokio::time::timeout(Duration::from_secs(10), self.transport().send(req))
             .await
             .map_err(|_| DiscoveryError::Unavailable(format!("{url}: no answer within 10s")))?
             .map_err(|e| DiscoveryError::Unavailable(format!("{url}: {e}")))?;

@@ -4,7 +4,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Request;
-use mesh_core::ext::TargetService;
 use mesh_core::{BoxError, MeshError, ServiceName};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -152,10 +151,6 @@ where
                             "discovery response future polled after completion".into(),
                         ));
                     };
-                    if req.extensions().get::<TargetService>().is_none() {
-                        req.extensions_mut()
-                            .insert(TargetService(set.service().clone()));
-                    }
                     req.extensions_mut().insert(set);
                     State::Called {
                         future: w.inner.call(req),

@@ -18,8 +18,8 @@ use crate::registry::Registry;
 ///
 /// The target is the [`TargetService`] extension when the request carries
 /// one, else the host of the URI authority. The service's current
-/// [`EndpointSet`] (and the [`TargetService`], if it was derived) is
-/// inserted into the request's extensions for the balancer below.
+/// [`EndpointSet`] is inserted into the request's extensions for the
+/// layers below; it names its service, so nothing else is inserted.
 ///
 /// A request with no authority, a host that is not a valid service name, or
 /// a service no registry knows fails at once with a [`MeshError`] saying
@@ -74,19 +74,18 @@ impl<S> Discover<S> {
         &self.catalog
     }
 
-    fn resolve<B>(&self, req: &Request<B>) -> Result<(EndpointSet, bool), MeshError> {
+    fn resolve<B>(&self, req: &Request<B>) -> Result<EndpointSet, MeshError> {
         if let Some(TargetService(service)) = req.extensions().get::<TargetService>() {
             return self
                 .catalog
                 .get(service.as_str())
-                .map(|set| (set, false))
                 .ok_or_else(|| MeshError::UnknownService {
                     service: service.clone(),
                 });
         }
         let host = req.uri().host().ok_or(MeshError::MissingAuthority)?;
         if let Some(set) = self.catalog.get(host) {
-            return Ok((set, true));
+            return Ok(set);
         }
         // Not found: build the name only now, to tell a malformed host from
         // an unknown one.
@@ -115,11 +114,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match self.resolve(&req) {
-            Ok((set, derived)) => {
-                if derived {
-                    req.extensions_mut()
-                        .insert(TargetService(set.service().clone()));
-                }
+            Ok(set) => {
+                // One insert: the set names its service, which is all the
+                // layers below need (see `mesh_core::ext`).
                 req.extensions_mut().insert(set);
                 ResponseFuture::called(self.inner.call(req))
             }
@@ -178,8 +175,11 @@ mod tests {
         Discover::new(
             service_fn(|req: Request<()>| async move {
                 let set = req.extensions().get::<EndpointSet>().unwrap();
-                let target = req.extensions().get::<TargetService>().unwrap();
-                Ok::<_, Infallible>(format!("{} {}", target.0, set.endpoints()[0].address()))
+                Ok::<_, Infallible>(format!(
+                    "{} {}",
+                    set.service(),
+                    set.endpoints()[0].address()
+                ))
             }),
             catalog,
         )
