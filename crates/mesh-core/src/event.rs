@@ -183,6 +183,35 @@ pub enum MeshEvent {
         /// The new verdict.
         to: Health,
     },
+    /// New TLS material (certificate, key or CA) is in use for new
+    /// handshakes; established connections keep what they negotiated.
+    CertificateRotated {
+        /// The workload identity of the new certificate (its SPIFFE URI),
+        /// or its first DNS name.
+        identity: Option<String>,
+        /// When the new certificate expires, in seconds since the Unix
+        /// epoch.
+        not_after_unix: i64,
+    },
+    /// Changed TLS files were refused (unreadable, malformed, or a key that
+    /// does not match the certificate); the previous material stays in use.
+    CertificateRotationRejected {
+        /// Why, naming the file.
+        reason: String,
+    },
+    /// A TLS handshake was refused or failed.
+    HandshakeRejected {
+        /// Which end saw it: `"client"` or `"server"`.
+        side: &'static str,
+        /// The peer's address, when known.
+        peer: Option<std::net::SocketAddr>,
+        /// Why, as a stable short label (`unknown-ca`, `expired`,
+        /// `not-yet-valid`, `identity-not-allowed`, `no-client-certificate`,
+        /// `name-mismatch`, `other`).
+        reason: &'static str,
+        /// The full reason.
+        detail: String,
+    },
 }
 
 /// A broadcast channel of [`MeshEvent`]s shared by every layer of a stack.

@@ -1,3 +1,24 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
+
+mod client;
+mod credentials;
+mod error;
+mod identity;
+mod material;
+mod metrics;
+mod server;
+mod verify;
+
+pub use client::{ClientTls, ClientTlsBuilder, HandshakeError, MeshConnector};
+pub use credentials::Credentials;
+pub use error::{HandshakeRejection, TlsError};
+pub use identity::{IdentityPolicy, PeerIdentity, SpiffeId};
+pub use material::{Material, PemSource};
+pub use metrics::{TlsMetrics, TlsMetricsSnapshot};
+pub use server::{ServerTls, ServerTlsBuilder};
+pub use verify::PeerVerification;
+
+/// rustls, as this crate uses it (for configurations built by hand).
+pub use tokio_rustls::rustls;

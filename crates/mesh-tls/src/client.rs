@@ -1,0 +1,231 @@
+//! The client side: a connector for hyper-util's `Client` that speaks
+//! mutual TLS to `https` URIs and plain TCP to `http` ones.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use mesh_core::{BoxError, MeshEvent};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tower::Service;
+
+use crate::credentials::Credentials;
+use crate::error::{HandshakeRejection, TlsError};
+use crate::identity::IdentityPolicy;
+use crate::verify::{CurrentCert, PeerVerification, ServerVerifier};
+
+/// Mutual TLS for outgoing calls: presents the current client
+/// certificate, trusts the configured CA (and, by choice, the system
+/// roots), and verifies the server by name or by workload identity.
+///
+/// ```no_run
+/// use http_body_util::Empty;
+/// use hyper_util::client::legacy::Client;
+/// use hyper_util::rt::TokioExecutor;
+/// use mesh_tls::{ClientTls, Credentials, IdentityPolicy, PemSource};
+/// # fn main() -> Result<(), mesh_tls::TlsError> {
+/// let credentials = Credentials::load(PemSource::files("tls.crt", "tls.key", "ca.crt"))?;
+/// let tls = ClientTls::builder(credentials)
+///     .verify_identity(IdentityPolicy::new().allow("spiffe://cluster.local/ns/default/sa/users".parse()?))
+///     .build()?;
+/// let client = Client::builder(TokioExecutor::new())
+///     .build::<_, Empty<bytes::Bytes>>(tls.connector());
+/// # let _ = client; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    credentials: Credentials,
+}
+
+/// Builds a [`ClientTls`].
+#[derive(Debug)]
+pub struct ClientTlsBuilder {
+    credentials: Credentials,
+    verification: PeerVerification,
+    system_roots: bool,
+}
+
+impl ClientTls {
+    /// Starts from `credentials`; by default the server is verified by
+    /// name against the credentials' CA only.
+    pub fn builder(credentials: Credentials) -> ClientTlsBuilder {
+        ClientTlsBuilder {
+            credentials,
+            verification: PeerVerification::ServerName,
+            system_roots: false,
+        }
+    }
+
+    /// A connector over hyper-util's `HttpConnector` (TCP_NODELAY on):
+    /// TLS for `https` URIs, plain TCP for `http`, ALPN offering h2 and
+    /// http/1.1.
+    pub fn connector(&self) -> MeshConnector<HttpConnector> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        self.wrap(http)
+    }
+
+    /// The same over any connector that yields a TCP-like stream.
+    pub fn wrap<H>(&self, http: H) -> MeshConnector<H> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*self.config).clone())
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        MeshConnector {
+            inner: https,
+            credentials: self.credentials.clone(),
+        }
+    }
+
+    /// Handshakes and failures counted by this client's connectors (shared
+    /// with everything built from the same credentials).
+    pub fn metrics(&self) -> &crate::TlsMetrics {
+        self.credentials.metrics()
+    }
+
+    /// The rustls configuration, for use with tokio-rustls directly (it
+    /// rotates with the credentials like the connector).
+    pub fn rustls_config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.config)
+    }
+}
+
+impl ClientTlsBuilder {
+    /// Verifies the server by the host name or IP address of the URI (the
+    /// default).
+    pub fn verify_server_name(mut self) -> Self {
+        self.verification = PeerVerification::ServerName;
+        self
+    }
+
+    /// Verifies the server by its SPIFFE identity instead of its name.
+    pub fn verify_identity(mut self, policy: IdentityPolicy) -> Self {
+        self.verification = PeerVerification::Identity(policy);
+        self
+    }
+
+    /// Also trusts the system's root certificates (off by default: a mesh
+    /// trusts its own CA).
+    pub fn trust_system_roots(mut self, yes: bool) -> Self {
+        self.system_roots = yes;
+        self
+    }
+
+    /// Builds, loading the system roots if asked to.
+    pub fn build(self) -> Result<ClientTls, TlsError> {
+        let system_roots = match self.system_roots {
+            false => None,
+            true => {
+                let found = rustls_native_certs::load_native_certs();
+                let mut roots = RootCertStore::empty();
+                let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    return Err(TlsError::InvalidCa {
+                        what: "the system's root certificates".to_owned(),
+                        detail: format!("none could be loaded ({:?})", found.errors),
+                    });
+                }
+                Some(Arc::new(roots))
+            }
+        };
+        let provider = Arc::clone(self.credentials.provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::InvalidConfig {
+                what: "tls.protocol_versions".to_owned(),
+                reason: e.to_string(),
+            })?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+                credentials: self.credentials.clone(),
+                system_roots,
+                verification: self.verification,
+            }))
+            .with_client_cert_resolver(Arc::new(CurrentCert(self.credentials.clone())));
+        Ok(ClientTls {
+            config: Arc::new(config),
+            credentials: self.credentials,
+        })
+    }
+}
+
+/// The connector [`ClientTls::connector`] makes: hyper-rustls's
+/// `HttpsConnector`, counting handshakes and reporting failures (metrics,
+/// [`MeshEvent::HandshakeRejected`], and an error naming the cause).
+#[derive(Clone, Debug)]
+pub struct MeshConnector<H> {
+    inner: HttpsConnector<H>,
+    credentials: Credentials,
+}
+
+/// A TLS connection to `authority` could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS to {authority} failed: {rejection}")]
+pub struct HandshakeError {
+    /// Where the connection went.
+    pub authority: String,
+    /// Why it failed.
+    #[source]
+    pub rejection: HandshakeRejection,
+}
+
+impl<H> Service<Uri> for MeshConnector<H>
+where
+    H: Service<Uri> + Send,
+    H::Response: Connection + hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
+    H::Future: Send + 'static,
+    H::Error: Into<BoxError>,
+{
+    type Response = MaybeHttpsStream<H::Response>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let connecting = self.inner.call(uri.clone());
+        let credentials = self.credentials.clone();
+        Box::pin(async move {
+            match connecting.await {
+                Ok(stream) => {
+                    if https {
+                        credentials.metrics().handshake();
+                    }
+                    Ok(stream)
+                }
+                Err(error) => match HandshakeRejection::find(&*error) {
+                    // Not a TLS failure (refused, unreachable): hyper's
+                    // error says it best.
+                    None => Err(error),
+                    Some(rejection) => {
+                        credentials.metrics().failure(&rejection);
+                        let authority = uri
+                            .authority()
+                            .map_or_else(|| uri.to_string(), |a| a.to_string());
+                        tracing::warn!(%authority, %rejection, "TLS handshake failed");
+                        credentials.publish(MeshEvent::HandshakeRejected {
+                            side: "client",
+                            peer: None,
+                            reason: rejection.label(),
+                            detail: format!("{authority}: {rejection}"),
+                        });
+                        Err(Box::new(HandshakeError {
+                            authority,
+                            rejection,
+                        }) as BoxError)
+                    }
+                },
+            }
+        })
+    }
+}

@@ -1,0 +1,228 @@
+//! [`Credentials`]: the current TLS material, swapped atomically when its
+//! files change.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use mesh_core::{EventBus, MeshEvent};
+use tokio_rustls::rustls::crypto::CryptoProvider;
+
+use crate::error::TlsError;
+use crate::material::{Material, PemSource};
+use crate::metrics::TlsMetrics;
+
+/// The TLS material a client or server hands out in handshakes, shared by
+/// every connector and acceptor built from it.
+///
+/// Handshakes read the current [`Material`] lock-free. With
+/// [`Credentials::watch`], the files are checked every interval; a change
+/// (an edit in place, or a rename or symlink swap as Kubernetes secret
+/// volumes do) is loaded and checked, then used by new handshakes while
+/// established connections carry on. Material that fails the checks is
+/// refused with [`MeshEvent::CertificateRotationRejected`] and the old
+/// material stays in use.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use mesh_tls::{Credentials, PemSource};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), mesh_tls::TlsError> {
+/// let credentials = Credentials::load(PemSource::files(
+///     "/etc/tls/tls.crt",
+///     "/etc/tls/tls.key",
+///     "/etc/tls/ca.crt",
+/// ))?;
+/// credentials.watch(Duration::from_millis(250));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    source: PemSource,
+    provider: Arc<CryptoProvider>,
+    current: ArcSwap<Material>,
+    events: Mutex<Option<EventBus>>,
+    metrics: TlsMetrics,
+    /// File stamps of the material in use (or last refused), so a refused
+    /// change is not retried until the files change again.
+    stamps: Mutex<Vec<Option<Stamp>>>,
+    watcher: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(Some(task)) = self.watcher.get_mut().map(Option::take) {
+            task.abort();
+        }
+    }
+}
+
+impl Credentials {
+    /// Loads and checks material from `source`, with rustls's `ring`
+    /// crypto provider.
+    pub fn load(source: PemSource) -> Result<Self, TlsError> {
+        Self::load_with_provider(
+            source,
+            Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()),
+        )
+    }
+
+    /// Loads with a given crypto provider.
+    pub fn load_with_provider(
+        source: PemSource,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let stamps = stamps(&source.paths());
+        let material = Material::load(&source, &provider)?;
+        let metrics = TlsMetrics::default();
+        metrics.set_not_after(material.not_after_unix());
+        Ok(Credentials {
+            inner: Arc::new(Inner {
+                source,
+                provider,
+                current: ArcSwap::from_pointee(material),
+                events: Mutex::new(None),
+                metrics,
+                stamps: Mutex::new(stamps),
+                watcher: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Publishes rotations and handshake rejections to `bus`.
+    pub fn with_events(self, bus: EventBus) -> Self {
+        if let Ok(mut events) = self.inner.events.lock() {
+            *events = Some(bus);
+        }
+        self
+    }
+
+    /// The material in use now.
+    pub fn current(&self) -> Arc<Material> {
+        self.inner.current.load_full()
+    }
+
+    /// Handshake and rotation counters, shared by everything built from
+    /// these credentials.
+    pub fn metrics(&self) -> &TlsMetrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.inner.provider
+    }
+
+    pub(crate) fn publish(&self, event: MeshEvent) {
+        if let Ok(events) = self.inner.events.lock() {
+            if let Some(bus) = events.as_ref() {
+                bus.publish(event);
+            }
+        }
+    }
+
+    /// Reads the source again now. `Ok(true)` when new material is in
+    /// use, `Ok(false)` when the files have not changed since the material
+    /// in use (or the last refused) was read; an error when they changed
+    /// and the new material was refused (the old stays in use).
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let paths = self.inner.source.paths();
+        if paths.is_empty() {
+            // PEM held in memory never changes.
+            return Ok(false);
+        }
+        let now = stamps(&paths);
+        {
+            let Ok(mut seen) = self.inner.stamps.lock() else {
+                return Ok(false);
+            };
+            if *seen == now {
+                return Ok(false);
+            }
+            *seen = now;
+        }
+        match Material::load(&self.inner.source, &self.inner.provider) {
+            Ok(material) => {
+                tracing::info!(
+                    identity = material.identity().unwrap_or("-"),
+                    not_after = material.not_after_unix(),
+                    "TLS material rotated"
+                );
+                self.inner.metrics.rotated(material.not_after_unix());
+                self.publish(MeshEvent::CertificateRotated {
+                    identity: material.identity().map(str::to_owned),
+                    not_after_unix: material.not_after_unix(),
+                });
+                self.inner.current.store(Arc::new(material));
+                Ok(true)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "refused new TLS material; the previous stays in use");
+                self.inner.metrics.rotation_rejected();
+                self.publish(MeshEvent::CertificateRotationRejected {
+                    reason: error.to_string(),
+                });
+                Err(error)
+            }
+        }
+    }
+
+    /// Checks the files every `interval` and rotates when they change (see
+    /// the type's documentation). Idempotent: a second call replaces the
+    /// first watch. The watch stops when the last clone of these
+    /// credentials is dropped. Needs a tokio runtime.
+    pub fn watch(&self, interval: Duration) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let interval = interval.max(Duration::from_millis(10));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                // Errors are reported by reload itself.
+                let _ = Credentials { inner }.reload();
+            }
+        });
+        if let Ok(mut watcher) = self.inner.watcher.lock() {
+            if let Some(old) = watcher.replace(task.abort_handle()) {
+                old.abort();
+            }
+        }
+    }
+}
+
+/// What identifies one version of a file: following symlinks, so a
+/// Kubernetes `..data` symlink swap is a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    #[cfg(unix)]
+    inode: u64,
+    #[cfg(unix)]
+    ctime: (i64, i64),
+}
+
+fn stamps(paths: &[&Path]) -> Vec<Option<Stamp>> {
+    paths
+        .iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            #[cfg(unix)]
+            use std::os::unix::fs::MetadataExt;
+            Some(Stamp {
+                modified: meta.modified().ok(),
+                len: meta.len(),
+                #[cfg(unix)]
+                inode: meta.ino(),
+                #[cfg(unix)]
+                ctime: (meta.ctime(), meta.ctime_nsec()),
+            })
+        })
+        .collect()
+}

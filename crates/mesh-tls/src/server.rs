@@ -1,0 +1,250 @@
+//! The server side: an acceptor that requires client certificates, and a
+//! serve loop for any hyper or tower service (an axum `Router` included)
+//! that hands handlers the verified peer identity.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use mesh_core::{BoxError, MeshEvent};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::server::TlsStream;
+use tower::Service;
+
+use crate::credentials::Credentials;
+use crate::error::{HandshakeRejection, TlsError};
+use crate::identity::{IdentityPolicy, PeerIdentity};
+use crate::verify::{ClientVerifier, CurrentCert};
+
+/// Mutual TLS for incoming connections: presents the current server
+/// certificate, requires a client certificate signed by the current CA,
+/// and (optionally) admits only identities on an allow-list.
+///
+/// ```no_run
+/// use mesh_tls::{Credentials, IdentityPolicy, PemSource, PeerIdentity, ServerTls};
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let credentials = Credentials::load(PemSource::files("tls.crt", "tls.key", "ca.crt"))?;
+/// let tls = ServerTls::builder(credentials)
+///     .allow(IdentityPolicy::new().allow_trust_domain("cluster.local"))
+///     .build()?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+/// let app = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+///     let who = req.extensions().get::<PeerIdentity>().and_then(|p| p.spiffe_id()).map(|id| id.to_string());
+///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(who.unwrap_or_default()))))
+/// });
+/// tls.serve(listener, app).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ServerTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    config: Arc<ServerConfig>,
+    credentials: Credentials,
+    handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("config", &self.config)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ServerTls`].
+#[derive(Debug)]
+pub struct ServerTlsBuilder {
+    credentials: Credentials,
+    policy: Option<IdentityPolicy>,
+    handshake_timeout: Duration,
+}
+
+impl ServerTls {
+    /// Starts from `credentials`: any client certificate signed by their
+    /// CA is accepted until [`ServerTlsBuilder::allow`] narrows it.
+    pub fn builder(credentials: Credentials) -> ServerTlsBuilder {
+        ServerTlsBuilder {
+            credentials,
+            policy: None,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Handshakes and failures counted by this server (shared with
+    /// everything built from the same credentials).
+    pub fn metrics(&self) -> &crate::TlsMetrics {
+        self.credentials.metrics()
+    }
+
+    /// The rustls configuration (it rotates with the credentials).
+    pub fn rustls_config(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.config)
+    }
+
+    /// Runs the handshake on an accepted connection. On success, the
+    /// stream and the client's verified identity; on failure, why (also
+    /// counted, logged and published as [`MeshEvent::HandshakeRejected`]).
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+        peer: Option<SocketAddr>,
+    ) -> Result<(TlsStream<IO>, PeerIdentity), HandshakeRejection>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let outcome =
+            match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(io)).await {
+                Err(_) => Err(HandshakeRejection::Other(format!(
+                    "no handshake within {:?}",
+                    self.handshake_timeout
+                ))),
+                Ok(Err(io)) => Err(HandshakeRejection::find(&io)
+                    .unwrap_or_else(|| HandshakeRejection::Other(io.to_string()))),
+                Ok(Ok(stream)) => {
+                    let identity = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .and_then(PeerIdentity::from_cert);
+                    match identity {
+                        Some(identity) => Ok((stream, identity)),
+                        // The verifier requires a certificate; this is only
+                        // reachable if rustls changes its mind.
+                        None => Err(HandshakeRejection::NoClientCertificate),
+                    }
+                }
+            };
+        let metrics = self.credentials.metrics();
+        match &outcome {
+            Ok(_) => metrics.handshake(),
+            Err(rejection) => {
+                metrics.failure(rejection);
+                tracing::warn!(?peer, %rejection, "TLS handshake refused");
+                self.credentials.publish(MeshEvent::HandshakeRejected {
+                    side: "server",
+                    peer,
+                    reason: rejection.label(),
+                    detail: rejection.to_string(),
+                });
+            }
+        }
+        outcome
+    }
+
+    /// Accepts connections from `listener` until it fails, each served on
+    /// its own task with HTTP/1.1 or HTTP/2 (by ALPN). Every request
+    /// carries the client's [`PeerIdentity`] in its extensions. Dropping
+    /// the returned future stops the server and its connections.
+    pub async fn serve<S, B>(&self, listener: TcpListener, service: S) -> std::io::Result<()>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            while connections.try_join_next().is_some() {}
+            let (tcp, peer) = listener.accept().await?;
+            let _ = tcp.set_nodelay(true);
+            let (tls, service) = (self.clone(), service.clone());
+            connections.spawn(async move {
+                let Ok((stream, identity)) = tls.accept(tcp, Some(peer)).await else {
+                    return;
+                };
+                let service = TowerToHyperService::new(WithPeer {
+                    inner: service,
+                    identity,
+                });
+                if let Err(error) = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+impl ServerTlsBuilder {
+    /// Admits only clients whose SPIFFE identity `policy` admits.
+    pub fn allow(mut self, policy: IdentityPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// How long a client may take to complete its handshake (10 s by
+    /// default), so a stalled client cannot hold a task forever.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Builds.
+    pub fn build(self) -> Result<ServerTls, TlsError> {
+        if self.handshake_timeout.is_zero() {
+            return Err(TlsError::InvalidConfig {
+                what: "tls.handshake_timeout".to_owned(),
+                reason: "must be above zero".to_owned(),
+            });
+        }
+        let provider = Arc::clone(self.credentials.provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::InvalidConfig {
+                what: "tls.protocol_versions".to_owned(),
+                reason: e.to_string(),
+            })?
+            .with_client_cert_verifier(Arc::new(ClientVerifier {
+                credentials: self.credentials.clone(),
+                policy: self.policy,
+            }))
+            .with_cert_resolver(Arc::new(CurrentCert(self.credentials.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        Ok(ServerTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::clone(&config)),
+            config,
+            credentials: self.credentials,
+            handshake_timeout: self.handshake_timeout,
+        })
+    }
+}
+
+/// Inserts the connection's peer identity into each request.
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    identity: PeerIdentity,
+}
+
+impl<S, B> Service<Request<B>> for WithPeer<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        req.extensions_mut().insert(self.identity.clone());
+        self.inner.call(req)
+    }
+}

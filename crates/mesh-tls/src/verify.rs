@@ -1,0 +1,219 @@
+//! The rustls hooks that read the current material at each handshake:
+//! certificate resolvers for this end, verifiers for the peer's.
+
+use std::sync::Arc;
+
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::client::{
+    verify_server_cert_signed_by_trust_anchor, verify_server_name, ResolvesClientCert,
+};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio_rustls::rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::rustls::{
+    self, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+
+use crate::credentials::Credentials;
+use crate::identity::IdentityPolicy;
+
+/// Presents the current certificate (client and server side).
+#[derive(Debug)]
+pub(crate) struct CurrentCert(pub(crate) Credentials);
+
+impl ResolvesClientCert for CurrentCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0.current().certified))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0.current().certified))
+    }
+}
+
+/// How a client checks the server it connected to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerVerification {
+    /// The certificate must be valid for the host of the URI (DNS name or
+    /// IP address), as browsers check.
+    ServerName,
+    /// The certificate must carry a SPIFFE identity the policy admits; the
+    /// host name is not checked (mesh certificates name workloads, not
+    /// hosts).
+    Identity(IdentityPolicy),
+}
+
+/// The client's check of the server: chains to the current CA (and the
+/// system roots when configured), then the name or the identity.
+#[derive(Debug)]
+pub(crate) struct ServerVerifier {
+    pub(crate) credentials: Credentials,
+    pub(crate) system_roots: Option<Arc<RootCertStore>>,
+    pub(crate) verification: PeerVerification,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        let algorithms = self
+            .credentials
+            .provider()
+            .signature_verification_algorithms;
+        let material = self.credentials.current();
+        let mut chained = verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &material.roots,
+            intermediates,
+            now,
+            algorithms.all,
+        );
+        if let (Err(_), Some(system)) = (&chained, &self.system_roots) {
+            chained = verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                system,
+                intermediates,
+                now,
+                algorithms.all,
+            );
+        }
+        chained?;
+        match &self.verification {
+            PeerVerification::ServerName => verify_server_name(&parsed, server_name)?,
+            PeerVerification::Identity(policy) => {
+                policy.check(end_entity).map_err(|r| r.into_rustls())?
+            }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self
+                .credentials
+                .provider()
+                .signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self
+                .credentials
+                .provider()
+                .signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.credentials
+            .provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The server's check of a client: a certificate is required, it must
+/// chain to the current CA, and, with a policy, carry an admitted identity.
+#[derive(Debug)]
+pub(crate) struct ClientVerifier {
+    pub(crate) credentials: Credentials,
+    pub(crate) policy: Option<IdentityPolicy>,
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional; the current CA's live behind a swap and
+        // cannot be lent out from here.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .credentials
+            .current()
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(policy) = &self.policy {
+            policy.check(end_entity).map_err(|r| r.into_rustls())?;
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self
+                .credentials
+                .provider()
+                .signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self
+                .credentials
+                .provider()
+                .signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.credentials
+            .provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
