@@ -357,6 +357,9 @@ fn classify_error_chain(error: &(dyn Error + 'static)) -> FailureKind {
         if e.is::<tower::timeout::error::Elapsed>() {
             return FailureKind::Timeout;
         }
+        if e.is::<crate::error::ConnectError>() {
+            return FailureKind::Connect;
+        }
         if let Some(mesh) = e.downcast_ref::<MeshError>() {
             match mesh {
                 MeshError::CircuitOpen { .. } => return FailureKind::CircuitOpen,
@@ -393,6 +396,18 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("wrapper")]
     struct Wrapper(#[source] io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error")]
+    struct ClientError(#[source] crate::error::ConnectError);
+
+    #[test]
+    fn a_connector_s_connect_error_is_a_connect_failure() {
+        let c = FailureClassifier::default();
+        let failed = ClientError(crate::error::ConnectError::new("TLS handshake refused"));
+        assert_eq!(c.classify_error(&failed), FailureKind::Connect);
+        assert!(FailureKind::Connect.never_sent());
+    }
 
     #[test]
     fn finds_io_kinds_deep_in_the_chain() {

@@ -8,6 +8,29 @@ use crate::name::{EndpointId, InvalidName, ServiceName};
 /// The error type tower services in a stack pass along: any error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// A connection could not be set up (a TLS handshake refused, say), so
+/// the request was never sent.
+///
+/// Connectors wrap their failures in it (mesh-tls's does) so that failure
+/// classification reports [`crate::FailureKind::Connect`] and retries know
+/// sending again is safe, whatever the connector's own error type. The
+/// cause is the [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[error("connection not established")]
+pub struct ConnectError(#[source] BoxError);
+
+impl ConnectError {
+    /// Wraps a connector's error.
+    pub fn new(cause: impl Into<BoxError>) -> Self {
+        ConnectError(cause.into())
+    }
+
+    /// The connector's error.
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+}
+
 /// What went wrong in a tower-mesh layer, said so that a person can act.
 ///
 /// Layers return these boxed (as [`BoxError`]), because a stack mixes them

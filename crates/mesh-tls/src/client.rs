@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use http::Uri;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use mesh_core::{BoxError, MeshEvent};
+use mesh_core::{BoxError, ConnectError, MeshEvent};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tower::Service;
 
@@ -158,7 +158,9 @@ impl ClientTlsBuilder {
 
 /// The connector [`ClientTls::connector`] makes: hyper-rustls's
 /// `HttpsConnector`, counting handshakes and reporting failures (metrics,
-/// [`MeshEvent::HandshakeRejected`], and an error naming the cause).
+/// [`MeshEvent::HandshakeRejected`], and a [`HandshakeError`] naming the
+/// cause, wrapped in [`mesh_core::ConnectError`] so retries know the
+/// request was never sent).
 #[derive(Clone, Debug)]
 pub struct MeshConnector<H> {
     inner: HttpsConnector<H>,
@@ -219,10 +221,12 @@ where
                             reason: rejection.label(),
                             detail: format!("{authority}: {rejection}"),
                         });
-                        Err(Box::new(HandshakeError {
+                        // As a ConnectError: the request was never sent, so
+                        // a retry may safely go to another instance.
+                        Err(Box::new(ConnectError::new(HandshakeError {
                             authority,
                             rejection,
-                        }) as BoxError)
+                        })) as BoxError)
                     }
                 },
             }

@@ -3,6 +3,7 @@
 #![warn(missing_docs, clippy::unwrap_used)]
 
 mod client;
+mod config;
 mod credentials;
 mod error;
 mod identity;
@@ -12,6 +13,7 @@ mod server;
 mod verify;
 
 pub use client::{ClientTls, ClientTlsBuilder, HandshakeError, MeshConnector};
+pub use config::TlsConfig;
 pub use credentials::Credentials;
 pub use error::{HandshakeRejection, TlsError};
 pub use identity::{IdentityPolicy, PeerIdentity, SpiffeId};

@@ -18,6 +18,7 @@ pub mod prelude {
     pub use mesh_core::{BoxError, EventBus, MeshError, MeshEvent, ServiceName};
     pub use mesh_discover::{DiscoverLayer, StaticRegistry};
     pub use mesh_retry::{Backoff, Jitter, ReplayBody, RetryConfig, RetryLayer};
+    pub use mesh_tls::{ClientTls, Credentials, ServerTls, TlsConfig};
 }
 
 #[cfg(doctest)]

@@ -57,6 +57,17 @@ pub fn entry(node: &str, ip: &str, port: u16, status: &str) -> serde_json::Value
 
 impl ConsulDouble {
     pub async fn start() -> ConsulDouble {
+        Self::start_on(|tcp| std::future::ready(Some(tcp))).await
+    }
+
+    /// The double behind `wrap`, which turns each accepted connection into
+    /// the stream to serve HTTP on (a TLS handshake, say), or refuses it.
+    pub async fn start_on<F, Fut, IO>(wrap: F) -> ConsulDouble
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Option<IO>> + Send + 'static,
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -73,13 +84,19 @@ impl ConsulDouble {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 let (s, c) = (Arc::clone(&s), Arc::clone(&c));
+                let wrapped = wrap(stream);
                 connections.spawn(async move {
+                    let Some(stream) = wrapped.await else { return };
                     let svc = hyper::service::service_fn(move |req| {
                         answer(req, Arc::clone(&s), Arc::clone(&c))
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    // HTTP/1.1 or h2 (over TLS, ALPN picks h2 as Consul's
+                    // Go server does).
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
                 });
             }
         });
