@@ -193,8 +193,9 @@ pub enum MeshEvent {
         /// epoch.
         not_after_unix: i64,
     },
-    /// Changed TLS files were refused (unreadable, malformed, or a key that
-    /// does not match the certificate); the previous material stays in use.
+    /// Changed TLS files were refused (unreadable, malformed, a key that
+    /// does not match the certificate, a certificate expired or not valid
+    /// yet); the previous material stays in use.
     CertificateRotationRejected {
         /// Why, naming the file.
         reason: String,
@@ -205,9 +206,11 @@ pub enum MeshEvent {
         side: &'static str,
         /// The peer's address, when known.
         peer: Option<std::net::SocketAddr>,
-        /// Why, as a stable short label (`unknown-ca`, `expired`,
-        /// `not-yet-valid`, `identity-not-allowed`, `no-client-certificate`,
-        /// `name-mismatch`, `other`).
+        /// Why, as a stable short label: `unknown-ca`, `expired`,
+        /// `not-yet-valid`, `identity-not-allowed`, `no-identity`,
+        /// `ambiguous-identity`, `no-client-certificate`, `name-mismatch`,
+        /// `refused-by-peer` or `other` (mesh-tls's
+        /// `HandshakeRejection::LABELS`).
         reason: &'static str,
         /// The full reason.
         detail: String,

@@ -225,7 +225,9 @@ impl ConsulRegistry {
         let response = tokio::time::timeout(Duration::from_secs(10), self.transport().send(req))
             .await
             .map_err(|_| DiscoveryError::Unavailable(format!("{url}: no answer within 10s")))?
-            .map_err(|e| DiscoveryError::Unavailable(format!("{url}: {e}")))?;
+            .map_err(|e| {
+                DiscoveryError::Unavailable(format!("{url}: {}", crate::consul::causes(&e)))
+            })?;
         let status = response.status();
         if status == StatusCode::OK {
             return Ok(());

@@ -111,7 +111,11 @@ async fn mesh_server(ca: &Ca, issued: &Issued) -> SocketAddr {
     ))
     .expect("credentials");
     let tls = ServerTls::builder(credentials)
-        .allow(IdentityPolicy::new().allow_trust_domain("cluster.local"))
+        .allow(
+            IdentityPolicy::new()
+                .allow_trust_domain("cluster.local")
+                .expect("trust domain"),
+        )
         .build()
         .expect("server");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -194,7 +198,11 @@ pub(crate) fn mtls(c: &mut Criterion) {
         ))
         .expect("credentials"),
     )
-    .verify_identity(IdentityPolicy::new().allow_trust_domain("cluster.local"))
+    .verify_identity(
+        IdentityPolicy::new()
+            .allow_trust_domain("cluster.local")
+            .expect("trust domain"),
+    )
     .build()
     .expect("client");
     let mesh_client =

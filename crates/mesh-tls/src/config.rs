@@ -30,7 +30,9 @@ use crate::server::ServerTls;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// Whether mutual TLS is on (`enabled`); off, calls stay plain.
+    /// Whether mutual TLS is on (`enabled`). Whoever builds the stack reads
+    /// it (the `mesh` facade does); [`TlsConfig::credentials`] refuses to
+    /// load while it is off, so a disabled block is never half used.
     #[serde(default = "yes")]
     pub enabled: bool,
     /// The certificate (chain), PEM (`certPath`).
@@ -46,7 +48,10 @@ pub struct TlsConfig {
     /// Workload identities admitted: exact SPIFFE IDs,
     /// `spiffe://trust-domain/*` for a whole trust domain, or `*` for any
     /// identity the CA vouches for. Empty: clients verify servers by name
-    /// and servers admit any certificate the CA signed.
+    /// and servers admit any certificate the CA signed. One list serves
+    /// both directions (the peers a service calls and the peers that call
+    /// it), as in a mesh where one trust domain is the usual policy; build
+    /// [`ClientTls`] and [`ServerTls`] directly for different lists.
     #[serde(default)]
     pub allowed_identities: Vec<String>,
     /// Also trust the system's root certificates (client side).
@@ -125,7 +130,12 @@ impl TlsConfig {
                         what: what(),
                         reason: e.to_string(),
                     })?;
-                policy.allow_trust_domain(id.trust_domain())
+                policy.allow_trust_domain(id.trust_domain()).map_err(|e| {
+                    TlsError::InvalidConfig {
+                        what: what(),
+                        reason: e.to_string(),
+                    }
+                })?
             } else {
                 let id = entry
                     .parse::<SpiffeId>()
@@ -139,9 +149,16 @@ impl TlsConfig {
         Ok(Some(policy))
     }
 
-    /// Loads the files (and starts watching them, if configured; needs a
-    /// tokio runtime then).
+    /// Loads the files, and starts watching them if configured (which needs
+    /// a tokio runtime: an error otherwise).
     pub fn credentials(&self) -> Result<Credentials, TlsError> {
+        if !self.enabled {
+            return Err(TlsError::InvalidConfig {
+                what: "tls.enabled".to_owned(),
+                reason: "mutual TLS is disabled; check `enabled` before loading credentials"
+                    .to_owned(),
+            });
+        }
         self.validate()?;
         let credentials = Credentials::load(PemSource::files(
             &self.cert_path,
@@ -149,7 +166,7 @@ impl TlsConfig {
             &self.ca_path,
         ))?;
         if !self.watch_interval.is_zero() {
-            credentials.watch(self.watch_interval);
+            credentials.watch(self.watch_interval)?;
         }
         Ok(credentials)
     }

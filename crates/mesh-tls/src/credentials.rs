@@ -33,7 +33,7 @@ use crate::metrics::TlsMetrics;
 ///     "/etc/tls/tls.key",
 ///     "/etc/tls/ca.crt",
 /// ))?;
-/// credentials.watch(Duration::from_millis(250));
+/// credentials.watch(Duration::from_millis(250))?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -49,8 +49,12 @@ struct Inner {
     events: Mutex<Option<EventBus>>,
     metrics: TlsMetrics,
     /// File stamps of the material in use (or last refused), so a refused
-    /// change is not retried until the files change again.
+    /// change is not retried until the files change again. Held across a
+    /// whole reload, so two reloads cannot store out of order.
     stamps: Mutex<Vec<Option<Stamp>>>,
+    /// Stamps of files refused only because their certificate is not valid
+    /// yet: retried at every check, reported once.
+    waiting: Mutex<Option<Vec<Option<Stamp>>>>,
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
@@ -89,6 +93,7 @@ impl Credentials {
                 events: Mutex::new(None),
                 metrics,
                 stamps: Mutex::new(stamps),
+                waiting: Mutex::new(None),
                 watcher: Mutex::new(None),
             }),
         })
@@ -128,25 +133,26 @@ impl Credentials {
     /// Reads the source again now. `Ok(true)` when new material is in
     /// use, `Ok(false)` when the files have not changed since the material
     /// in use (or the last refused) was read; an error when they changed
-    /// and the new material was refused (the old stays in use).
+    /// and the new material was refused (the old stays in use). A
+    /// certificate refused only because it is not valid yet is retried on
+    /// every call until it is, and reported once.
     pub fn reload(&self) -> Result<bool, TlsError> {
         let paths = self.inner.source.paths();
         if paths.is_empty() {
             // PEM held in memory never changes.
             return Ok(false);
         }
+        let Ok(mut seen) = self.inner.stamps.lock() else {
+            return Ok(false);
+        };
         let now = stamps(&paths);
-        {
-            let Ok(mut seen) = self.inner.stamps.lock() else {
-                return Ok(false);
-            };
-            if *seen == now {
-                return Ok(false);
-            }
-            *seen = now;
+        if *seen == now {
+            return Ok(false);
         }
         match Material::load(&self.inner.source, &self.inner.provider) {
             Ok(material) => {
+                *seen = now;
+                self.set_waiting(None);
                 tracing::info!(
                     identity = material.identity().unwrap_or("-"),
                     not_after = material.not_after_unix(),
@@ -160,32 +166,62 @@ impl Credentials {
                 self.inner.current.store(Arc::new(material));
                 Ok(true)
             }
+            Err(error @ TlsError::NotYetValid { .. }) => {
+                // Leave `seen` alone so the next check tries again.
+                if self.set_waiting(Some(now)) {
+                    self.refused(&error);
+                }
+                Err(error)
+            }
             Err(error) => {
-                tracing::warn!(%error, "refused new TLS material; the previous stays in use");
-                self.inner.metrics.rotation_rejected();
-                self.publish(MeshEvent::CertificateRotationRejected {
-                    reason: error.to_string(),
-                });
+                *seen = now;
+                self.set_waiting(None);
+                self.refused(&error);
                 Err(error)
             }
         }
     }
 
-    /// Checks the files every `interval` and rotates when they change (see
-    /// the type's documentation). Idempotent: a second call replaces the
-    /// first watch. The watch stops when the last clone of these
-    /// credentials is dropped. Needs a tokio runtime.
-    pub fn watch(&self, interval: Duration) {
+    /// Records the stamps waiting for validity; whether they are new.
+    fn set_waiting(&self, stamps: Option<Vec<Option<Stamp>>>) -> bool {
+        match self.inner.waiting.lock() {
+            Ok(mut waiting) if *waiting != stamps => {
+                *waiting = stamps;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn refused(&self, error: &TlsError) {
+        tracing::warn!(%error, "refused new TLS material; the previous stays in use");
+        self.inner.metrics.rotation_rejected();
+        self.publish(MeshEvent::CertificateRotationRejected {
+            reason: error.to_string(),
+        });
+    }
+
+    /// Checks the files every `interval` (at least 10 ms) and rotates when
+    /// they change (see the type's documentation). A second call replaces
+    /// the first watch. The watch stops when the last clone of these
+    /// credentials is dropped. Fails outside a tokio runtime.
+    pub fn watch(&self, interval: Duration) -> Result<(), TlsError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|e| TlsError::InvalidConfig {
+                what: "tls.watch_interval".to_owned(),
+                reason: format!("watching the files needs a tokio runtime: {e}"),
+            })?;
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let interval = interval.max(Duration::from_millis(10));
-        let task = tokio::spawn(async move {
+        let task = runtime.spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
+                // File reads and key parsing block: off the async workers.
                 // Errors are reported by reload itself.
-                let _ = Credentials { inner }.reload();
+                let _ = tokio::task::spawn_blocking(move || Credentials { inner }.reload()).await;
             }
         });
         if let Ok(mut watcher) = self.inner.watcher.lock() {
@@ -193,6 +229,7 @@ impl Credentials {
                 old.abort();
             }
         }
+        Ok(())
     }
 }
 

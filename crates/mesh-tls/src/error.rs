@@ -64,6 +64,16 @@ pub enum TlsError {
         /// Why.
         detail: String,
     },
+    /// The certificate's validity starts in the future (beyond a few
+    /// minutes of tolerated clock skew). A rotation to it is retried until
+    /// it becomes valid.
+    #[error("{what} is not valid before {not_before_unix} (Unix time)")]
+    NotYetValid {
+        /// The file or in-memory source.
+        what: String,
+        /// When it becomes valid.
+        not_before_unix: i64,
+    },
     /// No usable CA certificate.
     #[error("{what} holds no usable CA certificate: {detail}")]
     InvalidCa {
@@ -111,6 +121,13 @@ pub enum HandshakeRejection {
     /// URI SAN.
     #[error("the peer's certificate carries no workload identity (SPIFFE URI SAN)")]
     NoIdentity,
+    /// The peer's certificate carries more than one URI SAN; an X.509-SVID
+    /// carries exactly one, and which of several to trust is ambiguous.
+    #[error("the peer's certificate carries several URI SANs ({uris}); a workload identity must be exactly one")]
+    AmbiguousIdentity {
+        /// The URIs presented.
+        uris: String,
+    },
     /// The server requires a client certificate and the client sent none.
     #[error("the peer presented no client certificate")]
     NoClientCertificate,
@@ -134,12 +151,13 @@ pub enum HandshakeRejection {
 
 impl HandshakeRejection {
     /// Every label [`HandshakeRejection::label`] can return, for metrics.
-    pub const LABELS: [&'static str; 9] = [
+    pub const LABELS: [&'static str; 10] = [
         "unknown-ca",
         "expired",
         "not-yet-valid",
         "identity-not-allowed",
         "no-identity",
+        "ambiguous-identity",
         "no-client-certificate",
         "name-mismatch",
         "refused-by-peer",
@@ -158,10 +176,11 @@ impl HandshakeRejection {
             HandshakeRejection::NotYetValid => 2,
             HandshakeRejection::IdentityNotAllowed { .. } => 3,
             HandshakeRejection::NoIdentity => 4,
-            HandshakeRejection::NoClientCertificate => 5,
-            HandshakeRejection::NameMismatch { .. } => 6,
-            HandshakeRejection::RefusedByPeer { .. } => 7,
-            HandshakeRejection::Other(_) => 8,
+            HandshakeRejection::AmbiguousIdentity { .. } => 5,
+            HandshakeRejection::NoClientCertificate => 6,
+            HandshakeRejection::NameMismatch { .. } => 7,
+            HandshakeRejection::RefusedByPeer { .. } => 8,
+            HandshakeRejection::Other(_) => 9,
         }
     }
 

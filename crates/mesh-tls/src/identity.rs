@@ -58,9 +58,15 @@ impl std::str::FromStr for SpiffeId {
         let rest = s
             .strip_prefix("spiffe://")
             .ok_or_else(|| invalid("must start with spiffe://"))?;
+        if s.len() > 2048 {
+            return Err(invalid("longer than 2048 bytes"));
+        }
         let (domain, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         if domain.is_empty() {
             return Err(invalid("the trust domain is empty"));
+        }
+        if domain.len() > 255 {
+            return Err(invalid("the trust domain is longer than 255 bytes"));
         }
         if !domain
             .bytes()
@@ -107,7 +113,8 @@ impl fmt::Display for SpiffeId {
 /// use mesh_tls::IdentityPolicy;
 /// let policy = IdentityPolicy::new()
 ///     .allow("spiffe://cluster.local/ns/default/sa/api-service".parse()?)
-///     .allow_trust_domain("staging.local");
+///     .allow_trust_domain("staging.local")?;
+/// assert!(IdentityPolicy::new().allow_trust_domain("Staging.Local").is_err());
 /// assert!(policy.admits(&"spiffe://staging.local/ns/x/sa/y".parse()?));
 /// assert!(!policy.admits(&"spiffe://cluster.local/ns/default/sa/other".parse()?));
 /// # Ok::<(), mesh_tls::TlsError>(())
@@ -139,10 +146,19 @@ impl IdentityPolicy {
         self
     }
 
-    /// Admits every identity of `trust_domain`.
-    pub fn allow_trust_domain(mut self, trust_domain: impl Into<String>) -> Self {
-        self.domains.push(trust_domain.into());
-        self
+    /// Admits every identity of `trust_domain` (`cluster.local`), which
+    /// must be a valid SPIFFE trust domain (lower case letters, digits,
+    /// `.`, `-`, `_`): a malformed one would silently match no one.
+    pub fn allow_trust_domain(mut self, trust_domain: &str) -> Result<Self, TlsError> {
+        let id: SpiffeId = format!("spiffe://{trust_domain}").parse()?;
+        if !id.path().is_empty() {
+            return Err(TlsError::InvalidConfig {
+                what: format!("trust domain {trust_domain:?}"),
+                reason: "a trust domain has no path".to_owned(),
+            });
+        }
+        self.domains.push(id.trust_domain().to_owned());
+        Ok(self)
     }
 
     /// Whether `id` is admitted.
@@ -150,22 +166,16 @@ impl IdentityPolicy {
         self.any || self.ids.contains(id) || self.domains.iter().any(|d| d == id.trust_domain())
     }
 
-    /// Checks a peer's certificate: it must carry an admitted identity.
+    /// Checks a peer's certificate: it must carry exactly one SPIFFE ID
+    /// (as an X.509-SVID does), and the policy must admit it.
     pub(crate) fn check(&self, cert: &CertificateDer<'_>) -> Result<(), HandshakeRejection> {
         let facts = CertFacts::parse(cert).map_err(HandshakeRejection::Other)?;
-        let ids = facts.spiffe_ids();
-        if ids.is_empty() {
-            return Err(HandshakeRejection::NoIdentity);
-        }
-        if ids.iter().any(|id| self.admits(id)) {
+        let id = facts.spiffe_id()?.ok_or(HandshakeRejection::NoIdentity)?;
+        if self.admits(&id) {
             return Ok(());
         }
         Err(HandshakeRejection::IdentityNotAllowed {
-            identity: ids
-                .iter()
-                .map(SpiffeId::as_str)
-                .collect::<Vec<_>>()
-                .join(", "),
+            identity: id.to_string(),
             allowed: self.describe(),
         })
     }
@@ -209,7 +219,9 @@ impl PeerIdentity {
     pub(crate) fn from_cert(cert: &CertificateDer<'_>) -> Option<Self> {
         let facts = CertFacts::parse(cert).ok()?;
         Some(PeerIdentity(Arc::new(PeerFacts {
-            spiffe: facts.spiffe_ids().into_iter().next(),
+            // Ambiguous (several URI SANs): no identity rather than a
+            // guess, so handlers never authorise by the wrong one.
+            spiffe: facts.spiffe_id().ok().flatten(),
             dns_names: facts.dns_names,
             subject: facts.subject,
             not_after_unix: facts.not_after_unix,
@@ -272,18 +284,29 @@ impl CertFacts {
         })
     }
 
-    pub(crate) fn spiffe_ids(&self) -> Vec<SpiffeId> {
-        self.uris.iter().filter_map(|u| u.parse().ok()).collect()
+    /// The certificate's SPIFFE ID: `None` without URI SANs, an error with
+    /// several (an X.509-SVID has exactly one) or one that is not a valid
+    /// SPIFFE ID.
+    pub(crate) fn spiffe_id(&self) -> Result<Option<SpiffeId>, HandshakeRejection> {
+        match self.uris.as_slice() {
+            [] => Ok(None),
+            [uri] => uri
+                .parse()
+                .map(Some)
+                .map_err(|_| HandshakeRejection::NoIdentity),
+            several => Err(HandshakeRejection::AmbiguousIdentity {
+                uris: several.join(", "),
+            }),
+        }
     }
 
     /// The identity to report for this certificate: its SPIFFE ID, else its
     /// first DNS name.
     pub(crate) fn identity(&self) -> Option<String> {
-        self.spiffe_ids()
-            .into_iter()
-            .next()
-            .map(|id| id.to_string())
-            .or_else(|| self.dns_names.first().cloned())
+        match self.spiffe_id() {
+            Ok(Some(id)) => Some(id.to_string()),
+            _ => self.dns_names.first().cloned(),
+        }
     }
 }
 

@@ -115,6 +115,11 @@ impl Material {
         let [(cert_what, cert_pem), (key_what, key_pem), (ca_what, ca_pem)] = source.read()?;
         let chain = certificates(&cert_what, &cert_pem)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+            _ if key_pem.windows(9).any(|w| w == b"ENCRYPTED") => TlsError::UnusableKey {
+                what: key_what.clone(),
+                detail: "the key is encrypted; give it unencrypted (as Kubernetes secrets hold it)"
+                    .to_owned(),
+            },
             rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey {
                 what: key_what.clone(),
             },
@@ -137,10 +142,12 @@ impl Material {
                 detail: format!("expired at {} (Unix time)", facts.not_after_unix),
             });
         }
-        if facts.not_before_unix > now {
-            return Err(TlsError::BadCertificate {
+        // A certificate issued a moment ago by a CA whose clock runs a
+        // little ahead must not be refused for good.
+        if facts.not_before_unix > now + CLOCK_SKEW_SECS {
+            return Err(TlsError::NotYetValid {
                 what: cert_what,
-                detail: format!("not valid before {} (Unix time)", facts.not_before_unix),
+                not_before_unix: facts.not_before_unix,
             });
         }
         let signing =
@@ -177,6 +184,7 @@ impl Material {
             })?;
         }
         let roots = Arc::new(roots);
+        warn_if_not_issued_by(&certified, &roots, &cert_what, &ca_what, provider);
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(provider))
                 .build()
@@ -209,6 +217,43 @@ impl Material {
         &self.certified.cert
     }
 }
+
+/// Peers that trust only this CA will refuse a certificate it did not
+/// issue; legitimate during a CA migration (a bundle on the peers' side), so
+/// a warning rather than a refusal.
+fn warn_if_not_issued_by(
+    certified: &CertifiedKey,
+    roots: &RootCertStore,
+    cert_what: &str,
+    ca_what: &str,
+    provider: &CryptoProvider,
+) {
+    let Some((leaf, intermediates)) = certified.cert.split_first() else {
+        return;
+    };
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(leaf) else {
+        return;
+    };
+    let verdict = rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        roots,
+        intermediates,
+        rustls::pki_types::UnixTime::now(),
+        provider.signature_verification_algorithms.all,
+    );
+    if let Err(error) = verdict {
+        tracing::warn!(
+            certificate = cert_what,
+            ca = ca_what,
+            %error,
+            "this certificate does not chain to the configured CA: peers trusting only that CA will refuse it"
+        );
+    }
+}
+
+/// How far in the future a certificate's validity may start and still be
+/// loaded: clocks of issuers and nodes differ.
+const CLOCK_SKEW_SECS: i64 = 300;
 
 fn certificates(what: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain = CertificateDer::pem_slice_iter(pem)

@@ -33,14 +33,14 @@ use crate::verify::{ClientVerifier, CurrentCert};
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let credentials = Credentials::load(PemSource::files("tls.crt", "tls.key", "ca.crt"))?;
 /// let tls = ServerTls::builder(credentials)
-///     .allow(IdentityPolicy::new().allow_trust_domain("cluster.local"))
+///     .allow(IdentityPolicy::new().allow_trust_domain("cluster.local")?)
 ///     .build()?;
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
 /// let app = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
 ///     let who = req.extensions().get::<PeerIdentity>().and_then(|p| p.spiffe_id()).map(|id| id.to_string());
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(who.unwrap_or_default()))))
 /// });
-/// tls.serve(listener, app).await?;
+/// tls.serve(listener, app).await;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -141,11 +141,13 @@ impl ServerTls {
         outcome
     }
 
-    /// Accepts connections from `listener` until it fails, each served on
-    /// its own task with HTTP/1.1 or HTTP/2 (by ALPN). Every request
-    /// carries the client's [`PeerIdentity`] in its extensions. Dropping
-    /// the returned future stops the server and its connections.
-    pub async fn serve<S, B>(&self, listener: TcpListener, service: S) -> std::io::Result<()>
+    /// Accepts connections from `listener`, each served on its own task
+    /// with HTTP/1.1 or HTTP/2 (by ALPN). Every request carries the
+    /// client's [`PeerIdentity`] in its extensions. Runs until dropped:
+    /// accept errors (a full file table, an aborted connection) are logged
+    /// and retried after a pause, never fatal. Dropping the future stops
+    /// the server and its connections.
+    pub async fn serve<S, B>(&self, listener: TcpListener, service: S)
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
@@ -157,7 +159,16 @@ impl ServerTls {
         let mut connections = tokio::task::JoinSet::new();
         loop {
             while connections.try_join_next().is_some() {}
-            let (tcp, peer) = listener.accept().await?;
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends clear when connections close;
+                    // pausing keeps the loop from spinning meanwhile.
+                    tracing::warn!(%error, "accept failed; retrying in 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let (tls, service) = (self.clone(), service.clone());
             connections.spawn(async move {
@@ -214,6 +225,12 @@ impl ServerTlsBuilder {
             }))
             .with_cert_resolver(Arc::new(CurrentCert(self.credentials.clone())));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // No session resumption: a resumed session skips certificate
+        // verification, so a client whose certificate expired or whose CA
+        // was rotated out could keep reconnecting on an old ticket. Pooled
+        // connections make full handshakes rare enough to pay.
+        config.session_storage = Arc::new(tokio_rustls::rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         let config = Arc::new(config);
         Ok(ServerTls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::clone(&config)),

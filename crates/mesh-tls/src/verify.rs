@@ -83,7 +83,15 @@ impl ServerCertVerifier for ServerVerifier {
             now,
             algorithms.all,
         );
-        if let (Err(_), Some(system)) = (&chained, &self.system_roots) {
+        // The system roots (name verification only) are a fallback for an
+        // unknown issuer; any other failure (expired...) keeps its cause.
+        let unknown_issuer = matches!(
+            chained,
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            ))
+        );
+        if let (true, Some(system)) = (unknown_issuer, &self.system_roots) {
             chained = verify_server_cert_signed_by_trust_anchor(
                 &parsed,
                 system,

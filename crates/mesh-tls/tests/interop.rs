@@ -44,7 +44,7 @@ async fn mesh_server(credentials: Credentials, policy: IdentityPolicy) -> (Socke
     let addr = listener.local_addr().expect("addr");
     let serving = tls.clone();
     tokio::spawn(async move {
-        let _ = serving.serve(listener, tower::service_fn(whoami)).await;
+        serving.serve(listener, tower::service_fn(whoami)).await;
     });
     (addr, tls)
 }
@@ -247,7 +247,9 @@ async fn curl_and_openssl_s_client_against_our_server() {
     let dir = TempDir::new("curl");
     let (addr, server) = mesh_server(
         load(&files(&dir, "users", &ca)),
-        IdentityPolicy::new().allow_trust_domain("cluster.local"),
+        IdentityPolicy::new()
+            .allow_trust_domain("cluster.local")
+            .expect("trust domain"),
     )
     .await;
     let [cert, key, ca_file] = files(&dir, "api", &ca);

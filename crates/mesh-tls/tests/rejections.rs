@@ -235,7 +235,11 @@ async fn the_server_refuses_clients_by_cause() {
     let mut events = bus.subscribe();
     let server =
         ServerTls::builder(credentials(&ca, &ca.issue(Leaf::service("users"))).with_events(bus))
-            .allow(IdentityPolicy::new().allow_trust_domain("cluster.local"))
+            .allow(
+                IdentityPolicy::new()
+                    .allow_trust_domain("cluster.local")
+                    .expect("trust domain"),
+            )
             .build()
             .expect("server");
 
@@ -270,6 +274,29 @@ async fn the_server_refuses_clients_by_cause() {
             },
         ),
         (
+            "no identity",
+            Some(ca.issue(Leaf {
+                uris: Vec::new(),
+                ..Leaf::service("api")
+            })),
+            HandshakeRejection::NoIdentity,
+        ),
+        (
+            // An allowed identity beside another: which one a handler
+            // would see is ambiguous, so neither is trusted.
+            "two identities",
+            Some(ca.issue(Leaf {
+                uris: vec![
+                    "spiffe://cluster.local/ns/default/sa/admin".to_owned(),
+                    "spiffe://cluster.local/ns/default/sa/api".to_owned(),
+                ],
+                ..Leaf::service("api")
+            })),
+            HandshakeRejection::AmbiguousIdentity {
+                uris: "spiffe://cluster.local/ns/default/sa/admin, spiffe://cluster.local/ns/default/sa/api".to_owned(),
+            },
+        ),
+        (
             "no client certificate",
             None,
             HandshakeRejection::NoClientCertificate,
@@ -290,6 +317,8 @@ async fn the_server_refuses_clients_by_cause() {
         "expired",
         "not-yet-valid",
         "identity-not-allowed",
+        "no-identity",
+        "ambiguous-identity",
         "no-client-certificate",
     ] {
         assert_eq!(snapshot.failures_for(label), 1, "{label}");
@@ -305,7 +334,7 @@ async fn the_server_refuses_clients_by_cause() {
             reasons.push(reason);
         }
     }
-    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    assert_eq!(reasons.len(), 7, "{reasons:?}");
 }
 
 #[test]
@@ -360,4 +389,78 @@ fn bad_material_is_refused_naming_the_file_and_the_cause() {
     let [old_cert, old_key, _] = dir.write("expired", &expired, &ca.pem);
     let err = load(&old_cert, &old_key, &ca_path).expect_err("expired");
     assert!(err.to_string().contains("expired"), "{err}");
+}
+
+#[tokio::test]
+async fn sessions_are_never_resumed_so_every_connection_is_verified() {
+    // A resumed session would skip verification: a client whose
+    // certificate expired or whose CA was rotated out could keep coming
+    // back on an old ticket.
+    let ca = Ca::new("mesh CA");
+    let server = ServerTls::builder(credentials(&ca, &ca.issue(Leaf::service("users"))))
+        .build()
+        .expect("server");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        server
+            .serve(
+                listener,
+                tower::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"ok")),
+                    ))
+                }),
+            )
+            .await
+    });
+    // A plain rustls client that would resume if offered a ticket.
+    let me = ca.issue(Leaf::service("api"));
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots(&ca))
+        .with_client_auth_cert(chain(&me), key(&me))
+        .expect("client config");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    for round in 0..2 {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("handshake");
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full),
+            "round {round}"
+        );
+        // Read a whole exchange, so any ticket sent would have arrived.
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut response = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut response)
+            .await
+            .expect("read");
+        assert!(response.starts_with(b"HTTP/1.1 200"), "round {round}");
+    }
+}
+
+#[test]
+fn configurations_that_would_weaken_verification_are_refused() {
+    let ca = Ca::new("mesh CA");
+    let me = ca.issue(Leaf::service("api"));
+    // A public CA must not vouch for workload identities.
+    let err = ClientTls::builder(credentials(&ca, &me))
+        .verify_identity(IdentityPolicy::any())
+        .trust_system_roots(true)
+        .build()
+        .expect_err("identity with system roots");
+    assert!(err.to_string().contains("tls.trust_system_roots"), "{err}");
+
+    // A disabled block is never half used.
+    let mut config = mesh_tls::TlsConfig::new("c", "k", "a");
+    config.enabled = false;
+    let err = config.credentials().expect_err("disabled");
+    assert!(err.to_string().contains("tls.enabled"), "{err}");
 }

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh_core::{EventBus, MeshEvent};
 use mesh_tls::rustls::pki_types::ServerName;
-use mesh_tls::{ClientTls, Credentials, IdentityPolicy, PemSource, ServerTls};
+use mesh_tls::{ClientTls, Credentials, IdentityPolicy, PemSource, ServerTls, TlsError};
 use pki::{Ca, Issued, Leaf, TempDir};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -99,7 +99,7 @@ async fn a_symlink_swap_rotates_new_handshakes_and_no_request_fails() {
     ))
     .expect("credentials")
     .with_events(bus);
-    credentials.watch(Duration::from_millis(50));
+    credentials.watch(Duration::from_millis(50)).expect("watch");
     let server = ServerTls::builder(credentials.clone())
         .build()
         .expect("server");
@@ -113,7 +113,11 @@ async fn a_symlink_swap_rotates_new_handshakes_and_no_request_fails() {
         Credentials::load(PemSource::memory(api.cert_pem, api.key_pem, ca.pem.clone()))
             .expect("client credentials"),
     )
-    .verify_identity(IdentityPolicy::new().allow_trust_domain("cluster.local"))
+    .verify_identity(
+        IdentityPolicy::new()
+            .allow_trust_domain("cluster.local")
+            .expect("trust domain"),
+    )
     .build()
     .expect("client");
     assert_eq!(presented(&client_tls, addr).await, v1.der);
@@ -201,4 +205,47 @@ async fn a_symlink_swap_rotates_new_handshakes_and_no_request_fails() {
     let metrics = credentials.metrics().snapshot();
     assert_eq!(metrics.rotations, 1);
     assert_eq!(metrics.rotations_rejected, 1);
+}
+
+#[tokio::test]
+async fn a_certificate_not_valid_yet_is_refused_once_and_retried_until_it_is() {
+    let ca = Ca::new("mesh CA");
+    let dir = TempDir::new("not-yet");
+    let [cert, key, ca_file] = dir.write("users", &ca.issue(Leaf::service("users")), &ca.pem);
+    let bus = EventBus::new(64);
+    let mut events = bus.subscribe();
+    let credentials = Credentials::load(PemSource::files(&cert, &key, &ca_file))
+        .expect("credentials")
+        .with_events(bus);
+    let before = credentials.current().chain()[0].clone();
+
+    // The issuer's clock runs a day ahead: refused, reported once, and
+    // checked again at every reload (not forgotten until the files change).
+    let early = ca.issue(Leaf::service("users").not_yet_valid());
+    dir.write("users", &early, &ca.pem);
+    for _ in 0..3 {
+        let err = credentials.reload().expect_err("not valid yet");
+        assert!(matches!(err, TlsError::NotYetValid { .. }), "{err:?}");
+    }
+    let mut refusals = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let MeshEvent::CertificateRotationRejected { reason } = event {
+            refusals.push(reason);
+        }
+    }
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0].contains("not valid before"), "{refusals:?}");
+    assert_eq!(
+        credentials.current().chain()[0],
+        before,
+        "the old one stays"
+    );
+
+    // A valid certificate replaces it at the next reload.
+    let fresh = ca.issue(Leaf::service("users"));
+    dir.write("users", &fresh, &ca.pem);
+    assert!(credentials.reload().expect("rotates"));
+    assert_eq!(credentials.current().chain()[0].as_ref(), &fresh.der[..]);
+    // Nothing changed since: nothing to do.
+    assert!(!credentials.reload().expect("unchanged"));
 }
