@@ -52,6 +52,71 @@ impl fmt::Display for CircuitState {
     }
 }
 
+/// One of a service's Kubernetes-style probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Probe {
+    /// Is the process alive (restart it if not)?
+    Liveness,
+    /// Should it receive traffic?
+    Readiness,
+    /// Has it finished starting (gates the other two until it has)?
+    Startup,
+}
+
+impl Probe {
+    /// All three, in a fixed order.
+    pub const ALL: [Probe; 3] = [Probe::Liveness, Probe::Readiness, Probe::Startup];
+
+    /// `liveness`, `readiness` or `startup`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Probe::Liveness => "liveness",
+            Probe::Readiness => "readiness",
+            Probe::Startup => "startup",
+        }
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A probe's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeStatus {
+    /// Every check it depends on passes.
+    Healthy,
+    /// Only non-critical checks fail: still passing.
+    Degraded,
+    /// A critical check fails (or has not passed yet, or the service is
+    /// stopping).
+    Unhealthy,
+}
+
+impl ProbeStatus {
+    /// Whether the probe passes (healthy or degraded).
+    pub fn passes(self) -> bool {
+        !matches!(self, ProbeStatus::Unhealthy)
+    }
+
+    /// `healthy`, `degraded` or `unhealthy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeStatus::Healthy => "healthy",
+            ProbeStatus::Degraded => "degraded",
+            ProbeStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+impl fmt::Display for ProbeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Something that happened in the mesh that an operator may want to see.
 ///
 /// Events are for transitions and decisions (a breaker opening, a retry
@@ -182,6 +247,32 @@ pub enum MeshEvent {
         from: Health,
         /// The new verdict.
         to: Health,
+    },
+    /// A health check reached its failure threshold (the design document's
+    /// `service-mesh:health:check-failed`).
+    HealthCheckFailed {
+        /// The check's name.
+        check: String,
+        /// Whether its failure makes its probes unhealthy (else degraded).
+        critical: bool,
+        /// The last failure.
+        error: String,
+        /// Failures in a row.
+        consecutive_failures: u32,
+    },
+    /// A failing health check reached its success threshold again.
+    HealthCheckRecovered {
+        /// The check's name.
+        check: String,
+    },
+    /// A probe's verdict changed.
+    ProbeStatusChanged {
+        /// The probe.
+        probe: Probe,
+        /// The verdict before.
+        from: ProbeStatus,
+        /// The verdict now.
+        to: ProbeStatus,
     },
     /// New TLS material (certificate, key or CA) is in use for new
     /// handshakes; established connections keep what they negotiated.

@@ -210,10 +210,9 @@ impl ConsulRegistry {
             None => Duration::from_secs(10),
         };
         let exchange = async {
-            let response =
-                self.client.send(req).await.map_err(|e| {
-                    DiscoveryError::Unavailable(format!("Consul request failed: {}", causes(&e)))
-                })?;
+            let response = self.client.send(req).await.map_err(|e| {
+                DiscoveryError::Unavailable(format!("Consul request failed: {}", causes(&e)))
+            })?;
             let status = response.status();
             let new_index = response
                 .headers()

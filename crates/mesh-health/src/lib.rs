@@ -1,3 +1,19 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
+
+mod check;
+pub mod common;
+mod layer;
+mod manager;
+mod report;
+mod state;
+mod upstream;
+
+pub use check::{CheckError, CheckFuture, HealthCheck, HealthCheckBuilder};
+pub use layer::{HealthFuture, HealthLayer, HealthPaths, HealthService};
+pub use manager::{HealthCheckManager, HealthCheckManagerBuilder};
+pub use mesh_core::{Probe, ProbeStatus};
+pub use report::{CheckMetrics, CheckReport, ProbeReport};
+pub use state::CheckStatus;
+pub use upstream::{UpstreamCheckConfig, UpstreamHealthChecker, UpstreamProbe};

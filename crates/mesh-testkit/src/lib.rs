@@ -66,7 +66,17 @@ impl Backend {
     ///
     /// When no loopback port can be bound.
     pub async fn start(behavior: Behavior) -> std::io::Result<Backend> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), behavior).await
+    }
+
+    /// Starts a backend on `addr`: the address of a backend dropped
+    /// earlier, to restart an instance where discovery expects it.
+    ///
+    /// # Errors
+    ///
+    /// When `addr` cannot be bound.
+    pub async fn start_on(addr: SocketAddr, behavior: Behavior) -> std::io::Result<Backend> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             behavior: Mutex::new(behavior),

@@ -1,0 +1,246 @@
+//! [`HealthLayer`]: answers `/health/live`, `/health/ready` and
+//! `/health/startup` in front of any hyper service or axum `Router`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use mesh_core::{MeshError, Probe};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::manager::HealthCheckManager;
+
+/// Where the probes are served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthPaths {
+    live: Arc<str>,
+    ready: Arc<str>,
+    startup: Arc<str>,
+}
+
+impl Default for HealthPaths {
+    fn default() -> Self {
+        HealthPaths {
+            live: Arc::from("/health/live"),
+            ready: Arc::from("/health/ready"),
+            startup: Arc::from("/health/startup"),
+        }
+    }
+}
+
+impl HealthPaths {
+    /// Custom paths (say `/livez`, `/readyz`, `/startupz`): each must start
+    /// with `/` and the three must differ.
+    pub fn new(live: &str, ready: &str, startup: &str) -> Result<Self, MeshError> {
+        for (what, path) in [("live", live), ("ready", ready), ("startup", startup)] {
+            if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+                return Err(MeshError::InvalidConfig {
+                    what: format!("health.paths.{what}"),
+                    reason: format!("{path:?} is not a path (it must start with '/', without query or fragment)"),
+                });
+            }
+        }
+        if live == ready || ready == startup || live == startup {
+            return Err(MeshError::InvalidConfig {
+                what: "health.paths".to_owned(),
+                reason: "the three probe paths must differ".to_owned(),
+            });
+        }
+        Ok(HealthPaths {
+            live: Arc::from(live),
+            ready: Arc::from(ready),
+            startup: Arc::from(startup),
+        })
+    }
+
+    /// The probe served at `path`, if any: three string comparisons, no
+    /// allocation.
+    pub fn probe_for(&self, path: &str) -> Option<Probe> {
+        if path == &*self.live {
+            Some(Probe::Liveness)
+        } else if path == &*self.ready {
+            Some(Probe::Readiness)
+        } else if path == &*self.startup {
+            Some(Probe::Startup)
+        } else {
+            None
+        }
+    }
+}
+
+/// Serves the probes of a [`HealthCheckManager`] and passes every other
+/// request to the inner service untouched.
+///
+/// A `GET` or `HEAD` of a probe path answers JSON (the probe's status and
+/// each check's status, last error, last duration and consecutive
+/// failures), `200` when the probe passes (healthy or degraded) and `503`
+/// when it does not; `HEAD` answers the same status with no body. Other
+/// methods, and all other paths, go to the inner service.
+///
+/// ```
+/// use mesh_health::{HealthCheckManager, HealthLayer};
+/// use tower::ServiceBuilder;
+/// # fn main() -> Result<(), mesh_core::MeshError> {
+/// let manager = HealthCheckManager::builder().build()?;
+/// let app = ServiceBuilder::new()
+///     .layer(HealthLayer::new(manager))
+///     .service_fn(|_req: http::Request<()>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+///     });
+/// # let _ = app; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct HealthLayer {
+    manager: HealthCheckManager,
+    paths: HealthPaths,
+}
+
+impl HealthLayer {
+    /// Serves `manager`'s probes on the default paths.
+    pub fn new(manager: HealthCheckManager) -> Self {
+        HealthLayer {
+            manager,
+            paths: HealthPaths::default(),
+        }
+    }
+
+    /// Serves them on `paths` instead.
+    pub fn paths(mut self, paths: HealthPaths) -> Self {
+        self.paths = paths;
+        self
+    }
+}
+
+impl<S> Layer<S> for HealthLayer {
+    type Service = HealthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HealthService {
+            inner,
+            manager: self.manager.clone(),
+            paths: self.paths.clone(),
+        }
+    }
+}
+
+/// The service [`HealthLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct HealthService<S> {
+    inner: S,
+    manager: HealthCheckManager,
+    paths: HealthPaths,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HealthService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<Either<Full<Bytes>, ResBody>>;
+    type Error = S::Error;
+    type Future = HealthFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let method = req.method();
+        if method == Method::GET || method == Method::HEAD {
+            if let Some(probe) = self.paths.probe_for(req.uri().path()) {
+                return HealthFuture::probe(self.answer(probe, method == Method::HEAD));
+            }
+        }
+        HealthFuture::inner(self.inner.call(req))
+    }
+}
+
+impl<S> HealthService<S> {
+    fn answer(&self, probe: Probe, head: bool) -> Response<Full<Bytes>> {
+        let report = self.manager.report(probe);
+        let status = match report.status.passes() {
+            true => StatusCode::OK,
+            false => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let body = match head {
+            true => Bytes::new(),
+            false => Bytes::from(serde_json::to_vec(&report).unwrap_or_else(|e| {
+                format!("{{\"status\":\"{}\",\"error\":\"{e}\"}}", report.status).into_bytes()
+            })),
+        };
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+        response
+    }
+}
+
+pin_project! {
+    /// The response future of [`HealthService`].
+    pub struct HealthFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Probe { response: Option<Response<Full<Bytes>>> },
+        Inner { #[pin] future: F },
+    }
+}
+
+impl<F> HealthFuture<F> {
+    fn probe(response: Response<Full<Bytes>>) -> Self {
+        HealthFuture {
+            kind: Kind::Probe {
+                response: Some(response),
+            },
+        }
+    }
+
+    fn inner(future: F) -> Self {
+        HealthFuture {
+            kind: Kind::Inner { future },
+        }
+    }
+}
+
+impl<F, B, E> Future for HealthFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<Either<Full<Bytes>, B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Probe { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response.map(Either::Left))),
+                // Polled again after completing: an empty 500 rather than
+                // a panic.
+                None => {
+                    let mut response = Response::new(Full::new(Bytes::new()));
+                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    Poll::Ready(Ok(response.map(Either::Left)))
+                }
+            },
+            KindProj::Inner { future } => future
+                .poll(cx)
+                .map(|r| r.map(|response| response.map(Either::Right))),
+        }
+    }
+}
