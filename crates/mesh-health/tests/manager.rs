@@ -180,7 +180,7 @@ async fn the_startup_probe_gates_the_others_until_it_passes_once() {
 async fn a_hung_check_times_out_as_a_failure() {
     let manager = HealthCheckManager::builder()
         .check(
-            HealthCheck::builder("hangs", || std::future::pending::<Result<(), CheckError>>())
+            HealthCheck::builder("hangs", std::future::pending::<Result<(), CheckError>>)
                 .timeout(Duration::from_secs(2))
                 .failure_threshold(1)
                 .build()

@@ -17,6 +17,7 @@ pub mod prelude {
     pub use mesh_core::ext::{AffinityKey, TargetService};
     pub use mesh_core::{BoxError, EventBus, MeshError, MeshEvent, ServiceName};
     pub use mesh_discover::{DiscoverLayer, StaticRegistry};
+    pub use mesh_health::{HealthCheck, HealthCheckManager, HealthLayer, UpstreamHealthChecker};
     pub use mesh_retry::{Backoff, Jitter, ReplayBody, RetryConfig, RetryLayer};
     pub use mesh_tls::{ClientTls, Credentials, ServerTls, TlsConfig};
 }
