@@ -43,7 +43,7 @@ async fn the_balancer_skips_what_health_checks_condemn_and_takes_it_back() {
             },
             interval: Duration::from_millis(20),
             jitter: Duration::from_millis(5),
-            timeout: Duration::from_millis(20),
+            timeout: Duration::from_secs(1),
             healthy_threshold: 2,
             unhealthy_threshold: 2,
             unhealthy_until_checked: false,
@@ -91,11 +91,13 @@ async fn the_balancer_skips_what_health_checks_condemn_and_takes_it_back() {
     for b in &backends {
         b.reset_stats();
     }
+    // Every call succeeds (a call to the stopped one would fail: there is
+    // no retry here), and the two live ones share them.
     send(60).await;
-    let served: u64 = backends.iter().map(|b| b.stats().requests).sum();
-    // The two live ones served every request (their counts include the
-    // checker's probes, hence at least).
-    assert!(served >= 60, "{served}");
+    for b in &backends {
+        let got = b.stats().requests;
+        assert!(got >= 28, "a live instance got {got} of 60");
+    }
 
     // Restart it where discovery expects it: healthy again, and it gets
     // its share.

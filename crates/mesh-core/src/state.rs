@@ -189,6 +189,20 @@ impl EndpointState {
         Health::from_u8(self.health.swap(health as u8, Ordering::Relaxed))
     }
 
+    /// Records `health` only if the verdict is still `expected` (a checker
+    /// must not overwrite a `Draining` set meanwhile by someone else);
+    /// whether it did.
+    pub fn compare_and_set_health(&self, expected: Health, health: Health) -> bool {
+        self.health
+            .compare_exchange(
+                expected as u8,
+                health as u8,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// Until when the endpoint is ejected, if it is ejected at `now`.
     pub fn ejected_until(&self, now: Nanos) -> Option<Nanos> {
         let until = Nanos(self.ejected_until.load(Ordering::Relaxed));

@@ -1,28 +1,28 @@
 //! Ready-made checks (the design document's `CommonHealthChecks`): TCP
-//! connect, HTTP GET, memory and disk usage. Any async closure is a check
-//! too (see [`crate::HealthCheck::builder`]).
+//! connect, HTTP GET, memory and disk usage. Each returns the closure to
+//! hand to [`crate::HealthCheck::builder`]; any async closure is a check
+//! too.
+//!
+//! ```
+//! use mesh_health::{common, HealthCheck};
+//! let disk = HealthCheck::builder("disk", common::disk_usage("/", 95.0)).build()?;
+//! let memory = HealthCheck::builder("memory", common::memory_usage(90.0)).build()?;
+//! # let _ = (disk, memory);
+//! # Ok::<(), mesh_core::MeshError>(())
+//! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::StatusCode;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::check::{CheckError, CheckFuture};
 
-/// Checks anyone can use; each returns the closure to hand to
-/// [`crate::HealthCheck::builder`].
-///
-/// ```
-/// use mesh_health::{common, HealthCheck};
-/// let disk = HealthCheck::builder("disk", common::disk_usage("/", 95.0)).build()?;
-/// let memory = HealthCheck::builder("memory", common::memory_usage(90.0)).build()?;
-/// # let _ = (disk, memory);
-/// # Ok::<(), mesh_core::MeshError>(())
-/// ```
+/// Connects to `addr` over TCP.
 pub fn tcp_connect(addr: SocketAddr) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
     move || {
         Box::pin(async move {
@@ -39,7 +39,8 @@ pub fn tcp_connect(addr: SocketAddr) -> impl Fn() -> CheckFuture + Send + Sync +
 pub struct HttpExpect {
     /// Statuses that pass (by default 200-399).
     pub statuses: std::ops::RangeInclusive<u16>,
-    /// Text the body must contain, if any (the first 64 KiB are read).
+    /// Text the body must contain, if any, within its first 64 KiB (the
+    /// rest is not read).
     pub body_contains: Option<String>,
 }
 
@@ -74,11 +75,9 @@ pub fn http_get(
                 )));
             }
             if let Some(needle) = &expect.body_contains {
-                let body = Limited::new(response.into_body(), 64 * 1024)
-                    .collect()
+                let body = read_prefix(response.into_body(), 64 * 1024)
                     .await
-                    .map_err(|e| CheckError(format!("GET {url}: reading the body: {e}")))?
-                    .to_bytes();
+                    .map_err(|e| CheckError(format!("GET {url}: reading the body: {e}")))?;
                 if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
                     return Err(CheckError(format!(
                         "GET {url}: the body does not contain {needle:?}"
@@ -90,7 +89,7 @@ pub fn http_get(
     }
 }
 
-/// An HTTP status as the check reports it.
+/// Expects exactly `status` (say `204`), no body match.
 pub fn expect_status(status: StatusCode) -> HttpExpect {
     HttpExpect {
         statuses: status.as_u16()..=status.as_u16(),
@@ -163,6 +162,8 @@ pub fn disk_percent(path: &Path) -> Result<f64, CheckError> {
 
 /// Memory in use against its limit.
 pub mod memory {
+    use std::path::{Path, PathBuf};
+
     use crate::check::CheckError;
 
     /// Bytes in use and the limit they count against.
@@ -183,30 +184,75 @@ pub mod memory {
         }
     }
 
-    /// Reads the cgroup v2 figures of this process when it has a limit,
-    /// else the machine's.
+    /// This process's cgroup v2 usage when a limit applies to it (its own
+    /// cgroup's or an ancestor's), else the machine's.
     pub fn read() -> Result<Usage, CheckError> {
-        if let Some(usage) = cgroup_v2(std::path::Path::new("/sys/fs/cgroup")) {
-            return Ok(usage);
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok();
+        if let (Some(own), Some(mounts)) = (own, mounts) {
+            if let Some(dir) = own_cgroup_dir(&own, &mounts) {
+                if let Some(usage) = cgroup_v2(&dir) {
+                    return Ok(usage);
+                }
+            }
         }
         let meminfo = std::fs::read_to_string("/proc/meminfo")
             .map_err(|e| CheckError(format!("reading /proc/meminfo: {e}")))?;
         from_meminfo(&meminfo)
     }
 
-    /// The cgroup v2 usage under `root`, when a limit is set (`memory.max`
-    /// is not `max`).
-    pub fn cgroup_v2(root: &std::path::Path) -> Option<Usage> {
-        let limit = std::fs::read_to_string(root.join("memory.max")).ok()?;
-        let limit: u64 = limit.trim().parse().ok()?;
-        let used: u64 = std::fs::read_to_string(root.join("memory.current"))
+    /// The directory of this process's cgroup v2: its `0::/path` line in
+    /// `/proc/self/cgroup`, under the cgroup2 mount from
+    /// `/proc/self/mountinfo`.
+    pub fn own_cgroup_dir(proc_self_cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
+        let path = proc_self_cgroup
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))?
+            .trim();
+        let mount = mountinfo.lines().find_map(|line| {
+            // "36 25 0:30 / /sys/fs/cgroup rw,... - cgroup2 cgroup2 rw"
+            let (fields, fs) = line.split_once(" - ")?;
+            (fs.split_whitespace().next()? == "cgroup2")
+                .then(|| fields.split_whitespace().nth(4))
+                .flatten()
+        })?;
+        Some(Path::new(mount).join(path.trim_start_matches('/')))
+    }
+
+    /// Usage in the cgroup at `dir` against the tightest `memory.max` on
+    /// the way up to the root; `None` when none is set. Usage leaves out
+    /// inactive page cache (`inactive_file`), which the kernel reclaims
+    /// before it would kill, as the kubelet counts it.
+    pub fn cgroup_v2(dir: &Path) -> Option<Usage> {
+        let current: u64 = std::fs::read_to_string(dir.join("memory.current"))
             .ok()?
             .trim()
             .parse()
             .ok()?;
+        let mut limit: Option<u64> = None;
+        let mut at = Some(dir);
+        while let Some(d) = at {
+            if let Ok(text) = std::fs::read_to_string(d.join("memory.max")) {
+                if let Ok(max) = text.trim().parse::<u64>() {
+                    limit = Some(limit.map_or(max, |l| l.min(max)));
+                }
+            } else {
+                // Above the cgroup2 mount: no more memory.max files.
+                break;
+            }
+            at = d.parent();
+        }
+        let inactive_file = std::fs::read_to_string(dir.join("memory.stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.lines()
+                    .find_map(|l| l.strip_prefix("inactive_file "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
         Some(Usage {
-            used,
-            limit,
+            used: current.saturating_sub(inactive_file),
+            limit: limit?,
             source: "cgroup v2",
         })
     }
@@ -230,6 +276,24 @@ pub mod memory {
             source: "/proc/meminfo",
         })
     }
+}
+
+/// Up to `limit` bytes of a body; the rest is left unread.
+pub(crate) async fn read_prefix<B>(mut body: B, limit: usize) -> Result<Vec<u8>, B::Error>
+where
+    B: http_body::Body + Unpin,
+{
+    let mut read = Vec::new();
+    while read.len() < limit {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        if let Ok(mut data) = frame?.into_data() {
+            let take = data.remaining().min(limit - read.len());
+            read.extend_from_slice(&data.copy_to_bytes(take));
+        }
+    }
+    Ok(read)
 }
 
 fn causes(error: &(dyn std::error::Error + 'static)) -> String {
@@ -263,16 +327,44 @@ mod tests {
     }
 
     #[test]
-    fn a_cgroup_limit_is_used_only_when_set() {
-        let dir = std::env::temp_dir().join(format!("mesh-health-cgroup-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("memory.max"), "max\n").unwrap();
-        std::fs::write(dir.join("memory.current"), "100\n").unwrap();
-        assert_eq!(memory::cgroup_v2(&dir), None);
-        std::fs::write(dir.join("memory.max"), "400\n").unwrap();
-        let usage = memory::cgroup_v2(&dir).unwrap();
-        assert!((usage.percent() - 25.0).abs() < 1e-9);
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn the_tightest_cgroup_limit_up_the_tree_counts_without_page_cache() {
+        let root = std::env::temp_dir().join(format!("mesh-health-cgroup-{}", std::process::id()));
+        let leaf = root.join("kubepods").join("pod1");
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::write(root.join("memory.max"), "max\n").unwrap();
+        std::fs::write(root.join("kubepods").join("memory.max"), "max\n").unwrap();
+        std::fs::write(leaf.join("memory.max"), "max\n").unwrap();
+        std::fs::write(leaf.join("memory.current"), "300\n").unwrap();
+        std::fs::write(leaf.join("memory.stat"), "anon 200\ninactive_file 100\n").unwrap();
+        // No limit anywhere: not a cgroup answer.
+        assert_eq!(memory::cgroup_v2(&leaf), None);
+        // A parent's limit applies; page cache does not count.
+        std::fs::write(root.join("kubepods").join("memory.max"), "800\n").unwrap();
+        let usage = memory::cgroup_v2(&leaf).unwrap();
+        assert_eq!((usage.used, usage.limit), (200, 800));
+        // The tightest wins.
+        std::fs::write(leaf.join("memory.max"), "400\n").unwrap();
+        assert!((memory::cgroup_v2(&leaf).unwrap().percent() - 50.0).abs() < 1e-9);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_process_cgroup_is_found_under_the_cgroup2_mount() {
+        let mountinfo = "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+                         36 25 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        let dir = memory::own_cgroup_dir("0::/kubepods/pod1/ctr\n", mountinfo).unwrap();
+        assert_eq!(dir, Path::new("/sys/fs/cgroup/kubepods/pod1/ctr"));
+        assert_eq!(memory::own_cgroup_dir("1:cpu:/x\n", mountinfo), None);
+        assert_eq!(
+            memory::own_cgroup_dir("0::/\n", "22 1 8:1 / / rw - ext4 x rw\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn reading_this_machine_gives_a_percentage() {
+        let usage = memory::read().unwrap();
+        assert!(usage.limit > 0 && usage.percent() >= 0.0, "{usage:?}");
     }
 
     #[test]

@@ -11,8 +11,9 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use mesh_core::{MeshError, Probe};
 use pin_project_lite::pin_project;
+use tower::util::Oneshot;
+use tower::{Service, ServiceExt};
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::manager::HealthCheckManager;
 
@@ -81,7 +82,9 @@ impl HealthPaths {
 /// each check's status, last error, last duration and consecutive
 /// failures), `200` when the probe passes (healthy or degraded) and `503`
 /// when it does not; `HEAD` answers the same status with no body. Other
-/// methods, and all other paths, go to the inner service.
+/// methods, and all other paths, go to the inner service. The service is
+/// always ready, so probes never queue behind the application; the inner
+/// service must be `Clone` (an axum `Router` and hyper `service_fn`s are).
 ///
 /// ```
 /// use mesh_health::{HealthCheckManager, HealthLayer};
@@ -139,14 +142,18 @@ pub struct HealthService<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HealthService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
 {
     type Response = Response<Either<Full<Bytes>, ResBody>>;
     type Error = S::Error;
-    type Future = HealthFuture<S::Future>;
+    type Future = HealthFuture<Oneshot<S, Request<ReqBody>>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: a probe must be answered even when the application is
+    /// overloaded or failing (a liveness probe stuck behind a full
+    /// concurrency limit would get the pod restarted). Requests for the
+    /// application wait for its readiness in their future instead.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
@@ -156,7 +163,11 @@ where
                 return HealthFuture::probe(self.answer(probe, method == Method::HEAD));
             }
         }
-        HealthFuture::inner(self.inner.call(req))
+        // The clone takes this one's place; the original (which may hold a
+        // readiness reservation) is driven by oneshot: poll_ready, call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        HealthFuture::inner(inner.oneshot(req))
     }
 }
 

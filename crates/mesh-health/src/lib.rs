@@ -4,6 +4,7 @@
 
 mod check;
 pub mod common;
+mod config;
 mod layer;
 mod manager;
 mod report;
@@ -11,6 +12,7 @@ mod state;
 mod upstream;
 
 pub use check::{CheckError, CheckFuture, HealthCheck, HealthCheckBuilder};
+pub use config::{HealthConfig, PathsConfig};
 pub use layer::{HealthFuture, HealthLayer, HealthPaths, HealthService};
 pub use manager::{HealthCheckManager, HealthCheckManagerBuilder};
 pub use mesh_core::{Probe, ProbeStatus};

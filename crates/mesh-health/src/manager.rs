@@ -1,6 +1,7 @@
 //! [`HealthCheckManager`]: runs the checks and judges the probes.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -128,13 +129,18 @@ impl HealthCheckManager {
     }
 
     /// Starts every check on its own task (needs a tokio runtime). A
-    /// second call restarts them.
+    /// second call restarts them; after [`HealthCheckManager::shutdown`] it
+    /// does nothing (a stopped service stays not ready).
     pub fn start(&self) {
+        if self.inner.stopping.load(Ordering::Relaxed) {
+            tracing::warn!("health checks not started: the manager was shut down");
+            return;
+        }
         let Ok(mut tasks) = self.inner.tasks.lock() else {
             return;
         };
-        tasks.abort_all();
-        self.inner.stopping.store(false, Ordering::Relaxed);
+        // Dropping the old set aborts its tasks.
+        *tasks = JoinSet::new();
         for index in 0..self.inner.checks.len() {
             // Weak: the tasks must not keep the manager alive; dropping the
             // last clone stops them.
@@ -155,13 +161,14 @@ impl HealthCheckManager {
         while runs.join_next().await.is_some() {}
     }
 
-    /// Graceful stop: readiness turns unhealthy (`stopping`) at once so
-    /// traffic drains, then the checks stop.
+    /// Graceful stop, for good: readiness turns unhealthy (`stopping`) at
+    /// once so traffic drains while liveness keeps passing, then the check
+    /// tasks stop (a run in flight is abandoned).
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Relaxed);
         self.inner.publish_changes();
         if let Ok(mut tasks) = self.inner.tasks.lock() {
-            tasks.abort_all();
+            *tasks = JoinSet::new();
         }
     }
 
@@ -241,10 +248,21 @@ impl Inner {
         let registered = &self.checks[index];
         let check = &registered.check;
         let started = tokio::time::Instant::now();
-        let outcome = match tokio::time::timeout(check.timeout, (check.run)()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(error.0),
-            Err(_) => Err(format!("timed out after {:?}", check.timeout)),
+        // A check that panics (building its future or running it) fails;
+        // it must not kill the task and freeze its last status.
+        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (check.run)())) {
+            Err(_) => Err("the check panicked".to_owned()),
+            Ok(future) => {
+                let timeout = check.timeout;
+                let run = tokio::spawn(async move { tokio::time::timeout(timeout, future).await });
+                match run.await {
+                    Ok(Ok(Ok(()))) => Ok(()),
+                    Ok(Ok(Err(error))) => Err(error.0),
+                    Ok(Err(_)) => Err(format!("timed out after {timeout:?}")),
+                    Err(joined) if joined.is_panic() => Err("the check panicked".to_owned()),
+                    Err(_) => Err("the check was cancelled".to_owned()),
+                }
+            }
         };
         let took = started.elapsed();
         let (transition, state) = {
@@ -308,6 +326,11 @@ impl Inner {
                 (CheckStatus::Pending, true) if probe != Probe::Liveness => {
                     return (ProbeStatus::Unhealthy, Some("checks pending"))
                 }
+                // Startup has not passed until every one of its checks has
+                // run, critical or not.
+                (CheckStatus::Pending, false) if probe == Probe::Startup && !self.started() => {
+                    return (ProbeStatus::Unhealthy, Some("checks pending"))
+                }
                 (CheckStatus::Failing, false) => verdict = ProbeStatus::Degraded,
                 _ => {}
             }
@@ -322,11 +345,13 @@ impl Inner {
     }
 
     fn publish_changes(&self) {
-        let now = Probe::ALL.map(|p| self.verdict(p).0);
-        let before = match self.last.lock() {
-            Ok(mut last) => std::mem::replace(&mut *last, now),
-            Err(_) => return,
+        // Judged and published under the lock: two runs finishing at once
+        // must not publish their changes out of order.
+        let Ok(mut last) = self.last.lock() else {
+            return;
         };
+        let now = Probe::ALL.map(|p| self.verdict(p).0);
+        let before = std::mem::replace(&mut *last, now);
         for ((probe, from), to) in Probe::ALL.into_iter().zip(before).zip(now) {
             if from != to {
                 tracing::info!(%probe, %from, %to, "probe status changed");

@@ -32,7 +32,8 @@ pub struct CheckReport {
     pub status: CheckStatus,
     /// Whether a failure makes the probe unhealthy (else degraded).
     pub critical: bool,
-    /// The last failure, while it is failing or recovering.
+    /// The last failure, until the check recovers from failing (a passing
+    /// check keeps the error of a failure below its threshold, as a hint).
     pub last_error: Option<String>,
     /// How long the last run took, in milliseconds.
     pub last_duration_ms: Option<f64>,

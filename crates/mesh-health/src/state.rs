@@ -8,7 +8,8 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckStatus {
-    /// Not run yet.
+    /// Not passed yet: never run, or failed fewer times than its failure
+    /// threshold before any success.
     Pending,
     /// Passing.
     Passing,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +12,8 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh_core::{
-    Endpoint, EndpointId, EndpointSet, EventBus, Health, MeshError, MeshEvent, ServiceName,
+    Endpoint, EndpointId, EndpointSet, EndpointState, EventBus, Health, MeshError, MeshEvent,
+    ServiceName,
 };
 use serde::{Deserialize, Serialize};
 
@@ -46,8 +47,9 @@ pub struct UpstreamCheckConfig {
     /// TCP connect (the default) or an HTTP GET.
     #[serde(default = "default_probe")]
     pub probe: UpstreamProbe,
-    /// Time between probes of an endpoint (the design document's
-    /// `healthCheckInterval`).
+    /// Time between rounds of probes (the design document's
+    /// `healthCheckInterval`), counted from the end of a round: the period
+    /// is the interval, plus the jitter, plus the slowest probe.
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
     /// Up to this much is added to each interval at random, so a fleet of
@@ -111,17 +113,18 @@ impl UpstreamCheckConfig {
                 reason,
             })
         };
-        if self.interval < Duration::from_millis(10) {
-            return invalid("interval", format!("{:?} is below 10ms", self.interval));
-        }
-        if self.timeout.is_zero() || self.timeout > self.interval {
+        if self.interval < Duration::from_millis(10) || self.interval > Duration::from_secs(86_400)
+        {
             return invalid(
-                "timeout",
-                format!(
-                    "{:?} must be above zero and at most the interval",
-                    self.timeout
-                ),
+                "interval",
+                format!("{:?} is outside [10ms, 24h]", self.interval),
             );
+        }
+        if self.jitter > self.interval {
+            return invalid("jitter", format!("{:?} is above the interval", self.jitter));
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
+            return invalid("timeout", format!("{:?} is outside (0, 60s]", self.timeout));
         }
         if self.healthy_threshold == 0 {
             return invalid("healthy_threshold", "must be at least 1".to_owned());
@@ -142,24 +145,42 @@ impl UpstreamCheckConfig {
 /// verdicts into their shared state, so the balancer skips unhealthy
 /// ones. Stops when dropped.
 ///
-/// The endpoints come from `source`, read before every round (a
-/// `Catalog::get` in practice: a lock-free load): new endpoints start
-/// being probed, removed ones stop. An endpoint becomes unhealthy after
-/// `unhealthy_threshold` failed probes in a row and healthy again after
-/// `healthy_threshold` passed ones; a newly seen endpoint is marked healthy
-/// by its first passed probe. Endpoints someone else set draining are
-/// left alone.
+/// The endpoints come from `source`, read before every round and every
+/// 100 ms between rounds (a `Catalog::get` in practice: a lock-free load):
+/// a new endpoint is probed at once, removed ones stop being probed. A
+/// round probes every endpoint concurrently, at most 64 at a time. An
+/// endpoint becomes unhealthy after `unhealthy_threshold` failed probes in
+/// a row and healthy again after `healthy_threshold` passed ones; a newly
+/// seen endpoint is marked healthy by its first passed probe. Verdicts are
+/// written with a compare-and-set, so an endpoint someone set draining
+/// stays draining. Dropping the checker stops it and hands its verdicts
+/// back (`Unknown`): endpoints it condemned are not left out for good.
 #[derive(Debug)]
 pub struct UpstreamHealthChecker {
     task: tokio::task::JoinHandle<()>,
     tracked: Arc<AtomicUsize>,
+    judged: Arc<Mutex<Vec<Arc<EndpointState>>>>,
 }
 
 impl Drop for UpstreamHealthChecker {
     fn drop(&mut self) {
         self.task.abort();
+        if let Ok(judged) = self.judged.lock() {
+            for state in judged.iter() {
+                if !state.compare_and_set_health(Health::Unhealthy, Health::Unknown) {
+                    state.compare_and_set_health(Health::Healthy, Health::Unknown);
+                }
+            }
+        }
     }
 }
+
+/// Endpoints probed at once in a round.
+const MAX_CONCURRENT_PROBES: usize = 64;
+
+/// How often the source is read between rounds, to probe new endpoints
+/// without waiting for the next round.
+const WATCH_STEP: Duration = Duration::from_millis(100);
 
 impl UpstreamHealthChecker {
     /// Starts probing `service`'s endpoints as `source` lists them (needs a
@@ -175,8 +196,20 @@ impl UpstreamHealthChecker {
     {
         config.validate()?;
         let tracked = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(run(service, config, source, events, Arc::clone(&tracked)));
-        Ok(UpstreamHealthChecker { task, tracked })
+        let judged = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn(run(
+            service,
+            config,
+            source,
+            events,
+            Arc::clone(&tracked),
+            Arc::clone(&judged),
+        ));
+        Ok(UpstreamHealthChecker {
+            task,
+            tracked,
+            judged,
+        })
     }
 
     /// How many endpoints are being probed now.
@@ -198,9 +231,11 @@ async fn run<F>(
     source: F,
     events: Option<EventBus>,
     count: Arc<AtomicUsize>,
+    judged: Arc<Mutex<Vec<Arc<EndpointState>>>>,
 ) where
     F: Fn() -> Option<EndpointSet>,
 {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_PROBES));
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let mut tracked: HashMap<EndpointId, Tracked> = HashMap::new();
     loop {
@@ -227,13 +262,21 @@ async fn run<F>(
             });
         }
         count.store(tracked.len(), Ordering::Relaxed);
+        if let Ok(mut judged) = judged.lock() {
+            *judged = tracked
+                .values()
+                .map(|t| Arc::clone(t.endpoint.state()))
+                .collect();
+        }
 
         // Probe them all at once.
         let mut probes = tokio::task::JoinSet::new();
         for (id, t) in &tracked {
             let (id, addr) = (id.clone(), t.endpoint.address());
             let (probe, timeout, client) = (config.probe.clone(), config.timeout, client.clone());
+            let permits = Arc::clone(&permits);
             probes.spawn(async move {
+                let _permit = permits.acquire_owned().await;
                 let outcome = tokio::time::timeout(timeout, probe_once(&client, &probe, addr))
                     .await
                     .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
@@ -247,8 +290,24 @@ async fn run<F>(
             }
         }
 
-        let jitter = config.jitter.mul_f64(fastrand::f64());
-        tokio::time::sleep(config.interval + jitter).await;
+        // Until the next round; early if discovery brings a new endpoint.
+        let next =
+            tokio::time::Instant::now() + config.interval + config.jitter.mul_f64(fastrand::f64());
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= next {
+                break;
+            }
+            tokio::time::sleep_until(next.min(now + WATCH_STEP)).await;
+            let fresh = source().is_some_and(|set| {
+                set.endpoints()
+                    .iter()
+                    .any(|e| !tracked.contains_key(e.id()))
+            });
+            if fresh {
+                break;
+            }
+        }
     }
 }
 
@@ -286,7 +345,10 @@ fn judge(
             }
         }
     };
-    state.set_health(after);
+    if !state.compare_and_set_health(before, after) {
+        // Changed meanwhile (set draining by someone else): leave it.
+        return;
+    }
     tracing::info!(%service, endpoint = %t.endpoint, from = ?before, to = ?after, "upstream health changed");
     if let Some(bus) = events {
         bus.publish(MeshEvent::EndpointHealthChanged {
@@ -317,8 +379,9 @@ async fn probe_once(
                 .await
                 .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
             let status = response.status();
-            // Read (and drop) the body so the connection can be reused.
-            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+            // Read (a bounded part of) the body so a small one lets the
+            // connection be reused.
+            let _ = crate::common::read_prefix(response.into_body(), 64 * 1024).await;
             match status.is_success() || status.is_redirection() {
                 true => Ok(()),
                 false => Err(format!("GET http://{addr}{path}: status {status}")),

@@ -149,3 +149,47 @@ async fn probe_paths_are_configurable() {
     assert!(HealthPaths::new("livez", "/readyz", "/startupz").is_err());
     assert!(HealthPaths::new("/x", "/x", "/y").is_err());
 }
+
+/// An application that is never ready (a full concurrency limit, say).
+#[derive(Clone)]
+struct NeverReady;
+
+impl tower::Service<http::Request<()>> for NeverReady {
+    type Response = http::Response<String>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Pending
+    }
+
+    fn call(&mut self, _req: http::Request<()>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new("app".to_owned())))
+    }
+}
+
+#[tokio::test]
+async fn probes_are_answered_while_the_app_is_not_ready() {
+    use tower::{Layer, ServiceExt};
+    let manager = HealthCheckManager::builder().build().expect("manager");
+    let svc = HealthLayer::new(manager).layer(NeverReady);
+    let probe = http::Request::get("/health/live")
+        .body(())
+        .expect("request");
+    let answered = tokio::time::timeout(Duration::from_secs(5), svc.clone().oneshot(probe))
+        .await
+        .expect("the probe does not wait for the app")
+        .expect("answer");
+    assert_eq!(answered.status(), 200);
+    // A request for the app waits for the app's readiness.
+    let app = http::Request::get("/api").body(()).expect("request");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), svc.oneshot(app))
+            .await
+            .is_err(),
+        "the app's request waits"
+    );
+}

@@ -289,3 +289,67 @@ fn bad_configurations_are_named() {
         .expect_err("duplicate");
     assert!(twice.to_string().contains("health.checks.db"), "{twice}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_check_fails_instead_of_freezing() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    let manager = HealthCheckManager::builder()
+        .check(
+            HealthCheck::builder("buggy", move || {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n > 0 {
+                        panic!("a bug in the check");
+                    }
+                    Ok::<(), CheckError>(())
+                }
+            })
+            .failure_threshold(2)
+            .interval(Duration::from_secs(1))
+            .build()
+            .expect("check"),
+        )
+        .build()
+        .expect("manager");
+    manager.start();
+    settle().await;
+    assert_eq!(manager.status(Probe::Readiness), ProbeStatus::Healthy);
+    // It panics from the second run on: the task survives, the runs count
+    // as failures, and the threshold turns the probe unhealthy.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    settle().await;
+    let report = manager.report(Probe::Readiness);
+    assert_eq!(report.status, ProbeStatus::Unhealthy);
+    assert_eq!(
+        report.checks[0].last_error.as_deref(),
+        Some("the check panicked")
+    );
+    assert!(calls.load(Ordering::SeqCst) >= 3);
+    manager.shutdown();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shut_down_manager_stays_down() {
+    let db = Switch::default();
+    let manager = HealthCheckManager::builder()
+        .check(
+            db.check("db")
+                .interval(Duration::from_secs(1))
+                .build()
+                .expect("check"),
+        )
+        .build()
+        .expect("manager");
+    manager.start();
+    settle().await;
+    assert_eq!(manager.status(Probe::Readiness), ProbeStatus::Healthy);
+    manager.shutdown();
+    let runs = db.runs();
+    // start() after shutdown() does not bring readiness back.
+    manager.start();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    settle().await;
+    assert_eq!(db.runs(), runs, "the checks stopped");
+    assert_eq!(manager.report(Probe::Readiness).reason, Some("stopping"));
+}

@@ -20,7 +20,7 @@ impl Drop for Redis {
     }
 }
 
-fn start(port: u16) -> Redis {
+async fn start(port: u16) -> Redis {
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -42,7 +42,7 @@ fn start(port: u16) -> Redis {
             started.elapsed() < Duration::from_secs(10),
             "redis-server never listened"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Redis(child)
 }
@@ -59,7 +59,7 @@ async fn a_real_redis_ping_passes_fails_and_recovers() {
         .build()
         .expect("manager");
 
-    let redis = start(port);
+    let redis = start(port).await;
     manager.run_once().await;
     assert_eq!(manager.status(Probe::Readiness), ProbeStatus::Healthy);
 
@@ -77,7 +77,7 @@ async fn a_real_redis_ping_passes_fails_and_recovers() {
         "{report:?}"
     );
 
-    let _redis = start(port);
+    let _redis = start(port).await;
     manager.run_once().await;
     assert_eq!(manager.status(Probe::Readiness), ProbeStatus::Healthy);
 }

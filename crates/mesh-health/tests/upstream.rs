@@ -14,7 +14,9 @@ fn config(probe: UpstreamProbe) -> UpstreamCheckConfig {
         probe,
         interval: Duration::from_millis(20),
         jitter: Duration::from_millis(5),
-        timeout: Duration::from_millis(20),
+        // Generous: a live endpoint on a loaded CI machine must not be
+        // condemned by a slow answer; dead ones are refused at once.
+        timeout: Duration::from_secs(1),
         healthy_threshold: 2,
         unhealthy_threshold: 2,
         unhealthy_until_checked: false,
@@ -131,11 +133,8 @@ async fn an_http_probe_judges_by_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_endpoints_wait_for_a_probe_if_asked_and_removed_ones_are_dropped() {
     let a = Backend::start(Behavior::Ok).await.expect("backend");
-    // A port nothing listens on.
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr")
-    };
+    // A port nothing listens on (tcpmux): connections are refused.
+    let dead: std::net::SocketAddr = "127.0.0.1:1".parse().expect("addr");
     let name = ServiceName::new("users").expect("name");
     let current = Arc::new(Mutex::new(EndpointSet::new(
         name.clone(),
@@ -180,10 +179,10 @@ async fn new_endpoints_wait_for_a_probe_if_asked_and_removed_ones_are_dropped() 
 #[test]
 fn bad_configurations_are_named() {
     let config = UpstreamCheckConfig {
-        timeout: Duration::from_secs(60),
+        timeout: Duration::from_secs(600),
         ..UpstreamCheckConfig::default()
     };
-    let err = config.validate().expect_err("timeout above interval");
+    let err = config.validate().expect_err("a ten-minute timeout");
     assert!(err.to_string().contains("health.upstream.timeout"), "{err}");
     let err = serde_json::from_str::<UpstreamCheckConfig>(r#"{"intervall": "5s"}"#)
         .expect_err("unknown key");
@@ -192,4 +191,76 @@ fn bad_configurations_are_named() {
         serde_json::from_str(r#"{"probe": {"http": {"path": "health"}}}"#).expect("parses");
     let err = config.validate().expect_err("relative path");
     assert!(err.to_string().contains("probe.http.path"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_new_endpoint_is_held_back_only_when_asked() {
+    // A slow answer keeps the first probe in flight long enough to see the
+    // endpoint's standing before it.
+    let slow = Backend::start(Behavior::Slow(Duration::from_millis(300)))
+        .await
+        .expect("backend");
+    for (hold_back, before) in [(true, Health::Unhealthy), (false, Health::Unknown)] {
+        let set = EndpointSet::new(
+            ServiceName::new("users").expect("name"),
+            vec![Endpoint::builder(slow.addr()).build()],
+        );
+        let mut config = config(UpstreamProbe::Http {
+            path: "/health".to_owned(),
+        });
+        config.unhealthy_until_checked = hold_back;
+        let source = set.clone();
+        let checker = UpstreamHealthChecker::spawn(
+            ServiceName::new("users").expect("name"),
+            config,
+            move || Some(source.clone()),
+            None,
+        )
+        .expect("checker");
+        until("tracked", || checker.tracked() == 1).await;
+        assert_eq!(
+            set.endpoints()[0].state().health(),
+            before,
+            "hold back: {hold_back}"
+        );
+        until("healthy after its probe", || {
+            set.endpoints()[0].state().health() == Health::Healthy
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_is_left_alone_and_dropping_the_checker_hands_verdicts_back() {
+    let dead: std::net::SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    let live = Backend::start(Behavior::Ok).await.expect("backend");
+    let set = EndpointSet::new(
+        ServiceName::new("users").expect("name"),
+        vec![
+            Endpoint::builder(dead).build(),
+            Endpoint::builder(live.addr()).build(),
+        ],
+    );
+    // Someone else drains the live one before the checker sees it.
+    set.endpoints()[1].state().set_health(Health::Draining);
+    let source = set.clone();
+    let checker = UpstreamHealthChecker::spawn(
+        ServiceName::new("users").expect("name"),
+        config(UpstreamProbe::Tcp),
+        move || Some(source.clone()),
+        None,
+    )
+    .expect("checker");
+    until("the dead one condemned", || {
+        set.endpoints()[0].state().health() == Health::Unhealthy
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(set.endpoints()[1].state().health(), Health::Draining);
+
+    // Turning health checking off must not leave the dead one out for
+    // good: its verdict goes back to unknown; draining stays.
+    drop(checker);
+    assert_eq!(set.endpoints()[0].state().health(), Health::Unknown);
+    assert_eq!(set.endpoints()[1].state().health(), Health::Draining);
 }
