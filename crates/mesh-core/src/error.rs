@@ -123,6 +123,13 @@ pub enum MeshError {
         after: Duration,
     },
 
+    /// The client is shutting down and takes no new calls.
+    #[error("the mesh client of {service} is shutting down and takes no new calls")]
+    ShuttingDown {
+        /// The local service.
+        service: ServiceName,
+    },
+
     /// Sending to a chosen endpoint failed; `source` says how.
     #[error("request to {service} endpoint {endpoint} ({address}) failed")]
     Endpoint {

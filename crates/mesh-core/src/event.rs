@@ -248,6 +248,20 @@ pub enum MeshEvent {
         /// The new verdict.
         to: Health,
     },
+    /// A call through the mesh facade ended (published only while someone
+    /// subscribes).
+    RequestCompleted {
+        /// The service called.
+        service: ServiceName,
+        /// The instance that answered (or failed), when one was chosen.
+        endpoint: Option<EndpointId>,
+        /// The status, when a response came back.
+        status: Option<u16>,
+        /// The error, when none did.
+        error: Option<String>,
+        /// From the call to its response (retries included).
+        elapsed: Duration,
+    },
     /// A health check reached its failure threshold (the design document's
     /// `service-mesh:health:check-failed`).
     HealthCheckFailed {

@@ -2,6 +2,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
 
+mod client;
+mod config;
+pub mod metrics;
+mod transport;
+
+pub use client::{CallOptions, MeshBody, MeshClient, MeshClientBuilder};
+pub use config::{
+    DiscoveryConfig, LocalService, MeshConfig, Profile, RetrySettings, ServiceOverride,
+};
+
 pub use mesh_balance as balance;
 pub use mesh_breaker as breaker;
 pub use mesh_core as core;
@@ -12,6 +22,7 @@ pub use mesh_tls as tls;
 
 /// The names most stacks need, in one `use`.
 pub mod prelude {
+    pub use crate::{CallOptions, MeshClient, MeshConfig};
     pub use mesh_balance::{BalanceConfig, BalanceLayer, KeySource, Strategy};
     pub use mesh_breaker::{BreakerConfig, BreakerLayer, BreakerScope, FallbackLayer, Fault};
     pub use mesh_core::ext::{AffinityKey, TargetService};

@@ -1,0 +1,731 @@
+//! [`MeshClient`]: the whole stack for one local service, built from
+//! configuration.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mesh_balance::{BalanceLayer, TrackedBody};
+use mesh_breaker::BreakerLayer;
+use mesh_core::ext::{AffinityKey, SelectedEndpoint, TargetService};
+use mesh_core::{BoxError, EventBus, MeshError, MeshEvent, Probe, ServiceName};
+use mesh_discover::{
+    AgentCheck, Catalog, ConsulRegistry, DiscoverLayer, FileRegistry, Registration, Registry,
+    StaticRegistry,
+};
+use mesh_health::{HealthCheck, HealthCheckManager, ProbeReport, UpstreamHealthChecker};
+use mesh_retry::RetryLayer;
+use tokio::sync::{broadcast, Notify};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use crate::config::{DiscoveryConfig, MeshConfig};
+use crate::metrics::MeshMetrics;
+use crate::transport::Transport;
+
+/// The body of a response through the mesh: hyper's, counted as in flight
+/// on its endpoint until it ends.
+pub type MeshBody = TrackedBody<Incoming>;
+
+type Stack = mesh_retry::Retry<
+    mesh_discover::Discover<
+        mesh_balance::Balance<mesh_breaker::Breaker<tower::timeout::Timeout<Transport>>>,
+    >,
+>;
+
+/// One service's layers: the stack and handles on its layers for metrics.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub(crate) stack: Stack,
+    pub(crate) balance: BalanceLayer,
+    pub(crate) breaker: BreakerLayer,
+    pub(crate) retry: RetryLayer,
+}
+
+/// Per-call options (the design document's `{ clientId }` and friends).
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Headers to send.
+    pub headers: HeaderMap,
+    /// The whole call, retries included, must end within this.
+    pub timeout: Option<Duration>,
+    /// A client key for session affinity and consistent hashing.
+    pub affinity_key: Option<String>,
+}
+
+impl CallOptions {
+    /// Options with an affinity key (the design document's `clientId`).
+    pub fn client_id(key: impl Into<String>) -> Self {
+        CallOptions {
+            affinity_key: Some(key.into()),
+            ..CallOptions::default()
+        }
+    }
+
+    /// With a timeout for the whole call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// With a header.
+    pub fn header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+}
+
+/// A service mesh client for one local service (the design document's
+/// `createServiceMeshClient("api-gateway")`): discovery, balancing,
+/// circuit breaking, retries, timeouts and (optionally) mutual TLS on
+/// every outgoing call, health probes for the service itself, metrics,
+/// events, registration and graceful shutdown.
+///
+/// Calls go to a logical service by name (`client.get("users", "/api/users",
+/// options)`), or as `http://users/api/users` requests through its
+/// [`tower::Service`] implementation. Clones share everything.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), mesh_core::BoxError> {
+/// let client = mesh::MeshClient::from_config(mesh::MeshConfig::load("mesh.toml")?).await?;
+/// let response = client
+///     .get("user-service", "/api/users", mesh::CallOptions::client_id("client-123"))
+///     .await?;
+/// println!("{}", response.status());
+/// client.shutdown(std::time::Duration::from_secs(10)).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MeshClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: MeshConfig,
+    name: ServiceName,
+    bus: EventBus,
+    catalog: Catalog,
+    discover: DiscoverLayer,
+    transport: Transport,
+    default: Route,
+    routes: Mutex<HashMap<ServiceName, Route>>,
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+    drained: Notify,
+    health: Option<HealthCheckManager>,
+    upstream: Mutex<HashMap<ServiceName, UpstreamHealthChecker>>,
+    consul: Option<ConsulRegistry>,
+    registered: Mutex<Option<(String, mesh_discover::Follow)>>,
+    tls: Option<mesh_tls::Credentials>,
+}
+
+impl std::fmt::Debug for MeshClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshClient")
+            .field("service", &self.inner.name)
+            .field("profile", &self.inner.config.profile)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`MeshClient`]: its configuration plus what only code can
+/// give (the local service's health checks).
+#[derive(Debug)]
+pub struct MeshClientBuilder {
+    config: MeshConfig,
+    checks: Vec<HealthCheck>,
+}
+
+impl MeshClientBuilder {
+    /// Adds a health check of the local service (a database ping...). Its
+    /// probes are served by [`mesh_health::HealthLayer`] over
+    /// [`MeshClient::health`].
+    pub fn check(mut self, check: HealthCheck) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    /// Builds and starts the client (see [`MeshClient::from_config`]).
+    pub async fn build(self) -> Result<MeshClient, MeshError> {
+        MeshClient::start(self.config, self.checks).await
+    }
+}
+
+impl MeshClient {
+    /// Starts from a configuration; add health checks on the builder.
+    pub fn builder(config: MeshConfig) -> MeshClientBuilder {
+        MeshClientBuilder {
+            config,
+            checks: Vec::new(),
+        }
+    }
+
+    /// Builds and starts the client: discovery (and its watches), the
+    /// health manager, upstream health checks, certificate watching, and
+    /// registration with Consul when configured. Needs a tokio runtime.
+    pub async fn from_config(config: MeshConfig) -> Result<MeshClient, MeshError> {
+        Self::start(config, Vec::new()).await
+    }
+
+    async fn start(config: MeshConfig, checks: Vec<HealthCheck>) -> Result<MeshClient, MeshError> {
+        config.validate()?;
+        let name =
+            ServiceName::new(&config.service.name).map_err(|e| MeshError::InvalidConfig {
+                what: "service.name".to_owned(),
+                reason: e.to_string(),
+            })?;
+        let bus = EventBus::new(config.event_capacity);
+
+        let (tls, transport) = match config.tls.as_ref().filter(|t| t.enabled) {
+            None => {
+                let mut http = HttpConnector::new();
+                http.set_nodelay(true);
+                http.set_connect_timeout(Some(Duration::from_secs(5)));
+                (
+                    None,
+                    Transport::Plain(Client::builder(TokioExecutor::new()).build(http)),
+                )
+            }
+            Some(tls) => {
+                let credentials = tls
+                    .credentials()
+                    .map_err(tls_error)?
+                    .with_events(bus.clone());
+                let client = tls.client(credentials.clone()).map_err(tls_error)?;
+                (
+                    Some(credentials),
+                    Transport::Tls(Client::builder(TokioExecutor::new()).build(client.connector())),
+                )
+            }
+        };
+
+        let first_wait = Duration::from_secs(5);
+        let (catalog, discover, consul) = match &config.discovery {
+            DiscoveryConfig::Static { services } => {
+                let mut builder = StaticRegistry::builder().events(bus.clone());
+                for (service, entries) in services {
+                    builder = builder.service(service, entries.iter().cloned());
+                }
+                let catalog = builder.build()?.catalog();
+                (catalog.clone(), DiscoverLayer::new(catalog), None)
+            }
+            DiscoveryConfig::File { path, check_every } => {
+                let mut registry = FileRegistry::new(path);
+                if let Some(every) = check_every {
+                    registry = registry.check_every(*every);
+                }
+                let catalog = Catalog::new(bus.clone());
+                let layer = DiscoverLayer::with_registry(
+                    catalog.clone(),
+                    Arc::new(registry) as Arc<dyn Registry>,
+                    first_wait,
+                );
+                (catalog, layer, None)
+            }
+            DiscoveryConfig::Consul {
+                url,
+                token,
+                datacenter,
+                tags,
+                ..
+            } => {
+                let mut builder = ConsulRegistry::builder(url.clone());
+                if let Some(token) = token {
+                    builder = builder.token(token.clone());
+                }
+                if let Some(dc) = datacenter {
+                    builder = builder.datacenter(dc.clone());
+                }
+                for tag in tags {
+                    builder = builder.tag(tag.clone());
+                }
+                let consul = builder.build()?;
+                let catalog = Catalog::new(bus.clone());
+                let layer = DiscoverLayer::with_registry(
+                    catalog.clone(),
+                    Arc::new(consul.clone()) as Arc<dyn Registry>,
+                    first_wait,
+                );
+                (catalog, layer, Some(consul))
+            }
+        };
+
+        let health = match (&config.health, checks.is_empty()) {
+            (None, true) => None,
+            _ => {
+                let mut builder = HealthCheckManager::builder().events(bus.clone());
+                for check in checks {
+                    builder = builder.check(check);
+                }
+                let manager = builder.build()?;
+                manager.start();
+                Some(manager)
+            }
+        };
+
+        let default = build_route(&config, "", &discover, &transport, &bus)?;
+        let client = MeshClient {
+            inner: Arc::new(Inner {
+                name,
+                bus,
+                catalog,
+                discover,
+                transport,
+                default,
+                routes: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+                in_flight: AtomicUsize::new(0),
+                drained: Notify::new(),
+                health,
+                upstream: Mutex::new(HashMap::new()),
+                consul,
+                registered: Mutex::new(None),
+                tls,
+                config,
+            }),
+        };
+        // Services named in the configuration get their own layers now.
+        let named: Vec<String> = client.inner.config.services.keys().cloned().collect();
+        for service in named {
+            if let Ok(service) = ServiceName::new(&service) {
+                client.route(&service)?;
+            }
+        }
+        client.register().await?;
+        Ok(client)
+    }
+
+    /// The local service's name.
+    pub fn service_name(&self) -> &ServiceName {
+        &self.inner.name
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &MeshConfig {
+        &self.inner.config
+    }
+
+    /// The catalog every call resolves against.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    /// The health manager of the local service, when `health` is
+    /// configured (register checks through its builder before building
+    /// the client, or serve its probes with [`mesh_health::HealthLayer`]).
+    pub fn health(&self) -> Option<&HealthCheckManager> {
+        self.inner.health.as_ref()
+    }
+
+    /// The liveness report (healthy when no health section is configured).
+    pub fn liveness(&self) -> Option<ProbeReport> {
+        self.inner
+            .health
+            .as_ref()
+            .map(|h| h.report(Probe::Liveness))
+    }
+
+    /// The readiness report; unhealthy once shutdown has begun.
+    pub fn readiness(&self) -> Option<ProbeReport> {
+        self.inner
+            .health
+            .as_ref()
+            .map(|h| h.report(Probe::Readiness))
+    }
+
+    /// A subscription to every [`MeshEvent`]: breaker transitions, retries,
+    /// discovery changes, health, TLS, and one `RequestCompleted` per call.
+    /// Publishing never blocks a call: a subscriber that falls more than
+    /// `event_capacity` events behind loses the oldest ones and is told how
+    /// many with `RecvError::Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<MeshEvent> {
+        self.inner.bus.subscribe()
+    }
+
+    /// Counters from every layer, for the design document's `getMetrics()`.
+    pub fn metrics(&self) -> MeshMetrics {
+        crate::metrics::collect(self)
+    }
+
+    pub(crate) fn routes(&self) -> Vec<(String, Route)> {
+        let mut routes = vec![("*".to_owned(), self.inner.default.clone())];
+        if let Ok(map) = self.inner.routes.lock() {
+            routes.extend(map.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        }
+        routes
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn tls(&self) -> Option<&mesh_tls::Credentials> {
+        self.inner.tls.as_ref()
+    }
+
+    /// The layers for `service`: its own when the configuration overrides
+    /// it, else the shared default ones. Starts upstream health checks for
+    /// it on first use, when configured.
+    fn route(&self, service: &ServiceName) -> Result<Stack, MeshError> {
+        self.ensure_upstream_checks(service);
+        if !self.inner.config.services.contains_key(service.as_str()) {
+            return Ok(self.inner.default.stack.clone());
+        }
+        let mut routes = self
+            .inner
+            .routes
+            .lock()
+            .map_err(|_| MeshError::InvalidConfig {
+                what: "routes".to_owned(),
+                reason: "a thread panicked while holding the routes".to_owned(),
+            })?;
+        if let Some(route) = routes.get(service) {
+            return Ok(route.stack.clone());
+        }
+        let route = build_route(
+            &self.inner.config,
+            service.as_str(),
+            &self.inner.discover,
+            &self.inner.transport,
+            &self.inner.bus,
+        )?;
+        let stack = route.stack.clone();
+        routes.insert(service.clone(), route);
+        Ok(stack)
+    }
+
+    fn ensure_upstream_checks(&self, service: &ServiceName) {
+        let Some(config) = &self.inner.config.upstream_health else {
+            return;
+        };
+        let Ok(mut checkers) = self.inner.upstream.lock() else {
+            return;
+        };
+        if checkers.contains_key(service) {
+            return;
+        }
+        let catalog = self.inner.catalog.clone();
+        let name = service.clone();
+        match UpstreamHealthChecker::spawn(
+            service.clone(),
+            config.clone(),
+            move || catalog.get(name.as_str()),
+            Some(self.inner.bus.clone()),
+        ) {
+            Ok(checker) => {
+                checkers.insert(service.clone(), checker);
+            }
+            Err(error) => tracing::warn!(%service, %error, "upstream health checks not started"),
+        }
+    }
+
+    /// Sends `req` through the stack of the service its URI's host names
+    /// (`http://users/api/users`).
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<MeshBody>, BoxError> {
+        self.send_with(req, None).await
+    }
+
+    async fn send_with(
+        &self,
+        mut req: Request<Full<Bytes>>,
+        timeout: Option<Duration>,
+    ) -> Result<Response<MeshBody>, BoxError> {
+        let _guard = self.enter()?;
+        let service = match req.extensions().get::<TargetService>() {
+            Some(TargetService(service)) => service.clone(),
+            None => {
+                let host = req.uri().host().ok_or(MeshError::MissingAuthority)?;
+                let service =
+                    ServiceName::new(host).map_err(|source| MeshError::InvalidAuthority {
+                        authority: host.to_owned(),
+                        source,
+                    })?;
+                req.extensions_mut().insert(TargetService(service.clone()));
+                service
+            }
+        };
+        let stack = self.route(&service)?;
+        let started = tokio::time::Instant::now();
+        let call = stack.oneshot(req);
+        let outcome = match timeout {
+            None => call.await,
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(MeshError::Timeout { after: limit }.into()),
+            },
+        };
+        // Per-call events cost a clone and a publish: only while someone
+        // listens.
+        if self.inner.bus.subscriber_count() > 0 {
+            let elapsed = started.elapsed();
+            let event = match &outcome {
+                Ok(response) => MeshEvent::RequestCompleted {
+                    service,
+                    endpoint: response
+                        .extensions()
+                        .get::<SelectedEndpoint>()
+                        .map(|e| e.0.id().clone()),
+                    status: Some(response.status().as_u16()),
+                    error: None,
+                    elapsed,
+                },
+                Err(error) => MeshEvent::RequestCompleted {
+                    service,
+                    endpoint: MeshError::find(&**error).and_then(|e| match e {
+                        MeshError::Endpoint { endpoint, .. } => Some(endpoint.clone()),
+                        _ => None,
+                    }),
+                    status: None,
+                    error: Some(error.to_string()),
+                    elapsed,
+                },
+            };
+            self.inner.bus.publish(event);
+        }
+        outcome
+    }
+
+    /// Sends `method` to `service` at `path` (the design document's
+    /// `get`/`post`/... with headers, body, timeout and client id).
+    pub async fn request(
+        &self,
+        method: Method,
+        service: &str,
+        path: &str,
+        body: Bytes,
+        options: CallOptions,
+    ) -> Result<Response<MeshBody>, BoxError> {
+        let service = ServiceName::new(service).map_err(|source| MeshError::InvalidAuthority {
+            authority: service.to_owned(),
+            source,
+        })?;
+        let path = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{service}{path}"))
+            .body(Full::new(body))?;
+        req.headers_mut().extend(options.headers);
+        if let Some(key) = options.affinity_key {
+            req.extensions_mut().insert(AffinityKey::new(key));
+        }
+        req.extensions_mut().insert(TargetService(service));
+        self.send_with(req, options.timeout).await
+    }
+
+    /// `GET` (the design document's `get("user-service", "/api/users", { clientId })`).
+    pub async fn get(
+        &self,
+        service: &str,
+        path: &str,
+        options: CallOptions,
+    ) -> Result<Response<MeshBody>, BoxError> {
+        self.request(Method::GET, service, path, Bytes::new(), options)
+            .await
+    }
+
+    /// `POST` with `body`.
+    pub async fn post(
+        &self,
+        service: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+        options: CallOptions,
+    ) -> Result<Response<MeshBody>, BoxError> {
+        self.request(Method::POST, service, path, body.into(), options)
+            .await
+    }
+
+    /// `PUT` with `body`.
+    pub async fn put(
+        &self,
+        service: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+        options: CallOptions,
+    ) -> Result<Response<MeshBody>, BoxError> {
+        self.request(Method::PUT, service, path, body.into(), options)
+            .await
+    }
+
+    /// `DELETE`.
+    pub async fn delete(
+        &self,
+        service: &str,
+        path: &str,
+        options: CallOptions,
+    ) -> Result<Response<MeshBody>, BoxError> {
+        self.request(Method::DELETE, service, path, Bytes::new(), options)
+            .await
+    }
+
+    /// Registers the local service with the Consul agent (when the
+    /// configuration says `register = true`), with a TTL check kept
+    /// passing by heartbeats.
+    async fn register(&self) -> Result<(), MeshError> {
+        let DiscoveryConfig::Consul { register: true, .. } = &self.inner.config.discovery else {
+            return Ok(());
+        };
+        let (Some(consul), Some(address), Some(port)) = (
+            &self.inner.consul,
+            self.inner.config.service.address,
+            self.inner.config.service.port,
+        ) else {
+            return Ok(());
+        };
+        let id = format!("{}-{address}-{port}", self.inner.name);
+        let registration = Registration {
+            id: id.clone(),
+            name: self.inner.name.to_string(),
+            address,
+            port,
+            tags: self.inner.config.service.tags.clone(),
+            meta: Default::default(),
+            check: Some(AgentCheck::Ttl {
+                ttl: Duration::from_secs(30),
+            }),
+            deregister_critical_after: Some(Duration::from_secs(300)),
+        };
+        consul
+            .register(&registration)
+            .await
+            .map_err(|e| MeshError::InvalidConfig {
+                what: "discovery.register".to_owned(),
+                reason: format!("registering with Consul failed: {e}"),
+            })?;
+        let heartbeat = consul.heartbeat(registration, Duration::from_secs(10));
+        if let Ok(mut registered) = self.inner.registered.lock() {
+            *registered = Some((id, heartbeat));
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown: readiness fails at once (so load balancers stop
+    /// sending), new calls are refused, calls in flight get up to `drain`
+    /// to finish (they are not cancelled), then the local service is
+    /// deregistered and background tasks (health checks, upstream checks,
+    /// heartbeats, watches of this client) stop. Returns how many calls
+    /// were still in flight when the drain ended (0 when all finished).
+    pub async fn shutdown(&self, drain: Duration) -> usize {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        if let Some(health) = &self.inner.health {
+            health.shutdown();
+        }
+        let deadline = tokio::time::Instant::now() + drain;
+        loop {
+            let waiting = self.inner.drained.notified();
+            if self.in_flight() == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let _ = tokio::time::timeout_at(deadline, waiting).await;
+        }
+        let left = self.in_flight();
+        if left > 0 {
+            tracing::warn!(left, "shutdown: calls still in flight after the drain");
+        }
+        let registered = self.inner.registered.lock().ok().and_then(|mut r| r.take());
+        if let (Some((id, heartbeat)), Some(consul)) = (registered, &self.inner.consul) {
+            drop(heartbeat);
+            if let Err(error) = consul.deregister(&id).await {
+                tracing::warn!(%error, "deregistering from Consul failed");
+            }
+        }
+        if let Ok(mut checkers) = self.inner.upstream.lock() {
+            checkers.clear();
+        }
+        left
+    }
+
+    fn enter(&self) -> Result<InFlight<'_>, MeshError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(MeshError::ShuttingDown {
+                service: self.inner.name.clone(),
+            });
+        }
+        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        // Closed between the check and the count: undo and refuse.
+        if self.inner.closed.load(Ordering::SeqCst) {
+            drop(InFlight(&self.inner));
+            return Err(MeshError::ShuttingDown {
+                service: self.inner.name.clone(),
+            });
+        }
+        Ok(InFlight(&self.inner))
+    }
+}
+
+/// One call counted as in flight until dropped.
+struct InFlight<'a>(&'a Inner);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+fn tls_error(e: mesh_tls::TlsError) -> MeshError {
+    MeshError::InvalidConfig {
+        what: "tls".to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+fn build_route(
+    config: &MeshConfig,
+    service: &str,
+    discover: &DiscoverLayer,
+    transport: &Transport,
+    bus: &EventBus,
+) -> Result<Route, MeshError> {
+    let retry = RetryLayer::new(config.retry_for(service)?).events(bus.clone());
+    let balance = BalanceLayer::from_config(config.balance_for(service)).events(bus.clone());
+    let breaker = BreakerLayer::new(config.breaker_for(service)?).events(bus.clone());
+    let stack = ServiceBuilder::new()
+        .layer(retry.clone())
+        .layer(discover.clone())
+        .layer(balance.clone())
+        .layer(breaker.clone())
+        .timeout(config.timeout_for(service))
+        .service(transport.clone());
+    Ok(Route {
+        stack,
+        balance,
+        breaker,
+        retry,
+    })
+}
+
+/// The client as a tower service: requests go to the service their URI's
+/// host names (`http://users/...`), so it can sit under a tonic client or
+/// anything that expects a `Service<http::Request<_>>`.
+impl Service<Request<Full<Bytes>>> for MeshClient {
+    type Response = Response<MeshBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Each call clones the per-service stack, which is always ready to
+        // be driven by oneshot.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.send(req).await })
+    }
+}

@@ -1,0 +1,556 @@
+//! [`MeshConfig`]: the whole client from one file, with profiles,
+//! per-service overrides and environment overrides.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh_balance::BalanceConfig;
+use mesh_breaker::{BreakerConfig, BreakerScope};
+use mesh_core::{MeshError, ServiceName};
+use mesh_health::{HealthConfig, UpstreamCheckConfig};
+use mesh_retry::{Backoff, Jitter, RetryConfig};
+use mesh_tls::TlsConfig;
+use serde::{Deserialize, Serialize};
+
+/// How strict the defaults are (the design document's environment
+/// profiles). Sections written in the file override them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Relaxed: long timeouts, one retry, a breaker that trips only on a
+    /// long run of failures, so a developer's flaky laptop stack keeps
+    /// answering.
+    Development,
+    /// Production-like: production's settings, to find problems before
+    /// production does.
+    Staging,
+    /// Strict: short timeouts, retries within a budget, per-endpoint
+    /// breakers on failure rate.
+    #[default]
+    Production,
+}
+
+impl Profile {
+    /// The per-attempt timeout.
+    pub fn timeout(self) -> Duration {
+        match self {
+            Profile::Development => Duration::from_secs(30),
+            Profile::Staging | Profile::Production => Duration::from_secs(5),
+        }
+    }
+
+    /// The retry defaults.
+    pub fn retry(self) -> Result<RetryConfig, MeshError> {
+        match self {
+            Profile::Development => RetryConfig::builder()
+                .max_retries(1)
+                .backoff(Backoff::constant(Duration::from_millis(100)))
+                .build(),
+            Profile::Staging | Profile::Production => RetryConfig::builder()
+                .max_retries(2)
+                .backoff(Backoff::exponential(Duration::from_millis(50), 2.0))
+                .budget(20.0, 10, Duration::from_secs(10))
+                .build(),
+        }
+    }
+
+    /// The breaker defaults: per endpoint, so one bad instance is ejected
+    /// rather than the whole service refused.
+    pub fn breaker(self) -> Result<BreakerConfig, MeshError> {
+        let base = match self {
+            Profile::Development => BreakerConfig::builder()
+                .consecutive_failures(20)
+                .no_failure_rate()
+                .open_duration(Duration::from_secs(5)),
+            Profile::Staging | Profile::Production => BreakerConfig::builder()
+                .consecutive_failures(5)
+                .failure_rate_threshold(50.0)
+                .minimum_calls(20)
+                .open_duration(Duration::from_secs(30)),
+        };
+        base.scope(BreakerScope::Endpoint).build()
+    }
+}
+
+/// The local service (the design document's `createServiceMeshClient("api-gateway")`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalService {
+    /// Its name (`SERVICE_NAME` overrides it).
+    pub name: String,
+    /// Where others reach it, for registration.
+    #[serde(default)]
+    pub address: Option<std::net::IpAddr>,
+    /// Its port, for registration.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Tags it registers with (`v1`, `canary`...).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Where the instances of other services are found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DiscoveryConfig {
+    /// Fixed lists: service name to `ip:port` entries.
+    Static {
+        /// The lists.
+        services: BTreeMap<String, Vec<String>>,
+    },
+    /// A JSON or TOML file of the same shape, watched for changes.
+    File {
+        /// The file (relative paths are from the configuration file).
+        path: PathBuf,
+        /// How often it is checked.
+        #[serde(default, with = "humantime_serde")]
+        check_every: Option<Duration>,
+    },
+    /// Consul's health API with blocking queries (`CONSUL_URL` overrides
+    /// the address).
+    Consul {
+        /// `http://consul:8500`.
+        url: String,
+        /// ACL token.
+        #[serde(default)]
+        token: Option<String>,
+        /// Datacenter.
+        #[serde(default)]
+        datacenter: Option<String>,
+        /// Only instances with all these tags.
+        #[serde(default)]
+        tags: Vec<String>,
+        /// Register the local service with the agent (needs `service.address`
+        /// and `service.port`), deregistered on shutdown.
+        #[serde(default)]
+        register: bool,
+    },
+}
+
+/// Retry settings as written in a file; [`RetrySettings::build`] turns them
+/// into a validated [`RetryConfig`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// `exponential`, `linear`, `constant` or `fibonacci`.
+    #[serde(default = "default_backoff")]
+    pub backoff: String,
+    /// The first delay.
+    #[serde(default = "default_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    /// Growth per retry, for `exponential`.
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+    /// The longest delay.
+    #[serde(default, with = "humantime_serde")]
+    pub max_delay: Option<Duration>,
+    /// `none`, `full`, `equal` or `decorrelated`.
+    #[serde(default = "default_jitter")]
+    pub jitter: String,
+    /// Statuses worth another attempt (else the retry crate's defaults:
+    /// 408, 429, 500, 502, 503, 504).
+    #[serde(default)]
+    pub retryable_statuses: Option<Vec<u16>>,
+    /// Retry POST and PATCH too (they may apply twice).
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
+    /// Retries may add at most this percent of requests; `0` turns the
+    /// budget off.
+    #[serde(default = "default_budget")]
+    pub budget_percent: f64,
+    /// The whole call, retries included, must end within this.
+    #[serde(default, with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+}
+
+fn default_backoff() -> String {
+    "exponential".to_owned()
+}
+fn default_initial() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_multiplier() -> f64 {
+    2.0
+}
+fn default_jitter() -> String {
+    "full".to_owned()
+}
+fn default_budget() -> f64 {
+    20.0
+}
+
+impl RetrySettings {
+    /// The validated configuration; errors name the setting.
+    pub fn build(&self) -> Result<RetryConfig, MeshError> {
+        let invalid = |what: &str, reason: String| MeshError::InvalidConfig {
+            what: format!("retry.{what}"),
+            reason,
+        };
+        let mut backoff = match self.backoff.as_str() {
+            "exponential" => Backoff::exponential(self.initial, self.multiplier),
+            "linear" => Backoff::linear(self.initial),
+            "constant" => Backoff::constant(self.initial),
+            "fibonacci" => Backoff::fibonacci(self.initial),
+            other => {
+                return Err(invalid(
+                    "backoff",
+                    format!("{other:?}: use exponential, linear, constant or fibonacci"),
+                ))
+            }
+        };
+        if let Some(max) = self.max_delay {
+            backoff = backoff.max_delay(max);
+        }
+        backoff = backoff.jitter(match self.jitter.as_str() {
+            "none" => Jitter::None,
+            "full" => Jitter::Full,
+            "equal" => Jitter::Equal,
+            "decorrelated" => Jitter::Decorrelated,
+            other => {
+                return Err(invalid(
+                    "jitter",
+                    format!("{other:?}: use none, full, equal or decorrelated"),
+                ))
+            }
+        });
+        let mut builder = RetryConfig::builder()
+            .max_retries(self.max_retries)
+            .backoff(backoff)
+            .retry_non_idempotent(self.retry_non_idempotent);
+        if let Some(codes) = &self.retryable_statuses {
+            let mut statuses = Vec::new();
+            for code in codes {
+                statuses.push(http::StatusCode::from_u16(*code).map_err(|_| {
+                    invalid("retryable_statuses", format!("{code} is not a status"))
+                })?);
+            }
+            builder = builder.retryable_statuses(statuses);
+        }
+        if !(0.0..=100.0).contains(&self.budget_percent) {
+            return Err(invalid(
+                "budget_percent",
+                format!("{} is outside [0, 100]", self.budget_percent),
+            ));
+        }
+        builder = if self.budget_percent == 0.0 {
+            builder.no_budget()
+        } else {
+            builder.budget(self.budget_percent, 10, Duration::from_secs(10))
+        };
+        if let Some(deadline) = self.deadline {
+            builder = builder.deadline(deadline);
+        }
+        builder.build()
+    }
+}
+
+/// What may differ for one service (the design document's gateway, auth,
+/// payment and notification examples).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceOverride {
+    /// Per-attempt timeout.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Balancing.
+    #[serde(default)]
+    pub balance: Option<BalanceConfig>,
+    /// Circuit breaking.
+    #[serde(default)]
+    pub breaker: Option<BreakerConfig>,
+    /// Retries.
+    #[serde(default)]
+    pub retry: Option<RetrySettings>,
+}
+
+/// The whole configuration of a [`crate::MeshClient`].
+///
+/// ```
+/// let config = mesh::MeshConfig::from_toml_str(r#"
+///     profile = "staging"
+///     [service]
+///     name = "api-gateway"
+///     [discovery]
+///     kind = "static"
+///     services = { users = ["127.0.0.1:8081"] }
+///     [services.users]
+///     timeout = "2s"
+/// "#)?;
+/// assert_eq!(config.service.name, "api-gateway");
+/// assert_eq!(config.timeout_for("users"), std::time::Duration::from_secs(2));
+///
+/// let err = mesh::MeshConfig::from_toml_str(r#"
+///     [service]
+///     name = "api-gateway"
+///     [discovery]
+///     kind = "static"
+///     services = {}
+///     [services.users.retry]
+///     max_retrys = 3
+/// "#).unwrap_err();
+/// assert!(err.to_string().contains("services.users.retry"), "{err}");
+/// # Ok::<(), mesh_core::MeshError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// The defaults' strictness (`MESH_PROFILE` overrides it).
+    #[serde(default)]
+    pub profile: Profile,
+    /// The local service.
+    pub service: LocalService,
+    /// Where other services are found.
+    pub discovery: DiscoveryConfig,
+    /// How long a service's set is kept while its registry fails; unset,
+    /// forever.
+    #[serde(default, with = "humantime_serde")]
+    pub max_staleness: Option<Duration>,
+    /// Per-attempt timeout for every service (else the profile's).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Balancing for every service.
+    #[serde(default)]
+    pub balance: Option<BalanceConfig>,
+    /// Circuit breaking for every service (else the profile's).
+    #[serde(default)]
+    pub breaker: Option<BreakerConfig>,
+    /// Retries for every service (else the profile's).
+    #[serde(default)]
+    pub retry: Option<RetrySettings>,
+    /// The local service's probes.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// Active health checks of every service's instances.
+    #[serde(default)]
+    pub upstream_health: Option<UpstreamCheckConfig>,
+    /// Mutual TLS (the design document's `mtls`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Per-service overrides, by service name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceOverride>,
+    /// Capacity of the event channel (slow subscribers lose the oldest).
+    #[serde(default = "default_event_capacity")]
+    pub event_capacity: usize,
+}
+
+fn default_event_capacity() -> usize {
+    1024
+}
+
+impl MeshConfig {
+    /// Reads a TOML file, applies the environment overrides
+    /// (`SERVICE_NAME`, `CONSUL_URL`, `MESH_PROFILE`) and validates. A
+    /// relative discovery file path is taken from the file's directory.
+    pub fn load(path: impl AsRef<Path>) -> Result<MeshConfig, MeshError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| MeshError::InvalidConfig {
+            what: path.display().to_string(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| match e {
+            MeshError::InvalidConfig { what, reason } => MeshError::InvalidConfig {
+                what: format!("{}: {what}", path.display()),
+                reason,
+            },
+            other => other,
+        })?;
+        if let DiscoveryConfig::File { path: file, .. } = &mut config.discovery {
+            if file.is_relative() {
+                if let Some(dir) = path.parent() {
+                    *file = dir.join(&*file);
+                }
+            }
+        }
+        config.apply_env(|k| std::env::var(k).ok());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text and validates it (no environment overrides).
+    pub fn from_toml_str(text: &str) -> Result<MeshConfig, MeshError> {
+        let config = Self::parse(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse(text: &str) -> Result<MeshConfig, MeshError> {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| MeshError::InvalidConfig {
+            what: "the configuration".to_owned(),
+            reason: e.to_string(),
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            MeshError::InvalidConfig {
+                what: if path == "." {
+                    "the configuration".to_owned()
+                } else {
+                    path
+                },
+                reason: e.into_inner().to_string(),
+            }
+        })
+    }
+
+    /// Applies the overrides the design document's Deployment sets, read
+    /// through `var`: `SERVICE_NAME`, `CONSUL_URL` (for Consul discovery),
+    /// `MESH_PROFILE`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(name) = var("SERVICE_NAME").filter(|v| !v.is_empty()) {
+            self.service.name = name;
+        }
+        if let (Some(consul), DiscoveryConfig::Consul { url, .. }) = (
+            var("CONSUL_URL").filter(|v| !v.is_empty()),
+            &mut self.discovery,
+        ) {
+            *url = consul;
+        }
+        if let Some(profile) = var("MESH_PROFILE") {
+            match profile.as_str() {
+                "development" => self.profile = Profile::Development,
+                "staging" => self.profile = Profile::Staging,
+                "production" => self.profile = Profile::Production,
+                other => tracing::warn!(
+                    profile = other,
+                    "MESH_PROFILE ignored: not development, staging or production"
+                ),
+            }
+        }
+    }
+
+    /// Checks what serde alone cannot; the error names the value.
+    pub fn validate(&self) -> Result<(), MeshError> {
+        let invalid = |what: String, reason: String| Err(MeshError::InvalidConfig { what, reason });
+        ServiceName::new(&self.service.name).map_err(|e| MeshError::InvalidConfig {
+            what: "service.name".to_owned(),
+            reason: e.to_string(),
+        })?;
+        for name in self.services.keys() {
+            if let Err(e) = ServiceName::new(name) {
+                return invalid(format!("services.{name}"), e.to_string());
+            }
+        }
+        match &self.discovery {
+            DiscoveryConfig::Static { services } => {
+                for (name, entries) in services {
+                    ServiceName::new(name).map_err(|e| MeshError::InvalidConfig {
+                        what: format!("discovery.services.{name}"),
+                        reason: e.to_string(),
+                    })?;
+                    for (i, entry) in entries.iter().enumerate() {
+                        if entry.parse::<std::net::SocketAddr>().is_err() {
+                            return invalid(
+                                format!("discovery.services.{name}[{i}]"),
+                                format!("{entry:?} is not ip:port"),
+                            );
+                        }
+                    }
+                }
+            }
+            DiscoveryConfig::File { .. } => {}
+            DiscoveryConfig::Consul { url, register, .. } => {
+                if !url.starts_with("http://") && !url.starts_with("https://") {
+                    return invalid(
+                        "discovery.url".to_owned(),
+                        format!("{url:?} is not an http(s) URL"),
+                    );
+                }
+                if *register && (self.service.address.is_none() || self.service.port.is_none()) {
+                    return invalid(
+                        "discovery.register".to_owned(),
+                        "registration needs service.address and service.port".to_owned(),
+                    );
+                }
+            }
+        }
+        for (what, timeout) in std::iter::once(("timeout".to_owned(), self.timeout)).chain(
+            self.services
+                .iter()
+                .map(|(name, o)| (format!("services.{name}.timeout"), o.timeout)),
+        ) {
+            if let Some(t) = timeout {
+                if t.is_zero() || t > Duration::from_secs(3600) {
+                    return invalid(what, format!("{t:?} is outside (0, 1h]"));
+                }
+            }
+        }
+        if let Some(retry) = &self.retry {
+            retry.build()?;
+        }
+        for (name, o) in &self.services {
+            if let Some(retry) = &o.retry {
+                retry.build().map_err(|e| match e {
+                    MeshError::InvalidConfig { what, reason } => MeshError::InvalidConfig {
+                        what: format!("services.{name}.{what}"),
+                        reason,
+                    },
+                    other => other,
+                })?;
+            }
+        }
+        if self.event_capacity == 0 {
+            return invalid("event_capacity".to_owned(), "must be at least 1".to_owned());
+        }
+        if let Some(health) = &self.health {
+            health.validate()?;
+        }
+        if let Some(upstream) = &self.upstream_health {
+            upstream.validate()?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| MeshError::InvalidConfig {
+                what: "tls".to_owned(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The per-attempt timeout for `service`: its override, else the
+    /// file's, else the profile's.
+    pub fn timeout_for(&self, service: &str) -> Duration {
+        self.services
+            .get(service)
+            .and_then(|o| o.timeout)
+            .or(self.timeout)
+            .unwrap_or_else(|| self.profile.timeout())
+    }
+
+    /// The retry settings for `service`.
+    pub fn retry_for(&self, service: &str) -> Result<RetryConfig, MeshError> {
+        match self
+            .services
+            .get(service)
+            .and_then(|o| o.retry.as_ref())
+            .or(self.retry.as_ref())
+        {
+            Some(retry) => retry.build(),
+            None => self.profile.retry(),
+        }
+    }
+
+    /// The breaker settings for `service`.
+    pub fn breaker_for(&self, service: &str) -> Result<BreakerConfig, MeshError> {
+        match self
+            .services
+            .get(service)
+            .and_then(|o| o.breaker.clone())
+            .or_else(|| self.breaker.clone())
+        {
+            Some(breaker) => Ok(breaker),
+            None => self.profile.breaker(),
+        }
+    }
+
+    /// The balancing settings for `service`.
+    pub fn balance_for(&self, service: &str) -> BalanceConfig {
+        self.services
+            .get(service)
+            .and_then(|o| o.balance.clone())
+            .or_else(|| self.balance.clone())
+            .unwrap_or_default()
+    }
+}

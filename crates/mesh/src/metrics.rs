@@ -1,0 +1,224 @@
+//! [`MeshMetrics`]: every layer's counters in one serializable document
+//! (the design document's `getMetrics()`).
+
+use serde::Serialize;
+
+use crate::client::MeshClient;
+
+/// A point-in-time snapshot of a [`MeshClient`]'s counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct MeshMetrics {
+    /// The local service.
+    pub service: String,
+    /// Calls in flight through the client now.
+    pub in_flight: usize,
+    /// Per route (`*` for the shared default layers, else a service with
+    /// its own configuration).
+    pub routes: Vec<RouteMetrics>,
+    /// The local service's health checks, when configured.
+    pub health: Vec<HealthMetrics>,
+    /// Mutual TLS, when configured.
+    pub tls: Option<TlsMetrics>,
+}
+
+/// The counters of one route's layers.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteMetrics {
+    /// `*` or the service name.
+    pub route: String,
+    /// Balancer: per service and instance.
+    pub services: Vec<ServiceMetrics>,
+    /// Breakers, by key.
+    pub breakers: Vec<BreakerMetrics>,
+    /// Retries.
+    pub retry: RetryMetrics,
+}
+
+/// One service as the balancer sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceMetrics {
+    /// The service.
+    pub service: String,
+    /// Whether the balancer uses every instance because too few are
+    /// available (panic mode).
+    pub panic: bool,
+    /// Its instances.
+    pub instances: Vec<InstanceMetrics>,
+}
+
+/// One instance: connection counts, response times, distribution.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceMetrics {
+    /// `ip:port`.
+    pub address: String,
+    /// Requests sent to it.
+    pub requests: u64,
+    /// Requests in flight now.
+    pub in_flight: u32,
+    /// Its latency estimate, in milliseconds.
+    pub latency_ms: Option<f64>,
+    /// Its share of the service's requests, in percent.
+    pub share: f64,
+    /// Whether it may receive requests now.
+    pub available: bool,
+}
+
+/// One breaker: state, error rate, rejections.
+#[derive(Clone, Debug, Serialize)]
+pub struct BreakerMetrics {
+    /// What it guards (`users`, `users/127.0.0.1:8081`...).
+    pub key: String,
+    /// `closed`, `open`, `half-open`...
+    pub state: String,
+    /// Failed calls in the window, in percent.
+    pub failure_rate: Option<f64>,
+    /// Slow calls in the window, in percent.
+    pub slow_call_rate: Option<f64>,
+    /// Calls in the window.
+    pub buffered_calls: u32,
+    /// Calls refused while open.
+    pub rejected_total: u64,
+}
+
+/// Retries: attempts, success rates, total delays.
+#[derive(Clone, Debug, Serialize)]
+pub struct RetryMetrics {
+    /// Requests received.
+    pub requests: u64,
+    /// Attempts sent (requests plus retries).
+    pub attempts: u64,
+    /// Retries made.
+    pub retries: u64,
+    /// Requests that succeeded after a retry.
+    pub successes_after_retry: u64,
+    /// Requests that failed after their last retry.
+    pub exhausted: u64,
+    /// Retries refused by the budget.
+    pub budget_exhausted: u64,
+    /// Time spent waiting between attempts, in milliseconds.
+    pub total_delay_ms: f64,
+}
+
+/// One health check: results, failure rate, timing.
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthMetrics {
+    /// The check.
+    pub name: String,
+    /// `pending`, `passing` or `failing`.
+    pub status: mesh_health::CheckStatus,
+    /// Runs.
+    pub runs: u64,
+    /// Failed runs.
+    pub failures: u64,
+    /// The last run's duration, in milliseconds.
+    pub last_duration_ms: Option<f64>,
+}
+
+/// Handshakes and certificate expiry.
+#[derive(Clone, Debug, Serialize)]
+pub struct TlsMetrics {
+    /// Completed handshakes.
+    pub handshakes: u64,
+    /// Failed handshakes by reason.
+    pub failures: Vec<(String, u64)>,
+    /// Rotations to new material.
+    pub rotations: u64,
+    /// When the certificate expires (Unix seconds).
+    pub certificate_not_after_unix: i64,
+}
+
+pub(crate) fn collect(client: &MeshClient) -> MeshMetrics {
+    let routes = client
+        .routes()
+        .into_iter()
+        .map(|(route, r)| RouteMetrics {
+            route,
+            services: r
+                .balance
+                .metrics()
+                .into_iter()
+                .map(|s| ServiceMetrics {
+                    service: s.service.to_string(),
+                    panic: s.panic,
+                    instances: s
+                        .instances
+                        .into_iter()
+                        .map(|i| InstanceMetrics {
+                            address: i.address.to_string(),
+                            requests: i.requests,
+                            in_flight: i.in_flight,
+                            latency_ms: i.latency.map(|d| d.as_secs_f64() * 1e3),
+                            share: i.share,
+                            available: i.available,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            breakers: r
+                .breaker
+                .metrics()
+                .into_iter()
+                .map(|(key, m)| BreakerMetrics {
+                    key: match key {
+                        mesh_breaker::BreakerKey::Endpoint(service, endpoint) => {
+                            format!("{service}/{endpoint}")
+                        }
+                        mesh_breaker::BreakerKey::Service(service) => service.to_string(),
+                        mesh_breaker::BreakerKey::Authority(authority) => authority.to_string(),
+                        mesh_breaker::BreakerKey::Custom(key) => key.to_string(),
+                    },
+                    state: m.state.to_string(),
+                    failure_rate: m.failure_rate,
+                    slow_call_rate: m.slow_call_rate,
+                    buffered_calls: m.buffered_calls,
+                    rejected_total: m.rejected_total,
+                })
+                .collect(),
+            retry: {
+                let s = r.retry.stats();
+                RetryMetrics {
+                    requests: s.requests,
+                    attempts: s.attempts,
+                    retries: s.retries,
+                    successes_after_retry: s.successes_after_retry,
+                    exhausted: s.exhausted,
+                    budget_exhausted: s.budget_exhausted,
+                    total_delay_ms: s.total_delay.as_secs_f64() * 1e3,
+                }
+            },
+        })
+        .collect();
+    MeshMetrics {
+        service: client.service_name().to_string(),
+        in_flight: client.in_flight(),
+        routes,
+        health: client
+            .health()
+            .map(|h| {
+                h.metrics()
+                    .into_iter()
+                    .map(|m| HealthMetrics {
+                        name: m.name,
+                        status: m.status,
+                        runs: m.runs,
+                        failures: m.failures,
+                        last_duration_ms: m.last_duration_ms,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        tls: client.tls().map(|c| {
+            let m = c.metrics().snapshot();
+            TlsMetrics {
+                handshakes: m.handshakes,
+                failures: m
+                    .failures
+                    .into_iter()
+                    .map(|(l, n)| (l.to_owned(), n))
+                    .collect(),
+                rotations: m.rotations,
+                certificate_not_after_unix: m.certificate_not_after_unix,
+            }
+        }),
+    }
+}

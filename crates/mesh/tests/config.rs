@@ -1,0 +1,146 @@
+//! Every sample configuration in `config/` loads and validates; mistakes
+//! are refused with the key's path.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mesh::{DiscoveryConfig, MeshConfig, Profile};
+
+fn config_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config")
+}
+
+#[test]
+fn every_sample_file_loads_and_validates() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(config_dir())
+        .expect("config/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    for file in files {
+        let config = MeshConfig::load(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        // Every route's settings build.
+        for service in std::iter::once("").chain(config.services.keys().map(String::as_str)) {
+            config.retry_for(service).expect("retry");
+            config.breaker_for(service).expect("breaker");
+        }
+    }
+}
+
+#[test]
+fn the_samples_say_what_the_design_document_says() {
+    let dir = config_dir();
+    let gateway = MeshConfig::load(dir.join("api-gateway.toml")).expect("gateway");
+    assert_eq!(gateway.service.name, "api-gateway");
+    assert_eq!(gateway.timeout_for("auth-service"), Duration::from_secs(1));
+    assert_eq!(gateway.timeout_for("user-service"), Duration::from_secs(5));
+    assert_eq!(
+        gateway
+            .breaker_for("auth-service")
+            .expect("breaker")
+            .consecutive_failures(),
+        Some(3)
+    );
+    let payment = MeshConfig::load(dir.join("payment-service.toml")).expect("payment");
+    assert_eq!(payment.timeout_for("anything"), Duration::from_secs(15));
+    assert!(!payment
+        .retry_for("x")
+        .expect("retry")
+        .retry_non_idempotent());
+    let notification =
+        MeshConfig::load(dir.join("notification-service.toml")).expect("notification");
+    // A relative discovery file is taken from the configuration's directory.
+    match &notification.discovery {
+        DiscoveryConfig::File { path, .. } => assert!(path.starts_with(&dir), "{path:?}"),
+        other => panic!("{other:?}"),
+    }
+    let dev = MeshConfig::load(dir.join("development.toml")).expect("development");
+    assert_eq!(dev.profile, Profile::Development);
+    assert_eq!(dev.timeout_for("user-service"), Duration::from_secs(30));
+}
+
+#[test]
+fn a_misspelled_key_fails_with_its_path() {
+    let base = "[service]\nname = \"a\"\n[discovery]\nkind = \"static\"\nservices = {}\n";
+    let cases = [
+        (
+            format!("{base}[breaker]\nconsecutive_failure = 3\n"),
+            "breaker",
+        ),
+        (
+            format!("{base}[services.users.retry]\nmax_retries = 1\nbackof = \"linear\"\n"),
+            "services.users.retry",
+        ),
+        (
+            "[service]\nnme = \"a\"\n[discovery]\nkind = \"static\"\nservices = {}\n".to_owned(),
+            "service",
+        ),
+        (
+            "[service]\nname = \"a\"\n[discovery]\nkind = \"etcd\"\n".to_owned(),
+            "discovery",
+        ),
+    ];
+    for (text, path) in cases {
+        let err = MeshConfig::from_toml_str(&text)
+            .expect_err(&text)
+            .to_string();
+        assert!(err.contains(path), "{path}: {err}");
+    }
+}
+
+#[test]
+fn values_are_validated_with_their_names() {
+    let base = "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"static\"\n";
+    let cases = [
+        (
+            "services = { users = [\"not-an-address\"] }\n",
+            "discovery.services.users[0]",
+        ),
+        (
+            "services = {}\n[retry]\nmax_retries = 1\nbackoff = \"quadratic\"\n",
+            "retry.backoff",
+        ),
+        (
+            "services = {}\n[services.users]\ntimeout = \"0s\"\n",
+            "services.users.timeout",
+        ),
+        (
+            "services = {}\n[balance]\npanic_threshold = 120.0\n",
+            "balance.panic_threshold",
+        ),
+    ];
+    for (rest, what) in cases {
+        let err = MeshConfig::from_toml_str(&format!("{base}{rest}"))
+            .expect_err(rest)
+            .to_string();
+        assert!(err.contains(what), "{what}: {err}");
+    }
+    let err = MeshConfig::from_toml_str(
+        "[service]\nname = \"Bad Name\"\n[discovery]\nkind = \"static\"\nservices = {}\n",
+    )
+    .expect_err("bad name")
+    .to_string();
+    assert!(err.contains("service.name"), "{err}");
+}
+
+#[test]
+fn the_environment_overrides_what_the_deployment_sets() {
+    let mut config = MeshConfig::from_toml_str(
+        "profile = \"development\"\n[service]\nname = \"local\"\n[discovery]\nkind = \"consul\"\nurl = \"http://127.0.0.1:8500\"\n",
+    )
+    .expect("config");
+    config.apply_env(|key| match key {
+        "SERVICE_NAME" => Some("api-gateway".to_owned()),
+        "CONSUL_URL" => Some("http://consul.mesh:8500".to_owned()),
+        "MESH_PROFILE" => Some("production".to_owned()),
+        _ => None,
+    });
+    assert_eq!(config.service.name, "api-gateway");
+    assert_eq!(config.profile, Profile::Production);
+    match &config.discovery {
+        DiscoveryConfig::Consul { url, .. } => assert_eq!(url, "http://consul.mesh:8500"),
+        other => panic!("{other:?}"),
+    }
+}
