@@ -123,6 +123,16 @@ pub enum MeshError {
         after: Duration,
     },
 
+    /// A call was refused because its service's configured limit was
+    /// reached (refused at once rather than queued without bound).
+    #[error("call to {service} refused: {limit} reached; raise the limit or add capacity")]
+    LimitExceeded {
+        /// The service called.
+        service: ServiceName,
+        /// Which limit (`50 calls in flight`, `100 calls per 1s`).
+        limit: String,
+    },
+
     /// The client is shutting down and takes no new calls.
     #[error("the mesh client of {service} is shutting down and takes no new calls")]
     ShuttingDown {

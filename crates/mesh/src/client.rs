@@ -119,6 +119,7 @@ struct Inner {
     transport: Transport,
     default: Route,
     routes: Mutex<HashMap<ServiceName, Route>>,
+    limits: Mutex<HashMap<ServiceName, Arc<crate::limits::Limits>>>,
     closed: AtomicBool,
     in_flight: AtomicUsize,
     drained: Notify,
@@ -283,6 +284,7 @@ impl MeshClient {
                 transport,
                 default,
                 routes: Mutex::new(HashMap::new()),
+                limits: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 drained: Notify::new(),
@@ -298,7 +300,7 @@ impl MeshClient {
         let named: Vec<String> = client.inner.config.services.keys().cloned().collect();
         for service in named {
             if let Ok(service) = ServiceName::new(&service) {
-                client.route(&service)?;
+                client.own_route(&service)?;
             }
         }
         client.register().await?;
@@ -357,6 +359,12 @@ impl MeshClient {
         crate::metrics::collect(self)
     }
 
+    /// The same counters in the Prometheus text exposition format, for a
+    /// `/metrics` endpoint.
+    pub fn prometheus(&self) -> String {
+        crate::prometheus::render(&self.metrics())
+    }
+
     pub(crate) fn routes(&self) -> Vec<(String, Route)> {
         let mut routes = vec![("*".to_owned(), self.inner.default.clone())];
         if let Ok(map) = self.inner.routes.lock() {
@@ -381,6 +389,20 @@ impl MeshClient {
         if !self.inner.config.services.contains_key(service.as_str()) {
             return Ok(self.inner.default.stack.clone());
         }
+        self.own_route(service).map(|r| r.stack)
+    }
+
+    /// The limits that apply to `service`: its own (each service has its
+    /// own allowance, also under the shared default layers).
+    fn limits(&self, service: &ServiceName) -> Option<Arc<crate::limits::Limits>> {
+        let config = self.inner.config.limits_for(service.as_str())?;
+        let mut limits = self.inner.limits.lock().ok()?;
+        Some(Arc::clone(limits.entry(service.clone()).or_insert_with(
+            || Arc::new(crate::limits::Limits::new(config)),
+        )))
+    }
+
+    fn own_route(&self, service: &ServiceName) -> Result<Route, MeshError> {
         let mut routes = self
             .inner
             .routes
@@ -390,7 +412,7 @@ impl MeshClient {
                 reason: "a thread panicked while holding the routes".to_owned(),
             })?;
         if let Some(route) = routes.get(service) {
-            return Ok(route.stack.clone());
+            return Ok(route.clone());
         }
         let route = build_route(
             &self.inner.config,
@@ -399,9 +421,8 @@ impl MeshClient {
             &self.inner.transport,
             &self.inner.bus,
         )?;
-        let stack = route.stack.clone();
-        routes.insert(service.clone(), route);
-        Ok(stack)
+        routes.insert(service.clone(), route.clone());
+        Ok(route)
     }
 
     fn ensure_upstream_checks(&self, service: &ServiceName) {
@@ -453,6 +474,10 @@ impl MeshClient {
                 req.extensions_mut().insert(TargetService(service.clone()));
                 service
             }
+        };
+        let _admission = match self.limits(&service) {
+            Some(limits) => Some(limits.admit(&service)?),
+            None => None,
         };
         let stack = self.route(&service)?;
         let started = tokio::time::Instant::now();

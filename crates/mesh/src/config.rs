@@ -247,6 +247,48 @@ impl RetrySettings {
     }
 }
 
+/// Limits on calls to a service: over them, a call is refused at once
+/// with [`MeshError::LimitExceeded`] rather than queued.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Calls in flight at most.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// Calls per `per` at most (a token bucket: bursts up to `requests`).
+    #[serde(default)]
+    pub requests: Option<u32>,
+    /// The period for `requests` (1 s by default).
+    #[serde(default, with = "humantime_serde")]
+    pub per: Option<Duration>,
+}
+
+impl LimitsConfig {
+    fn validate(&self, what: &str) -> Result<(), MeshError> {
+        let invalid = |field: &str, reason: &str| {
+            Err(MeshError::InvalidConfig {
+                what: format!("{what}.{field}"),
+                reason: reason.to_owned(),
+            })
+        };
+        if self.concurrency == Some(0) {
+            return invalid("concurrency", "must be at least 1");
+        }
+        if self.requests == Some(0) {
+            return invalid("requests", "must be at least 1");
+        }
+        if let Some(per) = self.per {
+            if per.is_zero() || per > Duration::from_secs(3600) {
+                return invalid("per", "must be within (0, 1h]");
+            }
+            if self.requests.is_none() {
+                return invalid("per", "needs requests");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What may differ for one service (the design document's gateway, auth,
 /// payment and notification examples).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -264,6 +306,9 @@ pub struct ServiceOverride {
     /// Retries.
     #[serde(default)]
     pub retry: Option<RetrySettings>,
+    /// Rate and concurrency limits.
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
 }
 
 /// The whole configuration of a [`crate::MeshClient`].
@@ -320,6 +365,10 @@ pub struct MeshConfig {
     /// Retries for every service (else the profile's).
     #[serde(default)]
     pub retry: Option<RetrySettings>,
+    /// Rate and concurrency limits for every service (each service gets
+    /// its own allowance).
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
     /// The local service's probes.
     #[serde(default)]
     pub health: Option<HealthConfig>,
@@ -491,6 +540,14 @@ impl MeshConfig {
                 })?;
             }
         }
+        if let Some(limits) = &self.limits {
+            limits.validate("limits")?;
+        }
+        for (name, o) in &self.services {
+            if let Some(limits) = &o.limits {
+                limits.validate(&format!("services.{name}.limits"))?;
+            }
+        }
         if self.event_capacity == 0 {
             return invalid("event_capacity".to_owned(), "must be at least 1".to_owned());
         }
@@ -543,6 +600,14 @@ impl MeshConfig {
             Some(breaker) => Ok(breaker),
             None => self.profile.breaker(),
         }
+    }
+
+    /// The limits for `service`.
+    pub fn limits_for(&self, service: &str) -> Option<&LimitsConfig> {
+        self.services
+            .get(service)
+            .and_then(|o| o.limits.as_ref())
+            .or(self.limits.as_ref())
     }
 
     /// The balancing settings for `service`.

@@ -4,12 +4,15 @@
 
 mod client;
 mod config;
+mod limits;
 pub mod metrics;
+mod prometheus;
 mod transport;
 
 pub use client::{CallOptions, MeshBody, MeshClient, MeshClientBuilder};
 pub use config::{
-    DiscoveryConfig, LocalService, MeshConfig, Profile, RetrySettings, ServiceOverride,
+    DiscoveryConfig, LimitsConfig, LocalService, MeshConfig, Profile, RetrySettings,
+    ServiceOverride,
 };
 
 pub use mesh_balance as balance;

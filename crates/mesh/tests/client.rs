@@ -86,6 +86,7 @@ unhealthy_threshold = 1
     }
 
     // Kill one instance mid-traffic: no call fails.
+    let dead_addr = c.addr();
     drop(c);
     for _ in 0..100 {
         let status = call(client.clone()).await.expect("no call fails");
@@ -105,6 +106,25 @@ unhealthy_threshold = 1
         .sum();
     assert!(served >= 130, "{metrics}");
     assert_eq!(metrics["routes"][0]["retry"]["requests"], 130);
+
+    // And in Prometheus's text format.
+    let text = client.prometheus();
+    assert!(
+        text.contains("# TYPE mesh_instance_requests counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mesh_retry_requests_total{route=\"*\"} 130"),
+        "{text}"
+    );
+    let dead = format!("instance=\"{dead_addr}\"");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mesh_instance_available")
+                && l.contains(&dead)
+                && l.ends_with(" 0.0")),
+        "the dead instance is unavailable: {text}"
+    );
 
     // Events: one per call, and the dead instance was noticed.
     let (mut completed, mut noticed) = (0, false);
@@ -150,4 +170,87 @@ unhealthy_threshold = 1
         "{refused}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_limit_calls_are_refused_at_once_with_the_limit_named() {
+    let slow = Backend::start(Behavior::Slow(Duration::from_millis(300)))
+        .await
+        .expect("backend");
+    let fast = Backend::start(Behavior::Ok).await.expect("backend");
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+[service]
+name = "api-gateway"
+
+[discovery]
+kind = "static"
+services = {{ reports = ["{}"], users = ["{}"] }}
+
+[services.reports]
+limits = {{ concurrency = 2 }}
+
+[services.users]
+limits = {{ requests = 5, per = "1h" }}
+"#,
+        slow.addr(),
+        fast.addr()
+    ))
+    .expect("config");
+    let client = MeshClient::from_config(config).await.expect("client");
+
+    // Two slow calls fill the concurrency limit; the third is refused at
+    // once, not queued.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get("reports", "/", CallOptions::default()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = tokio::time::Instant::now();
+    let refused = client
+        .get("reports", "/", CallOptions::default())
+        .await
+        .expect_err("over the concurrency limit");
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "refused at once"
+    );
+    assert!(
+        matches!(
+            MeshError::find(&*refused),
+            Some(MeshError::LimitExceeded { limit, .. }) if limit == "2 calls in flight"
+        ),
+        "{refused}"
+    );
+    for call in busy {
+        assert!(call
+            .await
+            .expect("task")
+            .expect("admitted")
+            .status()
+            .is_success());
+    }
+
+    // Five calls per hour: the sixth is refused; other services are not
+    // affected.
+    for _ in 0..5 {
+        client
+            .get("users", "/", CallOptions::default())
+            .await
+            .expect("within the rate");
+    }
+    let refused = client
+        .get("users", "/", CallOptions::default())
+        .await
+        .expect_err("over the rate");
+    assert!(
+        refused.to_string().contains("5 calls per 3600s"),
+        "{refused}"
+    );
+    assert!(client
+        .get("reports", "/", CallOptions::default())
+        .await
+        .is_ok());
 }
