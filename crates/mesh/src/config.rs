@@ -391,16 +391,22 @@ fn default_event_capacity() -> usize {
 }
 
 impl MeshConfig {
-    /// Reads a TOML file, applies the environment overrides
-    /// (`SERVICE_NAME`, `CONSUL_URL`, `MESH_PROFILE`) and validates. A
-    /// relative discovery file path is taken from the file's directory.
+    /// Reads a TOML file (or YAML, for a `.yaml` or `.yml` file), applies
+    /// the environment overrides (`SERVICE_NAME`, `CONSUL_URL`,
+    /// `MESH_PROFILE`) and validates. A relative discovery file path is
+    /// taken from the file's directory.
     pub fn load(path: impl AsRef<Path>) -> Result<MeshConfig, MeshError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| MeshError::InvalidConfig {
             what: path.display().to_string(),
             reason: format!("cannot read: {e}"),
         })?;
-        let mut config = Self::parse(&text).map_err(|e| match e {
+        let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        let parsed = match yaml {
+            true => Self::parse_yaml(&text),
+            false => Self::parse(&text),
+        };
+        let mut config = parsed.map_err(|e| match e {
             MeshError::InvalidConfig { what, reason } => MeshError::InvalidConfig {
                 what: format!("{}: {what}", path.display()),
                 reason,
@@ -424,6 +430,28 @@ impl MeshConfig {
         let config = Self::parse(text)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Parses YAML text and validates it (no environment overrides).
+    pub fn from_yaml_str(text: &str) -> Result<MeshConfig, MeshError> {
+        let config = Self::parse_yaml(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse_yaml(text: &str) -> Result<MeshConfig, MeshError> {
+        let de = serde_norway::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            MeshError::InvalidConfig {
+                what: if path == "." {
+                    "the configuration".to_owned()
+                } else {
+                    path
+                },
+                reason: e.into_inner().to_string(),
+            }
+        })
     }
 
     fn parse(text: &str) -> Result<MeshConfig, MeshError> {

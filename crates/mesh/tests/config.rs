@@ -15,10 +15,10 @@ fn every_sample_file_loads_and_validates() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(config_dir())
         .expect("config/")
         .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml" || e == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 5, "{files:?}");
+    assert!(files.len() >= 6, "{files:?}");
     for file in files {
         let config = MeshConfig::load(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         // Every route's settings build.
@@ -143,4 +143,18 @@ fn the_environment_overrides_what_the_deployment_sets() {
         DiscoveryConfig::Consul { url, .. } => assert_eq!(url, "http://consul.mesh:8500"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn yaml_reads_the_same_as_toml_and_names_bad_keys() {
+    let dir = config_dir();
+    let toml = MeshConfig::load(dir.join("development.toml")).expect("toml");
+    let yaml = MeshConfig::load(dir.join("development.yaml")).expect("yaml");
+    assert_eq!(toml, yaml);
+    let err = MeshConfig::from_yaml_str(
+        "service:\n  name: a\ndiscovery:\n  kind: static\n  services: {}\nretry:\n  max_retries: 1\n  backof: linear\n",
+    )
+    .expect_err("misspelled")
+    .to_string();
+    assert!(err.contains("retry"), "{err}");
 }
