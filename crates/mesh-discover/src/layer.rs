@@ -52,9 +52,30 @@ impl DiscoverLayer {
                 registry,
                 first_wait,
                 retry_after: Duration::from_secs(1),
+                max_staleness: None,
                 follows: Mutex::new(Default::default()),
             })),
         }
+    }
+}
+
+impl DiscoverLayer {
+    /// Withdraws a followed service's set once its registry has failed for
+    /// longer than `limit` since its last good answer (see
+    /// [`Catalog::follow_with_max_staleness`]); without it, the last good
+    /// set is kept for as long as the registry fails. Applies to services
+    /// followed from now on; without a registry it changes nothing.
+    pub fn max_staleness(mut self, limit: Duration) -> Self {
+        if let Some(source) = self.source.take() {
+            self.source = Some(Arc::new(Source {
+                registry: Arc::clone(&source.registry),
+                first_wait: source.first_wait,
+                retry_after: source.retry_after,
+                max_staleness: Some(limit),
+                follows: Mutex::new(Default::default()),
+            }));
+        }
+        self
     }
 }
 

@@ -40,6 +40,7 @@ pub(crate) struct Source {
     pub(crate) registry: Arc<dyn Registry>,
     pub(crate) first_wait: Duration,
     pub(crate) retry_after: Duration,
+    pub(crate) max_staleness: Option<Duration>,
     pub(crate) follows: Mutex<HashMap<ServiceName, Follow>>,
 }
 
@@ -134,11 +135,19 @@ where
                     }
                     follows.entry(service.clone()).or_insert_with(|| {
                         tracing::info!(%service, "following a new service");
-                        self.catalog.follow(
-                            Arc::clone(&source.registry),
-                            service.clone(),
-                            source.retry_after,
-                        )
+                        match source.max_staleness {
+                            None => self.catalog.follow(
+                                Arc::clone(&source.registry),
+                                service.clone(),
+                                source.retry_after,
+                            ),
+                            Some(limit) => self.catalog.follow_with_max_staleness(
+                                Arc::clone(&source.registry),
+                                service.clone(),
+                                source.retry_after,
+                                limit,
+                            ),
+                        }
                     });
                 }
                 ResponseFuture::waiting(

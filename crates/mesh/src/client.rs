@@ -21,8 +21,8 @@ use mesh_breaker::BreakerLayer;
 use mesh_core::ext::{AffinityKey, SelectedEndpoint, TargetService};
 use mesh_core::{BoxError, EventBus, MeshError, MeshEvent, Probe, ServiceName};
 use mesh_discover::{
-    AgentCheck, Catalog, ConsulRegistry, DiscoverLayer, FileRegistry, Registration, Registry,
-    StaticRegistry,
+    AgentCheck, Catalog, ConsulRegistry, DiscoverLayer, FileRegistry, KubernetesDnsRegistry,
+    PortSource, Registration, Registry, StaticRegistry,
 };
 use mesh_health::{HealthCheck, HealthCheckManager, ProbeReport, UpstreamHealthChecker};
 use mesh_retry::RetryLayer;
@@ -231,7 +231,7 @@ impl MeshClient {
                     Arc::new(registry) as Arc<dyn Registry>,
                     first_wait,
                 );
-                (catalog, layer, None)
+                (catalog, stale(layer, config.max_staleness), None)
             }
             DiscoveryConfig::Consul {
                 url,
@@ -257,7 +257,42 @@ impl MeshClient {
                     Arc::new(consul.clone()) as Arc<dyn Registry>,
                     first_wait,
                 );
-                (catalog, layer, Some(consul))
+                (catalog, stale(layer, config.max_staleness), Some(consul))
+            }
+            DiscoveryConfig::Kubernetes {
+                port,
+                port_name,
+                namespace,
+                zone,
+                nameserver,
+            } => {
+                let source = match (port, port_name) {
+                    (Some(port), _) => PortSource::Fixed(*port),
+                    (None, Some(name)) => PortSource::Srv {
+                        name: name.clone(),
+                        protocol: "tcp".to_owned(),
+                    },
+                    // Refused by validation; 80 keeps this total.
+                    (None, None) => PortSource::Fixed(80),
+                };
+                let mut builder = KubernetesDnsRegistry::builder(source);
+                if let Some(ns) = namespace {
+                    builder = builder.namespace(ns.clone());
+                }
+                if let Some(zone) = zone {
+                    builder = builder.zone(zone.clone());
+                }
+                if let Some(addr) = nameserver {
+                    builder = builder.nameserver(*addr);
+                }
+                let registry = builder.build()?;
+                let catalog = Catalog::new(bus.clone());
+                let layer = DiscoverLayer::with_registry(
+                    catalog.clone(),
+                    Arc::new(registry) as Arc<dyn Registry>,
+                    first_wait,
+                );
+                (catalog, stale(layer, config.max_staleness), None)
             }
         };
 
@@ -700,6 +735,13 @@ impl Drop for InFlight<'_> {
         if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.drained.notify_waiters();
         }
+    }
+}
+
+fn stale(layer: DiscoverLayer, limit: Option<Duration>) -> DiscoverLayer {
+    match limit {
+        Some(limit) => layer.max_staleness(limit),
+        None => layer,
     }
 }
 

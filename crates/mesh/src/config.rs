@@ -126,6 +126,26 @@ pub enum DiscoveryConfig {
         #[serde(default)]
         register: bool,
     },
+    /// Kubernetes DNS: the headless Service `<name>.<namespace>.svc.<zone>`
+    /// (A/AAAA records with a fixed port, or SRV records for a named port).
+    Kubernetes {
+        /// The port every instance serves on (A/AAAA records).
+        #[serde(default)]
+        port: Option<u16>,
+        /// A named port to look up with SRV records (`http`), when `port`
+        /// is not given.
+        #[serde(default)]
+        port_name: Option<String>,
+        /// The namespace (`default`).
+        #[serde(default)]
+        namespace: Option<String>,
+        /// The cluster zone (`cluster.local`).
+        #[serde(default)]
+        zone: Option<String>,
+        /// The DNS server (else the system's resolver configuration).
+        #[serde(default)]
+        nameserver: Option<std::net::SocketAddr>,
+    },
 }
 
 /// Retry settings as written in a file; [`RetrySettings::build`] turns them
@@ -349,8 +369,8 @@ pub struct MeshConfig {
     pub service: LocalService,
     /// Where other services are found.
     pub discovery: DiscoveryConfig,
-    /// How long a service's set is kept while its registry fails; unset,
-    /// forever.
+    /// How long a service's set is kept while its registry fails (file,
+    /// Consul, Kubernetes); unset, forever.
     #[serde(default, with = "humantime_serde")]
     pub max_staleness: Option<Duration>,
     /// Per-attempt timeout for every service (else the profile's).
@@ -528,6 +548,18 @@ impl MeshConfig {
                 }
             }
             DiscoveryConfig::File { .. } => {}
+            DiscoveryConfig::Kubernetes {
+                port: None,
+                port_name: None,
+                ..
+            } => {
+                return invalid(
+                    "discovery".to_owned(),
+                    "kubernetes discovery needs port (A records) or port_name (SRV records)"
+                        .to_owned(),
+                )
+            }
+            DiscoveryConfig::Kubernetes { .. } => {}
             DiscoveryConfig::Consul { url, register, .. } => {
                 if !url.starts_with("http://") && !url.starts_with("https://") {
                     return invalid(

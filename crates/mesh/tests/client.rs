@@ -254,3 +254,51 @@ limits = {{ requests = 5, per = "1h" }}
         .await
         .is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_older_than_max_staleness_is_withdrawn() {
+    let up = Backend::start(Behavior::Ok).await.expect("backend");
+    let dir = std::env::temp_dir().join(format!("mesh-facade-stale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let services = dir.join("services.json");
+    write_services(&services, &[&up]);
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+max_staleness = "300ms"
+[service]
+name = "api-gateway"
+[discovery]
+kind = "file"
+path = "{}"
+check_every = "20ms"
+"#,
+        services.display()
+    ))
+    .expect("config");
+    let client = MeshClient::from_config(config).await.expect("client");
+    let mut events = client.subscribe();
+    client
+        .get("user-service", "/", CallOptions::default())
+        .await
+        .expect("served from the file");
+
+    // The registry fails (its file is gone): the last good set serves on
+    // until it is older than the limit, then it is withdrawn.
+    std::fs::remove_file(&services).expect("remove");
+    let expired = async {
+        loop {
+            if let Ok(MeshEvent::DiscoveryExpired { service, .. }) = events.recv().await {
+                return service;
+            }
+        }
+    };
+    let service = tokio::time::timeout(Duration::from_secs(5), expired)
+        .await
+        .expect("a DiscoveryExpired event");
+    assert_eq!(service.as_str(), "user-service");
+    assert!(client
+        .get("user-service", "/", CallOptions::default())
+        .await
+        .is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

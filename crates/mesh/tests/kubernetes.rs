@@ -1,0 +1,38 @@
+//! The facade with Kubernetes DNS discovery, against a real dnsmasq
+//! (Debian's dnsmasq-base, installed by .ci/run) serving a headless
+//! service's A records on a loopback port.
+
+#[path = "../../mesh-discover/tests/support/dnsmasq.rs"]
+#[allow(dead_code)]
+mod dnsmasq;
+
+use http_body_util::BodyExt;
+use mesh::{CallOptions, MeshClient, MeshConfig};
+use mesh_testkit::{Backend, Behavior};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reach_the_instances_cluster_dns_lists() {
+    let users = Backend::start(Behavior::Ok).await.expect("backend");
+    let dns = dnsmasq::start(&["127.0.0.1"]);
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+[service]
+name = "api-gateway"
+[discovery]
+kind = "kubernetes"
+port = {}
+nameserver = "{}"
+"#,
+        users.addr().port(),
+        dns.addr
+    ))
+    .expect("config");
+    let client = MeshClient::from_config(config).await.expect("client");
+    let response = client
+        .get("users", "/api", CallOptions::default())
+        .await
+        .expect("resolved through cluster DNS");
+    assert!(response.status().is_success());
+    response.into_body().collect().await.expect("body");
+    assert_eq!(users.stats().requests, 1);
+}
