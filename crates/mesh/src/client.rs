@@ -31,6 +31,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::config::{DiscoveryConfig, MeshConfig};
 use crate::metrics::MeshMetrics;
+use crate::split::{SplitLayer, Splits, Subset};
 use crate::transport::Transport;
 
 /// The body of a response through the mesh: hyper's, counted as in flight
@@ -39,7 +40,9 @@ pub type MeshBody = TrackedBody<Incoming>;
 
 type Stack = mesh_retry::Retry<
     mesh_discover::Discover<
-        mesh_balance::Balance<mesh_breaker::Breaker<tower::timeout::Timeout<Transport>>>,
+        crate::split::SplitService<
+            mesh_balance::Balance<mesh_breaker::Breaker<tower::timeout::Timeout<Transport>>>,
+        >,
     >,
 >;
 
@@ -116,6 +119,7 @@ struct Inner {
     bus: EventBus,
     catalog: Catalog,
     discover: DiscoverLayer,
+    splits: Arc<Splits>,
     transport: Transport,
     default: Route,
     routes: Mutex<HashMap<ServiceName, Route>>,
@@ -309,13 +313,20 @@ impl MeshClient {
             }
         };
 
-        let default = build_route(&config, "", &discover, &transport, &bus)?;
+        let splits = Arc::new(Splits::default());
+        for (service, o) in &config.services {
+            if let (Ok(name), false) = (ServiceName::new(service), o.split.is_empty()) {
+                splits.set(name, o.split.clone());
+            }
+        }
+        let default = build_route(&config, "", &discover, &splits, &transport, &bus)?;
         let client = MeshClient {
             inner: Arc::new(Inner {
                 name,
                 bus,
                 catalog,
                 discover,
+                splits,
                 transport,
                 default,
                 routes: Mutex::new(HashMap::new()),
@@ -362,6 +373,29 @@ impl MeshClient {
     /// the client, or serve its probes with [`mesh_health::HealthLayer`]).
     pub fn health(&self) -> Option<&HealthCheckManager> {
         self.inner.health.as_ref()
+    }
+
+    /// Splits `service`'s calls between subsets of its instances by weight
+    /// (a canary: `v1` 95, `v2` 5), from the next call on, without a
+    /// restart. A subset without instances gets nothing (its weight goes
+    /// to the others); with no subsets, calls go to every instance again.
+    /// Each subset is balanced, broken and reported as `service.subset`.
+    pub fn set_split(&self, service: &str, subsets: Vec<Subset>) -> Result<(), MeshError> {
+        let name = ServiceName::new(service).map_err(|e| MeshError::InvalidConfig {
+            what: format!("split of {service:?}"),
+            reason: e.to_string(),
+        })?;
+        for subset in &subsets {
+            subset.validate(&format!("services.{service}.split"))?;
+        }
+        self.inner.splits.set(name, subsets);
+        Ok(())
+    }
+
+    /// The split in force for `service`, if any.
+    pub fn split(&self, service: &str) -> Option<Vec<Subset>> {
+        let name = ServiceName::new(service).ok()?;
+        self.inner.splits.get(&name)
     }
 
     /// The liveness report (healthy when no health section is configured).
@@ -453,6 +487,7 @@ impl MeshClient {
             &self.inner.config,
             service.as_str(),
             &self.inner.discover,
+            &self.inner.splits,
             &self.inner.transport,
             &self.inner.bus,
         )?;
@@ -756,6 +791,7 @@ fn build_route(
     config: &MeshConfig,
     service: &str,
     discover: &DiscoverLayer,
+    splits: &Arc<Splits>,
     transport: &Transport,
     bus: &EventBus,
 ) -> Result<Route, MeshError> {
@@ -765,6 +801,7 @@ fn build_route(
     let stack = ServiceBuilder::new()
         .layer(retry.clone())
         .layer(discover.clone())
+        .layer(SplitLayer(Arc::clone(splits)))
         .layer(balance.clone())
         .layer(breaker.clone())
         .timeout(config.timeout_for(service))

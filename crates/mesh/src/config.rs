@@ -329,6 +329,11 @@ pub struct ServiceOverride {
     /// Rate and concurrency limits.
     #[serde(default)]
     pub limits: Option<LimitsConfig>,
+    /// A canary split between subsets of the service's instances
+    /// (`[[services.user-service.split]]` tables); changeable at run time
+    /// with [`crate::MeshClient::set_split`].
+    #[serde(default)]
+    pub split: Vec<crate::split::Subset>,
 }
 
 /// The whole configuration of a [`crate::MeshClient`].
@@ -604,6 +609,9 @@ impl MeshConfig {
             limits.validate("limits")?;
         }
         for (name, o) in &self.services {
+            for subset in &o.split {
+                subset.validate(&format!("services.{name}.split"))?;
+            }
             if let Some(limits) = &o.limits {
                 limits.validate(&format!("services.{name}.limits"))?;
             }

@@ -7,6 +7,7 @@ mod config;
 mod limits;
 pub mod metrics;
 mod prometheus;
+mod split;
 mod transport;
 
 pub use client::{CallOptions, MeshBody, MeshClient, MeshClientBuilder};
@@ -14,6 +15,7 @@ pub use config::{
     DiscoveryConfig, LimitsConfig, LocalService, MeshConfig, Profile, RetrySettings,
     ServiceOverride,
 };
+pub use split::Subset;
 
 pub use mesh_balance as balance;
 pub use mesh_breaker as breaker;

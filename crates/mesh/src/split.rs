@@ -1,0 +1,198 @@
+//! Canary traffic splitting: a service's calls divided between subsets of
+//! its instances (by tag or metadata) by weight, changeable at run time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::Request;
+use mesh_core::{Endpoint, EndpointSet, MeshError, ServiceName};
+use serde::{Deserialize, Serialize};
+use tower::{Layer, Service};
+
+/// One subset of a service's instances and its share of the calls.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subset {
+    /// Its name (`v1`, `canary`): lower case letters, digits and `-`.
+    pub name: String,
+    /// Instances carrying this tag belong to it...
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// ...or instances whose metadata has all these entries.
+    #[serde(default)]
+    pub meta: std::collections::BTreeMap<String, String>,
+    /// Its relative weight (95 and 5 send 5% of calls to the second).
+    pub weight: u32,
+}
+
+impl Subset {
+    fn matches(&self, endpoint: &Endpoint) -> bool {
+        self.tag
+            .as_ref()
+            .is_none_or(|t| endpoint.tags().iter().any(|x| x == t))
+            && self
+                .meta
+                .iter()
+                .all(|(k, v)| endpoint.metadata().get(k) == Some(v))
+    }
+
+    pub(crate) fn validate(&self, what: &str) -> Result<(), MeshError> {
+        let invalid = |reason: String| {
+            Err(MeshError::InvalidConfig {
+                what: format!("{what}.{}", self.name),
+                reason,
+            })
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return invalid("a subset name is lower case letters, digits and '-'".to_owned());
+        }
+        if self.tag.is_none() && self.meta.is_empty() {
+            return invalid("a subset selects by tag or meta".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The splits in force, by service; swapped whole on a change.
+#[derive(Debug, Default)]
+pub(crate) struct Splits {
+    table: ArcSwap<HashMap<ServiceName, Arc<Split>>>,
+}
+
+#[derive(Debug)]
+struct Split {
+    subsets: Vec<Subset>,
+    /// Subset sets built from one snapshot of the service's set, rebuilt
+    /// when discovery publishes a new one (compared by pointer).
+    cache: Mutex<Option<(EndpointSet, Vec<EndpointSet>)>>,
+}
+
+impl Splits {
+    /// Sets (or, with no subsets, removes) the split of `service`.
+    pub(crate) fn set(&self, service: ServiceName, subsets: Vec<Subset>) {
+        self.table.rcu(|table| {
+            let mut table = HashMap::clone(table);
+            if subsets.is_empty() || subsets.iter().all(|s| s.weight == 0) {
+                table.remove(&service);
+            } else {
+                table.insert(
+                    service.clone(),
+                    Arc::new(Split {
+                        subsets: subsets.clone(),
+                        cache: Mutex::new(None),
+                    }),
+                );
+            }
+            table
+        });
+    }
+
+    /// The weights in force for `service`.
+    pub(crate) fn get(&self, service: &ServiceName) -> Option<Vec<Subset>> {
+        self.table.load().get(service).map(|s| s.subsets.clone())
+    }
+
+    /// The subset set a call to `full`'s service goes to, if it is split.
+    fn choose(&self, full: &EndpointSet) -> Option<EndpointSet> {
+        let table = self.table.load();
+        if table.is_empty() {
+            return None;
+        }
+        let split = table.get(full.service())?;
+        let mut cache = split.cache.lock().ok()?;
+        let fresh = matches!(&*cache, Some((source, _)) if source.ptr_eq(full));
+        if !fresh {
+            let sets = split
+                .subsets
+                .iter()
+                .map(|subset| {
+                    let name = ServiceName::new(&format!("{}.{}", full.service(), subset.name))
+                        .unwrap_or_else(|_| full.service().clone());
+                    EndpointSet::new(
+                        name,
+                        full.iter().filter(|e| subset.matches(e)).cloned().collect(),
+                    )
+                })
+                .collect();
+            *cache = Some((full.clone(), sets));
+        }
+        let (_, sets) = cache.as_ref()?;
+        // Weighted draw among subsets that have instances; none: the
+        // whole set.
+        let total: u64 = split
+            .subsets
+            .iter()
+            .zip(sets)
+            .filter(|(_, set)| !set.is_empty())
+            .map(|(s, _)| u64::from(s.weight))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut draw = fastrand::u64(0..total);
+        for (subset, set) in split.subsets.iter().zip(sets) {
+            if set.is_empty() {
+                continue;
+            }
+            let weight = u64::from(subset.weight);
+            if draw < weight {
+                return Some(set.clone());
+            }
+            draw -= weight;
+        }
+        None
+    }
+}
+
+/// Between discovery and the balancer: replaces the request's set by the
+/// chosen subset's when its service is split.
+#[derive(Clone, Debug)]
+pub(crate) struct SplitLayer(pub(crate) Arc<Splits>);
+
+impl<S> Layer<S> for SplitLayer {
+    type Service = SplitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SplitService {
+            inner,
+            splits: Arc::clone(&self.0),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct SplitService<S> {
+    inner: S,
+    splits: Arc<Splits>,
+}
+
+impl<S, B> Service<Request<B>> for SplitService<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let subset = req
+            .extensions()
+            .get::<EndpointSet>()
+            .and_then(|full| self.splits.choose(full));
+        if let Some(subset) = subset {
+            req.extensions_mut().insert(subset);
+        }
+        self.inner.call(req)
+    }
+}

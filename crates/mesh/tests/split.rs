@@ -1,0 +1,122 @@
+//! Canary traffic splitting over real hyper servers on 127.0.0.1: calls
+//! divided between tagged subsets by weight, changed at run time.
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use mesh::{CallOptions, MeshClient, MeshConfig, Subset};
+use mesh_testkit::{Backend, Behavior};
+
+fn subset(name: &str, weight: u32) -> Subset {
+    Subset {
+        name: name.to_owned(),
+        tag: Some(name.to_owned()),
+        meta: Default::default(),
+        weight,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_follow_the_weights_and_the_weights_change_without_a_restart() {
+    let v1 = [
+        Backend::start(Behavior::Ok).await.expect("backend"),
+        Backend::start(Behavior::Ok).await.expect("backend"),
+    ];
+    let v2 = Backend::start(Behavior::Ok).await.expect("backend");
+    let dir = std::env::temp_dir().join(format!("mesh-split-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let services = dir.join("services.json");
+    std::fs::write(
+        &services,
+        format!(
+            r#"{{ "services": {{ "users": [
+                {{ "address": "{}", "tags": ["v1"] }},
+                {{ "address": "{}", "tags": ["v1"] }},
+                {{ "address": "{}", "tags": ["v2"] }}
+            ] }} }}"#,
+            v1[0].addr(),
+            v1[1].addr(),
+            v2.addr()
+        ),
+    )
+    .expect("services");
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+[service]
+name = "api-gateway"
+[discovery]
+kind = "file"
+path = "{}"
+[[services.users.split]]
+name = "v1"
+tag = "v1"
+weight = 90
+[[services.users.split]]
+name = "v2"
+tag = "v2"
+weight = 10
+"#,
+        services.display()
+    ))
+    .expect("config");
+    let client = MeshClient::from_config(config).await.expect("client");
+    let send = |n: usize| {
+        let client = client.clone();
+        async move {
+            for _ in 0..n {
+                let response = client
+                    .get("users", "/", CallOptions::default())
+                    .await
+                    .expect("call");
+                response.into_body().collect().await.expect("body");
+            }
+        }
+    };
+
+    // 90/10 over 1000 calls: v2 gets about 100 (bounds far outside
+    // binomial noise: sd is about 9.5).
+    send(1000).await;
+    let canary = v2.stats().requests;
+    assert!((50..=160).contains(&canary), "v2 got {canary} of 1000");
+    let stable: u64 = v1.iter().map(|b| b.stats().requests).sum();
+    assert_eq!(stable + canary, 1000);
+    // Each subset is balanced on its own: both v1 instances share.
+    assert!(v1.iter().all(|b| b.stats().requests > 300), "v1 balanced");
+
+    // Promote the canary to half, at run time.
+    client
+        .set_split("users", vec![subset("v1", 50), subset("v2", 50)])
+        .expect("split");
+    v2.reset_stats();
+    send(1000).await;
+    let canary = v2.stats().requests;
+    assert!((400..=600).contains(&canary), "v2 got {canary} of 1000");
+
+    // Roll back: no split, every instance again.
+    client.set_split("users", Vec::new()).expect("unsplit");
+    assert_eq!(client.split("users"), None);
+    v2.reset_stats();
+    send(300).await;
+    let share = v2.stats().requests;
+    assert!((60..=140).contains(&share), "a third of 300, got {share}");
+
+    // A subset with no instance gets nothing; its weight goes elsewhere.
+    client
+        .set_split("users", vec![subset("v1", 50), subset("v3", 50)])
+        .expect("split");
+    v2.reset_stats();
+    send(100).await;
+    assert_eq!(v2.stats().requests, 0);
+
+    assert!(client
+        .set_split(
+            "users",
+            vec![Subset {
+                tag: None,
+                ..subset("v4", 1)
+            }]
+        )
+        .is_err());
+    client.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
