@@ -121,6 +121,8 @@ struct Inner {
     discover: DiscoverLayer,
     splits: Arc<Splits>,
     transport: Transport,
+    /// HTTP/2 by prior knowledge over plain TCP, for `protocol = "h2c"`.
+    h2c: Transport,
     default: Route,
     routes: Mutex<HashMap<ServiceName, Route>>,
     limits: Mutex<HashMap<ServiceName, Arc<crate::limits::Limits>>>,
@@ -214,6 +216,20 @@ impl MeshClient {
             }
         };
 
+        let h2c = {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(Duration::from_secs(5)));
+            match &transport {
+                // Over TLS, ALPN already negotiates h2.
+                Transport::Tls(_) => transport.clone(),
+                Transport::Plain(_) => Transport::Plain(
+                    Client::builder(TokioExecutor::new())
+                        .http2_only(true)
+                        .build(http),
+                ),
+            }
+        };
         let first_wait = Duration::from_secs(5);
         let (catalog, discover, consul) = match &config.discovery {
             DiscoveryConfig::Static { services } => {
@@ -328,6 +344,7 @@ impl MeshClient {
                 discover,
                 splits,
                 transport,
+                h2c,
                 default,
                 routes: Mutex::new(HashMap::new()),
                 limits: Mutex::new(HashMap::new()),
@@ -488,7 +505,10 @@ impl MeshClient {
             service.as_str(),
             &self.inner.discover,
             &self.inner.splits,
-            &self.inner.transport,
+            match self.inner.config.protocol_for(service.as_str()) {
+                crate::config::Protocol::Http1 => &self.inner.transport,
+                crate::config::Protocol::H2c => &self.inner.h2c,
+            },
             &self.inner.bus,
         )?;
         routes.insert(service.clone(), route.clone());
@@ -812,6 +832,64 @@ fn build_route(
         breaker,
         retry,
     })
+}
+
+/// The client as a channel for tonic (or any client whose requests carry
+/// their own body type): each request body is read (up to 4 MiB: unary
+/// calls and small streams) so retries can replay it, then sent through
+/// the stack like [`MeshClient::send`].
+///
+/// ```no_run
+/// # async fn run(client: mesh::MeshClient) -> Result<(), Box<dyn std::error::Error>> {
+/// let grpc = tonic::client::Grpc::with_origin(client.grpc_channel(), "http://greeter".parse()?);
+/// # let _ = grpc; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct GrpcChannel {
+    client: MeshClient,
+}
+
+/// The largest request body a [`GrpcChannel`] reads.
+const MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
+
+impl MeshClient {
+    /// This client as a channel for tonic's generated clients (route the
+    /// service with `protocol = "h2c"` or over mutual TLS).
+    pub fn grpc_channel(&self) -> GrpcChannel {
+        GrpcChannel {
+            client: self.clone(),
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for GrpcChannel
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<MeshBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                body,
+                MAX_REQUEST_BODY,
+            ))
+            .await?
+            .to_bytes();
+            client
+                .send(Request::from_parts(parts, Full::new(body)))
+                .await
+        })
+    }
 }
 
 /// The client as a tower service: requests go to the service their URI's

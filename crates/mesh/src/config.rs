@@ -309,11 +309,26 @@ impl LimitsConfig {
     }
 }
 
+/// How calls to a service are carried over plain TCP. (Over mutual TLS,
+/// ALPN chooses.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, by prior knowledge: what gRPC services speak.
+    H2c,
+}
+
 /// What may differ for one service (the design document's gateway, auth,
 /// payment and notification examples).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceOverride {
+    /// `http1` (the default) or `h2c` (gRPC over plain TCP).
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Per-attempt timeout.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
@@ -668,6 +683,14 @@ impl MeshConfig {
             Some(breaker) => Ok(breaker),
             None => self.profile.breaker(),
         }
+    }
+
+    /// The protocol for `service`.
+    pub fn protocol_for(&self, service: &str) -> Protocol {
+        self.services
+            .get(service)
+            .map(|o| o.protocol)
+            .unwrap_or_default()
     }
 
     /// The limits for `service`.

@@ -10,9 +10,9 @@ mod prometheus;
 mod split;
 mod transport;
 
-pub use client::{CallOptions, MeshBody, MeshClient, MeshClientBuilder};
+pub use client::{CallOptions, GrpcChannel, MeshBody, MeshClient, MeshClientBuilder};
 pub use config::{
-    DiscoveryConfig, LimitsConfig, LocalService, MeshConfig, Profile, RetrySettings,
+    DiscoveryConfig, LimitsConfig, LocalService, MeshConfig, Profile, Protocol, RetrySettings,
     ServiceOverride,
 };
 pub use split::Subset;
