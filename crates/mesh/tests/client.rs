@@ -302,3 +302,52 @@ check_every = "20ms"
         .is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_notification_sample_runs_as_is() {
+    // config/notification-service.toml unchanged, beside a services.json
+    // listing three real servers.
+    let servers = [
+        Backend::start(Behavior::Ok).await.expect("backend"),
+        Backend::start(Behavior::Ok).await.expect("backend"),
+        Backend::start(Behavior::Ok).await.expect("backend"),
+    ];
+    let dir = std::env::temp_dir().join(format!("mesh-sample-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../config/notification-service.toml");
+    std::fs::copy(&sample, dir.join("mesh.toml")).expect("copy");
+    let list: Vec<String> = servers
+        .iter()
+        .map(|b| format!("\"{}\"", b.addr()))
+        .collect();
+    std::fs::write(
+        dir.join("services.json"),
+        format!("{{ \"services\": {{ \"email\": [{}] }} }}", list.join(", ")),
+    )
+    .expect("services");
+    let client = MeshClient::from_config(MeshConfig::load(dir.join("mesh.toml")).expect("sample"))
+        .await
+        .expect("client");
+    for _ in 0..20 {
+        client
+            .post("email", "/send", "hello", CallOptions::default())
+            .await
+            .expect("sent");
+    }
+    // A POST is not retried by default, so kill an instance between calls
+    // and let the breaker and the balancer route around it: GETs (which
+    // are retried) keep succeeding.
+    let [a, b, c] = servers;
+    drop(c);
+    for _ in 0..30 {
+        let response = client
+            .get("email", "/status", CallOptions::default())
+            .await
+            .expect("no failed call");
+        assert!(response.status().is_success());
+    }
+    assert!(a.stats().requests + b.stats().requests >= 40);
+    assert_eq!(client.shutdown(Duration::from_secs(1)).await, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
