@@ -8,7 +8,7 @@
 //! ```
 //!
 //! On embedded defaults it starts two loopback instances of `user-service`,
-//! serves the gateway on 127.0.0.1:8080 (or `PORT`), calls itself once on
+//! serves the gateway on 127.0.0.1:8080 (or `BIND`:`PORT`), calls itself once on
 //! each route, prints what it got and exits; with `--serve` it keeps
 //! serving. `deploy/` holds its Kubernetes manifests.
 
@@ -22,7 +22,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use http_body_util::BodyExt;
-use mesh::health::{CheckError, HealthCheck, HealthLayer};
+use mesh::health::CheckError;
 use mesh::{CallOptions, MeshClient, MeshConfig};
 
 /// The port the gateway serves on, and the probe and metrics paths the
@@ -45,8 +45,8 @@ pub fn app(client: MeshClient) -> Router {
         .route("/api/users", get(users))
         .route(METRICS, get(metrics))
         .with_state(client.clone());
-    if let Some(health) = client.health() {
-        router = router.layer(HealthLayer::new(health.clone()));
+    if let Some(health) = client.health_layer() {
+        router = router.layer(health);
     }
     router
 }
@@ -98,19 +98,28 @@ readiness_interval = "1s"
 "#,
         list.join(", ")
     ))?;
+    // SERVICE_NAME and MESH_PROFILE, as the Deployment in deploy/ sets them.
+    let mut config = config;
+    config.apply_env(|k| std::env::var(k).ok())?;
     let first = upstreams.first().copied();
-    let reachable = HealthCheck::builder("user-service-reachable", move || async move {
-        match first {
-            Some(addr) => tokio::net::TcpStream::connect(addr)
-                .await
-                .map(drop)
-                .map_err(|e| CheckError::new(format!("user-service at {addr}: {e}"))),
-            None => Err(CheckError::new("no user-service instance configured")),
-        }
-    })
-    .probes([mesh::core::Probe::Readiness])
-    .build()?;
-    Ok(MeshClient::builder(config).check(reachable).build().await?)
+    // A readiness check with the file's [health] defaults (every 1 s).
+    let client = MeshClient::builder(config)
+        .check_with(
+            "user-service-reachable",
+            [mesh::core::Probe::Readiness],
+            move || async move {
+                match first {
+                    Some(addr) => tokio::net::TcpStream::connect(addr)
+                        .await
+                        .map(drop)
+                        .map_err(|e| CheckError::new(format!("user-service at {addr}: {e}"))),
+                    None => Err(CheckError::new("no user-service instance configured")),
+                }
+            },
+        )?
+        .build()
+        .await?;
+    Ok(client)
 }
 
 #[allow(dead_code)] // the test includes this file for its functions
@@ -124,7 +133,9 @@ async fn main() -> Result<(), mesh::core::BoxError> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(PORT);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    // BIND=0.0.0.0 in a pod (deploy/ sets it), so the kubelet's probes reach it.
+    let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1".to_owned());
+    let listener = tokio::net::TcpListener::bind((bind.as_str(), port)).await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(axum::serve(listener, app(client.clone())).into_future());
     println!("api-gateway on http://{addr}");

@@ -1,5 +1,9 @@
 //! A tonic client going through the mesh to a tonic server: the client's
-//! unary call is resolved, balanced, guarded and retried like any other.
+//! unary call is resolved, balanced, guarded by the breaker and bounded by
+//! the timeout like any other call. (gRPC calls are POSTs: retried only
+//! when never sent; errors in the `grpc-status` trailer are the
+//! application's to judge. Streaming request bodies are buffered, up to
+//! 4 MiB.)
 //!
 //! ```text
 //! cargo run --example grpc

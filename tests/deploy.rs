@@ -69,9 +69,18 @@ fn probes_and_ports_match_what_the_gateway_serves() {
         .iter()
         .filter_map(|e| e["name"].as_str())
         .collect();
-    for var in ["SERVICE_NAME", "CONSUL_URL"] {
-        assert!(env.contains(&var), "{var} is set for the mesh's overrides");
+    // What the example reads: the mesh's override, and where to listen
+    // (all interfaces, or the kubelet's probes cannot reach it).
+    for var in ["SERVICE_NAME", "PORT", "BIND"] {
+        assert!(env.contains(&var), "{var} is set");
     }
+    let bind = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "BIND")
+        .map(|e| e["value"].clone());
+    assert_eq!(bind, Some(serde_json::json!("0.0.0.0")));
     assert_eq!(
         deployment["spec"]["template"]["spec"]["serviceAccountName"],
         by_kind("ServiceAccount")["metadata"]["name"]

@@ -360,6 +360,18 @@ fn classify_error_chain(error: &(dyn Error + 'static)) -> FailureKind {
         if e.is::<crate::error::ConnectError>() {
             return FailureKind::Connect;
         }
+        // hyper's own kinds: a pooled connection the peer closed (the
+        // instance died or restarted) shows up as an incomplete message, a
+        // closed connection or a cancelled request, without an io::Error
+        // to say so.
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+                return FailureKind::Reset;
+            }
+            if h.is_timeout() {
+                return FailureKind::Timeout;
+            }
+        }
         if let Some(mesh) = e.downcast_ref::<MeshError>() {
             match mesh {
                 MeshError::CircuitOpen { .. } => return FailureKind::CircuitOpen,

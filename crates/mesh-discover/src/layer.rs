@@ -79,6 +79,19 @@ impl DiscoverLayer {
     }
 }
 
+impl DiscoverLayer {
+    /// Stops every watch this layer started (a shutting-down client's
+    /// discovery). Sets already in the catalog stay; a later request for a
+    /// service starts following it again.
+    pub fn stop_following(&self) {
+        if let Some(source) = &self.source {
+            if let Ok(mut follows) = source.follows.lock() {
+                follows.clear();
+            }
+        }
+    }
+}
+
 impl<S> Layer<S> for DiscoverLayer {
     type Service = Discover<S>;
 

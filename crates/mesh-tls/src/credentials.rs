@@ -233,6 +233,18 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// Stops the watch started by [`Credentials::watch`] (the material in
+    /// use stays).
+    pub fn stop_watching(&self) {
+        if let Ok(mut watcher) = self.inner.watcher.lock() {
+            if let Some(task) = watcher.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
 /// What identifies one version of a file: following symlinks, so a
 /// Kubernetes `..data` symlink swap is a change.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,7 +18,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh_balance::{BalanceLayer, TrackedBody};
 use mesh_breaker::BreakerLayer;
-use mesh_core::ext::{AffinityKey, SelectedEndpoint, TargetService};
+use mesh_core::clock;
+use mesh_core::ext::{AffinityKey, Deadline, SelectedEndpoint, TargetService};
 use mesh_core::{BoxError, EventBus, MeshError, MeshEvent, Probe, ServiceName};
 use mesh_discover::{
     AgentCheck, Catalog, ConsulRegistry, DiscoverLayer, FileRegistry, KubernetesDnsRegistry,
@@ -34,9 +35,48 @@ use crate::metrics::MeshMetrics;
 use crate::split::{SplitLayer, Splits, Subset};
 use crate::transport::Transport;
 
-/// The body of a response through the mesh: hyper's, counted as in flight
-/// on its endpoint until it ends.
-pub type MeshBody = TrackedBody<Incoming>;
+pin_project_lite::pin_project! {
+    /// The body of a response through the mesh: hyper's, counted as in
+    /// flight on its endpoint and by the client (for shutdown's drain and
+    /// the service's concurrency limit) until it ends or is dropped.
+    pub struct MeshBody {
+        #[pin]
+        inner: TrackedBody<Incoming>,
+        call: Option<CallGuard>,
+    }
+}
+
+impl http_body::Body for MeshBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &polled {
+            // Ended: the call is over.
+            this.call.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl std::fmt::Debug for MeshBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshBody").finish_non_exhaustive()
+    }
+}
 
 type Stack = mesh_retry::Retry<
     mesh_discover::Discover<
@@ -45,6 +85,9 @@ type Stack = mesh_retry::Retry<
         >,
     >,
 >;
+
+/// The most services a client keeps limits and upstream checks for.
+const MAX_SERVICES: usize = 1024;
 
 /// One service's layers: the stack and handles on its layers for metrics.
 #[derive(Clone)]
@@ -62,7 +105,10 @@ pub struct CallOptions {
     pub headers: HeaderMap,
     /// The whole call, retries included, must end within this.
     pub timeout: Option<Duration>,
-    /// A client key for session affinity and consistent hashing.
+    /// A client key for session affinity and consistent hashing: used by
+    /// the balancer when its `sticky` sources include `"extension"` (or the
+    /// strategy is `consistent_hash`), and to keep a client on one canary
+    /// subset.
     pub affinity_key: Option<String>,
 }
 
@@ -154,12 +200,29 @@ pub struct MeshClientBuilder {
 }
 
 impl MeshClientBuilder {
-    /// Adds a health check of the local service (a database ping...). Its
-    /// probes are served by [`mesh_health::HealthLayer`] over
-    /// [`MeshClient::health`].
+    /// Adds a health check of the local service, built as it is. Its
+    /// probes are served by [`MeshClient::health_layer`].
     pub fn check(mut self, check: HealthCheck) -> Self {
         self.checks.push(check);
         self
+    }
+
+    /// Adds a check named `name` running `run` for `probes`, with the
+    /// configuration's `[health]` defaults (the probes' interval, timeout,
+    /// thresholds).
+    pub fn check_with<F, Fut>(
+        mut self,
+        name: &str,
+        probes: impl IntoIterator<Item = Probe>,
+        run: F,
+    ) -> Result<Self, MeshError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), mesh_health::CheckError>> + Send + 'static,
+    {
+        let defaults = self.config.health.clone().unwrap_or_default();
+        self.checks.push(defaults.check(name, probes, run).build()?);
+        Ok(self)
     }
 
     /// Builds and starts the client (see [`MeshClient::from_config`]).
@@ -380,6 +443,17 @@ impl MeshClient {
         &self.inner.config
     }
 
+    /// A [`mesh_health::HealthLayer`] serving this client's probes on the
+    /// configured paths (`[health] paths`), for the service's own router.
+    pub fn health_layer(&self) -> Option<mesh_health::HealthLayer> {
+        let health = self.inner.health.as_ref()?;
+        let layer = mesh_health::HealthLayer::new(health.clone());
+        match self.inner.config.health.as_ref().map(|h| h.probe_paths()) {
+            Some(Ok(paths)) => Some(layer.paths(paths)),
+            _ => Some(layer),
+        }
+    }
+
     /// The catalog every call resolves against.
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
@@ -396,15 +470,14 @@ impl MeshClient {
     /// (a canary: `v1` 95, `v2` 5), from the next call on, without a
     /// restart. A subset without instances gets nothing (its weight goes
     /// to the others); with no subsets, calls go to every instance again.
-    /// Each subset is balanced, broken and reported as `service.subset`.
+    /// Each subset is balanced, broken and reported as `service.subset`. A
+    /// call with an affinity key always lands in the same subset.
     pub fn set_split(&self, service: &str, subsets: Vec<Subset>) -> Result<(), MeshError> {
         let name = ServiceName::new(service).map_err(|e| MeshError::InvalidConfig {
             what: format!("split of {service:?}"),
             reason: e.to_string(),
         })?;
-        for subset in &subsets {
-            subset.validate(&format!("services.{service}.split"))?;
-        }
+        crate::split::validate_split(service, &subsets, &self.inner.config.services)?;
         self.inner.splits.set(name, subsets);
         Ok(())
     }
@@ -415,7 +488,8 @@ impl MeshClient {
         self.inner.splits.get(&name)
     }
 
-    /// The liveness report (healthy when no health section is configured).
+    /// The liveness report (`None` when the client has no health manager:
+    /// no `[health]` section and no checks).
     pub fn liveness(&self) -> Option<ProbeReport> {
         self.inner
             .health
@@ -423,7 +497,8 @@ impl MeshClient {
             .map(|h| h.report(Probe::Liveness))
     }
 
-    /// The readiness report; unhealthy once shutdown has begun.
+    /// The readiness report (`None` without a health manager); unhealthy
+    /// once shutdown has begun.
     pub fn readiness(&self) -> Option<ProbeReport> {
         self.inner
             .health
@@ -460,7 +535,7 @@ impl MeshClient {
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.inner.in_flight.load(Ordering::Relaxed)
+        self.inner.in_flight.load(Ordering::SeqCst)
     }
 
     pub(crate) fn tls(&self) -> Option<&mesh_tls::Credentials> {
@@ -471,7 +546,6 @@ impl MeshClient {
     /// it, else the shared default ones. Starts upstream health checks for
     /// it on first use, when configured.
     fn route(&self, service: &ServiceName) -> Result<Stack, MeshError> {
-        self.ensure_upstream_checks(service);
         if !self.inner.config.services.contains_key(service.as_str()) {
             return Ok(self.inner.default.stack.clone());
         }
@@ -483,6 +557,10 @@ impl MeshClient {
     fn limits(&self, service: &ServiceName) -> Option<Arc<crate::limits::Limits>> {
         let config = self.inner.config.limits_for(service.as_str())?;
         let mut limits = self.inner.limits.lock().ok()?;
+        if limits.len() >= MAX_SERVICES && !limits.contains_key(service) {
+            tracing::warn!(%service, "limits not applied: too many services");
+            return None;
+        }
         Some(Arc::clone(limits.entry(service.clone()).or_insert_with(
             || Arc::new(crate::limits::Limits::new(config)),
         )))
@@ -522,7 +600,7 @@ impl MeshClient {
         let Ok(mut checkers) = self.inner.upstream.lock() else {
             return;
         };
-        if checkers.contains_key(service) {
+        if checkers.contains_key(service) || checkers.len() >= MAX_SERVICES {
             return;
         }
         let catalog = self.inner.catalog.clone();
@@ -551,7 +629,7 @@ impl MeshClient {
         mut req: Request<Full<Bytes>>,
         timeout: Option<Duration>,
     ) -> Result<Response<MeshBody>, BoxError> {
-        let _guard = self.enter()?;
+        let mut guard = self.enter()?;
         let service = match req.extensions().get::<TargetService>() {
             Some(TargetService(service)) => service.clone(),
             None => {
@@ -565,10 +643,22 @@ impl MeshClient {
                 service
             }
         };
-        let _admission = match self.limits(&service) {
-            Some(limits) => Some(limits.admit(&service)?),
-            None => None,
-        };
+        // Limits and upstream checks exist only for services the mesh knows
+        // (configured, or resolved by discovery at least once): request
+        // hosts are user input and must not grow them without bound.
+        let known = self.inner.config.services.contains_key(service.as_str())
+            || self.inner.catalog.get(service.as_str()).is_some();
+        if known {
+            if let Some(limits) = self.limits(&service) {
+                guard._admission = Some(limits.admit(&service)?);
+            }
+            self.ensure_upstream_checks(&service);
+        }
+        if let Some(limit) = timeout {
+            // Retries read it: no backoff is started that would end past it.
+            req.extensions_mut()
+                .insert(Deadline(clock::now().saturating_add(limit)));
+        }
         let stack = self.route(&service)?;
         let started = tokio::time::Instant::now();
         let call = stack.oneshot(req);
@@ -607,7 +697,12 @@ impl MeshClient {
             };
             self.inner.bus.publish(event);
         }
-        outcome
+        outcome.map(|response| {
+            response.map(|inner| MeshBody {
+                inner,
+                call: Some(guard),
+            })
+        })
     }
 
     /// Sends `method` to `service` at `path` (the design document's
@@ -728,16 +823,26 @@ impl MeshClient {
         Ok(())
     }
 
-    /// Graceful shutdown: readiness fails at once (so load balancers stop
-    /// sending), new calls are refused, calls in flight get up to `drain`
-    /// to finish (they are not cancelled), then the local service is
-    /// deregistered and background tasks (health checks, upstream checks,
-    /// heartbeats, watches of this client) stop. Returns how many calls
-    /// were still in flight when the drain ended (0 when all finished).
+    /// Graceful shutdown: readiness fails at once and the local service
+    /// leaves Consul (heartbeat stopped, then deregistered), so callers
+    /// stop sending; new calls are refused; calls in flight (their
+    /// response bodies included) get up to `drain` to finish, and are not
+    /// cancelled; then the background tasks stop: health checks, upstream
+    /// checks, discovery watches and certificate watching. Returns how many
+    /// calls were still in flight when the drain ended (0 when all
+    /// finished).
     pub async fn shutdown(&self, drain: Duration) -> usize {
         self.inner.closed.store(true, Ordering::SeqCst);
         if let Some(health) = &self.inner.health {
             health.shutdown();
+        }
+        let registered = self.inner.registered.lock().ok().and_then(|mut r| r.take());
+        if let (Some((id, heartbeat)), Some(consul)) = (registered, &self.inner.consul) {
+            // Heartbeat first, so none re-registers after the deregister.
+            drop(heartbeat);
+            if let Err(error) = consul.deregister(&id).await {
+                tracing::warn!(%error, "deregistering from Consul failed");
+            }
         }
         let deadline = tokio::time::Instant::now() + drain;
         loop {
@@ -751,44 +856,50 @@ impl MeshClient {
         if left > 0 {
             tracing::warn!(left, "shutdown: calls still in flight after the drain");
         }
-        let registered = self.inner.registered.lock().ok().and_then(|mut r| r.take());
-        if let (Some((id, heartbeat)), Some(consul)) = (registered, &self.inner.consul) {
-            drop(heartbeat);
-            if let Err(error) = consul.deregister(&id).await {
-                tracing::warn!(%error, "deregistering from Consul failed");
-            }
-        }
         if let Ok(mut checkers) = self.inner.upstream.lock() {
             checkers.clear();
+        }
+        self.inner.discover.stop_following();
+        if let Some(tls) = &self.inner.tls {
+            tls.stop_watching();
         }
         left
     }
 
-    fn enter(&self) -> Result<InFlight<'_>, MeshError> {
+    fn enter(&self) -> Result<CallGuard, MeshError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(MeshError::ShuttingDown {
                 service: self.inner.name.clone(),
             });
         }
         self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
-        // Closed between the check and the count: undo and refuse.
+        let guard = CallGuard {
+            inner: Arc::clone(&self.inner),
+            _admission: None,
+        };
+        // Closed between the check and the count: undo (the guard's drop)
+        // and refuse.
         if self.inner.closed.load(Ordering::SeqCst) {
-            drop(InFlight(&self.inner));
+            drop(guard);
             return Err(MeshError::ShuttingDown {
                 service: self.inner.name.clone(),
             });
         }
-        Ok(InFlight(&self.inner))
+        Ok(guard)
     }
 }
 
-/// One call counted as in flight until dropped.
-struct InFlight<'a>(&'a Inner);
+/// One call counted as in flight (and holding its limit admission) until
+/// dropped: with the response body when there is one.
+struct CallGuard {
+    inner: Arc<Inner>,
+    _admission: Option<crate::limits::Admission>,
+}
 
-impl Drop for InFlight<'_> {
+impl Drop for CallGuard {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.drained.notify_waiters();
+        if self.inner.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.inner.drained.notify_waiters();
         }
     }
 }

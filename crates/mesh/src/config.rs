@@ -305,6 +305,12 @@ impl LimitsConfig {
                 return invalid("per", "needs requests");
             }
         }
+        if let Some(n) = self.requests {
+            let per = self.per.unwrap_or(Duration::from_secs(1));
+            if per.as_nanos() < u128::from(n) {
+                return invalid("requests", "more than one call per nanosecond");
+            }
+        }
         Ok(())
     }
 }
@@ -436,6 +442,15 @@ impl MeshConfig {
     /// `MESH_PROFILE`) and validates. A relative discovery file path is
     /// taken from the file's directory.
     pub fn load(path: impl AsRef<Path>) -> Result<MeshConfig, MeshError> {
+        Self::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    /// [`MeshConfig::load`] with the environment read through `var`
+    /// (tests, or a process that keeps its settings elsewhere).
+    pub fn load_with_env(
+        path: impl AsRef<Path>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<MeshConfig, MeshError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| MeshError::InvalidConfig {
             what: path.display().to_string(),
@@ -460,7 +475,7 @@ impl MeshConfig {
                 }
             }
         }
-        config.apply_env(|k| std::env::var(k).ok());
+        config.apply_env(var)?;
         config.validate()?;
         Ok(config)
     }
@@ -515,7 +530,7 @@ impl MeshConfig {
     /// Applies the overrides the design document's Deployment sets, read
     /// through `var`: `SERVICE_NAME`, `CONSUL_URL` (for Consul discovery),
     /// `MESH_PROFILE`.
-    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), MeshError> {
         if let Some(name) = var("SERVICE_NAME").filter(|v| !v.is_empty()) {
             self.service.name = name;
         }
@@ -525,17 +540,20 @@ impl MeshConfig {
         ) {
             *url = consul;
         }
-        if let Some(profile) = var("MESH_PROFILE") {
-            match profile.as_str() {
-                "development" => self.profile = Profile::Development,
-                "staging" => self.profile = Profile::Staging,
-                "production" => self.profile = Profile::Production,
-                other => tracing::warn!(
-                    profile = other,
-                    "MESH_PROFILE ignored: not development, staging or production"
-                ),
-            }
+        if let Some(profile) = var("MESH_PROFILE").filter(|v| !v.is_empty()) {
+            self.profile = match profile.as_str() {
+                "development" => Profile::Development,
+                "staging" => Profile::Staging,
+                "production" => Profile::Production,
+                other => {
+                    return Err(MeshError::InvalidConfig {
+                        what: "MESH_PROFILE".to_owned(),
+                        reason: format!("{other:?}: use development, staging or production"),
+                    })
+                }
+            };
         }
+        Ok(())
     }
 
     /// Checks what serde alone cannot; the error names the value.
@@ -546,8 +564,22 @@ impl MeshConfig {
             reason: e.to_string(),
         })?;
         for name in self.services.keys() {
-            if let Err(e) = ServiceName::new(name) {
-                return invalid(format!("services.{name}"), e.to_string());
+            match ServiceName::new(name) {
+                Err(e) => return invalid(format!("services.{name}"), e.to_string()),
+                // Names are matched in lower case: an upper-case key would
+                // validate and then never apply.
+                Ok(n) if n.as_str() != name => {
+                    return invalid(
+                        format!("services.{name}"),
+                        format!("service names are lower case: write {n}"),
+                    )
+                }
+                Ok(_) => {}
+            }
+        }
+        if let Some(stale) = self.max_staleness {
+            if stale.is_zero() {
+                return invalid("max_staleness".to_owned(), "must be above zero".to_owned());
             }
         }
         match &self.discovery {
@@ -624,9 +656,7 @@ impl MeshConfig {
             limits.validate("limits")?;
         }
         for (name, o) in &self.services {
-            for subset in &o.split {
-                subset.validate(&format!("services.{name}.split"))?;
-            }
+            crate::split::validate_split(name, &o.split, &self.services)?;
             if let Some(limits) = &o.limits {
                 limits.validate(&format!("services.{name}.limits"))?;
             }

@@ -144,10 +144,10 @@ pub fn render(metrics: &MeshMetrics) -> String {
             with_state.push(("state".to_owned(), b.state.clone()));
             breaker_state.get_or_create(&with_state).set(1.0);
             if let Some(rate) = b.failure_rate {
-                failure_rate.get_or_create(&l).set(rate);
+                failure_rate.get_or_create(&l).set(rate / 100.0);
             }
             if let Some(rate) = b.slow_call_rate {
-                slow_rate.get_or_create(&l).set(rate);
+                slow_rate.get_or_create(&l).set(rate / 100.0);
             }
             rejected.get_or_create(&l).inc_by(b.rejected_total);
         }
@@ -159,7 +159,7 @@ pub fn render(metrics: &MeshMetrics) -> String {
         recovered.get_or_create(&l).inc_by(r.successes_after_retry);
         exhausted.get_or_create(&l).inc_by(r.exhausted);
         budget.get_or_create(&l).inc_by(r.budget_exhausted);
-        delay.get_or_create(&l).set(r.total_delay_ms / 1e3);
+        delay.get_or_create(&l).inc_by(r.total_delay_ms / 1e3);
     }
 
     let runs = counter(&mut registry, "health_check_runs", "Runs of a health check");

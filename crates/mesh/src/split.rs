@@ -60,6 +60,42 @@ impl Subset {
     }
 }
 
+/// Checks a service's split: valid, distinct subset names, some weight,
+/// and subset names (`service.subset`) that are no configured service's.
+pub(crate) fn validate_split<V>(
+    service: &str,
+    subsets: &[Subset],
+    services: &std::collections::BTreeMap<String, V>,
+) -> Result<(), MeshError> {
+    let what = format!("services.{service}.split");
+    let mut seen = std::collections::HashSet::new();
+    for subset in subsets {
+        subset.validate(&what)?;
+        if !seen.insert(subset.name.as_str()) {
+            return Err(MeshError::InvalidConfig {
+                what: format!("{what}.{}", subset.name),
+                reason: "two subsets have this name".to_owned(),
+            });
+        }
+        let derived = format!("{service}.{}", subset.name);
+        if services.contains_key(&derived) || ServiceName::new(&derived).is_err() {
+            return Err(MeshError::InvalidConfig {
+                what: format!("{what}.{}", subset.name),
+                reason: format!(
+                    "the subset is reported as {derived:?}, which is taken or not a valid name"
+                ),
+            });
+        }
+    }
+    if !subsets.is_empty() && subsets.iter().all(|s| s.weight == 0) {
+        return Err(MeshError::InvalidConfig {
+            what,
+            reason: "every weight is 0; give one a weight, or remove the split".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// The splits in force, by service; swapped whole on a change.
 #[derive(Debug, Default)]
 pub(crate) struct Splits {
@@ -99,8 +135,10 @@ impl Splits {
         self.table.load().get(service).map(|s| s.subsets.clone())
     }
 
-    /// The subset set a call to `full`'s service goes to, if it is split.
-    fn choose(&self, full: &EndpointSet) -> Option<EndpointSet> {
+    /// The subset set a call to `full`'s service goes to, if it is split:
+    /// drawn at random, or from the affinity key's hash so one client stays
+    /// on one subset.
+    fn choose(&self, full: &EndpointSet, key: Option<&str>) -> Option<EndpointSet> {
         let table = self.table.load();
         if table.is_empty() {
             return None;
@@ -136,7 +174,15 @@ impl Splits {
         if total == 0 {
             return None;
         }
-        let mut draw = fastrand::u64(0..total);
+        let mut draw = match key {
+            Some(key) => {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                key.hash(&mut hasher);
+                hasher.finish() % total
+            }
+            None => fastrand::u64(0..total),
+        };
         for (subset, set) in split.subsets.iter().zip(sets) {
             if set.is_empty() {
                 continue;
@@ -186,10 +232,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let key = req
+            .extensions()
+            .get::<mesh_core::ext::AffinityKey>()
+            .map(|k| k.0.clone());
         let subset = req
             .extensions()
             .get::<EndpointSet>()
-            .and_then(|full| self.splits.choose(full));
+            .and_then(|full| self.splits.choose(full, key.as_deref()));
         if let Some(subset) = subset {
             req.extensions_mut().insert(subset);
         }

@@ -65,7 +65,7 @@ unhealthy_threshold = 1
     )
     .expect("config");
 
-    let config = MeshConfig::load(&config_path).expect("loads");
+    let config = MeshConfig::load_with_env(&config_path, |_| None).expect("loads");
     let client = MeshClient::from_config(config).await.expect("client");
     let mut events = client.subscribe();
 
@@ -151,7 +151,15 @@ unhealthy_threshold = 1
     for _ in 0..8 {
         in_flight.push(tokio::spawn(call(client.clone())));
     }
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // All eight entered (bounded wait), then shut down under them.
+    let started = tokio::time::Instant::now();
+    while client.metrics().in_flight < 8 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the calls never started"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let left = client.shutdown(Duration::from_secs(5)).await;
     assert_eq!(left, 0);
     for call in in_flight {
@@ -174,7 +182,7 @@ unhealthy_threshold = 1
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_limit_calls_are_refused_at_once_with_the_limit_named() {
-    let slow = Backend::start(Behavior::Slow(Duration::from_millis(300)))
+    let slow = Backend::start(Behavior::Slow(Duration::from_secs(2)))
         .await
         .expect("backend");
     let fast = Backend::start(Behavior::Ok).await.expect("backend");
@@ -296,10 +304,21 @@ check_every = "20ms"
         .await
         .expect("a DiscoveryExpired event");
     assert_eq!(service.as_str(), "user-service");
-    assert!(client
+    let err = client
         .get("user-service", "/", CallOptions::default())
         .await
-        .is_err());
+        .expect_err("withdrawn");
+    assert!(
+        matches!(
+            MeshError::find(&*err),
+            Some(
+                MeshError::UnknownService { .. }
+                    | MeshError::DiscoveryTimeout { .. }
+                    | MeshError::NoAvailableEndpoints { total: 0, .. }
+            )
+        ),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -326,9 +345,11 @@ async fn the_shipped_notification_sample_runs_as_is() {
         format!("{{ \"services\": {{ \"email\": [{}] }} }}", list.join(", ")),
     )
     .expect("services");
-    let client = MeshClient::from_config(MeshConfig::load(dir.join("mesh.toml")).expect("sample"))
-        .await
-        .expect("client");
+    let client = MeshClient::from_config(
+        MeshConfig::load_with_env(dir.join("mesh.toml"), |_| None).expect("sample"),
+    )
+    .await
+    .expect("client");
     for _ in 0..20 {
         client
             .post("email", "/send", "hello", CallOptions::default())

@@ -20,7 +20,8 @@ fn every_sample_file_loads_and_validates() {
     files.sort();
     assert!(files.len() >= 6, "{files:?}");
     for file in files {
-        let config = MeshConfig::load(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let config = MeshConfig::load_with_env(&file, |_| None)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         // Every route's settings build.
         for service in std::iter::once("").chain(config.services.keys().map(String::as_str)) {
             config.retry_for(service).expect("retry");
@@ -32,7 +33,8 @@ fn every_sample_file_loads_and_validates() {
 #[test]
 fn the_samples_say_what_the_design_document_says() {
     let dir = config_dir();
-    let gateway = MeshConfig::load(dir.join("api-gateway.toml")).expect("gateway");
+    let gateway =
+        MeshConfig::load_with_env(dir.join("api-gateway.toml"), |_| None).expect("gateway");
     assert_eq!(gateway.service.name, "api-gateway");
     assert_eq!(gateway.timeout_for("auth-service"), Duration::from_secs(1));
     assert_eq!(gateway.timeout_for("user-service"), Duration::from_secs(5));
@@ -43,20 +45,22 @@ fn the_samples_say_what_the_design_document_says() {
             .consecutive_failures(),
         Some(3)
     );
-    let payment = MeshConfig::load(dir.join("payment-service.toml")).expect("payment");
+    let payment =
+        MeshConfig::load_with_env(dir.join("payment-service.toml"), |_| None).expect("payment");
     assert_eq!(payment.timeout_for("anything"), Duration::from_secs(15));
     assert!(!payment
         .retry_for("x")
         .expect("retry")
         .retry_non_idempotent());
-    let notification =
-        MeshConfig::load(dir.join("notification-service.toml")).expect("notification");
+    let notification = MeshConfig::load_with_env(dir.join("notification-service.toml"), |_| None)
+        .expect("notification");
     // A relative discovery file is taken from the configuration's directory.
     match &notification.discovery {
         DiscoveryConfig::File { path, .. } => assert!(path.starts_with(&dir), "{path:?}"),
         other => panic!("{other:?}"),
     }
-    let dev = MeshConfig::load(dir.join("development.toml")).expect("development");
+    let dev =
+        MeshConfig::load_with_env(dir.join("development.toml"), |_| None).expect("development");
     assert_eq!(dev.profile, Profile::Development);
     assert_eq!(dev.timeout_for("user-service"), Duration::from_secs(30));
 }
@@ -131,12 +135,14 @@ fn the_environment_overrides_what_the_deployment_sets() {
         "profile = \"development\"\n[service]\nname = \"local\"\n[discovery]\nkind = \"consul\"\nurl = \"http://127.0.0.1:8500\"\n",
     )
     .expect("config");
-    config.apply_env(|key| match key {
-        "SERVICE_NAME" => Some("api-gateway".to_owned()),
-        "CONSUL_URL" => Some("http://consul.mesh:8500".to_owned()),
-        "MESH_PROFILE" => Some("production".to_owned()),
-        _ => None,
-    });
+    config
+        .apply_env(|key| match key {
+            "SERVICE_NAME" => Some("api-gateway".to_owned()),
+            "CONSUL_URL" => Some("http://consul.mesh:8500".to_owned()),
+            "MESH_PROFILE" => Some("production".to_owned()),
+            _ => None,
+        })
+        .expect("valid overrides");
     assert_eq!(config.service.name, "api-gateway");
     assert_eq!(config.profile, Profile::Production);
     match &config.discovery {
@@ -148,8 +154,8 @@ fn the_environment_overrides_what_the_deployment_sets() {
 #[test]
 fn yaml_reads_the_same_as_toml_and_names_bad_keys() {
     let dir = config_dir();
-    let toml = MeshConfig::load(dir.join("development.toml")).expect("toml");
-    let yaml = MeshConfig::load(dir.join("development.yaml")).expect("yaml");
+    let toml = MeshConfig::load_with_env(dir.join("development.toml"), |_| None).expect("toml");
+    let yaml = MeshConfig::load_with_env(dir.join("development.yaml"), |_| None).expect("yaml");
     assert_eq!(toml, yaml);
     let err = MeshConfig::from_yaml_str(
         "service:\n  name: a\ndiscovery:\n  kind: static\n  services: {}\nretry:\n  max_retries: 1\n  backof: linear\n",
@@ -157,4 +163,23 @@ fn yaml_reads_the_same_as_toml_and_names_bad_keys() {
     .expect_err("misspelled")
     .to_string();
     assert!(err.contains("retry"), "{err}");
+}
+
+#[test]
+fn a_bad_override_or_an_upper_case_service_key_is_refused() {
+    let mut config = MeshConfig::from_toml_str(
+        "[service]\nname = \"a\"\n[discovery]\nkind = \"static\"\nservices = {}\n",
+    )
+    .expect("config");
+    let err = config
+        .apply_env(|k| (k == "MESH_PROFILE").then(|| "prod".to_owned()))
+        .expect_err("unknown profile")
+        .to_string();
+    assert!(err.contains("MESH_PROFILE"), "{err}");
+    let err = MeshConfig::from_toml_str(
+        "[service]\nname = \"a\"\n[discovery]\nkind = \"static\"\nservices = {}\n[services.User-Service]\ntimeout = \"1s\"\n",
+    )
+    .expect_err("upper case")
+    .to_string();
+    assert!(err.contains("write user-service"), "{err}");
 }
