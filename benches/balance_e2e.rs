@@ -7,11 +7,15 @@
 //! cargo bench -p tower-mesh-benches --bench balance_e2e
 //! ```
 
+#[path = "support/anchors.rs"]
+mod anchors;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use anchors::{HttpClient, ToAddr};
 use bytes::Bytes;
 use http::uri::{Authority, Parts, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
@@ -27,36 +31,6 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 const CALLERS: u64 = 32;
 const REQUESTS: u64 = 4_000;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// One instance for tower's balancer: the client, pointed at one address.
-#[derive(Clone)]
-struct ToAddr {
-    client: HttpClient,
-    authority: Authority,
-}
-
-impl Service<Request<Full<Bytes>>> for ToAddr {
-    type Response = Response<Incoming>;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = hyper_util::client::legacy::ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Service::<Request<Full<Bytes>>>::poll_ready(&mut self.client, cx)
-    }
-
-    fn call(&mut self, mut req: Request<Full<Bytes>>) -> Self::Future {
-        let mut parts = Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
-        }
-        self.client.request(req)
-    }
-}
 
 struct Outcome {
     name: &'static str,

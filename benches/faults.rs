@@ -1,0 +1,458 @@
+//! The same traffic, in one process and one run, through four stacks and
+//! seven scenes, over loopback servers: an open loop of 10,000 requests
+//! per second for 1.5 s per scene and stack (at most 1,024 waiting; more
+//! are shed and count as failures), 42 s in all:
+//!
+//! - stacks: the raw hyper client (round robin by hand, no resilience);
+//!   `tower::balance::p2c` with `PeakEwma` behind a `Buffer`, under
+//!   `tower::retry` (2 retries on errors and 5xx); tower-resilience's
+//!   circuit breaker over the raw client; and tower-mesh (retry with a
+//!   20% budget, discovery from a watched file, least response time,
+//!   per-endpoint breakers, 1 s timeout).
+//! - scenes over five instances: healthy; one answering 503; one 50 ms
+//!   slow; one killed a third of the way in and restarted at two thirds;
+//!   the registry file deleted a third of the way in (only tower-mesh
+//!   reads a registry: the others have fixed lists); one flapping (100 ms
+//!   healthy, 100 ms failing); a retry storm (every instance failing from
+//!   a third to two thirds of the run).
+//! - per scene and stack: throughput, p50, p99, p99.9, success rate,
+//!   requests that reached a server per request sent (attempts; a
+//!   refused connection to a killed instance reaches none), allocations
+//!   per request (client and loopback servers together, the same servers
+//!   for every stack).
+//!
+//! ```text
+//! cargo bench -p tower-mesh-benches --bench faults
+//! ```
+//!
+//! Prints a table and writes `target/faults.json`.
+
+#[path = "support/anchors.rs"]
+mod anchors;
+
+use std::alloc::System;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mesh::balance::Strategy;
+use mesh::discover::{Catalog, FileRegistry, Registry};
+use mesh::prelude::*;
+use mesh_testkit::{Backend, Behavior};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const INSTANCES: usize = 5;
+/// Each scene runs this long per stack; its events happen at a third and
+/// two thirds of it.
+const SCENE: Duration = Duration::from_millis(1500);
+/// Requests arriving per millisecond (10,000 per second)...
+const RATE_PER_MS: u64 = 10;
+/// ...and at most this many in all.
+const REQUESTS: u64 = 300_000;
+/// Requests waiting at once before arrivals are shed.
+const MAX_IN_FLIGHT: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scene {
+    Healthy,
+    OneFailing,
+    OneSlow,
+    KilledAndRestarted,
+    RegistryDies,
+    Flapping,
+    RetryStorm,
+}
+
+impl Scene {
+    const ALL: [Scene; 7] = [
+        Scene::Healthy,
+        Scene::OneFailing,
+        Scene::OneSlow,
+        Scene::KilledAndRestarted,
+        Scene::RegistryDies,
+        Scene::Flapping,
+        Scene::RetryStorm,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scene::Healthy => "healthy",
+            Scene::OneFailing => "one 503",
+            Scene::OneSlow => "one 50ms slow",
+            Scene::KilledAndRestarted => "one killed+restarted",
+            Scene::RegistryDies => "registry dies",
+            Scene::Flapping => "one flapping",
+            Scene::RetryStorm => "retry storm",
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    scene: &'static str,
+    stack: &'static str,
+    requests: u64,
+    successes: u64,
+    success_rate: f64,
+    throughput: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    attempts_per_request: f64,
+    allocations_per_request: f64,
+}
+
+type Body = Full<Bytes>;
+
+/// Runs the open-loop arrivals through `svc` while
+/// `scene` plays out on the instances; measures.
+async fn drive<S, B>(scene: Scene, stack: &'static str, svc: S, lab: &mut Lab) -> Row
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    for b in &lab.backends {
+        b.reset_stats();
+    }
+    let ok = Arc::new(AtomicU64::new(0));
+    let region = Region::new(GLOBAL);
+    let started = Instant::now();
+    // Open loop: requests arrive at RATE whatever the answers do, as a
+    // service's own callers do; a fast failure does not bring the next
+    // request sooner. At most MAX_IN_FLIGHT wait at once (beyond, the
+    // arrival is counted as failed: shed).
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+    let arrivals = {
+        let (svc, ok, in_flight) = (svc.clone(), Arc::clone(&ok), Arc::clone(&in_flight));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut sent = 0u64;
+            let mut calls = tokio::task::JoinSet::new();
+            while started.elapsed() < SCENE && sent < REQUESTS {
+                tick.tick().await;
+                for _ in 0..RATE_PER_MS {
+                    sent += 1;
+                    let t = Instant::now();
+                    let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+                        let _ = lat_tx.send(Duration::ZERO);
+                        continue;
+                    };
+                    let (svc, ok, lat_tx) = (svc.clone(), Arc::clone(&ok), lat_tx.clone());
+                    calls.spawn(async move {
+                        let req = Request::get("http://user-service/")
+                            .body(Full::new(Bytes::new()))
+                            .expect("request");
+                        let answer =
+                            tokio::time::timeout(Duration::from_secs(5), svc.oneshot(req)).await;
+                        if let Ok(Ok(r)) = answer {
+                            if r.status().is_success() && r.into_body().collect().await.is_ok() {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        let _ = lat_tx.send(t.elapsed());
+                        drop(permit);
+                    });
+                }
+                while calls.try_join_next().is_some() {}
+            }
+            while calls.join_next().await.is_some() {}
+        })
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        let _ = arrivals.await;
+        Vec::<Duration>::new()
+    });
+    // The scene's events, by time through the run.
+    let mut flap = tokio::time::interval(Duration::from_millis(100));
+    let mut failing = false;
+    let mut stage = 0;
+    let mut latencies = Vec::new();
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => match done {
+                Some(done) => latencies.extend(done.unwrap_or_default()),
+                None => break,
+            },
+            _ = flap.tick(), if scene == Scene::Flapping => {
+                failing = !failing;
+                lab.backends[INSTANCES - 1].set_behavior(if failing {
+                    Behavior::Status(503)
+                } else {
+                    Behavior::Ok
+                });
+            }
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                let at = started.elapsed();
+                if stage == 0 && at >= SCENE / 3 {
+                    stage = 1;
+                    lab.first_third(scene).await;
+                } else if stage == 1 && at >= SCENE * 2 / 3 {
+                    stage = 2;
+                    lab.second_third(scene).await;
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let allocations = region.change().allocations as f64;
+    while let Ok(l) = lat_rx.try_recv() {
+        latencies.push(l);
+    }
+    latencies.sort_unstable();
+    let requests = latencies.len() as u64;
+    let successes = ok.load(Ordering::Relaxed);
+    let attempts: u64 = lab.backends.iter().map(|b| b.stats().requests).sum();
+    let ms = |p: f64| pct(&latencies, p).as_secs_f64() * 1e3;
+    Row {
+        scene: scene.name(),
+        stack,
+        requests,
+        successes,
+        success_rate: successes as f64 / requests.max(1) as f64,
+        throughput: successes as f64 / elapsed.as_secs_f64(),
+        p50_ms: ms(0.50),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        attempts_per_request: attempts as f64 / requests.max(1) as f64,
+        allocations_per_request: allocations / requests.max(1) as f64,
+    }
+}
+
+fn pct(l: &[Duration], p: f64) -> Duration {
+    if l.is_empty() {
+        return Duration::ZERO;
+    }
+    l[((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1]
+}
+
+/// The five instances and the registry file, and what scenes do to them.
+struct Lab {
+    backends: Vec<Backend>,
+    addrs: Vec<std::net::SocketAddr>,
+    services: PathBuf,
+}
+
+impl Lab {
+    async fn new() -> Lab {
+        let mut backends = Vec::new();
+        for _ in 0..INSTANCES {
+            backends.push(Backend::start(Behavior::Ok).await.expect("backend"));
+        }
+        let addrs = backends.iter().map(Backend::addr).collect();
+        let dir = std::env::temp_dir().join(format!("mesh-faults-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let lab = Lab {
+            backends,
+            addrs,
+            services: dir.join("services.json"),
+        };
+        lab.write_registry();
+        lab
+    }
+
+    fn write_registry(&self) {
+        let list: Vec<String> = self.addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        let tmp = self.services.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            format!(
+                "{{ \"services\": {{ \"user-service\": [{}] }} }}",
+                list.join(", ")
+            ),
+        )
+        .expect("registry");
+        std::fs::rename(&tmp, &self.services).expect("registry");
+    }
+
+    /// Every instance answering, the registry in place.
+    async fn reset(&mut self) {
+        // A killed instance comes back where it was.
+        while self.backends.len() < INSTANCES {
+            let addr = self.addrs[self.backends.len()];
+            self.backends.push(
+                Backend::start_on(addr, Behavior::Ok)
+                    .await
+                    .expect("restart"),
+            );
+        }
+        for b in &self.backends {
+            b.set_behavior(Behavior::Ok);
+        }
+        self.write_registry();
+    }
+
+    async fn first_third(&mut self, scene: Scene) {
+        match scene {
+            Scene::KilledAndRestarted => {
+                self.backends.pop();
+            }
+            Scene::RegistryDies => {
+                let _ = std::fs::remove_file(&self.services);
+            }
+            Scene::RetryStorm => {
+                for b in &self.backends {
+                    b.set_behavior(Behavior::Status(503));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn second_third(&mut self, scene: Scene) {
+        match scene {
+            Scene::KilledAndRestarted => {
+                let addr = self.addrs[INSTANCES - 1];
+                self.backends.push(
+                    Backend::start_on(addr, Behavior::Ok)
+                        .await
+                        .expect("restart"),
+                );
+            }
+            Scene::RetryStorm => {
+                for b in &self.backends {
+                    b.set_behavior(Behavior::Ok);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn set_up(&self, scene: Scene) {
+        match scene {
+            Scene::OneFailing => self.backends[INSTANCES - 1].set_behavior(Behavior::Status(503)),
+            Scene::OneSlow => {
+                self.backends[INSTANCES - 1].set_behavior(Behavior::Slow(Duration::from_millis(50)))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn main() {
+    // `cargo test` runs benches in test mode with `--bench` absent: skip.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rows = runtime.block_on(async {
+        let mut lab = Lab::new().await;
+        let client: anchors::HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let mut rows = Vec::new();
+        for scene in Scene::ALL {
+            macro_rules! run {
+                ($name:expr, $svc:expr) => {{
+                    lab.reset().await;
+                    lab.set_up(scene);
+                    let svc = $svc;
+                    rows.push(drive(scene, $name, svc, &mut lab).await);
+                }};
+            }
+            run!(
+                "raw hyper",
+                anchors::RoundRobin::new(client.clone(), &lab.addrs)
+            );
+            run!(
+                "tower p2c+retry",
+                anchors::tower_p2c_retry(client.clone(), &lab.addrs)
+            );
+            run!(
+                "tower-resilience",
+                anchors::resilience_breaker(client.clone(), &lab.addrs)
+            );
+            run!("tower-mesh", mesh_stack(client.clone(), &lab.services));
+        }
+        rows
+    });
+    print_table(&rows);
+    let out =
+        PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned()))
+            .join("faults.json");
+    if let Ok(json) = serde_json::to_string_pretty(&rows) {
+        let _ = std::fs::write(&out, json);
+        println!("\nwritten: {}", out.display());
+    }
+}
+
+fn mesh_stack(
+    client: anchors::HttpClient,
+    services: &std::path::Path,
+) -> impl Service<
+    Request<Body>,
+    Response = Response<mesh::balance::TrackedBody<hyper::body::Incoming>>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    let registry: Arc<dyn Registry> =
+        Arc::new(FileRegistry::new(services).check_every(Duration::from_millis(20)));
+    let catalog = Catalog::default();
+    ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryConfig::builder()
+                .max_retries(2)
+                .backoff(Backoff::constant(Duration::from_millis(1)))
+                .budget(20.0, 10, Duration::from_secs(10))
+                .build()
+                .expect("retry"),
+        ))
+        .layer(DiscoverLayer::with_registry(
+            catalog,
+            registry,
+            Duration::from_secs(2),
+        ))
+        .layer(BalanceLayer::new(Strategy::LeastResponseTime))
+        .layer(BreakerLayer::new(
+            BreakerConfig::builder()
+                .scope(BreakerScope::Endpoint)
+                .consecutive_failures(5)
+                .failure_rate_threshold(50.0)
+                .minimum_calls(10)
+                .open_duration(Duration::from_millis(300))
+                .build()
+                .expect("breaker"),
+        ))
+        .timeout(Duration::from_secs(1))
+        .service(client)
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<22} {:<17} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "scene", "stack", "success", "req/s", "p50", "p99", "p99.9", "att/req", "alloc/req"
+    );
+    for r in rows {
+        println!(
+            "{:<22} {:<17} {:>7.2}% {:>9.0} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>9.2} {:>8.0}",
+            r.scene,
+            r.stack,
+            100.0 * r.success_rate,
+            r.throughput,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.attempts_per_request,
+            r.allocations_per_request
+        );
+    }
+}
