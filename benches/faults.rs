@@ -1,7 +1,7 @@
 //! The same traffic, in one process and one run, through four stacks and
 //! seven scenes, over loopback servers: an open loop of 10,000 requests
 //! per second for 1.5 s per scene and stack (at most 1,024 waiting; more
-//! are shed and count as failures), 42 s in all:
+//! are shed and count as failures), 48 s in all:
 //!
 //! - stacks: the raw hyper client (round robin by hand, no resilience);
 //!   `tower::balance::p2c` with `PeakEwma` behind a `Buffer`, under
@@ -10,7 +10,8 @@
 //!   20% budget, discovery from a watched file, least response time,
 //!   per-endpoint breakers, 1 s timeout).
 //! - scenes over five instances: healthy; one answering 503; one 50 ms
-//!   slow; one killed a third of the way in and restarted at two thirds;
+//!   slow; both at once; one killed a third of the way in and restarted
+//!   at two thirds;
 //!   the registry file deleted a third of the way in (only tower-mesh
 //!   reads a registry: the others have fixed lists); one flapping (100 ms
 //!   healthy, 100 ms failing); a retry storm (every instance failing from
@@ -67,6 +68,7 @@ enum Scene {
     Healthy,
     OneFailing,
     OneSlow,
+    FailingAndSlow,
     KilledAndRestarted,
     RegistryDies,
     Flapping,
@@ -74,10 +76,11 @@ enum Scene {
 }
 
 impl Scene {
-    const ALL: [Scene; 7] = [
+    const ALL: [Scene; 8] = [
         Scene::Healthy,
         Scene::OneFailing,
         Scene::OneSlow,
+        Scene::FailingAndSlow,
         Scene::KilledAndRestarted,
         Scene::RegistryDies,
         Scene::Flapping,
@@ -89,6 +92,7 @@ impl Scene {
             Scene::Healthy => "healthy",
             Scene::OneFailing => "one 503",
             Scene::OneSlow => "one 50ms slow",
+            Scene::FailingAndSlow => "one 503 + one slow",
             Scene::KilledAndRestarted => "one killed+restarted",
             Scene::RegistryDies => "registry dies",
             Scene::Flapping => "one flapping",
@@ -338,6 +342,11 @@ impl Lab {
             Scene::OneFailing => self.backends[INSTANCES - 1].set_behavior(Behavior::Status(503)),
             Scene::OneSlow => {
                 self.backends[INSTANCES - 1].set_behavior(Behavior::Slow(Duration::from_millis(50)))
+            }
+            Scene::FailingAndSlow => {
+                self.backends[INSTANCES - 2].set_behavior(Behavior::Status(503));
+                self.backends[INSTANCES - 1]
+                    .set_behavior(Behavior::Slow(Duration::from_millis(50)));
             }
             _ => {}
         }
