@@ -104,7 +104,7 @@ async fn a_hundred_thousand_requests_with_faults_and_cancellations_leave_nothing
                     Ok::<_, BoxError>(())
                 };
                 // One call in ten is abandoned almost at once, mid-flight.
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     if tokio::time::timeout(Duration::from_micros(200), call)
                         .await
                         .is_err()
@@ -125,7 +125,7 @@ async fn a_hundred_thousand_requests_with_faults_and_cancellations_leave_nothing
             _ = callers.join_next() => {}
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 round += 1;
-                let slow = round % 2 == 0;
+                let slow = round.is_multiple_of(2);
                 // The last instance flaps (the kill below shifts indexes,
                 // never the last one).
                 if let Some(flapping) = backends.last() {
