@@ -45,6 +45,15 @@ impl Tracker {
         let recorded = entry
             .circuit
             .record_with(self.permit, outcome, elapsed, clock::now);
+        if recorded.probe_slot_freed {
+            // A cancelled probe gave its slot back: if probes were
+            // exhausted, the endpoint was ejected until they reported;
+            // let the balancer send the next probe instead of waiting out
+            // the half-open maximum wait.
+            if let Some(endpoint) = &self.endpoint {
+                endpoint.state().clear_ejection();
+            }
+        }
         if let Some(t) = recorded.transition {
             entry.common.announce(
                 entry.service.as_ref(),

@@ -258,6 +258,69 @@ async fn a_per_endpoint_breaker_ejects_its_endpoint_while_open_and_returns_it_on
     assert!(endpoint.state().is_available(clock::now()));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_hands_its_endpoint_back_for_the_next_probe() {
+    // Found by the soak test: with every probe out, the endpoint is
+    // ejected until they report; a probe whose caller gives up reports
+    // nothing about the upstream and frees its slot, and the endpoint must
+    // come back at once, not after the half-open maximum wait (30 s).
+    let layer = BreakerLayer::new(
+        BreakerConfig::builder()
+            .scope(BreakerScope::Endpoint)
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .open_duration_jitter(0.0)
+            .half_open_probes(1)
+            .build()
+            .expect("config"),
+    );
+    let code = Arc::new(AtomicU64::new(503));
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let svc = {
+        let (code, hang) = (Arc::clone(&code), Arc::clone(&hang));
+        layer.layer(service_fn(move |_req: Request<()>| {
+            let (code, hang) = (code.load(Ordering::SeqCst), hang.load(Ordering::SeqCst));
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                status(code as u16)
+            }
+        }))
+    };
+    let endpoint = Endpoint::builder("127.0.0.1:1".parse().expect("addr")).build();
+    svc.clone()
+        .oneshot(endpoint_request(&endpoint))
+        .await
+        .expect("answered");
+    tokio::time::advance(Duration::from_secs(1)).await;
+
+    // The only probe hangs, and its caller gives up.
+    hang.store(true, Ordering::SeqCst);
+    let probe = svc.clone().oneshot(endpoint_request(&endpoint));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), probe)
+            .await
+            .is_err(),
+        "the probe hangs"
+    );
+    assert!(
+        endpoint.state().is_available(clock::now()),
+        "back at once for the next probe"
+    );
+    hang.store(false, Ordering::SeqCst);
+    code.store(200, Ordering::SeqCst);
+    svc.clone()
+        .oneshot(endpoint_request(&endpoint))
+        .await
+        .expect("probe");
+    let key = BreakerKey::Endpoint(
+        ServiceName::new("users").expect("name"),
+        endpoint.id().clone(),
+    );
+    assert_eq!(layer.state(&key), Some(CircuitState::Closed));
+}
+
 #[tokio::test]
 async fn operator_transitions_publish_one_event_each_and_none_for_no_change() {
     let bus = EventBus::new(64);
