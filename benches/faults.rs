@@ -1,7 +1,8 @@
 //! The same traffic, in one process and one run, through four stacks and
 //! seven scenes, over loopback servers: an open loop of 10,000 requests
 //! per second for 1.5 s per scene and stack (at most 1,024 waiting; more
-//! are shed and count as failures), 48 s in all:
+//! are shed and count as failures), after 200 unmeasured requests that
+//! warm each stack up (connections, discovery, estimates), 48 s in all:
 //!
 //! - stacks: the raw hyper client (round robin by hand, no resilience);
 //!   `tower::balance::p2c` with `PeakEwma` behind a `Buffer`, under
@@ -60,6 +61,8 @@ const SCENE: Duration = Duration::from_millis(1500);
 const RATE_PER_MS: u64 = 10;
 /// ...and at most this many in all.
 const REQUESTS: u64 = 300_000;
+/// Requests sent, one at a time, before a run is measured.
+const WARM_UP: u32 = 200;
 /// Requests waiting at once before arrivals are shed.
 const MAX_IN_FLIGHT: usize = 1024;
 
@@ -128,6 +131,18 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
+    // Warm up, unmeasured and the same for every stack: pooled
+    // connections, a first discovery answer, latency estimates.
+    for _ in 0..WARM_UP {
+        let req = Request::get("http://user-service/")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        if let Ok(Ok(r)) =
+            tokio::time::timeout(Duration::from_secs(5), svc.clone().oneshot(req)).await
+        {
+            let _ = r.into_body().collect().await;
+        }
+    }
     for b in &lab.backends {
         b.reset_stats();
     }
