@@ -8,6 +8,24 @@ use crate::name::{EndpointId, InvalidName, ServiceName};
 /// The error type tower services in a stack pass along: any error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// An error and its causes, `outer: inner: root`, for messages: hyper's
+/// own text ("client error (Connect)") does not say what failed (a refused
+/// connection, a TLS alert). A cause whose text its wrapper already
+/// repeats is not repeated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 /// A connection could not be set up (a TLS handshake refused, say), so
 /// the request was never sent.
 ///
@@ -165,6 +183,20 @@ pub enum MeshError {
 }
 
 impl MeshError {
+    /// This error with `prefix` before the name of the value at fault, for
+    /// a configuration read as part of a larger one
+    /// (`retry.backoff` -> `services.users.retry.backoff`); other errors
+    /// are returned unchanged.
+    pub fn within(self, prefix: &str) -> MeshError {
+        match self {
+            MeshError::InvalidConfig { what, reason } => MeshError::InvalidConfig {
+                what: format!("{prefix}{what}"),
+                reason,
+            },
+            other => other,
+        }
+    }
+
     /// The first `MeshError` in `err`'s source chain, `err` included.
     ///
     /// ```

@@ -14,7 +14,7 @@ mod state;
 
 pub use classify::{FailureClassifier, FailureKind, Outcome, StatusSet};
 pub use endpoint::{Endpoint, EndpointBuilder, Weight};
-pub use error::{BoxError, ConnectError, MeshError};
+pub use error::{error_chain, BoxError, ConnectError, MeshError};
 pub use event::{CircuitState, EventBus, MeshEvent, Probe, ProbeStatus};
 pub use name::{EndpointId, InvalidName, ServiceName};
 pub use set::EndpointSet;

@@ -211,7 +211,10 @@ impl ConsulRegistry {
         };
         let exchange = async {
             let response = self.client.send(req).await.map_err(|e| {
-                DiscoveryError::Unavailable(format!("Consul request failed: {}", causes(&e)))
+                DiscoveryError::Unavailable(format!(
+                    "Consul request failed: {}",
+                    mesh_core::error_chain(&e)
+                ))
             })?;
             let status = response.status();
             let new_index = response
@@ -377,24 +380,6 @@ impl ConsulRegistryBuilder {
             },
         })
     }
-}
-
-/// An error and its causes, `outer: inner: root`: hyper's own message
-/// ("client error (Connect)") does not say what failed (a refused
-/// connection, a TLS alert).
-pub(crate) fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        let more = cause.to_string();
-        // Some errors repeat their source's message in their own.
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        next = cause.source();
-    }
-    text
 }
 
 /// Percent-encodes a query or path component.

@@ -226,7 +226,7 @@ impl ConsulRegistry {
             .await
             .map_err(|_| DiscoveryError::Unavailable(format!("{url}: no answer within 10s")))?
             .map_err(|e| {
-                DiscoveryError::Unavailable(format!("{url}: {}", crate::consul::causes(&e)))
+                DiscoveryError::Unavailable(format!("{url}: {}", mesh_core::error_chain(&e)))
             })?;
         let status = response.status();
         if status == StatusCode::OK {

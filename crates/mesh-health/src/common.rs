@@ -65,7 +65,7 @@ pub fn http_get(
             let response = client
                 .get(url.clone())
                 .await
-                .map_err(|e| CheckError(format!("GET {url}: {}", causes(&e))))?;
+                .map_err(|e| CheckError(format!("GET {url}: {}", mesh_core::error_chain(&e))))?;
             let status = response.status();
             if !expect.statuses.contains(&status.as_u16()) {
                 return Err(CheckError(format!(
@@ -294,20 +294,6 @@ where
         }
     }
     Ok(read)
-}
-
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        next = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@
 //! cargo bench -p mesh-tls --bench mtls
 //! ```
 
+#[path = "../tests/support/der.rs"]
+mod der;
 #[path = "../tests/support/pki.rs"]
 mod pki;
 
@@ -30,42 +32,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_main, Criterion};
+use der::{chain, key, provider, roots};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_tls::rustls::pki_types::pem::PemObject;
-use mesh_tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use mesh_tls::rustls::pki_types::ServerName;
 use mesh_tls::rustls::server::WebPkiClientVerifier;
-use mesh_tls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use mesh_tls::rustls::{ClientConfig, ServerConfig};
 use mesh_tls::{ClientTls, Credentials, IdentityPolicy, PemSource, ServerTls};
 use pki::{Ca, Issued, Leaf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn chain(issued: &Issued) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .expect("chain")
-}
-
-fn key(issued: &Issued) -> PrivateKeyDer<'static> {
-    PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key")
-}
-
-fn roots(ca: &Ca) -> Arc<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
-        roots.add(cert.expect("ca")).expect("add");
-    }
-    Arc::new(roots)
-}
 
 async fn hello(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"hello"))))

@@ -20,6 +20,12 @@ use tokio_rustls::rustls::{
 use crate::credentials::Credentials;
 use crate::identity::IdentityPolicy;
 
+/// The signature algorithms of the credentials' crypto provider: handshake
+/// signatures are checked the same way on both sides.
+fn algorithms(credentials: &Credentials) -> &rustls::crypto::WebPkiSupportedAlgorithms {
+    &credentials.provider().signature_verification_algorithms
+}
+
 /// Presents the current certificate (client and server side).
 #[derive(Debug)]
 pub(crate) struct CurrentCert(pub(crate) Credentials);
@@ -116,15 +122,7 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self
-                .credentials
-                .provider()
-                .signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms(&self.credentials))
     }
 
     fn verify_tls13_signature(
@@ -133,22 +131,11 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self
-                .credentials
-                .provider()
-                .signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms(&self.credentials))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.credentials
-            .provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        algorithms(&self.credentials).supported_schemes()
     }
 }
 
@@ -190,15 +177,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self
-                .credentials
-                .provider()
-                .signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms(&self.credentials))
     }
 
     fn verify_tls13_signature(
@@ -207,21 +186,10 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self
-                .credentials
-                .provider()
-                .signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms(&self.credentials))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.credentials
-            .provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        algorithms(&self.credentials).supported_schemes()
     }
 }

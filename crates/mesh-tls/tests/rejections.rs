@@ -3,19 +3,21 @@
 //! on one end and a plain rustls peer presenting the bad certificate on
 //! the other.
 
+#[path = "support/der.rs"]
+mod der;
 #[path = "support/pki.rs"]
 mod pki;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use der::{chain, key, provider, roots};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh_core::{EventBus, MeshEvent};
-use mesh_tls::rustls::pki_types::pem::PemObject;
-use mesh_tls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use mesh_tls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use mesh_tls::rustls::pki_types::ServerName;
+use mesh_tls::rustls::{self, ClientConfig, ServerConfig};
 use mesh_tls::{
     ClientTls, Credentials, HandshakeError, HandshakeRejection, IdentityPolicy, PemSource,
     ServerTls, TlsError,
@@ -23,28 +25,6 @@ use mesh_tls::{
 use pki::{Ca, Issued, Leaf, TempDir};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn chain(issued: &Issued) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .expect("chain")
-}
-
-fn key(issued: &Issued) -> PrivateKeyDer<'static> {
-    PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key")
-}
-
-fn roots(ca: &Ca) -> RootCertStore {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
-        roots.add(cert.expect("ca")).expect("add");
-    }
-    roots
-}
 
 fn credentials(ca: &Ca, issued: &Issued) -> Credentials {
     Credentials::load(PemSource::memory(

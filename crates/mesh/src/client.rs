@@ -6,6 +6,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -85,6 +87,13 @@ type Stack = mesh_retry::Retry<
         >,
     >,
 >;
+
+/// What the client keeps for one known service.
+struct ServiceState {
+    limits: Option<crate::limits::Limits>,
+    /// Stops when dropped.
+    _checker: Option<UpstreamHealthChecker>,
+}
 
 /// The most services a client keeps limits and upstream checks for.
 const MAX_SERVICES: usize = 1024;
@@ -166,17 +175,19 @@ struct Inner {
     catalog: Catalog,
     discover: DiscoverLayer,
     splits: Arc<Splits>,
-    transport: Transport,
-    /// HTTP/2 by prior knowledge over plain TCP, for `protocol = "h2c"`.
-    h2c: Transport,
     default: Route,
-    routes: Mutex<HashMap<ServiceName, Route>>,
-    limits: Mutex<HashMap<ServiceName, Arc<crate::limits::Limits>>>,
+    /// The overridden services' own layers, built at start.
+    routes: HashMap<ServiceName, Route>,
+    /// What the client keeps per known service (its limits, its upstream
+    /// checker): read without a lock on every call, written on a
+    /// service's first call only.
+    services: ArcSwap<HashMap<ServiceName, Arc<ServiceState>>>,
+    /// Serializes those first-call writes.
+    adding: Mutex<()>,
     closed: AtomicBool,
     in_flight: AtomicUsize,
     drained: Notify,
     health: Option<HealthCheckManager>,
-    upstream: Mutex<HashMap<ServiceName, UpstreamHealthChecker>>,
     consul: Option<ConsulRegistry>,
     registered: Mutex<Option<(String, mesh_discover::Follow)>>,
     tls: Option<mesh_tls::Credentials>,
@@ -293,7 +304,18 @@ impl MeshClient {
                 ),
             }
         };
-        let first_wait = Duration::from_secs(5);
+        // A registry-backed catalog: services followed on their first
+        // call, which waits up to 5 s for the registry's first answer.
+        let followed = |registry: Arc<dyn Registry>| {
+            let catalog = Catalog::new(bus.clone());
+            let layer =
+                DiscoverLayer::with_registry(catalog.clone(), registry, Duration::from_secs(5));
+            let layer = match config.max_staleness {
+                Some(limit) => layer.max_staleness(limit),
+                None => layer,
+            };
+            (catalog, layer)
+        };
         let (catalog, discover, consul) = match &config.discovery {
             DiscoveryConfig::Static { services } => {
                 let mut builder = StaticRegistry::builder().events(bus.clone());
@@ -308,13 +330,8 @@ impl MeshClient {
                 if let Some(every) = check_every {
                     registry = registry.check_every(*every);
                 }
-                let catalog = Catalog::new(bus.clone());
-                let layer = DiscoverLayer::with_registry(
-                    catalog.clone(),
-                    Arc::new(registry) as Arc<dyn Registry>,
-                    first_wait,
-                );
-                (catalog, stale(layer, config.max_staleness), None)
+                let (catalog, layer) = followed(Arc::new(registry));
+                (catalog, layer, None)
             }
             DiscoveryConfig::Consul {
                 url,
@@ -334,13 +351,8 @@ impl MeshClient {
                     builder = builder.tag(tag.clone());
                 }
                 let consul = builder.build()?;
-                let catalog = Catalog::new(bus.clone());
-                let layer = DiscoverLayer::with_registry(
-                    catalog.clone(),
-                    Arc::new(consul.clone()) as Arc<dyn Registry>,
-                    first_wait,
-                );
-                (catalog, stale(layer, config.max_staleness), Some(consul))
+                let (catalog, layer) = followed(Arc::new(consul.clone()));
+                (catalog, layer, Some(consul))
             }
             DiscoveryConfig::Kubernetes {
                 port,
@@ -369,13 +381,8 @@ impl MeshClient {
                     builder = builder.nameserver(*addr);
                 }
                 let registry = builder.build()?;
-                let catalog = Catalog::new(bus.clone());
-                let layer = DiscoverLayer::with_registry(
-                    catalog.clone(),
-                    Arc::new(registry) as Arc<dyn Registry>,
-                    first_wait,
-                );
-                (catalog, stale(layer, config.max_staleness), None)
+                let (catalog, layer) = followed(Arc::new(registry));
+                (catalog, layer, None)
             }
         };
 
@@ -399,6 +406,18 @@ impl MeshClient {
             }
         }
         let default = build_route(&config, "", &discover, &splits, &transport, &bus)?;
+        // Services named in the configuration get their own layers.
+        let mut routes = HashMap::new();
+        for (service, o) in &config.services {
+            if let Ok(name) = ServiceName::new(service) {
+                let transport = match o.protocol {
+                    crate::config::Protocol::Http1 => &transport,
+                    crate::config::Protocol::H2c => &h2c,
+                };
+                let route = build_route(&config, service, &discover, &splits, transport, &bus)?;
+                routes.insert(name, route);
+            }
+        }
         let client = MeshClient {
             inner: Arc::new(Inner {
                 name,
@@ -406,29 +425,20 @@ impl MeshClient {
                 catalog,
                 discover,
                 splits,
-                transport,
-                h2c,
                 default,
-                routes: Mutex::new(HashMap::new()),
-                limits: Mutex::new(HashMap::new()),
+                routes,
+                services: ArcSwap::default(),
+                adding: Mutex::new(()),
                 closed: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 drained: Notify::new(),
                 health,
-                upstream: Mutex::new(HashMap::new()),
                 consul,
                 registered: Mutex::new(None),
                 tls,
                 config,
             }),
         };
-        // Services named in the configuration get their own layers now.
-        let named: Vec<String> = client.inner.config.services.keys().cloned().collect();
-        for service in named {
-            if let Ok(service) = ServiceName::new(&service) {
-                client.own_route(&service)?;
-            }
-        }
         client.register().await?;
         Ok(client)
     }
@@ -528,9 +538,12 @@ impl MeshClient {
 
     pub(crate) fn routes(&self) -> Vec<(String, Route)> {
         let mut routes = vec![("*".to_owned(), self.inner.default.clone())];
-        if let Ok(map) = self.inner.routes.lock() {
-            routes.extend(map.iter().map(|(k, v)| (k.to_string(), v.clone())));
-        }
+        routes.extend(
+            self.inner
+                .routes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone())),
+        );
         routes
     }
 
@@ -543,79 +556,60 @@ impl MeshClient {
     }
 
     /// The layers for `service`: its own when the configuration overrides
-    /// it, else the shared default ones. Starts upstream health checks for
-    /// it on first use, when configured.
-    fn route(&self, service: &ServiceName) -> Result<Stack, MeshError> {
-        if !self.inner.config.services.contains_key(service.as_str()) {
-            return Ok(self.inner.default.stack.clone());
-        }
-        self.own_route(service).map(|r| r.stack)
+    /// it, else the shared default ones.
+    fn route(&self, service: &ServiceName) -> &Stack {
+        self.inner
+            .routes
+            .get(service)
+            .map_or(&self.inner.default.stack, |r| &r.stack)
     }
 
-    /// The limits that apply to `service`: its own (each service has its
-    /// own allowance, also under the shared default layers).
-    fn limits(&self, service: &ServiceName) -> Option<Arc<crate::limits::Limits>> {
-        let config = self.inner.config.limits_for(service.as_str())?;
-        let mut limits = self.inner.limits.lock().ok()?;
-        if limits.len() >= MAX_SERVICES && !limits.contains_key(service) {
-            tracing::warn!(%service, "limits not applied: too many services");
+    /// What the client keeps for `service`: created on its first call when
+    /// the mesh knows it (configured, or resolved by discovery), since
+    /// request hosts are user input and must not grow it without bound.
+    fn service_state(&self, service: &ServiceName) -> Option<Arc<ServiceState>> {
+        if let Some(state) = self.inner.services.load().get(service) {
+            return Some(Arc::clone(state));
+        }
+        let known = self.inner.config.services.contains_key(service.as_str())
+            || self.inner.catalog.get(service.as_str()).is_some();
+        if !known {
             return None;
         }
-        Some(Arc::clone(limits.entry(service.clone()).or_insert_with(
-            || Arc::new(crate::limits::Limits::new(config)),
-        )))
+        let _adding = self.inner.adding.lock().ok()?;
+        if let Some(state) = self.inner.services.load().get(service) {
+            return Some(Arc::clone(state));
+        }
+        if self.inner.services.load().len() >= MAX_SERVICES {
+            tracing::warn!(%service, "limits and upstream checks not applied: too many services");
+            return None;
+        }
+        let state = Arc::new(ServiceState {
+            limits: self
+                .inner
+                .config
+                .limits_for(service.as_str())
+                .map(crate::limits::Limits::new),
+            _checker: self.upstream_checker(service),
+        });
+        let mut services = HashMap::clone(&self.inner.services.load());
+        services.insert(service.clone(), Arc::clone(&state));
+        self.inner.services.store(Arc::new(services));
+        Some(state)
     }
 
-    fn own_route(&self, service: &ServiceName) -> Result<Route, MeshError> {
-        let mut routes = self
-            .inner
-            .routes
-            .lock()
-            .map_err(|_| MeshError::InvalidConfig {
-                what: "routes".to_owned(),
-                reason: "a thread panicked while holding the routes".to_owned(),
-            })?;
-        if let Some(route) = routes.get(service) {
-            return Ok(route.clone());
-        }
-        let route = build_route(
-            &self.inner.config,
-            service.as_str(),
-            &self.inner.discover,
-            &self.inner.splits,
-            match self.inner.config.protocol_for(service.as_str()) {
-                crate::config::Protocol::Http1 => &self.inner.transport,
-                crate::config::Protocol::H2c => &self.inner.h2c,
-            },
-            &self.inner.bus,
-        )?;
-        routes.insert(service.clone(), route.clone());
-        Ok(route)
-    }
-
-    fn ensure_upstream_checks(&self, service: &ServiceName) {
-        let Some(config) = &self.inner.config.upstream_health else {
-            return;
-        };
-        let Ok(mut checkers) = self.inner.upstream.lock() else {
-            return;
-        };
-        if checkers.contains_key(service) || checkers.len() >= MAX_SERVICES {
-            return;
-        }
+    fn upstream_checker(&self, service: &ServiceName) -> Option<UpstreamHealthChecker> {
+        let config = self.inner.config.upstream_health.as_ref()?;
         let catalog = self.inner.catalog.clone();
         let name = service.clone();
-        match UpstreamHealthChecker::spawn(
+        UpstreamHealthChecker::spawn(
             service.clone(),
             config.clone(),
             move || catalog.get(name.as_str()),
             Some(self.inner.bus.clone()),
-        ) {
-            Ok(checker) => {
-                checkers.insert(service.clone(), checker);
-            }
-            Err(error) => tracing::warn!(%service, %error, "upstream health checks not started"),
-        }
+        )
+        .map_err(|error| tracing::warn!(%service, %error, "upstream health checks not started"))
+        .ok()
     }
 
     /// Sends `req` through the stack of the service its URI's host names
@@ -643,25 +637,18 @@ impl MeshClient {
                 service
             }
         };
-        // Limits and upstream checks exist only for services the mesh knows
-        // (configured, or resolved by discovery at least once): request
-        // hosts are user input and must not grow them without bound.
-        let known = self.inner.config.services.contains_key(service.as_str())
-            || self.inner.catalog.get(service.as_str()).is_some();
-        if known {
-            if let Some(limits) = self.limits(&service) {
+        if let Some(state) = self.service_state(&service) {
+            if let Some(limits) = &state.limits {
                 guard._admission = Some(limits.admit(&service)?);
             }
-            self.ensure_upstream_checks(&service);
         }
         if let Some(limit) = timeout {
             // Retries read it: no backoff is started that would end past it.
             req.extensions_mut()
                 .insert(Deadline(clock::now().saturating_add(limit)));
         }
-        let stack = self.route(&service)?;
         let started = tokio::time::Instant::now();
-        let call = stack.oneshot(req);
+        let call = self.route(&service).clone().oneshot(req);
         let outcome = match timeout {
             None => call.await,
             Some(limit) => match tokio::time::timeout(limit, call).await {
@@ -856,9 +843,8 @@ impl MeshClient {
         if left > 0 {
             tracing::warn!(left, "shutdown: calls still in flight after the drain");
         }
-        if let Ok(mut checkers) = self.inner.upstream.lock() {
-            checkers.clear();
-        }
+        // Dropping the per-service state stops the upstream checkers.
+        self.inner.services.store(Arc::default());
         self.inner.discover.stop_following();
         if let Some(tls) = &self.inner.tls {
             tls.stop_watching();
@@ -901,13 +887,6 @@ impl Drop for CallGuard {
         if self.inner.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.inner.drained.notify_waiters();
         }
-    }
-}
-
-fn stale(layer: DiscoverLayer, limit: Option<Duration>) -> DiscoverLayer {
-    match limit {
-        Some(limit) => layer.max_staleness(limit),
-        None => layer,
     }
 }
 

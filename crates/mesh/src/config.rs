@@ -461,13 +461,7 @@ impl MeshConfig {
             true => Self::parse_yaml(&text),
             false => Self::parse(&text),
         };
-        let mut config = parsed.map_err(|e| match e {
-            MeshError::InvalidConfig { what, reason } => MeshError::InvalidConfig {
-                what: format!("{}: {what}", path.display()),
-                reason,
-            },
-            other => other,
-        })?;
+        let mut config = parsed.map_err(|e| e.within(&format!("{}: ", path.display())))?;
         if let DiscoveryConfig::File { path: file, .. } = &mut config.discovery {
             if file.is_relative() {
                 if let Some(dir) = path.parent() {
@@ -495,18 +489,7 @@ impl MeshConfig {
     }
 
     fn parse_yaml(text: &str) -> Result<MeshConfig, MeshError> {
-        let de = serde_norway::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            MeshError::InvalidConfig {
-                what: if path == "." {
-                    "the configuration".to_owned()
-                } else {
-                    path
-                },
-                reason: e.into_inner().to_string(),
-            }
-        })
+        Self::deserialize(serde_norway::Deserializer::from_str(text))
     }
 
     fn parse(text: &str) -> Result<MeshConfig, MeshError> {
@@ -514,6 +497,11 @@ impl MeshConfig {
             what: "the configuration".to_owned(),
             reason: e.to_string(),
         })?;
+        Self::deserialize(de)
+    }
+
+    /// Deserializes, naming the path of the key at fault.
+    fn deserialize<'de, D: serde::Deserializer<'de>>(de: D) -> Result<MeshConfig, MeshError> {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             MeshError::InvalidConfig {
@@ -643,13 +631,9 @@ impl MeshConfig {
         }
         for (name, o) in &self.services {
             if let Some(retry) = &o.retry {
-                retry.build().map_err(|e| match e {
-                    MeshError::InvalidConfig { what, reason } => MeshError::InvalidConfig {
-                        what: format!("services.{name}.{what}"),
-                        reason,
-                    },
-                    other => other,
-                })?;
+                retry
+                    .build()
+                    .map_err(|e| e.within(&format!("services.{name}.")))?;
             }
         }
         if let Some(limits) = &self.limits {
@@ -679,24 +663,30 @@ impl MeshConfig {
         Ok(())
     }
 
+    /// A setting for `service`: its override, else the file's.
+    fn pick<'a, T>(
+        &'a self,
+        service: &str,
+        overridden: impl Fn(&'a ServiceOverride) -> Option<&'a T>,
+        everywhere: Option<&'a T>,
+    ) -> Option<&'a T> {
+        self.services
+            .get(service)
+            .and_then(overridden)
+            .or(everywhere)
+    }
+
     /// The per-attempt timeout for `service`: its override, else the
     /// file's, else the profile's.
     pub fn timeout_for(&self, service: &str) -> Duration {
-        self.services
-            .get(service)
-            .and_then(|o| o.timeout)
-            .or(self.timeout)
+        self.pick(service, |o| o.timeout.as_ref(), self.timeout.as_ref())
+            .copied()
             .unwrap_or_else(|| self.profile.timeout())
     }
 
     /// The retry settings for `service`.
     pub fn retry_for(&self, service: &str) -> Result<RetryConfig, MeshError> {
-        match self
-            .services
-            .get(service)
-            .and_then(|o| o.retry.as_ref())
-            .or(self.retry.as_ref())
-        {
+        match self.pick(service, |o| o.retry.as_ref(), self.retry.as_ref()) {
             Some(retry) => retry.build(),
             None => self.profile.retry(),
         }
@@ -704,13 +694,8 @@ impl MeshConfig {
 
     /// The breaker settings for `service`.
     pub fn breaker_for(&self, service: &str) -> Result<BreakerConfig, MeshError> {
-        match self
-            .services
-            .get(service)
-            .and_then(|o| o.breaker.clone())
-            .or_else(|| self.breaker.clone())
-        {
-            Some(breaker) => Ok(breaker),
+        match self.pick(service, |o| o.breaker.as_ref(), self.breaker.as_ref()) {
+            Some(breaker) => Ok(breaker.clone()),
             None => self.profile.breaker(),
         }
     }
@@ -725,18 +710,13 @@ impl MeshConfig {
 
     /// The limits for `service`.
     pub fn limits_for(&self, service: &str) -> Option<&LimitsConfig> {
-        self.services
-            .get(service)
-            .and_then(|o| o.limits.as_ref())
-            .or(self.limits.as_ref())
+        self.pick(service, |o| o.limits.as_ref(), self.limits.as_ref())
     }
 
     /// The balancing settings for `service`.
     pub fn balance_for(&self, service: &str) -> BalanceConfig {
-        self.services
-            .get(service)
-            .and_then(|o| o.balance.clone())
-            .or_else(|| self.balance.clone())
+        self.pick(service, |o| o.balance.as_ref(), self.balance.as_ref())
+            .cloned()
             .unwrap_or_default()
     }
 }

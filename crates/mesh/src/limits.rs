@@ -11,7 +11,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::LimitsConfig;
 
-/// One service's limits, shared by every call to it.
+/// One service's limits, shared by every call to it (through its
+/// `ServiceState`).
 #[derive(Debug)]
 pub(crate) struct Limits {
     concurrency: Option<(Arc<Semaphore>, u32)>,

@@ -2,10 +2,10 @@
 //! its instances (by tag or metadata) by weight, changeable at run time.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Request;
 use mesh_core::{Endpoint, EndpointSet, MeshError, ServiceName};
 use serde::{Deserialize, Serialize};
@@ -106,8 +106,9 @@ pub(crate) struct Splits {
 struct Split {
     subsets: Vec<Subset>,
     /// Subset sets built from one snapshot of the service's set, rebuilt
-    /// when discovery publishes a new one (compared by pointer).
-    cache: Mutex<Option<(EndpointSet, Vec<EndpointSet>)>>,
+    /// when discovery publishes a new one (compared by pointer); read
+    /// without a lock.
+    cache: ArcSwapOption<(EndpointSet, Vec<EndpointSet>)>,
 }
 
 impl Splits {
@@ -122,7 +123,7 @@ impl Splits {
                     service.clone(),
                     Arc::new(Split {
                         subsets: subsets.clone(),
-                        cache: Mutex::new(None),
+                        cache: ArcSwapOption::empty(),
                     }),
                 );
             }
@@ -144,24 +145,28 @@ impl Splits {
             return None;
         }
         let split = table.get(full.service())?;
-        let mut cache = split.cache.lock().ok()?;
-        let fresh = matches!(&*cache, Some((source, _)) if source.ptr_eq(full));
-        if !fresh {
-            let sets = split
-                .subsets
-                .iter()
-                .map(|subset| {
-                    let name = ServiceName::new(&format!("{}.{}", full.service(), subset.name))
-                        .unwrap_or_else(|_| full.service().clone());
-                    EndpointSet::new(
-                        name,
-                        full.iter().filter(|e| subset.matches(e)).cloned().collect(),
-                    )
-                })
-                .collect();
-            *cache = Some((full.clone(), sets));
-        }
-        let (_, sets) = cache.as_ref()?;
+        let cached = split.cache.load_full();
+        let cached = match cached {
+            Some(c) if c.0.ptr_eq(full) => c,
+            _ => {
+                let sets = split
+                    .subsets
+                    .iter()
+                    .map(|subset| {
+                        let name = ServiceName::new(&format!("{}.{}", full.service(), subset.name))
+                            .unwrap_or_else(|_| full.service().clone());
+                        EndpointSet::new(
+                            name,
+                            full.iter().filter(|e| subset.matches(e)).cloned().collect(),
+                        )
+                    })
+                    .collect();
+                let fresh = Arc::new((full.clone(), sets));
+                split.cache.store(Some(Arc::clone(&fresh)));
+                fresh
+            }
+        };
+        let sets = &cached.1;
         // Weighted draw among subsets that have instances; none: the
         // whole set.
         let total: u64 = split
@@ -232,14 +237,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let key = req
-            .extensions()
-            .get::<mesh_core::ext::AffinityKey>()
-            .map(|k| k.0.clone());
-        let subset = req
-            .extensions()
+        let ext = req.extensions();
+        let key = ext.get::<mesh_core::ext::AffinityKey>().map(|k| &*k.0);
+        let subset = ext
             .get::<EndpointSet>()
-            .and_then(|full| self.splits.choose(full, key.as_deref()));
+            .and_then(|full| self.splits.choose(full, key));
         if let Some(subset) = subset {
             req.extensions_mut().insert(subset);
         }
