@@ -258,6 +258,41 @@ async fn a_per_endpoint_breaker_ejects_its_endpoint_while_open_and_returns_it_on
     assert!(endpoint.state().is_available(clock::now()));
 }
 
+/// Retry reads the refusal's `endpoint` to decide whether another
+/// endpoint could serve: only a per-endpoint breaker names one.
+#[tokio::test(start_paused = true)]
+async fn an_open_circuit_names_its_endpoint_only_when_it_guards_one_endpoint() {
+    let endpoint = Endpoint::builder("127.0.0.1:1".parse().expect("addr")).build();
+    for (scope, named) in [
+        (BreakerScope::Endpoint, Some(endpoint.id().clone())),
+        (BreakerScope::Service, None),
+    ] {
+        let layer = BreakerLayer::new(
+            BreakerConfig::builder()
+                .scope(scope)
+                .consecutive_failures(1)
+                .build()
+                .expect("config"),
+        );
+        let svc = layer.layer(switchable(Arc::new(AtomicU64::new(503))));
+        svc.clone()
+            .oneshot(endpoint_request(&endpoint))
+            .await
+            .expect("answered");
+        let err = svc
+            .clone()
+            .oneshot(endpoint_request(&endpoint))
+            .await
+            .expect_err("refused");
+        match MeshError::find(&*err) {
+            Some(MeshError::CircuitOpen { endpoint, .. }) => {
+                assert_eq!(endpoint, &named, "{scope:?}")
+            }
+            other => panic!("{scope:?}: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_probe_hands_its_endpoint_back_for_the_next_probe() {
     // Found by the soak test: with every probe out, the endpoint is

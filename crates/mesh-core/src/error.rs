@@ -81,10 +81,13 @@ pub enum MeshError {
 
     /// The first request for a service waited for the registry's first
     /// answer, and none came in time.
-    #[error("no answer from the registry for service {service:?} within {after:?}: check that the registry is reachable and lists the service")]
+    #[error("no answer from {registry} for service {service:?} within {after:?}: check that the registry is reachable and lists the service")]
     DiscoveryTimeout {
         /// The service.
         service: ServiceName,
+        /// Which registry was asked, without secrets (`consul at
+        /// http://127.0.0.1:8500`, `file /etc/mesh/services.json`).
+        registry: String,
         /// How long the request waited.
         after: Duration,
     },

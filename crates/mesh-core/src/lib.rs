@@ -9,6 +9,7 @@ mod error;
 mod event;
 pub mod ext;
 mod name;
+mod secret;
 mod set;
 mod state;
 
@@ -17,5 +18,6 @@ pub use endpoint::{Endpoint, EndpointBuilder, Weight};
 pub use error::{error_chain, BoxError, ConnectError, MeshError};
 pub use event::{CircuitState, EventBus, MeshEvent, Probe, ProbeStatus};
 pub use name::{EndpointId, InvalidName, ServiceName};
+pub use secret::Secret;
 pub use set::EndpointSet;
 pub use state::{EndpointState, Health};

@@ -230,6 +230,11 @@ fn parse_instance(kv: &serde_json::Value) -> Result<Endpoint, String> {
 }
 
 impl Registry for EtcdRegistry {
+    /// Named in errors such as a first call's discovery timeout.
+    fn describe(&self) -> String {
+        format!("etcd at {} (prefix {})", self.inner.base, self.inner.prefix)
+    }
+
     fn resolve(&self, service: &ServiceName) -> BoxFuture<Result<EndpointSet, DiscoveryError>> {
         let (this, service) = (self.clone(), service.clone());
         Box::pin(async move { this.read(&service).await.map(|(set, _)| set) })

@@ -15,13 +15,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
+use http::{HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mesh_core::{Endpoint, EndpointId, EndpointSet, MeshError, ServiceName, Weight};
+use mesh_core::{Endpoint, EndpointId, EndpointSet, MeshError, Secret, ServiceName, Weight};
 use serde::Deserialize;
 
 use crate::registry::{BoxFuture, BoxStream, DiscoveryError, Registry};
@@ -91,10 +91,18 @@ impl std::fmt::Debug for SharedTransport {
 /// # let _ = consul;
 /// # Ok::<(), mesh_core::MeshError>(())
 /// ```
-#[derive(Clone, Debug)]
+///
+/// Neither `Debug`, errors nor logs show the ACL token, or a password
+/// written into the address (`http://user:password@host`): both print as
+/// `<redacted>`. The token is sent as a sensitive `X-Consul-Token` header
+/// (HTTP/2's HPACK never indexes it).
+#[derive(Clone)]
 pub struct ConsulRegistry {
     base: Uri,
-    token: Option<String>,
+    /// `base` as it may be shown: without userinfo.
+    shown: String,
+    /// The `X-Consul-Token` value, marked sensitive.
+    token: Option<HeaderValue>,
     datacenter: Option<String>,
     namespace: Option<String>,
     tags: Vec<String>,
@@ -106,11 +114,26 @@ pub struct ConsulRegistry {
     client: SharedTransport,
 }
 
-/// Builds a [`ConsulRegistry`].
-#[derive(Debug)]
+impl std::fmt::Debug for ConsulRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulRegistry")
+            .field("address", &self.shown)
+            .field("token", &self.token.as_ref().map(|_| Secret::new("")))
+            .field("datacenter", &self.datacenter)
+            .field("namespace", &self.namespace)
+            .field("tags", &self.tags)
+            .field("meta", &self.meta)
+            .field("passing_only", &self.passing_only)
+            .field("wait", &self.wait)
+            .field("min_interval", &self.min_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ConsulRegistry`]. Its `Debug` shows no token or password.
 pub struct ConsulRegistryBuilder {
     base: String,
-    token: Option<String>,
+    token: Option<Secret>,
     datacenter: Option<String>,
     namespace: Option<String>,
     tags: Vec<String>,
@@ -120,6 +143,22 @@ pub struct ConsulRegistryBuilder {
     min_interval: Duration,
     max_backoff: Duration,
     transport: Option<SharedTransport>,
+}
+
+impl std::fmt::Debug for ConsulRegistryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulRegistryBuilder")
+            .field("address", &redact_userinfo(&self.base))
+            .field("token", &self.token)
+            .field("datacenter", &self.datacenter)
+            .field("namespace", &self.namespace)
+            .field("tags", &self.tags)
+            .field("meta", &self.meta)
+            .field("passing_only", &self.passing_only)
+            .field("wait", &self.wait)
+            .field("min_interval", &self.min_interval)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConsulRegistry {
@@ -148,8 +187,9 @@ impl ConsulRegistry {
         &self.client
     }
 
-    pub(crate) fn token_value(&self) -> Option<&str> {
-        self.token.as_deref()
+    /// The `X-Consul-Token` header value, marked sensitive.
+    pub(crate) fn token_header(&self) -> Option<&HeaderValue> {
+        self.token.as_ref()
     }
 
     pub(crate) fn namespace_value(&self) -> Option<&str> {
@@ -185,8 +225,23 @@ impl ConsulRegistry {
             encode(service.as_str()),
             query.join("&")
         );
-        url.parse()
-            .map_err(|e| DiscoveryError::Malformed(format!("Consul URL {url:?}: {e}")))
+        url.parse().map_err(|e| {
+            DiscoveryError::Malformed(format!("Consul URL {:?}: {e}", redact_userinfo(&url)))
+        })
+    }
+
+    /// The health query for `service` (blocking when `index` is given).
+    fn health_request(
+        &self,
+        service: &ServiceName,
+        index: Option<u64>,
+    ) -> Result<Request<Full<Bytes>>, DiscoveryError> {
+        let mut req = Request::get(self.url(service, index)?);
+        if let Some(token) = &self.token {
+            req = req.header(TOKEN_HEADER, token.clone());
+        }
+        req.body(Full::default())
+            .map_err(|e| DiscoveryError::Malformed(e.to_string()))
     }
 
     /// One health query: the set and the index of the answer.
@@ -195,13 +250,7 @@ impl ConsulRegistry {
         service: &ServiceName,
         index: Option<u64>,
     ) -> Result<(EndpointSet, u64), DiscoveryError> {
-        let mut req = Request::get(self.url(service, index)?);
-        if let Some(token) = &self.token {
-            req = req.header("x-consul-token", token);
-        }
-        let req = req
-            .body(Full::default())
-            .map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
+        let req = self.health_request(service, index)?;
         // Consul may hold a blocking query up to wait + wait/16; a query
         // without an index answers at once. The timeout covers the body too:
         // a stalled body must not freeze the watch.
@@ -260,8 +309,9 @@ impl ConsulRegistryBuilder {
         self
     }
 
-    /// Sends this ACL token (`X-Consul-Token`).
-    pub fn token(mut self, token: impl Into<String>) -> Self {
+    /// Sends this ACL token (`X-Consul-Token`, marked sensitive). A
+    /// `String`, a `&str` or a [`Secret`] (as read from configuration).
+    pub fn token(mut self, token: impl Into<Secret>) -> Self {
         self.token = Some(token.into());
         self
     }
@@ -313,15 +363,16 @@ impl ConsulRegistryBuilder {
             what: format!("consul.{what}"),
             reason,
         };
+        let shown = redact_userinfo(&self.base);
         let base: Uri = self
             .base
             .parse()
-            .map_err(|e| invalid("address", format!("{:?}: {e}", self.base)))?;
+            .map_err(|e| invalid("address", format!("{shown:?}: {e}")))?;
         match (base.scheme_str(), &self.transport) {
             _ if base.authority().is_none() => {
                 return Err(invalid(
                     "address",
-                    format!("{:?}: use http://host:port or https://host:port", self.base),
+                    format!("{shown:?}: use http://host:port or https://host:port"),
                 ))
             }
             (Some("http"), _) | (Some("https"), Some(_)) => {}
@@ -329,15 +380,14 @@ impl ConsulRegistryBuilder {
                 return Err(invalid(
                     "address",
                     format!(
-                        "{:?}: https needs a TLS connector (ConsulRegistryBuilder::connector, for example mesh-tls's)",
-                        self.base
+                        "{shown:?}: https needs a TLS connector (ConsulRegistryBuilder::connector, for example mesh-tls's)"
                     ),
                 ))
             }
             _ => {
                 return Err(invalid(
                     "address",
-                    format!("{:?}: use http://host:port or https://host:port", self.base),
+                    format!("{shown:?}: use http://host:port or https://host:port"),
                 ))
             }
         }
@@ -358,9 +408,25 @@ impl ConsulRegistryBuilder {
                 ),
             ));
         }
+        let token = match &self.token {
+            None => None,
+            Some(token) => {
+                // The error must not quote the token.
+                let mut value = HeaderValue::from_str(token.expose()).map_err(|_| {
+                    invalid(
+                        "token",
+                        "not a valid HTTP header value: use visible ASCII characters only"
+                            .to_owned(),
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
         Ok(ConsulRegistry {
             base,
-            token: self.token,
+            shown: shown.trim_end_matches('/').to_owned(),
+            token,
             datacenter: self.datacenter,
             namespace: self.namespace,
             tags: self.tags,
@@ -379,6 +445,28 @@ impl ConsulRegistryBuilder {
                 }
             },
         })
+    }
+}
+
+/// The header that carries the ACL token.
+pub(crate) const TOKEN_HEADER: &str = "x-consul-token";
+
+/// `url` without its userinfo (`http://user:password@host` reads
+/// `http://<redacted>@host`), for anything shown: the user part may be a
+/// token too. Text that is not a URL with an authority is returned as is.
+pub(crate) fn redact_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let host_and_rest = &rest[at + 1..];
+    match scheme {
+        Some(scheme) => format!("{scheme}://<redacted>@{host_and_rest}"),
+        None => format!("<redacted>@{host_and_rest}"),
     }
 }
 
@@ -523,6 +611,13 @@ pub(crate) fn parse_health(
 }
 
 impl Registry for ConsulRegistry {
+    fn describe(&self) -> String {
+        match &self.datacenter {
+            Some(dc) => format!("consul at {} (datacenter {dc})", self.shown),
+            None => format!("consul at {}", self.shown),
+        }
+    }
+
     fn resolve(&self, service: &ServiceName) -> BoxFuture<Result<EndpointSet, DiscoveryError>> {
         let (this, service) = (self.clone(), service.clone());
         Box::pin(async move { this.query(&service, None).await.map(|(set, _)| set) })
@@ -639,7 +734,108 @@ mod tests {
             .is_err());
     }
 
+    #[test]
+    fn the_token_and_url_passwords_never_show_and_the_header_is_sensitive() {
+        let builder = ConsulRegistry::builder("http://alice:pa55word@127.0.0.1:8500/")
+            .token("s3cr3t-token")
+            .datacenter("dc1");
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("pa55"),
+            "{shown}"
+        );
+        let consul = builder.build().unwrap();
+        for shown in [
+            format!("{consul:?}"),
+            format!("{consul:#?}"),
+            consul.describe(),
+        ] {
+            assert!(
+                !shown.contains("s3cr3t") && !shown.contains("pa55") && !shown.contains("alice"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            consul.describe(),
+            "consul at http://<redacted>@127.0.0.1:8500 (datacenter dc1)"
+        );
+
+        let health = consul.health_request(&name(), Some(3)).unwrap();
+        let token = health.headers().get("x-consul-token").unwrap();
+        assert_eq!(token, "s3cr3t-token");
+        assert!(token.is_sensitive());
+        let agent = consul
+            .agent_request(
+                "http://127.0.0.1:8500/v1/agent/service/register",
+                Bytes::new(),
+            )
+            .unwrap();
+        assert!(agent.headers()["x-consul-token"].is_sensitive());
+
+        // Without a token, no header.
+        let open = ConsulRegistry::builder("http://127.0.0.1:8500")
+            .build()
+            .unwrap();
+        assert!(open
+            .health_request(&name(), None)
+            .unwrap()
+            .headers()
+            .get("x-consul-token")
+            .is_none());
+        assert_eq!(open.describe(), "consul at http://127.0.0.1:8500");
+    }
+
+    #[test]
+    fn configuration_errors_never_quote_secrets() {
+        let err = ConsulRegistry::builder("ftp://alice:pa55word@127.0.0.1:8500")
+            .build()
+            .unwrap_err();
+        assert!(!err.to_string().contains("pa55"), "{err}");
+        assert!(err.to_string().contains("consul.address"), "{err}");
+        let err = ConsulRegistry::builder("http://127.0.0.1:8500")
+            .token("s3cr3t\ntoken")
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("consul.token") && !err.to_string().contains("s3cr3t"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn userinfo_is_redacted_from_urls() {
+        for (url, shown) in [
+            ("http://u:p@h:1/x?y=z@w", "http://<redacted>@h:1/x?y=z@w"),
+            ("https://token@h", "https://<redacted>@h"),
+            ("http://h:1/a@b", "http://h:1/a@b"),
+            ("h:1", "h:1"),
+            ("u:p@h", "<redacted>@h"),
+            ("", ""),
+        ] {
+            assert_eq!(redact_userinfo(url), shown, "{url}");
+        }
+    }
+
     proptest! {
+        /// No password written into a Consul address ever shows.
+        #[test]
+        fn passwords_in_addresses_never_show(user in "[a-z]{1,8}", password in "[A-Za-z0-9]{12,20}", path in "[a-z/@:]{0,10}") {
+            let url = format!("http://{user}:{password}@127.0.0.1:8500/{path}");
+            let redacted = redact_userinfo(&url);
+            prop_assert!(!redacted.contains(&password), "{}", redacted);
+            let builder = ConsulRegistry::builder(url);
+            let shown = format!("{builder:?}");
+            prop_assert!(!shown.contains(&password), "{}", shown);
+            match builder.build() {
+                Ok(consul) => {
+                    let shown = format!("{consul:?}");
+                    prop_assert!(!shown.contains(&password), "{}", shown);
+                    prop_assert!(!consul.describe().contains(&password));
+                }
+                Err(err) => prop_assert!(!err.to_string().contains(&password)),
+            }
+        }
+
         /// Whatever Consul answers, parsing gives a set or an error, never
         /// a panic.
         #[test]

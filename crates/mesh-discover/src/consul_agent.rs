@@ -201,6 +201,21 @@ impl ConsulRegistry {
         })
     }
 
+    /// A `PUT` to the agent API, with the token (marked sensitive).
+    pub(crate) fn agent_request(
+        &self,
+        url: &str,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, DiscoveryError> {
+        let mut req = Request::builder().method(Method::PUT).uri(url);
+        if let Some(token) = self.token_header() {
+            req = req.header(crate::consul::TOKEN_HEADER, token.clone());
+        }
+        req.body(Full::new(body)).map_err(|e| {
+            DiscoveryError::Malformed(format!("{}: {e}", crate::consul::redact_userinfo(url)))
+        })
+    }
+
     async fn agent_put(&self, path: &str, body: Bytes) -> Result<(), DiscoveryError> {
         let mut url = format!("{}{}", self.base_url().trim_end_matches('/'), path);
         // The same namespace and datacenter as the health queries, so what
@@ -215,13 +230,9 @@ impl ConsulRegistry {
         if !query.is_empty() {
             url = format!("{url}?{}", query.join("&"));
         }
-        let mut req = Request::builder().method(Method::PUT).uri(&url);
-        if let Some(token) = self.token_value() {
-            req = req.header("x-consul-token", token);
-        }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| DiscoveryError::Malformed(format!("{url}: {e}")))?;
+        let req = self.agent_request(&url, body)?;
+        // What errors may show: the address without userinfo.
+        let url = crate::consul::redact_userinfo(&url);
         let response = tokio::time::timeout(Duration::from_secs(10), self.transport().send(req))
             .await
             .map_err(|_| DiscoveryError::Unavailable(format!("{url}: no answer within 10s")))?

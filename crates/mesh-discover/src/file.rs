@@ -6,12 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mesh_core::{Endpoint, EndpointId, EndpointSet, ServiceName, Weight};
+use mesh_core::{Endpoint, EndpointId, EndpointSet, MeshError, ServiceName, Weight};
 use serde::Deserialize;
 
 use crate::registry::{BoxFuture, BoxStream, DiscoveryError, Registry};
 
 /// Services and their endpoints from a file, re-read when it changes.
+///
+/// Build it with [`FileRegistry::open`] to refuse a missing or malformed
+/// file at start; [`FileRegistry::new`] accepts any path and reports a
+/// bad file when a service is first resolved. A service the file does not
+/// list is unknown ([`DiscoveryError::UnknownService`]); one it listed and
+/// no longer does has no endpoints.
 ///
 /// The format follows the extension: `.json`, or `.toml` (anything else is
 /// read as TOML). An endpoint is an address, or a table with an address and
@@ -114,6 +120,36 @@ impl FileRegistry {
         }
     }
 
+    /// Reads and parses `path` once, now, so that a missing, unreadable or
+    /// malformed file is refused at start rather than at the first
+    /// request; then follows it as [`FileRegistry::new`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`MeshError::InvalidConfig`] with `what` = `file` and a reason that
+    /// names the path and the cause (`/etc/mesh/services.json: No such
+    /// file or directory (os error 2)`, or the entry at fault).
+    ///
+    /// ```
+    /// use mesh_discover::FileRegistry;
+    /// let err = FileRegistry::open("/nonexistent/services.json").unwrap_err();
+    /// assert!(err.to_string().contains("/nonexistent/services.json"), "{err}");
+    /// ```
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, MeshError> {
+        let path = path.as_ref();
+        let invalid = |reason: String| MeshError::InvalidConfig {
+            what: "file".to_owned(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        parse(path, &bytes).map_err(|e| match e {
+            // Already "<path>: <what>".
+            DiscoveryError::Malformed(reason) => invalid(reason),
+            other => invalid(format!("{}: {other}", path.display())),
+        })?;
+        Ok(FileRegistry::new(path))
+    }
+
     /// Checks the file for changes every `interval` instead (at least 1 ms).
     pub fn check_every(mut self, interval: Duration) -> Self {
         self.interval = interval.max(Duration::from_millis(1));
@@ -190,6 +226,10 @@ pub(crate) fn parse(
 }
 
 impl Registry for FileRegistry {
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
     fn resolve(&self, service: &ServiceName) -> BoxFuture<Result<EndpointSet, DiscoveryError>> {
         let (this, service) = (self.clone(), service.clone());
         Box::pin(async move {

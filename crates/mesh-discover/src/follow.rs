@@ -6,9 +6,11 @@ use std::time::Duration;
 use futures_core::Stream;
 use mesh_core::{clock, EndpointSet, MeshEvent, ServiceName};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::catalog::Catalog;
-use crate::registry::Registry;
+use crate::followers::{Lease, Next};
+use crate::registry::{DiscoveryError, Registry};
 
 /// A background task (following a registry into a catalog, sending
 /// heartbeats); it stops when dropped.
@@ -53,7 +55,7 @@ impl Catalog {
         service: ServiceName,
         retry_after: Duration,
     ) -> Follow {
-        self.follow_inner(registry, service, retry_after, None)
+        self.follow_inner(registry, service, retry_after, None, None)
     }
 
     /// [`Catalog::follow`], except that once the registry is failing, a set
@@ -77,7 +79,22 @@ impl Catalog {
         retry_after: Duration,
         max_staleness: Duration,
     ) -> Follow {
-        self.follow_inner(registry, service, retry_after, Some(max_staleness))
+        self.follow_inner(registry, service, retry_after, Some(max_staleness), None)
+    }
+
+    /// [`Catalog::follow`] for a service followed on behalf of a
+    /// [`DiscoverLayer`](crate::DiscoverLayer): publications go through
+    /// `lease`, which decides whether a first answer makes the service
+    /// known, and the task leaves once the service is idle.
+    pub(crate) fn follow_leased(
+        &self,
+        registry: Arc<dyn Registry>,
+        service: ServiceName,
+        retry_after: Duration,
+        max_staleness: Option<Duration>,
+        lease: Arc<Lease>,
+    ) -> Follow {
+        self.follow_inner(registry, service, retry_after, max_staleness, Some(lease))
     }
 
     fn follow_inner(
@@ -86,6 +103,7 @@ impl Catalog {
         service: ServiceName,
         retry_after: Duration,
         max_staleness: Option<Duration>,
+        lease: Option<Arc<Lease>>,
     ) -> Follow {
         let catalog = self.clone();
         let task = tokio::spawn(async move {
@@ -93,6 +111,15 @@ impl Catalog {
             let started = clock::now();
             let mut failing = false;
             let mut expired = false;
+            // Publishes a set: straight into the catalog, or through the
+            // lease of a layer's follower (which may have left).
+            let publish = |set: EndpointSet| match &lease {
+                Some(lease) => lease.answer(set),
+                None => {
+                    catalog.update(set);
+                    Next::Continue
+                }
+            };
             // Withdraws the set once the registry has failed for too long
             // since the last good answer; checked on every answer and by a
             // timer, so a registry that fails and then hangs expires too.
@@ -109,18 +136,44 @@ impl Catalog {
                     }
                     *expired = true;
                     tracing::error!(%service, ?stale_for, "discovery set expired; withdrawing it");
-                    catalog.update(EndpointSet::empty(service.clone()));
+                    let empty = EndpointSet::empty(service.clone());
+                    match &lease {
+                        Some(lease) => {
+                            lease.withdraw(empty);
+                        }
+                        None => {
+                            catalog.update(empty);
+                        }
+                    }
                     catalog.events().publish(MeshEvent::DiscoveryExpired {
                         service: service.clone(),
                         stale_for,
                     });
                     None
                 };
+            // When to look again without an answer: for expiry, or to see
+            // whether the service has gone idle.
+            let wake_at = |left: Option<Duration>| {
+                let expiry = left.map(|left| Instant::now() + left);
+                let idle = lease.as_ref().and_then(|lease| lease.idle_at());
+                match (expiry, idle) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
+            let idle = || match &lease {
+                Some(lease) => lease.leave_if_idle() == Next::Stop,
+                None => false,
+            };
             loop {
                 let mut watch = registry.watch(&service);
                 loop {
-                    let answer = match expire_if_due(last_good, failing, &mut expired) {
-                        Some(left) => match tokio::time::timeout(left, next(&mut watch)).await {
+                    if idle() {
+                        return;
+                    }
+                    let left = expire_if_due(last_good, failing, &mut expired);
+                    let answer = match wake_at(left) {
+                        Some(at) => match tokio::time::timeout_at(at, next(&mut watch)).await {
                             Ok(answer) => answer,
                             Err(_) => continue,
                         },
@@ -135,12 +188,19 @@ impl Catalog {
                                     service: service.clone(),
                                 });
                             }
-                            catalog.update(set);
+                            if publish(set) == Next::Stop {
+                                return;
+                            }
                             last_good = Some(clock::now());
                             expired = false;
                         }
                         Ok(set) => {
                             tracing::warn!(%service, other = %set.service(), "registry answered for another service; ignored");
+                        }
+                        Err(DiscoveryError::UnknownService(_))
+                            if lease.as_ref().is_some_and(|l| l.not_listed() == Next::Stop) =>
+                        {
+                            return;
                         }
                         Err(error) => {
                             failing = true;
@@ -156,15 +216,17 @@ impl Catalog {
                         }
                     }
                 }
-                // Wait before restarting the watch, still expiring on time.
-                let restart = tokio::time::Instant::now() + retry_after;
-                while let Some(left) = expire_if_due(last_good, failing, &mut expired) {
-                    if tokio::time::Instant::now() >= restart {
-                        break;
+                // Wait before restarting the watch, still expiring and
+                // leaving when idle on time.
+                let restart = Instant::now() + retry_after;
+                while Instant::now() < restart {
+                    if idle() {
+                        return;
                     }
-                    tokio::time::sleep_until(restart.min(tokio::time::Instant::now() + left)).await;
+                    let left = expire_if_due(last_good, failing, &mut expired);
+                    let at = wake_at(left).map_or(restart, |at| at.min(restart));
+                    tokio::time::sleep_until(at).await;
                 }
-                tokio::time::sleep_until(restart).await;
             }
         });
         Follow { task }

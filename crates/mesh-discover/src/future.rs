@@ -6,13 +6,11 @@ use std::time::Duration;
 use http::Request;
 use mesh_core::{BoxError, MeshError, ServiceName};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower::Service;
 
-use std::sync::Arc;
-
 use crate::catalog::Catalog;
-use crate::service::Source;
+use crate::followers::{First, Waiter};
 
 pin_project! {
     /// The response future of [`crate::Discover`]: the inner call, the
@@ -34,28 +32,29 @@ pin_project! {
         S: Service<Request<B>>,
     {
         Called { #[pin] future: S::Future },
-        Failed { error: Option<MeshError> },
+        Failed { error: Option<BoxError> },
         // Boxed: rare, and it holds a request and a service clone.
-        Waiting { waiting: Pin<Box<Waiting<S, B>>> },
+        Waiting { waiting: Box<Waiting<S, B>> },
     }
 }
 
-pin_project! {
-    struct Waiting<S, B> {
-        #[pin]
-        tick: Sleep,
-        inner: S,
-        catalog: Catalog,
-        service: ServiceName,
-        req: Option<Request<B>>,
-        deadline: Instant,
-        waited: Duration,
-        source: Option<Arc<Source>>,
-    }
-}
+/// The wait for a follower's first answer: `None` when none came in time.
+type FirstAnswer = Pin<Box<dyn Future<Output = Option<First>> + Send + Sync>>;
 
-/// How often a waiting first request looks at the catalog again.
-const TICK: Duration = Duration::from_millis(2);
+/// A first request, waiting for its service's first answer. Dropping it
+/// drops its [`Waiter`], which stops an unanswered follower nobody else
+/// waits for.
+struct Waiting<S, B> {
+    first: FirstAnswer,
+    /// Whether the first answer made the service known.
+    answered: bool,
+    inner: S,
+    catalog: Catalog,
+    service: ServiceName,
+    req: Option<Request<B>>,
+    waited: Duration,
+    waiter: Waiter,
+}
 
 impl<S, B> ResponseFuture<S, B>
 where
@@ -68,6 +67,10 @@ where
     }
 
     pub(crate) fn failed(error: MeshError) -> Self {
+        Self::refused(error.into())
+    }
+
+    pub(crate) fn refused(error: BoxError) -> Self {
         ResponseFuture {
             state: State::Failed { error: Some(error) },
         }
@@ -79,20 +82,31 @@ where
         service: ServiceName,
         req: Request<B>,
         max: Duration,
-        source: Option<Arc<Source>>,
+        waiter: Waiter,
     ) -> Self {
-        let now = Instant::now();
+        let deadline = Instant::now() + max;
+        let mut first = waiter.subscribe();
+        // Woken by the follower's answer (a watch channel), not by a timer.
+        let first: FirstAnswer = Box::pin(async move {
+            let answer =
+                tokio::time::timeout_at(deadline, first.wait_for(|f| *f != First::Pending)).await;
+            match answer {
+                Ok(Ok(first)) => Some(*first),
+                // The follower is gone without a word: as good as no answer.
+                Ok(Err(_)) | Err(_) => None,
+            }
+        });
         ResponseFuture {
             state: State::Waiting {
-                waiting: Box::pin(Waiting {
-                    tick: tokio::time::sleep_until(now + TICK),
+                waiting: Box::new(Waiting {
+                    first,
+                    answered: false,
                     inner,
                     catalog,
                     service,
                     req: Some(req),
-                    deadline: now + max,
                     waited: max,
-                    source,
+                    waiter,
                 }),
             },
         }
@@ -113,35 +127,38 @@ where
                 StateProj::Called { future } => return future.poll(cx).map_err(Into::into),
                 StateProj::Failed { error } => {
                     return Poll::Ready(Err(match error.take() {
-                        Some(e) => e.into(),
+                        Some(e) => e,
                         None => "discovery response future polled after completion".into(),
                     }))
                 }
                 StateProj::Waiting { waiting } => {
-                    let w = waiting.as_mut().project();
-                    let mut tick = w.tick;
-                    std::task::ready!(tick.as_mut().poll(cx));
-                    let Some(set) = w.catalog.get(w.service.as_str()) else {
-                        let now = Instant::now();
-                        if now >= *w.deadline {
-                            // Nothing came: stop following a service that
-                            // may never exist (a typo in a host), so hosts
-                            // from requests cannot pile up followers.
-                            if let Some(source) = w.source {
-                                if let Ok(mut follows) = source.follows.lock() {
-                                    if w.catalog.get(w.service.as_str()).is_none() {
-                                        follows.remove(w.service);
-                                    }
+                    let w = &mut **waiting;
+                    if !w.answered {
+                        match std::task::ready!(w.first.as_mut().poll(cx)) {
+                            Some(First::Known) => w.answered = true,
+                            Some(First::Unknown) | Some(First::Pending) => {
+                                return Poll::Ready(Err(MeshError::UnknownService {
+                                    service: w.service.clone(),
                                 }
+                                .into()))
                             }
-                            return Poll::Ready(Err(MeshError::DiscoveryTimeout {
-                                service: w.service.clone(),
-                                after: *w.waited,
+                            None => {
+                                return Poll::Ready(Err(MeshError::DiscoveryTimeout {
+                                    service: w.service.clone(),
+                                    registry: w.waiter.registry_name(),
+                                    after: w.waited,
+                                }
+                                .into()))
                             }
-                            .into()));
                         }
-                        tick.reset((now + TICK).min(*w.deadline));
-                        continue;
+                    }
+                    // Known: the follower published the set before saying
+                    // so. It is gone only if the service was evicted since.
+                    let Some(set) = w.catalog.get(w.service.as_str()) else {
+                        return Poll::Ready(Err(MeshError::UnknownService {
+                            service: w.service.clone(),
+                        }
+                        .into()));
                     };
                     if let Err(e) = std::task::ready!(w.inner.poll_ready(cx)) {
                         return Poll::Ready(Err(e.into()));

@@ -1,14 +1,4 @@
 //! [`KubernetesDnsRegistry`]: instances from Kubernetes DNS.
-//!
-//! Per the Kubernetes DNS specification, a headless service
-//! `<service>.<namespace>.svc.<zone>` has one A (or AAAA) record per ready
-//! pod, and `_<port>._<proto>.<service>.<namespace>.svc.<zone>` one SRV
-//! record per pod and named port. This registry reads either: the A/AAAA
-//! records with a port you give, or the SRV records (ports, priorities and
-//! weights from DNS, targets resolved to addresses). NXDOMAIN or an empty
-//! answer means the service has no instances, not an error. A watch
-//! re-resolves when the records' TTL runs out, kept within configured
-//! bounds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,10 +26,23 @@ pub enum PortSource {
     },
 }
 
-/// Services from Kubernetes DNS. See the [module docs](self).
+/// Services from Kubernetes DNS.
+///
+/// Per the Kubernetes DNS specification, a headless service
+/// `<service>.<namespace>.svc.<zone>` has one A (or AAAA) record per ready
+/// pod, and `_<port>._<proto>.<service>.<namespace>.svc.<zone>` one SRV
+/// record per pod and named port. This registry reads either: the A/AAAA
+/// records with a port you give, or the SRV records (ports, priorities and
+/// weights from DNS, targets resolved to addresses). NXDOMAIN or an empty
+/// answer means the service has no instances, not an error (a
+/// [`DiscoverLayer`](crate::DiscoverLayer) takes such a *first* answer for
+/// a service it never saw as "unknown service" and follows nothing). A watch
+/// re-resolves when the records' TTL runs out, kept within configured
+/// bounds.
 #[derive(Clone)]
 pub struct KubernetesDnsRegistry {
     resolver: Arc<TokioResolver>,
+    nameserver: Option<SocketAddr>,
     namespace: String,
     zone: String,
     port: PortSource,
@@ -53,6 +56,7 @@ impl std::fmt::Debug for KubernetesDnsRegistry {
             .field("namespace", &self.namespace)
             .field("zone", &self.zone)
             .field("port", &self.port)
+            .field("nameserver", &self.nameserver)
             .finish_non_exhaustive()
     }
 }
@@ -273,6 +277,7 @@ impl KubernetesDnsRegistryBuilder {
             .map_err(|e| invalid("nameserver", e.to_string()))?;
         Ok(KubernetesDnsRegistry {
             resolver: Arc::new(resolver),
+            nameserver: self.nameserver,
             namespace: self.namespace,
             zone: self.zone,
             port: self.port,
@@ -283,6 +288,17 @@ impl KubernetesDnsRegistryBuilder {
 }
 
 impl Registry for KubernetesDnsRegistry {
+    fn describe(&self) -> String {
+        let servers = match self.nameserver {
+            Some(addr) => format!("nameserver {addr}"),
+            None => "system name servers".to_owned(),
+        };
+        format!(
+            "kubernetes dns *.{}.svc.{} ({servers})",
+            self.namespace, self.zone
+        )
+    }
+
     fn resolve(&self, service: &ServiceName) -> BoxFuture<Result<EndpointSet, DiscoveryError>> {
         let (this, service) = (self.clone(), service.clone());
         Box::pin(async move { this.lookup(&service).await.map(|(set, _)| set) })

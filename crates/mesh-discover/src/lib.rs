@@ -5,8 +5,10 @@
 mod catalog;
 mod consul;
 mod consul_agent;
+mod error;
 mod file;
 mod follow;
+mod followers;
 mod future;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
@@ -18,12 +20,13 @@ mod static_list;
 pub use catalog::Catalog;
 pub use consul::{ConsulRegistry, ConsulRegistryBuilder};
 pub use consul_agent::{AgentCheck, Registration};
+pub use error::TooManyServices;
 pub use file::FileRegistry;
 pub use follow::Follow;
 pub use future::ResponseFuture;
 #[cfg(feature = "kubernetes")]
 pub use kubernetes::{KubernetesDnsRegistry, KubernetesDnsRegistryBuilder, PortSource};
-pub use layer::DiscoverLayer;
+pub use layer::{DiscoverLayer, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FOLLOWED};
 pub use registry::{
     poll_watch, watch_task, BoxFuture, BoxStream, DiscoveryError, Registry, WatchSender,
 };

@@ -1,32 +1,4 @@
 //! [`Registry`]: the trait every discovery backend implements.
-//!
-//! A backend answers two questions about a service: what are its endpoints
-//! now ([`Registry::resolve`]), and what are they as they change
-//! ([`Registry::watch`], a stream of complete snapshots). Both are boxed so
-//! that a backend is an object (`Arc<dyn Registry>`), and a custom backend
-//! (etcd, Redis, SQL) is one type with two methods:
-//!
-//! ```
-//! use std::sync::Arc;
-//! use mesh_core::{Endpoint, EndpointSet, ServiceName};
-//! use mesh_discover::{BoxFuture, BoxStream, DiscoveryError, Registry};
-//!
-//! /// Every service lives on one fixed address (a toy backend).
-//! struct OneAddress(std::net::SocketAddr);
-//!
-//! impl Registry for OneAddress {
-//!     fn resolve(&self, service: &ServiceName) -> BoxFuture<Result<EndpointSet, DiscoveryError>> {
-//!         let set = EndpointSet::new(service.clone(), vec![Endpoint::builder(self.0).build()]);
-//!         Box::pin(async move { Ok(set) })
-//!     }
-//!
-//!     fn watch(&self, service: &ServiceName) -> BoxStream<Result<EndpointSet, DiscoveryError>> {
-//!         // A backend without change notification polls: `poll_watch`
-//!         // resolves at an interval and yields each answer.
-//!         mesh_discover::poll_watch(Arc::new(OneAddress(self.0)), service.clone(), std::time::Duration::from_secs(30))
-//!     }
-//! }
-//! ```
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,7 +29,36 @@ pub enum DiscoveryError {
     UnknownService(ServiceName),
 }
 
-/// A discovery backend. See the [module docs](self).
+/// A discovery backend.
+///
+/// A backend answers two questions about a service: what are its endpoints
+/// now ([`Registry::resolve`]), and what are they as they change
+/// ([`Registry::watch`], a stream of complete snapshots). Both are boxed so
+/// that a backend is an object (`Arc<dyn Registry>`), and a custom backend
+/// (etcd, Redis, SQL) is one type with two methods (and, optionally,
+/// [`Registry::describe`] to say where it reads):
+///
+/// ```
+/// use std::sync::Arc;
+/// use mesh_core::{Endpoint, EndpointSet, ServiceName};
+/// use mesh_discover::{BoxFuture, BoxStream, DiscoveryError, Registry};
+///
+/// /// Every service lives on one fixed address (a toy backend).
+/// struct OneAddress(std::net::SocketAddr);
+///
+/// impl Registry for OneAddress {
+///     fn resolve(&self, service: &ServiceName) -> BoxFuture<Result<EndpointSet, DiscoveryError>> {
+///         let set = EndpointSet::new(service.clone(), vec![Endpoint::builder(self.0).build()]);
+///         Box::pin(async move { Ok(set) })
+///     }
+///
+///     fn watch(&self, service: &ServiceName) -> BoxStream<Result<EndpointSet, DiscoveryError>> {
+///         // A backend without change notification polls: `poll_watch`
+///         // resolves at an interval and yields each answer.
+///         mesh_discover::poll_watch(Arc::new(OneAddress(self.0)), service.clone(), std::time::Duration::from_secs(30))
+///     }
+/// }
+/// ```
 pub trait Registry: Send + Sync + 'static {
     /// The service's endpoints now.
     fn resolve(&self, service: &ServiceName) -> BoxFuture<Result<EndpointSet, DiscoveryError>>;
@@ -66,6 +67,14 @@ pub trait Registry: Send + Sync + 'static {
     /// snapshot (or an error; the stream goes on after one). Consumers drop
     /// repeated identical snapshots, so a backend may yield on every poll.
     fn watch(&self, service: &ServiceName) -> BoxStream<Result<EndpointSet, DiscoveryError>>;
+
+    /// Which registry this is, for errors and logs (`consul at
+    /// http://127.0.0.1:8500`, `file /etc/mesh/services.json`): where it
+    /// reads, never a token or password. The default names the type;
+    /// override it to say where a custom backend reads.
+    fn describe(&self) -> String {
+        format!("registry {}", std::any::type_name::<Self>())
+    }
 }
 
 /// A watch for backends without change notification: resolves `service`

@@ -5,14 +5,11 @@ use mesh_core::ext::TargetService;
 use mesh_core::{BoxError, EndpointSet, MeshError, ServiceName};
 use tower::Service;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use crate::catalog::Catalog;
-use crate::follow::Follow;
+use crate::followers::Followers;
 use crate::future::ResponseFuture;
-use crate::registry::Registry;
 
 /// Resolves each request's target service to its endpoints.
 ///
@@ -23,33 +20,16 @@ use crate::registry::Registry;
 ///
 /// A request with no authority, a host that is not a valid service name, or
 /// a service no registry knows fails at once with a [`MeshError`] saying
-/// which, without reaching the inner service.
+/// which, without reaching the inner service. Behind a registry (see
+/// [`DiscoverLayer::with_registry`](crate::DiscoverLayer::with_registry)),
+/// a service not in the catalog yet is followed first, within the limits
+/// described there; past them the call fails with
+/// [`TooManyServices`](crate::TooManyServices).
 #[derive(Clone, Debug)]
 pub struct Discover<S> {
     inner: S,
     catalog: Catalog,
-    source: Option<Arc<Source>>,
-}
-
-/// The most services one layer follows from its registry.
-const MAX_FOLLOWED: usize = 1024;
-
-/// A registry behind the catalog: services not in the catalog yet are
-/// followed from it on their first request.
-pub(crate) struct Source {
-    pub(crate) registry: Arc<dyn Registry>,
-    pub(crate) first_wait: Duration,
-    pub(crate) retry_after: Duration,
-    pub(crate) max_staleness: Option<Duration>,
-    pub(crate) follows: Mutex<HashMap<ServiceName, Follow>>,
-}
-
-impl std::fmt::Debug for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Source")
-            .field("first_wait", &self.first_wait)
-            .finish_non_exhaustive()
-    }
+    followers: Option<Arc<Followers>>,
 }
 
 impl<S> Discover<S> {
@@ -58,15 +38,19 @@ impl<S> Discover<S> {
         Discover {
             inner,
             catalog,
-            source: None,
+            followers: None,
         }
     }
 
-    pub(crate) fn with_source(inner: S, catalog: Catalog, source: Option<Arc<Source>>) -> Self {
+    pub(crate) fn with_followers(
+        inner: S,
+        catalog: Catalog,
+        followers: Option<Arc<Followers>>,
+    ) -> Self {
         Discover {
             inner,
             catalog,
-            source,
+            followers,
         }
     }
 
@@ -116,48 +100,34 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match self.resolve(&req) {
             Ok(set) => {
+                if let Some(followers) = &self.followers {
+                    followers.touch(set.service());
+                }
                 // One insert: the set names its service, which is all the
                 // layers below need (see `mesh_core::ext`).
                 req.extensions_mut().insert(set);
                 ResponseFuture::called(self.inner.call(req))
             }
-            Err(MeshError::UnknownService { service }) if self.source.is_some() => {
+            Err(MeshError::UnknownService { service }) if self.followers.is_some() => {
                 // The first request for a service behind a registry: follow
                 // it, and wait (bounded) for the registry's first answer.
-                let Some(source) = &self.source else {
+                let Some(followers) = &self.followers else {
                     return ResponseFuture::failed(MeshError::UnknownService { service });
                 };
-                if let Ok(mut follows) = source.follows.lock() {
-                    // Hosts come from requests: bound how many services a
-                    // stream of typos can make the layer follow.
-                    if follows.len() >= MAX_FOLLOWED && !follows.contains_key(&service) {
-                        return ResponseFuture::failed(MeshError::UnknownService { service });
+                match followers.join(&service) {
+                    Ok(waiter) => ResponseFuture::waiting(
+                        self.inner.clone(),
+                        self.catalog.clone(),
+                        service,
+                        req,
+                        followers.settings().first_wait,
+                        waiter,
+                    ),
+                    Err(full) => {
+                        tracing::warn!(error = %full, "discovery refused request");
+                        ResponseFuture::refused(full.into())
                     }
-                    follows.entry(service.clone()).or_insert_with(|| {
-                        tracing::info!(%service, "following a new service");
-                        match source.max_staleness {
-                            None => self.catalog.follow(
-                                Arc::clone(&source.registry),
-                                service.clone(),
-                                source.retry_after,
-                            ),
-                            Some(limit) => self.catalog.follow_with_max_staleness(
-                                Arc::clone(&source.registry),
-                                service.clone(),
-                                source.retry_after,
-                                limit,
-                            ),
-                        }
-                    });
                 }
-                ResponseFuture::waiting(
-                    self.inner.clone(),
-                    self.catalog.clone(),
-                    service,
-                    req,
-                    source.first_wait,
-                    Some(Arc::clone(source)),
-                )
             }
             Err(error) => {
                 tracing::debug!(%error, uri = %req.uri(), "discovery refused request");

@@ -11,9 +11,10 @@ use wait::until;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh_core::{EventBus, MeshEvent, ServiceName};
-use mesh_discover::{Catalog, ConsulRegistry, Registry};
+use mesh_core::{EndpointSet, EventBus, MeshError, MeshEvent, ServiceName};
+use mesh_discover::{Catalog, ConsulRegistry, DiscoverLayer, Registry};
 use support::consul::{entry, ConsulDouble};
+use tower::{service_fn, Layer, ServiceExt};
 
 fn registry(double: &ConsulDouble) -> Arc<ConsulRegistry> {
     Arc::new(
@@ -273,4 +274,84 @@ async fn registration_round_trip_with_a_ttl_check_and_heartbeats() {
         .expect("deregistered");
     assert!(double.registration("api-gateway-1").is_none());
     assert!(consul.resolve(&name).await.expect("answer").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_hosts_leave_no_follower_and_a_new_service_still_resolves() {
+    let double = ConsulDouble::start().await;
+    let layer = DiscoverLayer::with_registry(
+        Catalog::default(),
+        registry(&double),
+        Duration::from_secs(5),
+    );
+    let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
+        let n = req
+            .extensions()
+            .get::<EndpointSet>()
+            .map_or(0, EndpointSet::len);
+        Ok::<_, std::convert::Infallible>(n)
+    }));
+    let get = |host: String| http::Request::get(format!("http://{host}/")).body(());
+
+    // 5,000 hosts Consul answers `200 []` for, 50 at a time: each is
+    // unknown at its first answer and leaves nothing behind.
+    for wave in 0..100 {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let (svc, req) = (
+                svc.clone(),
+                get(format!("junk-{wave}-{i}")).expect("request"),
+            );
+            calls.spawn(svc.oneshot(req));
+        }
+        while let Some(answer) = calls.join_next().await {
+            let err = answer.expect("task").expect_err("junk");
+            assert!(
+                matches!(
+                    MeshError::find(&*err),
+                    Some(MeshError::UnknownService { .. })
+                ),
+                "{err}"
+            );
+        }
+    }
+    assert!(layer.followed().is_empty(), "{:?}", layer.followed());
+    // No follower is left querying Consul.
+    let before = double.requests().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(double.requests().len(), before);
+
+    // A real service, never seen before, still resolves.
+    double.set("users", vec![entry("n1", "10.0.0.1", 80, "passing")]);
+    let n = svc
+        .clone()
+        .oneshot(get("users".into()).expect("request"))
+        .await
+        .expect("resolved");
+    assert_eq!(n, 1);
+    assert_eq!(
+        layer.followed(),
+        vec![ServiceName::new("users").expect("name")]
+    );
+
+    // A Consul too slow for the first wait: the error names it.
+    let slow = DiscoverLayer::with_registry(
+        Catalog::default(),
+        registry(&double),
+        Duration::from_millis(100),
+    );
+    double.delay(Duration::from_millis(500));
+    let err = slow
+        .layer(service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(())
+        }))
+        .oneshot(get("users".into()).expect("request"))
+        .await
+        .expect_err("too slow");
+    assert!(
+        err.to_string()
+            .contains(&format!("no answer from consul at {}", double.url())),
+        "{err}"
+    );
+    assert!(slow.followed().is_empty());
 }

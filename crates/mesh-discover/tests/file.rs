@@ -110,7 +110,7 @@ async fn edits_are_seen_within_100ms_and_bad_edits_keep_the_last_good_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_request_waits_for_the_registry_and_an_unknown_service_times_out() {
+async fn the_first_request_waits_for_the_registry_and_an_unlisted_service_is_unknown_at_once() {
     use mesh_core::{EndpointSet, MeshError};
     use mesh_discover::DiscoverLayer;
     use tower::{service_fn, Layer, ServiceExt};
@@ -119,9 +119,13 @@ async fn the_first_request_waits_for_the_registry_and_an_unknown_service_times_o
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("services.json");
     write(&path, &[1, 2]);
-    let registry = Arc::new(FileRegistry::new(&path).check_every(Duration::from_millis(10)));
-    let layer =
-        DiscoverLayer::with_registry(Catalog::default(), registry, Duration::from_millis(300));
+    let registry = Arc::new(
+        FileRegistry::open(&path)
+            .expect("a readable file")
+            .check_every(Duration::from_millis(10)),
+    );
+    let first_wait = Duration::from_secs(3);
+    let layer = DiscoverLayer::with_registry(Catalog::default(), registry, first_wait);
     let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
         let n = req
             .extensions()
@@ -147,8 +151,74 @@ async fn the_first_request_waits_for_the_registry_and_an_unknown_service_times_o
         2
     );
     assert!(started.elapsed() < Duration::from_millis(50));
-    // A service the registry does not list: a clear error after the wait.
+    // A service the file does not list: unknown as soon as the file is
+    // read, not after the whole wait, and not followed.
+    let started = Instant::now();
     let err = svc.oneshot(get("billing")).await.expect_err("unknown");
+    assert!(
+        matches!(
+            MeshError::find(&*err),
+            Some(MeshError::UnknownService { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("\"billing\""), "{err}");
+    assert!(
+        started.elapsed() < first_wait / 2,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        layer.followed(),
+        vec![ServiceName::new("users").expect("name")]
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_file_is_refused_at_open_and_a_timeout_names_the_file() {
+    use mesh_core::MeshError;
+    use mesh_discover::DiscoverLayer;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    let dir = std::env::temp_dir().join(format!("mesh-missing-test-{}", std::process::id()));
+    let path = dir.join("services.json");
+    let err = FileRegistry::open(&path).expect_err("no such file");
+    let text = err.to_string();
+    assert!(matches!(err, MeshError::InvalidConfig { .. }), "{err:?}");
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains("No such file"),
+        "{text}"
+    );
+
+    // Malformed: refused naming the file and the entry.
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(&path, r#"{ "services": { "users": ["10.0.0.1"] } }"#).expect("write");
+    let text = FileRegistry::open(&path)
+        .expect_err("bad address")
+        .to_string();
+    assert!(
+        text.contains("services.json") && text.contains("10.0.0.1"),
+        "{text}"
+    );
+    std::fs::remove_file(&path).expect("remove");
+
+    // Built without the check: the first call times out naming the file,
+    // and leaves no follower behind.
+    let registry = Arc::new(FileRegistry::new(&path).check_every(Duration::from_millis(10)));
+    let layer =
+        DiscoverLayer::with_registry(Catalog::default(), registry, Duration::from_millis(200));
+    let svc = layer.layer(service_fn(|_: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(())
+    }));
+    let err = svc
+        .oneshot(
+            http::Request::get("http://users/")
+                .body(())
+                .expect("request"),
+        )
+        .await
+        .expect_err("no file");
     assert!(
         matches!(
             MeshError::find(&*err),
@@ -156,6 +226,11 @@ async fn the_first_request_waits_for_the_registry_and_an_unknown_service_times_o
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("\"billing\""), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("file {}", path.display())),
+        "{err}"
+    );
+    assert!(layer.followed().is_empty(), "{:?}", layer.followed());
     std::fs::remove_dir_all(&dir).ok();
 }

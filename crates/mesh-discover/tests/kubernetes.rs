@@ -96,3 +96,61 @@ async fn srv_records_give_ports_and_weights() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nxdomain_first_answer_is_an_unknown_service_and_leaves_no_follower() {
+    use mesh_core::{EndpointSet, MeshError};
+    use mesh_discover::DiscoverLayer;
+    use tower::{service_fn, Layer, ServiceExt};
+
+    let dns = start(&["127.0.0.31", "127.0.0.32"]);
+    let registry = registry(&dns, PortSource::Fixed(8080));
+    ready(&registry).await;
+    assert!(
+        registry
+            .describe()
+            .contains(&format!("nameserver {}", dns.addr)),
+        "{}",
+        registry.describe()
+    );
+    let first_wait = Duration::from_secs(3);
+    let layer = DiscoverLayer::with_registry(Catalog::default(), Arc::new(registry), first_wait);
+    let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
+        let n = req
+            .extensions()
+            .get::<EndpointSet>()
+            .map_or(0, EndpointSet::len);
+        Ok::<_, std::convert::Infallible>(n)
+    }));
+    let get = |host: &str| {
+        http::Request::get(format!("http://{host}/"))
+            .body(())
+            .expect("request")
+    };
+
+    // dnsmasq is authoritative for cluster.local: NXDOMAIN, at once.
+    let started = Instant::now();
+    for host in ["nosuch", "typo-users", "users-v9"] {
+        let err = svc.clone().oneshot(get(host)).await.expect_err("unknown");
+        assert!(
+            matches!(
+                MeshError::find(&*err),
+                Some(MeshError::UnknownService { .. })
+            ),
+            "{host}: {err}"
+        );
+    }
+    assert!(started.elapsed() < first_wait, "{:?}", started.elapsed());
+    assert!(layer.followed().is_empty(), "{:?}", layer.followed());
+    assert!(svc.catalog().services().is_empty());
+
+    // The real service, never called before, resolves.
+    assert_eq!(
+        svc.clone().oneshot(get("users")).await.expect("resolved"),
+        2
+    );
+    assert_eq!(
+        layer.followed(),
+        vec![ServiceName::new("users").expect("name")]
+    );
+}

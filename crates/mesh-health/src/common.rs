@@ -14,13 +14,16 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes};
-use http::StatusCode;
+use http::header::{self, HeaderValue};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::check::{CheckError, CheckFuture};
+use crate::probe::ProbeClient;
+use crate::redact::{base64, basic_credentials, without_userinfo, Redacted};
 
 /// Connects to `addr` over TCP.
 pub fn tcp_connect(addr: SocketAddr) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
@@ -53,23 +56,64 @@ impl Default for HttpExpect {
     }
 }
 
-/// GETs `url` (plain HTTP) and checks the status and, optionally, the body.
+/// GETs `url` over plain HTTP and checks the status and, optionally, the
+/// body; [`http_get_with`] sends it through a client of the caller's
+/// (`https` through a TLS one).
+///
+/// A `user:password@` in the URL is sent as HTTP Basic authentication (a
+/// sensitive header), as curl does, and never printed: errors, and so
+/// reports, logs and events, show the URL as `user:***@host`.
 pub fn http_get(
     url: http::Uri,
     expect: HttpExpect,
 ) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    http_get_with(ProbeClient::plaintext(), url, expect)
+}
+
+/// [`http_get`] through `client`: the way to check an `https` URL (hand
+/// it a client over your TLS connector).
+///
+/// ```
+/// use mesh_health::{common, HealthCheck, ProbeClient};
+/// let url = "http://admin:s3cret@127.0.0.1:8080/health".parse()?;
+/// let check = common::http_get_with(ProbeClient::plaintext(), url, common::HttpExpect::default());
+/// let check = HealthCheck::builder("admin-api", check).build()?;
+/// # let _ = check;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn http_get_with(
+    client: ProbeClient,
+    url: http::Uri,
+    expect: HttpExpect,
+) -> impl Fn() -> CheckFuture + Send + Sync + 'static {
+    // The message prefix is built once, redacted; the URL on the wire has
+    // no userinfo (hyper would drop it silently), its credentials travel
+    // in the header instead.
+    let shown: Arc<str> = Arc::from(format!("GET {}", Redacted(&url)));
+    let authorization = basic_credentials(&url).and_then(|credentials| {
+        let mut value =
+            HeaderValue::from_str(&format!("Basic {}", base64(credentials.as_bytes()))).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    });
+    let target = without_userinfo(&url);
     move || {
-        let (client, url, expect) = (client.clone(), url.clone(), expect.clone());
+        let (client, shown, expect) = (client.clone(), Arc::clone(&shown), expect.clone());
+        let mut request = Request::get(target.clone());
+        if let Some(value) = &authorization {
+            request = request.header(header::AUTHORIZATION, value.clone());
+        }
+        let request = request.body(Empty::<Bytes>::new());
         Box::pin(async move {
+            let request = request.map_err(|e| CheckError(format!("{shown}: {e}")))?;
             let response = client
-                .get(url.clone())
+                .send(request)
                 .await
-                .map_err(|e| CheckError(format!("GET {url}: {}", mesh_core::error_chain(&e))))?;
+                .map_err(|e| CheckError(format!("{shown}: {}", mesh_core::error_chain(&*e))))?;
             let status = response.status();
             if !expect.statuses.contains(&status.as_u16()) {
                 return Err(CheckError(format!(
-                    "GET {url}: status {status}, expected {}-{}",
+                    "{shown}: status {status}, expected {}-{}",
                     expect.statuses.start(),
                     expect.statuses.end()
                 )));
@@ -77,10 +121,10 @@ pub fn http_get(
             if let Some(needle) = &expect.body_contains {
                 let body = read_prefix(response.into_body(), 64 * 1024)
                     .await
-                    .map_err(|e| CheckError(format!("GET {url}: reading the body: {e}")))?;
+                    .map_err(|e| CheckError(format!("{shown}: reading the body: {e}")))?;
                 if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
                     return Err(CheckError(format!(
-                        "GET {url}: the body does not contain {needle:?}"
+                        "{shown}: the body does not contain {needle:?}"
                     )));
                 }
             }

@@ -8,7 +8,8 @@ use mesh_core::{MeshError, Probe};
 use serde::{Deserialize, Serialize};
 
 use crate::check::{CheckError, HealthCheck, HealthCheckBuilder};
-use crate::layer::HealthPaths;
+use crate::layer::{HealthLayer, HealthPaths};
+use crate::manager::HealthCheckManager;
 
 /// Defaults for a service's checks and where its probes are served.
 ///
@@ -51,6 +52,11 @@ pub struct HealthConfig {
     /// Where the probes are served.
     #[serde(default)]
     pub paths: PathsConfig,
+    /// Whether probes answer the detailed report (check names, last
+    /// errors) instead of the status alone; off by default, since anyone
+    /// who reaches the port reads it. See [`HealthLayer::details`].
+    #[serde(default)]
+    pub details: bool,
 }
 
 /// Probe paths, as configured.
@@ -116,6 +122,7 @@ impl Default for HealthConfig {
             failure_threshold: default_failure_threshold(),
             success_threshold: default_success_threshold(),
             paths: PathsConfig::default(),
+            details: false,
         }
     }
 }
@@ -187,6 +194,24 @@ impl HealthConfig {
     pub fn probe_paths(&self) -> Result<HealthPaths, MeshError> {
         HealthPaths::new(&self.paths.live, &self.paths.ready, &self.paths.startup)
     }
+
+    /// A [`HealthLayer`] serving `manager`'s probes as configured: on
+    /// [`paths`](Self::paths), with the detailed report only if
+    /// [`details`](Self::details) is on. Fails, naming the key, on an
+    /// invalid path.
+    ///
+    /// ```
+    /// use mesh_health::{HealthCheckManager, HealthConfig};
+    /// let config: HealthConfig = serde_json::from_str(r#"{ "details": true }"#)?;
+    /// let layer = config.layer(HealthCheckManager::builder().build()?)?;
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn layer(&self, manager: HealthCheckManager) -> Result<HealthLayer, MeshError> {
+        Ok(HealthLayer::new(manager)
+            .paths(self.probe_paths()?)
+            .details(self.details))
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +222,7 @@ mod tests {
     fn defaults_follow_the_design_document_shape() {
         let config: HealthConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(config, HealthConfig::default());
+        assert!(!config.details, "details are opt-in");
         assert!(config.validate().is_ok());
         let check = config
             .check("db", [Probe::Liveness, Probe::Readiness], || async {

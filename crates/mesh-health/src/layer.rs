@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use mesh_core::{MeshError, Probe};
+use mesh_core::{MeshError, Probe, ProbeStatus};
 use pin_project_lite::pin_project;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
@@ -78,10 +78,14 @@ impl HealthPaths {
 /// Serves the probes of a [`HealthCheckManager`] and passes every other
 /// request to the inner service untouched.
 ///
-/// A `GET` or `HEAD` of a probe path answers JSON (the probe's status and
-/// each check's status, last error, last duration and consecutive
-/// failures), `200` when the probe passes (healthy or degraded) and `503`
-/// when it does not; `HEAD` answers the same status with no body. Other
+/// A `GET` or `HEAD` of a probe path answers `200` when the probe passes
+/// (healthy or degraded) and `503` when it does not, with the status alone
+/// as JSON (`{"status":"healthy"}`); `HEAD` answers the same status with
+/// no body. The detailed report (each check's name, status, last error,
+/// last duration and consecutive failures) is served only when asked for
+/// with [`HealthLayer::details`]: check names and errors describe the
+/// service's internals to whoever can reach the port, and a kubelet or a
+/// load balancer needs only the status code. Other
 /// methods, and all other paths, go to the inner service. The service is
 /// always ready, so probes never queue behind the application; the inner
 /// service must be `Clone` (an axum `Router` and hyper `service_fn`s are).
@@ -102,6 +106,7 @@ impl HealthPaths {
 pub struct HealthLayer {
     manager: HealthCheckManager,
     paths: HealthPaths,
+    details: bool,
 }
 
 impl HealthLayer {
@@ -110,12 +115,29 @@ impl HealthLayer {
         HealthLayer {
             manager,
             paths: HealthPaths::default(),
+            details: false,
         }
     }
 
     /// Serves them on `paths` instead.
     pub fn paths(mut self, paths: HealthPaths) -> Self {
         self.paths = paths;
+        self
+    }
+
+    /// Whether probes answer the detailed report (each check's name,
+    /// status, last error, last duration and consecutive failures) rather
+    /// than the status alone (the default): for a port only operators
+    /// reach.
+    ///
+    /// ```
+    /// use mesh_health::{HealthCheckManager, HealthLayer};
+    /// # fn main() -> Result<(), mesh_core::MeshError> {
+    /// let layer = HealthLayer::new(HealthCheckManager::builder().build()?).details(true);
+    /// # let _ = layer; Ok(()) }
+    /// ```
+    pub fn details(mut self, details: bool) -> Self {
+        self.details = details;
         self
     }
 }
@@ -128,6 +150,7 @@ impl<S> Layer<S> for HealthLayer {
             inner,
             manager: self.manager.clone(),
             paths: self.paths.clone(),
+            details: self.details,
         }
     }
 }
@@ -138,6 +161,7 @@ pub struct HealthService<S> {
     inner: S,
     manager: HealthCheckManager,
     paths: HealthPaths,
+    details: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HealthService<S>
@@ -173,16 +197,23 @@ where
 
 impl<S> HealthService<S> {
     fn answer(&self, probe: Probe, head: bool) -> Response<Full<Bytes>> {
-        let report = self.manager.report(probe);
-        let status = match report.status.passes() {
+        let (verdict, body) = match (head, self.details) {
+            (true, _) => (self.manager.status(probe), Bytes::new()),
+            (false, false) => {
+                let verdict = self.manager.status(probe);
+                (verdict, status_only(verdict))
+            }
+            (false, true) => {
+                let report = self.manager.report(probe);
+                let body = serde_json::to_vec(&report)
+                    .map(Bytes::from)
+                    .unwrap_or_else(|_| status_only(report.status));
+                (report.status, body)
+            }
+        };
+        let status = match verdict.passes() {
             true => StatusCode::OK,
             false => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        let body = match head {
-            true => Bytes::new(),
-            false => Bytes::from(serde_json::to_vec(&report).unwrap_or_else(|e| {
-                format!("{{\"status\":\"{}\",\"error\":\"{e}\"}}", report.status).into_bytes()
-            })),
         };
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = status;
@@ -197,6 +228,15 @@ impl<S> HealthService<S> {
         );
         response
     }
+}
+
+/// The body that says the status and nothing else.
+fn status_only(status: ProbeStatus) -> Bytes {
+    Bytes::from_static(match status {
+        ProbeStatus::Healthy => br#"{"status":"healthy"}"#,
+        ProbeStatus::Degraded => br#"{"status":"degraded"}"#,
+        ProbeStatus::Unhealthy => br#"{"status":"unhealthy"}"#,
+    })
 }
 
 pin_project! {

@@ -7,6 +7,8 @@ pub mod common;
 mod config;
 mod layer;
 mod manager;
+mod probe;
+mod redact;
 mod report;
 mod state;
 mod upstream;
@@ -16,6 +18,9 @@ pub use config::{HealthConfig, PathsConfig};
 pub use layer::{HealthFuture, HealthLayer, HealthPaths, HealthService};
 pub use manager::{HealthCheckManager, HealthCheckManagerBuilder};
 pub use mesh_core::{Probe, ProbeStatus};
+pub use probe::{ProbeBody, ProbeClient};
 pub use report::{CheckMetrics, CheckReport, ProbeReport};
 pub use state::CheckStatus;
-pub use upstream::{UpstreamCheckConfig, UpstreamHealthChecker, UpstreamProbe};
+pub use upstream::{
+    UpstreamCheckConfig, UpstreamHealthChecker, UpstreamHealthCheckerBuilder, UpstreamProbe,
+};

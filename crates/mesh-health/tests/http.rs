@@ -1,5 +1,6 @@
 //! The health layer in front of a real axum app on 127.0.0.1, probed by
-//! real curl (Debian's curl, installed by .ci/run).
+//! real curl (Debian's curl, installed by .ci/run): the status alone by
+//! default, the detailed report when asked for.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,9 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::Router;
 use mesh_core::Probe;
-use mesh_health::{CheckError, HealthCheck, HealthCheckManager, HealthLayer, HealthPaths};
+use mesh_health::{
+    CheckError, HealthCheck, HealthCheckManager, HealthConfig, HealthLayer, HealthPaths,
+};
 
 /// A check the test switches on and off.
 fn switch(name: &str, critical: bool, failing: &Arc<AtomicBool>) -> HealthCheck {
@@ -67,7 +70,7 @@ async fn curl_sees_healthy_degraded_and_failing_and_the_app_sees_the_rest() {
     let app = Router::new()
         .route("/api/users", get(|| async { "users" }))
         .route("/health/ready", post(|| async { "the app's own POST" }))
-        .layer(HealthLayer::new(manager.clone()));
+        .layer(HealthLayer::new(manager.clone()).details(true));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -126,6 +129,81 @@ async fn curl_sees_healthy_degraded_and_failing_and_the_app_sees_the_rest() {
         (200, "the app's own POST")
     );
     assert_eq!(curl(&[&format!("{base}/nope")]).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_probes_answer_the_status_and_nothing_else() {
+    let db_down = Arc::new(AtomicBool::new(false));
+    let manager = HealthCheckManager::builder()
+        .check(switch("db", true, &db_down))
+        .build()
+        .expect("manager");
+    manager.run_once().await;
+    let app = Router::new()
+        .route("/api/users", get(|| async { "users" }))
+        .layer(HealthLayer::new(manager.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let ready = curl(&[&format!("{base}/health/ready")]).await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (200, r#"{"status":"healthy"}"#)
+    );
+
+    db_down.store(true, Ordering::SeqCst);
+    manager.run_once().await;
+    let ready = curl(&[&format!("{base}/health/ready")]).await;
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (503, r#"{"status":"unhealthy"}"#),
+        "no check name, no error"
+    );
+    let live = curl(&[&format!("{base}/health/live")]).await;
+    assert_eq!(live.status, 503);
+    assert!(
+        !live.body.contains("db") && !live.body.contains("down"),
+        "{}",
+        live.body
+    );
+    assert_eq!(
+        curl(&["-I", &format!("{base}/health/ready")]).await.status,
+        503
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_turns_details_on_and_sets_the_paths() {
+    let db_down = Arc::new(AtomicBool::new(true));
+    let manager = HealthCheckManager::builder()
+        .check(switch("db", true, &db_down))
+        .build()
+        .expect("manager");
+    manager.run_once().await;
+    let config: HealthConfig =
+        serde_json::from_str(r#"{ "details": true, "paths": { "ready": "/readyz" } }"#)
+            .expect("config");
+    let app = Router::new().layer(config.layer(manager).expect("layer"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let ready = curl(&[&format!("{base}/readyz")]).await;
+    assert_eq!(ready.status, 503);
+    let json: serde_json::Value = serde_json::from_str(&ready.body).expect("JSON");
+    assert_eq!(json["checks"][0]["name"], "db");
+    assert_eq!(json["checks"][0]["last_error"], "down");
+
+    let mut bad = HealthConfig::default();
+    bad.paths.live = "live".to_owned();
+    let err = bad
+        .layer(HealthCheckManager::builder().build().expect("manager"))
+        .expect_err("a relative path");
+    assert!(err.to_string().contains("health.paths.live"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! [`RetryBudget`]: retries as a share of recent requests.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_core::clock::Nanos;
@@ -20,7 +20,18 @@ const PPM: u128 = 1_000_000;
 /// of `d` seconds it adds at most `min_per_second x (d + 1)` retries, even
 /// after a long idle period.
 ///
-/// Shared by all clones of a [`crate::RetryLayer`]. The arithmetic is in
+/// A `RetryBudget` is a handle: clones share one account, and cloning costs
+/// a reference count. A [`crate::RetryLayer`] keeps one for all its
+/// services; a request carrying a `RetryBudget` as an extension is counted
+/// against that one instead, so a caller serving several services through
+/// one layer keeps one account per service (build them with
+/// [`crate::RetryConfig::new_budget`]): a failing service then spends only
+/// retries its own traffic funded.
+///
+/// A budget of 0% with a minimum of 0 per second allows no retry at all;
+/// 0% with a minimum allows only that trickle.
+///
+/// The arithmetic is in
 /// integers (parts per million of a retry), so a fractional percentage
 /// such as 0.1% allows exactly one retry per thousand requests, never one
 /// more. Requests are counted with a lock-free atomic add; a retry takes a
@@ -41,8 +52,14 @@ const PPM: u128 = 1_000_000;
 /// assert!(!budget.try_withdraw(Nanos(0)));
 /// # Ok::<(), mesh_core::MeshError>(())
 /// ```
-#[derive(Debug)]
+#[derive(Clone)]
 pub struct RetryBudget {
+    state: Arc<State>,
+}
+
+/// The account all clones of one [`RetryBudget`] share.
+#[derive(Debug)]
+struct State {
     ppm_per_request: u128,
     min_per_second: u32,
     ttl: Duration,
@@ -68,6 +85,8 @@ struct Bucket {
     retries: AtomicU64,
 }
 
+// === impl RetryBudget ===
+
 impl RetryBudget {
     /// A budget of `percent` (0 to 1000) of the requests of the last `ttl`
     /// (1 s to 1 h), plus `min_per_second` retries per second.
@@ -89,7 +108,7 @@ impl RetryBudget {
             });
         }
         let ttl_nanos = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-        Ok(RetryBudget {
+        let state = State {
             // percent -> parts per million of a retry per request.
             ppm_per_request: (percent * 10_000.0).round() as u128,
             min_per_second,
@@ -109,14 +128,86 @@ impl RetryBudget {
                 tokens: u128::from(min_per_second) * PPM,
                 refilled: mesh_core::clock::now(),
             }),
+        };
+        Ok(RetryBudget {
+            state: Arc::new(state),
         })
     }
 
     /// The window requests are counted over.
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        self.state.ttl
     }
 
+    /// Counts one request (call it once per request, not per attempt).
+    pub fn deposit(&self, now: Nanos) {
+        let s = &*self.state;
+        s.current.store(now.0 / s.slice, Ordering::Relaxed);
+        if let Some(b) = s.bucket(now) {
+            b.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts request number `sequence` of a stream, reading the clock only
+    /// for one request in 32 (a clock read costs more than the rest of a
+    /// deposit): the others go to the slice of the latest reading. A request
+    /// so counted can only land in an older slice than its own, which
+    /// leaves the window sooner: the budget errs towards fewer retries,
+    /// never more.
+    pub fn deposit_counted(&self, sequence: u64) {
+        let s = &*self.state;
+        if !sequence.is_multiple_of(32) {
+            let stamp = s.current.load(Ordering::Relaxed);
+            if let Some(b) = s.buckets.get((stamp % BUCKETS) as usize) {
+                if b.stamp.load(Ordering::Acquire) == stamp {
+                    b.requests.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        self.deposit(mesh_core::clock::now());
+    }
+
+    /// Spends one retry if the budget allows it at `now`.
+    pub fn try_withdraw(&self, now: Nanos) -> bool {
+        let s = &*self.state;
+        let mut reserve = s.withdrawing.lock().unwrap_or_else(|e| e.into_inner());
+        // Retries funded by the percentage count in the window; beyond it,
+        // the per-second minimum pays from its own bucket.
+        let (requests, retries) = s.totals(now);
+        if (retries + 1) * PPM <= requests * s.ppm_per_request {
+            if let Some(b) = s.bucket(now) {
+                b.retries.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        let one_second = u128::from(s.min_per_second) * PPM;
+        let elapsed = now.saturating_since(reserve.refilled);
+        let refill = u128::from(s.min_per_second) * elapsed.as_nanos() * PPM / 1_000_000_000;
+        reserve.tokens = (reserve.tokens + refill).min(one_second);
+        reserve.refilled = now.max(reserve.refilled);
+        if reserve.tokens >= PPM {
+            reserve.tokens -= PPM;
+            return true;
+        }
+        false
+    }
+}
+
+impl std::fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &*self.state;
+        f.debug_struct("RetryBudget")
+            .field("percent", &(s.ppm_per_request as f64 / 10_000.0))
+            .field("min_per_second", &s.min_per_second)
+            .field("ttl", &s.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl State ===
+
+impl State {
     fn bucket(&self, now: Nanos) -> Option<&Bucket> {
         let stamp = now.0 / self.slice;
         let bucket = self.buckets.get((stamp % BUCKETS) as usize)?;
@@ -141,33 +232,6 @@ impl RetryBudget {
         Some(bucket)
     }
 
-    /// Counts one request (call it once per request, not per attempt).
-    pub fn deposit(&self, now: Nanos) {
-        self.current.store(now.0 / self.slice, Ordering::Relaxed);
-        if let Some(b) = self.bucket(now) {
-            b.requests.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts request number `sequence` of a stream, reading the clock only
-    /// for one request in 32 (a clock read costs more than the rest of a
-    /// deposit): the others go to the slice of the latest reading. A request
-    /// so counted can only land in an older slice than its own, which
-    /// leaves the window sooner: the budget errs towards fewer retries,
-    /// never more.
-    pub fn deposit_counted(&self, sequence: u64) {
-        if !sequence.is_multiple_of(32) {
-            let stamp = self.current.load(Ordering::Relaxed);
-            if let Some(b) = self.buckets.get((stamp % BUCKETS) as usize) {
-                if b.stamp.load(Ordering::Acquire) == stamp {
-                    b.requests.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-        }
-        self.deposit(mesh_core::clock::now());
-    }
-
     fn totals(&self, now: Nanos) -> (u128, u128) {
         let current = now.0 / self.slice;
         let (mut requests, mut retries) = (0u128, 0u128);
@@ -179,30 +243,6 @@ impl RetryBudget {
             }
         }
         (requests, retries)
-    }
-
-    /// Spends one retry if the budget allows it at `now`.
-    pub fn try_withdraw(&self, now: Nanos) -> bool {
-        let mut reserve = self.withdrawing.lock().unwrap_or_else(|e| e.into_inner());
-        // Retries funded by the percentage count in the window; beyond it,
-        // the per-second minimum pays from its own bucket.
-        let (requests, retries) = self.totals(now);
-        if (retries + 1) * PPM <= requests * self.ppm_per_request {
-            if let Some(b) = self.bucket(now) {
-                b.retries.fetch_add(1, Ordering::Relaxed);
-                return true;
-            }
-        }
-        let one_second = u128::from(self.min_per_second) * PPM;
-        let elapsed = now.saturating_since(reserve.refilled);
-        let refill = u128::from(self.min_per_second) * elapsed.as_nanos() * PPM / 1_000_000_000;
-        reserve.tokens = (reserve.tokens + refill).min(one_second);
-        reserve.refilled = now.max(reserve.refilled);
-        if reserve.tokens >= PPM {
-            reserve.tokens -= PPM;
-            return true;
-        }
-        false
     }
 }
 
@@ -229,7 +269,7 @@ mod tests {
     #[test]
     fn old_requests_leave_the_window_and_the_minimum_refills_one_second_at_most() {
         let b = RetryBudget::new(50.0, 2, Duration::from_secs(10)).unwrap();
-        let t0 = b.withdrawing.lock().unwrap().refilled.0;
+        let t0 = b.state.withdrawing.lock().unwrap().refilled.0;
         for _ in 0..4 {
             b.deposit(Nanos(t0));
         }
@@ -261,6 +301,19 @@ mod tests {
     }
 
     #[test]
+    fn clones_share_one_account() {
+        let b = RetryBudget::new(50.0, 0, Duration::from_secs(10)).unwrap();
+        let clone = b.clone();
+        b.deposit(Nanos(0));
+        clone.deposit(Nanos(0));
+        assert!(
+            clone.try_withdraw(Nanos(0)),
+            "50% of the 2 requests of both"
+        );
+        assert!(!b.try_withdraw(Nanos(0)), "the clone spent it");
+    }
+
+    #[test]
     fn bad_settings_are_refused_by_name() {
         assert!(RetryBudget::new(-1.0, 0, Duration::from_secs(10))
             .unwrap_err()
@@ -283,6 +336,20 @@ mod tests {
             let granted = (0..requests * 3 + 5).filter(|_| b.try_withdraw(Nanos(0))).count() as u128;
             let ppm = (percent * 10_000.0).round() as u128;
             prop_assert_eq!(granted, u128::from(requests) * ppm / 1_000_000);
+        }
+
+        /// 0% with no minimum grants nothing, whatever the traffic and
+        /// however much time passes.
+        #[test]
+        fn a_zero_budget_never_grants_a_retry(
+            requests in 0u32..3000,
+            later in 0u64..7200,
+        ) {
+            let b = RetryBudget::new(0.0, 0, Duration::from_secs(10)).unwrap();
+            let start = mesh_core::clock::now().0;
+            for n in 0..requests { b.deposit_counted(u64::from(n)); }
+            prop_assert!(!b.try_withdraw(Nanos(start)));
+            prop_assert!(!b.try_withdraw(Nanos(start + later * S)));
         }
     }
 }

@@ -26,7 +26,8 @@ pub struct RetryContext<'a> {
 
 /// A custom retry condition: `Some(true)` retries, `Some(false)` does not,
 /// `None` leaves the decision to the statuses and error kinds. Idempotency,
-/// the retry limit, the budget and the deadline still apply.
+/// the retry limit, the budget, the deadline and `max_retry_after` still
+/// apply, and a circuit open for a whole service is never retried.
 pub type RetryPredicate = dyn Fn(&RetryContext<'_>) -> Option<bool> + Send + Sync;
 
 /// Which failures are retried, how often, how far apart, and within what
@@ -57,6 +58,7 @@ pub struct RetryConfig {
     retryable_errors: Vec<FailureKind>,
     retry_non_idempotent: bool,
     honor_retry_after: bool,
+    max_retry_after: Duration,
     budget: Option<(f64, u32, Duration)>,
     deadline: Option<Duration>,
     per_attempt_timeout: Option<Duration>,
@@ -64,6 +66,12 @@ pub struct RetryConfig {
 }
 
 impl RetryConfig {
+    /// The longest `Retry-After` honoured by default: one second. A server
+    /// asking for a longer wait is answered with its own response rather
+    /// than held for; callers with a per-attempt timeout usually raise it
+    /// to that timeout ([`RetryConfigBuilder::max_retry_after`]).
+    pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(1);
+
     /// The design document's retryable statuses: 408, 429, 500, 502, 503, 504.
     pub const DEFAULT_RETRYABLE_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
 
@@ -92,6 +100,12 @@ impl RetryConfig {
     /// Whether an error of `kind` is retried: by default connect errors,
     /// resets, timeouts and open circuits; other errors are not, since
     /// sending the same request again would fail the same way.
+    ///
+    /// An open circuit is retried only when it guards one endpoint (its
+    /// [`MeshError::CircuitOpen`] names the endpoint), since another
+    /// endpoint may serve the retry; a circuit open for the whole service
+    /// (or a custom key) refuses every attempt alike, so such a refusal is
+    /// returned at once whatever this says.
     pub fn retries_error(&self, kind: FailureKind) -> bool {
         self.retryable_errors.contains(&kind)
     }
@@ -106,6 +120,40 @@ impl RetryConfig {
     /// Whether a `Retry-After` hint on 429 and 503 responses sets the delay.
     pub fn honor_retry_after(&self) -> bool {
         self.honor_retry_after
+    }
+
+    /// The longest `Retry-After` honoured; see
+    /// [`RetryConfigBuilder::max_retry_after`].
+    pub fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
+    }
+
+    /// The budget settings: the percentage of recent requests, the minimum
+    /// per second and the window; `None` without a budget.
+    pub fn budget(&self) -> Option<(f64, u32, Duration)> {
+        self.budget
+    }
+
+    /// A fresh budget account with this configuration's settings, or `None`
+    /// for a configuration without a budget.
+    ///
+    /// Attach it to requests as an extension to count them, and fund their
+    /// retries, against it rather than against the budget of the
+    /// [`crate::RetryLayer`] they pass through: one account per service
+    /// keeps a failing service from spending retries that another
+    /// service's traffic funded. Clones share the account.
+    ///
+    /// ```
+    /// use mesh_retry::RetryConfig;
+    ///
+    /// let config = RetryConfig::default();
+    /// let users = config.new_budget().expect("the default has a budget");
+    /// let mut req = http::Request::get("http://users/").body(()).unwrap();
+    /// req.extensions_mut().insert(users.clone());
+    /// ```
+    pub fn new_budget(&self) -> Option<RetryBudget> {
+        // A built config was validated, so its budget settings are valid.
+        self.make_budget().ok().flatten()
     }
 
     /// The overall deadline across all attempts, if any.
@@ -132,7 +180,8 @@ impl RetryConfig {
 impl Default for RetryConfig {
     /// 2 retries (3 attempts); the default [`Backoff`]; the design
     /// document's statuses; connect errors, resets, timeouts and open
-    /// circuits; idempotent requests only; `Retry-After` honoured; a budget
+    /// circuits; idempotent requests only; `Retry-After` honoured up to
+    /// [`RetryConfig::DEFAULT_MAX_RETRY_AFTER`]; a budget
     /// of 20% of the last 10 s of requests plus 10 retries per second; no
     /// deadline and no per-attempt timeout.
     fn default() -> Self {
@@ -151,6 +200,7 @@ impl Default for RetryConfig {
             ],
             retry_non_idempotent: false,
             honor_retry_after: true,
+            max_retry_after: Self::DEFAULT_MAX_RETRY_AFTER,
             budget: Some((20.0, 10, Duration::from_secs(10))),
             deadline: None,
             per_attempt_timeout: None,
@@ -168,6 +218,7 @@ impl std::fmt::Debug for RetryConfig {
             .field("retryable_errors", &self.retryable_errors)
             .field("retry_non_idempotent", &self.retry_non_idempotent)
             .field("honor_retry_after", &self.honor_retry_after)
+            .field("max_retry_after", &self.max_retry_after)
             .field("budget", &self.budget)
             .field("deadline", &self.deadline)
             .field("per_attempt_timeout", &self.per_attempt_timeout)
@@ -227,14 +278,35 @@ impl RetryConfigBuilder {
         self
     }
 
+    /// Sets the longest `Retry-After` honoured (by default
+    /// [`RetryConfig::DEFAULT_MAX_RETRY_AFTER`], one second; at most one
+    /// hour).
+    ///
+    /// A hint up to `d` replaces the backoff delay. A server asking for a
+    /// longer wait is not retried sooner than it asked, nor waited for:
+    /// the request is not retried and the caller gets the server's own
+    /// response (the 429 or 503 with its `Retry-After`) at once. A wait
+    /// that would end past the request's deadline is likewise never
+    /// started.
+    pub fn max_retry_after(mut self, d: Duration) -> Self {
+        self.config.max_retry_after = d;
+        self
+    }
+
     /// Limits retries to `percent` of the requests of the last `ttl`, plus
     /// `min_per_second`; see [`RetryBudget`].
+    ///
+    /// `budget(0.0, 0, ttl)` allows no retry at all (the budget is spent
+    /// before it is funded), unlike [`RetryConfigBuilder::no_budget`], which
+    /// leaves retries unbounded but for `max_retries`. `budget(0.0, n, ttl)`
+    /// allows only `n` retries per second, whatever the traffic.
     pub fn budget(mut self, percent: f64, min_per_second: u32, ttl: Duration) -> Self {
         self.config.budget = Some((percent, min_per_second, ttl));
         self
     }
 
-    /// Retries without a budget (only the retry limit bounds them).
+    /// Retries without a budget (only the retry limit bounds them). For no
+    /// retries at all, use `budget(0.0, 0, ttl)` or `max_retries(0)`.
     pub fn no_budget(mut self) -> Self {
         self.config.budget = None;
         self
@@ -310,6 +382,12 @@ impl RetryConfigBuilder {
         if let Some((percent, min, ttl)) = c.budget {
             RetryBudget::new(percent, min, ttl)?;
         }
+        if c.max_retry_after > hour {
+            return Err(invalid(
+                "max_retry_after",
+                format!("{:?} is more than one hour", c.max_retry_after),
+            ));
+        }
         for (field, d) in [
             ("deadline", c.deadline),
             ("per_attempt_timeout", c.per_attempt_timeout),
@@ -340,6 +418,27 @@ mod tests {
         assert!(!c.retries_status(StatusCode::NOT_IMPLEMENTED));
         assert!(!c.retries_error(FailureKind::Other));
         assert!(c.retries_error(FailureKind::Connect));
+        assert_eq!(c.max_retry_after(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_zero_budget_is_valid_and_funds_nothing() {
+        let c = RetryConfig::builder()
+            .budget(0.0, 0, Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let budget = c.new_budget().expect("a budget");
+        let now = mesh_core::clock::now();
+        for _ in 0..1000 {
+            budget.deposit(now);
+        }
+        assert!(!budget.try_withdraw(now));
+        assert!(RetryConfig::builder()
+            .no_budget()
+            .build()
+            .unwrap()
+            .new_budget()
+            .is_none());
     }
 
     #[test]
@@ -362,6 +461,10 @@ mod tests {
             (
                 RetryConfig::builder().budget(2000.0, 0, Duration::from_secs(10)),
                 "retry.budget.percent",
+            ),
+            (
+                RetryConfig::builder().max_retry_after(Duration::from_secs(7200)),
+                "retry.max_retry_after",
             ),
             (
                 RetryConfig::builder().deadline(Duration::ZERO),

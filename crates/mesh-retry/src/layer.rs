@@ -10,9 +10,15 @@ use crate::service::Retry;
 /// Wraps a service in retries; see [`Retry`].
 ///
 /// All services made by the layer share one set of counters
-/// ([`RetryLayer::stats`]) and one retry budget. Configure the layer
-/// before making services: [`RetryLayer::events`] returns a layer with
-/// fresh counters and a fresh budget.
+/// ([`RetryLayer::stats`]) and one retry budget. A request that carries its
+/// own [`RetryBudget`](crate::RetryBudget) extension is counted, and its
+/// retries paid, from that budget instead of the layer's (whether or not
+/// the layer has one): a layer serving several services keeps them apart
+/// with one budget per service, made by
+/// [`RetryConfig::new_budget`](crate::RetryConfig::new_budget).
+///
+/// Configure the layer before making services: [`RetryLayer::events`]
+/// returns a layer with fresh counters and a fresh budget.
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
     shared: Arc<Shared>,
@@ -28,8 +34,7 @@ impl RetryLayer {
     }
 
     fn shared(config: RetryConfig, events: EventBus) -> Shared {
-        // A built config was validated, so its budget settings are valid.
-        let budget = config.make_budget().ok().flatten();
+        let budget = config.new_budget();
         Shared {
             config,
             classifier: FailureClassifier::default(),

@@ -183,6 +183,21 @@ pub(crate) fn retry_after<RB>(response: &Response<RB>, now: SystemTime) -> Optio
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// Whether an attempt was refused by a circuit breaker that guards the
+/// whole service (or a custom key) rather than one endpoint: every attempt
+/// would meet the same open circuit, so a retry only adds load and delay.
+/// A per-endpoint breaker names its endpoint in the refusal; another
+/// endpoint may serve the retry.
+fn refused_by_a_service_wide_circuit<RB>(result: &Result<Response<RB>, BoxError>) -> bool {
+    match result {
+        Ok(_) => false,
+        Err(error) => matches!(
+            MeshError::find(error.as_ref()),
+            Some(MeshError::CircuitOpen { endpoint: None, .. })
+        ),
+    }
+}
+
 /// The endpoint that served (or failed) an attempt, if the balancer said.
 fn failed_endpoint<RB>(result: &Result<Response<RB>, BoxError>) -> Option<EndpointId> {
     match result {
@@ -230,6 +245,10 @@ where
             }
             return None;
         };
+        if refused_by_a_service_wide_circuit(result) {
+            tracing::debug!(%reason, "not retried: the circuit is open for the whole service");
+            return None;
+        }
         if !self.may_retry(req) && !reason.never_sent() {
             // A non-idempotent request may have been applied upstream; only
             // a failure that provably never sent it may be retried.
@@ -258,10 +277,11 @@ where
             _ => None,
         };
         let delay = match hint {
-            // A server asking for more than we would ever wait: give up now
-            // rather than retry early against its wish.
-            Some(hint) if hint > backoff.cap() => {
-                tracing::debug!(?hint, cap = ?backoff.cap(), "not retried: Retry-After beyond the max delay");
+            // A server asking for more than we would wait: give up now and
+            // hand back its answer, rather than retry early against its
+            // wish or hold the caller for longer than configured.
+            Some(hint) if hint > shared.config.max_retry_after() => {
+                tracing::debug!(?hint, max = ?shared.config.max_retry_after(), "not retried: Retry-After beyond max_retry_after");
                 return None;
             }
             Some(hint) => hint,
@@ -274,7 +294,12 @@ where
                 return None;
             }
         }
-        if let Some(budget) = &shared.budget {
+        // A budget on the request (one per service) replaces the layer's.
+        let budget = req
+            .extensions()
+            .get::<RetryBudget>()
+            .or(shared.budget.as_ref());
+        if let Some(budget) = budget {
             if !budget.try_withdraw(now) {
                 counters.budget_exhausted.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%reason, "not retried: retry budget spent");

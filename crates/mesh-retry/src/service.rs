@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::Service;
 
+use crate::budget::RetryBudget;
 use crate::policy::{RetryPolicy, Shared};
 use crate::replay::ReplayableBody;
 
@@ -26,8 +27,9 @@ pub type Attempts<S> = AttemptTimeout<BoxErrors<S>>;
 /// [`RetryPolicy`], over the inner service with its errors boxed (so the
 /// policy can classify any error the stack below produces) and each
 /// attempt bounded by the per-attempt timeout and the request's deadline.
-/// Before the first attempt it counts the request for the retry budget and
-/// sets the request's [`Deadline`].
+/// Before the first attempt it counts the request for the retry budget (the
+/// [`RetryBudget`] the request carries as an extension, if any, else the
+/// layer's) and sets the request's [`Deadline`].
 pub struct Retry<S> {
     inner: tower::retry::Retry<RetryPolicy, Attempts<S>>,
     shared: Arc<Shared>,
@@ -83,7 +85,12 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let shared = &*self.shared;
         let sequence = shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        if let Some(budget) = &shared.budget {
+        if let Some(budget) = req.extensions().get::<RetryBudget>() {
+            // The request's own account (one per service, say) is counted
+            // at the exact time: the layer's request sequence says nothing
+            // about how recently this account last read the clock.
+            budget.deposit(clock::now());
+        } else if let Some(budget) = &shared.budget {
             budget.deposit_counted(sequence);
         }
         if let Some(d) = shared.config.deadline() {

@@ -91,12 +91,13 @@ async fn attempts_follow_the_backoff_schedule_exactly() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_after_in_seconds_sets_the_delay_and_a_hint_over_the_cap_stops_retrying() {
+async fn retry_after_in_seconds_sets_the_delay_and_a_hint_over_max_retry_after_stops_retrying() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let layer = RetryLayer::new(
         RetryConfig::builder()
             .max_retries(2)
-            .backoff(Backoff::constant(MS(10)).max_delay(Duration::from_secs(5)))
+            .backoff(Backoff::constant(MS(10)))
+            .max_retry_after(Duration::from_secs(5))
             .no_budget()
             .build()
             .expect("config"),
@@ -110,7 +111,7 @@ async fn retry_after_in_seconds_sets_the_delay_and_a_hint_over_the_cap_stops_ret
         Arc::clone(&log),
     ));
     let r = svc.oneshot(get()).await.expect("answered");
-    assert_eq!(r.status(), 503, "60 s is over the 5 s cap: not retried");
+    assert_eq!(r.status(), 503, "60 s is over the 5 s maximum: not retried");
     assert_eq!(gaps(&log), [Duration::from_secs(2)]);
 }
 
@@ -127,7 +128,8 @@ async fn retry_after_as_an_http_date_is_honoured() {
     let layer = RetryLayer::new(
         RetryConfig::builder()
             .max_retries(1)
-            .backoff(Backoff::constant(MS(10)).max_delay(Duration::from_secs(10)))
+            .backoff(Backoff::constant(MS(10)))
+            .max_retry_after(Duration::from_secs(10))
             .no_budget()
             .build()
             .expect("config"),

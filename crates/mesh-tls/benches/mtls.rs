@@ -6,7 +6,9 @@
 //!   handshake is paid. Raw: hyper-rustls with a fixed rustls
 //!   `ClientConfig`, against a tokio-rustls acceptor with rustls's own
 //!   client verifier. Mesh: `ClientTls::connector` against
-//!   `ServerTls::serve` (rotating material, identity checks on both ends).
+//!   `ServerTls::serve` (rotating material, identity checks on both ends:
+//!   the client expects the one identity of the service it calls, the
+//!   server admits callers of the trust domain).
 //! - `handshake/*`: a fresh TCP connection and full TLS 1.3 handshake with
 //!   client certificate, no request.
 //!
@@ -178,10 +180,11 @@ pub(crate) fn mtls(c: &mut Criterion) {
         ))
         .expect("credentials"),
     )
-    .verify_identity(
-        IdentityPolicy::new()
-            .allow_trust_domain("cluster.local")
-            .expect("trust domain"),
+    // As the facade calls a service: only its own identity is accepted.
+    .expect_identity(
+        "spiffe://cluster.local/ns/default/sa/users"
+            .parse()
+            .expect("id"),
     )
     .build()
     .expect("client");

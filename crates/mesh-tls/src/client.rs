@@ -1,5 +1,5 @@
 //! The client side: a connector for hyper-util's `Client` that speaks
-//! mutual TLS to `https` URIs and plain TCP to `http` ones.
+//! mutual TLS to `https` URIs and refuses plaintext unless told otherwise.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,13 +14,22 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tower::Service;
 
 use crate::credentials::Credentials;
-use crate::error::{HandshakeRejection, TlsError};
-use crate::identity::IdentityPolicy;
+use crate::error::{HandshakeRejection, PlaintextRefused, TlsError};
+use crate::identity::{IdentityPolicy, SpiffeId};
 use crate::verify::{CurrentCert, PeerVerification, ServerVerifier};
 
 /// Mutual TLS for outgoing calls: presents the current client
 /// certificate, trusts the configured CA (and, by choice, the system
 /// roots), and verifies the server by name or by workload identity.
+///
+/// Its connectors speak TLS only: an `http` URI (or one without a scheme)
+/// is refused with [`PlaintextRefused`] before any connection is opened,
+/// unless [`ClientTlsBuilder::allow_plaintext`] says otherwise.
+///
+/// To tie each destination service to its own identity, build one
+/// `ClientTls` per service with [`ClientTlsBuilder::expect_identity`] and
+/// give each its own hyper-util `Client`, so that pooled connections
+/// verified for one service are never reused for another.
 ///
 /// ```no_run
 /// use http_body_util::Empty;
@@ -36,19 +45,23 @@ use crate::verify::{CurrentCert, PeerVerification, ServerVerifier};
 ///     .build::<_, Empty<bytes::Bytes>>(tls.connector());
 /// # let _ = client; Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientTls {
     config: Arc<ClientConfig>,
     credentials: Credentials,
+    verification: PeerVerification,
+    allow_plaintext: bool,
 }
 
 /// Builds a [`ClientTls`].
-#[derive(Debug)]
 pub struct ClientTlsBuilder {
     credentials: Credentials,
     verification: PeerVerification,
     system_roots: bool,
+    allow_plaintext: bool,
 }
+
+// === impl ClientTls ===
 
 impl ClientTls {
     /// Starts from `credentials`; by default the server is verified by
@@ -58,13 +71,17 @@ impl ClientTls {
             credentials,
             verification: PeerVerification::ServerName,
             system_roots: false,
+            allow_plaintext: false,
         }
     }
 
     /// A connector over hyper-util's `HttpConnector` (TCP_NODELAY on, a
-    /// 5 s connect timeout): TLS for `https` URIs, plain TCP for `http`,
-    /// ALPN offering h2 and http/1.1. Bound the handshake itself with the
-    /// per-attempt timeout above the client (tower's `timeout`).
+    /// 5 s connect timeout): TLS for `https` URIs, ALPN offering h2 and
+    /// http/1.1; other URIs are refused with [`PlaintextRefused`] before
+    /// any TCP connection (or, with
+    /// [`ClientTlsBuilder::allow_plaintext`], sent over plain TCP). Bound
+    /// the handshake itself with the per-attempt timeout above the client
+    /// (tower's `timeout`).
     pub fn connector(&self) -> MeshConnector<HttpConnector> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -73,17 +90,44 @@ impl ClientTls {
         self.wrap(http)
     }
 
-    /// The same over any connector that yields a TCP-like stream.
+    /// The same over any connector that yields a TCP-like stream (it must
+    /// accept `https` URIs: hyper-util's `HttpConnector` needs
+    /// `enforce_http(false)`).
     pub fn wrap<H>(&self, http: H) -> MeshConnector<H> {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*self.config).clone())
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
+        let builder =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*self.config).clone());
+        // https_only as a second lock behind the connector's own check.
+        let https = match self.allow_plaintext {
+            true => builder.https_or_http(),
+            false => builder.https_only(),
+        }
+        .enable_all_versions()
+        .wrap_connector(http);
         MeshConnector {
             inner: https,
             credentials: self.credentials.clone(),
+            allow_plaintext: self.allow_plaintext,
         }
+    }
+
+    /// How this client verifies servers.
+    pub fn verification(&self) -> &PeerVerification {
+        &self.verification
+    }
+
+    /// The one identity servers must present, when built with
+    /// [`ClientTlsBuilder::expect_identity`].
+    pub fn expected_identity(&self) -> Option<&SpiffeId> {
+        match &self.verification {
+            PeerVerification::ExpectedIdentity(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Whether `http` URIs go out as plaintext
+    /// ([`ClientTlsBuilder::allow_plaintext`]).
+    pub fn allows_plaintext(&self) -> bool {
+        self.allow_plaintext
     }
 
     /// Handshakes and failures counted by this client's connectors (shared
@@ -99,6 +143,19 @@ impl ClientTls {
     }
 }
 
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the rustls configuration: it holds the signing key.
+        f.debug_struct("ClientTls")
+            .field("credentials", &self.credentials)
+            .field("verification", &self.verification)
+            .field("allow_plaintext", &self.allow_plaintext)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl ClientTlsBuilder ===
+
 impl ClientTlsBuilder {
     /// Verifies the server by the host name or IP address of the URI (the
     /// default).
@@ -110,6 +167,15 @@ impl ClientTlsBuilder {
     /// Verifies the server by its SPIFFE identity instead of its name.
     pub fn verify_identity(mut self, policy: IdentityPolicy) -> Self {
         self.verification = PeerVerification::Identity(policy);
+        self
+    }
+
+    /// Accepts only a server presenting exactly `identity` (chained to the
+    /// credentials' CA): the identity of the one destination service this
+    /// client calls. A valid mesh certificate of any other workload is
+    /// refused as [`HandshakeRejection::UnexpectedIdentity`].
+    pub fn expect_identity(mut self, identity: SpiffeId) -> Self {
+        self.verification = PeerVerification::ExpectedIdentity(identity);
         self
     }
 
@@ -128,9 +194,24 @@ impl ClientTlsBuilder {
         self
     }
 
+    /// **Dangerous**: lets the connectors send `http` URIs over plain TCP,
+    /// with no encryption and no authentication of either end. Off by
+    /// default, when an `http` URI is refused with [`PlaintextRefused`]
+    /// before any connection is opened. Turn it on only for a destination
+    /// whose configuration explicitly says it is plaintext; `https` URIs
+    /// still get mutual TLS.
+    pub fn allow_plaintext(mut self, yes: bool) -> Self {
+        self.allow_plaintext = yes;
+        self
+    }
+
     /// Builds, loading the system roots if asked to.
     pub fn build(self) -> Result<ClientTls, TlsError> {
-        if self.system_roots && matches!(self.verification, PeerVerification::Identity(_)) {
+        let by_identity = matches!(
+            self.verification,
+            PeerVerification::Identity(_) | PeerVerification::ExpectedIdentity(_)
+        );
+        if self.system_roots && by_identity {
             return Err(TlsError::InvalidConfig {
                 what: "tls.trust_system_roots".to_owned(),
                 reason: "cannot be combined with identity verification: only the mesh CA may \
@@ -164,7 +245,7 @@ impl ClientTlsBuilder {
             .with_custom_certificate_verifier(Arc::new(ServerVerifier {
                 credentials: self.credentials.clone(),
                 system_roots,
-                verification: self.verification,
+                verification: self.verification.clone(),
             }))
             .with_client_cert_resolver(Arc::new(CurrentCert(self.credentials.clone())));
         // No resumption: a resumed session skips verifying the server, so a
@@ -173,19 +254,46 @@ impl ClientTlsBuilder {
         Ok(ClientTls {
             config: Arc::new(config),
             credentials: self.credentials,
+            verification: self.verification,
+            allow_plaintext: self.allow_plaintext,
         })
     }
 }
+
+impl std::fmt::Debug for ClientTlsBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTlsBuilder")
+            .field("credentials", &self.credentials)
+            .field("verification", &self.verification)
+            .field("system_roots", &self.system_roots)
+            .field("allow_plaintext", &self.allow_plaintext)
+            .finish()
+    }
+}
+
+// === impl MeshConnector ===
 
 /// The connector [`ClientTls::connector`] makes: hyper-rustls's
 /// `HttpsConnector`, counting handshakes and reporting failures (metrics,
 /// [`MeshEvent::HandshakeRejected`], and a [`HandshakeError`] naming the
 /// cause, wrapped in [`mesh_core::ConnectError`] so retries know the
-/// request was never sent).
-#[derive(Clone, Debug)]
+/// request was never sent and may try another endpoint). A plaintext URI
+/// is refused with [`PlaintextRefused`] (not a `ConnectError`: no endpoint
+/// would take it) unless the client allows plaintext.
+#[derive(Clone)]
 pub struct MeshConnector<H> {
     inner: HttpsConnector<H>,
     credentials: Credentials,
+    allow_plaintext: bool,
+}
+
+impl<H> std::fmt::Debug for MeshConnector<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshConnector")
+            .field("credentials", &self.credentials)
+            .field("allow_plaintext", &self.allow_plaintext)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A TLS connection to `authority` could not be set up.
@@ -223,6 +331,15 @@ where
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        if !https && !self.allow_plaintext {
+            // Checked before the inner connector is called, so not even a
+            // TCP connection is opened.
+            let refused = PlaintextRefused {
+                authority: authority(&uri),
+            };
+            tracing::warn!(authority = %refused.authority, "plaintext refused: mutual TLS is required");
+            return Box::pin(std::future::ready(Err(Box::new(refused) as BoxError)));
+        }
         let connecting = self.inner.call(uri.clone());
         let credentials = self.credentials.clone();
         Box::pin(async move {
@@ -239,9 +356,7 @@ where
                     None => Err(error),
                     Some(rejection) => {
                         credentials.metrics().failure(&rejection);
-                        let authority = uri
-                            .authority()
-                            .map_or_else(|| uri.to_string(), |a| a.to_string());
+                        let authority = authority(&uri);
                         tracing::warn!(%authority, %rejection, "TLS handshake failed");
                         credentials.publish(MeshEvent::HandshakeRejected {
                             side: "client",
@@ -260,4 +375,10 @@ where
             }
         })
     }
+}
+
+/// Where `uri` points, for messages: its authority, else the whole URI.
+fn authority(uri: &Uri) -> String {
+    uri.authority()
+        .map_or_else(|| uri.to_string(), |a| a.to_string())
 }

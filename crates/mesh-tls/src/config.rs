@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::ClientTls;
+use crate::client::{ClientTls, ClientTlsBuilder};
 use crate::credentials::Credentials;
 use crate::error::TlsError;
 use crate::identity::{IdentityPolicy, SpiffeId};
 use crate::material::PemSource;
 use crate::server::ServerTls;
+use crate::template;
 
 /// Mutual TLS settings, as read from a file:
 ///
@@ -20,11 +21,17 @@ use crate::server::ServerTls;
 ///     "cert_path": "/etc/certs/tls.crt",
 ///     "key_path": "/etc/certs/tls.key",
 ///     "ca_path": "/etc/certs/ca.crt",
-///     "allowed_identities": ["spiffe://cluster.local/ns/default/sa/api-gateway", "spiffe://cluster.local/*"],
+///     "peer_identity": "spiffe://cluster.local/ns/default/sa/{service}",
+///     "allowed_callers": ["spiffe://cluster.local/ns/default/sa/api-gateway"],
 ///     "watch_interval": "500ms"
 /// }"#)?;
-/// let someone: mesh_tls::SpiffeId = "spiffe://cluster.local/ns/x/sa/y".parse()?;
-/// assert_eq!(config.identity_policy()?.map(|p| p.admits(&someone)), Some(true));
+/// config.validate()?;
+/// // The identity the `users` service must present when called.
+/// let users = config.peer_identity_for("users")?.expect("a template is set");
+/// assert_eq!(users.as_str(), "spiffe://cluster.local/ns/default/sa/users");
+/// // The callers this service's server admits.
+/// let gateway: mesh_tls::SpiffeId = "spiffe://cluster.local/ns/default/sa/api-gateway".parse()?;
+/// assert_eq!(config.caller_policy()?.map(|p| p.admits(&gateway)), Some(true));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,16 +52,25 @@ pub struct TlsConfig {
     /// mutual TLS that does not verify the peer authenticates no one.
     #[serde(default = "yes")]
     pub verify_peer: bool,
-    /// Workload identities admitted: exact SPIFFE IDs,
-    /// `spiffe://trust-domain/*` for a whole trust domain, or `*` for any
-    /// identity the CA vouches for. Empty: clients verify servers by name
-    /// and servers admit any certificate the CA signed. One list serves
-    /// both directions (the peers a service calls and the peers that call
-    /// it), as in a mesh where one trust domain is the usual policy; build
-    /// [`ClientTls`] and [`ServerTls`] directly for different lists.
+    /// The server side: the workload identities admitted as callers. Exact
+    /// SPIFFE IDs, `spiffe://trust-domain/*` for a whole trust domain, or
+    /// `*` for any identity the CA vouches for. Empty: any certificate the
+    /// CA signed is admitted.
     #[serde(default)]
-    pub allowed_identities: Vec<String>,
-    /// Also trust the system's root certificates (client side).
+    pub allowed_callers: Vec<String>,
+    /// The client side: the SPIFFE ID every destination service must
+    /// present, as a template in which `{service}` stands for the name of
+    /// the service being called:
+    /// `spiffe://cluster.local/ns/default/sa/{service}` (the Kubernetes
+    /// convention, with service accounts named after their services) or
+    /// `spiffe://dc1.consul/ns/default/dc/dc1/svc/{service}` (Consul's).
+    /// A server presenting any other identity, however valid its
+    /// certificate, is refused at the handshake. Unset: servers are
+    /// verified by host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_identity: Option<String>,
+    /// Also trust the system's root certificates (client side, with name
+    /// verification only).
     #[serde(default)]
     pub trust_system_roots: bool,
     /// How often the files are checked for rotation; `0s` turns the watch
@@ -84,7 +100,8 @@ impl TlsConfig {
             key_path: key_path.into(),
             ca_path: ca_path.into(),
             verify_peer: true,
-            allowed_identities: Vec::new(),
+            allowed_callers: Vec::new(),
+            peer_identity: None,
             trust_system_roots: false,
             watch_interval: default_watch(),
         }
@@ -106,17 +123,33 @@ impl TlsConfig {
                 reason: format!("{:?} is below 10ms", self.watch_interval),
             });
         }
-        self.identity_policy().map(|_| ())
+        self.caller_policy()?;
+        if let Some(template) = &self.peer_identity {
+            template::check(template)?;
+            if self.trust_system_roots {
+                return Err(TlsError::InvalidConfig {
+                    what: "tls.trust_system_roots".to_owned(),
+                    reason: "cannot be combined with tls.peer_identity: only the mesh CA may \
+                             vouch for workload identities"
+                        .to_owned(),
+                });
+            }
+        }
+        Ok(())
     }
 
-    /// The identity allow-list, `None` when empty.
-    pub fn identity_policy(&self) -> Result<Option<IdentityPolicy>, TlsError> {
-        if self.allowed_identities.is_empty() {
+    /// The server side's allow-list of callers ([`TlsConfig::allowed_callers`]),
+    /// `None` when empty.
+    pub fn caller_policy(&self) -> Result<Option<IdentityPolicy>, TlsError> {
+        if self.allowed_callers.is_empty() {
             return Ok(None);
         }
         let mut policy = IdentityPolicy::new();
-        for (i, entry) in self.allowed_identities.iter().enumerate() {
-            let what = || format!("tls.allowed_identities[{i}]");
+        for (i, entry) in self.allowed_callers.iter().enumerate() {
+            let invalid = |e: TlsError| TlsError::InvalidConfig {
+                what: format!("tls.allowed_callers[{i}]"),
+                reason: format!("{entry:?}: {}", e.into_reason()),
+            };
             policy = if entry == "*" {
                 IdentityPolicy::any()
             } else if let Some(domain) = entry
@@ -126,27 +159,49 @@ impl TlsConfig {
                 // Validated as the trust domain of a SPIFFE ID.
                 let id = format!("spiffe://{domain}")
                     .parse::<SpiffeId>()
-                    .map_err(|e| TlsError::InvalidConfig {
-                        what: what(),
-                        reason: e.to_string(),
-                    })?;
-                policy.allow_trust_domain(id.trust_domain()).map_err(|e| {
-                    TlsError::InvalidConfig {
-                        what: what(),
-                        reason: e.to_string(),
-                    }
-                })?
+                    .map_err(invalid)?;
+                if !id.path().is_empty() {
+                    // Read as its trust domain, it would admit far more
+                    // than it says.
+                    return Err(TlsError::InvalidConfig {
+                        what: format!("tls.allowed_callers[{i}]"),
+                        reason: format!(
+                            "{entry:?}: a wildcard covers a whole trust domain only \
+                             (spiffe://{}/*); list exact SPIFFE IDs for anything narrower",
+                            id.trust_domain()
+                        ),
+                    });
+                }
+                policy
+                    .allow_trust_domain(id.trust_domain())
+                    .map_err(invalid)?
             } else {
-                let id = entry
-                    .parse::<SpiffeId>()
-                    .map_err(|e| TlsError::InvalidConfig {
-                        what: what(),
-                        reason: e.to_string(),
-                    })?;
-                policy.allow(id)
+                policy.allow(entry.parse::<SpiffeId>().map_err(invalid)?)
             };
         }
         Ok(Some(policy))
+    }
+
+    /// The identity `service` must present when called: the
+    /// [`TlsConfig::peer_identity`] template with `{service}` replaced by
+    /// `service`, or `None` when no template is set (servers are then
+    /// verified by name). The name is inserted as given; it must be one
+    /// SPIFFE path segment (ASCII letters, digits, `.`, `-`, `_`), so a
+    /// name can never reach into another part of the ID.
+    ///
+    /// ```
+    /// let mut config = mesh_tls::TlsConfig::new("tls.crt", "tls.key", "ca.crt");
+    /// config.peer_identity = Some("spiffe://dc1.consul/ns/default/dc/dc1/svc/{service}".to_owned());
+    /// let id = config.peer_identity_for("billing")?.expect("a template is set");
+    /// assert_eq!(id.as_str(), "spiffe://dc1.consul/ns/default/dc/dc1/svc/billing");
+    /// assert!(config.peer_identity_for("billing/admin").is_err());
+    /// # Ok::<(), mesh_tls::TlsError>(())
+    /// ```
+    pub fn peer_identity_for(&self, service: &str) -> Result<Option<SpiffeId>, TlsError> {
+        let Some(template) = &self.peer_identity else {
+            return Ok(None);
+        };
+        template::expand(template, service).map(Some)
     }
 
     /// Loads the files, and starts watching them if configured (which needs
@@ -171,22 +226,70 @@ impl TlsConfig {
         Ok(credentials)
     }
 
-    /// The client side: servers verified by identity when an allow-list is
-    /// set, else by name.
-    pub fn client(&self, credentials: Credentials) -> Result<ClientTls, TlsError> {
-        let builder = ClientTls::builder(credentials).trust_system_roots(self.trust_system_roots);
-        match self.identity_policy()? {
-            Some(policy) => builder.verify_identity(policy),
-            None => builder,
-        }
-        .build()
+    /// The client side for calls to `service`: servers must present the
+    /// identity [`TlsConfig::peer_identity_for`] gives, or are verified by
+    /// name when no template is set. Give each service's client its own
+    /// connection pool, so a connection verified for one service is never
+    /// reused for another.
+    pub fn client_for(
+        &self,
+        credentials: Credentials,
+        service: &str,
+    ) -> Result<ClientTls, TlsError> {
+        self.client_expecting(credentials, self.peer_identity_for(service)?)
     }
 
-    /// The server side: clients admitted by the allow-list when set, else
-    /// any certificate the CA signed.
+    /// The client side, accepting only servers that present exactly
+    /// `identity` (chained to the CA) when it is `Some`, else verifying
+    /// servers by name (and trusting the system roots when
+    /// [`TlsConfig::trust_system_roots`] is set). Plaintext is refused.
+    pub fn client_expecting(
+        &self,
+        credentials: Credentials,
+        identity: Option<SpiffeId>,
+    ) -> Result<ClientTls, TlsError> {
+        self.client_builder(credentials, identity)?.build()
+    }
+
+    /// The builder behind [`TlsConfig::client_expecting`], for settings
+    /// the configuration does not hold (such as
+    /// [`crate::ClientTlsBuilder::allow_plaintext`] for a route configured
+    /// as plaintext).
+    pub fn client_builder(
+        &self,
+        credentials: Credentials,
+        identity: Option<SpiffeId>,
+    ) -> Result<ClientTlsBuilder, TlsError> {
+        self.validate()?;
+        let builder = ClientTls::builder(credentials).trust_system_roots(self.trust_system_roots);
+        Ok(match identity {
+            Some(identity) => builder.expect_identity(identity),
+            None => builder,
+        })
+    }
+
+    /// The client side for a configuration without
+    /// [`TlsConfig::peer_identity`]: servers verified by name. With a
+    /// template set, refused (naming `tls.peer_identity`): every
+    /// destination has its own identity, so build each service's client
+    /// with [`TlsConfig::client_for`].
+    pub fn client(&self, credentials: Credentials) -> Result<ClientTls, TlsError> {
+        if self.peer_identity.is_some() {
+            return Err(TlsError::InvalidConfig {
+                what: "tls.peer_identity".to_owned(),
+                reason: "is a template per destination service: build each service's client \
+                         with TlsConfig::client_for(credentials, service)"
+                    .to_owned(),
+            });
+        }
+        self.client_expecting(credentials, None)
+    }
+
+    /// The server side: callers admitted by [`TlsConfig::allowed_callers`]
+    /// when set, else any certificate the CA signed.
     pub fn server(&self, credentials: Credentials) -> Result<ServerTls, TlsError> {
         let builder = ServerTls::builder(credentials);
-        match self.identity_policy()? {
+        match self.caller_policy()? {
             Some(policy) => builder.allow(policy),
             None => builder,
         }
@@ -229,12 +332,18 @@ mod tests {
             .to_string()
             .contains("tls.verify_peer"));
         let mut config = TlsConfig::new("c", "k", "a");
-        config.allowed_identities = vec!["spiffe://ok.local/*".into(), "http://nope".into()];
+        config.allowed_callers = vec!["spiffe://ok.local/*".into(), "http://nope".into()];
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("tls.allowed_identities[1]"), "{err}");
-        config.allowed_identities = vec!["spiffe://Bad Domain/*".into()];
+        assert!(err.contains("tls.allowed_callers[1]"), "{err}");
+        assert!(err.contains("http://nope"), "{err}");
+        config.allowed_callers = vec!["spiffe://Bad Domain/*".into()];
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("tls.allowed_identities[0]"), "{err}");
+        assert!(err.contains("tls.allowed_callers[0]"), "{err}");
+        // A path wildcard is not silently widened to its trust domain.
+        config.allowed_callers = vec!["spiffe://cluster.local/ns/ops/*".into()];
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("tls.allowed_callers[0]"), "{err}");
+        assert!(err.contains("whole trust domain only"), "{err}");
         let mut config = TlsConfig::new("c", "k", "a");
         config.watch_interval = Duration::from_millis(1);
         assert!(config
@@ -242,5 +351,55 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("watch_interval"));
+    }
+
+    #[test]
+    fn the_old_single_allow_list_is_refused_by_name() {
+        let err = parse(
+            r#"{"cert_path": "c", "key_path": "k", "ca_path": "a",
+                "allowed_identities": ["spiffe://cluster.local/*"]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("allowed_identities"), "{err}");
+    }
+
+    #[test]
+    fn peer_identity_is_expanded_only_when_set() {
+        let mut config = TlsConfig::new("c", "k", "a");
+        assert_eq!(config.peer_identity_for("users").unwrap(), None);
+        config.peer_identity = Some("spiffe://cluster.local/ns/default/sa/{service}".to_owned());
+        let id = config.peer_identity_for("users").unwrap();
+        assert_eq!(
+            id.map(|id| id.to_string()).as_deref(),
+            Some("spiffe://cluster.local/ns/default/sa/users")
+        );
+    }
+
+    #[test]
+    fn bad_peer_identity_templates_are_named() {
+        for (template, says) in [
+            ("https://cluster.local/ns/default/sa/{service}", "spiffe://"),
+            ("spiffe://cluster.local/ns/default/sa/users", "{service}"),
+            ("spiffe://{service}.local/ns/default", "{service}"),
+            (
+                "spiffe://cluster.local/ns/{namespace}/sa/{service}",
+                "placeholder",
+            ),
+            ("spiffe://Cluster.local/sa/{service}", "trust domain"),
+            ("spiffe://cluster.local//sa/{service}", "path segments"),
+        ] {
+            let mut config = TlsConfig::new("c", "k", "a");
+            config.peer_identity = Some(template.to_owned());
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("`tls.peer_identity`"), "{template}: {err}");
+            assert!(err.contains(says), "{template}: {err}");
+            // Said once: the key is not repeated inside the reason.
+            assert_eq!(err.matches("invalid TLS configuration").count(), 1, "{err}");
+        }
+        let mut config = TlsConfig::new("c", "k", "a");
+        config.peer_identity = Some("spiffe://cluster.local/sa/{service}".to_owned());
+        config.trust_system_roots = true;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("tls.trust_system_roots"), "{err}");
     }
 }

@@ -36,12 +36,14 @@ use crate::metrics::TlsMetrics;
 /// credentials.watch(Duration::from_millis(250))?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+///
+/// `Debug` shows the source's paths (or sizes, for PEM in memory) and the
+/// identity in use, never the key.
+#[derive(Clone)]
 pub struct Credentials {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     source: PemSource,
     provider: Arc<CryptoProvider>,
@@ -56,6 +58,22 @@ struct Inner {
     /// yet: retried at every check, reported once.
     waiting: Mutex<Option<Vec<Option<Stamp>>>>,
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let watching = self
+            .inner
+            .watcher
+            .lock()
+            .map(|w| w.is_some())
+            .unwrap_or(false);
+        f.debug_struct("Credentials")
+            .field("source", &self.inner.source)
+            .field("current", &self.current())
+            .field("watching", &watching)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Inner {

@@ -85,11 +85,39 @@ pub enum TlsError {
     /// A configuration value is out of range or inconsistent.
     #[error("invalid TLS configuration `{what}`: {reason}")]
     InvalidConfig {
-        /// The value at fault (`tls.allowed_identities[2]`...).
+        /// The value at fault (`tls.allowed_callers[2]`...).
         what: String,
         /// Why.
         reason: String,
     },
+}
+
+impl TlsError {
+    /// The cause of a configuration error without its label, for an error
+    /// re-labelled with a configuration key, so Display says it once.
+    pub(crate) fn into_reason(self) -> String {
+        match self {
+            TlsError::InvalidConfig { reason, .. } => reason,
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A connector that requires TLS was asked for a plaintext connection
+/// (an `http` URI, or one without a scheme). Refused before any TCP
+/// connection is opened, so nothing reached the peer.
+///
+/// This is a configuration error, not a transport failure: it is not a
+/// [`mesh_core::ConnectError`], so retry policies do not treat it as a
+/// call that may go to another endpoint (every endpoint would refuse it
+/// the same way). [`crate::ClientTlsBuilder::allow_plaintext`] is the
+/// explicit opt-out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("refusing to send plaintext to {authority}: mutual TLS is required (use an https URI)")]
+pub struct PlaintextRefused {
+    /// Where the connection would have gone (the whole URI when it has no
+    /// authority).
+    pub authority: String,
 }
 
 /// Why a TLS handshake was refused or failed.
@@ -116,6 +144,17 @@ pub enum HandshakeRejection {
         identity: String,
         /// What the allow-list holds.
         allowed: String,
+    },
+    /// The server presented a valid mesh certificate for another workload
+    /// than the destination service's: an impostor, or an endpoint
+    /// registered under the wrong service. Refused at the handshake, so no
+    /// request is sent to it.
+    #[error("the peer presented the identity {identity}, not the expected {expected}")]
+    UnexpectedIdentity {
+        /// The identity the peer presented.
+        identity: String,
+        /// The identity the destination service must present.
+        expected: String,
     },
     /// Identities are checked, but the peer's certificate has no SPIFFE
     /// URI SAN.
@@ -151,11 +190,12 @@ pub enum HandshakeRejection {
 
 impl HandshakeRejection {
     /// Every label [`HandshakeRejection::label`] can return, for metrics.
-    pub const LABELS: [&'static str; 10] = [
+    pub const LABELS: [&'static str; 11] = [
         "unknown-ca",
         "expired",
         "not-yet-valid",
         "identity-not-allowed",
+        "unexpected-identity",
         "no-identity",
         "ambiguous-identity",
         "no-client-certificate",
@@ -175,12 +215,13 @@ impl HandshakeRejection {
             HandshakeRejection::Expired => 1,
             HandshakeRejection::NotYetValid => 2,
             HandshakeRejection::IdentityNotAllowed { .. } => 3,
-            HandshakeRejection::NoIdentity => 4,
-            HandshakeRejection::AmbiguousIdentity { .. } => 5,
-            HandshakeRejection::NoClientCertificate => 6,
-            HandshakeRejection::NameMismatch { .. } => 7,
-            HandshakeRejection::RefusedByPeer { .. } => 8,
-            HandshakeRejection::Other(_) => 9,
+            HandshakeRejection::UnexpectedIdentity { .. } => 4,
+            HandshakeRejection::NoIdentity => 5,
+            HandshakeRejection::AmbiguousIdentity { .. } => 6,
+            HandshakeRejection::NoClientCertificate => 7,
+            HandshakeRejection::NameMismatch { .. } => 8,
+            HandshakeRejection::RefusedByPeer { .. } => 9,
+            HandshakeRejection::Other(_) => 10,
         }
     }
 

@@ -10,12 +10,13 @@ mod identity;
 mod material;
 mod metrics;
 mod server;
+mod template;
 mod verify;
 
 pub use client::{ClientTls, ClientTlsBuilder, HandshakeError, MeshConnector};
 pub use config::TlsConfig;
 pub use credentials::Credentials;
-pub use error::{HandshakeRejection, TlsError};
+pub use error::{HandshakeRejection, PlaintextRefused, TlsError};
 pub use identity::{IdentityPolicy, PeerIdentity, SpiffeId};
 pub use material::{Material, PemSource};
 pub use metrics::{TlsMetrics, TlsMetricsSnapshot};

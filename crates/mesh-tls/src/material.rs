@@ -17,7 +17,10 @@ use crate::identity::CertFacts;
 
 /// Where TLS material comes from: files (the design document's `certPath`,
 /// `keyPath`, `caPath`), re-read on rotation, or PEM held in memory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Debug` shows paths, or the sizes of in-memory PEM, never its text: an
+/// in-memory source holds a private key.
+#[derive(Clone, PartialEq, Eq)]
 pub enum PemSource {
     /// PEM files. The certificate file may hold a chain (leaf first).
     Files {
@@ -88,6 +91,32 @@ impl PemSource {
     }
 }
 
+impl std::fmt::Debug for PemSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// Stands in for PEM text: its size only.
+        struct Pem(usize);
+        impl std::fmt::Debug for Pem {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "<{} bytes of PEM>", self.0)
+            }
+        }
+        match self {
+            PemSource::Files { cert, key, ca } => f
+                .debug_struct("Files")
+                .field("cert", cert)
+                .field("key", key)
+                .field("ca", ca)
+                .finish(),
+            PemSource::Memory { cert, key, ca } => f
+                .debug_struct("Memory")
+                .field("cert", &Pem(cert.len()))
+                .field("key", &Pem(key.len()))
+                .field("ca", &Pem(ca.len()))
+                .finish(),
+        }
+    }
+}
+
 fn read(path: &Path) -> Result<(String, Vec<u8>), TlsError> {
     let what = path.display().to_string();
     match std::fs::read(path) {
@@ -98,7 +127,10 @@ fn read(path: &Path) -> Result<(String, Vec<u8>), TlsError> {
 
 /// A loaded and checked set of TLS material: the certificate chain with
 /// its matching key, the trusted CAs, and what the certificate says.
-#[derive(Clone, Debug)]
+///
+/// `Debug` shows the identity, the expiry and the size of the chain, never
+/// the key.
+#[derive(Clone)]
 pub struct Material {
     pub(crate) certified: Arc<CertifiedKey>,
     pub(crate) roots: Arc<RootCertStore>,
@@ -215,6 +247,17 @@ impl Material {
     /// The certificate chain, leaf first.
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.certified.cert
+    }
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("identity", &self.identity)
+            .field("not_after_unix", &self.not_after_unix)
+            .field("chain_len", &self.certified.cert.len())
+            .field("roots", &self.roots.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -53,8 +53,9 @@ pub struct ServerTls {
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the rustls configuration: it holds the signing key.
         f.debug_struct("ServerTls")
-            .field("config", &self.config)
+            .field("credentials", &self.credentials)
             .field("handshake_timeout", &self.handshake_timeout)
             .finish_non_exhaustive()
     }

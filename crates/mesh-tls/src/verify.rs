@@ -18,7 +18,8 @@ use tokio_rustls::rustls::{
 };
 
 use crate::credentials::Credentials;
-use crate::identity::IdentityPolicy;
+use crate::error::HandshakeRejection;
+use crate::identity::{CertFacts, IdentityPolicy, SpiffeId};
 
 /// The signature algorithms of the credentials' crypto provider: handshake
 /// signatures are checked the same way on both sides.
@@ -56,6 +57,14 @@ pub enum PeerVerification {
     /// host name is not checked (mesh certificates name workloads, not
     /// hosts).
     Identity(IdentityPolicy),
+    /// The certificate must carry exactly this SPIFFE identity: the one
+    /// the destination service is known by. Any other identity, however
+    /// valid, is refused as [`HandshakeRejection::UnexpectedIdentity`];
+    /// the host name is not checked (the balancer connects to endpoint
+    /// addresses, and mesh certificates name workloads, not hosts).
+    ///
+    /// [`HandshakeRejection::UnexpectedIdentity`]: crate::HandshakeRejection::UnexpectedIdentity
+    ExpectedIdentity(SpiffeId),
 }
 
 /// The client's check of the server: chains to the current CA (and the
@@ -112,6 +121,9 @@ impl ServerCertVerifier for ServerVerifier {
             PeerVerification::Identity(policy) => {
                 policy.check(end_entity).map_err(|r| r.into_rustls())?
             }
+            PeerVerification::ExpectedIdentity(expected) => {
+                check_expected(expected, end_entity).map_err(|r| r.into_rustls())?
+            }
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -137,6 +149,23 @@ impl ServerCertVerifier for ServerVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         algorithms(&self.credentials).supported_schemes()
     }
+}
+
+/// The peer's certificate must carry exactly one SPIFFE ID, and it must be
+/// `expected`.
+fn check_expected(
+    expected: &SpiffeId,
+    cert: &CertificateDer<'_>,
+) -> Result<(), HandshakeRejection> {
+    let facts = CertFacts::parse(cert).map_err(HandshakeRejection::Other)?;
+    let id = facts.spiffe_id()?.ok_or(HandshakeRejection::NoIdentity)?;
+    if id == *expected {
+        return Ok(());
+    }
+    Err(HandshakeRejection::UnexpectedIdentity {
+        identity: id.to_string(),
+        expected: expected.to_string(),
+    })
 }
 
 /// The server's check of a client: a certificate is required, it must

@@ -129,7 +129,7 @@ async fn mesh_client_and_server_agree_on_identities_and_h2() {
         .await
         .expect("the server counts the refusal");
 
-    // Plain http keeps working through the same connector.
+    // Plain http: refused by default, sent only by a client that allows it.
     let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let plain_addr = plain.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -140,7 +140,18 @@ async fn mesh_client_and_server_agree_on_identities_and_h2() {
             ));
         }
     });
-    let (_, body) = get(&api, format!("http://127.0.0.1:{}/", plain_addr.port()))
+    let error = get(&api, format!("http://127.0.0.1:{}/", plain_addr.port()))
+        .await
+        .expect_err("plaintext refused");
+    assert!(
+        mesh_core::error_chain(&*error).contains("refusing to send plaintext"),
+        "{error:?}"
+    );
+    let lenient = ClientTls::builder(load(&files(&dir, "api", &ca)))
+        .allow_plaintext(true)
+        .build()
+        .expect("client");
+    let (_, body) = get(&lenient, format!("http://127.0.0.1:{}/", plain_addr.port()))
         .await
         .expect("plain http");
     assert_eq!(body, "nobody");

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,9 +14,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use mesh_balance::{BalanceLayer, TrackedBody};
 use mesh_breaker::BreakerLayer;
 use mesh_core::clock;
@@ -35,7 +31,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use crate::config::{DiscoveryConfig, MeshConfig};
 use crate::metrics::MeshMetrics;
 use crate::split::{SplitLayer, Splits, Subset};
-use crate::transport::Transport;
+use crate::services::{ServiceState, ServiceStates};
+use crate::transport::{Transport, Transports};
 
 pin_project_lite::pin_project! {
     /// The body of a response through the mesh: hyper's, counted as in
@@ -87,16 +84,6 @@ type Stack = mesh_retry::Retry<
         >,
     >,
 >;
-
-/// What the client keeps for one known service.
-struct ServiceState {
-    limits: Option<crate::limits::Limits>,
-    /// Stops when dropped.
-    _checker: Option<UpstreamHealthChecker>,
-}
-
-/// The most services a client keeps limits and upstream checks for.
-const MAX_SERVICES: usize = 1024;
 
 /// One service's layers: the stack and handles on its layers for metrics.
 #[derive(Clone)]
@@ -178,12 +165,11 @@ struct Inner {
     default: Route,
     /// The overridden services' own layers, built at start.
     routes: HashMap<ServiceName, Route>,
-    /// What the client keeps per known service (its limits, its upstream
-    /// checker): read without a lock on every call, written on a
-    /// service's first call only.
-    services: ArcSwap<HashMap<ServiceName, Arc<ServiceState>>>,
-    /// Serializes those first-call writes.
-    adding: Mutex<()>,
+    /// What the client keeps per destination service (limits, retry
+    /// budget, upstream checker), bounded.
+    services: ServiceStates,
+    /// The mutual TLS clients, for upstream probes over mutual TLS.
+    transports: Transports,
     closed: AtomicBool,
     in_flight: AtomicUsize,
     drained: Notify,
@@ -266,44 +252,8 @@ impl MeshClient {
                 reason: e.to_string(),
             })?;
         let bus = EventBus::new(config.event_capacity);
+        let identities = config.identities()?;
 
-        let (tls, transport) = match config.tls.as_ref().filter(|t| t.enabled) {
-            None => {
-                let mut http = HttpConnector::new();
-                http.set_nodelay(true);
-                http.set_connect_timeout(Some(Duration::from_secs(5)));
-                (
-                    None,
-                    Transport::Plain(Client::builder(TokioExecutor::new()).build(http)),
-                )
-            }
-            Some(tls) => {
-                let credentials = tls
-                    .credentials()
-                    .map_err(tls_error)?
-                    .with_events(bus.clone());
-                let client = tls.client(credentials.clone()).map_err(tls_error)?;
-                (
-                    Some(credentials),
-                    Transport::Tls(Client::builder(TokioExecutor::new()).build(client.connector())),
-                )
-            }
-        };
-
-        let h2c = {
-            let mut http = HttpConnector::new();
-            http.set_nodelay(true);
-            http.set_connect_timeout(Some(Duration::from_secs(5)));
-            match &transport {
-                // Over TLS, ALPN already negotiates h2.
-                Transport::Tls(_) => transport.clone(),
-                Transport::Plain(_) => Transport::Plain(
-                    Client::builder(TokioExecutor::new())
-                        .http2_only(true)
-                        .build(http),
-                ),
-            }
-        };
         // A registry-backed catalog: services followed on their first
         // call, which waits up to 5 s for the registry's first answer.
         let followed = |registry: Arc<dyn Registry>| {
@@ -405,15 +355,35 @@ impl MeshClient {
                 splits.set(name, o.split.clone());
             }
         }
-        let default = build_route(&config, "", &discover, &splits, &transport, &bus)?;
+        let tls = match config.tls.as_ref().filter(|t| t.enabled) {
+            None => None,
+            Some(tls) => Some((
+                tls,
+                tls.credentials()
+                    .map_err(tls_error)?
+                    .with_events(bus.clone()),
+            )),
+        };
+        let transports = Transports::new(
+            tls.as_ref()
+                .map(|(config, credentials)| (*config, credentials, identities)),
+            &catalog,
+        );
+        let tls = tls.map(|(_, credentials)| credentials);
+        let default = build_route(
+            &config,
+            "",
+            &discover,
+            &splits,
+            transports.pick(false, false),
+            &bus,
+        )?;
         // Services named in the configuration get their own layers.
         let mut routes = HashMap::new();
         for (service, o) in &config.services {
             if let Ok(name) = ServiceName::new(service) {
-                let transport = match o.protocol {
-                    crate::config::Protocol::Http1 => &transport,
-                    crate::config::Protocol::H2c => &h2c,
-                };
+                let http2 = o.protocol == crate::config::Protocol::H2c;
+                let transport = transports.pick(http2, o.plaintext);
                 let route = build_route(&config, service, &discover, &splits, transport, &bus)?;
                 routes.insert(name, route);
             }
@@ -427,8 +397,8 @@ impl MeshClient {
                 splits,
                 default,
                 routes,
-                services: ArcSwap::default(),
-                adding: Mutex::new(()),
+                services: ServiceStates::default(),
+                transports,
                 closed: AtomicBool::new(false),
                 in_flight: AtomicUsize::new(0),
                 drained: Notify::new(),
@@ -454,13 +424,14 @@ impl MeshClient {
     }
 
     /// A [`mesh_health::HealthLayer`] serving this client's probes on the
-    /// configured paths (`[health] paths`), for the service's own router.
+    /// configured paths (`[health] paths`), for the service's own router:
+    /// the status only, unless `[health] details = true`.
     pub fn health_layer(&self) -> Option<mesh_health::HealthLayer> {
         let health = self.inner.health.as_ref()?;
-        let layer = mesh_health::HealthLayer::new(health.clone());
-        match self.inner.config.health.as_ref().map(|h| h.probe_paths()) {
-            Some(Ok(paths)) => Some(layer.paths(paths)),
-            _ => Some(layer),
+        match &self.inner.config.health {
+            // Validated at start, so the paths are good.
+            Some(config) => config.layer(health.clone()).ok(),
+            None => Some(mesh_health::HealthLayer::new(health.clone())),
         }
     }
 
@@ -564,52 +535,66 @@ impl MeshClient {
             .map_or(&self.inner.default.stack, |r| &r.stack)
     }
 
-    /// What the client keeps for `service`: created on its first call when
-    /// the mesh knows it (configured, or resolved by discovery), since
-    /// request hosts are user input and must not grow it without bound.
-    fn service_state(&self, service: &ServiceName) -> Option<Arc<ServiceState>> {
-        if let Some(state) = self.inner.services.load().get(service) {
-            return Some(Arc::clone(state));
+    /// What the client keeps for `service`, made on its first call (see
+    /// [`crate::services`] for how it stays bounded).
+    fn service_state(&self, service: &ServiceName) -> Result<Arc<ServiceState>, MeshError> {
+        let inner = &self.inner;
+        inner.services.get_or_insert(
+            service,
+            |name| self.knows(name),
+            || ServiceState {
+                limits: inner
+                    .config
+                    .limits_for(service.as_str())
+                    .map(crate::limits::Limits::new),
+                budget: inner
+                    .config
+                    .retry_for(service.as_str())
+                    .ok()
+                    .and_then(|retry| retry.new_budget()),
+                checker: Default::default(),
+            },
+        )
+    }
+
+    /// Whether the configuration or discovery knows `service`.
+    fn knows(&self, service: &ServiceName) -> bool {
+        self.inner.config.services.contains_key(service.as_str())
+            || self.inner.catalog.get(service.as_str()).is_some()
+    }
+
+    /// Starts `service`'s upstream checker once discovery knows it.
+    fn check_upstream(&self, service: &ServiceName, state: &ServiceState) {
+        if state.checker.get().is_some() || self.inner.catalog.get(service.as_str()).is_none() {
+            return;
         }
-        let known = self.inner.config.services.contains_key(service.as_str())
-            || self.inner.catalog.get(service.as_str()).is_some();
-        if !known {
-            return None;
-        }
-        let _adding = self.inner.adding.lock().ok()?;
-        if let Some(state) = self.inner.services.load().get(service) {
-            return Some(Arc::clone(state));
-        }
-        if self.inner.services.load().len() >= MAX_SERVICES {
-            tracing::warn!(%service, "limits and upstream checks not applied: too many services");
-            return None;
-        }
-        let state = Arc::new(ServiceState {
-            limits: self
-                .inner
-                .config
-                .limits_for(service.as_str())
-                .map(crate::limits::Limits::new),
-            _checker: self.upstream_checker(service),
-        });
-        let mut services = HashMap::clone(&self.inner.services.load());
-        services.insert(service.clone(), Arc::clone(&state));
-        self.inner.services.store(Arc::new(services));
-        Some(state)
+        state.checker.get_or_init(|| self.upstream_checker(service));
     }
 
     fn upstream_checker(&self, service: &ServiceName) -> Option<UpstreamHealthChecker> {
         let config = self.inner.config.upstream_health.as_ref()?;
         let catalog = self.inner.catalog.clone();
         let name = service.clone();
-        UpstreamHealthChecker::spawn(
+        let mut builder = UpstreamHealthChecker::builder(
             service.clone(),
             config.clone(),
             move || catalog.get(name.as_str()),
-            Some(self.inner.bus.clone()),
         )
-        .map_err(|error| tracing::warn!(%service, %error, "upstream health checks not started"))
-        .ok()
+        .events(self.inner.bus.clone());
+        let plaintext = (self.inner.config.services.get(service.as_str())).is_some_and(|o| o.plaintext);
+        match self.inner.transports.probe_client(service, plaintext) {
+            Ok(None) => {}
+            Ok(Some(client)) => builder = builder.client(client, http::uri::Scheme::HTTPS),
+            Err(error) => {
+                // Never probe in plaintext what is called over mutual TLS.
+                tracing::warn!(%service, %error, "upstream health checks not started");
+                return None;
+            }
+        }
+        builder
+            .spawn()
+            .map_err(|error| tracing::warn!(%service, %error, "upstream health checks not started"))
+            .ok()
     }
 
     /// Sends `req` through the stack of the service its URI's host names
@@ -637,10 +622,12 @@ impl MeshClient {
                 service
             }
         };
-        if let Some(state) = self.service_state(&service) {
-            if let Some(limits) = &state.limits {
-                guard._admission = Some(limits.admit(&service)?);
-            }
+        let state = self.service_state(&service)?;
+        if let Some(limits) = &state.limits {
+            guard._admission = Some(limits.admit(&service)?);
+        }
+        if let Some(budget) = &state.budget {
+            req.extensions_mut().insert(budget.clone());
         }
         if let Some(limit) = timeout {
             // Retries read it: no backoff is started that would end past it.
@@ -656,6 +643,12 @@ impl MeshClient {
                 Err(_) => Err(MeshError::Timeout { after: limit }.into()),
             },
         };
+        match &outcome {
+            Err(error) if is_unknown(&**error) && !self.knows(&service) => {
+                self.inner.services.remove(&service)
+            }
+            _ => self.check_upstream(&service, &state),
+        }
         // Per-call events cost a clone and a publish: only while someone
         // listens.
         if self.inner.bus.subscriber_count() > 0 {
@@ -844,7 +837,7 @@ impl MeshClient {
             tracing::warn!(left, "shutdown: calls still in flight after the drain");
         }
         // Dropping the per-service state stops the upstream checkers.
-        self.inner.services.store(Arc::default());
+        self.inner.services.clear();
         self.inner.discover.stop_following();
         if let Some(tls) = &self.inner.tls {
             tls.stop_watching();
@@ -888,6 +881,11 @@ impl Drop for CallGuard {
             self.inner.drained.notify_waiters();
         }
     }
+}
+
+/// Whether `error` says no registry lists the service.
+fn is_unknown(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(MeshError::find(error), Some(MeshError::UnknownService { .. }))
 }
 
 fn tls_error(e: mesh_tls::TlsError) -> MeshError {

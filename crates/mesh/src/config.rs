@@ -1,7 +1,7 @@
 //! [`MeshConfig`]: the whole client from one file, with profiles,
 //! per-service overrides and environment overrides.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use mesh_breaker::{BreakerConfig, BreakerScope};
 use mesh_core::{MeshError, ServiceName};
 use mesh_health::{HealthConfig, UpstreamCheckConfig};
 use mesh_retry::{Backoff, Jitter, RetryConfig};
-use mesh_tls::TlsConfig;
+use mesh_tls::{SpiffeId, TlsConfig};
 use serde::{Deserialize, Serialize};
 
 /// How strict the defaults are (the design document's environment
@@ -40,19 +40,28 @@ impl Profile {
         }
     }
 
-    /// The retry defaults.
+    /// The retry defaults for the profile's own per-attempt timeout.
     pub fn retry(self) -> Result<RetryConfig, MeshError> {
-        match self {
+        self.retry_within(self.timeout())
+    }
+
+    /// The retry defaults for calls whose attempts may take `attempt`:
+    /// the whole call bounded by [`deadline_for`] it, a server's
+    /// `Retry-After` honoured only up to [`retry_after_for`] it.
+    pub fn retry_within(self, attempt: Duration) -> Result<RetryConfig, MeshError> {
+        let builder = match self {
             Profile::Development => RetryConfig::builder()
                 .max_retries(1)
-                .backoff(Backoff::constant(Duration::from_millis(100)))
-                .build(),
+                .backoff(Backoff::constant(Duration::from_millis(100))),
             Profile::Staging | Profile::Production => RetryConfig::builder()
                 .max_retries(2)
                 .backoff(Backoff::exponential(Duration::from_millis(50), 2.0))
-                .budget(20.0, 10, Duration::from_secs(10))
-                .build(),
-        }
+                .budget(20.0, 10, Duration::from_secs(10)),
+        };
+        builder
+            .deadline(deadline_for(attempt))
+            .max_retry_after(retry_after_for(attempt))
+            .build()
     }
 
     /// The breaker defaults: per endpoint, so one bad instance is ejected
@@ -71,6 +80,22 @@ impl Profile {
         };
         base.scope(BreakerScope::Endpoint).build()
     }
+}
+
+/// The longest a whole call may take when its attempts may take `attempt`
+/// each, retries and their waits included: two attempts' worth, so one
+/// slow attempt still leaves room for a retry elsewhere, and no call waits
+/// for ever.
+pub fn deadline_for(attempt: Duration) -> Duration {
+    attempt.saturating_mul(2)
+}
+
+/// The longest `Retry-After` honoured by default when attempts may take
+/// `attempt`: mesh-retry's default (1 s), or less when attempts are
+/// shorter. A server asking for longer gets its answer back at once rather
+/// than holding the call.
+pub fn retry_after_for(attempt: Duration) -> Duration {
+    attempt.min(RetryConfig::DEFAULT_MAX_RETRY_AFTER)
 }
 
 /// The local service (the design document's `createServiceMeshClient("api-gateway")`).
@@ -177,13 +202,20 @@ pub struct RetrySettings {
     /// Retry POST and PATCH too (they may apply twice).
     #[serde(default)]
     pub retry_non_idempotent: bool,
-    /// Retries may add at most this percent of requests; `0` turns the
-    /// budget off.
+    /// Retries may add at most this percent of the service's requests
+    /// (plus 10 retries a second so a quiet service can still retry);
+    /// `0` allows no retries at all.
     #[serde(default = "default_budget")]
     pub budget_percent: f64,
-    /// The whole call, retries included, must end within this.
+    /// The whole call, retries included, must end within this (else the
+    /// profile's deadline: two per-attempt timeouts).
     #[serde(default, with = "humantime_serde")]
     pub deadline: Option<Duration>,
+    /// The longest `Retry-After` honoured; a server asking for longer gets
+    /// no retry and its answer goes back to the caller (else 1 s, or the
+    /// per-attempt timeout when shorter).
+    #[serde(default, with = "humantime_serde")]
+    pub max_retry_after: Option<Duration>,
 }
 
 fn default_backoff() -> String {
@@ -203,8 +235,11 @@ fn default_budget() -> f64 {
 }
 
 impl RetrySettings {
-    /// The validated configuration; errors name the setting.
-    pub fn build(&self) -> Result<RetryConfig, MeshError> {
+    /// The validated configuration for attempts that may take `attempt`:
+    /// where the settings name none, the deadline is [`deadline_for`] it
+    /// and `Retry-After` is honoured up to [`retry_after_for`] it. Errors
+    /// name the setting.
+    pub fn build(&self, attempt: Duration) -> Result<RetryConfig, MeshError> {
         let invalid = |what: &str, reason: String| MeshError::InvalidConfig {
             what: format!("retry.{what}"),
             reason,
@@ -255,15 +290,16 @@ impl RetrySettings {
                 format!("{} is outside [0, 100]", self.budget_percent),
             ));
         }
-        builder = if self.budget_percent == 0.0 {
-            builder.no_budget()
-        } else {
-            builder.budget(self.budget_percent, 10, Duration::from_secs(10))
-        };
-        if let Some(deadline) = self.deadline {
-            builder = builder.deadline(deadline);
-        }
-        builder.build()
+        // A zero budget funds nothing, the per-second minimum included.
+        let minimum = if self.budget_percent == 0.0 { 0 } else { 10 };
+        builder
+            .budget(self.budget_percent, minimum, Duration::from_secs(10))
+            .deadline(self.deadline.unwrap_or_else(|| deadline_for(attempt)))
+            .max_retry_after(
+                self.max_retry_after
+                    .unwrap_or_else(|| retry_after_for(attempt)),
+            )
+            .build()
     }
 }
 
@@ -315,15 +351,18 @@ impl LimitsConfig {
     }
 }
 
-/// How calls to a service are carried over plain TCP. (Over mutual TLS,
-/// ALPN chooses.)
+/// Which HTTP version calls to a service use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
-    /// HTTP/1.1 (the default).
+    /// HTTP/1.1 over plain TCP; over mutual TLS, whatever ALPN agrees
+    /// (h2 or HTTP/1.1). The default.
     #[default]
     Http1,
-    /// HTTP/2 without TLS, by prior knowledge: what gRPC services speak.
+    /// HTTP/2 only, by prior knowledge, as gRPC services speak it: h2c
+    /// over plain TCP, h2 inside mutual TLS when `[tls]` is on (`h2` is
+    /// accepted as another name for it).
+    #[serde(alias = "h2")]
     H2c,
 }
 
@@ -332,9 +371,18 @@ pub enum Protocol {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceOverride {
-    /// `http1` (the default) or `h2c` (gRPC over plain TCP).
+    /// `http1` (the default) or `h2c` (HTTP/2 only, as gRPC needs).
     #[serde(default)]
     pub protocol: Protocol,
+    /// Call this service over plain TCP although `[tls]` is on: the one
+    /// way a route leaves mutual TLS, so it must be written down.
+    #[serde(default)]
+    pub plaintext: bool,
+    /// The SPIFFE ID this service's instances must present
+    /// (`spiffe://cluster.local/ns/payments/sa/payment`), over
+    /// `[tls] peer_identity`'s template.
+    #[serde(default)]
+    pub identity: Option<String>,
     /// Per-attempt timeout.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
@@ -627,12 +675,12 @@ impl MeshConfig {
             }
         }
         if let Some(retry) = &self.retry {
-            retry.build()?;
+            retry.build(self.timeout_for(""))?;
         }
         for (name, o) in &self.services {
             if let Some(retry) = &o.retry {
                 retry
-                    .build()
+                    .build(self.timeout_for(name))
                     .map_err(|e| e.within(&format!("services.{name}.")))?;
             }
         }
@@ -660,7 +708,44 @@ impl MeshConfig {
                 reason: e.to_string(),
             })?;
         }
+        self.identities()?;
         Ok(())
+    }
+
+    /// Whether calls go over mutual TLS (`[tls]` present and enabled).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.enabled)
+    }
+
+    /// The SPIFFE IDs configured per service (`services.<name>.identity`),
+    /// parsed; each needs `[tls]` on.
+    pub fn identities(&self) -> Result<HashMap<ServiceName, SpiffeId>, MeshError> {
+        let mut identities = HashMap::new();
+        for (name, o) in &self.services {
+            let Some(identity) = &o.identity else {
+                continue;
+            };
+            let what = || format!("services.{name}.identity");
+            if !self.tls_enabled() {
+                return Err(MeshError::InvalidConfig {
+                    what: what(),
+                    reason: "an expected identity needs mutual TLS: add an enabled [tls] section"
+                        .to_owned(),
+                });
+            }
+            let id = identity
+                .parse::<SpiffeId>()
+                .map_err(|e| MeshError::InvalidConfig {
+                    what: what(),
+                    reason: e.to_string(),
+                })?;
+            let service = ServiceName::new(name).map_err(|e| MeshError::InvalidConfig {
+                what: format!("services.{name}"),
+                reason: e.to_string(),
+            })?;
+            identities.insert(service, id);
+        }
+        Ok(identities)
     }
 
     /// A setting for `service`: its override, else the file's.
@@ -687,8 +772,8 @@ impl MeshConfig {
     /// The retry settings for `service`.
     pub fn retry_for(&self, service: &str) -> Result<RetryConfig, MeshError> {
         match self.pick(service, |o| o.retry.as_ref(), self.retry.as_ref()) {
-            Some(retry) => retry.build(),
-            None => self.profile.retry(),
+            Some(retry) => retry.build(self.timeout_for(service)),
+            None => self.profile.retry_within(self.timeout_for(service)),
         }
     }
 

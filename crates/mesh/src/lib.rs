@@ -7,12 +7,13 @@ mod config;
 mod limits;
 pub mod metrics;
 mod prometheus;
+mod services;
 mod split;
 mod transport;
 
 pub use client::{CallOptions, GrpcChannel, MeshBody, MeshClient, MeshClientBuilder};
 pub use config::{
-    DiscoveryConfig, LimitsConfig, LocalService, MeshConfig, Profile, Protocol, RetrySettings,
+    deadline_for, retry_after_for, DiscoveryConfig, LimitsConfig, LocalService, MeshConfig, Profile, Protocol, RetrySettings,
     ServiceOverride,
 };
 pub use split::Subset;

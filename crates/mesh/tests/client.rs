@@ -53,7 +53,7 @@ check_every = "50ms"
 max_retries = 2
 backoff = "constant"
 initial = "1ms"
-budget_percent = 0
+budget_percent = 100
 
 [upstream_health]
 probe = "tcp"

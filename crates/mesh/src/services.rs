@@ -1,0 +1,98 @@
+//! What the client keeps per destination service (its call limits, its
+//! upstream health checker), bounded although request hosts are user
+//! input.
+//!
+//! A service gets its state on its first call, before discovery has said
+//! whether it exists, so that no call escapes a limit. A call that finds
+//! the service unknown removes the state it created, and a full map first
+//! drops the states of services that neither the configuration nor
+//! discovery knows any more; a map still full refuses the call rather than
+//! let it through unlimited.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::ArcSwap;
+use mesh_core::{MeshError, ServiceName};
+use mesh_health::UpstreamHealthChecker;
+
+use crate::limits::Limits;
+
+/// The most services a client keeps state for at once.
+pub(crate) const MAX_SERVICES: usize = 1024;
+
+/// One service's state, shared by every call to it.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceState {
+    /// Its rate and concurrency limits, if any apply.
+    pub(crate) limits: Option<Limits>,
+    /// Its own retry budget, when its retries are budgeted.
+    pub(crate) budget: Option<mesh_retry::RetryBudget>,
+    /// Its upstream health checker, started once discovery knows the
+    /// service (`None` inside when none is configured); stops when
+    /// dropped.
+    pub(crate) checker: OnceLock<Option<UpstreamHealthChecker>>,
+}
+
+/// Every service's state: read without a lock on each call, written on a
+/// service's first call.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceStates {
+    map: ArcSwap<HashMap<ServiceName, Arc<ServiceState>>>,
+    /// Serializes inserts and removals.
+    writing: Mutex<()>,
+}
+
+impl ServiceStates {
+    /// `service`'s state, made by `make` on its first call. When the map
+    /// is full, states of services `still_known` refuses are dropped
+    /// first; a map still full refuses the call.
+    pub(crate) fn get_or_insert(
+        &self,
+        service: &ServiceName,
+        still_known: impl Fn(&ServiceName) -> bool,
+        make: impl FnOnce() -> ServiceState,
+    ) -> Result<Arc<ServiceState>, MeshError> {
+        if let Some(state) = self.map.load().get(service) {
+            return Ok(Arc::clone(state));
+        }
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.map.load_full();
+        if let Some(state) = current.get(service) {
+            return Ok(Arc::clone(state));
+        }
+        let mut map = HashMap::clone(&current);
+        if map.len() >= MAX_SERVICES {
+            // A state a call still holds stays: its limits are in force.
+            map.retain(|name, state| still_known(name) || Arc::strong_count(state) > 1);
+        }
+        if map.len() >= MAX_SERVICES {
+            return Err(MeshError::LimitExceeded {
+                service: service.clone(),
+                limit: format!(
+                    "state for {MAX_SERVICES} services, every one of them known or in use"
+                ),
+            });
+        }
+        let state = Arc::new(make());
+        map.insert(service.clone(), Arc::clone(&state));
+        self.map.store(Arc::new(map));
+        Ok(state)
+    }
+
+    /// Drops `service`'s state: a call found that no registry lists it.
+    pub(crate) fn remove(&self, service: &ServiceName) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.map.load_full();
+        if current.contains_key(service) {
+            let mut map = HashMap::clone(&current);
+            map.remove(service);
+            self.map.store(Arc::new(map));
+        }
+    }
+
+    /// Drops every state (stopping the upstream checkers).
+    pub(crate) fn clear(&self) {
+        self.map.store(Arc::default());
+    }
+}
