@@ -312,7 +312,8 @@ pub enum MeshEvent {
         /// The peer's address, when known.
         peer: Option<std::net::SocketAddr>,
         /// Why, as a stable short label: `unknown-ca`, `expired`,
-        /// `not-yet-valid`, `identity-not-allowed`, `no-identity`,
+        /// `not-yet-valid`, `identity-not-allowed`, `unexpected-identity`
+        /// (a valid mesh certificate of another service), `no-identity`,
         /// `ambiguous-identity`, `no-client-certificate`, `name-mismatch`,
         /// `refused-by-peer` or `other` (mesh-tls's
         /// `HandshakeRejection::LABELS`).

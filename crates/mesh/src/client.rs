@@ -276,7 +276,9 @@ impl MeshClient {
                 (catalog.clone(), DiscoverLayer::new(catalog), None)
             }
             DiscoveryConfig::File { path, check_every } => {
-                let mut registry = FileRegistry::new(path);
+                // Read once now: a missing or malformed file fails the
+                // start, naming the file, instead of every first call.
+                let mut registry = FileRegistry::open(path).map_err(|e| e.within("discovery."))?;
                 if let Some(every) = check_every {
                     registry = registry.check_every(*every);
                 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mesh_balance::BalanceConfig;
 use mesh_breaker::{BreakerConfig, BreakerScope};
-use mesh_core::{MeshError, ServiceName};
+use mesh_core::{MeshError, Secret, ServiceName};
 use mesh_health::{HealthConfig, UpstreamCheckConfig};
 use mesh_retry::{Backoff, Jitter, RetryConfig};
 use mesh_tls::{SpiffeId, TlsConfig};
@@ -137,9 +137,10 @@ pub enum DiscoveryConfig {
     Consul {
         /// `http://consul:8500`.
         url: String,
-        /// ACL token.
+        /// ACL token: never printed (`Debug` and `Serialize` show
+        /// `<redacted>`).
         #[serde(default)]
-        token: Option<String>,
+        token: Option<Secret>,
         /// Datacenter.
         #[serde(default)]
         datacenter: Option<String>,
