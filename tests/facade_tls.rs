@@ -35,13 +35,19 @@ struct Upstream {
 
 async fn upstream(ca: &Ca, service: &str) -> Upstream {
     let issued = ca.issue(Leaf::service(service));
-    let credentials =
-        Credentials::load(PemSource::memory(issued.cert_pem, issued.key_pem, ca.pem.clone()))
-            .expect("credentials");
+    let credentials = Credentials::load(PemSource::memory(
+        issued.cert_pem,
+        issued.key_pem,
+        ca.pem.clone(),
+    ))
+    .expect("credentials");
     let tls = ServerTls::builder(credentials)
         .allow(
-            IdentityPolicy::new()
-                .allow("spiffe://cluster.local/ns/default/sa/api-gateway".parse().expect("id")),
+            IdentityPolicy::new().allow(
+                "spiffe://cluster.local/ns/default/sa/api-gateway"
+                    .parse()
+                    .expect("id"),
+            ),
         )
         .build()
         .expect("server");
@@ -93,8 +99,13 @@ async fn raw_listener() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
 
 /// The gateway's certificate files, and a `[tls]` section naming them.
 fn tls_section(dir: &TempDir, ca: &Ca, extra: &str) -> String {
-    let issued = ca.issue(Leaf::service("api-gateway"));
-    let [cert, key, ca_path] = dir.write("gateway", &issued, &ca.pem);
+    tls_section_of(dir, ca, "api-gateway", extra)
+}
+
+/// `service`'s certificate files, and a `[tls]` section naming them.
+fn tls_section_of(dir: &TempDir, ca: &Ca, service: &str, extra: &str) -> String {
+    let issued = ca.issue(Leaf::service(service));
+    let [cert, key, ca_path] = dir.write(service, &issued, &ca.pem);
     format!(
         "[tls]\ncert_path = {:?}\nkey_path = {:?}\nca_path = {:?}\n\
          peer_identity = \"spiffe://cluster.local/ns/default/sa/{{service}}\"\n{extra}\n",
@@ -119,7 +130,10 @@ async fn client_from_file(dir: &TempDir, text: &str) -> MeshClient {
 fn static_discovery(services: &[(&str, Vec<SocketAddr>)]) -> String {
     let mut text = "[discovery]\nkind = \"static\"\n[discovery.services]\n".to_owned();
     for (name, addrs) in services {
-        let list: Vec<String> = addrs.iter().map(|a| format!("{:?}", a.to_string())).collect();
+        let list: Vec<String> = addrs
+            .iter()
+            .map(|a| format!("{:?}", a.to_string()))
+            .collect();
         text.push_str(&format!("{name} = [{}]\n", list.join(", ")));
     }
     text
@@ -128,7 +142,12 @@ fn static_discovery(services: &[(&str, Vec<SocketAddr>)]) -> String {
 const SERVICE: &str = "profile = \"production\"\n[service]\nname = \"api-gateway\"\n";
 
 async fn body_text(response: Response<mesh::MeshBody>) -> String {
-    let bytes = response.into_body().collect().await.expect("body").to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -186,16 +205,26 @@ async fn calls_go_over_mutual_tls_and_an_impostor_of_another_service_is_routed_a
             "{body}"
         );
     }
-    assert_eq!(impostor.served.load(Ordering::SeqCst), 0, "the impostor served");
     assert_eq!(
-        users.iter().map(|u| u.served.load(Ordering::SeqCst)).sum::<usize>(),
+        impostor.served.load(Ordering::SeqCst),
+        0,
+        "the impostor served"
+    );
+    assert_eq!(
+        users
+            .iter()
+            .map(|u| u.served.load(Ordering::SeqCst))
+            .sum::<usize>(),
         12
     );
     let metrics = client.metrics();
     let tls = metrics.tls.expect("tls metrics");
     assert!(tls.handshakes >= 2, "{tls:?}");
     let failures: u64 = tls.failures.iter().map(|(_, n)| n).sum();
-    assert!(failures >= 1, "the impostor's handshake was not counted: {tls:?}");
+    assert!(
+        failures >= 1,
+        "the impostor's handshake was not counted: {tls:?}"
+    );
     let mut rejected = false;
     while let Ok(event) = events.try_recv() {
         if let MeshEvent::HandshakeRejected { detail, .. } = &event {
@@ -234,7 +263,10 @@ async fn a_route_is_plaintext_only_when_its_configuration_says_so() {
     let other = Backend::start(Behavior::Ok).await.expect("backend");
     let text = format!(
         "{SERVICE}{}\n{}\n[services.legacy]\nplaintext = true\n",
-        static_discovery(&[("legacy", vec![legacy.addr()]), ("other", vec![other.addr()])]),
+        static_discovery(&[
+            ("legacy", vec![legacy.addr()]),
+            ("other", vec![other.addr()])
+        ]),
         tls_section(&dir, &ca, "")
     );
     let client = client_from_file(&dir, &text).await;
@@ -302,4 +334,61 @@ async fn upstream_health_probes_go_over_mutual_tls() {
         assert_eq!(first.first(), Some(&0x16), "a plaintext probe: {first:?}");
     }
     client.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_side_admits_only_the_callers_it_allows() {
+    let ca = Ca::new("mesh CA");
+    let dir = TempDir::new("facade-server");
+    // The users service's own client, whose server side admits the gateway
+    // only.
+    let users_text = format!(
+        "[service]\nname = \"users\"\n{}\n{}",
+        static_discovery(&[]),
+        tls_section_of(
+            &dir,
+            &ca,
+            "users",
+            "allowed_callers = [\"spiffe://cluster.local/ns/default/sa/api-gateway\"]"
+        )
+    );
+    let users = client_from_file(&dir, &users_text).await;
+    let server = users.server_tls().expect("server side").expect("tls on");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&served);
+    let metrics = server.clone();
+    tokio::spawn(async move {
+        let app = tower::service_fn(move |_req: Request<Incoming>| {
+            count.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) }
+        });
+        server.serve(listener, app).await
+    });
+
+    for (caller, admitted) in [("api-gateway", true), ("billing", false)] {
+        let caller_dir = TempDir::new(&format!("facade-server-{caller}"));
+        let text = format!(
+            "[service]\nname = \"{caller}\"\n{}\n{}",
+            static_discovery(&[("users", vec![addr])]),
+            tls_section_of(&caller_dir, &ca, caller, "")
+        );
+        let client = client_from_file(&caller_dir, &text).await;
+        let options = CallOptions::default().timeout(Duration::from_secs(3));
+        let outcome = client.get("users", "/", options).await;
+        assert_eq!(outcome.is_ok(), admitted, "{caller}: {outcome:?}");
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        1,
+        "only the gateway was served"
+    );
+    let refused = metrics
+        .metrics()
+        .snapshot()
+        .failures_for("identity-not-allowed");
+    assert!(refused >= 1, "the refusal was not counted");
+    users.shutdown(Duration::from_secs(1)).await;
 }

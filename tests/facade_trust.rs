@@ -139,12 +139,9 @@ async fn limits_apply_from_a_discovered_service_s_very_first_call() {
             "passing",
         )],
     );
-    let client = client(&consul_config(
-        &double.url(),
-        "[limits]\nconcurrency = 1\n",
-    ))
-    .await
-    .expect("client");
+    let client = client(&consul_config(&double.url(), "[limits]\nconcurrency = 1\n"))
+        .await
+        .expect("client");
     // Both are the service's first calls: neither may escape the limit.
     let (a, b) = tokio::join!(
         client.get("reports", "/", CallOptions::default()),
@@ -154,10 +151,7 @@ async fn limits_apply_from_a_discovered_service_s_very_first_call() {
         .iter()
         .filter(|r| {
             r.as_ref().is_err_and(|e| {
-                matches!(
-                    MeshError::find(&**e),
-                    Some(MeshError::LimitExceeded { .. })
-                )
+                matches!(MeshError::find(&**e), Some(MeshError::LimitExceeded { .. }))
             })
         })
         .count();
@@ -372,7 +366,10 @@ async fn an_unknown_profile_fails_naming_the_key() {
     .expect_err("unknown profile");
     let text = err.to_string();
     assert!(text.contains("profile"), "{text}");
-    assert!(text.contains("production"), "the valid values are named: {text}");
+    assert!(
+        text.contains("production"),
+        "the valid values are named: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,7 +423,12 @@ async fn health_endpoints_answer_the_status_only_unless_details_are_asked_for() 
             )
             .await
             .expect("served");
-        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         String::from_utf8_lossy(&bytes).into_owned()
     }
     let base = "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"static\"\nservices = {}\n";

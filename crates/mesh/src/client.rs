@@ -30,8 +30,8 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::config::{DiscoveryConfig, MeshConfig};
 use crate::metrics::MeshMetrics;
-use crate::split::{SplitLayer, Splits, Subset};
 use crate::services::{ServiceState, ServiceStates};
+use crate::split::{SplitLayer, Splits, Subset};
 use crate::transport::{Transport, Transports};
 
 pin_project_lite::pin_project! {
@@ -528,6 +528,21 @@ impl MeshClient {
         self.inner.tls.as_ref()
     }
 
+    /// The server side of this service's mutual TLS, for its own axum or
+    /// hyper server (`server_tls.serve(listener, router)`): the client's
+    /// rotating credentials, admitting only the callers `[tls]
+    /// allowed_callers` lists (any certificate of the CA when the list is
+    /// empty). `None` while `[tls]` is off.
+    pub fn server_tls(&self) -> Result<Option<mesh_tls::ServerTls>, MeshError> {
+        let (Some(config), Some(credentials)) = (&self.inner.config.tls, &self.inner.tls) else {
+            return Ok(None);
+        };
+        config
+            .server(credentials.clone())
+            .map(Some)
+            .map_err(tls_error)
+    }
+
     /// The layers for `service`: its own when the configuration overrides
     /// it, else the shared default ones.
     fn route(&self, service: &ServiceName) -> &Stack {
@@ -577,13 +592,13 @@ impl MeshClient {
         let config = self.inner.config.upstream_health.as_ref()?;
         let catalog = self.inner.catalog.clone();
         let name = service.clone();
-        let mut builder = UpstreamHealthChecker::builder(
-            service.clone(),
-            config.clone(),
-            move || catalog.get(name.as_str()),
-        )
-        .events(self.inner.bus.clone());
-        let plaintext = (self.inner.config.services.get(service.as_str())).is_some_and(|o| o.plaintext);
+        let mut builder =
+            UpstreamHealthChecker::builder(service.clone(), config.clone(), move || {
+                catalog.get(name.as_str())
+            })
+            .events(self.inner.bus.clone());
+        let plaintext =
+            (self.inner.config.services.get(service.as_str())).is_some_and(|o| o.plaintext);
         match self.inner.transports.probe_client(service, plaintext) {
             Ok(None) => {}
             Ok(Some(client)) => builder = builder.client(client, http::uri::Scheme::HTTPS),
@@ -887,7 +902,10 @@ impl Drop for CallGuard {
 
 /// Whether `error` says no registry lists the service.
 fn is_unknown(error: &(dyn std::error::Error + 'static)) -> bool {
-    matches!(MeshError::find(error), Some(MeshError::UnknownService { .. }))
+    matches!(
+        MeshError::find(error),
+        Some(MeshError::UnknownService { .. })
+    )
 }
 
 fn tls_error(e: mesh_tls::TlsError) -> MeshError {

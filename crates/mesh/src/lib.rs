@@ -13,8 +13,8 @@ mod transport;
 
 pub use client::{CallOptions, GrpcChannel, MeshBody, MeshClient, MeshClientBuilder};
 pub use config::{
-    deadline_for, retry_after_for, DiscoveryConfig, LimitsConfig, LocalService, MeshConfig, Profile, Protocol, RetrySettings,
-    ServiceOverride,
+    deadline_for, retry_after_for, DiscoveryConfig, LimitsConfig, LocalService, MeshConfig,
+    Profile, Protocol, RetrySettings, ServiceOverride,
 };
 pub use split::Subset;
 

@@ -36,7 +36,9 @@ pub(crate) type TlsClient = Client<MeshConnector<HttpConnector>, Full<Bytes>>;
 /// both answer with hyper's response.
 #[derive(Clone, Debug)]
 pub(crate) enum Transport {
-    Plain(Client<HttpConnector, Full<Bytes>>),
+    /// Shared: a stack is cloned per call, and one `Arc` is cheaper to
+    /// clone than the client's own handles.
+    Plain(Arc<Client<HttpConnector, Full<Bytes>>>),
     Tls(Arc<TlsClients>),
 }
 
@@ -69,7 +71,7 @@ impl Transport {
     pub(crate) fn plain(http2_only: bool) -> Transport {
         let mut builder = Client::builder(TokioExecutor::new());
         builder.http2_only(http2_only);
-        Transport::Plain(builder.build(tcp()))
+        Transport::Plain(Arc::new(builder.build(tcp())))
     }
 }
 
@@ -174,7 +176,10 @@ impl TlsClients {
         if let Some(client) = self.clients.load().get(service) {
             return Ok(client.clone());
         }
-        let _adding = self.adding.lock().map_err(|_| "mesh transport: lock poisoned")?;
+        let _adding = self
+            .adding
+            .lock()
+            .map_err(|_| "mesh transport: lock poisoned")?;
         let current = self.clients.load_full();
         if let Some(client) = current.get(service) {
             return Ok(client.clone());
@@ -308,10 +313,10 @@ impl Transports {
             return Ok(None);
         }
         let client = clients.client_for(service)?;
-        let probes = tower::ServiceExt::map_request(
-            client,
-            |req: Request<http_body_util::Empty<Bytes>>| req.map(|_| Full::new(Bytes::new())),
-        );
+        let probes =
+            tower::ServiceExt::map_request(client, |req: Request<http_body_util::Empty<Bytes>>| {
+                req.map(|_| Full::new(Bytes::new()))
+            });
         Ok(Some(mesh_health::ProbeClient::new(probes)))
     }
 }
