@@ -42,18 +42,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh::{CallOptions, MeshClient, MeshConfig};
 use mesh_tls::rustls::ClientConfig;
-use mesh_tls::{Credentials, IdentityPolicy, PemSource, ServerTls};
+use mesh_tls::{ClientTls, Credentials, IdentityPolicy, MeshConnector, PemSource, ServerTls};
 use pki::{Ca, Issued, Leaf, TempDir};
 use tokio::net::TcpListener;
 
 /// Rounds of every stack in both shapes.
 const ROUNDS: usize = 15;
 /// Requests per stack and round, one caller.
-const SEQUENTIAL: usize = 800;
+const SEQUENTIAL: usize = 4_000;
 /// Concurrent callers in the second shape.
 const CALLERS: usize = 32;
 /// Requests per stack and round, shared by the concurrent callers.
-const CONCURRENT: usize = 6_400;
+const CONCURRENT: usize = 24_000;
 /// Unmeasured requests per stack before the first round (connections,
 /// handshakes, the facade's first discovery answer).
 const WARM_UP: usize = 1_000;
@@ -132,6 +132,32 @@ fn raw_tls_client(
     Client::builder(TokioExecutor::new()).build(https)
 }
 
+/// hyper-util over mesh-tls's own connector, expecting `users`'s
+/// identity as the facade's client for `users` does: the connector and
+/// its record layer without the facade.
+fn mesh_connector_client(
+    ca: &Ca,
+    gateway: &Issued,
+) -> Client<MeshConnector<HttpConnector>, Empty<Bytes>> {
+    let credentials = Credentials::load(PemSource::memory(
+        gateway.cert_pem.clone(),
+        gateway.key_pem.clone(),
+        ca.pem.clone(),
+    ))
+    .expect("credentials");
+    let tls = ClientTls::builder(credentials)
+        .expect_identity(
+            "spiffe://cluster.local/ns/default/sa/users"
+                .parse()
+                .expect("id"),
+        )
+        .build()
+        .expect("client");
+    let mut http = tcp();
+    http.enforce_http(false);
+    Client::builder(TokioExecutor::new()).build(tls.wrap(http))
+}
+
 /// `MeshClient` as a user builds one: a TOML file, loaded and built.
 async fn mesh_client(dir: &TempDir, name: &str, text: &str) -> MeshClient {
     let file = dir.path(name);
@@ -156,6 +182,7 @@ fn config_text(addrs: &[SocketAddr], extra: &str) -> String {
 /// What is measured: one stack, called the way its users call it.
 enum Stack {
     RawTls(Client<HttpsConnector<HttpConnector>, Empty<Bytes>>),
+    MeshConnector(Client<MeshConnector<HttpConnector>, Empty<Bytes>>),
     RawPlain(Client<HttpConnector, Empty<Bytes>>),
     Mesh(MeshClient),
 }
@@ -201,6 +228,7 @@ impl Measured {
     async fn call(&self) -> Option<Version> {
         match &self.stack {
             Stack::RawTls(client) => read(client.get(self.uri()).await.ok()?).await,
+            Stack::MeshConnector(client) => read(client.get(self.uri()).await.ok()?).await,
             Stack::RawPlain(client) => read(client.get(self.uri()).await.ok()?).await,
             Stack::Mesh(client) => {
                 let response = client.get("users", "/", CallOptions::default()).await;
@@ -331,6 +359,12 @@ async fn run() {
             "https",
             &tls_addrs,
         ),
+        Measured::raw(
+            "raw hyper + mesh-tls connector",
+            Stack::MeshConnector(mesh_connector_client(&ca, &gateway)),
+            "https",
+            &tls_addrs,
+        ),
         Measured::mesh("MeshClient, mTLS + peer identity", mesh_tls),
         Measured::raw(
             "raw hyper, plain TCP",
@@ -345,7 +379,7 @@ async fn run() {
     .collect();
     const ANCHOR: usize = 0;
     /// For each stack, its raw counterpart on the same transport.
-    const OWN_RAW: [usize; 5] = [0, 0, 0, 3, 3];
+    const OWN_RAW: [usize; 6] = [0, 0, 0, 0, 4, 4];
 
     eprintln!("warming up: {WARM_UP} requests per stack, {CALLERS} callers");
     for stack in &stacks {

@@ -392,3 +392,58 @@ async fn the_server_side_admits_only_the_callers_it_allows() {
     assert!(refused >= 1, "the refusal was not counted");
     users.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_without_an_expected_identity_is_refused_at_start() {
+    let ca = Ca::new("mesh CA");
+    let dir = TempDir::new("facade-no-identity");
+    let issued = ca.issue(Leaf::service("api-gateway"));
+    let [cert, key, ca_path] = dir.write("gateway", &issued, &ca.pem);
+    let text = format!(
+        "{SERVICE}{}\n[tls]\ncert_path = {:?}\nkey_path = {:?}\nca_path = {:?}\n",
+        static_discovery(&[]),
+        path(&cert),
+        path(&key),
+        path(&ca_path)
+    );
+    let file = dir.path("mesh.toml");
+    std::fs::write(&file, text).expect("write config");
+    let err = MeshConfig::load_with_env(&file, |_| None).expect_err("no identity");
+    assert!(err.to_string().contains("tls.peer_identity"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_no_expected_identity_is_refused_and_nothing_is_sent() {
+    let ca = Ca::new("mesh CA");
+    let dir = TempDir::new("facade-partial-identity");
+    let payments = upstream(&ca, "payments").await;
+    let other = upstream(&ca, "billing").await;
+    // No template: only payments says what it must present.
+    let issued = ca.issue(Leaf::service("api-gateway"));
+    let [cert, key, ca_path] = dir.write("gateway", &issued, &ca.pem);
+    let text = format!(
+        "{SERVICE}{}\n[tls]\ncert_path = {:?}\nkey_path = {:?}\nca_path = {:?}\n\
+         [services.payments]\nidentity = \"spiffe://cluster.local/ns/default/sa/payments\"\n",
+        static_discovery(&[
+            ("payments", vec![payments.addr]),
+            ("other", vec![other.addr])
+        ]),
+        path(&cert),
+        path(&key),
+        path(&ca_path)
+    );
+    let client = client_from_file(&dir, &text).await;
+    let response = client
+        .get("payments", "/", CallOptions::default())
+        .await
+        .expect("payments has an identity");
+    body_text(response).await;
+    let err = client
+        .get("other", "/", CallOptions::default())
+        .await
+        .expect_err("no identity expected of it");
+    let chain = mesh::core::error_chain(&*err);
+    assert!(chain.contains("services.other.identity"), "{chain}");
+    assert_eq!(other.served.load(Ordering::SeqCst), 0);
+    client.shutdown(Duration::from_secs(1)).await;
+}

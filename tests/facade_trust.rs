@@ -455,3 +455,12 @@ async fn health_endpoints_answer_the_status_only_unless_details_are_asked_for() 
         client.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_consul_url_are_refused_naming_the_key() {
+    let err = MeshConfig::from_toml_str(&consul_config("http://admin:hunter2@127.0.0.1:8500", ""))
+        .expect_err("credentials in the URL");
+    let text = err.to_string();
+    assert!(text.contains("discovery.url"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}

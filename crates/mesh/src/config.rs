@@ -656,6 +656,21 @@ impl MeshConfig {
                         format!("{url:?} is not an http(s) URL"),
                     );
                 }
+                // The URL is printed (Debug, metrics, errors); a credential
+                // belongs in `token`, which never is.
+                if url
+                    .parse::<http::Uri>()
+                    .ok()
+                    .and_then(|u| u.authority().map(|a| a.as_str().contains('@')))
+                    .unwrap_or(false)
+                {
+                    return invalid(
+                        "discovery.url".to_owned(),
+                        "holds credentials (user:password@): give Consul's ACL token as `token`, \
+                         which is never printed"
+                            .to_owned(),
+                    );
+                }
                 if *register && (self.service.address.is_none() || self.service.port.is_none()) {
                     return invalid(
                         "discovery.register".to_owned(),
@@ -701,7 +716,14 @@ impl MeshConfig {
             health.validate()?;
         }
         if let Some(upstream) = &self.upstream_health {
-            upstream.validate()?;
+            upstream.validate().map_err(|e| match e {
+                // Named as the file names it.
+                MeshError::InvalidConfig { what, reason } => MeshError::InvalidConfig {
+                    what: what.replacen("health.upstream", "upstream_health", 1),
+                    reason,
+                },
+                other => other,
+            })?;
         }
         if let Some(tls) = &self.tls {
             tls.validate().map_err(|e| MeshError::InvalidConfig {
@@ -709,7 +731,19 @@ impl MeshConfig {
                 reason: e.to_string(),
             })?;
         }
-        self.identities()?;
+        let identities = self.identities()?;
+        if let Some(tls) = self.tls.as_ref().filter(|t| t.enabled) {
+            if tls.peer_identity.is_none() && identities.is_empty() {
+                return invalid(
+                    "tls.peer_identity".to_owned(),
+                    "required with mutual TLS on: the SPIFFE ID each called service must present, \
+                     such as \"spiffe://cluster.local/ns/default/sa/{service}\" (Kubernetes) or \
+                     \"spiffe://dc1.consul/ns/default/dc/dc1/svc/{service}\" (Consul); without it \
+                     any certificate of the mesh CA could answer for any service"
+                        .to_owned(),
+                );
+            }
+        }
         Ok(())
     }
 

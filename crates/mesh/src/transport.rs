@@ -202,18 +202,28 @@ impl TlsClients {
     }
 
     /// The identity `service` must present: its own, else the template's.
-    pub(crate) fn identity_for(&self, service: &ServiceName) -> Result<Option<SpiffeId>, BoxError> {
+    /// A service with neither is refused: a name check against the
+    /// endpoint's address would let any mesh certificate answer for it.
+    pub(crate) fn identity_for(&self, service: &ServiceName) -> Result<SpiffeId, BoxError> {
         if let Some(id) = self.identities.get(service) {
-            return Ok(Some(id.clone()));
+            return Ok(id.clone());
         }
-        Ok(self.config.peer_identity_for(service.as_str())?)
+        self.config
+            .peer_identity_for(service.as_str())?
+            .ok_or_else(|| {
+                format!(
+                    "mutual TLS to {service}: no identity is expected of it; set \
+                     services.{service}.identity or [tls] peer_identity"
+                )
+                .into()
+            })
     }
 
     fn build(&self, service: &ServiceName) -> Result<TlsClient, BoxError> {
         let expected = self.identity_for(service)?;
         let tls = self
             .config
-            .client_expecting(self.credentials.clone(), expected)?;
+            .client_expecting(self.credentials.clone(), Some(expected))?;
         let mut http = tcp();
         // The connector refuses plain http itself; this lets https through.
         http.enforce_http(false);
