@@ -1298,9 +1298,10 @@ async fn allowed_callers_decides_who_the_server_side_admits() {
     let dir = pki::TempDir::new("matrix-callers");
     let mut outcomes = Vec::new();
     for allowed in ["api-gateway", "billing"] {
-        // The server side of `users`, from its own configuration file.
+        // The server side of `users`: its own MeshClient, from its own
+        // configuration file.
         let server_dir = scratch_dir();
-        let config = load_in(
+        let users = client_in(
             &server_dir,
             &format!(
                 "[service]\nname = \"users\"\n[discovery]\nkind = \"static\"\nservices = {{}}\n{}",
@@ -1314,11 +1315,12 @@ async fn allowed_callers_decides_who_the_server_side_admits() {
                     )
                 )
             ),
-        );
-        let tls = config.tls.as_ref().expect("[tls]");
-        let server = tls
-            .server(tls.credentials().expect("credentials"))
-            .expect("server");
+        )
+        .await;
+        let server = users
+            .server_tls()
+            .expect("server side")
+            .expect("[tls] is on");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -1355,6 +1357,7 @@ async fn allowed_callers_decides_who_the_server_side_admits() {
         outcomes.push((ok, served.load(Ordering::SeqCst)));
         client.shutdown(Duration::from_secs(1)).await;
         task.abort();
+        users.shutdown(Duration::from_secs(1)).await;
         let _ = std::fs::remove_dir_all(&server_dir);
     }
     assert_eq!(
