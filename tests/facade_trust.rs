@@ -349,7 +349,8 @@ async fn an_unreadable_certificate_fails_at_start_naming_the_file() {
     let err = client(
         "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"static\"\nservices = {}\n\
          [tls]\ncert_path = \"/nonexistent/tls.crt\"\nkey_path = \"/nonexistent/tls.key\"\n\
-         ca_path = \"/nonexistent/ca.crt\"\n",
+         ca_path = \"/nonexistent/ca.crt\"\n\
+         peer_identity = \"spiffe://cluster.local/ns/default/sa/{service}\"\n",
     )
     .await
     .expect_err("missing certificate");
