@@ -7,14 +7,10 @@
 //! cargo bench -p tower-mesh-benches --bench balance_e2e
 //! ```
 
-#[path = "support/anchors.rs"]
-mod anchors;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anchors::{HttpClient, ToAddr};
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
@@ -23,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh::balance::Strategy;
 use mesh::prelude::*;
+use mesh_testkit::anchors::{HttpClient, ToAddr};
 use mesh_testkit::{Backend, Behavior};
 use tower::{Service, ServiceBuilder, ServiceExt};
 

@@ -21,11 +21,6 @@
 //! cargo bench -p tower-mesh-benches --bench facade_mtls
 //! ```
 
-#[path = "../crates/mesh-tls/tests/support/der.rs"]
-mod der;
-#[path = "../crates/mesh-tls/tests/support/pki.rs"]
-mod pki;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,9 +36,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh::{CallOptions, MeshClient, MeshConfig};
+use mesh_testkit::fs::TempDir;
+use mesh_testkit::pki::{der, Ca, Issued, Leaf};
 use mesh_tls::rustls::ClientConfig;
 use mesh_tls::{ClientTls, Credentials, IdentityPolicy, MeshConnector, PemSource, ServerTls};
-use pki::{Ca, Issued, Leaf, TempDir};
 use tokio::net::TcpListener;
 
 /// Rounds of every stack in both shapes.

@@ -29,9 +29,6 @@
 //!
 //! Prints a table and writes `target/faults.json`.
 
-#[path = "support/anchors.rs"]
-mod anchors;
-
 use std::alloc::System;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +43,8 @@ use hyper_util::rt::TokioExecutor;
 use mesh::balance::Strategy;
 use mesh::discover::{Catalog, FileRegistry, Registry};
 use mesh::prelude::*;
-use mesh_testkit::{Backend, Behavior};
+use mesh_testkit::fs::{write_atomically, TempDir};
+use mesh_testkit::{anchors, Backend, Behavior};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -265,6 +263,8 @@ struct Lab {
     backends: Vec<Backend>,
     addrs: Vec<std::net::SocketAddr>,
     services: PathBuf,
+    /// Holds `services`; removed with the lab.
+    _dir: TempDir,
 }
 
 impl Lab {
@@ -274,12 +274,12 @@ impl Lab {
             backends.push(Backend::start(Behavior::Ok).await.expect("backend"));
         }
         let addrs = backends.iter().map(Backend::addr).collect();
-        let dir = std::env::temp_dir().join(format!("mesh-faults-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = TempDir::new("faults");
         let lab = Lab {
             backends,
             addrs,
-            services: dir.join("services.json"),
+            services: dir.path("services.json"),
+            _dir: dir,
         };
         lab.write_registry();
         lab
@@ -287,16 +287,13 @@ impl Lab {
 
     fn write_registry(&self) {
         let list: Vec<String> = self.addrs.iter().map(|a| format!("\"{a}\"")).collect();
-        let tmp = self.services.with_extension("tmp");
-        std::fs::write(
-            &tmp,
+        write_atomically(
+            &self.services,
             format!(
                 "{{ \"services\": {{ \"user-service\": [{}] }} }}",
                 list.join(", ")
             ),
-        )
-        .expect("registry");
-        std::fs::rename(&tmp, &self.services).expect("registry");
+        );
     }
 
     /// Every instance answering, the registry in place.

@@ -2,13 +2,9 @@
 //! binary here): it registers the local service at start, discovers
 //! another service through blocking queries, and deregisters on shutdown.
 
-#[path = "../crates/mesh-discover/tests/support/consul.rs"]
-#[allow(dead_code)]
-mod consul;
-
 use http_body_util::BodyExt;
 use mesh::{CallOptions, MeshClient, MeshConfig};
-use mesh_testkit::{Backend, Behavior};
+use mesh_testkit::{consul, Backend, Behavior};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_discovers_through_consul_and_deregisters_on_shutdown() {

@@ -7,17 +7,6 @@
 //! Counts are preferred over durations; a duration is only ever a loose
 //! bound, with room for a loaded two-core machine.
 
-#[path = "../crates/mesh-discover/tests/support/consul.rs"]
-#[allow(dead_code)]
-mod consul;
-
-#[path = "../crates/mesh-discover/tests/support/dnsmasq.rs"]
-#[allow(dead_code)]
-mod dnsmasq;
-
-#[path = "../crates/mesh-tls/tests/support/pki.rs"]
-mod pki;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,23 +18,18 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mesh::core::{BoxError, MeshError, Probe, ProbeStatus};
 use mesh::{CallOptions, MeshBody, MeshClient, MeshConfig};
-use mesh_testkit::{Backend, Behavior};
+use mesh_testkit::fs::TempDir;
+use mesh_testkit::pki::{Ca, Leaf};
+use mesh_testkit::{consul, dnsmasq, Backend, Behavior};
 use tower::ServiceExt;
 
 // === helpers ===
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A fresh directory for one configuration file (and its neighbours).
+/// A fresh directory for one configuration file (and its neighbours),
+/// left in place: the client may read its neighbours for as long as it
+/// runs.
 fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "mesh-matrix-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    dir
+    TempDir::new("matrix").keep()
 }
 
 /// `text` written as `mesh.toml` in `dir` and loaded as a user loads it.
@@ -1249,9 +1233,9 @@ async fn a_split_sends_calls_to_the_subset_its_tags_select() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_enabled_false_calls_in_plaintext_and_true_refuses_a_plain_server() {
-    let ca = pki::Ca::new("mesh CA");
-    let dir = pki::TempDir::new("matrix-enabled");
-    let issued = ca.issue(pki::Leaf::service("api-gateway"));
+    let ca = Ca::new("mesh CA");
+    let dir = TempDir::new("matrix-enabled");
+    let issued = ca.issue(Leaf::service("api-gateway"));
     let [cert, key, ca_path] = dir.write("gateway", &issued, &ca.pem);
     let plain = Backend::start(Behavior::Ok).await.expect("backend");
     let mut served = Vec::new();
@@ -1281,8 +1265,8 @@ async fn tls_enabled_false_calls_in_plaintext_and_true_refuses_a_plain_server() 
 }
 
 /// A `[tls]` section naming `service`'s certificate files, written in `dir`.
-fn tls_files(dir: &pki::TempDir, ca: &pki::Ca, service: &str, extra: &str) -> String {
-    let issued = ca.issue(pki::Leaf::service(service));
+fn tls_files(dir: &TempDir, ca: &Ca, service: &str, extra: &str) -> String {
+    let issued = ca.issue(Leaf::service(service));
     let [cert, key, ca_path] = dir.write(service, &issued, &ca.pem);
     format!(
         "[tls]\ncert_path = {:?}\nkey_path = {:?}\nca_path = {:?}\n{extra}\n",
@@ -1294,8 +1278,8 @@ fn tls_files(dir: &pki::TempDir, ca: &pki::Ca, service: &str, extra: &str) -> St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_callers_decides_who_the_server_side_admits() {
-    let ca = pki::Ca::new("mesh CA");
-    let dir = pki::TempDir::new("matrix-callers");
+    let ca = Ca::new("mesh CA");
+    let dir = TempDir::new("matrix-callers");
     let mut outcomes = Vec::new();
     for allowed in ["api-gateway", "billing"] {
         // The server side of `users`: its own MeshClient, from its own

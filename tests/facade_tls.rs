@@ -4,9 +4,6 @@
 //! must never see a request, and an impostor holding a valid mesh
 //! certificate of another service.
 
-#[path = "../crates/mesh-tls/tests/support/pki.rs"]
-mod pki;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,8 +18,9 @@ use hyper::body::Incoming;
 use mesh::core::MeshEvent;
 use mesh::tls::{Credentials, IdentityPolicy, PeerIdentity, PemSource, ServerTls};
 use mesh::{CallOptions, MeshClient, MeshConfig};
+use mesh_testkit::fs::TempDir;
+use mesh_testkit::pki::{Ca, Leaf};
 use mesh_testkit::{Backend, Behavior};
-use pki::{Ca, Leaf, TempDir};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 

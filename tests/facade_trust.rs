@@ -8,10 +8,6 @@
 //! configuration fails at start naming the file or key, and no secret
 //! reaches `Debug` or the health endpoints.
 
-#[path = "../crates/mesh-discover/tests/support/consul.rs"]
-#[allow(dead_code)]
-mod consul;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,23 +17,18 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mesh::core::{MeshError, Probe};
 use mesh::{CallOptions, MeshClient, MeshConfig};
-use mesh_testkit::{Backend, Behavior};
+use mesh_testkit::fs::TempDir;
+use mesh_testkit::{consul, Backend, Behavior};
 use tower::ServiceExt;
 
 /// A client from `text` written to a file, as a user builds one.
 async fn client(text: &str) -> Result<MeshClient, MeshError> {
-    let dir = std::env::temp_dir().join(format!(
-        "mesh-trust-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("dir");
+    // Left in place, as a user's configuration directory is.
+    let dir = TempDir::new("trust").keep();
     let file = dir.join("mesh.toml");
     std::fs::write(&file, text).expect("write config");
     MeshClient::from_config(MeshConfig::load_with_env(&file, |_| None)?).await
 }
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 fn consul_config(url: &str, extra: &str) -> String {
     format!(

@@ -2,12 +2,6 @@
 //! connector in place of the plain `HttpConnector`, against real mTLS
 //! servers on 127.0.0.1 (certificates made with rcgen).
 
-#[path = "../crates/mesh-discover/tests/support/consul.rs"]
-#[allow(dead_code)]
-mod consul;
-#[path = "../crates/mesh-tls/tests/support/pki.rs"]
-mod pki;
-
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,7 +18,8 @@ use mesh::core::ServiceName;
 use mesh::discover::{ConsulRegistry, Registry};
 use mesh::prelude::*;
 use mesh::tls::{ClientTls, Credentials, IdentityPolicy, PeerIdentity, PemSource, ServerTls};
-use pki::{Ca, Leaf};
+use mesh_testkit::consul;
+use mesh_testkit::pki::{Ca, Leaf};
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
 

@@ -32,7 +32,7 @@ struct Scene {
 }
 
 type Stack = mesh::retry::Retry<
-    mesh::discover::Discover<
+    mesh::discover::DiscoverService<
         mesh::balance::Balance<
             mesh::breaker::Breaker<
                 tower::timeout::Timeout<

@@ -9,6 +9,8 @@ use mesh_core::clock::{self, Nanos};
 use mesh_core::EndpointState;
 use pin_project_lite::pin_project;
 
+use crate::slots::Slots;
+
 /// Counts one request in its endpoint's in-flight gauge for as long as it
 /// lives; records the request's latency when it ends after a response.
 #[derive(Debug)]
@@ -16,6 +18,8 @@ pub(crate) struct InFlight {
     state: Arc<EndpointState>,
     started: Nanos,
     responded: bool,
+    /// Told when the slot frees, when requests may wait for one.
+    slots: Option<Arc<Slots>>,
 }
 
 impl InFlight {
@@ -31,7 +35,14 @@ impl InFlight {
             state,
             started: clock::now(),
             responded: false,
+            slots: None,
         }
+    }
+
+    /// Wakes `slots`' waiters when this call ends.
+    pub(crate) fn freeing(mut self, slots: Option<Arc<Slots>>) -> Self {
+        self.slots = slots;
+        self
     }
 
     /// Marks that the endpoint answered, so that the latency is recorded.
@@ -45,6 +56,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.state.finish_request();
+        if let Some(slots) = &self.slots {
+            slots.freed();
+        }
         let now = clock::now();
         let elapsed = now.saturating_since(self.started);
         if self.responded {

@@ -27,106 +27,85 @@ use crate::strategy::{KeySource, Strategy};
 /// # Ok::<(), toml::de::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "RawConfig", into = "RawConfig")]
+#[serde(try_from = "Settings", into = "Settings")]
 pub struct BalanceConfig {
+    settings: Settings,
+}
+
+/// The settings of a [`BalanceConfig`], each declared once, in the form a
+/// file writes them: a key left out takes its value from
+/// [`Settings::default`]. A `BalanceConfig` holds them once
+/// [`Settings::validate`] has accepted them, so a file and the builder
+/// share one set of checks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
     strategy: Strategy,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     sticky: Vec<KeySource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_connections_per_instance: Option<u32>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     wait_at_capacity: Option<Duration>,
     panic_threshold: f64,
+    #[serde(with = "humantime_serde")]
     unknown_latency: Duration,
 }
 
-/// A key source as written in a file.
+impl TryFrom<Settings> for BalanceConfig {
+    type Error = MeshError;
+
+    fn try_from(settings: Settings) -> Result<Self, MeshError> {
+        settings.validate()?;
+        Ok(BalanceConfig { settings })
+    }
+}
+
+impl From<BalanceConfig> for Settings {
+    fn from(config: BalanceConfig) -> Self {
+        config.settings
+    }
+}
+
+/// A [`KeySource`] as a file writes it: `"extension"`,
+/// `{ header = "x-client-id" }` or `{ cookie = "session" }`. It exists
+/// because a [`HeaderName`] has no serde form of its own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-enum RawKeySource {
-    /// `"extension"`.
+enum KeySourceForm {
     Extension,
-    /// `{ header = "x-client-id" }`.
     Header(String),
-    /// `{ cookie = "session" }`.
     Cookie(String),
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    strategy: Option<Strategy>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    sticky: Vec<RawKeySource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_connections_per_instance: Option<u32>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    wait_at_capacity: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    panic_threshold: Option<f64>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    unknown_latency: Option<Duration>,
-}
+// === impl KeySource ===
 
-impl TryFrom<RawConfig> for BalanceConfig {
-    type Error = MeshError;
-
-    fn try_from(raw: RawConfig) -> Result<Self, MeshError> {
-        let mut b = BalanceConfig::builder();
-        if let Some(s) = raw.strategy {
-            b = b.strategy(s);
+impl Serialize for KeySource {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KeySource::Extension => KeySourceForm::Extension,
+            KeySource::Header(name) => KeySourceForm::Header(name.as_str().to_owned()),
+            KeySource::Cookie(name) => KeySourceForm::Cookie(name.clone()),
         }
-        let mut sticky = Vec::new();
-        for source in raw.sticky {
-            sticky.push(match source {
-                RawKeySource::Extension => KeySource::Extension,
-                RawKeySource::Header(name) => KeySource::Header(
-                    HeaderName::try_from(name.as_str())
-                        .map_err(|e| invalid("sticky.header", format!("{name:?}: {e}")))?,
-                ),
-                RawKeySource::Cookie(name) => KeySource::Cookie(name),
-            });
-        }
-        b.config.sticky = sticky;
-        b.config.max_connections_per_instance = raw.max_connections_per_instance;
-        b.config.wait_at_capacity = raw.wait_at_capacity;
-        if let Some(p) = raw.panic_threshold {
-            b = b.panic_threshold(p);
-        }
-        if let Some(d) = raw.unknown_latency {
-            b = b.unknown_latency(d);
-        }
-        b.build()
+        .serialize(serializer)
     }
 }
 
-impl From<BalanceConfig> for RawConfig {
-    fn from(c: BalanceConfig) -> Self {
-        RawConfig {
-            strategy: Some(c.strategy),
-            sticky: c
-                .sticky
-                .into_iter()
-                .map(|s| match s {
-                    KeySource::Extension => RawKeySource::Extension,
-                    KeySource::Header(h) => RawKeySource::Header(h.as_str().to_owned()),
-                    KeySource::Cookie(c) => RawKeySource::Cookie(c),
-                })
-                .collect(),
-            max_connections_per_instance: c.max_connections_per_instance,
-            wait_at_capacity: c.wait_at_capacity,
-            panic_threshold: Some(c.panic_threshold),
-            unknown_latency: Some(c.unknown_latency),
-        }
+impl<'de> Deserialize<'de> for KeySource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match KeySourceForm::deserialize(deserializer)? {
+            KeySourceForm::Extension => KeySource::Extension,
+            KeySourceForm::Header(name) => {
+                KeySource::Header(HeaderName::try_from(name.as_str()).map_err(|e| {
+                    serde::de::Error::custom(invalid("sticky.header", format!("{name:?}: {e}")))
+                })?)
+            }
+            KeySourceForm::Cookie(name) => KeySource::Cookie(name),
+        })
     }
 }
 
+/// The error for the setting `balance.<field>`.
 fn invalid(field: &str, reason: String) -> MeshError {
     MeshError::InvalidConfig {
         what: format!("balance.{field}"),
@@ -134,40 +113,42 @@ fn invalid(field: &str, reason: String) -> MeshError {
     }
 }
 
+// === impl BalanceConfig ===
+
 impl BalanceConfig {
     /// Starts from [`BalanceConfig::default`].
     pub fn builder() -> BalanceConfigBuilder {
         BalanceConfigBuilder {
-            config: BalanceConfig::default(),
+            settings: Settings::default(),
         }
     }
     /// The strategy.
     pub fn strategy(&self) -> &Strategy {
-        &self.strategy
+        &self.settings.strategy
     }
     /// Where affinity keys come from (empty: no session affinity).
     pub fn sticky(&self) -> &[KeySource] {
-        &self.sticky
+        &self.settings.sticky
     }
     /// The most requests one instance may have in flight (the design
     /// document's `maxConnectionsPerInstance`), if limited.
     pub fn max_connections_per_instance(&self) -> Option<u32> {
-        self.max_connections_per_instance
+        self.settings.max_connections_per_instance
     }
     /// How long a request waits for a slot when every instance is at its
     /// limit; `None`: it fails at once with [`MeshError::AtCapacity`].
     pub fn wait_at_capacity(&self) -> Option<Duration> {
-        self.wait_at_capacity
+        self.settings.wait_at_capacity
     }
     /// Below this share (percent) of available instances, instances that
     /// health checks call unhealthy take traffic again (Envoy's panic
     /// threshold); ejected and draining ones do not. 0 turns it off.
     pub fn panic_threshold(&self) -> f64 {
-        self.panic_threshold
+        self.settings.panic_threshold
     }
     /// The latency assumed for an instance with no sample yet.
     pub fn unknown_latency(&self) -> Duration {
-        self.unknown_latency
+        self.settings.unknown_latency
     }
 }
 
@@ -176,6 +157,17 @@ impl Default for BalanceConfig {
     /// (as Envoy's), 10 ms assumed for unmeasured instances.
     fn default() -> Self {
         BalanceConfig {
+            settings: Settings::default(),
+        }
+    }
+}
+
+// === impl Settings ===
+
+impl Default for Settings {
+    /// The values [`BalanceConfig::default`] describes.
+    fn default() -> Self {
+        Settings {
             strategy: Strategy::RoundRobin,
             sticky: Vec::new(),
             max_connections_per_instance: None,
@@ -186,28 +178,66 @@ impl Default for BalanceConfig {
     }
 }
 
+impl Settings {
+    /// Checks every value, naming the first key out of range.
+    fn validate(&self) -> Result<(), MeshError> {
+        if !(0.0..=100.0).contains(&self.panic_threshold) {
+            return Err(invalid(
+                "panic_threshold",
+                format!(
+                    "{} is outside [0, 100]: it is a percentage of instances",
+                    self.panic_threshold
+                ),
+            ));
+        }
+        if self.max_connections_per_instance == Some(0) {
+            return Err(invalid(
+                "max_connections_per_instance",
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(w) = self.wait_at_capacity {
+            if w.is_zero() || w > Duration::from_secs(60) {
+                return Err(invalid(
+                    "wait_at_capacity",
+                    format!("{w:?} is outside (0, 60s]"),
+                ));
+            }
+        }
+        if self.unknown_latency.is_zero() || self.unknown_latency > Duration::from_secs(60) {
+            return Err(invalid(
+                "unknown_latency",
+                format!("{:?} is outside (0, 60s]", self.unknown_latency),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Builds a [`BalanceConfig`].
 #[derive(Clone, Debug)]
 pub struct BalanceConfigBuilder {
-    config: BalanceConfig,
+    settings: Settings,
 }
 
 impl From<BalanceConfig> for BalanceConfigBuilder {
     /// Starts from an existing configuration.
     fn from(config: BalanceConfig) -> Self {
-        BalanceConfigBuilder { config }
+        BalanceConfigBuilder {
+            settings: config.settings,
+        }
     }
 }
 
 impl BalanceConfigBuilder {
     /// Picks with `strategy`.
     pub fn strategy(mut self, strategy: Strategy) -> Self {
-        self.config.strategy = strategy;
+        self.settings.strategy = strategy;
         self
     }
     /// Session affinity by these key sources, tried in order.
     pub fn sticky_by(mut self, sources: impl IntoIterator<Item = KeySource>) -> Self {
-        self.config.sticky = sources.into_iter().collect();
+        self.settings.sticky = sources.into_iter().collect();
         self
     }
     /// At most `n` requests in flight per instance; an instance at its
@@ -215,23 +245,23 @@ impl BalanceConfigBuilder {
     /// fails at once with [`MeshError::AtCapacity`] (or waits, see
     /// [`BalanceConfigBuilder::wait_at_capacity`]).
     pub fn max_connections_per_instance(mut self, n: u32) -> Self {
-        self.config.max_connections_per_instance = Some(n);
+        self.settings.max_connections_per_instance = Some(n);
         self
     }
     /// With every instance at its limit, waits up to `max` for a slot
-    /// (looking again every millisecond) instead of failing at once.
+    /// (woken when a call of this balancer ends) instead of failing at once.
     pub fn wait_at_capacity(mut self, max: Duration) -> Self {
-        self.config.wait_at_capacity = Some(max);
+        self.settings.wait_at_capacity = Some(max);
         self
     }
     /// The panic threshold in percent (0 to 100; 0 turns it off).
     pub fn panic_threshold(mut self, percent: f64) -> Self {
-        self.config.panic_threshold = percent;
+        self.settings.panic_threshold = percent;
         self
     }
     /// The latency assumed for an instance with no sample yet.
     pub fn unknown_latency(mut self, d: Duration) -> Self {
-        self.config.unknown_latency = d;
+        self.settings.unknown_latency = d;
         self
     }
 
@@ -241,36 +271,71 @@ impl BalanceConfigBuilder {
     ///
     /// [`MeshError::InvalidConfig`] naming the field out of range.
     pub fn build(self) -> Result<BalanceConfig, MeshError> {
-        let c = self.config;
-        if !(0.0..=100.0).contains(&c.panic_threshold) {
-            return Err(invalid(
-                "panic_threshold",
-                format!(
-                    "{} is outside [0, 100]: it is a percentage of instances",
-                    c.panic_threshold
-                ),
-            ));
+        BalanceConfig::try_from(self.settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_read_with_human_durations_and_written_back() {
+        let config: BalanceConfig = toml::from_str(
+            r#"
+            strategy = "consistent_hash"
+            sticky = [{ header = "x-client-id" }, { cookie = "session" }, "extension"]
+            max_connections_per_instance = 500
+            wait_at_capacity = "10ms"
+            panic_threshold = 0.0
+            unknown_latency = "50ms"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.strategy(), &Strategy::ConsistentHash);
+        assert_eq!(
+            config.sticky(),
+            [
+                KeySource::Header(HeaderName::from_static("x-client-id")),
+                KeySource::Cookie("session".into()),
+                KeySource::Extension,
+            ]
+        );
+        assert_eq!(config.wait_at_capacity(), Some(Duration::from_millis(10)));
+        assert_eq!(config.unknown_latency(), Duration::from_millis(50));
+
+        let text = toml::to_string(&config).expect("serializes");
+        assert_eq!(
+            toml::from_str::<BalanceConfig>(&text).expect("reads back"),
+            config
+        );
+    }
+
+    #[test]
+    fn an_empty_section_is_the_default() {
+        let config: BalanceConfig = toml::from_str("").expect("valid");
+        assert_eq!(config, BalanceConfig::default());
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_refused_naming_them() {
+        for (text, expected) in [
+            ("panic_treshold = 10.0", "panic_treshold"),
+            ("strategy = \"fastest\"", "fastest"),
+            (
+                "sticky = [{ header = \"bad header\" }]",
+                "balance.sticky.header",
+            ),
+            ("sticky = [{ query = \"id\" }]", "query"),
+            (
+                "max_connections_per_instance = 0",
+                "balance.max_connections_per_instance",
+            ),
+            ("wait_at_capacity = \"2m\"", "balance.wait_at_capacity"),
+            ("unknown_latency = \"0s\"", "balance.unknown_latency"),
+        ] {
+            let err = toml::from_str::<BalanceConfig>(text).expect_err(text);
+            assert!(err.to_string().contains(expected), "{text}: {err}");
         }
-        if c.max_connections_per_instance == Some(0) {
-            return Err(invalid(
-                "max_connections_per_instance",
-                "must be at least 1".into(),
-            ));
-        }
-        if let Some(w) = c.wait_at_capacity {
-            if w.is_zero() || w > Duration::from_secs(60) {
-                return Err(invalid(
-                    "wait_at_capacity",
-                    format!("{w:?} is outside (0, 60s]"),
-                ));
-            }
-        }
-        if c.unknown_latency.is_zero() || c.unknown_latency > Duration::from_secs(60) {
-            return Err(invalid(
-                "unknown_latency",
-                format!("{:?} is outside (0, 60s]", c.unknown_latency),
-            ));
-        }
-        Ok(c)
     }
 }

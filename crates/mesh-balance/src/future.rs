@@ -1,5 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use std::time::Duration;
@@ -8,11 +9,13 @@ use http::{Request, Response};
 use mesh_core::ext::SelectedEndpoint;
 use mesh_core::{BoxError, Endpoint, MeshError, ServiceName};
 use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::Sleep;
 use tower::Service;
 
 use crate::body::{InFlight, TrackedBody};
 use crate::service::{Chooser, Dispatch};
+use crate::slots::{Slots, Waiter};
 
 pin_project! {
     /// The response future of [`crate::Balance`].
@@ -40,9 +43,10 @@ pin_project! {
             call: Option<Call>,
         },
         Failed { error: Option<MeshError> },
-        // Every endpoint was at its connection limit: look again every
-        // millisecond until one has room or the deadline passes. Boxed, so
-        // that this rare state does not make every call's future larger.
+        // Every endpoint was at its connection limit: look again each time
+        // a call of this balancer ends, until one has room or the deadline
+        // passes. Boxed, so that this rare state does not make every
+        // call's future larger.
         Waiting { waiting: Pin<Box<Waiting<S, B>>> },
     }
 }
@@ -51,16 +55,15 @@ pin_project! {
     /// A request waiting for a connection slot.
     struct Waiting<S, B> {
         #[pin]
-        tick: Sleep,
+        freed: OwnedNotified,
+        #[pin]
+        deadline: Sleep,
+        waiter: Waiter,
         inner: S,
         chooser: Chooser,
         req: Option<Request<B>>,
-        deadline: tokio::time::Instant,
     }
 }
-
-/// How often a request waiting for capacity looks again.
-const WAIT_TICK: Duration = Duration::from_millis(1);
 
 /// What the balancer remembers about a dispatched call.
 pub(crate) struct Call {
@@ -98,16 +101,22 @@ where
         }
     }
 
-    pub(crate) fn waiting(inner: S, chooser: Chooser, req: Request<B>, max: Duration) -> Self {
-        let now = tokio::time::Instant::now();
+    pub(crate) fn waiting(
+        inner: S,
+        chooser: Chooser,
+        slots: Arc<Slots>,
+        req: Request<B>,
+        max: Duration,
+    ) -> Self {
         ResponseFuture {
             state: State::Waiting {
                 waiting: Box::pin(Waiting {
-                    tick: tokio::time::sleep_until(now + WAIT_TICK),
+                    freed: slots.next_freed(),
+                    deadline: tokio::time::sleep(max),
+                    waiter: Waiter::new(slots),
                     inner,
                     chooser,
                     req: Some(req),
-                    deadline: now + max,
                 }),
             },
         }
@@ -133,38 +142,53 @@ where
                     }))
                 }
                 StateProj::Waiting { waiting } => {
-                    let w = waiting.as_mut().project();
-                    let (mut tick, inner, chooser, req, deadline) =
-                        (w.tick, w.inner, w.chooser, w.req, w.deadline);
-                    std::task::ready!(tick.as_mut().poll(cx));
-                    if let Err(e) = std::task::ready!(inner.poll_ready(cx)) {
-                        return Poll::Ready(Err(e.into()));
-                    }
-                    let Some(request) = req.take() else {
-                        return Poll::Ready(Err(
-                            "balance response future polled after completion".into()
-                        ));
-                    };
-                    match chooser.dispatch(request) {
-                        Dispatch::Sent(request, call) => State::Called {
-                            future: inner.call(request),
-                            call: Some(call),
-                        },
-                        Dispatch::Refused(request, error @ MeshError::AtCapacity { .. }) => {
-                            let now = tokio::time::Instant::now();
-                            if now >= *deadline {
-                                return Poll::Ready(Err(error.into()));
-                            }
-                            *req = Some(request);
-                            tick.reset((now + WAIT_TICK).min(*deadline));
-                            continue;
-                        }
-                        Dispatch::Refused(_, error) => return Poll::Ready(Err(error.into())),
-                    }
+                    std::task::ready!(poll_waiting(waiting.as_mut(), cx))?
                 }
             };
             this.state.set(next);
         }
+    }
+}
+
+/// Looks for a slot, and waits for the next freed one (or the deadline)
+/// when there is none; ready with the call to make once there is one.
+fn poll_waiting<S, B, RB>(
+    mut waiting: Pin<&mut Waiting<S, B>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<State<S, B>, BoxError>>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    loop {
+        let mut w = waiting.as_mut().project();
+        // Registered before looking, so a slot freed in between wakes us.
+        w.freed.as_mut().enable();
+        if let Err(e) = std::task::ready!(w.inner.poll_ready(cx)) {
+            return Poll::Ready(Err(e.into()));
+        }
+        let Some(request) = w.req.take() else {
+            return Poll::Ready(Err("balance response future polled after completion".into()));
+        };
+        let error = match w.chooser.dispatch(request) {
+            Dispatch::Sent(request, call) => {
+                return Poll::Ready(Ok(State::Called {
+                    future: w.inner.call(request),
+                    call: Some(call),
+                }))
+            }
+            Dispatch::Refused(request, error @ MeshError::AtCapacity { .. }) => {
+                *w.req = Some(request);
+                error
+            }
+            Dispatch::Refused(_, error) => return Poll::Ready(Err(error.into())),
+        };
+        if w.deadline.poll(cx).is_ready() {
+            return Poll::Ready(Err(error.into()));
+        }
+        std::task::ready!(w.freed.as_mut().poll(cx));
+        // Woken by a freed slot: wait on the next one, and look again.
+        w.freed.set(w.waiter.slots().next_freed());
     }
 }
 

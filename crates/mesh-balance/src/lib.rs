@@ -5,16 +5,15 @@
 mod body;
 mod config;
 mod future;
-mod interop;
 mod layer;
 mod round_robin;
 mod service;
+mod slots;
 mod strategy;
 
 pub use body::TrackedBody;
 pub use config::{BalanceConfig, BalanceConfigBuilder};
 pub use future::ResponseFuture;
-pub use interop::{CountedFuture, EndpointChanges, EndpointService};
 pub use layer::BalanceLayer;
 pub use round_robin::RoundRobin;
 pub use service::Balance;

@@ -10,6 +10,7 @@ use tower::Service;
 
 use crate::body::{InFlight, TrackedBody};
 use crate::future::{Call, ResponseFuture};
+use crate::slots::Slots;
 use crate::strategy::{hash_key, KeySource, NoPick, PickContext, Picker};
 
 /// Sends each request to one available endpoint of its service.
@@ -30,13 +31,23 @@ pub struct Balance<S> {
 pub(crate) struct Chooser {
     picker: Arc<Picker>,
     keys: Arc<[KeySource]>,
+    /// Present when requests may wait for a slot (`wait_at_capacity`).
+    slots: Option<Arc<Slots>>,
 }
 
 impl<S> Balance<S> {
     pub(crate) fn new(inner: S, picker: Arc<Picker>, keys: Arc<[KeySource]>) -> Self {
+        let slots = picker
+            .config()
+            .wait_at_capacity()
+            .map(|_| Arc::new(Slots::default()));
         Balance {
             inner,
-            chooser: Chooser { picker, keys },
+            chooser: Chooser {
+                picker,
+                keys,
+                slots,
+            },
         }
     }
 }
@@ -44,6 +55,11 @@ impl<S> Balance<S> {
 impl Chooser {
     pub(crate) fn picker(&self) -> &Picker {
         &self.picker
+    }
+
+    /// Where waiting requests learn of freed slots, when they may wait.
+    pub(crate) fn slots(&self) -> Option<&Arc<Slots>> {
+        self.slots.as_ref()
     }
 
     /// A hash of the request's affinity key, from the first source that
@@ -122,7 +138,7 @@ impl Chooser {
             let in_flight = match limit {
                 None => InFlight::start(state),
                 Some(l) => match state.try_start_request(l) {
-                    true => InFlight::adopt(state),
+                    true => InFlight::adopt(state).freeing(self.slots.clone()),
                     false => continue,
                 },
             };
@@ -213,13 +229,18 @@ where
         match self.chooser.dispatch(req) {
             Dispatch::Sent(req, call) => ResponseFuture::called(self.inner.call(req), call),
             Dispatch::Refused(req, error @ MeshError::AtCapacity { .. }) => {
-                match self.chooser.picker().config().wait_at_capacity() {
+                let wait = self.chooser.picker().config().wait_at_capacity();
+                match (wait, self.chooser.slots()) {
                     // Wait (bounded) for a slot, with a clone of the inner
                     // service to call once one frees.
-                    Some(max) => {
-                        ResponseFuture::waiting(self.inner.clone(), self.chooser.clone(), req, max)
-                    }
-                    None => ResponseFuture::failed(error),
+                    (Some(max), Some(slots)) => ResponseFuture::waiting(
+                        self.inner.clone(),
+                        self.chooser.clone(),
+                        Arc::clone(slots),
+                        req,
+                        max,
+                    ),
+                    _ => ResponseFuture::failed(error),
                 }
             }
             Dispatch::Refused(_, error) => {
@@ -562,5 +583,52 @@ mod wait_tests {
         );
         assert!(started.elapsed() >= Duration::from_millis(200));
         hold.finish_request();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_request_is_woken_by_the_freed_slot_not_by_a_timer() {
+        let set = EndpointSet::new(
+            ServiceName::new("users").unwrap(),
+            vec![Endpoint::builder("127.0.0.1:1".parse().unwrap()).build()],
+        );
+        let layer = BalanceLayer::from_config(
+            BalanceConfig::builder()
+                .max_connections_per_instance(1)
+                .wait_at_capacity(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        );
+        let (release, held) = oneshot::channel::<()>();
+        let held = Arc::new(std::sync::Mutex::new(Some(held)));
+        let svc = layer.layer(service_fn(move |_req: Request<()>| {
+            let held = held.lock().unwrap().take();
+            async move {
+                if let Some(held) = held {
+                    let _ = held.await;
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(()))
+            }
+        }));
+        let request = || {
+            let mut req = Request::get("http://users/").body(()).unwrap();
+            req.extensions_mut().insert(set.clone());
+            req
+        };
+        let first = tokio::spawn(svc.clone().oneshot(request()));
+        while set.endpoints()[0].state().in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let second = tokio::spawn(svc.clone().oneshot(request()));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!second.is_finished(), "waiting for the slot");
+        // The clock is paused: any timer the waiter polled on would have
+        // to advance it.
+        let before = tokio::time::Instant::now();
+        release.send(()).unwrap();
+        drop(first.await.unwrap().unwrap());
+        second.await.unwrap().expect("got the freed slot");
+        assert_eq!(tokio::time::Instant::now(), before, "woken by a timer");
     }
 }

@@ -90,169 +90,72 @@ pub enum WindowConfig {
 /// # Ok::<(), serde_json::Error>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "RawConfig", into = "RawConfig")]
+#[serde(try_from = "Settings", into = "Settings")]
 pub struct BreakerConfig {
+    settings: Settings,
+}
+
+/// The settings of a [`BreakerConfig`], each declared once, in the form a
+/// file writes them: a key left out takes its value from
+/// [`Settings::default`]. A `BreakerConfig` holds them once
+/// [`Settings::validate`] has accepted them, so a file and the builder
+/// share one set of checks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
     scope: BreakerScope,
+    #[serde(skip_serializing_if = "Option::is_none")]
     consecutive_failures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     failure_rate_threshold: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     slow_call_rate_threshold: Option<f64>,
+    #[serde(with = "humantime_serde")]
     slow_call_duration: Duration,
     window: WindowConfig,
     minimum_calls: u32,
-    open_duration: Duration,
-    open_duration_max: Duration,
-    open_duration_multiplier: f64,
+    /// Unset: 30 s, growing on repeated trips. Set alone (without
+    /// `open_duration_max` and `open_duration_multiplier`), a fixed
+    /// duration: growth is asked for explicitly, in a file as with
+    /// [`BreakerConfigBuilder::open_duration_growth`].
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    open_duration: Option<Duration>,
+    /// Unset: `open_duration` when that is set, else 5 min.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    open_duration_max: Option<Duration>,
+    /// Unset: 1 (no growth) when `open_duration` is set, else 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open_duration_multiplier: Option<f64>,
     open_duration_jitter: f64,
     half_open_probes: u32,
+    #[serde(with = "humantime_serde")]
     half_open_max_wait: Duration,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     call_timeout: Option<Duration>,
     max_breakers: u32,
+    #[serde(with = "humantime_serde")]
     idle_timeout: Duration,
 }
 
-/// The serde form of [`BreakerConfig`]: every field optional, defaults
-/// filled in, then validated by the builder.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    scope: Option<BreakerScope>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    consecutive_failures: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    failure_rate_threshold: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    slow_call_rate_threshold: Option<f64>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    slow_call_duration: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    window: Option<WindowConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    minimum_calls: Option<u32>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    open_duration: Option<Duration>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    open_duration_max: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    open_duration_multiplier: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    open_duration_jitter: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    half_open_probes: Option<u32>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    half_open_max_wait: Option<Duration>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    call_timeout: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_breakers: Option<u32>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    idle_timeout: Option<Duration>,
-}
+/// The open duration when none is written.
+const OPEN_DURATION: Duration = Duration::from_secs(30);
+/// The longest the default open duration grows to.
+const OPEN_DURATION_MAX: Duration = Duration::from_secs(300);
+/// The growth of the default open duration on each repeated trip.
+const OPEN_DURATION_MULTIPLIER: f64 = 2.0;
 
-impl TryFrom<RawConfig> for BreakerConfig {
+impl TryFrom<Settings> for BreakerConfig {
     type Error = MeshError;
 
-    fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
-        let mut b = BreakerConfig::builder();
-        let c = &mut b.config;
-        if let Some(v) = raw.scope {
-            c.scope = v;
-        }
-        if let Some(v) = raw.consecutive_failures {
-            c.consecutive_failures = Some(v);
-        }
-        if let Some(v) = raw.failure_rate_threshold {
-            c.failure_rate_threshold = Some(v);
-        }
-        if let Some(v) = raw.slow_call_rate_threshold {
-            c.slow_call_rate_threshold = Some(v);
-        }
-        if let Some(v) = raw.slow_call_duration {
-            c.slow_call_duration = v;
-        }
-        if let Some(v) = raw.window {
-            c.window = v;
-        }
-        if let Some(v) = raw.minimum_calls {
-            c.minimum_calls = v;
-        }
-        if let Some(v) = raw.open_duration {
-            // As with the builder: a base duration alone means no growth;
-            // growth is asked for with a multiplier and a maximum.
-            c.open_duration = v;
-            c.open_duration_max = v;
-            c.open_duration_multiplier = 1.0;
-        }
-        if let Some(v) = raw.open_duration_max {
-            c.open_duration_max = v;
-        }
-        if let Some(v) = raw.open_duration_multiplier {
-            c.open_duration_multiplier = v;
-        }
-        if let Some(v) = raw.open_duration_jitter {
-            c.open_duration_jitter = v;
-        }
-        if let Some(v) = raw.half_open_probes {
-            c.half_open_probes = v;
-        }
-        if let Some(v) = raw.half_open_max_wait {
-            c.half_open_max_wait = v;
-        }
-        c.call_timeout = raw.call_timeout;
-        if let Some(v) = raw.max_breakers {
-            c.max_breakers = v;
-        }
-        if let Some(v) = raw.idle_timeout {
-            c.idle_timeout = v;
-        }
-        b.build()
+    fn try_from(settings: Settings) -> Result<Self, MeshError> {
+        settings.validate()?;
+        Ok(BreakerConfig { settings })
     }
 }
 
-impl From<BreakerConfig> for RawConfig {
-    fn from(c: BreakerConfig) -> Self {
-        RawConfig {
-            scope: Some(c.scope),
-            consecutive_failures: c.consecutive_failures,
-            failure_rate_threshold: c.failure_rate_threshold,
-            slow_call_rate_threshold: c.slow_call_rate_threshold,
-            slow_call_duration: Some(c.slow_call_duration),
-            window: Some(c.window),
-            minimum_calls: Some(c.minimum_calls),
-            open_duration: Some(c.open_duration),
-            open_duration_max: Some(c.open_duration_max),
-            open_duration_multiplier: Some(c.open_duration_multiplier),
-            open_duration_jitter: Some(c.open_duration_jitter),
-            half_open_probes: Some(c.half_open_probes),
-            half_open_max_wait: Some(c.half_open_max_wait),
-            call_timeout: c.call_timeout,
-            max_breakers: Some(c.max_breakers),
-            idle_timeout: Some(c.idle_timeout),
-        }
+impl From<BreakerConfig> for Settings {
+    fn from(config: BreakerConfig) -> Self {
+        config.settings
     }
 }
 
@@ -262,7 +165,7 @@ impl BreakerConfig {
     /// Starts from [`BreakerConfig::default`].
     pub fn builder() -> BreakerConfigBuilder {
         BreakerConfigBuilder {
-            config: BreakerConfig::default(),
+            settings: Settings::default(),
         }
     }
 
@@ -270,19 +173,20 @@ impl BreakerConfig {
     /// profile): trips early on a small sample and probes carefully, since
     /// every caller depends on it and failing fast beats piling up.
     pub fn strict() -> BreakerConfig {
-        BreakerConfig {
+        BreakerConfig::preset(Settings {
             consecutive_failures: Some(3),
             failure_rate_threshold: Some(25.0),
             slow_call_rate_threshold: Some(50.0),
             slow_call_duration: Duration::from_secs(1),
             window: WindowConfig::Count { size: 50 },
             minimum_calls: 10,
-            open_duration: Duration::from_secs(10),
-            open_duration_max: Duration::from_secs(120),
+            open_duration: Some(Duration::from_secs(10)),
+            open_duration_max: Some(Duration::from_secs(120)),
+            open_duration_multiplier: Some(OPEN_DURATION_MULTIPLIER),
             half_open_probes: 3,
             call_timeout: Some(Duration::from_secs(2)),
-            ..BreakerConfig::default()
-        }
+            ..Settings::default()
+        })
     }
 
     /// For a payment service (the design document's "conservative"
@@ -290,7 +194,7 @@ impl BreakerConfig {
     /// refusing a payment costs more than a slow one, and lets slow calls
     /// run long before judging them.
     pub fn conservative() -> BreakerConfig {
-        BreakerConfig {
+        BreakerConfig::preset(Settings {
             consecutive_failures: Some(10),
             failure_rate_threshold: Some(60.0),
             slow_call_rate_threshold: Some(90.0),
@@ -300,12 +204,13 @@ impl BreakerConfig {
                 buckets: 12,
             },
             minimum_calls: 30,
-            open_duration: Duration::from_secs(30),
-            open_duration_max: Duration::from_secs(300),
+            open_duration: Some(Duration::from_secs(30)),
+            open_duration_max: Some(Duration::from_secs(300)),
+            open_duration_multiplier: Some(OPEN_DURATION_MULTIPLIER),
             half_open_probes: 5,
             call_timeout: Some(Duration::from_secs(15)),
-            ..BreakerConfig::default()
-        }
+            ..Settings::default()
+        })
     }
 
     /// For a notification service (the design document's "fallbacks
@@ -313,86 +218,93 @@ impl BreakerConfig {
     /// callers answer from a fallback (see [`crate::FallbackLayer`]) and a
     /// delayed notification is cheap.
     pub fn lenient() -> BreakerConfig {
-        BreakerConfig {
+        BreakerConfig::preset(Settings {
             consecutive_failures: Some(5),
             failure_rate_threshold: Some(50.0),
             slow_call_rate_threshold: None,
             window: WindowConfig::Count { size: 20 },
             minimum_calls: 5,
-            open_duration: Duration::from_secs(60),
-            open_duration_max: Duration::from_secs(600),
+            open_duration: Some(Duration::from_secs(60)),
+            open_duration_max: Some(Duration::from_secs(600)),
+            open_duration_multiplier: Some(OPEN_DURATION_MULTIPLIER),
             half_open_probes: 1,
             call_timeout: Some(Duration::from_secs(5)),
-            ..BreakerConfig::default()
-        }
+            ..Settings::default()
+        })
+    }
+
+    /// A preset's settings, which the tests prove valid
+    /// (`presets_and_the_default_are_valid`), so they skip the checks.
+    fn preset(settings: Settings) -> BreakerConfig {
+        BreakerConfig { settings }
     }
 
     /// One breaker per service or per endpoint.
     pub fn scope(&self) -> BreakerScope {
-        self.scope
+        self.settings.scope
     }
     /// Failures in a row that open the circuit, if that condition is on.
     pub fn consecutive_failures(&self) -> Option<u32> {
-        self.consecutive_failures
+        self.settings.consecutive_failures
     }
     /// The failure rate (percent) that opens the circuit, if on.
     pub fn failure_rate_threshold(&self) -> Option<f64> {
-        self.failure_rate_threshold
+        self.settings.failure_rate_threshold
     }
     /// The slow-call rate (percent) that opens the circuit, if on.
     pub fn slow_call_rate_threshold(&self) -> Option<f64> {
-        self.slow_call_rate_threshold
+        self.settings.slow_call_rate_threshold
     }
     /// How long a call may take before it counts as slow.
     pub fn slow_call_duration(&self) -> Duration {
-        self.slow_call_duration
+        self.settings.slow_call_duration
     }
     /// The rolling window of the rates.
     pub fn window(&self) -> WindowConfig {
-        self.window
+        self.settings.window
     }
     /// Calls the window must hold before its rates are judged.
     pub fn minimum_calls(&self) -> u32 {
-        self.minimum_calls
+        self.settings.minimum_calls
     }
     /// How long the circuit stays open after its first trip (the design
     /// document's `resetTimeout`).
     pub fn open_duration(&self) -> Duration {
-        self.open_duration
+        self.settings.open_duration()
     }
     /// The longest the open duration grows to on repeated trips.
     pub fn open_duration_max(&self) -> Duration {
-        self.open_duration_max
+        self.settings.open_duration_max()
     }
     /// The factor the open duration grows by on each trip that follows a
     /// failed recovery (1 = no growth).
     pub fn open_duration_multiplier(&self) -> f64 {
-        self.open_duration_multiplier
+        self.settings.open_duration_multiplier()
     }
     /// The share (0 to 1) by which each open duration is randomly
     /// lengthened or shortened, so that many clients do not probe at once.
     pub fn open_duration_jitter(&self) -> f64 {
-        self.open_duration_jitter
+        self.settings.open_duration_jitter
     }
     /// Probe calls admitted in HALF_OPEN.
     pub fn half_open_probes(&self) -> u32 {
-        self.half_open_probes
+        self.settings.half_open_probes
     }
     /// The longest HALF_OPEN waits for its probes before opening again.
     pub fn half_open_max_wait(&self) -> Duration {
-        self.half_open_max_wait
+        self.settings.half_open_max_wait
     }
     /// The per-call timeout (the design document's `timeout`), if any.
     pub fn call_timeout(&self) -> Option<Duration> {
-        self.call_timeout
+        self.settings.call_timeout
     }
     /// The most breakers one layer keeps (one per key).
     pub fn max_breakers(&self) -> u32 {
-        self.max_breakers
+        self.settings.max_breakers
     }
     /// How long a breaker may go unused before it may be evicted.
     pub fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
+        self.settings.idle_timeout
     }
 }
 
@@ -404,6 +316,17 @@ impl Default for BreakerConfig {
     /// timeout (tower's timeout below the breaker usually does that).
     fn default() -> Self {
         BreakerConfig {
+            settings: Settings::default(),
+        }
+    }
+}
+
+// === impl Settings ===
+
+impl Default for Settings {
+    /// The values [`BreakerConfig::default`] describes.
+    fn default() -> Self {
+        Settings {
             scope: BreakerScope::Service,
             consecutive_failures: Some(5),
             failure_rate_threshold: Some(50.0),
@@ -411,9 +334,9 @@ impl Default for BreakerConfig {
             slow_call_duration: Duration::from_secs(5),
             window: WindowConfig::Count { size: 100 },
             minimum_calls: 20,
-            open_duration: Duration::from_secs(30),
-            open_duration_max: Duration::from_secs(300),
-            open_duration_multiplier: 2.0,
+            open_duration: None,
+            open_duration_max: None,
+            open_duration_multiplier: None,
             open_duration_jitter: 0.1,
             half_open_probes: 3,
             half_open_max_wait: Duration::from_secs(30),
@@ -424,130 +347,43 @@ impl Default for BreakerConfig {
     }
 }
 
-/// Builds a [`BreakerConfig`].
-#[derive(Clone, Debug)]
-pub struct BreakerConfigBuilder {
-    config: BreakerConfig,
-}
-
-fn invalid(field: &str, reason: String) -> MeshError {
-    MeshError::InvalidConfig {
-        what: format!("breaker.{field}"),
-        reason,
-    }
-}
-
-impl BreakerConfigBuilder {
-    /// Starts from a preset instead of the default.
-    pub fn from_config(config: BreakerConfig) -> Self {
-        BreakerConfigBuilder { config }
-    }
-    /// One breaker per service or per endpoint.
-    pub fn scope(mut self, scope: BreakerScope) -> Self {
-        self.config.scope = scope;
-        self
-    }
-    /// Opens after `n` failures in a row.
-    pub fn consecutive_failures(mut self, n: u32) -> Self {
-        self.config.consecutive_failures = Some(n);
-        self
-    }
-    /// Turns the consecutive-failures condition off.
-    pub fn no_consecutive_failures(mut self) -> Self {
-        self.config.consecutive_failures = None;
-        self
-    }
-    /// Opens when failed calls reach `percent` of the window.
-    pub fn failure_rate_threshold(mut self, percent: f64) -> Self {
-        self.config.failure_rate_threshold = Some(percent);
-        self
-    }
-    /// Turns the failure-rate condition off.
-    pub fn no_failure_rate(mut self) -> Self {
-        self.config.failure_rate_threshold = None;
-        self
-    }
-    /// Opens when calls slower than `duration` reach `percent` of the window.
-    pub fn slow_calls(mut self, duration: Duration, percent: f64) -> Self {
-        self.config.slow_call_duration = duration;
-        self.config.slow_call_rate_threshold = Some(percent);
-        self
-    }
-    /// The window the rates are computed over.
-    pub fn window(mut self, window: WindowConfig) -> Self {
-        self.config.window = window;
-        self
-    }
-    /// Judges rates only once the window holds `n` calls.
-    pub fn minimum_calls(mut self, n: u32) -> Self {
-        self.config.minimum_calls = n;
-        self
-    }
-    /// Stays open `d` after a trip, with no growth on repeated trips (call
-    /// [`BreakerConfigBuilder::open_duration_growth`] after this to add
-    /// growth; a file does the same with `open_duration_multiplier` and
-    /// `open_duration_max`).
-    pub fn open_duration(mut self, d: Duration) -> Self {
-        self.config.open_duration = d;
-        self.config.open_duration_max = d;
-        self.config.open_duration_multiplier = 1.0;
-        self
-    }
-    /// Grows the open duration by `multiplier` on each trip that follows a
-    /// failed recovery, up to `max`.
-    pub fn open_duration_growth(mut self, multiplier: f64, max: Duration) -> Self {
-        self.config.open_duration_multiplier = multiplier;
-        self.config.open_duration_max = max;
-        self
-    }
-    /// Lengthens or shortens each open duration by up to `share` (0 to 1).
-    pub fn open_duration_jitter(mut self, share: f64) -> Self {
-        self.config.open_duration_jitter = share;
-        self
-    }
-    /// Admits `n` probes in HALF_OPEN.
-    pub fn half_open_probes(mut self, n: u32) -> Self {
-        self.config.half_open_probes = n;
-        self
-    }
-    /// Opens again if HALF_OPEN has not decided within `d`.
-    pub fn half_open_max_wait(mut self, d: Duration) -> Self {
-        self.config.half_open_max_wait = d;
-        self
-    }
-    /// Cancels, and counts as failed, any call longer than `d`.
-    pub fn call_timeout(mut self, d: Duration) -> Self {
-        self.config.call_timeout = Some(d);
-        self
-    }
-    /// Keeps at most `n` breakers, evicting idle ones.
-    pub fn max_breakers(mut self, n: u32) -> Self {
-        self.config.max_breakers = n;
-        self
-    }
-    /// A breaker unused for `d` may be evicted.
-    pub fn idle_timeout(mut self, d: Duration) -> Self {
-        self.config.idle_timeout = d;
-        self
+impl Settings {
+    fn open_duration(&self) -> Duration {
+        self.open_duration.unwrap_or(OPEN_DURATION)
     }
 
-    /// Validates the settings.
-    ///
-    /// # Errors
-    ///
-    /// [`MeshError::InvalidConfig`] naming the first field out of range.
-    pub fn build(self) -> Result<BreakerConfig, MeshError> {
-        let c = self.config;
-        let day = Duration::from_secs(86_400);
-        if c.consecutive_failures == Some(0) {
+    fn open_duration_max(&self) -> Duration {
+        self.open_duration_max
+            .unwrap_or_else(|| self.open_duration.unwrap_or(OPEN_DURATION_MAX))
+    }
+
+    fn open_duration_multiplier(&self) -> f64 {
+        self.open_duration_multiplier
+            .unwrap_or(match self.open_duration {
+                Some(_) => 1.0,
+                None => OPEN_DURATION_MULTIPLIER,
+            })
+    }
+
+    /// Checks every value, naming the first key out of range.
+    fn validate(&self) -> Result<(), MeshError> {
+        self.validate_trip_conditions()?;
+        self.validate_window()?;
+        self.validate_open_state()?;
+        self.validate_limits()
+    }
+
+    /// The conditions that open the circuit: at least one, each in range.
+    fn validate_trip_conditions(&self) -> Result<(), MeshError> {
+        if self.consecutive_failures == Some(0) {
             return Err(invalid(
                 "consecutive_failures",
                 "must be at least 1 (0 would open the circuit before any call)".into(),
             ));
         }
         for (field, rate) in [
-            ("failure_rate_threshold", c.failure_rate_threshold),
-            ("slow_call_rate_threshold", c.slow_call_rate_threshold),
+            ("failure_rate_threshold", self.failure_rate_threshold),
+            ("slow_call_rate_threshold", self.slow_call_rate_threshold),
         ] {
             if let Some(rate) = rate {
                 if !(rate > 0.0 && rate <= 100.0) {
@@ -558,16 +394,21 @@ impl BreakerConfigBuilder {
                 }
             }
         }
-        if c.consecutive_failures.is_none()
-            && c.failure_rate_threshold.is_none()
-            && c.slow_call_rate_threshold.is_none()
+        if self.consecutive_failures.is_none()
+            && self.failure_rate_threshold.is_none()
+            && self.slow_call_rate_threshold.is_none()
         {
             return Err(invalid("consecutive_failures", "no trip condition is set: set consecutive_failures, failure_rate_threshold or slow_call_rate_threshold (use a disabled breaker to never trip)".into()));
         }
-        if c.slow_call_duration.is_zero() {
+        if self.slow_call_duration.is_zero() {
             return Err(invalid("slow_call_duration", "must be more than 0".into()));
         }
-        match c.window {
+        Ok(())
+    }
+
+    /// The window the rates are computed over, and the calls it must hold.
+    fn validate_window(&self) -> Result<(), MeshError> {
+        match self.window {
             WindowConfig::Count { size } => {
                 if size == 0 || size > 100_000 {
                     return Err(invalid(
@@ -575,12 +416,12 @@ impl BreakerConfigBuilder {
                         format!("{size} is outside 1..=100000"),
                     ));
                 }
-                if c.minimum_calls > size {
-                    return Err(invalid("minimum_calls", format!("{} is more than the window's {size} calls, so rates would never be judged", c.minimum_calls)));
+                if self.minimum_calls > size {
+                    return Err(invalid("minimum_calls", format!("{} is more than the window's {size} calls, so rates would never be judged", self.minimum_calls)));
                 }
             }
             WindowConfig::Time { duration, buckets } => {
-                if duration.is_zero() || duration > day {
+                if duration.is_zero() || duration > DAY {
                     return Err(invalid(
                         "window.duration",
                         format!("{duration:?} is out of range: use more than 0 and at most 24h"),
@@ -600,72 +441,203 @@ impl BreakerConfigBuilder {
                 }
             }
         }
-        if c.minimum_calls == 0 {
+        if self.minimum_calls == 0 {
             return Err(invalid("minimum_calls", "must be at least 1".into()));
         }
-        if c.open_duration.is_zero() || c.open_duration > day {
+        Ok(())
+    }
+
+    /// How long the circuit stays open, and how it probes its way out.
+    fn validate_open_state(&self) -> Result<(), MeshError> {
+        let (open, max) = (self.open_duration(), self.open_duration_max());
+        if open.is_zero() || open > DAY {
             return Err(invalid(
                 "open_duration",
-                format!(
-                    "{:?} is out of range: use more than 0 and at most 24h",
-                    c.open_duration
-                ),
+                format!("{open:?} is out of range: use more than 0 and at most 24h"),
             ));
         }
-        if c.open_duration_max < c.open_duration || c.open_duration_max > day {
+        if max < open || max > DAY {
             return Err(invalid(
                 "open_duration_max",
-                format!(
-                    "{:?} must be at least open_duration ({:?}) and at most 24h",
-                    c.open_duration_max, c.open_duration
-                ),
+                format!("{max:?} must be at least open_duration ({open:?}) and at most 24h"),
             ));
         }
-        if !(1.0..=100.0).contains(&c.open_duration_multiplier) {
+        let multiplier = self.open_duration_multiplier();
+        if !(1.0..=100.0).contains(&multiplier) {
             return Err(invalid(
                 "open_duration_multiplier",
-                format!("{} is outside [1, 100]", c.open_duration_multiplier),
+                format!("{multiplier} is outside [1, 100]"),
             ));
         }
-        if !(0.0..=1.0).contains(&c.open_duration_jitter) {
+        if !(0.0..=1.0).contains(&self.open_duration_jitter) {
             return Err(invalid(
                 "open_duration_jitter",
                 format!(
                     "{} is outside [0, 1]: it is a share of the duration",
-                    c.open_duration_jitter
+                    self.open_duration_jitter
                 ),
             ));
         }
-        if c.half_open_probes == 0 || c.half_open_probes > 1000 {
+        if self.half_open_probes == 0 || self.half_open_probes > 1000 {
             return Err(invalid(
                 "half_open_probes",
-                format!("{} is outside 1..=1000", c.half_open_probes),
+                format!("{} is outside 1..=1000", self.half_open_probes),
             ));
         }
-        if c.half_open_max_wait.is_zero() || c.half_open_max_wait > day {
+        if self.half_open_max_wait.is_zero() || self.half_open_max_wait > DAY {
             return Err(invalid(
                 "half_open_max_wait",
                 format!(
                     "{:?} is out of range: use more than 0 and at most 24h",
-                    c.half_open_max_wait
+                    self.half_open_max_wait
                 ),
             ));
         }
-        if let Some(t) = c.call_timeout {
-            if t.is_zero() || t > day {
+        Ok(())
+    }
+
+    /// The call timeout and the bounds on the breakers kept.
+    fn validate_limits(&self) -> Result<(), MeshError> {
+        if let Some(t) = self.call_timeout {
+            if t.is_zero() || t > DAY {
                 return Err(invalid(
                     "call_timeout",
                     format!("{t:?} is out of range: use more than 0 and at most 24h"),
                 ));
             }
         }
-        if c.max_breakers == 0 {
+        if self.max_breakers == 0 {
             return Err(invalid("max_breakers", "must be at least 1".into()));
         }
-        if c.idle_timeout.is_zero() {
+        if self.idle_timeout.is_zero() {
             return Err(invalid("idle_timeout", "must be more than 0".into()));
         }
-        Ok(c)
+        Ok(())
+    }
+}
+
+/// The longest any duration of a breaker may be.
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The error for the setting `breaker.<field>`.
+fn invalid(field: &str, reason: String) -> MeshError {
+    MeshError::InvalidConfig {
+        what: format!("breaker.{field}"),
+        reason,
+    }
+}
+
+/// Builds a [`BreakerConfig`].
+#[derive(Clone, Debug)]
+pub struct BreakerConfigBuilder {
+    settings: Settings,
+}
+
+// === impl BreakerConfigBuilder ===
+
+impl BreakerConfigBuilder {
+    /// Starts from a preset instead of the default.
+    pub fn from_config(config: BreakerConfig) -> Self {
+        BreakerConfigBuilder {
+            settings: config.settings,
+        }
+    }
+    /// One breaker per service or per endpoint.
+    pub fn scope(mut self, scope: BreakerScope) -> Self {
+        self.settings.scope = scope;
+        self
+    }
+    /// Opens after `n` failures in a row.
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.settings.consecutive_failures = Some(n);
+        self
+    }
+    /// Turns the consecutive-failures condition off.
+    pub fn no_consecutive_failures(mut self) -> Self {
+        self.settings.consecutive_failures = None;
+        self
+    }
+    /// Opens when failed calls reach `percent` of the window.
+    pub fn failure_rate_threshold(mut self, percent: f64) -> Self {
+        self.settings.failure_rate_threshold = Some(percent);
+        self
+    }
+    /// Turns the failure-rate condition off.
+    pub fn no_failure_rate(mut self) -> Self {
+        self.settings.failure_rate_threshold = None;
+        self
+    }
+    /// Opens when calls slower than `duration` reach `percent` of the window.
+    pub fn slow_calls(mut self, duration: Duration, percent: f64) -> Self {
+        self.settings.slow_call_duration = duration;
+        self.settings.slow_call_rate_threshold = Some(percent);
+        self
+    }
+    /// The window the rates are computed over.
+    pub fn window(mut self, window: WindowConfig) -> Self {
+        self.settings.window = window;
+        self
+    }
+    /// Judges rates only once the window holds `n` calls.
+    pub fn minimum_calls(mut self, n: u32) -> Self {
+        self.settings.minimum_calls = n;
+        self
+    }
+    /// Stays open `d` after a trip, with no growth on repeated trips (call
+    /// [`BreakerConfigBuilder::open_duration_growth`] after this to add
+    /// growth; a file does the same with `open_duration_multiplier` and
+    /// `open_duration_max`).
+    pub fn open_duration(mut self, d: Duration) -> Self {
+        self.settings.open_duration = Some(d);
+        self.settings.open_duration_max = None;
+        self.settings.open_duration_multiplier = None;
+        self
+    }
+    /// Grows the open duration by `multiplier` on each trip that follows a
+    /// failed recovery, up to `max`.
+    pub fn open_duration_growth(mut self, multiplier: f64, max: Duration) -> Self {
+        self.settings.open_duration_multiplier = Some(multiplier);
+        self.settings.open_duration_max = Some(max);
+        self
+    }
+    /// Lengthens or shortens each open duration by up to `share` (0 to 1).
+    pub fn open_duration_jitter(mut self, share: f64) -> Self {
+        self.settings.open_duration_jitter = share;
+        self
+    }
+    /// Admits `n` probes in HALF_OPEN.
+    pub fn half_open_probes(mut self, n: u32) -> Self {
+        self.settings.half_open_probes = n;
+        self
+    }
+    /// Opens again if HALF_OPEN has not decided within `d`.
+    pub fn half_open_max_wait(mut self, d: Duration) -> Self {
+        self.settings.half_open_max_wait = d;
+        self
+    }
+    /// Cancels, and counts as failed, any call longer than `d`.
+    pub fn call_timeout(mut self, d: Duration) -> Self {
+        self.settings.call_timeout = Some(d);
+        self
+    }
+    /// Keeps at most `n` breakers, evicting idle ones.
+    pub fn max_breakers(mut self, n: u32) -> Self {
+        self.settings.max_breakers = n;
+        self
+    }
+    /// A breaker unused for `d` may be evicted.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.settings.idle_timeout = d;
+        self
+    }
+
+    /// Validates the settings.
+    ///
+    /// # Errors
+    ///
+    /// [`MeshError::InvalidConfig`] naming the first field out of range.
+    pub fn build(self) -> Result<BreakerConfig, MeshError> {
+        BreakerConfig::try_from(self.settings)
     }
 }
 
@@ -752,6 +724,49 @@ mod tests {
         assert!(
             BreakerConfig::strict().failure_rate_threshold()
                 < BreakerConfig::conservative().failure_rate_threshold()
+        );
+    }
+
+    #[test]
+    fn an_open_duration_written_alone_is_fixed_and_growth_is_asked_for() {
+        let secs = Duration::from_secs;
+        let growth = |c: &BreakerConfig| {
+            (
+                c.open_duration(),
+                c.open_duration_max(),
+                c.open_duration_multiplier(),
+            )
+        };
+        let unwritten: BreakerConfig = toml::from_str("").unwrap();
+        assert_eq!(unwritten, BreakerConfig::default());
+        assert_eq!(growth(&unwritten), (secs(30), secs(300), 2.0));
+
+        let fixed: BreakerConfig = toml::from_str("open_duration = \"15s\"").unwrap();
+        assert_eq!(growth(&fixed), (secs(15), secs(15), 1.0));
+        let built = BreakerConfig::builder()
+            .open_duration(secs(15))
+            .build()
+            .unwrap();
+        assert_eq!(fixed, built);
+
+        let growing: BreakerConfig = toml::from_str(
+            "open_duration = \"15s\"\nopen_duration_multiplier = 3.0\nopen_duration_max = \"1m\"",
+        )
+        .unwrap();
+        assert_eq!(growth(&growing), (secs(15), secs(60), 3.0));
+        let built = BreakerConfig::builder()
+            .open_duration(secs(15))
+            .open_duration_growth(3.0, secs(60))
+            .build()
+            .unwrap();
+        assert_eq!(growing, built);
+
+        let err =
+            toml::from_str::<BreakerConfig>("open_duration = \"15s\"\nopen_duration_max = \"10s\"")
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("breaker.open_duration_max"),
+            "{err}"
         );
     }
 

@@ -26,7 +26,7 @@ pub(crate) struct Tracker {
 impl Tracker {
     pub(crate) fn new(entry: Arc<Entry>, permit: Permit, endpoint: Option<Endpoint>) -> Self {
         Tracker {
-            started: entry.common.times_calls.then(Instant::now),
+            started: entry.outcomes.times_calls.then(Instant::now),
             entry,
             permit,
             endpoint,
@@ -35,7 +35,7 @@ impl Tracker {
     }
 
     pub(crate) fn classifier(&self) -> &mesh_core::FailureClassifier {
-        &self.entry.common.classifier
+        &self.entry.outcomes.classifier
     }
 
     pub(crate) fn finish(&mut self, outcome: Outcome) {
@@ -55,7 +55,7 @@ impl Tracker {
             }
         }
         if let Some(t) = recorded.transition {
-            entry.common.announce(
+            entry.outcomes.announce(
                 entry.service.as_ref(),
                 self.endpoint.as_ref(),
                 t,
@@ -65,7 +65,7 @@ impl Tracker {
         if let Some((failure_rate, slow_call_rate)) = recorded.rate_exceeded {
             tracing::warn!(service = ?entry.service, failure_rate, slow_call_rate, "breaker rate threshold reached");
             entry
-                .common
+                .outcomes
                 .events
                 .publish(mesh_core::MeshEvent::BreakerRateExceeded {
                     service: entry.service.clone(),

@@ -38,7 +38,7 @@ impl BreakerHandle {
     fn announce(&self, t: crate::circuit::Transition, now: mesh_core::clock::Nanos) {
         let entry = &self.entry;
         entry
-            .common
+            .outcomes
             .announce(entry.service.as_ref(), entry.endpoint.get(), t, now);
     }
 

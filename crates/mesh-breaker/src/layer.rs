@@ -7,8 +7,8 @@ use tower_layer::Layer;
 use crate::circuit::BreakerMetrics;
 use crate::config::BreakerConfig;
 use crate::handle::BreakerHandle;
-use crate::registry::{BreakerKey, Common, KeyRef};
-use crate::service::{Breaker, Shared};
+use crate::registry::{BreakerKey, KeyRef, Outcomes};
+use crate::service::{Breaker, LayerState};
 
 /// The parts of a request a custom key function may look at.
 #[derive(Debug)]
@@ -35,28 +35,28 @@ pub type KeyFn = dyn Fn(&RequestParts<'_>) -> Option<String> + Send + Sync;
 /// each of those methods returns a layer with a fresh registry.
 #[derive(Clone)]
 pub struct BreakerLayer {
-    shared: Arc<Shared>,
+    shared: Arc<LayerState>,
 }
 
 impl BreakerLayer {
     /// Breakers with `config`, the default failure classification and no
     /// event subscribers.
     pub fn new(config: BreakerConfig) -> Self {
-        let common = Common::for_config(&config);
+        let outcomes = Outcomes::for_config(&config);
         BreakerLayer {
-            shared: Arc::new(Shared::new(config, common, None)),
+            shared: Arc::new(LayerState::new(config, outcomes, None)),
         }
     }
 
     /// Publishes transitions, rejections and rate crossings on `events`.
     pub fn events(self, events: EventBus) -> Self {
-        self.rebuild(|common, _| common.events = events)
+        self.rebuild(|outcomes, _| outcomes.events = events)
     }
 
     /// Judges outcomes with `classifier` instead of the default (5xx and
     /// errors fail).
     pub fn classifier(self, classifier: FailureClassifier) -> Self {
-        self.rebuild(|common, _| common.classifier = classifier)
+        self.rebuild(|outcomes, _| outcomes.classifier = classifier)
     }
 
     /// Keys breakers by what `key` returns for a request (a tenant, a
@@ -128,18 +128,18 @@ impl BreakerLayer {
         self.shared.registry.len()
     }
 
-    fn rebuild(self, change: impl FnOnce(&mut Common, &mut Option<Arc<KeyFn>>)) -> Self {
+    fn rebuild(self, change: impl FnOnce(&mut Outcomes, &mut Option<Arc<KeyFn>>)) -> Self {
         let config = self.shared.registry.config().clone();
-        let old = self.shared.registry.common();
-        let mut common = Common {
+        let old = self.shared.registry.outcomes();
+        let mut outcomes = Outcomes {
             classifier: old.classifier.clone(),
             events: old.events.clone(),
             times_calls: old.times_calls,
         };
         let mut key_fn = self.shared.key_fn.clone();
-        change(&mut common, &mut key_fn);
+        change(&mut outcomes, &mut key_fn);
         BreakerLayer {
-            shared: Arc::new(Shared::new(config, common, key_fn)),
+            shared: Arc::new(LayerState::new(config, outcomes, key_fn)),
         }
     }
 }

@@ -121,7 +121,7 @@ impl Equivalent<BreakerKey> for KeyRef<'_> {
 /// What every breaker of a layer shares: how to judge outcomes and where
 /// to report.
 #[derive(Debug)]
-pub(crate) struct Common {
+pub(crate) struct Outcomes {
     pub(crate) classifier: FailureClassifier,
     pub(crate) events: EventBus,
     /// Whether calls must be timed: only a slow-call rule needs it.
@@ -132,7 +132,7 @@ pub(crate) struct Common {
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) circuit: Circuit,
-    pub(crate) common: Arc<Common>,
+    pub(crate) outcomes: Arc<Outcomes>,
     pub(crate) service: Option<ServiceName>,
     /// The endpoint of a per-endpoint breaker, from the first call that
     /// named it (a handle made before any call learns it then).
@@ -163,17 +163,17 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) struct Registry {
     config: BreakerConfig,
-    common: Arc<Common>,
+    outcomes: Arc<Outcomes>,
     map: ArcSwap<HashMap<BreakerKey, Arc<Entry>>>,
     last_sweep: AtomicU64,
     inserting: Mutex<()>,
 }
 
 impl Registry {
-    pub(crate) fn new(config: BreakerConfig, common: Common) -> Self {
+    pub(crate) fn new(config: BreakerConfig, outcomes: Outcomes) -> Self {
         Registry {
             config,
-            common: Arc::new(common),
+            outcomes: Arc::new(outcomes),
             map: ArcSwap::from_pointee(HashMap::new()),
             last_sweep: AtomicU64::new(0),
             inserting: Mutex::new(()),
@@ -184,8 +184,8 @@ impl Registry {
         &self.config
     }
 
-    pub(crate) fn common(&self) -> &Common {
-        &self.common
+    pub(crate) fn outcomes(&self) -> &Outcomes {
+        &self.outcomes
     }
 
     pub(crate) fn get(&self, key: &BreakerKey) -> Option<Arc<Entry>> {
@@ -277,7 +277,7 @@ impl Registry {
         });
         let entry = Arc::new(Entry {
             circuit: Circuit::new(self.config.clone()),
-            common: Arc::clone(&self.common),
+            outcomes: Arc::clone(&self.outcomes),
             service,
             endpoint: endpoint
                 .cloned()
@@ -309,7 +309,7 @@ mod tests {
                 .idle_timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),
-            Common {
+            Outcomes {
                 classifier: FailureClassifier::default(),
                 events: EventBus::default(),
                 times_calls: false,
@@ -383,7 +383,7 @@ mod lookup_tests {
     fn borrowed_and_owned_keys_find_the_same_breaker() {
         let r = Registry::new(
             BreakerConfig::default(),
-            Common {
+            Outcomes {
                 classifier: FailureClassifier::default(),
                 events: EventBus::default(),
                 times_calls: false,

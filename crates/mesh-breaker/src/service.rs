@@ -14,27 +14,31 @@ use crate::circuit::Transition;
 use crate::config::{BreakerConfig, BreakerScope};
 use crate::future::{ResponseFuture, Tracker};
 use crate::layer::{KeyFn, RequestParts};
-use crate::registry::{Common, KeyRef, Registry};
+use crate::registry::{KeyRef, Outcomes, Registry};
 
 /// What all services of one [`crate::BreakerLayer`] share.
-pub(crate) struct Shared {
+pub(crate) struct LayerState {
     pub(crate) registry: Registry,
     pub(crate) key_fn: Option<Arc<KeyFn>>,
 }
 
-impl Shared {
-    pub(crate) fn new(config: BreakerConfig, common: Common, key_fn: Option<Arc<KeyFn>>) -> Self {
-        Shared {
-            registry: Registry::new(config, common),
+impl LayerState {
+    pub(crate) fn new(
+        config: BreakerConfig,
+        outcomes: Outcomes,
+        key_fn: Option<Arc<KeyFn>>,
+    ) -> Self {
+        LayerState {
+            registry: Registry::new(config, outcomes),
             key_fn,
         }
     }
 }
 
-impl Common {
+impl Outcomes {
     /// The shared parts for `config`, with the default classifier and bus.
-    pub(crate) fn for_config(config: &BreakerConfig) -> Common {
-        Common {
+    pub(crate) fn for_config(config: &BreakerConfig) -> Outcomes {
+        Outcomes {
             // A refusal by another breaker below never reached the
             // upstream: it says nothing about it, so it counts neither way.
             classifier: FailureClassifier::default().with_ignored_error(FailureKind::CircuitOpen),
@@ -125,11 +129,11 @@ fn target_of<'a, B>(
 #[derive(Clone)]
 pub struct Breaker<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<LayerState>,
 }
 
 impl<S> Breaker<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: S, shared: Arc<LayerState>) -> Self {
         Breaker { inner, shared }
     }
 }
@@ -186,7 +190,7 @@ where
         match entry.circuit.acquire_with(clock::now) {
             Ok(admitted) => {
                 if let Some(t) = admitted.transition {
-                    entry.common.announce(
+                    entry.outcomes.announce(
                         entry.service.as_ref(),
                         endpoint.as_ref(),
                         t,
@@ -210,13 +214,13 @@ where
                 let now = clock::now();
                 if let Some(t) = rejected.transition {
                     entry
-                        .common
+                        .outcomes
                         .announce(entry.service.as_ref(), endpoint.as_ref(), t, now);
                 }
                 let service = entry.service.clone();
                 let endpoint_id = endpoint.map(|e| e.id().clone());
                 tracing::debug!(?service, endpoint = ?endpoint_id, state = %rejected.state, "call refused by circuit breaker");
-                let events = &entry.common.events;
+                let events = &entry.outcomes.events;
                 if events.subscriber_count() > 0 {
                     events.publish(MeshEvent::BreakerRejected {
                         service: service.clone(),

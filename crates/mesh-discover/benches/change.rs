@@ -3,7 +3,7 @@
 //! same backend in the same run.
 //!
 //! - Consul: a blocking query against the in-repo Consul double
-//!   (`tests/support/consul.rs`; no Consul binary exists here). Anchor: one
+//!   (`mesh_testkit::consul`; no Consul binary exists here). Anchor: one
 //!   plain `resolve` (a non-blocking GET) of the same double.
 //! - File: a rename-replaced services file checked every 10 ms. Anchor: one
 //!   `resolve` (read and parse) of the same file.
@@ -19,15 +19,6 @@
 //! cargo bench -p mesh-discover --bench change
 //! ```
 
-#[path = "../tests/support/consul.rs"]
-#[allow(dead_code)]
-mod consul;
-#[path = "../tests/support/dnsmasq.rs"]
-#[allow(dead_code)]
-mod dnsmasq;
-#[path = "../tests/support/wait.rs"]
-mod wait;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +27,9 @@ use mesh_core::{EventBus, MeshEvent, ServiceName};
 use mesh_discover::{
     Catalog, ConsulRegistry, FileRegistry, KubernetesDnsRegistry, PortSource, Registry,
 };
+use mesh_testkit::fs::{write_atomically, TempDir};
+use mesh_testkit::wait::until_endpoints;
+use mesh_testkit::{consul, dnsmasq};
 use tokio::runtime::Runtime;
 use tokio::sync::broadcast;
 
@@ -118,7 +112,7 @@ fn consul(c: &mut Criterion, rt: &Runtime) {
         );
         let (catalog, events) = watched_catalog();
         let follow = catalog.follow(registry.clone(), users(), Duration::from_millis(50));
-        wait::until(&catalog, 2).await;
+        until_endpoints(|| catalog.get("users").map(|s| s.len()), 2).await;
         (double, registry, events, catalog, follow)
     });
     let entries = |n: usize| {
@@ -153,21 +147,18 @@ fn write_services(path: &std::path::Path, n: usize) {
         "{{ \"services\": {{ \"users\": [{}] }} }}",
         endpoints.join(", ")
     );
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
+    write_atomically(path, body);
 }
 
 fn file(c: &mut Criterion, rt: &Runtime) {
-    let dir = std::env::temp_dir().join(format!("mesh-change-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("services.json");
+    let dir = TempDir::new("change-bench");
+    let path = dir.path("services.json");
     write_services(&path, 2);
     let registry = Arc::new(FileRegistry::new(&path).check_every(Duration::from_millis(10)));
     let (catalog, mut events) = watched_catalog();
     let _follow = rt.block_on(async {
         let follow = catalog.follow(registry.clone(), users(), Duration::from_millis(50));
-        wait::until(&catalog, 2).await;
+        until_endpoints(|| catalog.get("users").map(|s| s.len()), 2).await;
         follow
     });
     let mut group = c.benchmark_group("change_to_catalog/file");
@@ -187,7 +178,6 @@ fn file(c: &mut Criterion, rt: &Runtime) {
         })
     });
     group.finish();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn kubernetes(c: &mut Criterion, rt: &Runtime) {
@@ -205,7 +195,7 @@ fn kubernetes(c: &mut Criterion, rt: &Runtime) {
     let (catalog, mut events) = watched_catalog();
     let _follow = rt.block_on(async {
         let follow = catalog.follow(registry.clone(), users(), Duration::from_millis(50));
-        wait::until(&catalog, 2).await;
+        until_endpoints(|| catalog.get("users").map(|s| s.len()), 2).await;
         follow
     });
     let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];

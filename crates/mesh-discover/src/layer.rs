@@ -6,7 +6,7 @@ use tower_layer::Layer;
 use crate::catalog::Catalog;
 use crate::followers::{Followers, Settings};
 use crate::registry::Registry;
-use crate::service::Discover;
+use crate::service::DiscoverService;
 
 /// How long a followed service may go without a call before it is no
 /// longer followed, unless [`DiscoverLayer::idle_timeout`] says otherwise.
@@ -17,7 +17,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_FOLLOWED: usize = 1024;
 
 /// Wraps a service so that each request carries its target service's
-/// current [`EndpointSet`](mesh_core::EndpointSet); see [`Discover`].
+/// current [`EndpointSet`](mesh_core::EndpointSet); see [`DiscoverService`].
 #[derive(Clone, Debug)]
 pub struct DiscoverLayer {
     catalog: Catalog,
@@ -155,9 +155,9 @@ impl DiscoverLayer {
 }
 
 impl<S> Layer<S> for DiscoverLayer {
-    type Service = Discover<S>;
+    type Service = DiscoverService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Discover::with_followers(inner, self.catalog.clone(), self.followers.clone())
+        DiscoverService::with_followers(inner, self.catalog.clone(), self.followers.clone())
     }
 }

@@ -30,5 +30,5 @@ pub use layer::{DiscoverLayer, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FOLLOWED};
 pub use registry::{
     poll_watch, watch_task, BoxFuture, BoxStream, DiscoveryError, Registry, WatchSender,
 };
-pub use service::Discover;
+pub use service::DiscoverService;
 pub use static_list::{StaticRegistry, StaticRegistryBuilder};

@@ -26,16 +26,16 @@ use crate::future::ResponseFuture;
 /// described there; past them the call fails with
 /// [`TooManyServices`](crate::TooManyServices).
 #[derive(Clone, Debug)]
-pub struct Discover<S> {
+pub struct DiscoverService<S> {
     inner: S,
     catalog: Catalog,
     followers: Option<Arc<Followers>>,
 }
 
-impl<S> Discover<S> {
+impl<S> DiscoverService<S> {
     /// Wraps `inner`, resolving against `catalog`.
     pub fn new(inner: S, catalog: Catalog) -> Self {
-        Discover {
+        DiscoverService {
             inner,
             catalog,
             followers: None,
@@ -47,7 +47,7 @@ impl<S> Discover<S> {
         catalog: Catalog,
         followers: Option<Arc<Followers>>,
     ) -> Self {
-        Discover {
+        DiscoverService {
             inner,
             catalog,
             followers,
@@ -84,7 +84,7 @@ impl<S> Discover<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for Discover<S>
+impl<S, B> Service<Request<B>> for DiscoverService<S>
 where
     S: Service<Request<B>> + Clone,
     S::Error: Into<BoxError>,
@@ -151,7 +151,7 @@ mod tests {
             .build()
             .unwrap()
             .catalog();
-        Discover::new(
+        DiscoverService::new(
             service_fn(|req: Request<()>| async move {
                 let set = req.extensions().get::<EndpointSet>().unwrap();
                 Ok::<_, Infallible>(format!(

@@ -102,7 +102,7 @@ impl Registry for Listed {
     }
 }
 
-type Svc = mesh_discover::Discover<
+type Svc = mesh_discover::DiscoverService<
     tower::util::ServiceFn<fn(Request<()>) -> std::future::Ready<Result<usize, BoxError>>>,
 >;
 

@@ -1,19 +1,16 @@
 //! The Consul backend against an in-repo double of Consul's health API
-//! (no Consul binary can be installed here; see tests/support/consul.rs for
+//! (no Consul binary can be installed here; see `mesh_testkit::consul` for
 //! the documented rules it follows).
 
 mod support;
-
-#[path = "support/wait.rs"]
-mod wait;
-use wait::until;
+use support::until;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_core::{EndpointSet, EventBus, MeshError, MeshEvent, ServiceName};
 use mesh_discover::{Catalog, ConsulRegistry, DiscoverLayer, Registry};
-use support::consul::{entry, ConsulDouble};
+use mesh_testkit::consul::{entry, ConsulDouble};
 use tower::{service_fn, Layer, ServiceExt};
 
 fn registry(double: &ConsulDouble) -> Arc<ConsulRegistry> {

@@ -1,13 +1,12 @@
 //! The worked custom registry (examples/etcd_registry.rs) against a real
-//! etcd (Debian's etcd-server, installed by .ci/run) on loopback ports.
+//! etcd (Debian's etcd-server, installed by scripts/test.sh) on loopback ports.
 
 #[allow(dead_code)]
 #[path = "../examples/etcd_registry.rs"]
 mod etcd_registry;
 
-#[path = "support/wait.rs"]
-mod wait;
-use wait::until;
+mod support;
+use support::until;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,6 +21,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use mesh_core::{EventBus, MeshEvent, ServiceName};
 use mesh_discover::{Catalog, Registry};
+use mesh_testkit::net::free_port;
 
 use etcd_registry::EtcdRegistry;
 
@@ -39,13 +39,6 @@ impl Drop for Etcd {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(self.dir.with_extension("log"));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
 }
 
 impl Etcd {
@@ -75,7 +68,7 @@ impl Etcd {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("etcd could not start: install Debian's etcd-server (.ci/run does)");
+            .expect("etcd could not start: install Debian's etcd-server (scripts/test.sh does)");
         let mut etcd = Etcd {
             child,
             base: client_url,

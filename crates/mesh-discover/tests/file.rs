@@ -1,15 +1,15 @@
 //! A services file followed into a catalog: edits seen at once, bad edits
 //! and a vanished file leave the last good set in use.
 
-#[path = "support/wait.rs"]
-mod wait;
-use wait::until;
+mod support;
+use support::until;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_core::{EventBus, MeshEvent, ServiceName};
 use mesh_discover::{Catalog, FileRegistry};
+use mesh_testkit::fs::{write_atomically, TempDir};
 use tokio::sync::broadcast;
 
 fn write(path: &std::path::Path, ports: &[u16]) {
@@ -18,11 +18,7 @@ fn write(path: &std::path::Path, ports: &[u16]) {
         "{{ \"services\": {{ \"users\": [{}] }} }}",
         endpoints.join(", ")
     );
-    // Write then rename, as configuration tools do, so a reader never sees
-    // half a file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
+    write_atomically(path, body);
 }
 
 fn next_discovery_event(rx: &mut broadcast::Receiver<MeshEvent>) -> Option<MeshEvent> {
@@ -39,9 +35,8 @@ fn next_discovery_event(rx: &mut broadcast::Receiver<MeshEvent>) -> Option<MeshE
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_are_seen_within_100ms_and_bad_edits_keep_the_last_good_set() {
-    let dir = std::env::temp_dir().join(format!("mesh-file-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("services.json");
+    let dir = TempDir::new("file-test");
+    let path = dir.path("services.json");
     write(&path, &[1, 2]);
 
     let bus = EventBus::new(64);
@@ -106,7 +101,6 @@ async fn edits_are_seen_within_100ms_and_bad_edits_keep_the_last_good_set() {
     // endpoints (not a failure that would keep the old set forever).
     std::fs::write(&path, r#"{ "services": {} }"#).expect("write");
     until(&catalog, 0).await;
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,9 +109,8 @@ async fn the_first_request_waits_for_the_registry_and_an_unlisted_service_is_unk
     use mesh_discover::DiscoverLayer;
     use tower::{service_fn, Layer, ServiceExt};
 
-    let dir = std::env::temp_dir().join(format!("mesh-first-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join("services.json");
+    let dir = TempDir::new("first-test");
+    let path = dir.path("services.json");
     write(&path, &[1, 2]);
     let registry = Arc::new(
         FileRegistry::open(&path)
@@ -172,7 +165,6 @@ async fn the_first_request_waits_for_the_registry_and_an_unlisted_service_is_unk
         layer.followed(),
         vec![ServiceName::new("users").expect("name")]
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,8 +173,8 @@ async fn a_missing_file_is_refused_at_open_and_a_timeout_names_the_file() {
     use mesh_discover::DiscoverLayer;
     use tower::{service_fn, Layer, ServiceExt};
 
-    let dir = std::env::temp_dir().join(format!("mesh-missing-test-{}", std::process::id()));
-    let path = dir.join("services.json");
+    let dir = TempDir::new("missing-test");
+    let path = dir.path("services.json");
     let err = FileRegistry::open(&path).expect_err("no such file");
     let text = err.to_string();
     assert!(matches!(err, MeshError::InvalidConfig { .. }), "{err:?}");
@@ -192,7 +184,6 @@ async fn a_missing_file_is_refused_at_open_and_a_timeout_names_the_file() {
     );
 
     // Malformed: refused naming the file and the entry.
-    std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(&path, r#"{ "services": { "users": ["10.0.0.1"] } }"#).expect("write");
     let text = FileRegistry::open(&path)
         .expect_err("bad address")
@@ -232,5 +223,4 @@ async fn a_missing_file_is_refused_at_open_and_a_timeout_names_the_file() {
         "{err}"
     );
     assert!(layer.followed().is_empty(), "{:?}", layer.followed());
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -3,12 +3,10 @@
 //! for a headless service: A records from a hosts directory (changes picked
 //! up without a restart) and SRV records for a named port.
 
-#[path = "support/wait.rs"]
-mod wait;
-use wait::until;
-#[path = "support/dnsmasq.rs"]
-mod dnsmasq;
-use dnsmasq::{start, write_hosts, Dnsmasq};
+mod support;
+use support::until;
+
+use mesh_testkit::dnsmasq::{start, write_hosts, Dnsmasq};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

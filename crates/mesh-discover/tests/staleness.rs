@@ -2,9 +2,8 @@
 //! `follow`, `max_staleness` with `follow_with_max_staleness`. On tokio's
 //! paused clock (which `mesh_core::clock` follows): deterministic, instant.
 
-#[path = "support/wait.rs"]
-mod wait;
-use wait::until;
+mod support;
+use support::until;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,5 @@
 //! The health layer in front of a real axum app on 127.0.0.1, probed by
-//! real curl (Debian's curl, installed by .ci/run): the status alone by
+//! real curl (Debian's curl, installed by scripts/test.sh): the status alone by
 //! default, the detailed report when asked for.
 
 use std::process::Stdio;
@@ -45,7 +45,7 @@ async fn curl(args: &[&str]) -> Curl {
         .stdin(Stdio::null())
         .output()
         .await
-        .expect("curl could not start: install Debian's curl (.ci/run does)");
+        .expect("curl could not start: install Debian's curl (scripts/test.sh does)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, status) = text.rsplit_once('\n').expect("status line");
     Curl {

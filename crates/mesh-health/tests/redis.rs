@@ -1,5 +1,5 @@
 //! The Redis PING check of `examples/redis_check.rs` against a real
-//! redis-server (Debian's, installed by .ci/run) on a loopback port:
+//! redis-server (Debian's, installed by scripts/test.sh) on a loopback port:
 //! passing while it runs, failing once it is killed, passing again after a
 //! restart (the check reconnects).
 
@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mesh_health::{HealthCheckManager, Probe, ProbeStatus};
+use mesh_testkit::net::free_port;
 
 struct Redis(Child);
 
@@ -35,7 +36,9 @@ async fn start(port: u16) -> Redis {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("redis-server could not start: install Debian's redis-server (.ci/run does)");
+        .expect(
+            "redis-server could not start: install Debian's redis-server (scripts/test.sh does)",
+        );
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -49,10 +52,7 @@ async fn start(port: u16) -> Redis {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_redis_ping_passes_fails_and_recovers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     let manager = HealthCheckManager::builder()
         .check(example::redis_check(&url).expect("check"))

@@ -12,6 +12,7 @@ use axum::Router;
 use http::{HeaderMap, StatusCode};
 use mesh_core::{EventBus, Probe};
 use mesh_health::{common, HealthCheck, HealthCheckManager, HealthLayer, ProbeClient};
+use mesh_testkit::net::free_port;
 use tower::{Layer, ServiceExt};
 
 const PASSWORD: &str = "s3cret";
@@ -34,12 +35,6 @@ async fn guarded_server() -> std::net::SocketAddr {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
-}
-
-/// A port on 127.0.0.1 nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 /// Every tracing event's fields, as text.
@@ -81,7 +76,8 @@ async fn the_password_of_a_check_url_is_sent_as_basic_auth_and_never_shown() {
     let _guard = tracing::subscriber::set_default(logs.clone());
 
     let guarded = guarded_server().await;
-    let closed = closed_port();
+    // Bound, then released: nothing listens there.
+    let closed = free_port();
     let url = |addr: String| {
         format!("http://admin:{PASSWORD}@{addr}/")
             .parse()

@@ -18,60 +18,27 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::ext::{SelectedEndpoint, TargetService};
 use mesh_core::{Endpoint, EndpointSet, Health, ServiceName};
 use mesh_health::{ProbeClient, UpstreamCheckConfig, UpstreamHealthChecker, UpstreamProbe};
+use mesh_testkit::pki::der::{chain, key, provider, roots};
+use mesh_testkit::pki::{Ca, Issued, Leaf};
 use mesh_testkit::{Backend, Behavior};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// A CA and two leaves it signed, for 127.0.0.1: the server's and the
 /// client's.
 struct Pki {
     roots: Arc<RootCertStore>,
-    server: (CertificateDer<'static>, KeyPair),
-    client: (CertificateDer<'static>, KeyPair),
+    server: Issued,
+    client: Issued,
 }
 
 fn pki() -> Pki {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "test mesh CA");
-    ca.distinguished_name = dn;
-    let ca_key = KeyPair::generate().expect("key");
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let issuer = Issuer::from_params(&ca, &ca_key);
-    let leaf = |name: &str| {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &issuer).expect("leaf");
-        (cert.der().clone(), key)
-    };
-    let mut roots = RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).expect("root");
+    let ca = Ca::new("test mesh CA");
     Pki {
-        roots: Arc::new(roots),
-        server: leaf("users"),
-        client: leaf("gateway"),
+        roots: roots(&ca),
+        server: ca.issue(Leaf::service("users")),
+        client: ca.issue(Leaf::service("gateway")),
     }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn private(key: &KeyPair) -> PrivateKeyDer<'static> {
-    PrivateKeyDer::Pkcs8(key.serialize_der().into())
 }
 
 /// What the mutual-TLS server saw.
@@ -91,7 +58,7 @@ async fn mtls_server(pki: &Pki) -> (SocketAddr, Arc<Seen>) {
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![pki.server.0.clone()], private(&pki.server.1))
+        .with_single_cert(chain(&pki.server), key(&pki.server))
         .expect("server config");
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -132,7 +99,7 @@ fn mtls_client(pki: &Pki, sent: &Sent) -> ProbeClient {
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(Arc::clone(&pki.roots))
-        .with_client_auth_cert(vec![pki.client.0.clone()], private(&pki.client.1))
+        .with_client_auth_cert(chain(&pki.client), key(&pki.client))
         .expect("client config");
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// How the base delay grows from one retry to the next.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Strategy {
@@ -31,8 +33,10 @@ pub enum Strategy {
 }
 
 /// How randomness spreads the delays, so that clients that failed together
-/// do not retry together.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// do not retry together. A file names it in lower case: `none`, `full`,
+/// `equal`, `decorrelated`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Jitter {
     /// Exactly the strategy's delay.
     #[default]
@@ -71,7 +75,8 @@ pub struct Backoff {
     jitter: Jitter,
 }
 
-const DEFAULT_CAP: Duration = Duration::from_secs(30);
+/// The cap on a single delay until [`Backoff::max_delay`] says otherwise.
+pub(crate) const DEFAULT_CAP: Duration = Duration::from_secs(30);
 
 impl Backoff {
     /// Exponential backoff from `initial`, capped at 30 s until

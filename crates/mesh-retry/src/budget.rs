@@ -85,6 +85,55 @@ struct Bucket {
     retries: AtomicU64,
 }
 
+/// The settings of a [`RetryBudget`]: what a [`crate::RetryConfig`] keeps
+/// so that it can open a fresh account per service
+/// ([`crate::RetryConfig::new_budget`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use mesh_retry::RetryBudgetConfig;
+///
+/// let settings = RetryBudgetConfig { percent: 10.0, ..RetryBudgetConfig::default() };
+/// let budget = settings.new_budget()?;
+/// assert_eq!(budget.ttl(), Duration::from_secs(10));
+/// # Ok::<(), mesh_core::MeshError>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryBudgetConfig {
+    /// Retries allowed as a share of the requests of the last `ttl`, in
+    /// percent (0 to 1000).
+    pub percent: f64,
+    /// Retries allowed per second however few requests there were.
+    pub min_per_second: u32,
+    /// The window requests are counted over (1 s to 1 h).
+    pub ttl: Duration,
+}
+
+// === impl RetryBudgetConfig ===
+
+impl RetryBudgetConfig {
+    /// A fresh account with these settings.
+    ///
+    /// # Errors
+    ///
+    /// [`MeshError::InvalidConfig`] naming the value out of range, as
+    /// [`RetryBudget::new`].
+    pub fn new_budget(&self) -> Result<RetryBudget, MeshError> {
+        RetryBudget::new(self.percent, self.min_per_second, self.ttl)
+    }
+}
+
+impl Default for RetryBudgetConfig {
+    /// 20% of the last 10 s of requests plus 10 retries per second.
+    fn default() -> Self {
+        RetryBudgetConfig {
+            percent: 20.0,
+            min_per_second: 10,
+            ttl: Duration::from_secs(10),
+        }
+    }
+}
+
 // === impl RetryBudget ===
 
 impl RetryBudget {

@@ -7,7 +7,7 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 use mesh_core::{FailureKind, MeshError, StatusSet};
 
 use crate::backoff::{Backoff, Strategy};
-use crate::budget::RetryBudget;
+use crate::budget::{RetryBudget, RetryBudgetConfig};
 
 /// What a custom retry condition sees of one attempt.
 #[derive(Debug)]
@@ -32,7 +32,8 @@ pub type RetryPredicate = dyn Fn(&RetryContext<'_>) -> Option<bool> + Send + Syn
 
 /// Which failures are retried, how often, how far apart, and within what
 /// limits. Built with [`RetryConfig::builder`], which refuses values that
-/// make no sense, naming the field.
+/// make no sense, naming the field; a configuration file's form is
+/// [`crate::RetrySettings`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -59,7 +60,7 @@ pub struct RetryConfig {
     retry_non_idempotent: bool,
     honor_retry_after: bool,
     max_retry_after: Duration,
-    budget: Option<(f64, u32, Duration)>,
+    budget: Option<RetryBudgetConfig>,
     deadline: Option<Duration>,
     per_attempt_timeout: Option<Duration>,
     predicate: Option<Arc<RetryPredicate>>,
@@ -128,9 +129,8 @@ impl RetryConfig {
         self.max_retry_after
     }
 
-    /// The budget settings: the percentage of recent requests, the minimum
-    /// per second and the window; `None` without a budget.
-    pub fn budget(&self) -> Option<(f64, u32, Duration)> {
+    /// The budget settings; `None` without a budget.
+    pub fn budget(&self) -> Option<RetryBudgetConfig> {
         self.budget
     }
 
@@ -171,9 +171,7 @@ impl RetryConfig {
     }
 
     pub(crate) fn make_budget(&self) -> Result<Option<RetryBudget>, MeshError> {
-        self.budget
-            .map(|(percent, min, ttl)| RetryBudget::new(percent, min, ttl))
-            .transpose()
+        self.budget.map(|b| b.new_budget()).transpose()
     }
 }
 
@@ -201,7 +199,7 @@ impl Default for RetryConfig {
             retry_non_idempotent: false,
             honor_retry_after: true,
             max_retry_after: Self::DEFAULT_MAX_RETRY_AFTER,
-            budget: Some((20.0, 10, Duration::from_secs(10))),
+            budget: Some(RetryBudgetConfig::default()),
             deadline: None,
             per_attempt_timeout: None,
             predicate: None,
@@ -233,11 +231,29 @@ pub struct RetryConfigBuilder {
     config: RetryConfig,
 }
 
-fn invalid(field: &str, reason: String) -> MeshError {
+/// The error for the setting `retry.<field>`.
+pub(crate) fn invalid(field: &str, reason: String) -> MeshError {
     MeshError::InvalidConfig {
         what: format!("retry.{field}"),
         reason,
     }
+}
+
+/// Checks the parameters of `backoff` a file can write: on a bad one, its
+/// name (`max_delay`, `multiplier`) and why.
+pub(crate) fn check_backoff(backoff: &Backoff) -> Result<(), (&'static str, String)> {
+    if backoff.cap() > Duration::from_secs(3600) {
+        return Err((
+            "max_delay",
+            format!("{:?} is more than one hour", backoff.cap()),
+        ));
+    }
+    if let Strategy::Exponential { multiplier, .. } = backoff.strategy() {
+        if !(1.0..=100.0).contains(&multiplier) {
+            return Err(("multiplier", format!("{multiplier} is outside [1, 100]")));
+        }
+    }
+    Ok(())
 }
 
 impl RetryConfigBuilder {
@@ -301,7 +317,18 @@ impl RetryConfigBuilder {
     /// leaves retries unbounded but for `max_retries`. `budget(0.0, n, ttl)`
     /// allows only `n` retries per second, whatever the traffic.
     pub fn budget(mut self, percent: f64, min_per_second: u32, ttl: Duration) -> Self {
-        self.config.budget = Some((percent, min_per_second, ttl));
+        self.config.budget = Some(RetryBudgetConfig {
+            percent,
+            min_per_second,
+            ttl,
+        });
+        self
+    }
+
+    /// Limits retries as `budget` says; the same as
+    /// [`RetryConfigBuilder::budget`] with its fields.
+    pub fn budget_config(mut self, budget: RetryBudgetConfig) -> Self {
+        self.config.budget = Some(budget);
         self
     }
 
@@ -364,24 +391,9 @@ impl RetryConfigBuilder {
                 ),
             ));
         }
-        let b = c.backoff;
-        if b.cap() > hour {
-            return Err(invalid(
-                "backoff.max_delay",
-                format!("{:?} is more than one hour", b.cap()),
-            ));
-        }
-        if let Strategy::Exponential { multiplier, .. } = b.strategy() {
-            if !(1.0..=100.0).contains(&multiplier) {
-                return Err(invalid(
-                    "backoff.multiplier",
-                    format!("{multiplier} is outside [1, 100]"),
-                ));
-            }
-        }
-        if let Some((percent, min, ttl)) = c.budget {
-            RetryBudget::new(percent, min, ttl)?;
-        }
+        check_backoff(&c.backoff)
+            .map_err(|(parameter, reason)| invalid(&format!("backoff.{parameter}"), reason))?;
+        c.make_budget()?;
         if c.max_retry_after > hour {
             return Err(invalid(
                 "max_retry_after",

@@ -4,7 +4,7 @@ use mesh_core::{EventBus, FailureClassifier};
 use tower_layer::Layer;
 
 use crate::config::RetryConfig;
-use crate::policy::{Counters, RetryPolicy, RetryStats, Shared};
+use crate::policy::{Counters, PolicyState, RetryPolicy, RetryStats};
 use crate::service::Retry;
 
 /// Wraps a service in retries; see [`Retry`].
@@ -21,7 +21,7 @@ use crate::service::Retry;
 /// returns a layer with fresh counters and a fresh budget.
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
-    shared: Arc<Shared>,
+    shared: Arc<PolicyState>,
 }
 
 impl RetryLayer {
@@ -33,9 +33,9 @@ impl RetryLayer {
         }
     }
 
-    fn shared(config: RetryConfig, events: EventBus) -> Shared {
+    fn shared(config: RetryConfig, events: EventBus) -> PolicyState {
         let budget = config.new_budget();
-        Shared {
+        PolicyState {
             config,
             classifier: FailureClassifier::default(),
             events,

@@ -9,11 +9,13 @@ mod layer;
 mod policy;
 mod replay;
 mod service;
+mod settings;
 
 pub use backoff::{Backoff, Delays, Jitter, Strategy};
-pub use budget::RetryBudget;
+pub use budget::{RetryBudget, RetryBudgetConfig};
 pub use config::{RetryConfig, RetryConfigBuilder, RetryContext, RetryPredicate};
 pub use layer::RetryLayer;
 pub use policy::{RetryPolicy, RetryStats};
 pub use replay::{ReplayBody, ReplayError, ReplayableBody};
 pub use service::{AttemptFuture, AttemptTimeout, Attempts, BoxErrors, BoxErrorsFuture, Retry};
+pub use settings::{BackoffKind, RetrySettings};

@@ -48,7 +48,7 @@ pub struct RetryStats {
     pub total_delay: Duration,
 }
 
-pub(crate) struct Shared {
+pub(crate) struct PolicyState {
     pub(crate) config: RetryConfig,
     pub(crate) classifier: FailureClassifier,
     pub(crate) events: EventBus,
@@ -56,7 +56,7 @@ pub(crate) struct Shared {
     pub(crate) budget: Option<RetryBudget>,
 }
 
-impl Shared {
+impl PolicyState {
     pub(crate) fn stats(&self) -> RetryStats {
         let c = &self.counters;
         let requests = c.requests.load(Ordering::Relaxed);
@@ -73,9 +73,9 @@ impl Shared {
     }
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for PolicyState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("PolicyState")
             .field("config", &self.config)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
@@ -95,13 +95,13 @@ impl std::fmt::Debug for Shared {
 /// (`#[tokio::main]` does; a hand-built runtime needs `enable_time`).
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
-    shared: Arc<Shared>,
+    shared: Arc<PolicyState>,
     retries: u32,
     previous_delay: Option<Duration>,
 }
 
 impl RetryPolicy {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<PolicyState>) -> Self {
         RetryPolicy {
             shared,
             retries: 0,

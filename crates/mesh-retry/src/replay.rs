@@ -65,7 +65,7 @@ impl ReplayableBody for () {}
 /// # }
 /// ```
 pub struct ReplayBody<B> {
-    shared: Arc<Mutex<Shared<B>>>,
+    shared: Arc<Mutex<Recording<B>>>,
     /// How many kept frames this reader has replayed.
     replayed: usize,
     /// This reader holds the source (taken from the shared state while it
@@ -77,7 +77,7 @@ pub struct ReplayBody<B> {
     sent: u64,
 }
 
-struct Shared<B> {
+struct Recording<B> {
     /// The source's size hint before anything was read: every reader's
     /// hint is this less what it has sent, so a retry announces the same
     /// length as the first attempt.
@@ -97,7 +97,7 @@ struct Shared<B> {
     waiting: Vec<Waker>,
 }
 
-impl<B> Shared<B> {
+impl<B> Recording<B> {
     fn wake_all(&mut self) {
         for waker in self.waiting.drain(..) {
             waker.wake();
@@ -121,7 +121,7 @@ impl<B: Body> ReplayBody<B> {
     /// Wraps `body`, keeping up to `cap` bytes of it for replay.
     pub fn new(body: B, cap: usize) -> Self {
         ReplayBody {
-            shared: Arc::new(Mutex::new(Shared {
+            shared: Arc::new(Mutex::new(Recording {
                 original: body.size_hint(),
                 source: Some(Box::pin(body)),
                 ended: false,
@@ -142,7 +142,7 @@ impl<B: Body> ReplayBody<B> {
 }
 
 impl<B> ReplayBody<B> {
-    fn lock(&self) -> MutexGuard<'_, Shared<B>> {
+    fn lock(&self) -> MutexGuard<'_, Recording<B>> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

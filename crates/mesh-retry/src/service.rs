@@ -13,7 +13,7 @@ use tokio::time::Sleep;
 use tower::Service;
 
 use crate::budget::RetryBudget;
-use crate::policy::{RetryPolicy, Shared};
+use crate::policy::{PolicyState, RetryPolicy};
 use crate::replay::ReplayableBody;
 
 /// The service of the retry layer stack: the inner service as each
@@ -32,11 +32,11 @@ pub type Attempts<S> = AttemptTimeout<BoxErrors<S>>;
 /// layer's) and sets the request's [`Deadline`].
 pub struct Retry<S> {
     inner: tower::retry::Retry<RetryPolicy, Attempts<S>>,
-    shared: Arc<Shared>,
+    shared: Arc<PolicyState>,
 }
 
 impl<S> Retry<S> {
-    pub(crate) fn new(inner: S, policy: RetryPolicy, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: S, policy: RetryPolicy, shared: Arc<PolicyState>) -> Self {
         let per_attempt = shared.config.per_attempt_timeout();
         Retry {
             inner: tower::retry::Retry::new(

@@ -2,186 +2,21 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod backend;
+pub mod fs;
+pub mod net;
+pub mod wait;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+#[cfg(feature = "anchors")]
+pub mod anchors;
+#[cfg(feature = "consul")]
+pub mod consul;
+#[cfg(feature = "dnsmasq")]
+pub mod dnsmasq;
+#[cfg(feature = "pki")]
+pub mod pki;
 
-/// How a backend answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Behavior {
-    /// 200 at once.
-    Ok,
-    /// This status at once (a failing instance: 500, 503...).
-    Status(u16),
-    /// 200 after this delay (a slow instance).
-    Slow(Duration),
-}
-
-/// What a backend has seen.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BackendStats {
-    /// Requests received.
-    pub requests: u64,
-    /// Requests answered with a status of 500 or more.
-    pub errors: u64,
-    /// Total time spent answering, for mean service time.
-    pub busy: Duration,
-}
-
-#[derive(Default)]
-struct Counters {
-    requests: AtomicU64,
-    errors: AtomicU64,
-    busy_nanos: AtomicU64,
-}
-
-struct Shared {
-    behavior: Mutex<Behavior>,
-    counters: Counters,
-}
-
-/// A real HTTP/1.1 server on `127.0.0.1`, stopped when dropped.
-pub struct Backend {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    task: JoinHandle<()>,
-}
-
-impl Backend {
-    /// Starts a backend on a free loopback port.
-    ///
-    /// # Errors
-    ///
-    /// When no loopback port can be bound.
-    pub async fn start(behavior: Behavior) -> std::io::Result<Backend> {
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), behavior).await
-    }
-
-    /// Starts a backend on `addr`: the address of a backend dropped
-    /// earlier, to restart an instance where discovery expects it.
-    ///
-    /// # Errors
-    ///
-    /// When `addr` cannot be bound.
-    pub async fn start_on(addr: SocketAddr, behavior: Behavior) -> std::io::Result<Backend> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            behavior: Mutex::new(behavior),
-            counters: Counters::default(),
-        });
-        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), addr));
-        Ok(Backend { addr, shared, task })
-    }
-
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Changes how it answers from the next request on.
-    pub fn set_behavior(&self, behavior: Behavior) {
-        if let Ok(mut b) = self.shared.behavior.lock() {
-            *b = behavior;
-        }
-    }
-
-    /// What it has seen so far.
-    pub fn stats(&self) -> BackendStats {
-        let c = &self.shared.counters;
-        BackendStats {
-            requests: c.requests.load(Ordering::Relaxed),
-            errors: c.errors.load(Ordering::Relaxed),
-            busy: Duration::from_nanos(c.busy_nanos.load(Ordering::Relaxed)),
-        }
-    }
-
-    /// Sets the counters back to zero.
-    pub fn reset_stats(&self) {
-        let c = &self.shared.counters;
-        c.requests.store(0, Ordering::Relaxed);
-        c.errors.store(0, Ordering::Relaxed);
-        c.busy_nanos.store(0, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, addr: SocketAddr) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, %addr, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let shared = Arc::clone(&shared);
-        // Connections live in the JoinSet so that aborting the accept loop
-        // (dropping the Backend) closes them too.
-        connections.spawn(async move {
-            let service = service_fn(move |req| answer(req, Arc::clone(&shared), addr));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-        while connections.try_join_next().is_some() {}
-    }
-}
-
-async fn answer(
-    _req: Request<Incoming>,
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let started = Instant::now();
-    shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-    let behavior = shared
-        .behavior
-        .lock()
-        .map(|b| *b)
-        .unwrap_or(Behavior::Status(500));
-    let status = match behavior {
-        Behavior::Ok => StatusCode::OK,
-        Behavior::Status(code) => {
-            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-        }
-        Behavior::Slow(delay) => {
-            tokio::time::sleep(delay).await;
-            StatusCode::OK
-        }
-    };
-    if status.is_server_error() {
-        shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-    }
-    let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    shared
-        .counters
-        .busy_nanos
-        .fetch_add(busy, Ordering::Relaxed);
-    let mut response = Response::new(Full::new(Bytes::from(format!("{status} from {addr}\n"))));
-    *response.status_mut() = status;
-    Ok(response)
-}
+pub use backend::{Backend, BackendStats, Behavior};
 
 /// Drives one call through `svc` to completion (readiness, call, future)
 /// on a no-op waker, with no executor: for benchmarks of layers over a ready
@@ -202,32 +37,5 @@ where
     match future.as_mut().poll(&mut cx) {
         std::task::Poll::Ready(result) => Some(result),
         std::task::Poll::Pending => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-
-    #[tokio::test]
-    async fn answers_as_scripted_and_counts() {
-        let backend = Backend::start(Behavior::Status(503)).await.unwrap();
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let uri: http::Uri = format!("http://{}/", backend.addr()).parse().unwrap();
-        let r = client.get(uri.clone()).await.unwrap();
-        assert_eq!(r.status(), 503);
-        backend.set_behavior(Behavior::Slow(Duration::from_millis(20)));
-        let r = client.get(uri).await.unwrap();
-        assert_eq!(r.status(), 200);
-        let body = r.into_body().collect().await.unwrap().to_bytes();
-        assert!(body.starts_with(b"200 OK from 127.0.0.1:"));
-        let stats = backend.stats();
-        assert_eq!((stats.requests, stats.errors), (2, 1));
-        assert!(stats.busy >= Duration::from_millis(20));
-        backend.reset_stats();
-        assert_eq!(backend.stats(), BackendStats::default());
     }
 }

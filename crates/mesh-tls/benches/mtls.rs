@@ -22,11 +22,6 @@
 //! cargo bench -p mesh-tls --bench mtls
 //! ```
 
-#[path = "../tests/support/der.rs"]
-mod der;
-#[path = "../tests/support/pki.rs"]
-mod pki;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,18 +29,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_main, Criterion};
-use der::{chain, key, provider, roots};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_testkit::pki::der::{chain, key, provider, roots};
+use mesh_testkit::pki::{Ca, Issued, Leaf};
 use mesh_tls::rustls::pki_types::ServerName;
 use mesh_tls::rustls::server::WebPkiClientVerifier;
 use mesh_tls::rustls::{ClientConfig, ServerConfig};
 use mesh_tls::{ClientTls, Credentials, IdentityPolicy, PemSource, ServerTls};
-use pki::{Ca, Issued, Leaf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 

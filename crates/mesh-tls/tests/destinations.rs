@@ -4,9 +4,6 @@
 //! (an impostor with another service's valid mesh certificate is refused
 //! at the handshake, counted, published, and reported as never sent).
 
-#[path = "support/pki.rs"]
-mod pki;
-
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -22,11 +19,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh_core::{ConnectError, EventBus, FailureClassifier, FailureKind, MeshEvent};
+use mesh_testkit::pki::{Ca, Leaf};
 use mesh_tls::{
     ClientTls, Credentials, HandshakeError, HandshakeRejection, MeshConnector, PemSource,
     PlaintextRefused, ServerTls, TlsConfig,
 };
-use pki::{Ca, Leaf};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 

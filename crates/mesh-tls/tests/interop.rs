@@ -1,9 +1,6 @@
 //! This crate against itself and against real peers: `openssl s_server`
 //! (requiring a client certificate), `curl` and `openssl s_client`
-//! (Debian's openssl and curl, installed by .ci/run). Loopback only.
-
-#[path = "support/pki.rs"]
-mod pki;
+//! (Debian's openssl and curl, installed by scripts/test.sh). Loopback only.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,10 +14,12 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use mesh_testkit::fs::TempDir;
+use mesh_testkit::net::free_port;
+use mesh_testkit::pki::{Ca, Leaf};
 use mesh_tls::{
     ClientTls, Credentials, HandshakeRejection, IdentityPolicy, PeerIdentity, PemSource, ServerTls,
 };
-use pki::{Ca, Leaf, TempDir};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
@@ -157,13 +156,6 @@ async fn mesh_client_and_server_agree_on_identities_and_h2() {
     assert_eq!(body, "nobody");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 /// Kills the child when dropped.
 struct Peer(tokio::process::Child);
 
@@ -196,7 +188,7 @@ async fn our_client_against_openssl_s_server_requiring_a_client_certificate() {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("openssl could not start: install Debian's openssl (.ci/run does)"),
+            .expect("openssl could not start: install Debian's openssl (scripts/test.sh does)"),
     );
     let started = Instant::now();
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -242,7 +234,7 @@ async fn run(cmd: &mut tokio::process::Command, stdin: &[u8]) -> std::process::O
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("could not start: install Debian's curl and openssl (.ci/run does)");
+        .expect("could not start: install Debian's curl and openssl (scripts/test.sh does)");
     if let Some(mut input) = child.stdin.take() {
         input.write_all(stdin).await.expect("stdin");
     }

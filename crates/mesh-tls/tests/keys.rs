@@ -2,9 +2,6 @@
 //! EC keys made by the real openssl (rcgen's PKCS#8 keys are used
 //! everywhere else), and a leaf sent with its intermediate from one file.
 
-#[path = "support/pki.rs"]
-mod pki;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,15 +9,16 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use mesh_testkit::fs::TempDir;
+use mesh_testkit::pki::{Ca, Leaf};
 use mesh_tls::{ClientTls, Credentials, PemSource, ServerTls};
-use pki::{Ca, Leaf, TempDir};
 use tokio::net::TcpListener;
 
 fn openssl(args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .output()
-        .expect("openssl could not start: install Debian's openssl (.ci/run does)");
+        .expect("openssl could not start: install Debian's openssl (scripts/test.sh does)");
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",

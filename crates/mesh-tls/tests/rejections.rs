@@ -3,26 +3,22 @@
 //! on one end and a plain rustls peer presenting the bad certificate on
 //! the other.
 
-#[path = "support/der.rs"]
-mod der;
-#[path = "support/pki.rs"]
-mod pki;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
-use der::{chain, key, provider, roots};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh_core::{EventBus, MeshEvent};
+use mesh_testkit::fs::TempDir;
+use mesh_testkit::pki::der::{chain, key, provider, roots};
+use mesh_testkit::pki::{Ca, Issued, Leaf};
 use mesh_tls::rustls::pki_types::ServerName;
 use mesh_tls::rustls::{self, ClientConfig, ServerConfig};
 use mesh_tls::{
     ClientTls, Credentials, HandshakeError, HandshakeRejection, IdentityPolicy, PemSource,
     ServerTls, TlsError,
 };
-use pki::{Ca, Issued, Leaf, TempDir};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 

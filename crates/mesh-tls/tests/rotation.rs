@@ -3,9 +3,6 @@
 //! directory, then the `..data` symlink renamed over) while a client keeps
 //! a request loop running on pooled connections.
 
-#[path = "support/pki.rs"]
-mod pki;
-
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,9 +16,10 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh_core::{EventBus, MeshEvent};
+use mesh_testkit::fs::TempDir;
+use mesh_testkit::pki::{Ca, Issued, Leaf};
 use mesh_tls::rustls::pki_types::ServerName;
 use mesh_tls::{ClientTls, Credentials, IdentityPolicy, PemSource, ServerTls, TlsError};
-use pki::{Ca, Issued, Leaf, TempDir};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Writes a version directory and points `..data` at it by renaming a

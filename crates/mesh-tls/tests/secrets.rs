@@ -2,13 +2,10 @@
 //! paths, identities and counts only. Built from PEM held in memory, the
 //! case where the key bytes sit in the value itself.
 
-#[path = "support/pki.rs"]
-mod pki;
-
 use std::sync::Arc;
 
+use mesh_testkit::pki::{Ca, Leaf};
 use mesh_tls::{ClientTls, Credentials, Material, PemSource, ServerTls, TlsConfig};
-use pki::{Ca, Leaf};
 
 /// Panics if `debug` holds any recognisable part of `key_pem`: its PEM
 /// label or any 20-character slice of its base64 body.

@@ -4,18 +4,21 @@
 
 mod client;
 mod config;
+mod grpc;
 mod limits;
 pub mod metrics;
 mod prometheus;
 mod services;
 mod split;
 mod transport;
+mod wiring;
 
-pub use client::{CallOptions, GrpcChannel, MeshBody, MeshClient, MeshClientBuilder};
+pub use client::{CallOptions, MeshBody, MeshClient, MeshClientBuilder};
 pub use config::{
     deadline_for, retry_after_for, DiscoveryConfig, LimitsConfig, LocalService, MeshConfig,
     Profile, Protocol, RetrySettings, ServiceOverride,
 };
+pub use grpc::GrpcChannel;
 pub use split::Subset;
 
 pub use mesh_balance as balance;

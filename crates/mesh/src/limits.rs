@@ -24,7 +24,11 @@ pub(crate) struct Admission {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+// === impl Limits ===
+
 impl Limits {
+    /// The limits `config` sets: a semaphore for `concurrency`, a token
+    /// bucket for `requests` per `per`.
     pub(crate) fn new(config: &LimitsConfig) -> Limits {
         let concurrency = config
             .concurrency

@@ -1,6 +1,11 @@
 //! [`MeshMetrics`]: every layer's counters in one serializable document
 //! (the design document's `getMetrics()`).
 
+use mesh_balance::BalanceLayer;
+use mesh_breaker::{BreakerKey, BreakerLayer};
+use mesh_health::HealthCheckManager;
+use mesh_retry::RetryLayer;
+use mesh_tls::Credentials;
 use serde::Serialize;
 
 use crate::client::MeshClient;
@@ -127,98 +132,114 @@ pub struct TlsMetrics {
     pub certificate_not_after_unix: i64,
 }
 
+/// A snapshot of every counter `client`'s layers keep.
 pub(crate) fn collect(client: &MeshClient) -> MeshMetrics {
     let routes = client
         .routes()
         .into_iter()
         .map(|(route, r)| RouteMetrics {
             route,
-            services: r
-                .balance
-                .metrics()
-                .into_iter()
-                .map(|s| ServiceMetrics {
-                    service: s.service.to_string(),
-                    panic: s.panic,
-                    instances: s
-                        .instances
-                        .into_iter()
-                        .map(|i| InstanceMetrics {
-                            address: i.address.to_string(),
-                            requests: i.requests,
-                            in_flight: i.in_flight,
-                            latency_ms: i.latency.map(|d| d.as_secs_f64() * 1e3),
-                            share: i.share,
-                            available: i.available,
-                        })
-                        .collect(),
-                })
-                .collect(),
-            breakers: r
-                .breaker
-                .metrics()
-                .into_iter()
-                .map(|(key, m)| BreakerMetrics {
-                    key: match key {
-                        mesh_breaker::BreakerKey::Endpoint(service, endpoint) => {
-                            format!("{service}/{endpoint}")
-                        }
-                        mesh_breaker::BreakerKey::Service(service) => service.to_string(),
-                        mesh_breaker::BreakerKey::Authority(authority) => authority.to_string(),
-                        mesh_breaker::BreakerKey::Custom(key) => key.to_string(),
-                    },
-                    state: m.state.to_string(),
-                    failure_rate: m.failure_rate,
-                    slow_call_rate: m.slow_call_rate,
-                    buffered_calls: m.buffered_calls,
-                    rejected_total: m.rejected_total,
-                })
-                .collect(),
-            retry: {
-                let s = r.retry.stats();
-                RetryMetrics {
-                    requests: s.requests,
-                    attempts: s.attempts,
-                    retries: s.retries,
-                    successes_after_retry: s.successes_after_retry,
-                    exhausted: s.exhausted,
-                    budget_exhausted: s.budget_exhausted,
-                    total_delay_ms: s.total_delay.as_secs_f64() * 1e3,
-                }
-            },
+            services: balancer(&r.balance),
+            breakers: breakers(&r.breaker),
+            retry: retry(&r.retry),
         })
         .collect();
     MeshMetrics {
         service: client.service_name().to_string(),
         in_flight: client.in_flight(),
         routes,
-        health: client
-            .health()
-            .map(|h| {
-                h.metrics()
-                    .into_iter()
-                    .map(|m| HealthMetrics {
-                        name: m.name,
-                        status: m.status,
-                        runs: m.runs,
-                        failures: m.failures,
-                        last_duration_ms: m.last_duration_ms,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        tls: client.tls().map(|c| {
-            let m = c.metrics().snapshot();
-            TlsMetrics {
-                handshakes: m.handshakes,
-                failures: m
-                    .failures
-                    .into_iter()
-                    .map(|(l, n)| (l.to_owned(), n))
-                    .collect(),
-                rotations: m.rotations,
-                certificate_not_after_unix: m.certificate_not_after_unix,
-            }
-        }),
+        health: client.health().map(health).unwrap_or_default(),
+        tls: client.tls().map(tls),
+    }
+}
+
+/// The balancer's view: per service and instance.
+fn balancer(balance: &BalanceLayer) -> Vec<ServiceMetrics> {
+    let instance = |i: mesh_balance::InstanceMetrics| InstanceMetrics {
+        address: i.address.to_string(),
+        requests: i.requests,
+        in_flight: i.in_flight,
+        latency_ms: i.latency.map(|d| d.as_secs_f64() * 1e3),
+        share: i.share,
+        available: i.available,
+    };
+    balance
+        .metrics()
+        .into_iter()
+        .map(|s| ServiceMetrics {
+            service: s.service.to_string(),
+            panic: s.panic,
+            instances: s.instances.into_iter().map(instance).collect(),
+        })
+        .collect()
+}
+
+/// Every breaker of a route, by key.
+fn breakers(breaker: &BreakerLayer) -> Vec<BreakerMetrics> {
+    breaker
+        .metrics()
+        .into_iter()
+        .map(|(key, m)| BreakerMetrics {
+            key: breaker_key(key),
+            state: m.state.to_string(),
+            failure_rate: m.failure_rate,
+            slow_call_rate: m.slow_call_rate,
+            buffered_calls: m.buffered_calls,
+            rejected_total: m.rejected_total,
+        })
+        .collect()
+}
+
+/// A breaker's key as text: `service/endpoint` for a per-endpoint one.
+fn breaker_key(key: BreakerKey) -> String {
+    match key {
+        BreakerKey::Endpoint(service, endpoint) => format!("{service}/{endpoint}"),
+        BreakerKey::Service(service) => service.to_string(),
+        BreakerKey::Authority(authority) => authority.to_string(),
+        BreakerKey::Custom(key) => key.to_string(),
+    }
+}
+
+/// A route's retry counters.
+fn retry(retry: &RetryLayer) -> RetryMetrics {
+    let s = retry.stats();
+    RetryMetrics {
+        requests: s.requests,
+        attempts: s.attempts,
+        retries: s.retries,
+        successes_after_retry: s.successes_after_retry,
+        exhausted: s.exhausted,
+        budget_exhausted: s.budget_exhausted,
+        total_delay_ms: s.total_delay.as_secs_f64() * 1e3,
+    }
+}
+
+/// The local service's health checks.
+fn health(health: &HealthCheckManager) -> Vec<HealthMetrics> {
+    health
+        .metrics()
+        .into_iter()
+        .map(|m| HealthMetrics {
+            name: m.name,
+            status: m.status,
+            runs: m.runs,
+            failures: m.failures,
+            last_duration_ms: m.last_duration_ms,
+        })
+        .collect()
+}
+
+/// Mutual TLS: handshakes, failures by reason, rotations, expiry.
+fn tls(credentials: &Credentials) -> TlsMetrics {
+    let m = credentials.metrics().snapshot();
+    TlsMetrics {
+        handshakes: m.handshakes,
+        failures: m
+            .failures
+            .into_iter()
+            .map(|(l, n)| (l.to_owned(), n))
+            .collect(),
+        rotations: m.rotations,
+        certificate_not_after_unix: m.certificate_not_after_unix,
     }
 }

@@ -1,4 +1,7 @@
 //! The metrics snapshot in Prometheus text format (prometheus-client).
+//!
+//! Families are registered in a fixed order (client, instances, breakers,
+//! retries, health checks, TLS), so a scrape reads the same way each time.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -7,34 +10,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use crate::metrics::MeshMetrics;
+use crate::metrics::{HealthMetrics, MeshMetrics, RouteMetrics, TlsMetrics};
 
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
+type Counters = Family<Labels, Counter>;
+type Gauges = Family<Labels, FloatGauge>;
 
 /// Renders `metrics` in the Prometheus text exposition format: a fresh
 /// registry filled from the snapshot at each scrape, so the layers keep
 /// their lock-free counters and pay nothing between scrapes.
 pub fn render(metrics: &MeshMetrics) -> String {
     let mut registry = Registry::with_prefix("mesh");
-    let counter = |registry: &mut Registry, name: &str, help: &str| {
-        let family = Family::<Labels, Counter>::default();
-        registry.register(name, help, family.clone());
-        family
-    };
-    let gauge = |registry: &mut Registry, name: &str, help: &str| {
-        let family = Family::<Labels, FloatGauge>::default();
-        registry.register(name, help, family.clone());
-        family
-    };
-
     let in_flight = gauge(
         &mut registry,
         "client_in_flight",
@@ -43,81 +30,88 @@ pub fn render(metrics: &MeshMetrics) -> String {
     in_flight
         .get_or_create(&labels(&[("service", &metrics.service)]))
         .set(metrics.in_flight as f64);
-
-    let requests = counter(
-        &mut registry,
-        "instance_requests",
-        "Requests sent to an instance",
-    );
-    let instance_in_flight = gauge(
-        &mut registry,
-        "instance_in_flight",
-        "Requests in flight on an instance (connection count)",
-    );
-    let latency = gauge(
-        &mut registry,
-        "instance_latency_seconds",
-        "An instance's latency estimate (peak EWMA)",
-    );
-    let share = gauge(
-        &mut registry,
-        "instance_share_ratio",
-        "An instance's share of its service's requests",
-    );
-    let available = gauge(
-        &mut registry,
-        "instance_available",
-        "Whether an instance may receive requests (1) or not (0)",
-    );
-    let breaker_state = gauge(
-        &mut registry,
-        "breaker_state",
-        "1 for a breaker's current state",
-    );
-    let failure_rate = gauge(
-        &mut registry,
-        "breaker_failure_rate_percent",
-        "Failed calls in a breaker's window",
-    );
-    let slow_rate = gauge(
-        &mut registry,
-        "breaker_slow_call_rate_percent",
-        "Slow calls in a breaker's window",
-    );
-    let rejected = counter(&mut registry, "breaker_rejected", "Calls a breaker refused");
-    let retry_requests = counter(
-        &mut registry,
-        "retry_requests",
-        "Requests seen by the retry layer",
-    );
-    let attempts = counter(
-        &mut registry,
-        "retry_attempts",
-        "Attempts sent, first ones included",
-    );
-    let retries = counter(&mut registry, "retry_retries", "Attempts beyond the first");
-    let recovered = counter(
-        &mut registry,
-        "retry_successes_after_retry",
-        "Requests that succeeded after a retry",
-    );
-    let exhausted = counter(
-        &mut registry,
-        "retry_exhausted",
-        "Requests that failed after their last retry (max reached)",
-    );
-    let budget = counter(
-        &mut registry,
-        "retry_budget_exhausted",
-        "Retries refused by the budget",
-    );
-    let delay = gauge(
-        &mut registry,
-        "retry_delay_seconds_total",
-        "Time spent waiting between attempts",
-    );
-
+    let instances = InstanceFamilies::register(&mut registry);
+    let breakers = BreakerFamilies::register(&mut registry);
+    let retries = RetryFamilies::register(&mut registry);
     for route in &metrics.routes {
+        instances.record(route);
+        breakers.record(route);
+        retries.record(route);
+    }
+    record_health(&mut registry, &metrics.health);
+    if let Some(tls) = &metrics.tls {
+        record_tls(&mut registry, tls);
+    }
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A counter family, registered as `mesh_<name>`.
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counters {
+    let family = Counters::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// A gauge family, registered as `mesh_<name>`.
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauges {
+    let family = Gauges::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The per-instance families, labelled by route, service and instance.
+struct InstanceFamilies {
+    requests: Counters,
+    in_flight: Gauges,
+    latency: Gauges,
+    share: Gauges,
+    available: Gauges,
+}
+
+// === impl InstanceFamilies ===
+
+impl InstanceFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        InstanceFamilies {
+            requests: counter(
+                registry,
+                "instance_requests",
+                "Requests sent to an instance",
+            ),
+            in_flight: gauge(
+                registry,
+                "instance_in_flight",
+                "Requests in flight on an instance (connection count)",
+            ),
+            latency: gauge(
+                registry,
+                "instance_latency_seconds",
+                "An instance's latency estimate (peak EWMA)",
+            ),
+            share: gauge(
+                registry,
+                "instance_share_ratio",
+                "An instance's share of its service's requests",
+            ),
+            available: gauge(
+                registry,
+                "instance_available",
+                "Whether an instance may receive requests (1) or not (0)",
+            ),
+        }
+    }
+
+    fn record(&self, route: &RouteMetrics) {
         for service in &route.services {
             for i in &service.instances {
                 let l = labels(&[
@@ -125,60 +119,148 @@ pub fn render(metrics: &MeshMetrics) -> String {
                     ("service", &service.service),
                     ("instance", &i.address),
                 ]);
-                requests.get_or_create(&l).inc_by(i.requests);
-                instance_in_flight
-                    .get_or_create(&l)
-                    .set(f64::from(i.in_flight));
+                self.requests.get_or_create(&l).inc_by(i.requests);
+                self.in_flight.get_or_create(&l).set(f64::from(i.in_flight));
                 if let Some(ms) = i.latency_ms {
-                    latency.get_or_create(&l).set(ms / 1e3);
+                    self.latency.get_or_create(&l).set(ms / 1e3);
                 }
-                share.get_or_create(&l).set(i.share / 100.0);
-                available
-                    .get_or_create(&l)
-                    .set(if i.available { 1.0 } else { 0.0 });
+                self.share.get_or_create(&l).set(i.share / 100.0);
+                let available = if i.available { 1.0 } else { 0.0 };
+                self.available.get_or_create(&l).set(available);
             }
         }
+    }
+}
+
+/// The per-breaker families, labelled by route and breaker key.
+struct BreakerFamilies {
+    state: Gauges,
+    failure_rate: Gauges,
+    slow_rate: Gauges,
+    rejected: Counters,
+}
+
+// === impl BreakerFamilies ===
+
+impl BreakerFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        BreakerFamilies {
+            state: gauge(registry, "breaker_state", "1 for a breaker's current state"),
+            failure_rate: gauge(
+                registry,
+                "breaker_failure_rate_percent",
+                "Failed calls in a breaker's window",
+            ),
+            slow_rate: gauge(
+                registry,
+                "breaker_slow_call_rate_percent",
+                "Slow calls in a breaker's window",
+            ),
+            rejected: counter(registry, "breaker_rejected", "Calls a breaker refused"),
+        }
+    }
+
+    fn record(&self, route: &RouteMetrics) {
         for b in &route.breakers {
             let l = labels(&[("route", &route.route), ("breaker", &b.key)]);
             let mut with_state = l.clone();
             with_state.push(("state".to_owned(), b.state.clone()));
-            breaker_state.get_or_create(&with_state).set(1.0);
+            self.state.get_or_create(&with_state).set(1.0);
             if let Some(rate) = b.failure_rate {
-                failure_rate.get_or_create(&l).set(rate / 100.0);
+                self.failure_rate.get_or_create(&l).set(rate / 100.0);
             }
             if let Some(rate) = b.slow_call_rate {
-                slow_rate.get_or_create(&l).set(rate / 100.0);
+                self.slow_rate.get_or_create(&l).set(rate / 100.0);
             }
-            rejected.get_or_create(&l).inc_by(b.rejected_total);
+            self.rejected.get_or_create(&l).inc_by(b.rejected_total);
         }
-        let l = labels(&[("route", &route.route)]);
-        let r = &route.retry;
-        retry_requests.get_or_create(&l).inc_by(r.requests);
-        attempts.get_or_create(&l).inc_by(r.attempts);
-        retries.get_or_create(&l).inc_by(r.retries);
-        recovered.get_or_create(&l).inc_by(r.successes_after_retry);
-        exhausted.get_or_create(&l).inc_by(r.exhausted);
-        budget.get_or_create(&l).inc_by(r.budget_exhausted);
-        delay.get_or_create(&l).inc_by(r.total_delay_ms / 1e3);
+    }
+}
+
+/// The retry families, labelled by route.
+struct RetryFamilies {
+    requests: Counters,
+    attempts: Counters,
+    retries: Counters,
+    recovered: Counters,
+    exhausted: Counters,
+    budget: Counters,
+    delay: Gauges,
+}
+
+// === impl RetryFamilies ===
+
+impl RetryFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        RetryFamilies {
+            requests: counter(
+                registry,
+                "retry_requests",
+                "Requests seen by the retry layer",
+            ),
+            attempts: counter(
+                registry,
+                "retry_attempts",
+                "Attempts sent, first ones included",
+            ),
+            retries: counter(registry, "retry_retries", "Attempts beyond the first"),
+            recovered: counter(
+                registry,
+                "retry_successes_after_retry",
+                "Requests that succeeded after a retry",
+            ),
+            exhausted: counter(
+                registry,
+                "retry_exhausted",
+                "Requests that failed after their last retry (max reached)",
+            ),
+            budget: counter(
+                registry,
+                "retry_budget_exhausted",
+                "Retries refused by the budget",
+            ),
+            delay: gauge(
+                registry,
+                "retry_delay_seconds_total",
+                "Time spent waiting between attempts",
+            ),
+        }
     }
 
-    let runs = counter(&mut registry, "health_check_runs", "Runs of a health check");
+    fn record(&self, route: &RouteMetrics) {
+        let l = labels(&[("route", &route.route)]);
+        let r = &route.retry;
+        self.requests.get_or_create(&l).inc_by(r.requests);
+        self.attempts.get_or_create(&l).inc_by(r.attempts);
+        self.retries.get_or_create(&l).inc_by(r.retries);
+        self.recovered
+            .get_or_create(&l)
+            .inc_by(r.successes_after_retry);
+        self.exhausted.get_or_create(&l).inc_by(r.exhausted);
+        self.budget.get_or_create(&l).inc_by(r.budget_exhausted);
+        self.delay.get_or_create(&l).inc_by(r.total_delay_ms / 1e3);
+    }
+}
+
+/// The local service's health checks, labelled by check.
+fn record_health(registry: &mut Registry, health: &[HealthMetrics]) {
+    let runs = counter(registry, "health_check_runs", "Runs of a health check");
     let failures = counter(
-        &mut registry,
+        registry,
         "health_check_failures",
         "Failed runs of a health check",
     );
     let passing = gauge(
-        &mut registry,
+        registry,
         "health_check_passing",
         "Whether a health check passes (1) or not (0)",
     );
     let timing = gauge(
-        &mut registry,
+        registry,
         "health_check_duration_seconds",
         "How long a check's last run took",
     );
-    for h in &metrics.health {
+    for h in health {
         let l = labels(&[("check", &h.name)]);
         runs.get_or_create(&l).inc_by(h.runs);
         failures.get_or_create(&l).inc_by(h.failures);
@@ -188,32 +270,28 @@ pub fn render(metrics: &MeshMetrics) -> String {
             timing.get_or_create(&l).set(ms / 1e3);
         }
     }
+}
 
-    if let Some(tls) = &metrics.tls {
-        let handshakes = counter(&mut registry, "tls_handshakes", "Completed TLS handshakes");
-        handshakes.get_or_create(&Vec::new()).inc_by(tls.handshakes);
-        let refused = counter(
-            &mut registry,
-            "tls_handshake_failures",
-            "Failed TLS handshakes by reason",
-        );
-        for (reason, n) in &tls.failures {
-            refused
-                .get_or_create(&labels(&[("reason", reason)]))
-                .inc_by(*n);
-        }
-        let expiry = gauge(
-            &mut registry,
-            "tls_certificate_expiry_timestamp_seconds",
-            "When the certificate in use expires",
-        );
-        expiry
-            .get_or_create(&Vec::new())
-            .set(tls.certificate_not_after_unix as f64);
+/// Mutual TLS: handshakes, failures by reason, certificate expiry.
+fn record_tls(registry: &mut Registry, tls: &TlsMetrics) {
+    let handshakes = counter(registry, "tls_handshakes", "Completed TLS handshakes");
+    handshakes.get_or_create(&Vec::new()).inc_by(tls.handshakes);
+    let refused = counter(
+        registry,
+        "tls_handshake_failures",
+        "Failed TLS handshakes by reason",
+    );
+    for (reason, n) in &tls.failures {
+        refused
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(*n);
     }
-
-    let mut text = String::new();
-    // Writing to a String cannot fail.
-    let _ = encode(&mut text, &registry);
-    text
+    let expiry = gauge(
+        registry,
+        "tls_certificate_expiry_timestamp_seconds",
+        "When the certificate in use expires",
+    );
+    expiry
+        .get_or_create(&Vec::new())
+        .set(tls.certificate_not_after_unix as f64);
 }

@@ -43,6 +43,8 @@ pub(crate) struct ServiceStates {
     writing: Mutex<()>,
 }
 
+// === impl ServiceStates ===
+
 impl ServiceStates {
     /// `service`'s state, made by `make` on its first call. When the map
     /// is full, states of services `still_known` refuses are dropped

@@ -27,7 +27,11 @@ pub struct Subset {
     pub weight: u32,
 }
 
+// === impl Subset ===
+
 impl Subset {
+    /// Whether `endpoint` belongs to this subset: it has the tag and all
+    /// the metadata named.
     fn matches(&self, endpoint: &Endpoint) -> bool {
         self.tag
             .as_ref()
@@ -102,6 +106,7 @@ pub(crate) struct Splits {
     table: ArcSwap<HashMap<ServiceName, Arc<Split>>>,
 }
 
+/// One service's split: its subsets and the sets last cut for them.
 #[derive(Debug)]
 struct Split {
     subsets: Vec<Subset>,
@@ -110,6 +115,8 @@ struct Split {
     /// without a lock.
     cache: ArcSwapOption<(EndpointSet, Vec<EndpointSet>)>,
 }
+
+// === impl Splits ===
 
 impl Splits {
     /// Sets (or, with no subsets, removes) the split of `service`.
@@ -145,31 +152,40 @@ impl Splits {
             return None;
         }
         let split = table.get(full.service())?;
-        let cached = split.cache.load_full();
-        let cached = match cached {
-            Some(c) if c.0.ptr_eq(full) => c,
-            _ => {
-                let sets = split
-                    .subsets
-                    .iter()
-                    .map(|subset| {
-                        let name = ServiceName::new(&format!("{}.{}", full.service(), subset.name))
-                            .unwrap_or_else(|_| full.service().clone());
-                        EndpointSet::new(
-                            name,
-                            full.iter().filter(|e| subset.matches(e)).cloned().collect(),
-                        )
-                    })
-                    .collect();
-                let fresh = Arc::new((full.clone(), sets));
-                split.cache.store(Some(Arc::clone(&fresh)));
-                fresh
-            }
-        };
-        let sets = &cached.1;
-        // Weighted draw among subsets that have instances; none: the
-        // whole set.
-        let total: u64 = split
+        split.draw(&split.sets_for(full).1, key)
+    }
+}
+
+// === impl Split ===
+
+impl Split {
+    /// The subsets' sets cut from `full`: the cached ones while `full` is
+    /// the snapshot they were cut from, else cut afresh and cached.
+    fn sets_for(&self, full: &EndpointSet) -> Arc<(EndpointSet, Vec<EndpointSet>)> {
+        if let Some(cached) = self.cache.load_full().filter(|c| c.0.ptr_eq(full)) {
+            return cached;
+        }
+        let sets = self
+            .subsets
+            .iter()
+            .map(|subset| {
+                let name = ServiceName::new(&format!("{}.{}", full.service(), subset.name))
+                    .unwrap_or_else(|_| full.service().clone());
+                EndpointSet::new(
+                    name,
+                    full.iter().filter(|e| subset.matches(e)).cloned().collect(),
+                )
+            })
+            .collect();
+        let fresh = Arc::new((full.clone(), sets));
+        self.cache.store(Some(Arc::clone(&fresh)));
+        fresh
+    }
+
+    /// A weighted draw among the subsets that have instances (`sets`, in
+    /// the subsets' order); `None`, the whole set, when none has.
+    fn draw(&self, sets: &[EndpointSet], key: Option<&str>) -> Option<EndpointSet> {
+        let total: u64 = self
             .subsets
             .iter()
             .zip(sets)
@@ -179,16 +195,8 @@ impl Splits {
         if total == 0 {
             return None;
         }
-        let mut draw = match key {
-            Some(key) => {
-                use std::hash::{Hash, Hasher};
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                key.hash(&mut hasher);
-                hasher.finish() % total
-            }
-            None => fastrand::u64(0..total),
-        };
-        for (subset, set) in split.subsets.iter().zip(sets) {
+        let mut draw = draw_point(key, total);
+        for (subset, set) in self.subsets.iter().zip(sets) {
             if set.is_empty() {
                 continue;
             }
@@ -202,10 +210,24 @@ impl Splits {
     }
 }
 
+/// A point in `0..total`: the affinity key's hash, so one client stays on
+/// one subset, else at random.
+fn draw_point(key: Option<&str>, total: u64) -> u64 {
+    let Some(key) = key else {
+        return fastrand::u64(0..total);
+    };
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish() % total
+}
+
 /// Between discovery and the balancer: replaces the request's set by the
 /// chosen subset's when its service is split.
 #[derive(Clone, Debug)]
 pub(crate) struct SplitLayer(pub(crate) Arc<Splits>);
+
+// === impl SplitLayer ===
 
 impl<S> Layer<S> for SplitLayer {
     type Service = SplitService<S>;
@@ -218,11 +240,15 @@ impl<S> Layer<S> for SplitLayer {
     }
 }
 
+/// [`SplitLayer`]'s service: the request's endpoint set swapped for
+/// its subset's before the balancer sees it.
 #[derive(Clone, Debug)]
 pub(crate) struct SplitService<S> {
     inner: S,
     splits: Arc<Splits>,
 }
+
+// === impl SplitService ===
 
 impl<S, B> Service<Request<B>> for SplitService<S>
 where

@@ -52,6 +52,8 @@ pin_project_lite::pin_project! {
     }
 }
 
+// === impl TransportFuture ===
+
 impl Future for TransportFuture {
     type Output = Result<Response<Incoming>, BoxError>;
 
@@ -64,6 +66,8 @@ impl Future for TransportFuture {
         }
     }
 }
+
+// === impl Transport ===
 
 impl Transport {
     /// Plain TCP, HTTP/1.1 or (with `http2_only`) HTTP/2 by prior

@@ -1,14 +1,10 @@
 //! The facade with Kubernetes DNS discovery, against a real dnsmasq
-//! (Debian's dnsmasq-base, installed by .ci/run) serving a headless
+//! (Debian's dnsmasq-base, installed by scripts/test.sh) serving a headless
 //! service's A records on a loopback port.
-
-#[path = "../../mesh-discover/tests/support/dnsmasq.rs"]
-#[allow(dead_code)]
-mod dnsmasq;
 
 use http_body_util::BodyExt;
 use mesh::{CallOptions, MeshClient, MeshConfig};
-use mesh_testkit::{Backend, Behavior};
+use mesh_testkit::{dnsmasq, Backend, Behavior};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_reach_the_instances_cluster_dns_lists() {

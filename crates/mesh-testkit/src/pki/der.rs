@@ -1,15 +1,17 @@
 //! The test certificates as rustls wants them, for peers built with plain
 //! rustls (the bad peers of the rejection matrix, the benchmark's anchor).
-
-#![allow(dead_code)]
+//!
+//! The rustls here is the one `mesh_tls::rustls` re-exports (both come
+//! through tokio-rustls), so these values go straight into its
+//! configurations.
 
 use std::sync::Arc;
 
-use mesh_tls::rustls::pki_types::pem::PemObject;
-use mesh_tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use mesh_tls::rustls::{self, RootCertStore};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{self, RootCertStore};
 
-use super::pki::{Ca, Issued};
+use super::{Ca, Issued};
 
 /// rustls's ring provider.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

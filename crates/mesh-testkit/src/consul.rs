@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 
+/// What the double holds: the catalog, its index and the test hooks.
 #[derive(Default)]
 struct State {
     index: u64,
@@ -32,8 +33,12 @@ struct State {
     heartbeats: u32,
 }
 
-/// The double; stops when dropped.
+/// The double, listening on `127.0.0.1`; stops (and closes its
+/// connections) when dropped.
+///
+/// It starts at index 10 with no services.
 pub struct ConsulDouble {
+    /// Where it listens.
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     changed: Arc<Notify>,
@@ -46,7 +51,9 @@ impl Drop for ConsulDouble {
     }
 }
 
-/// A health entry for `ip:port` with checks of `status`.
+/// A health entry of service `users` for `ip:port` on `node`, its one
+/// check in `status` (`"passing"`, `"warning"`, `"critical"`), as
+/// `/v1/health/service/users` lists it.
 pub fn entry(node: &str, ip: &str, port: u16, status: &str) -> serde_json::Value {
     serde_json::json!({
         "Node": { "Node": node, "Address": ip },
@@ -55,23 +62,38 @@ pub fn entry(node: &str, ip: &str, port: u16, status: &str) -> serde_json::Value
     })
 }
 
+// === impl ConsulDouble ===
+
 impl ConsulDouble {
+    /// The double over plain HTTP.
+    ///
+    /// # Panics
+    ///
+    /// When no loopback port can be bound.
     pub async fn start() -> ConsulDouble {
         Self::start_on(|tcp| std::future::ready(Some(tcp))).await
     }
 
     /// The double behind `wrap`, which turns each accepted connection into
     /// the stream to serve HTTP on (a TLS handshake, say), or refuses it.
+    ///
+    /// # Panics
+    ///
+    /// When no loopback port can be bound.
     pub async fn start_on<F, Fut, IO>(wrap: F) -> ConsulDouble
     where
         F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Option<IO>> + Send + 'static,
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(listener) => listener,
+            Err(error) => panic!("the Consul double cannot bind 127.0.0.1: {error}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(addr) => addr,
+            Err(error) => panic!("the Consul double has no local address: {error}"),
+        };
         let state = Arc::new(Mutex::new(State {
             index: 10,
             ..State::default()
@@ -108,6 +130,7 @@ impl ConsulDouble {
         }
     }
 
+    /// Its base URL, `http://127.0.0.1:PORT`, as a Consul client takes it.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -131,10 +154,13 @@ impl ConsulDouble {
         self.with(|s| s.index = index);
     }
 
+    /// Answers the next `n` health queries with 500, as a Consul server
+    /// without a leader does.
     pub fn fail_next(&self, n: u32) {
         self.with(|s| s.fail_next = n);
     }
 
+    /// Delays every health answer by `d` from now on (zero: no delay).
     pub fn delay(&self, d: Duration) {
         self.with(|s| s.delay = d);
     }

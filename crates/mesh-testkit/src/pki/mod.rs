@@ -1,24 +1,43 @@
 //! Certificates made for the tests with rcgen: CAs, and leaves with DNS
 //! names, SPIFFE identities and chosen validity periods, written to a
 //! temporary directory when a test needs files.
+//!
+//! [`der`] holds the same certificates as rustls takes them, for peers
+//! built with plain rustls.
+//!
+//! ```
+//! use mesh_testkit::pki::{Ca, Leaf};
+//!
+//! let ca = Ca::new("mesh CA");
+//! let users = ca.issue(Leaf::service("users"));
+//! assert!(users.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+//! let expired = ca.issue(Leaf::service("users").expired());
+//! assert_ne!(expired.der, users.der);
+//! ```
 
-#![allow(dead_code)]
+pub mod der;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use crate::fs::{write_atomically, TempDir};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-/// A certificate authority.
+/// A certificate authority: its certificate, and the key it signs with.
 pub struct Ca {
+    /// Its certificate, PEM.
     pub pem: String,
     params: CertificateParams,
     key: KeyPair,
 }
 
+// === impl Ca ===
+
 impl Ca {
+    /// A self-signed root CA whose common name is `name`.
     pub fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -50,13 +69,22 @@ impl Ca {
         Ca { pem, params, key }
     }
 
-    /// A leaf certificate for `leaf`.
+    /// A leaf certificate for `leaf`, signed by this CA, for server and
+    /// client authentication both.
+    ///
+    /// # Panics
+    ///
+    /// When a name in `leaf` cannot go in a certificate: a DNS name or a
+    /// URI that is not ASCII.
     pub fn issue(&self, leaf: Leaf) -> Issued {
-        let mut params = CertificateParams::new(leaf.dns.clone()).expect("params");
+        let mut params = CertificateParams::new(leaf.dns.clone())
+            .unwrap_or_else(|e| panic!("DNS names {:?} must be ASCII: {e}", leaf.dns));
         for uri in &leaf.uris {
-            params
-                .subject_alt_names
-                .push(SanType::URI(uri.as_str().try_into().expect("uri")));
+            params.subject_alt_names.push(SanType::URI(
+                uri.as_str()
+                    .try_into()
+                    .unwrap_or_else(|e| panic!("URI {uri:?} must be ASCII: {e}")),
+            ));
         }
         for ip in &leaf.ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
@@ -87,15 +115,23 @@ impl Ca {
 }
 
 /// What a leaf certificate says.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Leaf {
+    /// The subject's common name.
     pub common_name: String,
+    /// DNS names among its subject alternative names.
     pub dns: Vec<String>,
+    /// IP addresses among its subject alternative names.
     pub ips: Vec<std::net::IpAddr>,
+    /// URIs (SPIFFE IDs) among its subject alternative names.
     pub uris: Vec<String>,
+    /// Start of validity, from now (negative: in the past).
     pub valid_from: time::Duration,
+    /// End of validity, from now (negative: already expired).
     pub valid_until: time::Duration,
 }
+
+// === impl Leaf ===
 
 impl Leaf {
     /// `localhost` and 127.0.0.1, with a SPIFFE ID for `service`, valid
@@ -111,18 +147,21 @@ impl Leaf {
         }
     }
 
+    /// The same leaf, valid two days ago until yesterday.
     pub fn expired(mut self) -> Leaf {
         self.valid_from = -time::Duration::days(2);
         self.valid_until = -time::Duration::days(1);
         self
     }
 
+    /// The same leaf, valid from tomorrow.
     pub fn not_yet_valid(mut self) -> Leaf {
         self.valid_from = time::Duration::days(1);
         self.valid_until = time::Duration::days(2);
         self
     }
 
+    /// The same leaf naming `name` as its only DNS name, and no IP address.
     pub fn dns_only(mut self, name: &str) -> Leaf {
         self.dns = vec![name.to_owned()];
         self.ips.clear();
@@ -131,30 +170,21 @@ impl Leaf {
 }
 
 /// A leaf certificate and its key, PEM encoded.
+#[derive(Clone, Debug)]
 pub struct Issued {
+    /// The certificate, PEM.
     pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8).
     pub key_pem: String,
+    /// The certificate, DER.
     pub der: Vec<u8>,
 }
 
-/// A temporary directory removed when dropped.
-pub struct TempDir(pub PathBuf);
-
+// Certificate files belong with the directory a test writes them to.
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("mesh-tls-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        TempDir(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Writes `cert`, `key` and `ca` files and returns their paths.
+    /// Writes `prefix.crt`, `prefix.key` and `prefix-ca.crt` (the
+    /// certificate of `issued`, its key and `ca_pem`), each atomically, and
+    /// returns their paths in that order.
     pub fn write(&self, prefix: &str, issued: &Issued, ca_pem: &str) -> [PathBuf; 3] {
         let paths = [
             self.path(&format!("{prefix}.crt")),
@@ -166,17 +196,4 @@ impl TempDir {
         write_atomically(&paths[2], ca_pem);
         paths
     }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Writes to a temporary file and renames it over `path`.
-pub fn write_atomically(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, contents).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
 }

@@ -3,40 +3,40 @@
 //! hosts directory (changes picked up without a restart) and SRV records
 //! for a named port.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use crate::fs::TempDir;
+use crate::net::free_udp_and_tcp_port;
 
 /// A running dnsmasq; killed (and its directory removed) when dropped.
 pub struct Dnsmasq {
     child: Child,
+    /// Where it answers, over UDP and TCP.
     pub addr: SocketAddr,
+    /// Its hosts directory, for [`write_hosts`].
     pub hosts: PathBuf,
+    /// Holds `hosts`; dropped after the process is killed.
+    _root: TempDir,
 }
 
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(self.hosts.parent().unwrap_or(&self.hosts));
     }
 }
 
 /// The headless service's name.
 pub const NAME: &str = "users.default.svc.cluster.local";
 
-fn free_port() -> u16 {
-    // A port free for UDP and TCP both (dnsmasq serves both).
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("udp");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// Points the service's A records (and `pod-N` names) at `ips`.
+/// Points the service's A records (and `pod-N` names) at `ips`; dnsmasq
+/// answers with them within a second.
+///
+/// # Panics
+///
+/// When the hosts file cannot be written.
 pub fn write_hosts(dir: &Path, ips: &[&str]) {
     let lines: String = ips.iter().map(|ip| format!("{ip} {NAME}\n")).collect();
     let pods: String = ips
@@ -54,26 +54,30 @@ pub fn write_hosts(dir: &Path, ips: &[&str]) {
     } else {
         format!("{lines}{pods}")
     };
-    std::fs::write(file, body).expect("hosts");
+    if let Err(error) = std::fs::write(&file, body) {
+        panic!("cannot write {}: {error}", file.display());
+    }
 }
 
 /// Starts dnsmasq on a free loopback port serving `ips` for [`NAME`] and
 /// two SRV records on `_http._tcp`.
+///
+/// # Panics
+///
+/// When dnsmasq cannot be run, naming the package to install.
 pub fn start(ips: &[&str]) -> Dnsmasq {
-    try_start(ips).expect("dnsmasq could not start: install Debian's dnsmasq-base (.ci/run does)")
+    try_start(ips)
+        .expect("dnsmasq could not start: install Debian's dnsmasq-base (scripts/test.sh does)")
 }
 
-/// [`start`], or `None` when dnsmasq cannot be run.
+/// [`start`], or `None` when dnsmasq cannot be run: for a benchmark that
+/// skips its DNS case on a machine without it.
 pub fn try_start(ips: &[&str]) -> Option<Dnsmasq> {
-    let root = std::env::temp_dir().join(format!(
-        "mesh-dnsmasq-{}-{}",
-        std::process::id(),
-        fastrand_suffix()
-    ));
-    let hosts = root.join("hosts");
-    std::fs::create_dir_all(&hosts).expect("dir");
+    let root = TempDir::new("dnsmasq");
+    let hosts = root.path("hosts");
+    std::fs::create_dir_all(&hosts).ok()?;
     write_hosts(&hosts, ips);
-    let port = free_port();
+    let port = free_udp_and_tcp_port();
     let child = Command::new("dnsmasq")
         .args([
             "--keep-in-foreground",
@@ -101,12 +105,6 @@ pub fn try_start(ips: &[&str]) -> Option<Dnsmasq> {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         hosts,
+        _root: root,
     })
-}
-
-fn fastrand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0)
 }

@@ -1,0 +1,229 @@
+//! [`MeshClient`]: the whole stack for one local service, built from
+//! configuration.
+//!
+//! The client is wiring and a few jobs, one module each: building it
+//! ([`MeshClientBuilder`], `start`), sending ([`CallOptions`], `send`),
+//! the response body that keeps a call counted ([`MeshBody`]), the state
+//! kept per destination service (`state`), its life after start
+//! (`lifecycle`: registration, drain, shutdown) and its face as a
+//! [`tower::Service`]. The parts it is wired from live in
+//! [`crate::wiring`].
+
+use std::sync::{Arc, Mutex};
+
+use mesh_core::{EventBus, MeshError, MeshEvent, Probe, ServiceName};
+use mesh_discover::Catalog;
+use mesh_health::{HealthCheckManager, ProbeReport};
+use tokio::sync::broadcast;
+
+use crate::config::MeshConfig;
+use crate::metrics::MeshMetrics;
+use crate::services::ServiceStates;
+use crate::split::{Splits, Subset};
+use crate::transport::Transports;
+use crate::wiring::discovery::Discovery;
+use crate::wiring::routes::{Route, Routes};
+
+mod body;
+mod builder;
+mod lifecycle;
+mod options;
+mod send;
+mod service;
+mod start;
+mod state;
+
+pub use body::MeshBody;
+pub use builder::MeshClientBuilder;
+pub use options::CallOptions;
+
+/// A service mesh client for one local service (the design document's
+/// `createServiceMeshClient("api-gateway")`): discovery, balancing,
+/// circuit breaking, retries, timeouts and (optionally) mutual TLS on
+/// every outgoing call, health probes for the service itself, metrics,
+/// events, registration and graceful shutdown.
+///
+/// Calls go to a logical service by name (`client.get("users", "/api/users",
+/// options)`), or as `http://users/api/users` requests through its
+/// [`tower::Service`] implementation. Clones share everything.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), mesh_core::BoxError> {
+/// let client = mesh::MeshClient::from_config(mesh::MeshConfig::load("mesh.toml")?).await?;
+/// let response = client
+///     .get("user-service", "/api/users", mesh::CallOptions::client_id("client-123"))
+///     .await?;
+/// println!("{}", response.status());
+/// client.shutdown(std::time::Duration::from_secs(10)).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MeshClient {
+    inner: Arc<Inner>,
+}
+
+/// Everything clones of a client share.
+struct Inner {
+    /// The configuration it was built from.
+    config: MeshConfig,
+    /// The local service's name.
+    name: ServiceName,
+    /// Where every layer's events go.
+    bus: EventBus,
+    /// The catalog calls resolve against, its layer, and Consul.
+    discovery: Discovery,
+    /// The canary splits in force, changeable at run time.
+    splits: Arc<Splits>,
+    /// Each service's stack of layers.
+    routes: Routes,
+    /// What the client keeps per destination service (limits, retry
+    /// budget, upstream checker), bounded.
+    services: ServiceStates,
+    /// The mutual TLS clients, for upstream probes over mutual TLS.
+    transports: Transports,
+    /// The calls in flight, and whether new ones are admitted.
+    calls: lifecycle::Calls,
+    /// The local service's health manager, when configured.
+    health: Option<HealthCheckManager>,
+    /// The registration with Consul, while registered.
+    registered: Mutex<Option<lifecycle::Registered>>,
+    /// The client's mutual TLS credentials, while `[tls]` is on.
+    tls: Option<mesh_tls::Credentials>,
+}
+
+// === impl MeshClient ===
+
+impl std::fmt::Debug for MeshClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshClient")
+            .field("service", &self.inner.name)
+            .field("profile", &self.inner.config.profile)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshClient {
+    /// The local service's name.
+    pub fn service_name(&self) -> &ServiceName {
+        &self.inner.name
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &MeshConfig {
+        &self.inner.config
+    }
+
+    /// A [`mesh_health::HealthLayer`] serving this client's probes on the
+    /// configured paths (`[health] paths`), for the service's own router:
+    /// the status only, unless `[health] details = true`.
+    pub fn health_layer(&self) -> Option<mesh_health::HealthLayer> {
+        let health = self.inner.health.as_ref()?;
+        match &self.inner.config.health {
+            // Validated at start, so the paths are good.
+            Some(config) => config.layer(health.clone()).ok(),
+            None => Some(mesh_health::HealthLayer::new(health.clone())),
+        }
+    }
+
+    /// The catalog every call resolves against.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.discovery.catalog
+    }
+
+    /// The health manager of the local service, when `health` is
+    /// configured (register checks through its builder before building
+    /// the client, or serve its probes with [`mesh_health::HealthLayer`]).
+    pub fn health(&self) -> Option<&HealthCheckManager> {
+        self.inner.health.as_ref()
+    }
+
+    /// Splits `service`'s calls between subsets of its instances by weight
+    /// (a canary: `v1` 95, `v2` 5), from the next call on, without a
+    /// restart. A subset without instances gets nothing (its weight goes
+    /// to the others); with no subsets, calls go to every instance again.
+    /// Each subset is balanced, broken and reported as `service.subset`. A
+    /// call with an affinity key always lands in the same subset.
+    pub fn set_split(&self, service: &str, subsets: Vec<Subset>) -> Result<(), MeshError> {
+        let name = ServiceName::new(service).map_err(|e| MeshError::InvalidConfig {
+            what: format!("split of {service:?}"),
+            reason: e.to_string(),
+        })?;
+        crate::split::validate_split(service, &subsets, &self.inner.config.services)?;
+        self.inner.splits.set(name, subsets);
+        Ok(())
+    }
+
+    /// The split in force for `service`, if any.
+    pub fn split(&self, service: &str) -> Option<Vec<Subset>> {
+        let name = ServiceName::new(service).ok()?;
+        self.inner.splits.get(&name)
+    }
+
+    /// The liveness report (`None` when the client has no health manager:
+    /// no `[health]` section and no checks).
+    pub fn liveness(&self) -> Option<ProbeReport> {
+        self.inner
+            .health
+            .as_ref()
+            .map(|h| h.report(Probe::Liveness))
+    }
+
+    /// The readiness report (`None` without a health manager); unhealthy
+    /// once shutdown has begun.
+    pub fn readiness(&self) -> Option<ProbeReport> {
+        self.inner
+            .health
+            .as_ref()
+            .map(|h| h.report(Probe::Readiness))
+    }
+
+    /// A subscription to every [`MeshEvent`]: breaker transitions, retries,
+    /// discovery changes, health, TLS, and one `RequestCompleted` per call.
+    /// Publishing never blocks a call: a subscriber that falls more than
+    /// `event_capacity` events behind loses the oldest ones and is told how
+    /// many with `RecvError::Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<MeshEvent> {
+        self.inner.bus.subscribe()
+    }
+
+    /// Counters from every layer, for the design document's `getMetrics()`.
+    pub fn metrics(&self) -> MeshMetrics {
+        crate::metrics::collect(self)
+    }
+
+    /// The same counters in the Prometheus text exposition format, for a
+    /// `/metrics` endpoint.
+    pub fn prometheus(&self) -> String {
+        crate::prometheus::render(&self.metrics())
+    }
+
+    /// Every route by name (`*` for the default), for metrics.
+    pub(crate) fn routes(&self) -> Vec<(String, Route)> {
+        self.inner.routes.all()
+    }
+
+    /// How many calls are in flight, response bodies included.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.inner.calls.in_flight()
+    }
+
+    /// The client's mutual TLS credentials, while `[tls]` is on.
+    pub(crate) fn tls(&self) -> Option<&mesh_tls::Credentials> {
+        self.inner.tls.as_ref()
+    }
+
+    /// The server side of this service's mutual TLS, for its own axum or
+    /// hyper server (`server_tls.serve(listener, router)`): the client's
+    /// rotating credentials, admitting only the callers `[tls]
+    /// allowed_callers` lists (any certificate of the CA when the list is
+    /// empty). `None` while `[tls]` is off.
+    pub fn server_tls(&self) -> Result<Option<mesh_tls::ServerTls>, MeshError> {
+        let (Some(config), Some(credentials)) = (&self.inner.config.tls, &self.inner.tls) else {
+            return Ok(None);
+        };
+        config
+            .server(credentials.clone())
+            .map(Some)
+            .map_err(crate::wiring::transport::tls_error)
+    }
+}

@@ -1,0 +1,36 @@
+//! [`MeshClient`] as a [`tower::Service`], for anything that expects a
+//! `Service<http::Request<_>>`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use mesh_core::BoxError;
+use tower::Service;
+
+use super::{MeshBody, MeshClient};
+
+// === impl MeshClient ===
+
+/// The client as a tower service: requests go to the service their URI's
+/// host names (`http://users/...`), so it can sit under a tonic client or
+/// anything that expects a `Service<http::Request<_>>`.
+impl Service<Request<Full<Bytes>>> for MeshClient {
+    type Response = Response<MeshBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Each call clones the per-service stack, which is always ready to
+        // be driven by oneshot.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.send(req).await })
+    }
+}

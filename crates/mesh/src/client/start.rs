@@ -1,0 +1,66 @@
+//! `MeshClient::start`: the wiring parts built from the configuration in
+//! order, then the local service registered.
+
+use std::sync::{Arc, Mutex};
+
+use mesh_core::{EventBus, MeshError, ServiceName};
+use mesh_health::HealthCheck;
+
+use super::lifecycle::Calls;
+use super::{Inner, MeshClient};
+use crate::config::MeshConfig;
+use crate::services::ServiceStates;
+use crate::wiring::discovery::Discovery;
+use crate::wiring::routes::{self, RouteParts, Routes};
+use crate::wiring::{health, transport};
+
+// === impl MeshClient ===
+
+impl MeshClient {
+    /// Validates `config`, builds each part (discovery, health, splits,
+    /// transports, routes), then registers with Consul when configured.
+    pub(super) async fn start(
+        config: MeshConfig,
+        checks: Vec<HealthCheck>,
+    ) -> Result<MeshClient, MeshError> {
+        config.validate()?;
+        let name =
+            ServiceName::new(&config.service.name).map_err(|e| MeshError::InvalidConfig {
+                what: "service.name".to_owned(),
+                reason: e.to_string(),
+            })?;
+        let bus = EventBus::new(config.event_capacity);
+        let identities = config.identities()?;
+        let discovery = Discovery::from_config(&config, &bus)?;
+        let health = health::manager(&config, checks, &bus)?;
+        let splits = routes::splits(&config);
+        let tls = transport::credentials(&config, &bus)?;
+        let transports =
+            transport::transports(&config, tls.as_ref(), identities, &discovery.catalog);
+        let parts = RouteParts {
+            config: &config,
+            discover: &discovery.layer,
+            splits: &splits,
+            bus: &bus,
+        };
+        let routes = Routes::new(&parts, &transports)?;
+        let client = MeshClient {
+            inner: Arc::new(Inner {
+                name,
+                bus,
+                discovery,
+                splits,
+                routes,
+                services: ServiceStates::default(),
+                transports,
+                calls: Calls::default(),
+                health,
+                registered: Mutex::new(None),
+                tls,
+                config,
+            }),
+        };
+        client.register().await?;
+        Ok(client)
+    }
+}

@@ -1,0 +1,212 @@
+//! [`MeshConfig::validate`]: what serde alone cannot check, one section at
+//! a time, each error naming the key at fault.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mesh_core::{MeshError, ServiceName};
+
+use super::{DiscoveryConfig, MeshConfig};
+
+// === impl MeshConfig ===
+
+impl MeshConfig {
+    /// Checks what serde alone cannot; the error names the value.
+    pub fn validate(&self) -> Result<(), MeshError> {
+        self.validate_names()?;
+        self.validate_discovery()?;
+        self.validate_timeouts()?;
+        self.validate_retries()?;
+        self.validate_limits_and_splits()?;
+        if self.event_capacity == 0 {
+            return Err(invalid("event_capacity", "must be at least 1"));
+        }
+        self.validate_health()?;
+        self.validate_tls()
+    }
+
+    /// The local service's name and the overridden services' names.
+    fn validate_names(&self) -> Result<(), MeshError> {
+        ServiceName::new(&self.service.name).map_err(|e| invalid("service.name", e.to_string()))?;
+        for name in self.services.keys() {
+            let what = || format!("services.{name}");
+            let parsed = ServiceName::new(name).map_err(|e| invalid(what(), e.to_string()))?;
+            // Names are matched in lower case: an upper-case key would
+            // validate and then never apply.
+            if parsed.as_str() != name {
+                return Err(invalid(
+                    what(),
+                    format!("service names are lower case: write {parsed}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `max_staleness` and the `[discovery]` section of its kind.
+    fn validate_discovery(&self) -> Result<(), MeshError> {
+        if self.max_staleness.is_some_and(|stale| stale.is_zero()) {
+            return Err(invalid("max_staleness", "must be above zero"));
+        }
+        match &self.discovery {
+            DiscoveryConfig::Static { services } => validate_static(services),
+            DiscoveryConfig::File { .. } => Ok(()),
+            DiscoveryConfig::Kubernetes {
+                port: None,
+                port_name: None,
+                ..
+            } => Err(invalid(
+                "discovery",
+                "kubernetes discovery needs port (A records) or port_name (SRV records)",
+            )),
+            DiscoveryConfig::Kubernetes { .. } => Ok(()),
+            DiscoveryConfig::Consul { url, register, .. } => {
+                validate_consul_url(url)?;
+                if *register && (self.service.address.is_none() || self.service.port.is_none()) {
+                    return Err(invalid(
+                        "discovery.register",
+                        "registration needs service.address and service.port",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The per-attempt timeouts, the file's and each service's.
+    fn validate_timeouts(&self) -> Result<(), MeshError> {
+        let overridden = self
+            .services
+            .iter()
+            .map(|(name, o)| (format!("services.{name}.timeout"), o.timeout));
+        let timeouts = std::iter::once(("timeout".to_owned(), self.timeout)).chain(overridden);
+        for (what, timeout) in timeouts {
+            let Some(t) = timeout else { continue };
+            if t.is_zero() || t > Duration::from_secs(3600) {
+                return Err(invalid(what, format!("{t:?} is outside (0, 1h]")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The retry settings, the file's and each service's, against the
+    /// timeout their attempts get.
+    fn validate_retries(&self) -> Result<(), MeshError> {
+        if let Some(retry) = &self.retry {
+            retry.build(self.timeout_for(""))?;
+        }
+        for (name, o) in &self.services {
+            let Some(retry) = &o.retry else { continue };
+            retry
+                .build(self.timeout_for(name))
+                .map_err(|e| e.within(&format!("services.{name}.")))?;
+        }
+        Ok(())
+    }
+
+    /// The limits, the file's and each service's, and each service's
+    /// canary split.
+    fn validate_limits_and_splits(&self) -> Result<(), MeshError> {
+        if let Some(limits) = &self.limits {
+            limits.validate("limits")?;
+        }
+        for (name, o) in &self.services {
+            crate::split::validate_split(name, &o.split, &self.services)?;
+            if let Some(limits) = &o.limits {
+                limits.validate(&format!("services.{name}.limits"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `[health]` and `[upstream_health]`.
+    fn validate_health(&self) -> Result<(), MeshError> {
+        if let Some(health) = &self.health {
+            health.validate()?;
+        }
+        let Some(upstream) = &self.upstream_health else {
+            return Ok(());
+        };
+        upstream.validate().map_err(|e| match e {
+            // Named as the file names it.
+            MeshError::InvalidConfig { what, reason } => MeshError::InvalidConfig {
+                what: what.replacen("health.upstream", "upstream_health", 1),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// `[tls]`, and the identities called services must present.
+    fn validate_tls(&self) -> Result<(), MeshError> {
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| invalid("tls", e.to_string()))?;
+        }
+        let identities = self.identities()?;
+        let Some(tls) = self.tls.as_ref().filter(|t| t.enabled) else {
+            return Ok(());
+        };
+        if tls.peer_identity.is_none() && identities.is_empty() {
+            return Err(invalid(
+                "tls.peer_identity",
+                "required with mutual TLS on: the SPIFFE ID each called service must present, \
+                 such as \"spiffe://cluster.local/ns/default/sa/{service}\" (Kubernetes) or \
+                 \"spiffe://dc1.consul/ns/default/dc/dc1/svc/{service}\" (Consul); without it \
+                 any certificate of the mesh CA could answer for any service",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Static discovery: each service's name, each entry an `ip:port`.
+fn validate_static(services: &BTreeMap<String, Vec<String>>) -> Result<(), MeshError> {
+    for (name, entries) in services {
+        ServiceName::new(name)
+            .map_err(|e| invalid(format!("discovery.services.{name}"), e.to_string()))?;
+        let bad = entries
+            .iter()
+            .enumerate()
+            .find(|(_, entry)| entry.parse::<std::net::SocketAddr>().is_err());
+        if let Some((i, entry)) = bad {
+            return Err(invalid(
+                format!("discovery.services.{name}[{i}]"),
+                format!("{entry:?} is not ip:port"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Consul's address: an http(s) URL without credentials in it.
+fn validate_consul_url(url: &str) -> Result<(), MeshError> {
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(invalid(
+            "discovery.url",
+            format!("{url:?} is not an http(s) URL"),
+        ));
+    }
+    // The URL is printed (Debug, metrics, errors); a credential belongs in
+    // `token`, which never is.
+    let has_credentials = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.as_str().contains('@')))
+        .unwrap_or(false);
+    if has_credentials {
+        return Err(invalid(
+            "discovery.url",
+            "holds credentials (user:password@): give Consul's ACL token as `token`, \
+             which is never printed",
+        ));
+    }
+    Ok(())
+}
+
+/// The error for the key `what`.
+fn invalid(what: impl Into<String>, reason: impl Into<String>) -> MeshError {
+    MeshError::InvalidConfig {
+        what: what.into(),
+        reason: reason.into(),
+    }
+}
