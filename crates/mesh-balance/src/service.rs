@@ -352,7 +352,7 @@ mod tests {
         let err = failing().oneshot(request(&set)).await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            "request to users endpoint 127.0.0.1:1 (127.0.0.1:1) failed"
+            "request to users endpoint 127.0.0.1:1 failed: connection refused"
         );
         assert_eq!(set.endpoints()[0].state().in_flight(), 0);
 

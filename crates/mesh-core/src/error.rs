@@ -8,6 +8,23 @@ use crate::name::{EndpointId, InvalidName, ServiceName};
 /// The error type tower services in a stack pass along: any error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// `(address) ` when the endpoint's id does not already say it.
+fn at(endpoint: &EndpointId, address: &SocketAddr) -> String {
+    match endpoint.as_str() == address.to_string() {
+        true => String::new(),
+        false => format!("({address}) "),
+    }
+}
+
+/// The innermost error of `error`'s source chain, as text.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut root = error;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    root.to_string()
+}
+
 /// An error and its causes, `outer: inner: root`, for messages: hyper's
 /// own text ("client error (Connect)") does not say what failed (a refused
 /// connection, a TLS alert). A cause whose text its wrapper already
@@ -161,8 +178,10 @@ pub enum MeshError {
         service: ServiceName,
     },
 
-    /// Sending to a chosen endpoint failed; `source` says how.
-    #[error("request to {service} endpoint {endpoint} ({address}) failed")]
+    /// Sending to a chosen endpoint failed; `source` says how, and the
+    /// message ends with the root cause (`connection refused`), so the
+    /// one line a caller prints says why.
+    #[error("request to {service} endpoint {endpoint} {}failed: {}", at(endpoint, address), root_cause(source.as_ref()))]
     Endpoint {
         /// The service.
         service: ServiceName,
@@ -228,6 +247,43 @@ impl MeshError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn an_endpoint_failure_says_its_root_cause_once() {
+        let failed = MeshError::Endpoint {
+            service: ServiceName::new("users").unwrap(),
+            endpoint: EndpointId::new("127.0.0.1:8080").unwrap(),
+            address: "127.0.0.1:8080".parse().unwrap(),
+            source: Box::new(Outer(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            ))),
+        };
+        assert_eq!(
+            failed.to_string(),
+            "request to users endpoint 127.0.0.1:8080 failed: connection refused"
+        );
+        // The chain adds the layer between, and repeats nothing.
+        assert_eq!(
+            error_chain(&failed),
+            "request to users endpoint 127.0.0.1:8080 failed: connection refused: \
+             client error (Connect)"
+        );
+        let named = MeshError::Endpoint {
+            service: ServiceName::new("users").unwrap(),
+            endpoint: EndpointId::new("users-1").unwrap(),
+            address: "10.0.0.7:80".parse().unwrap(),
+            source: "reset".into(),
+        };
+        assert_eq!(
+            named.to_string(),
+            "request to users endpoint users-1 (10.0.0.7:80) failed: reset"
+        );
+    }
 
     #[test]
     fn messages_name_what_to_fix() {

@@ -468,7 +468,7 @@ mod tests {
         let err = svc.oneshot(get()).await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            "request to users endpoint 127.0.0.1:2 (127.0.0.1:2) failed"
+            "request to users endpoint 127.0.0.1:2 failed: connection refused"
         );
         assert_eq!(log.lock().unwrap().len(), 2);
     }
