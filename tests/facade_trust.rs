@@ -456,3 +456,20 @@ async fn credentials_in_the_consul_url_are_refused_naming_the_key() {
     assert!(text.contains("discovery.url"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_registry_at_registration_is_a_registration_failure_not_bad_config() {
+    // Nothing listens there.
+    let url = format!("http://127.0.0.1:{}", mesh_testkit::net::free_port());
+    let text = format!(
+        "[service]\nname = \"api-gateway\"\naddress = \"127.0.0.1\"\nport = 18080\n\
+         [discovery]\nkind = \"consul\"\nurl = \"{url}\"\nregister = true\n"
+    );
+    let err = client(&text).await.expect_err("no agent to register with");
+    assert!(
+        matches!(err, MeshError::Registration { .. }),
+        "reported as {err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(&format!("consul at {url}")), "{text}");
+}

@@ -121,9 +121,10 @@ impl MeshClient {
         consul
             .register(&registration)
             .await
-            .map_err(|e| MeshError::InvalidConfig {
-                what: "discovery.register".to_owned(),
-                reason: format!("registering with Consul failed: {e}"),
+            .map_err(|e| MeshError::Registration {
+                service: self.inner.name.clone(),
+                registry: mesh_discover::Registry::describe(consul),
+                source: Box::new(e),
             })?;
         let id = registration.id.clone();
         let heartbeat = consul.heartbeat(registration, HEARTBEAT);
