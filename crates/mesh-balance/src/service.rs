@@ -528,8 +528,23 @@ mod wait_tests {
     use tokio::sync::oneshot;
     use tower::{service_fn, Layer, ServiceExt};
 
-    #[tokio::test]
-    async fn a_request_waits_for_a_slot_then_fails_clearly_when_none_frees() {
+    /// One endpoint with one slot, requests waiting up to `wait` for it,
+    /// and an inner service whose first call holds the slot until
+    /// `release` is sent.
+    fn one_slot_held(
+        wait: Duration,
+    ) -> (
+        EndpointSet,
+        impl Service<
+                Request<()>,
+                Response = Response<TrackedBody<()>>,
+                Error = BoxError,
+                Future: Send,
+            > + Clone
+            + Send
+            + 'static,
+        oneshot::Sender<()>,
+    ) {
         let set = EndpointSet::new(
             ServiceName::new("users").unwrap(),
             vec![Endpoint::builder("127.0.0.1:1".parse().unwrap()).build()],
@@ -537,7 +552,7 @@ mod wait_tests {
         let layer = BalanceLayer::from_config(
             BalanceConfig::builder()
                 .max_connections_per_instance(1)
-                .wait_at_capacity(Duration::from_millis(200))
+                .wait_at_capacity(wait)
                 .build()
                 .unwrap(),
         );
@@ -552,11 +567,19 @@ mod wait_tests {
                 Ok::<_, std::convert::Infallible>(Response::new(()))
             }
         }));
-        let request = || {
-            let mut req = Request::get("http://users/").body(()).unwrap();
-            req.extensions_mut().insert(set.clone());
-            req
-        };
+        (set, svc, release)
+    }
+
+    fn request_for(set: &EndpointSet) -> Request<()> {
+        let mut req = Request::get("http://users/").body(()).unwrap();
+        req.extensions_mut().insert(set.clone());
+        req
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_a_slot_then_fails_clearly_when_none_frees() {
+        let (set, svc, release) = one_slot_held(Duration::from_millis(200));
+        let request = || request_for(&set);
         let first = tokio::spawn(svc.clone().oneshot(request()));
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(set.endpoints()[0].state().in_flight(), 1);
@@ -587,33 +610,8 @@ mod wait_tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiting_request_is_woken_by_the_freed_slot_not_by_a_timer() {
-        let set = EndpointSet::new(
-            ServiceName::new("users").unwrap(),
-            vec![Endpoint::builder("127.0.0.1:1".parse().unwrap()).build()],
-        );
-        let layer = BalanceLayer::from_config(
-            BalanceConfig::builder()
-                .max_connections_per_instance(1)
-                .wait_at_capacity(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        );
-        let (release, held) = oneshot::channel::<()>();
-        let held = Arc::new(std::sync::Mutex::new(Some(held)));
-        let svc = layer.layer(service_fn(move |_req: Request<()>| {
-            let held = held.lock().unwrap().take();
-            async move {
-                if let Some(held) = held {
-                    let _ = held.await;
-                }
-                Ok::<_, std::convert::Infallible>(Response::new(()))
-            }
-        }));
-        let request = || {
-            let mut req = Request::get("http://users/").body(()).unwrap();
-            req.extensions_mut().insert(set.clone());
-            req
-        };
+        let (set, svc, release) = one_slot_held(Duration::from_secs(10));
+        let request = || request_for(&set);
         let first = tokio::spawn(svc.clone().oneshot(request()));
         while set.endpoints()[0].state().in_flight() == 0 {
             tokio::task::yield_now().await;
