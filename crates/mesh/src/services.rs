@@ -26,7 +26,8 @@ pub(crate) const MAX_SERVICES: usize = 1024;
 pub(crate) struct ServiceState {
     /// Its rate and concurrency limits, if any apply.
     pub(crate) limits: Option<Limits>,
-    /// Its own retry budget, when its retries are budgeted.
+    /// Its own retry budget, for a service on the shared default route
+    /// (an overridden service's route has a retry layer of its own).
     pub(crate) budget: Option<mesh_retry::RetryBudget>,
     /// Its upstream health checker, started once discovery knows the
     /// service (`None` inside when none is configured); stops when

@@ -31,10 +31,16 @@ impl MeshClient {
         let config = &self.inner.config;
         ServiceState {
             limits: config.limits_for(service.as_str()).map(Limits::new),
-            budget: config
-                .retry_for(service.as_str())
-                .ok()
-                .and_then(|retry| retry.new_budget()),
+            // A service the file overrides has a route, and so a retry
+            // layer and budget, of its own; the others share the default
+            // route's layer and bring their budget with each request.
+            budget: match config.services.contains_key(service.as_str()) {
+                true => None,
+                false => config
+                    .retry_for(service.as_str())
+                    .ok()
+                    .and_then(|retry| retry.new_budget()),
+            },
             checker: Default::default(),
         }
     }
