@@ -17,7 +17,7 @@ fn at(endpoint: &EndpointId, address: &SocketAddr) -> String {
 }
 
 /// The innermost error of `error`'s source chain, as text.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut root = error;
     while let Some(next) = root.source() {
         root = next;
@@ -66,9 +66,12 @@ impl ConnectError {
     }
 }
 
-/// What went wrong in a tower-mesh layer, said so that a person can act.
+/// What went wrong with a request in a tower-mesh layer, said so that a
+/// person can act.
 ///
-/// Layers return these boxed (as [`BoxError`]), because a stack mixes them
+/// These are request-time errors; a configuration refused when something
+/// is built is a [`ConfigError`](crate::ConfigError) instead. Layers return
+/// these boxed (as [`BoxError`]), because a stack mixes them
 /// with errors from tower and hyper. Find one in an error chain with
 /// [`MeshError::find`].
 #[derive(Debug, thiserror::Error)]
@@ -206,32 +209,9 @@ pub enum MeshError {
         #[source]
         source: crate::BoxError,
     },
-
-    /// A configuration or endpoint list was refused when it was built.
-    #[error("invalid configuration: {what}: {reason}")]
-    InvalidConfig {
-        /// The entry at fault (a path, a key, an address).
-        what: String,
-        /// Why it was refused.
-        reason: String,
-    },
 }
 
 impl MeshError {
-    /// This error with `prefix` before the name of the value at fault, for
-    /// a configuration read as part of a larger one
-    /// (`retry.backoff` -> `services.users.retry.backoff`); other errors
-    /// are returned unchanged.
-    pub fn within(self, prefix: &str) -> MeshError {
-        match self {
-            MeshError::InvalidConfig { what, reason } => MeshError::InvalidConfig {
-                what: format!("{prefix}{what}"),
-                reason,
-            },
-            other => other,
-        }
-    }
-
     /// The first `MeshError` in `err`'s source chain, `err` included.
     ///
     /// ```

@@ -4,6 +4,7 @@
 
 mod classify;
 pub mod clock;
+mod config_error;
 mod endpoint;
 mod error;
 mod event;
@@ -14,6 +15,7 @@ mod set;
 mod state;
 
 pub use classify::{FailureClassifier, FailureKind, Outcome, StatusSet};
+pub use config_error::ConfigError;
 pub use endpoint::{Endpoint, EndpointBuilder, Weight};
 pub use error::{error_chain, BoxError, ConnectError, MeshError};
 pub use event::{CircuitState, EventBus, MeshEvent, Probe, ProbeStatus};
