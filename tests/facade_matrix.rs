@@ -96,22 +96,10 @@ fn mesh_error(error: &BoxError) -> Option<&MeshError> {
     MeshError::find(&**error)
 }
 
-/// Whether a timeout ended the call: the mesh's own `Timeout`, or tower's
-/// `Elapsed` from the per-attempt timeout, anywhere in the chain.
+/// Whether a timeout ended the call: every time limit of the facade (the
+/// per-attempt timeout, the deadline) fails with the one `MeshError::Timeout`.
 fn timed_out(error: &BoxError) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
-    while let Some(e) = cause {
-        if e.is::<tower::timeout::error::Elapsed>()
-            || matches!(
-                e.downcast_ref::<MeshError>(),
-                Some(MeshError::Timeout { .. })
-            )
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    matches!(mesh_error(error), Some(MeshError::Timeout { .. }))
 }
 
 /// Waits (at most 10 s) for `done`.
@@ -808,29 +796,48 @@ async fn slow_call_rate_opens_on_calls_slower_than_slow_call_duration() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breaker_call_timeout_fails_a_slow_call() {
+async fn a_timed_out_attempt_counts_against_the_breaker_which_has_no_timeout_of_its_own() {
     let slow = Backend::start(Behavior::Slow(Duration::from_millis(1500)))
         .await
         .expect("backend");
-    let mut outcomes = Vec::new();
-    for breaker in ["call_timeout = \"200ms\"\n", ""] {
-        let client = start_client(&static_config(
-            "",
-            &[("users", &[slow.addr()])],
-            &format!(
-                "{NO_RETRY}[breaker]\nscope = \"service\"\nconsecutive_failures = 100\n{breaker}"
-            ),
-        ))
-        .await;
-        let started = Instant::now();
-        let outcome = get(&client, "users").await;
-        outcomes.push((
-            outcome.is_ok(),
-            started.elapsed() < Duration::from_millis(1200),
-        ));
-        client.shutdown(Duration::from_secs(1)).await;
+    let services: &[(&str, &[SocketAddr])] = &[("users", &[slow.addr()])];
+    let breaker = "[breaker]\nscope = \"service\"\nconsecutive_failures = 2\n";
+    let client = start_client(&static_config(
+        "timeout = \"200ms\"",
+        services,
+        &format!("{NO_RETRY}{breaker}"),
+    ))
+    .await;
+    for call in 0..2 {
+        let err = get(&client, "users").await.expect_err("too slow");
+        assert!(timed_out(&err), "call {call}: {err}");
     }
-    assert_eq!(outcomes, [(false, true), (true, false)], "(ok, fast)");
+    // Two timeouts, counted by the breaker: the third call is refused
+    // without being sent.
+    let err = get(&client, "users").await.expect_err("open");
+    assert!(
+        matches!(mesh_error(&err), Some(MeshError::CircuitOpen { .. })),
+        "{err}"
+    );
+    assert_eq!(slow.stats().requests, 2);
+    client.shutdown(Duration::from_secs(1)).await;
+
+    // A breaker's own call timeout would be a second per-attempt limit.
+    for (tables, key) in [
+        (
+            "[breaker]\ncall_timeout = \"200ms\"\n",
+            "breaker.call_timeout",
+        ),
+        (
+            "[services.users.breaker]\ncall_timeout = \"200ms\"\n",
+            "services.users.breaker.call_timeout",
+        ),
+    ] {
+        let err =
+            MeshConfig::from_toml_str(&static_config("", services, tables)).expect_err("refused");
+        assert_eq!(err.key(), key);
+        assert!(err.reason().contains("timeout`"), "{err}");
+    }
 }
 
 // === [retry] ===

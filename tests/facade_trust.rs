@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mesh::core::{MeshError, Probe};
-use mesh::{CallOptions, MeshClient, MeshConfig};
+use mesh::{CallOptions, MeshClient, MeshConfig, StartError};
 use mesh_testkit::fs::TempDir;
 use mesh_testkit::{consul, Backend, Behavior};
 use tower::ServiceExt;
 
 /// A client from `text` written to a file, as a user builds one.
-async fn client(text: &str) -> Result<MeshClient, MeshError> {
+async fn client(text: &str) -> Result<MeshClient, StartError> {
     // Left in place, as a user's configuration directory is.
     let dir = TempDir::new("trust").keep();
     let file = dir.join("mesh.toml");
@@ -467,7 +467,7 @@ async fn an_unreachable_registry_at_registration_is_a_registration_failure_not_b
     );
     let err = client(&text).await.expect_err("no agent to register with");
     assert!(
-        matches!(err, MeshError::Registration { .. }),
+        matches!(err, StartError::Registration { .. }),
         "reported as {err:?}"
     );
     let text = err.to_string();

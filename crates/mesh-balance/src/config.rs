@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use http::HeaderName;
-use mesh_core::MeshError;
+use mesh_core::ConfigError;
 use serde::{Deserialize, Serialize};
 
 use crate::strategy::{KeySource, Strategy};
@@ -53,9 +53,9 @@ struct Settings {
 }
 
 impl TryFrom<Settings> for BalanceConfig {
-    type Error = MeshError;
+    type Error = ConfigError;
 
-    fn try_from(settings: Settings) -> Result<Self, MeshError> {
+    fn try_from(settings: Settings) -> Result<Self, ConfigError> {
         settings.validate()?;
         Ok(BalanceConfig { settings })
     }
@@ -97,19 +97,17 @@ impl<'de> Deserialize<'de> for KeySource {
             KeySourceForm::Extension => KeySource::Extension,
             KeySourceForm::Header(name) => {
                 KeySource::Header(HeaderName::try_from(name.as_str()).map_err(|e| {
-                    serde::de::Error::custom(invalid("sticky.header", format!("{name:?}: {e}")))
+                    serde::de::Error::custom(
+                        ConfigError::new(
+                            "balance.sticky.header",
+                            format!("{name:?} is not a header name"),
+                        )
+                        .caused_by(e),
+                    )
                 })?)
             }
             KeySourceForm::Cookie(name) => KeySource::Cookie(name),
         })
-    }
-}
-
-/// The error for the setting `balance.<field>`.
-fn invalid(field: &str, reason: String) -> MeshError {
-    MeshError::InvalidConfig {
-        what: format!("balance.{field}"),
-        reason,
     }
 }
 
@@ -136,7 +134,7 @@ impl BalanceConfig {
         self.settings.max_connections_per_instance
     }
     /// How long a request waits for a slot when every instance is at its
-    /// limit; `None`: it fails at once with [`MeshError::AtCapacity`].
+    /// limit; `None`: it fails at once with [`mesh_core::MeshError::AtCapacity`].
     pub fn wait_at_capacity(&self) -> Option<Duration> {
         self.settings.wait_at_capacity
     }
@@ -180,10 +178,10 @@ impl Default for Settings {
 
 impl Settings {
     /// Checks every value, naming the first key out of range.
-    fn validate(&self) -> Result<(), MeshError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if !(0.0..=100.0).contains(&self.panic_threshold) {
-            return Err(invalid(
-                "panic_threshold",
+            return Err(ConfigError::new(
+                "balance.panic_threshold",
                 format!(
                     "{} is outside [0, 100]: it is a percentage of instances",
                     self.panic_threshold
@@ -191,22 +189,22 @@ impl Settings {
             ));
         }
         if self.max_connections_per_instance == Some(0) {
-            return Err(invalid(
-                "max_connections_per_instance",
-                "must be at least 1".into(),
+            return Err(ConfigError::new(
+                "balance.max_connections_per_instance",
+                "must be at least 1",
             ));
         }
         if let Some(w) = self.wait_at_capacity {
             if w.is_zero() || w > Duration::from_secs(60) {
-                return Err(invalid(
-                    "wait_at_capacity",
+                return Err(ConfigError::new(
+                    "balance.wait_at_capacity",
                     format!("{w:?} is outside (0, 60s]"),
                 ));
             }
         }
         if self.unknown_latency.is_zero() || self.unknown_latency > Duration::from_secs(60) {
-            return Err(invalid(
-                "unknown_latency",
+            return Err(ConfigError::new(
+                "balance.unknown_latency",
                 format!("{:?} is outside (0, 60s]", self.unknown_latency),
             ));
         }
@@ -242,7 +240,7 @@ impl BalanceConfigBuilder {
     }
     /// At most `n` requests in flight per instance; an instance at its
     /// limit is skipped, and with every instance at its limit the request
-    /// fails at once with [`MeshError::AtCapacity`] (or waits, see
+    /// fails at once with [`mesh_core::MeshError::AtCapacity`] (or waits, see
     /// [`BalanceConfigBuilder::wait_at_capacity`]).
     pub fn max_connections_per_instance(mut self, n: u32) -> Self {
         self.settings.max_connections_per_instance = Some(n);
@@ -269,8 +267,9 @@ impl BalanceConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] naming the field out of range.
-    pub fn build(self) -> Result<BalanceConfig, MeshError> {
+    /// A [`ConfigError`] whose [`key`](ConfigError::key) is the field out
+    /// of range (`balance.panic_threshold`).
+    pub fn build(self) -> Result<BalanceConfig, ConfigError> {
         BalanceConfig::try_from(self.settings)
     }
 }
@@ -308,6 +307,43 @@ mod tests {
         assert_eq!(
             toml::from_str::<BalanceConfig>(&text).expect("reads back"),
             config
+        );
+    }
+
+    #[test]
+    fn the_builder_refuses_values_out_of_range_naming_the_key() {
+        let b = BalanceConfig::builder;
+        for (builder, key) in [
+            (b().panic_threshold(120.0), "balance.panic_threshold"),
+            (
+                b().max_connections_per_instance(0),
+                "balance.max_connections_per_instance",
+            ),
+            (
+                b().wait_at_capacity(Duration::ZERO),
+                "balance.wait_at_capacity",
+            ),
+            (
+                b().unknown_latency(Duration::from_secs(61)),
+                "balance.unknown_latency",
+            ),
+        ] {
+            let err = builder.build().expect_err(key);
+            assert_eq!(err.key(), key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_header_name_says_why_once() {
+        let err = toml::from_str::<BalanceConfig>("sticky = [{ header = \"bad header\" }]")
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "invalid configuration: balance.sticky.header: \"bad header\" is not a header name: invalid HTTP header name"
+            ),
+            "{text}"
         );
     }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mesh_core::MeshError;
+use mesh_core::ConfigError;
 use serde::{Deserialize, Serialize};
 
 /// What one breaker guards.
@@ -69,8 +69,8 @@ pub enum WindowConfig {
 /// assert_eq!(config.half_open_probes(), 3);
 ///
 /// let err = BreakerConfig::builder().failure_rate_threshold(0.0).build().unwrap_err();
-/// assert!(err.to_string().contains("failure_rate_threshold"));
-/// # Ok::<(), mesh_core::MeshError>(())
+/// assert_eq!(err.key(), "breaker.failure_rate_threshold");
+/// # Ok::<(), mesh_core::ConfigError>(())
 /// ```
 ///
 /// From a file, with human durations; unknown keys are refused:
@@ -145,9 +145,9 @@ const OPEN_DURATION_MAX: Duration = Duration::from_secs(300);
 const OPEN_DURATION_MULTIPLIER: f64 = 2.0;
 
 impl TryFrom<Settings> for BreakerConfig {
-    type Error = MeshError;
+    type Error = ConfigError;
 
-    fn try_from(settings: Settings) -> Result<Self, MeshError> {
+    fn try_from(settings: Settings) -> Result<Self, ConfigError> {
         settings.validate()?;
         Ok(BreakerConfig { settings })
     }
@@ -366,7 +366,7 @@ impl Settings {
     }
 
     /// Checks every value, naming the first key out of range.
-    fn validate(&self) -> Result<(), MeshError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         self.validate_trip_conditions()?;
         self.validate_window()?;
         self.validate_open_state()?;
@@ -374,21 +374,27 @@ impl Settings {
     }
 
     /// The conditions that open the circuit: at least one, each in range.
-    fn validate_trip_conditions(&self) -> Result<(), MeshError> {
+    fn validate_trip_conditions(&self) -> Result<(), ConfigError> {
         if self.consecutive_failures == Some(0) {
-            return Err(invalid(
-                "consecutive_failures",
-                "must be at least 1 (0 would open the circuit before any call)".into(),
+            return Err(ConfigError::new(
+                "breaker.consecutive_failures",
+                "must be at least 1 (0 would open the circuit before any call)",
             ));
         }
-        for (field, rate) in [
-            ("failure_rate_threshold", self.failure_rate_threshold),
-            ("slow_call_rate_threshold", self.slow_call_rate_threshold),
+        for (key, rate) in [
+            (
+                "breaker.failure_rate_threshold",
+                self.failure_rate_threshold,
+            ),
+            (
+                "breaker.slow_call_rate_threshold",
+                self.slow_call_rate_threshold,
+            ),
         ] {
             if let Some(rate) = rate {
                 if !(rate > 0.0 && rate <= 100.0) {
-                    return Err(invalid(
-                        field,
+                    return Err(ConfigError::new(
+                        key,
                         format!("{rate} is outside (0, 100]: it is a percentage of calls"),
                     ));
                 }
@@ -398,80 +404,86 @@ impl Settings {
             && self.failure_rate_threshold.is_none()
             && self.slow_call_rate_threshold.is_none()
         {
-            return Err(invalid("consecutive_failures", "no trip condition is set: set consecutive_failures, failure_rate_threshold or slow_call_rate_threshold (use a disabled breaker to never trip)".into()));
+            return Err(ConfigError::new("breaker.consecutive_failures", "no trip condition is set: set consecutive_failures, failure_rate_threshold or slow_call_rate_threshold (use a disabled breaker to never trip)"));
         }
         if self.slow_call_duration.is_zero() {
-            return Err(invalid("slow_call_duration", "must be more than 0".into()));
+            return Err(ConfigError::new(
+                "breaker.slow_call_duration",
+                "must be more than 0",
+            ));
         }
         Ok(())
     }
 
     /// The window the rates are computed over, and the calls it must hold.
-    fn validate_window(&self) -> Result<(), MeshError> {
+    fn validate_window(&self) -> Result<(), ConfigError> {
         match self.window {
             WindowConfig::Count { size } => {
                 if size == 0 || size > 100_000 {
-                    return Err(invalid(
-                        "window.size",
+                    return Err(ConfigError::new(
+                        "breaker.window.size",
                         format!("{size} is outside 1..=100000"),
                     ));
                 }
                 if self.minimum_calls > size {
-                    return Err(invalid("minimum_calls", format!("{} is more than the window's {size} calls, so rates would never be judged", self.minimum_calls)));
+                    return Err(ConfigError::new("breaker.minimum_calls", format!("{} is more than the window's {size} calls, so rates would never be judged", self.minimum_calls)));
                 }
             }
             WindowConfig::Time { duration, buckets } => {
                 if duration.is_zero() || duration > DAY {
-                    return Err(invalid(
-                        "window.duration",
+                    return Err(ConfigError::new(
+                        "breaker.window.duration",
                         format!("{duration:?} is out of range: use more than 0 and at most 24h"),
                     ));
                 }
                 if buckets == 0 || buckets > 100 {
-                    return Err(invalid(
-                        "window.buckets",
+                    return Err(ConfigError::new(
+                        "breaker.window.buckets",
                         format!("{buckets} is outside 1..=100 (each call reads every bucket)"),
                     ));
                 }
                 if duration.as_nanos() < u128::from(buckets) * 1_000_000 {
-                    return Err(invalid(
-                        "window.buckets",
+                    return Err(ConfigError::new(
+                        "breaker.window.buckets",
                         format!("{buckets} buckets over {duration:?} are shorter than 1ms each"),
                     ));
                 }
             }
         }
         if self.minimum_calls == 0 {
-            return Err(invalid("minimum_calls", "must be at least 1".into()));
+            return Err(ConfigError::new(
+                "breaker.minimum_calls",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
 
     /// How long the circuit stays open, and how it probes its way out.
-    fn validate_open_state(&self) -> Result<(), MeshError> {
+    fn validate_open_state(&self) -> Result<(), ConfigError> {
         let (open, max) = (self.open_duration(), self.open_duration_max());
         if open.is_zero() || open > DAY {
-            return Err(invalid(
-                "open_duration",
+            return Err(ConfigError::new(
+                "breaker.open_duration",
                 format!("{open:?} is out of range: use more than 0 and at most 24h"),
             ));
         }
         if max < open || max > DAY {
-            return Err(invalid(
-                "open_duration_max",
+            return Err(ConfigError::new(
+                "breaker.open_duration_max",
                 format!("{max:?} must be at least open_duration ({open:?}) and at most 24h"),
             ));
         }
         let multiplier = self.open_duration_multiplier();
         if !(1.0..=100.0).contains(&multiplier) {
-            return Err(invalid(
-                "open_duration_multiplier",
+            return Err(ConfigError::new(
+                "breaker.open_duration_multiplier",
                 format!("{multiplier} is outside [1, 100]"),
             ));
         }
         if !(0.0..=1.0).contains(&self.open_duration_jitter) {
-            return Err(invalid(
-                "open_duration_jitter",
+            return Err(ConfigError::new(
+                "breaker.open_duration_jitter",
                 format!(
                     "{} is outside [0, 1]: it is a share of the duration",
                     self.open_duration_jitter
@@ -479,14 +491,14 @@ impl Settings {
             ));
         }
         if self.half_open_probes == 0 || self.half_open_probes > 1000 {
-            return Err(invalid(
-                "half_open_probes",
+            return Err(ConfigError::new(
+                "breaker.half_open_probes",
                 format!("{} is outside 1..=1000", self.half_open_probes),
             ));
         }
         if self.half_open_max_wait.is_zero() || self.half_open_max_wait > DAY {
-            return Err(invalid(
-                "half_open_max_wait",
+            return Err(ConfigError::new(
+                "breaker.half_open_max_wait",
                 format!(
                     "{:?} is out of range: use more than 0 and at most 24h",
                     self.half_open_max_wait
@@ -497,20 +509,26 @@ impl Settings {
     }
 
     /// The call timeout and the bounds on the breakers kept.
-    fn validate_limits(&self) -> Result<(), MeshError> {
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         if let Some(t) = self.call_timeout {
             if t.is_zero() || t > DAY {
-                return Err(invalid(
-                    "call_timeout",
+                return Err(ConfigError::new(
+                    "breaker.call_timeout",
                     format!("{t:?} is out of range: use more than 0 and at most 24h"),
                 ));
             }
         }
         if self.max_breakers == 0 {
-            return Err(invalid("max_breakers", "must be at least 1".into()));
+            return Err(ConfigError::new(
+                "breaker.max_breakers",
+                "must be at least 1",
+            ));
         }
         if self.idle_timeout.is_zero() {
-            return Err(invalid("idle_timeout", "must be more than 0".into()));
+            return Err(ConfigError::new(
+                "breaker.idle_timeout",
+                "must be more than 0",
+            ));
         }
         Ok(())
     }
@@ -518,14 +536,6 @@ impl Settings {
 
 /// The longest any duration of a breaker may be.
 const DAY: Duration = Duration::from_secs(86_400);
-
-/// The error for the setting `breaker.<field>`.
-fn invalid(field: &str, reason: String) -> MeshError {
-    MeshError::InvalidConfig {
-        what: format!("breaker.{field}"),
-        reason,
-    }
-}
 
 /// Builds a [`BreakerConfig`].
 #[derive(Clone, Debug)]
@@ -635,8 +645,9 @@ impl BreakerConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] naming the first field out of range.
-    pub fn build(self) -> Result<BreakerConfig, MeshError> {
+    /// A [`ConfigError`] whose [`key`](ConfigError::key) is the first
+    /// field out of range (`breaker.failure_rate_threshold`).
+    pub fn build(self) -> Result<BreakerConfig, ConfigError> {
         BreakerConfig::try_from(self.settings)
     }
 }
@@ -644,13 +655,6 @@ impl BreakerConfigBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn field_of(err: MeshError) -> String {
-        match err {
-            MeshError::InvalidConfig { what, .. } => what,
-            other => panic!("unexpected {other}"),
-        }
-    }
 
     #[test]
     fn bad_values_are_refused_naming_the_field() {
@@ -703,8 +707,8 @@ mod tests {
                 "breaker.open_duration_jitter",
             ),
         ];
-        for (builder, field) in cases {
-            assert_eq!(field_of(builder.build().unwrap_err()), field);
+        for (builder, key) in cases {
+            assert_eq!(builder.build().expect_err(key).key(), key);
         }
     }
 

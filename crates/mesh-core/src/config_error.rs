@@ -88,9 +88,15 @@ impl ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "invalid configuration: {}: {}", self.key, self.reason)?;
-        match &self.source {
-            Some(source) => write!(f, ": {}", root_cause(source.as_ref())),
-            None => Ok(()),
+        let Some(source) = &self.source else {
+            return Ok(());
+        };
+        // Said once: a reason that already ends with the cause's words
+        // (a wrapped error's own message) does not repeat them.
+        let root = root_cause(source.as_ref());
+        match self.reason.ends_with(&root) {
+            true => Ok(()),
+            false => write!(f, ": {root}"),
         }
     }
 }
@@ -115,6 +121,16 @@ mod tests {
             "invalid configuration: retry.max_attempts: must be at least 1, got 0"
         );
         assert!(std::error::Error::source(&err).is_none());
+    }
+
+    #[test]
+    fn a_reason_that_already_says_the_cause_does_not_repeat_it() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let err = ConfigError::new("tls", format!("cannot read /x/tls.crt: {io}")).caused_by(io);
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: tls: cannot read /x/tls.crt: No such file or directory"
+        );
     }
 
     #[test]

@@ -174,19 +174,6 @@ pub enum MeshError {
         limit: String,
     },
 
-    /// The local service could not be registered with its registry (a
-    /// network or agent failure, not a configuration mistake).
-    #[error("registering {service} with {registry} failed: {}; check that the agent is reachable and accepts the registration", root_cause(source.as_ref()))]
-    Registration {
-        /// The local service.
-        service: ServiceName,
-        /// The registry, as it describes itself (`consul at http://...`).
-        registry: String,
-        /// Why.
-        #[source]
-        source: crate::BoxError,
-    },
-
     /// The client is shutting down and takes no new calls.
     #[error("the mesh client of {service} is shutting down and takes no new calls")]
     ShuttingDown {

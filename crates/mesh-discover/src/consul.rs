@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mesh_core::{Endpoint, EndpointId, EndpointSet, MeshError, Secret, ServiceName, Weight};
+use mesh_core::{ConfigError, Endpoint, EndpointId, EndpointSet, Secret, ServiceName, Weight};
 use serde::Deserialize;
 
 use crate::registry::{BoxFuture, BoxStream, DiscoveryError, Registry};
@@ -89,7 +89,7 @@ impl std::fmt::Debug for SharedTransport {
 ///     .wait(Duration::from_secs(60))
 ///     .build()?;
 /// # let _ = consul;
-/// # Ok::<(), mesh_core::MeshError>(())
+/// # Ok::<(), mesh_core::ConfigError>(())
 /// ```
 ///
 /// Neither `Debug`, errors nor logs show the ACL token, or a password
@@ -357,51 +357,44 @@ impl ConsulRegistryBuilder {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] naming the value at fault.
-    pub fn build(self) -> Result<ConsulRegistry, MeshError> {
-        let invalid = |what: &str, reason: String| MeshError::InvalidConfig {
-            what: format!("consul.{what}"),
-            reason,
-        };
+    /// A [`ConfigError`] naming the value at fault: `consul.address` (not
+    /// an `http://` URL, or `https://` without a
+    /// [`connector`](Self::connector)), `consul.wait`,
+    /// `consul.min_interval` or `consul.token`. Neither the token nor a
+    /// password in the address is ever quoted.
+    pub fn build(self) -> Result<ConsulRegistry, ConfigError> {
         let shown = redact_userinfo(&self.base);
-        let base: Uri = self
-            .base
-            .parse()
-            .map_err(|e| invalid("address", format!("{shown:?}: {e}")))?;
-        match (base.scheme_str(), &self.transport) {
-            _ if base.authority().is_none() => {
-                return Err(invalid(
-                    "address",
-                    format!("{shown:?}: use http://host:port or https://host:port"),
-                ))
-            }
-            (Some("http"), _) | (Some("https"), Some(_)) => {}
-            (Some("https"), None) => {
-                return Err(invalid(
-                    "address",
+        let base: Uri = self.base.parse().map_err(|e| {
+            ConfigError::new("consul.address", format!("{shown:?} is not a URL")).caused_by(e)
+        })?;
+        match (base.scheme_str(), base.authority(), &self.transport) {
+            (Some("http"), Some(_), _) | (Some("https"), Some(_), Some(_)) => {}
+            (Some("https"), Some(_), None) => {
+                return Err(ConfigError::new(
+                    "consul.address",
                     format!(
                         "{shown:?}: https needs a TLS connector (ConsulRegistryBuilder::connector, for example mesh-tls's)"
                     ),
                 ))
             }
             _ => {
-                return Err(invalid(
-                    "address",
+                return Err(ConfigError::new(
+                    "consul.address",
                     format!("{shown:?}: use http://host:port or https://host:port"),
                 ))
             }
         }
         if self.wait.is_zero() || self.wait > Duration::from_secs(600) {
-            return Err(invalid(
-                "wait",
+            return Err(ConfigError::new(
+                "consul.wait",
                 format!("{:?} is outside (0, 10m]", self.wait),
             ));
         }
         if self.min_interval < Duration::from_millis(1)
             || self.min_interval > Duration::from_secs(60)
         {
-            return Err(invalid(
-                "min_interval",
+            return Err(ConfigError::new(
+                "consul.min_interval",
                 format!(
                     "{:?} is outside [1ms, 60s]: blocking queries must be rate limited",
                     self.min_interval
@@ -411,13 +404,13 @@ impl ConsulRegistryBuilder {
         let token = match &self.token {
             None => None,
             Some(token) => {
-                // The error must not quote the token.
-                let mut value = HeaderValue::from_str(token.expose()).map_err(|_| {
-                    invalid(
-                        "token",
-                        "not a valid HTTP header value: use visible ASCII characters only"
-                            .to_owned(),
+                // The error must not quote the token (http's does not).
+                let mut value = HeaderValue::from_str(token.expose()).map_err(|e| {
+                    ConfigError::new(
+                        "consul.token",
+                        "not a valid HTTP header value: use visible ASCII characters only",
                     )
+                    .caused_by(e)
                 })?;
                 value.set_sensitive(true);
                 Some(value)
@@ -792,14 +785,23 @@ mod tests {
             .unwrap_err();
         assert!(!err.to_string().contains("pa55"), "{err}");
         assert!(err.to_string().contains("consul.address"), "{err}");
+        // Refused by the URI parser, whose error is kept as the cause.
+        let err = ConsulRegistry::builder("http://alice:pa55 word@127.0.0.1:8500")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.key(), "consul.address");
+        assert!(std::error::Error::source(&err).is_some(), "{err:?}");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains("pa55"), "{shown}");
+        }
         let err = ConsulRegistry::builder("http://127.0.0.1:8500")
             .token("s3cr3t\ntoken")
             .build()
             .unwrap_err();
-        assert!(
-            err.to_string().contains("consul.token") && !err.to_string().contains("s3cr3t"),
-            "{err}"
-        );
+        assert_eq!(err.key(), "consul.token");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mesh_core::{Endpoint, EndpointId, EndpointSet, MeshError, ServiceName, Weight};
+use mesh_core::{BoxError, ConfigError, Endpoint, EndpointId, EndpointSet, ServiceName, Weight};
 use serde::Deserialize;
 
 use crate::registry::{BoxFuture, BoxStream, DiscoveryError, Registry};
@@ -126,27 +126,28 @@ impl FileRegistry {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] with `what` = `file` and a reason that
-    /// names the path and the cause (`/etc/mesh/services.json: No such
-    /// file or directory (os error 2)`, or the entry at fault).
+    /// A [`ConfigError`] with the key `file` and a reason that names the
+    /// path (`cannot read /etc/mesh/services.json`) or the entry at fault;
+    /// the cause (the I/O error, the JSON or TOML parser's error, the
+    /// refused address) is kept as its
+    /// [`source`](std::error::Error::source) and ends the message.
     ///
     /// ```
     /// use mesh_discover::FileRegistry;
     /// let err = FileRegistry::open("/nonexistent/services.json").unwrap_err();
-    /// assert!(err.to_string().contains("/nonexistent/services.json"), "{err}");
+    /// assert_eq!(err.key(), "file");
+    /// assert_eq!(err.reason(), "cannot read /nonexistent/services.json");
+    /// // The io::Error is kept, and its text ends the message.
+    /// let cause = std::error::Error::source(&err).expect("the cause");
+    /// assert!(err.to_string().ends_with(&cause.to_string()), "{err}");
     /// ```
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, MeshError> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let invalid = |reason: String| MeshError::InvalidConfig {
-            what: "file".to_owned(),
-            reason,
-        };
-        let bytes = std::fs::read(path).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
-        parse(path, &bytes).map_err(|e| match e {
-            // Already "<path>: <what>".
-            DiscoveryError::Malformed(reason) => invalid(reason),
-            other => invalid(format!("{}: {other}", path.display())),
+        let bytes = std::fs::read(path).map_err(|e| {
+            ConfigError::new("file", format!("cannot read {}", path.display())).caused_by(e)
         })?;
+        parse(path, &bytes)
+            .map_err(|bad| ConfigError::new("file", bad.reason).caused_by(bad.cause))?;
         Ok(FileRegistry::new(path))
     }
 
@@ -160,7 +161,32 @@ impl FileRegistry {
         let bytes = tokio::fs::read(&*self.path)
             .await
             .map_err(|e| DiscoveryError::Unavailable(format!("{}: {e}", self.path.display())))?;
-        parse(&self.path, &bytes)
+        parse(&self.path, &bytes).map_err(|bad| DiscoveryError::Malformed(bad.to_string()))
+    }
+}
+
+/// What is wrong with a services file: where, naming the file and the
+/// entry, and the error that refused it. At start it becomes a
+/// [`ConfigError`] keeping the cause; once running, a registry answer
+/// [`DiscoveryError::Malformed`].
+#[derive(Debug)]
+pub(crate) struct BadFile {
+    reason: String,
+    cause: BoxError,
+}
+
+impl BadFile {
+    fn new(reason: String, cause: impl Into<BoxError>) -> Self {
+        BadFile {
+            reason,
+            cause: cause.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for BadFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.cause)
     }
 }
 
@@ -168,18 +194,21 @@ impl FileRegistry {
 pub(crate) fn parse(
     path: &Path,
     bytes: &[u8],
-) -> Result<BTreeMap<ServiceName, EndpointSet>, DiscoveryError> {
-    let bad = |what: String| DiscoveryError::Malformed(format!("{}: {what}", path.display()));
-    let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+) -> Result<BTreeMap<ServiceName, EndpointSet>, BadFile> {
+    let file = path.display();
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| BadFile::new(format!("{file} is not UTF-8"), e))?;
     let json = path.extension().is_some_and(|e| e == "json");
     let contents: FileContents = if json {
-        serde_json::from_str(text).map_err(|e| bad(e.to_string()))?
+        serde_json::from_str(text)
+            .map_err(|e| BadFile::new(format!("cannot parse {file} as JSON"), e))?
     } else {
-        toml::from_str(text).map_err(|e| bad(e.to_string()))?
+        toml::from_str(text).map_err(|e| BadFile::new(format!("cannot parse {file} as TOML"), e))?
     };
     let mut out = BTreeMap::new();
     for (name, entries) in contents.services {
-        let service = ServiceName::new(&name).map_err(|e| bad(e.to_string()))?;
+        let service = ServiceName::new(&name)
+            .map_err(|e| BadFile::new(format!("{file} lists a bad service name"), e))?;
         let mut endpoints = Vec::with_capacity(entries.len());
         for entry in entries {
             let full = match entry {
@@ -194,20 +223,27 @@ pub(crate) fn parse(
                 FileEndpoint::Full(full) => full,
             };
             let address: SocketAddr = full.address.trim().parse().map_err(|e| {
-                bad(format!(
-                    "service {name:?} endpoint {:?}: {e}; expected ip:port",
-                    full.address
-                ))
+                BadFile::new(
+                    format!(
+                        "{file}: service {name:?} endpoint {:?} is not ip:port",
+                        full.address
+                    ),
+                    e,
+                )
             })?;
             let mut b = Endpoint::builder(address);
             if let Some(id) = full.id {
-                b = b.id(EndpointId::new(&id).map_err(|e| bad(format!("service {name:?}: {e}")))?);
+                b = b.id(EndpointId::new(&id).map_err(|e| {
+                    BadFile::new(format!("{file}: service {name:?} has a bad endpoint id"), e)
+                })?);
             }
             if let Some(w) = full.weight {
-                b = b.weight(
-                    Weight::new(w)
-                        .map_err(|e| bad(format!("service {name:?} endpoint {address}: {e}")))?,
-                );
+                b = b.weight(Weight::new(w).map_err(|e| {
+                    BadFile::new(
+                        format!("{file}: service {name:?} endpoint {address} has a bad weight"),
+                        e,
+                    )
+                })?);
             }
             for tag in full.tags {
                 b = b.tag(tag);

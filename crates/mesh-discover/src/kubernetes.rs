@@ -8,7 +8,7 @@ use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfi
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
-use mesh_core::{Endpoint, EndpointSet, MeshError, ServiceName, Weight};
+use mesh_core::{ConfigError, Endpoint, EndpointSet, ServiceName, Weight};
 
 use crate::registry::{BoxFuture, BoxStream, DiscoveryError, Registry};
 
@@ -217,27 +217,29 @@ impl KubernetesDnsRegistryBuilder {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] naming the value at fault.
-    pub fn build(self) -> Result<KubernetesDnsRegistry, MeshError> {
-        let invalid = |what: &str, reason: String| MeshError::InvalidConfig {
-            what: format!("kubernetes_dns.{what}"),
-            reason,
-        };
+    /// A [`ConfigError`] naming the value at fault:
+    /// `kubernetes_dns.namespace` (not a DNS label), `kubernetes_dns.zone`
+    /// (not a DNS name), `kubernetes_dns.refresh_between`,
+    /// `kubernetes_dns.port` (an SRV port without a name or with a
+    /// protocol other than tcp or udp), or `kubernetes_dns.nameserver`
+    /// when no name server is given and the system's configuration cannot
+    /// be read (the resolver's error is kept as the cause).
+    pub fn build(self) -> Result<KubernetesDnsRegistry, ConfigError> {
         if !is_dns_label(&self.namespace) {
-            return Err(invalid(
-                "namespace",
+            return Err(ConfigError::new(
+                "kubernetes_dns.namespace",
                 format!("{:?} is not a DNS label", self.namespace),
             ));
         }
         if !self.zone.split('.').all(is_dns_label) {
-            return Err(invalid(
-                "zone",
+            return Err(ConfigError::new(
+                "kubernetes_dns.zone",
                 format!("{:?} is not a DNS name", self.zone),
             ));
         }
         if self.min_refresh.is_zero() || self.min_refresh > self.max_refresh {
-            return Err(invalid(
-                "refresh_between",
+            return Err(ConfigError::new(
+                "kubernetes_dns.refresh_between",
                 format!(
                     "{:?}..{:?} is not a range above 0",
                     self.min_refresh, self.max_refresh
@@ -246,8 +248,8 @@ impl KubernetesDnsRegistryBuilder {
         }
         if let PortSource::Srv { name, protocol } = &self.port {
             if name.is_empty() || !matches!(protocol.as_str(), "tcp" | "udp") {
-                return Err(invalid(
-                    "port",
+                return Err(ConfigError::new(
+                    "kubernetes_dns.port",
                     format!("SRV port {name:?}/{protocol:?}: a port name and tcp or udp"),
                 ));
             }
@@ -265,16 +267,18 @@ impl KubernetesDnsRegistryBuilder {
                     provider,
                 )
             }
-            None => TokioResolver::builder(provider)
-                .map_err(|e| invalid("nameserver", format!("no system DNS configuration: {e}")))?,
+            None => TokioResolver::builder(provider).map_err(|e| {
+                ConfigError::new("kubernetes_dns.nameserver", "no system DNS configuration")
+                    .caused_by(e)
+            })?,
         };
         let mut builder = builder;
         // Our own refresh follows the TTL; the resolver's cache must not
         // hold answers past it.
         builder.options_mut().cache_size = 0;
-        let resolver = builder
-            .build()
-            .map_err(|e| invalid("nameserver", e.to_string()))?;
+        let resolver = builder.build().map_err(|e| {
+            ConfigError::new("kubernetes_dns.nameserver", "cannot make a resolver").caused_by(e)
+        })?;
         Ok(KubernetesDnsRegistry {
             resolver: Arc::new(resolver),
             nameserver: self.nameserver,
@@ -336,7 +340,7 @@ fn is_dns_label(label: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn build(namespace: &str, zone: &str) -> Result<KubernetesDnsRegistry, MeshError> {
+    fn build(namespace: &str, zone: &str) -> Result<KubernetesDnsRegistry, ConfigError> {
         KubernetesDnsRegistry::builder(PortSource::Fixed(80))
             .namespace(namespace)
             .zone(zone)
@@ -357,11 +361,12 @@ mod tests {
             ("default", ""),
             ("default", long.as_str()),
         ] {
-            let error = build(namespace, zone).err();
-            assert!(
-                matches!(error, Some(MeshError::InvalidConfig { .. })),
-                "{namespace:?} / {zone:?} accepted"
-            );
+            let error = build(namespace, zone).expect_err("not DNS names");
+            let key = match namespace {
+                "default" => "kubernetes_dns.zone",
+                _ => "kubernetes_dns.namespace",
+            };
+            assert_eq!(error.key(), key, "{namespace:?} / {zone:?}: {error}");
         }
     }
 }

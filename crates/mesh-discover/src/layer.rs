@@ -65,7 +65,7 @@ impl DiscoverLayer {
     ///     .idle_timeout(Duration::from_secs(300))
     ///     .max_followed(256);
     /// # let _ = layer;
-    /// # Ok::<(), mesh_core::MeshError>(())
+    /// # Ok::<(), mesh_core::ConfigError>(())
     /// ```
     pub fn with_registry(
         catalog: Catalog,

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use mesh_core::{Endpoint, EndpointSet, EventBus, MeshError, ServiceName};
+use mesh_core::{ConfigError, Endpoint, EndpointSet, EventBus, ServiceName};
 
 use crate::catalog::Catalog;
 
@@ -98,38 +98,48 @@ impl StaticRegistryBuilder {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] naming the first bad service name or
-    /// address.
-    pub fn build(self) -> Result<StaticRegistry, MeshError> {
+    /// A [`ConfigError`] naming the first bad entry: `services.<name>`
+    /// for a service name that is not one, `services.<name>[<i>]` for the
+    /// `i`th address listed for it that is not `ip:port` (the parser's
+    /// error kept as the cause). A larger configuration that lists them
+    /// under its own key adds its prefix with
+    /// [`ConfigError::within`].
+    ///
+    /// ```
+    /// use mesh_discover::StaticRegistry;
+    /// let err = StaticRegistry::builder()
+    ///     .service("users", ["10.0.0.7:8080", "10.0.0.8"])
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.within("discovery.").key(), "discovery.services.users[1]");
+    /// ```
+    pub fn build(self) -> Result<StaticRegistry, ConfigError> {
         let catalog = Catalog::new(self.events.unwrap_or_default());
         for (service, entries) in self.services {
-            let name = ServiceName::new(&service).map_err(|e| MeshError::InvalidConfig {
-                what: format!("static service {service:?}"),
-                reason: e.to_string(),
+            let name = ServiceName::new(&service).map_err(|e| {
+                ConfigError::new(format!("services.{service}"), "not a service name").caused_by(e)
             })?;
             let endpoints = entries
                 .into_iter()
-                .map(|entry| match entry {
+                .enumerate()
+                .map(|(i, entry)| match entry {
                     Entry::Endpoint(ep) => Ok(ep),
-                    Entry::Address(addr) => parse_address(&name, &addr),
+                    Entry::Address(addr) => match addr.trim().parse::<SocketAddr>() {
+                        Ok(address) => Ok(Endpoint::builder(address).build()),
+                        Err(e) => Err(ConfigError::new(
+                            format!("services.{service}[{i}]"),
+                            format!(
+                                "{addr:?} is not ip:port, such as \"10.0.0.7:8080\" or \"[::1]:8080\""
+                            ),
+                        )
+                        .caused_by(e)),
+                    },
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             catalog.update(EndpointSet::new(name, endpoints));
         }
         Ok(StaticRegistry { catalog })
     }
-}
-
-fn parse_address(service: &ServiceName, addr: &str) -> Result<Endpoint, MeshError> {
-    addr.trim()
-        .parse::<SocketAddr>()
-        .map(|a| Endpoint::builder(a).build())
-        .map_err(|e| MeshError::InvalidConfig {
-            what: format!("static service {service:?} endpoint {addr:?}"),
-            reason: format!(
-                "{e}; expected an IP address and port such as \"10.0.0.7:8080\" or \"[::1]:8080\""
-            ),
-        })
 }
 
 #[cfg(test)]
@@ -155,17 +165,19 @@ mod tests {
             .service("bad name", ["127.0.0.1:1"])
             .build()
             .unwrap_err();
+        assert_eq!(err.key(), "services.bad name");
         assert!(err.to_string().contains("\"bad name\""), "{err}");
+        assert!(std::error::Error::source(&err).is_some(), "{err:?}");
 
         let err = StaticRegistry::builder()
-            .service("a", ["localhost"])
+            .service("a", ["127.0.0.1:1"])
+            .service("A", ["localhost"])
             .build()
             .unwrap_err();
+        assert_eq!(err.key(), "services.a[1]");
         let msg = err.to_string();
-        assert!(
-            msg.contains("\"localhost\"") && msg.contains("\"a\""),
-            "{msg}"
-        );
+        assert!(msg.contains("\"localhost\" is not ip:port"), "{msg}");
+        assert!(std::error::Error::source(&err).is_some(), "{err:?}");
     }
 
     #[test]

@@ -176,18 +176,28 @@ async fn a_missing_file_is_refused_at_open_and_a_timeout_names_the_file() {
     let dir = TempDir::new("missing-test");
     let path = dir.path("services.json");
     let err = FileRegistry::open(&path).expect_err("no such file");
+    assert_eq!(err.key(), "file");
+    assert_eq!(err.reason(), format!("cannot read {}", path.display()));
+    let io = std::error::Error::source(&err)
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .expect("the io::Error is kept as the cause");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
     let text = err.to_string();
-    assert!(matches!(err, MeshError::InvalidConfig { .. }), "{err:?}");
     assert!(
         text.contains(&path.display().to_string()) && text.contains("No such file"),
         "{text}"
     );
 
-    // Malformed: refused naming the file and the entry.
+    // Malformed: refused naming the file and the entry, the parser's
+    // error kept as the cause.
     std::fs::write(&path, r#"{ "services": { "users": ["10.0.0.1"] } }"#).expect("write");
-    let text = FileRegistry::open(&path)
-        .expect_err("bad address")
-        .to_string();
+    let err = FileRegistry::open(&path).expect_err("bad address");
+    assert_eq!(err.key(), "file");
+    assert!(
+        std::error::Error::source(&err).is_some_and(|e| e.is::<std::net::AddrParseError>()),
+        "{err:?}"
+    );
+    let text = err.to_string();
     assert!(
         text.contains("services.json") && text.contains("10.0.0.1"),
         "{text}"

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_core::{MeshError, Probe};
+use mesh_core::{ConfigError, Probe};
 
 /// Why a check failed, in words for the operator reading `/health/*`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub(crate) type CheckFn = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
 /// .failure_threshold(3)
 /// .build()?;
 /// assert_eq!(check.name(), "database");
-/// # Ok::<(), mesh_core::MeshError>(())
+/// # Ok::<(), mesh_core::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct HealthCheck {
@@ -134,6 +134,32 @@ impl HealthCheck {
     pub fn is_critical(&self) -> bool {
         self.critical
     }
+
+    /// Checks every value but the name; keys are relative to the check.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.probes.is_empty() {
+            return Err(ConfigError::new(
+                "probes",
+                "a check must feed at least one probe",
+            ));
+        }
+        if self.interval < Duration::from_millis(10) {
+            return Err(ConfigError::new(
+                "interval",
+                format!("{:?} is below 10ms", self.interval),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::new("timeout", "must be above zero"));
+        }
+        if self.failure_threshold == 0 {
+            return Err(ConfigError::new("failure_threshold", "must be at least 1"));
+        }
+        if self.success_threshold == 0 {
+            return Err(ConfigError::new("success_threshold", "must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 impl HealthCheckBuilder {
@@ -177,46 +203,24 @@ impl HealthCheckBuilder {
         self
     }
 
-    /// Validates and builds; the error names the value at fault.
-    pub fn build(self) -> Result<HealthCheck, MeshError> {
+    /// Validates and builds; the error names the value at fault
+    /// (`health.checks.<name>.interval`).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for a check without a name, probes, a positive
+    /// timeout or thresholds of at least 1, or run more often than every
+    /// 10 ms.
+    pub fn build(self) -> Result<HealthCheck, ConfigError> {
         let c = self.check;
-        let invalid = |what: &str, reason: String| MeshError::InvalidConfig {
-            what: format!("health.checks.{}.{what}", c.name),
-            reason,
-        };
         if c.name.is_empty() {
-            return Err(MeshError::InvalidConfig {
-                what: "health.checks[].name".to_owned(),
-                reason: "a check needs a name".to_owned(),
-            });
-        }
-        if c.probes.is_empty() {
-            return Err(invalid(
-                "probes",
-                "a check must feed at least one probe".to_owned(),
+            return Err(ConfigError::new(
+                "health.checks[].name",
+                "a check needs a name",
             ));
         }
-        if c.interval < Duration::from_millis(10) {
-            return Err(invalid(
-                "interval",
-                format!("{:?} is below 10ms", c.interval),
-            ));
-        }
-        if c.timeout.is_zero() {
-            return Err(invalid("timeout", "must be above zero".to_owned()));
-        }
-        if c.failure_threshold == 0 {
-            return Err(invalid(
-                "failure_threshold",
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if c.success_threshold == 0 {
-            return Err(invalid(
-                "success_threshold",
-                "must be at least 1".to_owned(),
-            ));
-        }
+        c.validate()
+            .map_err(|e| e.within(&format!("health.checks.{}.", c.name)))?;
         Ok(c)
     }
 }

@@ -8,7 +8,7 @@
 //! let disk = HealthCheck::builder("disk", common::disk_usage("/", 95.0)).build()?;
 //! let memory = HealthCheck::builder("memory", common::memory_usage(90.0)).build()?;
 //! # let _ = (disk, memory);
-//! # Ok::<(), mesh_core::MeshError>(())
+//! # Ok::<(), mesh_core::ConfigError>(())
 //! ```
 
 use std::net::SocketAddr;

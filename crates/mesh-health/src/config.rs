@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use mesh_core::{MeshError, Probe};
+use mesh_core::{ConfigError, Probe};
 use serde::{Deserialize, Serialize};
 
 use crate::check::{CheckError, HealthCheck, HealthCheckBuilder};
@@ -128,30 +128,30 @@ impl Default for HealthConfig {
 }
 
 impl HealthConfig {
-    /// Checks every value; the error names the first one at fault.
-    pub fn validate(&self) -> Result<(), MeshError> {
+    /// Checks every value; the error names the first one at fault
+    /// (`health.failure_threshold`, `health.paths.ready`).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for an interval outside [10ms, 24h], a zero
+    /// timeout or threshold, or an invalid probe path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (what, interval) in [
             ("liveness_interval", self.liveness_interval),
             ("readiness_interval", self.readiness_interval),
             ("startup_interval", self.startup_interval),
         ] {
             if interval < Duration::from_millis(10) || interval > Duration::from_secs(86_400) {
-                return Err(MeshError::InvalidConfig {
-                    what: format!("health.{what}"),
-                    reason: format!("{interval:?} is outside [10ms, 24h]"),
-                });
+                return Err(ConfigError::new(
+                    format!("health.{what}"),
+                    format!("{interval:?} is outside [10ms, 24h]"),
+                ));
             }
         }
         let probe = HealthCheck::builder("config", || async { Ok::<(), CheckError>(()) });
         self.apply(probe, &Probe::ALL)
             .build()
-            .map_err(|e| match e {
-                MeshError::InvalidConfig { what, reason } => MeshError::InvalidConfig {
-                    what: what.replace("health.checks.config.", "health."),
-                    reason,
-                },
-                other => other,
-            })?;
+            .map_err(|e| e.renamed("health.checks.config.", "health."))?;
         self.probe_paths().map(|_| ())
     }
 
@@ -191,7 +191,12 @@ impl HealthConfig {
     }
 
     /// The probe paths, validated.
-    pub fn probe_paths(&self) -> Result<HealthPaths, MeshError> {
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the path at fault (`health.paths.ready`),
+    /// as [`HealthPaths::new`].
+    pub fn probe_paths(&self) -> Result<HealthPaths, ConfigError> {
         HealthPaths::new(&self.paths.live, &self.paths.ready, &self.paths.startup)
     }
 
@@ -207,7 +212,7 @@ impl HealthConfig {
     /// # let _ = layer;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn layer(&self, manager: HealthCheckManager) -> Result<HealthLayer, MeshError> {
+    pub fn layer(&self, manager: HealthCheckManager) -> Result<HealthLayer, ConfigError> {
         Ok(HealthLayer::new(manager)
             .paths(self.probe_paths()?)
             .details(self.details))

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use mesh_core::{MeshError, Probe, ProbeStatus};
+use mesh_core::{ConfigError, Probe, ProbeStatus};
 use pin_project_lite::pin_project;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
@@ -38,20 +38,34 @@ impl Default for HealthPaths {
 impl HealthPaths {
     /// Custom paths (say `/livez`, `/readyz`, `/startupz`): each must start
     /// with `/` and the three must differ.
-    pub fn new(live: &str, ready: &str, startup: &str) -> Result<Self, MeshError> {
+    ///
+    /// ```
+    /// use mesh_health::HealthPaths;
+    /// let paths = HealthPaths::new("/livez", "/readyz", "/startupz")?;
+    /// # let _ = paths;
+    /// let err = HealthPaths::new("/livez", "readyz", "/startupz").unwrap_err();
+    /// assert_eq!(err.key(), "health.paths.ready");
+    /// # Ok::<(), mesh_core::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the path at fault (`health.paths.ready`),
+    /// or `health.paths` when two are the same.
+    pub fn new(live: &str, ready: &str, startup: &str) -> Result<Self, ConfigError> {
         for (what, path) in [("live", live), ("ready", ready), ("startup", startup)] {
             if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
-                return Err(MeshError::InvalidConfig {
-                    what: format!("health.paths.{what}"),
-                    reason: format!("{path:?} is not a path (it must start with '/', without query or fragment)"),
-                });
+                return Err(ConfigError::new(
+                    format!("health.paths.{what}"),
+                    format!("{path:?} is not a path (it must start with '/', without query or fragment)"),
+                ));
             }
         }
         if live == ready || ready == startup || live == startup {
-            return Err(MeshError::InvalidConfig {
-                what: "health.paths".to_owned(),
-                reason: "the three probe paths must differ".to_owned(),
-            });
+            return Err(ConfigError::new(
+                "health.paths",
+                "the three probe paths must differ",
+            ));
         }
         Ok(HealthPaths {
             live: Arc::from(live),
@@ -93,7 +107,7 @@ impl HealthPaths {
 /// ```
 /// use mesh_health::{HealthCheckManager, HealthLayer};
 /// use tower::ServiceBuilder;
-/// # fn main() -> Result<(), mesh_core::MeshError> {
+/// # fn main() -> Result<(), mesh_core::ConfigError> {
 /// let manager = HealthCheckManager::builder().build()?;
 /// let app = ServiceBuilder::new()
 ///     .layer(HealthLayer::new(manager))
@@ -132,7 +146,7 @@ impl HealthLayer {
     ///
     /// ```
     /// use mesh_health::{HealthCheckManager, HealthLayer};
-    /// # fn main() -> Result<(), mesh_core::MeshError> {
+    /// # fn main() -> Result<(), mesh_core::ConfigError> {
     /// let layer = HealthLayer::new(HealthCheckManager::builder().build()?).details(true);
     /// # let _ = layer; Ok(()) }
     /// ```
@@ -170,7 +184,7 @@ where
 {
     type Response = Response<Either<Full<Bytes>, ResBody>>;
     type Error = S::Error;
-    type Future = HealthFuture<Oneshot<S, Request<ReqBody>>>;
+    type Future = ResponseFuture<Oneshot<S, Request<ReqBody>>>;
 
     /// Always ready: a probe must be answered even when the application is
     /// overloaded or failing (a liveness probe stuck behind a full
@@ -184,14 +198,14 @@ where
         let method = req.method();
         if method == Method::GET || method == Method::HEAD {
             if let Some(probe) = self.paths.probe_for(req.uri().path()) {
-                return HealthFuture::probe(self.answer(probe, method == Method::HEAD));
+                return ResponseFuture::probe(self.answer(probe, method == Method::HEAD));
             }
         }
         // The clone takes this one's place; the original (which may hold a
         // readiness reservation) is driven by oneshot: poll_ready, call.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        HealthFuture::inner(inner.oneshot(req))
+        ResponseFuture::inner(inner.oneshot(req))
     }
 }
 
@@ -241,7 +255,7 @@ fn status_only(status: ProbeStatus) -> Bytes {
 
 pin_project! {
     /// The response future of [`HealthService`].
-    pub struct HealthFuture<F> {
+    pub struct ResponseFuture<F> {
         #[pin]
         kind: Kind<F>,
     }
@@ -255,9 +269,9 @@ pin_project! {
     }
 }
 
-impl<F> HealthFuture<F> {
+impl<F> ResponseFuture<F> {
     fn probe(response: Response<Full<Bytes>>) -> Self {
-        HealthFuture {
+        ResponseFuture {
             kind: Kind::Probe {
                 response: Some(response),
             },
@@ -265,13 +279,13 @@ impl<F> HealthFuture<F> {
     }
 
     fn inner(future: F) -> Self {
-        HealthFuture {
+        ResponseFuture {
             kind: Kind::Inner { future },
         }
     }
 }
 
-impl<F, B, E> Future for HealthFuture<F>
+impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {

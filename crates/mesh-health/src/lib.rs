@@ -15,7 +15,7 @@ mod upstream;
 
 pub use check::{CheckError, CheckFuture, HealthCheck, HealthCheckBuilder};
 pub use config::{HealthConfig, PathsConfig};
-pub use layer::{HealthFuture, HealthLayer, HealthPaths, HealthService};
+pub use layer::{HealthLayer, HealthPaths, HealthService, ResponseFuture};
 pub use manager::{HealthCheckManager, HealthCheckManagerBuilder};
 pub use mesh_core::{Probe, ProbeStatus};
 pub use probe::{ProbeBody, ProbeClient};

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use mesh_core::{EventBus, MeshError, MeshEvent, Probe, ProbeStatus};
+use mesh_core::{ConfigError, EventBus, MeshEvent, Probe, ProbeStatus};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -30,7 +30,7 @@ use crate::state::{CheckState, CheckStatus, Transition};
 /// use std::time::Duration;
 /// use mesh_core::{Probe, ProbeStatus};
 /// use mesh_health::{CheckError, HealthCheck, HealthCheckManager};
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), mesh_core::MeshError> {
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), mesh_core::ConfigError> {
 /// let manager = HealthCheckManager::builder()
 ///     .check(HealthCheck::builder("always", || async { Ok::<(), CheckError>(()) })
 ///         .probes([Probe::Liveness, Probe::Readiness])
@@ -82,14 +82,19 @@ impl HealthCheckManagerBuilder {
     }
 
     /// Builds; check names must be unique.
-    pub fn build(self) -> Result<HealthCheckManager, MeshError> {
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the check (`health.checks.<name>`) when
+    /// two have the same name.
+    pub fn build(self) -> Result<HealthCheckManager, ConfigError> {
         let mut names = HashSet::new();
         for check in &self.checks {
             if !names.insert(check.name.clone()) {
-                return Err(MeshError::InvalidConfig {
-                    what: format!("health.checks.{}", check.name),
-                    reason: "two checks have this name".to_owned(),
-                });
+                return Err(ConfigError::new(
+                    format!("health.checks.{}", check.name),
+                    "two checks have this name",
+                ));
             }
         }
         let has_startup = self

@@ -191,6 +191,14 @@ fn bad_configurations_are_named() {
         serde_json::from_str(r#"{"probe": {"http": {"path": "health"}}}"#).expect("parses");
     let err = config.validate().expect_err("relative path");
     assert!(err.to_string().contains("probe.http.path"), "{err}");
+    // A path the URI parser refuses keeps the parser's error as its cause.
+    let config: UpstreamCheckConfig =
+        serde_json::from_str(r#"{"probe": {"http": {"path": "/health ready"}}}"#).expect("parses");
+    let err = config.validate().expect_err("a space in the path");
+    assert_eq!(err.key(), "health.upstream.probe.http.path");
+    assert_eq!(err.reason(), r#""/health ready" is not a path"#);
+    let cause = std::error::Error::source(&err).expect("the parse error is kept");
+    assert!(err.to_string().ends_with(&cause.to_string()), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

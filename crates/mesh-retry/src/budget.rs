@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_core::clock::Nanos;
-use mesh_core::MeshError;
+use mesh_core::ConfigError;
 
 const BUCKETS: u64 = 10;
 const RESETTING: u64 = u64::MAX - 1;
@@ -50,7 +50,7 @@ const PPM: u128 = 1_000_000;
 /// assert!(budget.try_withdraw(Nanos(0)));   // 20% of 10 requests: 2 retries
 /// assert!(budget.try_withdraw(Nanos(0)));
 /// assert!(!budget.try_withdraw(Nanos(0)));
-/// # Ok::<(), mesh_core::MeshError>(())
+/// # Ok::<(), mesh_core::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct RetryBudget {
@@ -96,7 +96,7 @@ struct Bucket {
 /// let settings = RetryBudgetConfig { percent: 10.0, ..RetryBudgetConfig::default() };
 /// let budget = settings.new_budget()?;
 /// assert_eq!(budget.ttl(), Duration::from_secs(10));
-/// # Ok::<(), mesh_core::MeshError>(())
+/// # Ok::<(), mesh_core::ConfigError>(())
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryBudgetConfig {
@@ -116,9 +116,9 @@ impl RetryBudgetConfig {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] naming the value out of range, as
-    /// [`RetryBudget::new`].
-    pub fn new_budget(&self) -> Result<RetryBudget, MeshError> {
+    /// A [`ConfigError`] whose [`key`](ConfigError::key) is the value out
+    /// of range, as [`RetryBudget::new`].
+    pub fn new_budget(&self) -> Result<RetryBudget, ConfigError> {
         RetryBudget::new(self.percent, self.min_per_second, self.ttl)
     }
 }
@@ -142,19 +142,24 @@ impl RetryBudget {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] naming the value out of range.
-    pub fn new(percent: f64, min_per_second: u32, ttl: Duration) -> Result<RetryBudget, MeshError> {
+    /// A [`ConfigError`] whose [`key`](ConfigError::key) is the value out
+    /// of range (`retry.budget.percent`, `retry.budget.ttl`).
+    pub fn new(
+        percent: f64,
+        min_per_second: u32,
+        ttl: Duration,
+    ) -> Result<RetryBudget, ConfigError> {
         if !(0.0..=1000.0).contains(&percent) {
-            return Err(MeshError::InvalidConfig {
-                what: "retry.budget.percent".into(),
-                reason: format!("{percent} is outside [0, 1000]"),
-            });
+            return Err(ConfigError::new(
+                "retry.budget.percent",
+                format!("{percent} is outside [0, 1000]"),
+            ));
         }
         if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(3600) {
-            return Err(MeshError::InvalidConfig {
-                what: "retry.budget.ttl".into(),
-                reason: format!("{ttl:?} is outside 1s..=1h"),
-            });
+            return Err(ConfigError::new(
+                "retry.budget.ttl",
+                format!("{ttl:?} is outside 1s..=1h"),
+            ));
         }
         let ttl_nanos = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
         let state = State {
@@ -364,14 +369,12 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_by_name() {
-        assert!(RetryBudget::new(-1.0, 0, Duration::from_secs(10))
-            .unwrap_err()
-            .to_string()
-            .contains("percent"));
-        assert!(RetryBudget::new(20.0, 0, Duration::ZERO)
-            .unwrap_err()
-            .to_string()
-            .contains("ttl"));
+        let err = RetryBudget::new(-1.0, 0, Duration::from_secs(10)).unwrap_err();
+        assert_eq!(err.key(), "retry.budget.percent");
+        assert!(err.reason().contains("-1"), "{err}");
+        let err = RetryBudget::new(20.0, 0, Duration::ZERO).unwrap_err();
+        assert_eq!(err.key(), "retry.budget.ttl");
+        assert!(err.to_string().contains("outside 1s..=1h"), "{err}");
     }
 
     proptest! {

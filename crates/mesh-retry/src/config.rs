@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode, Uri};
-use mesh_core::{FailureKind, MeshError, StatusSet};
+use mesh_core::{ConfigError, FailureKind, StatusSet};
 
 use crate::backoff::{Backoff, Strategy};
 use crate::budget::{RetryBudget, RetryBudgetConfig};
@@ -49,7 +49,7 @@ pub type RetryPredicate = dyn Fn(&RetryContext<'_>) -> Option<bool> + Send + Syn
 /// assert_eq!(config.max_retries(), 3);
 /// assert!(config.retries_status(http::StatusCode::SERVICE_UNAVAILABLE));
 /// assert!(!config.retries_status(http::StatusCode::NOT_FOUND));
-/// # Ok::<(), mesh_core::MeshError>(())
+/// # Ok::<(), mesh_core::ConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct RetryConfig {
@@ -103,7 +103,7 @@ impl RetryConfig {
     /// sending the same request again would fail the same way.
     ///
     /// An open circuit is retried only when it guards one endpoint (its
-    /// [`MeshError::CircuitOpen`] names the endpoint), since another
+    /// [`mesh_core::MeshError::CircuitOpen`] names the endpoint), since another
     /// endpoint may serve the retry; a circuit open for the whole service
     /// (or a custom key) refuses every attempt alike, so such a refusal is
     /// returned at once whatever this says.
@@ -170,7 +170,7 @@ impl RetryConfig {
         self.predicate.as_deref()
     }
 
-    pub(crate) fn make_budget(&self) -> Result<Option<RetryBudget>, MeshError> {
+    pub(crate) fn make_budget(&self) -> Result<Option<RetryBudget>, ConfigError> {
         self.budget.map(|b| b.new_budget()).transpose()
     }
 }
@@ -231,26 +231,23 @@ pub struct RetryConfigBuilder {
     config: RetryConfig,
 }
 
-/// The error for the setting `retry.<field>`.
-pub(crate) fn invalid(field: &str, reason: String) -> MeshError {
-    MeshError::InvalidConfig {
-        what: format!("retry.{field}"),
-        reason,
-    }
-}
-
-/// Checks the parameters of `backoff` a file can write: on a bad one, its
-/// name (`max_delay`, `multiplier`) and why.
-pub(crate) fn check_backoff(backoff: &Backoff) -> Result<(), (&'static str, String)> {
+/// Checks the parameters of `backoff` a file can write: a bad one is
+/// refused under its bare name (`max_delay`, `multiplier`), for the caller
+/// to place with [`ConfigError::within`] (`retry.backoff.` in code,
+/// `retry.` in a file, where they are keys of their own).
+pub(crate) fn check_backoff(backoff: &Backoff) -> Result<(), ConfigError> {
     if backoff.cap() > Duration::from_secs(3600) {
-        return Err((
+        return Err(ConfigError::new(
             "max_delay",
             format!("{:?} is more than one hour", backoff.cap()),
         ));
     }
     if let Strategy::Exponential { multiplier, .. } = backoff.strategy() {
         if !(1.0..=100.0).contains(&multiplier) {
-            return Err(("multiplier", format!("{multiplier} is outside [1, 100]")));
+            return Err(ConfigError::new(
+                "multiplier",
+                format!("{multiplier} is outside [1, 100]"),
+            ));
         }
     }
     Ok(())
@@ -364,7 +361,7 @@ impl RetryConfigBuilder {
     ///         _ => None,
     ///     })
     ///     .build()?;
-    /// # Ok::<(), mesh_core::MeshError>(())
+    /// # Ok::<(), mesh_core::ConfigError>(())
     /// ```
     pub fn retry_if<F>(mut self, predicate: F) -> Self
     where
@@ -378,36 +375,37 @@ impl RetryConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] naming the first field out of range.
-    pub fn build(self) -> Result<RetryConfig, MeshError> {
+    /// A [`ConfigError`] whose [`key`](ConfigError::key) is the first
+    /// field out of range (`retry.max_retries`, `retry.backoff.multiplier`,
+    /// `retry.budget.percent`...).
+    pub fn build(self) -> Result<RetryConfig, ConfigError> {
         let c = self.config;
         let hour = Duration::from_secs(3600);
         if c.max_retries > 100 {
-            return Err(invalid(
-                "max_retries",
+            return Err(ConfigError::new(
+                "retry.max_retries",
                 format!(
                     "{} is more than 100; a request retried that often is a retry storm",
                     c.max_retries
                 ),
             ));
         }
-        check_backoff(&c.backoff)
-            .map_err(|(parameter, reason)| invalid(&format!("backoff.{parameter}"), reason))?;
+        check_backoff(&c.backoff).map_err(|e| e.within("retry.backoff."))?;
         c.make_budget()?;
         if c.max_retry_after > hour {
-            return Err(invalid(
-                "max_retry_after",
+            return Err(ConfigError::new(
+                "retry.max_retry_after",
                 format!("{:?} is more than one hour", c.max_retry_after),
             ));
         }
-        for (field, d) in [
-            ("deadline", c.deadline),
-            ("per_attempt_timeout", c.per_attempt_timeout),
+        for (key, d) in [
+            ("retry.deadline", c.deadline),
+            ("retry.per_attempt_timeout", c.per_attempt_timeout),
         ] {
             if let Some(d) = d {
                 if d.is_zero() || d > hour {
-                    return Err(invalid(
-                        field,
+                    return Err(ConfigError::new(
+                        key,
                         format!("{d:?} is out of range: use more than 0 and at most 1h"),
                     ));
                 }
@@ -487,11 +485,10 @@ mod tests {
                 "retry.per_attempt_timeout",
             ),
         ];
-        for (builder, field) in cases {
-            match builder.build() {
-                Err(MeshError::InvalidConfig { what, .. }) => assert_eq!(what, field),
-                other => panic!("{field}: {other:?}"),
-            }
+        for (builder, key) in cases {
+            let err = builder.build().expect_err(key);
+            assert_eq!(err.key(), key);
+            assert!(err.to_string().contains(key), "{err}");
         }
     }
 }

@@ -17,5 +17,5 @@ pub use config::{RetryConfig, RetryConfigBuilder, RetryContext, RetryPredicate};
 pub use layer::RetryLayer;
 pub use policy::{RetryPolicy, RetryStats};
 pub use replay::{ReplayBody, ReplayError, ReplayableBody};
-pub use service::{AttemptFuture, AttemptTimeout, Attempts, BoxErrors, BoxErrorsFuture, Retry};
+pub use service::{AttemptFuture, AttemptTimeout, Retry};
 pub use settings::{BackoffKind, RetrySettings};

@@ -16,22 +16,19 @@ use crate::budget::RetryBudget;
 use crate::policy::{PolicyState, RetryPolicy};
 use crate::replay::ReplayableBody;
 
-/// The service of the retry layer stack: the inner service as each
-/// attempt sees it (errors boxed, attempts timed out).
-pub type Attempts<S> = AttemptTimeout<BoxErrors<S>>;
-
 /// Sends a request again when an attempt fails in a retryable way; see the
 /// [crate docs](crate).
 ///
 /// This is tower's own [`tower::retry::Retry`] driven by a
-/// [`RetryPolicy`], over the inner service with its errors boxed (so the
-/// policy can classify any error the stack below produces) and each
-/// attempt bounded by the per-attempt timeout and the request's deadline.
+/// [`RetryPolicy`], over the inner service as [`AttemptTimeout`] sees it:
+/// each attempt bounded by the per-attempt timeout and the request's
+/// deadline, its errors boxed (so the policy can classify any error the
+/// stack below produces).
 /// Before the first attempt it counts the request for the retry budget (the
 /// [`RetryBudget`] the request carries as an extension, if any, else the
 /// layer's) and sets the request's [`Deadline`].
 pub struct Retry<S> {
-    inner: tower::retry::Retry<RetryPolicy, Attempts<S>>,
+    inner: tower::retry::Retry<RetryPolicy, AttemptTimeout<S>>,
     shared: Arc<PolicyState>,
 }
 
@@ -39,13 +36,7 @@ impl<S> Retry<S> {
     pub(crate) fn new(inner: S, policy: RetryPolicy, shared: Arc<PolicyState>) -> Self {
         let per_attempt = shared.config.per_attempt_timeout();
         Retry {
-            inner: tower::retry::Retry::new(
-                policy,
-                AttemptTimeout {
-                    inner: BoxErrors { inner },
-                    per_attempt,
-                },
-            ),
+            inner: tower::retry::Retry::new(policy, AttemptTimeout { inner, per_attempt }),
             shared,
         }
     }
@@ -76,7 +67,7 @@ where
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = tower::retry::future::ResponseFuture<RetryPolicy, Attempts<S>, Request<B>>;
+    type Future = tower::retry::future::ResponseFuture<RetryPolicy, AttemptTimeout<S>, Request<B>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -108,7 +99,8 @@ where
 
 /// Bounds each attempt by the per-attempt timeout and by the time left
 /// before the request's [`Deadline`]; an attempt cut short fails with
-/// [`MeshError::Timeout`], which the policy may retry.
+/// [`MeshError::Timeout`], which the policy may retry. The inner service's
+/// errors come out boxed, as the policy classifies them.
 #[derive(Clone, Debug)]
 pub struct AttemptTimeout<S> {
     inner: S,
@@ -117,14 +109,15 @@ pub struct AttemptTimeout<S> {
 
 impl<S, B> Service<Request<B>> for AttemptTimeout<S>
 where
-    S: Service<Request<B>, Error = BoxError>,
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
     type Future = AttemptFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
@@ -164,16 +157,17 @@ pin_project! {
     }
 }
 
-impl<F, T> Future for AttemptFuture<F>
+impl<F, T, E> Future for AttemptFuture<F>
 where
-    F: Future<Output = Result<T, BoxError>>,
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
 {
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
-            return Poll::Ready(result);
+            return Poll::Ready(result.map_err(Into::into));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             if sleep.poll(cx).is_ready() {
@@ -201,52 +195,5 @@ impl<F> std::fmt::Debug for AttemptFuture<F> {
         f.debug_struct("AttemptFuture")
             .field("limit", &self.limit)
             .finish_non_exhaustive()
-    }
-}
-
-/// The inner service of [`Retry`], with its errors boxed.
-#[derive(Clone, Debug)]
-pub struct BoxErrors<S> {
-    inner: S,
-}
-
-impl<S, R> Service<R> for BoxErrors<S>
-where
-    S: Service<R>,
-    S::Error: Into<BoxError>,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = BoxErrorsFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: R) -> Self::Future {
-        BoxErrorsFuture {
-            inner: self.inner.call(req),
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`BoxErrors`].
-    #[derive(Debug)]
-    pub struct BoxErrorsFuture<F> {
-        #[pin]
-        inner: F,
-    }
-}
-
-impl<F, T, E> Future for BoxErrorsFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map_err(Into::into)
     }
 }

@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use mesh_core::MeshError;
+use mesh_core::ConfigError;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::{Backoff, Jitter, DEFAULT_CAP};
 use crate::budget::RetryBudgetConfig;
-use crate::config::{check_backoff, invalid, RetryConfig, RetryConfigBuilder};
+use crate::config::{check_backoff, RetryConfig, RetryConfigBuilder};
 
 /// Which schedule the `backoff` key names; its parameters are the keys
 /// `initial`, `multiplier` and `max_delay` beside it.
@@ -88,7 +88,7 @@ impl BackoffKind {
 /// assert!(typo.to_string().contains("max_retrys"));
 ///
 /// let bad = RetrySettings { multiplier: 0.5, ..RetrySettings::default() };
-/// assert!(bad.validate().unwrap_err().to_string().contains("retry.multiplier"));
+/// assert_eq!(bad.validate().unwrap_err().key(), "retry.multiplier");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -156,9 +156,9 @@ impl RetrySettings {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] naming the first key out of range as
-    /// the file writes it (`retry.budget_percent`).
-    pub fn build(&self, attempt: Duration) -> Result<RetryConfig, MeshError> {
+    /// A [`ConfigError`] whose [`key`](ConfigError::key) is the first key
+    /// out of range as the file writes it (`retry.budget_percent`).
+    pub fn build(&self, attempt: Duration) -> Result<RetryConfig, ConfigError> {
         let mut builder = self.builder()?;
         if self.deadline.is_none() {
             builder = builder.deadline(Self::deadline_for(attempt));
@@ -173,20 +173,21 @@ impl RetrySettings {
     ///
     /// # Errors
     ///
-    /// [`MeshError::InvalidConfig`] naming the first key out of range.
-    pub fn validate(&self) -> Result<(), MeshError> {
+    /// A [`ConfigError`] whose [`key`](ConfigError::key) is the first key
+    /// out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.builder()?.build().map(drop)
     }
 
     /// A builder holding every key written, after the checks that need the
     /// file's names for the keys.
-    fn builder(&self) -> Result<RetryConfigBuilder, MeshError> {
+    fn builder(&self) -> Result<RetryConfigBuilder, ConfigError> {
         let backoff = self
             .backoff
             .backoff(self.initial, self.multiplier)
             .max_delay(self.max_delay)
             .jitter(self.jitter);
-        check_backoff(&backoff).map_err(|(key, reason)| invalid(key, reason))?;
+        check_backoff(&backoff).map_err(|e| e.within("retry."))?;
         let mut builder = RetryConfig::builder()
             .max_retries(self.max_retries)
             .backoff(backoff)
@@ -203,13 +204,13 @@ impl RetrySettings {
     }
 
     /// `retryable_statuses` as status codes.
-    fn statuses(&self) -> Result<Vec<StatusCode>, MeshError> {
+    fn statuses(&self) -> Result<Vec<StatusCode>, ConfigError> {
         self.retryable_statuses
             .iter()
             .map(|&code| {
                 StatusCode::from_u16(code).map_err(|_| {
-                    invalid(
-                        "retryable_statuses",
+                    ConfigError::new(
+                        "retry.retryable_statuses",
                         format!("{code} is not a status: use codes from 100 to 999"),
                     )
                 })
@@ -218,10 +219,10 @@ impl RetrySettings {
     }
 
     /// The budget `budget_percent` describes.
-    fn budget(&self) -> Result<RetryBudgetConfig, MeshError> {
+    fn budget(&self) -> Result<RetryBudgetConfig, ConfigError> {
         if !(0.0..=100.0).contains(&self.budget_percent) {
-            return Err(invalid(
-                "budget_percent",
+            return Err(ConfigError::new(
+                "retry.budget_percent",
                 format!(
                     "{} is outside [0, 100]: it is a percentage of requests",
                     self.budget_percent
@@ -267,13 +268,6 @@ impl Default for RetrySettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn what(err: MeshError) -> String {
-        match err {
-            MeshError::InvalidConfig { what, .. } => what,
-            other => panic!("unexpected {other}"),
-        }
-    }
 
     #[test]
     fn an_empty_section_builds_the_documented_defaults() {
@@ -401,9 +395,9 @@ mod tests {
             ),
         ];
         for (settings, key) in cases {
-            assert_eq!(what(settings.validate().expect_err(key)), key);
+            assert_eq!(settings.validate().expect_err(key).key(), key);
             assert_eq!(
-                what(settings.build(Duration::from_secs(1)).expect_err(key)),
+                settings.build(Duration::from_secs(1)).expect_err(key).key(),
                 key
             );
         }

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use http::Uri;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use mesh_core::{BoxError, ConnectError, MeshEvent};
+use mesh_core::{BoxError, ConfigError, ConnectError, MeshEvent};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tower::Service;
 
@@ -187,8 +187,9 @@ impl ClientTlsBuilder {
 
     /// Also trusts the system's root certificates for servers verified by
     /// name (off by default: a mesh trusts its own CA). Refused with
-    /// identity verification: a public CA must not vouch for workload
-    /// identities.
+    /// identity verification (by [`ClientTlsBuilder::build`], as a
+    /// [`TlsError::Config`] naming `tls.trust_system_roots`): a public CA
+    /// must not vouch for workload identities.
     pub fn trust_system_roots(mut self, yes: bool) -> Self {
         self.system_roots = yes;
         self
@@ -205,19 +206,21 @@ impl ClientTlsBuilder {
         self
     }
 
-    /// Builds, loading the system roots if asked to.
+    /// Builds, loading the system roots if asked to. A combination that
+    /// would weaken verification is refused as [`TlsError::Config`]; system
+    /// roots that cannot be loaded are [`TlsError::InvalidCa`].
     pub fn build(self) -> Result<ClientTls, TlsError> {
         let by_identity = matches!(
             self.verification,
             PeerVerification::Identity(_) | PeerVerification::ExpectedIdentity(_)
         );
         if self.system_roots && by_identity {
-            return Err(TlsError::InvalidConfig {
-                what: "tls.trust_system_roots".to_owned(),
-                reason: "cannot be combined with identity verification: only the mesh CA may \
-                         vouch for workload identities"
-                    .to_owned(),
-            });
+            return Err(ConfigError::new(
+                "tls.trust_system_roots",
+                "cannot be combined with identity verification: only the mesh CA may \
+                 vouch for workload identities",
+            )
+            .into());
         }
         let system_roots = match self.system_roots {
             false => None,
@@ -237,10 +240,7 @@ impl ClientTlsBuilder {
         let provider = Arc::clone(self.credentials.provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::InvalidConfig {
-                what: "tls.protocol_versions".to_owned(),
-                reason: e.to_string(),
-            })?
+            .map_err(TlsError::unusable_protocol_versions)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ServerVerifier {
                 credentials: self.credentials.clone(),

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mesh_core::ConfigError;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{ClientTls, ClientTlsBuilder};
@@ -107,49 +108,63 @@ impl TlsConfig {
         }
     }
 
-    /// Checks every value; the error names the first one at fault.
-    pub fn validate(&self) -> Result<(), TlsError> {
+    /// Checks every value without reading any file; the error names the
+    /// first one at fault (`tls.verify_peer`, `tls.allowed_callers[2]`,
+    /// `tls.peer_identity`...). A configuration read as part of a larger
+    /// one can be relabelled with [`ConfigError::within`].
+    ///
+    /// ```
+    /// let mut config = mesh_tls::TlsConfig::new("tls.crt", "tls.key", "ca.crt");
+    /// config.allowed_callers = vec!["spiffe://cluster.local/*".into(), "http://nope".into()];
+    /// let err = config.validate().unwrap_err();
+    /// assert_eq!(err.key(), "tls.allowed_callers[1]");
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     r#"invalid configuration: tls.allowed_callers[1]: "http://nope": must start with spiffe://"#
+    /// );
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.verify_peer {
-            return Err(TlsError::InvalidConfig {
-                what: "tls.verify_peer".to_owned(),
-                reason: "must be true: mutual TLS without peer verification authenticates no one; \
-                         issue the peers' certificates from the configured CA instead"
-                    .to_owned(),
-            });
+            return Err(ConfigError::new(
+                "tls.verify_peer",
+                "must be true: mutual TLS without peer verification authenticates no one; \
+                 issue the peers' certificates from the configured CA instead",
+            ));
         }
         if !self.watch_interval.is_zero() && self.watch_interval < Duration::from_millis(10) {
-            return Err(TlsError::InvalidConfig {
-                what: "tls.watch_interval".to_owned(),
-                reason: format!("{:?} is below 10ms", self.watch_interval),
-            });
+            return Err(ConfigError::new(
+                "tls.watch_interval",
+                format!("{:?} is below 10ms", self.watch_interval),
+            ));
         }
         self.caller_policy()?;
         if let Some(template) = &self.peer_identity {
             template::check(template)?;
             if self.trust_system_roots {
-                return Err(TlsError::InvalidConfig {
-                    what: "tls.trust_system_roots".to_owned(),
-                    reason: "cannot be combined with tls.peer_identity: only the mesh CA may \
-                             vouch for workload identities"
-                        .to_owned(),
-                });
+                return Err(ConfigError::new(
+                    "tls.trust_system_roots",
+                    "cannot be combined with tls.peer_identity: only the mesh CA may \
+                     vouch for workload identities",
+                ));
             }
         }
         Ok(())
     }
 
     /// The server side's allow-list of callers ([`TlsConfig::allowed_callers`]),
-    /// `None` when empty.
-    pub fn caller_policy(&self) -> Result<Option<IdentityPolicy>, TlsError> {
+    /// `None` when empty. A refused entry is named by its index
+    /// (`tls.allowed_callers[2]`).
+    pub fn caller_policy(&self) -> Result<Option<IdentityPolicy>, ConfigError> {
         if self.allowed_callers.is_empty() {
             return Ok(None);
         }
         let mut policy = IdentityPolicy::new();
         for (i, entry) in self.allowed_callers.iter().enumerate() {
-            let invalid = |e: TlsError| TlsError::InvalidConfig {
-                what: format!("tls.allowed_callers[{i}]"),
-                reason: format!("{entry:?}: {}", e.into_reason()),
-            };
+            let key = || format!("tls.allowed_callers[{i}]");
+            // The entry's own label (`SPIFFE ID "..."`) gives way to its
+            // key, so the message names the value once.
+            let invalid =
+                |e: ConfigError| ConfigError::new(key(), format!("{entry:?}: {}", e.reason()));
             policy = if entry == "*" {
                 IdentityPolicy::any()
             } else if let Some(domain) = entry
@@ -163,14 +178,14 @@ impl TlsConfig {
                 if !id.path().is_empty() {
                     // Read as its trust domain, it would admit far more
                     // than it says.
-                    return Err(TlsError::InvalidConfig {
-                        what: format!("tls.allowed_callers[{i}]"),
-                        reason: format!(
+                    return Err(ConfigError::new(
+                        key(),
+                        format!(
                             "{entry:?}: a wildcard covers a whole trust domain only \
                              (spiffe://{}/*); list exact SPIFFE IDs for anything narrower",
                             id.trust_domain()
                         ),
-                    });
+                    ));
                 }
                 policy
                     .allow_trust_domain(id.trust_domain())
@@ -194,10 +209,11 @@ impl TlsConfig {
     /// config.peer_identity = Some("spiffe://dc1.consul/ns/default/dc/dc1/svc/{service}".to_owned());
     /// let id = config.peer_identity_for("billing")?.expect("a template is set");
     /// assert_eq!(id.as_str(), "spiffe://dc1.consul/ns/default/dc/dc1/svc/billing");
-    /// assert!(config.peer_identity_for("billing/admin").is_err());
-    /// # Ok::<(), mesh_tls::TlsError>(())
+    /// let err = config.peer_identity_for("billing/admin").unwrap_err();
+    /// assert_eq!(err.key(), "tls.peer_identity");
+    /// # Ok::<(), mesh_core::ConfigError>(())
     /// ```
-    pub fn peer_identity_for(&self, service: &str) -> Result<Option<SpiffeId>, TlsError> {
+    pub fn peer_identity_for(&self, service: &str) -> Result<Option<SpiffeId>, ConfigError> {
         let Some(template) = &self.peer_identity else {
             return Ok(None);
         };
@@ -205,14 +221,17 @@ impl TlsConfig {
     }
 
     /// Loads the files, and starts watching them if configured (which needs
-    /// a tokio runtime: an error otherwise).
+    /// a tokio runtime: an error otherwise). A refused configuration is
+    /// [`TlsError::Config`] (`tls.enabled` when off, or what
+    /// [`TlsConfig::validate`] refuses); files that cannot be read or used
+    /// are the other [`TlsError`]s, naming the file.
     pub fn credentials(&self) -> Result<Credentials, TlsError> {
         if !self.enabled {
-            return Err(TlsError::InvalidConfig {
-                what: "tls.enabled".to_owned(),
-                reason: "mutual TLS is disabled; check `enabled` before loading credentials"
-                    .to_owned(),
-            });
+            return Err(ConfigError::new(
+                "tls.enabled",
+                "mutual TLS is disabled; check `enabled` before loading credentials",
+            )
+            .into());
         }
         self.validate()?;
         let credentials = Credentials::load(PemSource::files(
@@ -254,12 +273,14 @@ impl TlsConfig {
     /// The builder behind [`TlsConfig::client_expecting`], for settings
     /// the configuration does not hold (such as
     /// [`crate::ClientTlsBuilder::allow_plaintext`] for a route configured
-    /// as plaintext).
+    /// as plaintext). Refused only as [`TlsConfig::validate`] refuses;
+    /// [`ClientTlsBuilder::build`] may still fail (system roots that
+    /// cannot be loaded).
     pub fn client_builder(
         &self,
         credentials: Credentials,
         identity: Option<SpiffeId>,
-    ) -> Result<ClientTlsBuilder, TlsError> {
+    ) -> Result<ClientTlsBuilder, ConfigError> {
         self.validate()?;
         let builder = ClientTls::builder(credentials).trust_system_roots(self.trust_system_roots);
         Ok(match identity {
@@ -275,12 +296,12 @@ impl TlsConfig {
     /// with [`TlsConfig::client_for`].
     pub fn client(&self, credentials: Credentials) -> Result<ClientTls, TlsError> {
         if self.peer_identity.is_some() {
-            return Err(TlsError::InvalidConfig {
-                what: "tls.peer_identity".to_owned(),
-                reason: "is a template per destination service: build each service's client \
-                         with TlsConfig::client_for(credentials, service)"
-                    .to_owned(),
-            });
+            return Err(ConfigError::new(
+                "tls.peer_identity",
+                "is a template per destination service: build each service's client \
+                 with TlsConfig::client_for(credentials, service)",
+            )
+            .into());
         }
         self.client_expecting(credentials, None)
     }
@@ -326,31 +347,32 @@ mod tests {
     fn bad_values_are_named() {
         let mut config = TlsConfig::new("c", "k", "a");
         config.verify_peer = false;
-        assert!(config
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("tls.verify_peer"));
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), "tls.verify_peer", "{err}");
+        assert!(err.reason().starts_with("must be true"), "{err}");
         let mut config = TlsConfig::new("c", "k", "a");
         config.allowed_callers = vec!["spiffe://ok.local/*".into(), "http://nope".into()];
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("tls.allowed_callers[1]"), "{err}");
-        assert!(err.contains("http://nope"), "{err}");
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), "tls.allowed_callers[1]", "{err}");
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: tls.allowed_callers[1]: \"http://nope\": \
+             must start with spiffe://"
+        );
         config.allowed_callers = vec!["spiffe://Bad Domain/*".into()];
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("tls.allowed_callers[0]"), "{err}");
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), "tls.allowed_callers[0]", "{err}");
+        assert!(err.reason().contains("trust domain"), "{err}");
         // A path wildcard is not silently widened to its trust domain.
         config.allowed_callers = vec!["spiffe://cluster.local/ns/ops/*".into()];
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("tls.allowed_callers[0]"), "{err}");
-        assert!(err.contains("whole trust domain only"), "{err}");
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), "tls.allowed_callers[0]", "{err}");
+        assert!(err.reason().contains("whole trust domain only"), "{err}");
         let mut config = TlsConfig::new("c", "k", "a");
         config.watch_interval = Duration::from_millis(1);
-        assert!(config
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("watch_interval"));
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), "tls.watch_interval", "{err}");
+        assert!(err.reason().contains("below 10ms"), "{err}");
     }
 
     #[test]
@@ -390,16 +412,24 @@ mod tests {
         ] {
             let mut config = TlsConfig::new("c", "k", "a");
             config.peer_identity = Some(template.to_owned());
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.contains("`tls.peer_identity`"), "{template}: {err}");
-            assert!(err.contains(says), "{template}: {err}");
-            // Said once: the key is not repeated inside the reason.
-            assert_eq!(err.matches("invalid TLS configuration").count(), 1, "{err}");
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.key(), "tls.peer_identity", "{template}: {err}");
+            assert!(err.reason().contains(says), "{template}: {err}");
+            let err = err.to_string();
+            assert!(
+                err.starts_with("invalid configuration: tls.peer_identity: "),
+                "{template}: {err}"
+            );
+            // Said once: neither label nor key is repeated inside the reason.
+            assert_eq!(err.matches("invalid configuration").count(), 1, "{err}");
+            assert_eq!(err.matches("tls.peer_identity").count(), 1, "{err}");
+            assert!(!err.contains("SPIFFE ID \""), "{err}");
         }
         let mut config = TlsConfig::new("c", "k", "a");
         config.peer_identity = Some("spiffe://cluster.local/sa/{service}".to_owned());
         config.trust_system_roots = true;
-        let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("tls.trust_system_roots"), "{err}");
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key(), "tls.trust_system_roots", "{err}");
+        assert!(err.reason().contains("tls.peer_identity"), "{err}");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use mesh_core::{EventBus, MeshEvent};
+use mesh_core::{ConfigError, EventBus, MeshEvent};
 use tokio_rustls::rustls::crypto::CryptoProvider;
 
 use crate::error::TlsError;
@@ -222,13 +222,17 @@ impl Credentials {
     /// Checks the files every `interval` (at least 10 ms) and rotates when
     /// they change (see the type's documentation). A second call replaces
     /// the first watch. The watch stops when the last clone of these
-    /// credentials is dropped. Fails outside a tokio runtime.
+    /// credentials is dropped. Fails outside a tokio runtime, as a
+    /// [`TlsError::Config`] naming `tls.watch_interval` with tokio's error
+    /// as its source.
     pub fn watch(&self, interval: Duration) -> Result<(), TlsError> {
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|e| TlsError::InvalidConfig {
-                what: "tls.watch_interval".to_owned(),
-                reason: format!("watching the files needs a tokio runtime: {e}"),
-            })?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            ConfigError::new(
+                "tls.watch_interval",
+                "watching the files needs a tokio runtime",
+            )
+            .caused_by(e)
+        })?;
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let interval = interval.max(Duration::from_millis(10));
         let task = runtime.spawn(async move {

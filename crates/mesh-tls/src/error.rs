@@ -3,10 +3,12 @@
 
 use std::error::Error as StdError;
 
+use mesh_core::ConfigError;
 use tokio_rustls::rustls;
 
 /// Loading or configuring TLS failed. Every variant names the file (or the
-/// in-memory source) and the cause.
+/// in-memory source) and the cause, or, for [`TlsError::Config`], the
+/// configuration key and why it was refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
@@ -82,24 +84,28 @@ pub enum TlsError {
         /// Why.
         detail: String,
     },
-    /// A configuration value is out of range or inconsistent.
-    #[error("invalid TLS configuration `{what}`: {reason}")]
-    InvalidConfig {
-        /// The value at fault (`tls.allowed_callers[2]`...).
-        what: String,
-        /// Why.
-        reason: String,
-    },
+    /// A configuration value is refused: out of range, inconsistent, or
+    /// unusable here (the key at fault, such as `tls.trust_system_roots`,
+    /// and why). Said exactly as the [`ConfigError`] says it.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
+// === impl TlsError ===
+
 impl TlsError {
-    /// The cause of a configuration error without its label, for an error
-    /// re-labelled with a configuration key, so Display says it once.
-    pub(crate) fn into_reason(self) -> String {
-        match self {
-            TlsError::InvalidConfig { reason, .. } => reason,
-            other => other.to_string(),
-        }
+    /// The credentials' crypto provider cannot make a configuration with
+    /// rustls's safe default protocol versions (a provider without key
+    /// exchange groups or usable cipher suites): refused under
+    /// `tls.protocol_versions`, with rustls's error kept as the cause.
+    pub(crate) fn unusable_protocol_versions(error: rustls::Error) -> Self {
+        ConfigError::new(
+            "tls.protocol_versions",
+            "the crypto provider cannot be used with the safe default protocol versions \
+             (TLS 1.3 and 1.2)",
+        )
+        .caused_by(error)
+        .into()
     }
 }
 

@@ -4,9 +4,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use mesh_core::ConfigError;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
-use crate::error::{HandshakeRejection, TlsError};
+use crate::error::HandshakeRejection;
 
 /// A SPIFFE ID (`spiffe://trust-domain/path`), as carried in a
 /// certificate's URI SAN: a workload identity such as
@@ -17,8 +18,10 @@ use crate::error::{HandshakeRejection, TlsError};
 /// let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/api".parse()?;
 /// assert_eq!(id.trust_domain(), "cluster.local");
 /// assert_eq!(id.path(), "/ns/default/sa/api");
-/// assert!("https://cluster.local/x".parse::<SpiffeId>().is_err());
-/// # Ok::<(), mesh_tls::TlsError>(())
+/// let err = "https://cluster.local/x".parse::<SpiffeId>().unwrap_err();
+/// assert_eq!(err.key(), r#"SPIFFE ID "https://cluster.local/x""#);
+/// assert_eq!(err.reason(), "must start with spiffe://");
+/// # Ok::<(), mesh_core::ConfigError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
@@ -44,17 +47,19 @@ impl SpiffeId {
 }
 
 impl std::str::FromStr for SpiffeId {
-    type Err = TlsError;
+    type Err = ConfigError;
 
     /// Parses per the SPIFFE ID specification: scheme `spiffe`, a lower
     /// case trust domain of letters, digits, `.`, `-` and `_`, and a path
     /// of non-empty segments other than `.` and `..`, with no query,
     /// fragment, port or user info.
-    fn from_str(s: &str) -> Result<Self, TlsError> {
-        let invalid = |reason: &str| TlsError::InvalidConfig {
-            what: format!("SPIFFE ID {s:?}"),
-            reason: reason.to_owned(),
-        };
+    ///
+    /// A refused ID is named in the error's key (`SPIFFE ID "..."`), and
+    /// its [`reason`](ConfigError::reason) leaves the ID out, so a caller
+    /// that knows which configuration key the ID came from can say so
+    /// instead.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: &str| ConfigError::new(format!("SPIFFE ID {s:?}"), reason);
         let rest = s
             .strip_prefix("spiffe://")
             .ok_or_else(|| invalid("must start with spiffe://"))?;
@@ -117,7 +122,7 @@ impl fmt::Display for SpiffeId {
 /// assert!(IdentityPolicy::new().allow_trust_domain("Staging.Local").is_err());
 /// assert!(policy.admits(&"spiffe://staging.local/ns/x/sa/y".parse()?));
 /// assert!(!policy.admits(&"spiffe://cluster.local/ns/default/sa/other".parse()?));
-/// # Ok::<(), mesh_tls::TlsError>(())
+/// # Ok::<(), mesh_core::ConfigError>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdentityPolicy {
@@ -149,13 +154,13 @@ impl IdentityPolicy {
     /// Admits every identity of `trust_domain` (`cluster.local`), which
     /// must be a valid SPIFFE trust domain (lower case letters, digits,
     /// `.`, `-`, `_`): a malformed one would silently match no one.
-    pub fn allow_trust_domain(mut self, trust_domain: &str) -> Result<Self, TlsError> {
+    pub fn allow_trust_domain(mut self, trust_domain: &str) -> Result<Self, ConfigError> {
         let id: SpiffeId = format!("spiffe://{trust_domain}").parse()?;
         if !id.path().is_empty() {
-            return Err(TlsError::InvalidConfig {
-                what: format!("trust domain {trust_domain:?}"),
-                reason: "a trust domain has no path".to_owned(),
-            });
+            return Err(ConfigError::new(
+                format!("trust domain {trust_domain:?}"),
+                "a trust domain has no path",
+            ));
         }
         self.domains.push(id.trust_domain().to_owned());
         Ok(self)

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use mesh_core::{BoxError, MeshEvent};
+use mesh_core::{BoxError, ConfigError, MeshEvent};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::ServerConfig;
@@ -205,21 +205,16 @@ impl ServerTlsBuilder {
         self
     }
 
-    /// Builds.
+    /// Builds. A zero handshake timeout is refused as [`TlsError::Config`]
+    /// naming `tls.handshake_timeout`.
     pub fn build(self) -> Result<ServerTls, TlsError> {
         if self.handshake_timeout.is_zero() {
-            return Err(TlsError::InvalidConfig {
-                what: "tls.handshake_timeout".to_owned(),
-                reason: "must be above zero".to_owned(),
-            });
+            return Err(ConfigError::new("tls.handshake_timeout", "must be above zero").into());
         }
         let provider = Arc::clone(self.credentials.provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::InvalidConfig {
-                what: "tls.protocol_versions".to_owned(),
-                reason: e.to_string(),
-            })?
+            .map_err(TlsError::unusable_protocol_versions)?
             .with_client_cert_verifier(Arc::new(ClientVerifier {
                 credentials: self.credentials.clone(),
                 policy: self.policy,

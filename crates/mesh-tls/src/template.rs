@@ -6,7 +6,8 @@
 //! only as one whole path segment: a name can never add segments, climb
 //! with `..`, or reach the trust domain.
 
-use crate::error::TlsError;
+use mesh_core::ConfigError;
+
 use crate::identity::SpiffeId;
 
 /// The configuration key templates live under, named in every error.
@@ -20,7 +21,7 @@ const SAMPLE_SERVICE: &str = "sample-service";
 
 /// Checks a template: a SPIFFE ID with `{service}` in its path and no
 /// other placeholder.
-pub(crate) fn check(template: &str) -> Result<(), TlsError> {
+pub(crate) fn check(template: &str) -> Result<(), ConfigError> {
     let Some(rest) = template.strip_prefix("spiffe://") else {
         return Err(invalid(format!("{template:?} must start with spiffe://")));
     };
@@ -40,13 +41,13 @@ pub(crate) fn check(template: &str) -> Result<(), TlsError> {
     sample.parse::<SpiffeId>().map(|_| ()).map_err(|e| {
         invalid(format!(
             "{template:?} does not make a SPIFFE ID: {}",
-            e.into_reason()
+            e.reason()
         ))
     })
 }
 
 /// The identity `service` must present under `template`.
-pub(crate) fn expand(template: &str, service: &str) -> Result<SpiffeId, TlsError> {
+pub(crate) fn expand(template: &str, service: &str) -> Result<SpiffeId, ConfigError> {
     check(template)?;
     let one_segment = !service.is_empty()
         && service != "."
@@ -63,14 +64,14 @@ pub(crate) fn expand(template: &str, service: &str) -> Result<SpiffeId, TlsError
     template
         .replace(PLACEHOLDER, service)
         .parse()
-        .map_err(|e: TlsError| invalid(format!("for the service {service:?}: {}", e.into_reason())))
+        .map_err(|e: ConfigError| invalid(format!("for the service {service:?}: {}", e.reason())))
 }
 
-fn invalid(reason: String) -> TlsError {
-    TlsError::InvalidConfig {
-        what: KEY.to_owned(),
-        reason,
-    }
+/// A template (or a service name expanded in it) refused, under [`KEY`].
+/// The reason of a refused SPIFFE ID is taken without its own label, so
+/// the message names one key, once.
+fn invalid(reason: String) -> ConfigError {
+    ConfigError::new(KEY, reason)
 }
 
 #[cfg(test)]
@@ -111,9 +112,14 @@ mod tests {
             "users?x",
             "usérs",
         ] {
-            let err = expand(template, bad).unwrap_err().to_string();
-            assert!(err.contains("`tls.peer_identity`"), "{bad:?}: {err}");
-            assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+            let err = expand(template, bad).unwrap_err();
+            assert_eq!(err.key(), "tls.peer_identity", "{bad:?}: {err}");
+            assert!(err.reason().contains(&format!("{bad:?}")), "{bad:?}: {err}");
+            assert!(
+                err.to_string()
+                    .starts_with("invalid configuration: tls.peer_identity: "),
+                "{bad:?}: {err}"
+            );
         }
     }
 

@@ -221,7 +221,11 @@ async fn without_a_template_servers_are_verified_by_name_and_client_refuses_a_te
     let err = config()
         .client(credentials(&ca, "api"))
         .expect_err("a template needs a client per service");
-    assert!(err.to_string().contains("tls.peer_identity"), "{err}");
+    assert!(
+        matches!(&err, mesh_tls::TlsError::Config(e) if e.key() == "tls.peer_identity"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("TlsConfig::client_for"), "{err}");
 }
 
 /// A raw TCP listener standing in for an upstream; counts connections and

@@ -432,11 +432,57 @@ fn configurations_that_would_weaken_verification_are_refused() {
         .trust_system_roots(true)
         .build()
         .expect_err("identity with system roots");
-    assert!(err.to_string().contains("tls.trust_system_roots"), "{err}");
+    assert!(
+        matches!(&err, TlsError::Config(e) if e.key() == "tls.trust_system_roots"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("invalid configuration: tls.trust_system_roots: cannot be combined"),
+        "{err}"
+    );
 
     // A disabled block is never half used.
     let mut config = mesh_tls::TlsConfig::new("c", "k", "a");
     config.enabled = false;
     let err = config.credentials().expect_err("disabled");
-    assert!(err.to_string().contains("tls.enabled"), "{err}");
+    assert!(
+        matches!(&err, TlsError::Config(e) if e.key() == "tls.enabled"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("invalid configuration: tls.enabled: mutual TLS is disabled"),
+        "{err}"
+    );
+
+    // A handshake that could wait forever.
+    let err = ServerTls::builder(credentials(&ca, &me))
+        .handshake_timeout(std::time::Duration::ZERO)
+        .build()
+        .expect_err("no handshake timeout");
+    assert!(
+        matches!(&err, TlsError::Config(e) if e.key() == "tls.handshake_timeout"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn watching_outside_a_runtime_is_refused_with_tokios_error_kept_as_the_cause() {
+    let ca = Ca::new("mesh CA");
+    let err = credentials(&ca, &ca.issue(Leaf::service("api")))
+        .watch(std::time::Duration::from_millis(250))
+        .expect_err("no runtime");
+    let TlsError::Config(config) = &err else {
+        panic!("not a configuration error: {err:?}");
+    };
+    assert_eq!(config.key(), "tls.watch_interval");
+    assert_eq!(config.reason(), "watching the files needs a tokio runtime");
+    let cause = std::error::Error::source(&err).expect("the cause is kept");
+    assert!(cause.is::<tokio::runtime::TryCurrentError>(), "{cause:?}");
+    // Said once, ending with tokio's own words.
+    assert_eq!(
+        err.to_string(),
+        format!("invalid configuration: tls.watch_interval: watching the files needs a tokio runtime: {cause}")
+    );
 }

@@ -13,7 +13,7 @@ mod split;
 mod transport;
 mod wiring;
 
-pub use client::{CallOptions, MeshBody, MeshClient, MeshClientBuilder};
+pub use client::{CallOptions, MeshBody, MeshClient, MeshClientBuilder, StartError};
 pub use config::{
     deadline_for, retry_after_for, DiscoveryConfig, LimitsConfig, LocalService, MeshConfig,
     Profile, Protocol, RetrySettings, ServiceOverride,
@@ -31,11 +31,11 @@ pub use mesh_tls as tls;
 
 /// The names most stacks need, in one `use`.
 pub mod prelude {
-    pub use crate::{CallOptions, MeshClient, MeshConfig};
+    pub use crate::{CallOptions, MeshClient, MeshConfig, StartError};
     pub use mesh_balance::{BalanceConfig, BalanceLayer, KeySource, Strategy};
     pub use mesh_breaker::{BreakerConfig, BreakerLayer, BreakerScope, FallbackLayer, Fault};
     pub use mesh_core::ext::{AffinityKey, TargetService};
-    pub use mesh_core::{BoxError, EventBus, MeshError, MeshEvent, ServiceName};
+    pub use mesh_core::{BoxError, ConfigError, EventBus, MeshError, MeshEvent, ServiceName};
     pub use mesh_discover::{DiscoverLayer, StaticRegistry};
     pub use mesh_health::{HealthCheck, HealthCheckManager, HealthLayer, UpstreamHealthChecker};
     pub use mesh_retry::{Backoff, Jitter, ReplayBody, RetryConfig, RetryLayer};

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Request;
-use mesh_core::{Endpoint, EndpointSet, MeshError, ServiceName};
+use mesh_core::{ConfigError, Endpoint, EndpointSet, ServiceName};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 
@@ -42,23 +42,18 @@ impl Subset {
                 .all(|(k, v)| endpoint.metadata().get(k) == Some(v))
     }
 
-    pub(crate) fn validate(&self, what: &str) -> Result<(), MeshError> {
-        let invalid = |reason: String| {
-            Err(MeshError::InvalidConfig {
-                what: format!("{what}.{}", self.name),
-                reason,
-            })
-        };
+    pub(crate) fn validate(&self, what: &str) -> Result<(), ConfigError> {
+        let invalid = |reason: &str| Err(ConfigError::new(format!("{what}.{}", self.name), reason));
         if self.name.is_empty()
             || !self
                 .name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return invalid("a subset name is lower case letters, digits and '-'".to_owned());
+            return invalid("a subset name is lower case letters, digits and '-'");
         }
         if self.tag.is_none() && self.meta.is_empty() {
-            return invalid("a subset selects by tag or meta".to_owned());
+            return invalid("a subset selects by tag or meta");
         }
         Ok(())
     }
@@ -70,32 +65,32 @@ pub(crate) fn validate_split<V>(
     service: &str,
     subsets: &[Subset],
     services: &std::collections::BTreeMap<String, V>,
-) -> Result<(), MeshError> {
+) -> Result<(), ConfigError> {
     let what = format!("services.{service}.split");
     let mut seen = std::collections::HashSet::new();
     for subset in subsets {
         subset.validate(&what)?;
         if !seen.insert(subset.name.as_str()) {
-            return Err(MeshError::InvalidConfig {
-                what: format!("{what}.{}", subset.name),
-                reason: "two subsets have this name".to_owned(),
-            });
+            return Err(ConfigError::new(
+                format!("{what}.{}", subset.name),
+                "two subsets have this name",
+            ));
         }
         let derived = format!("{service}.{}", subset.name);
         if services.contains_key(&derived) || ServiceName::new(&derived).is_err() {
-            return Err(MeshError::InvalidConfig {
-                what: format!("{what}.{}", subset.name),
-                reason: format!(
+            return Err(ConfigError::new(
+                format!("{what}.{}", subset.name),
+                format!(
                     "the subset is reported as {derived:?}, which is taken or not a valid name"
                 ),
-            });
+            ));
         }
     }
     if !subsets.is_empty() && subsets.iter().all(|s| s.weight == 0) {
-        return Err(MeshError::InvalidConfig {
+        return Err(ConfigError::new(
             what,
-            reason: "every weight is 0; give one a weight, or remove the split".to_owned(),
-        });
+            "every weight is 0; give one a weight, or remove the split",
+        ));
     }
     Ok(())
 }

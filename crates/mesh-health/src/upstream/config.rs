@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mesh_core::MeshError;
+use mesh_core::ConfigError;
 use serde::{Deserialize, Serialize};
 
 /// How an upstream endpoint is probed.
@@ -94,39 +94,59 @@ impl Default for UpstreamCheckConfig {
 }
 
 impl UpstreamCheckConfig {
-    /// Checks every value; the error names the first one at fault.
-    pub fn validate(&self) -> Result<(), MeshError> {
-        let invalid = |what: &str, reason: String| {
-            Err(MeshError::InvalidConfig {
-                what: format!("health.upstream.{what}"),
-                reason,
-            })
-        };
+    /// Checks every value; the error names the first one at fault
+    /// (`health.upstream.interval`).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for an interval outside [10ms, 24h], a jitter above
+    /// it, a timeout outside (0, 60s], a zero threshold, or an HTTP probe
+    /// path that is not a path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interval < Duration::from_millis(10) || self.interval > Duration::from_secs(86_400)
         {
-            return invalid(
-                "interval",
+            return Err(ConfigError::new(
+                "health.upstream.interval",
                 format!("{:?} is outside [10ms, 24h]", self.interval),
-            );
+            ));
         }
         if self.jitter > self.interval {
-            return invalid("jitter", format!("{:?} is above the interval", self.jitter));
+            return Err(ConfigError::new(
+                "health.upstream.jitter",
+                format!("{:?} is above the interval", self.jitter),
+            ));
         }
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
-            return invalid("timeout", format!("{:?} is outside (0, 60s]", self.timeout));
+            return Err(ConfigError::new(
+                "health.upstream.timeout",
+                format!("{:?} is outside (0, 60s]", self.timeout),
+            ));
         }
         if self.healthy_threshold == 0 {
-            return invalid("healthy_threshold", "must be at least 1".to_owned());
+            return Err(ConfigError::new(
+                "health.upstream.healthy_threshold",
+                "must be at least 1",
+            ));
         }
         if self.unhealthy_threshold == 0 {
-            return invalid("unhealthy_threshold", "must be at least 1".to_owned());
+            return Err(ConfigError::new(
+                "health.upstream.unhealthy_threshold",
+                "must be at least 1",
+            ));
         }
         if let UpstreamProbe::Http { path } = &self.probe {
             if !path.starts_with('/') {
-                return invalid("probe.http.path", format!("{path:?} must start with '/'"));
+                return Err(ConfigError::new(
+                    "health.upstream.probe.http.path",
+                    format!("{path:?} must start with '/'"),
+                ));
             }
             if let Err(e) = path.parse::<http::uri::PathAndQuery>() {
-                return invalid("probe.http.path", format!("{path:?} is not a path: {e}"));
+                return Err(ConfigError::new(
+                    "health.upstream.probe.http.path",
+                    format!("{path:?} is not a path"),
+                )
+                .caused_by(e));
             }
         }
         Ok(())

@@ -12,7 +12,7 @@ use http::uri::Scheme;
 use http_body_util::Empty;
 use mesh_core::ext::{SelectedEndpoint, TargetService};
 use mesh_core::{
-    Endpoint, EndpointId, EndpointSet, EndpointState, EventBus, Health, MeshError, ServiceName,
+    ConfigError, Endpoint, EndpointId, EndpointSet, EndpointState, EventBus, Health, ServiceName,
 };
 
 use crate::probe::ProbeClient;
@@ -74,7 +74,7 @@ impl UpstreamHealthChecker {
         config: UpstreamCheckConfig,
         source: F,
         events: Option<EventBus>,
-    ) -> Result<Self, MeshError>
+    ) -> Result<Self, ConfigError>
     where
         F: Fn() -> Option<EndpointSet> + Send + Sync + 'static,
     {
@@ -168,15 +168,20 @@ where
 
     /// Validates the configuration and the scheme, and starts probing
     /// (needs a tokio runtime). Stops when the checker is dropped.
-    pub fn spawn(self) -> Result<UpstreamHealthChecker, MeshError> {
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] from [`UpstreamCheckConfig::validate`], or
+    /// `health.upstream.scheme` for a scheme other than `http` or `https`.
+    pub fn spawn(self) -> Result<UpstreamHealthChecker, ConfigError> {
         self.config.validate()?;
         let (client, scheme) = match self.client {
             Some((client, scheme)) => {
                 if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-                    return Err(MeshError::InvalidConfig {
-                        what: "health.upstream.scheme".to_owned(),
-                        reason: format!("{scheme:?} is neither http nor https"),
-                    });
+                    return Err(ConfigError::new(
+                        "health.upstream.scheme",
+                        format!("{scheme:?} is neither http nor https"),
+                    ));
                 }
                 (client, scheme)
             }

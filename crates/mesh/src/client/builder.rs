@@ -2,10 +2,10 @@
 
 use std::future::Future;
 
-use mesh_core::{MeshError, Probe};
+use mesh_core::{ConfigError, Probe};
 use mesh_health::HealthCheck;
 
-use super::MeshClient;
+use super::{MeshClient, StartError};
 use crate::config::MeshConfig;
 
 /// Builds a [`MeshClient`]: its configuration plus what only code can
@@ -34,7 +34,7 @@ impl MeshClientBuilder {
         name: &str,
         probes: impl IntoIterator<Item = Probe>,
         run: F,
-    ) -> Result<Self, MeshError>
+    ) -> Result<Self, ConfigError>
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), mesh_health::CheckError>> + Send + 'static,
@@ -45,7 +45,7 @@ impl MeshClientBuilder {
     }
 
     /// Builds and starts the client (see [`MeshClient::from_config`]).
-    pub async fn build(self) -> Result<MeshClient, MeshError> {
+    pub async fn build(self) -> Result<MeshClient, StartError> {
         MeshClient::start(self.config, self.checks).await
     }
 }
@@ -64,7 +64,7 @@ impl MeshClient {
     /// Builds and starts the client: discovery (and its watches), the
     /// health manager, upstream health checks, certificate watching, and
     /// registration with Consul when configured. Needs a tokio runtime.
-    pub async fn from_config(config: MeshConfig) -> Result<MeshClient, MeshError> {
+    pub async fn from_config(config: MeshConfig) -> Result<MeshClient, StartError> {
         Self::start(config, Vec::new()).await
     }
 }

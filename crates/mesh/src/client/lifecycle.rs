@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_core::MeshError;
+
+use super::error::StartError;
 use mesh_discover::{AgentCheck, Follow, Registration};
 use tokio::sync::Notify;
 
@@ -111,7 +113,7 @@ impl MeshClient {
     /// Registers the local service with the Consul agent (when the
     /// configuration says `register = true`), with a TTL check kept
     /// passing by heartbeats.
-    pub(super) async fn register(&self) -> Result<(), MeshError> {
+    pub(super) async fn register(&self) -> Result<(), StartError> {
         let Some(registration) = self.registration() else {
             return Ok(());
         };
@@ -121,7 +123,7 @@ impl MeshClient {
         consul
             .register(&registration)
             .await
-            .map_err(|e| MeshError::Registration {
+            .map_err(|e| StartError::Registration {
                 service: self.inner.name.clone(),
                 registry: mesh_discover::Registry::describe(consul),
                 source: Box::new(e),

@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use mesh_core::{EventBus, MeshError, MeshEvent, Probe, ServiceName};
+use mesh_core::{ConfigError, EventBus, MeshEvent, Probe, ServiceName};
 use mesh_discover::Catalog;
 use mesh_health::{HealthCheckManager, ProbeReport};
 use tokio::sync::broadcast;
@@ -26,6 +26,7 @@ use crate::wiring::routes::{Route, Routes};
 
 mod body;
 mod builder;
+mod error;
 mod lifecycle;
 mod options;
 mod send;
@@ -35,6 +36,7 @@ mod state;
 
 pub use body::MeshBody;
 pub use builder::MeshClientBuilder;
+pub use error::StartError;
 pub use options::CallOptions;
 
 /// A service mesh client for one local service (the design document's
@@ -143,11 +145,9 @@ impl MeshClient {
     /// to the others); with no subsets, calls go to every instance again.
     /// Each subset is balanced, broken and reported as `service.subset`. A
     /// call with an affinity key always lands in the same subset.
-    pub fn set_split(&self, service: &str, subsets: Vec<Subset>) -> Result<(), MeshError> {
-        let name = ServiceName::new(service).map_err(|e| MeshError::InvalidConfig {
-            what: format!("split of {service:?}"),
-            reason: e.to_string(),
-        })?;
+    pub fn set_split(&self, service: &str, subsets: Vec<Subset>) -> Result<(), ConfigError> {
+        let name = ServiceName::new(service)
+            .map_err(|e| ConfigError::new(format!("split of {service:?}"), e))?;
         crate::split::validate_split(service, &subsets, &self.inner.config.services)?;
         self.inner.splits.set(name, subsets);
         Ok(())
@@ -217,7 +217,7 @@ impl MeshClient {
     /// rotating credentials, admitting only the callers `[tls]
     /// allowed_callers` lists (any certificate of the CA when the list is
     /// empty). `None` while `[tls]` is off.
-    pub fn server_tls(&self) -> Result<Option<mesh_tls::ServerTls>, MeshError> {
+    pub fn server_tls(&self) -> Result<Option<mesh_tls::ServerTls>, ConfigError> {
         let (Some(config), Some(credentials)) = (&self.inner.config.tls, &self.inner.tls) else {
             return Ok(None);
         };

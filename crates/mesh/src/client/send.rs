@@ -2,7 +2,6 @@
 //! ready request (`send`), each admitted, limited, routed to its
 //! service's stack and reported as one `RequestCompleted` event.
 
-use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -107,12 +106,12 @@ impl MeshClient {
             .await
     }
 
-    /// Sends `req`, the whole call (retries included) within `timeout`
+    /// Sends `req`, the whole call (retries included) within `deadline`
     /// when given; the response body keeps the call counted until it ends.
     async fn send_with(
         &self,
         mut req: Request<Full<Bytes>>,
-        timeout: Option<Duration>,
+        deadline: Option<Duration>,
     ) -> Result<Response<MeshBody>, BoxError> {
         let mut guard = self.enter()?;
         let service = target(&mut req)?;
@@ -123,14 +122,15 @@ impl MeshClient {
         if let Some(budget) = &state.budget {
             req.extensions_mut().insert(budget.clone());
         }
-        if let Some(limit) = timeout {
-            // Retries read it: no backoff is started that would end past it.
+        if let Some(limit) = deadline {
+            // The retry layer holds the call to it: each attempt is cut
+            // at it, and no backoff starts that would end past it.
             req.extensions_mut()
                 .insert(Deadline(clock::now().saturating_add(limit)));
         }
         let started = tokio::time::Instant::now();
         let call = self.inner.routes.stack(&service).clone().oneshot(req);
-        let outcome = within(timeout, call).await;
+        let outcome = call.await;
         self.after_call(&service, &state, &outcome);
         self.publish_completed(service, &outcome, started);
         outcome.map(|response| response.map(|body| MeshBody::new(body, guard)))
@@ -198,18 +198,6 @@ fn target(req: &mut Request<Full<Bytes>>) -> Result<ServiceName, MeshError> {
     })?;
     req.extensions_mut().insert(TargetService(service.clone()));
     Ok(service)
-}
-
-/// Runs `call`, failed with [`MeshError::Timeout`] when it outlasts
-/// `timeout`.
-async fn within(timeout: Option<Duration>, call: impl Future<Output = Outcome>) -> Outcome {
-    let Some(limit) = timeout else {
-        return call.await;
-    };
-    match tokio::time::timeout(limit, call).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(MeshError::Timeout { after: limit }.into()),
-    }
 }
 
 /// Whether `error` says no registry lists the service.

@@ -3,9 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use mesh_core::{EventBus, MeshError, ServiceName};
+use mesh_core::{ConfigError, EventBus, ServiceName};
 use mesh_health::HealthCheck;
 
+use super::error::StartError;
 use super::lifecycle::Calls;
 use super::{Inner, MeshClient};
 use crate::config::MeshConfig;
@@ -22,13 +23,10 @@ impl MeshClient {
     pub(super) async fn start(
         config: MeshConfig,
         checks: Vec<HealthCheck>,
-    ) -> Result<MeshClient, MeshError> {
+    ) -> Result<MeshClient, StartError> {
         config.validate()?;
-        let name =
-            ServiceName::new(&config.service.name).map_err(|e| MeshError::InvalidConfig {
-                what: "service.name".to_owned(),
-                reason: e.to_string(),
-            })?;
+        let name = ServiceName::new(&config.service.name)
+            .map_err(|e| ConfigError::new("service.name", e))?;
         let bus = EventBus::new(config.event_capacity);
         let identities = config.identities()?;
         let discovery = Discovery::from_config(&config, &bus)?;

@@ -1,7 +1,7 @@
 //! The environment overrides a deployment sets over the file
 //! (`SERVICE_NAME`, `CONSUL_URL`, `MESH_PROFILE`).
 
-use mesh_core::MeshError;
+use mesh_core::ConfigError;
 
 use super::{DiscoveryConfig, MeshConfig, Profile};
 
@@ -11,7 +11,7 @@ impl MeshConfig {
     /// Applies the overrides the design document's Deployment sets, read
     /// through `var`: `SERVICE_NAME`, `CONSUL_URL` (for Consul discovery),
     /// `MESH_PROFILE`.
-    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), MeshError> {
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         // An empty variable is taken as unset, as shells and manifests
         // often leave one defined but blank.
         let set = |name: &str| var(name).filter(|v| !v.is_empty());
@@ -31,14 +31,14 @@ impl MeshConfig {
 }
 
 /// The profile `MESH_PROFILE` names.
-fn profile_named(name: &str) -> Result<Profile, MeshError> {
+fn profile_named(name: &str) -> Result<Profile, ConfigError> {
     match name {
         "development" => Ok(Profile::Development),
         "staging" => Ok(Profile::Staging),
         "production" => Ok(Profile::Production),
-        other => Err(MeshError::InvalidConfig {
-            what: "MESH_PROFILE".to_owned(),
-            reason: format!("{other:?}: use development, staging or production"),
-        }),
+        other => Err(ConfigError::new(
+            "MESH_PROFILE",
+            format!("{other:?}: use development, staging or production"),
+        )),
     }
 }

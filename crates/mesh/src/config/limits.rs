@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use mesh_core::MeshError;
+use mesh_core::ConfigError;
 use serde::{Deserialize, Serialize};
 
 /// Limits on calls to a service: over them, a call is refused at once
-/// with [`MeshError::LimitExceeded`] rather than queued.
+/// with [`mesh_core::MeshError::LimitExceeded`] rather than queued.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -26,13 +26,9 @@ pub struct LimitsConfig {
 impl LimitsConfig {
     /// Checks the limits written at `what` (`limits`,
     /// `services.<name>.limits`); the error names the field.
-    pub(super) fn validate(&self, what: &str) -> Result<(), MeshError> {
-        let invalid = |field: &str, reason: &str| {
-            Err(MeshError::InvalidConfig {
-                what: format!("{what}.{field}"),
-                reason: reason.to_owned(),
-            })
-        };
+    pub(super) fn validate(&self, what: &str) -> Result<(), ConfigError> {
+        let invalid =
+            |field: &str, reason: &str| Err(ConfigError::new(format!("{what}.{field}"), reason));
         if self.concurrency == Some(0) {
             return invalid("concurrency", "must be at least 1");
         }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use mesh_core::MeshError;
+use mesh_core::ConfigError;
 
 use super::{DiscoveryConfig, MeshConfig};
 
@@ -14,7 +14,7 @@ impl MeshConfig {
     /// the environment overrides (`SERVICE_NAME`, `CONSUL_URL`,
     /// `MESH_PROFILE`) and validates. A relative discovery file path is
     /// taken from the file's directory.
-    pub fn load(path: impl AsRef<Path>) -> Result<MeshConfig, MeshError> {
+    pub fn load(path: impl AsRef<Path>) -> Result<MeshConfig, ConfigError> {
         Self::load_with_env(path, |k| std::env::var(k).ok())
     }
 
@@ -23,11 +23,10 @@ impl MeshConfig {
     pub fn load_with_env(
         path: impl AsRef<Path>,
         var: impl Fn(&str) -> Option<String>,
-    ) -> Result<MeshConfig, MeshError> {
+    ) -> Result<MeshConfig, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| MeshError::InvalidConfig {
-            what: path.display().to_string(),
-            reason: format!("cannot read: {e}"),
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), "cannot read the file").caused_by(e)
         })?;
         let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
         let parsed = match yaml {
@@ -42,14 +41,14 @@ impl MeshConfig {
     }
 
     /// Parses TOML text and validates it (no environment overrides).
-    pub fn from_toml_str(text: &str) -> Result<MeshConfig, MeshError> {
+    pub fn from_toml_str(text: &str) -> Result<MeshConfig, ConfigError> {
         let config = Self::parse(text)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Parses YAML text and validates it (no environment overrides).
-    pub fn from_yaml_str(text: &str) -> Result<MeshConfig, MeshError> {
+    pub fn from_yaml_str(text: &str) -> Result<MeshConfig, ConfigError> {
         let config = Self::parse_yaml(text)?;
         config.validate()?;
         Ok(config)
@@ -66,30 +65,25 @@ impl MeshConfig {
         }
     }
 
-    fn parse_yaml(text: &str) -> Result<MeshConfig, MeshError> {
+    fn parse_yaml(text: &str) -> Result<MeshConfig, ConfigError> {
         Self::deserialize(serde_norway::Deserializer::from_str(text))
     }
 
-    fn parse(text: &str) -> Result<MeshConfig, MeshError> {
-        let de = toml::de::Deserializer::parse(text).map_err(|e| MeshError::InvalidConfig {
-            what: "the configuration".to_owned(),
-            reason: e.to_string(),
-        })?;
+    fn parse(text: &str) -> Result<MeshConfig, ConfigError> {
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| ConfigError::new("the configuration", "not valid TOML").caused_by(e))?;
         Self::deserialize(de)
     }
 
     /// Deserializes, naming the path of the key at fault.
-    fn deserialize<'de, D: serde::Deserializer<'de>>(de: D) -> Result<MeshConfig, MeshError> {
+    fn deserialize<'de, D: serde::Deserializer<'de>>(de: D) -> Result<MeshConfig, ConfigError> {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            MeshError::InvalidConfig {
-                what: if path == "." {
-                    "the configuration".to_owned()
-                } else {
-                    path
-                },
-                reason: e.into_inner().to_string(),
-            }
+            let key = match path.as_str() {
+                "." => "the configuration".to_owned(),
+                _ => path,
+            };
+            ConfigError::new(key, e.into_inner())
         })
     }
 }

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use mesh_balance::BalanceConfig;
-use mesh_breaker::BreakerConfig;
-use mesh_core::{MeshError, ServiceName};
+use mesh_breaker::{BreakerConfig, BreakerConfigBuilder};
+use mesh_core::{ConfigError, ServiceName};
 use mesh_health::{HealthConfig, UpstreamCheckConfig};
 use mesh_retry::RetryConfig;
 use mesh_tls::{SpiffeId, TlsConfig};
@@ -61,7 +61,7 @@ pub use service::{LocalService, Protocol, ServiceOverride};
 ///     max_retrys = 3
 /// "#).unwrap_err();
 /// assert!(err.to_string().contains("services.users.retry"), "{err}");
-/// # Ok::<(), mesh_core::MeshError>(())
+/// # Ok::<(), mesh_core::ConfigError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,7 +124,7 @@ impl MeshConfig {
 
     /// The SPIFFE IDs configured per service (`services.<name>.identity`),
     /// parsed; each needs `[tls]` on.
-    pub fn identities(&self) -> Result<HashMap<ServiceName, SpiffeId>, MeshError> {
+    pub fn identities(&self) -> Result<HashMap<ServiceName, SpiffeId>, ConfigError> {
         let mut identities = HashMap::new();
         for (name, o) in &self.services {
             let Some(identity) = &o.identity else {
@@ -132,22 +132,16 @@ impl MeshConfig {
             };
             let what = || format!("services.{name}.identity");
             if !self.tls_enabled() {
-                return Err(MeshError::InvalidConfig {
-                    what: what(),
-                    reason: "an expected identity needs mutual TLS: add an enabled [tls] section"
-                        .to_owned(),
-                });
+                return Err(ConfigError::new(
+                    what(),
+                    "an expected identity needs mutual TLS: add an enabled [tls] section",
+                ));
             }
             let id = identity
                 .parse::<SpiffeId>()
-                .map_err(|e| MeshError::InvalidConfig {
-                    what: what(),
-                    reason: e.to_string(),
-                })?;
-            let service = ServiceName::new(name).map_err(|e| MeshError::InvalidConfig {
-                what: format!("services.{name}"),
-                reason: e.to_string(),
-            })?;
+                .map_err(|e| ConfigError::new(what(), format!("{identity:?}: {}", e.reason())))?;
+            let service = ServiceName::new(name)
+                .map_err(|e| ConfigError::new(format!("services.{name}"), e))?;
             identities.insert(service, id);
         }
         Ok(identities)
@@ -175,19 +169,25 @@ impl MeshConfig {
     }
 
     /// The retry settings for `service`.
-    pub fn retry_for(&self, service: &str) -> Result<RetryConfig, MeshError> {
+    pub fn retry_for(&self, service: &str) -> Result<RetryConfig, ConfigError> {
         match self.pick(service, |o| o.retry.as_ref(), self.retry.as_ref()) {
             Some(retry) => retry.build(self.timeout_for(service)),
             None => self.profile.retry_within(self.timeout_for(service)),
         }
     }
 
-    /// The breaker settings for `service`.
-    pub fn breaker_for(&self, service: &str) -> Result<BreakerConfig, MeshError> {
-        match self.pick(service, |o| o.breaker.as_ref(), self.breaker.as_ref()) {
-            Some(breaker) => Ok(breaker.clone()),
-            None => self.profile.breaker(),
-        }
+    /// The breaker settings for `service`, its per-attempt timeout
+    /// ([`MeshConfig::timeout_for`]) as their call timeout: timed below
+    /// the breaker, an attempt that runs out of time counts against the
+    /// endpoint that was slow.
+    pub fn breaker_for(&self, service: &str) -> Result<BreakerConfig, ConfigError> {
+        let breaker = match self.pick(service, |o| o.breaker.as_ref(), self.breaker.as_ref()) {
+            Some(breaker) => breaker.clone(),
+            None => self.profile.breaker()?,
+        };
+        BreakerConfigBuilder::from_config(breaker)
+            .call_timeout(self.timeout_for(service))
+            .build()
     }
 
     /// The protocol for `service`.

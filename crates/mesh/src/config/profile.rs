@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use mesh_breaker::{BreakerConfig, BreakerScope};
-use mesh_core::MeshError;
+use mesh_core::ConfigError;
 use mesh_retry::{Backoff, RetryConfig};
 use serde::{Deserialize, Serialize};
 
@@ -40,14 +40,14 @@ impl Profile {
     }
 
     /// The retry defaults for the profile's own per-attempt timeout.
-    pub fn retry(self) -> Result<RetryConfig, MeshError> {
+    pub fn retry(self) -> Result<RetryConfig, ConfigError> {
         self.retry_within(self.timeout())
     }
 
     /// The retry defaults for calls whose attempts may take `attempt`:
     /// the whole call bounded by [`deadline_for`] it, a server's
     /// `Retry-After` honoured only up to [`retry_after_for`] it.
-    pub fn retry_within(self, attempt: Duration) -> Result<RetryConfig, MeshError> {
+    pub fn retry_within(self, attempt: Duration) -> Result<RetryConfig, ConfigError> {
         let builder = match self {
             Profile::Development => RetryConfig::builder()
                 .max_retries(1)
@@ -65,7 +65,7 @@ impl Profile {
 
     /// The breaker defaults: per endpoint, so one bad instance is ejected
     /// rather than the whole service refused.
-    pub fn breaker(self) -> Result<BreakerConfig, MeshError> {
+    pub fn breaker(self) -> Result<BreakerConfig, ConfigError> {
         let base = match self {
             Profile::Development => BreakerConfig::builder()
                 .consecutive_failures(20)

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use mesh_core::{MeshError, ServiceName};
+use mesh_core::{ConfigError, ServiceName};
 
 use super::{DiscoveryConfig, MeshConfig};
 
@@ -12,29 +12,31 @@ use super::{DiscoveryConfig, MeshConfig};
 
 impl MeshConfig {
     /// Checks what serde alone cannot; the error names the value.
-    pub fn validate(&self) -> Result<(), MeshError> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_names()?;
         self.validate_discovery()?;
         self.validate_timeouts()?;
         self.validate_retries()?;
         self.validate_limits_and_splits()?;
         if self.event_capacity == 0 {
-            return Err(invalid("event_capacity", "must be at least 1"));
+            return Err(ConfigError::new("event_capacity", "must be at least 1"));
         }
         self.validate_health()?;
         self.validate_tls()
     }
 
     /// The local service's name and the overridden services' names.
-    fn validate_names(&self) -> Result<(), MeshError> {
-        ServiceName::new(&self.service.name).map_err(|e| invalid("service.name", e.to_string()))?;
+    fn validate_names(&self) -> Result<(), ConfigError> {
+        ServiceName::new(&self.service.name)
+            .map_err(|e| ConfigError::new("service.name", e.to_string()))?;
         for name in self.services.keys() {
             let what = || format!("services.{name}");
-            let parsed = ServiceName::new(name).map_err(|e| invalid(what(), e.to_string()))?;
+            let parsed =
+                ServiceName::new(name).map_err(|e| ConfigError::new(what(), e.to_string()))?;
             // Names are matched in lower case: an upper-case key would
             // validate and then never apply.
             if parsed.as_str() != name {
-                return Err(invalid(
+                return Err(ConfigError::new(
                     what(),
                     format!("service names are lower case: write {parsed}"),
                 ));
@@ -44,9 +46,9 @@ impl MeshConfig {
     }
 
     /// `max_staleness` and the `[discovery]` section of its kind.
-    fn validate_discovery(&self) -> Result<(), MeshError> {
+    fn validate_discovery(&self) -> Result<(), ConfigError> {
         if self.max_staleness.is_some_and(|stale| stale.is_zero()) {
-            return Err(invalid("max_staleness", "must be above zero"));
+            return Err(ConfigError::new("max_staleness", "must be above zero"));
         }
         match &self.discovery {
             DiscoveryConfig::Static { services } => validate_static(services),
@@ -55,7 +57,7 @@ impl MeshConfig {
                 port: None,
                 port_name: None,
                 ..
-            } => Err(invalid(
+            } => Err(ConfigError::new(
                 "discovery",
                 "kubernetes discovery needs port (A records) or port_name (SRV records)",
             )),
@@ -63,7 +65,7 @@ impl MeshConfig {
             DiscoveryConfig::Consul { url, register, .. } => {
                 validate_consul_url(url)?;
                 if *register && (self.service.address.is_none() || self.service.port.is_none()) {
-                    return Err(invalid(
+                    return Err(ConfigError::new(
                         "discovery.register",
                         "registration needs service.address and service.port",
                     ));
@@ -73,8 +75,29 @@ impl MeshConfig {
         }
     }
 
-    /// The per-attempt timeouts, the file's and each service's.
-    fn validate_timeouts(&self) -> Result<(), MeshError> {
+    /// The per-attempt timeouts, the file's and each service's, the only
+    /// ones: a breaker's call timeout is the per-attempt timeout here.
+    fn validate_timeouts(&self) -> Result<(), ConfigError> {
+        let breakers = self
+            .services
+            .iter()
+            .filter_map(|(name, o)| Some((format!("services.{name}."), o.breaker.as_ref()?)));
+        for (at, breaker) in self
+            .breaker
+            .iter()
+            .map(|b| (String::new(), b))
+            .chain(breakers)
+        {
+            if breaker.call_timeout().is_some() {
+                return Err(ConfigError::new(
+                    format!("{at}breaker.call_timeout"),
+                    format!(
+                        "an attempt's time limit is `{at}timeout`, which the breaker counts \
+                         against a slow endpoint; write it there and remove call_timeout"
+                    ),
+                ));
+            }
+        }
         let overridden = self
             .services
             .iter()
@@ -83,7 +106,7 @@ impl MeshConfig {
         for (what, timeout) in timeouts {
             let Some(t) = timeout else { continue };
             if t.is_zero() || t > Duration::from_secs(3600) {
-                return Err(invalid(what, format!("{t:?} is outside (0, 1h]")));
+                return Err(ConfigError::new(what, format!("{t:?} is outside (0, 1h]")));
             }
         }
         Ok(())
@@ -91,7 +114,7 @@ impl MeshConfig {
 
     /// The retry settings, the file's and each service's, against the
     /// timeout their attempts get.
-    fn validate_retries(&self) -> Result<(), MeshError> {
+    fn validate_retries(&self) -> Result<(), ConfigError> {
         if let Some(retry) = &self.retry {
             retry.build(self.timeout_for(""))?;
         }
@@ -106,7 +129,7 @@ impl MeshConfig {
 
     /// The limits, the file's and each service's, and each service's
     /// canary split.
-    fn validate_limits_and_splits(&self) -> Result<(), MeshError> {
+    fn validate_limits_and_splits(&self) -> Result<(), ConfigError> {
         if let Some(limits) = &self.limits {
             limits.validate("limits")?;
         }
@@ -120,34 +143,30 @@ impl MeshConfig {
     }
 
     /// `[health]` and `[upstream_health]`.
-    fn validate_health(&self) -> Result<(), MeshError> {
+    fn validate_health(&self) -> Result<(), ConfigError> {
         if let Some(health) = &self.health {
             health.validate()?;
         }
         let Some(upstream) = &self.upstream_health else {
             return Ok(());
         };
-        upstream.validate().map_err(|e| match e {
-            // Named as the file names it.
-            MeshError::InvalidConfig { what, reason } => MeshError::InvalidConfig {
-                what: what.replacen("health.upstream", "upstream_health", 1),
-                reason,
-            },
-            other => other,
-        })
+        // Named as the file names it.
+        upstream
+            .validate()
+            .map_err(|e| e.renamed("health.upstream", "upstream_health"))
     }
 
     /// `[tls]`, and the identities called services must present.
-    fn validate_tls(&self) -> Result<(), MeshError> {
+    fn validate_tls(&self) -> Result<(), ConfigError> {
         if let Some(tls) = &self.tls {
-            tls.validate().map_err(|e| invalid("tls", e.to_string()))?;
+            tls.validate()?;
         }
         let identities = self.identities()?;
         let Some(tls) = self.tls.as_ref().filter(|t| t.enabled) else {
             return Ok(());
         };
         if tls.peer_identity.is_none() && identities.is_empty() {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 "tls.peer_identity",
                 "required with mutual TLS on: the SPIFFE ID each called service must present, \
                  such as \"spiffe://cluster.local/ns/default/sa/{service}\" (Kubernetes) or \
@@ -160,16 +179,16 @@ impl MeshConfig {
 }
 
 /// Static discovery: each service's name, each entry an `ip:port`.
-fn validate_static(services: &BTreeMap<String, Vec<String>>) -> Result<(), MeshError> {
+fn validate_static(services: &BTreeMap<String, Vec<String>>) -> Result<(), ConfigError> {
     for (name, entries) in services {
         ServiceName::new(name)
-            .map_err(|e| invalid(format!("discovery.services.{name}"), e.to_string()))?;
+            .map_err(|e| ConfigError::new(format!("discovery.services.{name}"), e.to_string()))?;
         let bad = entries
             .iter()
             .enumerate()
             .find(|(_, entry)| entry.parse::<std::net::SocketAddr>().is_err());
         if let Some((i, entry)) = bad {
-            return Err(invalid(
+            return Err(ConfigError::new(
                 format!("discovery.services.{name}[{i}]"),
                 format!("{entry:?} is not ip:port"),
             ));
@@ -179,9 +198,9 @@ fn validate_static(services: &BTreeMap<String, Vec<String>>) -> Result<(), MeshE
 }
 
 /// Consul's address: an http(s) URL without credentials in it.
-fn validate_consul_url(url: &str) -> Result<(), MeshError> {
+fn validate_consul_url(url: &str) -> Result<(), ConfigError> {
     if !url.starts_with("http://") && !url.starts_with("https://") {
-        return Err(invalid(
+        return Err(ConfigError::new(
             "discovery.url",
             format!("{url:?} is not an http(s) URL"),
         ));
@@ -194,19 +213,11 @@ fn validate_consul_url(url: &str) -> Result<(), MeshError> {
         .and_then(|u| u.authority().map(|a| a.as_str().contains('@')))
         .unwrap_or(false);
     if has_credentials {
-        return Err(invalid(
+        return Err(ConfigError::new(
             "discovery.url",
             "holds credentials (user:password@): give Consul's ACL token as `token`, \
              which is never printed",
         ));
     }
     Ok(())
-}
-
-/// The error for the key `what`.
-fn invalid(what: impl Into<String>, reason: impl Into<String>) -> MeshError {
-    MeshError::InvalidConfig {
-        what: what.into(),
-        reason: reason.into(),
-    }
 }

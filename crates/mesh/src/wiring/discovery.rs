@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_core::{EventBus, MeshError, Secret};
+use mesh_core::{ConfigError, EventBus, Secret};
 use mesh_discover::{
     Catalog, ConsulRegistry, DiscoverLayer, FileRegistry, KubernetesDnsRegistry, PortSource,
     Registry, StaticRegistry,
@@ -34,7 +34,10 @@ pub(crate) struct Discovery {
 
 impl Discovery {
     /// The discovery `[discovery]` describes, its events on `bus`.
-    pub(crate) fn from_config(config: &MeshConfig, bus: &EventBus) -> Result<Discovery, MeshError> {
+    pub(crate) fn from_config(
+        config: &MeshConfig,
+        bus: &EventBus,
+    ) -> Result<Discovery, ConfigError> {
         match &config.discovery {
             DiscoveryConfig::Static { services } => Self::fixed(services, bus),
             DiscoveryConfig::File { path, check_every } => {
@@ -76,7 +79,7 @@ impl Discovery {
     fn fixed(
         services: &BTreeMap<String, Vec<String>>,
         bus: &EventBus,
-    ) -> Result<Discovery, MeshError> {
+    ) -> Result<Discovery, ConfigError> {
         let mut builder = StaticRegistry::builder().events(bus.clone());
         for (service, entries) in services {
             builder = builder.service(service, entries.iter().cloned());
@@ -108,7 +111,7 @@ impl Discovery {
 
 /// The discovery file at `path`, read once now: a missing or malformed
 /// file fails the start, naming the file, instead of every first call.
-fn file_registry(path: &Path, check_every: Option<Duration>) -> Result<FileRegistry, MeshError> {
+fn file_registry(path: &Path, check_every: Option<Duration>) -> Result<FileRegistry, ConfigError> {
     let registry = FileRegistry::open(path).map_err(|e| e.within("discovery."))?;
     Ok(match check_every {
         Some(every) => registry.check_every(every),
@@ -122,7 +125,7 @@ fn consul_registry(
     token: Option<&Secret>,
     datacenter: Option<&str>,
     tags: &[String],
-) -> Result<ConsulRegistry, MeshError> {
+) -> Result<ConsulRegistry, ConfigError> {
     let mut builder = ConsulRegistry::builder(url.to_owned());
     if let Some(token) = token {
         builder = builder.token(token.clone());
@@ -156,7 +159,7 @@ fn kubernetes_registry(
     namespace: Option<&str>,
     zone: Option<&str>,
     nameserver: Option<SocketAddr>,
-) -> Result<KubernetesDnsRegistry, MeshError> {
+) -> Result<KubernetesDnsRegistry, ConfigError> {
     let mut builder = KubernetesDnsRegistry::builder(source);
     if let Some(ns) = namespace {
         builder = builder.namespace(ns);

@@ -1,7 +1,7 @@
 //! The local service's health from configuration: the manager that runs
 //! its checks and answers its probes.
 
-use mesh_core::{EventBus, MeshError};
+use mesh_core::{ConfigError, EventBus};
 use mesh_health::{HealthCheck, HealthCheckManager};
 
 use crate::config::MeshConfig;
@@ -13,7 +13,7 @@ pub(crate) fn manager(
     config: &MeshConfig,
     checks: Vec<HealthCheck>,
     bus: &EventBus,
-) -> Result<Option<HealthCheckManager>, MeshError> {
+) -> Result<Option<HealthCheckManager>, ConfigError> {
     if config.health.is_none() && checks.is_empty() {
         return Ok(None);
     }

@@ -1,13 +1,15 @@
 //! The routes from configuration: each service's stack of layers (retry,
-//! discovery, split, balance, breaker, timeout, transport), its own when
-//! the configuration overrides the service, else the shared default.
+//! discovery, split, balance, breaker, transport), its own when the
+//! configuration overrides the service, else the shared default. The
+//! breaker times each attempt (its call timeout is the per-attempt
+//! timeout); retry holds the whole call to its deadline.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use mesh_balance::BalanceLayer;
 use mesh_breaker::BreakerLayer;
-use mesh_core::{EventBus, MeshError, ServiceName};
+use mesh_core::{ConfigError, EventBus, ServiceName};
 use mesh_discover::DiscoverLayer;
 use mesh_retry::RetryLayer;
 use tower::ServiceBuilder;
@@ -19,9 +21,7 @@ use crate::transport::{Transport, Transports};
 /// One service's whole stack, outermost layer first.
 pub(crate) type Stack = mesh_retry::Retry<
     mesh_discover::DiscoverService<
-        crate::split::SplitService<
-            mesh_balance::Balance<mesh_breaker::Breaker<tower::timeout::Timeout<Transport>>>,
-        >,
+        crate::split::SplitService<mesh_balance::Balance<mesh_breaker::Breaker<Transport>>>,
     >,
 >;
 
@@ -63,7 +63,7 @@ impl Routes {
     pub(crate) fn new(
         parts: &RouteParts<'_>,
         transports: &Transports,
-    ) -> Result<Routes, MeshError> {
+    ) -> Result<Routes, ConfigError> {
         let default = parts.route("", transports.pick(false, false))?;
         let mut overridden = HashMap::new();
         for (service, o) in &parts.config.services {
@@ -104,7 +104,7 @@ impl Routes {
 
 impl RouteParts<'_> {
     /// `service`'s layers (the defaults' for `""`) over `transport`.
-    fn route(&self, service: &str, transport: &Transport) -> Result<Route, MeshError> {
+    fn route(&self, service: &str, transport: &Transport) -> Result<Route, ConfigError> {
         let config = self.config;
         let bus = self.bus;
         let retry = RetryLayer::new(config.retry_for(service)?).events(bus.clone());
@@ -116,7 +116,6 @@ impl RouteParts<'_> {
             .layer(SplitLayer(Arc::clone(self.splits)))
             .layer(balance.clone())
             .layer(breaker.clone())
-            .timeout(config.timeout_for(service))
             .service(transport.clone());
         Ok(Route {
             stack,

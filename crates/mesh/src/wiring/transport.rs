@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use mesh_core::{EventBus, MeshError, ServiceName};
+use mesh_core::{ConfigError, EventBus, ServiceName};
 use mesh_discover::Catalog;
 use mesh_tls::{Credentials, SpiffeId, TlsError};
 
@@ -15,7 +15,7 @@ use crate::transport::Transports;
 pub(crate) fn credentials(
     config: &MeshConfig,
     bus: &EventBus,
-) -> Result<Option<Credentials>, MeshError> {
+) -> Result<Option<Credentials>, ConfigError> {
     let Some(tls) = config.tls.as_ref().filter(|t| t.enabled) else {
         return Ok(None);
     };
@@ -39,10 +39,11 @@ pub(crate) fn transports(
     Transports::new(tls, catalog)
 }
 
-/// A TLS failure while setting up, reported against `tls`.
-pub(crate) fn tls_error(e: TlsError) -> MeshError {
-    MeshError::InvalidConfig {
-        what: "tls".to_owned(),
-        reason: e.to_string(),
+/// A TLS failure while setting up, reported against `tls`, the
+/// [`TlsError`] kept as its cause.
+pub(crate) fn tls_error(e: TlsError) -> ConfigError {
+    match e {
+        TlsError::Config(e) => e,
+        other => ConfigError::new("tls", &other).caused_by(other),
     }
 }
