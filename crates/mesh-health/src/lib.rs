@@ -3,7 +3,7 @@
 #![warn(missing_docs, clippy::unwrap_used)]
 
 mod check;
-pub mod common;
+pub mod checks;
 mod config;
 mod layer;
 mod manager;

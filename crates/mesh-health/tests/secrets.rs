@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use http::{HeaderMap, StatusCode};
 use mesh_core::{EventBus, Probe};
-use mesh_health::{common, HealthCheck, HealthCheckManager, HealthLayer, ProbeClient};
+use mesh_health::{checks, HealthCheck, HealthCheckManager, HealthLayer, ProbeClient};
 use mesh_testkit::net::free_port;
 use tower::{Layer, ServiceExt};
 
@@ -84,7 +84,7 @@ async fn the_password_of_a_check_url_is_sent_as_basic_auth_and_never_shown() {
             .expect("url")
     };
     let check = |name: &str, url| {
-        HealthCheck::builder(name, common::http_get(url, common::HttpExpect::default()))
+        HealthCheck::builder(name, checks::http_get(url, checks::HttpExpect::default()))
             .probes([Probe::Readiness])
             .failure_threshold(1)
             .build()
@@ -94,12 +94,12 @@ async fn the_password_of_a_check_url_is_sent_as_basic_auth_and_never_shown() {
     let refused = check("refused", url(format!("127.0.0.1:{closed}")));
     let wrong = HealthCheck::builder(
         "wrong-password",
-        common::http_get_with(
+        checks::http_get_with(
             ProbeClient::plaintext(),
             format!("http://admin:n0t-{PASSWORD}@{guarded}/")
                 .parse()
                 .expect("url"),
-            common::HttpExpect::default(),
+            checks::HttpExpect::default(),
         ),
     )
     .failure_threshold(1)

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// How the base delay grows from one retry to the next.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Strategy {
+pub enum Growth {
     /// `initial x multiplier^n` before retry `n` (from 0).
     Exponential {
         /// The first delay.
@@ -38,7 +38,7 @@ pub enum Strategy {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Jitter {
-    /// Exactly the strategy's delay.
+    /// Exactly the growth's delay.
     #[default]
     None,
     /// Uniform in `[0, d]`.
@@ -51,7 +51,7 @@ pub enum Jitter {
     Decorrelated,
 }
 
-/// A backoff schedule: a [`Strategy`], a cap on any single delay, and a
+/// A backoff schedule: a [`Growth`], a cap on any single delay, and a
 /// [`Jitter`]. Every delay lies in `[0, max_delay]`.
 ///
 /// It is a plain value, usable without tower: [`Backoff::delays`] is an
@@ -70,7 +70,7 @@ pub enum Jitter {
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Backoff {
-    strategy: Strategy,
+    growth: Growth,
     max_delay: Duration,
     jitter: Jitter,
 }
@@ -82,7 +82,7 @@ impl Backoff {
     /// Exponential backoff from `initial`, capped at 30 s until
     /// [`Backoff::max_delay`] says otherwise.
     pub fn exponential(initial: Duration, multiplier: f64) -> Backoff {
-        Backoff::of(Strategy::Exponential {
+        Backoff::of(Growth::Exponential {
             initial,
             multiplier,
         })
@@ -90,22 +90,22 @@ impl Backoff {
 
     /// Linear backoff by steps of `initial`.
     pub fn linear(initial: Duration) -> Backoff {
-        Backoff::of(Strategy::Linear { initial })
+        Backoff::of(Growth::Linear { initial })
     }
 
     /// The same `delay` before every retry.
     pub fn constant(delay: Duration) -> Backoff {
-        Backoff::of(Strategy::Constant { delay })
+        Backoff::of(Growth::Constant { delay })
     }
 
     /// Fibonacci backoff from `initial`.
     pub fn fibonacci(initial: Duration) -> Backoff {
-        Backoff::of(Strategy::Fibonacci { initial })
+        Backoff::of(Growth::Fibonacci { initial })
     }
 
-    fn of(strategy: Strategy) -> Backoff {
+    fn of(growth: Growth) -> Backoff {
         Backoff {
-            strategy,
+            growth,
             max_delay: DEFAULT_CAP,
             jitter: Jitter::None,
         }
@@ -123,9 +123,9 @@ impl Backoff {
         self
     }
 
-    /// The strategy.
-    pub fn strategy(&self) -> Strategy {
-        self.strategy
+    /// How the delay grows.
+    pub fn growth(&self) -> Growth {
+        self.growth
     }
 
     /// The cap on any single delay.
@@ -138,28 +138,28 @@ impl Backoff {
         self.jitter
     }
 
-    /// The first delay of the strategy, before jitter and cap.
+    /// The first delay of the growth, before jitter and cap.
     fn initial(&self) -> Duration {
-        match self.strategy {
-            Strategy::Exponential { initial, .. }
-            | Strategy::Linear { initial }
-            | Strategy::Fibonacci { initial } => initial,
-            Strategy::Constant { delay } => delay,
+        match self.growth {
+            Growth::Exponential { initial, .. }
+            | Growth::Linear { initial }
+            | Growth::Fibonacci { initial } => initial,
+            Growth::Constant { delay } => delay,
         }
     }
 
-    /// The strategy's delay before retry `n` (from 0), capped, without
+    /// The growth's delay before retry `n` (from 0), capped, without
     /// jitter.
     pub fn base_delay(&self, n: u32) -> Duration {
         let nanos = |d: Duration| d.as_nanos() as f64;
-        let raw = match self.strategy {
-            Strategy::Constant { delay } => nanos(delay),
-            Strategy::Linear { initial } => nanos(initial) * (f64::from(n) + 1.0),
-            Strategy::Exponential {
+        let raw = match self.growth {
+            Growth::Constant { delay } => nanos(delay),
+            Growth::Linear { initial } => nanos(initial) * (f64::from(n) + 1.0),
+            Growth::Exponential {
                 initial,
                 multiplier,
             } => nanos(initial) * multiplier.powi(n.min(1024) as i32),
-            Strategy::Fibonacci { initial } => nanos(initial) * fibonacci(n.saturating_add(1)),
+            Growth::Fibonacci { initial } => nanos(initial) * fibonacci(n.saturating_add(1)),
         };
         clamp(raw, self.max_delay)
     }
@@ -288,7 +288,7 @@ mod tests {
         );
     }
 
-    fn strategy() -> impl Strategy<Value = Backoff> {
+    fn backoff() -> impl Strategy<Value = Backoff> {
         let d = (1u64..1000).prop_map(Duration::from_millis);
         prop_oneof![
             (d.clone(), 1.0f64..5.0).prop_map(|(i, m)| Backoff::exponential(i, m)),
@@ -308,10 +308,10 @@ mod tests {
     }
 
     proptest! {
-        /// Every delay of every strategy and jitter lies in [0, cap], and
+        /// Every delay of every growth and jitter lies in [0, cap], and
         /// each jitter stays within its documented range.
         #[test]
-        fn delays_stay_within_their_bounds(b in strategy(), j in jitter(), cap_ms in 1u64..20_000, n in 0usize..40) {
+        fn delays_stay_within_their_bounds(b in backoff(), j in jitter(), cap_ms in 1u64..20_000, n in 0usize..40) {
             let b = b.max_delay(Duration::from_millis(cap_ms)).jitter(j);
             let mut previous = None;
             for (i, d) in b.delays().take(n).enumerate() {

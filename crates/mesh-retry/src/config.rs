@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use mesh_core::{ConfigError, FailureKind, StatusSet};
 
-use crate::backoff::{Backoff, Strategy};
+use crate::backoff::{Backoff, Growth};
 use crate::budget::{RetryBudget, RetryBudgetConfig};
 
 /// What a custom retry condition sees of one attempt.
@@ -242,7 +242,7 @@ pub(crate) fn check_backoff(backoff: &Backoff) -> Result<(), ConfigError> {
             format!("{:?} is more than one hour", backoff.cap()),
         ));
     }
-    if let Strategy::Exponential { multiplier, .. } = backoff.strategy() {
+    if let Growth::Exponential { multiplier, .. } = backoff.growth() {
         if !(1.0..=100.0).contains(&multiplier) {
             return Err(ConfigError::new(
                 "multiplier",

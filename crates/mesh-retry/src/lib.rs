@@ -11,7 +11,7 @@ mod replay;
 mod service;
 mod settings;
 
-pub use backoff::{Backoff, Delays, Jitter, Strategy};
+pub use backoff::{Backoff, Delays, Growth, Jitter};
 pub use budget::{RetryBudget, RetryBudgetConfig};
 pub use config::{RetryConfig, RetryConfigBuilder, RetryContext, RetryPredicate};
 pub use layer::RetryLayer;

@@ -352,7 +352,7 @@ impl Prober {
         let status = response.status();
         // Read (a bounded part of) the body so a small one lets the
         // connection be reused.
-        let _ = crate::common::read_prefix(response.into_body(), 64 * 1024).await;
+        let _ = crate::checks::read_prefix(response.into_body(), 64 * 1024).await;
         match status.is_success() || status.is_redirection() {
             true => Ok(()),
             false => Err(format!("{shown}: status {status}")),

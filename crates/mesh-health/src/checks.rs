@@ -4,9 +4,9 @@
 //! too.
 //!
 //! ```
-//! use mesh_health::{common, HealthCheck};
-//! let disk = HealthCheck::builder("disk", common::disk_usage("/", 95.0)).build()?;
-//! let memory = HealthCheck::builder("memory", common::memory_usage(90.0)).build()?;
+//! use mesh_health::{checks, HealthCheck};
+//! let disk = HealthCheck::builder("disk", checks::disk_usage("/", 95.0)).build()?;
+//! let memory = HealthCheck::builder("memory", checks::memory_usage(90.0)).build()?;
 //! # let _ = (disk, memory);
 //! # Ok::<(), mesh_core::ConfigError>(())
 //! ```
@@ -74,9 +74,9 @@ pub fn http_get(
 /// it a client over your TLS connector).
 ///
 /// ```
-/// use mesh_health::{common, HealthCheck, ProbeClient};
+/// use mesh_health::{checks, HealthCheck, ProbeClient};
 /// let url = "http://admin:s3cret@127.0.0.1:8080/health".parse()?;
-/// let check = common::http_get_with(ProbeClient::plaintext(), url, common::HttpExpect::default());
+/// let check = checks::http_get_with(ProbeClient::plaintext(), url, checks::HttpExpect::default());
 /// let check = HealthCheck::builder("admin-api", check).build()?;
 /// # let _ = check;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
