@@ -140,6 +140,8 @@ async fn main() -> Result<(), BoxError> {
             .consecutive_failures(5)
             .open_duration(Duration::from_millis(500))
             .half_open_probes(1)
+            // The per-attempt timeout: a slow instance counts as failing.
+            .call_timeout(Duration::from_millis(20))
             .build()?,
     )
     .events(events.clone());
@@ -148,7 +150,6 @@ async fn main() -> Result<(), BoxError> {
         .layer(DiscoverLayer::new(registry.catalog()))
         .layer(BalanceLayer::round_robin())
         .layer(breaker)
-        .timeout(Duration::from_millis(20))
         .service(client);
     let meshed = run("tower-mesh", &opts, move |i| {
         let mut stack = stack.clone();

@@ -808,10 +808,22 @@ async fn a_timed_out_attempt_counts_against_the_breaker_which_has_no_timeout_of_
         &format!("{NO_RETRY}{breaker}"),
     ))
     .await;
+    let mut events = client.subscribe();
     for call in 0..2 {
         let err = get(&client, "users").await.expect_err("too slow");
         assert!(timed_out(&err), "call {call}: {err}");
+        // The endpoint that was slow is named, in the error and the event.
+        let named = MeshError::endpoint_of(&*err).map(|e| e.to_string());
+        assert_eq!(named, Some(slow.addr().to_string()), "{err}");
     }
+    let completed: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter_map(|event| match event {
+            mesh::core::MeshEvent::RequestCompleted { endpoint, .. } => Some(endpoint),
+            _ => None,
+        })
+        .collect();
+    let slow_id = mesh::core::EndpointId::new(&slow.addr().to_string()).expect("id");
+    assert_eq!(completed, [Some(slow_id.clone()), Some(slow_id)]);
     // Two timeouts, counted by the breaker: the third call is refused
     // without being sent.
     let err = get(&client, "users").await.expect_err("open");
@@ -937,6 +949,11 @@ async fn retry_deadline_bounds_the_whole_call() {
         .await;
         let started = Instant::now();
         let outcome = get(&client, "users").await;
+        if let Err(err) = &outcome {
+            // The caller's time ran out: a timeout that blames no endpoint.
+            assert!(timed_out(err), "{err}");
+            assert_eq!(MeshError::endpoint_of(&**err), None, "{err}");
+        }
         outcomes.push((
             outcome.is_ok(),
             started.elapsed() < Duration::from_millis(1500),

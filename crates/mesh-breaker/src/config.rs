@@ -625,9 +625,17 @@ impl BreakerConfigBuilder {
         self.settings.half_open_max_wait = d;
         self
     }
-    /// Cancels, and counts as failed, any call longer than `d`.
+    /// Cancels, and counts as failed (unless the layer's classifier says
+    /// otherwise), any call longer than `d`: the per-attempt timeout of a
+    /// stack, timed here so a slow endpoint counts against its circuit.
     pub fn call_timeout(mut self, d: Duration) -> Self {
         self.settings.call_timeout = Some(d);
+        self
+    }
+    /// No call timeout (a preset's removed), for a stack whose calls are
+    /// timed elsewhere.
+    pub fn no_call_timeout(mut self) -> Self {
+        self.settings.call_timeout = None;
         self
     }
     /// Keeps at most `n` breakers, evicting idle ones.
@@ -809,5 +817,16 @@ mod tests {
             serde_json::from_str::<BreakerConfig>(&json).unwrap(),
             config
         );
+    }
+
+    #[test]
+    fn a_preset_s_call_timeout_can_be_cleared() {
+        let strict = BreakerConfig::strict();
+        assert!(strict.call_timeout().is_some());
+        let untimed = BreakerConfigBuilder::from_config(strict)
+            .no_call_timeout()
+            .build()
+            .unwrap();
+        assert_eq!(untimed.call_timeout(), None);
     }
 }

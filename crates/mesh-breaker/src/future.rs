@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use mesh_core::{clock, BoxError, Endpoint, FailureKind, MeshError, Outcome};
+use mesh_core::{clock, BoxError, Endpoint, MeshError, Outcome};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
@@ -14,12 +14,15 @@ use crate::registry::Entry;
 /// Holds a call's permit until its outcome is recorded. A call dropped
 /// before it finished (cancelled by its caller) is recorded as ignored: it
 /// says nothing about the upstream, and a probe's slot goes to another
-/// call instead of leaving the circuit half-open until it times out.
+/// call instead of leaving the circuit half-open until it times out. One
+/// dropped after its call timeout had run out is a timeout all the same
+/// (a caller whose own limit ended on the same tick cancelled it first).
 pub(crate) struct Tracker {
     entry: Arc<Entry>,
     permit: Permit,
     endpoint: Option<Endpoint>,
     started: Option<Instant>,
+    timed_out_at: Option<(Instant, Duration)>,
     done: bool,
 }
 
@@ -30,8 +33,22 @@ impl Tracker {
             entry,
             permit,
             endpoint,
+            timed_out_at: None,
             done: false,
         }
+    }
+
+    /// Notes when the call's timeout of `limit` runs out.
+    fn times_out(&mut self, limit: Duration) {
+        self.timed_out_at = Some((Instant::now() + limit, limit));
+    }
+
+    /// Records a timeout after `limit`, as the classifier judges it.
+    fn finish_timed_out(&mut self, limit: Duration) -> MeshError {
+        let timeout = MeshError::Timeout { after: limit };
+        let outcome = self.classifier().classify_error_outcome(&timeout);
+        self.finish(outcome);
+        timeout
     }
 
     pub(crate) fn classifier(&self) -> &mesh_core::FailureClassifier {
@@ -79,8 +96,14 @@ impl Tracker {
 
 impl Drop for Tracker {
     fn drop(&mut self) {
-        if !self.done {
-            self.finish(Outcome::Ignored);
+        if self.done {
+            return;
+        }
+        match self.timed_out_at {
+            Some((at, limit)) if Instant::now() >= at => {
+                self.finish_timed_out(limit);
+            }
+            _ => self.finish(Outcome::Ignored),
         }
     }
 }
@@ -168,15 +191,19 @@ where
                 };
                 if timeout.is_none() {
                     timeout.set(Some(tokio::time::sleep(limit)));
+                    if let Some(tracker) = tracker.as_mut() {
+                        tracker.times_out(limit);
+                    }
                 }
                 if let Some(sleep) = timeout.as_pin_mut() {
                     if sleep.poll(cx).is_ready() {
                         // The call is cancelled when the caller drops this
                         // future, right after this answer.
-                        if let Some(mut tracker) = tracker.take() {
-                            tracker.finish(Outcome::Failure(FailureKind::Timeout));
-                        }
-                        return Poll::Ready(Err(MeshError::Timeout { after: limit }.into()));
+                        let error = match tracker.take() {
+                            Some(mut tracker) => tracker.finish_timed_out(limit),
+                            None => MeshError::Timeout { after: limit },
+                        };
+                        return Poll::Ready(Err(error.into()));
                     }
                 }
                 Poll::Pending

@@ -164,6 +164,31 @@ async fn a_call_over_the_timeout_is_cancelled_and_counts_as_a_failure() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_cancelled_after_its_timeout_ran_out_is_a_timeout_and_one_before_is_ignored() {
+    let layer = BreakerLayer::new(
+        BreakerConfig::builder()
+            .consecutive_failures(5)
+            .call_timeout(Duration::from_millis(100))
+            .build()
+            .expect("config"),
+    );
+    let mut svc = layer.layer(service_fn(|_req: Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        status(200)
+    }));
+    // Cancelled (by a caller whose own limit ended on the same tick) with
+    // the timeout run out but not yet polled; then one cancelled early.
+    for waited in [Duration::from_millis(100), Duration::from_millis(50)] {
+        let mut call = Box::pin(svc.ready().await.expect("ready").call(get()));
+        assert!(futures_poll(&mut call).is_none(), "the call is under way");
+        tokio::time::advance(waited).await;
+        drop(call);
+    }
+    let metrics = layer.handle(&key()).expect("breaker").metrics();
+    assert_eq!((metrics.failed_total, metrics.ignored_total), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
 async fn slow_but_successful_calls_trip_the_breaker() {
     let layer = BreakerLayer::new(
         BreakerConfig::builder()

@@ -2,11 +2,12 @@
 //! request is sent.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use crate::error::{root_cause, BoxError};
 
 /// A configuration value refused when a layer, registry or client is built:
-/// the key at fault (`retry.max_attempts`, `discovery.file`,
+/// the key at fault (`retry.max_retries`, `discovery.file`,
 /// `services.users.breaker.failure_rate_threshold`) and why, in words that
 /// say what to fix.
 ///
@@ -34,15 +35,19 @@ use crate::error::{root_cause, BoxError};
 /// ```
 #[derive(Debug)]
 pub struct ConfigError {
+    file: Option<PathBuf>,
     key: String,
     reason: String,
     source: Option<BoxError>,
 }
 
+// === impl ConfigError ===
+
 impl ConfigError {
     /// The value at `key` is refused, because of `reason`.
     pub fn new(key: impl Into<String>, reason: impl fmt::Display) -> Self {
         ConfigError {
+            file: None,
             key: key.into(),
             reason: reason.to_string(),
             source: None,
@@ -74,6 +79,17 @@ impl ConfigError {
         self
     }
 
+    /// This error, about a key of the file at `path` (said before the key).
+    pub fn in_file(mut self, path: &Path) -> Self {
+        self.file = Some(path.to_owned());
+        self
+    }
+
+    /// The file the key is in, when the configuration was read from one.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
     /// The key (or file, or address) at fault.
     pub fn key(&self) -> &str {
         &self.key
@@ -87,7 +103,11 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: {}: {}", self.key, self.reason)?;
+        f.write_str("invalid configuration: ")?;
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        write!(f, "{}: {}", self.key, self.reason)?;
         let Some(source) = &self.source else {
             return Ok(());
         };
@@ -115,10 +135,10 @@ mod tests {
 
     #[test]
     fn without_a_cause_the_message_is_key_and_reason() {
-        let err = ConfigError::new("retry.max_attempts", "must be at least 1, got 0");
+        let err = ConfigError::new("retry.backoff", "\"quadratic\" is not a backoff");
         assert_eq!(
             err.to_string(),
-            "invalid configuration: retry.max_attempts: must be at least 1, got 0"
+            "invalid configuration: retry.backoff: \"quadratic\" is not a backoff"
         );
         assert!(std::error::Error::source(&err).is_none());
     }

@@ -1,4 +1,5 @@
-//! [`MeshError`]: the one error type of tower-mesh layers.
+//! [`MeshError`]: what a request meets in tower-mesh layers (a
+//! configuration refused when built is a [`crate::ConfigError`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,8 +17,10 @@ fn at(endpoint: &EndpointId, address: &SocketAddr) -> String {
     }
 }
 
-/// The innermost error of `error`'s source chain, as text.
-pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+/// The innermost error of `error`'s source chain, as text: what an error
+/// whose message ends with its root cause (and keeps the whole chain as
+/// its source) says last.
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut root = error;
     while let Some(next) = root.source() {
         root = next;
@@ -199,6 +202,20 @@ pub enum MeshError {
 }
 
 impl MeshError {
+    /// The endpoint a failure names: the first [`MeshError::Endpoint`] in
+    /// `err`'s source chain, `err` included ([`MeshError::find`] looks
+    /// through that context to the cause beneath).
+    pub fn endpoint_of<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a EndpointId> {
+        let mut next = Some(err);
+        while let Some(e) = next {
+            if let Some(MeshError::Endpoint { endpoint, .. }) = e.downcast_ref::<MeshError>() {
+                return Some(endpoint);
+            }
+            next = e.source();
+        }
+        None
+    }
+
     /// The first `MeshError` in `err`'s source chain, `err` included.
     ///
     /// ```

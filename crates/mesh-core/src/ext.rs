@@ -9,7 +9,7 @@
 //! | [`AffinityKey`] | the user | balancer (session affinity, consistent hashing) |
 //! | [`Attempt`] | retry | anyone tracing or logging |
 //! | [`AvoidEndpoints`] | retry | balancer |
-//! | [`Deadline`] | retry | retry's per-attempt timeout, any layer that waits |
+//! | [`Deadline`] | the caller (the facade's call timeout), then retry (the earlier of that and its own) | retry: each attempt is cut at it, no backoff starts past it |
 //! | `mesh_retry::RetryBudget` | the user or the facade (one per service, so one service's failures spend only its own retries) | retry: counts the request and pays its retries from it instead of the layer's budget |
 //! | [`EndpointSlot`] | a layer that may cancel an attempt (retry's timeout) | written by the balancer |
 //! | [`crate::EndpointSet`] | discovery | balancer; breaker and events take the service from it when there is no [`TargetService`] |

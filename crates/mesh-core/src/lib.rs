@@ -17,7 +17,7 @@ mod state;
 pub use classify::{FailureClassifier, FailureKind, Outcome, StatusSet};
 pub use config_error::ConfigError;
 pub use endpoint::{Endpoint, EndpointBuilder, Weight};
-pub use error::{error_chain, BoxError, ConnectError, MeshError};
+pub use error::{error_chain, root_cause, BoxError, ConnectError, MeshError};
 pub use event::{CircuitState, EventBus, MeshEvent, Probe, ProbeStatus};
 pub use name::{EndpointId, InvalidName, ServiceName};
 pub use secret::Secret;

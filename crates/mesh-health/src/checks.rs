@@ -21,7 +21,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 
-use crate::check::{CheckError, CheckFuture};
+use crate::health_check::{CheckError, CheckFuture};
 use crate::probe::ProbeClient;
 use crate::redact::{base64, basic_credentials, without_userinfo, Redacted};
 
@@ -208,7 +208,7 @@ pub fn disk_percent(path: &Path) -> Result<f64, CheckError> {
 pub mod memory {
     use std::path::{Path, PathBuf};
 
-    use crate::check::CheckError;
+    use crate::health_check::CheckError;
 
     /// Bytes in use and the limit they count against.
     #[derive(Clone, Debug, PartialEq)]

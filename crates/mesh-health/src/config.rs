@@ -7,7 +7,7 @@ use std::time::Duration;
 use mesh_core::{ConfigError, Probe};
 use serde::{Deserialize, Serialize};
 
-use crate::check::{CheckError, HealthCheck, HealthCheckBuilder};
+use crate::health_check::{CheckError, HealthCheck, HealthCheckBuilder};
 use crate::layer::{HealthLayer, HealthPaths};
 use crate::manager::HealthCheckManager;
 

@@ -1,8 +1,6 @@
 //! [`HealthLayer`]: answers `/health/live`, `/health/ready` and
 //! `/health/startup` in front of any hyper service or axum `Router`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -10,11 +8,11 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use mesh_core::{ConfigError, Probe, ProbeStatus};
-use pin_project_lite::pin_project;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
 
+use crate::future::ResponseFuture;
 use crate::manager::HealthCheckManager;
 
 /// Where the probes are served.
@@ -251,61 +249,4 @@ fn status_only(status: ProbeStatus) -> Bytes {
         ProbeStatus::Degraded => br#"{"status":"degraded"}"#,
         ProbeStatus::Unhealthy => br#"{"status":"unhealthy"}"#,
     })
-}
-
-pin_project! {
-    /// The response future of [`HealthService`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Probe { response: Option<Response<Full<Bytes>>> },
-        Inner { #[pin] future: F },
-    }
-}
-
-impl<F> ResponseFuture<F> {
-    fn probe(response: Response<Full<Bytes>>) -> Self {
-        ResponseFuture {
-            kind: Kind::Probe {
-                response: Some(response),
-            },
-        }
-    }
-
-    fn inner(future: F) -> Self {
-        ResponseFuture {
-            kind: Kind::Inner { future },
-        }
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<Either<Full<Bytes>, B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Probe { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response.map(Either::Left))),
-                // Polled again after completing: an empty 500 rather than
-                // a panic.
-                None => {
-                    let mut response = Response::new(Full::new(Bytes::new()));
-                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    Poll::Ready(Ok(response.map(Either::Left)))
-                }
-            },
-            KindProj::Inner { future } => future
-                .poll(cx)
-                .map(|r| r.map(|response| response.map(Either::Right))),
-        }
-    }
 }

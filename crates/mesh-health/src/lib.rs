@@ -2,9 +2,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
 
-mod check;
 pub mod checks;
 mod config;
+mod future;
+mod health_check;
 mod layer;
 mod manager;
 mod probe;
@@ -13,9 +14,10 @@ mod report;
 mod state;
 mod upstream;
 
-pub use check::{CheckError, CheckFuture, HealthCheck, HealthCheckBuilder};
 pub use config::{HealthConfig, PathsConfig};
-pub use layer::{HealthLayer, HealthPaths, HealthService, ResponseFuture};
+pub use future::ResponseFuture;
+pub use health_check::{CheckError, CheckFuture, HealthCheck, HealthCheckBuilder};
+pub use layer::{HealthLayer, HealthPaths, HealthService};
 pub use manager::{HealthCheckManager, HealthCheckManagerBuilder};
 pub use mesh_core::{Probe, ProbeStatus};
 pub use probe::{ProbeBody, ProbeClient};

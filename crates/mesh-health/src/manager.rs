@@ -9,7 +9,7 @@ use mesh_core::{ConfigError, EventBus, MeshEvent, Probe, ProbeStatus};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::check::HealthCheck;
+use crate::health_check::HealthCheck;
 use crate::report::{CheckMetrics, CheckReport, ProbeReport};
 use crate::state::{CheckState, CheckStatus, Transition};
 

@@ -38,7 +38,7 @@ pub enum Growth {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Jitter {
-    /// Exactly the growth's delay.
+    /// Exactly the delay its growth gives.
     #[default]
     None,
     /// Uniform in `[0, d]`.
@@ -138,7 +138,7 @@ impl Backoff {
         self.jitter
     }
 
-    /// The first delay of the growth, before jitter and cap.
+    /// The first delay, before jitter and cap.
     fn initial(&self) -> Duration {
         match self.growth {
             Growth::Exponential { initial, .. }

@@ -205,16 +205,7 @@ fn failed_endpoint<RB>(result: &Result<Response<RB>, BoxError>) -> Option<Endpoi
             .extensions()
             .get::<SelectedEndpoint>()
             .map(|s| s.0.id().clone()),
-        Err(error) => {
-            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
-            while let Some(e) = next {
-                if let Some(MeshError::Endpoint { endpoint, .. }) = e.downcast_ref::<MeshError>() {
-                    return Some(endpoint.clone());
-                }
-                next = e.source();
-            }
-            None
-        }
+        Err(error) => MeshError::endpoint_of(error.as_ref()).cloned(),
     }
 }
 

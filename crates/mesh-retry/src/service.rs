@@ -99,8 +99,15 @@ where
 
 /// Bounds each attempt by the per-attempt timeout and by the time left
 /// before the request's [`Deadline`]; an attempt cut short fails with
-/// [`MeshError::Timeout`], which the policy may retry. The inner service's
-/// errors come out boxed, as the policy classifies them.
+/// [`MeshError::Timeout`], which the policy may retry. Cut by the
+/// per-attempt timeout, the timeout names the endpoint (inside
+/// [`MeshError::Endpoint`]), avoided by the next attempt; cut by the
+/// deadline, it names none. The inner service's errors come out boxed, as
+/// the policy classifies them.
+///
+/// Cut here, above the stack, an attempt is cancelled for the layers below:
+/// a breaker under it records no failure. To count slow calls against an
+/// endpoint, time them with the breaker's `call_timeout` instead.
 #[derive(Clone, Debug)]
 pub struct AttemptTimeout<S> {
     inner: S,
@@ -129,9 +136,12 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        // With a limit, the attempt may be cut before any response names
-        // its endpoint: ask the balancer to note it.
-        let slot = limit.map(|_| EndpointSlot::default());
+        // Cut by the per-attempt timeout, the attempt was too slow and its
+        // endpoint is named (the balancer notes it here) so the next
+        // attempt avoids it; cut by the deadline, the caller's time ran
+        // out, which says nothing about the endpoint.
+        let endpoint_to_blame = self.per_attempt.is_some() && limit == self.per_attempt;
+        let slot = endpoint_to_blame.then(EndpointSlot::default);
         let mut req = req;
         if let Some(slot) = &slot {
             req.extensions_mut().insert(slot.clone());
@@ -172,8 +182,8 @@ where
         if let Some(sleep) = this.sleep.as_pin_mut() {
             if sleep.poll(cx).is_ready() {
                 let timeout = MeshError::Timeout { after: *this.limit };
-                // Name the endpoint that was too slow, so the policy puts it
-                // on the avoid list for the next attempt.
+                // Name the endpoint that was too slow (per-attempt timeouts
+                // only), so the policy puts it on the avoid list.
                 let error = match this.slot.as_ref().and_then(EndpointSlot::get) {
                     Some((service, endpoint)) => MeshError::Endpoint {
                         service,

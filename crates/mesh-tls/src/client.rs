@@ -36,7 +36,7 @@ use crate::verify::{CurrentCert, PeerVerification, ServerVerifier};
 /// use hyper_util::client::legacy::Client;
 /// use hyper_util::rt::TokioExecutor;
 /// use mesh_tls::{ClientTls, Credentials, IdentityPolicy, PemSource};
-/// # fn main() -> Result<(), mesh_tls::TlsError> {
+/// # fn main() -> Result<(), mesh_core::BoxError> {
 /// let credentials = Credentials::load(PemSource::files("tls.crt", "tls.key", "ca.crt"))?;
 /// let tls = ClientTls::builder(credentials)
 ///     .verify_identity(IdentityPolicy::new().allow("spiffe://cluster.local/ns/default/sa/users".parse()?))

@@ -161,10 +161,8 @@ impl TlsConfig {
         let mut policy = IdentityPolicy::new();
         for (i, entry) in self.allowed_callers.iter().enumerate() {
             let key = || format!("tls.allowed_callers[{i}]");
-            // The entry's own label (`SPIFFE ID "..."`) gives way to its
-            // key, so the message names the value once.
-            let invalid =
-                |e: ConfigError| ConfigError::new(key(), format!("{entry:?}: {}", e.reason()));
+            // Named by its key, the entry said once.
+            let invalid = |reason: &str| ConfigError::new(key(), format!("{entry:?}: {reason}"));
             policy = if entry == "*" {
                 IdentityPolicy::any()
             } else if let Some(domain) = entry
@@ -174,7 +172,7 @@ impl TlsConfig {
                 // Validated as the trust domain of a SPIFFE ID.
                 let id = format!("spiffe://{domain}")
                     .parse::<SpiffeId>()
-                    .map_err(invalid)?;
+                    .map_err(|e| invalid(e.reason()))?;
                 if !id.path().is_empty() {
                     // Read as its trust domain, it would admit far more
                     // than it says.
@@ -189,9 +187,9 @@ impl TlsConfig {
                 }
                 policy
                     .allow_trust_domain(id.trust_domain())
-                    .map_err(invalid)?
+                    .map_err(|e| invalid(e.reason()))?
             } else {
-                policy.allow(entry.parse::<SpiffeId>().map_err(invalid)?)
+                policy.allow(entry.parse::<SpiffeId>().map_err(|e| invalid(e.reason()))?)
             };
         }
         Ok(Some(policy))

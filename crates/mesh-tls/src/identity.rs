@@ -19,9 +19,9 @@ use crate::error::HandshakeRejection;
 /// assert_eq!(id.trust_domain(), "cluster.local");
 /// assert_eq!(id.path(), "/ns/default/sa/api");
 /// let err = "https://cluster.local/x".parse::<SpiffeId>().unwrap_err();
-/// assert_eq!(err.key(), r#"SPIFFE ID "https://cluster.local/x""#);
+/// assert_eq!(err.to_string(), r#""https://cluster.local/x" is not a SPIFFE ID: must start with spiffe://"#);
 /// assert_eq!(err.reason(), "must start with spiffe://");
-/// # Ok::<(), mesh_core::ConfigError>(())
+/// # Ok::<(), mesh_tls::InvalidSpiffeId>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
@@ -46,20 +46,41 @@ impl SpiffeId {
     }
 }
 
+/// A string refused as a [`SpiffeId`]: which, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{id:?} is not a SPIFFE ID: {reason}")]
+pub struct InvalidSpiffeId {
+    id: String,
+    reason: &'static str,
+}
+
+// === impl InvalidSpiffeId ===
+
+impl InvalidSpiffeId {
+    /// The string refused.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Why, without the string: for a caller that names the configuration
+    /// key it came from instead.
+    pub fn reason(&self) -> &str {
+        self.reason
+    }
+}
+
 impl std::str::FromStr for SpiffeId {
-    type Err = ConfigError;
+    type Err = InvalidSpiffeId;
 
     /// Parses per the SPIFFE ID specification: scheme `spiffe`, a lower
     /// case trust domain of letters, digits, `.`, `-` and `_`, and a path
     /// of non-empty segments other than `.` and `..`, with no query,
     /// fragment, port or user info.
-    ///
-    /// A refused ID is named in the error's key (`SPIFFE ID "..."`), and
-    /// its [`reason`](ConfigError::reason) leaves the ID out, so a caller
-    /// that knows which configuration key the ID came from can say so
-    /// instead.
-    fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let invalid = |reason: &str| ConfigError::new(format!("SPIFFE ID {s:?}"), reason);
+    fn from_str(s: &str) -> Result<Self, InvalidSpiffeId> {
+        let invalid = |reason: &'static str| InvalidSpiffeId {
+            id: s.to_owned(),
+            reason,
+        };
         let rest = s
             .strip_prefix("spiffe://")
             .ok_or_else(|| invalid("must start with spiffe://"))?;
@@ -122,7 +143,7 @@ impl fmt::Display for SpiffeId {
 /// assert!(IdentityPolicy::new().allow_trust_domain("Staging.Local").is_err());
 /// assert!(policy.admits(&"spiffe://staging.local/ns/x/sa/y".parse()?));
 /// assert!(!policy.admits(&"spiffe://cluster.local/ns/default/sa/other".parse()?));
-/// # Ok::<(), mesh_core::ConfigError>(())
+/// # Ok::<(), mesh_core::BoxError>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdentityPolicy {
@@ -155,12 +176,12 @@ impl IdentityPolicy {
     /// must be a valid SPIFFE trust domain (lower case letters, digits,
     /// `.`, `-`, `_`): a malformed one would silently match no one.
     pub fn allow_trust_domain(mut self, trust_domain: &str) -> Result<Self, ConfigError> {
-        let id: SpiffeId = format!("spiffe://{trust_domain}").parse()?;
+        let key = || format!("trust domain {trust_domain:?}");
+        let id: SpiffeId = format!("spiffe://{trust_domain}")
+            .parse()
+            .map_err(|e: InvalidSpiffeId| ConfigError::new(key(), e.reason()))?;
         if !id.path().is_empty() {
-            return Err(ConfigError::new(
-                format!("trust domain {trust_domain:?}"),
-                "a trust domain has no path",
-            ));
+            return Err(ConfigError::new(key(), "a trust domain has no path"));
         }
         self.domains.push(id.trust_domain().to_owned());
         Ok(self)

@@ -17,7 +17,7 @@ pub use client::{ClientTls, ClientTlsBuilder, HandshakeError, MeshConnector};
 pub use config::TlsConfig;
 pub use credentials::Credentials;
 pub use error::{HandshakeRejection, PlaintextRefused, TlsError};
-pub use identity::{IdentityPolicy, PeerIdentity, SpiffeId};
+pub use identity::{IdentityPolicy, InvalidSpiffeId, PeerIdentity, SpiffeId};
 pub use material::{Material, PemSource};
 pub use metrics::{TlsMetrics, TlsMetricsSnapshot};
 pub use server::{ServerTls, ServerTlsBuilder};

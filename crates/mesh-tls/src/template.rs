@@ -64,7 +64,9 @@ pub(crate) fn expand(template: &str, service: &str) -> Result<SpiffeId, ConfigEr
     template
         .replace(PLACEHOLDER, service)
         .parse()
-        .map_err(|e: ConfigError| invalid(format!("for the service {service:?}: {}", e.reason())))
+        .map_err(|e: crate::InvalidSpiffeId| {
+            invalid(format!("for the service {service:?}: {}", e.reason()))
+        })
 }
 
 /// A template (or a service name expanded in it) refused, under [`KEY`].

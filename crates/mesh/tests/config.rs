@@ -114,12 +114,21 @@ fn values_are_validated_with_their_names() {
             "services = {}\n[balance]\npanic_threshold = 120.0\n",
             "balance.panic_threshold",
         ),
+        (
+            "services = {}\n[services.users.balance]\npanic_threshold = 120.0\n",
+            "services.users.balance.panic_threshold",
+        ),
+        (
+            "services = {}\n[services.users.breaker]\nfailure_rate_threshold = 0.0\n",
+            "services.users.breaker.failure_rate_threshold",
+        ),
     ];
     for (rest, what) in cases {
-        let err = MeshConfig::from_toml_str(&format!("{base}{rest}"))
-            .expect_err(rest)
-            .to_string();
-        assert!(err.contains(what), "{what}: {err}");
+        let err = MeshConfig::from_toml_str(&format!("{base}{rest}")).expect_err(rest);
+        assert_eq!(err.key(), what, "{err}");
+        // Said once, the field named.
+        let text = err.to_string();
+        assert_eq!(text.matches("invalid configuration").count(), 1, "{text}");
     }
     let err = MeshConfig::from_toml_str(
         "[service]\nname = \"Bad Name\"\n[discovery]\nkind = \"static\"\nservices = {}\n",
@@ -182,4 +191,14 @@ fn a_bad_override_or_an_upper_case_service_key_is_refused() {
     .expect_err("upper case")
     .to_string();
     assert!(err.contains("write user-service"), "{err}");
+}
+
+#[test]
+fn a_consul_address_the_file_cannot_reach_is_refused_naming_discovery_url() {
+    let err = MeshConfig::from_toml_str(
+        "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"consul\"\nurl = \"https://consul.internal:8501\"\n",
+    )
+    .expect_err("https without a connector");
+    assert_eq!(err.key(), "discovery.url");
+    assert!(err.reason().contains("http"), "{err}");
 }

@@ -64,6 +64,13 @@ impl MeshClient {
     /// Builds and starts the client: discovery (and its watches), the
     /// health manager, upstream health checks, certificate watching, and
     /// registration with Consul when configured. Needs a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError::Config`] naming the key when the configuration is
+    /// refused (a value out of range, a file or certificate that cannot be
+    /// read); [`StartError::Registration`] when `register = true` and the
+    /// Consul agent does not take the local service.
     pub async fn from_config(config: MeshConfig) -> Result<MeshClient, StartError> {
         Self::start(config, Vec::new()).await
     }

@@ -19,7 +19,7 @@ pub enum StartError {
 
     /// The local service could not be registered with its registry (a
     /// network or agent failure, not a configuration mistake).
-    #[error("registering {service} with {registry} failed: {}; check that the agent is reachable and accepts the registration", mesh_core::error_chain(source.as_ref()))]
+    #[error("registering {service} with {registry} failed: {}; check that the agent is reachable and accepts the registration", mesh_core::root_cause(source.as_ref()))]
     Registration {
         /// The local service.
         service: ServiceName,

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_core::MeshError;
-
-use super::error::StartError;
 use mesh_discover::{AgentCheck, Follow, Registration};
 use tokio::sync::Notify;
 
 use super::body::CallGuard;
+use super::error::StartError;
 use super::MeshClient;
 use crate::config::DiscoveryConfig;
 

@@ -9,7 +9,9 @@ use http::HeaderMap;
 pub struct CallOptions {
     /// Headers to send.
     pub headers: HeaderMap,
-    /// The whole call, retries included, must end within this.
+    /// The call's deadline: the whole call, retries included, ends within
+    /// this (or sooner, by the route's `[retry] deadline`), failing with
+    /// `MeshError::Timeout` when it runs out.
     pub timeout: Option<Duration>,
     /// A client key for session affinity and consistent hashing: used by
     /// the balancer when its `sticky` sources include `"extension"` (or the

@@ -172,10 +172,7 @@ impl MeshClient {
             },
             Err(error) => MeshEvent::RequestCompleted {
                 service,
-                endpoint: MeshError::find(&**error).and_then(|e| match e {
-                    MeshError::Endpoint { endpoint, .. } => Some(endpoint.clone()),
-                    _ => None,
-                }),
+                endpoint: MeshError::endpoint_of(&**error).cloned(),
                 status: None,
                 error: Some(error.to_string()),
                 elapsed,

@@ -33,10 +33,13 @@ impl MeshConfig {
             true => Self::parse_yaml(&text),
             false => Self::parse(&text),
         };
-        let mut config = parsed.map_err(|e| e.within(&format!("{}: ", path.display())))?;
+        // A refusal of the file's keys names the file; an environment
+        // override's names its variable.
+        let in_file = |e: ConfigError| e.in_file(path);
+        let mut config = parsed.map_err(in_file)?;
         config.resolve_discovery_file(path);
         config.apply_env(var)?;
-        config.validate()?;
+        config.validate().map_err(in_file)?;
         Ok(config)
     }
 
@@ -79,11 +82,36 @@ impl MeshConfig {
     fn deserialize<'de, D: serde::Deserializer<'de>>(de: D) -> Result<MeshConfig, ConfigError> {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let key = match path.as_str() {
-                "." => "the configuration".to_owned(),
-                _ => path,
-            };
-            ConfigError::new(key, e.into_inner())
+            refused_at(&path, &e.into_inner().to_string())
         })
     }
+}
+
+/// The error for the value at `path` that serde refused with `message`.
+///
+/// A section that validates while it is read (`[breaker]`, `[balance]`)
+/// refuses with a whole [`ConfigError`], which serde carries as text
+/// among the parser's own (line, column): its key (`balance.panic_threshold`)
+/// is taken to replace the section's name at the end of `path`, so the
+/// error names the field, under the path the file gives it, once.
+fn refused_at(path: &str, message: &str) -> ConfigError {
+    const LABEL: &str = "invalid configuration: ";
+    let key = match path {
+        "." => "the configuration",
+        _ => path,
+    };
+    let inner = message.find(LABEL).and_then(|at| {
+        let line = message[at + LABEL.len()..].lines().next()?;
+        let (inner_key, reason) = line.split_once(": ")?;
+        let (parent, section) = match key.rsplit_once('.') {
+            Some((parent, section)) => (Some(parent), section),
+            None => (None, key),
+        };
+        let field = inner_key.strip_prefix(section)?;
+        let full = parent.map_or(format!("{section}{field}"), |p| {
+            format!("{p}.{section}{field}")
+        });
+        Some(ConfigError::new(full, reason))
+    });
+    inner.unwrap_or_else(|| ConfigError::new(key, message))
 }

@@ -177,8 +177,8 @@ impl MeshConfig {
     }
 
     /// The breaker settings for `service`, its per-attempt timeout
-    /// ([`MeshConfig::timeout_for`]) as their call timeout: timed below
-    /// the breaker, an attempt that runs out of time counts against the
+    /// ([`MeshConfig::timeout_for`]) as their call timeout: timed by the
+    /// breaker, an attempt that runs out of time counts against the
     /// endpoint that was slow.
     pub fn breaker_for(&self, service: &str) -> Result<BreakerConfig, ConfigError> {
         let breaker = match self.pick(service, |o| o.breaker.as_ref(), self.breaker.as_ref()) {

@@ -93,7 +93,9 @@ impl MeshConfig {
                     format!("{at}breaker.call_timeout"),
                     format!(
                         "an attempt's time limit is `{at}timeout`, which the breaker counts \
-                         against a slow endpoint; write it there and remove call_timeout"
+                         against a slow endpoint; write it there and remove call_timeout \
+                         (in code, BreakerConfig's presets set one: clear it with \
+                         BreakerConfigBuilder::no_call_timeout)"
                     ),
                 ));
             }
@@ -197,12 +199,22 @@ fn validate_static(services: &BTreeMap<String, Vec<String>>) -> Result<(), Confi
     Ok(())
 }
 
-/// Consul's address: an http(s) URL without credentials in it.
+/// Consul's address: an http URL without credentials in it.
 fn validate_consul_url(url: &str) -> Result<(), ConfigError> {
-    if !url.starts_with("http://") && !url.starts_with("https://") {
+    if url.starts_with("https://") {
         return Err(ConfigError::new(
             "discovery.url",
-            format!("{url:?} is not an http(s) URL"),
+            format!(
+                "{url:?}: https to Consul needs a TLS connector, which a file cannot give: \
+                 talk to the local agent over http, or build the registry in code \
+                 (ConsulRegistryBuilder::connector)"
+            ),
+        ));
+    }
+    if !url.starts_with("http://") {
+        return Err(ConfigError::new(
+            "discovery.url",
+            format!("{url:?} is not an http URL"),
         ));
     }
     // The URL is printed (Debug, metrics, errors); a credential belongs in

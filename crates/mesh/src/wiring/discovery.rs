@@ -84,7 +84,10 @@ impl Discovery {
         for (service, entries) in services {
             builder = builder.service(service, entries.iter().cloned());
         }
-        let catalog = builder.build()?.catalog();
+        let catalog = builder
+            .build()
+            .map_err(|e| e.within("discovery."))?
+            .catalog();
         Ok(Discovery {
             layer: DiscoverLayer::new(catalog.clone()),
             catalog,
@@ -136,7 +139,11 @@ fn consul_registry(
     for tag in tags {
         builder = builder.tag(tag.clone());
     }
-    builder.build()
+    // Named as the file names them.
+    builder.build().map_err(|e| {
+        e.renamed("consul.address", "discovery.url")
+            .renamed("consul.", "discovery.")
+    })
 }
 
 /// Where Kubernetes instances' ports come from: the fixed `port`, else
@@ -170,5 +177,7 @@ fn kubernetes_registry(
     if let Some(addr) = nameserver {
         builder = builder.nameserver(addr);
     }
-    builder.build()
+    builder
+        .build()
+        .map_err(|e| e.renamed("kubernetes_dns.", "discovery."))
 }
