@@ -485,6 +485,41 @@ async fn least_response_time_sends_fewer_calls_to_a_slow_instance_than_round_rob
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_slow_instance_among_healthy_ones_gets_few_calls() {
+    // Three healthy instances and one 50 ms one: with no [balance] section
+    // (power of two choices over latency and load), the slow one gets
+    // little; one line of configuration brings round robin's quarter back.
+    let mut to_slow = Vec::new();
+    for balance in ["", "[balance]\nstrategy = \"round_robin\"\n"] {
+        let slow = Backend::start(Behavior::Slow(Duration::from_millis(50)))
+            .await
+            .expect("backend");
+        let mut fast = Vec::new();
+        for _ in 0..3 {
+            fast.push(Backend::start(Behavior::Ok).await.expect("backend"));
+        }
+        let addrs = [slow.addr(), fast[0].addr(), fast[1].addr(), fast[2].addr()];
+        let client = start_client(&static_config(
+            "",
+            &[("users", &addrs)],
+            &format!("{NO_RETRY}{balance}"),
+        ))
+        .await;
+        for _ in 0..80 {
+            get(&client, "users").await.expect("call");
+        }
+        to_slow.push(slow.stats().requests);
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    assert!(to_slow[0] <= 10, "the default sent {} of 80", to_slow[0]);
+    assert!(
+        (18..=22).contains(&to_slow[1]),
+        "round robin sent {} of 80",
+        to_slow[1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_keeps_a_client_on_one_instance() {
     let backends = [
         Backend::start(Behavior::Ok).await.expect("backend"),

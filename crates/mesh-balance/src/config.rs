@@ -151,7 +151,9 @@ impl BalanceConfig {
 }
 
 impl Default for BalanceConfig {
-    /// Round robin, no affinity, no connection limit, a 50% panic threshold
+    /// Power of two choices over the peak-sensitive latency estimate x (in
+    /// flight + 1) (linkerd's and Finagle's default: a slow instance gets
+    /// few calls), no affinity, no connection limit, a 50% panic threshold
     /// (as Envoy's), 10 ms assumed for unmeasured instances.
     fn default() -> Self {
         BalanceConfig {
@@ -166,7 +168,7 @@ impl Default for Settings {
     /// The values [`BalanceConfig::default`] describes.
     fn default() -> Self {
         Settings {
-            strategy: Strategy::RoundRobin,
+            strategy: Strategy::PowerOfTwoChoices,
             sticky: Vec::new(),
             max_connections_per_instance: None,
             wait_at_capacity: None,

@@ -93,8 +93,11 @@ impl BalanceLayer {
 }
 
 impl Default for BalanceLayer {
+    /// [`BalanceConfig::default`]: power of two choices over each
+    /// instance's latency and load; [`BalanceLayer::round_robin`] is the
+    /// one-line alternative.
     fn default() -> Self {
-        BalanceLayer::round_robin()
+        BalanceLayer::from_config(BalanceConfig::default())
     }
 }
 

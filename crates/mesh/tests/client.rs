@@ -117,14 +117,23 @@ unhealthy_threshold = 1
         text.contains("mesh_retry_requests_total{route=\"*\"} 130"),
         "{text}"
     );
+    // The dead instance is taken out (by its breaker, or by the upstream
+    // check when the balancer sent it nothing lately).
     let dead = format!("instance=\"{dead_addr}\"");
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("mesh_instance_available")
-                && l.contains(&dead)
-                && l.ends_with(" 0.0")),
-        "the dead instance is unavailable: {text}"
-    );
+    let unavailable = |text: &str| {
+        text.lines().any(|l| {
+            l.starts_with("mesh_instance_available") && l.contains(&dead) && l.ends_with(" 0.0")
+        })
+    };
+    let started = std::time::Instant::now();
+    while !unavailable(&client.prometheus()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the dead instance is unavailable: {}",
+            client.prometheus()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Events: one per call, and the dead instance was noticed.
     let (mut completed, mut noticed) = (0, false);
