@@ -1036,6 +1036,102 @@ async fn limits_requests_per_period_refuse_the_excess_until_the_period_passes() 
     client.shutdown(Duration::from_secs(1)).await;
 }
 
+/// How `calls` concurrent GETs to `users` ended: "ok", "limit" or "other".
+async fn concurrent_outcomes(client: &MeshClient, calls: usize, options: CallOptions) -> Vec<&'static str> {
+    let runs: Vec<_> = (0..calls)
+        .map(|_| {
+            let (client, options) = (client.clone(), options.clone());
+            tokio::spawn(async move { get_with(&client, "users", options).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for run in runs {
+        outcomes.push(match run.await.expect("the call's task") {
+            Ok(_) => "ok",
+            Err(e) if matches!(mesh_error(&e), Some(MeshError::LimitExceeded { .. })) => "limit",
+            Err(_) => "other",
+        });
+    }
+    outcomes.sort_unstable();
+    outcomes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_wait_queues_a_call_over_the_concurrency_limit_and_queue_bounds_the_waiters() {
+    let slow = Backend::start(Behavior::Slow(Duration::from_millis(150)))
+        .await
+        .expect("backend");
+    let services: &[(&str, &[SocketAddr])] = &[("users", &[slow.addr()])];
+    let mut seen = Vec::new();
+    for limits in [
+        "concurrency = 1",
+        "concurrency = 1\nmax_wait = \"2s\"",
+        "concurrency = 1\nmax_wait = \"2s\"\nqueue = 1",
+    ] {
+        let client = start_client(&static_config(
+            "",
+            services,
+            &format!("{NO_RETRY}{NO_BREAKER}[limits]\n{limits}\n"),
+        ))
+        .await;
+        seen.push(concurrent_outcomes(&client, 3, CallOptions::default()).await);
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        seen,
+        [
+            vec!["limit", "limit", "ok"],
+            // Each waits its turn.
+            vec!["ok", "ok", "ok"],
+            // One runs, one waits, the third finds the queue full.
+            vec!["limit", "ok", "ok"],
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_call_waits_no_longer_than_its_deadline() {
+    let slow = Backend::start(Behavior::Slow(Duration::from_millis(1500)))
+        .await
+        .expect("backend");
+    let client = start_client(&static_config(
+        "",
+        &[("users", &[slow.addr()])],
+        &format!("{NO_RETRY}{NO_BREAKER}[limits]\nconcurrency = 1\nmax_wait = \"10s\"\n"),
+    ))
+    .await;
+    let started = Instant::now();
+    let options = CallOptions::default().timeout(Duration::from_millis(300));
+    let outcomes = concurrent_outcomes(&client, 2, options).await;
+    // The first times out at its deadline; the second waits for the slot
+    // until the same deadline, not the 10 s max_wait.
+    assert!(started.elapsed() < Duration::from_millis(1200), "{outcomes:?}");
+    assert_eq!(outcomes, ["limit", "other"]);
+    client.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_wait_lets_a_call_over_the_rate_wait_for_its_permit() {
+    let up = Backend::start(Behavior::Ok).await.expect("backend");
+    let services: &[(&str, &[SocketAddr])] = &[("users", &[up.addr()])];
+    let mut seen = Vec::new();
+    for limits in ["", "max_wait = \"1s\"\n"] {
+        let client = start_client(&static_config(
+            "",
+            services,
+            &format!("[limits]\nrequests = 1\nper = \"300ms\"\n{limits}"),
+        ))
+        .await;
+        get(&client, "users").await.expect("the first permit");
+        let started = Instant::now();
+        let second = get(&client, "users").await;
+        seen.push((second.is_ok(), started.elapsed() >= Duration::from_millis(200)));
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    // Refused at once; then admitted when the next permit came.
+    assert_eq!(seen, [(false, false), (true, true)], "(ok, waited)");
+}
+
 // === [services.X]: breaker, retry, limits apply to X only ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -113,22 +113,24 @@ impl MeshClient {
         mut req: Request<Full<Bytes>>,
         deadline: Option<Duration>,
     ) -> Result<Response<MeshBody>, BoxError> {
+        let started = tokio::time::Instant::now();
         let mut guard = self.enter()?;
         let service = target(&mut req)?;
         let state = self.service_state(&service)?;
-        if let Some(limits) = &state.limits {
-            guard.admitted(limits.admit(&service)?);
-        }
-        if let Some(budget) = &state.budget {
-            req.extensions_mut().insert(budget.clone());
-        }
         if let Some(limit) = deadline {
+            // Counted from now, a wait for the service's limits included.
             // The retry layer holds the call to it: each attempt is cut
             // at it, and no backoff starts that would end past it.
             req.extensions_mut()
                 .insert(Deadline(clock::now().saturating_add(limit)));
         }
-        let started = tokio::time::Instant::now();
+        if let Some(limits) = &state.limits {
+            let until = deadline.map(|d| started + d);
+            guard.admitted(limits.admit(&service, until).await?);
+        }
+        if let Some(budget) = &state.budget {
+            req.extensions_mut().insert(budget.clone());
+        }
         let call = self.inner.routes.stack(&service).clone().oneshot(req);
         let outcome = call.await;
         self.after_call(&service, &state, &outcome);
