@@ -1037,7 +1037,11 @@ async fn limits_requests_per_period_refuse_the_excess_until_the_period_passes() 
 }
 
 /// How `calls` concurrent GETs to `users` ended: "ok", "limit" or "other".
-async fn concurrent_outcomes(client: &MeshClient, calls: usize, options: CallOptions) -> Vec<&'static str> {
+async fn concurrent_outcomes(
+    client: &MeshClient,
+    calls: usize,
+    options: CallOptions,
+) -> Vec<&'static str> {
     let runs: Vec<_> = (0..calls)
         .map(|_| {
             let (client, options) = (client.clone(), options.clone());
@@ -1065,8 +1069,9 @@ async fn max_wait_queues_a_call_over_the_concurrency_limit_and_queue_bounds_the_
     let mut seen = Vec::new();
     for limits in [
         "concurrency = 1",
+        "concurrency = 1\nmax_wait = \"2s\"\nqueue = 5",
+        // The queue holds as many as the concurrency limit by default.
         "concurrency = 1\nmax_wait = \"2s\"",
-        "concurrency = 1\nmax_wait = \"2s\"\nqueue = 1",
     ] {
         let client = start_client(&static_config(
             "",
@@ -1105,7 +1110,10 @@ async fn a_queued_call_waits_no_longer_than_its_deadline() {
     let outcomes = concurrent_outcomes(&client, 2, options).await;
     // The first times out at its deadline; the second waits for the slot
     // until the same deadline, not the 10 s max_wait.
-    assert!(started.elapsed() < Duration::from_millis(1200), "{outcomes:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1200),
+        "{outcomes:?}"
+    );
     assert_eq!(outcomes, ["limit", "other"]);
     client.shutdown(Duration::from_secs(1)).await;
 }
@@ -1125,7 +1133,10 @@ async fn max_wait_lets_a_call_over_the_rate_wait_for_its_permit() {
         get(&client, "users").await.expect("the first permit");
         let started = Instant::now();
         let second = get(&client, "users").await;
-        seen.push((second.is_ok(), started.elapsed() >= Duration::from_millis(200)));
+        seen.push((
+            second.is_ok(),
+            started.elapsed() >= Duration::from_millis(200),
+        ));
         client.shutdown(Duration::from_secs(1)).await;
     }
     // Refused at once; then admitted when the next permit came.

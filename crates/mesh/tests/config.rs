@@ -122,6 +122,15 @@ fn values_are_validated_with_their_names() {
             "services = {}\n[services.users.breaker]\nfailure_rate_threshold = 0.0\n",
             "services.users.breaker.failure_rate_threshold",
         ),
+        // A wait needs a limit to wait for; a queue needs a wait.
+        (
+            "services = {}\n[limits]\nmax_wait = \"1s\"\n",
+            "limits.max_wait",
+        ),
+        (
+            "services = {}\n[limits]\nconcurrency = 2\nqueue = 5\n",
+            "limits.queue",
+        ),
     ];
     for (rest, what) in cases {
         let err = MeshConfig::from_toml_str(&format!("{base}{rest}")).expect_err(rest);

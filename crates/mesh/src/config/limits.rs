@@ -65,7 +65,8 @@ impl LimitsConfig {
     /// `max_wait` and `queue`: a wait needs a limit to wait for, and the
     /// queue is bounded.
     fn validate_queue(&self, what: &str) -> Result<(), ConfigError> {
-        let invalid = |field: &str, reason: &str| Err(ConfigError::new(format!("{what}.{field}"), reason));
+        let invalid =
+            |field: &str, reason: &str| Err(ConfigError::new(format!("{what}.{field}"), reason));
         if let Some(wait) = self.max_wait {
             if wait.is_zero() || wait > Duration::from_secs(3600) {
                 return invalid("max_wait", "must be within (0, 1h]");
