@@ -1354,6 +1354,191 @@ async fn upstream_http_checks_eject_a_failing_instance_after_unhealthy_threshold
     }
 }
 
+// === [services.X.fallback] ===
+
+/// The body and whether a fallback gave it.
+async fn answer(response: http::Response<MeshBody>) -> (StatusCode, String, Option<bool>) {
+    let status = response.status();
+    let used = response
+        .extensions()
+        .get::<mesh::FallbackUsed>()
+        .map(|f| f.last_good);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), used)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_fallback_answers_a_failed_call_and_without_one_the_error_comes_back() {
+    // Nothing listens there: every call fails to connect.
+    let dead: SocketAddr = format!("127.0.0.1:{}", mesh_testkit::net::free_port())
+        .parse()
+        .expect("address");
+    let fallback = "[services.users.fallback]\nbody = '{\"users\":[]}'\n\
+                    content_type = \"application/json\"\n";
+    let mut seen = Vec::new();
+    for tables in [fallback, ""] {
+        let client = start_client(&static_config(
+            "",
+            &[("users", &[dead])],
+            &format!("{NO_RETRY}{tables}"),
+        ))
+        .await;
+        let outcome = client
+            .get("users", "/api/users", CallOptions::default())
+            .await;
+        seen.push(match outcome {
+            Ok(response) => {
+                let kind = response.headers().get("content-type").cloned();
+                assert_eq!(
+                    kind.as_ref().map(|k| k.as_bytes()),
+                    Some(&b"application/json"[..])
+                );
+                Some(answer(response).await)
+            }
+            Err(_) => None,
+        });
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        seen,
+        [
+            Some((StatusCode::OK, "{\"users\":[]}".to_owned(), Some(false))),
+            None
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_good_answers_a_get_while_fresh_and_never_a_post() {
+    let backend = Backend::start(Behavior::Ok).await.expect("backend");
+    let client = start_client(&static_config(
+        "",
+        &[("users", &[backend.addr()])],
+        &format!(
+            "{NO_RETRY}{NO_BREAKER}[services.users.fallback]\nlast_good = \"600ms\"\non_status = [503]\n"
+        ),
+    ))
+    .await;
+    let get = || client.get("users", "/api/users?page=2", CallOptions::default());
+    let good = answer(get().await.expect("good")).await;
+    assert_eq!(good.0, StatusCode::OK);
+    assert_eq!(good.2, None, "the service's own answer");
+
+    backend.set_behavior(Behavior::Status(503));
+    // The same GET: the last good answer, marked.
+    assert_eq!(
+        answer(get().await.expect("kept")).await,
+        (StatusCode::OK, good.1.clone(), Some(true))
+    );
+    // Another path was never good; a POST is never answered from it.
+    let other = client
+        .get("users", "/api/users?page=3", CallOptions::default())
+        .await;
+    assert_eq!(
+        answer(other.expect("503")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let post = client
+        .post("users", "/api/users?page=2", "x", CallOptions::default())
+        .await;
+    assert_eq!(
+        answer(post.expect("503")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Past its age, the answer is the service's own again.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stale = answer(get().await.expect("503")).await;
+    assert_eq!((stale.0, stale.2), (StatusCode::SERVICE_UNAVAILABLE, None));
+    client.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_in_code_answers_a_call_refused_by_the_service_s_limit() {
+    let slow = Backend::start(Behavior::Slow(Duration::from_millis(300)))
+        .await
+        .expect("backend");
+    let dir = scratch_dir();
+    let config = load_in(
+        &dir,
+        &static_config(
+            "",
+            &[("users", &[slow.addr()])],
+            "[services.users]\nlimits = { concurrency = 1 }\n",
+        ),
+    );
+    let client = MeshClient::builder(config)
+        .fallback("users", |cause| {
+            let refused = cause.error.and_then(|e| MeshError::find(&**e));
+            matches!(refused, Some(MeshError::LimitExceeded { .. }))
+                .then(|| http::Response::new(MeshBody::from(format!("busy: {}", cause.uri.path()))))
+        })
+        .expect("a service name")
+        .build()
+        .await
+        .expect("client");
+    let (first, second) = tokio::join!(client.get("users", "/a", CallOptions::default()), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.get("users", "/b", CallOptions::default()).await
+    });
+    assert_eq!(answer(first.expect("admitted")).await.2, None);
+    assert_eq!(
+        answer(second.expect("answered by code")).await,
+        (StatusCode::OK, "busy: /b".to_owned(), Some(false))
+    );
+    client.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_breaker_s_fallback_layer_sits_over_the_client() {
+    use mesh::breaker::{FallbackLayer, Fault};
+    let dead: SocketAddr = format!("127.0.0.1:{}", mesh_testkit::net::free_port())
+        .parse()
+        .expect("address");
+    let client = start_client(&static_config("", &[("users", &[dead])], NO_RETRY)).await;
+    let guarded = tower::ServiceBuilder::new()
+        .layer(FallbackLayer::new(|_fault: Fault| {
+            Ok(http::Response::new(MeshBody::from("from the layer")))
+        }))
+        .service(client.clone());
+    let request = Request::get("http://users/api")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = guarded.oneshot(request).await.expect("the layer's answer");
+    assert_eq!(answer(response).await.1, "from the layer");
+    client.shutdown(Duration::from_secs(1)).await;
+}
+
+#[test]
+fn fallback_keys_are_validated_by_name() {
+    let base = |fallback: &str| {
+        format!(
+            "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"static\"\nservices = {{}}\n\
+             [services.users.fallback]\n{fallback}\n"
+        )
+    };
+    for (fallback, key) in [
+        ("", "services.users.fallback.status"),
+        ("status = 99", "services.users.fallback.status"),
+        ("last_good = \"0s\"", "services.users.fallback.last_good"),
+        (
+            "body = \"x\"\non_status = [200, 700]",
+            "services.users.fallback.on_status[1]",
+        ),
+        (
+            "body = \"x\"\ncontent_type = \"a\\nb\"",
+            "services.users.fallback.content_type",
+        ),
+    ] {
+        let err = MeshConfig::from_toml_str(&base(fallback)).expect_err(fallback);
+        assert_eq!(err.key(), key, "{err}");
+    }
+}
+
 // === [services.X] split, with the tags Consul lists ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

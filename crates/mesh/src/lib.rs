@@ -4,6 +4,7 @@
 
 mod client;
 mod config;
+mod fallback;
 mod grpc;
 mod limits;
 pub mod metrics;
@@ -15,9 +16,10 @@ mod wiring;
 
 pub use client::{CallOptions, MeshBody, MeshClient, MeshClientBuilder, StartError};
 pub use config::{
-    deadline_for, retry_after_for, DiscoveryConfig, LimitsConfig, LocalService, MeshConfig,
-    Profile, Protocol, RetrySettings, ServiceOverride,
+    deadline_for, retry_after_for, DiscoveryConfig, FallbackConfig, LimitsConfig, LocalService,
+    MeshConfig, Profile, Protocol, RetrySettings, ServiceOverride,
 };
+pub use fallback::{FallbackCause, FallbackFn, FallbackUsed};
 pub use grpc::GrpcChannel;
 pub use split::Subset;
 

@@ -29,6 +29,8 @@ pub(crate) struct ServiceState {
     /// Its own retry budget, for a service on the shared default route
     /// (an overridden service's route has a retry layer of its own).
     pub(crate) budget: Option<mesh_retry::RetryBudget>,
+    /// What answers its failed calls, if anything does.
+    pub(crate) fallback: Option<crate::fallback::Fallback>,
     /// Its upstream health checker, started once discovery knows the
     /// service (`None` inside when none is configured); stops when
     /// dropped.

@@ -6,20 +6,37 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use mesh_balance::TrackedBody;
 
 use super::Inner;
+use crate::fallback::Capture;
 use crate::limits::Admission;
 
 pin_project_lite::pin_project! {
     /// The body of a response through the mesh: hyper's, counted as in
     /// flight on its endpoint and by the client (for shutdown's drain and
-    /// the service's concurrency limit) until it ends or is dropped.
+    /// the service's concurrency limit) until it ends or is dropped; or
+    /// one made from bytes (a fallback's answer, or your own, for a
+    /// `FallbackLayer` over the client).
     pub struct MeshBody {
         #[pin]
-        inner: TrackedBody<Incoming>,
-        call: Option<CallGuard>,
+        kind: Kind,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        Network {
+            #[pin]
+            inner: TrackedBody<Incoming>,
+            call: Option<CallGuard>,
+            // Kept as the service's last good answer when it ends.
+            capture: Option<Capture>,
+        },
+        Bytes { data: Option<Bytes> },
     }
 }
 
@@ -33,38 +50,113 @@ pub(super) struct CallGuard {
 // === impl MeshBody ===
 
 impl MeshBody {
-    /// `inner`, keeping `call` counted until the body ends.
-    pub(super) fn new(inner: TrackedBody<Incoming>, call: CallGuard) -> MeshBody {
+    /// `inner`, keeping `call` counted until the body ends, and kept by
+    /// `capture` (when given) once whole.
+    pub(super) fn new(
+        inner: TrackedBody<Incoming>,
+        call: CallGuard,
+        capture: Option<Capture>,
+    ) -> MeshBody {
         MeshBody {
-            inner,
-            call: Some(call),
+            kind: Kind::Network {
+                inner,
+                call: Some(call),
+                capture,
+            },
         }
+    }
+
+    /// A body of `data`, whole.
+    pub fn from_bytes(data: impl Into<Bytes>) -> MeshBody {
+        let data: Bytes = data.into();
+        MeshBody {
+            kind: Kind::Bytes {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> MeshBody {
+        MeshBody::from_bytes(Bytes::new())
     }
 }
 
-impl http_body::Body for MeshBody {
+impl From<Bytes> for MeshBody {
+    fn from(data: Bytes) -> MeshBody {
+        MeshBody::from_bytes(data)
+    }
+}
+
+impl From<String> for MeshBody {
+    fn from(data: String) -> MeshBody {
+        MeshBody::from_bytes(data)
+    }
+}
+
+impl From<&'static str> for MeshBody {
+    fn from(data: &'static str) -> MeshBody {
+        MeshBody::from_bytes(data)
+    }
+}
+
+impl Body for MeshBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &polled {
-            // Ended: the call is over.
-            this.call.take();
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Network {
+                inner,
+                call,
+                capture,
+            } => {
+                let polled = inner.poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(kept)) = (frame.data_ref(), capture.as_mut()) {
+                            if !kept.add(data) {
+                                // Too big to keep.
+                                capture.take();
+                            }
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        // Ended: the call is over, and the answer whole.
+                        call.take();
+                        if let Some(kept) = capture.take() {
+                            kept.keep();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        call.take();
+                        capture.take();
+                    }
+                    Poll::Pending => {}
+                }
+                polled
+            }
+            KindProj::Bytes { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Network { inner, .. } => inner.is_end_stream(),
+            Kind::Bytes { data } => data.is_none(),
+        }
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Network { inner, .. } => inner.size_hint(),
+            Kind::Bytes { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
     }
 }
 

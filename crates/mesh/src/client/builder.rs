@@ -1,19 +1,30 @@
 //! [`MeshClientBuilder`]: a configuration plus what only code can give.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
-use mesh_core::{ConfigError, Probe};
+use http::Response;
+use mesh_core::{ConfigError, Probe, ServiceName};
 use mesh_health::HealthCheck;
 
-use super::{MeshClient, StartError};
+use super::{MeshBody, MeshClient, StartError};
 use crate::config::MeshConfig;
+use crate::fallback::{FallbackCause, FallbackFn};
 
 /// Builds a [`MeshClient`]: its configuration plus what only code can
-/// give (the local service's health checks).
+/// give (the local service's health checks, fallbacks written in code).
 #[derive(Debug)]
 pub struct MeshClientBuilder {
     config: MeshConfig,
-    checks: Vec<HealthCheck>,
+    code: FromCode,
+}
+
+/// What only code gives a client.
+#[derive(Default)]
+pub(super) struct FromCode {
+    pub(super) checks: Vec<HealthCheck>,
+    pub(super) fallbacks: HashMap<ServiceName, FallbackFn>,
 }
 
 // === impl MeshClientBuilder ===
@@ -22,8 +33,27 @@ impl MeshClientBuilder {
     /// Adds a health check of the local service, built as it is. Its
     /// probes are served by [`MeshClient::health_layer`].
     pub fn check(mut self, check: HealthCheck) -> Self {
-        self.checks.push(check);
+        self.code.checks.push(check);
         self
+    }
+
+    /// Answers failed calls to `service` (errors, refusals, and the
+    /// statuses its `[services.<name>.fallback] on_status` lists) with
+    /// `fallback`'s answer; `None` leaves the call's own outcome, or the
+    /// fixed answer the file configures. A fresh last good answer
+    /// (`last_good`) is preferred to it.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `service` is not a valid service name.
+    pub fn fallback<F>(mut self, service: &str, fallback: F) -> Result<Self, ConfigError>
+    where
+        F: Fn(&FallbackCause<'_>) -> Option<Response<MeshBody>> + Send + Sync + 'static,
+    {
+        let name = ServiceName::new(service)
+            .map_err(|e| ConfigError::new(format!("fallback for {service:?}"), e))?;
+        self.code.fallbacks.insert(name, Arc::new(fallback));
+        Ok(self)
     }
 
     /// Adds a check named `name` running `run` for `probes`, with the
@@ -40,13 +70,15 @@ impl MeshClientBuilder {
         Fut: Future<Output = Result<(), mesh_health::CheckError>> + Send + 'static,
     {
         let defaults = self.config.health.clone().unwrap_or_default();
-        self.checks.push(defaults.check(name, probes, run).build()?);
+        self.code
+            .checks
+            .push(defaults.check(name, probes, run).build()?);
         Ok(self)
     }
 
     /// Builds and starts the client (see [`MeshClient::from_config`]).
     pub async fn build(self) -> Result<MeshClient, StartError> {
-        MeshClient::start(self.config, self.checks).await
+        MeshClient::start(self.config, self.code).await
     }
 }
 
@@ -57,7 +89,7 @@ impl MeshClient {
     pub fn builder(config: MeshConfig) -> MeshClientBuilder {
         MeshClientBuilder {
             config,
-            checks: Vec::new(),
+            code: FromCode::default(),
         }
     }
 
@@ -72,6 +104,15 @@ impl MeshClient {
     /// read); [`StartError::Registration`] when `register = true` and the
     /// Consul agent does not take the local service.
     pub async fn from_config(config: MeshConfig) -> Result<MeshClient, StartError> {
-        Self::start(config, Vec::new()).await
+        Self::start(config, FromCode::default()).await
+    }
+}
+
+impl std::fmt::Debug for FromCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FromCode")
+            .field("checks", &self.checks)
+            .field("fallbacks", &self.fallbacks.keys().collect::<Vec<_>>())
+            .finish()
     }
 }

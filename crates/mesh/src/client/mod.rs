@@ -87,6 +87,8 @@ struct Inner {
     calls: lifecycle::Calls,
     /// The local service's health manager, when configured.
     health: Option<HealthCheckManager>,
+    /// Fallbacks written in code, by service.
+    fallbacks: std::collections::HashMap<ServiceName, crate::fallback::FallbackFn>,
     /// The registration with Consul, while registered.
     registered: Mutex<Option<lifecycle::Registered>>,
     /// The client's mutual TLS credentials, while `[tls]` is on.

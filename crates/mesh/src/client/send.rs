@@ -14,11 +14,22 @@ use mesh_core::ext::{AffinityKey, Deadline, SelectedEndpoint, TargetService};
 use mesh_core::{BoxError, MeshError, MeshEvent, ServiceName};
 use tower::ServiceExt;
 
+use super::body::CallGuard;
 use super::{CallOptions, MeshBody, MeshClient};
+use crate::fallback::{Asked, Fallback, FallbackCause};
 use crate::services::ServiceState;
 
 /// What a service's stack answers.
 type Outcome = Result<Response<TrackedBody<Incoming>>, BoxError>;
+
+/// One call's service, its state, its deadline and when it started.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    service: &'a ServiceName,
+    state: &'a ServiceState,
+    deadline: Option<Duration>,
+    started: tokio::time::Instant,
+}
 
 // === impl MeshClient ===
 
@@ -108,6 +119,7 @@ impl MeshClient {
 
     /// Sends `req`, the whole call (retries included) within `deadline`
     /// when given; the response body keeps the call counted until it ends.
+    /// A failed call is answered by the service's fallback, if it has one.
     async fn send_with(
         &self,
         mut req: Request<Full<Bytes>>,
@@ -117,25 +129,50 @@ impl MeshClient {
         let mut guard = self.enter()?;
         let service = target(&mut req)?;
         let state = self.service_state(&service)?;
-        if let Some(limit) = deadline {
-            // Counted from now, a wait for the service's limits included.
-            // The retry layer holds the call to it: each attempt is cut
-            // at it, and no backoff starts that would end past it.
+        let asked = state.fallback.as_ref().map(|_| Asked {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+        });
+        let call = Call {
+            service: &service,
+            state: &state,
+            deadline,
+            started,
+        };
+        let outcome = self.call(call, req, &mut guard).await;
+        self.publish_completed(service.clone(), &outcome, started);
+        match (&state.fallback, asked) {
+            (Some(fallback), Some(asked)) => settle(fallback, &service, &asked, outcome, guard),
+            _ => outcome.map(|response| response.map(|body| MeshBody::new(body, guard, None))),
+        }
+    }
+
+    /// Admits `req` under its service's limits, then sends it through the
+    /// service's stack.
+    async fn call(
+        &self,
+        call: Call<'_>,
+        mut req: Request<Full<Bytes>>,
+        guard: &mut CallGuard,
+    ) -> Outcome {
+        if let Some(limit) = call.deadline {
+            // Counted from the start, a wait for the service's limits
+            // included. The retry layer holds the call to it: each attempt
+            // is cut at it, and no backoff starts that would end past it.
             req.extensions_mut()
                 .insert(Deadline(clock::now().saturating_add(limit)));
         }
-        if let Some(limits) = &state.limits {
-            let until = deadline.map(|d| started + d);
-            guard.admitted(limits.admit(&service, until).await?);
+        if let Some(limits) = &call.state.limits {
+            let until = call.deadline.map(|d| call.started + d);
+            guard.admitted(limits.admit(call.service, until).await?);
         }
-        if let Some(budget) = &state.budget {
+        if let Some(budget) = &call.state.budget {
             req.extensions_mut().insert(budget.clone());
         }
-        let call = self.inner.routes.stack(&service).clone().oneshot(req);
-        let outcome = call.await;
-        self.after_call(&service, &state, &outcome);
-        self.publish_completed(service, &outcome, started);
-        outcome.map(|response| response.map(|body| MeshBody::new(body, guard)))
+        let stack = self.inner.routes.stack(call.service).clone();
+        let outcome = stack.oneshot(req).await;
+        self.after_call(call.service, call.state, &outcome);
+        outcome
     }
 
     /// Forgets the state of a service the call found unknown to everyone;
@@ -205,4 +242,38 @@ fn is_unknown(error: &(dyn std::error::Error + 'static)) -> bool {
         MeshError::find(error),
         Some(MeshError::UnknownService { .. })
     )
+}
+
+/// `outcome` as the caller gets it from a service with `fallback`: a
+/// failed call, or an answer it replaces, answered by the fallback when it
+/// has an answer; a 2xx answer to a GET kept as the path's last good one.
+fn settle(
+    fallback: &Fallback,
+    service: &ServiceName,
+    asked: &Asked,
+    outcome: Outcome,
+    guard: CallGuard,
+) -> Result<Response<MeshBody>, BoxError> {
+    let cause = |error, status| FallbackCause {
+        service,
+        method: &asked.method,
+        uri: &asked.uri,
+        error,
+        status,
+    };
+    match outcome {
+        Ok(response) if !fallback.replaces(response.status()) => {
+            let capture = fallback.capture(asked, &response);
+            Ok(response.map(|body| MeshBody::new(body, guard, capture)))
+        }
+        Ok(response) => match fallback.answer(&cause(None, Some(response.status()))) {
+            // The replaced answer's body is dropped, and the call with it.
+            Some(answer) => Ok(answer),
+            None => Ok(response.map(|body| MeshBody::new(body, guard, None))),
+        },
+        Err(error) => {
+            let answer = fallback.answer(&cause(Some(&error), None));
+            answer.ok_or(error)
+        }
+    }
 }

@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex};
 
 use mesh_core::{ConfigError, EventBus, ServiceName};
-use mesh_health::HealthCheck;
 
+use super::builder::FromCode;
 use super::error::StartError;
 use super::lifecycle::Calls;
 use super::{Inner, MeshClient};
@@ -22,7 +22,7 @@ impl MeshClient {
     /// transports, routes), then registers with Consul when configured.
     pub(super) async fn start(
         config: MeshConfig,
-        checks: Vec<HealthCheck>,
+        code: FromCode,
     ) -> Result<MeshClient, StartError> {
         config.validate()?;
         let name = ServiceName::new(&config.service.name)
@@ -30,7 +30,7 @@ impl MeshClient {
         let bus = EventBus::new(config.event_capacity);
         let identities = config.identities()?;
         let discovery = Discovery::from_config(&config, &bus)?;
-        let health = health::manager(&config, checks, &bus)?;
+        let health = health::manager(&config, code.checks, &bus)?;
         let splits = routes::splits(&config);
         let tls = transport::credentials(&config, &bus)?;
         let transports =
@@ -53,6 +53,7 @@ impl MeshClient {
                 transports,
                 calls: Calls::default(),
                 health,
+                fallbacks: code.fallbacks,
                 registered: Mutex::new(None),
                 tls,
                 config,

@@ -8,6 +8,7 @@ use mesh_core::{MeshError, ServiceName};
 use mesh_health::UpstreamHealthChecker;
 
 use super::MeshClient;
+use crate::fallback::Fallback;
 use crate::limits::Limits;
 use crate::services::ServiceState;
 
@@ -41,6 +42,13 @@ impl MeshClient {
                     .ok()
                     .and_then(|retry| retry.new_budget()),
             },
+            fallback: Fallback::new(
+                config
+                    .services
+                    .get(service.as_str())
+                    .and_then(|o| o.fallback.as_ref()),
+                self.inner.fallbacks.get(service).cloned(),
+            ),
             checker: Default::default(),
         }
     }

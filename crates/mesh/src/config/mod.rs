@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 mod discovery;
 mod env;
+mod fallback;
 mod limits;
 mod load;
 mod profile;
@@ -30,6 +31,8 @@ mod service;
 mod validate;
 
 pub use discovery::DiscoveryConfig;
+pub(crate) use fallback::status as fallback_status;
+pub use fallback::FallbackConfig;
 pub use limits::LimitsConfig;
 pub use profile::Profile;
 pub use retry::{deadline_for, retry_after_for, RetrySettings};

@@ -7,7 +7,7 @@ use mesh_balance::BalanceConfig;
 use mesh_breaker::BreakerConfig;
 use serde::{Deserialize, Serialize};
 
-use super::{LimitsConfig, RetrySettings};
+use super::{FallbackConfig, LimitsConfig, RetrySettings};
 
 /// The local service (the design document's `createServiceMeshClient("api-gateway")`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +73,9 @@ pub struct ServiceOverride {
     /// Rate and concurrency limits.
     #[serde(default)]
     pub limits: Option<LimitsConfig>,
+    /// What answers its failed calls (`[services.<name>.fallback]`).
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
     /// A canary split between subsets of the service's instances
     /// (`[[services.user-service.split]]` tables); changeable at run time
     /// with [`crate::MeshClient::set_split`].

@@ -130,7 +130,7 @@ impl MeshConfig {
     }
 
     /// The limits, the file's and each service's, and each service's
-    /// canary split.
+    /// canary split and fallback.
     fn validate_limits_and_splits(&self) -> Result<(), ConfigError> {
         if let Some(limits) = &self.limits {
             limits.validate("limits")?;
@@ -139,6 +139,9 @@ impl MeshConfig {
             crate::split::validate_split(name, &o.split, &self.services)?;
             if let Some(limits) = &o.limits {
                 limits.validate(&format!("services.{name}.limits"))?;
+            }
+            if let Some(fallback) = &o.fallback {
+                fallback.validate(&format!("services.{name}.fallback"))?;
             }
         }
         Ok(())
