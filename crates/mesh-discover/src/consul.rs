@@ -8,10 +8,12 @@
 //! wait/16 of jitter); an answer is not proof of a change, so sets are
 //! compared (the catalog drops identical ones); an index that goes
 //! backwards resets to 0; an index below 1 is treated as 1; requests are
-//! spaced by a minimum interval, and errors back off exponentially.
+//! spaced by a minimum interval, and errors back off exponentially (up
+//! to a configurable cap). Instances whose address is a hostname are
+//! resolved before the set is published (see `consul_hosts`).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,10 +23,17 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mesh_core::{ConfigError, Endpoint, EndpointId, EndpointSet, Secret, ServiceName, Weight};
+use mesh_core::{ConfigError, EndpointSet, Secret, ServiceName, Weight};
 use serde::Deserialize;
 
+use crate::backoff::ErrorBackoff;
+use crate::consul_hosts::{resolve_instances, Host, Instance};
 use crate::registry::{BoxFuture, BoxStream, DiscoveryError, Registry};
+
+/// The default cap of the pause between queries after errors.
+const DEFAULT_MAX_ERROR_BACKOFF: Duration = Duration::from_secs(30);
+/// The default bound on resolving one instance's hostname.
+const DEFAULT_HOSTNAME_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The largest answer read from Consul (a bigger one is an error).
 const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -110,7 +119,8 @@ pub struct ConsulRegistry {
     passing_only: bool,
     wait: Duration,
     min_interval: Duration,
-    max_backoff: Duration,
+    max_error_backoff: Duration,
+    hostname_lookup_timeout: Duration,
     client: SharedTransport,
 }
 
@@ -126,6 +136,8 @@ impl std::fmt::Debug for ConsulRegistry {
             .field("passing_only", &self.passing_only)
             .field("wait", &self.wait)
             .field("min_interval", &self.min_interval)
+            .field("max_error_backoff", &self.max_error_backoff)
+            .field("hostname_lookup_timeout", &self.hostname_lookup_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -141,7 +153,8 @@ pub struct ConsulRegistryBuilder {
     passing_only: bool,
     wait: Duration,
     min_interval: Duration,
-    max_backoff: Duration,
+    max_error_backoff: Duration,
+    hostname_lookup_timeout: Duration,
     transport: Option<SharedTransport>,
 }
 
@@ -157,6 +170,8 @@ impl std::fmt::Debug for ConsulRegistryBuilder {
             .field("passing_only", &self.passing_only)
             .field("wait", &self.wait)
             .field("min_interval", &self.min_interval)
+            .field("max_error_backoff", &self.max_error_backoff)
+            .field("hostname_lookup_timeout", &self.hostname_lookup_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -174,7 +189,8 @@ impl ConsulRegistry {
             passing_only: true,
             wait: Duration::from_secs(300),
             min_interval: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(30),
+            max_error_backoff: DEFAULT_MAX_ERROR_BACKOFF,
+            hostname_lookup_timeout: DEFAULT_HOSTNAME_LOOKUP_TIMEOUT,
             transport: None,
         }
     }
@@ -290,7 +306,8 @@ impl ConsulRegistry {
                 "Consul answered {status}: {text}"
             )));
         }
-        let set = parse_health(service, &body, self.passing_only, &self.tags, &self.meta)?;
+        let instances = parse_health(service, &body, self.passing_only, &self.tags, &self.meta)?;
+        let set = resolve_instances(service, instances, self.hostname_lookup_timeout).await;
         Ok((set, new_index.unwrap_or(0)))
     }
 }
@@ -352,6 +369,51 @@ impl ConsulRegistryBuilder {
         self.min_interval = d;
         self
     }
+    /// The longest pause between queries while Consul keeps failing
+    /// (30 s by default). After an error the watch waits 250 ms, doubling
+    /// at each further error in a row up to this cap, each pause jittered
+    /// to between half and all of it; an answer starts it over. A lower
+    /// cap notices a recovered Consul sooner and costs it more queries
+    /// while it is down. Between 1 ms and 10 minutes; the
+    /// [`min_interval`](Self::min_interval) still applies.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mesh_discover::ConsulRegistry;
+    /// let consul = ConsulRegistry::builder("http://127.0.0.1:8500")
+    ///     .max_error_backoff(Duration::from_secs(5))
+    ///     .build()?;
+    /// # let _ = consul;
+    /// # Ok::<(), mesh_core::ConfigError>(())
+    /// ```
+    pub fn max_error_backoff(mut self, cap: Duration) -> Self {
+        self.max_error_backoff = cap;
+        self
+    }
+    /// How long resolving an instance's hostname may take (2 s by
+    /// default). Consul allows a hostname as a service's address (and as
+    /// a node's, used when the service has none); such names are resolved
+    /// with the system resolver after each answer, concurrently, before
+    /// the set is published. Each address a name resolves to is one
+    /// endpoint: with one, its id is the instance's (`node/service-id`);
+    /// with several, `node/service-id@ip`. A name that does not resolve
+    /// within this time, or at all, is logged as a warning and its
+    /// instance left out; the other instances are still served. Between
+    /// 1 ms and 60 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mesh_discover::ConsulRegistry;
+    /// let consul = ConsulRegistry::builder("http://127.0.0.1:8500")
+    ///     .hostname_lookup_timeout(Duration::from_millis(500))
+    ///     .build()?;
+    /// # let _ = consul;
+    /// # Ok::<(), mesh_core::ConfigError>(())
+    /// ```
+    pub fn hostname_lookup_timeout(mut self, timeout: Duration) -> Self {
+        self.hostname_lookup_timeout = timeout;
+        self
+    }
 
     /// Validates the settings.
     ///
@@ -360,8 +422,9 @@ impl ConsulRegistryBuilder {
     /// A [`ConfigError`] naming the value at fault: `consul.address` (not
     /// an `http://` URL, or `https://` without a
     /// [`connector`](Self::connector)), `consul.wait`,
-    /// `consul.min_interval` or `consul.token`. Neither the token nor a
-    /// password in the address is ever quoted.
+    /// `consul.min_interval`, `consul.max_error_backoff`,
+    /// `consul.hostname_lookup_timeout` or `consul.token`. Neither the
+    /// token nor a password in the address is ever quoted.
     pub fn build(self) -> Result<ConsulRegistry, ConfigError> {
         let shown = redact_userinfo(&self.base);
         let base: Uri = self.base.parse().map_err(|e| {
@@ -401,6 +464,22 @@ impl ConsulRegistryBuilder {
                 ),
             ));
         }
+        if self.max_error_backoff < Duration::from_millis(1)
+            || self.max_error_backoff > Duration::from_secs(600)
+        {
+            return Err(ConfigError::new(
+                "consul.max_error_backoff",
+                format!("{:?} is outside [1ms, 10m]", self.max_error_backoff),
+            ));
+        }
+        if self.hostname_lookup_timeout < Duration::from_millis(1)
+            || self.hostname_lookup_timeout > Duration::from_secs(60)
+        {
+            return Err(ConfigError::new(
+                "consul.hostname_lookup_timeout",
+                format!("{:?} is outside [1ms, 60s]", self.hostname_lookup_timeout),
+            ));
+        }
         let token = match &self.token {
             None => None,
             Some(token) => {
@@ -427,7 +506,8 @@ impl ConsulRegistryBuilder {
             passing_only: self.passing_only,
             wait: self.wait,
             min_interval: self.min_interval,
-            max_backoff: self.max_backoff,
+            max_error_backoff: self.max_error_backoff,
+            hostname_lookup_timeout: self.hostname_lookup_timeout,
             client: match self.transport {
                 Some(transport) => transport,
                 None => {
@@ -517,21 +597,22 @@ struct Check {
     status: String,
 }
 
-/// Parses a `/v1/health/service` answer. An entry that cannot be used (no
-/// address, a port out of range, failing checks, a filter that does not
-/// match, weight zero) is skipped, never fatal; an answer that is not the
-/// documented JSON is an error.
+/// Parses a `/v1/health/service` answer into the instances to serve. An
+/// entry that cannot be used (no address, a port out of range, failing
+/// checks, a filter that does not match, weight zero) is skipped, never
+/// fatal; an answer that is not the documented JSON is an error. An
+/// address that is not an IP is kept as a hostname, resolved later.
 pub(crate) fn parse_health(
     service: &ServiceName,
     body: &[u8],
     passing_only: bool,
     tags: &[String],
     meta: &BTreeMap<String, String>,
-) -> Result<EndpointSet, DiscoveryError> {
+) -> Result<Vec<Instance>, DiscoveryError> {
     let entries: Vec<Entry> = serde_json::from_slice(body).map_err(|e| {
         DiscoveryError::Malformed(format!("Consul health answer for {service}: {e}"))
     })?;
-    let mut endpoints = Vec::with_capacity(entries.len());
+    let mut instances = Vec::with_capacity(entries.len());
     for entry in entries {
         // Filter client-side too: a check not passing drops the instance
         // (or, with warnings allowed, a critical one does).
@@ -543,7 +624,7 @@ pub(crate) fn parse_health(
         if critical || (passing_only && warning) {
             continue;
         }
-        let s = &entry.service;
+        let s = entry.service;
         let entry_tags = s.tags.clone().unwrap_or_default();
         if !tags.iter().all(|t| entry_tags.contains(t)) {
             continue;
@@ -557,10 +638,17 @@ pub(crate) fn parse_health(
         } else {
             &s.address
         };
+        let host = match host.parse::<IpAddr>() {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) if host.is_empty() => {
+                tracing::debug!(%service, id = %s.id, "skipping Consul entry without an address");
+                continue;
+            }
+            Err(_) => Host::Name(host.clone()),
+        };
         // Fields of odd types skip the entry, never the whole answer.
-        let port = s.port.as_u64().and_then(|p| u16::try_from(p).ok());
-        let (Ok(ip), Some(port)) = (host.parse::<IpAddr>(), port) else {
-            tracing::debug!(%service, address = %host, port = %s.port, "skipping Consul entry without an IP and port");
+        let Some(port) = s.port.as_u64().and_then(|p| u16::try_from(p).ok()) else {
+            tracing::debug!(%service, port = %s.port, "skipping Consul entry without a port");
             continue;
         };
         if port == 0 {
@@ -583,24 +671,17 @@ pub(crate) fn parse_health(
             continue; // weight 0: Consul's way to say "send nothing"
         };
         // Service IDs are unique per agent, not across nodes.
-        let id = if s.id.is_empty() {
-            None
-        } else {
-            EndpointId::new(&format!("{}/{}", entry.node.node, s.id)).ok()
-        };
-        let mut b = Endpoint::builder(SocketAddr::new(ip, port)).weight(weight);
-        if let Some(id) = id {
-            b = b.id(id);
-        }
-        for tag in entry_tags {
-            b = b.tag(tag);
-        }
-        for (k, v) in entry_meta {
-            b = b.metadata(k, v);
-        }
-        endpoints.push(b.build());
+        let id = (!s.id.is_empty()).then(|| format!("{}/{}", entry.node.node, s.id));
+        instances.push(Instance {
+            host,
+            port,
+            id,
+            weight,
+            tags: entry_tags,
+            meta: entry_meta,
+        });
     }
-    Ok(EndpointSet::new(service.clone(), endpoints))
+    Ok(instances)
 }
 
 impl Registry for ConsulRegistry {
@@ -620,13 +701,13 @@ impl Registry for ConsulRegistry {
         let (this, service) = (self.clone(), service.clone());
         crate::registry::watch_task(move |tx| async move {
             let mut index: u64 = 0;
-            let mut backoff = Duration::ZERO;
+            let mut backoff = ErrorBackoff::new(this.max_error_backoff);
             loop {
                 let started = tokio::time::Instant::now();
                 let answer = this.query(&service, (index > 0).then_some(index)).await;
                 let answer = match answer {
                     Ok((set, new_index)) => {
-                        backoff = Duration::ZERO;
+                        backoff.reset();
                         // Below 1 is treated as 1 (else queries return at
                         // once, forever); then an index that went backwards
                         // (a restarted agent) starts over from 0.
@@ -634,10 +715,7 @@ impl Registry for ConsulRegistry {
                         index = if new_index < index { 0 } else { new_index };
                         Ok(set)
                     }
-                    Err(e) => {
-                        backoff = (backoff * 2).clamp(Duration::from_millis(250), this.max_backoff);
-                        Err(e)
-                    }
+                    Err(e) => Err(e),
                 };
                 let failed = answer.is_err();
                 if tx.send(answer).await.is_err() {
@@ -646,7 +724,7 @@ impl Registry for ConsulRegistry {
                 // Rate limit, and back off (with jitter) after an error.
                 let mut pause = this.min_interval.saturating_sub(started.elapsed());
                 if failed {
-                    pause = pause.max(backoff.mul_f64(0.5 + fastrand::f64() / 2.0));
+                    pause = pause.max(backoff.next_pause(fastrand::f64()));
                 }
                 // A zero sleep would still wait for the timer's next tick.
                 if !pause.is_zero() {
@@ -677,16 +755,20 @@ mod tests {
           {"Node":{"Node":"n6","Address":"10.0.0.6"},"Service":{"ID":"u6","Address":"","Port":70000,"Tags":["v2"],"Meta":{"zone":"a"}},"Checks":[]}
         ]"#;
         let meta = BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
-        let set = parse_health(&name(), body, true, &["v2".to_owned()], &meta).unwrap();
-        assert_eq!(set.len(), 1, "{set:?}");
-        let e = &set.endpoints()[0];
+        let instances = parse_health(&name(), body, true, &["v2".to_owned()], &meta).unwrap();
+        assert_eq!(instances.len(), 2, "{instances:?}");
+        let e = &instances[0];
         assert_eq!(
-            e.address(),
-            "10.0.0.1:8080".parse().unwrap(),
+            e.host,
+            Host::Ip("10.0.0.1".parse().unwrap()),
             "node address when the service has none"
         );
-        assert_eq!(e.weight().get(), 3);
-        assert_eq!(e.id().as_str(), "n1/u1");
+        assert_eq!(e.port, 8080);
+        assert_eq!(e.weight.get(), 3);
+        assert_eq!(e.id.as_deref(), Some("n1/u1"));
+        // A hostname is kept, to be resolved.
+        assert_eq!(instances[1].host, Host::Name("not-an-ip".into()));
+        assert_eq!(instances[1].id.as_deref(), Some("n5/u5"));
     }
 
     #[test]
@@ -695,8 +777,8 @@ mod tests {
         assert!(parse_health(&name(), body, true, &[], &BTreeMap::new())
             .unwrap()
             .is_empty());
-        let set = parse_health(&name(), body, false, &[], &BTreeMap::new()).unwrap();
-        assert_eq!(set.endpoints()[0].weight().get(), 1);
+        let instances = parse_health(&name(), body, false, &[], &BTreeMap::new()).unwrap();
+        assert_eq!(instances[0].weight.get(), 1);
     }
 
     #[test]
@@ -706,6 +788,28 @@ mod tests {
             .wait(Duration::from_secs(3600))
             .build()
             .is_err());
+    }
+
+    #[test]
+    fn backoff_cap_and_hostname_lookup_timeout_are_validated_naming_their_key() {
+        let base = || ConsulRegistry::builder("http://127.0.0.1:8500");
+        for cap in [Duration::ZERO, Duration::from_secs(601)] {
+            let err = base().max_error_backoff(cap).build().unwrap_err();
+            assert_eq!(err.key(), "consul.max_error_backoff", "{err}");
+        }
+        for timeout in [Duration::ZERO, Duration::from_secs(61)] {
+            let err = base().hostname_lookup_timeout(timeout).build().unwrap_err();
+            assert_eq!(err.key(), "consul.hostname_lookup_timeout", "{err}");
+        }
+        let consul = base()
+            .max_error_backoff(Duration::from_millis(1))
+            .hostname_lookup_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        assert_eq!(consul.max_error_backoff, Duration::from_millis(1));
+        let defaults = base().build().unwrap();
+        assert_eq!(defaults.max_error_backoff, Duration::from_secs(30));
+        assert_eq!(defaults.hostname_lookup_timeout, Duration::from_secs(2));
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! [`KubernetesDnsRegistry`]: instances from Kubernetes DNS.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{Name, RData};
 use hickory_resolver::TokioResolver;
-use mesh_core::{ConfigError, Endpoint, EndpointSet, ServiceName, Weight};
+use mesh_core::{ConfigError, Endpoint, EndpointSet, ServiceName};
 
+use crate::kubernetes_lookup::{srv_endpoints, Dns, SrvRecord};
 use crate::registry::{BoxFuture, BoxStream, DiscoveryError, Registry};
+
+/// How long one DNS query may take by default.
+const DEFAULT_RESOLVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many times a DNS query is tried by default.
+const DEFAULT_RESOLVER_ATTEMPTS: u8 = 2;
 
 /// Which port an instance is reached on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,9 +44,19 @@ pub enum PortSource {
 /// a service it never saw as "unknown service" and follows nothing). A watch
 /// re-resolves when the records' TTL runs out, kept within configured
 /// bounds.
+///
+/// A DNS outage is an error within a bound you set: each query is tried
+/// [`resolver_attempts`](KubernetesDnsRegistryBuilder::resolver_attempts)
+/// times, each attempt given
+/// [`resolver_timeout`](KubernetesDnsRegistryBuilder::resolver_timeout),
+/// and a whole resolution fails once `timeout x attempts` has passed (4 s
+/// by default), so the catalog keeps the last good set and reports the
+/// failure instead of the watch waiting on DNS.
 #[derive(Clone)]
 pub struct KubernetesDnsRegistry {
-    resolver: Arc<TokioResolver>,
+    dns: Dns,
+    resolver_timeout: Duration,
+    resolver_attempts: u8,
     nameserver: Option<SocketAddr>,
     namespace: String,
     zone: String,
@@ -57,6 +72,8 @@ impl std::fmt::Debug for KubernetesDnsRegistry {
             .field("zone", &self.zone)
             .field("port", &self.port)
             .field("nameserver", &self.nameserver)
+            .field("resolver_timeout", &self.resolver_timeout)
+            .field("resolver_attempts", &self.resolver_attempts)
             .finish_non_exhaustive()
     }
 }
@@ -70,11 +87,14 @@ pub struct KubernetesDnsRegistryBuilder {
     port: PortSource,
     min_refresh: Duration,
     max_refresh: Duration,
+    resolver_timeout: Duration,
+    resolver_attempts: u8,
 }
 
 impl KubernetesDnsRegistry {
     /// Starts configuring: namespace `default`, zone `cluster.local`, the
-    /// system's name servers, re-resolution between 1 s and 30 s.
+    /// system's name servers, re-resolution between 1 s and 30 s, each DNS
+    /// query given 2 s and tried twice.
     pub fn builder(port: PortSource) -> KubernetesDnsRegistryBuilder {
         KubernetesDnsRegistryBuilder {
             nameserver: None,
@@ -83,6 +103,8 @@ impl KubernetesDnsRegistry {
             port,
             min_refresh: Duration::from_secs(1),
             max_refresh: Duration::from_secs(30),
+            resolver_timeout: DEFAULT_RESOLVER_TIMEOUT,
+            resolver_attempts: DEFAULT_RESOLVER_ATTEMPTS,
         }
     }
 
@@ -90,90 +112,75 @@ impl KubernetesDnsRegistry {
         format!("{service}.{}.svc.{}.", self.namespace, self.zone)
     }
 
-    /// The set now, and how long the answer is good for.
+    /// The set now, and how long the answer is good for; an error once
+    /// the resolution has taken [`Dns::bound`].
     async fn lookup(
         &self,
         service: &ServiceName,
     ) -> Result<(EndpointSet, Duration), DiscoveryError> {
+        let bound = self.dns.bound();
+        tokio::time::timeout(bound, self.lookup_unbounded(service))
+            .await
+            .map_err(|_| {
+                DiscoveryError::Unavailable(format!(
+                    "DNS {}: no complete answer within {bound:?} ({})",
+                    self.name(service),
+                    self.dns.limits()
+                ))
+            })?
+    }
+
+    async fn lookup_unbounded(
+        &self,
+        service: &ServiceName,
+    ) -> Result<(EndpointSet, Duration), DiscoveryError> {
         let now = Instant::now();
-        let mut endpoints = Vec::new();
-        let valid_until = match &self.port {
-            PortSource::Fixed(port) => match self.resolver.lookup_ip(self.name(service)).await {
-                Ok(ips) => {
-                    for ip in ips.iter() {
-                        endpoints.push(Endpoint::builder(SocketAddr::new(ip, *port)).build());
-                    }
-                    Some(ips.valid_until())
+        let (endpoints, valid_until) = match &self.port {
+            PortSource::Fixed(port) => {
+                let name = self.name(service);
+                let answer = self
+                    .dns
+                    .ask(&name, || self.dns.resolver().lookup_ip(name.as_str()))
+                    .await?;
+                match answer {
+                    Some(ips) => (
+                        ips.iter()
+                            .map(|ip| Endpoint::builder(SocketAddr::new(ip, *port)).build())
+                            .collect(),
+                        Some(ips.valid_until()),
+                    ),
+                    None => (Vec::new(), None),
                 }
-                Err(e) if e.is_no_records_found() || e.is_nx_domain() => None,
-                Err(e) => {
-                    return Err(DiscoveryError::Unavailable(format!(
-                        "DNS {}: {e}",
-                        self.name(service)
-                    )))
-                }
-            },
+            }
             PortSource::Srv { name, protocol } => {
                 let srv_name = format!("_{name}._{protocol}.{}", self.name(service));
-                match self.resolver.srv_lookup(srv_name.as_str()).await {
-                    Ok(lookup) => {
-                        let records: Vec<_> = lookup
+                let answer = self
+                    .dns
+                    .ask(&srv_name, || {
+                        self.dns.resolver().srv_lookup(srv_name.as_str())
+                    })
+                    .await?;
+                match answer {
+                    Some(lookup) => {
+                        let records: Vec<SrvRecord> = lookup
                             .answers()
                             .iter()
                             .filter_map(|r| match &r.data {
-                                RData::SRV(srv) => {
-                                    Some((srv.priority, srv.weight, srv.port, srv.target.clone()))
-                                }
+                                RData::SRV(srv) => Some((
+                                    srv.priority,
+                                    srv.weight,
+                                    srv.port,
+                                    Name::clone(&srv.target),
+                                )),
                                 _ => None,
                             })
                             .collect();
-                        // The lowest priority with an instance serves; the
-                        // others are fallbacks (RFC 2782).
-                        let mut priorities: Vec<u16> = records.iter().map(|r| r.0).collect();
-                        priorities.sort_unstable();
-                        priorities.dedup();
-                        for serving in priorities {
-                            for (priority, weight, port, target) in &records {
-                                if *priority != serving {
-                                    continue;
-                                }
-                                let ips = match self.resolver.lookup_ip(target.clone()).await {
-                                    Ok(ips) => ips,
-                                    // The pod behind the record is gone.
-                                    Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
-                                        tracing::debug!(%target, "SRV target has no address; skipped");
-                                        continue;
-                                    }
-                                    // Anything else (timeout, SERVFAIL) makes the
-                                    // answer incomplete: fail, so the last good
-                                    // set stays instead of a partial one.
-                                    Err(e) => {
-                                        return Err(DiscoveryError::Unavailable(format!(
-                                            "DNS {target}: {e}"
-                                        )))
-                                    }
-                                };
-                                // SRV weight 0 means "rarely": the smallest
-                                // weight there is.
-                                let weight = Weight::new(u32::from(*weight)).unwrap_or(Weight::ONE);
-                                for ip in ips.iter() {
-                                    endpoints.push(
-                                        Endpoint::builder(SocketAddr::new(ip, *port))
-                                            .weight(weight)
-                                            .build(),
-                                    );
-                                }
-                            }
-                            if !endpoints.is_empty() {
-                                break;
-                            }
-                        }
-                        Some(lookup.valid_until())
+                        (
+                            srv_endpoints(&self.dns, &records).await?,
+                            Some(lookup.valid_until()),
+                        )
                     }
-                    Err(e) if e.is_no_records_found() || e.is_nx_domain() => None,
-                    Err(e) => {
-                        return Err(DiscoveryError::Unavailable(format!("DNS {srv_name}: {e}")))
-                    }
+                    None => (Vec::new(), None),
                 }
             }
         };
@@ -212,6 +219,42 @@ impl KubernetesDnsRegistryBuilder {
         self.max_refresh = max;
         self
     }
+    /// How long one attempt of a DNS query may take (2 s by default),
+    /// between 1 ms and 60 s. With
+    /// [`resolver_attempts`](Self::resolver_attempts) it bounds how long a
+    /// DNS outage goes unreported: a resolution fails after `timeout x
+    /// attempts` (an SRV resolution included: its SRV query and then its
+    /// targets, resolved concurrently, share that bound), the catalog
+    /// keeps the last good set and reports the failure, and the watch
+    /// tries again after the lower bound of
+    /// [`refresh_between`](Self::refresh_between).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mesh_discover::{KubernetesDnsRegistry, PortSource};
+    /// // A DNS outage is an error within 500 ms x 3 = 1.5 s.
+    /// let registry = KubernetesDnsRegistry::builder(PortSource::Fixed(8080))
+    ///     .nameserver("127.0.0.1:5353".parse()?)
+    ///     .resolver_timeout(Duration::from_millis(500))
+    ///     .resolver_attempts(3)
+    ///     .build()?;
+    /// # let _ = registry;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn resolver_timeout(mut self, timeout: Duration) -> Self {
+        self.resolver_timeout = timeout;
+        self
+    }
+    /// How many times a DNS query is tried before the resolution fails (2
+    /// by default), between 1 and 10. A timeout, a refused connection or a
+    /// server failure is tried again; NXDOMAIN or no records is an answer
+    /// (no instances) and is not. See
+    /// [`resolver_timeout`](Self::resolver_timeout) for the bound they make
+    /// together.
+    pub fn resolver_attempts(mut self, attempts: u8) -> Self {
+        self.resolver_attempts = attempts;
+        self
+    }
 
     /// Validates the settings and makes the resolver.
     ///
@@ -220,6 +263,8 @@ impl KubernetesDnsRegistryBuilder {
     /// A [`ConfigError`] naming the value at fault:
     /// `kubernetes_dns.namespace` (not a DNS label), `kubernetes_dns.zone`
     /// (not a DNS name), `kubernetes_dns.refresh_between`,
+    /// `kubernetes_dns.resolver_timeout` (outside 1 ms to 60 s),
+    /// `kubernetes_dns.resolver_attempts` (outside 1 to 10),
     /// `kubernetes_dns.port` (an SRV port without a name or with a
     /// protocol other than tcp or udp), or `kubernetes_dns.nameserver`
     /// when no name server is given and the system's configuration cannot
@@ -244,6 +289,20 @@ impl KubernetesDnsRegistryBuilder {
                     "{:?}..{:?} is not a range above 0",
                     self.min_refresh, self.max_refresh
                 ),
+            ));
+        }
+        if self.resolver_timeout < Duration::from_millis(1)
+            || self.resolver_timeout > Duration::from_secs(60)
+        {
+            return Err(ConfigError::new(
+                "kubernetes_dns.resolver_timeout",
+                format!("{:?} is outside [1ms, 60s]", self.resolver_timeout),
+            ));
+        }
+        if !(1..=10).contains(&self.resolver_attempts) {
+            return Err(ConfigError::new(
+                "kubernetes_dns.resolver_attempts",
+                format!("{} is outside [1, 10]", self.resolver_attempts),
             ));
         }
         if let PortSource::Srv { name, protocol } = &self.port {
@@ -276,11 +335,15 @@ impl KubernetesDnsRegistryBuilder {
         // Our own refresh follows the TTL; the resolver's cache must not
         // hold answers past it.
         builder.options_mut().cache_size = 0;
+        // One attempt's limit; the attempts are ours (kubernetes_lookup).
+        builder.options_mut().timeout = self.resolver_timeout;
         let resolver = builder.build().map_err(|e| {
             ConfigError::new("kubernetes_dns.nameserver", "cannot make a resolver").caused_by(e)
         })?;
         Ok(KubernetesDnsRegistry {
-            resolver: Arc::new(resolver),
+            dns: Dns::new(resolver, self.resolver_timeout, self.resolver_attempts),
+            resolver_timeout: self.resolver_timeout,
+            resolver_attempts: self.resolver_attempts,
             nameserver: self.nameserver,
             namespace: self.namespace,
             zone: self.zone,
@@ -345,6 +408,32 @@ mod tests {
             .namespace(namespace)
             .zone(zone)
             .build()
+    }
+
+    #[tokio::test]
+    async fn resolver_limits_are_validated_naming_their_key() {
+        let with = |timeout: Duration, attempts: u8| {
+            KubernetesDnsRegistry::builder(PortSource::Fixed(80))
+                .nameserver(SocketAddr::from(([127, 0, 0, 1], 53)))
+                .resolver_timeout(timeout)
+                .resolver_attempts(attempts)
+                .build()
+        };
+        let ok = with(Duration::from_millis(200), 3).expect("valid");
+        assert_eq!(ok.dns.bound(), Duration::from_millis(600));
+        for timeout in [Duration::ZERO, Duration::from_secs(61)] {
+            let err = with(timeout, 2).expect_err("out of range");
+            assert_eq!(err.key(), "kubernetes_dns.resolver_timeout", "{err}");
+        }
+        for attempts in [0, 11] {
+            let err = with(Duration::from_secs(1), attempts).expect_err("out of range");
+            assert_eq!(err.key(), "kubernetes_dns.resolver_attempts", "{err}");
+        }
+        let defaults = KubernetesDnsRegistry::builder(PortSource::Fixed(80))
+            .nameserver(SocketAddr::from(([127, 0, 0, 1], 53)))
+            .build()
+            .expect("valid");
+        assert_eq!(defaults.dns.bound(), Duration::from_secs(4));
     }
 
     #[tokio::test]

@@ -2,9 +2,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
 
+mod backoff;
 mod catalog;
 mod consul;
 mod consul_agent;
+mod consul_hosts;
 mod error;
 mod file;
 mod follow;
@@ -12,6 +14,8 @@ mod followers;
 mod future;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
+#[cfg(feature = "kubernetes")]
+mod kubernetes_lookup;
 mod layer;
 mod registry;
 mod service;

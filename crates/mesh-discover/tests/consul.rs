@@ -355,3 +355,137 @@ async fn junk_hosts_leave_no_follower_and_a_new_service_still_resolves() {
     );
     assert!(slow.followed().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostname_addresses_resolve_and_one_that_does_not_leaves_the_rest_served() {
+    let double = ConsulDouble::start().await;
+    // The node's address is used when the service has none; it may be a
+    // hostname too.
+    let mut on_node = entry("n3", "", 82, "passing");
+    on_node["Node"]["Address"] = "localhost".into();
+    double.set(
+        "users",
+        vec![
+            entry("n1", "10.0.0.1", 80, "passing"),
+            entry("n2", "localhost", 81, "passing"),
+            on_node,
+            entry("n4", "no-such-host.invalid", 83, "passing"),
+        ],
+    );
+    let consul = Arc::new(
+        ConsulRegistry::builder(double.url())
+            .wait(Duration::from_secs(2))
+            .min_interval(Duration::from_millis(5))
+            .hostname_lookup_timeout(Duration::from_secs(3))
+            .build()
+            .expect("config"),
+    );
+    let users = ServiceName::new("users").expect("name");
+    let started = Instant::now();
+    let set = consul.resolve(&users).await.expect("answer");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "resolution is bounded: {:?}",
+        started.elapsed()
+    );
+    let mut addresses: Vec<String> = set.iter().map(|e| e.address().to_string()).collect();
+    addresses.sort();
+    addresses.dedup();
+    // localhost may also be ::1 where the hosts file says so.
+    let v4: Vec<&str> = addresses
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('['))
+        .collect();
+    assert_eq!(
+        v4,
+        ["10.0.0.1:80", "127.0.0.1:81", "127.0.0.1:82"],
+        "{set:?}"
+    );
+    assert!(
+        set.iter().all(|e| e.address().port() != 83),
+        "the name that does not resolve is left out: {set:?}"
+    );
+    // Ids stay the instance's: node/service-id (with @ip when a name has
+    // several addresses).
+    for endpoint in set.iter() {
+        let id = endpoint.id().as_str();
+        let want = match endpoint.address().port() {
+            80 => "n1/svc-80",
+            81 => "n2/svc-81",
+            _ => "n3/svc-82",
+        };
+        assert!(
+            id == want || id == format!("{want}@{}", endpoint.address().ip()),
+            "{id} for {}",
+            endpoint.address()
+        );
+    }
+
+    // A watch serves the same set, and follows a change.
+    let catalog = Catalog::default();
+    let _follow = catalog.follow(
+        Arc::clone(&consul) as Arc<dyn Registry>,
+        users.clone(),
+        Duration::from_millis(50),
+    );
+    until(&catalog, set.len()).await;
+    double.set(
+        "users",
+        vec![
+            entry("n2", "localhost", 81, "passing"),
+            entry("n4", "no-such-host.invalid", 83, "passing"),
+        ],
+    );
+    let localhost = set.iter().filter(|e| e.address().port() == 81).count();
+    until(&catalog, localhost).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_consul_is_retried_at_least_as_often_as_the_error_backoff_cap() {
+    let double = ConsulDouble::start().await;
+    double.set("users", vec![entry("n1", "10.0.0.1", 80, "passing")]);
+    let cap = Duration::from_millis(200);
+    let consul = Arc::new(
+        ConsulRegistry::builder(double.url())
+            .wait(Duration::from_secs(2))
+            .min_interval(Duration::from_millis(5))
+            .max_error_backoff(cap)
+            .build()
+            .expect("config"),
+    );
+    double.fail_next(u32::MAX);
+    let catalog = Catalog::default();
+    let _follow = catalog.follow(
+        consul,
+        ServiceName::new("users").expect("name"),
+        Duration::from_millis(50),
+    );
+    // When each query arrives, seen by polling the double.
+    let mut arrivals = Vec::new();
+    let mut seen = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        let now = double.requests().len();
+        if now > seen {
+            seen = now;
+            arrivals.push(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Uncapped, the 5th pause would be 2-4 s; capped, every pause is at
+    // most 200 ms (plus scheduling slack on a loaded machine).
+    assert!(arrivals.len() >= 8, "{} queries in 2.5 s", arrivals.len());
+    let longest = arrivals
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .expect("gaps");
+    assert!(longest < cap * 2, "longest pause {longest:?}");
+    assert!(catalog.get("users").is_none(), "no answer yet");
+
+    // Consul recovers: the next query (within the cap) is answered.
+    double.fail_next(0);
+    let recovered = until(&catalog, 1).await;
+    assert!(recovered < cap * 3, "seen after {recovered:?}");
+}

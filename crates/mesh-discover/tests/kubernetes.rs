@@ -152,3 +152,119 @@ async fn an_nxdomain_first_answer_is_an_unknown_service_and_leaves_no_follower()
         vec![ServiceName::new("users").expect("name")]
     );
 }
+
+/// A registry that gives each DNS query 200 ms, twice: an outage is an
+/// error within 400 ms (asserted with a wide margin for a loaded machine).
+fn impatient(nameserver: std::net::SocketAddr, port: PortSource) -> KubernetesDnsRegistry {
+    KubernetesDnsRegistry::builder(port)
+        .nameserver(nameserver)
+        .refresh_between(Duration::from_millis(50), Duration::from_millis(200))
+        .resolver_timeout(Duration::from_millis(200))
+        .resolver_attempts(2)
+        .build()
+        .expect("config")
+}
+
+const OUTAGE_REPORTED_WITHIN: Duration = Duration::from_millis(1500);
+
+fn srv() -> PortSource {
+    PortSource::Srv {
+        name: "http".into(),
+        protocol: "tcp".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_dns_server_is_an_error_within_timeout_times_attempts() {
+    let dns = start(&["127.0.0.41", "127.0.0.42"]);
+    let users = ServiceName::new("users").expect("name");
+    for port in [PortSource::Fixed(8080), srv()] {
+        let registry = impatient(dns.addr, port.clone());
+        ready(&registry).await;
+        dns.pause();
+        let started = Instant::now();
+        let error = registry.resolve(&users).await.expect_err("DNS is down");
+        let took = started.elapsed();
+        dns.resume();
+        assert!(took < OUTAGE_REPORTED_WITHIN, "{port:?}: {took:?}");
+        let error = error.to_string();
+        assert!(
+            error.contains("resolver_timeout 200ms x resolver_attempts 2"),
+            "{port:?}: {error}"
+        );
+        // Back up: answers again.
+        ready(&registry).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nameserver_where_nothing_listens_is_an_error_within_the_bound() {
+    let nowhere =
+        std::net::SocketAddr::from(([127, 0, 0, 1], mesh_testkit::net::free_udp_and_tcp_port()));
+    let users = ServiceName::new("users").expect("name");
+    for port in [PortSource::Fixed(8080), srv()] {
+        let registry = impatient(nowhere, port.clone());
+        let started = Instant::now();
+        registry.resolve(&users).await.expect_err("no DNS");
+        let took = started.elapsed();
+        assert!(took < OUTAGE_REPORTED_WITHIN, "{port:?}: {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_outage_reaches_the_catalog_as_a_failure_and_the_set_stays() {
+    use mesh_core::{EventBus, MeshEvent};
+
+    let dns = start(&["127.0.0.51", "127.0.0.52"]);
+    let registry = impatient(dns.addr, PortSource::Fixed(8080));
+    ready(&registry).await;
+    let bus = EventBus::new(64);
+    let mut events = bus.subscribe();
+    let catalog = Catalog::new(bus);
+    let _follow = catalog.follow(
+        Arc::new(registry),
+        ServiceName::new("users").expect("name"),
+        Duration::from_millis(50),
+    );
+    until(&catalog, 2).await;
+    while events.try_recv().is_ok() {}
+
+    dns.pause();
+    let started = Instant::now();
+    loop {
+        match events.try_recv() {
+            Ok(MeshEvent::DiscoveryFailed { .. }) => break,
+            Ok(_) => {}
+            Err(_) => {
+                // The next re-resolution starts within the TTL clamp
+                // (200 ms), then fails within the bound.
+                assert!(
+                    started.elapsed() < OUTAGE_REPORTED_WITHIN + Duration::from_millis(200),
+                    "no failure reported after {:?}",
+                    started.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    assert_eq!(
+        catalog.get("users").map(|s| s.len()),
+        Some(2),
+        "the last good set stays"
+    );
+    dns.resume();
+    let started = Instant::now();
+    loop {
+        match events.try_recv() {
+            Ok(MeshEvent::DiscoveryRecovered { .. }) => break,
+            Ok(_) => {}
+            Err(_) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "never recovered"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}

@@ -53,7 +53,10 @@ impl Drop for ConsulDouble {
 
 /// A health entry of service `users` for `ip:port` on `node`, its one
 /// check in `status` (`"passing"`, `"warning"`, `"critical"`), as
-/// `/v1/health/service/users` lists it.
+/// `/v1/health/service/users` lists it. `ip` is written as both the
+/// service's and the node's address; Consul takes any string there, so a
+/// hostname (`"localhost"`) or `""` (no service address: clients use the
+/// node's) are served as given.
 pub fn entry(node: &str, ip: &str, port: u16, status: &str) -> serde_json::Value {
     serde_json::json!({
         "Node": { "Node": node, "Address": ip },

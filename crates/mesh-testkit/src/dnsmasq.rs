@@ -28,6 +28,38 @@ impl Drop for Dnsmasq {
     }
 }
 
+// === impl Dnsmasq ===
+
+impl Dnsmasq {
+    /// Stops the process (`SIGSTOP`) without closing its sockets: queries
+    /// reach it and are never answered, as with a hung or overloaded DNS
+    /// server. [`resume`](Self::resume) lets it answer again.
+    ///
+    /// # Panics
+    ///
+    /// When the signal cannot be sent.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`pause`](Self::pause)d dnsmasq run again (`SIGCONT`).
+    ///
+    /// # Panics
+    ///
+    /// When the signal cannot be sent.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        match Command::new("kill").args([signal, &pid]).status() {
+            Ok(status) if status.success() => {}
+            other => panic!("kill {signal} {pid} (dnsmasq): {other:?}"),
+        }
+    }
+}
+
 /// The headless service's name.
 pub const NAME: &str = "users.default.svc.cluster.local";
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Uri;
-use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use mesh_core::{BoxError, ConfigError, ConnectError, MeshEvent};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
@@ -16,6 +16,7 @@ use tower::Service;
 use crate::credentials::Credentials;
 use crate::error::{HandshakeRejection, PlaintextRefused, TlsError};
 use crate::identity::{IdentityPolicy, SpiffeId};
+use crate::stream::MeshStream;
 use crate::verify::{CurrentCert, PeerVerification, ServerVerifier};
 
 /// Mutual TLS for outgoing calls: presents the current client
@@ -277,7 +278,9 @@ impl std::fmt::Debug for ClientTlsBuilder {
 /// `HttpsConnector`, counting handshakes and reporting failures (metrics,
 /// [`MeshEvent::HandshakeRejected`], and a [`HandshakeError`] naming the
 /// cause, wrapped in [`mesh_core::ConnectError`] so retries know the
-/// request was never sent and may try another endpoint). A plaintext URI
+/// request was never sent and may try another endpoint). Its connections
+/// are [`crate::MeshStream`]s, which report a TLS 1.3 refusal arriving
+/// after the handshake the same way. A plaintext URI
 /// is refused with [`PlaintextRefused`] (not a `ConnectError`: no endpoint
 /// would take it) unless the client allows plaintext.
 #[derive(Clone)]
@@ -300,10 +303,13 @@ impl<H> std::fmt::Debug for MeshConnector<H> {
 ///
 /// With TLS 1.3 the client finishes its handshake before the server has
 /// judged the client's certificate, so a server refusing this end's
-/// certificate shows up on the first read instead, as an error whose
-/// chain [`HandshakeRejection::find`] reads as
-/// [`HandshakeRejection::RefusedByPeer`]; the server side counts and
-/// publishes it.
+/// certificate shows up on the first read instead: the connection
+/// ([`crate::MeshStream`]) then counts and publishes the refusal like the
+/// connector does, and returns an I/O error holding this error, so
+/// [`HandshakeRejection::find`] reads it from hyper's error as
+/// [`HandshakeRejection::RefusedByPeer`] with the alert. (hyper delivers
+/// it as a request error, not a connect error: the request was written,
+/// though the server never read it.)
 #[derive(Debug, thiserror::Error)]
 #[error("TLS to {authority} failed: {rejection}")]
 pub struct HandshakeError {
@@ -321,7 +327,7 @@ where
     H::Future: Send + 'static,
     H::Error: Into<BoxError>,
 {
-    type Response = MaybeHttpsStream<H::Response>;
+    type Response = MeshStream<H::Response>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -344,12 +350,10 @@ where
         let credentials = self.credentials.clone();
         Box::pin(async move {
             match connecting.await {
-                Ok(stream) => {
-                    if https {
-                        credentials.metrics().handshake();
-                    }
-                    Ok(stream)
-                }
+                // The handshake is counted by the stream: at once, or
+                // with TLS 1.3 once the server's first bytes prove it
+                // accepted this end.
+                Ok(stream) => Ok(MeshStream::new(stream, &credentials, authority(&uri))),
                 Err(error) => match HandshakeRejection::find(&*error) {
                     // Not a TLS failure (refused, unreachable): hyper's
                     // error says it best.

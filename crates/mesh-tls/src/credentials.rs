@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use mesh_core::{ConfigError, EventBus, MeshEvent};
@@ -22,10 +22,13 @@ use crate::metrics::TlsMetrics;
 /// volumes do) is loaded and checked, then used by new handshakes while
 /// established connections carry on. Material that fails the checks is
 /// refused with [`MeshEvent::CertificateRotationRejected`] and the old
-/// material stays in use.
+/// material stays in use. Files that do not fit together yet (the
+/// certificate written, the key not yet) are checked again at the next
+/// interval and refused only if they stay that way for a second: see
+/// [`Credentials::reload`].
 ///
 /// ```no_run
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 /// use mesh_tls::{Credentials, PemSource};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), mesh_tls::TlsError> {
 /// let credentials = Credentials::load(PemSource::files(
@@ -57,8 +60,18 @@ struct Inner {
     /// Stamps of files refused only because their certificate is not valid
     /// yet: retried at every check, reported once.
     waiting: Mutex<Option<Vec<Option<Stamp>>>>,
+    /// Stamps of files refused in a way a rotation caught mid-write
+    /// explains (a key that is not the certificate's), and when they were
+    /// first seen: retried until they settle, reported only then.
+    unsettled: Mutex<Option<(Vec<Option<Stamp>>, Instant)>>,
     watcher: Mutex<Option<tokio::task::AbortHandle>>,
 }
+
+/// How long files refused in a way a rotation caught mid-write explains
+/// (the certificate written, the key not yet) must stay unchanged before
+/// the refusal is reported: a writer that is not atomic finishes within
+/// it, and the next check then finds a matching pair.
+pub(crate) const ROTATION_SETTLE: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +125,7 @@ impl Credentials {
                 metrics,
                 stamps: Mutex::new(stamps),
                 waiting: Mutex::new(None),
+                unsettled: Mutex::new(None),
                 watcher: Mutex::new(None),
             }),
         })
@@ -154,6 +168,14 @@ impl Credentials {
     /// and the new material was refused (the old stays in use). A
     /// certificate refused only because it is not valid yet is retried on
     /// every call until it is, and reported once.
+    ///
+    /// Files that do not fit together in a way a rotation caught halfway
+    /// explains (a key that is not the certificate's because only the
+    /// certificate has been written yet; an empty, truncated or missing
+    /// file) are returned as an error but not reported: they are read
+    /// again at the next call, and reported (event, metric) only once they
+    /// have stayed unchanged and unfit for a settle delay (one second), so
+    /// a writer that is not atomic causes no spurious refusal.
     pub fn reload(&self) -> Result<bool, TlsError> {
         let paths = self.inner.source.paths();
         if paths.is_empty() {
@@ -171,6 +193,7 @@ impl Credentials {
             Ok(material) => {
                 *seen = now;
                 self.set_waiting(None);
+                self.set_unsettled(None);
                 tracing::info!(
                     identity = material.identity().unwrap_or("-"),
                     not_after = material.not_after_unix(),
@@ -191,12 +214,40 @@ impl Credentials {
                 }
                 Err(error)
             }
+            Err(error) if error.may_be_mid_write() && !self.settled(&now) => {
+                // Leave `seen` alone so the next check tries again: the
+                // writer may not be done.
+                tracing::debug!(%error, "TLS files changed but do not fit together yet; checking again");
+                Err(error)
+            }
             Err(error) => {
                 *seen = now;
                 self.set_waiting(None);
+                self.set_unsettled(None);
                 self.refused(&error);
                 Err(error)
             }
+        }
+    }
+
+    /// Whether files with these stamps have been refused, unchanged, for
+    /// [`ROTATION_SETTLE`]; if they are new, starts their wait.
+    fn settled(&self, stamps: &[Option<Stamp>]) -> bool {
+        let Ok(mut unsettled) = self.inner.unsettled.lock() else {
+            return true;
+        };
+        match unsettled.as_ref() {
+            Some((seen, since)) if seen == stamps => since.elapsed() >= ROTATION_SETTLE,
+            _ => {
+                *unsettled = Some((stamps.to_vec(), Instant::now()));
+                false
+            }
+        }
+    }
+
+    fn set_unsettled(&self, value: Option<(Vec<Option<Stamp>>, Instant)>) {
+        if let Ok(mut unsettled) = self.inner.unsettled.lock() {
+            *unsettled = value;
         }
     }
 

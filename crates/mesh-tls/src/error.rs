@@ -1,10 +1,10 @@
 //! What can go wrong: loading material ([`TlsError`]) and handshakes
-//! ([`HandshakeRejection`]).
-
-use std::error::Error as StdError;
+//! ([`HandshakeRejection`], in its own module).
 
 use mesh_core::ConfigError;
 use tokio_rustls::rustls;
+
+pub use crate::rejection::HandshakeRejection;
 
 /// Loading or configuring TLS failed. Every variant names the file (or the
 /// in-memory source) and the cause, or, for [`TlsError::Config`], the
@@ -94,6 +94,21 @@ pub enum TlsError {
 // === impl TlsError ===
 
 impl TlsError {
+    /// Whether files caught in the middle of a rotation that does not
+    /// write them atomically explain this error: the certificate written
+    /// before the key (or the reverse), a file truncated before it is
+    /// rewritten, or removed before it is written again.
+    pub(crate) fn may_be_mid_write(&self) -> bool {
+        matches!(
+            self,
+            TlsError::KeyMismatch { .. }
+                | TlsError::NoCertificate { .. }
+                | TlsError::NoPrivateKey { .. }
+                | TlsError::MalformedPem { .. }
+                | TlsError::Unreadable { .. }
+        )
+    }
+
     /// The credentials' crypto provider cannot make a configuration with
     /// rustls's safe default protocol versions (a provider without key
     /// exchange groups or usable cipher suites): refused under
@@ -124,188 +139,4 @@ pub struct PlaintextRefused {
     /// Where the connection would have gone (the whole URI when it has no
     /// authority).
     pub authority: String,
-}
-
-/// Why a TLS handshake was refused or failed.
-///
-/// The side that verified the peer's certificate sees the specific cause;
-/// the refused side sees [`HandshakeRejection::RefusedByPeer`] with the
-/// TLS alert it received.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum HandshakeRejection {
-    /// The peer's certificate is not signed by a trusted CA.
-    #[error("the peer's certificate is not signed by a trusted CA (unknown CA)")]
-    UnknownCa,
-    /// The peer's certificate has expired.
-    #[error("the peer's certificate has expired")]
-    Expired,
-    /// The peer's certificate is not valid yet.
-    #[error("the peer's certificate is not valid yet")]
-    NotYetValid,
-    /// The peer's workload identity is not on the allow-list.
-    #[error("the peer's identity {identity} is not allowed (allowed: {allowed})")]
-    IdentityNotAllowed {
-        /// The identity the peer presented.
-        identity: String,
-        /// What the allow-list holds.
-        allowed: String,
-    },
-    /// The server presented a valid mesh certificate for another workload
-    /// than the destination service's: an impostor, or an endpoint
-    /// registered under the wrong service. Refused at the handshake, so no
-    /// request is sent to it.
-    #[error("the peer presented the identity {identity}, not the expected {expected}")]
-    UnexpectedIdentity {
-        /// The identity the peer presented.
-        identity: String,
-        /// The identity the destination service must present.
-        expected: String,
-    },
-    /// Identities are checked, but the peer's certificate has no SPIFFE
-    /// URI SAN.
-    #[error("the peer's certificate carries no workload identity (SPIFFE URI SAN)")]
-    NoIdentity,
-    /// The peer's certificate carries more than one URI SAN; an X.509-SVID
-    /// carries exactly one, and which of several to trust is ambiguous.
-    #[error("the peer's certificate carries several URI SANs ({uris}); a workload identity must be exactly one")]
-    AmbiguousIdentity {
-        /// The URIs presented.
-        uris: String,
-    },
-    /// The server requires a client certificate and the client sent none.
-    #[error("the peer presented no client certificate")]
-    NoClientCertificate,
-    /// The server's certificate is not valid for the name connected to.
-    #[error("the peer's certificate is not valid for the name connected to: {detail}")]
-    NameMismatch {
-        /// What was expected and presented.
-        detail: String,
-    },
-    /// The peer refused this end's certificate (or the handshake) with a
-    /// TLS alert.
-    #[error("the peer refused the handshake (TLS alert {alert})")]
-    RefusedByPeer {
-        /// The alert, as rustls names it (`UnknownCA`, `CertificateRequired`...).
-        alert: String,
-    },
-    /// Anything else (a protocol error, a timeout).
-    #[error("TLS handshake failed: {0}")]
-    Other(String),
-}
-
-impl HandshakeRejection {
-    /// Every label [`HandshakeRejection::label`] can return, for metrics.
-    pub const LABELS: [&'static str; 11] = [
-        "unknown-ca",
-        "expired",
-        "not-yet-valid",
-        "identity-not-allowed",
-        "unexpected-identity",
-        "no-identity",
-        "ambiguous-identity",
-        "no-client-certificate",
-        "name-mismatch",
-        "refused-by-peer",
-        "other",
-    ];
-
-    /// A short, stable label for metrics and events.
-    pub fn label(&self) -> &'static str {
-        Self::LABELS[self.index()]
-    }
-
-    pub(crate) fn index(&self) -> usize {
-        match self {
-            HandshakeRejection::UnknownCa => 0,
-            HandshakeRejection::Expired => 1,
-            HandshakeRejection::NotYetValid => 2,
-            HandshakeRejection::IdentityNotAllowed { .. } => 3,
-            HandshakeRejection::UnexpectedIdentity { .. } => 4,
-            HandshakeRejection::NoIdentity => 5,
-            HandshakeRejection::AmbiguousIdentity { .. } => 6,
-            HandshakeRejection::NoClientCertificate => 7,
-            HandshakeRejection::NameMismatch { .. } => 8,
-            HandshakeRejection::RefusedByPeer { .. } => 9,
-            HandshakeRejection::Other(_) => 10,
-        }
-    }
-
-    /// The reason behind a rustls error.
-    pub fn from_rustls(error: &rustls::Error) -> Self {
-        use rustls::CertificateError as C;
-        match error {
-            rustls::Error::InvalidCertificate(cert) => match cert {
-                C::UnknownIssuer => HandshakeRejection::UnknownCa,
-                C::Expired | C::ExpiredContext { .. } => HandshakeRejection::Expired,
-                C::NotValidYet | C::NotValidYetContext { .. } => HandshakeRejection::NotYetValid,
-                C::NotValidForName | C::NotValidForNameContext { .. } => {
-                    HandshakeRejection::NameMismatch {
-                        detail: cert.to_string(),
-                    }
-                }
-                C::Other(other) => match other.0.downcast_ref::<HandshakeRejection>() {
-                    Some(rejection) => rejection.clone(),
-                    None => HandshakeRejection::Other(other.to_string()),
-                },
-                other => HandshakeRejection::Other(other.to_string()),
-            },
-            rustls::Error::NoCertificatesPresented => HandshakeRejection::NoClientCertificate,
-            rustls::Error::AlertReceived(alert) => HandshakeRejection::RefusedByPeer {
-                alert: format!("{alert:?}"),
-            },
-            other => HandshakeRejection::Other(other.to_string()),
-        }
-    }
-
-    /// The reason behind any error whose source chain holds a rustls error
-    /// (hyper's and hyper-util's errors do), or `None` when the failure
-    /// was not TLS's (a refused TCP connection).
-    pub fn find(error: &(dyn StdError + 'static)) -> Option<Self> {
-        let mut current = Some(error);
-        while let Some(e) = current {
-            if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-                return Some(Self::from_rustls(tls));
-            }
-            if let Some(rejection) = e.downcast_ref::<HandshakeRejection>() {
-                return Some(rejection.clone());
-            }
-            // After the handshake, rustls reports an alert received while
-            // reading as text only ("received fatal alert: UnknownCA"): with
-            // TLS 1.3 that is how a client learns its certificate was
-            // refused.
-            if let Some(alert) = e
-                .to_string()
-                .strip_prefix("received fatal alert: ")
-                .filter(|_| e.downcast_ref::<std::io::Error>().is_none())
-            {
-                return Some(HandshakeRejection::RefusedByPeer {
-                    alert: alert.to_owned(),
-                });
-            }
-            // An io::Error's `source` skips the error it wraps (it returns
-            // that error's source): step into the wrapped error instead.
-            current = match e
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-            {
-                Some(inner) => Some(inner as &(dyn StdError + 'static)),
-                None => e.source(),
-            };
-        }
-        None
-    }
-
-    /// This rejection as the error a verifier hands rustls, so the side
-    /// that verified sees it unchanged.
-    pub(crate) fn into_rustls(self) -> rustls::Error {
-        match self {
-            HandshakeRejection::UnknownCa => {
-                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
-            }
-            other => rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-                rustls::OtherError(std::sync::Arc::new(other)),
-            )),
-        }
-    }
 }

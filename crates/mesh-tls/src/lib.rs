@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
 
+mod alert;
 mod client;
 mod config;
 mod credentials;
@@ -9,7 +10,9 @@ mod error;
 mod identity;
 mod material;
 mod metrics;
+mod rejection;
 mod server;
+mod stream;
 mod template;
 mod verify;
 
@@ -21,6 +24,7 @@ pub use identity::{IdentityPolicy, InvalidSpiffeId, PeerIdentity, SpiffeId};
 pub use material::{Material, PemSource};
 pub use metrics::{TlsMetrics, TlsMetricsSnapshot};
 pub use server::{ServerTls, ServerTlsBuilder};
+pub use stream::MeshStream;
 pub use verify::PeerVerification;
 
 /// rustls, as this crate uses it (for configurations built by hand).

@@ -94,6 +94,10 @@ impl ServerTls {
     /// Runs the handshake on an accepted connection. On success, the
     /// stream and the client's verified identity; on failure, why (also
     /// counted, logged and published as [`MeshEvent::HandshakeRejected`]).
+    /// A refused connection is closed gracefully before this returns: the
+    /// alert sent, the write half shut, and what the client still sends
+    /// read and discarded until it closes or 100 ms pass, so the client
+    /// reads the alert rather than a reset.
     pub async fn accept<IO>(
         &self,
         io: IO,
@@ -102,29 +106,37 @@ impl ServerTls {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let outcome =
-            match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(io)).await {
-                Err(_) => Err(HandshakeRejection::Other(format!(
-                    "no handshake within {:?}",
-                    self.handshake_timeout
-                ))),
-                Ok(Err(io)) => Err(HandshakeRejection::find(&io)
-                    .unwrap_or_else(|| HandshakeRejection::Other(io.to_string()))),
-                Ok(Ok(stream)) => {
-                    let identity = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|certs| certs.first())
-                        .and_then(PeerIdentity::from_cert);
-                    match identity {
-                        Some(identity) => Ok((stream, identity)),
-                        // The verifier requires a certificate; this is only
-                        // reachable if rustls changes its mind.
-                        None => Err(HandshakeRejection::NoClientCertificate),
-                    }
+        // Fallible, so a refused connection comes back to be closed
+        // gracefully below.
+        let handshake = self.acceptor.accept(io).into_fallible();
+        let (outcome, refused) = match tokio::time::timeout(self.handshake_timeout, handshake).await
+        {
+            Err(_) => (
+                Err(HandshakeRejection::HandshakeTimeout {
+                    timeout: self.handshake_timeout,
+                }),
+                None,
+            ),
+            Ok(Err((error, io))) => (
+                Err(HandshakeRejection::find(&error)
+                    .unwrap_or_else(|| HandshakeRejection::Other(error.to_string()))),
+                Some(io),
+            ),
+            Ok(Ok(stream)) => {
+                let identity = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(PeerIdentity::from_cert);
+                match identity {
+                    Some(identity) => (Ok((stream, identity)), None),
+                    // The verifier requires a certificate; this is only
+                    // reachable if rustls changes its mind.
+                    None => (Err(HandshakeRejection::NoClientCertificate), None),
                 }
-            };
+            }
+        };
         let metrics = self.credentials.metrics();
         match &outcome {
             Ok(_) => metrics.handshake(),
@@ -138,6 +150,9 @@ impl ServerTls {
                     detail: rejection.to_string(),
                 });
             }
+        }
+        if let Some(io) = refused {
+            close_after_alert(io).await;
         }
         outcome
     }
@@ -235,6 +250,35 @@ impl ServerTlsBuilder {
             handshake_timeout: self.handshake_timeout,
         })
     }
+}
+
+/// How long a refused connection is kept open, at most, so the peer can
+/// read the alert that says why.
+const ALERT_LINGER: Duration = Duration::from_millis(100);
+
+/// Closes a refused connection so that the peer reads the alert rustls
+/// wrote, not a reset: flushes, shuts the write half down (a FIN after the
+/// alert), then reads and discards what the peer still sends until it
+/// closes, for at most [`ALERT_LINGER`].
+///
+/// Dropping the socket at once loses the alert nearly every time: a TLS
+/// 1.3 client sends its certificate and, its handshake done, its first
+/// request in one flight, and closing a socket with unread data makes the
+/// kernel answer with a reset, which the peer reports ("connection reset
+/// by peer") in place of the alert still in its receive buffer.
+async fn close_after_alert<IO>(mut io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let drain = async {
+        if io.flush().await.is_err() || io.shutdown().await.is_err() {
+            return;
+        }
+        let mut discard = [0u8; 4096];
+        while let Ok(1..) = io.read(&mut discard).await {}
+    };
+    let _ = tokio::time::timeout(ALERT_LINGER, drain).await;
 }
 
 /// Inserts the connection's peer identity into each request.

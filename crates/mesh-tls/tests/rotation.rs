@@ -247,3 +247,79 @@ async fn a_certificate_not_valid_yet_is_refused_once_and_retried_until_it_is() {
     // Nothing changed since: nothing to do.
     assert!(!credentials.reload().expect("unchanged"));
 }
+
+/// The `CertificateRotationRejected` reasons received so far.
+fn refusals(events: &mut tokio::sync::broadcast::Receiver<MeshEvent>) -> Vec<String> {
+    let mut reasons = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let MeshEvent::CertificateRotationRejected { reason } = event {
+            reasons.push(reason);
+        }
+    }
+    reasons
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_written_before_its_key_rotates_without_a_spurious_refusal() {
+    let ca = Ca::new("mesh CA");
+    let dir = TempDir::new("cert-then-key");
+    let [cert, key, ca_file] = dir.write("users", &ca.issue(Leaf::service("users")), &ca.pem);
+    let bus = EventBus::new(64);
+    let mut events = bus.subscribe();
+    let credentials = Credentials::load(PemSource::files(&cert, &key, &ca_file))
+        .expect("credentials")
+        .with_events(bus);
+    credentials.watch(Duration::from_millis(50)).expect("watch");
+
+    // Not atomic, in both orders: one file, several checks of the watch
+    // later the other. The pair in between does not match.
+    for (round, cert_first) in [(1, true), (2, false)] {
+        let next = ca.issue(Leaf::service("users"));
+        let (first, second) = match cert_first {
+            true => ((&cert, &next.cert_pem), (&key, &next.key_pem)),
+            false => ((&key, &next.key_pem), (&cert, &next.cert_pem)),
+        };
+        std::fs::write(first.0, first.1).expect("write");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(second.0, second.1).expect("write");
+        let written = Instant::now();
+        while credentials.current().chain()[0].as_ref() != &next.der[..] {
+            assert!(
+                written.elapsed() < Duration::from_secs(2),
+                "round {round}: the new pair is not in use"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(refusals(&mut events), Vec::<String>::new(), "round {round}");
+        let metrics = credentials.metrics().snapshot();
+        assert_eq!(metrics.rotations, round, "round {round}");
+        assert_eq!(metrics.rotations_rejected, 0, "round {round}");
+    }
+
+    // A key that stays mismatched is refused, once it has settled.
+    let stranger = ca.issue(Leaf::service("users"));
+    std::fs::write(&key, &stranger.key_pem).expect("write");
+    let written = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        refusals(&mut events),
+        Vec::<String>::new(),
+        "not settled yet"
+    );
+    let mut reasons = Vec::new();
+    while reasons.is_empty() {
+        assert!(
+            written.elapsed() < Duration::from_secs(3),
+            "a mismatch that stays is refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        reasons = refusals(&mut events);
+    }
+    assert!(
+        written.elapsed() >= Duration::from_secs(1),
+        "after the settle delay"
+    );
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("does not match"), "{reasons:?}");
+    assert_eq!(credentials.metrics().snapshot().rotations_rejected, 1);
+}
