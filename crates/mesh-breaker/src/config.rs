@@ -1,9 +1,10 @@
 //! [`BreakerConfig`]: validated breaker settings, from code or from a file.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use mesh_core::ConfigError;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// What one breaker guards.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +18,106 @@ pub enum BreakerScope {
     /// selection): a failing instance is cut off, the others keep
     /// serving, and the open breaker ejects its endpoint from balancing.
     Endpoint,
+}
+
+/// The state HALF_OPEN ends in when [`BreakerConfig::half_open_max_wait`]
+/// runs out before its probes decide (resilience4j's
+/// `transitionToStateAfterWaitDuration`). A probe that reports after that
+/// decides nothing.
+///
+/// In a file, `half_open_expiry = "open"` or `"closed"`; any other word is
+/// refused naming the key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HalfOpenExpiry {
+    /// Presume the worst and open again (the default): probes that take
+    /// that long are as bad as failed ones.
+    #[default]
+    Open,
+    /// Presume recovery and close: for an upstream whose silence means
+    /// little (probes that are rare, or calls that are long by nature).
+    Closed,
+}
+
+/// When HALF_OPEN judges its probes.
+///
+/// In a file, `half_open_verdict = "early"` or `"after_all_probes"`; any
+/// other word is refused naming the key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeVerdict {
+    /// As soon as the outcome is certain (the default): reopen once the
+    /// failed (or slow) probes reach the threshold's share of all the
+    /// probes, close once the remaining ones could no longer reach it.
+    #[default]
+    Early,
+    /// Only once every permitted probe has reported (resilience4j's
+    /// behaviour): the rates over all probes decide, so a single slow
+    /// probe holds the verdict back until it reports or the maximum wait
+    /// runs out.
+    AfterAllProbes,
+}
+
+/// Parses a one-word setting, refusing any other word with an error that
+/// names `key` and the words it accepts.
+fn parse_word<T: Copy>(key: &str, word: &str, words: &[(&str, T)]) -> Result<T, ConfigError> {
+    words
+        .iter()
+        .find(|(w, _)| *w == word)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            let accepted: Vec<String> = words.iter().map(|(w, _)| format!("{w:?}")).collect();
+            ConfigError::new(
+                key,
+                format!("{word:?} is not one of {}", accepted.join(", ")),
+            )
+        })
+}
+
+impl FromStr for HalfOpenExpiry {
+    type Err = ConfigError;
+
+    fn from_str(word: &str) -> Result<Self, ConfigError> {
+        parse_word(
+            "breaker.half_open_expiry",
+            word,
+            &[
+                ("open", HalfOpenExpiry::Open),
+                ("closed", HalfOpenExpiry::Closed),
+            ],
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for HalfOpenExpiry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl FromStr for ProbeVerdict {
+    type Err = ConfigError;
+
+    fn from_str(word: &str) -> Result<Self, ConfigError> {
+        parse_word(
+            "breaker.half_open_verdict",
+            word,
+            &[
+                ("early", ProbeVerdict::Early),
+                ("after_all_probes", ProbeVerdict::AfterAllProbes),
+            ],
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for ProbeVerdict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// The rolling window that failure and slow-call rates are computed over.
@@ -53,6 +154,27 @@ pub enum WindowConfig {
 /// - `slow_call_rate_threshold`: calls slower than `slow_call_duration`
 ///   reach that share of the window, failed or not, so an upstream that is
 ///   slow but not failing still trips.
+///
+/// Leaving OPEN and HALF_OPEN:
+///
+/// - `automatic_half_open`: OPEN moves to HALF_OPEN when its open duration
+///   ends, on a timer, instead of on the first call after it. Unset, it
+///   follows the scope: **on** for [`BreakerScope::Endpoint`] (an ejected
+///   endpoint must come back to the balancer by itself, or no call would
+///   ever reach it to probe), **off** for the others (the next call probes
+///   anyway). [`BreakerConfig::automatic_half_open`] answers for the
+///   scope; a value written (or set with
+///   [`BreakerConfigBuilder::automatic_half_open`]) wins over it.
+/// - `half_open_max_wait`: the longest HALF_OPEN waits for its probes,
+///   enforced on a timer; it then ends in `half_open_expiry`
+///   ([`HalfOpenExpiry`], OPEN by default), and a probe reporting later
+///   decides nothing.
+/// - `half_open_verdict` ([`ProbeVerdict`]): decide as soon as the probes
+///   make the outcome certain (the default), or only once all have
+///   reported.
+///
+/// Timers need a tokio runtime where the breaker changes state (a call, a
+/// handle); without one, the same deadlines apply on the next call.
 ///
 /// ```
 /// use std::time::Duration;
@@ -130,6 +252,11 @@ struct Settings {
     half_open_probes: u32,
     #[serde(with = "humantime_serde")]
     half_open_max_wait: Duration,
+    /// Unset: on for the endpoint scope, off for the service scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    automatic_half_open: Option<bool>,
+    half_open_expiry: HalfOpenExpiry,
+    half_open_verdict: ProbeVerdict,
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     call_timeout: Option<Duration>,
     max_breakers: u32,
@@ -294,6 +421,36 @@ impl BreakerConfig {
     pub fn half_open_max_wait(&self) -> Duration {
         self.settings.half_open_max_wait
     }
+    /// Whether OPEN moves to HALF_OPEN on a timer when its open duration
+    /// ends. Unless set explicitly, on for [`BreakerScope::Endpoint`] and
+    /// off otherwise.
+    ///
+    /// ```
+    /// use mesh_breaker::{BreakerConfig, BreakerScope};
+    ///
+    /// let endpoint = BreakerConfig::builder().scope(BreakerScope::Endpoint).build()?;
+    /// assert!(endpoint.automatic_half_open());
+    /// assert!(!BreakerConfig::default().automatic_half_open());
+    /// let explicit = BreakerConfig::builder()
+    ///     .scope(BreakerScope::Endpoint)
+    ///     .automatic_half_open(false)
+    ///     .build()?;
+    /// assert!(!explicit.automatic_half_open());
+    /// # Ok::<(), mesh_core::ConfigError>(())
+    /// ```
+    pub fn automatic_half_open(&self) -> bool {
+        self.settings
+            .automatic_half_open
+            .unwrap_or(self.settings.scope == BreakerScope::Endpoint)
+    }
+    /// The state HALF_OPEN ends in when its maximum wait runs out.
+    pub fn half_open_expiry(&self) -> HalfOpenExpiry {
+        self.settings.half_open_expiry
+    }
+    /// When HALF_OPEN judges its probes.
+    pub fn half_open_verdict(&self) -> ProbeVerdict {
+        self.settings.half_open_verdict
+    }
     /// The per-call timeout (the design document's `timeout`), if any.
     pub fn call_timeout(&self) -> Option<Duration> {
         self.settings.call_timeout
@@ -312,8 +469,10 @@ impl Default for BreakerConfig {
     /// One breaker per service; trips on 5 failures in a row, or on a 50%
     /// failure rate over the last 100 calls once 20 were seen; open for
     /// 30 s, doubling on repeated trips up to 5 min, with 10% jitter; 3
-    /// probes, at most 30 s of half-open; no slow-call rule and no call
-    /// timeout (tower's timeout below the breaker usually does that).
+    /// probes judged early, at most 30 s of half-open, then open again;
+    /// half-open on the next call (on a timer for the endpoint scope); no
+    /// slow-call rule and no call timeout (tower's timeout below the
+    /// breaker usually does that).
     fn default() -> Self {
         BreakerConfig {
             settings: Settings::default(),
@@ -340,6 +499,9 @@ impl Default for Settings {
             open_duration_jitter: 0.1,
             half_open_probes: 3,
             half_open_max_wait: Duration::from_secs(30),
+            automatic_half_open: None,
+            half_open_expiry: HalfOpenExpiry::Open,
+            half_open_verdict: ProbeVerdict::Early,
             call_timeout: None,
             max_breakers: 10_000,
             idle_timeout: Duration::from_secs(600),
@@ -620,9 +782,27 @@ impl BreakerConfigBuilder {
         self.settings.half_open_probes = n;
         self
     }
-    /// Opens again if HALF_OPEN has not decided within `d`.
+    /// Leaves HALF_OPEN (to [`BreakerConfigBuilder::half_open_expiry`],
+    /// OPEN by default) if it has not decided within `d`.
     pub fn half_open_max_wait(mut self, d: Duration) -> Self {
         self.settings.half_open_max_wait = d;
+        self
+    }
+    /// Moves OPEN to HALF_OPEN on a timer when its open duration ends
+    /// (`true`), or on the first call after it (`false`). Unset, the
+    /// scope decides: see [`BreakerConfig::automatic_half_open`].
+    pub fn automatic_half_open(mut self, automatic: bool) -> Self {
+        self.settings.automatic_half_open = Some(automatic);
+        self
+    }
+    /// The state HALF_OPEN ends in when its maximum wait runs out.
+    pub fn half_open_expiry(mut self, state: HalfOpenExpiry) -> Self {
+        self.settings.half_open_expiry = state;
+        self
+    }
+    /// When HALF_OPEN judges its probes: early, or once all reported.
+    pub fn half_open_verdict(mut self, verdict: ProbeVerdict) -> Self {
+        self.settings.half_open_verdict = verdict;
         self
     }
     /// Cancels, and counts as failed (unless the layer's classifier says
@@ -817,6 +997,69 @@ mod tests {
             serde_json::from_str::<BreakerConfig>(&json).unwrap(),
             config
         );
+    }
+
+    #[test]
+    fn the_half_open_keys_read_from_a_file_and_refuse_other_words_naming_the_key() {
+        let config: BreakerConfig = toml::from_str(
+            r#"
+            automatic_half_open = true
+            half_open_expiry = "closed"
+            half_open_verdict = "after_all_probes"
+            "#,
+        )
+        .unwrap();
+        assert!(config.automatic_half_open());
+        assert_eq!(config.half_open_expiry(), HalfOpenExpiry::Closed);
+        assert_eq!(config.half_open_verdict(), ProbeVerdict::AfterAllProbes);
+        let built = BreakerConfig::builder()
+            .automatic_half_open(true)
+            .half_open_expiry(HalfOpenExpiry::Closed)
+            .half_open_verdict(ProbeVerdict::AfterAllProbes)
+            .build()
+            .unwrap();
+        assert_eq!(config, built);
+        let json = serde_json::to_string(&config).unwrap();
+        assert_eq!(
+            serde_json::from_str::<BreakerConfig>(&json).unwrap(),
+            config
+        );
+
+        for (file, key) in [
+            (
+                "half_open_expiry = \"half_open\"",
+                "breaker.half_open_expiry",
+            ),
+            ("half_open_verdict = \"late\"", "breaker.half_open_verdict"),
+        ] {
+            let err = toml::from_str::<BreakerConfig>(file).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let err = "sometimes".parse::<HalfOpenExpiry>().unwrap_err();
+        assert_eq!(err.key(), "breaker.half_open_expiry");
+        assert!(err.reason().contains("\"open\", \"closed\""), "{err}");
+        assert!(toml::from_str::<BreakerConfig>("automatic_half_open = \"yes\"").is_err());
+    }
+
+    #[test]
+    fn automatic_half_open_follows_the_scope_unless_written() {
+        let endpoint: BreakerConfig = toml::from_str("scope = \"endpoint\"").unwrap();
+        assert!(endpoint.automatic_half_open());
+        let service: BreakerConfig = toml::from_str("scope = \"service\"").unwrap();
+        assert!(!service.automatic_half_open());
+        let off: BreakerConfig =
+            toml::from_str("scope = \"endpoint\"\nautomatic_half_open = false").unwrap();
+        assert!(!off.automatic_half_open());
+        // Unwritten stays unwritten: a config saved and read back still
+        // follows its scope.
+        let json = serde_json::to_string(&endpoint).unwrap();
+        assert!(!json.contains("automatic_half_open"), "{json}");
+        // A preset rebuilt as per endpoint follows the new scope.
+        let rebuilt = BreakerConfigBuilder::from_config(BreakerConfig::strict())
+            .scope(BreakerScope::Endpoint)
+            .build()
+            .unwrap();
+        assert!(rebuilt.automatic_half_open());
     }
 
     #[test]

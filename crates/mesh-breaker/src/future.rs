@@ -10,6 +10,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::circuit::Permit;
 use crate::registry::Entry;
+use crate::service::Crossing;
 
 /// Holds a call's permit until its outcome is recorded. A call dropped
 /// before it finished (cancelled by its caller) is recorded as ignored: it
@@ -71,25 +72,19 @@ impl Tracker {
                 endpoint.state().clear_ejection();
             }
         }
-        if let Some(t) = recorded.transition {
-            entry.outcomes.announce(
+        let crossings = [
+            recorded.failure_rate_exceeded.map(Crossing::FailureRate),
+            recorded.slow_call_rate_exceeded.map(Crossing::SlowCallRate),
+        ];
+        if crossings.iter().any(Option::is_some) {
+            entry.outcomes.report_crossings(
                 entry.service.as_ref(),
                 self.endpoint.as_ref(),
-                t,
-                clock::now(),
+                crossings.into_iter().flatten(),
             );
         }
-        if let Some((failure_rate, slow_call_rate)) = recorded.rate_exceeded {
-            tracing::warn!(service = ?entry.service, failure_rate, slow_call_rate, "breaker rate threshold reached");
-            entry
-                .outcomes
-                .events
-                .publish(mesh_core::MeshEvent::BreakerRateExceeded {
-                    service: entry.service.clone(),
-                    endpoint: self.endpoint.as_ref().map(|e| e.id().clone()),
-                    failure_rate,
-                    slow_call_rate,
-                });
+        if let Some(t) = recorded.transition {
+            entry.announce(self.endpoint.as_ref(), t, clock::now());
         }
     }
 }

@@ -4,16 +4,21 @@
 
 mod circuit;
 mod config;
+mod error;
 mod fallback;
 mod future;
 mod handle;
 mod layer;
 mod registry;
 mod service;
+mod timer;
 mod window;
 
 pub use circuit::{Admitted, BreakerMetrics, Circuit, Permit, Recorded, Rejected, Transition};
-pub use config::{BreakerConfig, BreakerConfigBuilder, BreakerScope, WindowConfig};
+pub use config::{
+    BreakerConfig, BreakerConfigBuilder, BreakerScope, HalfOpenExpiry, ProbeVerdict, WindowConfig,
+};
+pub use error::IllegalTransition;
 pub use fallback::{Fallback, FallbackFuture, FallbackLayer, Fault};
 pub use future::ResponseFuture;
 pub use handle::BreakerHandle;

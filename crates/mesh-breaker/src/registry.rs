@@ -11,6 +11,7 @@ use mesh_core::{Endpoint, EndpointId, EventBus, FailureClassifier, ServiceName};
 
 use crate::circuit::Circuit;
 use crate::config::BreakerConfig;
+use crate::timer::Timer;
 
 /// What one breaker guards.
 ///
@@ -140,6 +141,8 @@ pub(crate) struct Entry {
     /// Used since the last sweep. Set with a load-then-store so that a
     /// breaker in steady use never writes the shared cache line.
     touched: AtomicBool,
+    /// The task applying its deadlines, if one is pending.
+    pub(crate) timer: Timer,
 }
 
 impl Entry {
@@ -284,6 +287,7 @@ impl Registry {
                 .map(std::sync::OnceLock::from)
                 .unwrap_or_default(),
             touched: AtomicBool::new(true),
+            timer: Timer::default(),
         });
         map.insert(key.clone(), Arc::clone(&entry));
         self.map.store(Arc::new(map));

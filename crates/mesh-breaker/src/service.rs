@@ -50,7 +50,8 @@ impl Outcomes {
     /// Publishes a transition and applies it to the endpoint's live state:
     /// an open breaker ejects its endpoint so the balancer skips it; a
     /// half-open one lets the balancer send it probes; a closed one returns
-    /// it.
+    /// it. A new deadline for an OPEN circuit (from and to OPEN) moves the
+    /// ejection and publishes nothing: the state did not change.
     pub(crate) fn announce(
         &self,
         service: Option<&ServiceName>,
@@ -69,6 +70,9 @@ impl Outcomes {
                 | CircuitState::MetricsOnly => state.clear_ejection(),
             }
         }
+        if t.from == t.to {
+            return;
+        }
         let endpoint = endpoint.map(|e| e.id().clone());
         match t.to {
             CircuitState::Open | CircuitState::ForcedOpen => {
@@ -84,6 +88,53 @@ impl Outcomes {
             from: t.from,
             to: t.to,
         });
+    }
+}
+
+/// A rate of a breaker's window that reached its threshold.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Crossing {
+    FailureRate(f64),
+    SlowCallRate(f64),
+}
+
+impl Outcomes {
+    /// Publishes each rate crossing as its own event. `MeshEvent` has one
+    /// kind for both rates, so the rate not crossed is written as 0: a
+    /// crossed rate is never 0 (thresholds are above 0), and the non-zero
+    /// one says which crossing this is.
+    pub(crate) fn report_crossings(
+        &self,
+        service: Option<&ServiceName>,
+        endpoint: Option<&Endpoint>,
+        crossings: impl IntoIterator<Item = Crossing>,
+    ) {
+        for crossing in crossings {
+            let (failure_rate, slow_call_rate) = match crossing {
+                Crossing::FailureRate(rate) => {
+                    tracing::warn!(
+                        ?service,
+                        failure_rate = rate,
+                        "breaker failure rate threshold reached"
+                    );
+                    (rate, 0.0)
+                }
+                Crossing::SlowCallRate(rate) => {
+                    tracing::warn!(
+                        ?service,
+                        slow_call_rate = rate,
+                        "breaker slow-call rate threshold reached"
+                    );
+                    (0.0, rate)
+                }
+            };
+            self.events.publish(MeshEvent::BreakerRateExceeded {
+                service: service.cloned(),
+                endpoint: endpoint.map(|e| e.id().clone()),
+                failure_rate,
+                slow_call_rate,
+            });
+        }
     }
 }
 
@@ -190,12 +241,7 @@ where
         match entry.circuit.acquire_with(clock::now) {
             Ok(admitted) => {
                 if let Some(t) = admitted.transition {
-                    entry.outcomes.announce(
-                        entry.service.as_ref(),
-                        endpoint.as_ref(),
-                        t,
-                        clock::now(),
-                    );
+                    entry.announce(endpoint.as_ref(), t, clock::now());
                 }
                 if let (Some(until), Some(endpoint)) = (admitted.probes_exhausted, &endpoint) {
                     // Every probe is out: nothing more may pass until they
@@ -213,9 +259,7 @@ where
             Err(rejected) => {
                 let now = clock::now();
                 if let Some(t) = rejected.transition {
-                    entry
-                        .outcomes
-                        .announce(entry.service.as_ref(), endpoint.as_ref(), t, now);
+                    entry.announce(endpoint.as_ref(), t, now);
                 }
                 let service = entry.service.clone();
                 let endpoint_id = endpoint.map(|e| e.id().clone());

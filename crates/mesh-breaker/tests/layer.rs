@@ -391,8 +391,12 @@ async fn operator_transitions_publish_one_event_each_and_none_for_no_change() {
     assert!(!handle.force_open());
     assert!(handle.disable());
     assert!(handle.metrics_only());
-    assert!(handle.transition_to(CircuitState::Open));
-    assert!(handle.transition_to(CircuitState::HalfOpen));
+    // Changed on purpose: METRICS_ONLY cannot open (resilience4j's rule);
+    // the refusal publishes nothing.
+    assert!(handle.transition_to(CircuitState::Open).is_err());
+    assert_eq!(handle.transition_to(CircuitState::Closed), Ok(true));
+    assert_eq!(handle.transition_to(CircuitState::Open), Ok(true));
+    assert_eq!(handle.transition_to(CircuitState::HalfOpen), Ok(true));
     assert!(handle.reset());
     assert!(!handle.reset());
     use CircuitState::*;
@@ -402,7 +406,8 @@ async fn operator_transitions_publish_one_event_each_and_none_for_no_change() {
             (Closed, ForcedOpen),
             (ForcedOpen, Disabled),
             (Disabled, MetricsOnly),
-            (MetricsOnly, Open),
+            (MetricsOnly, Closed),
+            (Closed, Open),
             (Open, HalfOpen),
             (HalfOpen, Closed),
         ]
@@ -522,7 +527,11 @@ async fn a_half_open_breaker_never_admits_more_than_its_probes_under_contention(
             }
         });
     }
-    handle.transition_to(CircuitState::HalfOpen);
+    // Through OPEN: CLOSED cannot go to HALF_OPEN by hand.
+    handle.transition_to(CircuitState::Open).expect("allowed");
+    handle
+        .transition_to(CircuitState::HalfOpen)
+        .expect("allowed");
     start.wait().await;
     // Wait (bounded) until every task has made its 200 attempts.
     for _ in 0..1000 {

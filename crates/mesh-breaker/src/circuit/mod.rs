@@ -3,10 +3,10 @@
 //! ```text
 //!            trip condition met                 open duration over
 //!   CLOSED ----------------------> OPEN ----------------------------> HALF_OPEN
-//!     ^                             ^  (next call becomes a probe)       |
-//!     |                             |                                    |
+//!     ^                             ^  (on a timer if automatic,         |
+//!     |                             |   else the next call probes)       |
 //!     |                             +--- probes fail, or max wait over --+
-//!     +------------------------ probes succeed --------------------------+
+//!     +------------- probes succeed (or max wait over, if so set) -------+
 //!
 //!   operator states, entered and left only by hand:
 //!   FORCED_OPEN (refuse all)   DISABLED (pass all, record nothing)
@@ -22,6 +22,17 @@
 //! of an earlier half-open) is ignored instead of counting against the
 //! current one.
 //!
+//! Each state measures its own calls: entering any state starts its
+//! window, failure streak and rate crossings from zero (totals since the
+//! breaker was created are kept), HALF_OPEN counts its probes, and OPEN,
+//! FORCED_OPEN and DISABLED, which record nothing, show nothing.
+//!
+//! The deadlines (the end of OPEN, HALF_OPEN's maximum wait) are applied
+//! by whoever comes first: the next call, a probe's late verdict (which
+//! then decides nothing), or [`Circuit::expire`], which the layer calls on
+//! a timer at [`Circuit::next_deadline`]. The circuit itself knows no
+//! timer and no executor.
+//!
 //! Everything else (tripping, half-open admission, operator transitions)
 //! takes a small mutex, held for a few instructions and never across an
 //! await. That is what makes "exactly N probes, under any concurrency" a
@@ -35,7 +46,8 @@ use std::time::Duration;
 use mesh_core::clock::Nanos;
 use mesh_core::{CircuitState, Outcome};
 
-use crate::config::BreakerConfig;
+use crate::config::{BreakerConfig, HalfOpenExpiry, ProbeVerdict};
+use crate::error::IllegalTransition;
 use crate::window::{Window, WindowCounts};
 
 #[cfg(test)]
@@ -97,7 +109,9 @@ pub enum Permit {
     Unrecorded,
 }
 
-/// A state change.
+/// A state change. `from` and `to` are equal only for a new deadline of
+/// an OPEN circuit ([`Circuit::open_until`] while open), which is not a
+/// state change and publishes no event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
     /// The state left.
@@ -142,25 +156,30 @@ pub struct Recorded {
     /// another call may probe, so an endpoint ejected because every probe
     /// was out should take traffic again.
     pub probe_slot_freed: bool,
-    /// The window's (failure rate, slow-call rate) in percent, when this
-    /// call made them cross their thresholds.
-    pub rate_exceeded: Option<(f64, f64)>,
+    /// The window's failure rate in percent, when this call made it reach
+    /// its threshold for the first time in the current state.
+    pub failure_rate_exceeded: Option<f64>,
+    /// The window's slow-call rate in percent, when this call made it
+    /// reach its threshold for the first time in the current state.
+    pub slow_call_rate_exceeded: Option<f64>,
 }
 
 /// A snapshot of one breaker.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BreakerMetrics {
-    /// The state now.
+    /// The state now. The window's figures are this state's own: entering
+    /// a state starts them from zero.
     pub state: CircuitState,
     /// Failed calls in the window, in percent (`None` with no call).
     pub failure_rate: Option<f64>,
     /// Slow calls in the window, in percent (`None` with no call).
     pub slow_call_rate: Option<f64>,
-    /// Calls in the window.
+    /// Calls in the window (in HALF_OPEN, probes that reported; in OPEN,
+    /// FORCED_OPEN and DISABLED, none: those states record nothing).
     pub buffered_calls: u32,
-    /// Failed calls in the window.
+    /// Failed calls in the window (in HALF_OPEN, failed probes).
     pub failed_calls: u32,
-    /// Slow calls in the window.
+    /// Slow calls in the window (in HALF_OPEN, slow probes).
     pub slow_calls: u32,
     /// Calls that succeeded, since the breaker was created.
     pub successful_total: u64,
@@ -211,7 +230,10 @@ pub struct Circuit {
     word: AtomicU64,
     consecutive_failures: AtomicU32,
     window: Window,
-    rate_exceeded: AtomicBool,
+    /// The failure rate reached its threshold in this state (reported once).
+    failure_rate_crossed: AtomicBool,
+    /// The slow-call rate reached its threshold in this state (reported once).
+    slow_call_rate_crossed: AtomicBool,
     totals: Totals,
     control: Mutex<Control>,
 }
@@ -226,7 +248,8 @@ impl Circuit {
             config,
             word: AtomicU64::new(pack(CLOSED, Nanos::ZERO)),
             consecutive_failures: AtomicU32::new(0),
-            rate_exceeded: AtomicBool::new(false),
+            failure_rate_crossed: AtomicBool::new(false),
+            slow_call_rate_crossed: AtomicBool::new(false),
             totals: Totals::default(),
             control: Mutex::new(Control::default()),
         }
@@ -307,16 +330,7 @@ impl Circuit {
         let max_wait = self.config.half_open_max_wait();
         match state {
             OPEN if now >= at => {
-                control.half_open = Probes {
-                    admitted: 1,
-                    ..Probes::default()
-                };
-                let transition = self.set(
-                    &mut control,
-                    HALF_OPEN,
-                    now,
-                    Some(now.saturating_add(max_wait)),
-                );
+                let transition = self.enter_half_open(&mut control, now, 1);
                 let started = unpack(self.word.load(Ordering::Acquire)).1;
                 Ok(Admitted {
                     permit: Permit::Probe { started },
@@ -327,8 +341,16 @@ impl Circuit {
             HALF_OPEN => {
                 let deadline = at.saturating_add(max_wait);
                 if now >= deadline {
-                    // The probes took too long: presume the worst.
-                    let transition = self.trip(&mut control, now);
+                    // The probes took too long: leave as configured.
+                    let transition = self.expire_half_open(&mut control, now);
+                    let (state, at) = unpack(self.word.load(Ordering::Acquire));
+                    if state == CLOSED {
+                        return Ok(Admitted {
+                            permit: Permit::Normal { period: at },
+                            transition: Some(transition),
+                            probes_exhausted: None,
+                        });
+                    }
                     return Err(self.reject(
                         CircuitState::Open,
                         transition.until.map(|u| u.saturating_since(now)),
@@ -431,21 +453,19 @@ impl Circuit {
             .config
             .consecutive_failures()
             .is_some_and(|n| consecutive >= n);
-        let rates = self.rates_exceeded(&clock);
-        let mut recorded = Recorded::default();
-        match rates {
-            Some(r) => {
-                if !self.rate_exceeded.swap(true, Ordering::Relaxed) {
-                    recorded.rate_exceeded = Some(r);
-                }
-            }
-            None => {
-                if self.rate_exceeded.load(Ordering::Relaxed) {
-                    self.rate_exceeded.store(false, Ordering::Relaxed);
-                }
-            }
-        }
-        if (by_count || rates.is_some()) && unpack(word).0 == CLOSED {
+        let (failure_rate, slow_call_rate) = self.rates_exceeded(&clock);
+        // Each crossing is reported once per state: entering a state
+        // clears the marks.
+        let first = |crossed: &AtomicBool| {
+            !crossed.load(Ordering::Relaxed) && !crossed.swap(true, Ordering::Relaxed)
+        };
+        let mut recorded = Recorded {
+            failure_rate_exceeded: failure_rate.filter(|_| first(&self.failure_rate_crossed)),
+            slow_call_rate_exceeded: slow_call_rate.filter(|_| first(&self.slow_call_rate_crossed)),
+            ..Recorded::default()
+        };
+        let by_rate = failure_rate.is_some() || slow_call_rate.is_some();
+        if (by_count || by_rate) && unpack(word).0 == CLOSED {
             let mut control = self.control();
             if self.word.load(Ordering::Acquire) == word {
                 recorded.transition = Some(self.trip(&mut control, clock()));
@@ -454,31 +474,43 @@ impl Circuit {
         recorded
     }
 
-    /// The window's rates, if they are judged (enough calls) and either
-    /// reaches its threshold.
-    fn rates_exceeded(&self, clock: impl Fn() -> Nanos) -> Option<(f64, f64)> {
+    /// The window's (failure rate, slow-call rate), each only if the
+    /// window is judged (enough calls) and the rate reaches its threshold.
+    fn rates_exceeded(&self, clock: impl Fn() -> Nanos) -> (Option<f64>, Option<f64>) {
         let (fail_at, slow_at) = (
             self.config.failure_rate_threshold(),
             self.config.slow_call_rate_threshold(),
         );
         if (fail_at.is_none() && slow_at.is_none()) || !self.window.may_have_bad_calls() {
-            return None;
+            return (None, None);
         }
         let counts = self.window.counts(clock);
         if counts.calls < self.config.minimum_calls() {
-            return None;
+            return (None, None);
         }
-        let failure_rate = counts.failure_rate().unwrap_or(0.0);
-        let slow_rate = counts.slow_call_rate().unwrap_or(0.0);
-        let exceeded =
-            fail_at.is_some_and(|t| failure_rate >= t) || slow_at.is_some_and(|t| slow_rate >= t);
-        exceeded.then_some((failure_rate, slow_rate))
+        let reached = |rate: Option<f64>, threshold: Option<f64>| {
+            let rate = rate.unwrap_or(0.0);
+            threshold.is_some_and(|t| rate >= t).then_some(rate)
+        };
+        (
+            reached(counts.failure_rate(), fail_at),
+            reached(counts.slow_call_rate(), slow_at),
+        )
     }
 
     fn record_probe(&self, started: Nanos, outcome: Outcome, slow: bool, now: Nanos) -> Recorded {
         let mut control = self.control();
         if self.word.load(Ordering::Acquire) != pack(HALF_OPEN, started) {
             return Recorded::default(); // a probe of an earlier half-open
+        }
+        if now >= started.saturating_add(self.config.half_open_max_wait()) {
+            // The maximum wait ran out before this verdict (no call and no
+            // timer came to apply it): the verdict is late and decides
+            // nothing; HALF_OPEN ends as configured.
+            return Recorded {
+                transition: Some(self.expire_half_open(&mut control, now)),
+                ..Recorded::default()
+            };
         }
         let probes = &mut control.half_open;
         match outcome {
@@ -512,16 +544,20 @@ impl Circuit {
         let (failed, slow, done) = (probes.failed, probes.slow, probes.succeeded + probes.failed);
         let remaining = n.saturating_sub(done);
         let reopen = failed >= fail_needed || slow_needed.is_some_and(|s| slow >= s);
-        // Close as soon as the remaining probes could no longer reach
-        // either threshold, even if all of them failed and were slow.
-        let can_still_fail =
-            failed + remaining >= fail_needed || slow_needed.is_some_and(|s| slow + remaining >= s);
-        let transition = if reopen {
-            Some(self.trip(&mut control, now))
-        } else if !can_still_fail {
-            Some(self.close(&mut control, now))
-        } else {
-            None
+        let decide = match self.config.half_open_verdict() {
+            // Close as soon as the remaining probes could no longer reach
+            // either threshold, even if all of them failed and were slow.
+            ProbeVerdict::Early => {
+                reopen
+                    || (failed + remaining < fail_needed
+                        && slow_needed.is_none_or(|s| slow + remaining < s))
+            }
+            ProbeVerdict::AfterAllProbes => remaining == 0,
+        };
+        let transition = match (decide, reopen) {
+            (false, _) => None,
+            (true, true) => Some(self.trip(&mut control, now)),
+            (true, false) => Some(self.close(&mut control, now)),
         };
         Recorded {
             transition,
@@ -565,13 +601,38 @@ impl Circuit {
         self.set(control, OPEN, until, Some(until))
     }
 
-    /// Moves to CLOSED with a fresh window.
+    /// Moves to CLOSED with a fresh window and no growth.
     fn close(&self, control: &mut Control, now: Nanos) -> Transition {
         control.trips = 0;
+        self.set(control, CLOSED, now, None)
+    }
+
+    /// Moves to HALF_OPEN at `now`, with `admitted` probes already out.
+    fn enter_half_open(&self, control: &mut Control, now: Nanos, admitted: u32) -> Transition {
+        control.half_open = Probes {
+            admitted,
+            ..Probes::default()
+        };
+        let mut transition = self.set(control, HALF_OPEN, now, None);
+        let started = unpack(self.word.load(Ordering::Acquire)).1;
+        transition.until = Some(started.saturating_add(self.config.half_open_max_wait()));
+        transition
+    }
+
+    /// Leaves HALF_OPEN whose maximum wait ran out, as configured.
+    fn expire_half_open(&self, control: &mut Control, now: Nanos) -> Transition {
+        match self.config.half_open_expiry() {
+            HalfOpenExpiry::Open => self.trip(control, now),
+            HalfOpenExpiry::Closed => self.close(control, now),
+        }
+    }
+
+    /// Clears what a state measures, for the state being entered.
+    fn clear_measures(&self) {
         self.window.reset();
         self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.rate_exceeded.store(false, Ordering::Relaxed);
-        self.set(control, CLOSED, now, None)
+        self.failure_rate_crossed.store(false, Ordering::Relaxed);
+        self.slow_call_rate_crossed.store(false, Ordering::Relaxed);
     }
 
     fn set(
@@ -591,9 +652,18 @@ impl Circuit {
         } else {
             at
         };
+        // Entering a state starts its measures from zero (before the new
+        // word is published, so that none of its own calls is lost). Only a
+        // new OPEN deadline keeps the state, and its (empty) measures.
+        let changes = unpack(self.word.load(Ordering::Acquire)).0 != state;
+        if changes {
+            self.clear_measures();
+        }
         let word = pack(state, at);
         let previous = self.word.swap(word, Ordering::AcqRel);
-        self.totals.transitions.fetch_add(1, Ordering::Relaxed);
+        if changes {
+            self.totals.transitions.fetch_add(1, Ordering::Relaxed);
+        }
         Transition {
             from: state_of(unpack(previous).0),
             to: state_of(unpack(word).0),
@@ -602,34 +672,80 @@ impl Circuit {
     }
 
     /// Moves to `target` by hand at `now` (an operator's decision). A move
-    /// to the current state does nothing and returns `None`.
+    /// to the current state does nothing and returns `Ok(None)`.
     ///
     /// CLOSED starts a fresh window; OPEN lasts the configured open
     /// duration; HALF_OPEN admits a fresh set of probes; the operator states
     /// hold until the next manual transition.
-    pub fn transition_to(&self, target: CircuitState, now: Nanos) -> Option<Transition> {
+    ///
+    /// # Errors
+    ///
+    /// [`IllegalTransition`] for a move the state machine forbids (CLOSED
+    /// to HALF_OPEN, METRICS_ONLY to OPEN or HALF_OPEN); nothing changes.
+    pub fn transition_to(
+        &self,
+        target: CircuitState,
+        now: Nanos,
+    ) -> Result<Option<Transition>, IllegalTransition> {
         let mut control = self.control();
-        if self.state() == target {
-            return None;
+        let current = self.state();
+        if current == target {
+            return Ok(None);
         }
-        Some(match target {
+        IllegalTransition::check(current, target)?;
+        Ok(Some(match target {
             CircuitState::Closed => self.close(&mut control, now),
             CircuitState::Open => {
                 let until = now.saturating_add(self.config.open_duration());
                 self.set(&mut control, OPEN, until, Some(until))
             }
-            CircuitState::HalfOpen => {
-                control.half_open = Probes::default();
-                let max_wait = self.config.half_open_max_wait();
-                self.set(
-                    &mut control,
-                    HALF_OPEN,
-                    now,
-                    Some(now.saturating_add(max_wait)),
-                )
-            }
+            CircuitState::HalfOpen => self.enter_half_open(&mut control, now, 0),
             other => self.set(&mut control, bits_of(other), now, None),
-        })
+        }))
+    }
+
+    /// Opens by hand until `until` (resilience4j's
+    /// `transitionToOpenStateUntil`). While already OPEN, replaces the
+    /// deadline: the transition returned then goes from OPEN to OPEN.
+    ///
+    /// # Errors
+    ///
+    /// [`IllegalTransition`] from METRICS_ONLY, which never opens.
+    pub fn open_until(&self, until: Nanos) -> Result<Transition, IllegalTransition> {
+        let mut control = self.control();
+        IllegalTransition::check(self.state(), CircuitState::Open)?;
+        Ok(self.set(&mut control, OPEN, until, Some(until)))
+    }
+
+    /// Applies the deadlines that have passed at `now`: OPEN over (when
+    /// [`BreakerConfig::automatic_half_open`]) moves to HALF_OPEN with no
+    /// probe out yet; HALF_OPEN past its maximum wait ends as
+    /// [`BreakerConfig::half_open_expiry`] says. Returns the transition, if
+    /// any; a layer calls this on a timer at [`Circuit::next_deadline`].
+    pub fn expire(&self, now: Nanos) -> Option<Transition> {
+        let mut control = self.control();
+        let (state, at) = unpack(self.word.load(Ordering::Acquire));
+        match state {
+            OPEN if self.config.automatic_half_open() && now >= at => {
+                Some(self.enter_half_open(&mut control, now, 0))
+            }
+            HALF_OPEN if now >= at.saturating_add(self.config.half_open_max_wait()) => {
+                Some(self.expire_half_open(&mut control, now))
+            }
+            _ => None,
+        }
+    }
+
+    /// When [`Circuit::expire`] next has something to do: the end of OPEN
+    /// (with automatic half-open), or HALF_OPEN's maximum wait. `None`
+    /// in the other states, which end only on a call or by hand.
+    pub fn next_deadline(&self) -> Option<Nanos> {
+        let (state, at) = unpack(self.word.load(Ordering::Acquire));
+        match state {
+            OPEN if self.config.automatic_half_open() => Some(at),
+            HALF_OPEN => Some(at.saturating_add(self.config.half_open_max_wait())),
+            _ => None,
+        }
     }
 
     /// Back to a fresh CLOSED circuit: empty window, no failure streak, no
@@ -639,9 +755,7 @@ impl Circuit {
         let mut control = self.control();
         if self.state() == CircuitState::Closed {
             control.trips = 0;
-            self.window.reset();
-            self.consecutive_failures.store(0, Ordering::Relaxed);
-            self.rate_exceeded.store(false, Ordering::Relaxed);
+            self.clear_measures();
             return None;
         }
         Some(self.close(&mut control, now))
@@ -661,12 +775,27 @@ impl Circuit {
         }
     }
 
-    /// A snapshot of the breaker at `now`.
+    /// A snapshot of the breaker at `now`: the current state's own
+    /// figures (the window in CLOSED and METRICS_ONLY, the probes in
+    /// HALF_OPEN, nothing in the states that record nothing).
     pub fn metrics(&self, now: Nanos) -> BreakerMetrics {
-        let counts: WindowCounts = self.window.counts(|| now);
+        let state = self.state();
+        let counts = match state {
+            CircuitState::Closed | CircuitState::MetricsOnly => self.window.counts(|| now),
+            CircuitState::HalfOpen => {
+                let control = self.control();
+                let p = &control.half_open;
+                WindowCounts {
+                    calls: p.succeeded + p.failed,
+                    failures: p.failed,
+                    slow: p.slow,
+                }
+            }
+            _ => WindowCounts::default(),
+        };
         let t = &self.totals;
         BreakerMetrics {
-            state: self.state(),
+            state,
             failure_rate: counts.failure_rate(),
             slow_call_rate: counts.slow_call_rate(),
             buffered_calls: counts.calls,

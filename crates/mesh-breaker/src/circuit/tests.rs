@@ -68,7 +68,10 @@ fn the_failure_rate_trips_at_the_threshold_once_the_minimum_is_reached() {
     // The 4th call, a success, reaches the minimum at exactly 50%: ">=".
     let r = call(&c, Outcome::Success, ms(0));
     assert_eq!(r.transition.unwrap().to, CircuitState::Open);
-    assert_eq!(r.rate_exceeded, Some((50.0, 0.0)));
+    assert_eq!(
+        (r.failure_rate_exceeded, r.slow_call_rate_exceeded),
+        (Some(50.0), None)
+    );
 }
 
 #[test]
@@ -116,7 +119,10 @@ fn slow_calls_trip_a_breaker_whose_calls_all_succeed() {
     slow(&c, 10);
     let r = slow(&c, 500);
     assert_eq!(r.transition.unwrap().to, CircuitState::Open);
-    assert_eq!(r.rate_exceeded, Some((0.0, 60.0)));
+    assert_eq!(
+        (r.failure_rate_exceeded, r.slow_call_rate_exceeded),
+        (None, Some(60.0))
+    );
 }
 
 #[test]
@@ -308,10 +314,11 @@ fn periods_started_at_the_same_instant_stay_distinct() {
             .build()
             .unwrap(),
     );
-    c.transition_to(CircuitState::HalfOpen, ms(5));
+    c.transition_to(CircuitState::Open, ms(5)).unwrap();
+    c.transition_to(CircuitState::HalfOpen, ms(5)).unwrap();
     let stale = c.acquire(ms(5)).unwrap();
-    c.transition_to(CircuitState::Open, ms(5));
-    c.transition_to(CircuitState::HalfOpen, ms(5));
+    c.transition_to(CircuitState::Open, ms(5)).unwrap();
+    c.transition_to(CircuitState::HalfOpen, ms(5)).unwrap();
     assert!(c
         .record(stale.permit, Outcome::Success, Duration::ZERO, ms(5))
         .transition
@@ -362,7 +369,7 @@ fn settled_breakers_are_closed_or_past_their_deadlines() {
         c.is_settled(ms(100)),
         "open past its deadline: nobody is protected any more"
     );
-    c.transition_to(CircuitState::ForcedOpen, ms(100));
+    c.transition_to(CircuitState::ForcedOpen, ms(100)).unwrap();
     assert!(!c.is_settled(ms(1_000_000)), "an operator's state is kept");
 }
 
@@ -412,7 +419,10 @@ fn a_failure_admitted_before_the_circuit_opened_does_not_count_after_it_closes()
 fn operator_states_do_what_they_say() {
     let c = Circuit::new(config().consecutive_failures(1).build().unwrap());
     // Forced open: everything refused, without a deadline, whatever the time.
-    let t = c.transition_to(CircuitState::ForcedOpen, ms(0)).unwrap();
+    let t = c
+        .transition_to(CircuitState::ForcedOpen, ms(0))
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (t.from, t.to),
         (CircuitState::Closed, CircuitState::ForcedOpen)
@@ -422,8 +432,9 @@ fn operator_states_do_what_they_say() {
         (refused.state, refused.retry_in),
         (CircuitState::ForcedOpen, None)
     );
-    assert!(
-        c.transition_to(CircuitState::ForcedOpen, ms(1)).is_none(),
+    assert_eq!(
+        c.transition_to(CircuitState::ForcedOpen, ms(1)),
+        Ok(None),
         "no event for no change"
     );
 
@@ -451,13 +462,29 @@ fn operator_states_do_what_they_say() {
     let m = c.metrics(ms(3));
     assert_eq!((m.buffered_calls, m.failed_calls), (31, 31));
 
-    // Manual transitions and reset.
+    // A circuit that never trips has nothing to open for (changed on
+    // purpose: METRICS_ONLY to OPEN used to be allowed).
+    let refused = c.transition_to(CircuitState::Open, ms(4)).unwrap_err();
     assert_eq!(
-        c.transition_to(CircuitState::Open, ms(4)).unwrap().until,
+        (refused.from(), refused.to()),
+        (CircuitState::MetricsOnly, CircuitState::Open)
+    );
+    assert_eq!(c.state(), CircuitState::MetricsOnly);
+
+    // Manual transitions and reset.
+    c.transition_to(CircuitState::Closed, ms(4)).unwrap();
+    assert_eq!(
+        c.transition_to(CircuitState::Open, ms(4))
+            .unwrap()
+            .unwrap()
+            .until,
         Some(ms(104))
     );
     assert_eq!(
-        c.transition_to(CircuitState::HalfOpen, ms(5)).unwrap().to,
+        c.transition_to(CircuitState::HalfOpen, ms(5))
+            .unwrap()
+            .unwrap()
+            .to,
         CircuitState::HalfOpen
     );
     assert_eq!(c.reset(ms(6)).unwrap().to, CircuitState::Closed);
@@ -467,37 +494,317 @@ fn operator_states_do_what_they_say() {
         0,
         "reset empties the window"
     );
-    assert_eq!(c.metrics(ms(7)).transitions, 6);
+    assert_eq!(c.metrics(ms(7)).transitions, 7);
 }
 
 #[test]
-fn metrics_only_reports_the_rate_crossing_once() {
+fn metrics_only_reports_each_rate_crossing_once_per_state() {
     let c = Circuit::new(
         config()
             .failure_rate_threshold(50.0)
+            .slow_calls(Duration::from_millis(100), 50.0)
             .window(WindowConfig::Count { size: 4 })
             .minimum_calls(2)
             .build()
             .unwrap(),
     );
-    c.transition_to(CircuitState::MetricsOnly, ms(0));
+    let slow = |c: &Circuit, outcome: Outcome| {
+        let a = c.acquire(ms(0)).unwrap();
+        c.record(a.permit, outcome, Duration::from_millis(100), ms(0))
+    };
+    c.transition_to(CircuitState::MetricsOnly, ms(0)).unwrap();
     call(&c, Outcome::Success, ms(0));
     let crossed = call(&c, FAIL, ms(0));
-    assert_eq!(crossed.rate_exceeded, Some((50.0, 0.0)));
     assert_eq!(
-        call(&c, FAIL, ms(0)).rate_exceeded,
-        None,
-        "still above: no repeat"
+        (
+            crossed.failure_rate_exceeded,
+            crossed.slow_call_rate_exceeded
+        ),
+        (Some(50.0), None),
+        "only the failure rate crossed"
     );
-    call(&c, Outcome::Success, ms(0));
-    call(&c, Outcome::Success, ms(0));
-    call(&c, Outcome::Success, ms(0)); // window: F S S S = 25%: back under
-    assert_eq!(call(&c, FAIL, ms(0)).rate_exceeded, None, "S S S F = 25%");
+    let crossed = slow(&c, Outcome::Success);
     assert_eq!(
-        call(&c, FAIL, ms(0)).rate_exceeded,
-        Some((50.0, 0.0)),
-        "S S F F: crossed again"
+        (
+            crossed.failure_rate_exceeded,
+            crossed.slow_call_rate_exceeded
+        ),
+        (None, None),
+        "S F S(slow): 33% slow"
     );
+    let crossed = slow(&c, Outcome::Success);
+    assert_eq!(
+        (
+            crossed.failure_rate_exceeded,
+            crossed.slow_call_rate_exceeded
+        ),
+        (None, Some(50.0)),
+        "S F S S, two slow: the slow-call rate crosses, on its own"
+    );
+    // Back under and over again: still the same state, so no repeat
+    // (changed on purpose: a crossing used to be reported again after the
+    // rate fell back under its threshold).
+    for _ in 0..4 {
+        call(&c, Outcome::Success, ms(0));
+    }
+    let again = slow(&c, FAIL);
+    let again2 = slow(&c, FAIL);
+    assert_eq!(
+        again.failure_rate_exceeded.or(again2.failure_rate_exceeded),
+        None
+    );
+    assert_eq!(
+        again
+            .slow_call_rate_exceeded
+            .or(again2.slow_call_rate_exceeded),
+        None
+    );
+    // A new state is a new count.
+    c.transition_to(CircuitState::Disabled, ms(1)).unwrap();
+    c.transition_to(CircuitState::MetricsOnly, ms(2)).unwrap();
+    assert_eq!(
+        c.metrics(ms(2)).buffered_calls,
+        0,
+        "entering starts from zero"
+    );
+    slow(&c, FAIL);
+    let crossed = slow(&c, FAIL);
+    assert_eq!(
+        (
+            crossed.failure_rate_exceeded,
+            crossed.slow_call_rate_exceeded
+        ),
+        (Some(100.0), Some(100.0))
+    );
+}
+
+#[test]
+fn a_probe_reporting_after_the_maximum_wait_does_not_close_the_circuit() {
+    // Found by testing: the deadline used to be checked only on the next
+    // acquire, so a slow probe with no other call meanwhile closed it.
+    let c = Circuit::new(
+        config()
+            .consecutive_failures(1)
+            .half_open_probes(1)
+            .half_open_max_wait(Duration::from_millis(50))
+            .build()
+            .unwrap(),
+    );
+    call(&c, FAIL, ms(0));
+    let probe = c.acquire(ms(100)).unwrap();
+    let late = c.record(probe.permit, Outcome::Success, Duration::ZERO, ms(150));
+    let t = late.transition.unwrap();
+    assert_eq!((t.from, t.to), (CircuitState::HalfOpen, CircuitState::Open));
+    assert_eq!(c.state(), CircuitState::Open);
+}
+
+#[test]
+fn half_open_can_be_set_to_close_when_its_maximum_wait_runs_out() {
+    let c = Circuit::new(
+        config()
+            .consecutive_failures(1)
+            .half_open_probes(2)
+            .half_open_max_wait(Duration::from_millis(50))
+            .half_open_expiry(crate::HalfOpenExpiry::Closed)
+            .build()
+            .unwrap(),
+    );
+    call(&c, FAIL, ms(0));
+    let probe = c.acquire(ms(100)).unwrap();
+    assert_eq!(c.expire(ms(149)), None, "not due");
+    let t = c.expire(ms(150)).unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (CircuitState::HalfOpen, CircuitState::Closed)
+    );
+    // The probe's late failure belongs to a state that is over.
+    assert!(c
+        .record(probe.permit, FAIL, Duration::ZERO, ms(151))
+        .transition
+        .is_none());
+    assert_eq!(c.state(), CircuitState::Closed);
+    // Lazily too: a call after the wait is admitted by a closed circuit.
+    call(&c, FAIL, ms(200));
+    c.acquire(ms(300)).unwrap();
+    let admitted = c.acquire(ms(400)).unwrap();
+    assert_eq!(admitted.transition.unwrap().to, CircuitState::Closed);
+    assert!(matches!(admitted.permit, Permit::Normal { .. }));
+}
+
+#[test]
+fn automatic_half_open_moves_on_expire_with_no_probe_taken() {
+    let c = Circuit::new(
+        config()
+            .consecutive_failures(1)
+            .half_open_probes(1)
+            .automatic_half_open(true)
+            .build()
+            .unwrap(),
+    );
+    call(&c, FAIL, ms(0));
+    assert_eq!(c.next_deadline(), Some(ms(100)));
+    assert_eq!(c.expire(ms(99)), None);
+    let t = c.expire(ms(100)).unwrap();
+    assert_eq!((t.from, t.to), (CircuitState::Open, CircuitState::HalfOpen));
+    assert_eq!(
+        c.next_deadline(),
+        Some(ms(100).saturating_add(Duration::from_secs(30)))
+    );
+    let probe = c.acquire(ms(101)).unwrap();
+    assert!(probe.transition.is_none(), "already half-open");
+    assert!(
+        probe.probes_exhausted.is_some(),
+        "the one probe was still free"
+    );
+
+    // Without it, expire leaves OPEN to the next call.
+    let manual = Circuit::new(config().consecutive_failures(1).build().unwrap());
+    call(&manual, FAIL, ms(0));
+    assert_eq!(manual.next_deadline(), None);
+    assert_eq!(manual.expire(ms(1000)), None);
+    assert_eq!(manual.state(), CircuitState::Open);
+}
+
+#[test]
+fn judging_all_probes_waits_for_the_last_one() {
+    let c = Circuit::new(
+        config()
+            .consecutive_failures(1)
+            .failure_rate_threshold(50.0)
+            .half_open_probes(4)
+            .half_open_verdict(crate::ProbeVerdict::AfterAllProbes)
+            .build()
+            .unwrap(),
+    );
+    call(&c, FAIL, ms(0));
+    let probes: Vec<_> = (0..4).map(|_| c.acquire(ms(100)).unwrap()).collect();
+    // Two failures already reach 50% of 4, but the others are judged too.
+    for (probe, outcome) in probes[..3].iter().zip([FAIL, FAIL, Outcome::Success]) {
+        assert!(c
+            .record(probe.permit, outcome, Duration::ZERO, ms(101))
+            .transition
+            .is_none());
+    }
+    let m = c.metrics(ms(101));
+    assert_eq!(
+        (m.state, m.buffered_calls, m.failed_calls),
+        (CircuitState::HalfOpen, 3, 2)
+    );
+    let t = c.record(probes[3].permit, Outcome::Success, Duration::ZERO, ms(102));
+    assert_eq!(
+        t.transition.unwrap().to,
+        CircuitState::Open,
+        "2 of 4 failed: 50%"
+    );
+}
+
+#[test]
+fn each_state_shows_its_own_calls() {
+    let c = Circuit::new(
+        config()
+            .consecutive_failures(3)
+            .half_open_probes(2)
+            .build()
+            .unwrap(),
+    );
+    for _ in 0..3 {
+        call(&c, FAIL, ms(0));
+    }
+    let open = c.metrics(ms(1));
+    assert_eq!(
+        (open.state, open.buffered_calls, open.failure_rate),
+        (CircuitState::Open, 0, None),
+        "OPEN admitted no call"
+    );
+    assert_eq!(open.failed_total, 3, "totals are kept");
+    let probe = c.acquire(ms(100)).unwrap();
+    c.record(probe.permit, Outcome::Success, Duration::ZERO, ms(100));
+    let half = c.metrics(ms(100));
+    assert_eq!(
+        (
+            half.state,
+            half.buffered_calls,
+            half.failed_calls,
+            half.failure_rate
+        ),
+        (CircuitState::HalfOpen, 1, 0, Some(0.0)),
+        "the probes, not the window that tripped"
+    );
+    for state in [CircuitState::ForcedOpen, CircuitState::Disabled] {
+        c.transition_to(state, ms(101)).unwrap();
+        assert_eq!(c.metrics(ms(101)).buffered_calls, 0, "{state}");
+    }
+}
+
+#[test]
+fn manual_opening_for_a_duration_or_until_an_instant() {
+    let c = Circuit::new(config().build().unwrap());
+    let t = c.open_until(ms(500)).unwrap();
+    assert_eq!(
+        (t.from, t.to, t.until),
+        (CircuitState::Closed, CircuitState::Open, Some(ms(500)))
+    );
+    assert_eq!(
+        c.acquire(ms(400)).unwrap_err().retry_in,
+        Some(Duration::from_millis(100))
+    );
+    let moved = c.open_until(ms(200)).unwrap();
+    assert_eq!(
+        (moved.from, moved.to),
+        (CircuitState::Open, CircuitState::Open),
+        "a new end, no new state"
+    );
+    assert_eq!(c.metrics(ms(0)).transitions, 1);
+    assert!(c.acquire(ms(200)).is_ok(), "probes at the new end");
+    c.transition_to(CircuitState::MetricsOnly, ms(201)).unwrap();
+    let refused = c.open_until(ms(900)).unwrap_err();
+    assert_eq!(
+        (refused.from(), refused.to()),
+        (CircuitState::MetricsOnly, CircuitState::Open)
+    );
+}
+
+#[test]
+fn forbidden_manual_transitions_are_refused_naming_both_states() {
+    use CircuitState::*;
+    let all = [Closed, Open, HalfOpen, ForcedOpen, Disabled, MetricsOnly];
+    for from in all {
+        for to in all {
+            let c = Circuit::new(config().build().unwrap());
+            // Reach `from` by an allowed path.
+            match from {
+                Closed => {}
+                HalfOpen => {
+                    c.transition_to(Open, ms(1)).unwrap();
+                    c.transition_to(HalfOpen, ms(2)).unwrap();
+                }
+                other => {
+                    c.transition_to(other, ms(1)).unwrap();
+                }
+            }
+            assert_eq!(c.state(), from);
+            let forbidden = matches!(
+                (from, to),
+                (Closed, HalfOpen) | (MetricsOnly, Open) | (MetricsOnly, HalfOpen)
+            );
+            match c.transition_to(to, ms(3)) {
+                Err(e) => {
+                    assert!(forbidden, "{from} -> {to} refused");
+                    assert_eq!((e.from(), e.to()), (from, to));
+                    assert!(
+                        e.to_string().contains(&format!("from {from} to {to}")),
+                        "{e}"
+                    );
+                    assert_eq!(c.state(), from, "left as it was");
+                }
+                Ok(t) => {
+                    assert!(!forbidden, "{from} -> {to} allowed");
+                    assert_eq!(t.is_none(), from == to);
+                    assert_eq!(c.state(), to);
+                }
+            }
+        }
+    }
 }
 
 // === The model test ===
@@ -518,6 +825,8 @@ struct Model {
     succeeded: u32,
     failed: u32,
     slow: u32,
+    failure_crossed: bool,
+    slow_crossed: bool,
     p: Params,
 }
 
@@ -528,6 +837,9 @@ struct Params {
     size: u32,
     min: u32,
     probes: u32,
+    automatic: bool,
+    expiry_closes: bool,
+    all_probes: bool,
 }
 
 const OPEN_MS: u64 = 100;
@@ -557,13 +869,19 @@ impl Model {
             succeeded: 0,
             failed: 0,
             slow: 0,
+            failure_crossed: false,
+            slow_crossed: false,
             p,
         }
     }
 
+    /// Every state starts its measures from zero.
     fn enter(&mut self, state: CircuitState) {
         self.state = state;
         self.period += 1;
+        self.window.clear();
+        self.consecutive = 0;
+        (self.failure_crossed, self.slow_crossed) = (false, false);
     }
 
     fn trip(&mut self, now: u64) {
@@ -575,9 +893,25 @@ impl Model {
 
     fn close(&mut self) {
         self.trips = 0;
-        self.window.clear();
-        self.consecutive = 0;
         self.enter(CircuitState::Closed);
+    }
+
+    fn half_open(&mut self, now: u64, admitted: u32) {
+        self.enter(CircuitState::HalfOpen);
+        self.half_open_since = now;
+        (self.admitted, self.succeeded, self.failed, self.slow) = (admitted, 0, 0, 0);
+    }
+
+    fn half_open_expired(&self, now: u64) -> bool {
+        self.state == CircuitState::HalfOpen && now >= self.half_open_since + MAX_WAIT_MS
+    }
+
+    fn end_half_open(&mut self, now: u64) {
+        if self.p.expiry_closes {
+            self.close();
+        } else {
+            self.trip(now);
+        }
     }
 
     fn acquire(&mut self, now: u64) -> Option<ModelPermit> {
@@ -589,16 +923,16 @@ impl Model {
             CircuitState::ForcedOpen => None,
             CircuitState::Open if now < self.open_until => None,
             CircuitState::Open => {
-                self.enter(CircuitState::HalfOpen);
-                self.half_open_since = now;
-                (self.admitted, self.succeeded, self.failed, self.slow) = (1, 0, 0, 0);
+                self.half_open(now, 1);
                 Some(ModelPermit::Probe(self.period))
             }
             CircuitState::HalfOpen => {
-                if now >= self.half_open_since + MAX_WAIT_MS {
-                    self.trip(now);
-                    None
-                } else if self.admitted < self.p.probes {
+                if self.half_open_expired(now) {
+                    self.end_half_open(now);
+                    return (self.state == CircuitState::Closed)
+                        .then_some(ModelPermit::Normal(self.period));
+                }
+                if self.admitted < self.p.probes {
                     self.admitted += 1;
                     Some(ModelPermit::Probe(self.period))
                 } else {
@@ -608,14 +942,39 @@ impl Model {
         }
     }
 
-    fn record(&mut self, permit: ModelPermit, outcome: Outcome, elapsed_ms: u64, now: u64) {
+    /// The timer: deadlines that fell due.
+    fn expire(&mut self, now: u64) {
+        if self.state == CircuitState::Open && self.p.automatic && now >= self.open_until {
+            self.half_open(now, 0);
+        } else if self.half_open_expired(now) {
+            self.end_half_open(now);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        match self.state {
+            CircuitState::Open if self.p.automatic => Some(self.open_until),
+            CircuitState::HalfOpen => Some(self.half_open_since + MAX_WAIT_MS),
+            _ => None,
+        }
+    }
+
+    /// Records an outcome; returns the (failure, slow-call) rate crossings
+    /// it reported.
+    fn record(
+        &mut self,
+        permit: ModelPermit,
+        outcome: Outcome,
+        elapsed_ms: u64,
+        now: u64,
+    ) -> (bool, bool) {
         let failed = matches!(outcome, Outcome::Failure(_));
         let slow = elapsed_ms >= SLOW_MS;
         match permit {
-            ModelPermit::Unrecorded => {}
+            ModelPermit::Unrecorded => (false, false),
             ModelPermit::Normal(period) => {
                 if outcome == Outcome::Ignored || period != self.period {
-                    return;
+                    return (false, false);
                 }
                 self.window.push_back((failed, slow));
                 if self.window.len() > self.p.size as usize {
@@ -626,22 +985,31 @@ impl Model {
                 let fails = self.window.iter().filter(|c| c.0).count() as f64;
                 let slows = self.window.iter().filter(|c| c.1).count() as f64;
                 let judged = self.window.len() as u32 >= self.p.min;
-                let by_rate = judged
-                    && (self.p.rate.is_some_and(|r| 100.0 * fails / calls >= r)
-                        || 100.0 * slows / calls >= SLOW_RATE);
+                let by_failures = judged && self.p.rate.is_some_and(|r| 100.0 * fails / calls >= r);
+                let by_slow = judged && 100.0 * slows / calls >= SLOW_RATE;
+                let reported = (
+                    by_failures && !std::mem::replace(&mut self.failure_crossed, true),
+                    by_slow && !std::mem::replace(&mut self.slow_crossed, true),
+                );
                 let by_count = self.p.consecutive.is_some_and(|n| self.consecutive >= n);
-                if self.state == CircuitState::Closed && (by_rate || by_count) {
+                if self.state == CircuitState::Closed && (by_failures || by_slow || by_count) {
                     self.trip(now);
                 }
+                reported
             }
             ModelPermit::Probe(period) => {
                 if period != self.period {
-                    return;
+                    return (false, false);
+                }
+                if self.half_open_expired(now) {
+                    // Late: the maximum wait decides, not this probe.
+                    self.end_half_open(now);
+                    return (false, false);
                 }
                 match outcome {
                     Outcome::Ignored => {
                         self.admitted -= 1;
-                        return;
+                        return (false, false);
                     }
                     Outcome::Success => self.succeeded += 1,
                     Outcome::Failure(_) => self.failed += 1,
@@ -651,20 +1019,28 @@ impl Model {
                 }
                 let n = self.p.probes;
                 let done = self.succeeded + self.failed;
-                // Decide when the share of all n probes is settled: reopen
-                // once it must reach a threshold, close once it cannot.
+                // The share of all n probes: reopen once it must reach a
+                // threshold, close once it cannot (early), or judge once
+                // all reported.
                 let fail_needed = self
                     .p
                     .rate
                     .map_or(1, |r| ((r * n as f64 / 100.0).ceil() as u32).clamp(1, n));
                 let slow_needed = ((SLOW_RATE * n as f64 / 100.0).ceil() as u32).clamp(1, n);
-                if self.failed >= fail_needed || self.slow >= slow_needed {
-                    self.trip(now);
-                } else if self.failed + (n - done) < fail_needed
-                    && self.slow + (n - done) < slow_needed
-                {
-                    self.close();
+                let reopen = self.failed >= fail_needed || self.slow >= slow_needed;
+                let decided = if self.p.all_probes {
+                    done == n
+                } else {
+                    reopen
+                        || (self.failed + (n - done) < fail_needed
+                            && self.slow + (n - done) < slow_needed)
+                };
+                match (decided, reopen) {
+                    (true, true) => self.trip(now),
+                    (true, false) => self.close(),
+                    _ => {}
                 }
+                (false, false)
             }
         }
     }
@@ -675,22 +1051,44 @@ impl Model {
         }
     }
 
-    fn manual(&mut self, target: CircuitState, now: u64) {
+    /// A manual move; `false` if the state machine forbids it.
+    fn manual(&mut self, target: CircuitState, now: u64) -> bool {
+        use CircuitState::*;
         if target == self.state {
-            return;
+            return true;
+        }
+        if matches!(
+            (self.state, target),
+            (Closed, HalfOpen) | (MetricsOnly, Open) | (MetricsOnly, HalfOpen)
+        ) {
+            return false;
         }
         match target {
-            CircuitState::Closed => self.close(),
-            CircuitState::Open => {
+            Closed => self.close(),
+            Open => {
                 self.open_until = now + OPEN_MS;
-                self.enter(CircuitState::Open);
+                self.enter(Open);
             }
-            CircuitState::HalfOpen => {
-                self.half_open_since = now;
-                (self.admitted, self.succeeded, self.failed, self.slow) = (0, 0, 0, 0);
-                self.enter(CircuitState::HalfOpen);
-            }
+            HalfOpen => self.half_open(now, 0),
             other => self.enter(other),
+        }
+        true
+    }
+
+    /// What the state's metrics show: (calls, failed, slow).
+    fn counts(&self) -> (usize, usize, usize) {
+        match self.state {
+            CircuitState::Closed | CircuitState::MetricsOnly => (
+                self.window.len(),
+                self.window.iter().filter(|c| c.0).count(),
+                self.window.iter().filter(|c| c.1).count(),
+            ),
+            CircuitState::HalfOpen => (
+                (self.succeeded + self.failed) as usize,
+                self.failed as usize,
+                self.slow as usize,
+            ),
+            _ => (0, 0, 0),
         }
     }
 }
@@ -702,6 +1100,8 @@ enum Op {
     Abandon(usize),
     Advance(u64),
     Manual(u8),
+    /// The timer fires (it may fire late, or find nothing due).
+    Expire,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -711,6 +1111,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Abandon),
         2 => (0u64..200).prop_map(Op::Advance),
         1 => (0u8..6).prop_map(Op::Manual),
+        1 => Just(Op::Expire),
     ]
 }
 
@@ -720,25 +1121,32 @@ fn params() -> impl Strategy<Value = Params> {
         proptest::option::of(prop_oneof![Just(25.0), Just(50.0), Just(100.0)]),
         1u32..8,
         1u32..4,
+        (any::<bool>(), any::<bool>(), any::<bool>()),
     )
-        .prop_flat_map(|(consecutive, rate, size, probes)| {
-            (1..=size).prop_map(move |min| Params {
-                consecutive,
-                rate,
-                size,
-                min,
-                probes,
-            })
-        })
+        .prop_flat_map(
+            |(consecutive, rate, size, probes, (automatic, expiry_closes, all_probes))| {
+                (1..=size).prop_map(move |min| Params {
+                    consecutive,
+                    rate,
+                    size,
+                    min,
+                    probes,
+                    automatic,
+                    expiry_closes,
+                    all_probes,
+                })
+            },
+        )
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Random calls, outcomes, durations, cancellations, clock advances and
-    /// operator transitions, applied to the breaker and to the model: the
-    /// state, the window's counts and every admission decision agree at
-    /// every step.
+    /// Random calls, outcomes, durations, cancellations, clock advances,
+    /// timer firings and operator transitions, applied to the breaker and
+    /// to the model: the state, the state's own counts, the next deadline,
+    /// every admission decision, every refused manual move and every rate
+    /// crossing reported (once per state) agree at every step.
     #[test]
     fn the_breaker_agrees_with_the_reference_model(p in params(), ops in proptest::collection::vec(op(), 1..300)) {
         let mut builder = BreakerConfig::builder()
@@ -749,7 +1157,10 @@ proptest! {
             .open_duration_jitter(0.0)
             .half_open_probes(p.probes)
             .half_open_max_wait(Duration::from_millis(MAX_WAIT_MS))
-            .slow_calls(Duration::from_millis(SLOW_MS), SLOW_RATE);
+            .slow_calls(Duration::from_millis(SLOW_MS), SLOW_RATE)
+            .automatic_half_open(p.automatic)
+            .half_open_expiry(if p.expiry_closes { crate::HalfOpenExpiry::Closed } else { crate::HalfOpenExpiry::Open })
+            .half_open_verdict(if p.all_probes { crate::ProbeVerdict::AfterAllProbes } else { crate::ProbeVerdict::Early });
         builder = match p.consecutive { Some(n) => builder.consecutive_failures(n), None => builder.no_consecutive_failures() };
         builder = match p.rate { Some(r) => builder.failure_rate_threshold(r), None => builder.no_failure_rate() };
         let c = Circuit::new(builder.build().unwrap());
@@ -779,13 +1190,24 @@ proptest! {
                     let (real, model) = outstanding.remove(i % outstanding.len());
                     let outcome = [Outcome::Success, FAIL, Outcome::Ignored][o as usize];
                     let elapsed = if slow { SLOW_MS } else { 0 };
-                    c.record(real, outcome, Duration::from_millis(elapsed), ms(now));
-                    m.record(model, outcome, elapsed, now);
+                    let r = c.record(real, outcome, Duration::from_millis(elapsed), ms(now));
+                    let crossings = m.record(model, outcome, elapsed, now);
+                    prop_assert_eq!(
+                        (r.failure_rate_exceeded.is_some(), r.slow_call_rate_exceeded.is_some()),
+                        crossings,
+                        "rate crossings reported"
+                    );
                 }
                 Op::Abandon(i) => {
                     let (real, model) = outstanding.remove(i % outstanding.len());
                     c.abandon(real);
                     m.abandon(model);
+                }
+                Op::Expire => {
+                    let t = c.expire(ms(now));
+                    let before = m.state;
+                    m.expire(now);
+                    prop_assert_eq!(t.is_some(), before != m.state, "expiry at {} in {:?}", now, before);
                 }
                 Op::Manual(k) => {
                     // A manual move starts a new period; one ms apart keeps
@@ -795,17 +1217,19 @@ proptest! {
                         CircuitState::Closed, CircuitState::Open, CircuitState::HalfOpen,
                         CircuitState::ForcedOpen, CircuitState::Disabled, CircuitState::MetricsOnly,
                     ][k as usize];
-                    c.transition_to(target, ms(now));
-                    m.manual(target, now);
+                    let real = c.transition_to(target, ms(now));
+                    let allowed = m.manual(target, now);
+                    prop_assert_eq!(real.is_ok(), allowed, "{:?} -> {:?}", c.state(), target);
                 }
             }
             prop_assert_eq!(c.state(), m.state);
-            if matches!(m.state, CircuitState::Closed | CircuitState::MetricsOnly) {
-                let metrics = c.metrics(ms(now));
-                prop_assert_eq!(metrics.buffered_calls as usize, m.window.len());
-                prop_assert_eq!(metrics.failed_calls as usize, m.window.iter().filter(|c| c.0).count());
-                prop_assert_eq!(metrics.slow_calls as usize, m.window.iter().filter(|c| c.1).count());
-            }
+            prop_assert_eq!(c.next_deadline(), m.next_deadline().map(ms));
+            let metrics = c.metrics(ms(now));
+            prop_assert_eq!(
+                (metrics.buffered_calls as usize, metrics.failed_calls as usize, metrics.slow_calls as usize),
+                m.counts(),
+                "the counts of {:?}", m.state
+            );
         }
     }
 }
