@@ -66,6 +66,11 @@ fn static_config(top: &str, services: &[(&str, &[SocketAddr])], tables: &str) ->
 /// Retries off, so that each call is one request.
 const NO_RETRY: &str = "[retry]\nmax_retries = 0\n";
 
+/// Calls spread evenly over the instances: for tests of other keys that
+/// count the calls each instance gets (the default, power of two choices,
+/// sends sequential calls to whichever instance answered fastest).
+const ROUND_ROBIN: &str = "[balance]\nstrategy = \"round_robin\"\n";
+
 /// A breaker that never trips in these tests (so another key's effect is
 /// seen alone).
 const NO_BREAKER: &str = "[breaker]\nscope = \"endpoint\"\nconsecutive_failures = 100000\n\
@@ -296,7 +301,7 @@ async fn consul_tags_datacenter_and_register_change_what_is_asked_and_called() {
 
     // Without the keys: both instances called, no datacenter asked, no
     // registration.
-    let client = start_client(&format!("{service}{discovery}{NO_RETRY}")).await;
+    let client = start_client(&format!("{service}{discovery}{NO_RETRY}{ROUND_ROBIN}")).await;
     for _ in 0..10 {
         get(&client, "users").await.expect("call");
     }
@@ -419,7 +424,7 @@ async fn kubernetes_port_name_namespace_and_zone_choose_the_records_asked_for() 
     let config = |keys: &str| {
         format!(
             "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"kubernetes\"\n\
-             nameserver = \"{}\"\n{keys}\n{NO_RETRY}",
+             nameserver = \"{}\"\n{keys}\n{NO_RETRY}{ROUND_ROBIN}",
             dns.addr
         )
     };
@@ -527,7 +532,10 @@ async fn sticky_keeps_a_client_on_one_instance() {
     ];
     let addrs = [backends[0].addr(), backends[1].addr()];
     let mut busiest = Vec::new();
-    for balance in ["[balance]\nsticky = [{ header = \"x-client-id\" }]\n", ""] {
+    for balance in [
+        "[balance]\nsticky = [{ header = \"x-client-id\" }]\n",
+        ROUND_ROBIN,
+    ] {
         for b in &backends {
             b.reset_stats();
         }
@@ -595,7 +603,7 @@ async fn a_service_s_own_balance_applies_to_it_alone() {
         "",
         &[("users", &addrs), ("orders", &addrs)],
         &format!(
-            "{NO_RETRY}[services.users]\nbalance = {{ sticky = [{{ header = \"x-client-id\" }}] }}\n"
+            "{NO_RETRY}{ROUND_ROBIN}[services.users]\nbalance = {{ sticky = [{{ header = \"x-client-id\" }}] }}\n"
         ),
     ))
     .await;
@@ -743,7 +751,7 @@ async fn scope_endpoint_ejects_the_bad_instance_where_scope_service_refuses_the_
             "",
             &[("users", &[bad.addr(), good.addr()])],
             &format!(
-                "{NO_RETRY}[breaker]\nscope = \"{scope}\"\nconsecutive_failures = 1\n\
+                "{NO_RETRY}{ROUND_ROBIN}[breaker]\nscope = \"{scope}\"\nconsecutive_failures = 1\n\
                  open_duration = \"30s\"\n"
             ),
         ))
@@ -774,7 +782,8 @@ async fn scope_endpoint_ejects_the_bad_instance_where_scope_service_refuses_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_rate_threshold_opens_on_a_rate_that_never_makes_a_run_of_failures() {
     let mut reached = Vec::new();
-    // Half the calls fail, alternately: never two failures in a row.
+    // Half the calls fail, alternately (round robin): never two failures
+    // in a row.
     for rate in ["40.0", "100.0"] {
         let bad = Backend::start(Behavior::Status(500))
             .await
@@ -784,7 +793,7 @@ async fn failure_rate_threshold_opens_on_a_rate_that_never_makes_a_run_of_failur
             "",
             &[("users", &[bad.addr(), good.addr()])],
             &format!(
-                "{NO_RETRY}[breaker]\nscope = \"service\"\nconsecutive_failures = 1000\n\
+                "{NO_RETRY}{ROUND_ROBIN}[breaker]\nscope = \"service\"\nconsecutive_failures = 1000\n\
                  failure_rate_threshold = {rate}\nwindow = {{ kind = \"count\", size = 20 }}\n\
                  minimum_calls = 10\nopen_duration = \"30s\"\n"
             ),
@@ -1105,16 +1114,24 @@ async fn a_queued_call_waits_no_longer_than_its_deadline() {
         &format!("{NO_RETRY}{NO_BREAKER}[limits]\nconcurrency = 1\nmax_wait = \"10s\"\n"),
     ))
     .await;
+    // The first call holds the one slot for 1.5 s.
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { get(&client, "users").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The second waits for it until its own deadline, not the 10 s max_wait.
     let started = Instant::now();
     let options = CallOptions::default().timeout(Duration::from_millis(300));
-    let outcomes = concurrent_outcomes(&client, 2, options).await;
-    // The first times out at its deadline; the second waits for the slot
-    // until the same deadline, not the 10 s max_wait.
+    let err = get_with(&client, "users", options)
+        .await
+        .expect_err("no slot before the deadline");
+    assert!(started.elapsed() < Duration::from_millis(1200), "{err}");
     assert!(
-        started.elapsed() < Duration::from_millis(1200),
-        "{outcomes:?}"
+        matches!(mesh_error(&err), Some(MeshError::LimitExceeded { .. })),
+        "{err}"
     );
-    assert_eq!(outcomes, ["limit", "other"]);
+    assert!(first.await.expect("task").is_ok());
     client.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -1326,7 +1343,7 @@ async fn upstream_http_checks_eject_a_failing_instance_after_unhealthy_threshold
             "",
             &[("users", &[bad.addr(), good[0].addr(), good[1].addr()])],
             &format!(
-                "{NO_RETRY}{NO_BREAKER}[upstream_health]\n{upstream}\ninterval = \"50ms\"\n\
+                "{NO_RETRY}{NO_BREAKER}{ROUND_ROBIN}[upstream_health]\n{upstream}\ninterval = \"50ms\"\n\
                  jitter = \"10ms\"\ntimeout = \"1s\"\n"
             ),
         ))
@@ -1554,7 +1571,7 @@ async fn a_split_sends_calls_to_the_subset_its_tags_select() {
         ],
     );
     let base = format!(
-        "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"consul\"\nurl = \"{}\"\n{NO_RETRY}",
+        "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"consul\"\nurl = \"{}\"\n{NO_RETRY}{ROUND_ROBIN}",
         double.url()
     );
     let mut to_v2 = Vec::new();

@@ -3,6 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::clock::{self, Nanos};
@@ -18,6 +19,7 @@ pub(crate) struct InFlight {
     state: Arc<EndpointState>,
     started: Nanos,
     responded: bool,
+    failed: bool,
     /// Told when the slot frees, when requests may wait for one.
     slots: Option<Arc<Slots>>,
 }
@@ -35,6 +37,7 @@ impl InFlight {
             state,
             started: clock::now(),
             responded: false,
+            failed: false,
             slots: None,
         }
     }
@@ -46,11 +49,31 @@ impl InFlight {
     }
 
     /// Marks that the endpoint answered, so that the latency is recorded.
-    /// A call that failed before any response (refused connection, timeout)
-    /// records none: its speed says nothing about the endpoint's.
+    /// A call that failed before any response records a penalty instead
+    /// (see [`InFlight::failed`]).
     pub(crate) fn responded(&mut self) {
         self.responded = true;
     }
+
+    /// Marks that the call failed: no answer (not a cancellation), or a
+    /// server error.
+    pub(crate) fn failed(&mut self) {
+        self.failed = true;
+    }
+}
+
+/// The least a failed call counts as, for latency-aware strategies.
+const FAILURE_PENALTY_FLOOR: Duration = Duration::from_millis(10);
+
+/// What a failed call (no answer, or a server error) counts as: twice the
+/// endpoint's estimate, at least [`FAILURE_PENALTY_FLOOR`], at least what
+/// it took. A refused connection or a quick 503 ends in microseconds:
+/// counted as it is, or not at all while the old estimate decays, it would
+/// make a failing instance look like the fastest and draw the traffic
+/// latency-aware strategies send by speed.
+fn failure_penalty(estimate: Option<Duration>, elapsed: Duration) -> Duration {
+    let doubled = estimate.map_or(Duration::ZERO, |e| e.saturating_mul(2));
+    doubled.max(FAILURE_PENALTY_FLOOR).max(elapsed)
 }
 
 impl Drop for InFlight {
@@ -63,11 +86,14 @@ impl Drop for InFlight {
         let elapsed = now.saturating_since(self.started);
         if self.responded {
             self.state.record_latency_at(elapsed, now);
+        } else if self.failed {
+            let penalty = failure_penalty(self.state.latency(), elapsed);
+            self.state.record_latency_at(penalty, now);
         } else if self.state.latency().is_some_and(|l| elapsed > l) {
-            // No answer, and longer than the endpoint usually takes (a
-            // timeout, a hung call): that is evidence of slowness, so the
-            // peak-sensitive estimate takes it. A quick failure (refused
-            // connection) says nothing about speed and is not recorded.
+            // Cancelled, and longer than the endpoint usually takes (the
+            // caller gave up on a hung call): evidence of slowness, so the
+            // peak-sensitive estimate takes it. A quick cancellation says
+            // nothing about the endpoint and is not recorded.
             self.state.record_latency_at(elapsed, now);
         }
     }
@@ -146,6 +172,22 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
+
+    #[test]
+    fn a_quick_failure_counts_as_slow_and_a_quick_cancellation_not_at_all() {
+        let state = Arc::new(EndpointState::new());
+        state.record_latency(Duration::from_micros(300));
+        drop(InFlight::start(Arc::clone(&state)));
+        assert_eq!(state.latency(), Some(Duration::from_micros(300)));
+        let mut failed = InFlight::start(Arc::clone(&state));
+        failed.failed();
+        drop(failed);
+        assert_eq!(state.latency(), Some(FAILURE_PENALTY_FLOOR));
+        assert_eq!(
+            failure_penalty(Some(Duration::from_millis(40)), Duration::ZERO),
+            Duration::from_millis(80)
+        );
+    }
 
     #[tokio::test]
     async fn count_ends_with_the_body_and_latency_is_recorded() {

@@ -144,7 +144,10 @@ impl BalanceConfig {
     pub fn panic_threshold(&self) -> f64 {
         self.settings.panic_threshold
     }
-    /// The latency assumed for an instance with no sample yet.
+    /// The latency assumed for an instance with no sample yet when no
+    /// candidate it is compared with has one either; otherwise it is taken
+    /// to be as fast as those (the other of two choices, the mean for
+    /// least response time), so a new instance gets its share at once.
     pub fn unknown_latency(&self) -> Duration {
         self.settings.unknown_latency
     }

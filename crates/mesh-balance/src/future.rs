@@ -212,12 +212,17 @@ where
     };
     Poll::Ready(match result {
         Ok(response) => {
-            in_flight.responded();
+            // A server error answered fast is no sign of a fast instance.
+            match response.status().is_server_error() {
+                true => in_flight.failed(),
+                false => in_flight.responded(),
+            }
             let mut response = response.map(|body| TrackedBody::new(body, in_flight));
             response.extensions_mut().insert(SelectedEndpoint(endpoint));
             Ok(response)
         }
         Err(error) => {
+            in_flight.failed();
             drop(in_flight);
             Err(MeshError::Endpoint {
                 service,

@@ -47,6 +47,9 @@ name = "api-gateway"
 [discovery]
 kind = "file"
 path = "{}"
+# Round robin within each subset, so "balanced" below means even.
+[services.users.balance]
+strategy = "round_robin"
 [[services.users.split]]
 name = "v1"
 tag = "v1"

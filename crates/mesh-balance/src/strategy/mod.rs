@@ -239,21 +239,43 @@ impl Picker {
             Strategy::LeastConnections => least_by(endpoints, ok, |e| {
                 u128::from(e.state().in_flight()) * 1_000_000 / u128::from(e.weight().get())
             }),
-            Strategy::LeastResponseTime => least_by(endpoints, ok, |e| self.cost(e, now)),
+            Strategy::LeastResponseTime => {
+                let unknown = self.mean_latency(endpoints, ok, now);
+                least_by(endpoints, ok, |e| self.cost(e, now, unknown))
+            }
             Strategy::PowerOfTwoChoices => self.two_choices(endpoints, ok, now),
         }
     }
 
     /// Expected wait at `e`, scaled to compare across weights: latency x
-    /// (in flight + 1) / weight, in nanoseconds x 1000.
-    fn cost(&self, e: &Endpoint, now: Nanos) -> u128 {
+    /// (in flight + 1) / weight, in nanoseconds x 1000; `unknown` stands in
+    /// for the latency of an endpoint with no sample yet.
+    fn cost(&self, e: &Endpoint, now: Nanos, unknown: Option<Duration>) -> u128 {
         let latency = e
             .state()
             .latency_at(now)
+            .or(unknown)
             .unwrap_or(self.config.unknown_latency())
             .as_nanos()
             .max(1);
         latency * (u128::from(e.state().in_flight()) + 1) * 1000 / u128::from(e.weight().get())
+    }
+
+    /// The mean latency of the candidates that have a sample: what an
+    /// unmeasured one is assumed to take, so a new instance gets its
+    /// share at once instead of starving behind measured fast ones.
+    fn mean_latency(
+        &self,
+        endpoints: &[Endpoint],
+        ok: &dyn Fn(&Endpoint) -> bool,
+        now: Nanos,
+    ) -> Option<Duration> {
+        let (sum, n) = endpoints
+            .iter()
+            .filter(|e| ok(e))
+            .filter_map(|e| e.state().latency_at(now))
+            .fold((Duration::ZERO, 0u32), |(sum, n), l| (sum + l, n + 1));
+        (n > 0).then(|| sum / n)
     }
 
     fn two_choices<'a>(
@@ -281,8 +303,13 @@ impl Picker {
             .map(|_| draw())
             .find(|b| b.is_some_and(|b| !std::ptr::eq(a, b)))
             .flatten();
+        // An unmeasured candidate is taken to be as fast as the other.
+        let (la, lb) = (
+            a.state().latency_at(now),
+            b.and_then(|b| b.state().latency_at(now)),
+        );
         Some(match b {
-            Some(b) if self.cost(b, now) < self.cost(a, now) => b,
+            Some(b) if self.cost(b, now, la) < self.cost(a, now, lb) => b,
             _ => a,
         })
     }

@@ -150,6 +150,34 @@ fn least_response_time_and_p2c_starve_a_slow_instance() {
     }
 }
 
+/// A new instance beside a measured fast one: taken to be as fast as the
+/// instances it is compared with, it gets its share at once instead of
+/// starving behind them (a fixed guess slower than loopback would never
+/// let it be measured).
+#[test]
+fn an_unmeasured_instance_gets_its_share_beside_measured_fast_ones() {
+    for strategy in [Strategy::LeastResponseTime, Strategy::PowerOfTwoChoices] {
+        let set = set_of(&[1; 2]);
+        set.endpoints()[0]
+            .state()
+            .record_latency(Duration::from_micros(300));
+        let picker = picker_for(strategy.clone(), false);
+        let new = set.endpoints()[1].id().clone();
+        let to_new = (0..200)
+            .filter(|_| {
+                let picked = picker
+                    .pick(&set, &PickContext::default(), Nanos(0))
+                    .unwrap();
+                picked.id() == &new
+            })
+            .count();
+        assert!(
+            to_new >= 50,
+            "{strategy:?}: the new instance got {to_new} of 200"
+        );
+    }
+}
+
 fn owners(picker: &Picker, set: &EndpointSet, keys: u32) -> Vec<EndpointId> {
     (0..keys)
         .map(|k| {
