@@ -455,6 +455,93 @@ async fn kubernetes_port_name_namespace_and_zone_choose_the_records_asked_for() 
     assert_eq!(pods.iter().map(|p| p.stats().requests).sum::<u64>(), 8);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_resolver_timeout_and_attempts_bound_how_soon_a_hung_dns_is_reported() {
+    let ip = "127.0.0.73";
+    let _pod = Backend::start_on(format!("{ip}:8080").parse().expect("addr"), Behavior::Ok)
+        .await
+        .expect("backend on :8080");
+    let dns = dnsmasq::start(&[ip]);
+    let mut took = Vec::new();
+    for keys in ["resolver_timeout = \"200ms\"\nresolver_attempts = 1\n", ""] {
+        let client = start_client(&format!(
+            "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"kubernetes\"\n\
+             port = 8080\nnameserver = \"{}\"\n{keys}{NO_RETRY}",
+            dns.addr
+        ))
+        .await;
+        get(&client, "users").await.expect("resolved");
+        let mut events = client.subscribe();
+        // The records live 1 s; the next refresh meets a hung server.
+        dns.pause();
+        let started = Instant::now();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(15), events.recv())
+                .await
+                .expect("a failure is reported")
+                .expect("events");
+            if let mesh::core::MeshEvent::DiscoveryFailed { .. } = event {
+                break;
+            }
+        }
+        took.push(started.elapsed());
+        dns.resume();
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    // 200 ms x 1 after the refresh is due; the defaults (2 s x 2) take 4 s.
+    assert!(took[0] < Duration::from_millis(2500), "{took:?}");
+    assert!(took[1] >= Duration::from_millis(3500), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_max_error_backoff_caps_the_pause_between_queries_to_a_failing_agent() {
+    let mut queries = Vec::new();
+    for keys in ["max_error_backoff = \"200ms\"\n", ""] {
+        let double = consul::ConsulDouble::start().await;
+        double.fail_next(u32::MAX);
+        let client = start_client(&format!(
+            "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"consul\"\nurl = \"{}\"\n\
+             {keys}{NO_RETRY}",
+            double.url()
+        ))
+        .await;
+        // The first call follows the service and waits; Consul fails.
+        let call = tokio::spawn({
+            let client = client.clone();
+            async move { get(&client, "users").await }
+        });
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        queries.push(double.requests().len());
+        call.abort();
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    // Capped at 200 ms: a query every 200 ms or so; uncapped, the pauses
+    // double (250 ms, 500 ms, 1 s, 2 s...).
+    assert!(queries[0] >= 8, "{queries:?}");
+    assert!(queries[1] <= 6, "{queries:?}");
+}
+
+#[test]
+fn consul_hostname_lookup_timeout_reaches_the_registry() {
+    // Its effect needs a resolver that hangs, which a test cannot make
+    // here; that the key reaches the registry is shown by its check.
+    let text = "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"consul\"\n\
+                url = \"http://127.0.0.1:8500\"\nhostname_lookup_timeout = \"0s\"\n";
+    let config = MeshConfig::from_toml_str(text).expect("parses");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let err = runtime
+        .block_on(MeshClient::from_config(config))
+        .expect_err("refused at start");
+    assert!(
+        err.to_string()
+            .contains("discovery.hostname_lookup_timeout"),
+        "{err}"
+    );
+}
+
 // === [balance] ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,14 @@ pub enum DiscoveryConfig {
         /// and `service.port`), deregistered on shutdown.
         #[serde(default)]
         register: bool,
+        /// The longest pause between queries while Consul fails (30 s by
+        /// default).
+        #[serde(default, with = "humantime_serde")]
+        max_error_backoff: Option<Duration>,
+        /// How long resolving an instance's hostname address may take (2 s
+        /// by default).
+        #[serde(default, with = "humantime_serde")]
+        hostname_lookup_timeout: Option<Duration>,
     },
     /// Kubernetes DNS: the headless Service `<name>.<namespace>.svc.<zone>`
     /// (A/AAAA records with a fixed port, or SRV records for a named port).
@@ -63,5 +71,12 @@ pub enum DiscoveryConfig {
         /// The DNS server (else the system's resolver configuration).
         #[serde(default)]
         nameserver: Option<std::net::SocketAddr>,
+        /// How long one DNS query may take (2 s by default).
+        #[serde(default, with = "humantime_serde")]
+        resolver_timeout: Option<Duration>,
+        /// How many times a query is tried (2 by default): a DNS outage is
+        /// reported within `resolver_timeout` x `resolver_attempts`.
+        #[serde(default)]
+        resolver_attempts: Option<u8>,
     },
 }

@@ -3,12 +3,11 @@
 //! names.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_core::{ConfigError, EventBus, Secret};
+use mesh_core::{ConfigError, EventBus};
 use mesh_discover::{
     Catalog, ConsulRegistry, DiscoverLayer, FileRegistry, KubernetesDnsRegistry, PortSource,
     Registry, StaticRegistry,
@@ -44,32 +43,14 @@ impl Discovery {
                 let registry = file_registry(path, *check_every)?;
                 Ok(Self::following(Arc::new(registry), config, bus))
             }
-            DiscoveryConfig::Consul {
-                url,
-                token,
-                datacenter,
-                tags,
-                ..
-            } => {
-                let consul = consul_registry(url, token.as_ref(), datacenter.as_deref(), tags)?;
+            DiscoveryConfig::Consul { .. } => {
+                let consul = consul_registry(&config.discovery)?;
                 let mut discovery = Self::following(Arc::new(consul.clone()), config, bus);
                 discovery.consul = Some(consul);
                 Ok(discovery)
             }
-            DiscoveryConfig::Kubernetes {
-                port,
-                port_name,
-                namespace,
-                zone,
-                nameserver,
-            } => {
-                let source = port_source(*port, port_name.as_deref());
-                let registry = kubernetes_registry(
-                    source,
-                    namespace.as_deref(),
-                    zone.as_deref(),
-                    *nameserver,
-                )?;
+            DiscoveryConfig::Kubernetes { .. } => {
+                let registry = kubernetes_registry(&config.discovery)?;
                 Ok(Self::following(Arc::new(registry), config, bus))
             }
         }
@@ -122,22 +103,35 @@ fn file_registry(path: &Path, check_every: Option<Duration>) -> Result<FileRegis
     })
 }
 
-/// Consul's health API at `url`.
-fn consul_registry(
-    url: &str,
-    token: Option<&Secret>,
-    datacenter: Option<&str>,
-    tags: &[String],
-) -> Result<ConsulRegistry, ConfigError> {
-    let mut builder = ConsulRegistry::builder(url.to_owned());
+/// Consul's health API, as a `kind = "consul"` section describes it.
+fn consul_registry(discovery: &DiscoveryConfig) -> Result<ConsulRegistry, ConfigError> {
+    let DiscoveryConfig::Consul {
+        url,
+        token,
+        datacenter,
+        tags,
+        max_error_backoff,
+        hostname_lookup_timeout,
+        ..
+    } = discovery
+    else {
+        return Err(ConfigError::new("discovery.kind", "not consul"));
+    };
+    let mut builder = ConsulRegistry::builder(url.clone());
     if let Some(token) = token {
         builder = builder.token(token.clone());
     }
     if let Some(dc) = datacenter {
-        builder = builder.datacenter(dc.to_owned());
+        builder = builder.datacenter(dc.clone());
     }
     for tag in tags {
         builder = builder.tag(tag.clone());
+    }
+    if let Some(cap) = max_error_backoff {
+        builder = builder.max_error_backoff(*cap);
+    }
+    if let Some(limit) = hostname_lookup_timeout {
+        builder = builder.hostname_lookup_timeout(*limit);
     }
     // Named as the file names them.
     builder.build().map_err(|e| {
@@ -160,14 +154,22 @@ fn port_source(port: Option<u16>, port_name: Option<&str>) -> PortSource {
     }
 }
 
-/// Kubernetes DNS for headless Services.
-fn kubernetes_registry(
-    source: PortSource,
-    namespace: Option<&str>,
-    zone: Option<&str>,
-    nameserver: Option<SocketAddr>,
-) -> Result<KubernetesDnsRegistry, ConfigError> {
-    let mut builder = KubernetesDnsRegistry::builder(source);
+/// Kubernetes DNS for headless Services, as a `kind = "kubernetes"`
+/// section describes it.
+fn kubernetes_registry(discovery: &DiscoveryConfig) -> Result<KubernetesDnsRegistry, ConfigError> {
+    let DiscoveryConfig::Kubernetes {
+        port,
+        port_name,
+        namespace,
+        zone,
+        nameserver,
+        resolver_timeout,
+        resolver_attempts,
+    } = discovery
+    else {
+        return Err(ConfigError::new("discovery.kind", "not kubernetes"));
+    };
+    let mut builder = KubernetesDnsRegistry::builder(port_source(*port, port_name.as_deref()));
     if let Some(ns) = namespace {
         builder = builder.namespace(ns);
     }
@@ -175,7 +177,13 @@ fn kubernetes_registry(
         builder = builder.zone(zone);
     }
     if let Some(addr) = nameserver {
-        builder = builder.nameserver(addr);
+        builder = builder.nameserver(*addr);
+    }
+    if let Some(limit) = resolver_timeout {
+        builder = builder.resolver_timeout(*limit);
+    }
+    if let Some(attempts) = resolver_attempts {
+        builder = builder.resolver_attempts(*attempts);
     }
     builder
         .build()
