@@ -393,6 +393,13 @@ fn classify_error_chain(error: &(dyn Error + 'static)) -> FailureKind {
                 io::ErrorKind::TimedOut => return FailureKind::Timeout,
                 _ => {}
             }
+            // An io::Error's `source` skips the error it wraps (it returns
+            // that error's source): step into the wrapped error instead, so
+            // a connector's ConnectError carried in an I/O error counts.
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner as &(dyn Error + 'static));
+                continue;
+            }
         }
         next = e.source();
     }
@@ -412,6 +419,16 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("client error")]
     struct ClientError(#[source] crate::error::ConnectError);
+
+    #[test]
+    fn a_connect_error_carried_in_an_io_error_is_a_connect_failure() {
+        let c = FailureClassifier::default();
+        let carried = io::Error::new(
+            io::ErrorKind::InvalidData,
+            crate::error::ConnectError::new("refused after the handshake"),
+        );
+        assert_eq!(c.classify_error(&Wrapper(carried)), FailureKind::Connect);
+    }
 
     #[test]
     fn a_connector_s_connect_error_is_a_connect_failure() {
