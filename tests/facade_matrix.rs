@@ -867,6 +867,47 @@ async fn scope_endpoint_ejects_the_bad_instance_where_scope_service_refuses_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_ejection_percent_keeps_part_of_a_failing_service_in_service() {
+    let mut reached = Vec::new();
+    for cap in ["50.0", "100.0"] {
+        let failing: Vec<Backend> = backends_of(4, Behavior::Status(503)).await;
+        let addrs: Vec<SocketAddr> = failing.iter().map(Backend::addr).collect();
+        let client = start_client(&static_config(
+            "",
+            &[("users", &addrs)],
+            &format!(
+                "{NO_RETRY}{ROUND_ROBIN}[breaker]\nscope = \"endpoint\"\nconsecutive_failures = 1\n\
+                 open_duration = \"30s\"\nmax_ejection_percent = {cap}\n"
+            ),
+        ))
+        .await;
+        // One failure each: as many breakers open as the cap allows.
+        for _ in 0..4 {
+            let _ = get(&client, "users").await;
+        }
+        let before: u64 = failing.iter().map(|b| b.stats().requests).sum();
+        for _ in 0..10 {
+            let _ = get(&client, "users").await;
+        }
+        let after: u64 = failing.iter().map(|b| b.stats().requests).sum();
+        reached.push(after - before);
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    // Half the service kept in: every later call still reaches it; the
+    // cap lifted, the whole service is ejected and nothing is sent.
+    assert_eq!(reached, [10, 0]);
+}
+
+/// `n` backends behaving as `behavior`.
+async fn backends_of(n: usize, behavior: Behavior) -> Vec<Backend> {
+    let mut backends = Vec::new();
+    for _ in 0..n {
+        backends.push(Backend::start(behavior).await.expect("backend"));
+    }
+    backends
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_rate_threshold_opens_on_a_rate_that_never_makes_a_run_of_failures() {
     let mut reached = Vec::new();
     // Half the calls fail, alternately (round robin): never two failures

@@ -249,6 +249,7 @@ struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     open_duration_multiplier: Option<f64>,
     open_duration_jitter: f64,
+    max_ejection_percent: f64,
     half_open_probes: u32,
     #[serde(with = "humantime_serde")]
     half_open_max_wait: Duration,
@@ -413,6 +414,14 @@ impl BreakerConfig {
     pub fn open_duration_jitter(&self) -> f64 {
         self.settings.open_duration_jitter
     }
+    /// The most of a service's endpoints (percent, at least one endpoint)
+    /// per-endpoint breakers eject at once, as Envoy's outlier detection
+    /// caps it: a breaker that would open past the cap is reset and its
+    /// endpoint keeps serving, so a full outage never leaves the balancer
+    /// with nothing and the service recovers as soon as its instances do.
+    pub fn max_ejection_percent(&self) -> f64 {
+        self.settings.max_ejection_percent
+    }
     /// Probe calls admitted in HALF_OPEN.
     pub fn half_open_probes(&self) -> u32 {
         self.settings.half_open_probes
@@ -497,6 +506,7 @@ impl Default for Settings {
             open_duration_max: None,
             open_duration_multiplier: None,
             open_duration_jitter: 0.1,
+            max_ejection_percent: 50.0,
             half_open_probes: 3,
             half_open_max_wait: Duration::from_secs(30),
             automatic_half_open: None,
@@ -643,6 +653,15 @@ impl Settings {
                 format!("{multiplier} is outside [1, 100]"),
             ));
         }
+        if !(self.max_ejection_percent > 0.0 && self.max_ejection_percent <= 100.0) {
+            return Err(ConfigError::new(
+                "breaker.max_ejection_percent",
+                format!(
+                    "{} is outside (0, 100]: it is a share of the service's endpoints",
+                    self.max_ejection_percent
+                ),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.open_duration_jitter) {
             return Err(ConfigError::new(
                 "breaker.open_duration_jitter",
@@ -775,6 +794,12 @@ impl BreakerConfigBuilder {
     /// Lengthens or shortens each open duration by up to `share` (0 to 1).
     pub fn open_duration_jitter(mut self, share: f64) -> Self {
         self.settings.open_duration_jitter = share;
+        self
+    }
+    /// Ejects at most `percent` of a service's endpoints at once (at least
+    /// one); 100 lifts the cap.
+    pub fn max_ejection_percent(mut self, percent: f64) -> Self {
+        self.settings.max_ejection_percent = percent;
         self
     }
     /// Admits `n` probes in HALF_OPEN.

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use mesh_core::{clock, BoxError, Endpoint, MeshError, Outcome};
+use mesh_core::clock::Nanos;
+use mesh_core::{clock, BoxError, CircuitState, Endpoint, EndpointSet, MeshError, Outcome};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
@@ -24,6 +25,9 @@ pub(crate) struct Tracker {
     endpoint: Option<Endpoint>,
     started: Option<Instant>,
     timed_out_at: Option<(Instant, Duration)>,
+    /// The endpoint's service, and the most of it that may be ejected
+    /// (percent), when a cap applies.
+    peers: Option<(EndpointSet, f64)>,
     done: bool,
 }
 
@@ -35,8 +39,30 @@ impl Tracker {
             permit,
             endpoint,
             timed_out_at: None,
+            peers: None,
             done: false,
         }
+    }
+
+    /// Caps the ejection of this call's endpoint: at most `percent` of
+    /// `peers` ejected at once.
+    pub(crate) fn among(mut self, peers: EndpointSet, percent: f64) -> Self {
+        self.peers = Some((peers, percent));
+        self
+    }
+
+    /// Whether opening this call's breaker would eject more of its service
+    /// than the cap allows (at least one endpoint may always go).
+    fn over_ejection_cap(&self, now: Nanos) -> bool {
+        let (Some((peers, percent)), Some(me)) = (&self.peers, &self.endpoint) else {
+            return false;
+        };
+        let ejected = peers
+            .iter()
+            .filter(|e| e.id() != me.id() && e.state().ejected_until(now).is_some())
+            .count();
+        let allowed = (peers.len() as f64 * percent / 100.0).floor().max(1.0) as usize;
+        ejected >= allowed
     }
 
     /// Notes when the call's timeout of `limit` runs out.
@@ -84,7 +110,18 @@ impl Tracker {
             );
         }
         if let Some(t) = recorded.transition {
-            entry.announce(self.endpoint.as_ref(), t, clock::now());
+            let now = clock::now();
+            if t.to == CircuitState::Open
+                && t.from != CircuitState::Open
+                && self.over_ejection_cap(now)
+            {
+                // The rest of the service is out already: this endpoint
+                // keeps serving, its failures counted afresh.
+                tracing::info!(service = ?entry.service, endpoint = ?self.endpoint.as_ref().map(|e| e.id()), "ejection cap reached: the endpoint stays in service");
+                entry.circuit.reset(now);
+                return;
+            }
+            entry.announce(self.endpoint.as_ref(), t, now);
         }
     }
 }

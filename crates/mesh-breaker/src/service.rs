@@ -253,7 +253,13 @@ where
                         endpoint.state().clear_ejection();
                     }
                 }
-                let tracker = Tracker::new(entry, admitted.permit, endpoint);
+                let mut tracker = Tracker::new(entry, admitted.permit, endpoint);
+                let cap = registry.config().max_ejection_percent();
+                if cap < 100.0 && registry.config().scope() == BreakerScope::Endpoint {
+                    if let Some(peers) = req.extensions().get::<EndpointSet>() {
+                        tracker = tracker.among(peers.clone(), cap);
+                    }
+                }
                 ResponseFuture::called(self.inner.call(req), tracker, timeout)
             }
             Err(rejected) => {

@@ -10,7 +10,8 @@ use http::{Request, Response};
 use mesh_breaker::{BreakerConfig, BreakerKey, BreakerLayer, BreakerScope, WindowConfig};
 use mesh_core::ext::{SelectedEndpoint, TargetService};
 use mesh_core::{
-    clock, BoxError, CircuitState, Endpoint, EventBus, MeshError, MeshEvent, ServiceName,
+    clock, BoxError, CircuitState, Endpoint, EndpointSet, EventBus, MeshError, MeshEvent,
+    ServiceName,
 };
 use tokio::sync::broadcast;
 use tower::{service_fn, Layer, Service, ServiceExt};
@@ -230,6 +231,42 @@ fn endpoint_request(endpoint: &Endpoint) -> Request<()> {
     req.extensions_mut()
         .insert(SelectedEndpoint(endpoint.clone()));
     req
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_max_ejection_percent_of_a_service_is_ejected_and_the_rest_keeps_serving() {
+    let mut ejected = Vec::new();
+    for cap in [50.0, 100.0] {
+        let layer = BreakerLayer::new(
+            BreakerConfig::builder()
+                .scope(BreakerScope::Endpoint)
+                .consecutive_failures(1)
+                .open_duration(Duration::from_secs(30))
+                .max_ejection_percent(cap)
+                .build()
+                .expect("config"),
+        );
+        // A whole outage: every endpoint of the service fails.
+        let svc = layer.layer(switchable(Arc::new(AtomicU64::new(503))));
+        let endpoints: Vec<Endpoint> = (1..=4)
+            .map(|i| Endpoint::builder(format!("10.0.0.{i}:80").parse().expect("addr")).build())
+            .collect();
+        let set = EndpointSet::new(ServiceName::new("users").expect("name"), endpoints.clone());
+        for endpoint in &endpoints {
+            let mut req = endpoint_request(endpoint);
+            req.extensions_mut().insert(set.clone());
+            svc.clone().oneshot(req).await.expect("answered");
+        }
+        let now = clock::now();
+        ejected.push(
+            endpoints
+                .iter()
+                .filter(|e| !e.state().is_available(now))
+                .count(),
+        );
+    }
+    // Half of four, then the cap lifted: all four.
+    assert_eq!(ejected, [2, 4]);
 }
 
 #[tokio::test(start_paused = true)]

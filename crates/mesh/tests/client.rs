@@ -370,6 +370,7 @@ async fn the_shipped_notification_sample_runs_as_is() {
     // are retried) keep succeeding.
     let [a, b, c] = servers;
     drop(c);
+    let before = a.stats().requests + b.stats().requests;
     for _ in 0..30 {
         let response = client
             .get("email", "/status", CallOptions::default())
@@ -377,7 +378,8 @@ async fn the_shipped_notification_sample_runs_as_is() {
             .expect("no failed call");
         assert!(response.status().is_success());
     }
-    assert!(a.stats().requests + b.stats().requests >= 40);
+    // Every GET was served by the two left.
+    assert!(a.stats().requests + b.stats().requests - before >= 30);
     assert_eq!(client.shutdown(Duration::from_secs(1)).await, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
