@@ -867,6 +867,42 @@ async fn scope_endpoint_ejects_the_bad_instance_where_scope_service_refuses_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_half_open_and_half_open_expiry_move_an_idle_breaker_by_timer() {
+    let cases = [
+        ("automatic_half_open = false", "open"),
+        ("automatic_half_open = true", "half-open"),
+        (
+            "automatic_half_open = true\nhalf_open_max_wait = \"200ms\"\nhalf_open_expiry = \"closed\"",
+            "closed",
+        ),
+    ];
+    let mut states = Vec::new();
+    for (keys, _) in cases {
+        let failing = Backend::start(Behavior::Status(503))
+            .await
+            .expect("backend");
+        let client = start_client(&static_config(
+            "",
+            &[("users", &[failing.addr()])],
+            &format!(
+                "{NO_RETRY}[breaker]\nscope = \"endpoint\"\nconsecutive_failures = 1\n\
+                 open_duration = \"200ms\"\nopen_duration_jitter = 0.0\n{keys}\n"
+            ),
+        ))
+        .await;
+        let _ = get(&client, "users").await;
+        // No call arrives: only a timer can move the breaker.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let metrics = client.metrics();
+        let breakers = metrics.routes.iter().flat_map(|r| r.breakers.iter());
+        states.push(breakers.map(|b| b.state.clone()).collect::<Vec<_>>());
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    let expected: Vec<Vec<String>> = cases.iter().map(|(_, s)| vec![s.to_string()]).collect();
+    assert_eq!(states, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_ejection_percent_keeps_part_of_a_failing_service_in_service() {
     let mut reached = Vec::new();
     for cap in ["50.0", "100.0"] {
