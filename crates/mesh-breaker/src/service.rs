@@ -99,41 +99,42 @@ pub(crate) enum Crossing {
 }
 
 impl Outcomes {
-    /// Publishes each rate crossing as its own event. `MeshEvent` has one
-    /// kind for both rates, so the rate not crossed is written as 0: a
-    /// crossed rate is never 0 (thresholds are above 0), and the non-zero
-    /// one says which crossing this is.
+    /// Publishes each rate crossing as its own event.
     pub(crate) fn report_crossings(
         &self,
         service: Option<&ServiceName>,
         endpoint: Option<&Endpoint>,
         crossings: impl IntoIterator<Item = Crossing>,
     ) {
+        let (service, endpoint) = (service.cloned(), endpoint.map(|e| e.id().clone()));
         for crossing in crossings {
-            let (failure_rate, slow_call_rate) = match crossing {
-                Crossing::FailureRate(rate) => {
+            let event = match crossing {
+                Crossing::FailureRate(failure_rate) => {
                     tracing::warn!(
                         ?service,
-                        failure_rate = rate,
+                        failure_rate,
                         "breaker failure rate threshold reached"
                     );
-                    (rate, 0.0)
+                    MeshEvent::BreakerFailureRateExceeded {
+                        service: service.clone(),
+                        endpoint: endpoint.clone(),
+                        failure_rate,
+                    }
                 }
-                Crossing::SlowCallRate(rate) => {
+                Crossing::SlowCallRate(slow_call_rate) => {
                     tracing::warn!(
                         ?service,
-                        slow_call_rate = rate,
+                        slow_call_rate,
                         "breaker slow-call rate threshold reached"
                     );
-                    (0.0, rate)
+                    MeshEvent::BreakerSlowCallRateExceeded {
+                        service: service.clone(),
+                        endpoint: endpoint.clone(),
+                        slow_call_rate,
+                    }
                 }
             };
-            self.events.publish(MeshEvent::BreakerRateExceeded {
-                service: service.cloned(),
-                endpoint: endpoint.map(|e| e.id().clone()),
-                failure_rate,
-                slow_call_rate,
-            });
+            self.events.publish(event);
         }
     }
 }

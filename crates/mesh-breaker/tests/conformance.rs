@@ -207,15 +207,16 @@ async fn closed_opens_when_the_failure_rate_reaches_the_threshold_once_minimum_c
         .drain()
         .into_iter()
         .filter_map(|e| match e {
-            MeshEvent::BreakerRateExceeded {
-                failure_rate,
-                slow_call_rate,
-                ..
-            } => Some((failure_rate, slow_call_rate)),
+            MeshEvent::BreakerFailureRateExceeded { failure_rate, .. } => {
+                Some(("failure", failure_rate))
+            }
+            MeshEvent::BreakerSlowCallRateExceeded { slow_call_rate, .. } => {
+                Some(("slow", slow_call_rate))
+            }
             _ => None,
         })
         .collect();
-    assert_eq!(crossings, [(75.0, 0.0)], "one failure-rate crossing");
+    assert_eq!(crossings, [("failure", 75.0)], "one failure-rate crossing");
 }
 
 #[tokio::test(start_paused = true)]
@@ -244,15 +245,16 @@ async fn slow_calls_open_the_circuit_and_are_reported_apart_from_failures() {
         .drain()
         .into_iter()
         .filter_map(|e| match e {
-            MeshEvent::BreakerRateExceeded {
-                failure_rate,
-                slow_call_rate,
-                ..
-            } => Some((failure_rate, slow_call_rate)),
+            MeshEvent::BreakerFailureRateExceeded { failure_rate, .. } => {
+                Some(("failure", failure_rate))
+            }
+            MeshEvent::BreakerSlowCallRateExceeded { slow_call_rate, .. } => {
+                Some(("slow", slow_call_rate))
+            }
             _ => None,
         })
         .collect();
-    assert_eq!(crossings, [(0.0, 50.0)], "a slow-call crossing only");
+    assert_eq!(crossings, [("slow", 50.0)], "a slow-call crossing only");
 }
 
 #[tokio::test(start_paused = true)]

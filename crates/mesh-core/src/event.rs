@@ -146,15 +146,23 @@ pub enum MeshEvent {
         /// The state that refused it.
         state: CircuitState,
     },
-    /// A breaker's failure or slow-call rate reached its threshold (once
-    /// per crossing; a metrics-only breaker reports it without tripping).
-    BreakerRateExceeded {
+    /// A breaker's failure rate reached its threshold (once per state; a
+    /// metrics-only breaker reports it without tripping).
+    BreakerFailureRateExceeded {
         /// The service the breaker guards.
         service: Option<ServiceName>,
         /// The endpoint, for a per-endpoint breaker.
         endpoint: Option<EndpointId>,
         /// Failed calls in the window, in percent.
         failure_rate: f64,
+    },
+    /// A breaker's slow-call rate reached its threshold (once per state; a
+    /// metrics-only breaker reports it without tripping).
+    BreakerSlowCallRateExceeded {
+        /// The service the breaker guards.
+        service: Option<ServiceName>,
+        /// The endpoint, for a per-endpoint breaker.
+        endpoint: Option<EndpointId>,
         /// Slow calls in the window, in percent.
         slow_call_rate: f64,
     },
