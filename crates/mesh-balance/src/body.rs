@@ -64,16 +64,23 @@ impl InFlight {
 
 /// The least a failed call counts as, for latency-aware strategies.
 const FAILURE_PENALTY_FLOOR: Duration = Duration::from_millis(10);
+/// The most repeated failures double the estimate to: high enough to
+/// steer traffic away, low enough that the estimate fades back (by half
+/// every 5 s) within a minute once the instance recovers.
+const FAILURE_PENALTY_CAP: Duration = Duration::from_millis(100);
 
 /// What a failed call (no answer, or a server error) counts as: twice the
-/// endpoint's estimate, at least [`FAILURE_PENALTY_FLOOR`], at least what
-/// it took. A refused connection or a quick 503 ends in microseconds:
-/// counted as it is, or not at all while the old estimate decays, it would
-/// make a failing instance look like the fastest and draw the traffic
-/// latency-aware strategies send by speed.
+/// endpoint's current estimate (at most [`FAILURE_PENALTY_CAP`]), at least
+/// [`FAILURE_PENALTY_FLOOR`], at least what it took. A refused connection
+/// or a quick 503 ends in microseconds: counted as it is, or not at all
+/// while the old estimate fades, it would make a failing instance look like
+/// the fastest and draw the traffic latency-aware strategies send by speed.
 fn failure_penalty(estimate: Option<Duration>, elapsed: Duration) -> Duration {
     let doubled = estimate.map_or(Duration::ZERO, |e| e.saturating_mul(2));
-    doubled.max(FAILURE_PENALTY_FLOOR).max(elapsed)
+    doubled
+        .min(FAILURE_PENALTY_CAP)
+        .max(FAILURE_PENALTY_FLOOR)
+        .max(elapsed)
 }
 
 impl Drop for InFlight {
@@ -87,7 +94,7 @@ impl Drop for InFlight {
         if self.responded {
             self.state.record_latency_at(elapsed, now);
         } else if self.failed {
-            let penalty = failure_penalty(self.state.latency(), elapsed);
+            let penalty = failure_penalty(self.state.latency_at(now), elapsed);
             self.state.record_latency_at(penalty, now);
         } else if self.state.latency().is_some_and(|l| elapsed > l) {
             // Cancelled, and longer than the endpoint usually takes (the
@@ -187,6 +194,27 @@ mod tests {
             failure_penalty(Some(Duration::from_millis(40)), Duration::ZERO),
             Duration::from_millis(80)
         );
+    }
+
+    /// Twenty quick failures, then the instance recovers: the estimate
+    /// stays bounded and, left alone, fades back within a minute.
+    #[test]
+    fn repeated_failures_are_bounded_and_fade_once_the_instance_recovers() {
+        let state = Arc::new(EndpointState::new());
+        state.record_latency(Duration::from_micros(300));
+        for _ in 0..20 {
+            let mut failed = InFlight::start(Arc::clone(&state));
+            failed.failed();
+            drop(failed);
+        }
+        let worst = state.latency().expect("an estimate");
+        assert!(worst <= FAILURE_PENALTY_CAP, "{worst:?}");
+        let later = clock::now().saturating_add(Duration::from_secs(40));
+        let faded = state.latency_at(later).expect("an estimate");
+        assert!(faded < Duration::from_millis(1), "{faded:?} after 40 s");
+        // A good answer then pulls from the faded estimate, not the peak.
+        state.record_latency_at(Duration::from_micros(300), later);
+        assert!(state.latency().expect("an estimate") < Duration::from_millis(1));
     }
 
     #[tokio::test]

@@ -152,10 +152,20 @@ impl EndpointState {
     /// [`EndpointState::latency_at`]).
     pub const LATENCY_HALF_LIFE: Duration = Duration::from_secs(5);
 
-    /// Folds one latency sample, taken at `now`, into the estimate (see
-    /// [`EndpointState::record_latency`]).
+    /// Folds one latency sample, taken at `now`, into the estimate as it
+    /// has faded by then (see [`EndpointState::latency_at`] and
+    /// [`EndpointState::record_latency`]): a sample after a long silence
+    /// pulls from what a balancer saw, not from the old peak.
     pub fn record_latency_at(&self, sample: Duration, now: Nanos) {
-        self.record_latency(sample);
+        let factor = match self.in_flight() {
+            0 => {
+                let at = Nanos(self.latency_at.load(Ordering::Relaxed));
+                let age = now.saturating_since(at).as_secs_f64();
+                0.5f64.powf(age / Self::LATENCY_HALF_LIFE.as_secs_f64())
+            }
+            _ => 1.0,
+        };
+        self.fold(sample, factor);
         self.latency_at.store(now.0, Ordering::Relaxed);
     }
 
@@ -165,10 +175,21 @@ impl EndpointState {
     /// a sample below pulls it down by 1/8 of the difference (recovery is
     /// believed gradually).
     pub fn record_latency(&self, sample: Duration) {
+        self.fold(sample, 1.0);
+    }
+
+    /// Folds `sample` into the estimate, the old one scaled by `factor`
+    /// (its fading) first.
+    fn fold(&self, sample: Duration, factor: f64) {
         let sample = u64::try_from(sample.as_nanos()).unwrap_or(u64::MAX).max(1);
         let _ = self
             .latency_ewma
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                let old = match old {
+                    0 => 0,
+                    // Faded, but never to "no sample".
+                    _ => ((old as f64 * factor) as u64).max(1),
+                };
                 Some(if old == 0 || sample >= old {
                     sample
                 } else {
