@@ -351,8 +351,8 @@ where
         Box::pin(async move {
             match connecting.await {
                 // The handshake is counted by the stream: at once, or
-                // with TLS 1.3 once the server's first bytes prove it
-                // accepted this end.
+                // with TLS 1.3 once the server's verdict is known (its
+                // first bytes, or the connection ending unrefused).
                 Ok(stream) => Ok(MeshStream::new(stream, &credentials, authority(&uri))),
                 Err(error) => match HandshakeRejection::find(&*error) {
                     // Not a TLS failure (refused, unreachable): hyper's

@@ -94,10 +94,43 @@ impl ServerTls {
     /// Runs the handshake on an accepted connection. On success, the
     /// stream and the client's verified identity; on failure, why (also
     /// counted, logged and published as [`MeshEvent::HandshakeRejected`]).
-    /// A refused connection is closed gracefully before this returns: the
-    /// alert sent, the write half shut, and what the client still sends
-    /// read and discarded until it closes or 100 ms pass, so the client
-    /// reads the alert rather than a reset.
+    ///
+    /// # Call it on a task per connection
+    ///
+    /// This future can take a while, and the time is the client's to
+    /// spend, not the server's:
+    ///
+    /// - the handshake itself waits for the client, up to the
+    ///   [handshake timeout](ServerTlsBuilder::handshake_timeout) (10 s by
+    ///   default);
+    /// - a **refused** connection is closed gracefully before this
+    ///   returns: the alert sent, the write half shut, and what the client
+    ///   still sends read and discarded until it closes or **100 ms**
+    ///   pass, so that the client reads the alert rather than a reset.
+    ///
+    /// So do not await it in your accept loop: one slow client would hold
+    /// up every connection behind it, and each refused client would stall
+    /// the loop for up to 100 ms. Spawn a task per accepted TCP connection
+    /// and call `accept` in it, as [`ServerTls::serve`] does; then the
+    /// wait costs only that connection's task, which holds its socket up
+    /// to 100 ms longer after a refusal.
+    ///
+    /// ```no_run
+    /// # async fn run(tls: mesh_tls::ServerTls) -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+    /// loop {
+    ///     let (tcp, peer) = listener.accept().await?;
+    ///     let tls = tls.clone();
+    ///     tokio::spawn(async move {
+    ///         let Ok((stream, identity)) = tls.accept(tcp, Some(peer)).await else {
+    ///             return; // Refused: counted, logged and published already.
+    ///         };
+    ///         // Serve `stream` for `identity`.
+    ///         # let _ = (stream, identity);
+    ///     });
+    /// }
+    /// # }
+    /// ```
     pub async fn accept<IO>(
         &self,
         io: IO,

@@ -5,9 +5,22 @@
 //! judged the client's certificate: a server refusing it sends its alert
 //! after, and the client reads it in place of the first response. The
 //! connector has already returned by then, so the stream itself reports
-//! that refusal (counted, published, named), once, until the first bytes
-//! from the server prove it was accepted. The handshake is counted then,
-//! not before, so a refused connection is never counted as both.
+//! that refusal (counted, published, named), once. Until then the
+//! connection awaits the server's verdict, and its handshake is counted
+//! when the verdict turns out to be acceptance, so a refused connection is
+//! never counted as both:
+//!
+//! | What ends the wait | Counted as |
+//! |---|---|
+//! | the server's first bytes | a handshake |
+//! | a read error carrying a TLS error (the server's alert) | a failure, with its reason |
+//! | the end of the stream before any bytes (a pooled connection the server closed while idle) | a handshake |
+//! | a read error with no TLS error in it (a reset) | a handshake |
+//! | the stream dropped, never having read (a cancelled request) | a handshake |
+//!
+//! The last three count a handshake because the server did not refuse this
+//! end: it would have said so with an alert. Leaving them uncounted would
+//! make the handshake count fall short of the connections made.
 
 use std::io;
 use std::pin::Pin;
@@ -30,15 +43,18 @@ use crate::error::HandshakeRejection;
 /// server's alert is counted as a failed handshake, published as
 /// [`MeshEvent::HandshakeRejected`] (side `client`) and returned as an
 /// I/O error whose inner error is a [`HandshakeError`] naming the
-/// authority and the [`HandshakeRejection`].
+/// authority and the [`HandshakeRejection`]. Anything else that ends the
+/// wait (the first bytes, the end of the stream, a read error that is not
+/// TLS's, or dropping the stream) counts the handshake, once.
 pub struct MeshStream<T> {
     inner: MaybeHttpsStream<T>,
     /// Set while the server may still refuse this end (TLS 1.3, nothing
-    /// read yet).
+    /// read yet); taken by whatever ends the wait, which counts it.
     pending: Option<Pending>,
 }
 
-/// What a refusal arriving on the first read is reported with.
+/// A TLS 1.3 connection awaiting the server's verdict: what its
+/// handshake, or its refusal, is counted and reported with.
 struct Pending {
     credentials: Credentials,
     authority: String,
@@ -80,34 +96,13 @@ impl<T> MeshStream<T> {
     }
 }
 
-impl Pending {
-    /// The server accepted this end: count the handshake.
-    fn accepted(self) {
-        self.credentials.metrics().handshake();
-    }
-
-    /// The server refused this end: count, publish, and name the cause.
-    fn refused(self, error: io::Error) -> io::Error {
-        let Some(rejection) = HandshakeRejection::find(&error) else {
-            // Not TLS's (a reset, say): hyper reports it as it is.
-            return error;
-        };
-        let authority = self.authority;
-        self.credentials.metrics().failure(&rejection);
-        tracing::warn!(%authority, %rejection, "TLS handshake refused after it completed");
-        self.credentials.publish(MeshEvent::HandshakeRejected {
-            side: "client",
-            peer: None,
-            reason: rejection.label(),
-            detail: format!("{authority}: {rejection}"),
-        });
-        io::Error::new(
-            error.kind(),
-            HandshakeError {
-                authority,
-                rejection,
-            },
-        )
+impl<T> Drop for MeshStream<T> {
+    /// Dropped while awaiting the verdict: the server refused nothing, so
+    /// the handshake counts.
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.accepted();
+        }
     }
 }
 
@@ -148,18 +143,16 @@ impl<T: Read + Write + Unpin> Read for MeshStream<T> {
         let outcome = ready!(Pin::new(&mut this.inner).poll_read(cx, read.unfilled()));
         Poll::Ready(match outcome {
             Ok(()) => {
-                if !read.filled().is_empty() {
-                    buf.put_slice(read.filled());
-                    if let Some(pending) = this.pending.take() {
-                        pending.accepted();
-                    }
+                // Bytes, or the end of the stream with none (the server
+                // closed without refusing): either way, accepted.
+                buf.put_slice(read.filled());
+                if let Some(pending) = this.pending.take() {
+                    pending.accepted();
                 }
-                // Else the end of the stream with nothing read: no verdict
-                // to report.
                 Ok(())
             }
             Err(error) => Err(match this.pending.take() {
-                Some(pending) => pending.refused(error),
+                Some(pending) => pending.read_failed(error),
                 None => error,
             }),
         })
@@ -193,5 +186,49 @@ impl<T: Read + Write + Unpin> Write for MeshStream<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+}
+
+// === impl Pending ===
+
+impl Pending {
+    /// The server accepted this end (or ended the connection without
+    /// refusing it): count the handshake.
+    fn accepted(self) {
+        self.credentials.metrics().handshake();
+    }
+
+    /// The first read failed: a refusal if the error is TLS's (the
+    /// server's alert), counted and named; otherwise (a reset, say) the
+    /// server did not refuse this end, so the handshake counts and hyper
+    /// reports the error as it is.
+    fn read_failed(self, error: io::Error) -> io::Error {
+        match HandshakeRejection::find(&error) {
+            Some(rejection) => self.refused(rejection, error),
+            None => {
+                self.accepted();
+                error
+            }
+        }
+    }
+
+    /// The server refused this end: count, publish, and name the cause.
+    fn refused(self, rejection: HandshakeRejection, error: io::Error) -> io::Error {
+        let authority = self.authority;
+        self.credentials.metrics().failure(&rejection);
+        tracing::warn!(%authority, %rejection, "TLS handshake refused after it completed");
+        self.credentials.publish(MeshEvent::HandshakeRejected {
+            side: "client",
+            peer: None,
+            reason: rejection.label(),
+            detail: format!("{authority}: {rejection}"),
+        });
+        io::Error::new(
+            error.kind(),
+            HandshakeError {
+                authority,
+                rejection,
+            },
+        )
     }
 }
