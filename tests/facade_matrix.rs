@@ -1658,7 +1658,6 @@ async fn a_fallback_in_code_answers_a_call_refused_by_the_service_s_limit() {
             matches!(refused, Some(MeshError::LimitExceeded { .. }))
                 .then(|| http::Response::new(MeshBody::from(format!("busy: {}", cause.uri.path()))))
         })
-        .expect("a service name")
         .build()
         .await
         .expect("client");
@@ -1694,6 +1693,40 @@ async fn mesh_breaker_s_fallback_layer_sits_over_the_client() {
     client.shutdown(Duration::from_secs(1)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_that_cannot_answer_is_refused_at_start() {
+    let base = "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"static\"\nservices = {}\n";
+    let config = |tables: &str| MeshConfig::from_toml_str(&format!("{base}{tables}"));
+    // on_status alone: only code can answer; without it, refused at start.
+    let only_status = config("[services.users.fallback]\non_status = [503]\n").expect("parses");
+    let err = MeshClient::from_config(only_status.clone())
+        .await
+        .expect_err("nothing answers");
+    assert!(err.to_string().contains("services.users.fallback"), "{err}");
+    MeshClient::builder(only_status)
+        .fallback("users", |_| None)
+        .build()
+        .await
+        .expect("code answers")
+        .shutdown(Duration::from_secs(1))
+        .await;
+    // A name that is no service's, given in code.
+    let plain = config("").expect("parses");
+    let err = MeshClient::builder(plain)
+        .fallback("Not A Name", |_| None)
+        .build()
+        .await
+        .expect_err("bad name");
+    assert!(
+        err.to_string().contains("services.Not A Name.fallback"),
+        "{err}"
+    );
+    // gRPC reads its status from trailers: no HTTP body may stand in.
+    let grpc = config("[services.users]\nprotocol = \"h2c\"\nfallback = { body = \"x\" }\n")
+        .expect_err("h2c with a body");
+    assert_eq!(grpc.key(), "services.users.fallback");
+}
+
 #[test]
 fn fallback_keys_are_validated_by_name() {
     let base = |fallback: &str| {
@@ -1704,6 +1737,10 @@ fn fallback_keys_are_validated_by_name() {
     };
     for (fallback, key) in [
         ("", "services.users.fallback.status"),
+        (
+            "on_status = [503]\nstatus = 99",
+            "services.users.fallback.status",
+        ),
         ("status = 99", "services.users.fallback.status"),
         ("last_good = \"0s\"", "services.users.fallback.last_good"),
         (

@@ -7,13 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Response, StatusCode, Uri};
+use http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_TYPE, COOKIE, ETAG,
+    LAST_MODIFIED, SET_COOKIE, VARY,
+};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use mesh_core::{BoxError, ServiceName};
 use tokio::time::Instant;
 
 use crate::client::MeshBody;
-use crate::config::{fallback_status, FallbackConfig};
+use mesh_core::ConfigError;
+
+use crate::config::{fallback_status, FallbackConfig, MeshConfig};
 
 /// The most paths whose last good answer a service keeps.
 const MAX_KEPT: usize = 256;
@@ -62,6 +67,33 @@ pub(crate) struct Fallback {
 pub(crate) struct Asked {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
+    /// Whether the request carried credentials (`authorization`, `cookie`):
+    /// its answer is that caller's, never kept for another.
+    pub(crate) personal: bool,
+}
+
+/// The headers of a kept answer that say how to read its body.
+const KEPT_HEADERS: [http::HeaderName; 6] = [
+    CONTENT_TYPE,
+    CONTENT_ENCODING,
+    CONTENT_LANGUAGE,
+    ETAG,
+    LAST_MODIFIED,
+    CACHE_CONTROL,
+];
+
+// === impl Asked ===
+
+impl Asked {
+    /// What `req` asks.
+    pub(crate) fn of<B>(req: &http::Request<B>) -> Asked {
+        let headers = req.headers();
+        Asked {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            personal: headers.contains_key(AUTHORIZATION) || headers.contains_key(COOKIE),
+        }
+    }
 }
 
 /// The last good answers of a service, by path and query.
@@ -73,7 +105,7 @@ struct LastGood {
 struct Kept {
     at: Instant,
     status: StatusCode,
-    content_type: Option<HeaderValue>,
+    headers: HeaderMap,
     body: Bytes,
 }
 
@@ -82,8 +114,35 @@ pub(crate) struct Capture {
     into: Arc<LastGood>,
     key: String,
     status: StatusCode,
-    content_type: Option<HeaderValue>,
+    headers: HeaderMap,
     body: BytesMut,
+}
+
+/// The fallbacks written in code, by service, checked against `config`:
+/// each names a valid service, and every `[services.<name>.fallback]`
+/// that answers with nothing of its own (only `on_status`) has one.
+pub(crate) fn coded(
+    config: &MeshConfig,
+    written: Vec<(String, FallbackFn)>,
+) -> Result<HashMap<ServiceName, FallbackFn>, ConfigError> {
+    let mut coded = HashMap::new();
+    for (service, fallback) in written {
+        let name = ServiceName::new(&service)
+            .map_err(|e| ConfigError::new(format!("services.{service}.fallback"), e))?;
+        coded.insert(name, fallback);
+    }
+    for (service, o) in &config.services {
+        let Some(section) = &o.fallback else { continue };
+        let has_code = ServiceName::new(service).is_ok_and(|n| coded.contains_key(&n));
+        if !section.answers() && !has_code {
+            return Err(ConfigError::new(
+                format!("services.{service}.fallback"),
+                "on_status alone needs an answer: last_good, status or body, or one in code \
+                 (MeshClientBuilder::fallback)",
+            ));
+        }
+    }
+    Ok(coded)
 }
 
 // === impl Fallback ===
@@ -130,17 +189,29 @@ impl Fallback {
     }
 
     /// A capture of the answer to `asked`, kept as its last good one when
-    /// it is a 2xx answer to a GET.
+    /// it is a 2xx answer to a GET that any caller may be given: not to a
+    /// request with credentials, not one the service marks private,
+    /// uncacheable, setting a cookie or varying by request headers.
     pub(crate) fn capture<B>(&self, asked: &Asked, response: &Response<B>) -> Option<Capture> {
         let into = self.last_good.as_ref()?;
-        if asked.method != Method::GET || !response.status().is_success() {
+        if asked.method != Method::GET || asked.personal || !response.status().is_success() {
             return None;
+        }
+        let headers = response.headers();
+        if !shareable(headers) {
+            return None;
+        }
+        let mut kept = HeaderMap::new();
+        for name in KEPT_HEADERS {
+            for value in headers.get_all(&name) {
+                kept.append(name.clone(), value.clone());
+            }
         }
         Some(Capture {
             into: Arc::clone(into),
             key: key(&asked.uri),
             status: response.status(),
-            content_type: response.headers().get(CONTENT_TYPE).cloned(),
+            headers: kept,
             body: BytesMut::new(),
         })
     }
@@ -162,7 +233,11 @@ impl Fallback {
         let coded = self.code.as_ref().and_then(|code| code(cause));
         let response = coded.or_else(|| {
             let (status, content_type, body) = self.fixed.as_ref()?;
-            Some(response(*status, content_type.as_ref(), body.clone()))
+            let mut headers = HeaderMap::new();
+            if let Some(kind) = content_type {
+                headers.insert(CONTENT_TYPE, kind.clone());
+            }
+            Some(response(*status, headers, body.clone()))
         })?;
         Some(marked(response, what, false))
     }
@@ -186,17 +261,23 @@ fn marked(mut response: Response<MeshBody>, cause: String, last_good: bool) -> R
     response
 }
 
-fn response(
-    status: StatusCode,
-    content_type: Option<&HeaderValue>,
-    body: Bytes,
-) -> Response<MeshBody> {
+fn response(status: StatusCode, headers: HeaderMap, body: Bytes) -> Response<MeshBody> {
     let mut response = Response::new(MeshBody::from_bytes(body));
     *response.status_mut() = status;
-    if let Some(kind) = content_type {
-        response.headers_mut().insert(CONTENT_TYPE, kind.clone());
-    }
+    *response.headers_mut() = headers;
     response
+}
+
+/// Whether an answer with `headers` may be given to another caller: not
+/// private or uncacheable, setting no cookie, not varying by request.
+fn shareable(headers: &HeaderMap) -> bool {
+    let private = headers.get_all(CACHE_CONTROL).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            let v = v.to_ascii_lowercase();
+            v.contains("private") || v.contains("no-store")
+        })
+    });
+    !private && !headers.contains_key(SET_COOKIE) && !headers.contains_key(VARY)
 }
 
 /// What a GET is kept by: its path and query.
@@ -216,7 +297,7 @@ impl LastGood {
         }
         Some(response(
             entry.status,
-            entry.content_type.as_ref(),
+            entry.headers.clone(),
             entry.body.clone(),
         ))
     }
@@ -257,7 +338,7 @@ impl Capture {
         let entry = Kept {
             at: Instant::now(),
             status: self.status,
-            content_type: self.content_type,
+            headers: self.headers,
             body: self.body.freeze(),
         };
         self.into.keep(self.key, entry);
@@ -272,7 +353,7 @@ mod tests {
         Kept {
             at,
             status: StatusCode::OK,
-            content_type: None,
+            headers: HeaderMap::new(),
             body: Bytes::from_static(body.as_bytes()),
         }
     }
@@ -301,10 +382,98 @@ mod tests {
             into: Arc::new(last_good),
             key: "/big".to_owned(),
             status: StatusCode::OK,
-            content_type: None,
+            headers: HeaderMap::new(),
             body: BytesMut::new(),
         };
         assert!(capture.add(&Bytes::from(vec![0; MAX_KEPT_BODY])));
         assert!(!capture.add(&Bytes::from_static(b"one byte too many")));
+    }
+}
+
+#[cfg(test)]
+mod capture_tests {
+    use super::*;
+
+    fn fallback() -> Fallback {
+        let config = FallbackConfig {
+            last_good: Some(Duration::from_secs(60)),
+            ..FallbackConfig::default()
+        };
+        Fallback::new(Some(&config), None).expect("a fallback")
+    }
+
+    fn asked(headers: &[(&str, &str)]) -> Asked {
+        let mut req = http::Request::get("http://users/api/me")
+            .body(())
+            .expect("request");
+        for (name, value) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        Asked::of(&req)
+    }
+
+    fn answer(headers: &[(&str, &str)]) -> Response<()> {
+        let mut response = Response::new(());
+        for (name, value) in headers {
+            response.headers_mut().append(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        response
+    }
+
+    #[test]
+    fn only_answers_any_caller_may_be_given_are_kept() {
+        let f = fallback();
+        assert!(f.capture(&asked(&[]), &answer(&[])).is_some());
+        // One caller's answer is never kept for another.
+        for personal in [("authorization", "Bearer a"), ("cookie", "session=1")] {
+            assert!(
+                f.capture(&asked(&[personal]), &answer(&[])).is_none(),
+                "{personal:?}"
+            );
+        }
+        for marked in [
+            ("cache-control", "private, max-age=60"),
+            ("cache-control", "no-store"),
+            ("set-cookie", "session=1"),
+            ("vary", "accept-language"),
+        ] {
+            assert!(
+                f.capture(&asked(&[]), &answer(&[marked])).is_none(),
+                "{marked:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kept_answer_keeps_the_headers_that_say_how_to_read_it() {
+        let f = fallback();
+        let response = answer(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+            ("etag", "\"v1\""),
+            ("x-request-id", "one caller's"),
+        ]);
+        let mut capture = f.capture(&asked(&[]), &response).expect("kept");
+        assert!(capture.add(&Bytes::from_static(b"\x1f\x8b")));
+        capture.keep();
+        let uri: Uri = "http://users/api/me".parse().expect("uri");
+        let cause = FallbackCause {
+            service: &ServiceName::new("users").expect("name"),
+            method: &Method::GET,
+            uri: &uri,
+            error: None,
+            status: Some(StatusCode::SERVICE_UNAVAILABLE),
+        };
+        let replayed = f.answer(&cause).expect("the last good answer");
+        let headers = replayed.headers();
+        assert_eq!(headers["content-encoding"], "gzip");
+        assert_eq!(headers["etag"], "\"v1\"");
+        assert!(!headers.contains_key("x-request-id"));
     }
 }

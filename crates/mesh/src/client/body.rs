@@ -110,17 +110,25 @@ impl Body for MeshBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project().kind.project() {
             KindProj::Network {
-                inner,
+                mut inner,
                 call,
                 capture,
             } => {
-                let polled = inner.poll_frame(cx);
+                let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let (Some(data), Some(kept)) = (frame.data_ref(), capture.as_mut()) {
                             if !kept.add(data) {
                                 // Too big to keep.
                                 capture.take();
+                            }
+                        }
+                        // A reader that knows the length (hyper's server
+                        // relaying it) stops here, never asking for the end.
+                        if inner.is_end_stream() {
+                            call.take();
+                            if let Some(kept) = capture.take() {
+                                kept.keep();
                             }
                         }
                     }

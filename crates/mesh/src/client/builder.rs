@@ -1,11 +1,10 @@
 //! [`MeshClientBuilder`]: a configuration plus what only code can give.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use http::Response;
-use mesh_core::{ConfigError, Probe, ServiceName};
+use mesh_core::{ConfigError, Probe};
 use mesh_health::HealthCheck;
 
 use super::{MeshBody, MeshClient, StartError};
@@ -24,7 +23,8 @@ pub struct MeshClientBuilder {
 #[derive(Default)]
 pub(super) struct FromCode {
     pub(super) checks: Vec<HealthCheck>,
-    pub(super) fallbacks: HashMap<ServiceName, FallbackFn>,
+    /// By service name as written; checked at start.
+    pub(super) fallbacks: Vec<(String, FallbackFn)>,
 }
 
 // === impl MeshClientBuilder ===
@@ -43,17 +43,16 @@ impl MeshClientBuilder {
     /// fixed answer the file configures. A fresh last good answer
     /// (`last_good`) is preferred to it.
     ///
-    /// # Errors
-    ///
-    /// [`ConfigError`] when `service` is not a valid service name.
-    pub fn fallback<F>(mut self, service: &str, fallback: F) -> Result<Self, ConfigError>
+    /// A `service` that is not a valid service name fails
+    /// [`MeshClientBuilder::build`], naming `services.<name>.fallback`.
+    pub fn fallback<F>(mut self, service: &str, fallback: F) -> Self
     where
         F: Fn(&FallbackCause<'_>) -> Option<Response<MeshBody>> + Send + Sync + 'static,
     {
-        let name = ServiceName::new(service)
-            .map_err(|e| ConfigError::new(format!("fallback for {service:?}"), e))?;
-        self.code.fallbacks.insert(name, Arc::new(fallback));
-        Ok(self)
+        self.code
+            .fallbacks
+            .push((service.to_owned(), Arc::new(fallback)));
+        self
     }
 
     /// Adds a check named `name` running `run` for `probes`, with the
@@ -112,7 +111,10 @@ impl std::fmt::Debug for FromCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FromCode")
             .field("checks", &self.checks)
-            .field("fallbacks", &self.fallbacks.keys().collect::<Vec<_>>())
+            .field(
+                "fallbacks",
+                &self.fallbacks.iter().map(|(s, _)| s).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

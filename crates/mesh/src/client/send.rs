@@ -129,10 +129,7 @@ impl MeshClient {
         let mut guard = self.enter()?;
         let service = target(&mut req)?;
         let state = self.service_state(&service)?;
-        let asked = state.fallback.as_ref().map(|_| Asked {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-        });
+        let asked = state.fallback.as_ref().map(|_| Asked::of(&req));
         let call = Call {
             service: &service,
             state: &state,

@@ -30,6 +30,7 @@ impl MeshClient {
         let bus = EventBus::new(config.event_capacity);
         let identities = config.identities()?;
         let discovery = Discovery::from_config(&config, &bus)?;
+        let fallbacks = crate::fallback::coded(&config, code.fallbacks)?;
         let health = health::manager(&config, code.checks, &bus)?;
         let splits = routes::splits(&config);
         let tls = transport::credentials(&config, &bus)?;
@@ -53,7 +54,7 @@ impl MeshClient {
                 transports,
                 calls: Calls::default(),
                 health,
-                fallbacks: code.fallbacks,
+                fallbacks,
                 registered: Mutex::new(None),
                 tls,
                 config,

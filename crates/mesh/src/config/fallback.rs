@@ -58,10 +58,13 @@ impl FallbackConfig {
     pub(super) fn validate(&self, what: &str) -> Result<(), ConfigError> {
         let invalid =
             |field: &str, reason: String| Err(ConfigError::new(format!("{what}.{field}"), reason));
-        if self.last_good.is_none() && self.status.is_none() && self.body.is_none() {
+        if self.last_good.is_none() && !self.has_fixed_answer() && self.on_status.is_empty() {
             return invalid(
                 "status",
-                "a fallback answers with last_good, a fixed status or body: write one".to_owned(),
+                "a fallback answers with last_good, a fixed status or body, or code \
+                 (MeshClientBuilder::fallback, with on_status saying which answers it replaces): \
+                 write one"
+                    .to_owned(),
             );
         }
         if let Some(age) = self.last_good {
@@ -90,6 +93,12 @@ impl FallbackConfig {
     /// Whether a fixed answer is configured.
     pub(crate) fn has_fixed_answer(&self) -> bool {
         self.status.is_some() || self.body.is_some()
+    }
+
+    /// Whether the section gives an answer of its own (else only code's
+    /// can answer).
+    pub(crate) fn answers(&self) -> bool {
+        self.last_good.is_some() || self.has_fixed_answer()
     }
 }
 

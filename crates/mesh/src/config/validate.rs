@@ -141,7 +141,16 @@ impl MeshConfig {
                 limits.validate(&format!("services.{name}.limits"))?;
             }
             if let Some(fallback) = &o.fallback {
-                fallback.validate(&format!("services.{name}.fallback"))?;
+                let what = format!("services.{name}.fallback");
+                fallback.validate(&what)?;
+                if o.protocol == super::Protocol::H2c && fallback.answers() {
+                    return Err(ConfigError::new(
+                        what,
+                        "a gRPC (h2c) service cannot be answered with a kept or fixed HTTP \
+                         body (gRPC reads its status from trailers): answer in code with \
+                         MeshClientBuilder::fallback",
+                    ));
+                }
             }
         }
         Ok(())
