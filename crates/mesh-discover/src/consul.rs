@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 
 use crate::backoff::ErrorBackoff;
 use crate::consul_hosts::{resolve_instances, Host, Instance};
+use crate::consul_lookup::{HostLookups, Limits, LookupHost, SystemResolver};
 use crate::registry::{BoxFuture, BoxStream, DiscoveryError, Registry};
 
 /// The default cap of the pause between queries after errors.
@@ -121,6 +123,9 @@ pub struct ConsulRegistry {
     min_interval: Duration,
     max_error_backoff: Duration,
     hostname_lookup_timeout: Duration,
+    /// The hostname lookups, shared by clones (one lookup per name at a
+    /// time, each name's last good addresses).
+    hosts: HostLookups,
     client: SharedTransport,
 }
 
@@ -156,6 +161,8 @@ pub struct ConsulRegistryBuilder {
     max_error_backoff: Duration,
     hostname_lookup_timeout: Duration,
     transport: Option<SharedTransport>,
+    /// The system resolver, unless a test scripts one.
+    resolver: Arc<dyn LookupHost>,
 }
 
 impl std::fmt::Debug for ConsulRegistryBuilder {
@@ -192,6 +199,7 @@ impl ConsulRegistry {
             max_error_backoff: DEFAULT_MAX_ERROR_BACKOFF,
             hostname_lookup_timeout: DEFAULT_HOSTNAME_LOOKUP_TIMEOUT,
             transport: None,
+            resolver: Arc::new(SystemResolver),
         }
     }
 
@@ -307,7 +315,7 @@ impl ConsulRegistry {
             )));
         }
         let instances = parse_health(service, &body, self.passing_only, &self.tags, &self.meta)?;
-        let set = resolve_instances(service, instances, self.hostname_lookup_timeout).await;
+        let set = resolve_instances(service, instances, &self.hosts).await;
         Ok((set, new_index.unwrap_or(0)))
     }
 }
@@ -396,10 +404,26 @@ impl ConsulRegistryBuilder {
     /// with the system resolver after each answer, concurrently, before
     /// the set is published. Each address a name resolves to is one
     /// endpoint: with one, its id is the instance's (`node/service-id`);
-    /// with several, `node/service-id@ip`. A name that does not resolve
-    /// within this time, or at all, is logged as a warning and its
-    /// instance left out; the other instances are still served. Between
-    /// 1 ms and 60 s.
+    /// with several, `node/service-id@ip`. Between 1 ms and 60 s.
+    ///
+    /// A name that does not resolve within this time, or at all, keeps
+    /// the addresses it last resolved to, with one warning per failure
+    /// streak, so a DNS blip never makes the published set smaller; a
+    /// name that never resolved is logged as a warning and its instance
+    /// left out, while the other instances are still served.
+    ///
+    /// The system resolver cannot be cancelled: a lookup past this time
+    /// goes on holding a thread of tokio's blocking pool until the
+    /// resolver gives up. So a name is never looked up twice at once (an
+    /// answer that lists a name whose lookup still runs waits for that
+    /// one, and only until its deadline), a registry runs at most 16
+    /// lookups at once and tracks at most 1024 names, and a late answer
+    /// still refreshes the name's addresses.
+    ///
+    /// Names are resolved when Consul answers: on a change, and at the
+    /// latest when a blocking query's [`wait`](Self::wait) runs out. A DNS
+    /// change with no change in Consul is therefore seen within `wait`
+    /// (5 minutes by default); lower it to see such changes sooner.
     ///
     /// ```
     /// use std::time::Duration;
@@ -412,6 +436,13 @@ impl ConsulRegistryBuilder {
     /// ```
     pub fn hostname_lookup_timeout(mut self, timeout: Duration) -> Self {
         self.hostname_lookup_timeout = timeout;
+        self
+    }
+
+    /// Resolves instance hostnames with `resolver` instead of the system's.
+    #[cfg(test)]
+    pub(crate) fn host_resolver(mut self, resolver: Arc<dyn LookupHost>) -> Self {
+        self.resolver = resolver;
         self
     }
 
@@ -508,6 +539,11 @@ impl ConsulRegistryBuilder {
             min_interval: self.min_interval,
             max_error_backoff: self.max_error_backoff,
             hostname_lookup_timeout: self.hostname_lookup_timeout,
+            hosts: HostLookups::new(
+                self.resolver,
+                self.hostname_lookup_timeout,
+                Limits::default(),
+            ),
             client: match self.transport {
                 Some(transport) => transport,
                 None => {
@@ -920,6 +956,72 @@ mod tests {
         ] {
             assert_eq!(redact_userinfo(url), shown, "{url}");
         }
+    }
+
+    /// Resolves `db.internal` to 10.0.0.9, then fails, then hangs, as
+    /// told; counts its lookups.
+    #[derive(Default)]
+    struct FlakyDns {
+        mode: std::sync::atomic::AtomicU8,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl LookupHost for FlakyDns {
+        fn lookup(&self, _name: &str) -> BoxFuture<std::io::Result<Vec<IpAddr>>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
+            let mode = self.mode.load(SeqCst);
+            Box::pin(async move {
+                match mode {
+                    0 => Ok(vec!["10.0.0.9".parse().unwrap()]),
+                    1 => Err(std::io::Error::other("SERVFAIL")),
+                    _ => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hostname_that_stops_resolving_keeps_its_instance_in_every_answer() {
+        use mesh_testkit::consul::{entry, ConsulDouble};
+        use std::sync::atomic::Ordering::SeqCst;
+
+        let double = ConsulDouble::start().await;
+        double.set(
+            "users",
+            vec![
+                entry("n1", "10.0.0.1", 80, "passing"),
+                entry("n2", "db.internal", 81, "passing"),
+            ],
+        );
+        let dns = Arc::new(FlakyDns::default());
+        let consul = ConsulRegistry::builder(double.url())
+            .hostname_lookup_timeout(Duration::from_millis(200))
+            .host_resolver(dns.clone())
+            .build()
+            .unwrap();
+        let first = consul.resolve(&name()).await.unwrap();
+        let addresses: Vec<String> = first.iter().map(|e| e.address().to_string()).collect();
+        assert_eq!(addresses, ["10.0.0.1:80", "10.0.0.9:81"]);
+
+        dns.mode.store(1, SeqCst);
+        let failed = consul.resolve(&name()).await.unwrap();
+        assert!(failed.same_endpoints(&first), "{failed:?}");
+
+        // A hanging resolver: the answer keeps the instance, within the
+        // timeout; the clone shares the running lookup and starts none.
+        dns.mode.store(2, SeqCst);
+        let started = std::time::Instant::now();
+        let hung = consul.resolve(&name()).await.unwrap();
+        assert!(hung.same_endpoints(&first), "{hung:?}");
+        let again = consul.clone().resolve(&name()).await.unwrap();
+        assert!(again.same_endpoints(&first), "{again:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(dns.calls.load(SeqCst), 3);
     }
 
     proptest! {

@@ -9,18 +9,27 @@
 //! Names are resolved with the system resolver (`getaddrinfo`, through
 //! tokio), so `/etc/hosts` and the host's search domains apply as they do
 //! for Consul's own clients; this keeps the Consul backend free of the
-//! optional hickory dependency. Each distinct name is looked up once per
-//! answer, all of them concurrently, each bounded by the registry's
-//! `hostname_lookup_timeout`. A name that does not resolve in time (or at
-//! all) is reported with a warning and its instances are left out; the
-//! other instances are still served, so one bad registration does not hide
-//! a service.
+//! optional hickory dependency. The distinct names of an answer are looked
+//! up concurrently, each waited on for at most the registry's
+//! `hostname_lookup_timeout`, through the registry's
+//! [`HostLookups`](crate::consul_lookup::HostLookups): never two lookups
+//! of one name at once, a bounded number in all, and each name's last
+//! good addresses kept. A name whose lookup fails or is late is served at
+//! its last good addresses (a DNS blip never makes the set smaller); one
+//! that never resolved is reported with a warning and its instances are
+//! left out, while the other instances are still served, so one bad
+//! registration does not hide a service.
+//!
+//! Names are resolved when Consul answers: on a change, and at the latest
+//! when a blocking query's `wait` runs out. A DNS change alone is
+//! therefore seen within `wait` (5 minutes by default).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use mesh_core::{Endpoint, EndpointId, EndpointSet, ServiceName, Weight};
+
+use crate::consul_lookup::HostLookups;
 
 /// Where an instance is reached, as Consul wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,15 +83,24 @@ impl Instance {
     }
 }
 
-/// The set `instances` make once their hostnames are resolved (each
-/// lookup bounded by `timeout`); instances whose name does not resolve are
-/// left out with a warning.
+/// The set `instances` make once their hostnames are resolved through
+/// `hosts`; an instance whose name has neither fresh nor last good
+/// addresses is left out.
 pub(crate) async fn resolve_instances(
     service: &ServiceName,
     instances: Vec<Instance>,
-    timeout: Duration,
+    hosts: &HostLookups,
 ) -> EndpointSet {
-    let resolved = lookup_names(service, &instances, timeout).await;
+    let names: BTreeSet<String> = instances
+        .iter()
+        .filter_map(|instance| match &instance.host {
+            Host::Name(name) => Some(name.clone()),
+            Host::Ip(_) => None,
+        })
+        .collect();
+    // Asked even without names: the names this service listed before are
+    // then forgotten.
+    let resolved = hosts.addresses(service, &names).await;
     let mut endpoints = Vec::with_capacity(instances.len());
     for instance in &instances {
         match &instance.host {
@@ -97,64 +115,37 @@ pub(crate) async fn resolve_instances(
     EndpointSet::new(service.clone(), endpoints)
 }
 
-/// Resolves every distinct hostname among `instances`, concurrently; a
-/// name that fails is logged and absent from the map.
-async fn lookup_names(
-    service: &ServiceName,
-    instances: &[Instance],
-    timeout: Duration,
-) -> HashMap<String, Vec<IpAddr>> {
-    let mut lookups = tokio::task::JoinSet::new();
-    let mut asked = std::collections::HashSet::new();
-    for instance in instances {
-        if let Host::Name(name) = &instance.host {
-            if asked.insert(name.clone()) {
-                let name = name.clone();
-                lookups.spawn(async move {
-                    let answer = lookup(&name, timeout).await;
-                    (name, answer)
-                });
-            }
-        }
-    }
-    let mut resolved = HashMap::with_capacity(asked.len());
-    // Dropping the set (the watch is dropped) aborts the lookups.
-    while let Some(joined) = lookups.join_next().await {
-        let Ok((name, answer)) = joined else { continue };
-        match answer {
-            Ok(ips) => {
-                resolved.insert(name, ips);
-            }
-            Err(error) => {
-                tracing::warn!(%service, host = %name, %error, "Consul instance address does not resolve; its instances are left out");
-            }
-        }
-    }
-    resolved
-}
-
-/// The addresses `name` resolves to, without duplicates, in the
-/// resolver's order.
-async fn lookup(name: &str, timeout: Duration) -> Result<Vec<IpAddr>, String> {
-    let addrs = tokio::time::timeout(timeout, tokio::net::lookup_host((name, 0)))
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| e.to_string())?;
-    let mut ips: Vec<IpAddr> = Vec::new();
-    for addr in addrs {
-        if !ips.contains(&addr.ip()) {
-            ips.push(addr.ip());
-        }
-    }
-    if ips.is_empty() {
-        return Err("no addresses".to_owned());
-    }
-    Ok(ips)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
+    use crate::consul_lookup::{Limits, LookupHost};
+    use crate::registry::BoxFuture;
+
+    /// Resolves every name to one address per name, until told to fail.
+    #[derive(Default)]
+    struct Flaky {
+        failing: AtomicBool,
+    }
+
+    impl LookupHost for Flaky {
+        fn lookup(&self, name: &str) -> BoxFuture<std::io::Result<Vec<IpAddr>>> {
+            let answer = if self.failing.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("SERVFAIL"))
+            } else if name == "a" {
+                Ok(vec![
+                    "10.0.0.1".parse().expect("ip"),
+                    "10.0.0.2".parse().expect("ip"),
+                ])
+            } else {
+                Ok(vec!["10.0.0.3".parse().expect("ip")])
+            };
+            Box::pin(async move { answer })
+        }
+    }
 
     fn instance(host: Host, id: Option<&str>) -> Instance {
         Instance {
@@ -202,7 +193,7 @@ mod tests {
                 instance(Host::Name("localhost".into()), Some("n2/b")),
                 instance(Host::Name("no-such-host.invalid".into()), Some("n3/c")),
             ],
-            Duration::from_secs(5),
+            &HostLookups::system(Duration::from_secs(5)),
         )
         .await;
         let addresses: Vec<String> = set.iter().map(|e| e.address().to_string()).collect();
@@ -218,5 +209,29 @@ mod tests {
             set.iter().all(|e| !e.id().as_str().starts_with("n3/")),
             "{set:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn when_every_name_fails_the_set_stays_what_it_was() {
+        let service = ServiceName::new("users").expect("name");
+        let dns = Arc::new(Flaky::default());
+        let hosts = HostLookups::new(dns.clone(), Duration::from_secs(2), Limits::default());
+        let instances = || {
+            vec![
+                instance(Host::Name("a".into()), Some("n1/a")),
+                instance(Host::Name("b".into()), Some("n2/b")),
+            ]
+        };
+        let before = resolve_instances(&service, instances(), &hosts).await;
+        assert_eq!(before.len(), 3, "{before:?}");
+
+        dns.failing.store(true, Ordering::SeqCst);
+        for _ in 0..2 {
+            let after = resolve_instances(&service, instances(), &hosts).await;
+            assert!(
+                after.same_endpoints(&before),
+                "a DNS outage publishes the last good set: {after:?}"
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@ mod catalog;
 mod consul;
 mod consul_agent;
 mod consul_hosts;
+mod consul_lookup;
 mod error;
 mod file;
 mod follow;
