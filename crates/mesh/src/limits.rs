@@ -80,11 +80,15 @@ impl Limits {
         deadline: Option<Instant>,
     ) -> Result<Admission, MeshError> {
         let queued = self.queue.as_ref().map(|q| q.until(deadline));
+        // One place in the queue for the whole admission, taken on the
+        // first wait: a call waiting for a permit, then for a slot, is
+        // one waiter, never refused as "queue full" by itself.
+        let mut place = None;
         if let Some((limiter, n, per)) = &self.rate {
             let refused = || exceeded(service, format!("{n} calls per {per:?}"));
             if limiter.check().is_err() {
                 let (queue, until) = queued.as_ref().ok_or_else(refused)?;
-                let _place = queue.enter().ok_or_else(|| queue.full(service))?;
+                place = Some(queue.enter().ok_or_else(|| queue.full(service))?);
                 wait_for_permit(limiter, *until).await.ok_or_else(refused)?;
             }
         }
@@ -96,7 +100,9 @@ impl Limits {
                     Ok(permit) => Some(permit),
                     Err(_) => {
                         let (queue, until) = queued.as_ref().ok_or_else(refused)?;
-                        let _place = queue.enter().ok_or_else(|| queue.full(service))?;
+                        if place.is_none() {
+                            place = Some(queue.enter().ok_or_else(|| queue.full(service))?);
+                        }
                         let acquire = Arc::clone(semaphore).acquire_owned();
                         match tokio::time::timeout_at(*until, acquire).await {
                             Ok(Ok(permit)) => Some(permit),
@@ -106,6 +112,7 @@ impl Limits {
                 }
             }
         };
+        drop(place);
         Ok(Admission { _permit: permit })
     }
 }

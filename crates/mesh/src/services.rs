@@ -26,6 +26,9 @@ pub(crate) const MAX_SERVICES: usize = 1024;
 pub(crate) struct ServiceState {
     /// Its rate and concurrency limits, if any apply.
     pub(crate) limits: Option<Limits>,
+    /// The whole-call deadline of its route, when its limits may make a
+    /// call wait: the wait counts against it.
+    pub(crate) queue_deadline: Option<std::time::Duration>,
     /// Its own retry budget, for a service on the shared default route
     /// (an overridden service's route has a retry layer of its own).
     pub(crate) budget: Option<mesh_retry::RetryBudget>,

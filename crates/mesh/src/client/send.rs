@@ -152,15 +152,17 @@ impl MeshClient {
         mut req: Request<Full<Bytes>>,
         guard: &mut CallGuard,
     ) -> Outcome {
-        if let Some(limit) = call.deadline {
-            // Counted from the start, a wait for the service's limits
-            // included. The retry layer holds the call to it: each attempt
-            // is cut at it, and no backoff starts that would end past it.
+        // The caller's deadline, else (when the service's limits may make
+        // the call wait) the route's: counted from the start, the wait
+        // included. The retry layer holds the call to it: each attempt is
+        // cut at it, and no backoff starts that would end past it.
+        let deadline = call.deadline.or(call.state.queue_deadline);
+        if let Some(limit) = deadline {
             req.extensions_mut()
                 .insert(Deadline(clock::now().saturating_add(limit)));
         }
         if let Some(limits) = &call.state.limits {
-            let until = call.deadline.map(|d| call.started + d);
+            let until = deadline.map(|d| call.started + d);
             guard.admitted(limits.admit(call.service, until).await?);
         }
         if let Some(budget) = &call.state.budget {

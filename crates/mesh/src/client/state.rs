@@ -32,6 +32,10 @@ impl MeshClient {
         let config = &self.inner.config;
         ServiceState {
             limits: config.limits_for(service.as_str()).map(Limits::new),
+            queue_deadline: config
+                .limits_for(service.as_str())
+                .filter(|l| l.max_wait.is_some())
+                .and_then(|_| config.retry_for(service.as_str()).ok()?.deadline()),
             // A service the file overrides has a route, and so a retry
             // layer and budget, of its own; the others share the default
             // route's layer and bring their budget with each request.

@@ -91,5 +91,6 @@ impl LimitsConfig {
             .or(self.concurrency)
             .or(self.requests)
             .unwrap_or(1)
+            .min(100_000)
     }
 }
