@@ -166,7 +166,9 @@ pub enum WindowConfig {
 ///   scope; a value written (or set with
 ///   [`BreakerConfigBuilder::automatic_half_open`]) wins over it.
 /// - `half_open_max_wait`: the longest HALF_OPEN waits for its probes,
-///   enforced on a timer; it then ends in `half_open_expiry`
+///   from the first probe's admission (an idle half-open circuit waits for
+///   its first probe without a deadline), enforced on a timer; it then
+///   ends in `half_open_expiry`
 ///   ([`HalfOpenExpiry`], OPEN by default), and a probe reporting later
 ///   decides nothing.
 /// - `half_open_verdict` ([`ProbeVerdict`]): decide as soon as the probes
@@ -416,9 +418,21 @@ impl BreakerConfig {
     }
     /// The most of a service's endpoints (percent, at least one endpoint)
     /// per-endpoint breakers eject at once, as Envoy's outlier detection
-    /// caps it: a breaker that would open past the cap is reset and its
-    /// endpoint keeps serving, so a full outage never leaves the balancer
-    /// with nothing and the service recovers as soon as its instances do.
+    /// caps it, so a full outage never leaves the balancer with nothing and
+    /// the service recovers as soon as its instances do.
+    ///
+    /// The circuit asks before it opens: a breaker past the cap never
+    /// enters OPEN (it refuses no call and publishes no transition); from
+    /// CLOSED it counts its endpoint's failures afresh, and a failed probe
+    /// closes it instead of reopening. Counting the ejected endpoints and
+    /// ejecting this one is one step under a lock of the layer, so
+    /// concurrent trips of two endpoints never both take the last room.
+    /// The count is of the service's endpoints as the call saw them (its
+    /// `EndpointSet`), and includes ejections made elsewhere (another
+    /// layer, a half-open endpoint whose probes are all out), which that
+    /// lock does not order: beyond this layer's own trips, the cap is best
+    /// effort. HALF_OPEN's maximum wait running out with no verdict (on
+    /// the timer, or on a refused call) reopens without asking.
     pub fn max_ejection_percent(&self) -> f64 {
         self.settings.max_ejection_percent
     }
@@ -426,7 +440,9 @@ impl BreakerConfig {
     pub fn half_open_probes(&self) -> u32 {
         self.settings.half_open_probes
     }
-    /// The longest HALF_OPEN waits for its probes before opening again.
+    /// The longest HALF_OPEN waits for its probes before opening again,
+    /// counted from its first probe's admission: a half-open circuit that
+    /// no call reaches has no deadline.
     pub fn half_open_max_wait(&self) -> Duration {
         self.settings.half_open_max_wait
     }
@@ -797,7 +813,7 @@ impl BreakerConfigBuilder {
         self
     }
     /// Ejects at most `percent` of a service's endpoints at once (at least
-    /// one); 100 lifts the cap.
+    /// one); 100 lifts the cap. See [`BreakerConfig::max_ejection_percent`].
     pub fn max_ejection_percent(mut self, percent: f64) -> Self {
         self.settings.max_ejection_percent = percent;
         self
@@ -808,7 +824,8 @@ impl BreakerConfigBuilder {
         self
     }
     /// Leaves HALF_OPEN (to [`BreakerConfigBuilder::half_open_expiry`],
-    /// OPEN by default) if it has not decided within `d`.
+    /// OPEN by default) if it has not decided within `d` of its first
+    /// probe.
     pub fn half_open_max_wait(mut self, d: Duration) -> Self {
         self.settings.half_open_max_wait = d;
         self

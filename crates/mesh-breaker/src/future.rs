@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh_core::clock::Nanos;
-use mesh_core::{clock, BoxError, CircuitState, Endpoint, EndpointSet, MeshError, Outcome};
+use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, Outcome};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
@@ -51,18 +51,34 @@ impl Tracker {
         self
     }
 
-    /// Whether opening this call's breaker would eject more of its service
-    /// than the cap allows (at least one endpoint may always go).
-    fn over_ejection_cap(&self, now: Nanos) -> bool {
+    /// Whether this call's breaker may open until `until`: asked by the
+    /// circuit, under its lock, before it enters OPEN. Without a cap, yes.
+    /// With one, yes only while fewer of the service's other endpoints are
+    /// ejected than the cap allows (at least one endpoint may always go);
+    /// and then the endpoint is ejected here, under the layer's ejection
+    /// lock, so that a concurrent trip of another endpoint counts it: two
+    /// breakers of this layer never both take the last room.
+    fn reserve_ejection(&self, until: Nanos) -> bool {
         let (Some((peers, percent)), Some(me)) = (&self.peers, &self.endpoint) else {
-            return false;
+            return true;
         };
+        let _serialized = self
+            .entry
+            .outcomes
+            .ejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = clock::now();
         let ejected = peers
             .iter()
             .filter(|e| e.id() != me.id() && e.state().ejected_until(now).is_some())
             .count();
         let allowed = (peers.len() as f64 * percent / 100.0).floor().max(1.0) as usize;
-        ejected >= allowed
+        if ejected >= allowed {
+            return false;
+        }
+        me.state().eject_until(until.max(now));
+        true
     }
 
     /// Notes when the call's timeout of `limit` runs out.
@@ -86,9 +102,18 @@ impl Tracker {
         self.done = true;
         let elapsed = self.started.map_or(Duration::ZERO, |s| s.elapsed());
         let entry = &self.entry;
-        let recorded = entry
-            .circuit
-            .record_with(self.permit, outcome, elapsed, clock::now);
+        let recorded =
+            entry
+                .circuit
+                .record_gated(self.permit, outcome, elapsed, clock::now, |until| {
+                    self.reserve_ejection(until)
+                });
+        if recorded.opening_held {
+            // The rest of the service is out already: this endpoint keeps
+            // serving, its failures counted afresh. Debug, not info: under
+            // a full outage this repeats for every capped endpoint.
+            tracing::debug!(service = ?entry.service, endpoint = ?self.endpoint.as_ref().map(|e| e.id()), "ejection cap reached: the endpoint stays in service");
+        }
         if recorded.probe_slot_freed {
             // A cancelled probe gave its slot back: if probes were
             // exhausted, the endpoint was ejected until they reported;
@@ -110,18 +135,7 @@ impl Tracker {
             );
         }
         if let Some(t) = recorded.transition {
-            let now = clock::now();
-            if t.to == CircuitState::Open
-                && t.from != CircuitState::Open
-                && self.over_ejection_cap(now)
-            {
-                // The rest of the service is out already: this endpoint
-                // keeps serving, its failures counted afresh.
-                tracing::info!(service = ?entry.service, endpoint = ?self.endpoint.as_ref().map(|e| e.id()), "ejection cap reached: the endpoint stays in service");
-                entry.circuit.reset(now);
-                return;
-            }
-            entry.announce(self.endpoint.as_ref(), t, now);
+            entry.announce(self.endpoint.as_ref(), t, clock::now());
         }
     }
 }

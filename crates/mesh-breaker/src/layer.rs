@@ -135,6 +135,7 @@ impl BreakerLayer {
             classifier: old.classifier.clone(),
             events: old.events.clone(),
             times_calls: old.times_calls,
+            ejections: std::sync::Mutex::default(),
         };
         let mut key_fn = self.shared.key_fn.clone();
         change(&mut outcomes, &mut key_fn);

@@ -127,6 +127,9 @@ pub(crate) struct Outcomes {
     pub(crate) events: EventBus,
     /// Whether calls must be timed: only a slow-call rule needs it.
     pub(crate) times_calls: bool,
+    /// Taken by a per-endpoint breaker about to open under the ejection
+    /// cap, to count its peers and eject its endpoint as one step.
+    pub(crate) ejections: Mutex<()>,
 }
 
 /// One breaker and what events and ejection need to know about it.
@@ -317,6 +320,7 @@ mod tests {
                 classifier: FailureClassifier::default(),
                 events: EventBus::default(),
                 times_calls: false,
+                ejections: Mutex::default(),
             },
         )
     }
@@ -391,6 +395,7 @@ mod lookup_tests {
                 classifier: FailureClassifier::default(),
                 events: EventBus::default(),
                 times_calls: false,
+                ejections: Mutex::default(),
             },
         );
         let authority = http::uri::Authority::from_static("api");

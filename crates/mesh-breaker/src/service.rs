@@ -44,6 +44,7 @@ impl Outcomes {
             classifier: FailureClassifier::default().with_ignored_error(FailureKind::CircuitOpen),
             events: EventBus::default(),
             times_calls: config.slow_call_rate_threshold().is_some(),
+            ejections: std::sync::Mutex::default(),
         }
     }
 
@@ -243,6 +244,10 @@ where
             Ok(admitted) => {
                 if let Some(t) = admitted.transition {
                     entry.announce(endpoint.as_ref(), t, clock::now());
+                } else if admitted.max_wait_until.is_some() {
+                    // The first probe started HALF_OPEN's maximum wait: a
+                    // probe that hangs must still be ended by it.
+                    entry.watch_deadline();
                 }
                 if let (Some(until), Some(endpoint)) = (admitted.probes_exhausted, &endpoint) {
                     // Every probe is out: nothing more may pass until they

@@ -1,13 +1,16 @@
 //! Deadlines on a timer: OPEN ending (with automatic half-open) and
-//! HALF_OPEN's maximum wait apply when they fall due, not on the next call.
+//! HALF_OPEN's maximum wait (which starts with its first probe) apply when
+//! they fall due, not on the next call.
 //!
 //! One tokio task per breaker that has a deadline pending, none per
 //! request and none for a closed breaker. The task holds only a [`Weak`]
 //! reference: a breaker evicted from its registry, or whose layer was
 //! dropped, wakes it (the breaker's `Drop`) and it ends at once; it also
-//! ends as soon as its breaker has no deadline left. A transition that
-//! moves the deadline (a new trip, a manual open) wakes it to read the new
-//! one, rather than starting a second task.
+//! ends as soon as its breaker has no deadline left (a HALF_OPEN that no
+//! probe has reached has none, so an idle endpoint keeps no task). A
+//! transition that moves the deadline (a new trip, a manual open) wakes it
+//! to read the new one, rather than starting a second task; so does the
+//! first probe of a HALF_OPEN, which starts its maximum wait.
 //!
 //! Without a tokio runtime where the breaker changes state, no task is
 //! started; the deadlines then apply on the next call, as they always
@@ -57,6 +60,12 @@ impl Entry {
     ) {
         self.outcomes
             .announce(self.service.as_ref(), endpoint, t, now);
+        watch(self);
+    }
+
+    /// Makes sure a timer watches a deadline set without a transition (the
+    /// first probe of a HALF_OPEN that had none starts its maximum wait).
+    pub(crate) fn watch_deadline(self: &Arc<Self>) {
         watch(self);
     }
 }

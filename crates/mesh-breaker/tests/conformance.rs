@@ -392,6 +392,61 @@ async fn half_open_max_wait_reopens_on_a_timer() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_idle_half_open_endpoint_waits_for_its_first_probe_and_its_open_duration_does_not_grow()
+{
+    // Found in review: the maximum wait ran from the start of HALF_OPEN, so
+    // an endpoint no call reached cycled OPEN and HALF_OPEN all night, its
+    // open duration growing to the cap and its timer never ending.
+    let runtime = tokio::runtime::Handle::current();
+    let mut h = Harness::new(
+        config(BreakerScope::Endpoint)
+            .open_duration_growth(2.0, Duration::from_secs(600))
+            .build()
+            .expect("config"),
+    );
+    h.trip().await;
+    assert_eq!(h.transitions(), [(Closed, Open)]);
+    advance(Duration::from_secs(10)).await;
+    settle().await;
+    assert_eq!(h.transitions(), [(Open, HalfOpen)]);
+    // A quiet night, far past open_duration + half_open_max_wait.
+    for _ in 0..12 {
+        advance(Duration::from_secs(3600)).await;
+        settle().await;
+    }
+    assert_eq!(h.state(), HalfOpen, "still waiting for its first probe");
+    assert!(h.transitions().is_empty(), "no cycle, no event");
+    assert!(h.available(), "in the balancer for its probes");
+    assert_eq!(h.handle().metrics().transitions, 2);
+    assert_eq!(
+        runtime.metrics().num_alive_tasks(),
+        0,
+        "no deadline, no timer"
+    );
+
+    // A probe that hangs is still ended by the maximum wait, which it
+    // started.
+    h.upstream.delay(Duration::from_secs(3600));
+    let _hanging = h.spawn_call();
+    settle().await;
+    assert_eq!(h.state(), HalfOpen);
+    advance(Duration::from_secs(29)).await;
+    settle().await;
+    assert_eq!(h.state(), HalfOpen, "the wait runs from the probe");
+    advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(h.state(), Open, "reopened on the timer, no other call");
+    assert_eq!(h.transitions(), [(HalfOpen, Open)]);
+    // The second trip in a row: 10 s grown once to 20 s, not to the cap.
+    advance(Duration::from_secs(19)).await;
+    settle().await;
+    assert_eq!(h.state(), Open);
+    advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(h.state(), HalfOpen, "open for 20 s");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_probe_slower_than_the_maximum_wait_does_not_close_the_circuit() {
     // Found by testing: the deadline was checked only on the next call, so
     // with no other call the late probe's success closed the circuit.

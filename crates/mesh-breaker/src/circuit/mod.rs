@@ -27,6 +27,14 @@
 //! breaker was created are kept), HALF_OPEN counts its probes, and OPEN,
 //! FORCED_OPEN and DISABLED, which record nothing, show nothing.
 //!
+//! HALF_OPEN's maximum wait runs from the first probe's admission, not
+//! from the state's start: it bounds how long probes may take, so a
+//! half-open circuit that no call reaches (an idle endpoint moved there by
+//! the timer) waits for its first probe with no deadline, instead of
+//! reopening (and growing its open duration) for want of traffic. If
+//! every probe out is given back before any verdict (cancelled, or its
+//! outcome ignored), the wait is off again until the next one.
+//!
 //! The deadlines (the end of OPEN, HALF_OPEN's maximum wait) are applied
 //! by whoever comes first: the next call, a probe's late verdict (which
 //! then decides nothing), or [`Circuit::expire`], which the layer calls on
@@ -118,7 +126,9 @@ pub struct Transition {
     pub from: CircuitState,
     /// The state entered.
     pub to: CircuitState,
-    /// For OPEN, when it ends; for HALF_OPEN, the latest it lasts.
+    /// For OPEN, when it ends; for HALF_OPEN entered with a probe, the
+    /// latest it lasts (`None` when entered with none: its maximum wait
+    /// starts with its first probe, see [`Admitted::max_wait_until`]).
     pub until: Option<Nanos>,
 }
 
@@ -132,6 +142,10 @@ pub struct Admitted {
     /// This was the last probe HALF_OPEN admits: until they report, the
     /// endpoint may as well be skipped by the balancer.
     pub probes_exhausted: Option<Nanos>,
+    /// This was the first probe out: HALF_OPEN's maximum wait started with
+    /// it and runs out at this instant (for [`Circuit::expire`] on a
+    /// timer). Also set when the admission entered HALF_OPEN.
+    pub max_wait_until: Option<Nanos>,
 }
 
 /// A call the circuit refused.
@@ -157,11 +171,18 @@ pub struct Recorded {
     /// was out should take traffic again.
     pub probe_slot_freed: bool,
     /// The window's failure rate in percent, when this call made it reach
-    /// its threshold for the first time in the current state.
+    /// its threshold: the first time in the current state, or the first
+    /// time since it fell back below.
     pub failure_rate_exceeded: Option<f64>,
     /// The window's slow-call rate in percent, when this call made it
-    /// reach its threshold for the first time in the current state.
+    /// reach its threshold: the first time in the current state, or the
+    /// first time since it fell back below.
     pub slow_call_rate_exceeded: Option<f64>,
+    /// The circuit would have opened, but the check given to
+    /// [`Circuit::record_gated`] refused: it is CLOSED with a fresh window
+    /// instead (from HALF_OPEN, `transition` says so; from CLOSED, there is
+    /// no state change and no transition).
+    pub opening_held: bool,
 }
 
 /// A snapshot of one breaker.
@@ -217,10 +238,29 @@ struct Control {
 
 #[derive(Debug, Default)]
 struct Probes {
+    /// Probes holding a slot: out, or reported with a verdict.
     admitted: u32,
     succeeded: u32,
     failed: u32,
     slow: u32,
+    /// When the maximum wait runs out: set by the first admission, cleared
+    /// when every slot is given back before a verdict. `None` while no
+    /// probe has been admitted: an idle HALF_OPEN has no deadline.
+    wait_until: Option<Nanos>,
+}
+
+// === impl Probes ===
+
+impl Probes {
+    /// A probe's slot comes back with no verdict (cancelled, or ignored).
+    /// With none left out and none reported, the maximum wait is off
+    /// again: the next probe starts it afresh.
+    fn give_back(&mut self) {
+        self.admitted = self.admitted.saturating_sub(1);
+        if self.admitted == 0 {
+            self.wait_until = None;
+        }
+    }
 }
 
 /// One circuit breaker.
@@ -230,9 +270,11 @@ pub struct Circuit {
     word: AtomicU64,
     consecutive_failures: AtomicU32,
     window: Window,
-    /// The failure rate reached its threshold in this state (reported once).
+    /// The failure rate is at or above its threshold and was reported;
+    /// cleared when it falls back below (or the state changes).
     failure_rate_crossed: AtomicBool,
-    /// The slow-call rate reached its threshold in this state (reported once).
+    /// The slow-call rate is at or above its threshold and was reported;
+    /// cleared when it falls back below (or the state changes).
     slow_call_rate_crossed: AtomicBool,
     totals: Totals,
     control: Mutex<Control>,
@@ -286,11 +328,13 @@ impl Circuit {
                 permit: Permit::Normal { period: at },
                 transition: None,
                 probes_exhausted: None,
+                max_wait_until: None,
             }),
             DISABLED => Ok(Admitted {
                 permit: Permit::Unrecorded,
                 transition: None,
                 probes_exhausted: None,
+                max_wait_until: None,
             }),
             FORCED_OPEN => Err(self.reject(CircuitState::ForcedOpen, None, None)),
             _ => {
@@ -332,23 +376,25 @@ impl Circuit {
             OPEN if now >= at => {
                 let transition = self.enter_half_open(&mut control, now, 1);
                 let started = unpack(self.word.load(Ordering::Acquire)).1;
+                let deadline = control.half_open.wait_until;
                 Ok(Admitted {
                     permit: Permit::Probe { started },
                     transition: Some(transition),
-                    probes_exhausted: (probes == 1).then(|| started.saturating_add(max_wait)),
+                    probes_exhausted: deadline.filter(|_| probes == 1),
+                    max_wait_until: deadline,
                 })
             }
             HALF_OPEN => {
-                let deadline = at.saturating_add(max_wait);
-                if now >= deadline {
+                if control.half_open.wait_until.is_some_and(|d| now >= d) {
                     // The probes took too long: leave as configured.
-                    let transition = self.expire_half_open(&mut control, now);
+                    let transition = self.expire_half_open(&mut control, now, |_| true);
                     let (state, at) = unpack(self.word.load(Ordering::Acquire));
                     if state == CLOSED {
                         return Ok(Admitted {
                             permit: Permit::Normal { period: at },
                             transition: Some(transition),
                             probes_exhausted: None,
+                            max_wait_until: None,
                         });
                     }
                     return Err(self.reject(
@@ -357,20 +403,24 @@ impl Circuit {
                         Some(transition),
                     ));
                 }
-                if control.half_open.admitted < probes {
-                    control.half_open.admitted += 1;
+                let half_open = &mut control.half_open;
+                if half_open.admitted < probes {
+                    half_open.admitted += 1;
+                    // The first probe out starts the maximum wait.
+                    let first = half_open.wait_until.is_none();
+                    let deadline = *half_open
+                        .wait_until
+                        .get_or_insert_with(|| now.max(at).saturating_add(max_wait));
                     return Ok(Admitted {
                         permit: Permit::Probe { started: at },
                         transition: None,
-                        probes_exhausted: (control.half_open.admitted == probes)
-                            .then_some(deadline),
+                        probes_exhausted: (half_open.admitted == probes).then_some(deadline),
+                        max_wait_until: first.then_some(deadline),
                     });
                 }
-                Err(self.reject(
-                    CircuitState::HalfOpen,
-                    Some(deadline.saturating_since(now)),
-                    None,
-                ))
+                // Every slot is taken, so the wait has started.
+                let retry_in = half_open.wait_until.map(|d| d.saturating_since(now));
+                Err(self.reject(CircuitState::HalfOpen, retry_in, None))
             }
             // The state moved on between the first look and the lock
             // (tripped again, closed, or set by hand): decide afresh.
@@ -401,6 +451,42 @@ impl Circuit {
         elapsed: Duration,
         clock: impl Fn() -> Nanos,
     ) -> Recorded {
+        self.record_gated(permit, outcome, elapsed, clock, |_| true)
+    }
+
+    /// [`Circuit::record_with`], asking `may_open` before the outcome
+    /// opens the circuit: a trip from CLOSED, failed probes, or a probe's
+    /// late verdict ending HALF_OPEN in OPEN. It is called at most once,
+    /// under the circuit's lock (keep it short, and never call the circuit
+    /// back from it), with the instant OPEN would end. If it says no, the
+    /// circuit never enters OPEN: from CLOSED it stays CLOSED and counts
+    /// afresh (a new window, a new period: calls admitted before are
+    /// ignored), from HALF_OPEN it closes; [`Recorded::opening_held`] says
+    /// so. This is how a per-endpoint breaker honours
+    /// [`BreakerConfig::max_ejection_percent`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mesh_breaker::{BreakerConfig, Circuit};
+    /// use mesh_core::clock::Nanos;
+    /// use mesh_core::{CircuitState, FailureKind, Outcome};
+    ///
+    /// let circuit = Circuit::new(BreakerConfig::builder().consecutive_failures(1).build()?);
+    /// let call = circuit.acquire(Nanos::ZERO).expect("closed");
+    /// let failed = Outcome::Failure(FailureKind::Other);
+    /// let recorded = circuit.record_gated(call.permit, failed, Duration::ZERO, || Nanos::ZERO, |_until| false);
+    /// assert!(recorded.opening_held);
+    /// assert_eq!(circuit.state(), CircuitState::Closed);
+    /// # Ok::<(), mesh_core::ConfigError>(())
+    /// ```
+    pub fn record_gated(
+        &self,
+        permit: Permit,
+        outcome: Outcome,
+        elapsed: Duration,
+        clock: impl Fn() -> Nanos,
+        may_open: impl FnOnce(Nanos) -> bool,
+    ) -> Recorded {
         if permit == Permit::Unrecorded {
             return Recorded::default();
         }
@@ -418,9 +504,11 @@ impl Circuit {
                 if outcome == Outcome::Ignored {
                     return Recorded::default();
                 }
-                self.record_normal(period, failed, slow, clock)
+                self.record_normal(period, failed, slow, clock, may_open)
             }
-            Permit::Probe { started } => self.record_probe(started, outcome, slow, clock()),
+            Permit::Probe { started } => {
+                self.record_probe(started, outcome, slow, clock(), may_open)
+            }
             Permit::Unrecorded => Recorded::default(),
         }
     }
@@ -431,6 +519,7 @@ impl Circuit {
         failed: bool,
         slow: bool,
         clock: impl Fn() -> Nanos,
+        may_open: impl FnOnce(Nanos) -> bool,
     ) -> Recorded {
         let word = self.word.load(Ordering::Acquire);
         if word != pack(CLOSED, period) && word != pack(METRICS_ONLY, period) {
@@ -454,28 +543,49 @@ impl Circuit {
             .consecutive_failures()
             .is_some_and(|n| consecutive >= n);
         let (failure_rate, slow_call_rate) = self.rates_exceeded(&clock);
-        // Each crossing is reported once per state: entering a state
-        // clears the marks.
-        let first = |crossed: &AtomicBool| {
-            !crossed.load(Ordering::Relaxed) && !crossed.swap(true, Ordering::Relaxed)
+        // A crossing is reported once, then again only after the rate fell
+        // back below its threshold (or the state changed, which clears the
+        // marks): a metrics-only breaker, which never changes state, still
+        // reports its second incident.
+        let crossing = |rate: Option<f64>, crossed: &AtomicBool| match rate {
+            Some(rate) => (!crossed.load(Ordering::Relaxed)
+                && !crossed.swap(true, Ordering::Relaxed))
+            .then_some(rate),
+            None => {
+                // Load first: a healthy circuit never writes this line.
+                if crossed.load(Ordering::Relaxed) {
+                    crossed.store(false, Ordering::Relaxed);
+                }
+                None
+            }
         };
         let mut recorded = Recorded {
-            failure_rate_exceeded: failure_rate.filter(|_| first(&self.failure_rate_crossed)),
-            slow_call_rate_exceeded: slow_call_rate.filter(|_| first(&self.slow_call_rate_crossed)),
+            failure_rate_exceeded: crossing(failure_rate, &self.failure_rate_crossed),
+            slow_call_rate_exceeded: crossing(slow_call_rate, &self.slow_call_rate_crossed),
             ..Recorded::default()
         };
         let by_rate = failure_rate.is_some() || slow_call_rate.is_some();
         if (by_count || by_rate) && unpack(word).0 == CLOSED {
             let mut control = self.control();
             if self.word.load(Ordering::Acquire) == word {
-                recorded.transition = Some(self.trip(&mut control, clock()));
+                let now = clock();
+                match self.trip_if(&mut control, now, may_open) {
+                    Some(t) => recorded.transition = Some(t),
+                    None => {
+                        // Held closed: count afresh, in a new period.
+                        self.clear_measures();
+                        self.set(&mut control, CLOSED, now, None);
+                        recorded.opening_held = true;
+                    }
+                }
             }
         }
         recorded
     }
 
     /// The window's (failure rate, slow-call rate), each only if the
-    /// window is judged (enough calls) and the rate reaches its threshold.
+    /// window is judged (enough calls) and the rate reaches its threshold;
+    /// `None` re-arms its crossing.
     fn rates_exceeded(&self, clock: impl Fn() -> Nanos) -> (Option<f64>, Option<f64>) {
         let (fail_at, slow_at) = (
             self.config.failure_rate_threshold(),
@@ -498,17 +608,30 @@ impl Circuit {
         )
     }
 
-    fn record_probe(&self, started: Nanos, outcome: Outcome, slow: bool, now: Nanos) -> Recorded {
+    fn record_probe(
+        &self,
+        started: Nanos,
+        outcome: Outcome,
+        slow: bool,
+        now: Nanos,
+        may_open: impl FnOnce(Nanos) -> bool,
+    ) -> Recorded {
         let mut control = self.control();
         if self.word.load(Ordering::Acquire) != pack(HALF_OPEN, started) {
             return Recorded::default(); // a probe of an earlier half-open
         }
-        if now >= started.saturating_add(self.config.half_open_max_wait()) {
+        if control.half_open.wait_until.is_some_and(|d| now >= d) {
             // The maximum wait ran out before this verdict (no call and no
             // timer came to apply it): the verdict is late and decides
             // nothing; HALF_OPEN ends as configured.
+            let mut held = false;
+            let transition = self.expire_half_open(&mut control, now, |until| {
+                held = !may_open(until);
+                !held
+            });
             return Recorded {
-                transition: Some(self.expire_half_open(&mut control, now)),
+                transition: Some(transition),
+                opening_held: held,
                 ..Recorded::default()
             };
         }
@@ -516,7 +639,7 @@ impl Circuit {
         match outcome {
             // An ignored probe proves nothing: give its slot to another.
             Outcome::Ignored => {
-                probes.admitted = probes.admitted.saturating_sub(1);
+                probes.give_back();
                 return Recorded {
                     probe_slot_freed: true,
                     ..Recorded::default()
@@ -554,13 +677,21 @@ impl Circuit {
             }
             ProbeVerdict::AfterAllProbes => remaining == 0,
         };
+        let mut opening_held = false;
         let transition = match (decide, reopen) {
             (false, _) => None,
-            (true, true) => Some(self.trip(&mut control, now)),
+            (true, true) => Some(match self.trip_if(&mut control, now, may_open) {
+                Some(t) => t,
+                None => {
+                    opening_held = true;
+                    self.close(&mut control, now)
+                }
+            }),
             (true, false) => Some(self.close(&mut control, now)),
         };
         Recorded {
             transition,
+            opening_held,
             ..Recorded::default()
         }
     }
@@ -571,13 +702,33 @@ impl Circuit {
         if let Permit::Probe { started } = permit {
             let mut control = self.control();
             if self.word.load(Ordering::Acquire) == pack(HALF_OPEN, started) {
-                control.half_open.admitted = control.half_open.admitted.saturating_sub(1);
+                control.half_open.give_back();
             }
         }
     }
 
-    /// Moves to OPEN, for longer after each failed recovery.
-    fn trip(&self, control: &mut Control, now: Nanos) -> Transition {
+    /// Moves to OPEN, for longer after each failed recovery, if
+    /// `may_open` agrees to OPEN ending at the instant it is given;
+    /// otherwise nothing changes and `None`.
+    fn trip_if(
+        &self,
+        control: &mut Control,
+        now: Nanos,
+        may_open: impl FnOnce(Nanos) -> bool,
+    ) -> Option<Transition> {
+        let until = now.saturating_add(self.open_duration(control));
+        may_open(until).then(|| self.open(control, until))
+    }
+
+    /// Enters OPEN until `until`, counting the trip for growth.
+    fn open(&self, control: &mut Control, until: Nanos) -> Transition {
+        control.trips = control.trips.saturating_add(1);
+        self.set(control, OPEN, until, Some(until))
+    }
+
+    /// How long the next trip stays open: grown after failed recoveries,
+    /// capped, with jitter.
+    fn open_duration(&self, control: &Control) -> Duration {
         // In whole nanoseconds, so that durations without jitter are exact.
         let base = self.config.open_duration().as_nanos() as f64;
         let grown = base
@@ -594,11 +745,7 @@ impl Circuit {
         };
         // Jitter spreads below the cap too: the cap is a hard limit.
         let max = self.config.open_duration_max().as_nanos() as f64;
-        let open_for =
-            Duration::from_nanos((capped * factor).min(max).round().max(1_000_000.0) as u64);
-        control.trips = control.trips.saturating_add(1);
-        let until = now.saturating_add(open_for);
-        self.set(control, OPEN, until, Some(until))
+        Duration::from_nanos((capped * factor).min(max).round().max(1_000_000.0) as u64)
     }
 
     /// Moves to CLOSED with a fresh window and no growth.
@@ -607,24 +754,47 @@ impl Circuit {
         self.set(control, CLOSED, now, None)
     }
 
-    /// Moves to HALF_OPEN at `now`, with `admitted` probes already out.
+    /// Moves to HALF_OPEN at `now`, with `admitted` probes already out:
+    /// with one, its maximum wait starts now; with none, it has no
+    /// deadline until the first probe.
     fn enter_half_open(&self, control: &mut Control, now: Nanos, admitted: u32) -> Transition {
         control.half_open = Probes {
             admitted,
             ..Probes::default()
         };
         let mut transition = self.set(control, HALF_OPEN, now, None);
-        let started = unpack(self.word.load(Ordering::Acquire)).1;
-        transition.until = Some(started.saturating_add(self.config.half_open_max_wait()));
+        if admitted > 0 {
+            let started = unpack(self.word.load(Ordering::Acquire)).1;
+            let deadline = started.saturating_add(self.config.half_open_max_wait());
+            control.half_open.wait_until = Some(deadline);
+            transition.until = Some(deadline);
+        }
         transition
     }
 
-    /// Leaves HALF_OPEN whose maximum wait ran out, as configured.
-    fn expire_half_open(&self, control: &mut Control, now: Nanos) -> Transition {
+    /// Leaves HALF_OPEN whose maximum wait ran out, as configured; to
+    /// CLOSED instead of OPEN if `may_open` refuses.
+    fn expire_half_open(
+        &self,
+        control: &mut Control,
+        now: Nanos,
+        may_open: impl FnOnce(Nanos) -> bool,
+    ) -> Transition {
         match self.config.half_open_expiry() {
-            HalfOpenExpiry::Open => self.trip(control, now),
+            HalfOpenExpiry::Open => match self.trip_if(control, now, may_open) {
+                Some(t) => t,
+                None => self.close(control, now),
+            },
             HalfOpenExpiry::Closed => self.close(control, now),
         }
+    }
+
+    /// HALF_OPEN's maximum wait, if it is HALF_OPEN and a probe started it.
+    fn half_open_deadline(&self) -> Option<Nanos> {
+        let control = self.control();
+        (unpack(self.word.load(Ordering::Acquire)).0 == HALF_OPEN)
+            .then_some(control.half_open.wait_until)
+            .flatten()
     }
 
     /// Clears what a state measures, for the state being entered.
@@ -719,7 +889,8 @@ impl Circuit {
 
     /// Applies the deadlines that have passed at `now`: OPEN over (when
     /// [`BreakerConfig::automatic_half_open`]) moves to HALF_OPEN with no
-    /// probe out yet; HALF_OPEN past its maximum wait ends as
+    /// probe out yet (and so no deadline: it waits for its first probe);
+    /// HALF_OPEN past the maximum wait its first probe started ends as
     /// [`BreakerConfig::half_open_expiry`] says. Returns the transition, if
     /// any; a layer calls this on a timer at [`Circuit::next_deadline`].
     pub fn expire(&self, now: Nanos) -> Option<Transition> {
@@ -729,21 +900,22 @@ impl Circuit {
             OPEN if self.config.automatic_half_open() && now >= at => {
                 Some(self.enter_half_open(&mut control, now, 0))
             }
-            HALF_OPEN if now >= at.saturating_add(self.config.half_open_max_wait()) => {
-                Some(self.expire_half_open(&mut control, now))
+            HALF_OPEN if control.half_open.wait_until.is_some_and(|d| now >= d) => {
+                Some(self.expire_half_open(&mut control, now, |_| true))
             }
             _ => None,
         }
     }
 
     /// When [`Circuit::expire`] next has something to do: the end of OPEN
-    /// (with automatic half-open), or HALF_OPEN's maximum wait. `None`
-    /// in the other states, which end only on a call or by hand.
+    /// (with automatic half-open), or HALF_OPEN's maximum wait once a
+    /// probe has started it. `None` in the other states (and in HALF_OPEN
+    /// before its first probe), which end only on a call or by hand.
     pub fn next_deadline(&self) -> Option<Nanos> {
         let (state, at) = unpack(self.word.load(Ordering::Acquire));
         match state {
             OPEN if self.config.automatic_half_open() => Some(at),
-            HALF_OPEN => Some(at.saturating_add(self.config.half_open_max_wait())),
+            HALF_OPEN => self.half_open_deadline(),
             _ => None,
         }
     }
@@ -762,15 +934,16 @@ impl Circuit {
     }
 
     /// Whether nothing depends on this breaker at `now`: CLOSED, or OPEN
-    /// past its deadline, or HALF_OPEN past its maximum wait (the next call
-    /// would reprobe or reopen anyway). Operator states are never settled:
-    /// they change only by hand. A registry may forget a settled breaker.
+    /// past its deadline, or HALF_OPEN with no probe out or past its
+    /// maximum wait (the next call would probe or reopen anyway). Operator
+    /// states are never settled: they change only by hand. A registry may
+    /// forget a settled breaker.
     pub fn is_settled(&self, now: Nanos) -> bool {
         let (state, at) = unpack(self.word.load(Ordering::Acquire));
         match state {
             CLOSED => true,
             OPEN => now >= at,
-            HALF_OPEN => now >= at.saturating_add(self.config.half_open_max_wait()),
+            HALF_OPEN => self.half_open_deadline().is_none_or(|d| now >= d),
             _ => false,
         }
     }

@@ -498,7 +498,7 @@ fn operator_states_do_what_they_say() {
 }
 
 #[test]
-fn metrics_only_reports_each_rate_crossing_once_per_state() {
+fn metrics_only_reports_a_rate_crossing_again_only_after_it_fell_back() {
     let c = Circuit::new(
         config()
             .failure_rate_threshold(50.0)
@@ -510,55 +510,51 @@ fn metrics_only_reports_each_rate_crossing_once_per_state() {
     );
     let slow = |c: &Circuit, outcome: Outcome| {
         let a = c.acquire(ms(0)).unwrap();
-        c.record(a.permit, outcome, Duration::from_millis(100), ms(0))
+        let r = c.record(a.permit, outcome, Duration::from_millis(100), ms(0));
+        (r.failure_rate_exceeded, r.slow_call_rate_exceeded)
+    };
+    let fast = |c: &Circuit, outcome: Outcome| {
+        let r = call(c, outcome, ms(0));
+        (r.failure_rate_exceeded, r.slow_call_rate_exceeded)
     };
     c.transition_to(CircuitState::MetricsOnly, ms(0)).unwrap();
-    call(&c, Outcome::Success, ms(0));
-    let crossed = call(&c, FAIL, ms(0));
+    assert_eq!(fast(&c, Outcome::Success), (None, None));
     assert_eq!(
-        (
-            crossed.failure_rate_exceeded,
-            crossed.slow_call_rate_exceeded
-        ),
+        fast(&c, FAIL),
         (Some(50.0), None),
-        "only the failure rate crossed"
+        "S F: only the failure rate crossed"
     );
-    let crossed = slow(&c, Outcome::Success);
+    // Not repeated while it stays at or above its threshold.
+    assert_eq!(fast(&c, FAIL), (None, None), "S F F: 67%, still above");
     assert_eq!(
-        (
-            crossed.failure_rate_exceeded,
-            crossed.slow_call_rate_exceeded
-        ),
+        slow(&c, Outcome::Success),
         (None, None),
-        "S F S(slow): 33% slow"
+        "S F F S(slow): 50% failed, 25% slow"
     );
-    let crossed = slow(&c, Outcome::Success);
     assert_eq!(
-        (
-            crossed.failure_rate_exceeded,
-            crossed.slow_call_rate_exceeded
-        ),
+        slow(&c, Outcome::Success),
         (None, Some(50.0)),
-        "S F S S, two slow: the slow-call rate crosses, on its own"
+        "F F S S, two slow: the slow-call rate crosses, on its own"
     );
-    // Back under and over again: still the same state, so no repeat
-    // (changed on purpose: a crossing used to be reported again after the
-    // rate fell back under its threshold).
+    assert_eq!(
+        slow(&c, FAIL),
+        (None, None),
+        "F S S F(slow): both still above, no repeat"
+    );
+    // Back under both thresholds, then over again: a second incident is
+    // reported (changed on purpose: a metrics-only breaker, which never
+    // changes state, used to report each crossing once for its life).
     for _ in 0..4 {
-        call(&c, Outcome::Success, ms(0));
+        assert_eq!(fast(&c, Outcome::Success), (None, None));
     }
-    let again = slow(&c, FAIL);
-    let again2 = slow(&c, FAIL);
+    assert_eq!(slow(&c, FAIL), (None, None), "S S S F(slow): 25%");
     assert_eq!(
-        again.failure_rate_exceeded.or(again2.failure_rate_exceeded),
-        None
+        slow(&c, FAIL),
+        (Some(50.0), Some(50.0)),
+        "S S F F, both slow: both cross again"
     );
-    assert_eq!(
-        again
-            .slow_call_rate_exceeded
-            .or(again2.slow_call_rate_exceeded),
-        None
-    );
+    assert_eq!(slow(&c, FAIL), (None, None), "75%: still above");
+    assert_eq!(c.state(), CircuitState::MetricsOnly);
     // A new state is a new count.
     c.transition_to(CircuitState::Disabled, ms(1)).unwrap();
     c.transition_to(CircuitState::MetricsOnly, ms(2)).unwrap();
@@ -568,14 +564,7 @@ fn metrics_only_reports_each_rate_crossing_once_per_state() {
         "entering starts from zero"
     );
     slow(&c, FAIL);
-    let crossed = slow(&c, FAIL);
-    assert_eq!(
-        (
-            crossed.failure_rate_exceeded,
-            crossed.slow_call_rate_exceeded
-        ),
-        (Some(100.0), Some(100.0))
-    );
+    assert_eq!(slow(&c, FAIL), (Some(100.0), Some(100.0)));
 }
 
 #[test]
@@ -646,16 +635,20 @@ fn automatic_half_open_moves_on_expire_with_no_probe_taken() {
     assert_eq!(c.expire(ms(99)), None);
     let t = c.expire(ms(100)).unwrap();
     assert_eq!((t.from, t.to), (CircuitState::Open, CircuitState::HalfOpen));
-    assert_eq!(
-        c.next_deadline(),
-        Some(ms(100).saturating_add(Duration::from_secs(30)))
-    );
+    // Changed on purpose: the maximum wait used to run from here, so an
+    // idle half-open reopened; it now starts with the first probe.
+    assert_eq!(t.until, None, "no deadline before the first probe");
+    assert_eq!(c.next_deadline(), None);
     let probe = c.acquire(ms(101)).unwrap();
     assert!(probe.transition.is_none(), "already half-open");
-    assert!(
-        probe.probes_exhausted.is_some(),
+    let deadline = ms(101).saturating_add(Duration::from_secs(30));
+    assert_eq!(
+        probe.probes_exhausted,
+        Some(deadline),
         "the one probe was still free"
     );
+    assert_eq!(probe.max_wait_until, Some(deadline), "its wait starts now");
+    assert_eq!(c.next_deadline(), Some(deadline));
 
     // Without it, expire leaves OPEN to the next call.
     let manual = Circuit::new(config().consecutive_failures(1).build().unwrap());
@@ -663,6 +656,156 @@ fn automatic_half_open_moves_on_expire_with_no_probe_taken() {
     assert_eq!(manual.next_deadline(), None);
     assert_eq!(manual.expire(ms(1000)), None);
     assert_eq!(manual.state(), CircuitState::Open);
+}
+
+#[test]
+fn an_idle_half_open_waits_for_its_first_probe_without_reopening_or_growing() {
+    let c = Circuit::new(
+        config()
+            .consecutive_failures(1)
+            .half_open_probes(2)
+            .half_open_max_wait(Duration::from_millis(50))
+            .open_duration_growth(2.0, Duration::from_secs(60))
+            .automatic_half_open(true)
+            .build()
+            .unwrap(),
+    );
+    call(&c, FAIL, ms(0));
+    assert_eq!(c.expire(ms(100)).unwrap().to, CircuitState::HalfOpen);
+    // A whole night with no call: nothing falls due, nothing changes.
+    for now in [150, 1_000, 36_000_000] {
+        assert_eq!(c.expire(ms(now)), None, "at {now} ms");
+        assert_eq!(c.next_deadline(), None);
+        assert!(c.is_settled(ms(now)), "nothing depends on it");
+    }
+    assert_eq!(c.state(), CircuitState::HalfOpen);
+    assert_eq!(
+        c.metrics(ms(0)).transitions,
+        2,
+        "CLOSED-OPEN-HALF_OPEN only"
+    );
+    // The first probe starts the wait; a second one does not move it.
+    let night = 36_000_000;
+    let first = c.acquire(ms(night)).unwrap();
+    assert_eq!(first.max_wait_until, Some(ms(night + 50)));
+    let second = c.acquire(ms(night + 10)).unwrap();
+    assert_eq!(second.max_wait_until, None, "already running");
+    assert_eq!(second.probes_exhausted, Some(ms(night + 50)));
+    assert!(!c.is_settled(ms(night + 49)));
+    // Both hang: the wait still ends them, and the open duration has
+    // grown once (the second trip in a row), not once per quiet cycle.
+    let t = c.expire(ms(night + 50)).unwrap();
+    assert_eq!((t.from, t.to), (CircuitState::HalfOpen, CircuitState::Open));
+    assert_eq!(t.until, Some(ms(night + 50 + 200)));
+}
+
+#[test]
+fn the_maximum_wait_is_off_again_when_every_probe_is_given_back() {
+    let c = Circuit::new(
+        config()
+            .consecutive_failures(1)
+            .half_open_probes(1)
+            .half_open_max_wait(Duration::from_millis(50))
+            .build()
+            .unwrap(),
+    );
+    call(&c, FAIL, ms(0));
+    let probe = c.acquire(ms(100)).unwrap();
+    assert_eq!(probe.max_wait_until, Some(ms(150)));
+    let r = c.record(probe.permit, Outcome::Ignored, Duration::ZERO, ms(120));
+    assert!(r.probe_slot_freed);
+    assert_eq!(c.next_deadline(), None, "no probe out, none reported");
+    assert_eq!(c.expire(ms(1_000)), None);
+    assert_eq!(c.state(), CircuitState::HalfOpen);
+    // The next probe starts it afresh; a cancelled one gives it back too.
+    let probe = c.acquire(ms(1_000)).unwrap();
+    assert_eq!(probe.max_wait_until, Some(ms(1_050)));
+    c.abandon(probe.permit);
+    assert_eq!(c.next_deadline(), None);
+    let probe = c.acquire(ms(2_000)).unwrap();
+    assert_eq!(probe.max_wait_until, Some(ms(2_050)));
+    let t = c
+        .record(probe.permit, Outcome::Success, Duration::ZERO, ms(2_049))
+        .transition
+        .unwrap();
+    assert_eq!(t.to, CircuitState::Closed);
+}
+
+#[test]
+fn a_refused_opening_keeps_the_circuit_closed_and_counts_afresh() {
+    let c = Circuit::new(
+        config()
+            .consecutive_failures(2)
+            .no_failure_rate()
+            .build()
+            .unwrap(),
+    );
+    let record = |c: &Circuit, permit, now, may_open: bool| {
+        let asked = std::cell::Cell::new(None);
+        let r = c.record_gated(
+            permit,
+            FAIL,
+            Duration::ZERO,
+            || ms(now),
+            |until| {
+                asked.set(Some(until));
+                may_open
+            },
+        );
+        (r, asked.get())
+    };
+    let before = c.acquire(ms(0)).unwrap();
+    call(&c, FAIL, ms(0));
+    let (r, asked) = record(&c, c.acquire(ms(1)).unwrap().permit, 1, false);
+    assert_eq!(asked, Some(ms(101)), "asked with the end OPEN would have");
+    assert!(r.opening_held);
+    assert_eq!(r.transition, None, "no state change");
+    assert_eq!(c.state(), CircuitState::Closed);
+    let m = c.metrics(ms(1));
+    assert_eq!((m.buffered_calls, m.transitions), (0, 0), "a fresh window");
+    // A call admitted before counts no more, and the streak starts over.
+    let (r, asked) = record(&c, before.permit, 2, false);
+    assert_eq!((r, asked), (Recorded::default(), None));
+    let (r, asked) = record(&c, c.acquire(ms(2)).unwrap().permit, 2, false);
+    assert_eq!((r.opening_held, asked), (false, None), "one of two");
+    let (r, _) = record(&c, c.acquire(ms(3)).unwrap().permit, 3, true);
+    assert_eq!(r.transition.unwrap().to, CircuitState::Open);
+}
+
+#[test]
+fn a_failed_probe_whose_opening_is_refused_closes_the_circuit() {
+    let c = Circuit::new(
+        config()
+            .consecutive_failures(1)
+            .half_open_probes(1)
+            .half_open_max_wait(Duration::from_millis(50))
+            .open_duration_growth(2.0, Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    call(&c, FAIL, ms(0));
+    let probe = c.acquire(ms(100)).unwrap();
+    let r = c.record_gated(probe.permit, FAIL, Duration::ZERO, || ms(101), |_| false);
+    assert!(r.opening_held);
+    let t = r.transition.unwrap();
+    assert_eq!(
+        (t.from, t.to),
+        (CircuitState::HalfOpen, CircuitState::Closed)
+    );
+    // Closed for good: the next trip is a first one, not grown.
+    let t = call(&c, FAIL, ms(200)).transition.unwrap();
+    assert_eq!(t.until, Some(ms(300)));
+    // A late verdict ending HALF_OPEN in OPEN is asked too.
+    let probe = c.acquire(ms(300)).unwrap();
+    let r = c.record_gated(
+        probe.permit,
+        Outcome::Success,
+        Duration::ZERO,
+        || ms(350),
+        |_| false,
+    );
+    assert!(r.opening_held);
+    assert_eq!(r.transition.unwrap().to, CircuitState::Closed);
 }
 
 #[test]
@@ -816,7 +959,9 @@ fn forbidden_manual_transitions_are_refused_naming_both_states() {
 struct Model {
     state: CircuitState,
     open_until: u64,
-    half_open_since: u64,
+    /// HALF_OPEN's maximum wait: from its first probe, off while none is
+    /// out and none reported.
+    wait_until: Option<u64>,
     period: u64,
     window: VecDeque<(bool, bool)>,
     consecutive: u32,
@@ -860,7 +1005,7 @@ impl Model {
         Model {
             state: CircuitState::Closed,
             open_until: 0,
-            half_open_since: 0,
+            wait_until: None,
             period: 0,
             window: VecDeque::new(),
             consecutive: 0,
@@ -898,12 +1043,20 @@ impl Model {
 
     fn half_open(&mut self, now: u64, admitted: u32) {
         self.enter(CircuitState::HalfOpen);
-        self.half_open_since = now;
+        self.wait_until = (admitted > 0).then_some(now + MAX_WAIT_MS);
         (self.admitted, self.succeeded, self.failed, self.slow) = (admitted, 0, 0, 0);
     }
 
     fn half_open_expired(&self, now: u64) -> bool {
-        self.state == CircuitState::HalfOpen && now >= self.half_open_since + MAX_WAIT_MS
+        self.state == CircuitState::HalfOpen && self.wait_until.is_some_and(|w| now >= w)
+    }
+
+    /// A probe's slot comes back without a verdict.
+    fn give_back(&mut self) {
+        self.admitted -= 1;
+        if self.admitted == 0 {
+            self.wait_until = None;
+        }
     }
 
     fn end_half_open(&mut self, now: u64) {
@@ -934,6 +1087,7 @@ impl Model {
                 }
                 if self.admitted < self.p.probes {
                     self.admitted += 1;
+                    self.wait_until.get_or_insert(now + MAX_WAIT_MS);
                     Some(ModelPermit::Probe(self.period))
                 } else {
                     None
@@ -954,7 +1108,7 @@ impl Model {
     fn next_deadline(&self) -> Option<u64> {
         match self.state {
             CircuitState::Open if self.p.automatic => Some(self.open_until),
-            CircuitState::HalfOpen => Some(self.half_open_since + MAX_WAIT_MS),
+            CircuitState::HalfOpen => self.wait_until,
             _ => None,
         }
     }
@@ -987,10 +1141,12 @@ impl Model {
                 let judged = self.window.len() as u32 >= self.p.min;
                 let by_failures = judged && self.p.rate.is_some_and(|r| 100.0 * fails / calls >= r);
                 let by_slow = judged && 100.0 * slows / calls >= SLOW_RATE;
-                let reported = (
-                    by_failures && !std::mem::replace(&mut self.failure_crossed, true),
-                    by_slow && !std::mem::replace(&mut self.slow_crossed, true),
+                // Reported on reaching the threshold, re-armed below it.
+                let was = (
+                    std::mem::replace(&mut self.failure_crossed, by_failures),
+                    std::mem::replace(&mut self.slow_crossed, by_slow),
                 );
+                let reported = (by_failures && !was.0, by_slow && !was.1);
                 let by_count = self.p.consecutive.is_some_and(|n| self.consecutive >= n);
                 if self.state == CircuitState::Closed && (by_failures || by_slow || by_count) {
                     self.trip(now);
@@ -1008,7 +1164,7 @@ impl Model {
                 }
                 match outcome {
                     Outcome::Ignored => {
-                        self.admitted -= 1;
+                        self.give_back();
                         return (false, false);
                     }
                     Outcome::Success => self.succeeded += 1,
@@ -1047,7 +1203,7 @@ impl Model {
 
     fn abandon(&mut self, permit: ModelPermit) {
         if permit == ModelPermit::Probe(self.period) {
-            self.admitted -= 1;
+            self.give_back();
         }
     }
 
@@ -1146,7 +1302,8 @@ proptest! {
     /// timer firings and operator transitions, applied to the breaker and
     /// to the model: the state, the state's own counts, the next deadline,
     /// every admission decision, every refused manual move and every rate
-    /// crossing reported (once per state) agree at every step.
+    /// crossing reported (once, then again only after the rate fell back
+    /// below its threshold or the state changed) agree at every step.
     #[test]
     fn the_breaker_agrees_with_the_reference_model(p in params(), ops in proptest::collection::vec(op(), 1..300)) {
         let mut builder = BreakerConfig::builder()
