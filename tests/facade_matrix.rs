@@ -866,18 +866,17 @@ async fn scope_endpoint_ejects_the_bad_instance_where_scope_service_refuses_the_
     );
 }
 
+/// The states of `client`'s breakers.
+fn breaker_states(client: &MeshClient) -> Vec<String> {
+    let metrics = client.metrics();
+    let breakers = metrics.routes.iter().flat_map(|r| r.breakers.iter());
+    breakers.map(|b| b.state.clone()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn automatic_half_open_and_half_open_expiry_move_an_idle_breaker_by_timer() {
-    let cases = [
-        ("automatic_half_open = false", "open"),
-        ("automatic_half_open = true", "half-open"),
-        (
-            "automatic_half_open = true\nhalf_open_max_wait = \"200ms\"\nhalf_open_expiry = \"closed\"",
-            "closed",
-        ),
-    ];
+async fn automatic_half_open_moves_an_idle_breaker_by_timer() {
     let mut states = Vec::new();
-    for (keys, _) in cases {
+    for keys in ["automatic_half_open = false", "automatic_half_open = true"] {
         let failing = Backend::start(Behavior::Status(503))
             .await
             .expect("backend");
@@ -893,13 +892,46 @@ async fn automatic_half_open_and_half_open_expiry_move_an_idle_breaker_by_timer(
         let _ = get(&client, "users").await;
         // No call arrives: only a timer can move the breaker.
         tokio::time::sleep(Duration::from_millis(900)).await;
-        let metrics = client.metrics();
-        let breakers = metrics.routes.iter().flat_map(|r| r.breakers.iter());
-        states.push(breakers.map(|b| b.state.clone()).collect::<Vec<_>>());
+        states.push(breaker_states(&client));
         client.shutdown(Duration::from_secs(1)).await;
     }
-    let expected: Vec<Vec<String>> = cases.iter().map(|(_, s)| vec![s.to_string()]).collect();
-    assert_eq!(states, expected);
+    assert_eq!(states, [["open"], ["half-open"]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_expiry_says_where_a_hanging_probe_leaves_the_breaker() {
+    let mut states = Vec::new();
+    for expiry in ["closed", "open"] {
+        let backend = Backend::start(Behavior::Status(503))
+            .await
+            .expect("backend");
+        let client = start_client(&static_config(
+            "",
+            &[("users", &[backend.addr()])],
+            &format!(
+                "{NO_RETRY}[breaker]\nscope = \"endpoint\"\nconsecutive_failures = 1\n\
+                 open_duration = \"500ms\"\nopen_duration_jitter = 0.0\nhalf_open_probes = 1\n\
+                 half_open_max_wait = \"300ms\"\nhalf_open_expiry = \"{expiry}\"\n"
+            ),
+        ))
+        .await;
+        let _ = get(&client, "users").await;
+        // Half-open by timer after 500 ms.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        // The probe hangs past the half-open maximum wait (300 ms); where
+        // the breaker goes then is looked at 300 ms later, well before an
+        // OPEN would end (500 ms).
+        backend.set_behavior(Behavior::Slow(Duration::from_secs(3)));
+        let probe = tokio::spawn({
+            let client = client.clone();
+            async move { get(&client, "users").await }
+        });
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        states.push(breaker_states(&client));
+        probe.abort();
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    assert_eq!(states, [["closed"], ["open"]]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
