@@ -162,12 +162,18 @@ async fn every_request_succeeds_and_the_failing_server_only_sees_half_open_probe
         !seen.contains(&CircuitState::Closed),
         "a 503 probe never closes it"
     );
-    // Exactly 3 failures opened it; after that, only the probes got through.
-    assert_eq!(
-        bad.stats().requests,
-        3 + probes as u64,
-        "transitions: {seen:?}"
+    // Exactly 3 failures opened it; after that, only the probes got
+    // through: one per half-open period, except that the last one may have
+    // begun (by timer) just as the requests ended, with no probe yet.
+    let sent = bad.stats().requests;
+    let probes = probes as u64;
+    assert!(
+        (2 + probes..=3 + probes).contains(&sent),
+        "{sent} requests; transitions: {seen:?}"
     );
+    if sent == 2 + probes {
+        assert_eq!(seen.last(), Some(&CircuitState::HalfOpen), "{seen:?}");
+    }
 
     let good: u64 = [&s.backends[0], &s.backends[2]]
         .iter()

@@ -103,6 +103,11 @@ struct Harness {
 }
 
 impl Harness {
+    /// The rate crossings published since the last drain.
+    fn crossings(&mut self) -> Vec<(&'static str, f64)> {
+        self.drain().into_iter().filter_map(crossing).collect()
+    }
+
     fn new(config: BreakerConfig) -> Harness {
         let bus = EventBus::new(256);
         let events = bus.subscribe();
@@ -170,6 +175,20 @@ impl Harness {
     }
 }
 
+/// The rate crossing `event` reports, if it is one: which rate, and its
+/// value.
+fn crossing(event: MeshEvent) -> Option<(&'static str, f64)> {
+    match event {
+        MeshEvent::BreakerFailureRateExceeded { failure_rate, .. } => {
+            Some(("failure", failure_rate))
+        }
+        MeshEvent::BreakerSlowCallRateExceeded { slow_call_rate, .. } => {
+            Some(("slow", slow_call_rate))
+        }
+        _ => None,
+    }
+}
+
 /// Lets spawned tasks (the breaker's timers) run, without moving the clock.
 async fn settle() {
     for _ in 0..10 {
@@ -203,19 +222,7 @@ async fn closed_opens_when_the_failure_rate_reaches_the_threshold_once_minimum_c
     h.upstream.answer(200);
     h.call().await.expect("answered");
     assert_eq!(h.state(), Open, "3 of 4 failed: 75% >= 50%");
-    let crossings: Vec<_> = h
-        .drain()
-        .into_iter()
-        .filter_map(|e| match e {
-            MeshEvent::BreakerFailureRateExceeded { failure_rate, .. } => {
-                Some(("failure", failure_rate))
-            }
-            MeshEvent::BreakerSlowCallRateExceeded { slow_call_rate, .. } => {
-                Some(("slow", slow_call_rate))
-            }
-            _ => None,
-        })
-        .collect();
+    let crossings = h.crossings();
     assert_eq!(crossings, [("failure", 75.0)], "one failure-rate crossing");
 }
 
@@ -241,19 +248,7 @@ async fn slow_calls_open_the_circuit_and_are_reported_apart_from_failures() {
     h.upstream.delay(Duration::ZERO);
     h.call().await.expect("answered");
     assert_eq!(h.state(), Open, "2 of 4 slow: 50%; 1 of 4 failed: 25%");
-    let crossings: Vec<_> = h
-        .drain()
-        .into_iter()
-        .filter_map(|e| match e {
-            MeshEvent::BreakerFailureRateExceeded { failure_rate, .. } => {
-                Some(("failure", failure_rate))
-            }
-            MeshEvent::BreakerSlowCallRateExceeded { slow_call_rate, .. } => {
-                Some(("slow", slow_call_rate))
-            }
-            _ => None,
-        })
-        .collect();
+    let crossings = h.crossings();
     assert_eq!(crossings, [("slow", 50.0)], "a slow-call crossing only");
 }
 

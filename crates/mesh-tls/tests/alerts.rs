@@ -4,6 +4,9 @@
 //! client, refused after its TLS 1.3 handshake completed, counts and
 //! publishes the refusal like any other. Loopback only.
 
+mod support;
+use support::credentials;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,21 +21,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh_core::{EventBus, MeshEvent};
 use mesh_testkit::fs::TempDir;
-use mesh_testkit::pki::{Ca, Issued, Leaf};
-use mesh_tls::{ClientTls, Credentials, HandshakeRejection, IdentityPolicy, PemSource, ServerTls};
+use mesh_testkit::pki::{Ca, Leaf};
+use mesh_tls::{ClientTls, Credentials, HandshakeRejection, IdentityPolicy, ServerTls};
 use tokio::net::TcpListener;
 
 async fn ok(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
-}
-
-fn credentials(ca: &Ca, issued: &Issued) -> Credentials {
-    Credentials::load(PemSource::memory(
-        issued.cert_pem.clone(),
-        issued.key_pem.clone(),
-        ca.pem.clone(),
-    ))
-    .expect("credentials")
 }
 
 /// This crate's server on a loopback port, admitting `cluster.local`.

@@ -4,25 +4,19 @@
 //! unread. (A refusal arriving on the first read is counted as a failure
 //! instead: `tests/alerts.rs`.) Loopback only.
 
+mod support;
+use support::credentials;
+
 use std::time::Duration;
 
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
-use mesh_testkit::pki::{Ca, Issued, Leaf};
+use mesh_testkit::pki::{Ca, Leaf};
 use mesh_tls::rustls::ProtocolVersion;
-use mesh_tls::{ClientTls, Credentials, HandshakeRejection, MeshStream, PemSource, ServerTls};
+use mesh_tls::{ClientTls, HandshakeRejection, MeshStream, ServerTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
-
-fn credentials(ca: &Ca, issued: &Issued) -> Credentials {
-    Credentials::load(PemSource::memory(
-        issued.cert_pem.clone(),
-        issued.key_pem.clone(),
-        ca.pem.clone(),
-    ))
-    .expect("credentials")
-}
 
 /// How the test server ends each connection once its handshake is done.
 #[derive(Clone, Copy)]

@@ -3,6 +3,9 @@
 //! on one end and a plain rustls peer presenting the bad certificate on
 //! the other.
 
+mod support;
+use support::credentials;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,15 +24,6 @@ use mesh_tls::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-
-fn credentials(ca: &Ca, issued: &Issued) -> Credentials {
-    Credentials::load(PemSource::memory(
-        issued.cert_pem.clone(),
-        issued.key_pem.clone(),
-        ca.pem.clone(),
-    ))
-    .expect("credentials")
-}
 
 /// A plain rustls server presenting `issued` (whatever it is), not asking
 /// for a client certificate; answers one HTTP request per connection.
