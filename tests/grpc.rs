@@ -6,6 +6,12 @@
 #[allow(dead_code)]
 mod grpc;
 
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tonic_client_calls_through_the_mesh_and_is_balanced() {
     let greeters = [
@@ -34,4 +40,93 @@ async fn a_tonic_client_calls_through_the_mesh_and_is_balanced() {
     assert_eq!(route.retry.requests, 6, "every call went through the stack");
     let served: u64 = route.services[0].instances.iter().map(|i| i.requests).sum();
     assert_eq!(served, 6);
+}
+
+/// A gRPC server on a loopback port answering every call with `status`
+/// trailers-only (as tonic sends a handler's error), counting the calls.
+async fn answering(status: fn() -> tonic::Status) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let answer = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async move { Ok::<_, Infallible>(status().into_http::<tonic::body::Body>()) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .http2_only()
+                    .serve_connection(TokioIo::new(tcp), answer)
+                    .await;
+            });
+        }
+    });
+    (addr, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_instance_is_retried_elsewhere_and_ejected() {
+    let good = grpc::serve().await.expect("greeter");
+    let (bad, bad_calls) = answering(|| tonic::Status::unavailable("draining")).await;
+    let client = grpc::mesh_client(&[good, bad]).await.expect("client");
+    for i in 0..40 {
+        grpc::say_hello(&client, &format!("caller-{i}"))
+            .await
+            .expect("UNAVAILABLE is retried on the other greeter");
+    }
+    // UNAVAILABLE (HTTP 200, trailers-only) counted as a failure: the
+    // balancer steers away and the breaker records it; the greeter saw a
+    // handful of the 40 calls, not half.
+    let seen = bad_calls.load(Ordering::SeqCst);
+    assert!(
+        (1..=10).contains(&seen),
+        "the unavailable greeter saw {seen}"
+    );
+    let metrics = client.metrics();
+    let route = metrics
+        .routes
+        .iter()
+        .find(|r| r.route == "greeter")
+        .expect("route");
+    assert!(route.retry.retries >= 1, "{:?}", route.retry);
+    let bad_key = format!("greeter/{bad}");
+    let breaker = route.breakers.iter().find(|b| b.key == bad_key);
+    assert_eq!(
+        breaker.and_then(|b| b.failure_rate),
+        Some(100.0),
+        "{:?}",
+        route.breakers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_code_is_neither_retried_nor_held_against_the_instance() {
+    let (missing, calls) = answering(|| tonic::Status::not_found("no such user")).await;
+    let client = grpc::mesh_client(&[missing]).await.expect("client");
+    for i in 0..10 {
+        let err = grpc::say_hello(&client, &format!("caller-{i}"))
+            .await
+            .expect_err("NOT_FOUND reaches the caller");
+        assert!(err.to_string().contains("no such user"), "{err}");
+    }
+    // One attempt each, all recorded as successes by the breaker.
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+    let metrics = client.metrics();
+    let route = metrics
+        .routes
+        .iter()
+        .find(|r| r.route == "greeter")
+        .expect("route");
+    let rates: Vec<_> = route
+        .breakers
+        .iter()
+        .map(|b| (b.state.as_str(), b.failure_rate, b.buffered_calls))
+        .collect();
+    assert_eq!(rates, [("closed", Some(0.0), 10)]);
 }

@@ -212,8 +212,11 @@ where
     };
     Poll::Ready(match result {
         Ok(response) => {
-            // A server error answered fast is no sign of a fast instance.
-            match response.status().is_server_error() {
+            // A server error answered fast is no sign of a fast instance,
+            // nor is a gRPC failure answered trailers-only.
+            let grpc_failed = mesh_core::grpc::status_of(&response)
+                .is_some_and(|code| mesh_core::grpc::GrpcCodes::failures().contains(code));
+            match response.status().is_server_error() || grpc_failed {
                 true => in_flight.failed(),
                 false => in_flight.responded(),
             }

@@ -30,6 +30,9 @@ pub enum FailureKind {
     CircuitOpen,
     /// The upstream answered with a status classified as a failure.
     Status(StatusCode),
+    /// The upstream answered a gRPC call with a `grpc-status` classified
+    /// as a failure (HTTP 200, trailers-only).
+    Grpc(crate::grpc::GrpcCode),
     /// Any other error.
     Other,
 }
@@ -50,6 +53,7 @@ impl fmt::Display for FailureKind {
             FailureKind::Reset => f.write_str("connection reset"),
             FailureKind::CircuitOpen => f.write_str("circuit open"),
             FailureKind::Status(s) => write!(f, "status {}", s.as_u16()),
+            FailureKind::Grpc(code) => code.fmt(f),
             FailureKind::Other => f.write_str("error"),
         }
     }
@@ -158,7 +162,7 @@ impl KindSet {
             FailureKind::Timeout => 2,
             FailureKind::Reset => 4,
             FailureKind::CircuitOpen => 8,
-            FailureKind::Status(_) => 0,
+            FailureKind::Status(_) | FailureKind::Grpc(_) => 0,
             FailureKind::Other => 16,
         }
     }
@@ -202,6 +206,7 @@ pub type OutcomePredicate =
 #[derive(Clone)]
 pub struct FailureClassifier {
     failure_statuses: StatusSet,
+    grpc_failures: crate::grpc::GrpcCodes,
     ignored_statuses: StatusSet,
     ignored_kinds: KindSet,
     predicate: Option<std::sync::Arc<OutcomePredicate>>,
@@ -214,6 +219,7 @@ impl FailureClassifier {
     pub fn with_failure_statuses(statuses: StatusSet) -> Self {
         FailureClassifier {
             failure_statuses: statuses,
+            grpc_failures: crate::grpc::GrpcCodes::failures(),
             ignored_statuses: StatusSet::EMPTY,
             ignored_kinds: KindSet::default(),
             predicate: None,
@@ -291,8 +297,24 @@ impl FailureClassifier {
         }
     }
 
-    /// The verdict on a response.
+    /// Counts the gRPC codes in `codes` as failures (by default
+    /// [`GrpcCodes::failures`](crate::grpc::GrpcCodes::failures)).
+    pub fn with_grpc_failures(mut self, codes: crate::grpc::GrpcCodes) -> Self {
+        self.grpc_failures = codes;
+        self
+    }
+
+    /// The verdict on a response: its status, or for a gRPC call answered
+    /// trailers-only, its `grpc-status` (application codes never fail).
     pub fn classify_response<B>(&self, response: &http::Response<B>) -> Outcome {
+        if response.status() == StatusCode::OK {
+            if let Some(code) = crate::grpc::status_of(response) {
+                return match self.grpc_failures.contains(code) {
+                    true => Outcome::Failure(FailureKind::Grpc(code)),
+                    false => Outcome::Success,
+                };
+            }
+        }
         self.classify_status(response.status())
     }
 
@@ -337,6 +359,7 @@ impl fmt::Debug for FailureClassifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FailureClassifier")
             .field("failure_statuses", &self.failure_statuses)
+            .field("grpc_failures", &self.grpc_failures)
             .field("ignored_statuses", &self.ignored_statuses)
             .field("ignored_kinds", &self.ignored_kinds)
             .field("predicate", &self.predicate.is_some())
@@ -419,6 +442,25 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("client error")]
     struct ClientError(#[source] crate::error::ConnectError);
+
+    #[test]
+    fn a_trailers_only_grpc_failure_fails_and_an_application_code_does_not() {
+        let c = FailureClassifier::default();
+        let answered = |code: &str| {
+            http::Response::builder()
+                .header("grpc-status", code)
+                .body(())
+                .expect("response")
+        };
+        assert_eq!(
+            c.classify_response(&answered("14")),
+            Outcome::Failure(FailureKind::Grpc(crate::grpc::GrpcCode::UNAVAILABLE))
+        );
+        assert_eq!(c.classify_response(&answered("5")), Outcome::Success);
+        assert_eq!(c.classify_response(&answered("0")), Outcome::Success);
+        let none = c.with_grpc_failures(crate::grpc::GrpcCodes::NONE);
+        assert_eq!(none.classify_response(&answered("14")), Outcome::Success);
+    }
 
     #[test]
     fn a_connect_error_carried_in_an_io_error_is_a_connect_failure() {

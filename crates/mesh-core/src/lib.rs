@@ -9,6 +9,7 @@ mod endpoint;
 mod error;
 mod event;
 pub mod ext;
+pub mod grpc;
 mod name;
 mod secret;
 mod set;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode, Uri};
+use mesh_core::grpc::{GrpcCode, GrpcCodes};
 use mesh_core::{ConfigError, FailureKind, StatusSet};
 
 use crate::backoff::{Backoff, Growth};
@@ -56,6 +57,7 @@ pub struct RetryConfig {
     max_retries: u32,
     backoff: Backoff,
     retryable_statuses: StatusSet,
+    retryable_grpc_codes: GrpcCodes,
     retryable_errors: Vec<FailureKind>,
     retry_non_idempotent: bool,
     honor_retry_after: bool,
@@ -96,6 +98,13 @@ impl RetryConfig {
     /// Whether a response with `status` is retried.
     pub fn retries_status(&self, status: StatusCode) -> bool {
         self.retryable_statuses.contains(status)
+    }
+
+    /// Whether a gRPC call answered (trailers-only) with `code` is
+    /// retried: `UNAVAILABLE` by default, whatever the HTTP method (a gRPC
+    /// call is a POST; its retry policy, as in gRFC A6, decides).
+    pub fn retries_grpc(&self, code: GrpcCode) -> bool {
+        self.retryable_grpc_codes.contains(code)
     }
 
     /// Whether an error of `kind` is retried: by default connect errors,
@@ -186,6 +195,7 @@ impl Default for RetryConfig {
         RetryConfig {
             max_retries: 2,
             backoff: Backoff::default(),
+            retryable_grpc_codes: GrpcCodes::retryable(),
             retryable_statuses: Self::DEFAULT_RETRYABLE_STATUSES
                 .iter()
                 .filter_map(|c| StatusCode::from_u16(*c).ok())
@@ -213,6 +223,7 @@ impl std::fmt::Debug for RetryConfig {
             .field("max_retries", &self.max_retries)
             .field("backoff", &self.backoff)
             .field("retryable_statuses", &self.retryable_statuses)
+            .field("retryable_grpc_codes", &self.retryable_grpc_codes)
             .field("retryable_errors", &self.retryable_errors)
             .field("retry_non_idempotent", &self.retry_non_idempotent)
             .field("honor_retry_after", &self.honor_retry_after)
@@ -269,6 +280,12 @@ impl RetryConfigBuilder {
     /// Retries exactly the responses with these statuses.
     pub fn retryable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.config.retryable_statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Retries exactly the gRPC calls answered with these codes.
+    pub fn retryable_grpc_codes(mut self, codes: GrpcCodes) -> Self {
+        self.config.retryable_grpc_codes = codes;
         self
     }
 

@@ -126,9 +126,16 @@ impl RetryPolicy {
         result: &Result<Response<RB>, BoxError>,
     ) -> Option<FailureKind> {
         let config = &self.shared.config;
-        let kind = match result {
-            Ok(response) => FailureKind::Status(response.status()),
-            Err(error) => self.shared.classifier.classify_error(error.as_ref()),
+        let grpc = match result {
+            Ok(response) if response.status() == http::StatusCode::OK => {
+                mesh_core::grpc::status_of(response)
+            }
+            _ => None,
+        };
+        let kind = match (result, grpc) {
+            (_, Some(code)) => FailureKind::Grpc(code),
+            (Ok(response), None) => FailureKind::Status(response.status()),
+            (Err(error), None) => self.shared.classifier.classify_error(error.as_ref()),
         };
         if let Some(predicate) = config.predicate() {
             let ctx = RetryContext {
@@ -148,9 +155,10 @@ impl RetryPolicy {
                 return decided.then_some(kind);
             }
         }
-        match result {
-            Ok(response) => config.retries_status(response.status()).then_some(kind),
-            Err(_) => config.retries_error(kind).then_some(kind),
+        match (result, grpc) {
+            (_, Some(code)) => config.retries_grpc(code).then_some(kind),
+            (Ok(response), None) => config.retries_status(response.status()).then_some(kind),
+            (Err(_), None) => config.retries_error(kind).then_some(kind),
         }
     }
 }
@@ -240,7 +248,10 @@ where
             tracing::debug!(%reason, "not retried: the circuit is open for the whole service");
             return None;
         }
-        if !self.may_retry(req) && !reason.never_sent() {
+        // A gRPC call's retryable codes are its retry policy's to decide
+        // (gRFC A6), whatever its HTTP method.
+        let grpc = matches!(reason, FailureKind::Grpc(_));
+        if !self.may_retry(req) && !reason.never_sent() && !grpc {
             // A non-idempotent request may have been applied upstream; only
             // a failure that provably never sent it may be retried.
             return None;

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use http::StatusCode;
+use mesh_core::grpc::{GrpcCode, GrpcCodes};
 use mesh_core::ConfigError;
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +112,10 @@ pub struct RetrySettings {
     pub jitter: Jitter,
     /// The response statuses worth another attempt.
     pub retryable_statuses: Vec<u16>,
+    /// The gRPC codes worth another attempt, for a call answered
+    /// trailers-only (`[14]`, UNAVAILABLE, by default), whatever its HTTP
+    /// method.
+    pub retryable_grpc_codes: Vec<u32>,
     /// Retries requests with non-idempotent methods (POST, PATCH...) after
     /// any retryable failure, although they may then apply twice (else
     /// only after failures that prove they were never sent).
@@ -192,6 +197,7 @@ impl RetrySettings {
             .max_retries(self.max_retries)
             .backoff(backoff)
             .retryable_statuses(self.statuses()?)
+            .retryable_grpc_codes(self.grpc_codes()?)
             .retry_non_idempotent(self.retry_non_idempotent)
             .budget_config(self.budget()?);
         if let Some(deadline) = self.deadline {
@@ -216,6 +222,19 @@ impl RetrySettings {
                 })
             })
             .collect()
+    }
+
+    /// `retryable_grpc_codes` as gRPC codes.
+    fn grpc_codes(&self) -> Result<GrpcCodes, ConfigError> {
+        let codes = self.retryable_grpc_codes.iter().map(|&n| {
+            GrpcCode::new(n).ok_or_else(|| {
+                ConfigError::new(
+                    "retry.retryable_grpc_codes",
+                    format!("{n} is not a gRPC code: use codes from 0 to 16"),
+                )
+            })
+        });
+        Ok(GrpcCodes::of(codes.collect::<Result<Vec<_>, _>>()?))
     }
 
     /// The budget `budget_percent` describes.
@@ -257,6 +276,7 @@ impl Default for RetrySettings {
             max_delay: DEFAULT_CAP,
             jitter: Jitter::Full,
             retryable_statuses: RetryConfig::DEFAULT_RETRYABLE_STATUSES.to_vec(),
+            retryable_grpc_codes: vec![u32::from(GrpcCode::UNAVAILABLE.get())],
             retry_non_idempotent: false,
             budget_percent: RetryBudgetConfig::default().percent,
             deadline: None,

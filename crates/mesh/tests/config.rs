@@ -122,6 +122,10 @@ fn values_are_validated_with_their_names() {
             "services = {}\n[services.users.breaker]\nfailure_rate_threshold = 0.0\n",
             "services.users.breaker.failure_rate_threshold",
         ),
+        (
+            "services = {}\n[retry]\nretryable_grpc_codes = [17]\n",
+            "retry.retryable_grpc_codes",
+        ),
         // A wait needs a limit to wait for; a queue needs a wait.
         (
             "services = {}\n[limits]\nmax_wait = \"1s\"\n",
