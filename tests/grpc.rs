@@ -9,6 +9,7 @@ mod grpc;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 
@@ -45,6 +46,14 @@ async fn a_tonic_client_calls_through_the_mesh_and_is_balanced() {
 /// A gRPC server on a loopback port answering every call with `status`
 /// trailers-only (as tonic sends a handler's error), counting the calls.
 async fn answering(status: fn() -> tonic::Status) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    answering_after(Duration::ZERO, status).await
+}
+
+/// [`answering`], each answer after `delay`.
+async fn answering_after(
+    delay: Duration,
+    status: fn() -> tonic::Status,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -58,7 +67,10 @@ async fn answering(status: fn() -> tonic::Status) -> (std::net::SocketAddr, Arc<
             tokio::spawn(async move {
                 let answer = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
                     counted.fetch_add(1, Ordering::SeqCst);
-                    async move { Ok::<_, Infallible>(status().into_http::<tonic::body::Body>()) }
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(status().into_http::<tonic::body::Body>())
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .http2_only()
@@ -129,4 +141,34 @@ async fn an_application_code_is_neither_retried_nor_held_against_the_instance() 
         .map(|b| (b.state.as_str(), b.failure_rate, b.buffered_calls))
         .collect();
     assert_eq!(rates, [("closed", Some(0.0), 10)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_s_grpc_timeout_is_its_deadline_through_the_mesh() {
+    let (slow, _) = answering_after(Duration::from_secs(3), || tonic::Status::ok("late")).await;
+    let client = grpc::mesh_client(&[slow]).await.expect("client");
+    let mut channel = tonic::client::Grpc::with_origin(
+        client.grpc_channel(),
+        "http://greeter".parse().expect("uri"),
+    );
+    channel.ready().await.expect("ready");
+    let mut request = tonic::Request::new(grpc::HelloRequest {
+        name: "Ada".to_owned(),
+    });
+    // Sent as `grpc-timeout: 300m`.
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = channel
+        .unary(
+            request,
+            http::uri::PathAndQuery::from_static("/helloworld.Greeter/SayHello"),
+            tonic_prost::ProstCodec::<grpc::HelloRequest, grpc::HelloReply>::default(),
+        )
+        .await
+        .expect_err("past its deadline");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{status:?}"
+    );
+    assert!(status.message().contains("timed out"), "{status:?}");
 }

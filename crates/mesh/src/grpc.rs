@@ -7,7 +7,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
-use mesh_core::BoxError;
+use mesh_core::{BoxError, MeshError};
+use std::time::Duration;
 use tower::Service;
 
 use crate::client::{MeshBody, MeshClient};
@@ -18,7 +19,10 @@ const MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
 /// The client as a channel for tonic (or any client whose requests carry
 /// their own body type): each request body is read (up to 4 MiB: unary
 /// calls and small streams) so retries can replay it, then sent through
-/// the stack like [`MeshClient::send`].
+/// the stack like [`MeshClient::send`]. A call's `grpc-timeout` (what
+/// tonic's `Request::set_timeout` sends) is its deadline: reading the
+/// body, every attempt and every backoff end within it, and the call
+/// fails with `MeshError::Timeout` when it runs out.
 ///
 /// ```no_run
 /// # async fn run(client: mesh::MeshClient) -> Result<(), Box<dyn std::error::Error>> {
@@ -59,15 +63,62 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let client = self.client.clone();
+        let deadline = req.headers().get("grpc-timeout").and_then(grpc_timeout);
         Box::pin(async move {
+            let started = tokio::time::Instant::now();
             let (parts, body) = req.into_parts();
-            let body = Limited::new(body, MAX_REQUEST_BODY)
-                .collect()
-                .await?
-                .to_bytes();
+            let read = Limited::new(body, MAX_REQUEST_BODY).collect();
+            let body = match deadline {
+                Some(limit) => tokio::time::timeout(limit, read)
+                    .await
+                    .map_err(|_| MeshError::Timeout { after: limit })??,
+                None => read.await?,
+            }
+            .to_bytes();
+            let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
             client
-                .send(Request::from_parts(parts, Full::new(body)))
+                .send_within(Request::from_parts(parts, Full::new(body)), left)
                 .await
         })
+    }
+}
+
+/// A `grpc-timeout` value (`100m`, `5S`: at most 8 digits and a unit of
+/// `H`, `M`, `S`, `m`, `u` or `n`, as gRPC's wire format has it); `None`
+/// for a malformed one, which then sets no deadline.
+fn grpc_timeout(value: &http::HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_wire_writes_them_and_malformed_ones_set_none() {
+        let read = |v: &str| grpc_timeout(&http::HeaderValue::from_str(v).expect("value"));
+        assert_eq!(read("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(read("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(read("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(read("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(read("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(read("10n"), Some(Duration::from_nanos(10)));
+        for bad in ["", "m", "100", "100x", "-1m", "123456789m", "1.5S"] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
     }
 }

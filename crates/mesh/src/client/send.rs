@@ -40,6 +40,16 @@ impl MeshClient {
         self.send_with(req, None).await
     }
 
+    /// [`MeshClient::send`] with the whole call held to `deadline`, for
+    /// callers that carry their own (a gRPC call's `grpc-timeout`).
+    pub(crate) async fn send_within(
+        &self,
+        req: Request<Full<Bytes>>,
+        deadline: Option<Duration>,
+    ) -> Result<Response<MeshBody>, BoxError> {
+        self.send_with(req, deadline).await
+    }
+
     /// Sends `method` to `service` at `path` (the design document's
     /// `get`/`post`/... with headers, body, timeout and client id).
     pub async fn request(
