@@ -281,6 +281,34 @@ fn tagged_entry(addr: SocketAddr, tags: &[&str]) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consul_instance_listed_by_hostname_is_called() {
+    let double = consul::ConsulDouble::start().await;
+    let backend = Backend::start(Behavior::Ok).await.expect("backend");
+    // Consul allows a hostname as the address; the client resolves it.
+    double.set(
+        "users",
+        vec![consul::entry(
+            "n1",
+            "localhost",
+            backend.addr().port(),
+            "passing",
+        )],
+    );
+    let client = start_client(&format!(
+        "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"consul\"\nurl = \"{}\"\n",
+        double.url()
+    ))
+    .await;
+    // `localhost` may also resolve to ::1, where nothing listens: a
+    // connect error there is retried on 127.0.0.1.
+    for _ in 0..3 {
+        assert_eq!(get(&client, "users").await.expect("called"), StatusCode::OK);
+    }
+    assert_eq!(backend.stats().requests, 3);
+    client.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_tags_datacenter_and_register_change_what_is_asked_and_called() {
     let double = consul::ConsulDouble::start().await;
     let production = Backend::start(Behavior::Ok).await.expect("backend");
