@@ -5,6 +5,7 @@
 pub mod checks;
 mod config;
 mod future;
+pub mod grpc;
 mod health_check;
 mod layer;
 mod manager;

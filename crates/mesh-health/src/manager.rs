@@ -52,6 +52,9 @@ struct Inner {
     started: watch::Sender<bool>,
     stopping: AtomicBool,
     last: Mutex<[ProbeStatus; 3]>,
+    /// Each probe's verdict, sent on change (in `Probe::ALL` order), for
+    /// whoever serves it as a stream (the gRPC health service).
+    changes: [watch::Sender<ProbeStatus>; 3],
     tasks: Mutex<JoinSet<()>>,
 }
 
@@ -115,6 +118,7 @@ impl HealthCheckManagerBuilder {
                 started: watch::Sender::new(!has_startup),
                 stopping: AtomicBool::new(false),
                 last: Mutex::new([ProbeStatus::Unhealthy; 3]),
+                changes: Probe::ALL.map(|_| watch::Sender::new(ProbeStatus::Unhealthy)),
                 tasks: Mutex::new(JoinSet::new()),
             }),
         };
@@ -122,6 +126,9 @@ impl HealthCheckManagerBuilder {
         // change events.
         if let Ok(mut last) = manager.inner.last.lock() {
             *last = Probe::ALL.map(|p| manager.status(p));
+            for (sender, status) in manager.inner.changes.iter().zip(*last) {
+                sender.send_replace(status);
+            }
         }
         Ok(manager)
     }
@@ -180,6 +187,27 @@ impl HealthCheckManager {
     /// A probe's verdict now.
     pub fn status(&self, probe: Probe) -> ProbeStatus {
         self.inner.verdict(probe).0
+    }
+
+    /// A probe's verdict now and every change to it: the receiver holds
+    /// the current verdict and is woken each time it changes (never for a
+    /// run that leaves it as it was). Receivers outliving the manager see
+    /// the channel closed.
+    ///
+    /// ```
+    /// use mesh_core::{Probe, ProbeStatus};
+    /// use mesh_health::HealthCheckManager;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), mesh_core::ConfigError> {
+    /// let manager = HealthCheckManager::builder().build()?;
+    /// let mut readiness = manager.subscribe(Probe::Readiness);
+    /// assert_eq!(*readiness.borrow_and_update(), ProbeStatus::Healthy);
+    /// manager.shutdown();
+    /// readiness.changed().await.expect("the manager is alive");
+    /// assert_eq!(*readiness.borrow(), ProbeStatus::Unhealthy);
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe(&self, probe: Probe) -> watch::Receiver<ProbeStatus> {
+        self.inner.changes[probe_index(probe)].subscribe()
     }
 
     /// A probe's verdict with each check behind it.
@@ -359,10 +387,20 @@ impl Inner {
         let before = std::mem::replace(&mut *last, now);
         for ((probe, from), to) in Probe::ALL.into_iter().zip(before).zip(now) {
             if from != to {
+                self.changes[probe_index(probe)].send_replace(to);
                 tracing::info!(%probe, %from, %to, "probe status changed");
                 self.publish(MeshEvent::ProbeStatusChanged { probe, from, to });
             }
         }
+    }
+}
+
+/// Where `probe` sits in `Probe::ALL` (and so in `Inner::changes`).
+fn probe_index(probe: Probe) -> usize {
+    match probe {
+        Probe::Liveness => 0,
+        Probe::Readiness => 1,
+        Probe::Startup => 2,
     }
 }
 

@@ -59,15 +59,7 @@ impl ProbeClient {
         B: http_body::Body + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let erased = service
-            .map_response(|response: Response<B>| {
-                response.map(|body| {
-                    body.map_frame(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))
-                        .map_err(Into::into)
-                        .boxed_unsync()
-                })
-            })
-            .map_err(Into::into);
+        let erased = service.map_response(erase_body).map_err(Into::into);
         ProbeClient {
             inner: BoxCloneSyncService::new(erased),
         }
@@ -86,6 +78,20 @@ impl ProbeClient {
     ) -> Result<Response<ProbeBody>, BoxError> {
         self.inner.clone().oneshot(req).await
     }
+}
+
+/// `response` with its body as a [`ProbeBody`], whatever the client's body
+/// type: the probe clients are type-erased so a mesh can hand in any stack.
+pub(crate) fn erase_body<B>(response: Response<B>) -> Response<ProbeBody>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    response.map(|body| {
+        body.map_frame(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+            .map_err(Into::into)
+            .boxed_unsync()
+    })
 }
 
 impl fmt::Debug for ProbeClient {

@@ -18,6 +18,27 @@ pub enum UpstreamProbe {
         /// The path, say `/health/ready`.
         path: String,
     },
+    /// The standard gRPC health check (`grpc.health.v1.Health`) over
+    /// HTTP/2: `SERVING` passes; `NOT_SERVING`, `SERVICE_UNKNOWN`,
+    /// `UNKNOWN`, an error status (`UNIMPLEMENTED` from a server without
+    /// the health service) or no answer fails. See
+    /// [`UpstreamHealthChecker`](crate::UpstreamHealthChecker) for `watch`.
+    Grpc {
+        /// The service asked about, fully qualified
+        /// (`users.v1.Users`); empty (the default) asks about the whole
+        /// server.
+        #[serde(default)]
+        service: String,
+        /// Follow the server's status as it streams it (`Watch`): an
+        /// endpoint is ejected the moment it says `NOT_SERVING` and let
+        /// back the moment it says `SERVING`, with no interval and no
+        /// threshold. Where the stream cannot be had (a server answering
+        /// `UNIMPLEMENTED`, a broken connection), the endpoint is judged
+        /// by periodic `Check`s meanwhile. Off by default: `Check` at the
+        /// interval, judged by the thresholds.
+        #[serde(default)]
+        watch: bool,
+    },
 }
 
 /// Active health checking of one service's endpoints, with Envoy's
@@ -33,7 +54,7 @@ pub enum UpstreamProbe {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamCheckConfig {
-    /// TCP connect (the default) or an HTTP GET.
+    /// TCP connect (the default), an HTTP GET or a gRPC health check.
     #[serde(default = "default_probe")]
     pub probe: UpstreamProbe,
     /// Time between rounds of probes (the design document's
@@ -100,8 +121,9 @@ impl UpstreamCheckConfig {
     /// # Errors
     ///
     /// A [`ConfigError`] for an interval outside [10ms, 24h], a jitter above
-    /// it, a timeout outside (0, 60s], a zero threshold, or an HTTP probe
-    /// path that is not a path.
+    /// it, a timeout outside (0, 60s], a zero threshold, an HTTP probe
+    /// path that is not a path, or a gRPC service name that is not one
+    /// (`health.upstream.probe.grpc.service`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interval < Duration::from_millis(10) || self.interval > Duration::from_secs(86_400)
         {
@@ -134,6 +156,9 @@ impl UpstreamCheckConfig {
                 "must be at least 1",
             ));
         }
+        if let UpstreamProbe::Grpc { service, .. } = &self.probe {
+            validate_grpc_service(service)?;
+        }
         if let UpstreamProbe::Http { path } = &self.probe {
             if !path.starts_with('/') {
                 return Err(ConfigError::new(
@@ -151,4 +176,23 @@ impl UpstreamCheckConfig {
         }
         Ok(())
     }
+}
+
+/// A gRPC service name is empty (the whole server) or dot-separated
+/// identifiers (`users.v1.Users`): anything else can name no service, so
+/// every probe would fail for a reason a typo would hide.
+fn validate_grpc_service(service: &str) -> Result<(), ConfigError> {
+    let identifier = |part: &str| {
+        part.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if service.is_empty() || service.split('.').all(identifier) {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "health.upstream.probe.grpc.service",
+        format!("{service:?} is not a fully qualified gRPC service name (say \"users.v1.Users\", or empty for the whole server)"),
+    ))
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,13 +15,19 @@ use mesh_core::{
     ConfigError, Endpoint, EndpointId, EndpointSet, EndpointState, EventBus, Health, ServiceName,
 };
 
+use crate::grpc::GrpcProbeClient;
 use crate::probe::ProbeClient;
 
+mod builder;
 mod config;
+mod grpc;
 mod verdict;
+mod watch;
 
+pub use builder::UpstreamHealthCheckerBuilder;
 pub use config::{UpstreamCheckConfig, UpstreamProbe};
 use verdict::{judge, Tracked};
+use watch::Follower;
 
 /// Probes every endpoint of one service in the background and writes the
 /// verdicts into their shared state, so the balancer skips unhealthy
@@ -37,16 +43,31 @@ use verdict::{judge, Tracked};
 /// written with a compare-and-set, so an endpoint someone set draining
 /// stays draining. Dropping the checker stops it and hands its verdicts
 /// back (`Unknown`): endpoints it condemned are not left out for good.
+///
+/// A gRPC probe ([`UpstreamProbe::Grpc`]) sends a `grpc.health.v1`
+/// `Check` each round. With `watch`, each endpoint's `Watch` stream is
+/// followed instead, on a task of its own: a streamed `NOT_SERVING`
+/// ejects the endpoint and `SERVING` readmits it the moment they arrive,
+/// thresholds aside. An endpoint whose server answers `UNIMPLEMENTED`
+/// (no `Watch`) is `Check`ed each round from then on; one whose stream
+/// breaks is `Check`ed each round until a new stream answers (asked for
+/// again after a backoff from the interval up to 30 s).
 #[derive(Debug)]
 pub struct UpstreamHealthChecker {
     task: tokio::task::JoinHandle<()>,
     tracked: Arc<AtomicUsize>,
     judged: Arc<Mutex<Vec<Arc<EndpointState>>>>,
+    /// Closed on drop, so `Watch` followers write no verdict after it.
+    open: Arc<Mutex<bool>>,
 }
 
 impl Drop for UpstreamHealthChecker {
     fn drop(&mut self) {
         self.task.abort();
+        // Held while the verdicts are handed back: a follower writing one
+        // now waits, then sees the gate closed.
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        *open = false;
         if let Ok(judged) = self.judged.lock() {
             for state in judged.iter() {
                 if !state.compare_and_set_health(Health::Unhealthy, Health::Unknown) {
@@ -121,101 +142,13 @@ impl UpstreamHealthChecker {
             source,
             events: None,
             client: None,
+            grpc_client: None,
         }
     }
 
     /// How many endpoints are being probed now.
     pub fn tracked(&self) -> usize {
         self.tracked.load(Ordering::Relaxed)
-    }
-}
-
-/// Sets up an [`UpstreamHealthChecker`]; made by
-/// [`UpstreamHealthChecker::builder`].
-pub struct UpstreamHealthCheckerBuilder<F> {
-    service: ServiceName,
-    config: UpstreamCheckConfig,
-    source: F,
-    events: Option<EventBus>,
-    client: Option<(ProbeClient, Scheme)>,
-}
-
-// === impl UpstreamHealthCheckerBuilder ===
-
-impl<F> UpstreamHealthCheckerBuilder<F>
-where
-    F: Fn() -> Option<EndpointSet> + Send + Sync + 'static,
-{
-    /// Sends HTTP probes through `client`, to
-    /// `<scheme>://<ip>:<port><path>` (`http` or `https`). Without it,
-    /// probes use a plain HTTP client of their own and the `http` scheme.
-    ///
-    /// Each probe request carries the extensions
-    /// [`TargetService`] (this service) and [`SelectedEndpoint`] (the
-    /// endpoint probed), so the client can pick the peer identity it
-    /// expects. TCP probes only connect: they send no byte and use no
-    /// client.
-    pub fn client(mut self, client: ProbeClient, scheme: Scheme) -> Self {
-        self.client = Some((client, scheme));
-        self
-    }
-
-    /// Publishes `EndpointHealthChanged` on `bus`.
-    pub fn events(mut self, bus: EventBus) -> Self {
-        self.events = Some(bus);
-        self
-    }
-
-    /// Validates the configuration and the scheme, and starts probing
-    /// (needs a tokio runtime). Stops when the checker is dropped.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] from [`UpstreamCheckConfig::validate`], or
-    /// `health.upstream.scheme` for a scheme other than `http` or `https`.
-    pub fn spawn(self) -> Result<UpstreamHealthChecker, ConfigError> {
-        self.config.validate()?;
-        let (client, scheme) = match self.client {
-            Some((client, scheme)) => {
-                if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-                    return Err(ConfigError::new(
-                        "health.upstream.scheme",
-                        format!("{scheme:?} is neither http nor https"),
-                    ));
-                }
-                (client, scheme)
-            }
-            None => (ProbeClient::plaintext(), Scheme::HTTP),
-        };
-        let tracked = Arc::new(AtomicUsize::new(0));
-        let judged = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(run(
-            Prober {
-                service: self.service,
-                config: self.config,
-                client,
-                scheme,
-                events: self.events,
-            },
-            self.source,
-            Arc::clone(&tracked),
-            Arc::clone(&judged),
-        ));
-        Ok(UpstreamHealthChecker {
-            task,
-            tracked,
-            judged,
-        })
-    }
-}
-
-impl<F> std::fmt::Debug for UpstreamHealthCheckerBuilder<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamHealthCheckerBuilder")
-            .field("service", &self.service)
-            .field("config", &self.config)
-            .field("scheme", &self.client.as_ref().map(|(_, scheme)| scheme))
-            .finish_non_exhaustive()
     }
 }
 
@@ -226,7 +159,11 @@ struct Prober {
     config: UpstreamCheckConfig,
     client: ProbeClient,
     scheme: Scheme,
+    grpc_client: GrpcProbeClient,
+    grpc_scheme: Scheme,
     events: Option<EventBus>,
+    /// Whether verdicts may still be written (see `verdict::declare`).
+    open: Arc<Mutex<bool>>,
 }
 
 async fn run<F>(
@@ -256,11 +193,23 @@ async fn run<F>(
                 if config.unhealthy_until_checked && endpoint.state().health() == Health::Unknown {
                     endpoint.state().set_health(Health::Unhealthy);
                 }
+                let follower = match &config.probe {
+                    UpstreamProbe::Grpc {
+                        service,
+                        watch: true,
+                    } => Some(Follower::spawn(
+                        Arc::clone(&prober),
+                        endpoint.clone(),
+                        service.clone(),
+                    )),
+                    _ => None,
+                };
                 Tracked {
                     endpoint: endpoint.clone(),
                     successes: 0,
                     failures: 0,
                     checked: false,
+                    follower,
                 }
             });
         }
@@ -274,7 +223,13 @@ async fn run<F>(
 
         // Probe them all at once.
         let mut probes = tokio::task::JoinSet::new();
-        for (id, t) in &tracked {
+        for (id, t) in &mut tracked {
+            if !t.polled() {
+                // Its stream judges it; should the stream break, the
+                // thresholds count from zero.
+                (t.successes, t.failures) = (0, 0);
+                continue;
+            }
             let (id, endpoint) = (id.clone(), t.endpoint.clone());
             let (prober, permits) = (Arc::clone(&prober), Arc::clone(&permits));
             probes.spawn(async move {
@@ -288,7 +243,8 @@ async fn run<F>(
         }
         while let Some(joined) = probes.join_next().await {
             let Ok((id, outcome)) = joined else { continue };
-            if let Some(t) = tracked.get_mut(&id) {
+            // A stream that opened meanwhile is newer than this answer.
+            if let Some(t) = tracked.get_mut(&id).filter(|t| t.polled()) {
                 judge(&prober.service, t, outcome, config, prober.events.as_ref());
             }
         }
@@ -317,8 +273,8 @@ async fn run<F>(
 // === impl Prober ===
 
 impl Prober {
-    /// One probe of `endpoint`: a TCP connect, or a GET through the client
-    /// whose status must be 2xx or 3xx.
+    /// One probe of `endpoint`: a TCP connect, a GET through the client
+    /// whose status must be 2xx or 3xx, or a gRPC health `Check`.
     async fn probe_once(&self, endpoint: Endpoint) -> Result<(), String> {
         let addr = endpoint.address();
         let path = match &self.config.probe {
@@ -327,6 +283,9 @@ impl Prober {
                     .await
                     .map(drop)
                     .map_err(|e| format!("connect {addr}: {e}"));
+            }
+            UpstreamProbe::Grpc { service, .. } => {
+                return self.grpc_check(endpoint, service).await;
             }
             UpstreamProbe::Http { path } => path,
         };

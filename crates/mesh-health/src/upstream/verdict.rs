@@ -1,10 +1,11 @@
 //! The verdict on one endpoint from its probes: Envoy's healthy and
-//! unhealthy thresholds, written into the endpoint's shared state with a
-//! compare-and-set.
+//! unhealthy thresholds, or a streamed gRPC status taken at its word,
+//! written into the endpoint's shared state with a compare-and-set.
 
 use mesh_core::{Endpoint, EventBus, Health, MeshEvent, ServiceName};
 
-use super::UpstreamCheckConfig;
+use super::watch::Follower;
+use super::{Prober, UpstreamCheckConfig};
 
 /// One endpoint being probed, with its run of results.
 pub(super) struct Tracked {
@@ -12,6 +13,46 @@ pub(super) struct Tracked {
     pub(super) successes: u32,
     pub(super) failures: u32,
     pub(super) checked: bool,
+    /// Its gRPC `Watch` stream being followed, when the probe says so.
+    pub(super) follower: Option<Follower>,
+}
+
+// === impl Tracked ===
+
+impl Tracked {
+    /// Whether the checker's rounds probe it now: not while its `Watch`
+    /// stream judges it (nor while that stream is being opened).
+    pub(super) fn polled(&self) -> bool {
+        self.follower.as_ref().is_none_or(Follower::polling)
+    }
+}
+
+/// Takes a streamed status at its word: `outcome` is the verdict, with no
+/// threshold. Nothing is written once the checker has been dropped (its
+/// `open` gate closed), so a stream cannot condemn an endpoint the checker
+/// has handed back.
+pub(super) fn declare(prober: &Prober, endpoint: &Endpoint, outcome: Result<(), String>) {
+    let Ok(open) = prober.open.lock() else { return };
+    if !*open {
+        return;
+    }
+    let before = endpoint.state().health();
+    let after = match outcome {
+        Ok(()) => Health::Healthy,
+        Err(error) => {
+            tracing::debug!(service = %prober.service, %endpoint, %error, "upstream says it is not serving");
+            Health::Unhealthy
+        }
+    };
+    if before != after && before != Health::Draining {
+        change(
+            &prober.service,
+            endpoint,
+            before,
+            after,
+            prober.events.as_ref(),
+        );
+    }
 }
 
 /// Records one probe's `outcome` for `t` and changes its health when a
@@ -50,15 +91,27 @@ pub(super) fn judge(
             }
         }
     };
-    if !state.compare_and_set_health(before, after) {
+    change(service, &t.endpoint, before, after, events);
+}
+
+/// Moves `endpoint` from `before` to `after` unless it changed meanwhile,
+/// telling `events`.
+fn change(
+    service: &ServiceName,
+    endpoint: &Endpoint,
+    before: Health,
+    after: Health,
+    events: Option<&EventBus>,
+) {
+    if !endpoint.state().compare_and_set_health(before, after) {
         // Changed meanwhile (set draining by someone else): leave it.
         return;
     }
-    tracing::info!(%service, endpoint = %t.endpoint, from = ?before, to = ?after, "upstream health changed");
+    tracing::info!(%service, %endpoint, from = ?before, to = ?after, "upstream health changed");
     if let Some(bus) = events {
         bus.publish(MeshEvent::EndpointHealthChanged {
             service: service.clone(),
-            endpoint: t.endpoint.id().clone(),
+            endpoint: endpoint.id().clone(),
             from: before,
             to: after,
         });
