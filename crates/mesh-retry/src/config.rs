@@ -9,6 +9,7 @@ use mesh_core::{ConfigError, FailureKind, StatusSet};
 
 use crate::backoff::{Backoff, Growth};
 use crate::budget::{RetryBudget, RetryBudgetConfig};
+use crate::hedge::Hedging;
 
 /// What a custom retry condition sees of one attempt.
 #[derive(Debug)]
@@ -65,6 +66,7 @@ pub struct RetryConfig {
     budget: Option<RetryBudgetConfig>,
     deadline: Option<Duration>,
     per_attempt_timeout: Option<Duration>,
+    hedging: Option<Hedging>,
     predicate: Option<Arc<RetryPredicate>>,
 }
 
@@ -175,6 +177,12 @@ impl RetryConfig {
         self.per_attempt_timeout
     }
 
+    /// The hedging calls get instead of retries, if any; see
+    /// [`RetryConfigBuilder::hedging`].
+    pub fn hedging(&self) -> Option<&Hedging> {
+        self.hedging.as_ref()
+    }
+
     pub(crate) fn predicate(&self) -> Option<&RetryPredicate> {
         self.predicate.as_deref()
     }
@@ -212,6 +220,7 @@ impl Default for RetryConfig {
             budget: Some(RetryBudgetConfig::default()),
             deadline: None,
             per_attempt_timeout: None,
+            hedging: None,
             predicate: None,
         }
     }
@@ -231,6 +240,7 @@ impl std::fmt::Debug for RetryConfig {
             .field("budget", &self.budget)
             .field("deadline", &self.deadline)
             .field("per_attempt_timeout", &self.per_attempt_timeout)
+            .field("hedging", &self.hedging)
             .field("predicate", &self.predicate.is_some())
             .finish()
     }
@@ -363,6 +373,31 @@ impl RetryConfigBuilder {
     /// retryable).
     pub fn per_attempt_timeout(mut self, d: Duration) -> Self {
         self.config.per_attempt_timeout = Some(d);
+        self
+    }
+
+    /// Hedges calls instead of retrying them: a copy goes to another
+    /// endpoint every [`Hedging::delay`] without an answer, the first
+    /// fatal answer wins, and each copy after the first is paid from the
+    /// retry budget (see [`Hedging`]). Only requests that may be sent more
+    /// than once are hedged (an idempotent method, an `Idempotency-Key`,
+    /// [`RetryConfigBuilder::retry_non_idempotent`], or a gRPC call) with
+    /// a replayable body; the others are retried as usual. The custom
+    /// condition ([`RetryConfigBuilder::retry_if`]) does not apply to
+    /// hedges.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mesh_retry::{Hedging, RetryConfig};
+    ///
+    /// let config = RetryConfig::builder()
+    ///     .hedging(Hedging::new(3, Duration::from_millis(50))?)
+    ///     .build()?;
+    /// assert_eq!(config.hedging().map(Hedging::max_attempts), Some(3));
+    /// # Ok::<(), mesh_core::ConfigError>(())
+    /// ```
+    pub fn hedging(mut self, hedging: Hedging) -> Self {
+        self.config.hedging = Some(hedging);
         self
     }
 

@@ -4,8 +4,9 @@ use mesh_core::{EventBus, FailureClassifier};
 use tower_layer::Layer;
 
 use crate::config::RetryConfig;
-use crate::policy::{Counters, PolicyState, RetryPolicy, RetryStats};
+use crate::policy::{PolicyState, RetryPolicy};
 use crate::service::Retry;
+use crate::stats::{Counters, RetryStats};
 
 /// Wraps a service in retries; see [`Retry`].
 ///

@@ -4,18 +4,27 @@
 
 mod backoff;
 mod budget;
+mod call_policy;
 mod config;
+mod future;
+mod grpc;
+mod hedge;
 mod layer;
 mod policy;
 mod replay;
 mod service;
 mod settings;
+mod stats;
 
 pub use backoff::{Backoff, Delays, Growth, Jitter};
 pub use budget::{RetryBudget, RetryBudgetConfig};
+pub use call_policy::{CallPolicy, CallPolicyBuilder};
 pub use config::{RetryConfig, RetryConfigBuilder, RetryContext, RetryPredicate};
+pub use future::ResponseFuture;
+pub use hedge::{HedgeFuture, Hedging, HedgingSettings};
 pub use layer::RetryLayer;
-pub use policy::{RetryPolicy, RetryStats};
+pub use policy::RetryPolicy;
 pub use replay::{ReplayBody, ReplayError, ReplayableBody};
 pub use service::{AttemptFuture, AttemptTimeout, Retry};
 pub use settings::{BackoffKind, RetrySettings};
+pub use stats::RetryStats;

@@ -1,6 +1,6 @@
 //! [`RetryPolicy`]: the decisions, as a [`tower::retry::Policy`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,39 +14,13 @@ use mesh_core::{
 };
 use tokio::time::Sleep;
 
+use crate::backoff::Backoff;
 use crate::budget::RetryBudget;
+use crate::call_policy::CallPolicy;
 use crate::config::{RetryConfig, RetryContext};
+use crate::grpc::{self, Pushback};
 use crate::replay::ReplayableBody;
-
-/// Counters of one retry layer, shared by all its clones.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) requests: AtomicU64,
-    retries: AtomicU64,
-    successes_after_retry: AtomicU64,
-    exhausted: AtomicU64,
-    budget_exhausted: AtomicU64,
-    total_delay_nanos: AtomicU64,
-}
-
-/// A snapshot of a retry layer's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RetryStats {
-    /// Requests received.
-    pub requests: u64,
-    /// Attempts sent (requests plus retries).
-    pub attempts: u64,
-    /// Attempts made beyond the first.
-    pub retries: u64,
-    /// Requests that succeeded after at least one retry.
-    pub successes_after_retry: u64,
-    /// Requests that still failed when they ran out of retries.
-    pub exhausted: u64,
-    /// Retries not made because the budget was spent.
-    pub budget_exhausted: u64,
-    /// Time spent waiting between attempts, in all.
-    pub total_delay: Duration,
-}
+use crate::stats::{Counters, RetryStats};
 
 pub(crate) struct PolicyState {
     pub(crate) config: RetryConfig,
@@ -58,18 +32,7 @@ pub(crate) struct PolicyState {
 
 impl PolicyState {
     pub(crate) fn stats(&self) -> RetryStats {
-        let c = &self.counters;
-        let requests = c.requests.load(Ordering::Relaxed);
-        let retries = c.retries.load(Ordering::Relaxed);
-        RetryStats {
-            requests,
-            attempts: requests + retries,
-            retries,
-            successes_after_retry: c.successes_after_retry.load(Ordering::Relaxed),
-            exhausted: c.exhausted.load(Ordering::Relaxed),
-            budget_exhausted: c.budget_exhausted.load(Ordering::Relaxed),
-            total_delay: Duration::from_nanos(c.total_delay_nanos.load(Ordering::Relaxed)),
-        }
+        self.counters.snapshot()
     }
 }
 
@@ -98,6 +61,9 @@ pub struct RetryPolicy {
     shared: Arc<PolicyState>,
     retries: u32,
     previous_delay: Option<Duration>,
+    /// Retries made up to the server's last pushback: the backoff starts
+    /// again from its first delay after one (gRFC A6).
+    since_pushback: u32,
 }
 
 impl RetryPolicy {
@@ -106,6 +72,7 @@ impl RetryPolicy {
             shared,
             retries: 0,
             previous_delay: None,
+            since_pushback: 0,
         }
     }
 
@@ -114,9 +81,77 @@ impl RetryPolicy {
     /// `Idempotency-Key`, or anything when configured so. Other requests
     /// are retried only after failures that prove they were never sent.
     pub fn may_retry<B>(&self, req: &Request<B>) -> bool {
-        self.shared.config.retry_non_idempotent()
-            || is_idempotent(req.method())
-            || req.headers().contains_key("idempotency-key")
+        may_repeat(&self.shared.config, req)
+    }
+
+    /// The retries `req` may have: its [`CallPolicy`]'s, else the layer's.
+    fn max_retries<B>(&self, req: &Request<B>) -> u32 {
+        req.extensions()
+            .get::<CallPolicy>()
+            .map_or(self.shared.config.max_retries(), CallPolicy::max_retries)
+    }
+
+    /// The backoff of `req`: its [`CallPolicy`]'s, else the layer's.
+    fn backoff<'a, B>(&'a self, req: &'a Request<B>) -> &'a Backoff {
+        req.extensions()
+            .get::<CallPolicy>()
+            .map_or(self.shared.config.backoff(), CallPolicy::backoff)
+    }
+
+    /// Whether `req` is retried after `code`: its [`CallPolicy`] says,
+    /// else the layer.
+    fn retries_grpc<B>(&self, req: &Request<B>, code: mesh_core::grpc::GrpcCode) -> bool {
+        match req.extensions().get::<CallPolicy>() {
+            Some(policy) => policy.retries_grpc(code),
+            None => self.shared.config.retries_grpc(code),
+        }
+    }
+
+    /// How long to wait before retrying after `result`, and whether the
+    /// server's pushback set it; `None` when the server's answer says not
+    /// to retry. A gRPC pushback (`grpc-retry-pushback-ms`) is followed
+    /// exactly, bounded only by the deadline, as gRFC A6 asks; a
+    /// `Retry-After` is followed up to `max_retry_after`; else the backoff.
+    fn wait<B, RB>(
+        &self,
+        req: &Request<B>,
+        result: &Result<Response<RB>, BoxError>,
+    ) -> Option<(Duration, bool)> {
+        let config = &self.shared.config;
+        let Ok(response) = result else {
+            return Some((self.backoff_delay(req), false));
+        };
+        if mesh_core::grpc::status_of(response).is_some() {
+            match grpc::pushback(response) {
+                Some(Pushback::After(d)) => return Some((d, true)),
+                Some(Pushback::Stop) => {
+                    tracing::debug!("not retried: the server pushed back for good");
+                    return None;
+                }
+                None => {}
+            }
+        }
+        let hint = config
+            .honor_retry_after()
+            .then(|| retry_after(response, SystemTime::now()))
+            .flatten();
+        match hint {
+            // A server asking for more than we would wait: give up now and
+            // hand back its answer, rather than retry early against its
+            // wish or hold the caller for longer than configured.
+            Some(hint) if hint > config.max_retry_after() => {
+                tracing::debug!(?hint, max = ?config.max_retry_after(), "not retried: Retry-After beyond max_retry_after");
+                None
+            }
+            Some(hint) => Some((hint, false)),
+            None => Some((self.backoff_delay(req), false)),
+        }
+    }
+
+    /// The backoff before the next retry, counted from the last pushback.
+    fn backoff_delay<B>(&self, req: &Request<B>) -> Duration {
+        let n = self.retries - self.since_pushback;
+        self.backoff(req).delay(n, self.previous_delay)
     }
 
     /// Why this result should be retried, or `None` if it should not be.
@@ -156,11 +191,19 @@ impl RetryPolicy {
             }
         }
         match (result, grpc) {
-            (_, Some(code)) => config.retries_grpc(code).then_some(kind),
+            (_, Some(code)) => self.retries_grpc(req, code).then_some(kind),
             (Ok(response), None) => config.retries_status(response.status()).then_some(kind),
             (Err(_), None) => config.retries_error(kind).then_some(kind),
         }
     }
+}
+
+/// Whether `req` may be sent more than once whatever the failure; see
+/// [`RetryPolicy::may_retry`].
+pub(crate) fn may_repeat<B>(config: &RetryConfig, req: &Request<B>) -> bool {
+    config.retry_non_idempotent()
+        || is_idempotent(req.method())
+        || req.headers().contains_key("idempotency-key")
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -207,7 +250,7 @@ fn refused_by_a_service_wide_circuit<RB>(result: &Result<Response<RB>, BoxError>
 }
 
 /// The endpoint that served (or failed) an attempt, if the balancer said.
-fn failed_endpoint<RB>(result: &Result<Response<RB>, BoxError>) -> Option<EndpointId> {
+pub(crate) fn failed_endpoint<RB>(result: &Result<Response<RB>, BoxError>) -> Option<EndpointId> {
     match result {
         Ok(response) => response
             .extensions()
@@ -217,7 +260,7 @@ fn failed_endpoint<RB>(result: &Result<Response<RB>, BoxError>) -> Option<Endpoi
     }
 }
 
-fn service_of<B>(req: &Request<B>) -> Option<ServiceName> {
+pub(crate) fn service_of<B>(req: &Request<B>) -> Option<ServiceName> {
     req.uri().host().and_then(|h| ServiceName::new(h).ok())
 }
 
@@ -261,7 +304,7 @@ where
             return None;
         }
         let attempts = self.retries + 1;
-        if self.retries >= shared.config.max_retries() {
+        if self.retries >= self.max_retries(req) {
             counters.exhausted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%reason, attempts, "retries exhausted");
             shared.events.publish(MeshEvent::RetriesExhausted {
@@ -271,24 +314,7 @@ where
             });
             return None;
         }
-        let backoff = shared.config.backoff();
-        let hint = match result {
-            Ok(response) if shared.config.honor_retry_after() => {
-                retry_after(response, SystemTime::now())
-            }
-            _ => None,
-        };
-        let delay = match hint {
-            // A server asking for more than we would wait: give up now and
-            // hand back its answer, rather than retry early against its
-            // wish or hold the caller for longer than configured.
-            Some(hint) if hint > shared.config.max_retry_after() => {
-                tracing::debug!(?hint, max = ?shared.config.max_retry_after(), "not retried: Retry-After beyond max_retry_after");
-                return None;
-            }
-            Some(hint) => hint,
-            None => backoff.delay(self.retries, self.previous_delay),
-        };
+        let (delay, pushed_back) = self.wait(req, result)?;
         let now = clock::now();
         if let Some(deadline) = req.extensions().get::<Deadline>() {
             if delay >= deadline.remaining(now) {
@@ -312,8 +338,12 @@ where
                 return None;
             }
         }
+        if pushed_back {
+            // The backoff counts again from its first delay (gRFC A6).
+            self.since_pushback = self.retries + 1;
+        }
         self.retries += 1;
-        self.previous_delay = Some(delay);
+        self.previous_delay = (!pushed_back).then_some(delay);
         let attempt = Attempt::FIRST.0.saturating_add(self.retries);
         let failed = failed_endpoint(result);
         if let Some(id) = &failed {
@@ -322,6 +352,7 @@ where
                 .insert(id.clone());
         }
         req.extensions_mut().insert(Attempt(attempt));
+        grpc::note_previous_attempts(req, self.retries);
         counters.retries.fetch_add(1, Ordering::Relaxed);
         counters.total_delay_nanos.fetch_add(
             u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX),
@@ -343,17 +374,22 @@ where
         // last outcome and counts an exhausted request; kept for
         // non-idempotent requests too, which may be retried when a failure
         // proves they were never sent.
-        if self.shared.config.max_retries() == 0 {
+        if self.max_retries(req) == 0 {
             return None;
         }
-        let mut clone = Request::new(req.body().clone());
-        *clone.method_mut() = req.method().clone();
-        *clone.uri_mut() = req.uri().clone();
-        *clone.version_mut() = req.version();
-        *clone.headers_mut() = req.headers().clone();
-        *clone.extensions_mut() = req.extensions().clone();
-        Some(clone)
+        Some(clone_request(req))
     }
+}
+
+/// A copy of `req` for another attempt: its parts and a clone of its body.
+pub(crate) fn clone_request<B: Clone>(req: &Request<B>) -> Request<B> {
+    let mut clone = Request::new(req.body().clone());
+    *clone.method_mut() = req.method().clone();
+    *clone.uri_mut() = req.uri().clone();
+    *clone.version_mut() = req.version();
+    *clone.headers_mut() = req.headers().clone();
+    *clone.extensions_mut() = req.extensions().clone();
+    clone
 }
 
 #[cfg(test)]

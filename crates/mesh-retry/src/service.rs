@@ -13,7 +13,11 @@ use tokio::time::Sleep;
 use tower::Service;
 
 use crate::budget::RetryBudget;
-use crate::policy::{PolicyState, RetryPolicy};
+use crate::call_policy::CallPolicy;
+use crate::future::ResponseFuture;
+use crate::grpc;
+use crate::hedge::{HedgeFuture, Hedging};
+use crate::policy::{may_repeat, PolicyState, RetryPolicy};
 use crate::replay::ReplayableBody;
 
 /// Sends a request again when an attempt fails in a retryable way; see the
@@ -27,6 +31,12 @@ use crate::replay::ReplayableBody;
 /// Before the first attempt it counts the request for the retry budget (the
 /// [`RetryBudget`] the request carries as an extension, if any, else the
 /// layer's) and sets the request's [`Deadline`].
+///
+/// A call is hedged instead ([`HedgeFuture`]) when the request's
+/// [`CallPolicy`], or else the configuration, has [`Hedging`], and the
+/// request may be sent more than once: an idempotent method, an
+/// `Idempotency-Key`, `retry_non_idempotent`, or a gRPC call; and a
+/// replayable body. Other calls take the retry path.
 pub struct Retry<S> {
     inner: tower::retry::Retry<RetryPolicy, AttemptTimeout<S>>,
     shared: Arc<PolicyState>,
@@ -67,7 +77,7 @@ where
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = tower::retry::future::ResponseFuture<RetryPolicy, AttemptTimeout<S>, Request<B>>;
+    type Future = ResponseFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -93,7 +103,27 @@ where
                 .map_or(ours, |theirs| (*theirs).min(ours));
             ext.insert(earliest);
         }
-        self.inner.call(req)
+        if let Some(hedging) = self.hedging_for(&req) {
+            let ready = self.inner.get_mut();
+            let shared = Arc::clone(&self.shared);
+            return ResponseFuture::hedging(HedgeFuture::start(ready, req, hedging, shared));
+        }
+        ResponseFuture::retrying(self.inner.call(req))
+    }
+}
+
+impl<S> Retry<S> {
+    /// The hedging `req` gets, if any: its [`CallPolicy`]'s (which may
+    /// have none), else the configuration's; only for a request that may
+    /// be sent more than once.
+    fn hedging_for<B: ReplayableBody>(&self, req: &Request<B>) -> Option<Hedging> {
+        let config = &self.shared.config;
+        let hedging = match req.extensions().get::<CallPolicy>() {
+            Some(policy) => policy.hedging(),
+            None => config.hedging(),
+        }?;
+        let repeatable = may_repeat(config, req) || grpc::is_grpc(req);
+        (repeatable && req.body().is_replayable()).then_some(*hedging)
     }
 }
 
@@ -128,11 +158,16 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // A call's own policy sets its attempts' timeout, none included.
+        let per_attempt = req
+            .extensions()
+            .get::<CallPolicy>()
+            .map_or(self.per_attempt, CallPolicy::per_attempt_timeout);
         let left = req
             .extensions()
             .get::<Deadline>()
             .map(|d| d.remaining(clock::now()));
-        let limit = match (self.per_attempt, left) {
+        let limit = match (per_attempt, left) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -140,8 +175,14 @@ where
         // endpoint is named (the balancer notes it here) so the next
         // attempt avoids it; cut by the deadline, the caller's time ran
         // out, which says nothing about the endpoint.
-        let endpoint_to_blame = self.per_attempt.is_some() && limit == self.per_attempt;
-        let slot = endpoint_to_blame.then(EndpointSlot::default);
+        let endpoint_to_blame = per_attempt.is_some() && limit == per_attempt;
+        // A hedged copy brings its own slot, which the hedge reads too.
+        let slot = endpoint_to_blame.then(|| {
+            req.extensions()
+                .get::<EndpointSlot>()
+                .cloned()
+                .unwrap_or_default()
+        });
         let mut req = req;
         if let Some(slot) = &slot {
             req.extensions_mut().insert(slot.clone());

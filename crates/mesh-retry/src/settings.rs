@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::backoff::{Backoff, Jitter, DEFAULT_CAP};
 use crate::budget::RetryBudgetConfig;
 use crate::config::{check_backoff, RetryConfig, RetryConfigBuilder};
+use crate::hedge::HedgingSettings;
 
 /// Which schedule the `backoff` key names; its parameters are the keys
 /// `initial`, `multiplier` and `max_delay` beside it.
@@ -133,6 +134,11 @@ pub struct RetrySettings {
     /// [`RetrySettings::max_retry_after_for`] the attempt timeout.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub max_retry_after: Option<Duration>,
+    /// Hedges calls instead of retrying them (an inline table:
+    /// `hedging = { max_attempts = 3, delay = "50ms" }`); unset, calls are
+    /// retried. See [`HedgingSettings`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedging: Option<HedgingSettings>,
 }
 
 // === impl RetrySettings ===
@@ -205,6 +211,9 @@ impl RetrySettings {
         }
         if let Some(max) = self.max_retry_after {
             builder = builder.max_retry_after(max);
+        }
+        if let Some(hedging) = &self.hedging {
+            builder = builder.hedging(hedging.build().map_err(|e| e.within("retry."))?);
         }
         Ok(builder)
     }
@@ -281,6 +290,7 @@ impl Default for RetrySettings {
             budget_percent: RetryBudgetConfig::default().percent,
             deadline: None,
             max_retry_after: None,
+            hedging: None,
         }
     }
 }
@@ -345,6 +355,38 @@ mod tests {
             serde_json::from_str::<RetrySettings>(&json).expect("reads back"),
             settings
         );
+    }
+
+    #[test]
+    fn hedging_is_an_inline_table_of_the_section() {
+        let settings: RetrySettings = toml::from_str(
+            r#"
+            hedging = { max_attempts = 4, delay = "20ms", non_fatal_grpc_codes = [14], non_fatal_statuses = [503] }
+            "#,
+        )
+        .expect("valid");
+        let config = settings.build(Duration::from_secs(1)).expect("valid");
+        let hedging = config.hedging().expect("hedging");
+        assert_eq!(
+            (hedging.max_attempts(), hedging.delay()),
+            (4, Duration::from_millis(20))
+        );
+        assert!(hedging.is_non_fatal_status(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!hedging.is_non_fatal_status(StatusCode::BAD_GATEWAY));
+        assert!(RetrySettings::default()
+            .build(Duration::from_secs(1))
+            .expect("valid")
+            .hedging()
+            .is_none());
+
+        let bad: RetrySettings = toml::from_str("hedging = { max_attempts = 1 }").expect("parses");
+        assert_eq!(
+            bad.validate().expect_err("one copy").key(),
+            "retry.hedging.max_attempts"
+        );
+        let typo =
+            toml::from_str::<RetrySettings>("hedging = { dealy = \"5ms\" }").expect_err("typo");
+        assert!(typo.to_string().contains("dealy"), "{typo}");
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! [`ResponseFuture`]: the response future of [`Retry`](crate::Retry),
+//! retrying or hedging.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Request;
+use mesh_core::BoxError;
+use pin_project_lite::pin_project;
+use tower::retry::Policy;
+use tower::Service;
+
+use crate::hedge::HedgeFuture;
+use crate::policy::RetryPolicy;
+use crate::service::AttemptTimeout;
+
+/// tower's retry future, over attempts bounded by [`AttemptTimeout`].
+type Retrying<S, B> =
+    tower::retry::future::ResponseFuture<RetryPolicy, AttemptTimeout<S>, Request<B>>;
+
+pin_project! {
+    /// The response future of [`Retry`](crate::Retry): tower's retry
+    /// future for a call that is retried, a [`HedgeFuture`] for one that
+    /// is hedged.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+        S::Error: Into<BoxError>,
+        RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
+    {
+        #[pin]
+        kind: Kind<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, B>
+    where
+        S: Service<Request<B>>,
+        S::Error: Into<BoxError>,
+        RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
+    {
+        Retrying { #[pin] future: Retrying<S, B> },
+        Hedging { #[pin] future: HedgeFuture<S, B> },
+    }
+}
+
+// === impl ResponseFuture ===
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+    RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
+{
+    pub(crate) fn retrying(future: Retrying<S, B>) -> Self {
+        ResponseFuture {
+            kind: Kind::Retrying { future },
+        }
+    }
+
+    pub(crate) fn hedging(future: HedgeFuture<S, B>) -> Self {
+        ResponseFuture {
+            kind: Kind::Hedging { future },
+        }
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+    RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
+    HedgeFuture<S, B>: Future<Output = Result<S::Response, BoxError>>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Retrying { future } => future.poll(cx),
+            KindProj::Hedging { future } => future.poll(cx),
+        }
+    }
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+    RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Retrying { .. } => "retrying",
+            Kind::Hedging { .. } => "hedging",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish_non_exhaustive()
+    }
+}

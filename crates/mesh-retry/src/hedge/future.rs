@@ -1,0 +1,340 @@
+//! [`HedgeFuture`]: one hedged call, its copies racing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use mesh_core::ext::{Attempt, AvoidEndpoints, Deadline, EndpointSlot};
+use mesh_core::{clock, BoxError, FailureKind, MeshEvent};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use crate::budget::RetryBudget;
+use crate::grpc;
+use crate::hedge::config::Hedging;
+use crate::hedge::race::{judge, Answer, Next, Race};
+use crate::policy::{clone_request, failed_endpoint, service_of, PolicyState};
+use crate::replay::ReplayableBody;
+use crate::service::{AttemptFuture, AttemptTimeout};
+
+pin_project! {
+    /// The response future of a hedged call: the first copy is sent when
+    /// it is made, then one more every [`Hedging::delay`] without an
+    /// answer (at once after a non-fatal one), each paid from the retry
+    /// budget and sent to an endpoint no earlier copy went to. The first
+    /// fatal answer is returned and the other copies are dropped, which
+    /// cancels them; when every copy ends non-fatal, the last answer is
+    /// returned.
+    pub struct HedgeFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        call: Hedge<S, B>,
+    }
+}
+
+/// The state of one hedged call.
+struct Hedge<S, B>
+where
+    S: Service<Request<B>>,
+{
+    /// Where further copies go (a clone of the service the first went to).
+    service: AttemptTimeout<S>,
+    /// The request each copy is cloned from.
+    template: Request<B>,
+    hedging: Hedging,
+    shared: Arc<PolicyState>,
+    /// The request's budget, else the layer's.
+    budget: Option<RetryBudget>,
+    race: Race,
+    running: Vec<Running<AttemptFuture<S::Future>>>,
+    /// Where each copy sent so far went, as the balancer notes it.
+    tried: Vec<EndpointSlot>,
+    avoid: AvoidEndpoints,
+    /// When the next copy is due for want of an answer.
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
+    /// A copy is to be sent as soon as the service is ready.
+    due: bool,
+    /// The latest non-fatal answer: the call's answer if no copy does better.
+    last: Option<Result<S::Response, BoxError>>,
+    /// Why the latest copy failed, for the budget's event.
+    reason: Option<FailureKind>,
+}
+
+/// A copy on its way.
+struct Running<F> {
+    copy: u32,
+    future: Pin<Box<F>>,
+}
+
+// === impl HedgeFuture ===
+
+impl<S, B> HedgeFuture<S, B>
+where
+    S: Service<Request<B>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayableBody,
+{
+    /// Sends the first copy of `req` on `ready` (a service whose
+    /// `poll_ready` said yes) and arms the timer for the next.
+    pub(crate) fn start(
+        ready: &mut AttemptTimeout<S>,
+        req: Request<B>,
+        hedging: Hedging,
+        shared: Arc<PolicyState>,
+    ) -> Self {
+        let budget = req
+            .extensions()
+            .get::<RetryBudget>()
+            .cloned()
+            .or_else(|| shared.budget.clone());
+        let avoid = req
+            .extensions()
+            .get::<AvoidEndpoints>()
+            .cloned()
+            .unwrap_or_default();
+        let mut call = Hedge {
+            service: ready.clone(),
+            template: req,
+            race: Race::new(hedging.max_attempts()),
+            hedging,
+            shared,
+            budget,
+            running: Vec::new(),
+            tried: Vec::new(),
+            avoid,
+            timer: Box::pin(tokio::time::sleep(hedging.delay())),
+            armed: false,
+            due: false,
+            last: None,
+            reason: None,
+        };
+        call.send(ready);
+        HedgeFuture { call }
+    }
+}
+
+impl<S, B, RB> Future for HedgeFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayableBody,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let call = self.project().call;
+        loop {
+            if let Some(answer) = call.poll_running(cx) {
+                return Poll::Ready(answer);
+            }
+            if call.armed && call.timer.as_mut().poll(cx).is_ready() {
+                call.armed = false;
+                call.due = true;
+            }
+            if call.due && call.past_deadline() {
+                call.race.close();
+            }
+            if !(call.due && call.race.may_send()) {
+                if call.race.is_idle() && !call.race.may_send() {
+                    return Poll::Ready(call.finish());
+                }
+                return Poll::Pending;
+            }
+            match call.service.poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(error)) => {
+                    // The copies already out may still answer.
+                    call.race.close();
+                    call.last.get_or_insert(Err(error));
+                }
+                Poll::Ready(Ok(())) if call.withdraw() => {
+                    let mut service = call.service.clone();
+                    std::mem::swap(&mut service, &mut call.service);
+                    call.send(&mut service);
+                }
+                Poll::Ready(Ok(())) => call.race.close(),
+            }
+        }
+    }
+}
+
+impl<S, B> std::fmt::Debug for HedgeFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HedgeFuture")
+            .field("hedging", &self.call.hedging)
+            .field("race", &self.call.race)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Hedge ===
+
+impl<S, B> Hedge<S, B>
+where
+    S: Service<Request<B>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayableBody,
+{
+    /// Sends the next copy on `ready`, and arms the timer for the one
+    /// after, if any may follow.
+    fn send(&mut self, ready: &mut AttemptTimeout<S>) {
+        let copy = self.race.sent();
+        let req = self.copy_of_request(copy);
+        self.running.push(Running {
+            copy,
+            future: Box::pin(ready.call(req)),
+        });
+        self.due = false;
+        self.armed = self.race.may_send();
+        if self.armed {
+            let next = Instant::now() + self.hedging.delay();
+            self.timer.as_mut().reset(next);
+        }
+        if copy > 1 {
+            let counters = &self.shared.counters;
+            counters.hedges.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(attempt = copy, avoid = ?self.avoid, "hedging: another copy sent");
+        }
+    }
+
+    /// Copy number `copy` of the request: its attempt number, the earlier
+    /// copies' endpoints to avoid, a slot for the balancer to name its
+    /// endpoint, and (gRPC) the count of copies before it.
+    fn copy_of_request(&mut self, copy: u32) -> Request<B> {
+        for slot in &self.tried {
+            if let Some((_, endpoint)) = slot.get() {
+                self.avoid.insert(endpoint.id().clone());
+            }
+        }
+        let mut req = clone_request(&self.template);
+        let slot = EndpointSlot::default();
+        self.tried.push(slot.clone());
+        let ext = req.extensions_mut();
+        ext.insert(slot);
+        ext.insert(Attempt(Attempt::FIRST.0.saturating_add(copy - 1)));
+        if !self.avoid.is_empty() {
+            ext.insert(self.avoid.clone());
+        }
+        if copy > 1 {
+            grpc::note_previous_attempts(&mut req, copy - 1);
+        }
+        req
+    }
+}
+
+impl<S, B, RB> Hedge<S, B>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: ReplayableBody,
+{
+    /// Polls the copies on their way; the call's answer once it has one.
+    fn poll_running(&mut self, cx: &mut Context<'_>) -> Option<Result<Response<RB>, BoxError>> {
+        let mut i = 0;
+        while i < self.running.len() {
+            let Poll::Ready(result) = self.running[i].future.as_mut().poll(cx) else {
+                i += 1;
+                continue;
+            };
+            let copy = self.running.swap_remove(i).copy;
+            if let Some(answer) = self.settle(copy, result) {
+                return Some(answer);
+            }
+        }
+        None
+    }
+
+    /// Copy `copy` answered `result`: the call's answer if it ends the
+    /// call, else what it means for the next copy.
+    fn settle(
+        &mut self,
+        copy: u32,
+        result: Result<Response<RB>, BoxError>,
+    ) -> Option<Result<Response<RB>, BoxError>> {
+        let answer = judge(&self.hedging, &self.shared.classifier, &result);
+        let next = self.race.settle(answer);
+        if let Answer::NonFatal { reason, .. } = answer {
+            tracing::debug!(attempt = copy, %reason, "hedging: a copy failed, non-fatally");
+            if let Some(id) = failed_endpoint(&result) {
+                self.avoid.insert(id);
+            }
+            self.reason = Some(reason);
+        }
+        match next {
+            Next::Return => {
+                tracing::debug!(
+                    copies = self.race.copies(),
+                    answered_by = copy,
+                    "hedging: done"
+                );
+                if answer == Answer::Fatal && copy > 1 {
+                    let counters = &self.shared.counters;
+                    counters.hedges_won.fetch_add(1, Ordering::Relaxed);
+                }
+                // Dropping the other copies cancels them.
+                self.running.clear();
+                return Some(result);
+            }
+            Next::SendNow => self.due = true,
+            Next::SendAfter(wait) => {
+                self.due = false;
+                self.armed = true;
+                self.timer.as_mut().reset(Instant::now() + wait);
+            }
+            Next::Await => {}
+        }
+        self.last = Some(result);
+        None
+    }
+
+    /// Takes a token for another copy from the budget, if there is one;
+    /// `false` (counted and published) when it is spent.
+    fn withdraw(&mut self) -> bool {
+        let Some(budget) = &self.budget else {
+            return true;
+        };
+        if budget.try_withdraw(clock::now()) {
+            return true;
+        }
+        let shared = &self.shared;
+        shared
+            .counters
+            .budget_exhausted
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("hedging: no other copy, the retry budget is spent");
+        // A copy sent for want of an answer has no failure to name; one
+        // sent after a non-fatal answer has.
+        if let Some(reason) = self.reason {
+            shared.events.publish(MeshEvent::RetryBudgetExhausted {
+                service: service_of(&self.template),
+                reason,
+            });
+        }
+        false
+    }
+
+    /// Whether the request's deadline has passed: no copy is worth sending.
+    fn past_deadline(&self) -> bool {
+        self.template
+            .extensions()
+            .get::<Deadline>()
+            .is_some_and(|d| d.remaining(clock::now()).is_zero())
+    }
+
+    /// The call's answer when no copy is running and none may follow: the
+    /// last one received.
+    fn finish(&mut self) -> Result<Response<RB>, BoxError> {
+        self.last
+            .take()
+            .unwrap_or_else(|| Err("hedged call ended without an answer".into()))
+    }
+}
