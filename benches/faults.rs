@@ -419,7 +419,9 @@ fn mesh_stack(
     services: &std::path::Path,
 ) -> impl Service<
     Request<Body>,
-    Response = Response<mesh::balance::TrackedBody<hyper::body::Incoming>>,
+    Response = Response<
+        mesh::balance::TrackedBody<mesh::breaker::ResponseBody<hyper::body::Incoming>>,
+    >,
     Error = BoxError,
     Future = impl Send,
 > + Clone

@@ -1,9 +1,11 @@
 //! A tonic client going through the mesh to a tonic server: the client's
 //! unary call is resolved, balanced, guarded by the breaker and bounded by
-//! the timeout like any other call. (gRPC calls are POSTs: retried only
-//! when never sent; errors in the `grpc-status` trailer are the
-//! application's to judge. Streaming request bodies are buffered, up to
-//! 4 MiB.)
+//! the timeout like any other call. Its `grpc-status` is judged as gRPC
+//! means it: UNAVAILABLE is retried elsewhere, UNKNOWN, DEADLINE_EXCEEDED,
+//! RESOURCE_EXHAUSTED, INTERNAL and UNAVAILABLE count against the instance
+//! (in the headers, or in the trailers after messages), application codes
+//! never do. Request streams are sent as they are produced, the first
+//! `replay_buffer` bytes kept for a retry.
 //!
 //! ```text
 //! cargo run --example grpc

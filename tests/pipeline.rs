@@ -91,7 +91,10 @@ async fn scene(behaviors: &[Behavior], timeout: Duration) -> Scene {
     }
 }
 
-async fn get(stack: &Stack, path: &str) -> Result<Response<TrackedBody<Incoming>>, BoxError> {
+async fn get(
+    stack: &Stack,
+    path: &str,
+) -> Result<Response<TrackedBody<mesh_breaker::ResponseBody<Incoming>>>, BoxError> {
     let req = Request::get(format!("http://{SERVICE}{path}"))
         .body(Full::new(Bytes::new()))
         .expect("valid request");

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
 use mesh_core::clock::{self, Nanos};
+use mesh_core::grpc::{BodyEnd, GrpcCodes};
 use mesh_core::EndpointState;
 use pin_project_lite::pin_project;
 
@@ -55,9 +56,11 @@ impl InFlight {
         self.responded = true;
     }
 
-    /// Marks that the call failed: no answer (not a cancellation), or a
-    /// server error.
+    /// Marks that the call failed: no answer (not a cancellation), a
+    /// server error, or a gRPC failure (known at the headers or, for one
+    /// sent in trailers, at the end of the body).
     pub(crate) fn failed(&mut self) {
+        self.responded = false;
         self.failed = true;
     }
 }
@@ -116,6 +119,8 @@ pin_project! {
         #[pin]
         inner: B,
         in_flight: Option<InFlight>,
+        // A gRPC answer whose status comes in the trailers that end it.
+        status_at_end: bool,
     }
 }
 
@@ -124,7 +129,15 @@ impl<B> TrackedBody<B> {
         TrackedBody {
             inner,
             in_flight: Some(in_flight),
+            status_at_end: false,
         }
+    }
+
+    /// Judges the call again when the body ends: a gRPC failure in its
+    /// trailers (or none, or a broken stream) counts as a failure.
+    pub(crate) fn status_at_end(mut self) -> Self {
+        self.status_at_end = true;
+        self
     }
 
     /// The inner body (the request stays counted until this wrapper is
@@ -150,6 +163,16 @@ impl<B: Body> Body for TrackedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
+        if *this.status_at_end {
+            if let Some(end) = BodyEnd::of(&polled) {
+                if end == BodyEnd::Broken || GrpcCodes::failures().contains(end.code()) {
+                    if let Some(in_flight) = this.in_flight.as_mut() {
+                        in_flight.failed();
+                    }
+                }
+                this.in_flight.take();
+            }
+        }
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             // End of stream or a broken body: the request is over.
             this.in_flight.take();
@@ -260,6 +283,34 @@ mod tests {
         assert_eq!(state.in_flight(), 0);
         drop(body);
         assert_eq!(state.in_flight(), 0, "no double decrement");
+    }
+
+    #[tokio::test]
+    async fn a_grpc_failure_in_trailers_counts_as_slow_and_ends_the_count() {
+        let ended_with = |code: &'static str| {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+            futures_stream(vec![
+                Ok(Frame::data(Bytes::from_static(b"m"))),
+                Ok(Frame::trailers(trailers)),
+            ])
+        };
+        for (code, penalized) in [("14", true), ("5", false), ("0", false)] {
+            let state = Arc::new(EndpointState::new());
+            let mut guard = InFlight::start(Arc::clone(&state));
+            guard.responded();
+            let mut body = TrackedBody::new(ended_with(code), guard).status_at_end();
+            body.frame().await.expect("a message").expect("data");
+            assert_eq!(state.in_flight(), 1, "still streaming");
+            body.frame().await.expect("trailers").expect("trailers");
+            assert_eq!(state.in_flight(), 0, "the trailers end the call");
+            let latency = state.latency().expect("recorded");
+            assert_eq!(
+                latency >= FAILURE_PENALTY_FLOOR,
+                penalized,
+                "{code}: {latency:?}"
+            );
+        }
     }
 
     type Chunk = Result<Frame<Bytes>, std::io::Error>;

@@ -220,7 +220,14 @@ where
                 true => in_flight.failed(),
                 false => in_flight.responded(),
             }
-            let mut response = response.map(|body| TrackedBody::new(body, in_flight));
+            let status_at_end = mesh_core::grpc::ends_in_trailers(&response);
+            let mut response = response.map(|body| {
+                let tracked = TrackedBody::new(body, in_flight);
+                match status_at_end {
+                    true => tracked.status_at_end(),
+                    false => tracked,
+                }
+            });
             response.extensions_mut().insert(SelectedEndpoint(endpoint));
             Ok(response)
         }

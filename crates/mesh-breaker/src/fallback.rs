@@ -25,7 +25,9 @@ pub enum Fault {
 }
 
 /// Answers with `fallback(fault)` instead of an error (and, if asked,
-/// instead of a failed response).
+/// instead of a failed response). The fallback's body is any type that
+/// converts into the inner service's (over a breaker, a plain body
+/// becomes its [`ResponseBody`](crate::ResponseBody)).
 ///
 /// Put it above the breaker, and above retries if the fallback should only
 /// answer once they are spent:
@@ -49,7 +51,7 @@ pub enum Fault {
 ///         Err::<http::Response<String>, _>(std::io::Error::other("upstream down"))
 ///     }));
 /// let response = svc.oneshot(http::Request::get("http://notify/").body(())?).await?;
-/// assert_eq!(response.into_body(), "queued: notifications are failing");
+/// assert_eq!(response.into_body().into_inner(), "queued: notifications are failing");
 /// # Ok(()) }
 /// ```
 pub struct FallbackLayer<F> {
@@ -125,11 +127,12 @@ impl<S: std::fmt::Debug, F> std::fmt::Debug for Fallback<S, F> {
     }
 }
 
-impl<S, F, Req, RB> Service<Req> for Fallback<S, F>
+impl<S, F, Req, RB, FB> Service<Req> for Fallback<S, F>
 where
     S: Service<Req, Response = Response<RB>>,
     S::Error: Into<BoxError>,
-    F: Fn(Fault) -> Result<Response<RB>, BoxError>,
+    F: Fn(Fault) -> Result<Response<FB>, BoxError>,
+    FB: Into<RB>,
 {
     type Response = Response<RB>;
     type Error = BoxError;
@@ -156,11 +159,12 @@ pin_project! {
     }
 }
 
-impl<Fut, F, RB, E> Future for FallbackFuture<Fut, F>
+impl<Fut, F, RB, FB, E> Future for FallbackFuture<Fut, F>
 where
     Fut: Future<Output = Result<Response<RB>, E>>,
     E: Into<BoxError>,
-    F: Fn(Fault) -> Result<Response<RB>, BoxError>,
+    F: Fn(Fault) -> Result<Response<FB>, BoxError>,
+    FB: Into<RB>,
 {
     type Output = Result<Response<RB>, BoxError>;
 
@@ -190,7 +194,7 @@ where
             }
         };
         tracing::debug!(?fault, "answering from fallback");
-        Poll::Ready((this.layer.fallback)(fault))
+        Poll::Ready((this.layer.fallback)(fault).map(|answer| answer.map(Into::into)))
     }
 }
 
@@ -229,7 +233,7 @@ mod tests {
                 .body(())
                 .unwrap()
         };
-        let body = |r: Response<String>| r.into_body();
+        let body = |r: Response<crate::ResponseBody<String>>| r.into_body().into_inner();
         assert_eq!(body(svc.clone().oneshot(get("/ok")).await.unwrap()), "real");
         assert_eq!(
             body(svc.clone().oneshot(get("/err")).await.unwrap()),

@@ -9,6 +9,7 @@ use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, Outcome};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::body::ResponseBody;
 use crate::circuit::Permit;
 use crate::registry::Entry;
 use crate::service::Crossing;
@@ -84,6 +85,12 @@ impl Tracker {
     /// Notes when the call's timeout of `limit` runs out.
     fn times_out(&mut self, limit: Duration) {
         self.timed_out_at = Some((Instant::now() + limit, limit));
+    }
+
+    /// Notes that the call answered within its timeout: from now on a
+    /// drop is a cancellation, however late.
+    fn answered(&mut self) {
+        self.timed_out_at = None;
     }
 
     /// Records a timeout after `limit`, as the classifier judges it.
@@ -214,7 +221,7 @@ where
     F: Future<Output = Result<http::Response<B>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<http::Response<B>, BoxError>;
+    type Output = Result<http::Response<ResponseBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -226,11 +233,7 @@ where
             } => {
                 if let Poll::Ready(result) = future.poll(cx) {
                     let result = result.map_err(Into::into);
-                    if let Some(mut tracker) = tracker.take() {
-                        let outcome = tracker.classifier().classify_result(&result);
-                        tracker.finish(outcome);
-                    }
-                    return Poll::Ready(result);
+                    return Poll::Ready(judge(result, tracker.take()));
                 }
                 let Some(limit) = *after else {
                     return Poll::Pending;
@@ -265,5 +268,27 @@ where
 impl<F> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// Records the outcome of a call that ended with `result`, now, or for a
+/// gRPC answer whose status comes in trailers, when its body ends.
+fn judge<B>(
+    result: Result<http::Response<B>, BoxError>,
+    tracker: Option<Tracker>,
+) -> Result<http::Response<ResponseBody<B>>, BoxError> {
+    let Some(mut tracker) = tracker else {
+        return result.map(|r| r.map(ResponseBody::judged));
+    };
+    match result {
+        Ok(response) if mesh_core::grpc::ends_in_trailers(&response) => {
+            tracker.answered();
+            Ok(response.map(|body| ResponseBody::judged_at_end(body, tracker)))
+        }
+        result => {
+            let outcome = tracker.classifier().classify_result(&result);
+            tracker.finish(outcome);
+            result.map(|r| r.map(ResponseBody::judged))
+        }
     }
 }

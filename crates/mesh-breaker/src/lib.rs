@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
 
+mod body;
 mod circuit;
 mod config;
 mod error;
@@ -14,6 +15,7 @@ mod service;
 mod timer;
 mod window;
 
+pub use body::ResponseBody;
 pub use circuit::{Admitted, BreakerMetrics, Circuit, Permit, Recorded, Rejected, Transition};
 pub use config::{
     BreakerConfig, BreakerConfigBuilder, BreakerScope, HalfOpenExpiry, ProbeVerdict, WindowConfig,

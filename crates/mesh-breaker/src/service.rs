@@ -10,6 +10,7 @@ use mesh_core::{
 };
 use tower::Service;
 
+use crate::body::ResponseBody;
 use crate::circuit::Transition;
 use crate::config::{BreakerConfig, BreakerScope};
 use crate::future::{ResponseFuture, Tracker};
@@ -204,7 +205,7 @@ where
     S: Service<Request<B>, Response = http::Response<RB>>,
     S::Error: Into<BoxError>,
 {
-    type Response = S::Response;
+    type Response = http::Response<ResponseBody<RB>>;
     type Error = BoxError;
     type Future = ResponseFuture<S::Future>;
 

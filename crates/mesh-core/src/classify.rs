@@ -31,7 +31,8 @@ pub enum FailureKind {
     /// The upstream answered with a status classified as a failure.
     Status(StatusCode),
     /// The upstream answered a gRPC call with a `grpc-status` classified
-    /// as a failure (HTTP 200, trailers-only).
+    /// as a failure (HTTP 200; in its headers, or in the trailers that end
+    /// its body).
     Grpc(crate::grpc::GrpcCode),
     /// Any other error.
     Other,
@@ -318,6 +319,20 @@ impl FailureClassifier {
         self.classify_status(response.status())
     }
 
+    /// The verdict on a gRPC response whose status came at the end of its
+    /// body ([`BodyEnd`](crate::grpc::BodyEnd)): its code as a trailers-only
+    /// status would be judged; a body that ended without a status counts as
+    /// `INTERNAL`, and a broken one as a reset connection.
+    pub fn classify_body_end(&self, end: crate::grpc::BodyEnd) -> Outcome {
+        match end {
+            crate::grpc::BodyEnd::Broken => Outcome::Failure(FailureKind::Reset),
+            _ if self.grpc_failures.contains(end.code()) => {
+                Outcome::Failure(FailureKind::Grpc(end.code()))
+            }
+            _ => Outcome::Success,
+        }
+    }
+
     /// How an error failed, by walking the source chain for a timeout, a
     /// refused or reset connection, or an open circuit. This names the
     /// kind only; [`FailureClassifier::classify_error_outcome`] applies the
@@ -460,6 +475,35 @@ mod tests {
         assert_eq!(c.classify_response(&answered("0")), Outcome::Success);
         let none = c.with_grpc_failures(crate::grpc::GrpcCodes::NONE);
         assert_eq!(none.classify_response(&answered("14")), Outcome::Success);
+    }
+
+    #[test]
+    fn a_status_in_trailers_is_judged_as_in_headers_and_a_missing_one_fails() {
+        use crate::grpc::{BodyEnd, GrpcCode, GrpcCodes};
+        let c = FailureClassifier::default();
+        let unavailable = BodyEnd::Status(GrpcCode::UNAVAILABLE);
+        assert_eq!(
+            c.classify_body_end(unavailable),
+            Outcome::Failure(FailureKind::Grpc(GrpcCode::UNAVAILABLE))
+        );
+        assert_eq!(
+            c.classify_body_end(BodyEnd::Status(GrpcCode::NOT_FOUND)),
+            Outcome::Success
+        );
+        assert_eq!(
+            c.classify_body_end(BodyEnd::Status(GrpcCode::OK)),
+            Outcome::Success
+        );
+        assert_eq!(
+            c.classify_body_end(BodyEnd::NoStatus),
+            Outcome::Failure(FailureKind::Grpc(GrpcCode::INTERNAL))
+        );
+        assert_eq!(
+            c.classify_body_end(BodyEnd::Broken),
+            Outcome::Failure(FailureKind::Reset)
+        );
+        let none = FailureClassifier::default().with_grpc_failures(GrpcCodes::NONE);
+        assert_eq!(none.classify_body_end(unavailable), Outcome::Success);
     }
 
     #[test]

@@ -5,9 +5,14 @@
 //! any message, as tonic does for a handler's `Err(Status)`) carries
 //! `grpc-status` in its headers, so the outcome is known when the headers
 //! arrive; that is what [`status_of`] reads. A status sent in trailers
-//! after messages arrives only at the end of the body.
+//! after messages arrives only at the end of the body: [`ends_in_trailers`]
+//! says a response's outcome waits for it, and [`BodyEnd::of`] reads it
+//! from the frame that ends the body.
 
 use std::fmt;
+use std::task::Poll;
+
+use http_body::Frame;
 
 /// A gRPC status code (0 `OK` to 16 `UNAUTHENTICATED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,13 +94,71 @@ impl GrpcCodes {
 /// response), if any. A malformed value reads as `UNKNOWN`, as gRPC
 /// clients read it.
 pub fn status_of<B>(response: &http::Response<B>) -> Option<GrpcCode> {
-    let value = response.headers().get("grpc-status")?;
+    status_in(response.headers())
+}
+
+/// The `grpc-status` in `headers` (response headers or trailers), if any;
+/// a malformed value reads as `UNKNOWN`.
+pub fn status_in(headers: &http::HeaderMap) -> Option<GrpcCode> {
+    let value = headers.get("grpc-status")?;
     let code = value
         .to_str()
         .ok()
         .and_then(|v| v.trim().parse::<u32>().ok())
         .and_then(GrpcCode::new);
     Some(code.unwrap_or(GrpcCode::UNKNOWN))
+}
+
+/// Whether `response` is a gRPC answer whose status comes in trailers
+/// after its messages: `200`, a `application/grpc` content type, and no
+/// `grpc-status` in its headers. Its outcome is known only at the end of
+/// its body ([`BodyEnd::of`]).
+pub fn ends_in_trailers<B>(response: &http::Response<B>) -> bool {
+    response.status() == http::StatusCode::OK
+        && status_of(response).is_none()
+        && response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// How a gRPC response body ended, as read from the frame that ended it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Trailers arrived carrying this status (`UNKNOWN` for a malformed
+    /// one).
+    Status(GrpcCode),
+    /// The body ended without a `grpc-status`: the server broke the
+    /// protocol, which gRPC clients report as `INTERNAL`.
+    NoStatus,
+    /// The body failed (the stream was reset, the connection lost).
+    Broken,
+}
+
+impl BodyEnd {
+    /// How the body ended, if `polled` (a body's `poll_frame` result)
+    /// ends it: trailers, the end of the stream, or an error. Data frames
+    /// and pending polls end nothing.
+    pub fn of<D, E>(polled: &Poll<Option<Result<Frame<D>, E>>>) -> Option<BodyEnd> {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|t| status_in(t).map_or(BodyEnd::NoStatus, BodyEnd::Status)),
+            Poll::Ready(None) => Some(BodyEnd::NoStatus),
+            Poll::Ready(Some(Err(_))) => Some(BodyEnd::Broken),
+            Poll::Pending => None,
+        }
+    }
+
+    /// The status the caller sees: a missing one is `INTERNAL`, a broken
+    /// body `UNAVAILABLE` (what gRPC clients report for a lost stream).
+    pub fn code(self) -> GrpcCode {
+        match self {
+            BodyEnd::Status(code) => code,
+            BodyEnd::NoStatus => GrpcCode::INTERNAL,
+            BodyEnd::Broken => GrpcCode::UNAVAILABLE,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -116,6 +179,44 @@ mod tests {
         assert_eq!(status_of(&answered("banana")), Some(GrpcCode::UNKNOWN));
         assert_eq!(status_of(&answered("99")), Some(GrpcCode::UNKNOWN));
         assert_eq!(status_of(&http::Response::new(())), None);
+    }
+
+    #[test]
+    fn a_body_ends_with_its_trailers_status_or_without_one() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        type Polled = Poll<Option<Result<Frame<&'static [u8]>, ()>>>;
+        let ended = |p: Polled| BodyEnd::of(&p);
+        assert_eq!(
+            ended(Poll::Ready(Some(Ok(Frame::trailers(trailers))))),
+            Some(BodyEnd::Status(GrpcCode::UNAVAILABLE))
+        );
+        let no_status = Frame::trailers(http::HeaderMap::new());
+        assert_eq!(
+            ended(Poll::Ready(Some(Ok(no_status)))),
+            Some(BodyEnd::NoStatus)
+        );
+        assert_eq!(
+            ended(Poll::Ready(None)).map(BodyEnd::code),
+            Some(GrpcCode::INTERNAL)
+        );
+        assert_eq!(ended(Poll::Ready(Some(Err(())))), Some(BodyEnd::Broken));
+        assert_eq!(ended(Poll::Ready(Some(Ok(Frame::data(&b"m"[..]))))), None);
+        assert_eq!(ended(Poll::Pending), None);
+    }
+
+    #[test]
+    fn only_a_grpc_answer_without_a_status_in_its_headers_waits_for_trailers() {
+        let grpc = |status: Option<&str>| {
+            let mut b = http::Response::builder().header("content-type", "application/grpc+proto");
+            if let Some(s) = status {
+                b = b.header("grpc-status", s);
+            }
+            b.body(()).expect("response")
+        };
+        assert!(ends_in_trailers(&grpc(None)));
+        assert!(!ends_in_trailers(&grpc(Some("0"))), "trailers-only");
+        assert!(!ends_in_trailers(&http::Response::new(())), "not gRPC");
     }
 
     #[test]

@@ -4,25 +4,24 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
-use mesh_core::{BoxError, MeshError};
-use std::time::Duration;
+use mesh_core::BoxError;
 use tower::Service;
 
-use crate::client::{MeshBody, MeshClient};
-
-/// The largest request body a [`GrpcChannel`] reads.
-const MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
+use crate::client::{MeshBody, MeshClient, RequestBody};
 
 /// The client as a channel for tonic (or any client whose requests carry
-/// their own body type): each request body is read (up to 4 MiB: unary
-/// calls and small streams) so retries can replay it, then sent through
-/// the stack like [`MeshClient::send`]. A call's `grpc-timeout` (what
-/// tonic's `Request::set_timeout` sends) is its deadline: reading the
-/// body, every attempt and every backoff end within it, and the call
-/// fails with `MeshError::Timeout` when it runs out.
+/// their own body type): each request body, unary or a client stream, is
+/// streamed through the stack as it is produced ([`RequestBody::stream`]),
+/// its first `replay_buffer` bytes kept so a retry can send them again;
+/// a stream longer than that is committed to its first attempt, never
+/// failed for its size. A call's `grpc-timeout` (what tonic's
+/// `Request::set_timeout` sends) is its deadline: every attempt and every
+/// backoff ends within it, and the call fails with `MeshError::Timeout`
+/// when it runs out.
 ///
 /// ```no_run
 /// # async fn run(client: mesh::MeshClient) -> Result<(), Box<dyn std::error::Error>> {
@@ -64,22 +63,8 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let client = self.client.clone();
         let deadline = req.headers().get("grpc-timeout").and_then(grpc_timeout);
-        Box::pin(async move {
-            let started = tokio::time::Instant::now();
-            let (parts, body) = req.into_parts();
-            let read = Limited::new(body, MAX_REQUEST_BODY).collect();
-            let body = match deadline {
-                Some(limit) => tokio::time::timeout(limit, read)
-                    .await
-                    .map_err(|_| MeshError::Timeout { after: limit })??,
-                None => read.await?,
-            }
-            .to_bytes();
-            let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
-            client
-                .send_within(Request::from_parts(parts, Full::new(body)), left)
-                .await
-        })
+        let req = req.map(RequestBody::stream);
+        Box::pin(async move { client.send_within(req, deadline).await })
     }
 }
 

@@ -14,7 +14,7 @@ mod split;
 mod transport;
 mod wiring;
 
-pub use client::{CallOptions, MeshBody, MeshClient, MeshClientBuilder, StartError};
+pub use client::{CallOptions, MeshBody, MeshClient, MeshClientBuilder, RequestBody, StartError};
 pub use config::{
     deadline_for, retry_after_for, DiscoveryConfig, FallbackConfig, LimitsConfig, LocalService,
     MeshConfig, Profile, Protocol, RetrySettings, ServiceOverride,

@@ -32,6 +32,9 @@ pub(crate) struct ServiceState {
     /// Its own retry budget, for a service on the shared default route
     /// (an overridden service's route has a retry layer of its own).
     pub(crate) budget: Option<mesh_retry::RetryBudget>,
+    /// How much of a streamed request body is kept so a retry can send
+    /// it again (`replay_buffer`).
+    pub(crate) replay_buffer: usize,
     /// What answers its failed calls, if anything does.
     pub(crate) fallback: Option<crate::fallback::Fallback>,
     /// Its upstream health checker, started once discovery knows the

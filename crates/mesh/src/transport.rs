@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use crate::client::SentBody;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::Scheme;
@@ -30,7 +31,7 @@ use mesh_tls::{Credentials, MeshConnector, SpiffeId, TlsConfig};
 use tower::Service;
 
 /// A hyper-util client over mesh-tls's connector (https only).
-pub(crate) type TlsClient = Client<MeshConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type TlsClient = Client<MeshConnector<HttpConnector>, SentBody>;
 
 /// hyper-util's client without TLS, or the per-service mutual TLS clients;
 /// both answer with hyper's response.
@@ -38,7 +39,7 @@ pub(crate) type TlsClient = Client<MeshConnector<HttpConnector>, Full<Bytes>>;
 pub(crate) enum Transport {
     /// Shared: a stack is cloned per call, and one `Arc` is cheaper to
     /// clone than the client's own handles.
-    Plain(Arc<Client<HttpConnector, Full<Bytes>>>),
+    Plain(Arc<Client<HttpConnector, SentBody>>),
     Tls(Arc<TlsClients>),
 }
 
@@ -87,7 +88,7 @@ fn tcp() -> HttpConnector {
     http
 }
 
-impl Service<Request<Full<Bytes>>> for Transport {
+impl Service<Request<SentBody>> for Transport {
     type Response = Response<Incoming>;
     type Error = BoxError;
     type Future = TransportFuture;
@@ -97,7 +98,7 @@ impl Service<Request<Full<Bytes>>> for Transport {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+    fn call(&mut self, req: Request<SentBody>) -> Self::Future {
         match self {
             Transport::Plain(client) => TransportFuture::Sent {
                 future: client.request(req),
@@ -162,7 +163,7 @@ impl TlsClients {
 
     /// Sends `req` over mutual TLS to the service it is for, whatever the
     /// scheme its URI was written with.
-    fn send(&self, req: Request<Full<Bytes>>) -> Result<ResponseFuture, BoxError> {
+    fn send(&self, req: Request<SentBody>) -> Result<ResponseFuture, BoxError> {
         let service = destination(&req).ok_or(MeshError::Misconfigured {
             layer: "mesh transport",
             missing: "target service",
@@ -329,7 +330,7 @@ impl Transports {
         let client = clients.client_for(service)?;
         let probes =
             tower::ServiceExt::map_request(client, |req: Request<http_body_util::Empty<Bytes>>| {
-                req.map(|_| Full::new(Bytes::new()))
+                req.map(|_| SentBody::Whole(Full::new(Bytes::new())))
             });
         Ok(Some(mesh_health::ProbeClient::new(probes)))
     }

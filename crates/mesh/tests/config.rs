@@ -126,6 +126,10 @@ fn values_are_validated_with_their_names() {
             "services = {}\n[retry]\nretryable_grpc_codes = [17]\n",
             "retry.retryable_grpc_codes",
         ),
+        (
+            "services = {}\n[services.users]\nreplay_buffer = 100000000\n",
+            "services.users.replay_buffer",
+        ),
         // A wait needs a limit to wait for; a queue needs a wait.
         (
             "services = {}\n[limits]\nmax_wait = \"1s\"\n",

@@ -31,7 +31,7 @@ pin_project_lite::pin_project! {
     enum Kind {
         Network {
             #[pin]
-            inner: TrackedBody<Incoming>,
+            inner: StackBody,
             call: Option<CallGuard>,
             // Kept as the service's last good answer when it ends.
             capture: Option<Capture>,
@@ -39,6 +39,10 @@ pin_project_lite::pin_project! {
         Bytes { data: Option<Bytes> },
     }
 }
+
+/// A response body as a service's stack answers it: hyper's, judged by
+/// the breaker and counted by the balancer until it ends.
+pub(crate) type StackBody = TrackedBody<mesh_breaker::ResponseBody<Incoming>>;
 
 /// One call counted as in flight (and holding its limit admission) until
 /// dropped: with the response body when there is one.
@@ -52,11 +56,7 @@ pub(super) struct CallGuard {
 impl MeshBody {
     /// `inner`, keeping `call` counted until the body ends, and kept by
     /// `capture` (when given) once whole.
-    pub(super) fn new(
-        inner: TrackedBody<Incoming>,
-        call: CallGuard,
-        capture: Option<Capture>,
-    ) -> MeshBody {
+    pub(super) fn new(inner: StackBody, call: CallGuard, capture: Option<Capture>) -> MeshBody {
         MeshBody {
             kind: Kind::Network {
                 inner,

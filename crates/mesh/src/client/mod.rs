@@ -29,6 +29,7 @@ mod builder;
 mod error;
 mod lifecycle;
 mod options;
+mod request_body;
 mod send;
 mod service;
 mod start;
@@ -38,6 +39,8 @@ pub use body::MeshBody;
 pub use builder::MeshClientBuilder;
 pub use error::StartError;
 pub use options::CallOptions;
+pub use request_body::RequestBody;
+pub(crate) use request_body::SentBody;
 
 /// A service mesh client for one local service (the design document's
 /// `createServiceMeshClient("api-gateway")`): discovery, balancing,

@@ -6,21 +6,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use mesh_balance::TrackedBody;
 use mesh_core::clock;
 use mesh_core::ext::{AffinityKey, Deadline, SelectedEndpoint, TargetService};
 use mesh_core::{BoxError, MeshError, MeshEvent, ServiceName};
 use tower::ServiceExt;
 
-use super::body::CallGuard;
-use super::{CallOptions, MeshBody, MeshClient};
+use super::body::{CallGuard, StackBody};
+use super::{CallOptions, MeshBody, MeshClient, RequestBody, SentBody};
 use crate::fallback::{Asked, Fallback, FallbackCause};
 use crate::services::ServiceState;
 
 /// What a service's stack answers.
-type Outcome = Result<Response<TrackedBody<Incoming>>, BoxError>;
+type Outcome = Result<Response<StackBody>, BoxError>;
 
 /// One call's service, its state, its deadline and when it started.
 #[derive(Clone, Copy)]
@@ -35,16 +32,20 @@ struct Call<'a> {
 
 impl MeshClient {
     /// Sends `req` through the stack of the service its URI's host names
-    /// (`http://users/api/users`).
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<MeshBody>, BoxError> {
-        self.send_with(req, None).await
+    /// (`http://users/api/users`). The body is whole (`Full<Bytes>`,
+    /// `Bytes`, `String`...) or streamed ([`RequestBody::stream`]).
+    pub async fn send(
+        &self,
+        req: Request<impl Into<RequestBody>>,
+    ) -> Result<Response<MeshBody>, BoxError> {
+        self.send_with(req.map(Into::into), None).await
     }
 
     /// [`MeshClient::send`] with the whole call held to `deadline`, for
     /// callers that carry their own (a gRPC call's `grpc-timeout`).
     pub(crate) async fn send_within(
         &self,
-        req: Request<Full<Bytes>>,
+        req: Request<RequestBody>,
         deadline: Option<Duration>,
     ) -> Result<Response<MeshBody>, BoxError> {
         self.send_with(req, deadline).await
@@ -72,7 +73,7 @@ impl MeshClient {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("http://{service}{path}"))
-            .body(Full::new(body))?;
+            .body(RequestBody::from(body))?;
         req.headers_mut().extend(options.headers);
         if let Some(key) = options.affinity_key {
             req.extensions_mut().insert(AffinityKey::new(key));
@@ -132,13 +133,14 @@ impl MeshClient {
     /// A failed call is answered by the service's fallback, if it has one.
     async fn send_with(
         &self,
-        mut req: Request<Full<Bytes>>,
+        mut req: Request<RequestBody>,
         deadline: Option<Duration>,
     ) -> Result<Response<MeshBody>, BoxError> {
         let started = tokio::time::Instant::now();
         let mut guard = self.enter()?;
         let service = target(&mut req)?;
         let state = self.service_state(&service)?;
+        let req = req.map(|body| body.replayable(state.replay_buffer));
         let asked = state.fallback.as_ref().map(|_| Asked::of(&req));
         let call = Call {
             service: &service,
@@ -159,7 +161,7 @@ impl MeshClient {
     async fn call(
         &self,
         call: Call<'_>,
-        mut req: Request<Full<Bytes>>,
+        mut req: Request<SentBody>,
         guard: &mut CallGuard,
     ) -> Outcome {
         // The caller's deadline, else (when the service's limits may make
@@ -232,7 +234,7 @@ impl MeshClient {
 
 /// The service `req` goes to: its [`TargetService`], else the host of its
 /// URI (then recorded as its `TargetService`).
-fn target(req: &mut Request<Full<Bytes>>) -> Result<ServiceName, MeshError> {
+fn target<B>(req: &mut Request<B>) -> Result<ServiceName, MeshError> {
     if let Some(TargetService(service)) = req.extensions().get::<TargetService>() {
         return Ok(service.clone());
     }

@@ -5,20 +5,18 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
 use mesh_core::BoxError;
 use tower::Service;
 
-use super::{MeshBody, MeshClient};
+use super::{MeshBody, MeshClient, RequestBody};
 
 // === impl MeshClient ===
 
 /// The client as a tower service: requests go to the service their URI's
 /// host names (`http://users/...`), so it can sit under a tonic client or
 /// anything that expects a `Service<http::Request<_>>`.
-impl Service<Request<Full<Bytes>>> for MeshClient {
+impl<B: Into<RequestBody>> Service<Request<B>> for MeshClient {
     type Response = Response<MeshBody>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
@@ -29,8 +27,9 @@ impl Service<Request<Full<Bytes>>> for MeshClient {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let this = self.clone();
+        let req = req.map(Into::<RequestBody>::into);
         Box::pin(async move { this.send(req).await })
     }
 }

@@ -46,6 +46,7 @@ impl MeshClient {
                     .ok()
                     .and_then(|retry| retry.new_budget()),
             },
+            replay_buffer: config.replay_buffer_for(service.as_str()),
             fallback: Fallback::new(
                 config
                     .services

@@ -83,6 +83,12 @@ pub struct MeshConfig {
     /// Per-attempt timeout for every service (else the profile's).
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// How many bytes of a streamed request body (a gRPC client stream)
+    /// are kept so a retry can send it again, for every service (else
+    /// [`MeshConfig::DEFAULT_REPLAY_BUFFER`]); past them the call is
+    /// committed to its first attempt, never failed for its size.
+    #[serde(default)]
+    pub replay_buffer: Option<usize>,
     /// Balancing for every service.
     #[serde(default)]
     pub balance: Option<BalanceConfig>,
@@ -169,6 +175,26 @@ impl MeshConfig {
         self.pick(service, |o| o.timeout.as_ref(), self.timeout.as_ref())
             .copied()
             .unwrap_or_else(|| self.profile.timeout())
+    }
+
+    /// The replay buffer when the file sets none: 1 MiB, gRPC's default
+    /// per-call retry buffer.
+    pub const DEFAULT_REPLAY_BUFFER: usize = 1 << 20;
+
+    /// The largest `replay_buffer` accepted: each streamed call may keep
+    /// this much in memory while it is sent.
+    pub const MAX_REPLAY_BUFFER: usize = 64 << 20;
+
+    /// How much of a streamed request body to `service` is kept for
+    /// retries: its override, else the file's, else 1 MiB.
+    pub fn replay_buffer_for(&self, service: &str) -> usize {
+        self.pick(
+            service,
+            |o| o.replay_buffer.as_ref(),
+            self.replay_buffer.as_ref(),
+        )
+        .copied()
+        .unwrap_or(MeshConfig::DEFAULT_REPLAY_BUFFER)
     }
 
     /// The retry settings for `service`.

@@ -61,6 +61,10 @@ pub struct ServiceOverride {
     /// Per-attempt timeout.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// How many bytes of a streamed request body are kept for retries
+    /// (over the file's `replay_buffer`).
+    #[serde(default)]
+    pub replay_buffer: Option<usize>,
     /// Balancing.
     #[serde(default)]
     pub balance: Option<BalanceConfig>,

@@ -16,6 +16,7 @@ impl MeshConfig {
         self.validate_names()?;
         self.validate_discovery()?;
         self.validate_timeouts()?;
+        self.validate_replay_buffers()?;
         self.validate_retries()?;
         self.validate_limits_and_splits()?;
         if self.event_capacity == 0 {
@@ -109,6 +110,32 @@ impl MeshConfig {
             let Some(t) = timeout else { continue };
             if t.is_zero() || t > Duration::from_secs(3600) {
                 return Err(ConfigError::new(what, format!("{t:?} is outside (0, 1h]")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The replay buffers, the file's and each service's: each streamed
+    /// call may hold that much, so it is bounded (0 is allowed: streamed
+    /// bodies are then never retried).
+    fn validate_replay_buffers(&self) -> Result<(), ConfigError> {
+        let overridden = self
+            .services
+            .iter()
+            .map(|(name, o)| (format!("services.{name}.replay_buffer"), o.replay_buffer));
+        let buffers = std::iter::once(("replay_buffer".to_owned(), self.replay_buffer));
+        for (what, buffer) in buffers.chain(overridden) {
+            match buffer {
+                Some(bytes) if bytes > MeshConfig::MAX_REPLAY_BUFFER => {
+                    return Err(ConfigError::new(
+                        what,
+                        format!(
+                            "{bytes} bytes is more than the {} a call may keep",
+                            MeshConfig::MAX_REPLAY_BUFFER
+                        ),
+                    ))
+                }
+                _ => continue,
             }
         }
         Ok(())
