@@ -100,6 +100,10 @@ pub struct RetryMetrics {
     pub exhausted: u64,
     /// Retries refused by the budget.
     pub budget_exhausted: u64,
+    /// Hedged copies sent beyond each call's first.
+    pub hedges: u64,
+    /// Calls answered by a hedged copy rather than their first.
+    pub hedges_won: u64,
     /// Time spent waiting between attempts, in milliseconds.
     pub total_delay_ms: f64,
 }
@@ -210,6 +214,8 @@ fn retry(retry: &RetryLayer) -> RetryMetrics {
         successes_after_retry: s.successes_after_retry,
         exhausted: s.exhausted,
         budget_exhausted: s.budget_exhausted,
+        hedges: s.hedges,
+        hedges_won: s.hedges_won,
         total_delay_ms: s.total_delay.as_secs_f64() * 1e3,
     }
 }

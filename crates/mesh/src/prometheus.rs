@@ -185,6 +185,8 @@ struct RetryFamilies {
     recovered: Counters,
     exhausted: Counters,
     budget: Counters,
+    hedges: Counters,
+    hedges_won: Counters,
     delay: Gauges,
 }
 
@@ -219,6 +221,16 @@ impl RetryFamilies {
                 "retry_budget_exhausted",
                 "Retries refused by the budget",
             ),
+            hedges: counter(
+                registry,
+                "retry_hedges",
+                "Hedged copies sent beyond each call's first",
+            ),
+            hedges_won: counter(
+                registry,
+                "retry_hedges_won",
+                "Calls answered by a hedged copy rather than their first",
+            ),
             delay: gauge(
                 registry,
                 "retry_delay_seconds_total",
@@ -238,6 +250,8 @@ impl RetryFamilies {
             .inc_by(r.successes_after_retry);
         self.exhausted.get_or_create(&l).inc_by(r.exhausted);
         self.budget.get_or_create(&l).inc_by(r.budget_exhausted);
+        self.hedges.get_or_create(&l).inc_by(r.hedges);
+        self.hedges_won.get_or_create(&l).inc_by(r.hedges_won);
         self.delay.get_or_create(&l).inc_by(r.total_delay_ms / 1e3);
     }
 }

@@ -334,4 +334,33 @@ impl Transports {
             });
         Ok(Some(mesh_health::ProbeClient::new(probes)))
     }
+
+    /// The client `service`'s gRPC health checks go through: its HTTP/2
+    /// mutual TLS client while TLS is on (and the service not
+    /// `plaintext`); `None` for h2c.
+    pub(crate) fn grpc_probe_client(
+        &self,
+        service: &ServiceName,
+        plaintext: bool,
+    ) -> Result<Option<mesh_health::grpc::GrpcProbeClient>, BoxError> {
+        let Some((_, Transport::Tls(clients))) = &self.tls else {
+            return Ok(None);
+        };
+        if plaintext {
+            return Ok(None);
+        }
+        let client = clients.client_for(service)?;
+        let probes = tower::ServiceExt::map_request(client, streamed);
+        Ok(Some(mesh_health::grpc::GrpcProbeClient::new(probes)))
+    }
+}
+
+/// `req` with its body streamed, never replayed (a health check is not
+/// retried).
+fn streamed<B>(req: Request<B>) -> Request<SentBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    req.map(|body| crate::client::RequestBody::stream(body).replayable(0))
 }

@@ -86,9 +86,19 @@ impl MeshClient {
             .events(self.inner.bus.clone());
         let plaintext =
             (self.inner.config.services.get(service.as_str())).is_some_and(|o| o.plaintext);
-        match self.inner.transports.probe_client(service, plaintext) {
-            Ok(None) => {}
-            Ok(Some(client)) => builder = builder.client(client, http::uri::Scheme::HTTPS),
+        let transports = &self.inner.transports;
+        let clients = transports.probe_client(service, plaintext).and_then(|http| {
+            Ok((http, transports.grpc_probe_client(service, plaintext)?))
+        });
+        match clients {
+            Ok((http, grpc)) => {
+                if let Some(client) = http {
+                    builder = builder.client(client, http::uri::Scheme::HTTPS);
+                }
+                if let Some(client) = grpc {
+                    builder = builder.grpc_client(client, http::uri::Scheme::HTTPS);
+                }
+            }
             Err(error) => {
                 // Never probe in plaintext what is called over mutual TLS.
                 tracing::warn!(%service, %error, "upstream health checks not started");
