@@ -43,7 +43,40 @@ impl GrpcCode {
     pub fn get(self) -> u8 {
         self.0
     }
+
+    /// The code named `name` as gRPC's service config and status
+    /// documentation write it (`UNAVAILABLE`, `NOT_FOUND`...).
+    pub fn from_name(name: &str) -> Option<GrpcCode> {
+        let n = NAMES.iter().position(|known| *known == name)?;
+        GrpcCode::new(n as u32)
+    }
+
+    /// Its name (`UNAVAILABLE`).
+    pub fn name(self) -> &'static str {
+        NAMES[usize::from(self.0)]
+    }
 }
+
+/// gRPC's code names, by number.
+const NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
 
 impl fmt::Display for GrpcCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -217,6 +250,21 @@ mod tests {
         assert!(ends_in_trailers(&grpc(None)));
         assert!(!ends_in_trailers(&grpc(Some("0"))), "trailers-only");
         assert!(!ends_in_trailers(&http::Response::new(())), "not gRPC");
+    }
+
+    #[test]
+    fn codes_are_named_as_grpc_names_them() {
+        assert_eq!(
+            GrpcCode::from_name("UNAVAILABLE"),
+            Some(GrpcCode::UNAVAILABLE)
+        );
+        assert_eq!(GrpcCode::from_name("OK"), Some(GrpcCode::OK));
+        assert_eq!(
+            GrpcCode::from_name("UNAUTHENTICATED").map(GrpcCode::get),
+            Some(16)
+        );
+        assert_eq!(GrpcCode::from_name("unavailable"), None);
+        assert_eq!(GrpcCode::NOT_FOUND.name(), "NOT_FOUND");
     }
 
     #[test]

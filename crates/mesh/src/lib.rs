@@ -8,6 +8,7 @@ mod fallback;
 mod grpc;
 mod limits;
 pub mod metrics;
+mod policies;
 mod prometheus;
 mod services;
 mod split;
@@ -17,7 +18,8 @@ mod wiring;
 pub use client::{CallOptions, MeshBody, MeshClient, MeshClientBuilder, RequestBody, StartError};
 pub use config::{
     deadline_for, retry_after_for, DiscoveryConfig, FallbackConfig, LimitsConfig, LocalService,
-    MeshConfig, Profile, Protocol, RetrySettings, ServiceOverride,
+    MeshConfig, MethodSettings, Profile, Protocol, RetryPolicySettings, RetrySettings,
+    ServiceOverride,
 };
 pub use fallback::{FallbackCause, FallbackFn, FallbackUsed};
 pub use grpc::GrpcChannel;

@@ -164,11 +164,25 @@ impl MeshClient {
         mut req: Request<SentBody>,
         guard: &mut CallGuard,
     ) -> Outcome {
-        // The caller's deadline, else (when the service's limits may make
-        // the call wait) the route's: counted from the start, the wait
-        // included. The retry layer holds the call to it: each attempt is
-        // cut at it, and no backoff starts that would end past it.
-        let deadline = call.deadline.or(call.state.queue_deadline);
+        let route = self.inner.routes.get(call.service);
+        let applied = route
+            .policies
+            .as_deref()
+            .and_then(|p| p.find(req.method(), req.uri().path()));
+        // The caller's deadline or its method's, whichever is sooner, else
+        // (when the service's limits may make the call wait) the route's:
+        // counted from the start, the wait included. The retry layer holds
+        // the call to it: each attempt is cut at it, and no backoff starts
+        // that would end past it.
+        let method_timeout = applied.and_then(|a| a.timeout);
+        let deadline = match (call.deadline, method_timeout) {
+            (Some(own), Some(method)) => Some(own.min(method)),
+            (own, method) => own.or(method),
+        };
+        let deadline = deadline.or(call.state.queue_deadline);
+        if let Some(policy) = applied.and_then(|a| a.call.clone()) {
+            req.extensions_mut().insert(policy);
+        }
         if let Some(limit) = deadline {
             req.extensions_mut()
                 .insert(Deadline(clock::now().saturating_add(limit)));
@@ -180,7 +194,7 @@ impl MeshClient {
         if let Some(budget) = &call.state.budget {
             req.extensions_mut().insert(budget.clone());
         }
-        let stack = self.inner.routes.stack(call.service).clone();
+        let stack = route.stack.clone();
         let outcome = stack.oneshot(req).await;
         self.after_call(call.service, call.state, &outcome);
         outcome

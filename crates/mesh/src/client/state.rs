@@ -87,9 +87,9 @@ impl MeshClient {
         let plaintext =
             (self.inner.config.services.get(service.as_str())).is_some_and(|o| o.plaintext);
         let transports = &self.inner.transports;
-        let clients = transports.probe_client(service, plaintext).and_then(|http| {
-            Ok((http, transports.grpc_probe_client(service, plaintext)?))
-        });
+        let clients = transports
+            .probe_client(service, plaintext)
+            .and_then(|http| Ok((http, transports.grpc_probe_client(service, plaintext)?)));
         match clients {
             Ok((http, grpc)) => {
                 if let Some(client) = http {

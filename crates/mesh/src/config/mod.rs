@@ -23,8 +23,10 @@ use serde::{Deserialize, Serialize};
 mod discovery;
 mod env;
 mod fallback;
+mod grpc_service_config;
 mod limits;
 mod load;
+mod methods;
 mod profile;
 mod retry;
 mod service;
@@ -34,6 +36,7 @@ pub use discovery::DiscoveryConfig;
 pub(crate) use fallback::status as fallback_status;
 pub use fallback::FallbackConfig;
 pub use limits::LimitsConfig;
+pub use methods::{MethodSettings, RetryPolicySettings};
 pub use profile::Profile;
 pub use retry::{deadline_for, retry_after_for, RetrySettings};
 pub use service::{LocalService, Protocol, ServiceOverride};
@@ -195,6 +198,29 @@ impl MeshConfig {
         )
         .copied()
         .unwrap_or(MeshConfig::DEFAULT_REPLAY_BUFFER)
+    }
+
+    /// `service`'s per-method policies: its gRPC service config's
+    /// `methodConfig` entries and its `[[services.<name>.methods]]`;
+    /// `None` when it has neither. Reads the service config's file.
+    pub(crate) fn method_policies_for(
+        &self,
+        service: &str,
+    ) -> Result<Option<crate::policies::MethodPolicies>, ConfigError> {
+        let Some(o) = self.services.get(service) else {
+            return Ok(None);
+        };
+        let mut rules = match &o.grpc_service_config {
+            Some(path) => {
+                let key = format!("services.{service}.grpc_service_config");
+                grpc_service_config::load(path, &key)?
+            }
+            None => Vec::new(),
+        };
+        for (i, method) in o.methods.iter().enumerate() {
+            rules.push(method.rule(&format!("services.{service}.methods[{i}]"))?);
+        }
+        Ok(crate::policies::MethodPolicies::new(rules))
     }
 
     /// The retry settings for `service`.

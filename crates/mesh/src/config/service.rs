@@ -7,7 +7,7 @@ use mesh_balance::BalanceConfig;
 use mesh_breaker::BreakerConfig;
 use serde::{Deserialize, Serialize};
 
-use super::{FallbackConfig, LimitsConfig, RetrySettings};
+use super::{FallbackConfig, LimitsConfig, MethodSettings, RetrySettings};
 
 /// The local service (the design document's `createServiceMeshClient("api-gateway")`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +65,15 @@ pub struct ServiceOverride {
     /// (over the file's `replay_buffer`).
     #[serde(default)]
     pub replay_buffer: Option<usize>,
+    /// A gRPC service config (JSON, as the gRPC libraries take it): its
+    /// `methodConfig` entries give methods their own `timeout` and
+    /// `retryPolicy` or `hedgingPolicy`.
+    #[serde(default)]
+    pub grpc_service_config: Option<std::path::PathBuf>,
+    /// Per path prefix and HTTP method: a deadline and a retry or hedging
+    /// policy (`[[services.<name>.methods]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<MethodSettings>,
     /// Balancing.
     #[serde(default)]
     pub balance: Option<BalanceConfig>,

@@ -17,6 +17,9 @@ impl MeshConfig {
         self.validate_discovery()?;
         self.validate_timeouts()?;
         self.validate_replay_buffers()?;
+        for service in self.services.keys() {
+            self.method_policies_for(service)?;
+        }
         self.validate_retries()?;
         self.validate_limits_and_splits()?;
         if self.event_capacity == 0 {

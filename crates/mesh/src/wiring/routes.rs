@@ -15,6 +15,7 @@ use mesh_retry::RetryLayer;
 use tower::ServiceBuilder;
 
 use crate::config::{MeshConfig, Protocol};
+use crate::policies::MethodPolicies;
 use crate::split::{SplitLayer, Splits};
 use crate::transport::{Transport, Transports};
 
@@ -32,6 +33,8 @@ pub(crate) struct Route {
     pub(crate) balance: BalanceLayer,
     pub(crate) breaker: BreakerLayer,
     pub(crate) retry: RetryLayer,
+    /// Its per-method policies, if it has any.
+    pub(crate) policies: Option<Arc<MethodPolicies>>,
 }
 
 /// Every route of a client, built once at start.
@@ -80,12 +83,10 @@ impl Routes {
         })
     }
 
-    /// The stack for `service`: its own when the configuration overrides
+    /// The route for `service`: its own when the configuration overrides
     /// it, else the shared default one.
-    pub(crate) fn stack(&self, service: &ServiceName) -> &Stack {
-        self.overridden
-            .get(service)
-            .map_or(&self.default.stack, |r| &r.stack)
+    pub(crate) fn get(&self, service: &ServiceName) -> &Route {
+        self.overridden.get(service).unwrap_or(&self.default)
     }
 
     /// Every route by name (`*` for the default), for metrics.
@@ -122,6 +123,7 @@ impl RouteParts<'_> {
             balance,
             breaker,
             retry,
+            policies: config.method_policies_for(service)?.map(Arc::new),
         })
     }
 }
