@@ -102,7 +102,8 @@ pub fn channel(greeters: &[SocketAddr]) -> Result<Greeters, BoxError> {
     let registry = StaticRegistry::builder()
         .service("greeter", greeters.iter().map(SocketAddr::to_string))
         .build()?;
-    // gRPC calls are POSTs: retried only when never sent.
+    // gRPC calls are POSTs, yet retried when answered UNAVAILABLE (the
+    // server did not process them) or never sent.
     let retry = RetryLayer::new(RetryConfig::builder().max_retries(2).build()?);
     let breaker = BreakerLayer::new(
         BreakerConfig::builder()
@@ -110,9 +111,13 @@ pub fn channel(greeters: &[SocketAddr]) -> Result<Greeters, BoxError> {
             .consecutive_failures(5)
             .build()?,
     );
+    // Nagle's algorithm off: small gRPC frames would otherwise wait for
+    // acknowledgements.
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
     let h2c: H2c = Client::builder(TokioExecutor::new())
         .http2_only(true)
-        .build_http();
+        .build(tcp);
     let channel = ServiceBuilder::new()
         .map_request(replayable as fn(_) -> _)
         .layer(retry.clone())
