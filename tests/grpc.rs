@@ -172,3 +172,43 @@ async fn a_call_s_grpc_timeout_is_its_deadline_through_the_mesh() {
     );
     assert!(status.message().contains("timed out"), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_s_grpc_failure_codes_decide_what_counts_against_an_instance() {
+    let (missing, _) = answering(|| tonic::Status::not_found("no such user")).await;
+    let config = mesh::MeshConfig::from_toml_str(&format!(
+        r#"
+[service]
+name = "api-gateway"
+[discovery]
+kind = "static"
+services = {{ greeter = ["{missing}"] }}
+[services.greeter]
+protocol = "h2c"
+breaker = {{ scope = "endpoint", grpc_failure_codes = [5], minimum_calls = 100 }}
+"#
+    ))
+    .expect("config");
+    let client = mesh::MeshClient::from_config(config).await.expect("client");
+    for i in 0..4 {
+        grpc::say_hello(&client, &format!("caller-{i}"))
+            .await
+            .expect_err("NOT_FOUND reaches the caller");
+    }
+    let metrics = client.metrics();
+    let route = metrics
+        .routes
+        .iter()
+        .find(|r| r.route == "greeter")
+        .expect("route");
+    let rates: Vec<_> = route
+        .breakers
+        .iter()
+        .map(|b| (b.failure_rate, b.buffered_calls))
+        .collect();
+    assert_eq!(
+        rates,
+        [(Some(100.0), 4)],
+        "NOT_FOUND counted, as configured"
+    );
+}

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use mesh_core::grpc::{GrpcCode, GrpcCodes};
 use mesh_core::ConfigError;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -252,6 +253,8 @@ struct Settings {
     open_duration_multiplier: Option<f64>,
     open_duration_jitter: f64,
     max_ejection_percent: f64,
+    /// gRPC codes that count as failures (by number).
+    grpc_failure_codes: Vec<u32>,
     half_open_probes: u32,
     #[serde(with = "humantime_serde")]
     half_open_max_wait: Duration,
@@ -436,6 +439,19 @@ impl BreakerConfig {
     pub fn max_ejection_percent(&self) -> f64 {
         self.settings.max_ejection_percent
     }
+    /// The gRPC codes that count against an instance (by default
+    /// `UNKNOWN`, `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `INTERNAL`,
+    /// `UNAVAILABLE`; application codes such as `NOT_FOUND` never should),
+    /// whether the status comes in the headers or in trailers after
+    /// messages.
+    pub fn grpc_failures(&self) -> GrpcCodes {
+        GrpcCodes::of(
+            self.settings
+                .grpc_failure_codes
+                .iter()
+                .filter_map(|&n| GrpcCode::new(n)),
+        )
+    }
     /// Probe calls admitted in HALF_OPEN.
     pub fn half_open_probes(&self) -> u32 {
         self.settings.half_open_probes
@@ -523,6 +539,10 @@ impl Default for Settings {
             open_duration_multiplier: None,
             open_duration_jitter: 0.1,
             max_ejection_percent: 50.0,
+            grpc_failure_codes: GrpcCodes::failures()
+                .iter()
+                .map(|c| c.get().into())
+                .collect(),
             half_open_probes: 3,
             half_open_max_wait: Duration::from_secs(30),
             automatic_half_open: None,
@@ -678,6 +698,16 @@ impl Settings {
                 ),
             ));
         }
+        if let Some(n) = self
+            .grpc_failure_codes
+            .iter()
+            .find(|&&n| GrpcCode::new(n).is_none())
+        {
+            return Err(ConfigError::new(
+                "breaker.grpc_failure_codes",
+                format!("{n} is not a gRPC code: use codes from 0 to 16"),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.open_duration_jitter) {
             return Err(ConfigError::new(
                 "breaker.open_duration_jitter",
@@ -816,6 +846,12 @@ impl BreakerConfigBuilder {
     /// one); 100 lifts the cap. See [`BreakerConfig::max_ejection_percent`].
     pub fn max_ejection_percent(mut self, percent: f64) -> Self {
         self.settings.max_ejection_percent = percent;
+        self
+    }
+    /// Counts exactly the gRPC calls answered with `codes` as failures.
+    /// See [`BreakerConfig::grpc_failures`].
+    pub fn grpc_failure_codes(mut self, codes: GrpcCodes) -> Self {
+        self.settings.grpc_failure_codes = codes.iter().map(|c| c.get().into()).collect();
         self
     }
     /// Admits `n` probes in HALF_OPEN.

@@ -42,7 +42,9 @@ impl Outcomes {
         Outcomes {
             // A refusal by another breaker below never reached the
             // upstream: it says nothing about it, so it counts neither way.
-            classifier: FailureClassifier::default().with_ignored_error(FailureKind::CircuitOpen),
+            classifier: FailureClassifier::default()
+                .with_ignored_error(FailureKind::CircuitOpen)
+                .with_grpc_failures(config.grpc_failures()),
             events: EventBus::default(),
             times_calls: config.slow_call_rate_threshold().is_some(),
             ejections: std::sync::Mutex::default(),

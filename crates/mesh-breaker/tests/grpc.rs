@@ -142,3 +142,35 @@ async fn a_stream_read_past_the_call_timeout_is_not_a_timeout() {
         "a late drop is a cancellation"
     );
 }
+
+#[tokio::test]
+async fn which_grpc_codes_count_is_the_configuration_s_choice() {
+    let config: BreakerConfig =
+        serde_json::from_str(r#"{ "grpc_failure_codes": [5], "call_timeout": "1s" }"#)
+            .expect("config");
+    let layer = BreakerLayer::new(config);
+    call(&layer, Some("5"))
+        .await
+        .into_body()
+        .collect()
+        .await
+        .expect("read");
+    call(&layer, Some("14"))
+        .await
+        .into_body()
+        .collect()
+        .await
+        .expect("read");
+    let m = metrics(&layer);
+    assert_eq!(
+        (m.failed_total, m.successful_total),
+        (1, 1),
+        "NOT_FOUND fails, UNAVAILABLE not"
+    );
+    let refused = serde_json::from_str::<BreakerConfig>(r#"{ "grpc_failure_codes": [17] }"#)
+        .expect_err("17 is no code");
+    assert!(
+        refused.to_string().contains("breaker.grpc_failure_codes"),
+        "{refused}"
+    );
+}

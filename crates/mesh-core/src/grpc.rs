@@ -121,6 +121,13 @@ impl GrpcCodes {
     pub fn contains(self, code: GrpcCode) -> bool {
         self.0 & (1 << code.0) != 0
     }
+
+    /// The codes in the set, lowest first.
+    pub fn iter(self) -> impl Iterator<Item = GrpcCode> {
+        (0..=16)
+            .filter_map(GrpcCode::new)
+            .filter(move |c| self.contains(*c))
+    }
 }
 
 /// The `grpc-status` a response's headers carry (a trailers-only
@@ -274,6 +281,8 @@ mod tests {
         assert!(!failures.contains(GrpcCode::NOT_FOUND));
         assert!(!failures.contains(GrpcCode::OK));
         assert!(GrpcCodes::retryable().contains(GrpcCode::UNAVAILABLE));
+        let listed: Vec<u8> = failures.iter().map(GrpcCode::get).collect();
+        assert_eq!(listed, [2, 4, 8, 13, 14]);
         assert!(!GrpcCodes::retryable().contains(GrpcCode::INTERNAL));
     }
 }
