@@ -54,31 +54,16 @@ async fn answering_after(
     delay: Duration,
     status: fn() -> tonic::Status,
 ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let counted = Arc::clone(&counted);
-            tokio::spawn(async move {
-                let answer = hyper::service::service_fn(move |_req: http::Request<Incoming>| {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        tokio::time::sleep(delay).await;
-                        Ok::<_, Infallible>(status().into_http::<tonic::body::Body>())
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .http2_only()
-                    .serve_connection(TokioIo::new(tcp), answer)
-                    .await;
-            });
+    let answer = tower::service_fn(move |_req: http::Request<Incoming>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Infallible>(status().into_http::<tonic::body::Body>())
         }
     });
+    let addr = mesh_testkit::h2c::serve(answer).await.expect("served");
     (addr, calls)
 }
 

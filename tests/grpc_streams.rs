@@ -14,8 +14,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use mesh::{MeshClient, MeshConfig};
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
@@ -169,26 +167,12 @@ fn echo() -> impl tower::Service<
 
 /// A store on a loopback port (HTTP/2 only, as gRPC requires).
 async fn serve(mode: Mode) -> (SocketAddr, Arc<Seen>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(Seen::default());
     let store = Store {
         mode,
         seen: Arc::clone(&seen),
     };
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .http2_only()
-                    .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(store))
-                    .await;
-            });
-        }
-    });
+    let addr = mesh_testkit::h2c::serve(store).await.expect("served");
     (addr, seen)
 }
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh::{MeshClient, MeshConfig};
 use mesh_testkit::{Backend, Behavior};
 use tonic_prost::ProstCodec;
@@ -34,32 +33,18 @@ enum Answer {
 /// `delay`, counting the calls it starts and those it finishes (a call
 /// cancelled by its client never finishes).
 async fn greeter(delay: Duration, answer: Answer) -> (SocketAddr, Arc<[AtomicUsize; 2]>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let counted = Arc::clone(&counts);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let counted = Arc::clone(&counted);
-            let serve = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let counted = Arc::clone(&counted);
-                async move {
-                    counted[0].fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(delay).await;
-                    counted[1].fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, Infallible>(answered(req, answer).await)
-                }
-            });
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .http2_only()
-                    .serve_connection(TokioIo::new(tcp), serve)
-                    .await;
-            });
+    let serve = tower::service_fn(move |req: http::Request<Incoming>| {
+        let counted = Arc::clone(&counted);
+        async move {
+            counted[0].fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            counted[1].fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Infallible>(answered(req, answer).await)
         }
     });
+    let addr = mesh_testkit::h2c::serve(serve).await.expect("served");
     (addr, counts)
 }
 

@@ -13,6 +13,8 @@ pub mod anchors;
 pub mod consul;
 #[cfg(feature = "dnsmasq")]
 pub mod dnsmasq;
+#[cfg(feature = "h2c")]
+pub mod h2c;
 #[cfg(feature = "pki")]
 pub mod pki;
 
