@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The workspace's test command. Some test suites start real peers on
-# loopback (dnsmasq, etcd, openssl, curl, redis-server): this script
-# installs the Debian packages of whichever of those programs are missing,
-# then runs `cargo test --workspace` with this script's arguments.
+# loopback (dnsmasq, etcd, openssl, curl, redis-server, a gRPC server on
+# Python's grpcio): this script installs the Debian packages of whichever
+# of those programs are missing, then runs `cargo test --workspace` with
+# this script's arguments.
 #
 #   scripts/test.sh                    # every test
 #   scripts/test.sh breaker            # every test whose name contains "breaker"
@@ -14,13 +15,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Each line: the Debian package, the program the tests start (looked up on
-# PATH, as the tests do), and the tests that need it.
+# PATH, as the tests do; `python3:MODULE` is a python3 that can import
+# MODULE), and the tests that need it.
 PEERS=(
-    "dnsmasq-base  dnsmasq       mesh-discover: Kubernetes DNS discovery (A/AAAA and SRV records)"
-    "etcd-server   etcd          mesh-discover: the worked etcd v3 registry"
-    "openssl       openssl       mesh-tls: mutual TLS against openssl s_server and s_client"
-    "curl          curl          mesh-tls, mesh-health: mutual TLS and health probes through curl"
-    "redis-server  redis-server  mesh-health: the Redis check"
+    "dnsmasq-base    dnsmasq       mesh-discover: Kubernetes DNS discovery (A/AAAA and SRV records)"
+    "etcd-server     etcd          mesh-discover: the worked etcd v3 registry"
+    "openssl         openssl       mesh-tls: mutual TLS against openssl s_server and s_client"
+    "curl            curl          mesh-tls, mesh-health: mutual TLS and health probes through curl"
+    "redis-server    redis-server  mesh-health: the Redis check"
+    "python3-grpcio  python3:grpc  tower-mesh-tests: gRPC interop against gRPC's C core (tests/peers/grpc_peer.py)"
 )
 
 dry_run=false
@@ -45,11 +48,29 @@ for dir in /usr/local/sbin /usr/sbin /sbin; do
 done
 export PATH
 
+# Whether a PEERS program is here. A Python module is looked for as the
+# tests look for it: with the python3 on PATH, then with Debian's own (a
+# pyenv or virtualenv first on PATH does not see Debian's packages).
+have() {
+    case "$1" in
+        python3:*)
+            local python
+            for python in python3 /usr/bin/python3; do
+                if "$python" -c "import ${1#python3:}" >/dev/null 2>&1; then
+                    return 0
+                fi
+            done
+            return 1
+            ;;
+        *) command -v "$1" >/dev/null 2>&1 ;;
+    esac
+}
+
 missing_packages() {
     local peer package program
     for peer in "${PEERS[@]}"; do
         read -r package program _ <<<"$peer"
-        if ! command -v "$program" >/dev/null 2>&1; then
+        if ! have "$program"; then
             printf '%s\n' "$package"
         fi
     done

@@ -92,11 +92,12 @@ async fn an_unavailable_instance_is_retried_elsewhere_and_ejected() {
         .find(|r| r.route == "greeter")
         .expect("route");
     assert!(route.retry.retries >= 1, "{:?}", route.retry);
+    // Open (its window starts afresh, empty), or closed with every call
+    // it recorded failed.
     let bad_key = format!("greeter/{bad}");
     let breaker = route.breakers.iter().find(|b| b.key == bad_key);
-    assert_eq!(
-        breaker.and_then(|b| b.failure_rate),
-        Some(100.0),
+    assert!(
+        breaker.is_some_and(|b| b.state == "open" || b.failure_rate == Some(100.0)),
         "{:?}",
         route.breakers
     );

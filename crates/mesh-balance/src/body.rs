@@ -99,11 +99,15 @@ impl Drop for InFlight {
         } else if self.failed {
             let penalty = failure_penalty(self.state.latency_at(now), elapsed);
             self.state.record_latency_at(penalty, now);
-        } else if self.state.latency().is_some_and(|l| elapsed > l) {
+        } else if elapsed > self.state.latency().unwrap_or(FAILURE_PENALTY_FLOOR) {
             // Cancelled, and longer than the endpoint usually takes (the
-            // caller gave up on a hung call): evidence of slowness, so the
-            // peak-sensitive estimate takes it. A quick cancellation says
-            // nothing about the endpoint and is not recorded.
+            // caller gave up on a hung call, a hedged copy lost): evidence
+            // of slowness, so the peak-sensitive estimate takes it. An
+            // endpoint with no estimate yet (slow from its first call, and
+            // every call to it cancelled) is judged against the failure
+            // floor, or it would look as fast as the others for ever. A
+            // quick cancellation says nothing about the endpoint and is
+            // not recorded.
             self.state.record_latency_at(elapsed, now);
         }
     }
@@ -246,6 +250,18 @@ mod tests {
         // A good answer then pulls from the faded estimate, not the peak.
         state.record_latency_at(Duration::from_micros(300), later);
         assert!(state.latency().expect("an estimate") < Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_cancellation_teaches_an_endpoint_with_no_estimate() {
+        let state = Arc::new(EndpointState::new());
+        drop(InFlight::start(Arc::clone(&state)));
+        assert_eq!(state.latency(), None, "a quick cancellation says nothing");
+        let cancelled = InFlight::start(Arc::clone(&state));
+        tokio::time::advance(Duration::from_millis(50)).await;
+        drop(cancelled);
+        let learned = state.latency().expect("an estimate");
+        assert!(learned >= Duration::from_millis(50), "{learned:?}");
     }
 
     #[tokio::test]
