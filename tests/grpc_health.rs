@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use mesh::core::{Health, MeshEvent, Probe};
 use mesh::health::grpc::{health_service, GrpcProbeClient};
 use mesh::health::CheckError;
@@ -146,21 +144,7 @@ impl Greeter {
             health: HealthServer::new(HealthService::from_health_reporter(reporter.clone())),
             seen: Arc::clone(&seen),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let instance = instance.clone();
-                tokio::spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .http2_only()
-                        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(instance))
-                        .await;
-                });
-            }
-        });
+        let addr = mesh_testkit::h2c::serve(instance).await.expect("served");
         Greeter {
             addr,
             reporter,
@@ -437,43 +421,28 @@ unhealthy_threshold = 2"#,
 async fn an_instance_that_does_not_know_the_named_service_gets_no_calls() {
     let (a, b) = (Greeter::start().await, Greeter::start().await);
     b.set("orders.v1.Orders", ServingStatus::Serving).await;
-    // By Check: tonic-health refuses a Watch of a name it does not know
-    // (NOT_FOUND) rather than streaming SERVICE_UNKNOWN, which leaves the
-    // endpoint to the Checks anyway.
-    let client = client(
-        &[&a, &b],
-        r#"probe = { grpc = { service = "orders.v1.Orders" } }
-interval = "100ms"
-jitter = "0s""#,
-    )
-    .await;
-    // The first call may land anywhere: nothing has been probed yet.
-    hellos(&client, 1).await;
-    until("a ejected", || !available(&client, a.addr)).await;
-    assert!(available(&client, b.addr));
-    assert_eq!(share_of(&client, &a, 10).await, 0);
+    // tonic-health refuses a Watch of a name it does not know (NOT_FOUND)
+    // rather than streaming SERVICE_UNKNOWN: a verdict all the same, at
+    // once, however long the interval.
+    let modes = [
+        "probe = { grpc = { service = \"orders.v1.Orders\" } }\ninterval = \"100ms\"",
+        "probe = { grpc = { service = \"orders.v1.Orders\", watch = true } }\ninterval = \"1h\"",
+    ];
+    for mode in modes {
+        let client = client(&[&a, &b], &format!("{mode}\njitter = \"0s\"")).await;
+        // The first call may land anywhere: nothing has been probed yet.
+        hellos(&client, 1).await;
+        until("a ejected", || !available(&client, a.addr)).await;
+        assert!(available(&client, b.addr), "{mode}");
+        assert_eq!(share_of(&client, &a, 10).await, 0, "{mode}");
+    }
 }
 
 // --- The server side: the client's readiness to gRPC health clients ---
 
 /// Serves `service` over HTTP/2 on a loopback port.
 async fn serve_health(service: HealthServer<mesh::health::grpc::ReadinessHealth>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let service = service.clone();
-            tokio::spawn(async move {
-                let answer = hyper::service::service_fn(move |req| service.clone().oneshot(req));
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), answer)
-                    .await;
-            });
-        }
-    });
-    addr
+    mesh_testkit::h2c::serve(service).await.expect("served")
 }
 
 fn whole_server() -> HealthCheckRequest {

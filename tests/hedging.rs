@@ -20,8 +20,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::TokioIo;
 use mesh::metrics::RetryMetrics;
 use mesh::{CallOptions, MeshClient, MeshConfig};
 use tonic_prost::ProstCodec;
@@ -141,16 +140,7 @@ impl Instance {
             answer,
             seen: Arc::clone(&seen),
         };
-        let addr = listen(move |tcp| {
-            let greeter = greeter.clone();
-            async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .http2_only()
-                    .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(greeter))
-                    .await;
-            }
-        })
-        .await;
+        let addr = mesh_testkit::h2c::serve(greeter).await.expect("served");
         Instance {
             addr,
             name: name.to_owned(),

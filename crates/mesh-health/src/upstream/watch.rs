@@ -7,6 +7,10 @@
 //!
 //! - A server answering `UNIMPLEMENTED` has no `Watch` (A17: do not retry):
 //!   `Check` from then on, for as long as the endpoint is tracked.
+//! - A server refusing the call with `NOT_FOUND` (tonic-health's answer
+//!   for a service it does not know, where the protocol streams
+//!   `SERVICE_UNKNOWN`) is a verdict: the endpoint goes out at once; the
+//!   stream is then asked for again like a broken one.
 //! - Any other failure (refused, reset, the stream ended, nothing said
 //!   within the timeout) is retried after a backoff that starts at the
 //!   interval and doubles up to [`MAX_BACKOFF`] (or the interval, if
@@ -124,6 +128,19 @@ async fn follow_once(
         Err(_) => return broken(format!("no status within {timeout:?}"), false),
         Ok(Err(status)) if status.code() == Code::Unimplemented => {
             return Ended::Unsupported(describe(&status))
+        }
+        Ok(Err(status)) if status.code() == Code::NotFound => {
+            // The protocol streams SERVICE_UNKNOWN for a service the server
+            // does not know; some servers (tonic-health) refuse the call
+            // with NOT_FOUND instead. Either is a verdict: out at once, not
+            // left in rotation until the next round's Check.
+            let unknown = format!(
+                "gRPC health Watch of {}: service unknown ({})",
+                endpoint.address(),
+                describe(&status)
+            );
+            declare(prober, endpoint, Err(unknown));
+            return broken(describe(&status), false);
         }
         Ok(Err(status)) => return broken(describe(&status), false),
         Ok(Ok(opened)) => opened,
