@@ -156,6 +156,7 @@ async fn a_call_s_grpc_timeout_is_its_deadline_through_the_mesh() {
         started.elapsed() < Duration::from_millis(1500),
         "{status:?}"
     );
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("timed out"), "{status:?}");
 }
 
@@ -197,4 +198,20 @@ breaker = {{ scope = "endpoint", grpc_failure_codes = [5], minimum_calls = 100 }
         [(Some(100.0), 4)],
         "NOT_FOUND counted, as configured"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_no_instance_can_answer_is_unavailable_as_grpc_says() {
+    // A port nothing listens on: every connection is refused.
+    let gone = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let client = grpc::mesh_client(&[gone]).await.expect("client");
+    let err = grpc::say_hello(&client, "Ada").await.expect_err("refused");
+    let status = err
+        .downcast_ref::<tonic::Status>()
+        .unwrap_or_else(|| panic!("a gRPC status: {err}"));
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains(&gone.to_string()), "{status:?}");
 }

@@ -172,6 +172,7 @@ async fn a_method_s_timeout_bounds_its_calls_and_no_other() {
         .await
         .expect_err("past its method's timeout");
     assert!(started.elapsed() < Duration::from_millis(700), "{status:?}");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("timed out"), "{status:?}");
     // Without the file, the same call waits for its answer.
     let unbounded = client("greeter", &[slow], true, "").await;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use mesh_core::BoxError;
+use mesh_core::grpc::GrpcCode;
+use mesh_core::{BoxError, FailureClassifier, FailureKind, MeshError};
 use tower::Service;
 
 use crate::client::{MeshBody, MeshClient, RequestBody};
@@ -20,8 +21,12 @@ use crate::client::{MeshBody, MeshClient, RequestBody};
 /// a stream longer than that is committed to its first attempt, never
 /// failed for its size. A call's `grpc-timeout` (what tonic's
 /// `Request::set_timeout` sends) is its deadline: every attempt and every
-/// backoff ends within it, and the call fails with `MeshError::Timeout`
-/// when it runs out.
+/// backoff ends within it. A call the mesh cannot complete is answered as
+/// a gRPC server would answer it, trailers-only: `DEADLINE_EXCEEDED` when
+/// its deadline runs out, `RESOURCE_EXHAUSTED` over a limit, `UNAVAILABLE`
+/// when no instance could answer (none known or available, circuits open,
+/// connections refused), `INTERNAL` for a request the mesh cannot route;
+/// the message says why.
 ///
 /// ```no_run
 /// # async fn run(client: mesh::MeshClient) -> Result<(), Box<dyn std::error::Error>> {
@@ -64,7 +69,63 @@ where
         let client = self.client.clone();
         let deadline = req.headers().get("grpc-timeout").and_then(grpc_timeout);
         let req = req.map(RequestBody::stream);
-        Box::pin(async move { client.send_within(req, deadline).await })
+        Box::pin(async move {
+            let sent = client.send_within(req, deadline).await;
+            Ok(sent.unwrap_or_else(|error| failed(&*error)))
+        })
+    }
+}
+
+/// A call the mesh could not complete, answered as a gRPC server would
+/// (trailers-only): its code is what gRPC clients expect for the cause
+/// (`DEADLINE_EXCEEDED` for a deadline that ran out, `UNAVAILABLE` when no
+/// instance could answer...), so a tonic client sees a `Status` it can
+/// act on rather than `UNKNOWN`; the message is the error's.
+fn failed(error: &(dyn std::error::Error + 'static)) -> Response<MeshBody> {
+    let code = code_for(error);
+    let message =
+        percent_encoding::utf8_percent_encode(&error.to_string(), MESSAGE_ESCAPES).to_string();
+    let mut response = Response::new(MeshBody::empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(
+        "grpc-status",
+        http::HeaderValue::from(u16::from(code.get())),
+    );
+    if let Ok(message) = http::HeaderValue::from_str(&message) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+/// The bytes `grpc-message` percent-encodes: controls, `%` and all that is
+/// not ASCII (gRPC's wire format).
+const MESSAGE_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// The gRPC code for a call that failed with `error`.
+fn code_for(error: &(dyn std::error::Error + 'static)) -> GrpcCode {
+    if FailureClassifier::default().classify_error(error) == FailureKind::Timeout {
+        return GrpcCode::DEADLINE_EXCEEDED;
+    }
+    let chain = std::iter::successors(Some(error), |e| e.source());
+    let first = chain
+        .filter_map(|e| e.downcast_ref::<MeshError>())
+        .find(|e| !matches!(e, MeshError::Endpoint { .. }));
+    match first {
+        Some(MeshError::LimitExceeded { .. } | MeshError::AtCapacity { .. }) => {
+            GrpcCode::RESOURCE_EXHAUSTED
+        }
+        Some(
+            MeshError::Misconfigured { .. }
+            | MeshError::MissingAuthority
+            | MeshError::InvalidAuthority { .. },
+        ) => GrpcCode::INTERNAL,
+        // No instance answered: unknown or empty service, open circuit,
+        // refused or broken connection, shutting down.
+        _ => GrpcCode::UNAVAILABLE,
     }
 }
 
