@@ -476,6 +476,14 @@ async fn grpcio_s_pushback_is_the_wait_before_the_retry() {
             (Duration::from_millis(300)..QUICK).contains(&waited),
             "the retry came {waited:?} after the pushback of 300 ms"
         );
+        // Each attempt tells the server the deadline as it leaves (the
+        // route's, two per-attempt timeouts): the retry has less left.
+        let (first, second) = (pushed_back.remaining, retry.remaining);
+        let (first, second) = (first.expect("a deadline"), second.expect("a deadline"));
+        assert!(
+            second + Duration::from_millis(250) < first,
+            "{first:?} left at the first attempt, {second:?} at the retry"
+        );
     }
 }
 

@@ -44,6 +44,28 @@ pub(crate) fn pushback<RB>(response: &Response<RB>) -> Option<Pushback> {
     }))
 }
 
+/// The header carrying a gRPC call's deadline to the server.
+pub(crate) static TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// Tells the server, on a gRPC call, the time `left` before the call's
+/// deadline, as this attempt leaves: a retry or a hedged copy sent later
+/// gets less than the first attempt did, as gRPC clients send it. Rounded
+/// up to the millisecond (gRPC's wire format allows at most 8 digits,
+/// so past about 27 hours in seconds); other requests are left alone.
+pub(crate) fn note_time_left<B>(req: &mut Request<B>, left: Duration) {
+    if !is_grpc(req) {
+        return;
+    }
+    let millis = left.as_nanos().div_ceil(1_000_000).max(1);
+    let value = match millis < 100_000_000 {
+        true => format!("{millis}m"),
+        false => format!("{}S", millis.div_ceil(1000).min(99_999_999)),
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        req.headers_mut().insert(TIMEOUT.clone(), value);
+    }
+}
+
 /// Whether `req` is a gRPC call: its content type is `application/grpc`
 /// or one of its `+proto`, `+json`... forms.
 pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -88,6 +110,29 @@ mod tests {
             assert_eq!(pushback(&answered(bad)), Some(Pushback::Stop), "{bad:?}");
         }
         assert_eq!(pushback(&Response::new(())), None);
+    }
+
+    #[test]
+    fn a_grpc_call_is_told_the_time_left_in_the_wire_s_units() {
+        let told = |left: Duration| {
+            let mut call = Request::post("http://users/pkg.Users/Get")
+                .header(CONTENT_TYPE, "application/grpc")
+                .header("grpc-timeout", "5S")
+                .body(())
+                .expect("request");
+            note_time_left(&mut call, left);
+            call.headers()[&TIMEOUT]
+                .to_str()
+                .map(str::to_owned)
+                .expect("ascii")
+        };
+        assert_eq!(told(Duration::from_millis(1683)), "1683m");
+        assert_eq!(told(Duration::from_micros(1500)), "2m", "rounded up");
+        assert_eq!(told(Duration::ZERO), "1m");
+        assert_eq!(told(Duration::from_secs(200_000)), "200000S");
+        let mut plain = Request::get("http://users/").body(()).expect("request");
+        note_time_left(&mut plain, Duration::from_secs(1));
+        assert!(plain.headers().get(&TIMEOUT).is_none());
     }
 
     #[test]

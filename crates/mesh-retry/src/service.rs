@@ -187,6 +187,9 @@ where
         if let Some(slot) = &slot {
             req.extensions_mut().insert(slot.clone());
         }
+        if let Some(left) = left {
+            crate::grpc::note_time_left(&mut req, left);
+        }
         AttemptFuture {
             inner: self.inner.call(req),
             sleep: limit.map(tokio::time::sleep),
