@@ -18,7 +18,7 @@ fn every_sample_file_loads_and_validates() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml" || e == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 6, "{files:?}");
+    assert!(files.len() >= 7, "{files:?}");
     for file in files {
         let config = MeshConfig::load_with_env(&file, |_| None)
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -59,6 +59,10 @@ fn the_samples_say_what_the_design_document_says() {
         DiscoveryConfig::File { path, .. } => assert!(path.starts_with(&dir), "{path:?}"),
         other => panic!("{other:?}"),
     }
+    // So is a gRPC service config.
+    let grpc = MeshConfig::load_with_env(dir.join("grpc-gateway.toml"), |_| None).expect("grpc");
+    let file = grpc.services["greeter"].grpc_service_config.as_ref();
+    assert!(file.is_some_and(|f| f.starts_with(&dir)), "{file:?}");
     let dev =
         MeshConfig::load_with_env(dir.join("development.toml"), |_| None).expect("development");
     assert_eq!(dev.profile, Profile::Development);

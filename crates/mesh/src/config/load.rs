@@ -12,8 +12,9 @@ use super::{DiscoveryConfig, MeshConfig};
 impl MeshConfig {
     /// Reads a TOML file (or YAML, for a `.yaml` or `.yml` file), applies
     /// the environment overrides (`SERVICE_NAME`, `CONSUL_URL`,
-    /// `MESH_PROFILE`) and validates. A relative discovery file path is
-    /// taken from the file's directory.
+    /// `MESH_PROFILE`) and validates. Relative paths of the files it names
+    /// (discovery file, gRPC service configs) are taken from the file's
+    /// directory.
     pub fn load(path: impl AsRef<Path>) -> Result<MeshConfig, ConfigError> {
         Self::load_with_env(path, |k| std::env::var(k).ok())
     }
@@ -37,7 +38,7 @@ impl MeshConfig {
         // override's names its variable.
         let in_file = |e: ConfigError| e.in_file(path);
         let mut config = parsed.map_err(in_file)?;
-        config.resolve_discovery_file(path);
+        config.resolve_relative_files(path);
         config.apply_env(var)?;
         config.validate().map_err(in_file)?;
         Ok(config)
@@ -57,14 +58,25 @@ impl MeshConfig {
         Ok(config)
     }
 
-    /// Makes a relative discovery file path relative to the directory of
+    /// Makes the relative paths of files it names (the discovery file,
+    /// each service's gRPC service config) relative to the directory of
     /// the configuration file at `path`, not to the working directory.
-    fn resolve_discovery_file(&mut self, path: &Path) {
-        let DiscoveryConfig::File { path: file, .. } = &mut self.discovery else {
+    fn resolve_relative_files(&mut self, path: &Path) {
+        let Some(dir) = path.parent() else {
             return;
         };
-        if let (true, Some(dir)) = (file.is_relative(), path.parent()) {
-            *file = dir.join(&*file);
+        let resolve = |file: &mut std::path::PathBuf| {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        };
+        if let DiscoveryConfig::File { path: file, .. } = &mut self.discovery {
+            resolve(file);
+        }
+        for service in self.services.values_mut() {
+            if let Some(file) = &mut service.grpc_service_config {
+                resolve(file);
+            }
         }
     }
 
