@@ -43,7 +43,8 @@ pub struct HelloReply {
     pub message: String,
 }
 
-const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
+/// The path of `helloworld.Greeter`'s `SayHello`.
+pub const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 
 /// The server's one method.
 #[derive(Clone)]

@@ -10,6 +10,10 @@
 //! HTTP/2 by hyper; the messages are written with prost's derive, so no
 //! protoc is needed.
 
+#[path = "../examples/grpc.rs"]
+#[allow(dead_code)]
+mod grpc;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,23 +39,10 @@ use tonic_health::ServingStatus;
 use tonic_prost::ProstCodec;
 use tower::ServiceExt;
 
-/// `helloworld.HelloRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloRequest {
-    #[prost(string, tag = "1")]
-    name: String,
-}
-
-/// `helloworld.HelloReply`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloReply {
-    #[prost(string, tag = "1")]
-    message: String,
-}
+use grpc::{HelloReply, HelloRequest, SAY_HELLO};
 
 /// The greeter's fully qualified service name, as a health check names it.
 const GREETER: &str = "helloworld.Greeter";
-const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 const CHECK: &str = "/grpc.health.v1.Health/Check";
 const WATCH: &str = "/grpc.health.v1.Health/Watch";
 

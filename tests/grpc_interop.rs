@@ -17,6 +17,10 @@
 //!
 //! The peer needs Debian's python3-grpcio: scripts/test.sh installs it.
 
+#[path = "../examples/grpc.rs"]
+#[allow(dead_code)]
+mod grpc;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -27,21 +31,8 @@ use http::uri::PathAndQuery;
 use mesh::{MeshClient, MeshConfig};
 use tonic_prost::ProstCodec;
 
-/// `helloworld.HelloRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloRequest {
-    #[prost(string, tag = "1")]
-    name: String,
-}
+use grpc::{HelloReply, HelloRequest, SAY_HELLO};
 
-/// `helloworld.HelloReply`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloReply {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 const SAY_HELLOS: &str = "/helloworld.Greeter/SayHellos";
 
 /// What the tests say when the peer cannot run.

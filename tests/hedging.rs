@@ -7,6 +7,10 @@
 //! to change what happens, and so are the rules around it: a POST is not
 //! hedged, a gRPC call is, a spent budget sends no copy.
 
+#[path = "../examples/grpc.rs"]
+#[allow(dead_code)]
+mod grpc;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +28,8 @@ use hyper_util::rt::TokioIo;
 use mesh::metrics::RetryMetrics;
 use mesh::{CallOptions, MeshClient, MeshConfig};
 use tonic_prost::ProstCodec;
+
+use grpc::{HelloReply, HelloRequest, SAY_HELLO};
 
 /// How long the slow instances take: far longer than any hedged call.
 const SLOW: Duration = Duration::from_secs(2);
@@ -178,22 +184,6 @@ where
     });
     addr
 }
-
-/// `helloworld.HelloRequest`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloRequest {
-    #[prost(string, tag = "1")]
-    name: String,
-}
-
-/// `helloworld.HelloReply`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct HelloReply {
-    #[prost(string, tag = "1")]
-    message: String,
-}
-
-const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 
 /// The greeter service of one gRPC instance.
 #[derive(Clone)]
