@@ -1,15 +1,18 @@
-//! The same traffic, in one process and one run, through four stacks and
-//! seven scenes, over loopback servers: an open loop of 10,000 requests
+//! The same traffic, in one process and one run, through five stacks and
+//! eight scenes, over loopback servers: an open loop of 10,000 requests
 //! per second for 1.5 s per scene and stack (at most 1,024 waiting; more
 //! are shed and count as failures), after 200 unmeasured requests that
-//! warm each stack up (connections, discovery, estimates), 48 s in all:
+//! warm each stack up (connections, discovery, estimates), about 75 s in
+//! all:
 //!
 //! - stacks: the raw hyper client (round robin by hand, no resilience);
 //!   `tower::balance::p2c` with `PeakEwma` behind a `Buffer`, under
 //!   `tower::retry` (2 retries on errors and 5xx); tower-resilience's
-//!   circuit breaker over the raw client; and tower-mesh (retry with a
+//!   circuit breaker over the raw client; tower-mesh (retry with a
 //!   20% budget, discovery from a watched file, least response time,
-//!   per-endpoint breakers, 1 s timeout).
+//!   per-endpoint breakers, 1 s timeout); and the same tower-mesh stack
+//!   hedging (see [`HEDGING_DELAY`]: up to 3 copies, the next one 10 ms
+//!   after the last went unanswered, paid from the same 20% budget).
 //! - scenes over five instances: healthy; one answering 503; one 50 ms
 //!   slow; both at once; one killed a third of the way in and restarted
 //!   at two thirds;
@@ -22,12 +25,21 @@
 //!   refused connection to a killed instance reaches none), allocations
 //!   per request (client and loopback servers together, the same servers
 //!   for every stack).
+//! - for the two tower-mesh stacks, from the retry layer's own counters
+//!   (`RetryLayer::stats`): retries and hedged copies per request, calls
+//!   a hedged copy won, and the budget's use: the extra attempts of the
+//!   stack's whole life (warm-up included) against what the budget
+//!   allows over it (20% of its requests plus 10 per second), never above
+//!   100%.
 //!
 //! ```text
 //! cargo bench -p tower-mesh-benches --bench faults
 //! ```
 //!
-//! Prints a table and writes `target/faults.json`.
+//! Prints two tables and writes `target/faults.json`.
+
+#[path = "output.rs"]
+mod output;
 
 use std::alloc::System;
 use std::path::PathBuf;
@@ -43,6 +55,7 @@ use hyper_util::rt::TokioExecutor;
 use mesh::balance::Strategy;
 use mesh::discover::{Catalog, FileRegistry, Registry};
 use mesh::prelude::*;
+use mesh::retry::{Hedging, RetryStats};
 use mesh_testkit::fs::{write_atomically, TempDir};
 use mesh_testkit::{anchors, Backend, Behavior};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -63,6 +76,23 @@ const REQUESTS: u64 = 300_000;
 const WARM_UP: u32 = 200;
 /// Requests waiting at once before arrivals are shed.
 const MAX_IN_FLIGHT: usize = 1024;
+/// tower-mesh's retry budget: this share of the requests of the last
+/// [`BUDGET_TTL`] (the whole of a run)...
+const BUDGET_PERCENT: f64 = 20.0;
+/// ...plus this many per second...
+const BUDGET_MIN_PER_SECOND: u32 = 10;
+/// ...over this window.
+const BUDGET_TTL: Duration = Duration::from_secs(10);
+/// How long a hedging call waits for an answer before sending another
+/// copy. Healthy loopback calls here answer within about 0.5 ms at p99
+/// and 1 to 5 ms at p99.9 (the two cores are shared by client, servers
+/// and harness), so 10 ms hedges almost nothing when nothing is wrong,
+/// and cuts a call stuck on the 50 ms instance to about 10 ms.
+const HEDGING_DELAY: Duration = Duration::from_millis(10);
+/// Copies of one hedging call, the first included: the same cap as the
+/// plain stack's 1 + 2 retries, since a hedging call is never retried
+/// too (a 503 sends the next copy at once instead).
+const HEDGING_COPIES: u32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scene {
@@ -115,13 +145,68 @@ struct Row {
     p999_ms: f64,
     attempts_per_request: f64,
     allocations_per_request: f64,
+    /// Requests that reached each instance (the last one is the slow,
+    /// the killed or the flapping one).
+    requests_per_instance: Vec<u64>,
+    /// The retry layer's counters, for the tower-mesh stacks.
+    retry: Option<RetryRow>,
+}
+
+/// What a tower-mesh stack's retry layer did in one run.
+#[derive(Debug, serde::Serialize)]
+struct RetryRow {
+    /// Retries per request, in the measured run.
+    retries_per_request: f64,
+    /// Hedged copies (beyond each call's first) per request, in the
+    /// measured run.
+    hedges_per_request: f64,
+    hedges: u64,
+    /// Calls answered by a copy other than their first.
+    hedges_won: u64,
+    /// Retries and copies refused because the budget was spent.
+    budget_exhausted: u64,
+    /// Retries and copies over the stack's life, warm-up included...
+    extra_attempts: u64,
+    /// ...and the most the budget allows over that life.
+    budget_allows: u64,
+}
+
+impl RetryRow {
+    /// From the counters after warm-up (`before`) and at the end
+    /// (`after`) of a run of `requests` requests; `life` is how long the
+    /// layer served, warm-up included.
+    fn new(before: RetryStats, after: RetryStats, requests: u64, life: Duration) -> RetryRow {
+        let per_request = |n: u64| n as f64 / requests.max(1) as f64;
+        // The budget of `mesh_retry::RetryBudget`: `percent` of the
+        // requests of the last ttl (a run is shorter than the ttl, so all
+        // of them), plus a bucket refilling `min_per_second`, at most
+        // `min_per_second x (seconds + 1)` over a run.
+        let share = (after.requests as f64 * BUDGET_PERCENT / 100.0).floor() as u64;
+        let trickle = u64::from(BUDGET_MIN_PER_SECOND) * (life.as_secs() + 2);
+        RetryRow {
+            retries_per_request: per_request(after.retries - before.retries),
+            hedges_per_request: per_request(after.hedges - before.hedges),
+            hedges: after.hedges - before.hedges,
+            hedges_won: after.hedges_won - before.hedges_won,
+            budget_exhausted: after.budget_exhausted - before.budget_exhausted,
+            extra_attempts: after.retries + after.hedges,
+            budget_allows: share + trickle,
+        }
+    }
 }
 
 type Body = Full<Bytes>;
 
 /// Runs the open-loop arrivals through `svc` while
-/// `scene` plays out on the instances; measures.
-async fn drive<S, B>(scene: Scene, stack: &'static str, svc: S, lab: &mut Lab) -> Row
+/// `scene` plays out on the instances; measures, and reads `retry`'s
+/// counters if the stack has a retry layer of ours.
+async fn drive<S, B>(
+    scene: Scene,
+    stack: &'static str,
+    svc: S,
+    retry: Option<&RetryLayer>,
+    lab: &mut Lab,
+) -> Row
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Error: Into<BoxError> + Send,
@@ -129,6 +214,7 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
+    let born = Instant::now();
     // Warm up, unmeasured and the same for every stack: pooled
     // connections, a first discovery answer, latency estimates.
     for _ in 0..WARM_UP {
@@ -144,6 +230,7 @@ where
     for b in &lab.backends {
         b.reset_stats();
     }
+    let retry_before = retry.map(RetryLayer::stats);
     let ok = Arc::new(AtomicU64::new(0));
     let region = Region::new(GLOBAL);
     let started = Instant::now();
@@ -234,7 +321,8 @@ where
     latencies.sort_unstable();
     let requests = latencies.len() as u64;
     let successes = ok.load(Ordering::Relaxed);
-    let attempts: u64 = lab.backends.iter().map(|b| b.stats().requests).sum();
+    let requests_per_instance: Vec<u64> = lab.backends.iter().map(|b| b.stats().requests).collect();
+    let attempts: u64 = requests_per_instance.iter().sum();
     let ms = |p: f64| pct(&latencies, p).as_secs_f64() * 1e3;
     Row {
         scene: scene.name(),
@@ -248,6 +336,10 @@ where
         p999_ms: ms(0.999),
         attempts_per_request: attempts as f64 / requests.max(1) as f64,
         allocations_per_request: allocations / requests.max(1) as f64,
+        requests_per_instance,
+        retry: retry
+            .zip(retry_before)
+            .map(|(layer, before)| RetryRow::new(before, layer.stats(), requests, born.elapsed())),
     }
 }
 
@@ -381,11 +473,15 @@ fn main() {
         let mut rows = Vec::new();
         for scene in Scene::ALL {
             macro_rules! run {
-                ($name:expr, $svc:expr) => {{
+                ($name:expr, $svc:expr) => {
+                    run!($name, $svc, None)
+                };
+                ($name:expr, $svc:expr, $retry:expr) => {{
                     lab.reset().await;
                     lab.set_up(scene);
                     let svc = $svc;
-                    rows.push(drive(scene, $name, svc, &mut lab).await);
+                    let retry: Option<RetryLayer> = $retry;
+                    rows.push(drive(scene, $name, svc, retry.as_ref(), &mut lab).await);
                 }};
             }
             run!(
@@ -400,23 +496,44 @@ fn main() {
                 "tower-resilience",
                 anchors::resilience_breaker(client.clone(), &lab.addrs)
             );
-            run!("tower-mesh", mesh_stack(client.clone(), &lab.services));
+            let retry = retry_layer(None);
+            run!(
+                "tower-mesh",
+                mesh_stack(client.clone(), &lab.services, &retry),
+                Some(retry)
+            );
+            let hedging = Hedging::new(HEDGING_COPIES, HEDGING_DELAY).expect("hedging");
+            let retry = retry_layer(Some(hedging));
+            run!(
+                "tower-mesh+hedging",
+                mesh_stack(client.clone(), &lab.services, &retry),
+                Some(retry)
+            );
         }
         rows
     });
     print_table(&rows);
-    let out =
-        PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned()))
-            .join("faults.json");
-    if let Ok(json) = serde_json::to_string_pretty(&rows) {
-        let _ = std::fs::write(&out, json);
-        println!("\nwritten: {}", out.display());
+    output::write_json("faults", &rows);
+}
+
+/// tower-mesh's retry layer for this bench: 2 retries 1 ms apart within
+/// the budget, and `hedging` if any. A fresh layer per run: fresh
+/// counters, a fresh budget.
+fn retry_layer(hedging: Option<Hedging>) -> RetryLayer {
+    let mut config = RetryConfig::builder()
+        .max_retries(2)
+        .backoff(Backoff::constant(Duration::from_millis(1)))
+        .budget(BUDGET_PERCENT, BUDGET_MIN_PER_SECOND, BUDGET_TTL);
+    if let Some(hedging) = hedging {
+        config = config.hedging(hedging);
     }
+    RetryLayer::new(config.build().expect("retry"))
 }
 
 fn mesh_stack(
     client: anchors::HttpClient,
     services: &std::path::Path,
+    retry: &RetryLayer,
 ) -> impl Service<
     Request<Body>,
     Response = Response<
@@ -431,14 +548,7 @@ fn mesh_stack(
         Arc::new(FileRegistry::new(services).check_every(Duration::from_millis(20)));
     let catalog = Catalog::default();
     ServiceBuilder::new()
-        .layer(RetryLayer::new(
-            RetryConfig::builder()
-                .max_retries(2)
-                .backoff(Backoff::constant(Duration::from_millis(1)))
-                .budget(20.0, 10, Duration::from_secs(10))
-                .build()
-                .expect("retry"),
-        ))
+        .layer(retry.clone())
         .layer(DiscoverLayer::with_registry(
             catalog,
             registry,
@@ -461,12 +571,12 @@ fn mesh_stack(
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<22} {:<17} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "{:<22} {:<19} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "scene", "stack", "success", "req/s", "p50", "p99", "p99.9", "att/req", "alloc/req"
     );
     for r in rows {
         println!(
-            "{:<22} {:<17} {:>7.2}% {:>9.0} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>9.2} {:>8.0}",
+            "{:<22} {:<19} {:>7.2}% {:>9.0} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>9.2} {:>8.0}",
             r.scene,
             r.stack,
             100.0 * r.success_rate,
@@ -476,6 +586,32 @@ fn print_table(rows: &[Row]) {
             r.p999_ms,
             r.attempts_per_request,
             r.allocations_per_request
+        );
+    }
+    println!(
+        "\ntower-mesh's retry layer: retries and hedged copies per request (measured run); \
+         copies that won; refused for want of budget; budget use over the stack's life"
+    );
+    println!(
+        "{:<22} {:<19} {:>9} {:>9} {:>8} {:>8} {:>8} {:>15}",
+        "scene", "stack", "retry/req", "hedge/req", "hedges", "won", "refused", "budget use"
+    );
+    for r in rows {
+        let Some(retry) = &r.retry else {
+            continue;
+        };
+        println!(
+            "{:<22} {:<19} {:>9.3} {:>9.3} {:>8} {:>8} {:>8} {:>6}/{:<6}{:>3.0}%",
+            r.scene,
+            r.stack,
+            retry.retries_per_request,
+            retry.hedges_per_request,
+            retry.hedges,
+            retry.hedges_won,
+            retry.budget_exhausted,
+            retry.extra_attempts,
+            retry.budget_allows,
+            100.0 * retry.extra_attempts as f64 / retry.budget_allows.max(1) as f64
         );
     }
 }

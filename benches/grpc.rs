@@ -31,11 +31,13 @@
 //!
 //! Prints two tables and writes `target/grpc.json`.
 
+#[path = "output.rs"]
+mod output;
+
 use std::alloc::System;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -803,12 +805,6 @@ fn main() {
         (rows, memory)
     });
     print_tables(&rows, &memory);
-    let out =
-        PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned()))
-            .join("grpc.json");
     let json = serde_json::json!({ "runs": rows, "streamed_memory": memory });
-    if let Ok(json) = serde_json::to_string_pretty(&json) {
-        let _ = std::fs::write(&out, json);
-        println!("\nwritten: {}", out.display());
-    }
+    output::write_json("grpc", &json);
 }

@@ -86,6 +86,20 @@ fn failure_penalty(estimate: Option<Duration>, elapsed: Duration) -> Duration {
         .max(elapsed)
 }
 
+/// What a call cancelled after `elapsed` (its caller gave up, or a hedged
+/// copy lost the race) says of an endpoint whose estimate is `estimate`:
+/// only that it takes at least that long. Longer than the estimate, it is
+/// evidence of slowness, recorded as it is; as long as the failure floor,
+/// it keeps the estimate from fading below what the endpoint was last
+/// measured at (a slow endpoint whose every call is hedged away would
+/// otherwise come to look as fast as the hedge delay); an endpoint with no
+/// estimate yet learns the elapsed time. A quick cancellation says nothing.
+fn cancelled_at(estimate: Option<Duration>, elapsed: Duration) -> Option<Duration> {
+    let longer = estimate.is_some_and(|l| elapsed > l);
+    (longer || elapsed >= FAILURE_PENALTY_FLOOR)
+        .then(|| estimate.map_or(elapsed, |l| l.max(elapsed)))
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.state.finish_request();
@@ -99,16 +113,8 @@ impl Drop for InFlight {
         } else if self.failed {
             let penalty = failure_penalty(self.state.latency_at(now), elapsed);
             self.state.record_latency_at(penalty, now);
-        } else if elapsed > self.state.latency().unwrap_or(FAILURE_PENALTY_FLOOR) {
-            // Cancelled, and longer than the endpoint usually takes (the
-            // caller gave up on a hung call, a hedged copy lost): evidence
-            // of slowness, so the peak-sensitive estimate takes it. An
-            // endpoint with no estimate yet (slow from its first call, and
-            // every call to it cancelled) is judged against the failure
-            // floor, or it would look as fast as the others for ever. A
-            // quick cancellation says nothing about the endpoint and is
-            // not recorded.
-            self.state.record_latency_at(elapsed, now);
+        } else if let Some(slower) = cancelled_at(self.state.latency_at(now), elapsed) {
+            self.state.record_latency_at(slower, now);
         }
     }
 }
@@ -250,6 +256,28 @@ mod tests {
         // A good answer then pulls from the faded estimate, not the peak.
         state.record_latency_at(Duration::from_micros(300), later);
         assert!(state.latency().expect("an estimate") < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn a_cancellation_says_the_endpoint_takes_at_least_that_long() {
+        let ms = Duration::from_millis;
+        assert_eq!(cancelled_at(None, ms(1)), None, "quick: nothing");
+        assert_eq!(
+            cancelled_at(None, ms(12)),
+            Some(ms(12)),
+            "no estimate: learned"
+        );
+        assert_eq!(
+            cancelled_at(Some(ms(1)), ms(3)),
+            Some(ms(3)),
+            "slower than usual"
+        );
+        assert_eq!(cancelled_at(Some(ms(5)), ms(3)), None, "quicker than usual");
+        assert_eq!(
+            cancelled_at(Some(ms(50)), ms(10)),
+            Some(ms(50)),
+            "a hedged-away copy keeps a slow endpoint's estimate from fading"
+        );
     }
 
     #[tokio::test(start_paused = true)]
