@@ -86,18 +86,20 @@ fn failure_penalty(estimate: Option<Duration>, elapsed: Duration) -> Duration {
         .max(elapsed)
 }
 
-/// What a call cancelled after `elapsed` (its caller gave up, or a hedged
-/// copy lost the race) says of an endpoint whose estimate is `estimate`:
-/// only that it takes at least that long. Longer than the estimate, it is
-/// evidence of slowness, recorded as it is; as long as the failure floor,
-/// it keeps the estimate from fading below what the endpoint was last
-/// measured at (a slow endpoint whose every call is hedged away would
-/// otherwise come to look as fast as the hedge delay); an endpoint with no
-/// estimate yet learns the elapsed time. A quick cancellation says nothing.
+/// What a call cancelled before its answer, after `elapsed`, says of an
+/// endpoint whose estimate is `estimate` (its caller gave up, or a hedged
+/// copy lost the race to one sent later): that it takes at least that
+/// long. As long as the failure floor, it counts as a failure does (twice
+/// the estimate, at least what it took): a slow endpoint whose every call
+/// is hedged away is never measured whole, and recorded at its cut-off it
+/// would come to look as fast as the hedge delay and draw more calls.
+/// Shorter but longer than the estimate, it is recorded as it is. A quick
+/// cancellation says nothing.
 fn cancelled_at(estimate: Option<Duration>, elapsed: Duration) -> Option<Duration> {
-    let longer = estimate.is_some_and(|l| elapsed > l);
-    (longer || elapsed >= FAILURE_PENALTY_FLOOR)
-        .then(|| estimate.map_or(elapsed, |l| l.max(elapsed)))
+    if elapsed >= FAILURE_PENALTY_FLOOR {
+        return Some(failure_penalty(estimate, elapsed));
+    }
+    estimate.filter(|l| elapsed > *l).map(|_| elapsed)
 }
 
 impl Drop for InFlight {
@@ -274,9 +276,14 @@ mod tests {
         );
         assert_eq!(cancelled_at(Some(ms(5)), ms(3)), None, "quicker than usual");
         assert_eq!(
-            cancelled_at(Some(ms(50)), ms(10)),
-            Some(ms(50)),
-            "a hedged-away copy keeps a slow endpoint's estimate from fading"
+            cancelled_at(Some(ms(12)), ms(10)),
+            Some(ms(24)),
+            "a hedged-away copy counts as a failure: the estimate grows"
+        );
+        assert_eq!(
+            cancelled_at(Some(ms(80)), ms(10)),
+            Some(ms(100)),
+            "up to the cap"
         );
     }
 
