@@ -36,10 +36,15 @@
 //! cargo bench -p tower-mesh-benches --bench faults
 //! ```
 //!
-//! Prints two tables and writes `target/faults.json`.
+//! Prints two tables and writes `target/faults.json`, and a picture per
+//! scene, `target/faults/<scene>.svg`: each stack's latency percentiles,
+//! and its success per 50 ms with the time of the fault shaded (drawn by
+//! the demo's `examples/plot.rs`).
 
 #[path = "output.rs"]
 mod output;
+#[path = "../examples/plot.rs"]
+mod plot;
 
 use std::alloc::System;
 use std::path::PathBuf;
@@ -93,6 +98,8 @@ const HEDGING_DELAY: Duration = Duration::from_millis(10);
 /// plain stack's 1 + 2 retries, since a hedging call is never retried
 /// too (a 503 sends the next copy at once instead).
 const HEDGING_COPIES: u32 = 3;
+/// The pictures count successes per this much of a run.
+const BUCKET: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scene {
@@ -117,6 +124,20 @@ impl Scene {
         Scene::Flapping,
         Scene::RetryStorm,
     ];
+
+    /// The scene's picture's file name, without its extension.
+    fn file_name(self) -> &'static str {
+        match self {
+            Scene::Healthy => "healthy",
+            Scene::OneFailing => "one-failing",
+            Scene::OneSlow => "one-slow",
+            Scene::FailingAndSlow => "failing-and-slow",
+            Scene::KilledAndRestarted => "killed-and-restarted",
+            Scene::RegistryDies => "registry-dies",
+            Scene::Flapping => "flapping",
+            Scene::RetryStorm => "retry-storm",
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -150,6 +171,21 @@ struct Row {
     requests_per_instance: Vec<u64>,
     /// The retry layer's counters, for the tower-mesh stacks.
     retry: Option<RetryRow>,
+    /// Its percentiles and success over time, for the picture.
+    #[serde(skip)]
+    picture: plot::Stack,
+    /// When the scene's events happened, from the start of the run (for
+    /// the flapping scene, each time the instance turned).
+    #[serde(skip)]
+    events: Vec<Duration>,
+}
+
+/// What became of one request.
+struct Outcome {
+    /// When it arrived, from the start of the run.
+    sent_at: Duration,
+    latency: Duration,
+    succeeded: bool,
 }
 
 /// What a tower-mesh stack's retry layer did in one run.
@@ -239,7 +275,7 @@ where
     // request sooner. At most MAX_IN_FLIGHT wait at once (beyond, the
     // arrival is counted as failed: shed).
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
     let arrivals = {
         let (svc, ok, in_flight) = (svc.clone(), Arc::clone(&ok), Arc::clone(&in_flight));
         tokio::spawn(async move {
@@ -252,8 +288,13 @@ where
                 for _ in 0..RATE_PER_MS {
                     sent += 1;
                     let t = Instant::now();
+                    let sent_at = t.duration_since(started);
                     let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
-                        let _ = lat_tx.send(Duration::ZERO);
+                        let _ = lat_tx.send(Outcome {
+                            sent_at,
+                            latency: Duration::ZERO,
+                            succeeded: false,
+                        });
                         continue;
                     };
                     let (svc, ok, lat_tx) = (svc.clone(), Arc::clone(&ok), lat_tx.clone());
@@ -263,12 +304,18 @@ where
                             .expect("request");
                         let answer =
                             tokio::time::timeout(Duration::from_secs(5), svc.oneshot(req)).await;
+                        let mut succeeded = false;
                         if let Ok(Ok(r)) = answer {
                             if r.status().is_success() && r.into_body().collect().await.is_ok() {
                                 ok.fetch_add(1, Ordering::Relaxed);
+                                succeeded = true;
                             }
                         }
-                        let _ = lat_tx.send(t.elapsed());
+                        let _ = lat_tx.send(Outcome {
+                            sent_at,
+                            latency: t.elapsed(),
+                            succeeded,
+                        });
                         drop(permit);
                     });
                 }
@@ -286,6 +333,7 @@ where
     let mut flap = tokio::time::interval(Duration::from_millis(100));
     let mut failing = false;
     let mut stage = 0;
+    let mut events = Vec::with_capacity(64);
     let mut latencies = Vec::new();
     loop {
         tokio::select! {
@@ -295,6 +343,7 @@ where
             },
             _ = flap.tick(), if scene == Scene::Flapping => {
                 failing = !failing;
+                events.push(started.elapsed());
                 lab.backends[INSTANCES - 1].set_behavior(if failing {
                     Behavior::Status(503)
                 } else {
@@ -305,9 +354,11 @@ where
                 let at = started.elapsed();
                 if stage == 0 && at >= SCENE / 3 {
                     stage = 1;
+                    events.push(at);
                     lab.first_third(scene).await;
                 } else if stage == 1 && at >= SCENE * 2 / 3 {
                     stage = 2;
+                    events.push(at);
                     lab.second_third(scene).await;
                 }
             }
@@ -315,8 +366,10 @@ where
     }
     let elapsed = started.elapsed();
     let allocations = region.change().allocations as f64;
-    while let Ok(l) = lat_rx.try_recv() {
-        latencies.push(l);
+    let mut timeline = plot::Timeline::new(BUCKET, SCENE);
+    while let Ok(outcome) = lat_rx.try_recv() {
+        latencies.push(outcome.latency);
+        timeline.record(outcome.sent_at, outcome.succeeded);
     }
     latencies.sort_unstable();
     let requests = latencies.len() as u64;
@@ -340,6 +393,8 @@ where
         retry: retry
             .zip(retry_before)
             .map(|(layer, before)| RetryRow::new(before, layer.stats(), requests, born.elapsed())),
+        picture: plot::Stack::new(stack, &latencies, timeline),
+        events,
     }
 }
 
@@ -514,6 +569,91 @@ fn main() {
     });
     print_table(&rows);
     output::write_json("faults", &rows);
+    draw(&rows);
+}
+
+/// A picture per scene of its stacks side by side, into
+/// `<target>/faults/`.
+fn draw(rows: &[Row]) {
+    let mut written = Vec::new();
+    for scene in Scene::ALL {
+        let stacks: Vec<&Row> = rows.iter().filter(|r| r.scene == scene.name()).collect();
+        // Every stack's run plays the scene at the same times, give or
+        // take the 5 ms the driver's clock ticks by: the first's will do.
+        let Some(first) = stacks.first() else {
+            continue;
+        };
+        let picture = plot::Picture {
+            title: format!(
+                "fault suite, scene \"{}\": 10,000 requests/s for {} s to five instances",
+                scene.name(),
+                SCENE.as_secs_f64()
+            ),
+            stacks: stacks.iter().map(|r| r.picture.clone()).collect(),
+            faults: fault_windows(scene, &first.events),
+        };
+        let path = plot::target_path(&format!("faults/{}.svg", scene.file_name()));
+        match picture.write(&path) {
+            Ok(()) => written.push(path),
+            Err(error) => eprintln!("not written: {}: {error}", path.display()),
+        }
+    }
+    if let Some(dir) = written.first().and_then(|p| p.parent()) {
+        println!("pictures ({}): {}", written.len(), dir.display());
+    }
+}
+
+/// When `scene`'s fault was in force, from when `drive` saw its events
+/// happen (`events`, from the start of the run).
+fn fault_windows(scene: Scene, events: &[Duration]) -> Vec<plot::FaultWindow> {
+    let window = |from: Duration, to: Duration, label: &str| plot::FaultWindow {
+        from,
+        to: to.min(SCENE),
+        label: label.to_owned(),
+    };
+    let at = |i: usize, otherwise: Duration| events.get(i).copied().unwrap_or(otherwise);
+    let (third, two_thirds) = (at(0, SCENE / 3), at(1, SCENE * 2 / 3));
+    match scene {
+        Scene::Healthy => Vec::new(),
+        Scene::OneFailing => vec![window(
+            Duration::ZERO,
+            SCENE,
+            "instance 5 answers 503, all run long",
+        )],
+        Scene::OneSlow => vec![window(
+            Duration::ZERO,
+            SCENE,
+            "instance 5 is 50 ms slow, all run long",
+        )],
+        Scene::FailingAndSlow => vec![window(
+            Duration::ZERO,
+            SCENE,
+            "instance 4 answers 503 and instance 5 is 50 ms slow, all run long",
+        )],
+        Scene::KilledAndRestarted => {
+            vec![window(
+                third,
+                two_thirds,
+                "instance 5 killed, then restarted",
+            )]
+        }
+        Scene::RegistryDies => vec![window(third, SCENE, "registry file deleted")],
+        // The instance turns failing at the first event, healthy at the
+        // second, and so on.
+        Scene::Flapping => events
+            .chunks(2)
+            .filter(|turns| turns[0] < SCENE)
+            .map(|turns| {
+                let healthy_again = turns.get(1).copied().unwrap_or(SCENE);
+                window(
+                    turns[0],
+                    healthy_again,
+                    "instance 5 answers 503 every other 100 ms",
+                )
+            })
+            .collect(),
+        Scene::RetryStorm => vec![window(third, two_thirds, "every instance answers 503")],
+    }
 }
 
 /// tower-mesh's retry layer for this bench: 2 retries 1 ms apart within

@@ -1,13 +1,19 @@
 //! The tower-mesh demo: five loopback instances of `user-service` (three
 //! healthy, one answering 503 to everything, one 50 ms slow), the same
 //! traffic sent twice, once by the bare hyper client and once through the
-//! mesh pipeline, and a report of what each got.
+//! mesh pipeline, and a report of what each got: a table, and a picture
+//! of it (`target/demo.svg`: latency percentiles and success over time
+//! for both clients, drawn by `plot.rs`).
 //!
 //! ```text
-//! cargo run --release --example demo [-- --requests 4000 --rate 2000]
+//! cargo run --release --example demo [-- --requests 4000 --rate 2000 --svg PATH]
 //! ```
 
+#[path = "plot.rs"]
+mod plot;
+
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +32,10 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 const SERVICE: &str = "user-service";
 
 /// What one run (bare or mesh) produced.
-#[derive(Default)]
 struct RunResult {
     latencies: Vec<Duration>,
+    /// Which requests succeeded, by when they were sent: for the picture.
+    timeline: plot::Timeline,
     ok: u64,
     failed: u64,
     elapsed: Duration,
@@ -36,11 +43,7 @@ struct RunResult {
 
 impl RunResult {
     fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((self.latencies.len() as f64) * p).ceil() as usize;
-        self.latencies[rank.clamp(1, self.latencies.len()) - 1]
+        plot::percentile(&self.latencies, p)
     }
 
     fn success_rate(&self) -> f64 {
@@ -54,16 +57,30 @@ struct Options {
     /// schedule, not when earlier ones finish), so both clients face the
     /// same offered load and a slow answer cannot quietly lower it.
     rate: u64,
+    /// Where the picture of the run goes.
+    svg: PathBuf,
+}
+
+impl Options {
+    /// How long sending takes: the span of the picture's timeline.
+    fn sending_time(&self) -> Duration {
+        Duration::from_secs_f64(self.requests as f64 / self.rate as f64)
+    }
 }
 
 fn options() -> Result<Options, String> {
     let mut opts = Options {
         requests: 4000,
         rate: 2000,
+        svg: plot::target_path("demo.svg"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        if flag == "--svg" {
+            opts.svg = PathBuf::from(value);
+            continue;
+        }
         let n: u64 = value
             .parse()
             .map_err(|_| format!("{flag}: {value:?} is not a number"))?;
@@ -71,7 +88,11 @@ fn options() -> Result<Options, String> {
             "--requests" if (1..=1_000_000).contains(&n) => opts.requests = n,
             "--rate" if (1..=100_000).contains(&n) => opts.rate = n,
             "--requests" | "--rate" => return Err(format!("{flag}: {n} is out of range")),
-            _ => return Err(format!("unknown flag {flag}; use --requests N --rate N")),
+            _ => {
+                return Err(format!(
+                    "unknown flag {flag}; use --requests N --rate N --svg PATH"
+                ))
+            }
         }
     }
     Ok(opts)
@@ -240,6 +261,8 @@ async fn main() -> Result<(), BoxError> {
             (r.ok + r.failed) as f64 / r.elapsed.as_secs_f64().max(1e-9),
         );
     }
+    draw(&opts, &bare, &meshed);
+
     // The demo is also CI's check that the main job works: the mesh must
     // carry the traffic through the failing and the slow instance.
     if meshed.success_rate() < 99.0 {
@@ -250,6 +273,32 @@ async fn main() -> Result<(), BoxError> {
         .into());
     }
     Ok(())
+}
+
+/// Draws both runs side by side into `opts.svg`; a picture that cannot
+/// be written is reported, and the demo goes on.
+fn draw(opts: &Options, bare: &RunResult, meshed: &RunResult) {
+    let picture = plot::Picture {
+        title: format!(
+            "tower-mesh demo: {} requests at {}/s to five instances, \
+             one answering 503 and one 50 ms slow",
+            opts.requests, opts.rate
+        ),
+        stacks: vec![
+            plot::Stack::new("bare hyper", &bare.latencies, bare.timeline.clone()),
+            plot::Stack::new("tower-mesh", &meshed.latencies, meshed.timeline.clone()),
+        ],
+        // The two faults last the whole run.
+        faults: vec![plot::FaultWindow {
+            from: Duration::ZERO,
+            to: opts.sending_time(),
+            label: "one instance answers 503, one is 50 ms slow, all run long".to_owned(),
+        }],
+    };
+    match picture.write(&opts.svg) {
+        Ok(()) => println!("\nPicture: {}", opts.svg.display()),
+        Err(error) => eprintln!("\nno picture at {}: {error}", opts.svg.display()),
+    }
 }
 
 /// Starts `opts.requests` requests made by `send`, `opts.rate` per second
@@ -270,6 +319,10 @@ where
     let mut sent = 0u64;
     let mut last_print = Instant::now();
     let mut ticks = 0u64;
+    // About 40 buckets over the run, whole milliseconds each.
+    let bucket =
+        Duration::from_millis((opts.sending_time().as_millis() as u64 / 40).clamp(10, 1000));
+    let mut timeline = plot::Timeline::new(bucket, opts.sending_time());
     while sent < opts.requests {
         ticker.tick().await;
         ticks += 1;
@@ -277,6 +330,7 @@ where
         while sent < due {
             let request = send(sent);
             let (ok, failed) = (Arc::clone(&ok), Arc::clone(&failed));
+            let sent_at = started.elapsed();
             requests.spawn(async move {
                 let t = Instant::now();
                 // Bound every request, so that one hung call cannot hang the demo.
@@ -286,7 +340,7 @@ where
                 );
                 let counter = if success { &ok } else { &failed };
                 counter.fetch_add(1, Ordering::Relaxed);
-                t.elapsed()
+                (t.elapsed(), sent_at, success)
             });
             sent += 1;
         }
@@ -295,19 +349,24 @@ where
             progress(label, opts.requests, sent, &ok, &failed);
         }
     }
-    let mut result = RunResult::default();
+    let mut latencies = Vec::with_capacity(opts.requests as usize);
     while let Some(joined) = requests.join_next().await {
-        if let Ok(latency) = joined {
-            result.latencies.push(latency);
+        if let Ok((latency, sent_at, success)) = joined {
+            latencies.push(latency);
+            timeline.record(sent_at, success);
         }
     }
-    result.elapsed = started.elapsed();
+    let elapsed = started.elapsed();
     progress(label, opts.requests, sent, &ok, &failed);
     eprintln!();
-    result.ok = ok.load(Ordering::Relaxed);
-    result.failed = failed.load(Ordering::Relaxed);
-    result.latencies.sort_unstable();
-    result
+    latencies.sort_unstable();
+    RunResult {
+        latencies,
+        timeline,
+        ok: ok.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        elapsed,
+    }
 }
 
 fn progress(label: &str, total: u64, sent: u64, ok: &AtomicU64, failed: &AtomicU64) {

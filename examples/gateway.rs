@@ -71,12 +71,11 @@ async fn users(State(client): State<MeshClient>) -> impl IntoResponse {
     }
 }
 
+/// Every mesh metric (`mesh_requests_total`, `mesh_request_duration_seconds`,
+/// the layers' counters...) in Prometheus's text format.
 async fn metrics(State(client): State<MeshClient>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, mesh::prometheus::CONTENT_TYPE)],
         client.prometheus(),
     )
 }

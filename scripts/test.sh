@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The workspace's test command. Some test suites start real peers on
 # loopback (dnsmasq, etcd, openssl, curl, redis-server, a gRPC server on
-# Python's grpcio): this script installs the Debian packages of whichever
+# Python's grpcio, a Prometheus server): this script installs the Debian packages of whichever
 # of those programs are missing, then runs `cargo test --workspace` with
 # this script's arguments.
 #
@@ -24,6 +24,7 @@ PEERS=(
     "curl            curl          mesh-tls, mesh-health: mutual TLS and health probes through curl"
     "redis-server    redis-server  mesh-health: the Redis check"
     "python3-grpcio  python3:grpc  tower-mesh-tests: gRPC interop against gRPC's C core (tests/peers/grpc_peer.py)"
+    "prometheus      promtool      tower-mesh-tests: promtool checks the exposition; a Prometheus server scrapes the gateway (tests/prometheus.rs)"
 )
 
 dry_run=false

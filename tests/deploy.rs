@@ -146,3 +146,108 @@ async fn the_gateway_serves_its_routes_probes_and_metrics() {
     let (status, _) = get(gateway::READY).await;
     assert_eq!(status, 503, "not ready once shutting down");
 }
+
+/// The metric names in a Prometheus text exposition: each family's name
+/// from its `# TYPE` line, and a histogram's `_bucket`, `_sum` and
+/// `_count` series.
+fn exported_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split(' ');
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            names.insert(name.to_owned());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Every PromQL query of a Grafana dashboard: panel targets' `expr` and
+/// templating variables' `query`.
+fn queries(value: &serde_json::Value, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "query", serde_json::Value::String(q)) if q.contains('(') => {
+                        found.push(q.clone())
+                    }
+                    _ => queries(v, found),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| queries(v, found)),
+        _ => {}
+    }
+}
+
+/// The `mesh_*` metric names `query` reads.
+fn metric_names(query: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = query;
+    while let Some(at) = rest.find("mesh_") {
+        let before = rest[..at].chars().next_back();
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(tail.len());
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            names.push(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_grafana_query_names_metrics_the_client_exports() {
+    // The gateway's own client, after a few calls, so that every family
+    // the dashboard reads has series (a per-endpoint breaker per instance).
+    let a = mesh_testkit::Backend::start(mesh_testkit::Behavior::Ok)
+        .await
+        .expect("backend");
+    let b = mesh_testkit::Backend::start(mesh_testkit::Behavior::Ok)
+        .await
+        .expect("backend");
+    let client = gateway::client(&[a.addr(), b.addr()])
+        .await
+        .expect("client");
+    for _ in 0..10 {
+        let response = client
+            .get(
+                "user-service",
+                "/api/users",
+                mesh::CallOptions::client_id("t"),
+            )
+            .await
+            .expect("call");
+        http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body");
+    }
+    let exported = exported_names(&client.prometheus());
+    client.shutdown(std::time::Duration::from_secs(5)).await;
+
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut found = Vec::new();
+    queries(&dashboard, &mut found);
+    assert!(found.len() >= 10, "the dashboard's queries: {found:?}");
+    for query in &found {
+        let names = metric_names(query);
+        assert!(!names.is_empty(), "{query} reads no mesh metric");
+        for name in names {
+            assert!(
+                exported.contains(&name),
+                "{query} reads {name}, which the client does not export; it exports {exported:?}"
+            );
+        }
+    }
+}

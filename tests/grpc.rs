@@ -41,6 +41,24 @@ async fn a_tonic_client_calls_through_the_mesh_and_is_balanced() {
     assert_eq!(route.retry.requests, 6, "every call went through the stack");
     let served: u64 = route.services[0].instances.iter().map(|i| i.requests).sum();
     assert_eq!(served, 6);
+    // Each call's status came in the trailers after its message: counted
+    // when the body ended, as OK, with its latency.
+    let text = client.prometheus();
+    let sum = |prefix: &str, needle: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let ok = r#"grpc_code="OK""#;
+    assert_eq!(sum("mesh_requests_total{", ok), 6.0, "{text}");
+    assert_eq!(
+        sum("mesh_requests_total{", "service=\"greeter\""),
+        6.0,
+        "{text}"
+    );
+    let count = "mesh_request_duration_seconds_count{";
+    assert_eq!(sum(count, "service=\"greeter\""), 6.0, "{text}");
 }
 
 /// A gRPC server on a loopback port answering every call with `status`

@@ -11,7 +11,7 @@ use mesh_core::{
 use tower::Service;
 
 use crate::body::ResponseBody;
-use crate::circuit::Transition;
+use crate::circuit::{Permit, Transition};
 use crate::config::{BreakerConfig, BreakerScope};
 use crate::future::{ResponseFuture, Tracker};
 use crate::layer::{KeyFn, RequestParts};
@@ -245,6 +245,11 @@ where
         }
         match entry.circuit.acquire_with(clock::now) {
             Ok(admitted) => {
+                record_state(match admitted.permit {
+                    Permit::Normal { .. } => CircuitState::Closed,
+                    Permit::Probe { .. } => CircuitState::HalfOpen,
+                    Permit::Unrecorded => CircuitState::Disabled,
+                });
                 if let Some(t) = admitted.transition {
                     entry.announce(endpoint.as_ref(), t, clock::now());
                 } else if admitted.max_wait_until.is_some() {
@@ -272,6 +277,7 @@ where
                 ResponseFuture::called(self.inner.call(req), tracker, timeout)
             }
             Err(rejected) => {
+                record_state(rejected.state);
                 let now = clock::now();
                 if let Some(t) = rejected.transition {
                     entry.announce(endpoint.as_ref(), t, now);
@@ -294,5 +300,15 @@ where
                 })
             }
         }
+    }
+}
+
+/// Notes the circuit's state on the current span: the attempt's
+/// (`mesh.attempt`, which declares `mesh.breaker.state`) when the retry
+/// layer is above. Nothing is formatted unless that span is recorded.
+fn record_state(state: CircuitState) {
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("mesh.breaker.state", tracing::field::display(state));
     }
 }

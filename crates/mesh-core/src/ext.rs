@@ -14,6 +14,10 @@
 //! | [`EndpointSlot`] | a layer that may cancel an attempt (retry's timeout) | written by the balancer |
 //! | [`crate::EndpointSet`] | discovery | balancer; breaker and events take the service from it when there is no [`TargetService`] |
 //! | [`SelectedEndpoint`] | balancer (request and response) | breaker, retry |
+//!
+//! One span field crosses layers the same way: the retry layer's attempt
+//! span (`mesh.attempt`) is current while the layers below run, and the
+//! breaker records `mesh.breaker.state` on it.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

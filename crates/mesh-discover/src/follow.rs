@@ -180,6 +180,24 @@ impl Catalog {
                         None => next(&mut watch).await,
                     };
                     let Some(answer) = answer else { break };
+                    // One root span per answer from the registry: a
+                    // background round, no call's child.
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "mesh.discovery.update",
+                        mesh.service = %service,
+                        mesh.endpoints = tracing::field::Empty,
+                        mesh.outcome = tracing::field::Empty,
+                    );
+                    let _entered = span.enter();
+                    if !span.is_disabled() {
+                        match &answer {
+                            Ok(set) => span
+                                .record("mesh.endpoints", set.len() as u64)
+                                .record("mesh.outcome", "answered"),
+                            Err(_) => span.record("mesh.outcome", "failed"),
+                        };
+                    }
                     match answer {
                         Ok(set) if set.service() == &service => {
                             if std::mem::take(&mut failing) {

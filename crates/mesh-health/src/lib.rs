@@ -13,6 +13,8 @@ mod probe;
 mod redact;
 mod report;
 mod state;
+#[cfg(feature = "opentelemetry")]
+pub mod trace_context;
 mod upstream;
 
 pub use config::{HealthConfig, PathsConfig};
@@ -24,6 +26,8 @@ pub use mesh_core::{Probe, ProbeStatus};
 pub use probe::{ProbeBody, ProbeClient};
 pub use report::{CheckMetrics, CheckReport, ProbeReport};
 pub use state::CheckStatus;
+#[cfg(feature = "opentelemetry")]
+pub use trace_context::{TraceContext, TraceContextLayer};
 pub use upstream::{
     UpstreamCheckConfig, UpstreamHealthChecker, UpstreamHealthCheckerBuilder, UpstreamProbe,
 };

@@ -279,6 +279,18 @@ impl Inner {
 
     async fn run(&self, index: usize) {
         let registered = &self.checks[index];
+        let span = tracing::debug_span!(
+            parent: None,
+            "mesh.health.check",
+            mesh.check = %registered.check.name,
+            mesh.outcome = tracing::field::Empty,
+        );
+        tracing::Instrument::instrument(self.run_in_span(index), span).await
+    }
+
+    /// [`Inner::run`], inside its span.
+    async fn run_in_span(&self, index: usize) {
+        let registered = &self.checks[index];
         let check = &registered.check;
         let started = tokio::time::Instant::now();
         // A check that panics (building its future or running it) fails;
@@ -298,6 +310,12 @@ impl Inner {
             }
         };
         let took = started.elapsed();
+        let verdict = if outcome.is_ok() {
+            "success"
+        } else {
+            "failure"
+        };
+        tracing::Span::current().record("mesh.outcome", verdict);
         let (transition, state) = {
             let mut state = match registered.state.lock() {
                 Ok(state) => state,

@@ -10,10 +10,12 @@ use mesh_core::BoxError;
 use pin_project_lite::pin_project;
 use tower::retry::Policy;
 use tower::Service;
+use tracing::Span;
 
 use crate::hedge::HedgeFuture;
 use crate::policy::RetryPolicy;
 use crate::service::AttemptTimeout;
+use crate::trace::{self, AttemptAnswer};
 
 /// tower's retry future, over attempts bounded by [`AttemptTimeout`].
 type Retrying<S, B> =
@@ -26,11 +28,14 @@ pin_project! {
     pub struct ResponseFuture<S, B>
     where
         S: Service<Request<B>>,
+        S::Response: AttemptAnswer,
         S::Error: Into<BoxError>,
         RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
     {
         #[pin]
         kind: Kind<S, B>,
+        // The call's span (`mesh.call`), entered while the attempts run.
+        span: Span,
     }
 }
 
@@ -39,6 +44,7 @@ pin_project! {
     enum Kind<S, B>
     where
         S: Service<Request<B>>,
+        S::Response: AttemptAnswer,
         S::Error: Into<BoxError>,
         RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
     {
@@ -52,18 +58,21 @@ pin_project! {
 impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
+    S::Response: AttemptAnswer,
     S::Error: Into<BoxError>,
     RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
 {
-    pub(crate) fn retrying(future: Retrying<S, B>) -> Self {
+    pub(crate) fn retrying(future: Retrying<S, B>, span: Span) -> Self {
         ResponseFuture {
             kind: Kind::Retrying { future },
+            span,
         }
     }
 
-    pub(crate) fn hedging(future: HedgeFuture<S, B>) -> Self {
+    pub(crate) fn hedging(future: HedgeFuture<S, B>, span: Span) -> Self {
         ResponseFuture {
             kind: Kind::Hedging { future },
+            span,
         }
     }
 }
@@ -71,6 +80,7 @@ where
 impl<S, B> Future for ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
+    S::Response: AttemptAnswer,
     S::Error: Into<BoxError>,
     RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
     HedgeFuture<S, B>: Future<Output = Result<S::Response, BoxError>>,
@@ -78,16 +88,23 @@ where
     type Output = Result<S::Response, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let polled = match this.kind.project() {
             KindProj::Retrying { future } => future.poll(cx),
             KindProj::Hedging { future } => future.poll(cx),
+        };
+        if let Poll::Ready(result) = &polled {
+            trace::record_call(this.span, result);
         }
+        polled
     }
 }
 
 impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
+    S::Response: AttemptAnswer,
     S::Error: Into<BoxError>,
     RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
 {

@@ -11,10 +11,13 @@ mod grpc;
 mod hedge;
 mod layer;
 mod policy;
+#[cfg(feature = "opentelemetry")]
+mod propagate;
 mod replay;
 mod service;
 mod settings;
 mod stats;
+mod trace;
 
 pub use backoff::{Backoff, Delays, Growth, Jitter};
 pub use budget::{RetryBudget, RetryBudgetConfig};
@@ -28,3 +31,4 @@ pub use replay::{ReplayBody, ReplayError, ReplayableBody};
 pub use service::{AttemptFuture, AttemptTimeout, Retry};
 pub use settings::{BackoffKind, RetrySettings};
 pub use stats::RetryStats;
+pub use trace::AttemptAnswer;

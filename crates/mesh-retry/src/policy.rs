@@ -21,6 +21,7 @@ use crate::config::{RetryConfig, RetryContext};
 use crate::grpc::{self, Pushback};
 use crate::replay::ReplayableBody;
 use crate::stats::{Counters, RetryStats};
+use crate::trace::SentBecause;
 
 pub(crate) struct PolicyState {
     pub(crate) config: RetryConfig,
@@ -352,6 +353,7 @@ where
                 .insert(id.clone());
         }
         req.extensions_mut().insert(Attempt(attempt));
+        req.extensions_mut().insert(SentBecause::Retry(reason));
         grpc::note_previous_attempts(req, self.retries);
         counters.retries.fetch_add(1, Ordering::Relaxed);
         counters.total_delay_nanos.fetch_add(

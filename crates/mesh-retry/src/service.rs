@@ -11,6 +11,7 @@ use mesh_core::{clock, BoxError, MeshError};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::Service;
+use tracing::Span;
 
 use crate::budget::RetryBudget;
 use crate::call_policy::CallPolicy;
@@ -19,6 +20,7 @@ use crate::grpc;
 use crate::hedge::{HedgeFuture, Hedging};
 use crate::policy::{may_repeat, PolicyState, RetryPolicy};
 use crate::replay::ReplayableBody;
+use crate::trace::{self, AttemptAnswer};
 
 /// Sends a request again when an attempt fails in a retryable way; see the
 /// [crate docs](crate).
@@ -103,12 +105,20 @@ where
                 .map_or(ours, |theirs| (*theirs).min(ours));
             ext.insert(earliest);
         }
+        // The first attempt is made now, the others while the response
+        // future is polled: both inside the call's span, their parent.
+        let span = trace::call_span(&req);
+        let entered = span.enter();
         if let Some(hedging) = self.hedging_for(&req) {
             let ready = self.inner.get_mut();
             let shared = Arc::clone(&self.shared);
-            return ResponseFuture::hedging(HedgeFuture::start(ready, req, hedging, shared));
+            let future = HedgeFuture::start(ready, req, hedging, shared);
+            drop(entered);
+            return ResponseFuture::hedging(future, span);
         }
-        ResponseFuture::retrying(self.inner.call(req))
+        let future = self.inner.call(req);
+        drop(entered);
+        ResponseFuture::retrying(future, span)
     }
 }
 
@@ -147,6 +157,7 @@ pub struct AttemptTimeout<S> {
 impl<S, B> Service<Request<B>> for AttemptTimeout<S>
 where
     S: Service<Request<B>>,
+    S::Response: AttemptAnswer,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
@@ -190,11 +201,19 @@ where
         if let Some(left) = left {
             crate::grpc::note_time_left(&mut req, left);
         }
+        // The layers below are called, and later polled, inside the
+        // attempt's span: the balancer's pick and the breaker's verdict
+        // belong to this attempt.
+        let span = trace::attempt_span(&req);
+        #[cfg(feature = "opentelemetry")]
+        crate::propagate::inject(&span, req.headers_mut());
+        let inner = span.in_scope(|| self.inner.call(req));
         AttemptFuture {
-            inner: self.inner.call(req),
+            inner,
             sleep: limit.map(tokio::time::sleep),
             limit: limit.unwrap_or_default(),
             slot,
+            trace: AttemptTrace { span, done: false },
         }
     }
 }
@@ -208,20 +227,57 @@ pin_project! {
         sleep: Option<Sleep>,
         limit: Duration,
         slot: Option<EndpointSlot>,
+        trace: AttemptTrace,
+    }
+}
+
+/// The attempt's span, marked `cancelled` if the attempt is dropped before
+/// its answer (a hedged copy that lost, a call given up).
+struct AttemptTrace {
+    span: Span,
+    done: bool,
+}
+
+// === impl AttemptTrace ===
+
+impl AttemptTrace {
+    /// Records the attempt's answer.
+    fn finish<T: AttemptAnswer>(
+        &mut self,
+        result: &Result<T, BoxError>,
+        slot: Option<&EndpointSlot>,
+    ) {
+        self.done = true;
+        trace::record_attempt(&self.span, result, slot);
+    }
+}
+
+impl Drop for AttemptTrace {
+    fn drop(&mut self) {
+        if !self.done {
+            trace::record_cancelled(&self.span);
+        }
     }
 }
 
 impl<F, T, E> Future for AttemptFuture<F>
 where
     F: Future<Output = Result<T, E>>,
+    T: AttemptAnswer,
     E: Into<BoxError>,
 {
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
-            return Poll::Ready(result.map_err(Into::into));
+        let polled = {
+            let _entered = this.trace.span.enter();
+            this.inner.poll(cx)
+        };
+        if let Poll::Ready(result) = polled {
+            let result = result.map_err(Into::into);
+            this.trace.finish(&result, this.slot.as_ref());
+            return Poll::Ready(result);
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             if sleep.poll(cx).is_ready() {
@@ -237,7 +293,9 @@ where
                     },
                     None => timeout,
                 };
-                return Poll::Ready(Err(error.into()));
+                let result = Err(error.into());
+                this.trace.finish(&result, this.slot.as_ref());
+                return Poll::Ready(result);
             }
         }
         Poll::Pending

@@ -189,7 +189,25 @@ impl Credentials {
         if *seen == now {
             return Ok(false);
         }
-        match Material::load(&self.inner.source, &self.inner.provider) {
+        // The files changed: a rotation (or a half-written one), in a root
+        // span of its own (`mesh.tls.rotate`), not the handshake's child.
+        let span = tracing::info_span!(
+            parent: None,
+            "mesh.tls.rotate",
+            mesh.outcome = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let loaded = Material::load(&self.inner.source, &self.inner.provider);
+        if !span.is_disabled() {
+            match &loaded {
+                Ok(_) => span.record("mesh.outcome", "rotated"),
+                Err(_) => span
+                    .record("mesh.outcome", "refused")
+                    .record("error.type", "invalid_material"),
+            };
+        }
+        match loaded {
             Ok(material) => {
                 *seen = now;
                 self.set_waiting(None);

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
 
+mod call_metrics;
 mod client;
 mod config;
 mod fallback;
@@ -9,7 +10,7 @@ mod grpc;
 mod limits;
 pub mod metrics;
 mod policies;
-mod prometheus;
+pub mod prometheus;
 mod services;
 mod split;
 mod transport;

@@ -62,7 +62,8 @@ pub struct InstanceMetrics {
     pub in_flight: u32,
     /// Its latency estimate, in milliseconds.
     pub latency_ms: Option<f64>,
-    /// Its share of the service's requests, in percent.
+    /// Its share of the service's requests, from 0 to 1 (the Prometheus
+    /// `mesh_instance_share_ratio`).
     pub share: f64,
     /// Whether it may receive requests now.
     pub available: bool,
@@ -83,6 +84,11 @@ pub struct BreakerMetrics {
     pub buffered_calls: u32,
     /// Calls refused while open.
     pub rejected_total: u64,
+    /// State transitions since the breaker was made.
+    pub transitions_total: u64,
+    /// Transitions into `open` or `forced-open` since the breaker was
+    /// made: for a per-endpoint breaker, its endpoint's ejections.
+    pub opened_total: u64,
 }
 
 /// Retries: attempts, success rates, total delays.
@@ -158,7 +164,7 @@ pub(crate) fn collect(client: &MeshClient) -> MeshMetrics {
 }
 
 /// The balancer's view: per service and instance.
-fn balancer(balance: &BalanceLayer) -> Vec<ServiceMetrics> {
+pub(crate) fn balancer(balance: &BalanceLayer) -> Vec<ServiceMetrics> {
     let instance = |i: mesh_balance::InstanceMetrics| InstanceMetrics {
         address: i.address.to_string(),
         requests: i.requests,
@@ -179,7 +185,7 @@ fn balancer(balance: &BalanceLayer) -> Vec<ServiceMetrics> {
 }
 
 /// Every breaker of a route, by key.
-fn breakers(breaker: &BreakerLayer) -> Vec<BreakerMetrics> {
+pub(crate) fn breakers(breaker: &BreakerLayer) -> Vec<BreakerMetrics> {
     breaker
         .metrics()
         .into_iter()
@@ -190,12 +196,14 @@ fn breakers(breaker: &BreakerLayer) -> Vec<BreakerMetrics> {
             slow_call_rate: m.slow_call_rate,
             buffered_calls: m.buffered_calls,
             rejected_total: m.rejected_total,
+            transitions_total: m.transitions,
+            opened_total: m.opened_total,
         })
         .collect()
 }
 
 /// A breaker's key as text: `service/endpoint` for a per-endpoint one.
-fn breaker_key(key: BreakerKey) -> String {
+pub(crate) fn breaker_key(key: BreakerKey) -> String {
     match key {
         BreakerKey::Endpoint(service, endpoint) => format!("{service}/{endpoint}"),
         BreakerKey::Service(service) => service.to_string(),
@@ -205,7 +213,7 @@ fn breaker_key(key: BreakerKey) -> String {
 }
 
 /// A route's retry counters.
-fn retry(retry: &RetryLayer) -> RetryMetrics {
+pub(crate) fn retry(retry: &RetryLayer) -> RetryMetrics {
     let s = retry.stats();
     RetryMetrics {
         requests: s.requests,
@@ -221,7 +229,7 @@ fn retry(retry: &RetryLayer) -> RetryMetrics {
 }
 
 /// The local service's health checks.
-fn health(health: &HealthCheckManager) -> Vec<HealthMetrics> {
+pub(crate) fn health(health: &HealthCheckManager) -> Vec<HealthMetrics> {
     health
         .metrics()
         .into_iter()
@@ -236,7 +244,7 @@ fn health(health: &HealthCheckManager) -> Vec<HealthMetrics> {
 }
 
 /// Mutual TLS: handshakes, failures by reason, rotations, expiry.
-fn tls(credentials: &Credentials) -> TlsMetrics {
+pub(crate) fn tls(credentials: &Credentials) -> TlsMetrics {
     let m = credentials.metrics().snapshot();
     TlsMetrics {
         handshakes: m.handshakes,

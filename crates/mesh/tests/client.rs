@@ -110,7 +110,7 @@ unhealthy_threshold = 1
     // And in Prometheus's text format.
     let text = client.prometheus();
     assert!(
-        text.contains("# TYPE mesh_instance_requests counter"),
+        text.contains("# TYPE mesh_instance_requests_total counter"),
         "{text}"
     );
     assert!(

@@ -212,6 +212,9 @@ pub struct BreakerMetrics {
     pub rejected_total: u64,
     /// State transitions, since the breaker was created.
     pub transitions: u64,
+    /// Transitions into OPEN or FORCED_OPEN, since the breaker was
+    /// created: for a per-endpoint breaker, the ejections of its endpoint.
+    pub opened_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +224,7 @@ struct Totals {
     ignored: AtomicU64,
     rejected: AtomicU64,
     transitions: AtomicU64,
+    opened: AtomicU64,
 }
 
 /// What only the slow path touches, under the mutex.
@@ -833,6 +837,12 @@ impl Circuit {
         let previous = self.word.swap(word, Ordering::AcqRel);
         if changes {
             self.totals.transitions.fetch_add(1, Ordering::Relaxed);
+            if matches!(
+                state_of(state),
+                CircuitState::Open | CircuitState::ForcedOpen
+            ) {
+                self.totals.opened.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Transition {
             from: state_of(unpack(previous).0),
@@ -979,6 +989,7 @@ impl Circuit {
             ignored_total: t.ignored.load(Ordering::Relaxed),
             rejected_total: t.rejected.load(Ordering::Relaxed),
             transitions: t.transitions.load(Ordering::Relaxed),
+            opened_total: t.opened.load(Ordering::Relaxed),
         }
     }
 }

@@ -232,14 +232,35 @@ async fn run<F>(
             }
             let (id, endpoint) = (id.clone(), t.endpoint.clone());
             let (prober, permits) = (Arc::clone(&prober), Arc::clone(&permits));
-            probes.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                let timeout = prober.config.timeout;
-                let outcome = tokio::time::timeout(timeout, prober.probe_once(endpoint))
-                    .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
-                (id, outcome)
-            });
+            // A root span per probe: a background round, no caller's child.
+            let span = tracing::debug_span!(
+                parent: None,
+                "mesh.health.probe",
+                mesh.service = %prober.service,
+                mesh.endpoint = %id,
+                server.address = %endpoint.address().ip(),
+                server.port = i64::from(endpoint.address().port()),
+                mesh.outcome = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+            );
+            probes.spawn(tracing::Instrument::instrument(
+                async move {
+                    let _permit = permits.acquire_owned().await;
+                    let timeout = prober.config.timeout;
+                    let outcome = tokio::time::timeout(timeout, prober.probe_once(endpoint))
+                        .await
+                        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+                    let span = tracing::Span::current();
+                    match &outcome {
+                        Ok(()) => span.record("mesh.outcome", "success"),
+                        Err(_) => span
+                            .record("mesh.outcome", "failure")
+                            .record("error.type", "probe_failed"),
+                    };
+                    (id, outcome)
+                },
+                span,
+            ));
         }
         while let Some(joined) = probes.join_next().await {
             let Ok((id, outcome)) = joined else { continue };

@@ -20,6 +20,7 @@ use crate::hedge::race::{judge, Answer, Next, Race};
 use crate::policy::{clone_request, failed_endpoint, service_of, PolicyState};
 use crate::replay::ReplayableBody;
 use crate::service::{AttemptFuture, AttemptTimeout};
+use crate::trace::{AttemptAnswer, SentBecause};
 
 pin_project! {
     /// The response future of a hedged call: the first copy is sent when
@@ -64,6 +65,9 @@ where
     last: Option<Result<S::Response, BoxError>>,
     /// Why the latest copy failed, for the budget's event.
     reason: Option<FailureKind>,
+    /// The failure the next copy is sent at once after, if it is (else it
+    /// is sent for want of an answer): its span's `mesh.retry_reason`.
+    sent_after: Option<FailureKind>,
 }
 
 /// A copy on its way.
@@ -77,6 +81,7 @@ struct Running<F> {
 impl<S, B> HedgeFuture<S, B>
 where
     S: Service<Request<B>> + Clone,
+    S::Response: AttemptAnswer,
     S::Error: Into<BoxError>,
     B: ReplayableBody,
 {
@@ -113,6 +118,7 @@ where
             due: false,
             last: None,
             reason: None,
+            sent_after: None,
         };
         call.send(ready);
         HedgeFuture { call }
@@ -136,6 +142,7 @@ where
             if call.armed && call.timer.as_mut().poll(cx).is_ready() {
                 call.armed = false;
                 call.due = true;
+                call.sent_after = None;
             }
             if call.due && call.past_deadline() {
                 call.race.close();
@@ -181,6 +188,7 @@ where
 impl<S, B> Hedge<S, B>
 where
     S: Service<Request<B>> + Clone,
+    S::Response: AttemptAnswer,
     S::Error: Into<BoxError>,
     B: ReplayableBody,
 {
@@ -225,6 +233,8 @@ where
             ext.insert(self.avoid.clone());
         }
         if copy > 1 {
+            let ext = req.extensions_mut();
+            ext.insert(SentBecause::Hedge(self.sent_after.take()));
             grpc::note_previous_attempts(&mut req, copy - 1);
         }
         req
@@ -284,7 +294,10 @@ where
                 self.running.clear();
                 return Some(result);
             }
-            Next::SendNow => self.due = true,
+            Next::SendNow => {
+                self.due = true;
+                self.sent_after = self.reason;
+            }
             Next::SendAfter(wait) => {
                 self.due = false;
                 self.armed = true;

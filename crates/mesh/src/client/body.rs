@@ -9,8 +9,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use mesh_balance::TrackedBody;
+use mesh_core::grpc::BodyEnd;
+use mesh_core::{BoxError, ServiceName};
 
 use super::Inner;
+use crate::call_metrics::PendingCall;
 use crate::fallback::Capture;
 use crate::limits::Admission;
 
@@ -45,10 +48,12 @@ pin_project_lite::pin_project! {
 pub(crate) type StackBody = TrackedBody<mesh_breaker::ResponseBody<Incoming>>;
 
 /// One call counted as in flight (and holding its limit admission) until
-/// dropped: with the response body when there is one.
+/// dropped: with the response body when there is one. A gRPC call whose
+/// status comes in trailers is counted in the metrics when its body ends.
 pub(super) struct CallGuard {
     inner: Arc<Inner>,
     _admission: Option<Admission>,
+    pending: Option<PendingCall>,
 }
 
 // === impl MeshBody ===
@@ -115,6 +120,9 @@ impl Body for MeshBody {
                 capture,
             } => {
                 let polled = inner.as_mut().poll_frame(cx);
+                if let Some(guard) = call.as_mut() {
+                    guard.observe(&polled, inner.is_end_stream());
+                }
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let (Some(data), Some(kept)) = (frame.data_ref(), capture.as_mut()) {
@@ -182,6 +190,35 @@ impl CallGuard {
         CallGuard {
             inner,
             _admission: None,
+            pending: None,
+        }
+    }
+
+    /// Counts the call to `service` in the client's metrics: now, or when
+    /// its body ends for a gRPC answer whose status is in its trailers.
+    pub(super) fn record<B>(
+        &mut self,
+        service: &ServiceName,
+        outcome: &Result<http::Response<B>, BoxError>,
+        started: tokio::time::Instant,
+    ) {
+        self.pending = self.inner.call_metrics.record(service, outcome, started);
+    }
+
+    /// Settles a pending call once `polled` ends its body (trailers, the
+    /// end, an error), or a data frame ends it without trailers.
+    fn observe<E>(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, E>>>, ended: bool) {
+        if self.pending.is_none() {
+            return;
+        }
+        let end = BodyEnd::of(polled).or_else(|| {
+            let data = matches!(polled, Poll::Ready(Some(Ok(f))) if f.is_data());
+            (data && ended).then_some(BodyEnd::NoStatus)
+        });
+        if let Some(end) = end {
+            if let Some(pending) = self.pending.take() {
+                pending.settle(&self.inner.call_metrics, end);
+            }
         }
     }
 
@@ -194,6 +231,9 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.cancel(&self.inner.call_metrics);
+        }
         self.inner.calls.leave();
     }
 }

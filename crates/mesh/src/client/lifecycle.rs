@@ -53,6 +53,11 @@ impl Calls {
         self.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Whether shutdown has begun.
+    pub(super) fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     /// Counts one call out, waking the drain when it was the last.
     pub(super) fn leave(&self) {
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {

@@ -9,7 +9,7 @@
 //! [`tower::Service`]. The parts it is wired from live in
 //! [`crate::wiring`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use mesh_core::{ConfigError, EventBus, MeshEvent, Probe, ServiceName};
 use mesh_discover::Catalog;
@@ -67,6 +67,17 @@ pub struct MeshClient {
     inner: Arc<Inner>,
 }
 
+/// A client held weakly (by a Prometheus registry).
+#[derive(Clone, Debug)]
+pub(crate) struct WeakClient(Weak<Inner>);
+
+impl WeakClient {
+    /// The client, while a clone of it lives.
+    pub(crate) fn upgrade(&self) -> Option<MeshClient> {
+        self.0.upgrade().map(|inner| MeshClient { inner })
+    }
+}
+
 /// Everything clones of a client share.
 struct Inner {
     /// The configuration it was built from.
@@ -88,6 +99,8 @@ struct Inner {
     transports: Transports,
     /// The calls in flight, and whether new ones are admitted.
     calls: lifecycle::Calls,
+    /// Every call's outcome and latency, by service and endpoint.
+    call_metrics: crate::call_metrics::CallMetrics,
     /// The local service's health manager, when configured.
     health: Option<HealthCheckManager>,
     /// Fallbacks written in code, by service.
@@ -196,10 +209,72 @@ impl MeshClient {
         crate::metrics::collect(self)
     }
 
-    /// The same counters in the Prometheus text exposition format, for a
-    /// `/metrics` endpoint.
+    /// Every metric of [`crate::prometheus`] (calls by outcome, latency
+    /// histograms, the layers' counters, health checks, TLS) in
+    /// Prometheus's text format, for a `/metrics` endpoint: serve it with
+    /// the [`crate::prometheus::CONTENT_TYPE`] content type. Safe at any
+    /// time, during and after shutdown included.
+    ///
+    /// ```no_run
+    /// # async fn run(client: mesh::MeshClient) {
+    /// let text = client.prometheus();
+    /// assert!(text.contains("# TYPE mesh_requests_total counter"));
+    /// # }
+    /// ```
     pub fn prometheus(&self) -> String {
-        crate::prometheus::render(&self.metrics())
+        let mut registry = prometheus_client::registry::Registry::default();
+        self.register_prometheus(&mut registry);
+        crate::prometheus::render(&registry)
+    }
+
+    /// Exports this client's metrics (those of [`MeshClient::prometheus`])
+    /// into `registry`, beside your own, read at each scrape. The registry
+    /// holds the client weakly: once every clone is dropped it exports
+    /// nothing of it.
+    ///
+    /// ```no_run
+    /// # async fn run(client: mesh::MeshClient) {
+    /// use prometheus_client::registry::Registry;
+    ///
+    /// let mut registry = Registry::default();
+    /// client.register_prometheus(&mut registry);
+    /// let mut text = String::new();
+    /// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    /// # }
+    /// ```
+    pub fn register_prometheus(&self, registry: &mut prometheus_client::registry::Registry) {
+        let client = WeakClient(Arc::downgrade(&self.inner));
+        registry.register_collector(Box::new(crate::prometheus::ClientCollector { client }));
+    }
+
+    /// The call series for a scrape; those of endpoints discovery no
+    /// longer lists leave once shown, except once shutdown has begun (a
+    /// last scrape then still finds every count).
+    pub(crate) fn scrape_calls(&self) -> Vec<crate::call_metrics::SeriesSnapshot> {
+        let catalog = &self.inner.discovery.catalog;
+        let closed = self.inner.calls.closed();
+        self.inner
+            .call_metrics
+            .scrape(|service, endpoint| match endpoint {
+                _ if closed => true,
+                Some(endpoint) => catalog
+                    .get(service.as_str())
+                    .is_some_and(|set| set.get(endpoint).is_some()),
+                None => self.knows(service),
+            })
+    }
+
+    /// Every route's layers, for Prometheus.
+    pub(crate) fn route_layers(&self) -> Vec<crate::prometheus::Layers> {
+        self.routes()
+            .into_iter()
+            .map(|(name, route)| {
+                crate::prometheus::Layers::new(name)
+                    .balance(&route.balance)
+                    .breaker(&route.breaker)
+                    .retry(&route.retry)
+            })
+            .collect()
     }
 
     /// Every route by name (`*` for the default), for metrics.

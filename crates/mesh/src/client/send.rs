@@ -150,6 +150,7 @@ impl MeshClient {
         };
         let outcome = self.call(call, req, &mut guard).await;
         self.publish_completed(service.clone(), &outcome, started);
+        guard.record(&service, &outcome, started);
         match (&state.fallback, asked) {
             (Some(fallback), Some(asked)) => settle(fallback, &service, &asked, outcome, guard),
             _ => outcome.map(|response| response.map(|body| MeshBody::new(body, guard, None))),

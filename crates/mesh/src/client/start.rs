@@ -53,6 +53,7 @@ impl MeshClient {
                 services: ServiceStates::default(),
                 transports,
                 calls: Calls::default(),
+                call_metrics: Default::default(),
                 health,
                 fallbacks,
                 registered: Mutex::new(None),

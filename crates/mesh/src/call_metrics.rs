@@ -1,0 +1,536 @@
+//! Every call's outcome and latency, by service and endpoint: the
+//! `mesh_requests_total` counters and `mesh_request_duration_seconds`
+//! histograms.
+//!
+//! Recording is on the hot path, so it costs a read lock, two hash
+//! lookups and three relaxed atomic additions: no allocation, no label
+//! set built per call. Each (service, endpoint) pair has one [`Series`]
+//! of plain atomics (one counter per outcome [`Cell`], one per histogram
+//! bucket); labels are written only when a scrape encodes them.
+//!
+//! The map is bounded: at most [`MAX_SERIES`] pairs. A new endpoint of a
+//! full map is counted under its service's `overflow` endpoint, so no call
+//! goes uncounted. A scrape removes the pairs whose endpoint discovery no
+//! longer lists (endpoints churning by the thousand), but only once a
+//! scrape has shown their last count: a count is never dropped before
+//! someone could read it.
+//!
+//! A gRPC call whose status comes in trailers after its messages has no
+//! outcome when its headers arrive: [`CallMetrics::record`] returns a
+//! [`PendingCall`] that the response body settles when it ends
+//! ([`PendingCall::settle`]), or as `CANCELLED` when it is dropped first.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::Response;
+use mesh_core::ext::SelectedEndpoint;
+use mesh_core::grpc::{self, BodyEnd, GrpcCode};
+use mesh_core::{BoxError, EndpointId, MeshError, ServiceName};
+use mesh_core::{FailureClassifier, FailureKind};
+
+/// The most (service, endpoint) pairs kept at once; beyond it, calls to
+/// new endpoints are counted under their service's `overflow` endpoint.
+pub(crate) const MAX_SERIES: usize = 4096;
+
+/// The `endpoint` label of a call that failed before an endpoint was
+/// chosen (no endpoints, circuit open for the service, unknown service).
+pub(crate) const NO_ENDPOINT: &str = "none";
+
+/// The `endpoint` label of calls to endpoints beyond [`MAX_SERIES`].
+pub(crate) const OVERFLOW_ENDPOINT: &str = "overflow";
+
+/// The histogram's upper bounds, in seconds: Prometheus's defaults, with
+/// two finer ones below 5 ms for calls on a local network.
+pub(crate) const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// HTTP status classes, `1xx` to `5xx`.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Error kinds of a call that got no response, as the `error` label.
+const ERRORS: [&str; 5] = ["connect", "timeout", "reset", "circuit_open", "other"];
+
+/// Outcome cells per series: status classes, error kinds, gRPC codes.
+const CELLS: usize = CLASSES.len() + ERRORS.len() + 17;
+
+/// How one call ended, as the index of its counter in a [`Series`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cell(usize);
+
+/// The labels of one outcome cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CellLabels {
+    /// `1xx`...`5xx`, or `error` when no response came back.
+    pub(crate) status_class: &'static str,
+    /// The gRPC status name (`OK`, `UNAVAILABLE`...), empty for a call
+    /// that is not gRPC.
+    pub(crate) grpc_code: &'static str,
+    /// Why no response came back (`connect`, `timeout`, `reset`,
+    /// `circuit_open`, `other`); empty when one did.
+    pub(crate) error: &'static str,
+}
+
+// === impl Cell ===
+
+impl Cell {
+    /// A response with HTTP status `status` and no gRPC status.
+    pub(crate) fn status(status: http::StatusCode) -> Cell {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5);
+        Cell(class - 1)
+    }
+
+    /// A call that got no response.
+    pub(crate) fn error(kind: FailureKind) -> Cell {
+        let index = match kind {
+            FailureKind::Connect => 0,
+            FailureKind::Timeout => 1,
+            FailureKind::Reset => 2,
+            FailureKind::CircuitOpen => 3,
+            _ => 4,
+        };
+        Cell(CLASSES.len() + index)
+    }
+
+    /// A gRPC call (HTTP 200) that ended with `code`.
+    pub(crate) fn grpc(code: GrpcCode) -> Cell {
+        Cell(CLASSES.len() + ERRORS.len() + usize::from(code.get()))
+    }
+
+    /// Its labels.
+    pub(crate) fn labels(self) -> CellLabels {
+        let i = self.0;
+        let errors = CLASSES.len();
+        let grpc = errors + ERRORS.len();
+        match i {
+            _ if i < errors => CellLabels {
+                status_class: CLASSES[i],
+                grpc_code: "",
+                error: "",
+            },
+            _ if i < grpc => CellLabels {
+                status_class: "error",
+                grpc_code: "",
+                error: ERRORS[i - errors],
+            },
+            _ => CellLabels {
+                status_class: "2xx",
+                grpc_code: GrpcCode::new((i - grpc) as u32)
+                    .unwrap_or(GrpcCode::UNKNOWN)
+                    .name(),
+                error: "",
+            },
+        }
+    }
+}
+
+/// One (service, endpoint) pair's counters: calls by outcome, and the
+/// latency histogram.
+#[derive(Debug, Default)]
+pub(crate) struct Series {
+    cells: [AtomicU64; CELLS],
+    /// Per bucket (not cumulative), the last one `+Inf`.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    /// Calls counted at the last scrape, to know whether one has shown
+    /// the latest count.
+    scraped: AtomicU64,
+}
+
+/// What a scrape reads of one series.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SeriesSnapshot {
+    /// The service.
+    pub(crate) service: ServiceName,
+    /// The endpoint, `none` or `overflow`.
+    pub(crate) endpoint: EndpointId,
+    /// Calls per outcome cell that has any.
+    pub(crate) outcomes: Vec<(CellLabels, u64)>,
+    /// Calls per bucket (not cumulative, as prometheus-client's encoders
+    /// take them): by upper bound in [`BUCKETS`], then `+Inf`.
+    pub(crate) buckets: Vec<(f64, u64)>,
+    /// Calls in all (the `+Inf` bucket).
+    pub(crate) count: u64,
+    /// Their latencies added up, in seconds.
+    pub(crate) sum_seconds: f64,
+}
+
+// === impl Series ===
+
+impl Series {
+    fn record(&self, cell: Cell, elapsed: Duration) {
+        self.cells[cell.0].fetch_add(1, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Calls counted so far.
+    fn total(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    fn snapshot(&self, service: &ServiceName, endpoint: &EndpointId) -> SeriesSnapshot {
+        let outcomes = self
+            .cells
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let n = n.load(Ordering::Relaxed);
+                (n > 0).then(|| (Cell(i).labels(), n))
+            })
+            .collect();
+        let bounds = BUCKETS.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(&self.buckets)
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|b| b.1).sum();
+        SeriesSnapshot {
+            service: service.clone(),
+            endpoint: endpoint.clone(),
+            outcomes,
+            buckets,
+            count,
+            sum_seconds: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// Every call's outcome and latency, by service and endpoint, bounded.
+#[derive(Debug)]
+pub(crate) struct CallMetrics {
+    by_service: RwLock<Map>,
+    classifier: FailureClassifier,
+    none: EndpointId,
+    overflow: EndpointId,
+}
+
+/// The series by service, then endpoint, and how many there are.
+#[derive(Debug, Default)]
+struct Map {
+    services: HashMap<ServiceName, HashMap<EndpointId, Arc<Series>>>,
+    len: usize,
+}
+
+/// A gRPC call counted when its body ends, with the status in its
+/// trailers.
+#[derive(Debug)]
+pub(crate) struct PendingCall {
+    service: ServiceName,
+    endpoint: Option<EndpointId>,
+    started: tokio::time::Instant,
+}
+
+// === impl CallMetrics ===
+
+impl Default for CallMetrics {
+    fn default() -> Self {
+        CallMetrics {
+            by_service: RwLock::default(),
+            classifier: FailureClassifier::default(),
+            #[allow(clippy::unwrap_used)] // constant, valid ids
+            none: EndpointId::new(NO_ENDPOINT).unwrap(),
+            #[allow(clippy::unwrap_used)]
+            overflow: EndpointId::new(OVERFLOW_ENDPOINT).unwrap(),
+        }
+    }
+}
+
+impl CallMetrics {
+    /// Counts the call to `service` that ended with `outcome` (started at
+    /// `started`); a gRPC answer whose status is still to come in its
+    /// trailers is returned as pending instead, for its body to settle.
+    pub(crate) fn record<B>(
+        &self,
+        service: &ServiceName,
+        outcome: &Result<Response<B>, BoxError>,
+        started: tokio::time::Instant,
+    ) -> Option<PendingCall> {
+        let elapsed = started.elapsed();
+        match outcome {
+            Ok(response) => {
+                let endpoint = response
+                    .extensions()
+                    .get::<SelectedEndpoint>()
+                    .map(|e| e.0.id());
+                if grpc::ends_in_trailers(response) {
+                    return Some(PendingCall {
+                        service: service.clone(),
+                        endpoint: endpoint.cloned(),
+                        started,
+                    });
+                }
+                let cell = match grpc::status_of(response) {
+                    Some(code) if response.status() == http::StatusCode::OK => Cell::grpc(code),
+                    _ => Cell::status(response.status()),
+                };
+                self.count(service, endpoint, cell, elapsed);
+            }
+            Err(error) => {
+                let endpoint = MeshError::endpoint_of(&**error);
+                let cell = Cell::error(self.classifier.classify_error(&**error));
+                self.count(service, endpoint, cell, elapsed);
+            }
+        }
+        None
+    }
+
+    /// Adds one call to `service`'s series for `endpoint`, made on its
+    /// first call (or its service's `overflow` one, the map full).
+    pub(crate) fn count(
+        &self,
+        service: &ServiceName,
+        endpoint: Option<&EndpointId>,
+        cell: Cell,
+        elapsed: Duration,
+    ) {
+        let endpoint = endpoint.unwrap_or(&self.none);
+        {
+            let map = self.by_service.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(series) = map.services.get(service).and_then(|s| s.get(endpoint)) {
+                series.record(cell, elapsed);
+                return;
+            }
+        }
+        self.insert(service, endpoint).record(cell, elapsed);
+    }
+
+    /// `service`'s series for `endpoint`, made (under the write lock);
+    /// its `overflow` series when the map is full.
+    fn insert(&self, service: &ServiceName, endpoint: &EndpointId) -> Arc<Series> {
+        let mut map = self.by_service.write().unwrap_or_else(|e| e.into_inner());
+        let Map { services, len } = &mut *map;
+        let endpoints = services.entry(service.clone()).or_default();
+        if let Some(series) = endpoints.get(endpoint) {
+            return Arc::clone(series);
+        }
+        // The overflow series may go beyond the bound: one per service,
+        // and services are bounded by the client's own service map.
+        let endpoint = if *len >= MAX_SERIES {
+            &self.overflow
+        } else {
+            endpoint
+        };
+        let series = endpoints.entry(endpoint.clone()).or_insert_with(|| {
+            *len += 1;
+            Arc::default()
+        });
+        Arc::clone(series)
+    }
+
+    /// Every series, for a scrape; afterwards the series of endpoints
+    /// `still_listed` refuses are removed once this scrape has shown their
+    /// last count. `still_listed` gets `None` for a service's `none` and
+    /// `overflow` series (whether the service itself is still known).
+    pub(crate) fn scrape(
+        &self,
+        still_listed: impl Fn(&ServiceName, Option<&EndpointId>) -> bool,
+    ) -> Vec<SeriesSnapshot> {
+        let mut snapshots = Vec::new();
+        let mut stale = Vec::new();
+        {
+            let map = self.by_service.read().unwrap_or_else(|e| e.into_inner());
+            for (service, endpoints) in &map.services {
+                for (endpoint, series) in endpoints {
+                    let snapshot = series.snapshot(service, endpoint);
+                    let shown = series.scraped.swap(snapshot.count, Ordering::Relaxed);
+                    let real = endpoint != &self.none && endpoint != &self.overflow;
+                    let listed = still_listed(service, real.then_some(endpoint));
+                    if !listed && shown == snapshot.count {
+                        // The last scrape showed its last count already.
+                        stale.push((service.clone(), endpoint.clone()));
+                    } else {
+                        snapshots.push(snapshot);
+                    }
+                }
+            }
+        }
+        if !stale.is_empty() {
+            self.remove(&stale);
+        }
+        snapshots.sort_by(|a, b| (&a.service, &a.endpoint).cmp(&(&b.service, &b.endpoint)));
+        snapshots
+    }
+
+    /// Removes the series of `stale` pairs that no call has counted into
+    /// since the scrape that found them stale.
+    fn remove(&self, stale: &[(ServiceName, EndpointId)]) {
+        let mut map = self.by_service.write().unwrap_or_else(|e| e.into_inner());
+        let Map { services, len } = &mut *map;
+        for (service, endpoint) in stale {
+            let Some(endpoints) = services.get_mut(service) else {
+                continue;
+            };
+            let unchanged = endpoints
+                .get(endpoint)
+                .is_some_and(|s| s.total() == s.scraped.load(Ordering::Relaxed));
+            if unchanged {
+                endpoints.remove(endpoint);
+                *len -= 1;
+            }
+            if endpoints.is_empty() {
+                services.remove(service);
+            }
+        }
+    }
+
+    /// How many (service, endpoint) series are kept now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_service.read().map(|m| m.len).unwrap_or_default()
+    }
+}
+
+// === impl PendingCall ===
+
+impl PendingCall {
+    /// Counts the call with the status its body ended with.
+    pub(crate) fn settle(self, metrics: &CallMetrics, end: BodyEnd) {
+        let cell = match end {
+            BodyEnd::Broken => Cell::error(FailureKind::Reset),
+            end => Cell::grpc(end.code()),
+        };
+        self.count(metrics, cell);
+    }
+
+    /// Counts the call as `CANCELLED`: its body was dropped before its
+    /// end, as a gRPC client reports a call it gave up.
+    pub(crate) fn cancel(self, metrics: &CallMetrics) {
+        let cancelled = GrpcCode::new(1).unwrap_or(GrpcCode::UNKNOWN);
+        self.count(metrics, Cell::grpc(cancelled));
+    }
+
+    fn count(self, metrics: &CallMetrics, cell: Cell) {
+        let elapsed = self.started.elapsed();
+        metrics.count(&self.service, self.endpoint.as_ref(), cell, elapsed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str) -> ServiceName {
+        ServiceName::new(name).expect("name")
+    }
+
+    fn endpoint(n: usize) -> EndpointId {
+        EndpointId::new(&format!("10.0.{}.{}:80", n / 256, n % 256)).expect("id")
+    }
+
+    fn ok() -> Cell {
+        Cell::status(http::StatusCode::OK)
+    }
+
+    #[test]
+    fn cells_name_their_class_code_or_error() {
+        let labels = Cell::status(http::StatusCode::SERVICE_UNAVAILABLE).labels();
+        assert_eq!((labels.status_class, labels.grpc_code), ("5xx", ""));
+        let labels = Cell::grpc(GrpcCode::UNAVAILABLE).labels();
+        assert_eq!(
+            (labels.status_class, labels.grpc_code),
+            ("2xx", "UNAVAILABLE")
+        );
+        let labels = Cell::grpc(GrpcCode::new(16).expect("code")).labels();
+        assert_eq!(labels.grpc_code, "UNAUTHENTICATED");
+        let labels = Cell::error(FailureKind::Timeout).labels();
+        assert_eq!((labels.status_class, labels.error), ("error", "timeout"));
+        assert_eq!(Cell::error(FailureKind::Other).labels().error, "other");
+    }
+
+    #[test]
+    fn latencies_fall_in_the_first_bucket_at_or_above_them() {
+        let metrics = CallMetrics::default();
+        let users = service("users");
+        let a = endpoint(1);
+        for ms in [1, 20, 20, 300, 20_000] {
+            metrics.count(&users, Some(&a), ok(), Duration::from_millis(ms));
+        }
+        let [s] = &metrics.scrape(|_, _| true)[..] else {
+            panic!("one series")
+        };
+        let at =
+            |bound: f64| -> u64 { s.buckets.iter().filter(|b| b.0 <= bound).map(|b| b.1).sum() };
+        assert_eq!(at(0.001), 1, "1 ms is at or below 1 ms");
+        assert_eq!(at(0.025), 3);
+        assert_eq!(at(0.5), 4);
+        assert_eq!(at(10.0), 4);
+        assert_eq!(at(f64::INFINITY), 5);
+        assert_eq!(s.count, 5);
+        assert!((s.sum_seconds - 20.341).abs() < 1e-9, "{}", s.sum_seconds);
+        assert_eq!(s.outcomes, vec![(ok().labels(), 5)]);
+    }
+
+    #[test]
+    fn endpoints_churning_by_the_thousand_stay_bounded_and_every_call_is_counted() {
+        let metrics = CallMetrics::default();
+        let users = service("users");
+        let calls = MAX_SERIES + 1000;
+        for n in 0..calls {
+            metrics.count(&users, Some(&endpoint(n)), ok(), Duration::ZERO);
+        }
+        assert_eq!(
+            metrics.len(),
+            MAX_SERIES + 1,
+            "the bound, and one overflow series"
+        );
+        let counted: u64 = metrics.scrape(|_, _| true).iter().map(|s| s.count).sum();
+        assert_eq!(counted, calls as u64, "no call lost");
+        let overflow = metrics
+            .scrape(|_, _| true)
+            .into_iter()
+            .find(|s| s.endpoint.to_string() == OVERFLOW_ENDPOINT)
+            .expect("overflow series");
+        assert_eq!(overflow.count, 1000);
+    }
+
+    #[test]
+    fn a_removed_endpoint_leaves_once_a_scrape_has_shown_its_last_count() {
+        let metrics = CallMetrics::default();
+        let users = service("users");
+        let (kept, gone) = (endpoint(1), endpoint(2));
+        metrics.count(&users, Some(&kept), ok(), Duration::ZERO);
+        metrics.count(&users, Some(&gone), ok(), Duration::ZERO);
+        let listed = |_: &ServiceName, e: Option<&EndpointId>| e != Some(&gone);
+        // The first scrape shows its count: it stays for this one.
+        assert_eq!(metrics.scrape(listed).len(), 2);
+        // A call lands after that scrape: shown by the next one, not lost.
+        metrics.count(&users, Some(&gone), ok(), Duration::ZERO);
+        let second = metrics.scrape(listed);
+        let shown = second.iter().find(|s| s.endpoint == gone).expect("shown");
+        assert_eq!(shown.count, 2);
+        // Nothing new: gone.
+        let third = metrics.scrape(listed);
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].endpoint, kept);
+        assert_eq!(metrics.len(), 1);
+    }
+
+    #[test]
+    fn a_pending_grpc_call_counts_its_trailers_status_or_cancelled() {
+        let metrics = CallMetrics::default();
+        let users = service("users");
+        let pending = || PendingCall {
+            service: users.clone(),
+            endpoint: Some(endpoint(1)),
+            started: tokio::time::Instant::now(),
+        };
+        pending().settle(&metrics, BodyEnd::Status(GrpcCode::NOT_FOUND));
+        pending().settle(&metrics, BodyEnd::NoStatus);
+        pending().cancel(&metrics);
+        let [s] = &metrics.scrape(|_, _| true)[..] else {
+            panic!("one series")
+        };
+        let codes: Vec<&str> = s.outcomes.iter().map(|(l, _)| l.grpc_code).collect();
+        assert_eq!(codes, ["CANCELLED", "NOT_FOUND", "INTERNAL"]);
+    }
+}
