@@ -2,7 +2,8 @@
 //! hand-assembled stack (Retry, Discover, Balance, Breaker over hyper-util's
 //! client) opens one `mesh.call` span with one `mesh.attempt` child per
 //! attempt, each carrying OpenTelemetry's HTTP client fields; a subscriber
-//! that panics loses no count.
+//! that panics loses no count. A `MeshClient` built from a file gives the
+//! same tree.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -291,4 +292,41 @@ async fn a_subscriber_that_panics_leaves_no_count_behind() {
     let in_flight: u32 = endpoints.iter().map(|e| e.state().in_flight()).sum();
     assert_eq!(in_flight, 0);
     assert_eq!(retry.stats().requests, 2);
+}
+
+#[tokio::test]
+async fn a_mesh_client_call_with_one_retry_has_the_same_span_tree() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    let _default = tracing::subscriber::set_default(subscriber);
+    let addr = server(&[503, 200]).await;
+    let config = MeshConfig::from_toml_str(&format!(
+        "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"static\"\n\
+         services = {{ users = [\"{addr}\"] }}\n"
+    ))
+    .expect("config");
+    let client = MeshClient::from_config(config).await.expect("client");
+
+    let response = client
+        .get("users", "/api/users", CallOptions::default())
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.expect("body");
+
+    let calls = capture.named("mesh.call");
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    let call = &calls[0];
+    assert_eq!(call.field("mesh.service"), Some("users"));
+    assert_eq!(call.field("url.path"), Some("/api/users"));
+    assert_eq!(call.field("http.response.status_code"), Some("200"));
+    let attempts = capture.named("mesh.attempt");
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    assert!(attempts.iter().all(|a| a.parent == Some(call.id)));
+    assert_eq!(attempts[0].field("http.response.status_code"), Some("503"));
+    assert_eq!(attempts[1].field("mesh.retry_reason"), Some("status 503"));
+    assert_eq!(
+        attempts[1].field("mesh.endpoint"),
+        Some(addr.to_string().as_str())
+    );
 }

@@ -3,7 +3,8 @@
 //! tower-mesh stack; A's handler calls server B through a second stack,
 //! and B fails the first attempt. One trace from end to end, each server
 //! span the child of the attempt that reached it. A malformed incoming
-//! `traceparent` starts a new trace and the request still succeeds.
+//! `traceparent` starts a new trace and the request still succeeds. A
+//! `MeshClient` built from a file carries its trace the same way.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -316,5 +317,40 @@ async fn a_valid_traceparent_is_continued_by_the_server_span() {
     assert_eq!(
         servers[0].parent_span_id,
         SpanId::from_hex("00f067aa0ba902b7").unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_mesh_client_call_carries_its_trace_to_the_server() {
+    let (exporter, _provider, _guard) = capture();
+    let addr = serve(tower::service_fn(|_req: Request<Incoming>| async {
+        Ok::<_, Infallible>(text(StatusCode::OK, "ok"))
+    }))
+    .await;
+    let config = MeshConfig::from_toml_str(&format!(
+        "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"static\"\n\
+         services = {{ users = [\"{addr}\"] }}\n"
+    ))
+    .expect("config");
+    let client = MeshClient::from_config(config).await.expect("client");
+    let response = client
+        .get("users", "/api/users", CallOptions::default())
+        .await
+        .expect("answered");
+    response.into_body().collect().await.expect("body");
+
+    let spans = exporter.get_finished_spans().expect("exported");
+    let attempts = named(&spans, "GET", SpanKind::Client);
+    let servers = named(&spans, "mesh.server", SpanKind::Server);
+    assert_eq!((attempts.len(), servers.len()), (1, 1), "{spans:#?}");
+    assert_eq!(
+        servers[0].span_context.trace_id(),
+        attempts[0].span_context.trace_id(),
+        "one trace across the call"
+    );
+    assert_eq!(
+        servers[0].parent_span_id,
+        attempts[0].span_context.span_id(),
+        "the server span under the attempt that reached it"
     );
 }
