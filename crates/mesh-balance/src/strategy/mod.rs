@@ -9,10 +9,12 @@
 //! are computed once per endpoint-set snapshot and kept beside it; a new
 //! snapshot from discovery gets new tables on its first pick.
 
+mod least;
 mod ring;
 mod swrr;
 #[cfg(test)]
 mod tests;
+mod weighted;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -27,7 +29,9 @@ use mesh_core::{Endpoint, EndpointId, EndpointSet, EventBus, MeshEvent, ServiceN
 
 use crate::config::BalanceConfig;
 use crate::round_robin::RoundRobin;
+use least::Pool;
 use ring::Ring;
+use weighted::Cumulative;
 
 /// How the balancer chooses among candidates.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,10 +46,13 @@ pub enum Strategy {
     /// A uniformly random candidate.
     Random,
     /// The candidate with the fewest requests in flight (relative to its
-    /// weight), ties broken at random.
+    /// weight), ties broken at random. Over more than 16 candidates, the
+    /// best of 4 drawn at random (as Envoy's least request): O(1) per
+    /// pick at any size.
     LeastConnections,
     /// The candidate with the lowest expected wait: latency estimate x
     /// (in flight + 1), relative to its weight (as linkerd and Finagle).
+    /// Over more than 16 candidates, the best of 4 drawn at random.
     LeastResponseTime,
     /// The better of two random candidates by that same cost.
     PowerOfTwoChoices,
@@ -103,6 +110,9 @@ const RECOUNT: Duration = Duration::from_millis(100);
 struct Memo {
     set: EndpointSet,
     swrr: Vec<u32>,
+    /// Running weight totals, for draws by weight (random and weighted
+    /// round robin strategies only).
+    cumulative: Cumulative,
     cursor: AtomicUsize,
     ring: Option<Ring>,
     /// When availability was last counted (clock nanos), and the result.
@@ -234,48 +244,37 @@ impl Picker {
         match self.strategy() {
             Strategy::RoundRobin | Strategy::ConsistentHash => self.rr.pick_by(set, ok),
             Strategy::Random if memo.uniform_weights => random(endpoints, ok),
-            Strategy::Random => weighted_random(endpoints, ok),
+            Strategy::Random => memo.cumulative.pick(endpoints, ok),
             Strategy::WeightedRoundRobin => weighted(memo, set, ok),
-            Strategy::LeastConnections => least_by(endpoints, ok, |e| {
-                u128::from(e.state().in_flight()) * 1_000_000 / u128::from(e.weight().get())
-            }),
+            Strategy::LeastConnections => Pool::of(endpoints, ok)
+                .least_by(|e| f64::from(e.state().in_flight()) / f64::from(e.weight().get())),
             Strategy::LeastResponseTime => {
-                let unknown = self.mean_latency(endpoints, ok, now);
-                least_by(endpoints, ok, |e| self.cost(e, now, unknown))
+                // The mean of the measured candidates is what an
+                // unmeasured one is assumed to take, so a new instance
+                // gets its share at once instead of starving behind
+                // measured fast ones.
+                let pool = Pool::of(endpoints, ok);
+                let unknown = pool.mean_latency(|e| e.state().latency_at(now));
+                pool.least_by(|e| self.cost(e, now, unknown))
             }
             Strategy::PowerOfTwoChoices => self.two_choices(endpoints, ok, now),
         }
     }
 
-    /// Expected wait at `e`, scaled to compare across weights: latency x
-    /// (in flight + 1) / weight, in nanoseconds x 1000; `unknown` stands in
-    /// for the latency of an endpoint with no sample yet.
-    fn cost(&self, e: &Endpoint, now: Nanos, unknown: Option<Duration>) -> u128 {
+    /// Expected wait at `e`, relative to its weight: latency x (in
+    /// flight + 1) / weight, in nanoseconds; `unknown` stands in for the
+    /// latency of an endpoint with no sample yet. In floating point: an
+    /// integer division per candidate would cost more than the rest of
+    /// the comparison, and equal inputs still give equal costs for ties.
+    fn cost(&self, e: &Endpoint, now: Nanos, unknown: Option<Duration>) -> f64 {
         let latency = e
             .state()
             .latency_at(now)
             .or(unknown)
             .unwrap_or(self.config.unknown_latency())
             .as_nanos()
-            .max(1);
-        latency * (u128::from(e.state().in_flight()) + 1) * 1000 / u128::from(e.weight().get())
-    }
-
-    /// The mean latency of the candidates that have a sample: what an
-    /// unmeasured one is assumed to take, so a new instance gets its
-    /// share at once instead of starving behind measured fast ones.
-    fn mean_latency(
-        &self,
-        endpoints: &[Endpoint],
-        ok: &dyn Fn(&Endpoint) -> bool,
-        now: Nanos,
-    ) -> Option<Duration> {
-        let (sum, n) = endpoints
-            .iter()
-            .filter(|e| ok(e))
-            .filter_map(|e| e.state().latency_at(now))
-            .fold((Duration::ZERO, 0u32), |(sum, n), l| (sum + l, n + 1));
-        (n > 0).then(|| sum / n)
+            .max(1) as f64;
+        latency * (f64::from(e.state().in_flight()) + 1.0) / f64::from(e.weight().get())
     }
 
     fn two_choices<'a>(
@@ -337,6 +336,10 @@ impl Picker {
                     swrr::sequence(&weights)
                 }
                 _ => Vec::new(),
+            },
+            cumulative: match self.strategy() {
+                Strategy::Random | Strategy::WeightedRoundRobin => Cumulative::new(&weights),
+                _ => Cumulative::default(),
             },
             cursor: AtomicUsize::new(0),
             ring: self.hashes().then(|| Ring::new(set.endpoints())),
@@ -465,7 +468,7 @@ fn weighted<'a>(
 ) -> Option<&'a Endpoint> {
     let len = memo.swrr.len();
     if len == 0 {
-        return weighted_random(set.endpoints(), ok);
+        return memo.cumulative.pick(set.endpoints(), ok);
     }
     let turn = memo.cursor.fetch_add(1, Ordering::Relaxed) % len;
     let endpoints = set.endpoints();
@@ -475,33 +478,8 @@ fn weighted<'a>(
         // by weight, so its share spreads over the others in their
         // proportions (stepping to the next turn instead would hand it
         // all to whichever endpoint follows it in the cycle).
-        _ => weighted_random(endpoints, ok),
+        _ => memo.cumulative.pick(endpoints, ok),
     }
-}
-
-/// A candidate drawn with probability proportional to its weight.
-fn weighted_random<'a>(
-    endpoints: &'a [Endpoint],
-    ok: &dyn Fn(&Endpoint) -> bool,
-) -> Option<&'a Endpoint> {
-    let total: u64 = endpoints
-        .iter()
-        .filter(|e| ok(e))
-        .map(|e| u64::from(e.weight().get()))
-        .sum();
-    if total == 0 {
-        return None;
-    }
-    let mut point = fastrand::u64(..total);
-    endpoints.iter().filter(|e| ok(e)).find(|e| {
-        let w = u64::from(e.weight().get());
-        if point < w {
-            true
-        } else {
-            point -= w;
-            false
-        }
-    })
 }
 
 /// A uniformly random candidate, by counting (allocation-free).
@@ -526,31 +504,4 @@ fn random<'a>(endpoints: &'a [Endpoint], ok: &dyn Fn(&Endpoint) -> bool) -> Opti
         .map(|_| &endpoints[fastrand::usize(..endpoints.len())])
         .find(|e| ok(e))
         .or_else(|| uniform(endpoints, ok))
-}
-
-/// The candidate with the least `cost`, ties broken uniformly at random.
-fn least_by<'a>(
-    endpoints: &'a [Endpoint],
-    ok: &dyn Fn(&Endpoint) -> bool,
-    cost: impl Fn(&Endpoint) -> u128,
-) -> Option<&'a Endpoint> {
-    let mut best: Option<(&Endpoint, u128)> = None;
-    let mut ties = 0u32;
-    for e in endpoints.iter().filter(|e| ok(e)) {
-        let c = cost(e);
-        match best {
-            Some((_, b)) if c > b => {}
-            Some((_, b)) if c == b => {
-                ties += 1;
-                if fastrand::u32(..=ties) == 0 {
-                    best = Some((e, c));
-                }
-            }
-            _ => {
-                best = Some((e, c));
-                ties = 0;
-            }
-        }
-    }
-    best.map(|(e, _)| e)
 }

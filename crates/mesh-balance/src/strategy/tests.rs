@@ -150,6 +150,65 @@ fn least_response_time_and_p2c_starve_a_slow_instance() {
     }
 }
 
+/// Past the exact-scan size, least connections and least response time
+/// compare a sample: with half of 1,000 instances loaded (or slow), the
+/// loaded half gets about 1/2^SAMPLE of the picks, never most of them,
+/// and no instance that is out is ever picked.
+#[test]
+fn sampled_least_cost_picks_avoid_the_loaded_half_of_a_large_set() {
+    let n = 1_000;
+    for strategy in [Strategy::LeastConnections, Strategy::LeastResponseTime] {
+        let set = set_of(&vec![1; n]);
+        for (i, e) in set.iter().enumerate() {
+            let loaded = i % 2 == 1;
+            e.state()
+                .record_latency(Duration::from_micros(if loaded { 10_000 } else { 1_000 }));
+            for _ in 0..if loaded { 8 } else { 1 } {
+                e.state().start_request();
+            }
+            if i % 10 == 0 {
+                e.state().set_health(Health::Unhealthy);
+            }
+        }
+        let picker = picker_for(strategy.clone(), false);
+        let picks = 20_000;
+        let mut loaded = 0;
+        for _ in 0..picks {
+            let e = picker
+                .pick(&set, &PickContext::default(), Nanos(0))
+                .unwrap();
+            assert!(
+                e.state().is_available(Nanos(0)),
+                "{strategy:?} picked one that is out"
+            );
+            loaded += usize::from(e.state().in_flight() == 8);
+        }
+        let share = loaded as f64 / picks as f64;
+        // 1/16 expected; 0.10 leaves room for chance.
+        assert!(share < 0.10, "{strategy:?}: loaded half got {share:.3}");
+    }
+}
+
+/// Weighted draws (random strategy, weighted round robin's spill) keep
+/// the weights' proportions among the candidates left when some are out.
+#[test]
+fn weighted_draws_keep_proportions_among_the_endpoints_left() {
+    let weights: Vec<u32> = (0..100).map(|i| if i % 2 == 0 { 3 } else { 1 }).collect();
+    let set = set_of(&weights);
+    for e in set.iter().take(50) {
+        e.state().set_health(Health::Unhealthy);
+    }
+    let got = counts(&picker_for(Strategy::Random, false), &set, 100_000);
+    assert!(
+        got[..50].iter().all(|c| *c == 0),
+        "an endpoint that is out was picked"
+    );
+    let heavy: usize = got[50..].iter().step_by(2).sum();
+    let light: usize = got[51..].iter().step_by(2).sum();
+    let ratio = heavy as f64 / light as f64;
+    assert!((2.7..3.3).contains(&ratio), "weights 3:1 drew {ratio:.2}:1");
+}
+
 /// A new instance beside a measured fast one: taken to be as fast as the
 /// instances it is compared with, it gets its share at once instead of
 /// starving behind them (a fixed guess slower than loopback would never
