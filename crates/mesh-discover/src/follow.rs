@@ -188,6 +188,7 @@ impl Catalog {
                         mesh.service = %service,
                         mesh.endpoints = tracing::field::Empty,
                         mesh.outcome = tracing::field::Empty,
+                        error.type = tracing::field::Empty,
                     );
                     let _entered = span.enter();
                     if !span.is_disabled() {
@@ -195,7 +196,9 @@ impl Catalog {
                             Ok(set) => span
                                 .record("mesh.endpoints", set.len() as u64)
                                 .record("mesh.outcome", "answered"),
-                            Err(_) => span.record("mesh.outcome", "failed"),
+                            Err(error) => span
+                                .record("mesh.outcome", "failed")
+                                .record("error.type", error_type(error)),
                         };
                     }
                     match answer {
@@ -248,6 +251,16 @@ impl Catalog {
             }
         });
         Follow { task }
+    }
+}
+
+/// A failed answer's `error.type`, in a word (the span's field stays
+/// low-cardinality; the warning and the event carry the message).
+fn error_type(error: &DiscoveryError) -> &'static str {
+    match error {
+        DiscoveryError::Unavailable(_) => "unavailable",
+        DiscoveryError::Malformed(_) => "malformed",
+        DiscoveryError::UnknownService(_) => "unknown_service",
     }
 }
 

@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use mesh_core::{EventBus, FailureClassifier};
 use tower_layer::Layer;
@@ -7,6 +7,7 @@ use crate::config::RetryConfig;
 use crate::policy::{PolicyState, RetryPolicy};
 use crate::service::Retry;
 use crate::stats::{Counters, RetryStats};
+use crate::trace::{MethodPolicyNames, RouteNames};
 
 /// Wraps a service in retries; see [`Retry`].
 ///
@@ -19,7 +20,8 @@ use crate::stats::{Counters, RetryStats};
 /// [`RetryConfig::new_budget`](crate::RetryConfig::new_budget).
 ///
 /// Configure the layer before making services: [`RetryLayer::events`]
-/// returns a layer with fresh counters and a fresh budget.
+/// returns a layer with fresh counters and a fresh budget (and the route's
+/// name, if [`RetryLayer::name_route`] gave one).
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
     shared: Arc<PolicyState>,
@@ -30,11 +32,11 @@ impl RetryLayer {
     /// classification and no event subscribers.
     pub fn new(config: RetryConfig) -> Self {
         RetryLayer {
-            shared: Arc::new(Self::shared(config, EventBus::default())),
+            shared: Arc::new(Self::shared(config, EventBus::default(), OnceLock::new())),
         }
     }
 
-    fn shared(config: RetryConfig, events: EventBus) -> PolicyState {
+    fn shared(config: RetryConfig, events: EventBus, route: OnceLock<RouteNames>) -> PolicyState {
         let budget = config.new_budget();
         PolicyState {
             config,
@@ -42,14 +44,48 @@ impl RetryLayer {
             events,
             counters: Counters::default(),
             budget,
+            route,
         }
     }
 
     /// Publishes retries, exhausted retries and spent budgets on `events`.
     pub fn events(self, events: EventBus) -> Self {
+        let (config, route) = (self.shared.config.clone(), self.shared.route.clone());
         RetryLayer {
-            shared: Arc::new(Self::shared(self.shared.config.clone(), events)),
+            shared: Arc::new(Self::shared(config, events, route)),
         }
+    }
+
+    /// Names the route this layer serves in the span of every call through
+    /// it (`mesh.call`): `mesh.route` is `route`, and `mesh.method_policy`
+    /// the name `method_policies` gives the call's method and path, if any
+    /// (left empty when it gives none). The `mesh` facade names each of its
+    /// routes as its Prometheus metrics label them; a stack assembled by
+    /// hand may name its own (say as its `prometheus::Layers`).
+    ///
+    /// A route is named once, for the services the layer made already and
+    /// those it makes next: later names are refused (`false`). Unlike the
+    /// rest of the configuration, a name can be given after the stack is
+    /// built, so whoever lists the routes can name them. The names are
+    /// read only while a call's span is enabled: without a subscriber they
+    /// cost a call nothing.
+    ///
+    /// ```
+    /// use mesh_retry::RetryLayer;
+    ///
+    /// let retry = RetryLayer::default();
+    /// assert!(retry.name_route("orders", None));
+    /// assert!(!retry.name_route("users", None), "a route is named once");
+    /// ```
+    pub fn name_route(
+        &self,
+        route: &str,
+        method_policies: Option<Arc<dyn MethodPolicyNames>>,
+    ) -> bool {
+        self.shared
+            .route
+            .set(RouteNames::new(route, method_policies))
+            .is_ok()
     }
 
     /// The counters so far.

@@ -31,4 +31,4 @@ pub use replay::{ReplayBody, ReplayError, ReplayableBody};
 pub use service::{AttemptFuture, AttemptTimeout, Retry};
 pub use settings::{BackoffKind, RetrySettings};
 pub use stats::RetryStats;
-pub use trace::AttemptAnswer;
+pub use trace::{AttemptAnswer, MethodPolicyNames};

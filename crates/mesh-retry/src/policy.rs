@@ -29,6 +29,9 @@ pub(crate) struct PolicyState {
     pub(crate) events: EventBus,
     pub(crate) counters: Counters,
     pub(crate) budget: Option<RetryBudget>,
+    /// The route's names for its call spans, once given
+    /// ([`crate::RetryLayer::name_route`]).
+    pub(crate) route: std::sync::OnceLock<crate::trace::RouteNames>,
 }
 
 impl PolicyState {

@@ -107,7 +107,7 @@ where
         }
         // The first attempt is made now, the others while the response
         // future is polled: both inside the call's span, their parent.
-        let span = trace::call_span(&req);
+        let span = trace::call_span(&req, &shared.route);
         let entered = span.enter();
         if let Some(hedging) = self.hedging_for(&req) {
             let ready = self.inner.get_mut();

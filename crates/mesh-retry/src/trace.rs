@@ -16,6 +16,19 @@
 //! `mesh.`. Fields known only later (the endpoint, the answer) are declared
 //! empty and recorded when known.
 //!
+//! The call span also says which layers served the call: `mesh.route`,
+//! the route's name, and `mesh.method_policy`, the per-method policy that
+//! applied to the call, if any. A stack knows neither by itself: whoever
+//! assembled it names the route once with
+//! [`RetryLayer::name_route`](crate::RetryLayer::name_route). The
+//! `mesh` facade names each route as its Prometheus metrics label it
+//! (`*` for the layers every service without settings of its own shares,
+//! else the service's name) and its method policies by the rule that
+//! matched (`/api/search`, `GET /api/search`, `/pkg.Users/Get`, `*` for a
+//! gRPC service config's default). A stack assembled by hand and never
+//! named leaves both empty. The names live on the layer, not on each
+//! request: a call pays nothing for them unless its span is enabled.
+//!
 //! Numbers are recorded as `i64`, which OpenTelemetry exports as integer
 //! attributes (`tracing-opentelemetry` turns other integers into strings).
 //!
@@ -24,8 +37,9 @@
 //! here first asks [`Span::is_disabled`]).
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use mesh_core::ext::{Attempt, EndpointSlot, SelectedEndpoint, TargetService};
 use mesh_core::{BoxError, FailureClassifier, FailureKind, MeshError};
 use tracing::field::Empty;
@@ -52,12 +66,86 @@ impl fmt::Display for SentBecause {
     }
 }
 
+/// Names the per-method policy a call matches, for the `mesh.method_policy`
+/// field of its `mesh.call` span (see [`RetryLayer::name_route`]).
+///
+/// Asked only while the call's span is enabled, so a lookup here costs
+/// nothing without a subscriber.
+///
+/// ```
+/// use std::sync::Arc;
+/// use mesh_retry::{MethodPolicyNames, RetryLayer};
+///
+/// /// Searches have a policy of their own.
+/// struct Search;
+///
+/// impl MethodPolicyNames for Search {
+///     fn policy_for(&self, _method: &http::Method, path: &str) -> Option<&str> {
+///         path.starts_with("/api/search").then_some("/api/search")
+///     }
+/// }
+///
+/// let retry = RetryLayer::default();
+/// assert!(retry.name_route("users", Some(Arc::new(Search))));
+/// ```
+///
+/// [`RetryLayer::name_route`]: crate::RetryLayer::name_route
+pub trait MethodPolicyNames: Send + Sync + 'static {
+    /// The name of the policy that applies to a `method` call of `path`,
+    /// if one does.
+    fn policy_for(&self, method: &Method, path: &str) -> Option<&str>;
+}
+
+/// A route's names, given once to its layer
+/// ([`RetryLayer::name_route`](crate::RetryLayer::name_route)) and read
+/// only for enabled call spans.
+#[derive(Clone)]
+pub(crate) struct RouteNames {
+    route: Box<str>,
+    method_policies: Option<Arc<dyn MethodPolicyNames>>,
+}
+
+// === impl RouteNames ===
+
+impl RouteNames {
+    pub(crate) fn new(route: &str, method_policies: Option<Arc<dyn MethodPolicyNames>>) -> Self {
+        RouteNames {
+            route: route.into(),
+            method_policies,
+        }
+    }
+
+    /// Records the route and the call's method policy on `span`, enabled.
+    fn record_on<B>(&self, span: &Span, req: &Request<B>) {
+        span.record("mesh.route", &*self.route);
+        let policy = self
+            .method_policies
+            .as_deref()
+            .and_then(|names| names.policy_for(req.method(), req.uri().path()));
+        if let Some(policy) = policy {
+            span.record("mesh.method_policy", policy);
+        }
+    }
+}
+
+impl fmt::Debug for RouteNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteNames")
+            .field("route", &self.route)
+            .field("method_policies", &self.method_policies.is_some())
+            .finish()
+    }
+}
+
 /// The span of one call through [`Retry`](crate::Retry): its service,
-/// method and path, and in the end its answer.
-pub(crate) fn call_span<B>(req: &Request<B>) -> Span {
+/// method and path, the route that serves it (once `route` is named), and
+/// in the end its answer.
+pub(crate) fn call_span<B>(req: &Request<B>, route: &OnceLock<RouteNames>) -> Span {
     let span = tracing::info_span!(
         "mesh.call",
         mesh.service = Empty,
+        mesh.route = Empty,
+        mesh.method_policy = Empty,
         http.request.method = Empty,
         url.path = Empty,
         http.response.status_code = Empty,
@@ -72,6 +160,9 @@ pub(crate) fn call_span<B>(req: &Request<B>) -> Span {
         };
         span.record("http.request.method", req.method().as_str());
         span.record("url.path", req.uri().path());
+        if let Some(names) = route.get() {
+            names.record_on(&span, req);
+        }
     }
     span
 }

@@ -191,24 +191,35 @@ impl Credentials {
         }
         // The files changed: a rotation (or a half-written one), in a root
         // span of its own (`mesh.tls.rotate`), not the handshake's child.
+        // Its outcome is recorded where the reload decides it, so a
+        // half-written rotation that is checked again is not a refusal.
         let span = tracing::info_span!(
             parent: None,
             "mesh.tls.rotate",
+            mesh.tls.identity = tracing::field::Empty,
+            mesh.tls.not_after = tracing::field::Empty,
             mesh.outcome = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
         let _entered = span.enter();
         let loaded = Material::load(&self.inner.source, &self.inner.provider);
-        if !span.is_disabled() {
-            match &loaded {
-                Ok(_) => span.record("mesh.outcome", "rotated"),
-                Err(_) => span
-                    .record("mesh.outcome", "refused")
-                    .record("error.type", "invalid_material"),
-            };
-        }
+        let outcome = |outcome: &'static str, error: Option<&TlsError>| {
+            if !span.is_disabled() {
+                span.record("mesh.outcome", outcome);
+                if let Some(error) = error {
+                    span.record("error.type", error_type(error));
+                }
+            }
+        };
         match loaded {
             Ok(material) => {
+                if !span.is_disabled() {
+                    if let Some(identity) = material.identity() {
+                        span.record("mesh.tls.identity", identity);
+                    }
+                    span.record("mesh.tls.not_after", material.not_after_unix());
+                }
+                outcome("rotated", None);
                 *seen = now;
                 self.set_waiting(None);
                 self.set_unsettled(None);
@@ -226,6 +237,7 @@ impl Credentials {
                 Ok(true)
             }
             Err(error @ TlsError::NotYetValid { .. }) => {
+                outcome("waiting", Some(&error));
                 // Leave `seen` alone so the next check tries again.
                 if self.set_waiting(Some(now)) {
                     self.refused(&error);
@@ -233,12 +245,14 @@ impl Credentials {
                 Err(error)
             }
             Err(error) if error.may_be_mid_write() && !self.settled(&now) => {
+                outcome("unsettled", Some(&error));
                 // Leave `seen` alone so the next check tries again: the
                 // writer may not be done.
                 tracing::debug!(%error, "TLS files changed but do not fit together yet; checking again");
                 Err(error)
             }
             Err(error) => {
+                outcome("refused", Some(&error));
                 *seen = now;
                 self.set_waiting(None);
                 self.set_unsettled(None);
@@ -365,4 +379,21 @@ fn stamps(paths: &[&Path]) -> Vec<Option<Stamp>> {
             })
         })
         .collect()
+}
+
+/// A rotation's `error.type`: what was wrong with the new material, in a
+/// word (the span's field stays low-cardinality; the event says the rest).
+fn error_type(error: &TlsError) -> &'static str {
+    match error {
+        TlsError::Unreadable { .. } => "unreadable",
+        TlsError::MalformedPem { .. } => "malformed_pem",
+        TlsError::NoCertificate { .. } => "no_certificate",
+        TlsError::NoPrivateKey { .. } => "no_private_key",
+        TlsError::UnusableKey { .. } => "unusable_key",
+        TlsError::KeyMismatch { .. } => "key_mismatch",
+        TlsError::BadCertificate { .. } => "bad_certificate",
+        TlsError::NotYetValid { .. } => "not_yet_valid",
+        TlsError::InvalidCa { .. } => "invalid_ca",
+        TlsError::Config(_) => "config",
+    }
 }

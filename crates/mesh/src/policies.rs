@@ -5,11 +5,17 @@
 //! One retry layer serves every method of a service, so a method's policy
 //! travels with its request as a [`CallPolicy`] extension, and its
 //! timeout shortens the call's deadline.
+//!
+//! Each rule is named after what it matches (`/api/search`,
+//! `GET /api/search`, `/pkg.Users/Get`, `*` for every path), and the
+//! route's retry layer asks [`MethodPolicies`] for the name of the rule a
+//! call matched only when the call's span records it
+//! (`mesh.method_policy`): the request carries no name.
 
 use std::time::Duration;
 
 use http::Method;
-use mesh_retry::CallPolicy;
+use mesh_retry::{CallPolicy, MethodPolicyNames};
 
 /// What applies to the calls a rule matches.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -48,6 +54,9 @@ pub(crate) struct Rule {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct MethodPolicies {
     rules: Vec<Rule>,
+    /// Each rule's name, for spans, in the order of `rules`: written once
+    /// here so a span borrows it rather than formatting it per call.
+    names: Vec<String>,
 }
 
 // === impl PathMatch ===
@@ -68,26 +77,59 @@ impl PathMatch {
     }
 }
 
+// === impl Rule ===
+
+impl Rule {
+    /// What it matches, as a span names it: its path (prefix or exact),
+    /// `*` for every path, after its HTTP method when it names one.
+    fn name(&self) -> String {
+        let path = match &self.path {
+            PathMatch::Any => "*",
+            PathMatch::Prefix(path) | PathMatch::Exact(path) => path,
+        };
+        match &self.method {
+            Some(method) => format!("{method} {path}"),
+            None => path.to_owned(),
+        }
+    }
+}
+
 // === impl MethodPolicies ===
 
 impl MethodPolicies {
     /// The policies of `rules`; `None` when there is none, so calls to the
     /// service look nothing up.
     pub(crate) fn new(rules: Vec<Rule>) -> Option<MethodPolicies> {
-        (!rules.is_empty()).then_some(MethodPolicies { rules })
+        let names = rules.iter().map(Rule::name).collect();
+        (!rules.is_empty()).then_some(MethodPolicies { rules, names })
     }
 
     /// What applies to a `method` call of `path`, if any rule matches.
     pub(crate) fn find(&self, method: &Method, path: &str) -> Option<&Applied> {
+        self.matching(method, path).map(|i| &self.rules[i].applied)
+    }
+
+    /// The index of the rule that applies to a `method` call of `path`:
+    /// the most specific of those that match.
+    fn matching(&self, method: &Method, path: &str) -> Option<usize> {
         self.rules
             .iter()
-            .filter(|r| r.method.as_ref().is_none_or(|m| m == method))
-            .filter_map(|r| {
+            .enumerate()
+            .filter(|(_, r)| r.method.as_ref().is_none_or(|m| m == method))
+            .filter_map(|(i, r)| {
                 let score = r.path.matches(path)?;
-                Some(((score, r.method.is_some()), &r.applied))
+                Some(((score, r.method.is_some()), i))
             })
             .max_by_key(|(score, _)| *score)
-            .map(|(_, applied)| applied)
+            .map(|(_, i)| i)
+    }
+}
+
+/// The route's retry layer names the rule a call matched in the call's
+/// span, asking only when that span is enabled.
+impl MethodPolicyNames for MethodPolicies {
+    fn policy_for(&self, method: &Method, path: &str) -> Option<&str> {
+        self.matching(method, path).map(|i| self.names[i].as_str())
     }
 }
 
@@ -133,5 +175,25 @@ mod tests {
             "not a segment of /api"
         );
         assert_eq!(MethodPolicies::new(Vec::new()), None);
+    }
+
+    #[test]
+    fn a_call_names_the_rule_that_applies_to_it() {
+        let p = MethodPolicies::new(vec![
+            rule(None, PathMatch::Any, 1),
+            rule(None, PathMatch::Exact("/pkg.Users/Get".into()), 2),
+            rule(None, PathMatch::Prefix("/api".into()), 3),
+            rule(Some(Method::GET), PathMatch::Prefix("/api".into()), 4),
+        ])
+        .expect("rules");
+        let name = |method, path| p.policy_for(&method, path);
+        assert_eq!(name(Method::POST, "/pkg.Users/Get"), Some("/pkg.Users/Get"));
+        assert_eq!(name(Method::POST, "/api/users"), Some("/api"));
+        assert_eq!(name(Method::GET, "/api/users"), Some("GET /api"));
+        assert_eq!(name(Method::GET, "/other"), Some("*"));
+        let without_default =
+            MethodPolicies::new(vec![rule(None, PathMatch::Prefix("/api".into()), 1)])
+                .expect("rules");
+        assert_eq!(without_default.policy_for(&Method::GET, "/other"), None);
     }
 }

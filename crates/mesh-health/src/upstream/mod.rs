@@ -247,16 +247,21 @@ async fn run<F>(
                 async move {
                     let _permit = permits.acquire_owned().await;
                     let timeout = prober.config.timeout;
-                    let outcome = tokio::time::timeout(timeout, prober.probe_once(endpoint))
-                        .await
-                        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+                    let answered = tokio::time::timeout(timeout, prober.probe_once(endpoint)).await;
                     let span = tracing::Span::current();
-                    match &outcome {
-                        Ok(()) => span.record("mesh.outcome", "success"),
-                        Err(_) => span
+                    match &answered {
+                        Ok(Ok(())) => span.record("mesh.outcome", "success"),
+                        // No answer in time and a wrong answer are told
+                        // apart: the first is often the network's doing.
+                        Ok(Err(_)) => span
                             .record("mesh.outcome", "failure")
                             .record("error.type", "probe_failed"),
+                        Err(_) => span
+                            .record("mesh.outcome", "failure")
+                            .record("error.type", "timeout"),
                     };
+                    let outcome =
+                        answered.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
                     (id, outcome)
                 },
                 span,

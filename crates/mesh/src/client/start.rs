@@ -43,6 +43,7 @@ impl MeshClient {
             bus: &bus,
         };
         let routes = Routes::new(&parts, &transports)?;
+        name_routes(&routes);
         let client = MeshClient {
             inner: Arc::new(Inner {
                 name,
@@ -63,5 +64,18 @@ impl MeshClient {
         };
         client.register().await?;
         Ok(client)
+    }
+}
+
+/// Names each route in the spans of its calls (`mesh.route`) as its
+/// Prometheus metrics label it (`*` for the shared default layers, else the
+/// service's name: both come from [`Routes::all`]), with its per-method
+/// policies to name the rule a call matched (`mesh.method_policy`).
+fn name_routes(routes: &Routes) {
+    for (name, route) in routes.all() {
+        let policies = route
+            .policies
+            .map(|p| p as Arc<dyn mesh_retry::MethodPolicyNames>);
+        route.retry.name_route(&name, policies);
     }
 }
