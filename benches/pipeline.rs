@@ -8,10 +8,13 @@
 //!
 //! A second group isolates the layers' own cost: the same stack over an
 //! in-memory leaf service that answers at once, against calling that leaf
-//! directly.
+//! directly, and that stack again with `mesh::prometheus`'s
+//! `RequestMetricsLayer` on top (what counting every call into
+//! `mesh_requests_total` and its latency histogram adds).
 //!
 //! ```text
 //! cargo bench -p tower-mesh-benches --bench pipeline
+//! cargo bench -p tower-mesh-benches --bench pipeline -- in_memory_overhead/tower_mesh
 //! ```
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -99,7 +102,8 @@ pub(crate) fn healthy_get(c: &mut Criterion) {
 }
 
 /// The layers' own cost, with no network: an in-memory leaf that answers
-/// 200 at once, called directly (anchor) and through the full stack.
+/// 200 at once, called directly (anchor), through the full stack, and
+/// through the full stack under a `RequestMetricsLayer`.
 pub(crate) fn in_memory_overhead(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -121,6 +125,10 @@ pub(crate) fn in_memory_overhead(c: &mut Criterion) {
         .layer(BalanceLayer::round_robin())
         .layer(BreakerLayer::new(timed_breaker()))
         .service(leaf);
+    // The same stack, each call counted as a MeshClient counts its own.
+    let counted = ServiceBuilder::new()
+        .layer(mesh::prometheus::RequestMetricsLayer::new().catalog(registry.catalog()))
+        .service(stack.clone());
 
     let mut group = c.benchmark_group("in_memory_overhead");
     group.bench_function("leaf_only", |b| {
@@ -140,6 +148,18 @@ pub(crate) fn in_memory_overhead(c: &mut Criterion) {
                     .body(Full::new(Bytes::new()))
                     .expect("request");
                 let response = stack.oneshot(req).await.expect("mesh");
+                response.into_body().collect().await.expect("body");
+            }
+        })
+    });
+    group.bench_function("tower_mesh_request_metrics", |b| {
+        b.to_async(&runtime).iter(|| {
+            let counted = counted.clone();
+            async move {
+                let req = Request::get("http://user-service/api/users")
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                let response = counted.oneshot(req).await.expect("mesh");
                 response.into_body().collect().await.expect("body");
             }
         })

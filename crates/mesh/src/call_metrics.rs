@@ -17,15 +17,20 @@
 //!
 //! A gRPC call whose status comes in trailers after its messages has no
 //! outcome when its headers arrive: [`CallMetrics::record`] returns a
-//! [`PendingCall`] that the response body settles when it ends
-//! ([`PendingCall::settle`]), or as `CANCELLED` when it is dropped first.
+//! [`CountAtEnd`] that the response body wrapper holds and settles when
+//! the body ends ([`CountAtEnd::observe`]), or as `CANCELLED` when it is
+//! dropped first ([`CountAtEnd::cancel`]). The facade's `MeshBody` and
+//! `prometheus::RequestMetricsBody` both hold one, so the two count a
+//! call's end the same way.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::Response;
+use http_body::Frame;
 use mesh_core::ext::SelectedEndpoint;
 use mesh_core::grpc::{self, BodyEnd, GrpcCode};
 use mesh_core::{BoxError, EndpointId, MeshError, ServiceName};
@@ -224,7 +229,7 @@ struct Map {
 /// A gRPC call counted when its body ends, with the status in its
 /// trailers.
 #[derive(Debug)]
-pub(crate) struct PendingCall {
+struct PendingCall {
     service: ServiceName,
     endpoint: Option<EndpointId>,
     started: tokio::time::Instant,
@@ -248,13 +253,13 @@ impl Default for CallMetrics {
 impl CallMetrics {
     /// Counts the call to `service` that ended with `outcome` (started at
     /// `started`); a gRPC answer whose status is still to come in its
-    /// trailers is returned as pending instead, for its body to settle.
+    /// trailers is returned pending instead, for its body to settle.
     pub(crate) fn record<B>(
         &self,
         service: &ServiceName,
         outcome: &Result<Response<B>, BoxError>,
         started: tokio::time::Instant,
-    ) -> Option<PendingCall> {
+    ) -> CountAtEnd {
         let elapsed = started.elapsed();
         match outcome {
             Ok(response) => {
@@ -263,11 +268,11 @@ impl CallMetrics {
                     .get::<SelectedEndpoint>()
                     .map(|e| e.0.id());
                 if grpc::ends_in_trailers(response) {
-                    return Some(PendingCall {
+                    return CountAtEnd(Some(PendingCall {
                         service: service.clone(),
                         endpoint: endpoint.cloned(),
                         started,
-                    });
+                    }));
                 }
                 let cell = match grpc::status_of(response) {
                     Some(code) if response.status() == http::StatusCode::OK => Cell::grpc(code),
@@ -281,7 +286,17 @@ impl CallMetrics {
                 self.count(service, endpoint, cell, elapsed);
             }
         }
-        None
+        CountAtEnd(None)
+    }
+
+    /// The name of a service already counted whose name is `host`: the
+    /// map's own key, so that naming a call by its URI's host allocates
+    /// only on the service's first call (or one written in upper case).
+    pub(crate) fn service_named(&self, host: &str) -> Option<ServiceName> {
+        let map = self.by_service.read().unwrap_or_else(|e| e.into_inner());
+        map.services
+            .get_key_value(host)
+            .map(|(name, _)| name.clone())
     }
 
     /// Adds one call to `service`'s series for `endpoint`, made on its
@@ -390,11 +405,60 @@ impl CallMetrics {
     }
 }
 
+/// What a response body owes the metrics: nothing (its call is counted
+/// already), or the count of a gRPC call whose status comes in its
+/// trailers, paid when the body ends or as `CANCELLED` when it is dropped
+/// first. The body wrapper that holds it (the facade's, the request
+/// metrics layer's) shows it each polled frame and cancels it on drop.
+#[derive(Debug, Default)]
+pub(crate) struct CountAtEnd(Option<PendingCall>);
+
+// === impl CountAtEnd ===
+
+impl CountAtEnd {
+    /// Whether the call still waits for its body to end.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Counts the call into `metrics` once `polled` (the body's last
+    /// `poll_frame`) ends its body: trailers, the end, an error, or a data
+    /// frame after which the body says it has ended (`ended`: a reader
+    /// that knows the length never asks for the end).
+    pub(crate) fn observe<D, E>(
+        &mut self,
+        metrics: &CallMetrics,
+        polled: &Poll<Option<Result<Frame<D>, E>>>,
+        ended: bool,
+    ) {
+        if self.0.is_none() {
+            return;
+        }
+        let end = BodyEnd::of(polled).or_else(|| {
+            let data = matches!(polled, Poll::Ready(Some(Ok(f))) if f.is_data());
+            (data && ended).then_some(BodyEnd::NoStatus)
+        });
+        if let Some(end) = end {
+            if let Some(pending) = self.0.take() {
+                pending.settle(metrics, end);
+            }
+        }
+    }
+
+    /// Counts a call whose body has not ended as `CANCELLED`: for the
+    /// wrapper's `Drop`, the body given up before its end.
+    pub(crate) fn cancel(&mut self, metrics: &CallMetrics) {
+        if let Some(pending) = self.0.take() {
+            pending.cancel(metrics);
+        }
+    }
+}
+
 // === impl PendingCall ===
 
 impl PendingCall {
     /// Counts the call with the status its body ended with.
-    pub(crate) fn settle(self, metrics: &CallMetrics, end: BodyEnd) {
+    fn settle(self, metrics: &CallMetrics, end: BodyEnd) {
         let cell = match end {
             BodyEnd::Broken => Cell::error(FailureKind::Reset),
             end => Cell::grpc(end.code()),
@@ -404,7 +468,7 @@ impl PendingCall {
 
     /// Counts the call as `CANCELLED`: its body was dropped before its
     /// end, as a gRPC client reports a call it gave up.
-    pub(crate) fn cancel(self, metrics: &CallMetrics) {
+    fn cancel(self, metrics: &CallMetrics) {
         let cancelled = GrpcCode::new(1).unwrap_or(GrpcCode::UNKNOWN);
         self.count(metrics, Cell::grpc(cancelled));
     }
@@ -532,5 +596,46 @@ mod tests {
         };
         let codes: Vec<&str> = s.outcomes.iter().map(|(l, _)| l.grpc_code).collect();
         assert_eq!(codes, ["CANCELLED", "NOT_FOUND", "INTERNAL"]);
+    }
+
+    #[test]
+    fn a_body_settles_its_call_at_trailers_or_at_a_last_data_frame_and_not_before() {
+        let metrics = CallMetrics::default();
+        let users = service("users");
+        let grpc = || {
+            let response = Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .body(())
+                .expect("response");
+            let at_end = metrics.record(&users, &Ok(response), tokio::time::Instant::now());
+            assert!(at_end.is_pending(), "the status is still to come");
+            at_end
+        };
+        type Polled = Poll<Option<Result<Frame<bytes::Bytes>, ()>>>;
+        let data: Polled = Poll::Ready(Some(Ok(Frame::data(bytes::Bytes::new()))));
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("5"));
+        let trailers: Polled = Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+
+        let mut by_trailers = grpc();
+        by_trailers.observe(&metrics, &data, false);
+        let pending: Polled = Poll::Pending;
+        by_trailers.observe(&metrics, &pending, false);
+        assert!(by_trailers.is_pending(), "a message and a wait end nothing");
+        by_trailers.observe(&metrics, &trailers, true);
+        assert!(!by_trailers.is_pending());
+        let mut by_length = grpc();
+        by_length.observe(&metrics, &data, true);
+        by_length.cancel(&metrics);
+        let mut given_up = grpc();
+        given_up.cancel(&metrics);
+        given_up.cancel(&metrics);
+
+        let [s] = &metrics.scrape(|_, _| true)[..] else {
+            panic!("one series")
+        };
+        let codes: Vec<(&str, u64)> = s.outcomes.iter().map(|(l, n)| (l.grpc_code, *n)).collect();
+        assert_eq!(codes, [("CANCELLED", 1), ("NOT_FOUND", 1), ("INTERNAL", 1)]);
+        assert_eq!(s.endpoint.as_str(), NO_ENDPOINT);
     }
 }

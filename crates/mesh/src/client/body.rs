@@ -9,11 +9,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use mesh_balance::TrackedBody;
-use mesh_core::grpc::BodyEnd;
 use mesh_core::{BoxError, ServiceName};
 
 use super::Inner;
-use crate::call_metrics::PendingCall;
+use crate::call_metrics::CountAtEnd;
 use crate::fallback::Capture;
 use crate::limits::Admission;
 
@@ -53,7 +52,7 @@ pub(crate) type StackBody = TrackedBody<mesh_breaker::ResponseBody<Incoming>>;
 pub(super) struct CallGuard {
     inner: Arc<Inner>,
     _admission: Option<Admission>,
-    pending: Option<PendingCall>,
+    pending: CountAtEnd,
 }
 
 // === impl MeshBody ===
@@ -190,7 +189,7 @@ impl CallGuard {
         CallGuard {
             inner,
             _admission: None,
-            pending: None,
+            pending: CountAtEnd::default(),
         }
     }
 
@@ -208,18 +207,8 @@ impl CallGuard {
     /// Settles a pending call once `polled` ends its body (trailers, the
     /// end, an error), or a data frame ends it without trailers.
     fn observe<E>(&mut self, polled: &Poll<Option<Result<Frame<Bytes>, E>>>, ended: bool) {
-        if self.pending.is_none() {
-            return;
-        }
-        let end = BodyEnd::of(polled).or_else(|| {
-            let data = matches!(polled, Poll::Ready(Some(Ok(f))) if f.is_data());
-            (data && ended).then_some(BodyEnd::NoStatus)
-        });
-        if let Some(end) = end {
-            if let Some(pending) = self.pending.take() {
-                pending.settle(&self.inner.call_metrics, end);
-            }
-        }
+        self.pending
+            .observe(&self.inner.call_metrics, polled, ended);
     }
 
     /// Holds the call's admission under its service's limits for as long
@@ -231,9 +220,7 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if let Some(pending) = self.pending.take() {
-            pending.cancel(&self.inner.call_metrics);
-        }
+        self.pending.cancel(&self.inner.call_metrics);
         self.inner.calls.leave();
     }
 }

@@ -1,6 +1,8 @@
-//! What only a [`MeshClient`] knows: its calls (totals by outcome and
-//! latency histograms, per service and endpoint), calls in flight, the
-//! local service's health checks and mutual TLS.
+//! What a [`MeshClient`] knows: its calls (totals by outcome and
+//! latency histograms, per service and endpoint, which a
+//! [`RequestMetricsLayer`](super::RequestMetricsLayer) counts alike for a
+//! stack assembled by hand), calls in flight, the local service's health
+//! checks and mutual TLS.
 
 use crate::call_metrics::SeriesSnapshot;
 use crate::metrics::{HealthMetrics, TlsMetrics};
@@ -21,6 +23,15 @@ pub(super) fn record_calls(
     gauge
         .get_or_create(&labels(&[("service", service)]))
         .set(in_flight as f64);
+    record_requests(families, calls);
+}
+
+/// `mesh_requests_total` and `mesh_request_duration_seconds` from
+/// `calls`, a client's or a [`RequestMetricsLayer`]'s: one name, label set
+/// and help for both.
+///
+/// [`RequestMetricsLayer`]: super::RequestMetricsLayer
+pub(super) fn record_requests(families: &mut Families, calls: &[SeriesSnapshot]) {
     let requests = families.counter(
         "mesh_requests",
         "Calls through the client by service, endpoint and outcome: HTTP status \

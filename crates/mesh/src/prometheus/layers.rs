@@ -2,7 +2,8 @@
 //! filled at each scrape from the handles every layer already keeps
 //! (`BalanceLayer::metrics`, `BreakerLayer::metrics`,
 //! `RetryLayer::stats`), for a [`MeshClient`](crate::MeshClient)'s routes
-//! and for stacks assembled by hand alike.
+//! and for stacks assembled by hand alike; and [`Layers`], which also
+//! carries a hand-assembled stack's [`RequestMetricsLayer`].
 
 use mesh_balance::BalanceLayer;
 use mesh_breaker::{BreakerKey, BreakerLayer};
@@ -10,19 +11,25 @@ use mesh_core::CircuitState;
 use mesh_retry::RetryLayer;
 
 use super::families::{labels, Counters, Families, FloatCounters, Gauges};
+use super::RequestMetricsLayer;
 use crate::metrics::{balancer, breaker_key, retry};
 
 /// The layers of one stack, named by its `route` label, for
 /// [`register_layers`](super::register_layers): any of a balancer, a
-/// breaker and a retry layer (clones share their counters with the
-/// stack's own).
+/// breaker and a retry layer, and the stack's request metrics (clones
+/// share their counters with the stack's own).
 ///
 /// ```
-/// use mesh::prometheus::Layers;
+/// use mesh::prometheus::{Layers, RequestMetricsLayer};
 /// use mesh::prelude::*;
 ///
 /// let (balance, breaker, retry) = (BalanceLayer::default(), BreakerLayer::default(), RetryLayer::default());
-/// let layers = Layers::new("orders").balance(&balance).breaker(&breaker).retry(&retry);
+/// let requests = RequestMetricsLayer::new();
+/// let layers = Layers::new("orders")
+///     .requests(&requests)
+///     .balance(&balance)
+///     .breaker(&breaker)
+///     .retry(&retry);
 /// # let _ = layers;
 /// ```
 #[derive(Clone, Debug)]
@@ -31,6 +38,7 @@ pub struct Layers {
     balance: Option<BalanceLayer>,
     breaker: Option<BreakerLayer>,
     retry: Option<RetryLayer>,
+    requests: Option<RequestMetricsLayer>,
 }
 
 // === impl Layers ===
@@ -47,6 +55,7 @@ impl Layers {
             balance: None,
             breaker: None,
             retry: None,
+            requests: None,
         }
     }
 
@@ -67,6 +76,23 @@ impl Layers {
     pub fn retry(mut self, retry: &RetryLayer) -> Layers {
         self.retry = Some(retry.clone());
         self
+    }
+
+    /// Exports the calls `requests` counted: `mesh_requests_total` and
+    /// `mesh_request_duration_seconds`, with a [`MeshClient`]'s names and
+    /// labels (`service` and `endpoint`, no `route`: several stacks
+    /// sharing one layer, or counting calls to one endpoint, export one
+    /// series for it).
+    ///
+    /// [`MeshClient`]: crate::MeshClient
+    pub fn requests(mut self, requests: &RequestMetricsLayer) -> Layers {
+        self.requests = Some(requests.clone());
+        self
+    }
+
+    /// The stack's request metrics, if exported.
+    pub(super) fn request_metrics(&self) -> Option<&RequestMetricsLayer> {
+        self.requests.as_ref()
     }
 }
 
