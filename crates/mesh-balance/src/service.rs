@@ -183,17 +183,19 @@ fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
         })
 }
 
+/// The `Host` header for `authority`: host[:port] only, since an
+/// authority's userinfo ("user:pw@") must never travel in a header. One
+/// copy of the text, sliced from the authority (no formatting).
+fn host_header(authority: &http::uri::Authority) -> Option<HeaderValue> {
+    let text = authority.as_str();
+    let host_port = text.rsplit_once('@').map_or(text, |(_, after)| after);
+    HeaderValue::from_str(host_port).ok()
+}
+
 /// Points `req` at `endpoint`, keeping the logical authority in `Host`.
 fn rewrite<B>(req: &mut Request<B>, endpoint: &Endpoint) {
     if !req.headers().contains_key(HOST) {
-        // host[:port] only: an authority's userinfo ("user:pw@") must never
-        // travel in a header.
-        let host = match (req.uri().host(), req.uri().port_u16()) {
-            (Some(host), Some(port)) => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
-            (Some(host), None) => HeaderValue::from_str(host).ok(),
-            (None, _) => None,
-        };
-        if let Some(value) = host {
+        if let Some(value) = req.uri().authority().and_then(host_header) {
             req.headers_mut().insert(HOST, value);
         }
     }

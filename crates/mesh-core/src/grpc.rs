@@ -140,7 +140,10 @@ pub fn status_of<B>(response: &http::Response<B>) -> Option<GrpcCode> {
 /// The `grpc-status` in `headers` (response headers or trailers), if any;
 /// a malformed value reads as `UNKNOWN`.
 pub fn status_in(headers: &http::HeaderMap) -> Option<GrpcCode> {
-    let value = headers.get("grpc-status")?;
+    // A constant name: looking up by `&str` would parse it on every
+    // response.
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let value = headers.get(&GRPC_STATUS)?;
     let code = value
         .to_str()
         .ok()

@@ -205,9 +205,11 @@ impl RetryPolicy {
 /// Whether `req` may be sent more than once whatever the failure; see
 /// [`RetryPolicy::may_retry`].
 pub(crate) fn may_repeat<B>(config: &RetryConfig, req: &Request<B>) -> bool {
+    // A constant name: a `&str` key would be parsed on every call.
+    static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
     config.retry_non_idempotent()
         || is_idempotent(req.method())
-        || req.headers().contains_key("idempotency-key")
+        || req.headers().contains_key(&IDEMPOTENCY_KEY)
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -1,0 +1,178 @@
+//! Where a call's time and allocations go, layer by layer: the stack
+//! built up one layer at a time over an in-memory leaf that answers at
+//! once (Discover; + Balance; + Breaker; + Retry, the full stack), each
+//! against the leaf alone in the same run, with the allocations per call
+//! counted by a counting allocator in the same process.
+//!
+//! ```text
+//! cargo bench -p tower-mesh-benches --bench per_call
+//! ```
+
+use std::alloc::System;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use mesh::prelude::*;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use tower::util::BoxCloneService;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Calls per measurement, and measurements per stack (the median wins).
+const CALLS: u32 = 200_000;
+const ROUNDS: usize = 5;
+
+type Stack = BoxCloneService<Request<Full<Bytes>>, Response<Full<Bytes>>, BoxError>;
+
+/// One call through `stack`, its body read to the end.
+async fn call(stack: &Stack) {
+    let req = Request::get("http://user-service/api/users")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = stack.clone().oneshot(req).await.expect("call");
+    response.into_body().collect().await.expect("body");
+}
+
+fn leaf() -> Stack {
+    BoxCloneService::new(tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    }))
+}
+
+/// Answers boxed back into `Full`, so every stack has one type; the
+/// unboxing costs the same in every stack, the leaf's included.
+fn boxed<S, B>(service: S) -> Stack
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    BoxCloneService::new(
+        service
+            .map_err(Into::into)
+            .map_response(|r: Response<B>| r.map(|_| Full::new(Bytes::from_static(b"ok")))),
+    )
+}
+
+fn stacks() -> Vec<(&'static str, Stack)> {
+    let registry = StaticRegistry::builder()
+        .service("user-service", ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"])
+        .build()
+        .expect("static list");
+    let discover = || DiscoverLayer::new(registry.catalog());
+    let breaker = || {
+        BreakerLayer::new(
+            BreakerConfig::builder()
+                .call_timeout(Duration::from_secs(5))
+                .build()
+                .expect("breaker config"),
+        )
+    };
+    let leaf_fn = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    vec![
+        ("leaf", leaf()),
+        ("discover", boxed(discover().layer(leaf_fn))),
+        (
+            "discover+balance",
+            boxed(
+                ServiceBuilder::new()
+                    .layer(discover())
+                    .layer(BalanceLayer::round_robin())
+                    .service(leaf_fn),
+            ),
+        ),
+        (
+            "discover+balance+breaker",
+            boxed(
+                ServiceBuilder::new()
+                    .layer(discover())
+                    .layer(BalanceLayer::round_robin())
+                    .layer(breaker())
+                    .service(leaf_fn),
+            ),
+        ),
+        (
+            "retry+discover+balance+breaker",
+            boxed(
+                ServiceBuilder::new()
+                    .layer(RetryLayer::default())
+                    .layer(discover())
+                    .layer(BalanceLayer::round_robin())
+                    .layer(breaker())
+                    .service(leaf_fn),
+            ),
+        ),
+    ]
+}
+
+/// Nanoseconds and allocations per call through `stack`.
+fn measure(runtime: &tokio::runtime::Runtime, stack: &Stack) -> (f64, f64) {
+    runtime.block_on(async {
+        for _ in 0..CALLS / 10 {
+            call(stack).await;
+        }
+        let mut times = Vec::new();
+        let mut allocations = 0;
+        for _ in 0..ROUNDS {
+            let region = Region::new(GLOBAL);
+            let started = Instant::now();
+            for _ in 0..CALLS {
+                call(stack).await;
+            }
+            times.push(started.elapsed().as_nanos() as f64 / f64::from(CALLS));
+            allocations = region.change().allocations;
+        }
+        times.sort_by(f64::total_cmp);
+        (times[ROUNDS / 2], allocations as f64 / f64::from(CALLS))
+    })
+}
+
+/// The size of each stack's response future, unboxed.
+fn future_sizes() {
+    let registry = StaticRegistry::builder()
+        .service("user-service", ["10.0.0.1:80"])
+        .build()
+        .expect("static list");
+    let leaf_fn = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let req = || Request::get("http://user-service/").body(Full::new(Bytes::new())).expect("req");
+    let mut s = ServiceBuilder::new().layer(BreakerLayer::default()).service(leaf_fn);
+    println!("breaker future {}", std::mem::size_of_val(&tower::Service::call(&mut s, req())));
+    let mut s = ServiceBuilder::new().layer(BalanceLayer::round_robin()).layer(BreakerLayer::default()).service(leaf_fn);
+    println!("balance future {}", std::mem::size_of_val(&tower::Service::call(&mut s, req())));
+    let mut s = ServiceBuilder::new().layer(DiscoverLayer::new(registry.catalog())).layer(BalanceLayer::round_robin()).layer(BreakerLayer::default()).service(leaf_fn);
+    println!("discover future {}", std::mem::size_of_val(&tower::Service::call(&mut s, req())));
+    let mut s = ServiceBuilder::new().layer(RetryLayer::default()).layer(DiscoverLayer::new(registry.catalog())).layer(BalanceLayer::round_robin()).layer(BreakerLayer::default()).service(leaf_fn);
+    println!("retry future {}", std::mem::size_of_val(&tower::Service::call(&mut s, req())));
+    println!("request {}", std::mem::size_of_val(&req()));
+}
+
+fn main() {
+    future_sizes();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let stacks = stacks();
+    let (leaf_ns, leaf_allocs) = measure(&runtime, &stacks[0].1);
+    println!("| stack | ns per call | added vs leaf | allocations per call | added |");
+    println!("|---|---|---|---|---|");
+    for (name, stack) in &stacks {
+        let (ns, allocs) = measure(&runtime, stack);
+        println!(
+            "| {name} | {ns:.0} | {:+.0} ns | {allocs:.1} | {:+.1} |",
+            ns - leaf_ns,
+            allocs - leaf_allocs
+        );
+    }
+}
+
