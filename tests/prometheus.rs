@@ -679,12 +679,11 @@ async fn under_faults_prometheus_counts_what_the_client_and_the_upstreams_counte
             refused + rejected,
             received + upstream.received(),
         );
-        // The exposition's `instance` label collides with the one
-        // Prometheus gives every scraped series (the target, here the
-        // gateway): it keeps its own and files the client's as
-        // `exported_instance`.
+        // Named by `endpoint` and `address`, never `instance`: that is
+        // the label Prometheus gives every scraped series (the target,
+        // here the gateway).
         let instance_requests = format!(
-            r#"mesh_instance_requests_total{{route="user-service",service="user-service",exported_instance="{address}",instance="{gateway}"}}"#
+            r#"mesh_instance_requests_total{{route="user-service",service="user-service",endpoint="{address}",address="{address}",instance="{gateway}"}}"#
         );
         prometheus
             .until(&instance_requests, instance.requests as f64)

@@ -54,6 +54,9 @@ pub struct ServiceMetrics {
 /// One instance: connection counts, response times, distribution.
 #[derive(Clone, Debug, Serialize)]
 pub struct InstanceMetrics {
+    /// The endpoint's id (the `endpoint` label of every Prometheus family
+    /// that names one).
+    pub endpoint: String,
     /// `ip:port`.
     pub address: String,
     /// Requests sent to it.
@@ -166,6 +169,7 @@ pub(crate) fn collect(client: &MeshClient) -> MeshMetrics {
 /// The balancer's view: per service and instance.
 pub(crate) fn balancer(balance: &BalanceLayer) -> Vec<ServiceMetrics> {
     let instance = |i: mesh_balance::InstanceMetrics| InstanceMetrics {
+        endpoint: i.endpoint.to_string(),
         address: i.address.to_string(),
         requests: i.requests,
         in_flight: i.in_flight,

@@ -119,7 +119,7 @@ unhealthy_threshold = 1
     );
     // The dead instance is taken out (by its breaker, or by the upstream
     // check when the balancer sent it nothing lately).
-    let dead = format!("instance=\"{dead_addr}\"");
+    let dead = format!("address=\"{dead_addr}\"");
     let unavailable = |text: &str| {
         text.lines().any(|l| {
             l.starts_with("mesh_instance_available") && l.contains(&dead) && l.ends_with(" 0.0")

@@ -158,7 +158,11 @@ impl InstanceFamilies {
                 let l = labels(&[
                     ("route", route),
                     ("service", &service.service),
-                    ("instance", &i.address),
+                    // Not `instance`: Prometheus gives every scraped
+                    // series an `instance` label (the target) and would
+                    // file this one as `exported_instance`.
+                    ("endpoint", &i.endpoint),
+                    ("address", &i.address),
                 ]);
                 self.requests.get_or_create(&l).inc_by(i.requests);
                 self.in_flight.get_or_create(&l).set(f64::from(i.in_flight));

@@ -33,11 +33,11 @@
 //! | `mesh_requests_total` | counter | `service`, `endpoint`, `status_class` (`1xx`..`5xx`, `error`), `grpc_code` (`OK`, `UNAVAILABLE`..., empty unless gRPC), `error` (`connect`, `timeout`, `reset`, `circuit_open`, `other`, empty unless `status_class="error"`) | [`RequestMetricsLayer`], [`Layers::requests`] |
 //! | `mesh_request_duration_seconds` | histogram | `service`, `endpoint` | [`RequestMetricsLayer`], [`Layers::requests`] |
 //! | `mesh_client_in_flight` | gauge | `service` (the local one) | client only |
-//! | `mesh_instance_requests_total` | counter | `route`, `service`, `instance` | [`Layers::balance`] |
-//! | `mesh_instance_in_flight` | gauge | `route`, `service`, `instance` | [`Layers::balance`] |
-//! | `mesh_instance_latency_seconds` | gauge | `route`, `service`, `instance` | [`Layers::balance`] |
-//! | `mesh_instance_share_ratio` | gauge | `route`, `service`, `instance` | [`Layers::balance`] |
-//! | `mesh_instance_available` | gauge | `route`, `service`, `instance` | [`Layers::balance`] |
+//! | `mesh_instance_requests_total` | counter | `route`, `service`, `endpoint`, `address` | [`Layers::balance`] |
+//! | `mesh_instance_in_flight` | gauge | `route`, `service`, `endpoint`, `address` | [`Layers::balance`] |
+//! | `mesh_instance_latency_seconds` | gauge | `route`, `service`, `endpoint`, `address` | [`Layers::balance`] |
+//! | `mesh_instance_share_ratio` | gauge | `route`, `service`, `endpoint`, `address` | [`Layers::balance`] |
+//! | `mesh_instance_available` | gauge | `route`, `service`, `endpoint`, `address` | [`Layers::balance`] |
 //! | `mesh_breaker_state` | gauge | `route`, `breaker`, `state` | [`Layers::breaker`] |
 //! | `mesh_breaker_failure_rate_ratio` | gauge | `route`, `breaker` | [`Layers::breaker`] |
 //! | `mesh_breaker_slow_call_rate_ratio` | gauge | `route`, `breaker` | [`Layers::breaker`] |
