@@ -14,17 +14,17 @@ use tracing::Span;
 
 use crate::hedge::HedgeFuture;
 use crate::policy::RetryPolicy;
+use crate::retrying::RetryingFuture;
 use crate::service::AttemptTimeout;
 use crate::trace::{self, AttemptAnswer};
 
-/// tower's retry future, over attempts bounded by [`AttemptTimeout`].
-type Retrying<S, B> =
-    tower::retry::future::ResponseFuture<RetryPolicy, AttemptTimeout<S>, Request<B>>;
+/// The retry future, over attempts bounded by [`AttemptTimeout`].
+type Retrying<S, B> = RetryingFuture<AttemptTimeout<S>, B>;
 
 pin_project! {
-    /// The response future of [`Retry`](crate::Retry): tower's retry
-    /// future for a call that is retried, a [`HedgeFuture`] for one that
-    /// is hedged.
+    /// The response future of [`Retry`](crate::Retry): a retry future
+    /// for a call that is retried, a [`HedgeFuture`] for one that is
+    /// hedged.
     pub struct ResponseFuture<S, B>
     where
         S: Service<Request<B>>,
@@ -83,6 +83,7 @@ where
     S::Response: AttemptAnswer,
     S::Error: Into<BoxError>,
     RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
+    Retrying<S, B>: Future<Output = Result<S::Response, BoxError>>,
     HedgeFuture<S, B>: Future<Output = Result<S::Response, BoxError>>,
 {
     type Output = Result<S::Response, BoxError>;

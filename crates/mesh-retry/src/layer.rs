@@ -107,14 +107,10 @@ impl Default for RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
+impl<S: Clone> Layer<S> for RetryLayer {
     type Service = Retry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry::new(
-            inner,
-            RetryPolicy::new(Arc::clone(&self.shared)),
-            Arc::clone(&self.shared),
-        )
+        Retry::new(inner, Arc::clone(&self.shared))
     }
 }

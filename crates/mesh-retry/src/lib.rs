@@ -14,6 +14,7 @@ mod policy;
 #[cfg(feature = "opentelemetry")]
 mod propagate;
 mod replay;
+mod retrying;
 mod service;
 mod settings;
 mod stats;

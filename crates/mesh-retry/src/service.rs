@@ -20,13 +20,15 @@ use crate::grpc;
 use crate::hedge::{HedgeFuture, Hedging};
 use crate::policy::{may_repeat, PolicyState, RetryPolicy};
 use crate::replay::ReplayableBody;
+use crate::retrying::RetryingFuture;
 use crate::trace::{self, AttemptAnswer};
 
 /// Sends a request again when an attempt fails in a retryable way; see the
 /// [crate docs](crate).
 ///
-/// This is tower's own [`tower::retry::Retry`] driven by a
-/// [`RetryPolicy`], over the inner service as [`AttemptTimeout`] sees it:
+/// It works as tower's own [`tower::retry::Retry`] driven by a
+/// [`RetryPolicy`] would (the policy can drive one), over the inner
+/// service as [`AttemptTimeout`] sees it:
 /// each attempt bounded by the per-attempt timeout and the request's
 /// deadline, its errors boxed (so the policy can classify any error the
 /// stack below produces).
@@ -39,16 +41,23 @@ use crate::trace::{self, AttemptAnswer};
 /// request may be sent more than once: an idempotent method, an
 /// `Idempotency-Key`, `retry_non_idempotent`, or a gRPC call; and a
 /// replayable body. Other calls take the retry path.
+///
+/// A call holds a shared copy of the stack below, made once by the layer,
+/// and clones it only if it is retried: calls that are not (most) share
+/// one reference count instead of cloning the stack.
 pub struct Retry<S> {
-    inner: tower::retry::Retry<RetryPolicy, AttemptTimeout<S>>,
+    inner: AttemptTimeout<S>,
+    prototype: Arc<AttemptTimeout<S>>,
     shared: Arc<PolicyState>,
 }
 
-impl<S> Retry<S> {
-    pub(crate) fn new(inner: S, policy: RetryPolicy, shared: Arc<PolicyState>) -> Self {
+impl<S: Clone> Retry<S> {
+    pub(crate) fn new(inner: S, shared: Arc<PolicyState>) -> Self {
         let per_attempt = shared.config.per_attempt_timeout();
+        let inner = AttemptTimeout { inner, per_attempt };
         Retry {
-            inner: tower::retry::Retry::new(policy, AttemptTimeout { inner, per_attempt }),
+            prototype: Arc::new(inner.clone()),
+            inner,
             shared,
         }
     }
@@ -58,6 +67,7 @@ impl<S: Clone> Clone for Retry<S> {
     fn clone(&self) -> Self {
         Retry {
             inner: self.inner.clone(),
+            prototype: Arc::clone(&self.prototype),
             shared: Arc::clone(&self.shared),
         }
     }
@@ -110,13 +120,14 @@ where
         let span = trace::call_span(&req, &shared.route);
         let entered = span.enter();
         if let Some(hedging) = self.hedging_for(&req) {
-            let ready = self.inner.get_mut();
             let shared = Arc::clone(&self.shared);
-            let future = HedgeFuture::start(ready, req, hedging, shared);
+            let future = HedgeFuture::start(&mut self.inner, req, hedging, shared);
             drop(entered);
             return ResponseFuture::hedging(future, span);
         }
-        let future = self.inner.call(req);
+        let policy = RetryPolicy::new(Arc::clone(&self.shared));
+        let prototype = Arc::clone(&self.prototype);
+        let future = RetryingFuture::start(policy, &mut self.inner, prototype, req);
         drop(entered);
         ResponseFuture::retrying(future, span)
     }

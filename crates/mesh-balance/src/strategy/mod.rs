@@ -16,7 +16,8 @@ mod swrr;
 mod tests;
 mod weighted;
 
-use std::collections::HashMap;
+// hashbrown: foldhash instead of SipHash for a lookup on every call.
+use hashbrown::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,212 @@
+//! [`RetryingFuture`]: one call's attempts, one after another, as the
+//! [`RetryPolicy`] decides.
+//!
+//! tower's own retry future does the same, but its service clones the
+//! whole stack below on every call, to have a service for the retries: a
+//! handful of reference counts shared by every caller, bounced between
+//! cores on each request. Most calls are never retried, so this future
+//! holds only a shared, unused copy of the stack (one reference count)
+//! and clones it the first time a retry needs a service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::Request;
+use mesh_core::BoxError;
+use pin_project_lite::pin_project;
+use tower::retry::Policy;
+use tower::Service;
+
+use crate::policy::RetryPolicy;
+
+pin_project! {
+    /// The attempts of one call: the first already sent, a retry sent
+    /// when the policy asks for one, after its backoff.
+    pub(crate) struct RetryingFuture<S, B>
+    where
+        S: Service<Request<B>>,
+        RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
+    {
+        policy: RetryPolicy,
+        // The copy the next attempt sends; `None` when no retry may come.
+        request: Option<Request<B>>,
+        // The stack as the layer was given it, cloned into `service` for
+        // the first retry.
+        prototype: Arc<S>,
+        service: Option<S>,
+        #[pin]
+        state: State<S::Future, <RetryPolicy as Policy<Request<B>, S::Response, BoxError>>::Future>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, W> {
+        Called { #[pin] future: F },
+        Waiting { #[pin] backoff: W },
+        Retrying,
+    }
+}
+
+// === impl RetryingFuture ===
+
+impl<S, B> RetryingFuture<S, B>
+where
+    S: Service<Request<B>>,
+    RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
+{
+    /// Sends `req` through `ready` (a service ready to be called), keeping
+    /// a copy for a retry if the policy may ask for one.
+    pub(crate) fn start(
+        mut policy: RetryPolicy,
+        ready: &mut S,
+        prototype: Arc<S>,
+        req: Request<B>,
+    ) -> Self {
+        let request = policy.clone_request(&req);
+        RetryingFuture {
+            policy,
+            request,
+            prototype,
+            service: None,
+            state: State::Called {
+                future: ready.call(req),
+            },
+        }
+    }
+}
+
+impl<S, B> Future for RetryingFuture<S, B>
+where
+    S: Service<Request<B>> + Clone,
+    S::Error: Into<BoxError>,
+    RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let mut result = ready!(future.poll(cx)).map_err(Into::into);
+                    let Some(req) = this.request.as_mut() else {
+                        return Poll::Ready(result);
+                    };
+                    match this.policy.retry(req, &mut result) {
+                        Some(backoff) => this.state.set(State::Waiting { backoff }),
+                        None => return Poll::Ready(result),
+                    }
+                }
+                StateProj::Waiting { backoff } => {
+                    ready!(backoff.poll(cx));
+                    this.state.set(State::Retrying);
+                }
+                StateProj::Retrying => {
+                    let prototype = &**this.prototype;
+                    let service = this.service.get_or_insert_with(|| prototype.clone());
+                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                    let Some(req) = this.request.take() else {
+                        // `Called` only moves on with a request in hand.
+                        return Poll::Ready(Err("retry future polled after completion".into()));
+                    };
+                    *this.request = this.policy.clone_request(&req);
+                    let future = service.call(req);
+                    this.state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use http::{Response, StatusCode};
+    use tower::{Layer, ServiceExt};
+
+    use crate::{Backoff, RetryConfig, RetryLayer};
+
+    use super::*;
+
+    /// Answers 503 to the paths that start with `/fail` the first time,
+    /// 200 otherwise, and counts its clones.
+    #[derive(Debug)]
+    struct Counted {
+        clones: Arc<AtomicUsize>,
+        failed: Arc<AtomicUsize>,
+    }
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.clones.fetch_add(1, Ordering::Relaxed);
+            Counted {
+                clones: Arc::clone(&self.clones),
+                failed: Arc::clone(&self.failed),
+            }
+        }
+    }
+
+    impl Service<Request<String>> for Counted {
+        type Response = Response<String>;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Response<String>, BoxError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<String>) -> Self::Future {
+            let fail = req.uri().path().starts_with("/fail")
+                && self.failed.fetch_add(1, Ordering::Relaxed) == 0;
+            let status = match fail {
+                true => StatusCode::SERVICE_UNAVAILABLE,
+                false => StatusCode::OK,
+            };
+            let mut response = Response::new(String::new());
+            *response.status_mut() = status;
+            std::future::ready(Ok(response))
+        }
+    }
+
+    fn get(path: &str) -> Request<String> {
+        Request::get(format!("http://users{path}"))
+            .body(String::new())
+            .expect("request")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stack_below_is_cloned_for_a_retry_only() {
+        let clones = Arc::new(AtomicUsize::new(0));
+        let inner = Counted {
+            clones: Arc::clone(&clones),
+            failed: Arc::default(),
+        };
+        let config = RetryConfig::builder()
+            .backoff(Backoff::constant(Duration::from_millis(1)))
+            .build()
+            .expect("config");
+        let mut retry = RetryLayer::new(config).layer(inner);
+        let made = clones.load(Ordering::Relaxed);
+        for _ in 0..10 {
+            let response = retry.ready().await.expect("ready").call(get("/ok")).await;
+            assert_eq!(response.expect("answer").status(), StatusCode::OK);
+        }
+        assert_eq!(clones.load(Ordering::Relaxed), made, "no clone per call");
+        let response = retry.ready().await.expect("ready").call(get("/fail")).await;
+        assert_eq!(
+            response.expect("answer").status(),
+            StatusCode::OK,
+            "retried"
+        );
+        assert_eq!(
+            clones.load(Ordering::Relaxed),
+            made + 1,
+            "one clone, for the retry"
+        );
+    }
+}
