@@ -92,6 +92,15 @@ impl ServiceStates {
         Ok(state)
     }
 
+    /// The name of a service with a state whose name is exactly `name`
+    /// (normalized already): shared with the map, so that a call to a
+    /// known service names it without allocating. `None` for a service
+    /// not seen yet or a name that needs normalizing.
+    pub(crate) fn name_of(&self, name: &str) -> Option<ServiceName> {
+        let map = self.map.load();
+        map.get_key_value(name).map(|(key, _)| key.clone())
+    }
+
     /// Drops `service`'s state: a call found that no registry lists it.
     pub(crate) fn remove(&self, service: &ServiceName) {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,5 +115,32 @@ impl ServiceStates {
     /// Drops every state (stopping the upstream checkers).
     pub(crate) fn clear(&self) {
         self.map.store(Arc::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_known_service_is_named_by_its_shared_name_and_only_by_its_exact_name() {
+        let states = ServiceStates::default();
+        let users = ServiceName::new("users").expect("name");
+        states
+            .get_or_insert(&users, |_| true, ServiceState::default)
+            .expect("state");
+        let named = states.name_of("users").expect("known");
+        assert!(
+            std::ptr::eq(named.as_str(), users.as_str()),
+            "the map's name, not a new one"
+        );
+        assert_eq!(
+            states.name_of("USERS"),
+            None,
+            "not normalized: validated anew"
+        );
+        assert_eq!(states.name_of("orders"), None);
+        states.remove(&users);
+        assert_eq!(states.name_of("users"), None);
     }
 }

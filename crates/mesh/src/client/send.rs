@@ -61,10 +61,7 @@ impl MeshClient {
         body: Bytes,
         options: CallOptions,
     ) -> Result<Response<MeshBody>, BoxError> {
-        let service = ServiceName::new(service).map_err(|source| MeshError::InvalidAuthority {
-            authority: service.to_owned(),
-            source,
-        })?;
+        let service = self.service_named(service)?;
         let path = if path.starts_with('/') {
             path.to_owned()
         } else {
@@ -138,7 +135,7 @@ impl MeshClient {
     ) -> Result<Response<MeshBody>, BoxError> {
         let started = tokio::time::Instant::now();
         let mut guard = self.enter()?;
-        let service = target(&mut req)?;
+        let service = self.target(&mut req)?;
         let state = self.service_state(&service)?;
         let req = req.map(|body| body.replayable(state.replay_buffer));
         let asked = state.fallback.as_ref().map(|_| Asked::of(&req));
@@ -212,6 +209,31 @@ impl MeshClient {
         }
     }
 
+    /// The service `req` goes to: its [`TargetService`], else the host of
+    /// its URI (then recorded as its `TargetService`).
+    fn target<B>(&self, req: &mut Request<B>) -> Result<ServiceName, MeshError> {
+        if let Some(TargetService(service)) = req.extensions().get::<TargetService>() {
+            return Ok(service.clone());
+        }
+        let host = req.uri().host().ok_or(MeshError::MissingAuthority)?;
+        let service = self.service_named(host)?;
+        req.extensions_mut().insert(TargetService(service.clone()));
+        Ok(service)
+    }
+
+    /// `name` as a service name: the one a known service already has (no
+    /// allocation on the path of every call), else validated and
+    /// normalized.
+    fn service_named(&self, name: &str) -> Result<ServiceName, MeshError> {
+        if let Some(known) = self.inner.services.name_of(name) {
+            return Ok(known);
+        }
+        ServiceName::new(name).map_err(|source| MeshError::InvalidAuthority {
+            authority: name.to_owned(),
+            source,
+        })
+    }
+
     /// Publishes the call's `RequestCompleted` event. Per-call events cost
     /// a clone and a publish: only while someone listens.
     fn publish_completed(
@@ -245,21 +267,6 @@ impl MeshClient {
         };
         self.inner.bus.publish(event);
     }
-}
-
-/// The service `req` goes to: its [`TargetService`], else the host of its
-/// URI (then recorded as its `TargetService`).
-fn target<B>(req: &mut Request<B>) -> Result<ServiceName, MeshError> {
-    if let Some(TargetService(service)) = req.extensions().get::<TargetService>() {
-        return Ok(service.clone());
-    }
-    let host = req.uri().host().ok_or(MeshError::MissingAuthority)?;
-    let service = ServiceName::new(host).map_err(|source| MeshError::InvalidAuthority {
-        authority: host.to_owned(),
-        source,
-    })?;
-    req.extensions_mut().insert(TargetService(service.clone()));
-    Ok(service)
 }
 
 /// Whether `error` says no registry lists the service.
