@@ -126,6 +126,21 @@ pub struct RetryFailures {
     left: usize,
 }
 
+impl RetryFailures {
+    /// Up to `retries` more attempts after the first, on an error or a
+    /// 5xx (the p2c anchor's policy, for stacks written around it).
+    ///
+    /// ```
+    /// use mesh_testkit::anchors::RetryFailures;
+    ///
+    /// let policy = RetryFailures::new(2);
+    /// let _layer = tower::retry::RetryLayer::new(policy);
+    /// ```
+    pub fn new(retries: usize) -> Self {
+        RetryFailures { left: retries }
+    }
+}
+
 impl<B, E> tower::retry::Policy<Request<Full<Bytes>>, Response<B>, E> for RetryFailures {
     type Future = std::future::Ready<()>;
 
@@ -176,6 +191,32 @@ pub fn tower_p2c_retry(
     );
     ServiceBuilder::new()
         .layer(tower::retry::RetryLayer::new(RetryFailures { left: 2 }))
+        .buffer(1024)
+        .timeout(Duration::from_secs(1))
+        .service(tower::balance::p2c::Balance::new(discover))
+}
+
+/// `tower::balance::p2c` over `PeakEwma`, behind a `Buffer`, with no
+/// retry: [`tower_p2c_retry`] without its retry layer, what tower offers
+/// for balancing alone.
+pub fn tower_p2c(
+    client: HttpClient,
+    addrs: &[std::net::SocketAddr],
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<Incoming>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    let discover = tower::load::PeakEwmaDiscover::new(
+        tower::discover::ServiceList::new(instances(&client, addrs)),
+        Duration::from_millis(10),
+        Duration::from_secs(10),
+        tower::load::CompleteOnResponse::default(),
+    );
+    ServiceBuilder::new()
         .buffer(1024)
         .timeout(Duration::from_secs(1))
         .service(tower::balance::p2c::Balance::new(discover))

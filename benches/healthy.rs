@@ -1,0 +1,548 @@
+//! Healthy traffic in a closed loop, at 1, 32 and 256 callers: what each
+//! stack costs when nothing is wrong, against the raw hyper client, in one
+//! process and one run.
+//!
+//! - Four healthy loopback instances (`mesh-testkit` servers), one tokio
+//!   runtime with 2 workers for client, servers and harness.
+//! - Closed loop: each caller sends its next request once the last one's
+//!   body has been read. Per run, [`WARM_UP`] of the same loop unmeasured
+//!   (connections, discovery, estimates), then [`WINDOW`] measured.
+//! - Each stack's run is paired with a raw hyper run just before it; the
+//!   ratios (throughput, p99) are taken per pair, over [`ROUNDS`] rounds,
+//!   and the medians reported. About 4 minutes in all.
+//! - Stacks: raw hyper (round robin by hand: the anchor); tower's retry
+//!   (2 retries on errors and 5xx) over tower's 5 s timeout over it;
+//!   tower-resilience's circuit breaker over it; `tower::balance::p2c`
+//!   with `PeakEwma` behind a `Buffer` (no retry); tower-mesh assembled by
+//!   hand (Retry, Discover from a `StaticRegistry`, Balance, Breaker) with
+//!   the production profile's settings (see [`mesh_stack`]), balancing
+//!   round robin, power of two choices or least response time; and
+//!   `MeshClient` from a TOML configuration (static discovery, round
+//!   robin, production profile), called as a user would for plain HTTP:
+//!   `client.get(service, path, CallOptions::default())`.
+//! - Per stack and number of callers: requests per second, p50, p99, the
+//!   two ratios against the paired raw runs, and allocations per request
+//!   (a counting allocator: client, servers and harness together, the same
+//!   servers for every stack, so differences are the stacks').
+//!
+//! ```text
+//! cargo bench -p tower-mesh-benches --bench healthy
+//! ```
+//!
+//! Prints a markdown table and writes `target/healthy.json` (every pair,
+//! and the medians).
+
+#[path = "output.rs"]
+mod output;
+
+use std::alloc::System;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mesh::prelude::*;
+use mesh_testkit::{anchors, Backend, Behavior};
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const INSTANCES: usize = 4;
+const CALLERS: [usize; 3] = [1, 32, 256];
+const ROUNDS: usize = 3;
+/// Each run's unmeasured start...
+const WARM_UP: Duration = Duration::from_millis(300);
+/// ...and its measured window.
+const WINDOW: Duration = Duration::from_millis(1500);
+/// A caller still waiting this long after the window closed is stuck.
+const STUCK: Duration = Duration::from_secs(10);
+/// The per-attempt timeout of every stack that has one written here: the
+/// production profile's (tower's timeout anchor, tower-mesh's breaker).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Latencies a run keeps room for before it starts, so the harness's own
+/// allocations stay out of the count.
+const EXPECTED_REQUESTS: usize = 100_000;
+const SERVICE: &str = "user-service";
+
+type Body = Full<Bytes>;
+
+/// The stacks measured against raw hyper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stack {
+    Raw,
+    TowerRetryTimeout,
+    Resilience,
+    TowerP2cBuffer,
+    MeshRoundRobin,
+    MeshP2c,
+    MeshLeastResponseTime,
+    Facade,
+}
+
+impl Stack {
+    /// Each paired with a raw run, in this order, every round.
+    const PAIRED: [Stack; 7] = [
+        Stack::TowerRetryTimeout,
+        Stack::Resilience,
+        Stack::TowerP2cBuffer,
+        Stack::MeshRoundRobin,
+        Stack::MeshP2c,
+        Stack::MeshLeastResponseTime,
+        Stack::Facade,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Stack::Raw => "raw hyper (round robin)",
+            Stack::TowerRetryTimeout => "tower retry + timeout",
+            Stack::Resilience => "tower-resilience breaker",
+            Stack::TowerP2cBuffer => "tower p2c + Buffer",
+            Stack::MeshRoundRobin => "tower-mesh by hand, round robin",
+            Stack::MeshP2c => "tower-mesh by hand, p2c",
+            Stack::MeshLeastResponseTime => "tower-mesh by hand, least response time",
+            Stack::Facade => "MeshClient (round robin)",
+        }
+    }
+}
+
+// === the loop ===
+
+/// One caller's handle on a stack.
+trait Caller: Clone + Send + 'static {
+    /// Sends one request and reads its whole body: whether it succeeded.
+    fn call_once(&mut self) -> impl Future<Output = bool> + Send;
+}
+
+/// A tower service, driven as tower asks: `ready`, then `call`.
+#[derive(Clone)]
+struct Tower<S>(S);
+
+impl<S, B> Caller for Tower<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Error: Send,
+    S::Future: Send,
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
+    async fn call_once(&mut self) -> bool {
+        let req = Request::get(format!("http://{SERVICE}/"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let Ok(svc) = self.0.ready().await else {
+            return false;
+        };
+        match svc.call(req).await {
+            Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// `MeshClient`, called by service name and path.
+#[derive(Clone)]
+struct Facade(MeshClient);
+
+impl Caller for Facade {
+    async fn call_once(&mut self) -> bool {
+        match self.0.get(SERVICE, "/", CallOptions::default()).await {
+            Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// What the callers of one loop saw.
+struct Tally {
+    /// Of every call, failed ones included.
+    latencies: Vec<Duration>,
+    failures: u64,
+}
+
+/// `callers` closed loops through `caller` until `length` has passed;
+/// returns once every caller has read its last answer.
+async fn closed_loop(caller: &impl Caller, callers: usize, length: Duration) -> Tally {
+    let until = Instant::now() + length;
+    let mut loops = tokio::task::JoinSet::new();
+    for _ in 0..callers {
+        let mut caller = caller.clone();
+        let mut latencies = Vec::with_capacity(EXPECTED_REQUESTS / callers);
+        loops.spawn(async move {
+            let mut failures = 0;
+            loop {
+                let sent = Instant::now();
+                if sent >= until {
+                    break;
+                }
+                let ok = caller.call_once().await;
+                latencies.push(sent.elapsed());
+                failures += u64::from(!ok);
+            }
+            (latencies, failures)
+        });
+    }
+    let mut tally = Tally {
+        latencies: Vec::with_capacity(EXPECTED_REQUESTS),
+        failures: 0,
+    };
+    let joined = tokio::time::timeout(length + STUCK, async {
+        while let Some(done) = loops.join_next().await {
+            let (latencies, failures) = done.expect("caller");
+            tally.latencies.extend(latencies);
+            tally.failures += failures;
+        }
+    })
+    .await;
+    assert!(
+        joined.is_ok(),
+        "a caller was still waiting {STUCK:?} after the window closed"
+    );
+    tally
+}
+
+/// One run's figures.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+struct Run {
+    requests: u64,
+    failures: u64,
+    /// Successful requests per second.
+    throughput: f64,
+    p50_us: f64,
+    p99_us: f64,
+    allocations_per_request: f64,
+}
+
+/// Warms `caller` up, then measures it for [`WINDOW`].
+async fn measure(caller: &impl Caller, callers: usize) -> Run {
+    closed_loop(caller, callers, WARM_UP).await;
+    let region = Region::new(GLOBAL);
+    let started = Instant::now();
+    let mut tally = closed_loop(caller, callers, WINDOW).await;
+    let elapsed = started.elapsed();
+    let allocations = region.change().allocations as f64;
+    tally.latencies.sort_unstable();
+    let requests = tally.latencies.len() as u64;
+    let us = |p: f64| pct(&tally.latencies, p).as_secs_f64() * 1e6;
+    Run {
+        requests,
+        failures: tally.failures,
+        throughput: (requests - tally.failures) as f64 / elapsed.as_secs_f64(),
+        p50_us: us(0.50),
+        p99_us: us(0.99),
+        allocations_per_request: allocations / requests.max(1) as f64,
+    }
+}
+
+fn pct(l: &[Duration], p: f64) -> Duration {
+    if l.is_empty() {
+        return Duration::ZERO;
+    }
+    l[((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1]
+}
+
+// === the stacks ===
+
+/// Builds `stack` afresh (fresh breakers, budgets, estimates) over
+/// `client` or, for `MeshClient`, over its own transport, and measures it.
+async fn run(
+    stack: Stack,
+    callers: usize,
+    client: &anchors::HttpClient,
+    addrs: &[SocketAddr],
+) -> Run {
+    let client = client.clone();
+    match stack {
+        Stack::Raw => measure(&Tower(anchors::RoundRobin::new(client, addrs)), callers).await,
+        Stack::TowerRetryTimeout => {
+            let svc = ServiceBuilder::new()
+                .layer(tower::retry::RetryLayer::new(anchors::RetryFailures::new(
+                    2,
+                )))
+                .timeout(ATTEMPT_TIMEOUT)
+                .service(anchors::RoundRobin::new(client, addrs));
+            measure(&Tower(svc), callers).await
+        }
+        Stack::Resilience => {
+            measure(&Tower(anchors::resilience_breaker(client, addrs)), callers).await
+        }
+        Stack::TowerP2cBuffer => measure(&Tower(anchors::tower_p2c(client, addrs)), callers).await,
+        Stack::MeshRoundRobin => mesh_run(Strategy::RoundRobin, client, addrs, callers).await,
+        Stack::MeshP2c => mesh_run(Strategy::PowerOfTwoChoices, client, addrs, callers).await,
+        Stack::MeshLeastResponseTime => {
+            mesh_run(Strategy::LeastResponseTime, client, addrs, callers).await
+        }
+        Stack::Facade => {
+            let mesh = facade(addrs).await;
+            let figures = measure(&Facade(mesh.clone()), callers).await;
+            mesh.shutdown(Duration::from_secs(1)).await;
+            figures
+        }
+    }
+}
+
+async fn mesh_run(
+    strategy: Strategy,
+    client: anchors::HttpClient,
+    addrs: &[SocketAddr],
+    callers: usize,
+) -> Run {
+    let registry = StaticRegistry::builder()
+        .service(SERVICE, addrs.iter().map(SocketAddr::to_string))
+        .build()
+        .expect("static list");
+    measure(&Tower(mesh_stack(&registry, strategy, client)), callers).await
+}
+
+/// tower-mesh by hand, as `MeshClient` wires a service with the
+/// production profile: retry (2 retries, exponential backoff from 50 ms,
+/// a budget of 20% of the last 10 s plus 10 per second, the whole call
+/// within 10 s), discovery from `registry`, `strategy`, breakers per
+/// endpoint (5 failures in a row, or 50% of the last 100 calls once 20
+/// were seen; 30 s open) timing each attempt out at 5 s.
+fn mesh_stack(
+    registry: &StaticRegistry,
+    strategy: Strategy,
+    client: anchors::HttpClient,
+) -> impl Service<
+    Request<Body>,
+    Response = Response<impl http_body::Body<Data = Bytes> + Send + 'static>,
+    Error = BoxError,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    let retry = RetryConfig::builder()
+        .max_retries(2)
+        .backoff(Backoff::exponential(Duration::from_millis(50), 2.0))
+        .budget(20.0, 10, Duration::from_secs(10))
+        .deadline(ATTEMPT_TIMEOUT * 2)
+        .build()
+        .expect("retry");
+    let breaker = BreakerConfig::builder()
+        .scope(BreakerScope::Endpoint)
+        .consecutive_failures(5)
+        .failure_rate_threshold(50.0)
+        .minimum_calls(20)
+        .open_duration(Duration::from_secs(30))
+        .call_timeout(ATTEMPT_TIMEOUT)
+        .build()
+        .expect("breaker");
+    ServiceBuilder::new()
+        .layer(RetryLayer::new(retry))
+        .layer(DiscoverLayer::new(registry.catalog()))
+        .layer(BalanceLayer::new(strategy))
+        .layer(BreakerLayer::new(breaker))
+        .service(client)
+}
+
+/// `MeshClient` from TOML: the four instances listed statically, round
+/// robin, everything else the defaults (production profile, HTTP/1).
+async fn facade(addrs: &[SocketAddr]) -> MeshClient {
+    let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+[service]
+name = "bench"
+[discovery]
+kind = "static"
+services = {{ {SERVICE} = [{}] }}
+[balance]
+strategy = "round_robin"
+"#,
+        list.join(", ")
+    ))
+    .expect("config");
+    MeshClient::from_config(config).await.expect("client")
+}
+
+// === the report ===
+
+/// One stack's run and the raw run just before it.
+#[derive(Debug, serde::Serialize)]
+struct Pair {
+    callers: usize,
+    round: usize,
+    stack: &'static str,
+    raw: Run,
+    run: Run,
+    throughput_ratio: f64,
+    p99_ratio: f64,
+}
+
+/// A stack at a number of callers: medians over the rounds.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    callers: usize,
+    stack: &'static str,
+    throughput: f64,
+    p50_us: f64,
+    p99_us: f64,
+    /// Medians of the per-round ratios against the paired raw run.
+    throughput_ratio: f64,
+    p99_ratio: f64,
+    /// The per-round ratios, in round order.
+    throughput_ratios: Vec<f64>,
+    p99_ratios: Vec<f64>,
+    allocations_per_request: f64,
+    /// Over every round.
+    failures: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    instances: usize,
+    rounds: usize,
+    warm_up_ms: u128,
+    window_ms: u128,
+    rows: Vec<Row>,
+    pairs: Vec<Pair>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The rows of `callers`: raw hyper over all its runs, then each stack.
+fn rows(callers: usize, pairs: &[Pair]) -> Vec<Row> {
+    let at: Vec<&Pair> = pairs.iter().filter(|p| p.callers == callers).collect();
+    let row = |stack: Stack, runs: Vec<Run>, ratios: Vec<(f64, f64)>| {
+        let of = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+        let (throughput_ratios, p99_ratios): (Vec<f64>, Vec<f64>) = ratios.into_iter().unzip();
+        Row {
+            callers,
+            stack: stack.name(),
+            throughput: of(|r| r.throughput),
+            p50_us: of(|r| r.p50_us),
+            p99_us: of(|r| r.p99_us),
+            throughput_ratio: median(throughput_ratios.clone()),
+            p99_ratio: median(p99_ratios.clone()),
+            throughput_ratios,
+            p99_ratios,
+            allocations_per_request: of(|r| r.allocations_per_request),
+            failures: runs.iter().map(|r| r.failures).sum(),
+        }
+    };
+    let raw: Vec<Run> = at.iter().map(|p| p.raw).collect();
+    let ones = vec![(1.0, 1.0); raw.len()];
+    let mut rows = vec![row(Stack::Raw, raw, ones)];
+    for stack in Stack::PAIRED {
+        let of: Vec<&&Pair> = at.iter().filter(|p| p.stack == stack.name()).collect();
+        let runs = of.iter().map(|p| p.run).collect();
+        let ratios = of
+            .iter()
+            .map(|p| (p.throughput_ratio, p.p99_ratio))
+            .collect();
+        rows.push(row(stack, runs, ratios));
+    }
+    rows
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "| callers | stack | req/s | p50 | p99 | throughput vs raw | p99 vs raw | allocs/req | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.0} | {:.0} us | {:.0} us | {:.2}x | {:.2}x | {:.1} | {} |",
+            r.callers,
+            r.stack,
+            r.throughput,
+            r.p50_us,
+            r.p99_us,
+            r.throughput_ratio,
+            r.p99_ratio,
+            r.allocations_per_request,
+            r.failures
+        );
+    }
+    println!("\nper-round ratios (throughput / p99), round 1, 2, 3:");
+    for r in rows.iter().filter(|r| r.stack != Stack::Raw.name()) {
+        let each = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "{:>4} {:<40} {} / {}",
+            r.callers,
+            r.stack,
+            each(&r.throughput_ratios),
+            each(&r.p99_ratios)
+        );
+    }
+}
+
+fn main() {
+    // `cargo test` runs benches in test mode with `--bench` absent: skip.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let began = Instant::now();
+    let pairs = runtime.block_on(async {
+        let mut backends = Vec::new();
+        for _ in 0..INSTANCES {
+            backends.push(Backend::start(Behavior::Ok).await.expect("backend"));
+        }
+        let addrs: Vec<SocketAddr> = backends.iter().map(Backend::addr).collect();
+        let client: anchors::HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let mut pairs = Vec::new();
+        for callers in CALLERS {
+            for round in 1..=ROUNDS {
+                for stack in Stack::PAIRED {
+                    let raw = run(Stack::Raw, callers, &client, &addrs).await;
+                    let figures = run(stack, callers, &client, &addrs).await;
+                    eprintln!(
+                        "{callers:>4} callers, round {round}: {:<40} {:>7.0} req/s ({:.2}x raw), p99 {:.0} us ({:.2}x raw)",
+                        stack.name(),
+                        figures.throughput,
+                        figures.throughput / raw.throughput,
+                        figures.p99_us,
+                        figures.p99_us / raw.p99_us
+                    );
+                    pairs.push(Pair {
+                        callers,
+                        round,
+                        stack: stack.name(),
+                        throughput_ratio: figures.throughput / raw.throughput,
+                        p99_ratio: figures.p99_us / raw.p99_us,
+                        raw,
+                        run: figures,
+                    });
+                }
+            }
+        }
+        pairs
+    });
+    let rows: Vec<Row> = CALLERS.iter().flat_map(|&c| rows(c, &pairs)).collect();
+    print_table(&rows);
+    println!("\nran in {:.0} s", began.elapsed().as_secs_f64());
+    output::write_json(
+        "healthy",
+        &Report {
+            instances: INSTANCES,
+            rounds: ROUNDS,
+            warm_up_ms: WARM_UP.as_millis(),
+            window_ms: WINDOW.as_millis(),
+            rows,
+            pairs,
+        },
+    );
+}
