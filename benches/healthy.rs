@@ -27,6 +27,7 @@
 //!
 //! ```text
 //! cargo bench -p tower-mesh-benches --bench healthy
+//! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 "by hand, round robin"
 //! ```
 //!
 //! Prints a markdown table and writes `target/healthy.json` (every pair,
@@ -485,6 +486,22 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// What the command line narrows the run to, for profiling one stack:
+/// words that a stack's name must contain (any of them), and
+/// `--callers=N`.
+fn filters() -> (Vec<String>, Option<usize>) {
+    let mut names = Vec::new();
+    let mut callers = None;
+    for arg in std::env::args().skip(1) {
+        if let Some(n) = arg.strip_prefix("--callers=") {
+            callers = n.parse().ok();
+        } else if !arg.starts_with("--") {
+            names.push(arg);
+        }
+    }
+    (names, callers)
+}
+
 fn main() {
     // `cargo test` runs benches in test mode with `--bench` absent: skip.
     if !std::env::args().any(|a| a == "--bench") {
@@ -495,6 +512,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let (names, callers_only) = filters();
     let began = Instant::now();
     let pairs = runtime.block_on(async {
         let mut backends = Vec::new();
@@ -504,9 +522,15 @@ fn main() {
         let addrs: Vec<SocketAddr> = backends.iter().map(Backend::addr).collect();
         let client: anchors::HttpClient = Client::builder(TokioExecutor::new()).build_http();
         let mut pairs = Vec::new();
-        for callers in CALLERS {
+        let callers_run = CALLERS
+            .into_iter()
+            .filter(|c| callers_only.is_none_or(|only| only == *c));
+        for callers in callers_run {
             for round in 1..=ROUNDS {
-                for stack in Stack::PAIRED {
+                let stacks = Stack::PAIRED
+                    .into_iter()
+                    .filter(|s| names.is_empty() || names.iter().any(|n| s.name().contains(n.as_str())));
+                for stack in stacks {
                     let raw = run(Stack::Raw, callers, &client, &addrs).await;
                     let figures = run(stack, callers, &client, &addrs).await;
                     eprintln!(

@@ -26,11 +26,14 @@ const DRAWS: usize = SAMPLE * 4;
 
 /// The candidates one pick compares.
 pub(super) enum Pool<'a, 'f> {
-    /// Every endpoint `ok` accepts.
-    All(&'a [Endpoint], &'f dyn Fn(&Endpoint) -> bool),
-    /// A random sample of them (drawn with replacement: at more than
-    /// [`EXACT_UP_TO`] endpoints a repeat is rare and harmless).
-    Sample([Option<&'a Endpoint>; SAMPLE]),
+    /// Up to [`EXACT_UP_TO`] of them, checked once: every candidate of a
+    /// small set, or a random sample of a large one (drawn with
+    /// replacement: past [`EXACT_UP_TO`] endpoints a repeat is rare and
+    /// harmless).
+    Gathered([Option<&'a Endpoint>; EXACT_UP_TO]),
+    /// Every endpoint `ok` accepts, of a large set where random draws
+    /// kept missing (most endpoints out).
+    Scan(&'a [Endpoint], &'f dyn Fn(&Endpoint) -> bool),
 }
 
 // === impl Pool ===
@@ -39,38 +42,39 @@ impl<'a, 'f> Pool<'a, 'f> {
     /// The pool for one pick among `endpoints` that `ok` accepts.
     pub(super) fn of(endpoints: &'a [Endpoint], ok: &'f dyn Fn(&Endpoint) -> bool) -> Self {
         let n = endpoints.len();
+        let mut gathered = [None; EXACT_UP_TO];
         if n <= EXACT_UP_TO {
-            return Pool::All(endpoints, ok);
+            for (slot, e) in gathered.iter_mut().zip(endpoints.iter().filter(|e| ok(e))) {
+                *slot = Some(e);
+            }
+            return Pool::Gathered(gathered);
         }
-        let mut sample = [None; SAMPLE];
         let mut found = 0;
         for _ in 0..DRAWS {
             let e = &endpoints[fastrand::usize(..n)];
             if ok(e) {
-                sample[found] = Some(e);
+                gathered[found] = Some(e);
                 found += 1;
                 if found == SAMPLE {
-                    break;
+                    return Pool::Gathered(gathered);
                 }
             }
         }
         // Few draws hit a candidate: most endpoints are out, and the few
         // left deserve the exact choice.
-        if found < SAMPLE {
-            return Pool::All(endpoints, ok);
-        }
-        Pool::Sample(sample)
+        Pool::Scan(endpoints, ok)
     }
 
     /// Its candidates.
     pub(super) fn iter(&self) -> impl Iterator<Item = &'a Endpoint> + '_ {
-        let (all, sample) = match self {
-            Pool::All(endpoints, ok) => (Some(endpoints.iter().filter(|e| ok(e))), None),
-            Pool::Sample(sample) => (None, Some(sample.iter().flatten().copied())),
+        let (gathered, scan) = match self {
+            Pool::Gathered(gathered) => (Some(gathered.iter().map_while(|e| *e)), None),
+            Pool::Scan(endpoints, ok) => (None, Some(endpoints.iter().filter(|e| ok(e)))),
         };
-        all.into_iter()
+        gathered
+            .into_iter()
             .flatten()
-            .chain(sample.into_iter().flatten())
+            .chain(scan.into_iter().flatten())
     }
 
     /// The candidate with the least `cost` (finite), ties broken

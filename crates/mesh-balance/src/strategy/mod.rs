@@ -263,7 +263,7 @@ impl Picker {
     }
 
     /// Expected wait at `e`, relative to its weight: latency x (in
-    /// flight + 1) / weight, in nanoseconds; `unknown` stands in for the
+    /// flight + 1) / weight, in seconds; `unknown` stands in for the
     /// latency of an endpoint with no sample yet. In floating point: an
     /// integer division per candidate would cost more than the rest of
     /// the comparison, and equal inputs still give equal costs for ties.
@@ -273,8 +273,8 @@ impl Picker {
             .latency_at(now)
             .or(unknown)
             .unwrap_or(self.config.unknown_latency())
-            .as_nanos()
-            .max(1) as f64;
+            .as_secs_f64()
+            .max(1e-9);
         latency * (f64::from(e.state().in_flight()) + 1.0) / f64::from(e.weight().get())
     }
 
