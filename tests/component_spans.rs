@@ -12,11 +12,10 @@
 //! helpers between its binaries.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -32,103 +31,34 @@ use mesh_retry::MethodPolicyNames;
 use mesh_testkit::fs::{write_atomically, TempDir};
 use mesh_testkit::pki::{Ca, Leaf};
 use tower::{ServiceBuilder, ServiceExt};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
+use tracing::span::{Attributes, Id};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
 
 /// How long a test waits for background work to show in its spans before
 /// it fails: generous, for a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// One span as the capture saw it.
-#[derive(Clone, Debug)]
-struct Captured {
-    id: u64,
-    parent: Option<u64>,
-    name: &'static str,
-    fields: BTreeMap<&'static str, String>,
-}
+#[path = "support/span_capture.rs"]
+#[allow(dead_code)]
+mod span_capture;
 
-impl Captured {
-    fn field(&self, name: &str) -> Option<&str> {
-        self.fields.get(name).map(String::as_str)
-    }
-}
+use span_capture::{Capture, Captured};
 
-/// A layer that keeps every span with its parent and fields.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Captured>>>);
-
-struct Fields<'a>(&'a mut BTreeMap<&'static str, String>);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name(), format!("{value:?}"));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name(), value.to_owned());
-    }
-}
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let parent = if attrs.is_root() {
-            None
-        } else {
-            attrs
-                .parent()
-                .cloned()
-                .or_else(|| ctx.current_span().id().cloned())
-        };
-        let mut fields = BTreeMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().push(Captured {
-            id: id.into_u64(),
-            parent: parent.map(|p| p.into_u64()),
-            name: attrs.metadata().name(),
-            fields,
-        });
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-        let mut spans = self.0.lock().unwrap();
-        // Ids are reused once a span closes: the latest holder is this one.
-        if let Some(span) = spans.iter_mut().rev().find(|s| s.id == id.into_u64()) {
-            values.record(&mut Fields(&mut span.fields));
+/// The first span `name` that `wanted` accepts, once background work has
+/// opened (and recorded) it.
+async fn wait_for(capture: &Capture, name: &str, wanted: impl Fn(&Captured) -> bool) -> Captured {
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(found) = capture.named(name).into_iter().find(&wanted) {
+            return found;
         }
-    }
-}
-
-impl Capture {
-    /// Captures every span opened on this thread while the guard lives
-    /// (the tests run on one thread, background tasks included).
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(self.clone()))
-    }
-
-    fn named(&self, name: &str) -> Vec<Captured> {
-        let spans = self.0.lock().unwrap();
-        spans.iter().filter(|s| s.name == name).cloned().collect()
-    }
-
-    /// The first span `name` that `wanted` accepts, once background work
-    /// has opened (and recorded) it.
-    async fn wait_for(&self, name: &str, wanted: impl Fn(&Captured) -> bool) -> Captured {
-        let started = tokio::time::Instant::now();
-        loop {
-            if let Some(found) = self.named(name).into_iter().find(&wanted) {
-                return found;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "no such {name} span within {PATIENCE:?}: {:#?}",
-                self.named(name)
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no such {name} span within {PATIENCE:?}: {:#?}",
+            capture.named(name)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -176,11 +106,10 @@ async fn each_answer_of_a_file_registry_is_a_discovery_span_with_the_service_and
     let users = ServiceName::new("users").unwrap();
     let _follow = catalog.follow(Arc::new(registry), users, Duration::from_millis(50));
 
-    let first = capture
-        .wait_for("mesh.discovery.update", |s| {
-            s.field("mesh.outcome").is_some()
-        })
-        .await;
+    let first = wait_for(&capture, "mesh.discovery.update", |s| {
+        s.field("mesh.outcome").is_some()
+    })
+    .await;
     assert_eq!(first.parent, None, "a background root: {first:#?}");
     assert_eq!(first.field("mesh.service"), Some("users"));
     assert_eq!(first.field("mesh.outcome"), Some("answered"));
@@ -190,11 +119,10 @@ async fn each_answer_of_a_file_registry_is_a_discovery_span_with_the_service_and
     // The file is rewritten with a third endpoint: a new answer.
     let three = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"];
     write_atomically(&file, services_json(&three));
-    let grown = capture
-        .wait_for("mesh.discovery.update", |s| {
-            s.field("mesh.endpoints") == Some("3")
-        })
-        .await;
+    let grown = wait_for(&capture, "mesh.discovery.update", |s| {
+        s.field("mesh.endpoints") == Some("3")
+    })
+    .await;
     assert_eq!(grown.field("mesh.service"), Some("users"));
     assert_eq!(grown.field("mesh.outcome"), Some("answered"));
     assert_eq!(catalog.get("users").map(|set| set.len()), Some(3));
@@ -202,11 +130,10 @@ async fn each_answer_of_a_file_registry_is_a_discovery_span_with_the_service_and
     // A file that does not parse is a failed answer, and the last good set
     // stays.
     write_atomically(&file, "{ \"services\": ");
-    let failed = capture
-        .wait_for("mesh.discovery.update", |s| {
-            s.field("mesh.outcome") == Some("failed")
-        })
-        .await;
+    let failed = wait_for(&capture, "mesh.discovery.update", |s| {
+        s.field("mesh.outcome") == Some("failed")
+    })
+    .await;
     assert_eq!(failed.parent, None);
     assert_eq!(failed.field("mesh.service"), Some("users"));
     assert_eq!(failed.field("error.type"), Some("malformed"));
@@ -251,7 +178,7 @@ async fn an_upstream_probe_is_a_span_naming_the_endpoint_and_its_verdict() {
             s.field("mesh.endpoint") == Some(id.as_str()) && s.field("mesh.outcome").is_some()
         }
     };
-    let passed = capture.wait_for("mesh.health.probe", judged(passing)).await;
+    let passed = wait_for(&capture, "mesh.health.probe", judged(passing)).await;
     assert_eq!(passed.parent, None, "a background root: {passed:#?}");
     assert_eq!(passed.field("mesh.service"), Some("users"));
     assert_eq!(passed.field("server.address"), Some("127.0.0.1"));
@@ -260,7 +187,7 @@ async fn an_upstream_probe_is_a_span_naming_the_endpoint_and_its_verdict() {
     assert_eq!(passed.field("mesh.outcome"), Some("success"));
     assert_eq!(passed.field("error.type"), None);
 
-    let failed = capture.wait_for("mesh.health.probe", judged(failing)).await;
+    let failed = wait_for(&capture, "mesh.health.probe", judged(failing)).await;
     assert_eq!(failed.parent, None);
     assert_eq!(failed.field("mesh.service"), Some("users"));
     let port = failing.port().to_string();

@@ -11,6 +11,8 @@
 #[path = "../examples/gateway.rs"]
 #[allow(dead_code)]
 mod gateway;
+#[path = "support/promtool.rs"]
+mod promtool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +26,7 @@ use axum::routing::get;
 use axum::Router;
 use http_body_util::BodyExt;
 use mesh::{MeshClient, MeshConfig};
+use promtool::{program, promtool_check};
 
 /// What every upstream call takes: all of them fall in the histogram's
 /// 25 ms to 50 ms bucket unless the machine stalls a call past 50 ms.
@@ -31,21 +34,6 @@ const UPSTREAM_DELAY: Duration = Duration::from_millis(30);
 
 /// Every fourth upstream answer is a 503.
 const ERROR_EVERY: u64 = 4;
-
-/// A program of Debian's `prometheus` package, or a clear failure.
-fn program(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed: these tests need Debian's `prometheus` package \
-                 (scripts/test.sh installs it: apt-get install prometheus)"
-            )
-        })
-}
 
 /// One instance of `user-service` on loopback, counting the requests it
 /// received (when its handler starts, before any delay: a request the
@@ -199,7 +187,6 @@ async fn traffic(gateway: SocketAddr, calls: u64, workers: u64) -> Vec<(SystemTi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_finds_nothing_wrong_with_the_exposition() {
-    let promtool = program("promtool");
     let upstream = Upstream::start(answers_every_fourth_503).await;
     let (client, gateway) = gateway(&[upstream.addr], NO_RETRIES).await;
     traffic(gateway, 40, 4).await;
@@ -214,26 +201,7 @@ async fn promtool_finds_nothing_wrong_with_the_exposition() {
     ] {
         assert!(text.contains(name), "{name} is exported:\n{text}");
     }
-    let mut check = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    {
-        use std::io::Write;
-        let mut stdin = check.stdin.take().expect("stdin");
-        stdin.write_all(text.as_bytes()).expect("write");
-    }
-    let out = check.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}\n{}{}\n--- the exposition:\n{text}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
     client.shutdown(Duration::from_secs(5)).await;
 }
 

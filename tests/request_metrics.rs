@@ -6,12 +6,13 @@
 //! then by `promtool check metrics` (Debian's `prometheus` package;
 //! scripts/test.sh installs it).
 
+#[path = "support/promtool.rs"]
+mod promtool;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,6 +33,7 @@ use mesh::prometheus::{register_layers, Layers, RequestMetrics, RequestMetricsBo
 use mesh::retry::Retry;
 use mesh_testkit::{Backend, Behavior};
 use prometheus_client::registry::Registry;
+use promtool::promtool_check;
 use tower::{ServiceBuilder, ServiceExt};
 
 /// How long anything in these tests may take on a loaded 2-core machine
@@ -207,45 +209,6 @@ fn http_outcome(service: &str, endpoint: SocketAddr, status: StatusCode) -> Outc
 fn grpc_outcome(service: &str, endpoint: SocketAddr, code: &str) -> Outcome {
     let (service, endpoint) = (service.into(), endpoint.to_string());
     (service, endpoint, "2xx".into(), code.into(), String::new())
-}
-
-/// A program of Debian's `prometheus` package, or a clear failure.
-fn program(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed: these tests need Debian's `prometheus` package \
-                 (scripts/test.sh installs it: apt-get install prometheus)"
-            )
-        })
-}
-
-/// Fails unless `promtool check metrics` finds nothing wrong in `text`.
-fn promtool_check(text: &str) {
-    let mut check = Command::new(program("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    {
-        use std::io::Write;
-        let mut stdin = check.stdin.take().expect("stdin");
-        stdin.write_all(text.as_bytes()).expect("write");
-    }
-    let out = check.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}\n{}{}\n--- the exposition:\n{text}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,12 +5,11 @@
 //! that panics loses no count. A `MeshClient` built from a file gives the
 //! same tree.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,77 +20,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh::prelude::*;
 use tower::{ServiceBuilder, ServiceExt};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
+use tracing::span::{Attributes, Id};
 use tracing::Subscriber;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
 
-/// One span as the capture saw it.
-#[derive(Clone, Debug)]
-struct Captured {
-    id: u64,
-    parent: Option<u64>,
-    name: &'static str,
-    fields: BTreeMap<&'static str, String>,
-}
+#[path = "support/span_capture.rs"]
+#[allow(dead_code)]
+mod span_capture;
 
-impl Captured {
-    fn field(&self, name: &str) -> Option<&str> {
-        self.fields.get(name).map(String::as_str)
-    }
-}
-
-/// A layer that keeps every span with its parent and fields.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Captured>>>);
-
-struct Fields<'a>(&'a mut BTreeMap<&'static str, String>);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name(), format!("{value:?}"));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name(), value.to_owned());
-    }
-}
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let parent = if attrs.is_root() {
-            None
-        } else {
-            attrs
-                .parent()
-                .cloned()
-                .or_else(|| ctx.current_span().id().cloned())
-        };
-        let mut fields = BTreeMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().push(Captured {
-            id: id.into_u64(),
-            parent: parent.map(|p| p.into_u64()),
-            name: attrs.metadata().name(),
-            fields,
-        });
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
-        let mut spans = self.0.lock().unwrap();
-        if let Some(span) = spans.iter_mut().rev().find(|s| s.id == id.into_u64()) {
-            values.record(&mut Fields(&mut span.fields));
-        }
-    }
-}
-
-impl Capture {
-    fn named(&self, name: &str) -> Vec<Captured> {
-        let spans = self.0.lock().unwrap();
-        spans.iter().filter(|s| s.name == name).cloned().collect()
-    }
-}
+use span_capture::Capture;
 
 /// A hyper server on 127.0.0.1 answering `statuses` in turn (the last one
 /// for ever after).

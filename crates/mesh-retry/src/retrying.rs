@@ -6,11 +6,18 @@
 //! handful of reference counts shared by every caller, bounced between
 //! cores on each request. Most calls are never retried, so this future
 //! holds only a shared, unused copy of the stack (one reference count)
-//! and clones it the first time a retry needs a service.
+//! and clones it the first time a retry needs a service. The copy sits
+//! behind a mutex, taken only to clone it, so that the future is `Send`
+//! for any `Send` stack (a `BoxCloneService` is not `Sync`).
+//!
+//! A retry goes through a clone of the stack as the layer was given it,
+//! where tower's clones the service the call went through: the same for
+//! a stack whose clones share their state (every mesh layer, hyper's
+//! client), not for one whose clones copy it.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use http::Request;
@@ -34,7 +41,7 @@ pin_project! {
         request: Option<Request<B>>,
         // The stack as the layer was given it, cloned into `service` for
         // the first retry.
-        prototype: Arc<S>,
+        prototype: Arc<Mutex<S>>,
         service: Option<S>,
         #[pin]
         state: State<S::Future, <RetryPolicy as Policy<Request<B>, S::Response, BoxError>>::Future>,
@@ -62,7 +69,7 @@ where
     pub(crate) fn start(
         mut policy: RetryPolicy,
         ready: &mut S,
-        prototype: Arc<S>,
+        prototype: Arc<Mutex<S>>,
         req: Request<B>,
     ) -> Self {
         let request = policy.clone_request(&req);
@@ -106,8 +113,15 @@ where
                 }
                 StateProj::Retrying => {
                     let prototype = &**this.prototype;
-                    let service = this.service.get_or_insert_with(|| prototype.clone());
-                    ready!(service.poll_ready(cx)).map_err(Into::into)?;
+                    let service = this.service.get_or_insert_with(|| {
+                        // A panic while cloning leaves the copy as it was.
+                        prototype.lock().unwrap_or_else(|e| e.into_inner()).clone()
+                    });
+                    if let Err(error) = ready!(service.poll_ready(cx)) {
+                        // Done: a poll after this must not send the copy.
+                        this.request.take();
+                        return Poll::Ready(Err(error.into()));
+                    }
                     let Some(req) = this.request.take() else {
                         // `Called` only moves on with a request in hand.
                         return Poll::Ready(Err("retry future polled after completion".into()));
@@ -177,6 +191,20 @@ mod tests {
         Request::get(format!("http://users{path}"))
             .body(String::new())
             .expect("request")
+    }
+
+    /// A `BoxCloneService` is `Send` but not `Sync`: the layer over it,
+    /// and its calls, must still be `Send` (spawned, served by axum).
+    #[test]
+    fn the_service_and_its_future_are_send_over_a_stack_that_is_not_sync() {
+        fn send<T: Send>(_: &T) {}
+        let inner = tower::util::BoxCloneService::new(Counted {
+            clones: Arc::default(),
+            failed: Arc::default(),
+        });
+        let mut retry = RetryLayer::default().layer(inner);
+        send(&retry);
+        send(&retry.call(get("/ok")));
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,10 +44,14 @@ use crate::trace::{self, AttemptAnswer};
 ///
 /// A call holds a shared copy of the stack below, made once by the layer,
 /// and clones it only if it is retried: calls that are not (most) share
-/// one reference count instead of cloning the stack.
+/// one reference count instead of cloning the stack. So, unlike tower's
+/// `Retry`, a retry goes through a clone of the stack as the layer got it,
+/// not of the service the call went through: the same for stacks whose
+/// clones share their state (every mesh layer, hyper's client), not for
+/// one whose clones copy it; and the layer needs the stack to be `Clone`.
 pub struct Retry<S> {
     inner: AttemptTimeout<S>,
-    prototype: Arc<AttemptTimeout<S>>,
+    prototype: Arc<std::sync::Mutex<AttemptTimeout<S>>>,
     shared: Arc<PolicyState>,
 }
 
@@ -56,7 +60,7 @@ impl<S: Clone> Retry<S> {
         let per_attempt = shared.config.per_attempt_timeout();
         let inner = AttemptTimeout { inner, per_attempt };
         Retry {
-            prototype: Arc::new(inner.clone()),
+            prototype: Arc::new(std::sync::Mutex::new(inner.clone())),
             inner,
             shared,
         }

@@ -183,17 +183,9 @@ pub fn tower_p2c_retry(
 > + Clone
        + Send
        + 'static {
-    let discover = tower::load::PeakEwmaDiscover::new(
-        tower::discover::ServiceList::new(instances(&client, addrs)),
-        Duration::from_millis(10),
-        Duration::from_secs(10),
-        tower::load::CompleteOnResponse::default(),
-    );
     ServiceBuilder::new()
         .layer(tower::retry::RetryLayer::new(RetryFailures { left: 2 }))
-        .buffer(1024)
-        .timeout(Duration::from_secs(1))
-        .service(tower::balance::p2c::Balance::new(discover))
+        .service(tower_p2c(client, addrs))
 }
 
 /// `tower::balance::p2c` over `PeakEwma`, behind a `Buffer`, with no

@@ -45,7 +45,8 @@ pub(crate) const MAX_SERIES: usize = 4096;
 /// chosen (no endpoints, circuit open for the service, unknown service).
 pub(crate) const NO_ENDPOINT: &str = "none";
 
-/// The `endpoint` label of calls to endpoints beyond [`MAX_SERIES`].
+/// The `endpoint` label of calls to endpoints beyond [`MAX_SERIES`],
+/// and the `service` label of calls to services first seen beyond it.
 pub(crate) const OVERFLOW_ENDPOINT: &str = "overflow";
 
 /// The histogram's upper bounds, in seconds: Prometheus's defaults, with
@@ -218,6 +219,7 @@ pub(crate) struct CallMetrics {
     classifier: FailureClassifier,
     none: EndpointId,
     overflow: EndpointId,
+    overflow_service: ServiceName,
 }
 
 /// The series by service, then endpoint, and how many there are.
@@ -247,6 +249,8 @@ impl Default for CallMetrics {
             none: EndpointId::new(NO_ENDPOINT).unwrap(),
             #[allow(clippy::unwrap_used)]
             overflow: EndpointId::new(OVERFLOW_ENDPOINT).unwrap(),
+            #[allow(clippy::unwrap_used)]
+            overflow_service: ServiceName::new(OVERFLOW_ENDPOINT).unwrap(),
         }
     }
 }
@@ -321,21 +325,25 @@ impl CallMetrics {
     }
 
     /// `service`'s series for `endpoint`, made (under the write lock);
-    /// its `overflow` series when the map is full.
+    /// when the map is full, its `overflow` series, or the `overflow`
+    /// service's for a service not seen yet.
     fn insert(&self, service: &ServiceName, endpoint: &EndpointId) -> Arc<Series> {
         let mut map = self.by_service.write().unwrap_or_else(|e| e.into_inner());
         let Map { services, len } = &mut *map;
+        let full = *len >= MAX_SERIES;
+        // Services can be named by request data (a stack assembled by
+        // hand names them by the URI's host): past the bound a new one
+        // adds nothing. Overflow series then add at most one per service
+        // already kept, and one for the `overflow` service.
+        let service = match full && !services.contains_key(service) {
+            true => &self.overflow_service,
+            false => service,
+        };
         let endpoints = services.entry(service.clone()).or_default();
         if let Some(series) = endpoints.get(endpoint) {
             return Arc::clone(series);
         }
-        // The overflow series may go beyond the bound: one per service,
-        // and services are bounded by the client's own service map.
-        let endpoint = if *len >= MAX_SERIES {
-            &self.overflow
-        } else {
-            endpoint
-        };
+        let endpoint = if full { &self.overflow } else { endpoint };
         let series = endpoints.entry(endpoint.clone()).or_insert_with(|| {
             *len += 1;
             Arc::default()
@@ -556,6 +564,29 @@ mod tests {
             .find(|s| s.endpoint.to_string() == OVERFLOW_ENDPOINT)
             .expect("overflow series");
         assert_eq!(overflow.count, 1000);
+    }
+
+    #[test]
+    fn services_named_by_the_thousand_stay_bounded_and_every_call_is_counted() {
+        let metrics = CallMetrics::default();
+        let calls = MAX_SERIES + 10_000;
+        for n in 0..calls {
+            let host = service(&format!("host-{n}"));
+            metrics.count(&host, None, ok(), Duration::ZERO);
+        }
+        assert_eq!(
+            metrics.len(),
+            MAX_SERIES + 1,
+            "the bound, and one overflow series"
+        );
+        let scraped = metrics.scrape(|_, _| true);
+        let counted: u64 = scraped.iter().map(|s| s.count).sum();
+        assert_eq!(counted, calls as u64, "no call lost");
+        let overflow = scraped
+            .iter()
+            .find(|s| s.service.as_str() == OVERFLOW_ENDPOINT)
+            .expect("overflow service");
+        assert_eq!(overflow.count, 10_000);
     }
 
     #[test]

@@ -113,3 +113,39 @@ impl<'a, 'f> Pool<'a, 'f> {
         (n > 0).then(|| sum / n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn endpoints(n: usize) -> Vec<Endpoint> {
+        (0..n)
+            .map(|i| {
+                Endpoint::builder(([10, 0, (i / 250) as u8, (i % 250) as u8], 80).into()).build()
+            })
+            .collect()
+    }
+
+    /// How many candidates a pool checked, and how many it holds.
+    fn checked(n: usize) -> (usize, usize) {
+        let endpoints = endpoints(n);
+        let checks = Cell::new(0);
+        let ok = |_: &Endpoint| {
+            checks.set(checks.get() + 1);
+            true
+        };
+        let pool = Pool::of(&endpoints, &ok);
+        let held = pool.iter().count();
+        (checks.get(), held)
+    }
+
+    #[test]
+    fn a_small_set_is_checked_whole_and_a_large_one_sampled() {
+        assert_eq!(checked(EXACT_UP_TO), (EXACT_UP_TO, EXACT_UP_TO));
+        for n in [EXACT_UP_TO + 1, 1_000, 10_000] {
+            assert_eq!(checked(n), (SAMPLE, SAMPLE), "{n} endpoints");
+        }
+    }
+}

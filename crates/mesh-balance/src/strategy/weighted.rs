@@ -77,3 +77,30 @@ fn scan<'a>(endpoints: &'a [Endpoint], ok: &dyn Fn(&Endpoint) -> bool) -> Option
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn a_draw_checks_one_candidate_while_all_are_up() {
+        let endpoints: Vec<Endpoint> = (0..10_000)
+            .map(|i| {
+                Endpoint::builder(([10, 1, (i / 250) as u8, (i % 250) as u8], 80).into()).build()
+            })
+            .collect();
+        let weights = vec![1; endpoints.len()];
+        let cumulative = Cumulative::new(&weights);
+        let checks = Cell::new(0);
+        let ok = |_: &Endpoint| {
+            checks.set(checks.get() + 1);
+            true
+        };
+        for _ in 0..100 {
+            assert!(cumulative.pick(&endpoints, &ok).is_some());
+        }
+        assert_eq!(checks.get(), 100, "one check per draw, no scan");
+    }
+}

@@ -101,8 +101,12 @@
 //!
 //! Request series are kept per (service, endpoint) pair, at most
 //! 4096 of them; calls to endpoints beyond that are counted under
-//! `endpoint="overflow"`, and calls that failed before an endpoint was
-//! chosen under `endpoint="none"`. A scrape removes the series of
+//! `endpoint="overflow"`, calls to services first seen beyond it under
+//! `service="overflow"` (a hand-assembled stack names services by the
+//! request's host, which callers choose), and calls that failed before an
+//! endpoint was chosen under `endpoint="none"`. Count one registry's calls
+//! with one `RequestMetricsLayer`, cloned into every stack that shares
+//! it. A scrape removes the series of
 //! endpoints discovery no longer lists, once a scrape has shown their
 //! last count: a client's discovery, or the catalog given to
 //! [`RequestMetricsLayer::catalog`] (without one, a hand-assembled

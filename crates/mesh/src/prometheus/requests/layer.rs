@@ -48,7 +48,14 @@ pub struct RequestMetricsLayer {
 impl RequestMetricsLayer {
     /// A layer with no call counted yet, keeping at most 4096 (service,
     /// endpoint) series; calls to endpoints beyond them are counted
-    /// under `endpoint="overflow"`.
+    /// under `endpoint="overflow"`, and calls to services first seen
+    /// beyond them under `service="overflow"` (services are named by the
+    /// request's host, which callers may choose).
+    ///
+    /// Count one registry's calls with one layer (cloned into each stack
+    /// that shares it): series of separate layers for the same (service,
+    /// endpoint) are added up at a scrape, and one removing a series the
+    /// other keeps would make the sum go down.
     pub fn new() -> RequestMetricsLayer {
         RequestMetricsLayer::default()
     }

@@ -22,10 +22,20 @@ use crate::call_metrics::CallMetrics;
 /// before any endpoint, and there is no service to count it under. A
 /// call whose caller drops it before its response is not counted either,
 /// as a [`MeshClient`](crate::MeshClient) does not count it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RequestMetrics<S> {
     inner: S,
     metrics: Arc<CallMetrics>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for RequestMetrics<S> {
+    /// The inner service only: the counters (up to thousands of series)
+    /// belong in a scrape, not in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMetrics")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 // === impl RequestMetrics ===
