@@ -383,3 +383,61 @@ async fn the_shipped_notification_sample_runs_as_is() {
     assert_eq!(client.shutdown(Duration::from_secs(1)).await, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server on 127.0.0.1 answering each request with its path and query.
+async fn echo_path() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service =
+                hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path_and_query().map(|p| p.to_string());
+                    async move {
+                        let body =
+                            http_body_util::Full::new(bytes::Bytes::from(path.unwrap_or_default()));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_reaches_the_server_whole_with_or_without_its_leading_slash() {
+    let addr = echo_path().await;
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+[service]
+name = "caller"
+[discovery]
+kind = "static"
+services = {{ users = ["{addr}"] }}
+"#
+    ))
+    .expect("config");
+    let client = MeshClient::from_config(config).await.expect("client");
+    for (path, expected) in [
+        ("/api/users?page=2", "/api/users?page=2"),
+        ("api/users?page=2", "/api/users?page=2"),
+        ("", "/"),
+    ] {
+        let response = client
+            .get("Users", path, CallOptions::default())
+            .await
+            .expect("answer");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], expected.as_bytes(), "path {path:?}");
+    }
+    client.shutdown(Duration::from_secs(5)).await;
+}

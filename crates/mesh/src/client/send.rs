@@ -62,14 +62,11 @@ impl MeshClient {
         options: CallOptions,
     ) -> Result<Response<MeshBody>, BoxError> {
         let service = self.service_named(service)?;
-        let path = if path.starts_with('/') {
-            path.to_owned()
-        } else {
-            format!("/{path}")
-        };
+        // One string for the whole URI, the path's slash added if missing.
+        let slash = if path.starts_with('/') { "" } else { "/" };
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("http://{service}{path}"))
+            .uri(format!("http://{service}{slash}{path}"))
             .body(RequestBody::from(body))?;
         req.headers_mut().extend(options.headers);
         if let Some(key) = options.affinity_key {
