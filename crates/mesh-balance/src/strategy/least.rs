@@ -80,37 +80,85 @@ impl<'a, 'f> Pool<'a, 'f> {
     /// The candidate with the least `cost` (finite), ties broken
     /// uniformly at random.
     pub(super) fn least_by(&self, cost: impl Fn(&Endpoint) -> f64) -> Option<&'a Endpoint> {
-        let mut best: Option<(&Endpoint, f64)> = None;
-        let mut ties = 0u32;
+        let mut least = Least::default();
         for e in self.iter() {
-            let c = cost(e);
-            match best {
-                Some((_, b)) if c > b => {}
-                Some((_, b)) if c == b => {
-                    ties += 1;
-                    if fastrand::u32(..=ties) == 0 {
-                        best = Some((e, c));
-                    }
-                }
-                _ => {
-                    best = Some((e, c));
-                    ties = 0;
-                }
-            }
+            least.offer(e, cost(e));
         }
-        best.map(|(e, _)| e)
+        least.best.map(|(e, _)| e)
     }
 
-    /// The mean of the candidates' latencies that `latency` knows.
-    pub(super) fn mean_latency(
+    /// The candidate with the lowest expected wait, its latency x
+    /// `load` (in flight + 1, relative to its weight), in one pass that
+    /// reads each latency once. A candidate with no latency yet is taken
+    /// to be as fast as the mean of those measured (`unknown` when none
+    /// is), so a new instance gets its share at once instead of starving
+    /// behind measured fast ones.
+    pub(super) fn least_expected_wait(
         &self,
         latency: impl Fn(&Endpoint) -> Option<Duration>,
-    ) -> Option<Duration> {
-        let (sum, n) = self
-            .iter()
-            .filter_map(latency)
-            .fold((Duration::ZERO, 0u32), |(sum, n), l| (sum + l, n + 1));
-        (n > 0).then(|| sum / n)
+        load: impl Fn(&Endpoint) -> f64,
+        unknown: Duration,
+    ) -> Option<&'a Endpoint> {
+        let (mut measured, mut unmeasured) = (Least::default(), Least::default());
+        let (mut sum, mut n) = (0.0, 0u32);
+        for e in self.iter() {
+            match latency(e) {
+                Some(l) => {
+                    let seconds = seconds(l);
+                    (sum, n) = (sum + seconds, n + 1);
+                    measured.offer(e, seconds * load(e));
+                }
+                // Its load alone: every unmeasured one shares the latency.
+                None => unmeasured.offer(e, load(e)),
+            }
+        }
+        let assumed = if n > 0 {
+            sum / f64::from(n)
+        } else {
+            seconds(unknown)
+        };
+        match (measured.best, unmeasured.best) {
+            (Some((m, wait)), Some((u, load))) => {
+                let other = assumed * load;
+                Some(if other < wait || (other == wait && fastrand::bool()) {
+                    u
+                } else {
+                    m
+                })
+            }
+            (best, None) | (None, best) => best.map(|(e, _)| e),
+        }
+    }
+}
+
+/// A latency in seconds, never zero (a zero would make every load equal).
+fn seconds(latency: Duration) -> f64 {
+    latency.as_secs_f64().max(1e-9)
+}
+
+/// The least-cost candidate offered so far, ties broken uniformly at
+/// random (reservoir sampling over the tied ones).
+#[derive(Default)]
+struct Least<'a> {
+    best: Option<(&'a Endpoint, f64)>,
+    ties: u32,
+}
+
+impl<'a> Least<'a> {
+    fn offer(&mut self, e: &'a Endpoint, cost: f64) {
+        match self.best {
+            Some((_, b)) if cost > b => {}
+            Some((_, b)) if cost == b => {
+                self.ties += 1;
+                if fastrand::u32(..=self.ties) == 0 {
+                    self.best = Some((e, cost));
+                }
+            }
+            _ => {
+                self.best = Some((e, cost));
+                self.ties = 0;
+            }
+        }
     }
 }
 

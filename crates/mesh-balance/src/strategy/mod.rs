@@ -249,15 +249,11 @@ impl Picker {
             Strategy::WeightedRoundRobin => weighted(memo, set, ok),
             Strategy::LeastConnections => Pool::of(endpoints, ok)
                 .least_by(|e| f64::from(e.state().in_flight()) / f64::from(e.weight().get())),
-            Strategy::LeastResponseTime => {
-                // The mean of the measured candidates is what an
-                // unmeasured one is assumed to take, so a new instance
-                // gets its share at once instead of starving behind
-                // measured fast ones.
-                let pool = Pool::of(endpoints, ok);
-                let unknown = pool.mean_latency(|e| e.state().latency_at(now));
-                pool.least_by(|e| self.cost(e, now, unknown))
-            }
+            Strategy::LeastResponseTime => Pool::of(endpoints, ok).least_expected_wait(
+                |e| e.state().latency_at(now),
+                |e| (f64::from(e.state().in_flight()) + 1.0) / f64::from(e.weight().get()),
+                self.config.unknown_latency(),
+            ),
             Strategy::PowerOfTwoChoices => self.two_choices(endpoints, ok, now),
         }
     }
