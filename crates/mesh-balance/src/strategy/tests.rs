@@ -414,3 +414,42 @@ async fn below_the_panic_threshold_every_instance_takes_traffic() {
     assert!((shares - 1.0).abs() < 1e-9, "{shares}");
     assert_eq!(metrics[0].instances[2].requests, 0, "unhealthy: no traffic");
 }
+
+proptest::proptest! {
+    /// Whatever the set's size, load and availability: least connections
+    /// and least response time pick an available endpoint whenever one
+    /// exists; up to 16 endpoints, the one with the fewest in flight
+    /// (least connections); past that, never a busier one than the
+    /// busiest candidate.
+    #[test]
+    fn least_cost_picks_are_available_and_exact_on_small_sets(
+        loads in proptest::collection::vec((0u32..6, proptest::bool::weighted(0.8)), 1..64),
+    ) {
+        let set = set_of(&vec![1; loads.len()]);
+        for (e, (load, up)) in set.iter().zip(&loads) {
+            for _ in 0..*load {
+                e.state().start_request();
+            }
+            e.state().set_health(if *up { Health::Healthy } else { Health::Unhealthy });
+        }
+        let available: Vec<u32> = set
+            .available(Nanos(0))
+            .map(|e| e.state().in_flight())
+            .collect();
+        for strategy in [Strategy::LeastConnections, Strategy::LeastResponseTime] {
+            let picked = picker_for(strategy.clone(), false)
+                .pick(&set, &PickContext::default(), Nanos(0))
+                .ok();
+            proptest::prop_assert_eq!(picked.is_some(), !available.is_empty());
+            if let Some(e) = picked {
+                proptest::prop_assert!(e.state().is_available(Nanos(0)));
+                let max = available.iter().max().copied().unwrap_or(0);
+                proptest::prop_assert!(e.state().in_flight() <= max);
+                if loads.len() <= 16 && strategy == Strategy::LeastConnections {
+                    let min = available.iter().min().copied();
+                    proptest::prop_assert_eq!(Some(e.state().in_flight()), min);
+                }
+            }
+        }
+    }
+}
