@@ -26,17 +26,24 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
+    #[cfg(test)]
     pub(crate) fn start(state: Arc<EndpointState>) -> Self {
+        InFlight::start_at(state, clock::now())
+    }
+
+    /// Counts a request on `state` that started at `now` (the time its
+    /// endpoint was picked: one clock read serves both).
+    pub(crate) fn start_at(state: Arc<EndpointState>, now: Nanos) -> Self {
         state.start_request();
-        InFlight::adopt(state)
+        InFlight::adopt(state, now)
     }
 
     /// Takes over a request already counted (by
-    /// [`EndpointState::try_start_request`]).
-    pub(crate) fn adopt(state: Arc<EndpointState>) -> Self {
+    /// [`EndpointState::try_start_request`]) that started at `now`.
+    pub(crate) fn adopt(state: Arc<EndpointState>, now: Nanos) -> Self {
         InFlight {
             state,
-            started: clock::now(),
+            started: now,
             responded: false,
             failed: false,
             slots: None,

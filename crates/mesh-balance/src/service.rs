@@ -86,7 +86,11 @@ impl Chooser {
         })
     }
 
-    fn choose<B>(&self, req: &Request<B>) -> Result<(Endpoint, ServiceName), MeshError> {
+    fn choose<B>(
+        &self,
+        req: &Request<B>,
+        now: clock::Nanos,
+    ) -> Result<(Endpoint, ServiceName), MeshError> {
         let set = req
             .extensions()
             .get::<EndpointSet>()
@@ -99,7 +103,7 @@ impl Chooser {
             avoid: req.extensions().get::<AvoidEndpoints>(),
             key_hash: self.key_hash(req),
         };
-        match self.picker.pick(set, &cx, clock::now()) {
+        match self.picker.pick(set, &cx, now) {
             Ok(e) => Ok((e.clone(), set.service().clone())),
             Err(NoPick::NoneAvailable) => Err(MeshError::NoAvailableEndpoints {
                 service: set.service().clone(),
@@ -130,15 +134,16 @@ impl Chooser {
         // slot is taken atomically, and a pick that lost the race for the
         // last slot of an endpoint picks again (that endpoint is now full).
         for _ in 0..4 {
-            let (endpoint, service) = match self.choose(&req) {
+            let now = clock::now();
+            let (endpoint, service) = match self.choose(&req, now) {
                 Ok(chosen) => chosen,
                 Err(error) => return Dispatch::Refused(req, error),
             };
             let state = Arc::clone(endpoint.state());
             let in_flight = match limit {
-                None => InFlight::start(state),
+                None => InFlight::start_at(state, now),
                 Some(l) => match state.try_start_request(l) {
-                    true => InFlight::adopt(state).freeing(self.slots.clone()),
+                    true => InFlight::adopt(state, now).freeing(self.slots.clone()),
                     false => continue,
                 },
             };
