@@ -1,6 +1,7 @@
 //! The balancer against real hyper servers on 127.0.0.1: whatever happens
 //! to requests (answered, cancelled mid-flight, bodies dropped unread), no
-//! in-flight count is left behind.
+//! in-flight count is left behind; past 16 instances, the sampled
+//! least-cost picks still steer around a slow one.
 
 use std::time::Duration;
 
@@ -75,4 +76,97 @@ async fn ten_thousand_requests_with_cancellations_leave_no_count_behind() {
     }
     let served: u64 = backends.iter().map(|b| b.stats().requests).sum();
     assert!(served > 5_000, "most requests reached a server: {served}");
+}
+
+/// Twenty instances, one answering after 200 ms: past 16 candidates the
+/// least-cost strategies compare a random sample, and the slow instance,
+/// its requests piling up in flight, still gets far less than round
+/// robin's one in twenty. Through a `MeshClient` built from TOML and a
+/// stack assembled by hand, against real servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_sixteen_instances_sampled_least_cost_picks_still_starve_a_slow_one() {
+    let mut backends = vec![Backend::start(Behavior::Slow(Duration::from_millis(200)))
+        .await
+        .expect("slow backend")];
+    for _ in 0..19 {
+        backends.push(Backend::start(Behavior::Ok).await.expect("backend"));
+    }
+    let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+    let slow_share = |backends: &[Backend]| {
+        let all: u64 = backends.iter().map(|b| b.stats().requests).sum();
+        backends[0].stats().requests as f64 / all as f64
+    };
+    for strategy in ["least_connections", "least_response_time"] {
+        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        let config = mesh::MeshConfig::from_toml_str(&format!(
+            r#"
+[service]
+name = "caller"
+[discovery]
+kind = "static"
+services = {{ users = [{}] }}
+[balance]
+strategy = "{strategy}"
+"#,
+            list.join(", ")
+        ))
+        .expect("config");
+        let client = mesh::MeshClient::from_config(config).await.expect("client");
+        backends.iter().for_each(Backend::reset_stats);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                for _ in 0..20 {
+                    let response = client
+                        .get("users", "/", mesh::CallOptions::default())
+                        .await
+                        .expect("answered");
+                    response.into_body().collect().await.expect("body");
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("worker");
+        }
+        let share = slow_share(&backends);
+        assert!(
+            share < 0.025,
+            "{strategy} through MeshClient: the slow instance got {share:.3}"
+        );
+        client.shutdown(Duration::from_secs(5)).await;
+    }
+
+    let registry = StaticRegistry::builder()
+        .service("users", addrs.clone())
+        .build()
+        .expect("static list");
+    for strategy in [Strategy::LeastConnections, Strategy::LeastResponseTime] {
+        let stack = ServiceBuilder::new()
+            .layer(DiscoverLayer::new(registry.catalog()))
+            .layer(BalanceLayer::new(strategy.clone()))
+            .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+        backends.iter().for_each(Backend::reset_stats);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            let stack = stack.clone();
+            tasks.spawn(async move {
+                for _ in 0..20 {
+                    let req = Request::get("http://users/")
+                        .body(Full::new(Bytes::new()))
+                        .expect("request");
+                    let response = stack.clone().oneshot(req).await.expect("answered");
+                    response.into_body().collect().await.expect("body");
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("worker");
+        }
+        let share = slow_share(&backends);
+        assert!(
+            share < 0.025,
+            "{strategy:?} by hand: the slow instance got {share:.3}"
+        );
+    }
 }
