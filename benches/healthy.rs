@@ -417,6 +417,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// The rows of `callers`: raw hyper over all its runs, then each stack.
 fn rows(callers: usize, pairs: &[Pair]) -> Vec<Row> {
     let at: Vec<&Pair> = pairs.iter().filter(|p| p.callers == callers).collect();
+    if at.is_empty() {
+        // Left out by the command line's filter.
+        return Vec::new();
+    }
     let row = |stack: Stack, runs: Vec<Run>, ratios: Vec<(f64, f64)>| {
         let of = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
         let (throughput_ratios, p99_ratios): (Vec<f64>, Vec<f64>) = ratios.into_iter().unzip();
@@ -439,6 +443,10 @@ fn rows(callers: usize, pairs: &[Pair]) -> Vec<Row> {
     let mut rows = vec![row(Stack::Raw, raw, ones)];
     for stack in Stack::PAIRED {
         let of: Vec<&&Pair> = at.iter().filter(|p| p.stack == stack.name()).collect();
+        if of.is_empty() {
+            // Left out by the command line's filter.
+            continue;
+        }
         let runs = of.iter().map(|p| p.run).collect();
         let ratios = of
             .iter()

@@ -72,7 +72,8 @@ impl MeshClient {
         if let Some(key) = options.affinity_key {
             req.extensions_mut().insert(AffinityKey::new(key));
         }
-        req.extensions_mut().insert(TargetService(service));
+        // No `TargetService`: the URI's host is the service's name, which
+        // every layer below reads when the extension is absent.
         self.send_with(req, options.timeout).await
     }
 
@@ -207,14 +208,19 @@ impl MeshClient {
     }
 
     /// The service `req` goes to: its [`TargetService`], else the host of
-    /// its URI (then recorded as its `TargetService`).
+    /// its URI. A host that is not the name as normalized (`Users`) is
+    /// recorded as the `TargetService`, for the layers below; one that is
+    /// needs no extension (an allocation saved on most calls), since they
+    /// read the host when it is absent.
     fn target<B>(&self, req: &mut Request<B>) -> Result<ServiceName, MeshError> {
         if let Some(TargetService(service)) = req.extensions().get::<TargetService>() {
             return Ok(service.clone());
         }
         let host = req.uri().host().ok_or(MeshError::MissingAuthority)?;
         let service = self.service_named(host)?;
-        req.extensions_mut().insert(TargetService(service.clone()));
+        if service.as_str() != host {
+            req.extensions_mut().insert(TargetService(service.clone()));
+        }
         Ok(service)
     }
 
