@@ -1,6 +1,5 @@
 //! Round robin over the available endpoints.
 
-// hashbrown: foldhash instead of SipHash for a lookup on every call.
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

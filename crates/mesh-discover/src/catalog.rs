@@ -1,6 +1,5 @@
 //! [`Catalog`]: the cache of endpoint sets that requests resolve against.
 
-// hashbrown: foldhash instead of SipHash for a lookup on every call.
 use hashbrown::HashMap;
 use std::fmt;
 use std::sync::Arc;

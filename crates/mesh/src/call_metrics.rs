@@ -23,7 +23,6 @@
 //! `prometheus::RequestMetricsBody` both hold one, so the two count a
 //! call's end the same way.
 
-// hashbrown: foldhash instead of SipHash for a lookup on every call.
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

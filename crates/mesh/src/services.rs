@@ -9,7 +9,6 @@
 //! discovery knows any more; a map still full refuses the call rather than
 //! let it through unlimited.
 
-// hashbrown: foldhash instead of SipHash for a lookup on every call.
 use hashbrown::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 

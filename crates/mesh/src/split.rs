@@ -1,7 +1,6 @@
 //! Canary traffic splitting: a service's calls divided between subsets of
 //! its instances (by tag or metadata) by weight, changeable at run time.
 
-// hashbrown: foldhash instead of SipHash for a lookup on every call.
 use hashbrown::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -16,7 +16,6 @@ mod swrr;
 mod tests;
 mod weighted;
 
-// hashbrown: foldhash instead of SipHash for a lookup on every call.
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
