@@ -24,7 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh::balance::{Balance, TrackedBody};
 use mesh::breaker::{Breaker, ResponseBody};
-use mesh::core::ext::SelectedEndpoint;
+use mesh::core::ext::CallContext;
 use mesh::core::{Endpoint, EndpointSet, ServiceName};
 use mesh::discover::{Catalog, DiscoverService};
 use mesh::prelude::*;
@@ -225,19 +225,18 @@ async fn each_call_is_counted_once_by_the_endpoint_that_answered_it_retries_incl
     let scene = scene(&[("users", vec![a, b]), ("flaky", vec![b])], client);
 
     // What the caller saw: each answer's status by the endpoint that gave
-    // it, as the response says it.
+    // it, as the balancer noted it in the call's context.
     let mut seen: BTreeMap<Outcome, u64> = BTreeMap::new();
     for (service, calls) in [("users", USERS_CALLS), ("flaky", FLAKY_CALLS)] {
         for _ in 0..calls {
-            let req = Request::get(format!("http://{service}/api"))
+            let mut req = Request::get(format!("http://{service}/api"))
                 .body(Full::default())
                 .expect("request");
+            let context = CallContext::attach(&mut req).clone();
             let response = send(&scene.stack, req).await;
-            let endpoint = response
-                .extensions()
-                .get::<SelectedEndpoint>()
+            let endpoint = context
+                .chosen()
                 .expect("the balancer names the endpoint")
-                .0
                 .address();
             let status = response.status();
             within(response.into_body().collect()).await.expect("body");

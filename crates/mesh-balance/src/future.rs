@@ -70,14 +70,22 @@ pub(crate) struct Call {
     endpoint: Endpoint,
     service: ServiceName,
     in_flight: InFlight,
+    /// The request had no call context: the response names the endpoint.
+    report_on_response: bool,
 }
 
 impl Call {
-    pub(crate) fn new(endpoint: Endpoint, service: ServiceName, in_flight: InFlight) -> Self {
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        service: ServiceName,
+        in_flight: InFlight,
+        report_on_response: bool,
+    ) -> Self {
         Call {
             endpoint,
             service,
             in_flight,
+            report_on_response,
         }
     }
 }
@@ -206,6 +214,7 @@ where
         endpoint,
         service,
         mut in_flight,
+        report_on_response,
     }) = call.take()
     else {
         return Poll::Ready(Err("balance response future polled after completion".into()));
@@ -228,7 +237,9 @@ where
                     false => tracked,
                 }
             });
-            response.extensions_mut().insert(SelectedEndpoint(endpoint));
+            if report_on_response {
+                response.extensions_mut().insert(SelectedEndpoint(endpoint));
+            }
             Ok(response)
         }
         Err(error) => {

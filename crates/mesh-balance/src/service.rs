@@ -4,7 +4,9 @@ use std::task::{Context, Poll};
 use http::header::HOST;
 use http::uri::{Parts, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use mesh_core::ext::{AffinityKey, AvoidEndpoints, EndpointSlot, SelectedEndpoint};
+use mesh_core::ext::{
+    with_endpoint_set, AffinityKey, AvoidEndpoints, CallContext, SelectedEndpoint,
+};
 use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, ServiceName};
 use tower::Service;
 
@@ -91,19 +93,11 @@ impl Chooser {
         req: &Request<B>,
         now: clock::Nanos,
     ) -> Result<(Endpoint, ServiceName), MeshError> {
-        let set = req
-            .extensions()
-            .get::<EndpointSet>()
-            .ok_or(MeshError::Misconfigured {
-                layer: "BalanceLayer",
-                missing: "EndpointSet",
-                hint: "place DiscoverLayer above BalanceLayer, or insert an EndpointSet into the request's extensions",
-            })?;
         let cx = PickContext {
             avoid: req.extensions().get::<AvoidEndpoints>(),
             key_hash: self.key_hash(req),
         };
-        match self.picker.pick(set, &cx, now) {
+        let pick = |set: &EndpointSet| match self.picker.pick(set, &cx, now) {
             Ok(e) => Ok((e.clone(), set.service().clone())),
             Err(NoPick::NoneAvailable) => Err(MeshError::NoAvailableEndpoints {
                 service: set.service().clone(),
@@ -112,7 +106,12 @@ impl Chooser {
             Err(NoPick::AtCapacity { available }) => {
                 Err(self.at_capacity(set.service().clone(), available))
             }
-        }
+        };
+        with_endpoint_set(req, pick).unwrap_or(Err(MeshError::Misconfigured {
+            layer: "BalanceLayer",
+            missing: "EndpointSet",
+            hint: "place DiscoverLayer above BalanceLayer, or insert an EndpointSet into the request's extensions",
+        }))
     }
 
     fn at_capacity(&self, service: ServiceName, available: usize) -> MeshError {
@@ -149,15 +148,24 @@ impl Chooser {
             };
             tracing::trace!(endpoint = %endpoint, "picked endpoint");
             rewrite(&mut req, &endpoint);
-            if let Some(slot) = req.extensions().get::<EndpointSlot>() {
-                slot.set(service.clone(), endpoint.clone());
-            }
-            req.extensions_mut()
-                .insert(SelectedEndpoint(endpoint.clone()));
-            return Dispatch::Sent(req, Call::new(endpoint, service, in_flight));
+            // The call context takes the note without an allocation;
+            // without one, the request and the response carry it.
+            let report_on_response = match CallContext::of(&req) {
+                Some(context) => {
+                    context.choose(service.clone(), endpoint.clone());
+                    false
+                }
+                None => {
+                    req.extensions_mut()
+                        .insert(SelectedEndpoint(endpoint.clone()));
+                    true
+                }
+            };
+            let call = Call::new(endpoint, service, in_flight, report_on_response);
+            return Dispatch::Sent(req, call);
         }
-        let error = match req.extensions().get::<EndpointSet>() {
-            Some(set) => self.at_capacity(set.service().clone(), set.len()),
+        let error = match with_endpoint_set(&req, |set| (set.service().clone(), set.len())) {
+            Some((service, total)) => self.at_capacity(service, total),
             None => MeshError::Misconfigured {
                 layer: "BalanceLayer",
                 missing: "EndpointSet",

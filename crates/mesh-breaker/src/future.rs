@@ -5,6 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh_core::clock::Nanos;
+use mesh_core::ext::CallContext;
 use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, Outcome};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -181,30 +182,44 @@ pin_project! {
             timeout: Option<Sleep>,
             after: Option<Duration>,
             tracker: Option<Tracker>,
+            // Told when the timer will end the attempt, so that a retry
+            // layer above with no earlier limit needs no timer of its own.
+            context: Option<CallContext>,
         },
         Rejected { error: Option<MeshError> },
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn called(future: F, tracker: Tracker, timeout: Option<Duration>) -> Self {
+    pub(crate) fn called(
+        future: F,
+        tracker: Tracker,
+        timeout: Option<Duration>,
+        context: Option<CallContext>,
+    ) -> Self {
         ResponseFuture {
             state: State::Called {
                 future,
                 timeout: None,
                 after: timeout,
                 tracker: Some(tracker),
+                context,
             },
         }
     }
 
-    pub(crate) fn unguarded(future: F, timeout: Option<Duration>) -> Self {
+    pub(crate) fn unguarded(
+        future: F,
+        timeout: Option<Duration>,
+        context: Option<CallContext>,
+    ) -> Self {
         ResponseFuture {
             state: State::Called {
                 future,
                 timeout: None,
                 after: timeout,
                 tracker: None,
+                context,
             },
         }
     }
@@ -230,6 +245,7 @@ where
                 mut timeout,
                 after,
                 tracker,
+                context,
             } => {
                 if let Poll::Ready(result) = future.poll(cx) {
                     let result = result.map_err(Into::into);
@@ -242,6 +258,11 @@ where
                     timeout.set(Some(tokio::time::sleep(limit)));
                     if let Some(tracker) = tracker.as_mut() {
                         tracker.times_out(limit);
+                    }
+                    // Read after the timer was set: the bound noted is
+                    // never earlier than the timer's.
+                    if let Some(context) = context.take() {
+                        context.bound_attempt(clock::now().saturating_add(limit));
                     }
                 }
                 if let Some(sleep) = timeout.as_pin_mut() {

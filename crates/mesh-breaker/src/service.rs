@@ -3,7 +3,7 @@ use std::task::{Context, Poll};
 
 use http::Request;
 use mesh_core::clock::{self, Nanos};
-use mesh_core::ext::{SelectedEndpoint, TargetService};
+use mesh_core::ext::{chosen_endpoint, with_endpoint_set, CallContext, TargetService};
 use mesh_core::{
     BoxError, CircuitState, Endpoint, EndpointSet, EventBus, FailureClassifier, FailureKind,
     MeshError, MeshEvent, ServiceName,
@@ -143,40 +143,51 @@ impl Outcomes {
     }
 }
 
-/// Which breaker a request belongs to, borrowed from the request: the key,
-/// the service and (for per-endpoint breakers) the endpoint. `None` for a
-/// request that names no service, endpoint or authority: it passes
-/// unguarded, having nothing to attribute its outcome to.
-fn target_of<'a, B>(
-    req: &'a Request<B>,
-    custom: Option<&'a str>,
-    scope: BreakerScope,
-) -> Option<(KeyRef<'a>, Option<&'a ServiceName>, Option<&'a Endpoint>)> {
-    if let Some(key) = custom {
-        return Some((KeyRef::Custom(key), None, None));
+/// What a request names: its service (a [`TargetService`], else its
+/// endpoints' service) and, for per-endpoint breakers, the endpoint the
+/// balancer chose.
+struct Named {
+    service: Option<ServiceName>,
+    endpoint: Option<Endpoint>,
+}
+
+impl Named {
+    fn of<B>(req: &Request<B>, scope: BreakerScope) -> Named {
+        let service = match req.extensions().get::<TargetService>() {
+            Some(TargetService(service)) => Some(service.clone()),
+            None => with_endpoint_set(req, |set| set.service().clone()),
+        };
+        let endpoint = match (scope, &service) {
+            (BreakerScope::Endpoint, Some(_)) => chosen_endpoint(req),
+            _ => None,
+        };
+        Named { service, endpoint }
     }
-    let ext = req.extensions();
-    let service = ext
-        .get::<TargetService>()
-        .map(|t| &t.0)
-        .or_else(|| ext.get::<EndpointSet>().map(|s| s.service()));
-    if scope == BreakerScope::Endpoint {
-        if let (Some(SelectedEndpoint(endpoint)), Some(service)) =
-            (ext.get::<SelectedEndpoint>(), service)
-        {
-            return Some((
+
+    /// Which breaker the request belongs to: the key, the service and
+    /// (for per-endpoint breakers) the endpoint. `None` for a request that
+    /// names no service, endpoint or authority: it passes unguarded,
+    /// having nothing to attribute its outcome to.
+    fn key<'a, B>(
+        &'a self,
+        req: &'a Request<B>,
+        custom: Option<&'a str>,
+    ) -> Option<(KeyRef<'a>, Option<&'a ServiceName>, Option<&'a Endpoint>)> {
+        if let Some(key) = custom {
+            return Some((KeyRef::Custom(key), None, None));
+        }
+        match (&self.service, &self.endpoint) {
+            (Some(service), Some(endpoint)) => Some((
                 KeyRef::Endpoint(service, endpoint.id()),
                 Some(service),
                 Some(endpoint),
-            ));
+            )),
+            (Some(service), None) => Some((KeyRef::Service(service), Some(service), None)),
+            (None, _) => req
+                .uri()
+                .authority()
+                .map(|a| (KeyRef::Authority(a), None, None)),
         }
-    }
-    match service {
-        Some(service) => Some((KeyRef::Service(service), Some(service), None)),
-        None => req
-            .uri()
-            .authority()
-            .map(|a| (KeyRef::Authority(a), None, None)),
     }
 }
 
@@ -228,13 +239,19 @@ where
         });
         let registry = &self.shared.registry;
         let timeout = registry.config().call_timeout();
-        let Some((key, service, endpoint)) =
-            target_of(&req, custom.as_deref(), registry.config().scope())
-        else {
-            return ResponseFuture::unguarded(self.inner.call(req), timeout);
+        let context = timeout.and_then(|_| CallContext::of(&req).cloned());
+        let named = match custom {
+            Some(_) => Named {
+                service: None,
+                endpoint: None,
+            },
+            None => Named::of(&req, registry.config().scope()),
+        };
+        let Some((key, service, endpoint)) = named.key(&req, custom.as_deref()) else {
+            return ResponseFuture::unguarded(self.inner.call(req), timeout, context);
         };
         let Some(entry) = registry.get_or_insert(key, service, endpoint, clock::now) else {
-            return ResponseFuture::unguarded(self.inner.call(req), timeout);
+            return ResponseFuture::unguarded(self.inner.call(req), timeout, context);
         };
         // Owned only for per-endpoint breakers, which eject it.
         let endpoint = endpoint.cloned();
@@ -270,11 +287,11 @@ where
                 let mut tracker = Tracker::new(entry, admitted.permit, endpoint);
                 let cap = registry.config().max_ejection_percent();
                 if cap < 100.0 && registry.config().scope() == BreakerScope::Endpoint {
-                    if let Some(peers) = req.extensions().get::<EndpointSet>() {
-                        tracker = tracker.among(peers.clone(), cap);
+                    if let Some(peers) = with_endpoint_set(&req, EndpointSet::clone) {
+                        tracker = tracker.among(peers, cap);
                     }
                 }
-                ResponseFuture::called(self.inner.call(req), tracker, timeout)
+                ResponseFuture::called(self.inner.call(req), tracker, timeout, context)
             }
             Err(rejected) => {
                 record_state(rejected.state);

@@ -9,11 +9,18 @@
 //! | [`AffinityKey`] | the user | balancer (session affinity, consistent hashing) |
 //! | [`Attempt`] | retry | anyone tracing or logging |
 //! | [`AvoidEndpoints`] | retry | balancer |
-//! | [`Deadline`] | the caller (the facade's call timeout), then retry (the earlier of that and its own) | retry: each attempt is cut at it, no backoff starts past it |
+//! | [`Deadline`] | the caller, by hand (the facade notes its call timeout in the [`CallContext`]) | retry, which notes the earlier of that and its own in the [`CallContext`]: each attempt is cut at it, no backoff starts past it |
 //! | `mesh_retry::RetryBudget` | the user or the facade (one per service, so one service's failures spend only its own retries) | retry: counts the request and pays its retries from it instead of the layer's budget |
-//! | [`EndpointSlot`] | a layer that may cancel an attempt (retry's timeout) | written by the balancer |
-//! | [`crate::EndpointSet`] | discovery | balancer; breaker and events take the service from it when there is no [`TargetService`] |
-//! | [`SelectedEndpoint`] | balancer (request and response) | breaker, retry |
+//! | [`CallContext`] | retry (one per call, one per hedged copy), else discovery, else the caller | see below |
+//! | [`crate::EndpointSet`] | by hand, for a balancer without discovery above it | balancer; breaker and events take the service from it when there is no [`TargetService`] |
+//! | [`SelectedEndpoint`] | by hand (a health probe aimed at one endpoint); the balancer when the request has no [`CallContext`] (request and response) | breaker, retry |
+//!
+//! The [`CallContext`] carries the notes that change with every call, in
+//! one shared value instead of one boxed extension each: the deadline,
+//! discovery notes the service's endpoints there, the balancer the endpoint it chose, and
+//! the breaker (below), retry and the facade (above) read that choice,
+//! also after an attempt was cancelled. [`deadline_of`],
+//! [`with_endpoint_set`] and [`chosen_endpoint`] read either form.
 //!
 //! One span field crosses layers the same way: the retry layer's attempt
 //! span (`mesh.attempt`) is current while the layers below run, and the
@@ -24,6 +31,8 @@ use std::sync::Arc;
 
 use crate::endpoint::Endpoint;
 use crate::name::{EndpointId, ServiceName};
+
+pub use crate::call_context::{chosen_endpoint, deadline_of, with_endpoint_set, CallContext};
 
 /// The logical service a request is for.
 ///
@@ -94,26 +103,6 @@ impl Deadline {
     /// The time left at `now`, zero if the deadline has passed.
     pub fn remaining(self, now: crate::clock::Nanos) -> std::time::Duration {
         self.0.saturating_since(now)
-    }
-}
-
-/// A place for the balancer to note the endpoint it chose, read by a
-/// layer above that may cancel the attempt before any response names it
-/// (retry's per-attempt timeout), so that the next attempt avoids it.
-#[derive(Clone, Debug, Default)]
-pub struct EndpointSlot(Arc<std::sync::Mutex<Option<(ServiceName, Endpoint)>>>);
-
-impl EndpointSlot {
-    /// Notes the endpoint chosen for this attempt.
-    pub fn set(&self, service: ServiceName, endpoint: Endpoint) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some((service, endpoint));
-        }
-    }
-
-    /// The endpoint chosen, if the balancer got that far.
-    pub fn get(&self) -> Option<(ServiceName, Endpoint)> {
-        self.0.lock().ok().and_then(|slot| slot.clone())
     }
 }
 

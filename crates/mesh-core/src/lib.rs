@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::unwrap_used)]
 
+mod call_context;
 mod classify;
 pub mod clock;
 mod config_error;

@@ -4,6 +4,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Request;
+use mesh_core::ext::CallContext;
 use mesh_core::{BoxError, MeshError, ServiceName};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -168,7 +169,7 @@ where
                             "discovery response future polled after completion".into(),
                         ));
                     };
-                    req.extensions_mut().insert(set);
+                    CallContext::attach(&mut req).set_endpoints(set);
                     State::Called {
                         future: w.inner.call(req),
                     }

@@ -1,7 +1,7 @@
 use std::task::{Context, Poll};
 
 use http::Request;
-use mesh_core::ext::TargetService;
+use mesh_core::ext::{CallContext, TargetService};
 use mesh_core::{BoxError, EndpointSet, MeshError, ServiceName};
 use tower::Service;
 
@@ -103,9 +103,9 @@ where
                 if let Some(followers) = &self.followers {
                     followers.touch(set.service());
                 }
-                // One insert: the set names its service, which is all the
-                // layers below need (see `mesh_core::ext`).
-                req.extensions_mut().insert(set);
+                // Noted in the call's context: the set names its service,
+                // which is all the layers below need (see `mesh_core::ext`).
+                CallContext::attach(&mut req).set_endpoints(set);
                 ResponseFuture::called(self.inner.call(req))
             }
             Err(MeshError::UnknownService { service }) if self.followers.is_some() => {
@@ -153,7 +153,7 @@ mod tests {
             .catalog();
         DiscoverService::new(
             service_fn(|req: Request<()>| async move {
-                let set = req.extensions().get::<EndpointSet>().unwrap();
+                let set = CallContext::of(&req).unwrap().endpoints().unwrap();
                 Ok::<_, Infallible>(format!(
                     "{} {}",
                     set.service(),

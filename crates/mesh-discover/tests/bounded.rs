@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Request;
+use mesh_core::ext::with_endpoint_set;
 use mesh_core::{BoxError, Endpoint, EndpointSet, MeshError, ServiceName};
 use mesh_discover::{
     BoxFuture, BoxStream, Catalog, DiscoverLayer, DiscoveryError, Registry, TooManyServices,
@@ -107,10 +108,7 @@ type Svc = mesh_discover::DiscoverService<
 >;
 
 fn endpoints(req: Request<()>) -> std::future::Ready<Result<usize, BoxError>> {
-    std::future::ready(Ok(req
-        .extensions()
-        .get::<EndpointSet>()
-        .map_or(0, EndpointSet::len)))
+    std::future::ready(Ok(with_endpoint_set(&req, EndpointSet::len).unwrap_or(0)))
 }
 
 const FIRST_WAIT: Duration = Duration::from_secs(2);

@@ -8,6 +8,7 @@ use support::until;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mesh_core::ext::with_endpoint_set;
 use mesh_core::{EndpointSet, EventBus, MeshError, MeshEvent, ServiceName};
 use mesh_discover::{Catalog, ConsulRegistry, DiscoverLayer, Registry};
 use mesh_testkit::consul::{entry, ConsulDouble};
@@ -282,10 +283,7 @@ async fn junk_hosts_leave_no_follower_and_a_new_service_still_resolves() {
         Duration::from_secs(5),
     );
     let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
-        let n = req
-            .extensions()
-            .get::<EndpointSet>()
-            .map_or(0, EndpointSet::len);
+        let n = with_endpoint_set(&req, EndpointSet::len).unwrap_or(0);
         Ok::<_, std::convert::Infallible>(n)
     }));
     let get = |host: String| http::Request::get(format!("http://{host}/")).body(());

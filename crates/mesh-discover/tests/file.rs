@@ -7,6 +7,7 @@ use support::until;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mesh_core::ext::with_endpoint_set;
 use mesh_core::{EventBus, MeshEvent, ServiceName};
 use mesh_discover::{Catalog, FileRegistry};
 use mesh_testkit::fs::{write_atomically, TempDir};
@@ -120,10 +121,7 @@ async fn the_first_request_waits_for_the_registry_and_an_unlisted_service_is_unk
     let first_wait = Duration::from_secs(3);
     let layer = DiscoverLayer::with_registry(Catalog::default(), registry, first_wait);
     let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
-        let n = req
-            .extensions()
-            .get::<EndpointSet>()
-            .map_or(0, EndpointSet::len);
+        let n = with_endpoint_set(&req, EndpointSet::len).unwrap_or(0);
         Ok::<_, std::convert::Infallible>(n)
     }));
     let get = |host: &str| {

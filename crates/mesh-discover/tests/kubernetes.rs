@@ -11,6 +11,7 @@ use mesh_testkit::dnsmasq::{start, write_hosts, Dnsmasq};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mesh_core::ext::with_endpoint_set;
 use mesh_core::ServiceName;
 use mesh_discover::{Catalog, KubernetesDnsRegistry, PortSource, Registry};
 
@@ -114,10 +115,7 @@ async fn an_nxdomain_first_answer_is_an_unknown_service_and_leaves_no_follower()
     let first_wait = Duration::from_secs(3);
     let layer = DiscoverLayer::with_registry(Catalog::default(), Arc::new(registry), first_wait);
     let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
-        let n = req
-            .extensions()
-            .get::<EndpointSet>()
-            .map_or(0, EndpointSet::len);
+        let n = with_endpoint_set(&req, EndpointSet::len).unwrap_or(0);
         Ok::<_, std::convert::Infallible>(n)
     }));
     let get = |host: &str| {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::header::RETRY_AFTER;
 use http::{Method, Request, Response, StatusCode};
 use mesh_core::clock;
-use mesh_core::ext::{Attempt, AvoidEndpoints, Deadline, SelectedEndpoint};
+use mesh_core::ext::{deadline_of, Attempt, AvoidEndpoints, CallContext, SelectedEndpoint};
 use mesh_core::{
     BoxError, EndpointId, EventBus, FailureClassifier, FailureKind, MeshError, MeshEvent,
     ServiceName,
@@ -68,6 +68,13 @@ pub struct RetryPolicy {
     /// Retries made up to the server's last pushback: the backoff starts
     /// again from its first delay after one (gRFC A6).
     since_pushback: u32,
+    /// The call's context when the layer's own retry future drives this
+    /// policy: it attaches the context to each attempt, so copies of the
+    /// request need not carry it.
+    context: Option<CallContext>,
+    /// The call's own budget, taken off the request (whose copies then
+    /// need no extensions at all), else the request's or the layer's.
+    budget: Option<RetryBudget>,
 }
 
 impl RetryPolicy {
@@ -77,7 +84,29 @@ impl RetryPolicy {
             retries: 0,
             previous_delay: None,
             since_pushback: 0,
+            context: None,
+            budget: None,
         }
+    }
+
+    /// The policy of one call whose attempts carry `context`, paying its
+    /// retries from `budget` when it has one of its own.
+    pub(crate) fn for_call(
+        shared: Arc<PolicyState>,
+        context: CallContext,
+        budget: Option<RetryBudget>,
+    ) -> Self {
+        RetryPolicy {
+            context: Some(context),
+            budget,
+            ..RetryPolicy::new(shared)
+        }
+    }
+
+    /// The call's context, when the layer's retry future drives this
+    /// policy.
+    pub(crate) fn context(&self) -> Option<&CallContext> {
+        self.context.as_ref()
     }
 
     /// Whether `req` may be sent more than once whatever the failure:
@@ -255,15 +284,20 @@ fn refused_by_a_service_wide_circuit<RB>(result: &Result<Response<RB>, BoxError>
     }
 }
 
-/// The endpoint that served (or failed) an attempt, if the balancer said.
-pub(crate) fn failed_endpoint<RB>(result: &Result<Response<RB>, BoxError>) -> Option<EndpointId> {
-    match result {
+/// The endpoint that served (or failed) an attempt, if the balancer said:
+/// on the response, in the error, or in the attempt's call `context`.
+pub(crate) fn failed_endpoint<RB>(
+    result: &Result<Response<RB>, BoxError>,
+    context: Option<&CallContext>,
+) -> Option<EndpointId> {
+    let named = match result {
         Ok(response) => response
             .extensions()
             .get::<SelectedEndpoint>()
             .map(|s| s.0.id().clone()),
         Err(error) => MeshError::endpoint_of(error.as_ref()).cloned(),
-    }
+    };
+    named.or_else(|| context?.chosen().map(|e| e.id().clone()))
 }
 
 pub(crate) fn service_of<B>(req: &Request<B>) -> Option<ServiceName> {
@@ -322,16 +356,18 @@ where
         }
         let (delay, pushed_back) = self.wait(req, result)?;
         let now = clock::now();
-        if let Some(deadline) = req.extensions().get::<Deadline>() {
+        let deadline = self.context.as_ref().and_then(CallContext::deadline);
+        if let Some(deadline) = deadline.or_else(|| deadline_of(req)) {
             if delay >= deadline.remaining(now) {
                 tracing::debug!(?delay, "not retried: the wait would pass the deadline");
                 return None;
             }
         }
-        // A budget on the request (one per service) replaces the layer's.
-        let budget = req
-            .extensions()
-            .get::<RetryBudget>()
+        // A budget of the call's own (one per service) replaces the layer's.
+        let budget = self
+            .budget
+            .as_ref()
+            .or_else(|| req.extensions().get::<RetryBudget>())
             .or(shared.budget.as_ref());
         if let Some(budget) = budget {
             if !budget.try_withdraw(now) {
@@ -351,7 +387,7 @@ where
         self.retries += 1;
         self.previous_delay = (!pushed_back).then_some(delay);
         let attempt = Attempt::FIRST.0.saturating_add(self.retries);
-        let failed = failed_endpoint(result);
+        let failed = failed_endpoint(result, self.context.as_ref().or(CallContext::of(req)));
         if let Some(id) = &failed {
             req.extensions_mut()
                 .get_or_insert_default::<AvoidEndpoints>()
@@ -384,18 +420,30 @@ where
         if self.max_retries(req) == 0 {
             return None;
         }
-        Some(clone_request(req))
+        Some(clone_request(req, self.context.is_some()))
     }
 }
 
 /// A copy of `req` for another attempt: its parts and a clone of its body.
-pub(crate) fn clone_request<B: Clone>(req: &Request<B>) -> Request<B> {
+/// When the caller attaches a call context to the copy itself
+/// (`context_attached_later`), a request carrying nothing but its context
+/// is copied without extensions: a copy is made for every call that may
+/// be retried, and a copied map costs an allocation per entry and two for
+/// the map.
+pub(crate) fn clone_request<B: Clone>(
+    req: &Request<B>,
+    context_attached_later: bool,
+) -> Request<B> {
     let mut clone = Request::new(req.body().clone());
     *clone.method_mut() = req.method().clone();
     *clone.uri_mut() = req.uri().clone();
     *clone.version_mut() = req.version();
     *clone.headers_mut() = req.headers().clone();
-    *clone.extensions_mut() = req.extensions().clone();
+    let ext = req.extensions();
+    let only_context = ext.len() == 1 && ext.get::<CallContext>().is_some();
+    if !(context_attached_later && only_context) {
+        *clone.extensions_mut() = ext.clone();
+    }
     clone
 }
 

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use http::Request;
+use mesh_core::ext::CallContext;
 use mesh_core::BoxError;
 use pin_project_lite::pin_project;
 use tower::retry::Policy;
@@ -70,9 +71,10 @@ where
         mut policy: RetryPolicy,
         ready: &mut S,
         prototype: Arc<Mutex<S>>,
-        req: Request<B>,
+        mut req: Request<B>,
     ) -> Self {
         let request = policy.clone_request(&req);
+        attach_context(&policy, &mut req);
         RetryingFuture {
             policy,
             request,
@@ -126,11 +128,23 @@ where
                         // `Called` only moves on with a request in hand.
                         return Poll::Ready(Err("retry future polled after completion".into()));
                     };
+                    let mut req = req;
                     *this.request = this.policy.clone_request(&req);
+                    attach_context(this.policy, &mut req);
                     let future = service.call(req);
                     this.state.set(State::Called { future });
                 }
             }
+        }
+    }
+}
+
+/// Gives an attempt the call's context (a copy of the request may have
+/// been made without it).
+fn attach_context<B>(policy: &RetryPolicy, req: &mut Request<B>) {
+    if let Some(context) = policy.context() {
+        if CallContext::of(req).is_none() {
+            req.extensions_mut().insert(context.clone());
         }
     }
 }

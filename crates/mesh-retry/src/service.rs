@@ -6,8 +6,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use mesh_core::ext::{Deadline, EndpointSlot};
-use mesh_core::{clock, BoxError, MeshError};
+use mesh_core::clock::{self, Nanos};
+use mesh_core::ext::{deadline_of, CallContext, Deadline};
+use mesh_core::{BoxError, MeshError};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower::Service;
@@ -110,26 +111,35 @@ where
         } else if let Some(budget) = &shared.budget {
             budget.deposit_counted(sequence);
         }
+        // One context for the call's attempts (the caller's, if it
+        // attached one): its deadline, and where the balancer names each
+        // attempt's endpoint, read back here to avoid it next time.
+        let context = CallContext::of(&req).cloned().unwrap_or_default();
         if let Some(d) = shared.config.deadline() {
             // A deadline the caller set stays if it is earlier than ours.
             let ours = Deadline(clock::now().saturating_add(d));
-            let ext = req.extensions_mut();
-            let earliest = ext
-                .get::<Deadline>()
-                .map_or(ours, |theirs| (*theirs).min(ours));
-            ext.insert(earliest);
+            let earliest = deadline_of(&req).map_or(ours, |theirs| theirs.min(ours));
+            context.set_deadline(earliest);
+        } else if let Some(theirs) = deadline_of(&req) {
+            context.set_deadline(theirs);
         }
         // The first attempt is made now, the others while the response
         // future is polled: both inside the call's span, their parent.
         let span = trace::call_span(&req, &shared.route);
         let entered = span.enter();
         if let Some(hedging) = self.hedging_for(&req) {
+            if CallContext::of(&req).is_none() {
+                req.extensions_mut().insert(context);
+            }
             let shared = Arc::clone(&self.shared);
             let future = HedgeFuture::start(&mut self.inner, req, hedging, shared);
             drop(entered);
             return ResponseFuture::hedging(future, span);
         }
-        let policy = RetryPolicy::new(Arc::clone(&self.shared));
+        // Only this layer reads the call's budget: taken off the request,
+        // it leaves the replay copy nothing to copy but the context.
+        let budget = req.extensions_mut().remove::<RetryBudget>();
+        let policy = RetryPolicy::for_call(Arc::clone(&self.shared), context, budget);
         let prototype = Arc::clone(&self.prototype);
         let future = RetryingFuture::start(policy, &mut self.inner, prototype, req);
         drop(entered);
@@ -189,10 +199,8 @@ where
             .extensions()
             .get::<CallPolicy>()
             .map_or(self.per_attempt, CallPolicy::per_attempt_timeout);
-        let left = req
-            .extensions()
-            .get::<Deadline>()
-            .map(|d| d.remaining(clock::now()));
+        let now = clock::now();
+        let left = deadline_of(&req).map(|d| d.remaining(now));
         let limit = match (per_attempt, left) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -202,17 +210,11 @@ where
         // attempt avoids it; cut by the deadline, the caller's time ran
         // out, which says nothing about the endpoint.
         let endpoint_to_blame = per_attempt.is_some() && limit == per_attempt;
-        // A hedged copy brings its own slot, which the hedge reads too.
-        let slot = endpoint_to_blame.then(|| {
-            req.extensions()
-                .get::<EndpointSlot>()
-                .cloned()
-                .unwrap_or_default()
-        });
+        // The call's context (a hedged copy's own) names the endpoint this
+        // attempt goes to, once the balancer picks it.
         let mut req = req;
-        if let Some(slot) = &slot {
-            req.extensions_mut().insert(slot.clone());
-        }
+        let context = CallContext::attach(&mut req).clone();
+        context.begin_attempt();
         if let Some(left) = left {
             crate::grpc::note_time_left(&mut req, left);
         }
@@ -225,9 +227,11 @@ where
         let inner = span.in_scope(|| self.inner.call(req));
         AttemptFuture {
             inner,
-            sleep: limit.map(tokio::time::sleep),
+            sleep: None,
+            until: limit.map(|l| now.saturating_add(l)),
             limit: limit.unwrap_or_default(),
-            slot,
+            context,
+            endpoint_to_blame,
             trace: AttemptTrace { span, done: false },
         }
     }
@@ -238,10 +242,16 @@ pin_project! {
     pub struct AttemptFuture<F> {
         #[pin]
         inner: F,
+        // Set on the first poll that finds the attempt pending, unless a
+        // layer below already ends it by `until` (the breaker's call
+        // timeout, noted in the context): one timer instead of two.
         #[pin]
         sleep: Option<Sleep>,
+        // When the attempt must have ended, until its timer is decided.
+        until: Option<Nanos>,
         limit: Duration,
-        slot: Option<EndpointSlot>,
+        context: CallContext,
+        endpoint_to_blame: bool,
         trace: AttemptTrace,
     }
 }
@@ -257,13 +267,9 @@ struct AttemptTrace {
 
 impl AttemptTrace {
     /// Records the attempt's answer.
-    fn finish<T: AttemptAnswer>(
-        &mut self,
-        result: &Result<T, BoxError>,
-        slot: Option<&EndpointSlot>,
-    ) {
+    fn finish<T: AttemptAnswer>(&mut self, result: &Result<T, BoxError>, context: &CallContext) {
         self.done = true;
-        trace::record_attempt(&self.span, result, slot);
+        trace::record_attempt(&self.span, result, context);
     }
 }
 
@@ -284,22 +290,33 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let polled = {
             let _entered = this.trace.span.enter();
             this.inner.poll(cx)
         };
         if let Poll::Ready(result) = polled {
             let result = result.map_err(Into::into);
-            this.trace.finish(&result, this.slot.as_ref());
+            this.trace.finish(&result, this.context);
             return Poll::Ready(result);
+        }
+        if let Some(until) = this.until.take() {
+            let covered = this.context.attempt_bound().is_some_and(|b| b <= until);
+            if !covered {
+                let at = tokio::time::Instant::from_std(until.to_instant());
+                this.sleep.set(Some(tokio::time::sleep_until(at)));
+            }
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             if sleep.poll(cx).is_ready() {
                 let timeout = MeshError::Timeout { after: *this.limit };
                 // Name the endpoint that was too slow (per-attempt timeouts
                 // only), so the policy puts it on the avoid list.
-                let error = match this.slot.as_ref().and_then(EndpointSlot::get) {
+                let blamed = match this.endpoint_to_blame {
+                    true => this.context.chosen_with_service(),
+                    false => None,
+                };
+                let error = match blamed {
                     Some((service, endpoint)) => MeshError::Endpoint {
                         service,
                         endpoint: endpoint.id().clone(),
@@ -309,7 +326,7 @@ where
                     None => timeout,
                 };
                 let result = Err(error.into());
-                this.trace.finish(&result, this.slot.as_ref());
+                this.trace.finish(&result, this.context);
                 return Poll::Ready(result);
             }
         }

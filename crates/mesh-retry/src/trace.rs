@@ -40,7 +40,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use http::{Method, Request, Response};
-use mesh_core::ext::{Attempt, EndpointSlot, SelectedEndpoint, TargetService};
+use mesh_core::ext::{Attempt, CallContext, SelectedEndpoint, TargetService};
 use mesh_core::{BoxError, FailureClassifier, FailureKind, MeshError};
 use tracing::field::Empty;
 use tracing::Span;
@@ -253,12 +253,12 @@ pub(crate) fn record_call<T: AttemptAnswer>(span: &Span, result: &Result<T, BoxE
 }
 
 /// Records an attempt's answer on its span: the endpoint that served it
-/// (from the response, the error, or the balancer's note in `slot`), its
-/// status or error, and the outcome.
+/// (from the response, the error, or the balancer's note in the call's
+/// context), its status or error, and the outcome.
 pub(crate) fn record_attempt<T: AttemptAnswer>(
     span: &Span,
     result: &Result<T, BoxError>,
-    slot: Option<&EndpointSlot>,
+    context: &CallContext,
 ) {
     if span.is_disabled() {
         return;
@@ -267,10 +267,7 @@ pub(crate) fn record_attempt<T: AttemptAnswer>(
         Ok(response) => response.served_by(),
         Err(error) => endpoint_in(error.as_ref()),
     };
-    let endpoint = endpoint.or_else(|| {
-        slot.and_then(EndpointSlot::get)
-            .map(|(_, e)| (e.id().to_string(), e.address()))
-    });
+    let endpoint = endpoint.or_else(|| context.chosen().map(|e| (e.id().to_string(), e.address())));
     if let Some((id, address)) = endpoint {
         span.record("mesh.endpoint", id);
         span.record("server.address", tracing::field::display(address.ip()));

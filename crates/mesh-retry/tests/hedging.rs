@@ -12,7 +12,7 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_core::ext::{AvoidEndpoints, EndpointSlot, SelectedEndpoint};
+use mesh_core::ext::{AvoidEndpoints, CallContext};
 use mesh_core::{BoxError, Endpoint, MeshError, ServiceName};
 use mesh_retry::{CallPolicy, Hedging, RetryBudget, RetryConfig, RetryLayer};
 use proptest::prelude::*;
@@ -70,8 +70,8 @@ fn endpoint(i: usize) -> Endpoint {
 }
 
 /// Stands in for discovery and the balancer: sends each copy to the first
-/// instance its `AvoidEndpoints` allows, notes it in the `EndpointSlot` and
-/// on the response, as mesh-balance does.
+/// instance its `AvoidEndpoints` allows and notes it in the call's context,
+/// as mesh-balance does.
 fn balanced(
     instances: Vec<Instance>,
     log: Arc<Mutex<Log>>,
@@ -87,8 +87,8 @@ fn balanced(
         let i = (0..instances.len())
             .find(|&i| !avoid.contains(endpoint(i).id()))
             .unwrap_or(0);
-        if let Some(slot) = req.extensions().get::<EndpointSlot>() {
-            slot.set(ServiceName::new("users").expect("name"), endpoint(i));
+        if let Some(context) = CallContext::of(&req) {
+            context.choose(ServiceName::new("users").expect("name"), endpoint(i));
         }
         let previous = req
             .headers()
@@ -115,9 +115,7 @@ fn balanced(
             if let Some(code) = instance.grpc {
                 r = r.header("grpc-status", code.to_string());
             }
-            let mut r = r.body(String::new()).expect("response");
-            r.extensions_mut().insert(SelectedEndpoint(endpoint(i)));
-            Ok::<_, BoxError>(r)
+            Ok::<_, BoxError>(r.body(String::new()).expect("response"))
         }
     })
 }
@@ -460,8 +458,8 @@ async fn between_two_real_servers_the_fast_one_wins_and_the_slow_one_is_cancelle
             .into_iter()
             .find(|a| !avoid.contains(Endpoint::builder(*a).build().id()))
             .unwrap_or(slow);
-        if let Some(slot) = req.extensions().get::<EndpointSlot>() {
-            slot.set(
+        if let Some(context) = CallContext::of(&req) {
+            context.choose(
                 ServiceName::new("users").expect("name"),
                 Endpoint::builder(addr).build(),
             );

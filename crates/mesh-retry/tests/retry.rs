@@ -388,12 +388,12 @@ async fn a_streaming_body_over_the_cap_is_sent_once() {
 
 #[tokio::test(start_paused = true)]
 async fn an_attempt_cut_by_its_timeout_puts_its_endpoint_on_the_avoid_list() {
-    use mesh_core::ext::{AvoidEndpoints, EndpointSlot};
+    use mesh_core::ext::{AvoidEndpoints, CallContext};
     use mesh_core::{Endpoint, ServiceName};
     let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
-    // Stands in for the balancer: notes its choice in the slot, and the
-    // first choice hangs.
+    // Stands in for the balancer: notes its choice in the call's context,
+    // and the first choice hangs.
     let inner = service_fn(move |req: Request<String>| {
         let avoid: Vec<String> = req
             .extensions()
@@ -406,8 +406,8 @@ async fn an_attempt_cut_by_its_timeout_puts_its_endpoint_on_the_avoid_list() {
             log.len()
         };
         let endpoint = Endpoint::builder(([127, 0, 0, attempt as u8], 80).into()).build();
-        if let Some(slot) = req.extensions().get::<EndpointSlot>() {
-            slot.set(ServiceName::new("api").expect("name"), endpoint);
+        if let Some(context) = CallContext::of(&req) {
+            context.choose(ServiceName::new("api").expect("name"), endpoint);
         }
         async move {
             if attempt == 1 {
@@ -428,4 +428,57 @@ async fn an_attempt_cut_by_its_timeout_puts_its_endpoint_on_the_avoid_list() {
     assert_eq!(svc.oneshot(get()).await.expect("answered").status(), 200);
     let seen = seen.lock().expect("log");
     assert_eq!(seen.as_slice(), [vec![], vec!["127.0.0.1:80".to_owned()]]);
+}
+
+/// A layer below that notes it ends each attempt `bound` from now (as the
+/// breaker's call timeout does) but never answers.
+fn hangs_after_noting_a_bound(
+    bound: Duration,
+) -> impl tower::Service<Request<String>, Response = Response<String>, Error = BoxError> + Clone {
+    use mesh_core::clock;
+    use mesh_core::ext::CallContext;
+    service_fn(move |req: Request<String>| {
+        if let Some(context) = CallContext::of(&req) {
+            context.bound_attempt(clock::now().saturating_add(bound));
+        }
+        async move {
+            std::future::pending::<()>().await;
+            Ok::<_, BoxError>(Response::new(String::new()))
+        }
+    })
+}
+
+fn one_attempt_within(deadline: Duration) -> RetryLayer {
+    RetryLayer::new(
+        RetryConfig::builder()
+            .max_retries(0)
+            .deadline(deadline)
+            .no_budget()
+            .build()
+            .expect("config"),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_a_layer_below_ends_first_gets_no_timer_of_its_own() {
+    // The layer below promised to end the attempt at 1 s and (here) breaks
+    // that promise: with no timer of its own, the retry layer waits on.
+    let svc = one_attempt_within(MS(5_000)).layer(hangs_after_noting_a_bound(MS(1_000)));
+    let waited = tokio::time::timeout(MS(60_000), svc.oneshot(get())).await;
+    assert!(waited.is_err(), "trusted the bound below, set no timer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_whose_own_limit_comes_first_keeps_its_timer() {
+    let svc = one_attempt_within(MS(500)).layer(hangs_after_noting_a_bound(MS(10_000)));
+    let started = Instant::now();
+    let error = svc.oneshot(get()).await.expect_err("cut by the deadline");
+    assert!(
+        matches!(
+            MeshError::find(error.as_ref()),
+            Some(MeshError::Timeout { .. })
+        ),
+        "{error}"
+    );
+    assert_eq!(started.elapsed(), MS(500));
 }

@@ -256,13 +256,15 @@ impl Default for CallMetrics {
 
 impl CallMetrics {
     /// Counts the call to `service` that ended with `outcome` (started at
-    /// `started`); a gRPC answer whose status is still to come in its
+    /// `started`; served by `served_by` when the response does not name
+    /// its endpoint); a gRPC answer whose status is still to come in its
     /// trailers is returned pending instead, for its body to settle.
     pub(crate) fn record<B>(
         &self,
         service: &ServiceName,
         outcome: &Result<Response<B>, BoxError>,
         started: tokio::time::Instant,
+        served_by: Option<&EndpointId>,
     ) -> CountAtEnd {
         let elapsed = started.elapsed();
         match outcome {
@@ -270,7 +272,8 @@ impl CallMetrics {
                 let endpoint = response
                     .extensions()
                     .get::<SelectedEndpoint>()
-                    .map(|e| e.0.id());
+                    .map(|e| e.0.id())
+                    .or(served_by);
                 if grpc::ends_in_trailers(response) {
                     return CountAtEnd(Some(PendingCall {
                         service: service.clone(),
@@ -638,7 +641,7 @@ mod tests {
                 .header(http::header::CONTENT_TYPE, "application/grpc")
                 .body(())
                 .expect("response");
-            let at_end = metrics.record(&users, &Ok(response), tokio::time::Instant::now());
+            let at_end = metrics.record(&users, &Ok(response), tokio::time::Instant::now(), None);
             assert!(at_end.is_pending(), "the status is still to come");
             at_end
         };

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Request;
+use mesh_core::ext::{AffinityKey, CallContext};
 use mesh_core::{ConfigError, Endpoint, EndpointSet, ServiceName};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
@@ -258,13 +259,21 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ext = req.extensions();
-        let key = ext.get::<mesh_core::ext::AffinityKey>().map(|k| &*k.0);
-        let subset = ext
-            .get::<EndpointSet>()
-            .and_then(|full| self.splits.choose(full, key));
-        if let Some(subset) = subset {
-            req.extensions_mut().insert(subset);
+        let key = req.extensions().get::<AffinityKey>().map(|k| &*k.0);
+        let by_hand = req.extensions().get::<EndpointSet>();
+        let subset = match by_hand {
+            Some(full) => self.splits.choose(full, key),
+            None => CallContext::of(&req)
+                .and_then(|c| c.with_endpoints(|full| self.splits.choose(full, key)))
+                .flatten(),
+        };
+        // The subset replaces the full set where discovery noted it.
+        match (subset, by_hand.is_some(), CallContext::of(&req)) {
+            (Some(subset), false, Some(context)) => context.set_endpoints(subset),
+            (Some(subset), _, _) => {
+                req.extensions_mut().insert(subset);
+            }
+            (None, _, _) => {}
         }
         self.inner.call(req)
     }

@@ -24,8 +24,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
-use mesh_core::ext::TargetService;
-use mesh_core::{BoxError, EndpointSet, MeshError, ServiceName};
+use mesh_core::ext::{with_endpoint_set, TargetService};
+use mesh_core::{BoxError, MeshError, ServiceName};
 use mesh_discover::Catalog;
 use mesh_tls::{Credentials, MeshConnector, SpiffeId, TlsConfig};
 use tower::Service;
@@ -241,11 +241,10 @@ impl TlsClients {
 /// The service a request is for: the caller's [`TargetService`], else the
 /// set discovery resolved.
 fn destination<B>(req: &Request<B>) -> Option<ServiceName> {
-    let extensions = req.extensions();
-    extensions
+    req.extensions()
         .get::<TargetService>()
         .map(|t| t.0.clone())
-        .or_else(|| extensions.get::<EndpointSet>().map(|s| s.service().clone()))
+        .or_else(|| with_endpoint_set(req, |s| s.service().clone()))
 }
 
 /// `uri` with the https scheme: on a mutual TLS route the scheme a caller

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use mesh_core::ext::{Attempt, AvoidEndpoints, Deadline, EndpointSlot};
+use mesh_core::ext::{deadline_of, Attempt, AvoidEndpoints, CallContext};
 use mesh_core::{clock, BoxError, FailureKind, MeshEvent};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -53,8 +53,11 @@ where
     budget: Option<RetryBudget>,
     race: Race,
     running: Vec<Running<AttemptFuture<S::Future>>>,
-    /// Where each copy sent so far went, as the balancer notes it.
-    tried: Vec<EndpointSlot>,
+    /// The call's own context, told which copy's endpoint answered.
+    context: CallContext,
+    /// Each copy's context (copy `n` at `n - 1`): where it went, as the
+    /// balancer notes it.
+    tried: Vec<CallContext>,
     avoid: AvoidEndpoints,
     /// When the next copy is due for want of an answer.
     timer: Pin<Box<Sleep>>,
@@ -62,7 +65,7 @@ where
     /// A copy is to be sent as soon as the service is ready.
     due: bool,
     /// The latest non-fatal answer: the call's answer if no copy does better.
-    last: Option<Result<S::Response, BoxError>>,
+    last: Option<(u32, Result<S::Response, BoxError>)>,
     /// Why the latest copy failed, for the budget's event.
     reason: Option<FailureKind>,
     /// The failure the next copy is sent at once after, if it is (else it
@@ -103,8 +106,10 @@ where
             .get::<AvoidEndpoints>()
             .cloned()
             .unwrap_or_default();
+        let context = CallContext::of(&req).cloned().unwrap_or_default();
         let mut call = Hedge {
             service: ready.clone(),
+            context,
             template: req,
             race: Race::new(hedging.max_attempts()),
             hedging,
@@ -158,7 +163,8 @@ where
                 Poll::Ready(Err(error)) => {
                     // The copies already out may still answer.
                     call.race.close();
-                    call.last.get_or_insert(Err(error));
+                    // Copy 0: no copy was sent, none answered.
+                    call.last.get_or_insert((0, Err(error)));
                 }
                 Poll::Ready(Ok(())) if call.withdraw() => {
                     let mut service = call.service.clone();
@@ -218,16 +224,16 @@ where
     /// copies' endpoints to avoid, a slot for the balancer to name its
     /// endpoint, and (gRPC) the count of copies before it.
     fn copy_of_request(&mut self, copy: u32) -> Request<B> {
-        for slot in &self.tried {
-            if let Some((_, endpoint)) = slot.get() {
+        for tried in &self.tried {
+            if let Some(endpoint) = tried.chosen() {
                 self.avoid.insert(endpoint.id().clone());
             }
         }
-        let mut req = clone_request(&self.template);
-        let slot = EndpointSlot::default();
-        self.tried.push(slot.clone());
+        let mut req = clone_request(&self.template, true);
+        let context = self.context.fork();
+        self.tried.push(context.clone());
         let ext = req.extensions_mut();
-        ext.insert(slot);
+        ext.insert(context);
         ext.insert(Attempt(Attempt::FIRST.0.saturating_add(copy - 1)));
         if !self.avoid.is_empty() {
             ext.insert(self.avoid.clone());
@@ -274,7 +280,7 @@ where
         let next = self.race.settle(answer);
         if let Answer::NonFatal { reason, .. } = answer {
             tracing::debug!(attempt = copy, %reason, "hedging: a copy failed, non-fatally");
-            if let Some(id) = failed_endpoint(&result) {
+            if let Some(id) = failed_endpoint(&result, self.tried_by(copy)) {
                 self.avoid.insert(id);
             }
             self.reason = Some(reason);
@@ -292,6 +298,7 @@ where
                 }
                 // Dropping the other copies cancels them.
                 self.running.clear();
+                self.adopt(copy);
                 return Some(result);
             }
             Next::SendNow => {
@@ -305,8 +312,20 @@ where
             }
             Next::Await => {}
         }
-        self.last = Some(result);
+        self.last = Some((copy, result));
         None
+    }
+
+    /// The context copy `copy` was sent with.
+    fn tried_by(&self, copy: u32) -> Option<&CallContext> {
+        self.tried.get(usize::try_from(copy).ok()?.checked_sub(1)?)
+    }
+
+    /// Copy `copy`'s answer is the call's: its endpoint is the call's.
+    fn adopt(&self, copy: u32) {
+        if let Some(tried) = self.tried_by(copy) {
+            self.context.adopt_choice(tried);
+        }
     }
 
     /// Takes a token for another copy from the budget, if there is one;
@@ -337,17 +356,18 @@ where
 
     /// Whether the request's deadline has passed: no copy is worth sending.
     fn past_deadline(&self) -> bool {
-        self.template
-            .extensions()
-            .get::<Deadline>()
-            .is_some_and(|d| d.remaining(clock::now()).is_zero())
+        deadline_of(&self.template).is_some_and(|d| d.remaining(clock::now()).is_zero())
     }
 
     /// The call's answer when no copy is running and none may follow: the
     /// last one received.
     fn finish(&mut self) -> Result<Response<RB>, BoxError> {
-        self.last
-            .take()
-            .unwrap_or_else(|| Err("hedged call ended without an answer".into()))
+        match self.last.take() {
+            Some((copy, result)) => {
+                self.adopt(copy);
+                result
+            }
+            None => Err("hedged call ended without an answer".into()),
+        }
     }
 }

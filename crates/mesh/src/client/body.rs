@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use mesh_balance::TrackedBody;
-use mesh_core::{BoxError, ServiceName};
+use mesh_core::{BoxError, EndpointId, ServiceName};
 
 use super::Inner;
 use crate::call_metrics::CountAtEnd;
@@ -193,15 +193,20 @@ impl CallGuard {
         }
     }
 
-    /// Counts the call to `service` in the client's metrics: now, or when
+    /// Counts the call to `service` (served by endpoint `served_by`, if
+    /// the response does not say) in the client's metrics: now, or when
     /// its body ends for a gRPC answer whose status is in its trailers.
     pub(super) fn record<B>(
         &mut self,
         service: &ServiceName,
         outcome: &Result<http::Response<B>, BoxError>,
         started: tokio::time::Instant,
+        served_by: Option<&EndpointId>,
     ) {
-        self.pending = self.inner.call_metrics.record(service, outcome, started);
+        self.pending = self
+            .inner
+            .call_metrics
+            .record(service, outcome, started, served_by);
     }
 
     /// Settles a pending call once `polled` ends its body (trailers, the

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use mesh_core::clock;
-use mesh_core::ext::{AffinityKey, Deadline, SelectedEndpoint, TargetService};
-use mesh_core::{BoxError, MeshError, MeshEvent, ServiceName};
+use mesh_core::ext::{AffinityKey, CallContext, Deadline, SelectedEndpoint, TargetService};
+use mesh_core::{BoxError, Endpoint, EndpointId, MeshError, MeshEvent, ServiceName};
 use tower::ServiceExt;
 
 use super::body::{CallGuard, StackBody};
@@ -135,6 +135,9 @@ impl MeshClient {
         let mut guard = self.enter()?;
         let service = self.target(&mut req)?;
         let state = self.service_state(&service)?;
+        // Where the balancer names the endpoint that served the call, for
+        // its metrics and event (nothing is added to the response).
+        let context = CallContext::attach(&mut req).clone();
         let req = req.map(|body| body.replayable(state.replay_buffer));
         let asked = state.fallback.as_ref().map(|_| Asked::of(&req));
         let call = Call {
@@ -144,8 +147,10 @@ impl MeshClient {
             started,
         };
         let outcome = self.call(call, req, &mut guard).await;
-        self.publish_completed(service.clone(), &outcome, started);
-        guard.record(&service, &outcome, started);
+        let served_by = context.chosen();
+        let served_by = served_by.as_ref().map(Endpoint::id);
+        self.publish_completed(service.clone(), &outcome, started, served_by);
+        guard.record(&service, &outcome, started, served_by);
         match (&state.fallback, asked) {
             (Some(fallback), Some(asked)) => settle(fallback, &service, &asked, outcome, guard),
             _ => outcome.map(|response| response.map(|body| MeshBody::new(body, guard, None))),
@@ -180,8 +185,8 @@ impl MeshClient {
             req.extensions_mut().insert(policy);
         }
         if let Some(limit) = deadline {
-            req.extensions_mut()
-                .insert(Deadline(clock::now().saturating_add(limit)));
+            CallContext::attach(&mut req)
+                .set_deadline(Deadline(clock::now().saturating_add(limit)));
         }
         if let Some(limits) = &call.state.limits {
             let until = deadline.map(|d| call.started + d);
@@ -244,6 +249,7 @@ impl MeshClient {
         service: ServiceName,
         outcome: &Outcome,
         started: tokio::time::Instant,
+        served_by: Option<&EndpointId>,
     ) {
         if self.inner.bus.subscriber_count() == 0 {
             return;
@@ -255,7 +261,9 @@ impl MeshClient {
                 endpoint: response
                     .extensions()
                     .get::<SelectedEndpoint>()
-                    .map(|e| e.0.id().clone()),
+                    .map(|e| e.0.id())
+                    .or(served_by)
+                    .cloned(),
                 status: Some(response.status().as_u16()),
                 error: None,
                 elapsed,

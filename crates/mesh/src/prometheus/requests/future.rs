@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::Response;
-use mesh_core::{BoxError, ServiceName};
+use mesh_core::ext::CallContext;
+use mesh_core::{BoxError, Endpoint, ServiceName};
 
 use super::RequestMetricsBody;
 use crate::call_metrics::CallMetrics;
@@ -28,6 +29,7 @@ pub(super) struct Counting {
     pub(super) metrics: Arc<CallMetrics>,
     pub(super) service: ServiceName,
     pub(super) started: tokio::time::Instant,
+    pub(super) context: CallContext,
 }
 
 // === impl RequestMetricsFuture ===
@@ -52,11 +54,14 @@ where
             metrics,
             service,
             started,
+            context,
         }) = this.counting.take()
         else {
             return Poll::Ready(outcome.map(|r| r.map(RequestMetricsBody::counted)));
         };
-        let at_end = metrics.record(&service, &outcome, started);
+        let served_by = context.chosen();
+        let served_by = served_by.as_ref().map(Endpoint::id);
+        let at_end = metrics.record(&service, &outcome, started, served_by);
         Poll::Ready(
             outcome.map(|response| {
                 response.map(|body| RequestMetricsBody::new(body, metrics, at_end))

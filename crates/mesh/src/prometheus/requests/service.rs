@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use mesh_core::ext::TargetService;
+use mesh_core::ext::{CallContext, TargetService};
 use mesh_core::{BoxError, ServiceName};
 use tower::Service;
 
@@ -72,13 +72,16 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         // Started before the stack below runs any of the call.
         let started = tokio::time::Instant::now();
-        let counting = self.service_of(&req).map(|service| Counting {
+        let service = self.service_of(&req);
+        let counting = service.map(|service| Counting {
             metrics: Arc::clone(&self.metrics),
             service,
             started,
+            // Where the balancer below names the endpoint that served.
+            context: CallContext::attach(&mut req).clone(),
         });
         RequestMetricsFuture::new(self.inner.call(req), counting)
     }

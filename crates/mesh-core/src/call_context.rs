@@ -1,0 +1,281 @@
+//! One call's notes, shared by the layers it passes through.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use http::Request;
+
+use crate::clock::Nanos;
+use crate::endpoint::Endpoint;
+use crate::ext::Deadline;
+use crate::name::ServiceName;
+use crate::set::EndpointSet;
+
+/// What the layers of one call tell each other: the call's deadline (from
+/// the caller or retry), the service's endpoints (from discovery), the
+/// endpoint chosen for the current attempt (by the balancer) and when a
+/// layer below will have ended that attempt (the breaker's call timeout).
+///
+/// One shared value per call instead of one extension per note: each
+/// [`http::Extensions`] insert boxes its value, and a note on the
+/// response would box a second map, so a context costs one allocation
+/// where the notes it replaces cost up to eight. It is shared by every
+/// attempt of the call (a clone of the request carries the same context),
+/// so the layer that sent an attempt reads the endpoint the balancer
+/// chose for it after the request has moved down the stack, whether the
+/// attempt answered, failed or was cancelled.
+///
+/// The retry layer attaches one to each call, and gives each hedged copy
+/// its own; discovery attaches one when no layer above did. A caller that
+/// wants to know where its request went attaches one before sending:
+///
+/// ```
+/// use mesh_core::ext::CallContext;
+/// let mut req = http::Request::new(());
+/// let context = CallContext::attach(&mut req).clone();
+/// // ... send `req` through the stack, then:
+/// let served_by = context.chosen();
+/// assert!(served_by.is_none());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct CallContext(Arc<Notes>);
+
+#[derive(Debug)]
+struct Notes {
+    /// Nanoseconds on [`crate::clock`]; `u64::MAX` for none.
+    deadline: AtomicU64,
+    /// Nanoseconds on [`crate::clock`]; `u64::MAX` for none.
+    attempt_bound: AtomicU64,
+    endpoints: Mutex<Option<EndpointSet>>,
+    chosen: Mutex<Option<(ServiceName, Endpoint)>>,
+}
+
+impl Default for Notes {
+    fn default() -> Self {
+        Notes {
+            deadline: AtomicU64::new(NO_DEADLINE),
+            attempt_bound: AtomicU64::new(NO_DEADLINE),
+            endpoints: Mutex::default(),
+            chosen: Mutex::default(),
+        }
+    }
+}
+
+const NO_DEADLINE: u64 = u64::MAX;
+
+/// A poisoned note is still a note: a panic elsewhere must not blind the
+/// layers that read it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl CallContext {
+    /// A context with nothing noted yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The context of `req`, if one is attached.
+    pub fn of<B>(req: &Request<B>) -> Option<&CallContext> {
+        req.extensions().get::<CallContext>()
+    }
+
+    /// The context of `req`, attached first if it had none.
+    pub fn attach<B>(req: &mut Request<B>) -> &CallContext {
+        req.extensions_mut().get_or_insert_default::<CallContext>()
+    }
+
+    /// A context for a copy of the call sent alongside it (a hedged
+    /// copy): the same deadline, its own endpoints and choice.
+    pub fn fork(&self) -> CallContext {
+        let copy = CallContext::new();
+        let deadline = self.0.deadline.load(Ordering::Relaxed);
+        copy.0.deadline.store(deadline, Ordering::Relaxed);
+        copy
+    }
+
+    /// Notes when the call as a whole must be answered.
+    pub fn set_deadline(&self, deadline: Deadline) {
+        let nanos = deadline.0 .0.min(NO_DEADLINE - 1);
+        self.0.deadline.store(nanos, Ordering::Relaxed);
+    }
+
+    /// When the call as a whole must be answered, if that was noted.
+    pub fn deadline(&self) -> Option<Deadline> {
+        match self.0.deadline.load(Ordering::Relaxed) {
+            NO_DEADLINE => None,
+            nanos => Some(Deadline(Nanos(nanos))),
+        }
+    }
+
+    /// Notes the endpoints of the call's service (discovery's answer).
+    pub fn set_endpoints(&self, set: EndpointSet) {
+        *lock(&self.0.endpoints) = Some(set);
+    }
+
+    /// Runs `f` on the noted endpoints, without copying them; `None` when
+    /// none were noted.
+    pub fn with_endpoints<R>(&self, f: impl FnOnce(&EndpointSet) -> R) -> Option<R> {
+        lock(&self.0.endpoints).as_ref().map(f)
+    }
+
+    /// The noted endpoints.
+    pub fn endpoints(&self) -> Option<EndpointSet> {
+        self.with_endpoints(EndpointSet::clone)
+    }
+
+    /// Notes the endpoint chosen for the current attempt, and its service.
+    pub fn choose(&self, service: ServiceName, endpoint: Endpoint) {
+        *lock(&self.0.chosen) = Some((service, endpoint));
+    }
+
+    /// The endpoint chosen for the current attempt, with its service.
+    pub fn chosen_with_service(&self) -> Option<(ServiceName, Endpoint)> {
+        lock(&self.0.chosen).clone()
+    }
+
+    /// The endpoint chosen for the current attempt.
+    pub fn chosen(&self) -> Option<Endpoint> {
+        lock(&self.0.chosen).as_ref().map(|(_, e)| e.clone())
+    }
+
+    /// A new attempt starts: the last one's endpoint and bound are not
+    /// its own.
+    pub fn begin_attempt(&self) {
+        *lock(&self.0.chosen) = None;
+        self.0.attempt_bound.store(NO_DEADLINE, Ordering::Relaxed);
+    }
+
+    /// Notes that a layer below ends the current attempt by `until` at the
+    /// latest (a timer of its own that fails the call then), so that a
+    /// layer above whose own limit is no earlier needs no timer.
+    pub fn bound_attempt(&self, until: Nanos) {
+        let nanos = until.0.min(NO_DEADLINE - 1);
+        self.0.attempt_bound.fetch_min(nanos, Ordering::Relaxed);
+    }
+
+    /// When a layer below will have ended the current attempt, if one
+    /// said.
+    pub fn attempt_bound(&self) -> Option<Nanos> {
+        match self.0.attempt_bound.load(Ordering::Relaxed) {
+            NO_DEADLINE => None,
+            nanos => Some(Nanos(nanos)),
+        }
+    }
+
+    /// Takes over `other`'s choice (a hedged copy that answered, into the
+    /// call's own context).
+    pub fn adopt_choice(&self, other: &CallContext) {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return;
+        }
+        let chosen = other.chosen_with_service();
+        *lock(&self.0.chosen) = chosen;
+    }
+}
+
+/// The deadline of `req`: its call context's, else a [`Deadline`]
+/// inserted by hand.
+pub fn deadline_of<B>(req: &Request<B>) -> Option<Deadline> {
+    CallContext::of(req)
+        .and_then(CallContext::deadline)
+        .or_else(|| req.extensions().get::<Deadline>().copied())
+}
+
+/// Runs `f` on the endpoints of `req`'s service: an [`EndpointSet`]
+/// inserted by hand wins, else the call context's.
+pub fn with_endpoint_set<B, R>(req: &Request<B>, f: impl FnOnce(&EndpointSet) -> R) -> Option<R> {
+    if let Some(set) = req.extensions().get::<EndpointSet>() {
+        return Some(f(set));
+    }
+    CallContext::of(req)?.with_endpoints(f)
+}
+
+/// The endpoint chosen for `req`: a [`crate::ext::SelectedEndpoint`]
+/// inserted by hand (a health probe aimed at one endpoint) wins, else the
+/// call context's choice.
+pub fn chosen_endpoint<B>(req: &Request<B>) -> Option<Endpoint> {
+    if let Some(selected) = req.extensions().get::<crate::ext::SelectedEndpoint>() {
+        return Some(selected.0.clone());
+    }
+    CallContext::of(req)?.chosen()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(port: u16) -> Endpoint {
+        Endpoint::builder(std::net::SocketAddr::from(([127, 0, 0, 1], port))).build()
+    }
+
+    fn users() -> ServiceName {
+        ServiceName::new("users").expect("name")
+    }
+
+    #[test]
+    fn a_clone_of_the_request_shares_the_context() {
+        let mut req = Request::new(());
+        let context = CallContext::attach(&mut req).clone();
+        let copy = Request::builder()
+            .extension(CallContext::of(&req).expect("attached").clone())
+            .body(())
+            .expect("request");
+        CallContext::of(&copy)
+            .expect("carried")
+            .choose(users(), endpoint(1));
+        assert_eq!(context.chosen().map(|e| e.address().port()), Some(1));
+        assert!(
+            Arc::ptr_eq(&CallContext::attach(&mut req).0, &context.0),
+            "attaching twice keeps the first"
+        );
+    }
+
+    #[test]
+    fn endpoints_inserted_by_hand_win_over_the_context() {
+        let mut req = Request::new(());
+        CallContext::attach(&mut req).set_endpoints(EndpointSet::new(users(), vec![endpoint(1)]));
+        assert_eq!(with_endpoint_set(&req, EndpointSet::len), Some(1));
+        req.extensions_mut()
+            .insert(EndpointSet::new(users(), vec![endpoint(2), endpoint(3)]));
+        assert_eq!(with_endpoint_set(&req, EndpointSet::len), Some(2));
+    }
+
+    #[test]
+    fn a_new_attempt_forgets_the_last_choice_and_bound_and_a_copy_hands_its_choice_over() {
+        let call = CallContext::new();
+        call.choose(users(), endpoint(1));
+        call.bound_attempt(Nanos(9));
+        call.bound_attempt(Nanos(12));
+        assert_eq!(call.attempt_bound(), Some(Nanos(9)), "the earliest bound");
+        call.begin_attempt();
+        assert!(call.chosen().is_none());
+        assert_eq!(call.attempt_bound(), None);
+        let copy = CallContext::new();
+        copy.choose(users(), endpoint(2));
+        call.adopt_choice(&copy);
+        assert_eq!(call.chosen().map(|e| e.address().port()), Some(2));
+        call.adopt_choice(&call.clone());
+        assert_eq!(call.chosen().map(|e| e.address().port()), Some(2));
+    }
+
+    #[test]
+    fn a_fork_keeps_the_deadline_and_nothing_else() {
+        let call = CallContext::new();
+        assert_eq!(call.deadline(), None);
+        call.set_deadline(Deadline(Nanos(42)));
+        call.choose(users(), endpoint(1));
+        let copy = call.fork();
+        assert_eq!(copy.deadline(), Some(Deadline(Nanos(42))));
+        assert!(copy.chosen().is_none());
+    }
+
+    #[test]
+    fn the_context_deadline_wins_over_one_inserted_by_hand() {
+        let mut req = Request::new(());
+        req.extensions_mut().insert(Deadline(Nanos(7)));
+        assert_eq!(deadline_of(&req), Some(Deadline(Nanos(7))));
+        CallContext::attach(&mut req).set_deadline(Deadline(Nanos(5)));
+        assert_eq!(deadline_of(&req), Some(Deadline(Nanos(5))));
+    }
+}
