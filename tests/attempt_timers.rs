@@ -1,9 +1,10 @@
 //! One timer per attempt: when the breaker below times each call, the
 //! retry layer above sets no timer of its own for an attempt the breaker
-//! ends first, and still sets one when its own limit is earlier. Either
-//! way the call ends at the earlier limit, against a real server on
-//! 127.0.0.1 that answers after 3 s, through a stack assembled by hand
-//! and through a `MeshClient` built from TOML.
+//! ends first, and still sets one when its own limit is earlier or the
+//! breaker's call is over while a layer between them still waits. Each
+//! time the call ends at the earlier limit, against real servers on
+//! 127.0.0.1, through a stack assembled by hand and through a
+//! `MeshClient` built from TOML.
 
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,51 @@ async fn a_deadline_earlier_than_the_breakers_timeout_still_ends_the_attempt() {
 }
 
 /// A client of `backend` with a per-attempt `timeout` and no retries.
+#[tokio::test]
+async fn a_layer_waiting_after_the_breaker_answered_is_cut_at_the_deadline() {
+    // The server answers at once, so the breaker's call (timed at 10 s) is
+    // over; a layer between retry and breaker then stalls, as one reading
+    // a body that never ends would.
+    let backend = Backend::start(Behavior::Ok).await.expect("backend");
+    let registry = StaticRegistry::builder()
+        .service("users", [backend.addr().to_string()])
+        .build()
+        .expect("static list");
+    let retry = RetryConfig::builder()
+        .max_retries(0)
+        .deadline(Duration::from_millis(300))
+        .build()
+        .expect("retry config");
+    let breaker = BreakerConfig::builder()
+        .call_timeout(Duration::from_secs(10))
+        .build()
+        .expect("breaker config");
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let stack = ServiceBuilder::new()
+        .layer(RetryLayer::new(retry))
+        .layer(DiscoverLayer::new(registry.catalog()))
+        .layer(BalanceLayer::round_robin())
+        .map_future(|answer| async move {
+            let answer = answer.await;
+            tokio::time::sleep(SLOW).await;
+            answer
+        })
+        .layer(BreakerLayer::new(breaker))
+        .service(client);
+    let req = Request::get("http://users/")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let started = Instant::now();
+    let error = stack.oneshot(req).await.expect_err("cut by the deadline");
+    let elapsed = started.elapsed();
+    let after = timed_out_after(&error).expect("a timeout");
+    assert!(after <= Duration::from_millis(300), "{error}");
+    assert!(
+        elapsed < SLOW,
+        "the stalled layer was cut, took {elapsed:?}"
+    );
+}
+
 async fn facade(backend: &Backend, timeout: &str) -> MeshClient {
     let config = mesh::MeshConfig::from_toml_str(&format!(
         r#"

@@ -17,8 +17,9 @@ use crate::strategy::{hash_key, KeySource, NoPick, PickContext, Picker};
 
 /// Sends each request to one available endpoint of its service.
 ///
-/// Expects the service's [`EndpointSet`] in the request's extensions (put
-/// there by `mesh-discover`'s `DiscoverLayer`); without it the call fails
+/// Expects the service's [`EndpointSet`] in the request's call context or
+/// its extensions (put there by `mesh-discover`'s `DiscoverLayer`, or by
+/// hand); without it the call fails
 /// with [`MeshError::Misconfigured`]. With no available endpoint it fails
 /// with [`MeshError::NoAvailableEndpoints`]. Errors from the inner service
 /// come back wrapped in [`MeshError::Endpoint`], naming the endpoint.

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mesh_core::clock::Nanos;
-use mesh_core::ext::CallContext;
+use mesh_core::ext::{AttemptBound, CallContext};
 use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, Outcome};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -183,8 +183,10 @@ pin_project! {
             after: Option<Duration>,
             tracker: Option<Tracker>,
             // Told when the timer will end the attempt, so that a retry
-            // layer above with no earlier limit needs no timer of its own.
+            // layer above with no earlier limit needs no timer of its own;
+            // the note is withdrawn as soon as this call is over.
             context: Option<CallContext>,
+            bound: Option<AttemptBound>,
         },
         Rejected { error: Option<MeshError> },
     }
@@ -204,6 +206,7 @@ impl<F> ResponseFuture<F> {
                 after: timeout,
                 tracker: Some(tracker),
                 context,
+                bound: None,
             },
         }
     }
@@ -220,6 +223,7 @@ impl<F> ResponseFuture<F> {
                 after: timeout,
                 tracker: None,
                 context,
+                bound: None,
             },
         }
     }
@@ -246,8 +250,10 @@ where
                 after,
                 tracker,
                 context,
+                bound,
             } => {
                 if let Poll::Ready(result) = future.poll(cx) {
+                    bound.take();
                     let result = result.map_err(Into::into);
                     return Poll::Ready(judge(result, tracker.take()));
                 }
@@ -262,11 +268,12 @@ where
                     // Read after the timer was set: the bound noted is
                     // never earlier than the timer's.
                     if let Some(context) = context.take() {
-                        context.bound_attempt(clock::now().saturating_add(limit));
+                        *bound = Some(context.bound_attempt(clock::now().saturating_add(limit)));
                     }
                 }
                 if let Some(sleep) = timeout.as_pin_mut() {
                     if sleep.poll(cx).is_ready() {
+                        bound.take();
                         // The call is cancelled when the caller drops this
                         // future, right after this answer.
                         let error = match tracker.take() {

@@ -26,8 +26,13 @@ use crate::set::EndpointSet;
 /// attempt answered, failed or was cancelled.
 ///
 /// The retry layer attaches one to each call, and gives each hedged copy
-/// its own; discovery attaches one when no layer above did. A caller that
-/// wants to know where its request went attaches one before sending:
+/// its own; the facade and `RequestMetricsLayer` attach one to read the
+/// endpoint back. A request without one (layers used alone, below no retry
+/// layer) carries the notes as extensions instead ([`crate::EndpointSet`],
+/// [`crate::ext::SelectedEndpoint`]). A context belongs to one call: two
+/// calls sent at once with the same context would read each other's
+/// deadline and endpoint. A caller that wants to know where its request
+/// went attaches one before sending:
 ///
 /// ```
 /// use mesh_core::ext::CallContext;
@@ -116,7 +121,18 @@ impl CallContext {
     /// Runs `f` on the noted endpoints, without copying them; `None` when
     /// none were noted.
     pub fn with_endpoints<R>(&self, f: impl FnOnce(&EndpointSet) -> R) -> Option<R> {
-        lock(&self.0.endpoints).as_ref().map(f)
+        self.try_with_endpoints(f).ok()
+    }
+
+    /// Runs `f` on the noted endpoints; `f` back when none were noted.
+    fn try_with_endpoints<R, F>(&self, f: F) -> Result<R, F>
+    where
+        F: FnOnce(&EndpointSet) -> R,
+    {
+        match lock(&self.0.endpoints).as_ref() {
+            Some(set) => Ok(f(set)),
+            None => Err(f),
+        }
     }
 
     /// The noted endpoints.
@@ -148,10 +164,18 @@ impl CallContext {
 
     /// Notes that a layer below ends the current attempt by `until` at the
     /// latest (a timer of its own that fails the call then), so that a
-    /// layer above whose own limit is no earlier needs no timer.
-    pub fn bound_attempt(&self, until: Nanos) {
+    /// layer above whose own limit is no earlier needs no timer. The note
+    /// holds while the returned guard lives: the layer drops it once it no
+    /// longer bounds the attempt (its call answered, or was dropped), and
+    /// a layer above that still waits then sets its own timer.
+    #[must_use = "the bound is withdrawn when the guard is dropped"]
+    pub fn bound_attempt(&self, until: Nanos) -> AttemptBound {
         let nanos = until.0.min(NO_DEADLINE - 1);
         self.0.attempt_bound.fetch_min(nanos, Ordering::Relaxed);
+        AttemptBound {
+            context: self.clone(),
+            nanos,
+        }
     }
 
     /// When a layer below will have ended the current attempt, if one
@@ -163,8 +187,8 @@ impl CallContext {
         }
     }
 
-    /// Takes over `other`'s choice (a hedged copy that answered, into the
-    /// call's own context).
+    /// Takes over `other`'s choice of endpoint, and nothing else (a hedged
+    /// copy that answered, into the call's own context).
     pub fn adopt_choice(&self, other: &CallContext) {
         if Arc::ptr_eq(&self.0, &other.0) {
             return;
@@ -174,31 +198,63 @@ impl CallContext {
     }
 }
 
-/// The deadline of `req`: its call context's, else a [`Deadline`]
-/// inserted by hand.
+/// A layer's promise that the current attempt ends by a time, noted in
+/// its call's context ([`CallContext::bound_attempt`]) and withdrawn when
+/// dropped.
+#[derive(Debug)]
+pub struct AttemptBound {
+    context: CallContext,
+    nanos: u64,
+}
+
+impl Drop for AttemptBound {
+    fn drop(&mut self) {
+        // Only this note: an earlier one noted since stays (and one
+        // withdrawn early only makes the layer above set its own timer).
+        let bound = &self.context.0.attempt_bound;
+        let _ = bound.compare_exchange(
+            self.nanos,
+            NO_DEADLINE,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// The deadline of `req`: the earlier of its call context's and a
+/// [`Deadline`] inserted by hand.
 pub fn deadline_of<B>(req: &Request<B>) -> Option<Deadline> {
-    CallContext::of(req)
-        .and_then(CallContext::deadline)
-        .or_else(|| req.extensions().get::<Deadline>().copied())
+    let noted = CallContext::of(req).and_then(CallContext::deadline);
+    let by_hand = req.extensions().get::<Deadline>().copied();
+    match (noted, by_hand) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
-/// Runs `f` on the endpoints of `req`'s service: an [`EndpointSet`]
-/// inserted by hand wins, else the call context's.
+/// Runs `f` on the endpoints of `req`'s service: those noted in its call
+/// context (discovery's answer), else an [`EndpointSet`] inserted by hand.
 pub fn with_endpoint_set<B, R>(req: &Request<B>, f: impl FnOnce(&EndpointSet) -> R) -> Option<R> {
-    if let Some(set) = req.extensions().get::<EndpointSet>() {
-        return Some(f(set));
-    }
-    CallContext::of(req)?.with_endpoints(f)
+    let f = match CallContext::of(req) {
+        Some(context) => match context.try_with_endpoints(f) {
+            Ok(found) => return Some(found),
+            Err(f) => f,
+        },
+        None => f,
+    };
+    req.extensions().get::<EndpointSet>().map(f)
 }
 
-/// The endpoint chosen for `req`: a [`crate::ext::SelectedEndpoint`]
-/// inserted by hand (a health probe aimed at one endpoint) wins, else the
-/// call context's choice.
+/// The endpoint chosen for `req`: the balancer's choice noted in its call
+/// context, else a [`crate::ext::SelectedEndpoint`] (the balancer's, on a
+/// request without a context, or one set by hand: a health probe aimed at
+/// one endpoint).
 pub fn chosen_endpoint<B>(req: &Request<B>) -> Option<Endpoint> {
-    if let Some(selected) = req.extensions().get::<crate::ext::SelectedEndpoint>() {
-        return Some(selected.0.clone());
+    if let Some(chosen) = CallContext::of(req).and_then(CallContext::chosen) {
+        return Some(chosen);
     }
-    CallContext::of(req)?.chosen()
+    let selected = req.extensions().get::<crate::ext::SelectedEndpoint>()?;
+    Some(selected.0.clone())
 }
 
 #[cfg(test)]
@@ -214,7 +270,7 @@ mod tests {
     }
 
     #[test]
-    fn a_clone_of_the_request_shares_the_context() {
+    fn a_request_made_with_the_context_shares_it() {
         let mut req = Request::new(());
         let context = CallContext::attach(&mut req).clone();
         let copy = Request::builder()
@@ -232,21 +288,38 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_inserted_by_hand_win_over_the_context() {
+    fn discoverys_endpoints_win_over_a_set_inserted_by_hand() {
         let mut req = Request::new(());
-        CallContext::attach(&mut req).set_endpoints(EndpointSet::new(users(), vec![endpoint(1)]));
-        assert_eq!(with_endpoint_set(&req, EndpointSet::len), Some(1));
-        req.extensions_mut()
-            .insert(EndpointSet::new(users(), vec![endpoint(2), endpoint(3)]));
+        let by_hand = EndpointSet::new(users(), vec![endpoint(2), endpoint(3)]);
+        req.extensions_mut().insert(by_hand);
         assert_eq!(with_endpoint_set(&req, EndpointSet::len), Some(2));
+        CallContext::attach(&mut req);
+        assert_eq!(
+            with_endpoint_set(&req, EndpointSet::len),
+            Some(2),
+            "a context with no endpoints noted falls back to the extension"
+        );
+        let discovered = EndpointSet::new(users(), vec![endpoint(1)]);
+        CallContext::attach(&mut req).set_endpoints(discovered);
+        assert_eq!(with_endpoint_set(&req, EndpointSet::len), Some(1));
+    }
+
+    #[test]
+    fn the_balancers_choice_wins_over_an_endpoint_named_by_hand() {
+        let mut req = Request::new(());
+        let by_hand = crate::ext::SelectedEndpoint(endpoint(9));
+        req.extensions_mut().insert(by_hand);
+        assert_eq!(chosen_endpoint(&req).map(|e| e.address().port()), Some(9));
+        CallContext::attach(&mut req).choose(users(), endpoint(1));
+        assert_eq!(chosen_endpoint(&req).map(|e| e.address().port()), Some(1));
     }
 
     #[test]
     fn a_new_attempt_forgets_the_last_choice_and_bound_and_a_copy_hands_its_choice_over() {
         let call = CallContext::new();
         call.choose(users(), endpoint(1));
-        call.bound_attempt(Nanos(9));
-        call.bound_attempt(Nanos(12));
+        let _nine = call.bound_attempt(Nanos(9));
+        let _twelve = call.bound_attempt(Nanos(12));
         assert_eq!(call.attempt_bound(), Some(Nanos(9)), "the earliest bound");
         call.begin_attempt();
         assert!(call.chosen().is_none());
@@ -271,11 +344,28 @@ mod tests {
     }
 
     #[test]
-    fn the_context_deadline_wins_over_one_inserted_by_hand() {
+    fn the_earlier_of_the_noted_and_the_hand_deadline_holds() {
         let mut req = Request::new(());
         req.extensions_mut().insert(Deadline(Nanos(7)));
         assert_eq!(deadline_of(&req), Some(Deadline(Nanos(7))));
+        CallContext::attach(&mut req).set_deadline(Deadline(Nanos(9)));
+        assert_eq!(deadline_of(&req), Some(Deadline(Nanos(7))));
         CallContext::attach(&mut req).set_deadline(Deadline(Nanos(5)));
         assert_eq!(deadline_of(&req), Some(Deadline(Nanos(5))));
+    }
+
+    #[test]
+    fn a_bound_holds_while_its_guard_lives() {
+        let call = CallContext::new();
+        let bound = call.bound_attempt(Nanos(9));
+        assert_eq!(call.attempt_bound(), Some(Nanos(9)));
+        drop(bound);
+        assert_eq!(call.attempt_bound(), None, "withdrawn");
+        let later = call.bound_attempt(Nanos(12));
+        let earlier = call.bound_attempt(Nanos(9));
+        drop(later);
+        assert_eq!(call.attempt_bound(), Some(Nanos(9)), "the earlier stays");
+        drop(earlier);
+        assert_eq!(call.attempt_bound(), None);
     }
 }

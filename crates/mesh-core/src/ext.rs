@@ -32,7 +32,9 @@ use std::sync::Arc;
 use crate::endpoint::Endpoint;
 use crate::name::{EndpointId, ServiceName};
 
-pub use crate::call_context::{chosen_endpoint, deadline_of, with_endpoint_set, CallContext};
+pub use crate::call_context::{
+    chosen_endpoint, deadline_of, with_endpoint_set, AttemptBound, CallContext,
+};
 
 /// The logical service a request is for.
 ///
@@ -61,11 +63,13 @@ impl AffinityKey {
     }
 }
 
-/// The endpoint the balancer chose for this attempt.
+/// An endpoint a request is for, named by hand.
 ///
-/// Present on the request below the balancer (so a per-endpoint breaker
-/// knows whose state to update) and on the response it returns (so retry
-/// knows which endpoint answered).
+/// A health probe aimed at one endpoint carries it, so that a per-endpoint
+/// breaker knows whose state to update. The balancer notes its choice in
+/// the request's [`CallContext`]; only a request without one (a balancer
+/// used alone) gets this instead, on the request below the balancer and on
+/// the response it returns.
 #[derive(Clone, Debug)]
 pub struct SelectedEndpoint(pub Endpoint);
 

@@ -8,9 +8,9 @@
 //!
 //! Two request shapes: a bare request, whose `http::Extensions` map does
 //! not exist yet (the layer's one insert allocates it), and a request that
-//! already carries an extension, as every request does by the time the
-//! balancer below has written `SelectedEndpoint`. A counting allocator
-//! (`stats_alloc`) reports the allocations each case makes per call.
+//! already carries an extension (an affinity key, say). A counting
+//! allocator (`stats_alloc`) reports the allocations each case makes per
+//! call.
 //!
 //! ```text
 //! cargo bench -p mesh-discover --bench resolve

@@ -4,7 +4,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Request;
-use mesh_core::ext::CallContext;
 use mesh_core::{BoxError, MeshError, ServiceName};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -12,6 +11,7 @@ use tower::Service;
 
 use crate::catalog::Catalog;
 use crate::followers::{First, Waiter};
+use crate::service::note_endpoints;
 
 pin_project! {
     /// The response future of [`crate::Discover`]: the inner call, the
@@ -169,7 +169,7 @@ where
                             "discovery response future polled after completion".into(),
                         ));
                     };
-                    CallContext::attach(&mut req).set_endpoints(set);
+                    note_endpoints(&mut req, set);
                     State::Called {
                         future: w.inner.call(req),
                     }

@@ -15,8 +15,10 @@ use crate::future::ResponseFuture;
 ///
 /// The target is the [`TargetService`] extension when the request carries
 /// one, else the host of the URI authority. The service's current
-/// [`EndpointSet`] is inserted into the request's extensions for the
-/// layers below; it names its service, so nothing else is inserted.
+/// [`EndpointSet`] is noted for the layers below in the request's
+/// [`CallContext`] (the retry layer attaches one to every call), else
+/// inserted into its extensions; it names its service, so nothing else is
+/// added.
 ///
 /// A request with no authority, a host that is not a valid service name, or
 /// a service no registry knows fails at once with a [`MeshError`] saying
@@ -84,6 +86,17 @@ impl<S> DiscoverService<S> {
     }
 }
 
+/// Hands `set` to the layers below: in the request's call context when it
+/// has one (no allocation), else as an extension.
+pub(crate) fn note_endpoints<B>(req: &mut Request<B>, set: EndpointSet) {
+    match CallContext::of(req) {
+        Some(context) => context.set_endpoints(set),
+        None => {
+            req.extensions_mut().insert(set);
+        }
+    }
+}
+
 impl<S, B> Service<Request<B>> for DiscoverService<S>
 where
     S: Service<Request<B>> + Clone,
@@ -103,9 +116,9 @@ where
                 if let Some(followers) = &self.followers {
                     followers.touch(set.service());
                 }
-                // Noted in the call's context: the set names its service,
-                // which is all the layers below need (see `mesh_core::ext`).
-                CallContext::attach(&mut req).set_endpoints(set);
+                // The set names its service, which is all the layers below
+                // need (see `mesh_core::ext`).
+                note_endpoints(&mut req, set);
                 ResponseFuture::called(self.inner.call(req))
             }
             Err(MeshError::UnknownService { service }) if self.followers.is_some() => {
@@ -153,7 +166,7 @@ mod tests {
             .catalog();
         DiscoverService::new(
             service_fn(|req: Request<()>| async move {
-                let set = CallContext::of(&req).unwrap().endpoints().unwrap();
+                let set = req.extensions().get::<EndpointSet>().unwrap();
                 Ok::<_, Infallible>(format!(
                     "{} {}",
                     set.service(),

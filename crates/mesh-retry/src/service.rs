@@ -35,7 +35,9 @@ use crate::trace::{self, AttemptAnswer};
 /// stack below produces).
 /// Before the first attempt it counts the request for the retry budget (the
 /// [`RetryBudget`] the request carries as an extension, if any, else the
-/// layer's) and sets the request's [`Deadline`].
+/// layer's) and notes the call's deadline in its
+/// [`CallContext`]: the earlier of the caller's (a [`Deadline`]) and the
+/// configuration's.
 ///
 /// A call is hedged instead ([`HedgeFuture`]) when the request's
 /// [`CallPolicy`], or else the configuration, has [`Hedging`], and the
@@ -242,12 +244,12 @@ pin_project! {
     pub struct AttemptFuture<F> {
         #[pin]
         inner: F,
-        // Set on the first poll that finds the attempt pending, unless a
-        // layer below already ends it by `until` (the breaker's call
+        // Set on a poll that finds the attempt pending, unless a layer
+        // below still promises to end it by `until` (the breaker's call
         // timeout, noted in the context): one timer instead of two.
         #[pin]
         sleep: Option<Sleep>,
-        // When the attempt must have ended, until its timer is decided.
+        // When the attempt must have ended.
         until: Option<Nanos>,
         limit: Duration,
         context: CallContext,
@@ -300,7 +302,10 @@ where
             this.trace.finish(&result, this.context);
             return Poll::Ready(result);
         }
-        if let Some(until) = this.until.take() {
+        // Looked at on every poll: the bound lasts only while the layer
+        // that noted it still has the call (a layer between may wait on
+        // after it answered).
+        if let (true, Some(until)) = (this.sleep.is_none(), *this.until) {
             let covered = this.context.attempt_bound().is_some_and(|b| b <= until);
             if !covered {
                 let at = tokio::time::Instant::from_std(until.to_instant());

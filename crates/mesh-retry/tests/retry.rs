@@ -431,17 +431,20 @@ async fn an_attempt_cut_by_its_timeout_puts_its_endpoint_on_the_avoid_list() {
 }
 
 /// A layer below that notes it ends each attempt `bound` from now (as the
-/// breaker's call timeout does) but never answers.
+/// breaker's call timeout does), withdraws the note after `held`, and
+/// never answers.
 fn hangs_after_noting_a_bound(
     bound: Duration,
+    held: Duration,
 ) -> impl tower::Service<Request<String>, Response = Response<String>, Error = BoxError> + Clone {
     use mesh_core::clock;
     use mesh_core::ext::CallContext;
     service_fn(move |req: Request<String>| {
-        if let Some(context) = CallContext::of(&req) {
-            context.bound_attempt(clock::now().saturating_add(bound));
-        }
+        let note =
+            CallContext::of(&req).map(|c| c.bound_attempt(clock::now().saturating_add(bound)));
         async move {
+            tokio::time::sleep(held).await;
+            drop(note);
             std::future::pending::<()>().await;
             Ok::<_, BoxError>(Response::new(String::new()))
         }
@@ -460,17 +463,38 @@ fn one_attempt_within(deadline: Duration) -> RetryLayer {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_attempt_a_layer_below_ends_first_gets_no_timer_of_its_own() {
-    // The layer below promised to end the attempt at 1 s and (here) breaks
-    // that promise: with no timer of its own, the retry layer waits on.
-    let svc = one_attempt_within(MS(5_000)).layer(hangs_after_noting_a_bound(MS(1_000)));
-    let waited = tokio::time::timeout(MS(60_000), svc.oneshot(get())).await;
+async fn an_attempt_bounded_below_gets_no_timer_while_the_bound_holds() {
+    // The layer below promises to end the attempt at 1 s and (here) breaks
+    // that promise, holding it for a minute: with no timer of its own,
+    // the retry layer waits on.
+    let below = hangs_after_noting_a_bound(MS(1_000), MS(60_000));
+    let svc = one_attempt_within(MS(5_000)).layer(below);
+    let waited = tokio::time::timeout(MS(30_000), svc.oneshot(get())).await;
     assert!(waited.is_err(), "trusted the bound below, set no timer");
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_attempt_gets_its_timer_once_the_bound_below_is_withdrawn() {
+    // The layer that promised answered at 100 ms (its note withdrawn);
+    // something between it and the retry layer still waits.
+    let below = hangs_after_noting_a_bound(MS(1_000), MS(100));
+    let svc = one_attempt_within(MS(500)).layer(below);
+    let started = Instant::now();
+    let error = svc.oneshot(get()).await.expect_err("cut by the deadline");
+    assert!(
+        matches!(
+            MeshError::find(error.as_ref()),
+            Some(MeshError::Timeout { .. })
+        ),
+        "{error}"
+    );
+    assert_eq!(started.elapsed(), MS(500), "at the deadline, not later");
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_attempt_whose_own_limit_comes_first_keeps_its_timer() {
-    let svc = one_attempt_within(MS(500)).layer(hangs_after_noting_a_bound(MS(10_000)));
+    let below = hangs_after_noting_a_bound(MS(10_000), MS(60_000));
+    let svc = one_attempt_within(MS(500)).layer(below);
     let started = Instant::now();
     let error = svc.oneshot(get()).await.expect_err("cut by the deadline");
     assert!(

@@ -184,8 +184,12 @@ fn sampled_least_cost_picks_avoid_the_loaded_half_of_a_large_set() {
             loaded += usize::from(e.state().in_flight() == 8);
         }
         let share = loaded as f64 / picks as f64;
-        // 1/16 expected; 0.10 leaves room for chance.
-        assert!(share < 0.10, "{strategy:?}: loaded half got {share:.3}");
+        // Four available endpoints are drawn, and 5 in 9 available ones
+        // are loaded (the unhealthy tenth are all unloaded): the loaded
+        // one wins only when all four are, (5/9)^4 = 0.095 of picks. 0.12
+        // leaves room for chance (the deviation over 20,000 picks is
+        // 0.002); a pick blind to load would give 0.56.
+        assert!(share < 0.12, "{strategy:?}: loaded half got {share:.3}");
     }
 }
 
