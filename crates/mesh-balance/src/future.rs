@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use mesh_core::ext::SelectedEndpoint;
+use mesh_core::ext::{CallContext, SelectedEndpoint};
 use mesh_core::{BoxError, Endpoint, MeshError, ServiceName};
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
@@ -67,26 +67,45 @@ pin_project! {
 
 /// What the balancer remembers about a dispatched call.
 pub(crate) struct Call {
-    endpoint: Endpoint,
-    service: ServiceName,
     in_flight: InFlight,
-    /// The request had no call context: the response names the endpoint.
-    report_on_response: bool,
+    chosen: Chosen,
+}
+
+/// Where the endpoint a call went to is kept.
+pub(crate) enum Chosen {
+    /// In the call's context, read back only to name it in an error.
+    InContext(CallContext),
+    /// Here, for a request without a context: the response names it.
+    Here {
+        endpoint: Endpoint,
+        service: ServiceName,
+    },
 }
 
 impl Call {
-    pub(crate) fn new(
-        endpoint: Endpoint,
-        service: ServiceName,
-        in_flight: InFlight,
-        report_on_response: bool,
-    ) -> Self {
-        Call {
-            endpoint,
+    pub(crate) fn new(in_flight: InFlight, chosen: Chosen) -> Self {
+        Call { in_flight, chosen }
+    }
+}
+
+impl Chosen {
+    /// `error` from the endpoint chosen, wrapped in
+    /// [`MeshError::Endpoint`] naming it.
+    fn blame(self, error: BoxError) -> BoxError {
+        let (service, endpoint) = match self {
+            Chosen::Here { endpoint, service } => (service, endpoint),
+            Chosen::InContext(context) => match context.chosen_with_service() {
+                Some(chosen) => chosen,
+                None => return error,
+            },
+        };
+        MeshError::Endpoint {
             service,
-            in_flight,
-            report_on_response,
+            endpoint: endpoint.id().clone(),
+            address: endpoint.address(),
+            source: error,
         }
+        .into()
     }
 }
 
@@ -211,10 +230,8 @@ where
 {
     let result = std::task::ready!(future.poll(cx));
     let Some(Call {
-        endpoint,
-        service,
         mut in_flight,
-        report_on_response,
+        chosen,
     }) = call.take()
     else {
         return Poll::Ready(Err("balance response future polled after completion".into()));
@@ -237,7 +254,7 @@ where
                     false => tracked,
                 }
             });
-            if report_on_response {
+            if let Chosen::Here { endpoint, .. } = chosen {
                 response.extensions_mut().insert(SelectedEndpoint(endpoint));
             }
             Ok(response)
@@ -245,13 +262,7 @@ where
         Err(error) => {
             in_flight.failed();
             drop(in_flight);
-            Err(MeshError::Endpoint {
-                service,
-                endpoint: endpoint.id().clone(),
-                address: endpoint.address(),
-                source: error.into(),
-            }
-            .into())
+            Err(chosen.blame(error.into()))
         }
     })
 }

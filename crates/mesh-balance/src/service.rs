@@ -11,7 +11,7 @@ use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, ServiceName};
 use tower::Service;
 
 use crate::body::{InFlight, TrackedBody};
-use crate::future::{Call, ResponseFuture};
+use crate::future::{Call, Chosen, ResponseFuture};
 use crate::slots::Slots;
 use crate::strategy::{hash_key, KeySource, NoPick, PickContext, Picker};
 
@@ -149,21 +149,22 @@ impl Chooser {
             };
             tracing::trace!(endpoint = %endpoint, "picked endpoint");
             rewrite(&mut req, &endpoint);
-            // The call context takes the note without an allocation;
-            // without one, the request and the response carry it.
-            let report_on_response = match CallContext::of(&req) {
+            // The call context takes the note without an allocation (and
+            // the endpoint and name, not copies of them: each copy writes a
+            // count every core shares); without one, the request and the
+            // response carry it.
+            let chosen = match CallContext::of(&req) {
                 Some(context) => {
-                    context.choose(service.clone(), endpoint.clone());
-                    false
+                    context.choose(service, endpoint);
+                    Chosen::InContext(context.clone())
                 }
                 None => {
                     req.extensions_mut()
                         .insert(SelectedEndpoint(endpoint.clone()));
-                    true
+                    Chosen::Here { endpoint, service }
                 }
             };
-            let call = Call::new(endpoint, service, in_flight, report_on_response);
-            return Dispatch::Sent(req, call);
+            return Dispatch::Sent(req, Call::new(in_flight, chosen));
         }
         let error = match with_endpoint_set(&req, |set| (set.service().clone(), set.len())) {
             Some((service, total)) => self.at_capacity(service, total),

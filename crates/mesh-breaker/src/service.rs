@@ -253,8 +253,9 @@ where
         let Some(entry) = registry.get_or_insert(key, service, endpoint, clock::now) else {
             return ResponseFuture::unguarded(self.inner.call(req), timeout, context);
         };
-        // Owned only for per-endpoint breakers, which eject it.
-        let endpoint = endpoint.cloned();
+        // Named only for per-endpoint breakers, which eject it: moved out
+        // of the request's names, not copied (a shared count per copy).
+        let endpoint = named.endpoint;
         if let Some(e) = &endpoint {
             if entry.endpoint.get().is_none() {
                 let _ = entry.endpoint.set(e.clone());
