@@ -15,18 +15,22 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh::prelude::*;
 use mesh_testkit::{Backend, Behavior};
+use tower::util::MapFutureLayer;
 use tower::{ServiceBuilder, ServiceExt};
 
 const SLOW: Duration = Duration::from_secs(3);
 
 /// Retry (no retries, the whole call within `deadline`), discovery of
 /// `backend`, round robin, and a breaker timing each call at
-/// `call_timeout`, over hyper's client: one call to it, its error and how
-/// long it took.
+/// `call_timeout`, over hyper's client; with `stall`, a layer between
+/// balancer and breaker that waits that long after the breaker answered
+/// (as one reading a body that never ends would). One call to it, its
+/// error and how long it took.
 async fn call_by_hand(
     backend: &Backend,
     deadline: Duration,
     call_timeout: Duration,
+    stall: Option<Duration>,
 ) -> (BoxError, Duration) {
     let registry = StaticRegistry::builder()
         .service("users", [backend.addr().to_string()])
@@ -46,16 +50,20 @@ async fn call_by_hand(
         .layer(RetryLayer::new(retry))
         .layer(DiscoverLayer::new(registry.catalog()))
         .layer(BalanceLayer::round_robin())
+        .option_layer(stall.map(|wait| {
+            MapFutureLayer::new(move |answer| async move {
+                let answer = answer.await;
+                tokio::time::sleep(wait).await;
+                answer
+            })
+        }))
         .layer(BreakerLayer::new(breaker))
         .service(client);
     let req = Request::get("http://users/")
         .body(Full::new(Bytes::new()))
         .expect("request");
     let started = Instant::now();
-    let error = stack
-        .oneshot(req)
-        .await
-        .expect_err("the server is too slow");
+    let error = stack.oneshot(req).await.expect_err("too slow");
     (error, started.elapsed())
 }
 
@@ -74,6 +82,7 @@ async fn the_breakers_earlier_call_timeout_ends_the_attempt_for_the_retry_layer(
         &backend,
         Duration::from_secs(10),
         Duration::from_millis(150),
+        None,
     )
     .await;
     assert_eq!(
@@ -95,6 +104,7 @@ async fn a_deadline_earlier_than_the_breakers_timeout_still_ends_the_attempt() {
         &backend,
         Duration::from_millis(150),
         Duration::from_secs(10),
+        None,
     )
     .await;
     let after = timed_out_after(&error).expect("a timeout");
@@ -109,44 +119,18 @@ async fn a_deadline_earlier_than_the_breakers_timeout_still_ends_the_attempt() {
     assert!(elapsed < SLOW, "ended by the deadline, took {elapsed:?}");
 }
 
-/// A client of `backend` with a per-attempt `timeout` and no retries.
 #[tokio::test]
 async fn a_layer_waiting_after_the_breaker_answered_is_cut_at_the_deadline() {
     // The server answers at once, so the breaker's call (timed at 10 s) is
-    // over; a layer between retry and breaker then stalls, as one reading
-    // a body that never ends would.
+    // over when the layer between starts to wait.
     let backend = Backend::start(Behavior::Ok).await.expect("backend");
-    let registry = StaticRegistry::builder()
-        .service("users", [backend.addr().to_string()])
-        .build()
-        .expect("static list");
-    let retry = RetryConfig::builder()
-        .max_retries(0)
-        .deadline(Duration::from_millis(300))
-        .build()
-        .expect("retry config");
-    let breaker = BreakerConfig::builder()
-        .call_timeout(Duration::from_secs(10))
-        .build()
-        .expect("breaker config");
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let stack = ServiceBuilder::new()
-        .layer(RetryLayer::new(retry))
-        .layer(DiscoverLayer::new(registry.catalog()))
-        .layer(BalanceLayer::round_robin())
-        .map_future(|answer| async move {
-            let answer = answer.await;
-            tokio::time::sleep(SLOW).await;
-            answer
-        })
-        .layer(BreakerLayer::new(breaker))
-        .service(client);
-    let req = Request::get("http://users/")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let started = Instant::now();
-    let error = stack.oneshot(req).await.expect_err("cut by the deadline");
-    let elapsed = started.elapsed();
+    let (error, elapsed) = call_by_hand(
+        &backend,
+        Duration::from_millis(300),
+        Duration::from_secs(10),
+        Some(SLOW),
+    )
+    .await;
     let after = timed_out_after(&error).expect("a timeout");
     assert!(after <= Duration::from_millis(300), "{error}");
     assert!(
@@ -155,6 +139,7 @@ async fn a_layer_waiting_after_the_breaker_answered_is_cut_at_the_deadline() {
     );
 }
 
+/// A client of `backend` with a per-attempt `timeout` and no retries.
 async fn facade(backend: &Backend, timeout: &str) -> MeshClient {
     let config = mesh::MeshConfig::from_toml_str(&format!(
         r#"
