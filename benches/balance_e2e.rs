@@ -7,6 +7,9 @@
 //! cargo bench -p tower-mesh-benches --bench balance_e2e
 //! ```
 
+#[path = "bench_runtime.rs"]
+mod bench_runtime;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,15 +94,9 @@ fn pct(l: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    // `cargo test` runs benches in test mode with `--bench` absent: skip.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = bench_runtime::runtime() else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    };
     runtime.block_on(async {
         let mut backends = Vec::new();
         for b in [

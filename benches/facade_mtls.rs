@@ -21,6 +21,9 @@
 //! cargo bench -p tower-mesh-benches --bench facade_mtls
 //! ```
 
+#[path = "bench_runtime.rs"]
+mod bench_runtime;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -308,15 +311,9 @@ struct Sample {
 }
 
 fn main() {
-    // `cargo test` runs benches in test mode with `--bench` absent: skip.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = bench_runtime::runtime() else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    };
     runtime.block_on(run());
 }
 

@@ -46,6 +46,9 @@ mod output;
 #[path = "../examples/plot.rs"]
 mod plot;
 
+#[path = "bench_runtime.rs"]
+mod bench_runtime;
+
 use std::alloc::System;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -513,15 +516,9 @@ impl Lab {
 }
 
 fn main() {
-    // `cargo test` runs benches in test mode with `--bench` absent: skip.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = bench_runtime::runtime() else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    };
     let rows = runtime.block_on(async {
         let mut lab = Lab::new().await;
         let client: anchors::HttpClient = Client::builder(TokioExecutor::new()).build_http();

@@ -22,6 +22,9 @@
 //! cargo bench -p tower-mesh-benches --bench footprint
 //! ```
 
+#[path = "bench_runtime.rs"]
+mod bench_runtime;
+
 use std::alloc::System;
 use std::time::Duration;
 
@@ -219,11 +222,9 @@ async fn one_call_each_through_the_facade() {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let Some(runtime) = bench_runtime::runtime() else {
+        return;
+    };
     println!("| what | heap kept | per unit | resident |");
     println!("|---|---|---|---|");
     let idle = idle_endpoints();

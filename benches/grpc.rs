@@ -34,6 +34,9 @@
 #[path = "output.rs"]
 mod output;
 
+#[path = "bench_runtime.rs"]
+mod bench_runtime;
+
 use std::alloc::System;
 use std::convert::Infallible;
 use std::future::Future;
@@ -768,15 +771,9 @@ fn print_tables(rows: &[Row], memory: &[MemoryRow]) {
 }
 
 fn main() {
-    // `cargo test` runs benches in test mode with `--bench` absent: skip.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = bench_runtime::runtime() else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    };
     let (rows, memory) = runtime.block_on(async {
         let lab = Lab::new().await;
         let mut rows = Vec::new();

@@ -36,6 +36,9 @@
 #[path = "output.rs"]
 mod output;
 
+#[path = "bench_runtime.rs"]
+mod bench_runtime;
+
 use std::alloc::System;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -511,15 +514,9 @@ fn filters() -> (Vec<String>, Option<usize>) {
 }
 
 fn main() {
-    // `cargo test` runs benches in test mode with `--bench` absent: skip.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = bench_runtime::runtime() else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    };
     let (names, callers_only) = filters();
     let began = Instant::now();
     let pairs = runtime.block_on(async {

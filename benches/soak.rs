@@ -8,6 +8,9 @@
 //! cargo bench -p tower-mesh-benches --bench soak
 //! ```
 
+#[path = "bench_runtime.rs"]
+mod bench_runtime;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,18 +36,13 @@ fn rss_mib() -> f64 {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = bench_runtime::runtime() else {
         return;
-    }
+    };
     let total: u64 = std::env::var("MESH_SOAK_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     runtime.block_on(async move {
         let mut backends = Vec::new();
         for _ in 0..5 {
