@@ -1,6 +1,8 @@
 //! [`MeshEvent`]s and the [`EventBus`] that carries them.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -355,6 +357,10 @@ pub enum MeshEvent {
 #[derive(Clone)]
 pub struct EventBus {
     sender: broadcast::Sender<MeshEvent>,
+    /// Set by the first subscription, never cleared: until then, asking
+    /// whether anyone listens reads one flag instead of taking the
+    /// channel's lock, which every call's publisher would contend for.
+    ever_subscribed: Arc<AtomicBool>,
 }
 
 // === impl EventBus ===
@@ -371,11 +377,15 @@ impl EventBus {
     /// to `1..=MAX_CAPACITY`.
     pub fn new(capacity: usize) -> Self {
         let (sender, _) = broadcast::channel(capacity.clamp(1, Self::MAX_CAPACITY));
-        EventBus { sender }
+        EventBus {
+            sender,
+            ever_subscribed: Arc::default(),
+        }
     }
 
     /// A new subscriber that sees every event published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<MeshEvent> {
+        self.ever_subscribed.store(true, Ordering::Relaxed);
         self.sender.subscribe()
     }
 
@@ -388,6 +398,9 @@ impl EventBus {
 
     /// How many subscribers are listening.
     pub fn subscriber_count(&self) -> usize {
+        if !self.ever_subscribed.load(Ordering::Relaxed) {
+            return 0;
+        }
         self.sender.receiver_count()
     }
 }
@@ -432,6 +445,19 @@ mod tests {
         );
         bus.publish(event(2));
         assert_eq!(late.try_recv().unwrap(), event(2));
+    }
+
+    #[test]
+    fn subscribers_are_counted_by_every_clone_and_uncounted_when_dropped() {
+        let bus = EventBus::new(4);
+        let clone = bus.clone();
+        let first = clone.subscribe();
+        let second = bus.subscribe();
+        assert_eq!(bus.subscriber_count(), 2);
+        assert_eq!(clone.subscriber_count(), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(bus.subscriber_count(), 0);
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! `mesh_requests_total` counters and `mesh_request_duration_seconds`
 //! histograms.
 //!
-//! Recording is on the hot path, so it costs a read lock, two hash
-//! lookups and three relaxed atomic additions: no allocation, no label
-//! set built per call. Each (service, endpoint) pair has one [`Series`]
+//! Recording is on the hot path, so it costs two hash lookups in a map
+//! read without a lock and three atomic additions: no allocation, no
+//! label set built per call, no write to a line every core shares but the
+//! series' own counters. The map is copied on change (a new pair, a
+//! scrape's removals), which is rare next to calls. Each (service, endpoint) pair has one [`Series`]
 //! of plain atomics (one counter per outcome [`Cell`], one per histogram
 //! bucket); labels are written only when a scrape encodes them.
 //!
@@ -25,10 +27,11 @@
 
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::Response;
 use http_body::Frame;
 use mesh_core::ext::SelectedEndpoint;
@@ -144,7 +147,16 @@ pub(crate) struct Series {
     /// Calls counted at the last scrape, to know whether one has shown
     /// the latest count.
     scraped: AtomicU64,
+    /// Calls counted, and [`SEALED`] once a scrape removed the series:
+    /// the one word where a removal and a call meet, so that exactly one
+    /// of them comes first.
+    calls: AtomicU64,
 }
+
+/// The mark of a series removed from the map: a call that finds it when
+/// adding itself to `calls` was not counted, and counts itself again in
+/// the map as it is now.
+const SEALED: u64 = 1 << 63;
 
 /// What a scrape reads of one series.
 #[derive(Clone, Debug, PartialEq)]
@@ -167,21 +179,31 @@ pub(crate) struct SeriesSnapshot {
 // === impl Series ===
 
 impl Series {
-    fn record(&self, cell: Cell, elapsed: Duration) {
+    /// Counts one call, unless a scrape has removed the series: whether
+    /// it did.
+    fn record(&self, cell: Cell, elapsed: Duration) -> bool {
+        if self.calls.fetch_add(1, Ordering::Relaxed) & SEALED != 0 {
+            return false;
+        }
         self.cells[cell.0].fetch_add(1, Ordering::Relaxed);
         let seconds = elapsed.as_secs_f64();
         let bucket = BUCKETS
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        true
     }
 
-    /// Calls counted so far.
-    fn total(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    /// Removes the series if no call has counted into it since a scrape
+    /// showed `shown` calls: whether it did. A call that adds itself to
+    /// `calls` afterwards finds it sealed.
+    fn seal_unless_counted_since(&self, shown: u64) -> bool {
+        self.calls
+            .compare_exchange(shown, shown | SEALED, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     fn snapshot(&self, service: &ServiceName, endpoint: &EndpointId) -> SeriesSnapshot {
@@ -214,19 +236,26 @@ impl Series {
 /// Every call's outcome and latency, by service and endpoint, bounded.
 #[derive(Debug)]
 pub(crate) struct CallMetrics {
-    by_service: RwLock<Map>,
+    by_service: ArcSwap<Map>,
+    /// Held to change the map (copy, change, swap in), one change at a
+    /// time.
+    writing: Mutex<()>,
     classifier: FailureClassifier,
     none: EndpointId,
     overflow: EndpointId,
     overflow_service: ServiceName,
 }
 
-/// The series by service, then endpoint, and how many there are.
-#[derive(Debug, Default)]
+/// The series by service, then endpoint, and how many there are. A
+/// change copies the service map and the one endpoint map it touches.
+#[derive(Clone, Debug, Default)]
 struct Map {
-    services: HashMap<ServiceName, HashMap<EndpointId, Arc<Series>>>,
+    services: HashMap<ServiceName, Arc<Endpoints>>,
     len: usize,
 }
+
+/// One service's series, by endpoint.
+type Endpoints = HashMap<EndpointId, Arc<Series>>;
 
 /// A gRPC call counted when its body ends, with the status in its
 /// trailers.
@@ -242,7 +271,8 @@ struct PendingCall {
 impl Default for CallMetrics {
     fn default() -> Self {
         CallMetrics {
-            by_service: RwLock::default(),
+            by_service: ArcSwap::default(),
+            writing: Mutex::default(),
             classifier: FailureClassifier::default(),
             #[allow(clippy::unwrap_used)] // constant, valid ids
             none: EndpointId::new(NO_ENDPOINT).unwrap(),
@@ -300,7 +330,7 @@ impl CallMetrics {
     /// map's own key, so that naming a call by its URI's host allocates
     /// only on the service's first call (or one written in upper case).
     pub(crate) fn service_named(&self, host: &str) -> Option<ServiceName> {
-        let map = self.by_service.read().unwrap_or_else(|e| e.into_inner());
+        let map = self.by_service.load();
         map.services
             .get_key_value(host)
             .map(|(name, _)| name.clone())
@@ -316,41 +346,56 @@ impl CallMetrics {
         elapsed: Duration,
     ) {
         let endpoint = endpoint.unwrap_or(&self.none);
-        {
-            let map = self.by_service.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(series) = map.services.get(service).and_then(|s| s.get(endpoint)) {
-                series.record(cell, elapsed);
+        loop {
+            let found = {
+                let map = self.by_service.load();
+                let series = map.services.get(service).and_then(|s| s.get(endpoint));
+                series.map(|series| series.record(cell, elapsed))
+            };
+            let counted = match found {
+                Some(counted) => counted,
+                None => self.insert(service, endpoint).record(cell, elapsed),
+            };
+            if counted {
                 return;
             }
+            // Removed meanwhile: once the scrape that removed it lets go
+            // of the map, the call is counted in the map as it is then.
+            drop(self.lock());
         }
-        self.insert(service, endpoint).record(cell, elapsed);
     }
 
-    /// `service`'s series for `endpoint`, made (under the write lock);
-    /// when the map is full, its `overflow` series, or the `overflow`
-    /// service's for a service not seen yet.
+    /// The lock on changes to the map.
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `service`'s series for `endpoint`, made on its first call; when the
+    /// map is full, its `overflow` series, or the `overflow` service's for
+    /// a service not seen yet.
     fn insert(&self, service: &ServiceName, endpoint: &EndpointId) -> Arc<Series> {
-        let mut map = self.by_service.write().unwrap_or_else(|e| e.into_inner());
-        let Map { services, len } = &mut *map;
-        let full = *len >= MAX_SERIES;
+        let _writing = self.lock();
+        let current = self.by_service.load();
+        let full = current.len >= MAX_SERIES;
         // Services can be named by request data (a stack assembled by
         // hand names them by the URI's host): past the bound a new one
         // adds nothing. Overflow series then add at most one per service
         // already kept, and one for the `overflow` service.
-        let service = match full && !services.contains_key(service) {
+        let service = match full && !current.services.contains_key(service) {
             true => &self.overflow_service,
             false => service,
         };
-        let endpoints = services.entry(service.clone()).or_default();
-        if let Some(series) = endpoints.get(endpoint) {
+        let endpoint = if full { &self.overflow } else { endpoint };
+        if let Some(series) = current.services.get(service).and_then(|s| s.get(endpoint)) {
             return Arc::clone(series);
         }
-        let endpoint = if full { &self.overflow } else { endpoint };
-        let series = endpoints.entry(endpoint.clone()).or_insert_with(|| {
-            *len += 1;
-            Arc::default()
-        });
-        Arc::clone(series)
+        let mut map = Map::clone(&current);
+        let endpoints = map.services.entry(service.clone()).or_default();
+        let series = Arc::<Series>::default();
+        Arc::make_mut(endpoints).insert(endpoint.clone(), Arc::clone(&series));
+        map.len += 1;
+        self.by_service.store(Arc::new(map));
+        series
     }
 
     /// Every series, for a scrape; afterwards the series of endpoints
@@ -364,9 +409,9 @@ impl CallMetrics {
         let mut snapshots = Vec::new();
         let mut stale = Vec::new();
         {
-            let map = self.by_service.read().unwrap_or_else(|e| e.into_inner());
+            let map = self.by_service.load();
             for (service, endpoints) in &map.services {
-                for (endpoint, series) in endpoints {
+                for (endpoint, series) in endpoints.iter() {
                     let snapshot = series.snapshot(service, endpoint);
                     let shown = series.scraped.swap(snapshot.count, Ordering::Relaxed);
                     let real = endpoint != &self.none && endpoint != &self.overflow;
@@ -389,30 +434,33 @@ impl CallMetrics {
 
     /// Removes the series of `stale` pairs that no call has counted into
     /// since the scrape that found them stale.
+    /// A call that counts into one of them meanwhile either comes before
+    /// its seal (the series is kept) or after (it counts itself again).
     fn remove(&self, stale: &[(ServiceName, EndpointId)]) {
-        let mut map = self.by_service.write().unwrap_or_else(|e| e.into_inner());
-        let Map { services, len } = &mut *map;
+        let _writing = self.lock();
+        let mut map = Map::clone(&self.by_service.load());
         for (service, endpoint) in stale {
-            let Some(endpoints) = services.get_mut(service) else {
+            let Some(endpoints) = map.services.get_mut(service) else {
                 continue;
             };
-            let unchanged = endpoints
-                .get(endpoint)
-                .is_some_and(|s| s.total() == s.scraped.load(Ordering::Relaxed));
-            if unchanged {
-                endpoints.remove(endpoint);
-                *len -= 1;
+            let Some(series) = endpoints.get(endpoint) else {
+                continue;
+            };
+            if series.seal_unless_counted_since(series.scraped.load(Ordering::Relaxed)) {
+                Arc::make_mut(endpoints).remove(endpoint);
+                map.len -= 1;
             }
             if endpoints.is_empty() {
-                services.remove(service);
+                map.services.remove(service);
             }
         }
+        self.by_service.store(Arc::new(map));
     }
 
     /// How many (service, endpoint) series are kept now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.by_service.read().map(|m| m.len).unwrap_or_default()
+        self.by_service.load().len
     }
 }
 
@@ -504,6 +552,59 @@ mod tests {
 
     fn ok() -> Cell {
         Cell::status(http::StatusCode::OK)
+    }
+
+    /// Calls counting into a series that scrapes keep removing (its
+    /// endpoint no longer listed) are each counted once: every removed
+    /// series' last count was shown, and a call that raced a removal
+    /// counted itself again in the new series.
+    #[test]
+    fn counts_racing_the_removal_of_their_series_are_neither_lost_nor_doubled() {
+        const CALLS: u64 = 200_000;
+        let metrics = Arc::new(CallMetrics::default());
+        let (users, gone) = (service("users"), endpoint(1));
+        let caller = {
+            let (metrics, users, gone) = (Arc::clone(&metrics), users.clone(), gone.clone());
+            std::thread::spawn(move || {
+                for _ in 0..CALLS {
+                    metrics.count(&users, Some(&gone), ok(), Duration::from_micros(5));
+                }
+            })
+        };
+        // Every series the pair ever had: one can only be removed by a
+        // scrape after the one that showed it, so looking after each
+        // scrape sees them all.
+        let current = || {
+            let map = metrics.by_service.load();
+            map.services.get(&users).and_then(|s| s.get(&gone)).cloned()
+        };
+        let mut seen: Vec<Arc<Series>> = Vec::new();
+        let look = |seen: &mut Vec<Arc<Series>>| {
+            metrics.scrape(|_, _| false);
+            if let Some(series) = current() {
+                if !seen.iter().any(|s| Arc::ptr_eq(s, &series)) {
+                    seen.push(series);
+                }
+            }
+        };
+        while !caller.is_finished() {
+            look(&mut seen);
+        }
+        caller.join().expect("caller");
+        look(&mut seen);
+        // A removed series counts what its last scrape showed (a call
+        // that raced the removal counted itself again elsewhere); the
+        // live one, everything.
+        let live = current();
+        let counted: u64 = seen
+            .iter()
+            .map(|s| match &live {
+                Some(live) if Arc::ptr_eq(s, live) => s.calls.load(Ordering::Relaxed),
+                _ => s.scraped.load(Ordering::Relaxed),
+            })
+            .sum();
+        assert!(seen.len() > 1, "the series was never removed");
+        assert_eq!(counted, CALLS);
     }
 
     #[test]

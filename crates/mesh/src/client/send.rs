@@ -2,6 +2,7 @@
 //! ready request (`send`), each admitted, limited, routed to its
 //! service's stack and reported as one `RequestCompleted` event.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,20 +10,19 @@ use http::{Method, Request, Response};
 use mesh_core::clock;
 use mesh_core::ext::{AffinityKey, CallContext, Deadline, SelectedEndpoint, TargetService};
 use mesh_core::{BoxError, Endpoint, EndpointId, MeshError, MeshEvent, ServiceName};
-use tower::ServiceExt;
 
 use super::body::{CallGuard, StackBody};
 use super::{CallOptions, MeshBody, MeshClient, RequestBody, SentBody};
 use crate::fallback::{Asked, Fallback, FallbackCause};
 use crate::services::ServiceState;
+use crate::wiring::routes::Route;
 
 /// What a service's stack answers.
 type Outcome = Result<Response<StackBody>, BoxError>;
 
-/// One call's service, its state, its deadline and when it started.
+/// One call's service state, its caller's deadline and when it started.
 #[derive(Clone, Copy)]
 struct Call<'a> {
-    service: &'a ServiceName,
     state: &'a ServiceState,
     deadline: Option<Duration>,
     started: tokio::time::Instant,
@@ -34,33 +34,93 @@ impl MeshClient {
     /// Sends `req` through the stack of the service its URI's host names
     /// (`http://users/api/users`). The body is whole (`Full<Bytes>`,
     /// `Bytes`, `String`...) or streamed ([`RequestBody::stream`]).
-    pub async fn send(
+    pub fn send(
         &self,
         req: Request<impl Into<RequestBody>>,
-    ) -> Result<Response<MeshBody>, BoxError> {
-        self.send_with(req.map(Into::into), None).await
+    ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
+        self.send_with(req.map(Into::into), None)
     }
 
     /// [`MeshClient::send`] with the whole call held to `deadline`, for
     /// callers that carry their own (a gRPC call's `grpc-timeout`).
-    pub(crate) async fn send_within(
+    pub(crate) fn send_within(
         &self,
         req: Request<RequestBody>,
         deadline: Option<Duration>,
-    ) -> Result<Response<MeshBody>, BoxError> {
-        self.send_with(req, deadline).await
+    ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
+        self.send_with(req, deadline)
     }
 
     /// Sends `method` to `service` at `path` (the design document's
-    /// `get`/`post`/... with headers, body, timeout and client id).
-    pub async fn request(
+    /// `get`/`post`/... with headers, body, timeout and client id). The
+    /// request is made before the future is returned: it borrows neither
+    /// `service` nor `path`.
+    pub fn request(
         &self,
         method: Method,
         service: &str,
         path: &str,
         body: Bytes,
         options: CallOptions,
-    ) -> Result<Response<MeshBody>, BoxError> {
+    ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
+        let made = self.make_request(method, service, path, body, options);
+        async move {
+            let (req, timeout) = made?;
+            self.send_with(req, timeout).await
+        }
+    }
+
+    /// `GET` (the design document's `get("user-service", "/api/users", { clientId })`).
+    pub fn get(
+        &self,
+        service: &str,
+        path: &str,
+        options: CallOptions,
+    ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
+        self.request(Method::GET, service, path, Bytes::new(), options)
+    }
+
+    /// `POST` with `body`.
+    pub fn post(
+        &self,
+        service: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+        options: CallOptions,
+    ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
+        self.request(Method::POST, service, path, body.into(), options)
+    }
+
+    /// `PUT` with `body`.
+    pub fn put(
+        &self,
+        service: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+        options: CallOptions,
+    ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
+        self.request(Method::PUT, service, path, body.into(), options)
+    }
+
+    /// `DELETE`.
+    pub fn delete(
+        &self,
+        service: &str,
+        path: &str,
+        options: CallOptions,
+    ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
+        self.request(Method::DELETE, service, path, Bytes::new(), options)
+    }
+
+    /// The request `request` sends, and its caller's timeout.
+    fn make_request(
+        &self,
+        method: Method,
+        service: &str,
+        path: &str,
+        body: Bytes,
+        options: CallOptions,
+    ) -> Result<(Request<RequestBody>, Option<Duration>), BoxError> {
         let service = self.service_named(service)?;
         // One string for the whole URI, the path's slash added if missing.
         let slash = if path.starts_with('/') { "" } else { "/" };
@@ -74,58 +134,16 @@ impl MeshClient {
         }
         // No `TargetService`: the URI's host is the service's name, which
         // every layer below reads when the extension is absent.
-        self.send_with(req, options.timeout).await
-    }
-
-    /// `GET` (the design document's `get("user-service", "/api/users", { clientId })`).
-    pub async fn get(
-        &self,
-        service: &str,
-        path: &str,
-        options: CallOptions,
-    ) -> Result<Response<MeshBody>, BoxError> {
-        self.request(Method::GET, service, path, Bytes::new(), options)
-            .await
-    }
-
-    /// `POST` with `body`.
-    pub async fn post(
-        &self,
-        service: &str,
-        path: &str,
-        body: impl Into<Bytes>,
-        options: CallOptions,
-    ) -> Result<Response<MeshBody>, BoxError> {
-        self.request(Method::POST, service, path, body.into(), options)
-            .await
-    }
-
-    /// `PUT` with `body`.
-    pub async fn put(
-        &self,
-        service: &str,
-        path: &str,
-        body: impl Into<Bytes>,
-        options: CallOptions,
-    ) -> Result<Response<MeshBody>, BoxError> {
-        self.request(Method::PUT, service, path, body.into(), options)
-            .await
-    }
-
-    /// `DELETE`.
-    pub async fn delete(
-        &self,
-        service: &str,
-        path: &str,
-        options: CallOptions,
-    ) -> Result<Response<MeshBody>, BoxError> {
-        self.request(Method::DELETE, service, path, Bytes::new(), options)
-            .await
+        Ok((req, options.timeout))
     }
 
     /// Sends `req`, the whole call (retries included) within `deadline`
     /// when given; the response body keeps the call counted until it ends.
     /// A failed call is answered by the service's fallback, if it has one.
+    ///
+    /// One async function from admission to answer, the rest plain
+    /// functions: every level of nested futures would be copied once more
+    /// per call.
     async fn send_with(
         &self,
         mut req: Request<RequestBody>,
@@ -138,15 +156,22 @@ impl MeshClient {
         // Where the balancer names the endpoint that served the call, for
         // its metrics and event (nothing is added to the response).
         let context = CallContext::attach(&mut req).clone();
-        let req = req.map(|body| body.replayable(state.replay_buffer));
+        let mut req = req.map(|body| body.replayable(state.replay_buffer));
         let asked = state.fallback.as_ref().map(|_| Asked::of(&req));
         let call = Call {
-            service: &service,
             state: &state,
             deadline,
             started,
         };
-        let outcome = self.call(call, req, &mut guard).await;
+        let route = self.inner.routes.get(&service);
+        let until = self.hold_to_deadline(call, route, &mut req);
+        if let Some(limits) = &state.limits {
+            // Boxed: most services set no limits, and every call's future
+            // would otherwise be as large as a waiting admission.
+            guard.admitted(Box::pin(limits.admit(&service, until)).await?);
+        }
+        let outcome = route.lent.oneshot(req).await;
+        self.after_call(&service, &state, &outcome);
         let served_by = context.chosen();
         let served_by = served_by.as_ref().map(Endpoint::id);
         self.publish_completed(service.clone(), &outcome, started, served_by);
@@ -157,24 +182,24 @@ impl MeshClient {
         }
     }
 
-    /// Admits `req` under its service's limits, then sends it through the
-    /// service's stack.
-    async fn call(
+    /// Gives `req` its method's policy, its service's retry budget and the
+    /// call's deadline; returns when a wait for admission must end.
+    ///
+    /// The deadline is the caller's or its method's, whichever is sooner,
+    /// else (when the service's limits may make the call wait) the
+    /// route's: counted from the start, the wait included. The retry layer
+    /// holds the call to it: each attempt is cut at it, and no backoff
+    /// starts that would end past it.
+    fn hold_to_deadline(
         &self,
         call: Call<'_>,
-        mut req: Request<SentBody>,
-        guard: &mut CallGuard,
-    ) -> Outcome {
-        let route = self.inner.routes.get(call.service);
+        route: &Route,
+        req: &mut Request<SentBody>,
+    ) -> Option<tokio::time::Instant> {
         let applied = route
             .policies
             .as_deref()
             .and_then(|p| p.find(req.method(), req.uri().path()));
-        // The caller's deadline or its method's, whichever is sooner, else
-        // (when the service's limits may make the call wait) the route's:
-        // counted from the start, the wait included. The retry layer holds
-        // the call to it: each attempt is cut at it, and no backoff starts
-        // that would end past it.
         let method_timeout = applied.and_then(|a| a.timeout);
         let deadline = match (call.deadline, method_timeout) {
             (Some(own), Some(method)) => Some(own.min(method)),
@@ -185,20 +210,12 @@ impl MeshClient {
             req.extensions_mut().insert(policy);
         }
         if let Some(limit) = deadline {
-            CallContext::attach(&mut req)
-                .set_deadline(Deadline(clock::now().saturating_add(limit)));
-        }
-        if let Some(limits) = &call.state.limits {
-            let until = deadline.map(|d| call.started + d);
-            guard.admitted(limits.admit(call.service, until).await?);
+            CallContext::attach(req).set_deadline(Deadline(clock::now().saturating_add(limit)));
         }
         if let Some(budget) = &call.state.budget {
             req.extensions_mut().insert(budget.clone());
         }
-        let stack = route.stack.clone();
-        let outcome = stack.oneshot(req).await;
-        self.after_call(call.service, call.state, &outcome);
-        outcome
+        deadline.map(|d| call.started + d)
     }
 
     /// Forgets the state of a service the call found unknown to everyone;

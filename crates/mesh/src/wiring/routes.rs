@@ -19,6 +19,8 @@ use crate::policies::MethodPolicies;
 use crate::split::{SplitLayer, Splits};
 use crate::transport::{Transport, Transports};
 
+use super::lent_stacks::LentStacks;
+
 /// One service's whole stack, outermost layer first.
 pub(crate) type Stack = mesh_retry::Retry<
     mesh_discover::DiscoverService<
@@ -29,7 +31,8 @@ pub(crate) type Stack = mesh_retry::Retry<
 /// One service's layers: the stack and handles on its layers for metrics.
 #[derive(Clone)]
 pub(crate) struct Route {
-    pub(crate) stack: Stack,
+    /// The stack, lent to calls (most calls clone nothing).
+    pub(crate) lent: Arc<LentStacks<Stack>>,
     pub(crate) balance: BalanceLayer,
     pub(crate) breaker: BreakerLayer,
     pub(crate) retry: RetryLayer,
@@ -86,6 +89,9 @@ impl Routes {
     /// The route for `service`: its own when the configuration overrides
     /// it, else the shared default one.
     pub(crate) fn get(&self, service: &ServiceName) -> &Route {
+        if self.overridden.is_empty() {
+            return &self.default;
+        }
         self.overridden.get(service).unwrap_or(&self.default)
     }
 
@@ -119,7 +125,7 @@ impl RouteParts<'_> {
             .layer(breaker.clone())
             .service(transport.clone());
         Ok(Route {
-            stack,
+            lent: Arc::new(LentStacks::new(&stack)),
             balance,
             breaker,
             retry,

@@ -1,0 +1,218 @@
+//! A route's stack lent to a call instead of cloned for it.
+//!
+//! `tower` hands a call `&mut` access to a service, so a shared stack is
+//! usually cloned per call (`clone().oneshot(req)`). A whole stack is a
+//! dozen `Arc`s (each layer's state, the transport), and on a busy client
+//! every clone and drop of them is an atomic write to a cache line the
+//! other cores write too. But the facade's layers are ready as soon as
+//! their transport is, which always is, and `call` returns a future that
+//! owns what it needs. So a call can borrow a stack for the instant of
+//! `poll_ready` and `call`: the route keeps a few clones, one per slot, and
+//! a thread takes its own slot's (cores rarely meet on one). A slot found
+//! busy, or a stack not ready at once, falls back to a clone, as before.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
+use std::task::{Context, Poll, Waker};
+
+use tower::util::Oneshot;
+use tower::{Service, ServiceExt};
+
+/// Stacks kept per route: enough that threads seldom share a slot.
+const SLOTS: usize = 8;
+
+/// Clones of one stack, each lent to one call at a time.
+pub(crate) struct LentStacks<S> {
+    slots: Box<[Slot<S>]>,
+    /// Cloned for a call when its thread's slot is busy.
+    spare: S,
+}
+
+/// One clone, alone on its cache line so that two threads using two
+/// slots do not write the same line.
+#[repr(align(128))]
+struct Slot<S>(Mutex<S>);
+
+pin_project_lite::pin_project! {
+    /// One call on a lent stack, or on a clone when none could be lent.
+    #[project = CallProj]
+    pub(crate) enum LentCall<S, R>
+    where
+        S: Service<R>,
+    {
+        /// Not polled yet: a stack is lent on the first poll.
+        Start { stacks: Arc<LentStacks<S>>, req: Option<R> },
+        /// Called on a lent stack.
+        Lent { #[pin] future: S::Future },
+        /// Called on a clone (boxed: rare, and the clone would make every
+        /// call's future larger).
+        Cloned { future: Pin<Box<Oneshot<S, R>>> },
+    }
+}
+
+// === impl LentStacks ===
+
+impl<S: Clone> LentStacks<S> {
+    /// `SLOTS` clones of `stack`, and one kept to clone from.
+    pub(crate) fn new(stack: &S) -> Self {
+        let slots = (0..SLOTS)
+            .map(|_| Slot(Mutex::new(stack.clone())))
+            .collect();
+        LentStacks {
+            slots,
+            spare: stack.clone(),
+        }
+    }
+
+    /// Sends `req` through this thread's slot's stack if it is free and
+    /// ready at the first poll, else through a clone.
+    pub(crate) fn oneshot<R>(self: &Arc<Self>, req: R) -> LentCall<S, R>
+    where
+        S: Service<R>,
+    {
+        LentCall::Start {
+            stacks: Arc::clone(self),
+            req: Some(req),
+        }
+    }
+
+    /// Calls this thread's slot's stack with `req` if it is free and ready
+    /// now; else gives `req` back.
+    fn try_call<R>(&self, req: R) -> Result<S::Future, R>
+    where
+        S: Service<R>,
+    {
+        let slot = &self.slots[this_thread_slot() % self.slots.len()].0;
+        let mut stack = match slot.try_lock() {
+            Ok(stack) => stack,
+            // A stack whose call panicked is still whole: each call owns
+            // its future, and the layers keep no per-call state.
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(req),
+        };
+        // A stack not ready at once is waited on through a clone, which
+        // registers the caller's own waker.
+        let mut cx = Context::from_waker(Waker::noop());
+        match stack.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Ok(stack.call(req)),
+            Poll::Ready(Err(_)) | Poll::Pending => Err(req),
+        }
+    }
+}
+
+// === impl LentCall ===
+
+impl<S, R> Future for LentCall<S, R>
+where
+    S: Service<R> + Clone,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project() {
+                CallProj::Start { stacks, req } => {
+                    let req = req.take().expect("a call is started once");
+                    match stacks.try_call(req) {
+                        Ok(future) => LentCall::Lent { future },
+                        Err(req) => LentCall::Cloned {
+                            future: Box::pin(stacks.spare.clone().oneshot(req)),
+                        },
+                    }
+                }
+                CallProj::Lent { future } => return future.poll(cx),
+                CallProj::Cloned { future } => return future.as_mut().poll(cx),
+            };
+            self.set(next);
+        }
+    }
+}
+
+/// A number fixed per thread, spreading threads over the slots.
+fn this_thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    SLOT.with(|slot| *slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::future::{ready, Ready};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    /// Answers with its own clone number; ready when `ready` says so.
+    #[derive(Clone)]
+    struct Numbered {
+        ready: Arc<AtomicBool>,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Service<u32> for Numbered {
+        type Response = u32;
+        type Error = Infallible;
+        type Future = Ready<Result<u32, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.ready.load(Ordering::Relaxed) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn call(&mut self, req: u32) -> Self::Future {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            ready(Ok(req + 1))
+        }
+    }
+
+    fn numbered(ready: bool) -> Numbered {
+        Numbered {
+            ready: Arc::new(AtomicBool::new(ready)),
+            calls: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ready_stack_is_lent_not_cloned() {
+        let stack = numbered(true);
+        let lent = Arc::new(LentStacks::new(&stack));
+        let call = lent.oneshot(41);
+        let clones = Arc::strong_count(&stack.calls);
+        assert_eq!(call.await, Ok(42));
+        assert_eq!(stack.calls.load(Ordering::Relaxed), 1);
+        assert_eq!(Arc::strong_count(&stack.calls), clones, "no clone was made");
+    }
+
+    #[tokio::test]
+    async fn a_stack_not_ready_is_waited_on_through_a_clone() {
+        let stack = numbered(false);
+        let lent = Arc::new(LentStacks::new(&stack));
+        let mut call = Box::pin(lent.oneshot(7));
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        stack.ready.store(true, Ordering::Relaxed);
+        assert_eq!(call.await, Ok(8));
+        assert_eq!(stack.calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_busy_slot_sends_through_a_clone() {
+        let stack = numbered(true);
+        let lent = Arc::new(LentStacks::new(&stack));
+        let slot = &lent.slots[this_thread_slot() % SLOTS].0;
+        let held = slot.lock().expect("slot");
+        let mut call = Box::pin(lent.oneshot(7));
+        let first = call.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        drop(held);
+        assert_eq!(first, Poll::Ready(Ok(8)));
+        assert_eq!(stack.calls.load(Ordering::Relaxed), 1);
+    }
+}
