@@ -196,7 +196,13 @@ impl RetryBudget {
     /// Counts one request (call it once per request, not per attempt).
     pub fn deposit(&self, now: Nanos) {
         let s = &*self.state;
-        s.current.store(now.0 / s.slice, Ordering::Relaxed);
+        // Stored only when the slice turns: every call on every core comes
+        // here, and a store would take the line from the other core each
+        // time.
+        let slice = now.0 / s.slice;
+        if s.current.load(Ordering::Relaxed) != slice {
+            s.current.store(slice, Ordering::Relaxed);
+        }
         if let Some(b) = s.bucket(now) {
             b.requests.fetch_add(1, Ordering::Relaxed);
         }

@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod fallback;
 mod grpc;
+mod lanes;
 mod limits;
 pub mod metrics;
 mod policies;

@@ -2,7 +2,7 @@
 //! shutdown, registration with Consul, and the graceful shutdown that
 //! drains the calls in flight.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use super::body::CallGuard;
 use super::error::StartError;
 use super::MeshClient;
 use crate::config::DiscoveryConfig;
+use crate::lanes::LaneCount;
 
 /// How long Consul waits for a heartbeat before marking the service
 /// critical.
@@ -30,8 +31,9 @@ const DEREGISTER_CRITICAL_AFTER: Duration = Duration::from_secs(300);
 pub(super) struct Calls {
     /// Set once shutdown begins: new calls are refused.
     closed: AtomicBool,
-    /// Calls admitted and not yet over (response bodies included).
-    in_flight: AtomicUsize,
+    /// Calls admitted and not yet over (response bodies included), in
+    /// lanes: every call adds and takes one, on both cores.
+    in_flight: LaneCount,
     /// Woken when the last call in flight ends.
     drained: Notify,
 }
@@ -50,7 +52,7 @@ pub(super) struct Registered {
 impl Calls {
     /// How many calls are in flight.
     pub(super) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.in_flight.sum(Ordering::SeqCst)
     }
 
     /// Whether shutdown has begun.
@@ -59,8 +61,14 @@ impl Calls {
     }
 
     /// Counts one call out, waking the drain when it was the last.
+    ///
+    /// Only a closed client sums the lanes. A call that leaves before the
+    /// close shows in the drain's first sum: the count and the flag are
+    /// both sequentially consistent, so either this call sees the flag or
+    /// the drain sees the count.
     pub(super) fn leave(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        self.in_flight.sub(Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) && self.in_flight() == 0 {
             self.drained.notify_waiters();
         }
     }
@@ -97,7 +105,7 @@ impl MeshClient {
         if calls.closed.load(Ordering::SeqCst) {
             return Err(self.shutting_down());
         }
-        calls.in_flight.fetch_add(1, Ordering::SeqCst);
+        calls.in_flight.add(Ordering::SeqCst);
         let guard = CallGuard::new(Arc::clone(&self.inner));
         // Closed between the check and the count: undo (the guard's drop)
         // and refuse.

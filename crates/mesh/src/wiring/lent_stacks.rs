@@ -7,21 +7,19 @@
 //! other cores write too. But the facade's layers are ready as soon as
 //! their transport is, which always is, and `call` returns a future that
 //! owns what it needs. So a call can borrow a stack for the instant of
-//! `poll_ready` and `call`: the route keeps a few clones, one per slot, and
-//! a thread takes its own slot's (cores rarely meet on one). A slot found
+//! `poll_ready` and `call`: the route keeps a few clones, one per lane, and
+//! a thread takes its own lane's (cores rarely meet on one). A slot found
 //! busy, or a stack not ready at once, falls back to a clone, as before.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::task::{Context, Poll, Waker};
 
 use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
 
-/// Stacks kept per route: enough that threads seldom share a slot.
-const SLOTS: usize = 8;
+use crate::lanes::{this_thread_lane, Padded, LANES};
+use tower::{Service, ServiceExt};
 
 /// Clones of one stack, each lent to one call at a time.
 pub(crate) struct LentStacks<S> {
@@ -32,8 +30,7 @@ pub(crate) struct LentStacks<S> {
 
 /// One clone, alone on its cache line so that two threads using two
 /// slots do not write the same line.
-#[repr(align(128))]
-struct Slot<S>(Mutex<S>);
+type Slot<S> = Padded<Mutex<S>>;
 
 pin_project_lite::pin_project! {
     /// One call on a lent stack, or on a clone when none could be lent.
@@ -55,10 +52,10 @@ pin_project_lite::pin_project! {
 // === impl LentStacks ===
 
 impl<S: Clone> LentStacks<S> {
-    /// `SLOTS` clones of `stack`, and one kept to clone from.
+    /// A clone of `stack` per lane, and one kept to clone from.
     pub(crate) fn new(stack: &S) -> Self {
-        let slots = (0..SLOTS)
-            .map(|_| Slot(Mutex::new(stack.clone())))
+        let slots = (0..LANES)
+            .map(|_| Padded(Mutex::new(stack.clone())))
             .collect();
         LentStacks {
             slots,
@@ -84,7 +81,7 @@ impl<S: Clone> LentStacks<S> {
     where
         S: Service<R>,
     {
-        let slot = &self.slots[this_thread_slot() % self.slots.len()].0;
+        let slot = &self.slots[this_thread_lane()].0;
         let mut stack = match slot.try_lock() {
             Ok(stack) => stack,
             // A stack whose call panicked is still whole: each call owns
@@ -130,21 +127,12 @@ where
     }
 }
 
-/// A number fixed per thread, spreading threads over the slots.
-fn this_thread_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    SLOT.with(|slot| *slot)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::convert::Infallible;
     use std::future::{ready, Ready};
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
     /// Answers with its own clone number; ready when `ready` says so.
@@ -207,7 +195,7 @@ mod tests {
     fn a_busy_slot_sends_through_a_clone() {
         let stack = numbered(true);
         let lent = Arc::new(LentStacks::new(&stack));
-        let slot = &lent.slots[this_thread_slot() % SLOTS].0;
+        let slot = &lent.slots[this_thread_lane()].0;
         let held = slot.lock().expect("slot");
         let mut call = Box::pin(lent.oneshot(7));
         let first = call.as_mut().poll(&mut Context::from_waker(Waker::noop()));
