@@ -29,8 +29,16 @@ pub(crate) struct Tracker {
     timed_out_at: Option<(Instant, Duration)>,
     /// The endpoint's service, and the most of it that may be ejected
     /// (percent), when a cap applies.
-    peers: Option<(EndpointSet, f64)>,
+    peers: Option<(Peers, f64)>,
     done: bool,
+}
+
+/// Where a call's peers are found when its breaker is about to open: its
+/// call context, read only then (most calls never open one), or, for a
+/// request that noted them without a context, a copy of the set.
+pub(crate) enum Peers {
+    InContext(CallContext),
+    Set(EndpointSet),
 }
 
 impl Tracker {
@@ -48,7 +56,7 @@ impl Tracker {
 
     /// Caps the ejection of this call's endpoint: at most `percent` of
     /// `peers` ejected at once.
-    pub(crate) fn among(mut self, peers: EndpointSet, percent: f64) -> Self {
+    pub(crate) fn among(mut self, peers: Peers, percent: f64) -> Self {
         self.peers = Some((peers, percent));
         self
     }
@@ -71,11 +79,21 @@ impl Tracker {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let now = clock::now();
-        let ejected = peers
-            .iter()
-            .filter(|e| e.id() != me.id() && e.state().ejected_until(now).is_some())
-            .count();
-        let allowed = (peers.len() as f64 * percent / 100.0).floor().max(1.0) as usize;
+        let count = |set: &EndpointSet| {
+            let ejected = set
+                .iter()
+                .filter(|e| e.id() != me.id() && e.state().ejected_until(now).is_some())
+                .count();
+            (ejected, set.len())
+        };
+        let (ejected, total) = match peers {
+            Peers::Set(set) => count(set),
+            Peers::InContext(context) => match context.with_endpoints(count) {
+                Some(counted) => counted,
+                None => return true,
+            },
+        };
+        let allowed = (total as f64 * percent / 100.0).floor().max(1.0) as usize;
         if ejected >= allowed {
             return false;
         }

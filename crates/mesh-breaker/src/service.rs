@@ -13,7 +13,7 @@ use tower::Service;
 use crate::body::ResponseBody;
 use crate::circuit::{Permit, Transition};
 use crate::config::{BreakerConfig, BreakerScope};
-use crate::future::{ResponseFuture, Tracker};
+use crate::future::{Peers, ResponseFuture, Tracker};
 use crate::layer::{KeyFn, RequestParts};
 use crate::registry::{KeyRef, Outcomes, Registry};
 
@@ -288,7 +288,7 @@ where
                 let mut tracker = Tracker::new(entry, admitted.permit, endpoint);
                 let cap = registry.config().max_ejection_percent();
                 if cap < 100.0 && registry.config().scope() == BreakerScope::Endpoint {
-                    if let Some(peers) = with_endpoint_set(&req, EndpointSet::clone) {
+                    if let Some(peers) = peers_of(&req) {
                         tracker = tracker.among(peers, cap);
                     }
                 }
@@ -318,6 +318,19 @@ where
                 })
             }
         }
+    }
+}
+
+/// Where the peers of `req`'s endpoint will be found if its breaker is
+/// about to open: in its call context when discovery noted them there (a
+/// copy per call would write a count both cores share), else a copy of
+/// the set the request carries.
+fn peers_of<B>(req: &Request<B>) -> Option<Peers> {
+    match CallContext::of(req) {
+        Some(context) if context.with_endpoints(|_| ()).is_some() => {
+            Some(Peers::InContext(context.clone()))
+        }
+        _ => req.extensions().get::<EndpointSet>().cloned().map(Peers::Set),
     }
 }
 

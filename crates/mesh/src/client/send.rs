@@ -165,13 +165,25 @@ impl MeshClient {
         };
         let route = self.inner.routes.get(&service);
         let until = self.hold_to_deadline(call, route, &mut req);
-        if let Some(limits) = &state.limits {
-            // Boxed: most services set no limits, and every call's future
-            // would otherwise be as large as a waiting admission.
-            guard.admitted(Box::pin(limits.admit(&service, until)).await?);
-        }
-        let outcome = route.lent.oneshot(req).await;
-        self.after_call(&service, &state, &outcome);
+        // Boxed: most services set no limits, and every call's future
+        // would otherwise be as large as a waiting admission.
+        let admitted = match &state.limits {
+            Some(limits) => Box::pin(limits.admit(&service, until)).await.map(Some),
+            None => Ok(None),
+        };
+        let outcome = match admitted {
+            Ok(admission) => {
+                if let Some(admission) = admission {
+                    guard.admitted(admission);
+                }
+                let outcome = route.lent.oneshot(req).await;
+                self.after_call(&service, &state, &outcome);
+                outcome
+            }
+            // Refused by the limits: counted, reported and answered by the
+            // fallback like any failed call.
+            Err(refused) => Err(refused.into()),
+        };
         let served_by = context.chosen();
         let served_by = served_by.as_ref().map(Endpoint::id);
         self.publish_completed(service.clone(), &outcome, started, served_by);
