@@ -330,7 +330,11 @@ fn peers_of<B>(req: &Request<B>) -> Option<Peers> {
         Some(context) if context.with_endpoints(|_| ()).is_some() => {
             Some(Peers::InContext(context.clone()))
         }
-        _ => req.extensions().get::<EndpointSet>().cloned().map(Peers::Set),
+        _ => req
+            .extensions()
+            .get::<EndpointSet>()
+            .cloned()
+            .map(Peers::Set),
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Mutex, TryLockError};
 use std::task::{Context, Poll, Waker};
 
 use tower::util::Oneshot;
@@ -35,12 +35,12 @@ type Slot<S> = Padded<Mutex<S>>;
 pin_project_lite::pin_project! {
     /// One call on a lent stack, or on a clone when none could be lent.
     #[project = CallProj]
-    pub(crate) enum LentCall<S, R>
+    pub(crate) enum LentCall<'a, S, R>
     where
         S: Service<R>,
     {
         /// Not polled yet: a stack is lent on the first poll.
-        Start { stacks: Arc<LentStacks<S>>, req: Option<R> },
+        Start { stacks: &'a LentStacks<S>, req: Option<R> },
         /// Called on a lent stack.
         Lent { #[pin] future: S::Future },
         /// Called on a clone (boxed: rare, and the clone would make every
@@ -65,12 +65,12 @@ impl<S: Clone> LentStacks<S> {
 
     /// Sends `req` through this thread's slot's stack if it is free and
     /// ready at the first poll, else through a clone.
-    pub(crate) fn oneshot<R>(self: &Arc<Self>, req: R) -> LentCall<S, R>
+    pub(crate) fn oneshot<R>(&self, req: R) -> LentCall<'_, S, R>
     where
         S: Service<R>,
     {
         LentCall::Start {
-            stacks: Arc::clone(self),
+            stacks: self,
             req: Some(req),
         }
     }
@@ -101,7 +101,7 @@ impl<S: Clone> LentStacks<S> {
 
 // === impl LentCall ===
 
-impl<S, R> Future for LentCall<S, R>
+impl<S, R> Future for LentCall<'_, S, R>
 where
     S: Service<R> + Clone,
 {
@@ -171,7 +171,7 @@ mod tests {
     #[tokio::test]
     async fn a_ready_stack_is_lent_not_cloned() {
         let stack = numbered(true);
-        let lent = Arc::new(LentStacks::new(&stack));
+        let lent = LentStacks::new(&stack);
         let call = lent.oneshot(41);
         let clones = Arc::strong_count(&stack.calls);
         assert_eq!(call.await, Ok(42));
@@ -182,7 +182,7 @@ mod tests {
     #[tokio::test]
     async fn a_stack_not_ready_is_waited_on_through_a_clone() {
         let stack = numbered(false);
-        let lent = Arc::new(LentStacks::new(&stack));
+        let lent = LentStacks::new(&stack);
         let mut call = Box::pin(lent.oneshot(7));
         let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
         assert!(first.is_pending());
@@ -194,7 +194,7 @@ mod tests {
     #[test]
     fn a_busy_slot_sends_through_a_clone() {
         let stack = numbered(true);
-        let lent = Arc::new(LentStacks::new(&stack));
+        let lent = LentStacks::new(&stack);
         let slot = &lent.slots[this_thread_lane()].0;
         let held = slot.lock().expect("slot");
         let mut call = Box::pin(lent.oneshot(7));
