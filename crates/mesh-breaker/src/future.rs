@@ -24,13 +24,34 @@ use crate::service::Crossing;
 pub(crate) struct Tracker {
     entry: Arc<Entry>,
     permit: Permit,
-    endpoint: Option<Endpoint>,
+    called: Called,
     started: Option<Instant>,
     timed_out_at: Option<(Instant, Duration)>,
     /// The endpoint's service, and the most of it that may be ejected
     /// (percent), when a cap applies.
     peers: Option<(Peers, f64)>,
     done: bool,
+}
+
+/// The endpoint a call went to: a copy of its own (for a request without
+/// a call context), or its call context's choice, read only when the
+/// outcome needs it (a transition, an ejection, a reported crossing), so
+/// that a call that changes nothing copies nothing. The context still
+/// names this attempt's endpoint then: the outcome is recorded before the
+/// retry layer above starts another attempt.
+pub(crate) enum Called {
+    Here(Option<Endpoint>),
+    InContext(CallContext),
+}
+
+impl Called {
+    /// The endpoint, if the call named one.
+    pub(crate) fn endpoint(&self) -> Option<Endpoint> {
+        match self {
+            Called::Here(endpoint) => endpoint.clone(),
+            Called::InContext(context) => context.chosen(),
+        }
+    }
 }
 
 /// Where a call's peers are found when its breaker is about to open: its
@@ -42,12 +63,12 @@ pub(crate) enum Peers {
 }
 
 impl Tracker {
-    pub(crate) fn new(entry: Arc<Entry>, permit: Permit, endpoint: Option<Endpoint>) -> Self {
+    pub(crate) fn new(entry: Arc<Entry>, permit: Permit, called: Called) -> Self {
         Tracker {
             started: entry.outcomes.times_calls.then(Instant::now),
             entry,
             permit,
-            endpoint,
+            called,
             timed_out_at: None,
             peers: None,
             done: false,
@@ -69,7 +90,10 @@ impl Tracker {
     /// lock, so that a concurrent trip of another endpoint counts it: two
     /// breakers of this layer never both take the last room.
     fn reserve_ejection(&self, until: Nanos) -> bool {
-        let (Some((peers, percent)), Some(me)) = (&self.peers, &self.endpoint) else {
+        let Some((peers, percent)) = &self.peers else {
+            return true;
+        };
+        let Some(me) = self.called.endpoint() else {
             return true;
         };
         let _serialized = self
@@ -138,14 +162,15 @@ impl Tracker {
             // The rest of the service is out already: this endpoint keeps
             // serving, its failures counted afresh. Debug, not info: under
             // a full outage this repeats for every capped endpoint.
-            tracing::debug!(service = ?entry.service, endpoint = ?self.endpoint.as_ref().map(|e| e.id()), "ejection cap reached: the endpoint stays in service");
+            let endpoint = self.called.endpoint();
+            tracing::debug!(service = ?entry.service, endpoint = ?endpoint.as_ref().map(|e| e.id()), "ejection cap reached: the endpoint stays in service");
         }
         if recorded.probe_slot_freed {
             // A cancelled probe gave its slot back: if probes were
             // exhausted, the endpoint was ejected until they reported;
             // let the balancer send the next probe instead of waiting out
             // the half-open maximum wait.
-            if let Some(endpoint) = &self.endpoint {
+            if let Some(endpoint) = self.called.endpoint() {
                 endpoint.state().clear_ejection();
             }
         }
@@ -156,12 +181,12 @@ impl Tracker {
         if crossings.iter().any(Option::is_some) {
             entry.outcomes.report_crossings(
                 entry.service.as_ref(),
-                self.endpoint.as_ref(),
+                self.called.endpoint().as_ref(),
                 crossings.into_iter().flatten(),
             );
         }
         if let Some(t) = recorded.transition {
-            entry.announce(self.endpoint.as_ref(), t, clock::now());
+            entry.announce(self.called.endpoint().as_ref(), t, clock::now());
         }
     }
 }

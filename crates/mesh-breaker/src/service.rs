@@ -13,9 +13,9 @@ use tower::Service;
 use crate::body::ResponseBody;
 use crate::circuit::{Permit, Transition};
 use crate::config::{BreakerConfig, BreakerScope};
-use crate::future::{Peers, ResponseFuture, Tracker};
+use crate::future::{Called, Peers, ResponseFuture, Tracker};
 use crate::layer::{KeyFn, RequestParts};
-use crate::registry::{KeyRef, Outcomes, Registry};
+use crate::registry::{Entry, KeyRef, Outcomes, Registry};
 
 /// What all services of one [`crate::BreakerLayer`] share.
 pub(crate) struct LayerState {
@@ -240,27 +240,14 @@ where
         let registry = &self.shared.registry;
         let timeout = registry.config().call_timeout();
         let context = timeout.and_then(|_| CallContext::of(&req).cloned());
-        let named = match custom {
-            Some(_) => Named {
-                service: None,
-                endpoint: None,
-            },
-            None => Named::of(&req, registry.config().scope()),
+        let found = match custom {
+            None => entry_of_chosen(registry, &req),
+            Some(_) => None,
         };
-        let Some((key, service, endpoint)) = named.key(&req, custom.as_deref()) else {
+        let found = found.or_else(|| entry_of_named(registry, &req, custom.as_deref()));
+        let Some((entry, called)) = found else {
             return ResponseFuture::unguarded(self.inner.call(req), timeout, context);
         };
-        let Some(entry) = registry.get_or_insert(key, service, endpoint, clock::now) else {
-            return ResponseFuture::unguarded(self.inner.call(req), timeout, context);
-        };
-        // Named only for per-endpoint breakers, which eject it: moved out
-        // of the request's names, not copied (a shared count per copy).
-        let endpoint = named.endpoint;
-        if let Some(e) = &endpoint {
-            if entry.endpoint.get().is_none() {
-                let _ = entry.endpoint.set(e.clone());
-            }
-        }
         match entry.circuit.acquire_with(clock::now) {
             Ok(admitted) => {
                 record_state(match admitted.permit {
@@ -269,23 +256,25 @@ where
                     Permit::Unrecorded => CircuitState::Disabled,
                 });
                 if let Some(t) = admitted.transition {
-                    entry.announce(endpoint.as_ref(), t, clock::now());
+                    entry.announce(called.endpoint().as_ref(), t, clock::now());
                 } else if admitted.max_wait_until.is_some() {
                     // The first probe started HALF_OPEN's maximum wait: a
                     // probe that hangs must still be ended by it.
                     entry.watch_deadline();
                 }
-                if let (Some(until), Some(endpoint)) = (admitted.probes_exhausted, &endpoint) {
+                if let Some(until) = admitted.probes_exhausted {
                     // Every probe is out: nothing more may pass until they
                     // report, so the balancer may as well look elsewhere.
-                    endpoint.state().eject_until(until);
-                    // Unless the probes already decided meanwhile (this
-                    // write raced their verdict): then undo it.
-                    if entry.circuit.state() != CircuitState::HalfOpen {
-                        endpoint.state().clear_ejection();
+                    if let Some(endpoint) = called.endpoint() {
+                        endpoint.state().eject_until(until);
+                        // Unless the probes already decided meanwhile (this
+                        // write raced their verdict): then undo it.
+                        if entry.circuit.state() != CircuitState::HalfOpen {
+                            endpoint.state().clear_ejection();
+                        }
                     }
                 }
-                let mut tracker = Tracker::new(entry, admitted.permit, endpoint);
+                let mut tracker = Tracker::new(entry, admitted.permit, called);
                 let cap = registry.config().max_ejection_percent();
                 if cap < 100.0 && registry.config().scope() == BreakerScope::Endpoint {
                     if let Some(peers) = peers_of(&req) {
@@ -297,6 +286,7 @@ where
             Err(rejected) => {
                 record_state(rejected.state);
                 let now = clock::now();
+                let endpoint = called.endpoint();
                 if let Some(t) = rejected.transition {
                     entry.announce(endpoint.as_ref(), t, now);
                 }
@@ -319,6 +309,56 @@ where
             }
         }
     }
+}
+
+/// The breaker of the endpoint the balancer chose for `req`, found with
+/// the choice borrowed from the call context (copying the endpoint and
+/// its service would write two counts both cores share): for per-endpoint
+/// breakers, when the request has a context and the balancer chose.
+fn entry_of_chosen<B>(registry: &Registry, req: &Request<B>) -> Option<(Arc<Entry>, Called)> {
+    if registry.config().scope() != BreakerScope::Endpoint {
+        return None;
+    }
+    let context = CallContext::of(req)?;
+    let target = req.extensions().get::<TargetService>().map(|t| &t.0);
+    let entry = context.with_chosen(|service, endpoint| {
+        let service = target.unwrap_or(service);
+        let key = KeyRef::Endpoint(service, endpoint.id());
+        let entry = registry.get_or_insert(key, Some(service), Some(endpoint), clock::now)?;
+        if entry.endpoint.get().is_none() {
+            let _ = entry.endpoint.set(endpoint.clone());
+        }
+        Some(entry)
+    })??;
+    Some((entry, Called::InContext(context.clone())))
+}
+
+/// The breaker `req` belongs to by what it names (a custom key, its
+/// service, the endpoint it carries, its authority), for requests
+/// [`entry_of_chosen`] does not serve.
+fn entry_of_named<B>(
+    registry: &Registry,
+    req: &Request<B>,
+    custom: Option<&str>,
+) -> Option<(Arc<Entry>, Called)> {
+    let named = match custom {
+        Some(_) => Named {
+            service: None,
+            endpoint: None,
+        },
+        None => Named::of(req, registry.config().scope()),
+    };
+    let (key, service, endpoint) = named.key(req, custom)?;
+    let entry = registry.get_or_insert(key, service, endpoint, clock::now)?;
+    // Named only for per-endpoint breakers, which eject it: moved out of
+    // the request's names, not copied (a shared count per copy).
+    let endpoint = named.endpoint;
+    if let Some(e) = &endpoint {
+        if entry.endpoint.get().is_none() {
+            let _ = entry.endpoint.set(e.clone());
+        }
+    }
+    Some((entry, Called::Here(endpoint)))
 }
 
 /// Where the peers of `req`'s endpoint will be found if its breaker is

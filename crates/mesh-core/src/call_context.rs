@@ -150,6 +150,15 @@ impl CallContext {
         lock(&self.0.chosen).clone()
     }
 
+    /// Runs `f` on the endpoint chosen for the current attempt and its
+    /// service, without copying them (each copy writes a count every core
+    /// shares); `None` before the balancer chose.
+    pub fn with_chosen<R>(&self, f: impl FnOnce(&ServiceName, &Endpoint) -> R) -> Option<R> {
+        lock(&self.0.chosen)
+            .as_ref()
+            .map(|(service, endpoint)| f(service, endpoint))
+    }
+
     /// The endpoint chosen for the current attempt.
     pub fn chosen(&self) -> Option<Endpoint> {
         lock(&self.0.chosen).as_ref().map(|(_, e)| e.clone())
