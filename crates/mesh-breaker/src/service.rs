@@ -240,11 +240,16 @@ where
         let registry = &self.shared.registry;
         let timeout = registry.config().call_timeout();
         let context = timeout.and_then(|_| CallContext::of(&req).cloned());
-        let found = match custom {
+        let chosen = match custom {
             None => entry_of_chosen(registry, &req),
             Some(_) => None,
         };
-        let found = found.or_else(|| entry_of_named(registry, &req, custom.as_deref()));
+        // A registry that refused the chosen endpoint's breaker (full of
+        // busy ones) is not asked again by name: the call goes unguarded.
+        let found = match chosen {
+            Some(found) => found,
+            None => entry_of_named(registry, &req, custom.as_deref()),
+        };
         let Some((entry, called)) = found else {
             return ResponseFuture::unguarded(self.inner.call(req), timeout, context);
         };
@@ -311,11 +316,16 @@ where
     }
 }
 
+/// What the registry holds for an entry looked up: the breaker and the
+/// call's endpoint, or `None` when the registry refused to make one.
+type Found = Option<(Arc<Entry>, Called)>;
+
 /// The breaker of the endpoint the balancer chose for `req`, found with
 /// the choice borrowed from the call context (copying the endpoint and
 /// its service would write two counts both cores share): for per-endpoint
-/// breakers, when the request has a context and the balancer chose.
-fn entry_of_chosen<B>(registry: &Registry, req: &Request<B>) -> Option<(Arc<Entry>, Called)> {
+/// breakers, when the request has a context and the balancer chose;
+/// `None` otherwise.
+fn entry_of_chosen<B>(registry: &Registry, req: &Request<B>) -> Option<Found> {
     if registry.config().scope() != BreakerScope::Endpoint {
         return None;
     }
@@ -329,18 +339,14 @@ fn entry_of_chosen<B>(registry: &Registry, req: &Request<B>) -> Option<(Arc<Entr
             let _ = entry.endpoint.set(endpoint.clone());
         }
         Some(entry)
-    })??;
-    Some((entry, Called::InContext(context.clone())))
+    })?;
+    Some(entry.map(|entry| (entry, Called::InContext(context.clone()))))
 }
 
 /// The breaker `req` belongs to by what it names (a custom key, its
 /// service, the endpoint it carries, its authority), for requests
 /// [`entry_of_chosen`] does not serve.
-fn entry_of_named<B>(
-    registry: &Registry,
-    req: &Request<B>,
-    custom: Option<&str>,
-) -> Option<(Arc<Entry>, Called)> {
+fn entry_of_named<B>(registry: &Registry, req: &Request<B>, custom: Option<&str>) -> Found {
     let named = match custom {
         Some(_) => Named {
             service: None,

@@ -3,12 +3,13 @@
 //! histograms.
 //!
 //! Recording is on the hot path, so it costs two hash lookups in a map
-//! read without a lock and three atomic additions: no allocation, no
-//! label set built per call, no write to a line every core shares but the
+//! read without a lock and four atomic additions: no allocation, no label
+//! set built per call, no write to a line every core shares but the
 //! series' own counters. The map is copied on change (a new pair, a
-//! scrape's removals), which is rare next to calls. Each (service, endpoint) pair has one [`Series`]
-//! of plain atomics (one counter per outcome [`Cell`], one per histogram
-//! bucket); labels are written only when a scrape encodes them.
+//! scrape's removals), which is rare next to calls. Each (service,
+//! endpoint) pair has one [`Series`] of plain atomics (one counter per
+//! outcome [`Cell`], one per histogram bucket, the calls); labels are
+//! written only when a scrape encodes them.
 //!
 //! The map is bounded: at most [`MAX_SERIES`] pairs. A new endpoint of a
 //! full map is counted under its service's `overflow` endpoint, so no call
@@ -385,8 +386,13 @@ impl CallMetrics {
             true => &self.overflow_service,
             false => service,
         };
+        let kept = |endpoint| current.services.get(service).and_then(|s| s.get(endpoint));
+        // Made meanwhile by another call's first count: its own series.
+        if let Some(series) = kept(endpoint) {
+            return Arc::clone(series);
+        }
         let endpoint = if full { &self.overflow } else { endpoint };
-        if let Some(series) = current.services.get(service).and_then(|s| s.get(endpoint)) {
+        if let Some(series) = kept(endpoint) {
             return Arc::clone(series);
         }
         let mut map = Map::clone(&current);

@@ -21,6 +21,8 @@ pub(crate) struct LaneCount {
     lanes: [Padded<AtomicUsize>; LANES],
 }
 
+// === impl LaneCount ===
+
 impl LaneCount {
     /// Counts one in, on this thread's lane.
     pub(crate) fn add(&self, order: Ordering) {
@@ -33,11 +35,17 @@ impl LaneCount {
         self.lanes[this_thread_lane()].0.fetch_sub(1, order);
     }
 
-    /// The count now.
+    /// The count now. The lanes are read one after the other, so a thing
+    /// counted in on a lane already read and out on one not read yet makes
+    /// the sum one short for that moment: a sum below zero reads as zero.
+    /// Once nothing is counted in any more (a closed client's drain), the
+    /// sum is never below the truth.
     pub(crate) fn sum(&self, order: Ordering) -> usize {
-        self.lanes
+        let sum = self
+            .lanes
             .iter()
-            .fold(0, |sum: usize, lane| sum.wrapping_add(lane.0.load(order)))
+            .fold(0, |sum: usize, lane| sum.wrapping_add(lane.0.load(order)));
+        usize::try_from(sum as isize).unwrap_or(0)
     }
 }
 
@@ -70,5 +78,17 @@ mod tests {
         .join()
         .expect("thread");
         assert_eq!(count.sum(Ordering::SeqCst), 2);
+    }
+
+    /// What a reader sees when it read the lane a call came in on before
+    /// the call, and the lane it left on after: one out, none in.
+    #[test]
+    fn a_sum_caught_between_a_call_s_two_lanes_reads_zero_not_a_wrapped_count() {
+        let count = LaneCount::default();
+        count.sub(Ordering::SeqCst);
+        assert_eq!(count.sum(Ordering::SeqCst), 0);
+        count.add(Ordering::SeqCst);
+        count.add(Ordering::SeqCst);
+        assert_eq!(count.sum(Ordering::SeqCst), 1);
     }
 }

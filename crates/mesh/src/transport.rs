@@ -37,8 +37,9 @@ pub(crate) type TlsClient = Client<MeshConnector<HttpConnector>, SentBody>;
 /// both answer with hyper's response.
 #[derive(Clone, Debug)]
 pub(crate) enum Transport {
-    /// Shared: a stack is cloned per call, and one `Arc` is cheaper to
-    /// clone than the client's own handles.
+    /// Shared: a stack is cloned per lane (and per call when its lane is
+    /// busy), and one `Arc` is cheaper to clone than the client's own
+    /// handles.
     Plain(Arc<Client<HttpConnector, SentBody>>),
     Tls(Arc<TlsClients>),
 }

@@ -38,7 +38,7 @@ impl MeshClient {
         &self,
         req: Request<impl Into<RequestBody>>,
     ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
-        self.send_with(req.map(Into::into), None)
+        self.send_with(Ok(req.map(Into::into)), None)
     }
 
     /// [`MeshClient::send`] with the whole call held to `deadline`, for
@@ -48,7 +48,7 @@ impl MeshClient {
         req: Request<RequestBody>,
         deadline: Option<Duration>,
     ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
-        self.send_with(req, deadline)
+        self.send_with(Ok(req), deadline)
     }
 
     /// Sends `method` to `service` at `path` (the design document's
@@ -63,10 +63,9 @@ impl MeshClient {
         body: Bytes,
         options: CallOptions,
     ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
-        let made = self.make_request(method, service, path, body, options);
-        async move {
-            let (req, timeout) = made?;
-            self.send_with(req, timeout).await
+        match self.make_request(method, service, path, body, options) {
+            Ok((req, timeout)) => self.send_with(Ok(req), timeout),
+            Err(error) => self.send_with(Err(error), None),
         }
     }
 
@@ -139,16 +138,19 @@ impl MeshClient {
 
     /// Sends `req`, the whole call (retries included) within `deadline`
     /// when given; the response body keeps the call counted until it ends.
-    /// A failed call is answered by the service's fallback, if it has one.
+    /// A failed call is answered by the service's fallback, if it has one;
+    /// a request that could not be made fails as it is.
     ///
     /// One async function from admission to answer, the rest plain
     /// functions: every level of nested futures would be copied once more
-    /// per call.
+    /// per call (hence the request that could not be made, failed here
+    /// rather than in a future of its own).
     async fn send_with(
         &self,
-        mut req: Request<RequestBody>,
+        req: Result<Request<RequestBody>, BoxError>,
         deadline: Option<Duration>,
     ) -> Result<Response<MeshBody>, BoxError> {
+        let mut req = req?;
         let started = tokio::time::Instant::now();
         let mut guard = self.enter()?;
         let service = self.target(&mut req)?;

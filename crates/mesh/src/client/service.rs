@@ -22,8 +22,8 @@ impl<B: Into<RequestBody>> Service<Request<B>> for MeshClient {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // Each call clones the per-service stack, which is always ready to
-        // be driven by oneshot.
+        // Each call borrows (or, when busy, clones) its route's stack,
+        // which waits for readiness itself.
         Poll::Ready(Ok(()))
     }
 

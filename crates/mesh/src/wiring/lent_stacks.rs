@@ -17,9 +17,9 @@ use std::sync::{Mutex, TryLockError};
 use std::task::{Context, Poll, Waker};
 
 use tower::util::Oneshot;
+use tower::{Service, ServiceExt};
 
 use crate::lanes::{this_thread_lane, Padded, LANES};
-use tower::{Service, ServiceExt};
 
 /// Clones of one stack, each lent to one call at a time.
 pub(crate) struct LentStacks<S> {
