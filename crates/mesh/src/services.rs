@@ -22,8 +22,11 @@ use crate::limits::Limits;
 pub(crate) const MAX_SERVICES: usize = 1024;
 
 /// One service's state, shared by every call to it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ServiceState {
+    /// The service, as the map knows it: a call borrows its name from
+    /// here instead of copying it.
+    pub(crate) name: ServiceName,
     /// Its rate and concurrency limits, if any apply.
     pub(crate) limits: Option<Limits>,
     /// The whole-call deadline of its route, when its limits may make a
@@ -41,6 +44,23 @@ pub(crate) struct ServiceState {
     /// service (`None` inside when none is configured); stops when
     /// dropped.
     pub(crate) checker: OnceLock<Option<UpstreamHealthChecker>>,
+}
+
+// === impl ServiceState ===
+
+impl ServiceState {
+    /// `name`'s state with no limits, budget, fallback or checker.
+    pub(crate) fn new(name: ServiceName) -> ServiceState {
+        ServiceState {
+            name,
+            limits: None,
+            queue_deadline: None,
+            budget: None,
+            replay_buffer: 0,
+            fallback: None,
+            checker: OnceLock::new(),
+        }
+    }
 }
 
 /// Every service's state: read without a lock on each call, written on a
@@ -91,6 +111,12 @@ impl ServiceStates {
         Ok(state)
     }
 
+    /// The state of the service named exactly `name` (normalized
+    /// already), if it has one: one lookup for a call's name and state.
+    pub(crate) fn find(&self, name: &str) -> Option<Arc<ServiceState>> {
+        self.map.load().get(name).cloned()
+    }
+
     /// The name of a service with a state whose name is exactly `name`
     /// (normalized already): shared with the map, so that a call to a
     /// known service names it without allocating. `None` for a service
@@ -126,7 +152,7 @@ mod tests {
         let states = ServiceStates::default();
         let users = ServiceName::new("users").expect("name");
         states
-            .get_or_insert(&users, |_| true, ServiceState::default)
+            .get_or_insert(&users, |_| true, || ServiceState::new(users.clone()))
             .expect("state");
         let named = states.name_of("users").expect("known");
         assert!(
@@ -139,6 +165,9 @@ mod tests {
             "not normalized: validated anew"
         );
         assert_eq!(states.name_of("orders"), None);
+        let found = states.find("users").expect("known");
+        assert_eq!(found.name, users);
+        assert!(states.find("USERS").is_none());
         states.remove(&users);
         assert_eq!(states.name_of("users"), None);
     }

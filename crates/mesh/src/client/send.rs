@@ -3,6 +3,7 @@
 //! service's stack and reported as one `RequestCompleted` event.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -153,8 +154,8 @@ impl MeshClient {
         let mut req = req?;
         let started = tokio::time::Instant::now();
         let mut guard = self.enter()?;
-        let service = self.target(&mut req)?;
-        let state = self.service_state(&service)?;
+        let state = self.state_of(&mut req)?;
+        let service = &state.name;
         // Where the balancer names the endpoint that served the call, for
         // its metrics and event (nothing is added to the response).
         let context = CallContext::attach(&mut req).clone();
@@ -165,12 +166,12 @@ impl MeshClient {
             deadline,
             started,
         };
-        let route = self.inner.routes.get(&service);
+        let route = self.inner.routes.get(service);
         let until = self.hold_to_deadline(call, route, &mut req);
         // Boxed: most services set no limits, and every call's future
         // would otherwise be as large as a waiting admission.
         let admitted = match &state.limits {
-            Some(limits) => Box::pin(limits.admit(&service, until)).await.map(Some),
+            Some(limits) => Box::pin(limits.admit(service, until)).await.map(Some),
             None => Ok(None),
         };
         let outcome = match admitted {
@@ -179,7 +180,7 @@ impl MeshClient {
                     guard.admitted(admission);
                 }
                 let outcome = route.lent.oneshot(req).await;
-                self.after_call(&service, &state, &outcome);
+                self.after_call(service, &state, &outcome);
                 outcome
             }
             // Refused by the limits: counted, reported and answered by the
@@ -188,10 +189,10 @@ impl MeshClient {
         };
         let served_by = context.chosen();
         let served_by = served_by.as_ref().map(Endpoint::id);
-        self.publish_completed(service.clone(), &outcome, started, served_by);
-        guard.record(&service, &outcome, started, served_by);
+        self.publish_completed(service, &outcome, started, served_by);
+        guard.record(service, &outcome, started, served_by);
         match (&state.fallback, asked) {
-            (Some(fallback), Some(asked)) => settle(fallback, &service, &asked, outcome, guard),
+            (Some(fallback), Some(asked)) => settle(fallback, service, &asked, outcome, guard),
             _ => outcome.map(|response| response.map(|body| MeshBody::new(body, guard, None))),
         }
     }
@@ -243,21 +244,25 @@ impl MeshClient {
         }
     }
 
-    /// The service `req` goes to: its [`TargetService`], else the host of
-    /// its URI. A host that is not the name as normalized (`Users`) is
-    /// recorded as the `TargetService`, for the layers below; one that is
-    /// needs no extension (an allocation saved on most calls), since they
-    /// read the host when it is absent.
-    fn target<B>(&self, req: &mut Request<B>) -> Result<ServiceName, MeshError> {
+    /// The state of the service `req` goes to: its [`TargetService`], else
+    /// the host of its URI. A host that is a known service's name as
+    /// normalized is found in one lookup and needs no extension (an
+    /// allocation saved on most calls), since the layers below read the
+    /// host when it is absent; another (`Users`) is validated, normalized
+    /// and recorded as the `TargetService` for them.
+    fn state_of<B>(&self, req: &mut Request<B>) -> Result<Arc<ServiceState>, MeshError> {
         if let Some(TargetService(service)) = req.extensions().get::<TargetService>() {
-            return Ok(service.clone());
+            return self.service_state(service);
         }
         let host = req.uri().host().ok_or(MeshError::MissingAuthority)?;
+        if let Some(state) = self.inner.services.find(host) {
+            return Ok(state);
+        }
         let service = self.service_named(host)?;
         if service.as_str() != host {
             req.extensions_mut().insert(TargetService(service.clone()));
         }
-        Ok(service)
+        self.service_state(&service)
     }
 
     /// `name` as a service name: the one a known service already has (no
@@ -277,7 +282,7 @@ impl MeshClient {
     /// a clone and a publish: only while someone listens.
     fn publish_completed(
         &self,
-        service: ServiceName,
+        service: &ServiceName,
         outcome: &Outcome,
         started: tokio::time::Instant,
         served_by: Option<&EndpointId>,
@@ -288,7 +293,7 @@ impl MeshClient {
         let elapsed = started.elapsed();
         let event = match outcome {
             Ok(response) => MeshEvent::RequestCompleted {
-                service,
+                service: service.clone(),
                 endpoint: response
                     .extensions()
                     .get::<SelectedEndpoint>()
@@ -300,7 +305,7 @@ impl MeshClient {
                 elapsed,
             },
             Err(error) => MeshEvent::RequestCompleted {
-                service,
+                service: service.clone(),
                 endpoint: MeshError::endpoint_of(&**error).cloned(),
                 status: None,
                 error: Some(error.to_string()),

@@ -54,7 +54,7 @@ impl MeshClient {
                     .and_then(|o| o.fallback.as_ref()),
                 self.inner.fallbacks.get(service).cloned(),
             ),
-            checker: Default::default(),
+            ..ServiceState::new(service.clone())
         }
     }
 
