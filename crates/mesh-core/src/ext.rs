@@ -20,7 +20,9 @@
 //! discovery notes the service's endpoints there, the balancer the endpoint it chose, and
 //! the breaker (below), retry and the facade (above) read that choice,
 //! also after an attempt was cancelled. [`deadline_of`],
-//! [`with_endpoint_set`] and [`chosen_endpoint`] read either form.
+//! [`with_endpoint_set`] and [`chosen_endpoint`] read either form, and
+//! [`Destination::of`] the service a request names ([`TargetService`],
+//! else its host) for every layer that looks it up.
 //!
 //! One span field crosses layers the same way: the retry layer's attempt
 //! span (`mesh.attempt`) is current while the layers below run, and the
@@ -44,6 +46,51 @@ pub use crate::call_context::{
 /// whose authority is something else.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TargetService(pub ServiceName);
+
+/// Which service a request is for, as the request says it: its
+/// [`TargetService`], else its URI's host as written. A layer looks the
+/// host up as it is, and validates it only when nothing is listed under
+/// it (a known service's name costs no allocation).
+///
+/// ```
+/// use mesh_core::ext::{Destination, TargetService};
+/// use mesh_core::ServiceName;
+///
+/// let mut req = http::Request::get("http://users/api").body(()).unwrap();
+/// assert_eq!(Destination::of(&req), Some(Destination::Host("users")));
+/// let orders = ServiceName::new("orders").unwrap();
+/// req.extensions_mut().insert(TargetService(orders.clone()));
+/// assert_eq!(Destination::of(&req), Some(Destination::Named(&orders)));
+/// assert_eq!(Destination::of(&req).unwrap().as_str(), "orders");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination<'a> {
+    /// The request's [`TargetService`].
+    Named(&'a ServiceName),
+    /// The host of the request's URI, not validated.
+    Host(&'a str),
+}
+
+// === impl Destination ===
+
+impl<'a> Destination<'a> {
+    /// Where `req` goes; `None` when it has neither a [`TargetService`]
+    /// nor a host.
+    pub fn of<B>(req: &'a http::Request<B>) -> Option<Destination<'a>> {
+        match req.extensions().get::<TargetService>() {
+            Some(TargetService(service)) => Some(Destination::Named(service)),
+            None => req.uri().host().map(Destination::Host),
+        }
+    }
+
+    /// The name or host, as text.
+    pub fn as_str(&self) -> &'a str {
+        match self {
+            Destination::Named(service) => service.as_str(),
+            Destination::Host(host) => host,
+        }
+    }
+}
 
 /// A client key for session affinity and consistent hashing (the design
 /// document's `clientId`).

@@ -1,7 +1,7 @@
 use std::task::{Context, Poll};
 
 use http::Request;
-use mesh_core::ext::{CallContext, TargetService};
+use mesh_core::ext::{CallContext, Destination};
 use mesh_core::{BoxError, EndpointSet, MeshError, ServiceName};
 use tower::Service;
 
@@ -62,15 +62,17 @@ impl<S> DiscoverService<S> {
     }
 
     fn resolve<B>(&self, req: &Request<B>) -> Result<EndpointSet, MeshError> {
-        if let Some(TargetService(service)) = req.extensions().get::<TargetService>() {
-            return self
-                .catalog
-                .get(service.as_str())
-                .ok_or_else(|| MeshError::UnknownService {
-                    service: service.clone(),
+        let host = match Destination::of(req) {
+            Some(Destination::Named(service)) => {
+                return self.catalog.get(service.as_str()).ok_or_else(|| {
+                    MeshError::UnknownService {
+                        service: service.clone(),
+                    }
                 });
-        }
-        let host = req.uri().host().ok_or(MeshError::MissingAuthority)?;
+            }
+            Some(Destination::Host(host)) => host,
+            None => return Err(MeshError::MissingAuthority),
+        };
         if let Some(set) = self.catalog.get(host) {
             return Ok(set);
         }
@@ -154,6 +156,7 @@ where
 mod tests {
     use super::*;
     use crate::StaticRegistry;
+    use mesh_core::ext::TargetService;
     use std::convert::Infallible;
     use tower::{service_fn, ServiceExt};
 

@@ -40,7 +40,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use http::{Method, Request, Response};
-use mesh_core::ext::{Attempt, CallContext, SelectedEndpoint, TargetService};
+use mesh_core::ext::{Attempt, CallContext, Destination, SelectedEndpoint};
 use mesh_core::{BoxError, FailureClassifier, FailureKind, MeshError};
 use tracing::field::Empty;
 use tracing::Span;
@@ -154,10 +154,8 @@ pub(crate) fn call_span<B>(req: &Request<B>, route: &OnceLock<RouteNames>) -> Sp
         otel.status_code = Empty,
     );
     if !span.is_disabled() {
-        match req.extensions().get::<TargetService>() {
-            Some(TargetService(service)) => span.record("mesh.service", service.as_str()),
-            None => span.record("mesh.service", req.uri().host().unwrap_or_default()),
-        };
+        let service = Destination::of(req).map(|d| d.as_str());
+        span.record("mesh.service", service.unwrap_or_default());
         span.record("http.request.method", req.method().as_str());
         span.record("url.path", req.uri().path());
         if let Some(names) = route.get() {

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use mesh_core::clock;
-use mesh_core::ext::{AffinityKey, CallContext, Deadline, SelectedEndpoint, TargetService};
+use mesh_core::ext::{
+    AffinityKey, CallContext, Deadline, Destination, SelectedEndpoint, TargetService,
+};
 use mesh_core::{BoxError, Endpoint, EndpointId, MeshError, MeshEvent, ServiceName};
 
 use super::body::{CallGuard, StackBody};
@@ -251,10 +253,11 @@ impl MeshClient {
     /// host when it is absent; another (`Users`) is validated, normalized
     /// and recorded as the `TargetService` for them.
     fn state_of<B>(&self, req: &mut Request<B>) -> Result<Arc<ServiceState>, MeshError> {
-        if let Some(TargetService(service)) = req.extensions().get::<TargetService>() {
-            return self.service_state(service);
-        }
-        let host = req.uri().host().ok_or(MeshError::MissingAuthority)?;
+        let host = match Destination::of(req) {
+            Some(Destination::Named(service)) => return self.service_state(service),
+            Some(Destination::Host(host)) => host,
+            None => return Err(MeshError::MissingAuthority),
+        };
         if let Some(state) = self.inner.services.find(host) {
             return Ok(state);
         }

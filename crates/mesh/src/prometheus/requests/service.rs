@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use mesh_core::ext::{CallContext, TargetService};
+use mesh_core::ext::{CallContext, Destination};
 use mesh_core::{BoxError, ServiceName};
 use tower::Service;
 
@@ -49,13 +49,13 @@ impl<S> RequestMetrics<S> {
     /// services already counted first, so that a known one costs no
     /// allocation.
     fn service_of<B>(&self, req: &Request<B>) -> Option<ServiceName> {
-        if let Some(TargetService(service)) = req.extensions().get::<TargetService>() {
-            return Some(service.clone());
+        match Destination::of(req)? {
+            Destination::Named(service) => Some(service.clone()),
+            Destination::Host(host) => self
+                .metrics
+                .service_named(host)
+                .or_else(|| ServiceName::new(host).ok()),
         }
-        let host = req.uri().host()?;
-        self.metrics
-            .service_named(host)
-            .or_else(|| ServiceName::new(host).ok())
     }
 }
 
