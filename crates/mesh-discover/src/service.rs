@@ -13,8 +13,9 @@ use crate::future::ResponseFuture;
 
 /// Resolves each request's target service to its endpoints.
 ///
-/// The target is the [`TargetService`] extension when the request carries
-/// one, else the host of the URI authority. The service's current
+/// The target is the [`TargetService`](mesh_core::ext::TargetService)
+/// extension when the request carries one, else the host of the URI
+/// authority ([`Destination::of`]). The service's current
 /// [`EndpointSet`] is noted for the layers below in the request's
 /// [`CallContext`] (the retry layer attaches one to every call), else
 /// inserted into its extensions; it names its service, so nothing else is

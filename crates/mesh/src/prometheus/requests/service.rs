@@ -14,8 +14,9 @@ use crate::call_metrics::CallMetrics;
 
 /// The service of a [`RequestMetricsLayer`](super::RequestMetricsLayer):
 /// counts each call's outcome and latency under its service, the
-/// request's [`TargetService`] or else its URI's host (as `DiscoverLayer`
-/// resolves it), and the endpoint that answered or failed.
+/// request's [`TargetService`](mesh_core::ext::TargetService) or else its
+/// URI's host (as `DiscoverLayer` resolves it), and the endpoint that
+/// answered or failed.
 ///
 /// A request that names no valid service (no host, or a host that is not
 /// a service name) is passed through uncounted: `DiscoverLayer` fails it
