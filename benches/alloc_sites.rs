@@ -10,6 +10,9 @@
 //! heaptrack_print -f heaptrack.alloc_sites.*.zst -m 0 -n 100 -s 100
 //! ```
 
+#[path = "memory_registry.rs"]
+mod memory_registry;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,13 +28,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let registry = StaticRegistry::builder()
-        .service(
-            "user-service",
-            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
-        )
-        .build()
-        .expect("static list");
+    let registry = memory_registry::three_instances();
     let leaf = tower::service_fn(|_req: Request<Full<Bytes>>| async {
         Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"ok"))))
     });

@@ -8,6 +8,9 @@
 //! cargo bench -p tower-mesh-benches --bench per_call
 //! ```
 
+#[path = "memory_registry.rs"]
+mod memory_registry;
+
 use std::alloc::System;
 use std::time::{Duration, Instant};
 
@@ -61,13 +64,7 @@ where
 }
 
 fn stacks() -> Vec<(&'static str, Stack)> {
-    let registry = StaticRegistry::builder()
-        .service(
-            "user-service",
-            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
-        )
-        .build()
-        .expect("static list");
+    let registry = memory_registry::three_instances();
     let discover = || DiscoverLayer::new(registry.catalog());
     let breaker = || {
         BreakerLayer::new(

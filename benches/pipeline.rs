@@ -17,6 +17,9 @@
 //! cargo bench -p tower-mesh-benches --bench pipeline -- in_memory_overhead/tower_mesh
 //! ```
 
+#[path = "memory_registry.rs"]
+mod memory_registry;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,13 +115,7 @@ pub(crate) fn in_memory_overhead(c: &mut Criterion) {
     let leaf = tower::service_fn(|_req: Request<Full<Bytes>>| async {
         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
     });
-    let registry = StaticRegistry::builder()
-        .service(
-            "user-service",
-            ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
-        )
-        .build()
-        .expect("static list");
+    let registry = memory_registry::three_instances();
     let stack = ServiceBuilder::new()
         .layer(RetryLayer::default())
         .layer(DiscoverLayer::new(registry.catalog()))
