@@ -36,7 +36,9 @@ pin_project_lite::pin_project! {
             inner: StackBody,
             call: Option<CallGuard>,
             // Kept as the service's last good answer when it ends.
-            capture: Option<Capture>,
+            // Boxed: only services with a fallback capture, and every
+            // other response would carry its room.
+            capture: Option<Box<Capture>>,
         },
         Bytes { data: Option<Bytes> },
     }
@@ -65,7 +67,7 @@ impl MeshBody {
             kind: Kind::Network {
                 inner,
                 call: Some(call),
-                capture,
+                capture: capture.map(Box::new),
             },
         }
     }

@@ -12,7 +12,7 @@ use mesh_core::clock;
 use mesh_core::ext::{
     AffinityKey, CallContext, Deadline, Destination, SelectedEndpoint, TargetService,
 };
-use mesh_core::{BoxError, Endpoint, EndpointId, MeshError, MeshEvent, ServiceName};
+use mesh_core::{BoxError, EndpointId, MeshError, MeshEvent, ServiceName};
 
 use super::body::{CallGuard, StackBody};
 use super::{CallOptions, MeshBody, MeshClient, RequestBody, SentBody};
@@ -22,6 +22,14 @@ use crate::wiring::routes::Route;
 
 /// What a service's stack answers.
 type Outcome = Result<Response<StackBody>, BoxError>;
+
+/// What [`MeshClient::make_request`] makes.
+struct MadeRequest {
+    req: Request<RequestBody>,
+    timeout: Option<Duration>,
+    /// The service's state, when known by the name asked for.
+    state: Option<Arc<ServiceState>>,
+}
 
 /// One call's service state, its caller's deadline and when it started.
 #[derive(Clone, Copy)]
@@ -41,7 +49,7 @@ impl MeshClient {
         &self,
         req: Request<impl Into<RequestBody>>,
     ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
-        self.send_with(Ok(req.map(Into::into)), None)
+        self.send_with(Ok(req.map(Into::into)), None, None)
     }
 
     /// [`MeshClient::send`] with the whole call held to `deadline`, for
@@ -51,7 +59,7 @@ impl MeshClient {
         req: Request<RequestBody>,
         deadline: Option<Duration>,
     ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
-        self.send_with(Ok(req), deadline)
+        self.send_with(Ok(req), deadline, None)
     }
 
     /// Sends `method` to `service` at `path` (the design document's
@@ -67,8 +75,8 @@ impl MeshClient {
         options: CallOptions,
     ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
         match self.make_request(method, service, path, body, options) {
-            Ok((req, timeout)) => self.send_with(Ok(req), timeout),
-            Err(error) => self.send_with(Err(error), None),
+            Ok(made) => self.send_with(Ok(made.req), made.timeout, made.state),
+            Err(error) => self.send_with(Err(error), None, None),
         }
     }
 
@@ -114,7 +122,9 @@ impl MeshClient {
         self.request(Method::DELETE, service, path, Bytes::new(), options)
     }
 
-    /// The request `request` sends, and its caller's timeout.
+    /// The request `request` sends, with its caller's timeout and, when
+    /// the service is known by that exact name, its state (found once
+    /// here rather than again from the URI).
     fn make_request(
         &self,
         method: Method,
@@ -122,13 +132,21 @@ impl MeshClient {
         path: &str,
         body: Bytes,
         options: CallOptions,
-    ) -> Result<(Request<RequestBody>, Option<Duration>), BoxError> {
-        let service = self.service_named(service)?;
+    ) -> Result<MadeRequest, BoxError> {
+        let state = self.inner.services.find(service);
+        let named;
+        let name = match &state {
+            Some(state) => state.name.as_str(),
+            None => {
+                named = self.service_named(service)?;
+                named.as_str()
+            }
+        };
         // One string for the whole URI, the path's slash added if missing.
         let slash = if path.starts_with('/') { "" } else { "/" };
         let mut req = Request::builder()
             .method(method)
-            .uri(format!("http://{service}{slash}{path}"))
+            .uri(format!("http://{name}{slash}{path}"))
             .body(RequestBody::from(body))?;
         req.headers_mut().extend(options.headers);
         if let Some(key) = options.affinity_key {
@@ -136,7 +154,11 @@ impl MeshClient {
         }
         // No `TargetService`: the URI's host is the service's name, which
         // every layer below reads when the extension is absent.
-        Ok((req, options.timeout))
+        Ok(MadeRequest {
+            req,
+            timeout: options.timeout,
+            state,
+        })
     }
 
     /// Sends `req`, the whole call (retries included) within `deadline`
@@ -152,11 +174,15 @@ impl MeshClient {
         &self,
         req: Result<Request<RequestBody>, BoxError>,
         deadline: Option<Duration>,
+        state: Option<Arc<ServiceState>>,
     ) -> Result<Response<MeshBody>, BoxError> {
         let mut req = req?;
         let started = tokio::time::Instant::now();
         let mut guard = self.enter()?;
-        let state = self.state_of(&mut req)?;
+        let state = match state {
+            Some(state) => state,
+            None => self.state_of(&mut req)?,
+        };
         let service = &state.name;
         // Where the balancer names the endpoint that served the call, for
         // its metrics and event (nothing is added to the response).
@@ -189,10 +215,15 @@ impl MeshClient {
             // fallback like any failed call.
             Err(refused) => Err(refused.into()),
         };
-        let served_by = context.chosen();
-        let served_by = served_by.as_ref().map(Endpoint::id);
-        self.publish_completed(service, &outcome, started, served_by);
-        guard.record(service, &outcome, started, served_by);
+        // The endpoint is borrowed from the context, not copied: a copy
+        // writes a count both cores share.
+        let mut report = |served_by: Option<&EndpointId>| {
+            self.publish_completed(service, &outcome, started, served_by);
+            guard.record(service, &outcome, started, served_by);
+        };
+        if context.with_chosen(|_, e| report(Some(e.id()))).is_none() {
+            report(None);
+        }
         match (&state.fallback, asked) {
             (Some(fallback), Some(asked)) => settle(fallback, service, &asked, outcome, guard),
             _ => outcome.map(|response| response.map(|body| MeshBody::new(body, guard, None))),
