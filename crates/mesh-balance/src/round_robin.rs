@@ -80,7 +80,17 @@ impl RoundRobin {
         if n == 0 {
             return None;
         }
-        let turns = self.turns_of(set.service());
+        // Borrowed from the table: a clone of its `Arc` would write a
+        // count every core shares, on every pick.
+        let table = self.turns.load();
+        let added;
+        let turns = match table.get(set.service()) {
+            Some(turns) => &**turns,
+            None => {
+                added = self.turns_of(set.service());
+                &*added
+            }
+        };
         let turn = turns.all.fetch_add(1, Ordering::Relaxed) % n;
         if let Some(e) = set.endpoints().get(turn).filter(|e| candidate(e)) {
             return Some(e);

@@ -196,8 +196,18 @@ impl Picker {
         cx: &PickContext<'_>,
         now: Nanos,
     ) -> Result<&'a Endpoint, NoPick> {
-        let memo = self.memo(set);
-        let panic = self.recount(&memo, now);
+        // Borrowed from the table while it is current: a clone of its
+        // `Arc` would write a count every core shares, on every pick.
+        let memos = self.memos.load();
+        let fresh;
+        let memo = match memos.get(set.service()).filter(|m| m.set.ptr_eq(set)) {
+            Some(current) => &**current,
+            None => {
+                fresh = self.memo(set);
+                &*fresh
+            }
+        };
+        let panic = self.recount(memo, now);
         let avoid = cx.avoid.filter(|a| !a.is_empty());
         let limit = self.config.max_connections_per_instance();
         // In panic mode (too few available), endpoints that health checks
