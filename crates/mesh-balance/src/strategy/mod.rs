@@ -227,11 +227,11 @@ impl Picker {
         let fallback = |e: &Endpoint| usable(e) && under_limit(e);
         let picked = match cx.key_hash {
             Some(hash) if self.hashes() => self
-                .by_hash(&memo, set, hash, &preferred)
-                .or_else(|| self.by_hash(&memo, set, hash, &fallback)),
+                .by_hash(memo, set, hash, &preferred)
+                .or_else(|| self.by_hash(memo, set, hash, &fallback)),
             _ => self
-                .pick_with(&memo, set, &preferred, now)
-                .or_else(|| avoid.and_then(|_| self.pick_with(&memo, set, &fallback, now))),
+                .pick_with(memo, set, &preferred, now)
+                .or_else(|| avoid.and_then(|_| self.pick_with(memo, set, &fallback, now))),
         };
         picked.ok_or_else(|| {
             let available = set.iter().filter(|e| usable(e)).count();
