@@ -35,9 +35,10 @@ pin_project_lite::pin_project! {
             #[pin]
             inner: StackBody,
             call: Option<CallGuard>,
-            // Kept as the service's last good answer when it ends.
-            // Boxed: only services with a fallback capture, and every
-            // other response would carry its room.
+            // Kept as the service's last good answer when it ends. Boxed
+            // (one allocation per captured answer): only services with a
+            // fallback capture, and unboxed every response would be
+            // 160 bytes larger.
             capture: Option<Box<Capture>>,
         },
         Bytes { data: Option<Bytes> },

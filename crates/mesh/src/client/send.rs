@@ -64,8 +64,8 @@ impl MeshClient {
 
     /// Sends `method` to `service` at `path` (the design document's
     /// `get`/`post`/... with headers, body, timeout and client id). The
-    /// request is made before the future is returned: it borrows neither
-    /// `service` nor `path`.
+    /// request is made, and its service found, before the future is
+    /// returned: it borrows neither `service` nor `path`.
     pub fn request(
         &self,
         method: Method,
@@ -216,7 +216,7 @@ impl MeshClient {
             Err(refused) => Err(refused.into()),
         };
         // The endpoint is borrowed from the context, not copied: a copy
-        // writes a count both cores share.
+        // writes a count every core shares.
         let mut report = |served_by: Option<&EndpointId>| {
             self.publish_completed(service, &outcome, started, served_by);
             guard.record(service, &outcome, started, served_by);
