@@ -42,7 +42,24 @@ impl Drop for Etcd {
 }
 
 impl Etcd {
+    /// A fresh etcd on free loopback ports. A port picked free can be
+    /// taken before etcd binds it (by the other test's etcd, say): etcd
+    /// then exits at once, and starts again on fresh ports.
     async fn start() -> Etcd {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            match Etcd::try_start().await {
+                Ok(etcd) => return etcd,
+                Err(log) if log.contains("address already in use") => continue,
+                Err(log) => panic!("etcd exited: {log}"),
+            }
+        }
+        panic!("etcd found its ports taken {ATTEMPTS} times in a row");
+    }
+
+    /// Starts etcd and waits until it answers; `Err` with its status and
+    /// log if it exits first.
+    async fn try_start() -> Result<Etcd, String> {
         let dir =
             std::env::temp_dir().join(format!("mesh-etcd-{}-{}", std::process::id(), free_port()));
         let (client_port, peer_port) = (free_port(), free_port());
@@ -84,10 +101,8 @@ impl Etcd {
             // Fail at once, with etcd's own words, if it could not start
             // (a port taken between picking and binding, for example).
             if let Ok(Some(status)) = etcd.child.try_wait() {
-                panic!(
-                    "etcd exited ({status}): {}",
-                    std::fs::read_to_string(etcd.dir.with_extension("log")).unwrap_or_default()
-                );
+                let log = std::fs::read_to_string(etcd.dir.with_extension("log"));
+                return Err(format!("({status}) {}", log.unwrap_or_default()));
             }
             // Generous: a cold first start on a loaded 2-core machine is slow.
             assert!(
@@ -97,7 +112,7 @@ impl Etcd {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        etcd
+        Ok(etcd)
     }
 
     async fn post(&self, path: &str, body: &str) -> Result<(), String> {
