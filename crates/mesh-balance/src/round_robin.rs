@@ -106,10 +106,9 @@ impl RoundRobin {
         set.iter().filter(|e| candidate(e)).take(spill + 1).last()
     }
 
+    /// Adds `service`'s counter, unless another pick just did (a pick
+    /// borrows an existing one from the table).
     fn turns_of(&self, service: &ServiceName) -> Arc<Turns> {
-        if let Some(turns) = self.turns.load().get(service) {
-            return Arc::clone(turns);
-        }
         let mut found = None;
         self.turns.rcu(|turns| {
             if let Some(existing) = turns.get(service) {

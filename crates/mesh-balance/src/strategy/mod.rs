@@ -319,13 +319,10 @@ impl Picker {
         })
     }
 
+    /// The tables for `set`, a snapshot the table has no memo for yet
+    /// (`pick` borrows the current one).
     fn memo(&self, set: &EndpointSet) -> Arc<Memo> {
         let previous = self.memos.load().get(set.service()).cloned();
-        if let Some(m) = &previous {
-            if m.set.ptr_eq(set) {
-                return Arc::clone(m);
-            }
-        }
         let weights: Vec<u32> = set.iter().map(|e| e.weight().get()).collect();
         let uniform = weights.windows(2).all(|w| w[0] == w[1]);
         let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
