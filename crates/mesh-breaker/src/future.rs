@@ -125,9 +125,9 @@ impl Tracker {
         true
     }
 
-    /// Notes when the call's timeout of `limit` runs out.
-    fn times_out(&mut self, limit: Duration) {
-        self.timed_out_at = Some((Instant::now() + limit, limit));
+    /// Notes that the call's timeout of `limit` runs out `at`.
+    fn times_out(&mut self, at: Instant, limit: Duration) {
+        self.timed_out_at = Some((at, limit));
     }
 
     /// Notes that the call answered within its timeout: from now on a
@@ -304,14 +304,18 @@ where
                     return Poll::Pending;
                 };
                 if timeout.is_none() {
-                    timeout.set(Some(tokio::time::sleep(limit)));
+                    // Counted from the call's start when the tracker read
+                    // it (as tower's timeout counts from `call`); one
+                    // reading dates the timer, the tracker's note and the
+                    // bound, so the bound is the timer's own end.
+                    let started = tracker.as_ref().and_then(|t| t.started);
+                    let at = started.unwrap_or_else(Instant::now) + limit;
+                    timeout.set(Some(tokio::time::sleep_until(at)));
                     if let Some(tracker) = tracker.as_mut() {
-                        tracker.times_out(limit);
+                        tracker.times_out(at, limit);
                     }
-                    // Read after the timer was set: the bound noted is
-                    // never earlier than the timer's.
                     if let Some(context) = context.take() {
-                        *bound = Some(context.bound_attempt(clock::now().saturating_add(limit)));
+                        *bound = Some(context.bound_attempt(Nanos::from_instant(at.into_std())));
                     }
                 }
                 if let Some(sleep) = timeout.as_pin_mut() {

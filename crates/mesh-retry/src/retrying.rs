@@ -41,9 +41,11 @@ pin_project! {
         // The copy the next attempt sends; `None` when no retry may come.
         request: Option<Request<B>>,
         // The stack as the layer was given it, cloned into `service` for
-        // the first retry.
+        // the first retry: boxed, so that the calls never retried (most)
+        // carry a pointer rather than room for a whole stack, moved with
+        // the future at every level.
         prototype: Arc<Mutex<S>>,
-        service: Option<S>,
+        service: Option<Box<S>>,
         #[pin]
         state: State<S::Future, <RetryPolicy as Policy<Request<B>, S::Response, BoxError>>::Future>,
     }
@@ -117,7 +119,7 @@ where
                     let prototype = &**this.prototype;
                     let service = this.service.get_or_insert_with(|| {
                         // A panic while cloning leaves the copy as it was.
-                        prototype.lock().unwrap_or_else(|e| e.into_inner()).clone()
+                        Box::new(prototype.lock().unwrap_or_else(|e| e.into_inner()).clone())
                     });
                     if let Err(error) = ready!(service.poll_ready(cx)) {
                         // Done: a poll after this must not send the copy.

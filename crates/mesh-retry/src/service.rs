@@ -105,11 +105,14 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let shared = &*self.shared;
         let sequence = shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        // Read at most once, for the budget and the deadline alike.
+        let mut reading = None;
+        let mut now = || *reading.get_or_insert_with(clock::now);
         if let Some(budget) = req.extensions().get::<RetryBudget>() {
             // The request's own account (one per service, say) is counted
             // at the exact time: the layer's request sequence says nothing
             // about how recently this account last read the clock.
-            budget.deposit(clock::now());
+            budget.deposit(now());
         } else if let Some(budget) = &shared.budget {
             budget.deposit_counted(sequence);
         }
@@ -119,7 +122,7 @@ where
         let context = CallContext::of(&req).cloned().unwrap_or_default();
         if let Some(d) = shared.config.deadline() {
             // A deadline the caller set stays if it is earlier than ours.
-            let ours = Deadline(clock::now().saturating_add(d));
+            let ours = Deadline(now().saturating_add(d));
             let earliest = deadline_of(&req).map_or(ours, |theirs| theirs.min(ours));
             context.set_deadline(earliest);
         } else if let Some(theirs) = deadline_of(&req) {

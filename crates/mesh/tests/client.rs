@@ -441,3 +441,36 @@ services = {{ users = ["{addr}"] }}
     }
     client.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_that_is_no_uri_path_is_refused_naming_the_service_not_the_query() {
+    let addr = echo_path().await;
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+[service]
+name = "caller"
+[discovery]
+kind = "static"
+services = {{ users = ["{addr}"] }}
+"#
+    ))
+    .expect("config");
+    let client = MeshClient::from_config(config).await.expect("client");
+    let error = client
+        .get("users", "/api users?token=s3cret", CallOptions::default())
+        .await
+        .expect_err("a space is no URI character");
+    let text = error.to_string();
+    assert!(
+        text.contains("users") && text.contains("not a valid URI path"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "the query is not echoed: {text}");
+    // A good path still goes through.
+    let response = client
+        .get("users", "/api/users", CallOptions::default())
+        .await
+        .expect("answer");
+    assert!(response.status().is_success());
+    client.shutdown(Duration::from_secs(5)).await;
+}

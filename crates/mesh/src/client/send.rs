@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Uri};
 use mesh_core::clock;
 use mesh_core::ext::{
     AffinityKey, CallContext, Deadline, Destination, SelectedEndpoint, TargetService,
@@ -143,11 +143,16 @@ impl MeshClient {
             }
         };
         // One string for the whole URI, the path's slash added if missing.
+        // The request is made whole and its parts set in place: a builder
+        // moves them through a `Result` at every step.
         let slash = if path.starts_with('/') { "" } else { "/" };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{name}{slash}{path}"))
-            .body(RequestBody::from(body))?;
+        let uri = Uri::try_from(format!("http://{name}{slash}{path}")).map_err(|source| {
+            // The path is not repeated: its query may carry a secret.
+            format!("the path of a call to {name} is not a valid URI path: {source}")
+        })?;
+        let mut req = Request::new(RequestBody::from(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
         req.headers_mut().extend(options.headers);
         if let Some(key) = options.affinity_key {
             req.extensions_mut().insert(AffinityKey::new(key));
@@ -258,7 +263,9 @@ impl MeshClient {
             req.extensions_mut().insert(policy);
         }
         if let Some(limit) = deadline {
-            CallContext::attach(req).set_deadline(Deadline(clock::now().saturating_add(limit)));
+            // Dated from the call's start: no second clock reading.
+            let started = clock::Nanos::from_instant(call.started.into_std());
+            CallContext::attach(req).set_deadline(Deadline(started.saturating_add(limit)));
         }
         if let Some(budget) = &call.state.budget {
             req.extensions_mut().insert(budget.clone());
