@@ -28,6 +28,7 @@
 //! ```text
 //! cargo bench -p tower-mesh-benches --bench healthy
 //! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 "by hand, round robin"
+//! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 --workers=1 MeshClient
 //! ```
 //!
 //! Prints a markdown table and writes `target/healthy.json` (every pair,
