@@ -49,7 +49,10 @@ pin_project! {
         RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
     {
         Retrying { #[pin] future: Retrying<S, B> },
-        Hedging { #[pin] future: HedgeFuture<S, B> },
+        // Boxed: a hedged call holds a clone of the stack and its
+        // request's template, and every other call's future would be as
+        // large (a hedged call allocates for its copies anyway).
+        Hedging { future: Pin<Box<HedgeFuture<S, B>>> },
     }
 }
 
@@ -71,7 +74,9 @@ where
 
     pub(crate) fn hedging(future: HedgeFuture<S, B>, span: Span) -> Self {
         ResponseFuture {
-            kind: Kind::Hedging { future },
+            kind: Kind::Hedging {
+                future: Box::pin(future),
+            },
             span,
         }
     }
@@ -93,7 +98,7 @@ where
         let _entered = this.span.enter();
         let polled = match this.kind.project() {
             KindProj::Retrying { future } => future.poll(cx),
-            KindProj::Hedging { future } => future.poll(cx),
+            KindProj::Hedging { future } => future.as_mut().poll(cx),
         };
         if let Poll::Ready(result) = &polled {
             trace::record_call(this.span, result);
