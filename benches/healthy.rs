@@ -3,7 +3,8 @@
 //! process and one run.
 //!
 //! - Four healthy loopback instances (`mesh-testkit` servers), one tokio
-//!   runtime with 2 workers for client, servers and harness.
+//!   runtime with 2 workers (or `--workers=N`) for client, servers and
+//!   harness.
 //! - Closed loop: each caller sends its next request once the last one's
 //!   body has been read. Per run, [`WARM_UP`] of the same loop unmeasured
 //!   (connections, discovery, estimates), then [`WINDOW`] measured.
@@ -402,6 +403,8 @@ struct Row {
 #[derive(Debug, serde::Serialize)]
 struct Report {
     instances: usize,
+    /// The runtime's worker threads.
+    workers: usize,
     rounds: usize,
     warm_up_ms: u128,
     window_ms: u128,
@@ -518,6 +521,7 @@ fn main() {
     let Some(runtime) = bench_runtime::runtime() else {
         return;
     };
+    let workers = runtime.metrics().num_workers();
     let (names, callers_only) = filters();
     let began = Instant::now();
     let pairs = runtime.block_on(async {
@@ -568,6 +572,7 @@ fn main() {
         "healthy",
         &Report {
             instances: INSTANCES,
+            workers,
             rounds: ROUNDS,
             warm_up_ms: WARM_UP.as_millis(),
             window_ms: WINDOW.as_millis(),

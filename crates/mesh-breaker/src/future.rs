@@ -304,12 +304,9 @@ where
                     return Poll::Pending;
                 };
                 if timeout.is_none() {
-                    // Counted from the call's start when the tracker read
-                    // it (as tower's timeout counts from `call`); one
-                    // reading dates the timer, the tracker's note and the
-                    // bound, so the bound is the timer's own end.
-                    let started = tracker.as_ref().and_then(|t| t.started);
-                    let at = started.unwrap_or_else(Instant::now) + limit;
+                    // One reading dates the timer, the tracker's note and
+                    // the bound, so the bound is the timer's own end.
+                    let at = Instant::now() + limit;
                     timeout.set(Some(tokio::time::sleep_until(at)));
                     if let Some(tracker) = tracker.as_mut() {
                         tracker.times_out(at, limit);

@@ -93,6 +93,16 @@ pub enum MeshError {
         source: InvalidName,
     },
 
+    /// A call's path is not a valid URI path. The path is not repeated:
+    /// its query may carry a secret.
+    #[error("the path of a call to {service} is not a valid URI path: {source}")]
+    InvalidPath {
+        /// The service called.
+        service: ServiceName,
+        /// Why the path is not one.
+        source: http::uri::InvalidUri,
+    },
+
     /// No registry knows the service.
     #[error(
         "unknown service {service:?}: no registry lists it; check the name or add it to discovery"

@@ -121,7 +121,8 @@ fn code_for(error: &(dyn std::error::Error + 'static)) -> GrpcCode {
         Some(
             MeshError::Misconfigured { .. }
             | MeshError::MissingAuthority
-            | MeshError::InvalidAuthority { .. },
+            | MeshError::InvalidAuthority { .. }
+            | MeshError::InvalidPath { .. },
         ) => GrpcCode::INTERNAL,
         // No instance answered: unknown or empty service, open circuit,
         // refused or broken connection, shutting down.

@@ -457,13 +457,20 @@ services = {{ users = ["{addr}"] }}
     .expect("config");
     let client = MeshClient::from_config(config).await.expect("client");
     let error = client
-        .get("users", "/api users?token=s3cret", CallOptions::default())
+        .get("users", "/a b?token=s3cret", CallOptions::default())
         .await
         .expect_err("a space is no URI character");
     let text = error.to_string();
     assert!(
         text.contains("users") && text.contains("not a valid URI path"),
         "{text}"
+    );
+    assert!(
+        matches!(
+            MeshError::find(&*error),
+            Some(MeshError::InvalidPath { service, .. }) if service.as_str() == "users"
+        ),
+        "typed: {error:?}"
     );
     assert!(!text.contains("s3cret"), "the query is not echoed: {text}");
     // A good path still goes through.

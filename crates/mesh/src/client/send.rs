@@ -142,14 +142,19 @@ impl MeshClient {
                 named.as_str()
             }
         };
-        // One string for the whole URI, the path's slash added if missing.
-        // The request is made whole and its parts set in place: a builder
-        // moves them through a `Result` at every step.
+        // One string for the whole URI, the path's slash added if missing;
+        // the request built in place around it.
         let slash = if path.starts_with('/') { "" } else { "/" };
-        let uri = Uri::try_from(format!("http://{name}{slash}{path}")).map_err(|source| {
-            // The path is not repeated: its query may carry a secret.
-            format!("the path of a call to {name} is not a valid URI path: {source}")
-        })?;
+        let uri = match Uri::try_from(format!("http://{name}{slash}{path}")) {
+            Ok(uri) => uri,
+            Err(source) => {
+                let service = match &state {
+                    Some(state) => state.name.clone(),
+                    None => self.service_named(name)?,
+                };
+                return Err(MeshError::InvalidPath { service, source }.into());
+            }
+        };
         let mut req = Request::new(RequestBody::from(body));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
@@ -263,7 +268,7 @@ impl MeshClient {
             req.extensions_mut().insert(policy);
         }
         if let Some(limit) = deadline {
-            // Dated from the call's start: no second clock reading.
+            // Dated from the call's start, as the wait's end below is.
             let started = clock::Nanos::from_instant(call.started.into_std());
             CallContext::attach(req).set_deadline(Deadline(started.saturating_add(limit)));
         }
