@@ -408,9 +408,8 @@ async fn echo_path() -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_path_reaches_the_server_whole_with_or_without_its_leading_slash() {
-    let addr = echo_path().await;
+/// A client whose service `users` is the one instance at `addr`.
+async fn users_on(addr: std::net::SocketAddr) -> MeshClient {
     let config = MeshConfig::from_toml_str(&format!(
         r#"
 [service]
@@ -421,7 +420,12 @@ services = {{ users = ["{addr}"] }}
 "#
     ))
     .expect("config");
-    let client = MeshClient::from_config(config).await.expect("client");
+    MeshClient::from_config(config).await.expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_reaches_the_server_whole_with_or_without_its_leading_slash() {
+    let client = users_on(echo_path().await).await;
     for (path, expected) in [
         ("/api/users?page=2", "/api/users?page=2"),
         ("api/users?page=2", "/api/users?page=2"),
@@ -444,18 +448,7 @@ services = {{ users = ["{addr}"] }}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_that_is_no_uri_path_is_refused_naming_the_service_not_the_query() {
-    let addr = echo_path().await;
-    let config = MeshConfig::from_toml_str(&format!(
-        r#"
-[service]
-name = "caller"
-[discovery]
-kind = "static"
-services = {{ users = ["{addr}"] }}
-"#
-    ))
-    .expect("config");
-    let client = MeshClient::from_config(config).await.expect("client");
+    let client = users_on(echo_path().await).await;
     let error = client
         .get("users", "/a b?token=s3cret", CallOptions::default())
         .await
