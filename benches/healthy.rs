@@ -41,20 +41,22 @@ mod output;
 #[path = "bench_runtime.rs"]
 mod bench_runtime;
 
+#[path = "healthy_stacks.rs"]
+mod stacks;
+
 use std::alloc::System;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use mesh::prelude::*;
 use mesh_testkit::{anchors, Backend, Behavior};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceExt};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -68,15 +70,9 @@ const WARM_UP: Duration = Duration::from_millis(300);
 const WINDOW: Duration = Duration::from_millis(1500);
 /// A caller still waiting this long after the window closed is stuck.
 const STUCK: Duration = Duration::from_secs(10);
-/// The per-attempt timeout of every stack that has one written here: the
-/// production profile's (tower's timeout anchor, tower-mesh's breaker).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Latencies a run keeps room for before it starts, so the harness's own
 /// allocations stay out of the count.
 const EXPECTED_REQUESTS: usize = 100_000;
-const SERVICE: &str = "user-service";
-
-type Body = Full<Bytes>;
 
 /// The stacks measured against raw hyper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,16 +127,14 @@ struct Tower<S>(S);
 
 impl<S, B> Caller for Tower<S>
 where
-    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<stacks::Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Error: Send,
     S::Future: Send,
     B: http_body::Body + Send,
     B::Data: Send,
 {
     async fn call_once(&mut self) -> bool {
-        let req = Request::get(format!("http://{SERVICE}/"))
-            .body(Full::new(Bytes::new()))
-            .expect("request");
+        let req = stacks::request();
         let Ok(svc) = self.0.ready().await else {
             return false;
         };
@@ -157,7 +151,11 @@ struct Facade(MeshClient);
 
 impl Caller for Facade {
     async fn call_once(&mut self) -> bool {
-        match self.0.get(SERVICE, "/", CallOptions::default()).await {
+        match self
+            .0
+            .get(stacks::SERVICE, "/", CallOptions::default())
+            .await
+        {
             Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
             Err(_) => false,
         }
@@ -266,13 +264,7 @@ async fn run(
     match stack {
         Stack::Raw => measure(&Tower(anchors::RoundRobin::new(client, addrs)), callers).await,
         Stack::TowerRetryTimeout => {
-            let svc = ServiceBuilder::new()
-                .layer(tower::retry::RetryLayer::new(anchors::RetryFailures::new(
-                    2,
-                )))
-                .timeout(ATTEMPT_TIMEOUT)
-                .service(anchors::RoundRobin::new(client, addrs));
-            measure(&Tower(svc), callers).await
+            measure(&Tower(stacks::tower_retry_timeout(client, addrs)), callers).await
         }
         Stack::Resilience => {
             measure(&Tower(anchors::resilience_breaker(client, addrs)), callers).await
@@ -284,7 +276,7 @@ async fn run(
             mesh_run(Strategy::LeastResponseTime, client, addrs, callers).await
         }
         Stack::Facade => {
-            let mesh = facade(addrs).await;
+            let mesh = stacks::facade(addrs).await;
             let figures = measure(&Facade(mesh.clone()), callers).await;
             mesh.shutdown(Duration::from_secs(1)).await;
             figures
@@ -298,73 +290,8 @@ async fn mesh_run(
     addrs: &[SocketAddr],
     callers: usize,
 ) -> Run {
-    let registry = StaticRegistry::builder()
-        .service(SERVICE, addrs.iter().map(SocketAddr::to_string))
-        .build()
-        .expect("static list");
-    measure(&Tower(mesh_stack(&registry, strategy, client)), callers).await
-}
-
-/// tower-mesh by hand, as `MeshClient` wires a service with the
-/// production profile: retry (2 retries, exponential backoff from 50 ms,
-/// a budget of 20% of the last 10 s plus 10 per second, the whole call
-/// within 10 s), discovery from `registry`, `strategy`, breakers per
-/// endpoint (5 failures in a row, or 50% of the last 100 calls once 20
-/// were seen; 30 s open) timing each attempt out at 5 s.
-fn mesh_stack(
-    registry: &StaticRegistry,
-    strategy: Strategy,
-    client: anchors::HttpClient,
-) -> impl Service<
-    Request<Body>,
-    Response = Response<impl http_body::Body<Data = Bytes> + Send + 'static>,
-    Error = BoxError,
-    Future = impl Send,
-> + Clone
-       + Send
-       + 'static {
-    let retry = RetryConfig::builder()
-        .max_retries(2)
-        .backoff(Backoff::exponential(Duration::from_millis(50), 2.0))
-        .budget(20.0, 10, Duration::from_secs(10))
-        .deadline(ATTEMPT_TIMEOUT * 2)
-        .build()
-        .expect("retry");
-    let breaker = BreakerConfig::builder()
-        .scope(BreakerScope::Endpoint)
-        .consecutive_failures(5)
-        .failure_rate_threshold(50.0)
-        .minimum_calls(20)
-        .open_duration(Duration::from_secs(30))
-        .call_timeout(ATTEMPT_TIMEOUT)
-        .build()
-        .expect("breaker");
-    ServiceBuilder::new()
-        .layer(RetryLayer::new(retry))
-        .layer(DiscoverLayer::new(registry.catalog()))
-        .layer(BalanceLayer::new(strategy))
-        .layer(BreakerLayer::new(breaker))
-        .service(client)
-}
-
-/// `MeshClient` from TOML: the four instances listed statically, round
-/// robin, everything else the defaults (production profile, HTTP/1).
-async fn facade(addrs: &[SocketAddr]) -> MeshClient {
-    let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
-    let config = MeshConfig::from_toml_str(&format!(
-        r#"
-[service]
-name = "bench"
-[discovery]
-kind = "static"
-services = {{ {SERVICE} = [{}] }}
-[balance]
-strategy = "round_robin"
-"#,
-        list.join(", ")
-    ))
-    .expect("config");
-    MeshClient::from_config(config).await.expect("client")
+    let stack = stacks::mesh_stack_over(addrs, strategy, client);
+    measure(&Tower(stack), callers).await
 }
 
 // === the report ===

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::HOST;
-use http::uri::{Parts, Scheme};
+use http::uri::Scheme;
 use http::{HeaderValue, Request, Response, Uri};
 use mesh_core::ext::{
     with_endpoint_set, AffinityKey, AvoidEndpoints, CallContext, SelectedEndpoint,
@@ -208,25 +208,24 @@ fn host_header(authority: &http::uri::Authority) -> Option<HeaderValue> {
 }
 
 /// Points `req` at `endpoint`, keeping the logical authority in `Host`.
+/// The URI is taken apart rather than copied: its scheme and path move
+/// into the new one, and only the endpoint's authority is cloned.
 fn rewrite<B>(req: &mut Request<B>, endpoint: &Endpoint) {
     if !req.headers().contains_key(HOST) {
         if let Some(value) = req.uri().authority().and_then(host_header) {
             req.headers_mut().insert(HOST, value);
         }
     }
-    let mut parts = Parts::default();
-    parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme.get_or_insert(Scheme::HTTP);
     parts.authority = Some(endpoint.authority().clone());
-    parts.path_and_query = req.uri().path_and_query().cloned();
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    // Scheme, authority and path all come from valid URIs, so this cannot
-    // fail; if it somehow did, the request keeps its URI and the inner
-    // client reports the problem.
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
-    }
+    parts
+        .path_and_query
+        .get_or_insert_with(|| http::uri::PathAndQuery::from_static("/"));
+    // With a scheme, an authority and a path this cannot fail; if it
+    // somehow did, the request is left with no authority, which the inner
+    // client refuses, rather than sent anywhere but where it was meant.
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
 }
 
 impl<S, B, RB> Service<Request<B>> for Balance<S>

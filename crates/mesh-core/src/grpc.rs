@@ -157,12 +157,14 @@ pub fn status_in(headers: &http::HeaderMap) -> Option<GrpcCode> {
 /// `grpc-status` in its headers. Its outcome is known only at the end of
 /// its body ([`BodyEnd::of`]).
 pub fn ends_in_trailers<B>(response: &http::Response<B>) -> bool {
+    // The content type first: a standard name is found faster than
+    // `grpc-status`, and an answer that is not gRPC needs no more lookups.
     response.status() == http::StatusCode::OK
-        && status_of(response).is_none()
         && response
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        && status_of(response).is_none()
 }
 
 /// How a gRPC response body ended, as read from the frame that ended it.

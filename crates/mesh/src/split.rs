@@ -2,7 +2,8 @@
 //! its instances (by tag or metadata) by weight, changeable at run time.
 
 use hashbrown::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -100,6 +101,11 @@ pub(crate) fn validate_split<V>(
 #[derive(Debug, Default)]
 pub(crate) struct Splits {
     table: ArcSwap<HashMap<ServiceName, Arc<Split>>>,
+    /// Whether `table` has any split: most clients have none, and their
+    /// calls then look nothing up.
+    any: AtomicBool,
+    /// Serializes writers, so that `any` always follows the last table.
+    writing: Mutex<()>,
 }
 
 /// One service's split: its subsets and the sets last cut for them.
@@ -117,6 +123,7 @@ struct Split {
 impl Splits {
     /// Sets (or, with no subsets, removes) the split of `service`.
     pub(crate) fn set(&self, service: ServiceName, subsets: Vec<Subset>) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         self.table.rcu(|table| {
             let mut table = HashMap::clone(table);
             if subsets.is_empty() || subsets.iter().all(|s| s.weight == 0) {
@@ -132,6 +139,13 @@ impl Splits {
             }
             table
         });
+        self.any
+            .store(!self.table.load().is_empty(), Ordering::Release);
+    }
+
+    /// Whether any service is split.
+    fn any(&self) -> bool {
+        self.any.load(Ordering::Acquire)
     }
 
     /// The weights in force for `service`.
@@ -259,6 +273,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if !self.splits.any() {
+            return self.inner.call(req);
+        }
         let key = req.extensions().get::<AffinityKey>().map(|k| &*k.0);
         let by_hand = req.extensions().get::<EndpointSet>();
         let subset = match by_hand {

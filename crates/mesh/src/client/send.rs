@@ -31,6 +31,22 @@ struct MadeRequest {
     state: Option<Arc<ServiceState>>,
 }
 
+/// A request readied for its service's stack, and what the call needs
+/// beside it.
+struct Prepared<'a> {
+    /// The request as the stack sends it.
+    req: Request<SentBody>,
+    /// The service's route.
+    route: &'a Route,
+    state: Arc<ServiceState>,
+    /// Where the balancer names the endpoint it chose.
+    context: CallContext,
+    /// What a fallback needs of the request, for a service with one.
+    asked: Option<Asked>,
+    /// When a wait for admission must end.
+    until: Option<tokio::time::Instant>,
+}
+
 /// One call's service state, its caller's deadline and when it started.
 #[derive(Clone, Copy)]
 struct Call<'a> {
@@ -142,10 +158,15 @@ impl MeshClient {
                 named.as_str()
             }
         };
-        // One string for the whole URI, the path's slash added if missing;
-        // the request built in place around it.
+        // One string for the whole URI, sized once (no formatting, no
+        // regrowth), the path's slash added if missing; the request built
+        // in place around it.
         let slash = if path.starts_with('/') { "" } else { "/" };
-        let uri = match Uri::try_from(format!("http://{name}{slash}{path}")) {
+        let mut text = String::with_capacity(7 + name.len() + slash.len() + path.len());
+        for part in ["http://", name, slash, path] {
+            text.push_str(part);
+        }
+        let uri = match Uri::try_from(text) {
             Ok(uri) => uri,
             Err(source) => {
                 let service = match &state {
@@ -179,51 +200,51 @@ impl MeshClient {
     /// One async function from admission to answer, the rest plain
     /// functions: every level of nested futures would be copied once more
     /// per call (hence the request that could not be made, failed here
-    /// rather than in a future of its own).
+    /// rather than in a future of its own). The request is only ever moved
+    /// here, never borrowed ([`MeshClient::prepare`] works on it): a local
+    /// an async function borrows keeps its room in the future to the end,
+    /// and each room for a request is 264 bytes copied with the future.
     async fn send_with(
         &self,
         req: Result<Request<RequestBody>, BoxError>,
         deadline: Option<Duration>,
         state: Option<Arc<ServiceState>>,
     ) -> Result<Response<MeshBody>, BoxError> {
-        let mut req = req?;
+        let req = req?;
         let started = tokio::time::Instant::now();
         let mut guard = self.enter()?;
-        let state = match state {
-            Some(state) => state,
-            None => self.state_of(&mut req)?,
-        };
+        let Prepared {
+            state,
+            context,
+            asked,
+            until,
+            req,
+            route,
+        } = self.prepare(req, deadline, state, started)?;
         let service = &state.name;
-        // Where the balancer names the endpoint that served the call, for
-        // its metrics and event (nothing is added to the response).
-        let context = CallContext::attach(&mut req).clone();
-        let mut req = req.map(|body| body.replayable(state.replay_buffer));
-        let asked = state.fallback.as_ref().map(|_| Asked::of(&req));
-        let call = Call {
-            state: &state,
-            deadline,
-            started,
-        };
-        let route = self.inner.routes.get(service);
-        let until = self.hold_to_deadline(call, route, &mut req);
         // Boxed: most services set no limits, and every call's future
         // would otherwise be as large as a waiting admission.
-        let admitted = match &state.limits {
-            Some(limits) => Box::pin(limits.admit(service, until)).await.map(Some),
-            None => Ok(None),
-        };
-        let outcome = match admitted {
-            Ok(admission) => {
-                if let Some(admission) = admission {
+        let refused: Option<BoxError> = match &state.limits {
+            Some(limits) => match Box::pin(limits.admit(service, until)).await {
+                Ok(admission) => {
                     guard.admitted(admission);
+                    None
                 }
+                Err(refused) => Some(refused.into()),
+            },
+            None => None,
+        };
+        let outcome = match refused {
+            // Refused by the limits: counted, reported and answered by the
+            // fallback like any failed call.
+            Some(refused) => Err(refused),
+            None => {
+                // Handed to the stack only now: as the stack's future's
+                // argument, the request takes no room of its own here.
                 let outcome = route.lent.oneshot(req).await;
                 self.after_call(service, &state, &outcome);
                 outcome
             }
-            // Refused by the limits: counted, reported and answered by the
-            // fallback like any failed call.
-            Err(refused) => Err(refused.into()),
         };
         // The endpoint is borrowed from the context, not copied: a copy
         // writes a count every core shares.
@@ -238,6 +259,43 @@ impl MeshClient {
             (Some(fallback), Some(asked)) => settle(fallback, service, &asked, outcome, guard),
             _ => outcome.map(|response| response.map(|body| MeshBody::new(body, guard, None))),
         }
+    }
+
+    /// Readies `req` for its service's stack: finds the service's state
+    /// (unless given), attaches the call's context, makes its body
+    /// replayable, notes what a fallback needs and the call's deadline,
+    /// and finds its route.
+    fn prepare(
+        &self,
+        mut req: Request<RequestBody>,
+        deadline: Option<Duration>,
+        state: Option<Arc<ServiceState>>,
+        started: tokio::time::Instant,
+    ) -> Result<Prepared<'_>, MeshError> {
+        let state = match state {
+            Some(state) => state,
+            None => self.state_of(&mut req)?,
+        };
+        // Where the balancer names the endpoint that served the call, for
+        // its metrics and event (nothing is added to the response).
+        let context = CallContext::attach(&mut req).clone();
+        let mut req = req.map(|body| body.replayable(state.replay_buffer));
+        let asked = state.fallback.as_ref().map(|_| Asked::of(&req));
+        let route = self.inner.routes.get(&state.name);
+        let call = Call {
+            state: &state,
+            deadline,
+            started,
+        };
+        let until = self.hold_to_deadline(call, route, &mut req);
+        Ok(Prepared {
+            req,
+            route,
+            state,
+            context,
+            asked,
+            until,
+        })
     }
 
     /// Gives `req` its method's policy, its service's retry budget and the

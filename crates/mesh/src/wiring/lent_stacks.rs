@@ -9,7 +9,7 @@
 //! owns what it needs. So a call can borrow a stack for the instant of
 //! `poll_ready` and `call`: the route keeps a few clones, one per lane, and
 //! a thread takes its own lane's (cores rarely meet on one). A slot found
-//! busy, or a stack not ready at once, falls back to a clone, as before.
+//! busy, or a stack not ready at once, falls back to a clone.
 
 use std::future::Future;
 use std::pin::Pin;
