@@ -16,7 +16,7 @@
 //!   tower-resilience's circuit breaker over it; `tower::balance::p2c`
 //!   with `PeakEwma` behind a `Buffer` (no retry); tower-mesh assembled by
 //!   hand (Retry, Discover from a `StaticRegistry`, Balance, Breaker) with
-//!   the production profile's settings (see [`mesh_stack`]), balancing
+//!   the production profile's settings (see [`stacks::mesh_stack`]), balancing
 //!   round robin, power of two choices or least response time; and
 //!   `MeshClient` from a TOML configuration (static discovery, round
 //!   robin, production profile), called as a user would for plain HTTP:

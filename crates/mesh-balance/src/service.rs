@@ -225,7 +225,9 @@ fn rewrite<B>(req: &mut Request<B>, endpoint: &Endpoint) {
     // With a scheme, an authority and a path this cannot fail; if it
     // somehow did, the request is left with no authority, which the inner
     // client refuses, rather than sent anywhere but where it was meant.
-    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    let uri = Uri::from_parts(parts);
+    debug_assert!(uri.is_ok(), "a URI of scheme, authority and path: {uri:?}");
+    *req.uri_mut() = uri.unwrap_or_default();
 }
 
 impl<S, B, RB> Service<Request<B>> for Balance<S>
@@ -319,6 +321,40 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"http://127.0.0.1:1/a?b=c users 127.0.0.1:1");
         assert_eq!(chosen.state().in_flight(), 0);
+    }
+
+    /// The URI each request arrives with at the endpoint's service.
+    async fn rewritten(uri: &str) -> String {
+        let set = set();
+        let svc = BalanceLayer::round_robin().layer(service_fn(|req: Request<()>| async move {
+            Ok::<_, Infallible>(Response::new(Full::<bytes::Bytes>::from(
+                req.uri().to_string(),
+            )))
+        }));
+        let mut req = Request::get(uri).body(()).unwrap();
+        req.extensions_mut().insert(set);
+        let response = svc.oneshot(req).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_replaces_the_authority_alone() {
+        assert_eq!(
+            rewritten("https://users/a/b?c=d&e").await,
+            "https://127.0.0.1:1/a/b?c=d&e",
+            "scheme, path and query kept"
+        );
+        assert_eq!(
+            rewritten("/a?b").await,
+            "http://127.0.0.1:1/a?b",
+            "origin form"
+        );
+        assert_eq!(
+            rewritten("http://users").await,
+            "http://127.0.0.1:1/",
+            "no path"
+        );
     }
 
     #[tokio::test]

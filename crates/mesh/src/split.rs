@@ -124,23 +124,18 @@ impl Splits {
     /// Sets (or, with no subsets, removes) the split of `service`.
     pub(crate) fn set(&self, service: ServiceName, subsets: Vec<Subset>) {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        self.table.rcu(|table| {
-            let mut table = HashMap::clone(table);
-            if subsets.is_empty() || subsets.iter().all(|s| s.weight == 0) {
-                table.remove(&service);
-            } else {
-                table.insert(
-                    service.clone(),
-                    Arc::new(Split {
-                        subsets: subsets.clone(),
-                        cache: ArcSwapOption::empty(),
-                    }),
-                );
-            }
-            table
-        });
-        self.any
-            .store(!self.table.load().is_empty(), Ordering::Release);
+        let mut table = HashMap::clone(&self.table.load());
+        if subsets.is_empty() || subsets.iter().all(|s| s.weight == 0) {
+            table.remove(&service);
+        } else {
+            let split = Split {
+                subsets,
+                cache: ArcSwapOption::empty(),
+            };
+            table.insert(service, Arc::new(split));
+        }
+        self.any.store(!table.is_empty(), Ordering::Release);
+        self.table.store(Arc::new(table));
     }
 
     /// Whether any service is split.

@@ -38,6 +38,7 @@ struct Prepared<'a> {
     req: Request<SentBody>,
     /// The service's route.
     route: &'a Route,
+    /// The service's state: its name, limits, fallback.
     state: Arc<ServiceState>,
     /// Where the balancer names the endpoint it chose.
     context: CallContext,
@@ -162,10 +163,9 @@ impl MeshClient {
         // regrowth), the path's slash added if missing; the request built
         // in place around it.
         let slash = if path.starts_with('/') { "" } else { "/" };
-        let mut text = String::with_capacity(7 + name.len() + slash.len() + path.len());
-        for part in ["http://", name, slash, path] {
-            text.push_str(part);
-        }
+        let parts = ["http://", name, slash, path];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        parts.iter().for_each(|part| text.push_str(part));
         let uri = match Uri::try_from(text) {
             Ok(uri) => uri,
             Err(source) => {
@@ -239,8 +239,8 @@ impl MeshClient {
             // fallback like any failed call.
             Some(refused) => Err(refused),
             None => {
-                // Handed to the stack only now: as the stack's future's
-                // argument, the request takes no room of its own here.
+                // Handed to the stack here, as the argument of its future:
+                // the request takes no room of its own in this one.
                 let outcome = route.lent.oneshot(req).await;
                 self.after_call(service, &state, &outcome);
                 outcome
@@ -263,8 +263,9 @@ impl MeshClient {
 
     /// Readies `req` for its service's stack: finds the service's state
     /// (unless given), attaches the call's context, makes its body
-    /// replayable, notes what a fallback needs and the call's deadline,
-    /// and finds its route.
+    /// replayable, notes what a fallback needs, finds its route, and gives
+    /// it its method's policy, its service's retry budget and the call's
+    /// deadline ([`MeshClient::hold_to_deadline`]).
     fn prepare(
         &self,
         mut req: Request<RequestBody>,
