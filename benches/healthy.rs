@@ -290,7 +290,7 @@ async fn mesh_run(
     addrs: &[SocketAddr],
     callers: usize,
 ) -> Run {
-    let stack = stacks::mesh_stack_over(addrs, strategy, client);
+    let stack = stacks::mesh_stack(addrs, strategy, client);
     measure(&Tower(stack), callers).await
 }
 

@@ -50,8 +50,14 @@ pub fn tower_retry_timeout(
         .service(anchors::RoundRobin::new(client, addrs))
 }
 
-/// tower-mesh by hand over `addrs`, listed by a static registry.
-pub fn mesh_stack_over(
+/// tower-mesh by hand, as `MeshClient` wires a service with the
+/// production profile: retry (2 retries, exponential backoff from 50 ms,
+/// a budget of 20% of the last 10 s plus 10 per second, the whole call
+/// within 10 s), discovery, `strategy`, breakers per
+/// endpoint (5 failures in a row, or 50% of the last 100 calls once 20
+/// were seen; 30 s open) timing each attempt out at 5 s, over `addrs`
+/// listed by a static registry.
+pub fn mesh_stack(
     addrs: &[SocketAddr],
     strategy: Strategy,
     client: anchors::HttpClient,
@@ -67,27 +73,6 @@ pub fn mesh_stack_over(
         .service(SERVICE, addrs.iter().map(SocketAddr::to_string))
         .build()
         .expect("static list");
-    mesh_stack(&registry, strategy, client)
-}
-
-/// tower-mesh by hand, as `MeshClient` wires a service with the
-/// production profile: retry (2 retries, exponential backoff from 50 ms,
-/// a budget of 20% of the last 10 s plus 10 per second, the whole call
-/// within 10 s), discovery from `registry`, `strategy`, breakers per
-/// endpoint (5 failures in a row, or 50% of the last 100 calls once 20
-/// were seen; 30 s open) timing each attempt out at 5 s.
-pub fn mesh_stack(
-    registry: &StaticRegistry,
-    strategy: Strategy,
-    client: anchors::HttpClient,
-) -> impl Service<
-    Request<Body>,
-    Response = Response<impl http_body::Body<Data = Bytes> + Send + 'static>,
-    Error = BoxError,
-    Future = impl Send,
-> + Clone
-       + Send
-       + 'static {
     let retry = RetryConfig::builder()
         .max_retries(2)
         .backoff(Backoff::exponential(Duration::from_millis(50), 2.0))

@@ -148,7 +148,7 @@ fn run_one(stack: &str) {
         "tower-retry-timeout" => drive(&runtime, stacks::tower_retry_timeout(client, &addrs)),
         "by-hand" => drive(
             &runtime,
-            stacks::mesh_stack_over(&addrs, Strategy::RoundRobin, client),
+            stacks::mesh_stack(&addrs, Strategy::RoundRobin, client),
         ),
         "MeshClient" => {
             let mesh = runtime.block_on(stacks::facade(&addrs));
