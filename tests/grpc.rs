@@ -233,3 +233,53 @@ async fn a_call_no_instance_can_answer_is_unavailable_as_grpc_says() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains(&gone.to_string()), "{status:?}");
 }
+
+/// A proxy's page in front of a greeter: HTTP 200 in `text/html`, with a
+/// stray `grpc-status: 14` header. It is not a gRPC answer, so nothing in
+/// the mesh reads that status: the call is not retried and counts as a
+/// success, as a gRPC client would judge it by its HTTP status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_grpc_is_judged_by_its_http_status() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let page = tower::service_fn(move |_req: http::Request<Incoming>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let answer = http::Response::builder()
+                .header("content-type", "text/html")
+                .header("grpc-status", "14")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"<p>maintenance</p>",
+                )))
+                .expect("response");
+            Ok::<_, Infallible>(answer)
+        }
+    });
+    let proxy = mesh_testkit::h2c::serve(page).await.expect("served");
+    let client = grpc::mesh_client(&[proxy]).await.expect("client");
+    for _ in 0..3 {
+        let call = http::Request::post("http://greeter/helloworld.Greeter/SayHello")
+            .header("content-type", "application/grpc")
+            .body(bytes::Bytes::new())
+            .expect("request");
+        let answer = client
+            .send(call)
+            .await
+            .expect("the page reaches the caller");
+        assert_eq!(answer.status(), http::StatusCode::OK);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "no call was retried");
+    let metrics = client.metrics();
+    let route = metrics
+        .routes
+        .iter()
+        .find(|r| r.route == "greeter")
+        .expect("route");
+    assert_eq!(route.retry.retries, 0, "{:?}", route.retry);
+    let rates: Vec<_> = route
+        .breakers
+        .iter()
+        .map(|b| (b.failure_rate, b.buffered_calls))
+        .collect();
+    assert_eq!(rates, [(Some(0.0), 3)], "recorded as successes");
+}

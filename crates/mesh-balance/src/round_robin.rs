@@ -33,8 +33,10 @@ pub struct RoundRobin {
     turns: ArcSwap<HashMap<ServiceName, Arc<Turns>>>,
 }
 
+/// One service's rotation: shared by the picks of every clone of a
+/// balancer, carried from one endpoint-set snapshot to the next.
 #[derive(Debug, Default)]
-struct Turns {
+pub(crate) struct Turns {
     /// Over the whole set.
     all: AtomicUsize,
     /// Over the candidates, for turns that fell on an endpoint that is out.
@@ -62,24 +64,11 @@ impl RoundRobin {
             .or_else(|| avoid.and_then(|_| self.nth_matching(set, |e| e.state().is_available(now))))
     }
 
-    /// The next endpoint in turn among those `ok` accepts.
-    pub(crate) fn pick_by<'a>(
-        &self,
-        set: &'a EndpointSet,
-        ok: &dyn Fn(&Endpoint) -> bool,
-    ) -> Option<&'a Endpoint> {
-        self.nth_matching(set, ok)
-    }
-
     fn nth_matching<'a>(
         &self,
         set: &'a EndpointSet,
         candidate: impl Fn(&Endpoint) -> bool,
     ) -> Option<&'a Endpoint> {
-        let n = set.len();
-        if n == 0 {
-            return None;
-        }
         // Borrowed from the table: a clone of its `Arc` would write a
         // count every core shares, on every pick.
         let table = self.turns.load();
@@ -91,19 +80,7 @@ impl RoundRobin {
                 &*added
             }
         };
-        let turn = turns.all.fetch_add(1, Ordering::Relaxed) % n;
-        if let Some(e) = set.endpoints().get(turn).filter(|e| candidate(e)) {
-            return Some(e);
-        }
-        let count = set.iter().filter(|e| candidate(e)).count();
-        if count == 0 {
-            return None;
-        }
-        let spill = turns.spill.fetch_add(1, Ordering::Relaxed) % count;
-        // Availability is live: an endpoint may have been ejected since the
-        // count. Then take the last candidate rather than failing a request
-        // that other endpoints can serve.
-        set.iter().filter(|e| candidate(e)).take(spill + 1).last()
+        turns.next(set, candidate)
     }
 
     /// Adds `service`'s counter, unless another pick just did (a pick
@@ -122,6 +99,33 @@ impl RoundRobin {
             Arc::new(turns)
         });
         found.unwrap_or_default()
+    }
+}
+
+impl Turns {
+    /// The next endpoint of `set` in turn among those `candidate` accepts.
+    pub(crate) fn next<'a>(
+        &self,
+        set: &'a EndpointSet,
+        candidate: impl Fn(&Endpoint) -> bool,
+    ) -> Option<&'a Endpoint> {
+        let n = set.len();
+        if n == 0 {
+            return None;
+        }
+        let turn = self.all.fetch_add(1, Ordering::Relaxed) % n;
+        if let Some(e) = set.endpoints().get(turn).filter(|e| candidate(e)) {
+            return Some(e);
+        }
+        let count = set.iter().filter(|e| candidate(e)).count();
+        if count == 0 {
+            return None;
+        }
+        let spill = self.spill.fetch_add(1, Ordering::Relaxed) % count;
+        // Availability is live: an endpoint may have been ejected since the
+        // count. Then take the last candidate rather than failing a request
+        // that other endpoints can serve.
+        set.iter().filter(|e| candidate(e)).take(spill + 1).last()
     }
 }
 

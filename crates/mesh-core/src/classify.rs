@@ -463,6 +463,7 @@ mod tests {
         let c = FailureClassifier::default();
         let answered = |code: &str| {
             http::Response::builder()
+                .header("content-type", "application/grpc")
                 .header("grpc-status", code)
                 .body(())
                 .expect("response")

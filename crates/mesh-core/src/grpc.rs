@@ -130,11 +130,29 @@ impl GrpcCodes {
     }
 }
 
-/// The `grpc-status` a response's headers carry (a trailers-only
+/// The `grpc-status` a gRPC response's headers carry (a trailers-only
 /// response), if any. A malformed value reads as `UNKNOWN`, as gRPC
 /// clients read it.
+///
+/// Only a gRPC response has one: an answer whose content type is not
+/// `application/grpc` (a proxy's error page, say) is judged by its HTTP
+/// status, whatever headers it carries, as gRPC's own clients do. This
+/// also spares every other answer the lookup of a name that is not a
+/// standard header's.
 pub fn status_of<B>(response: &http::Response<B>) -> Option<GrpcCode> {
-    status_in(response.headers())
+    match is_grpc(response) {
+        true => status_in(response.headers()),
+        false => None,
+    }
+}
+
+/// Whether `response` is a gRPC answer: its content type is
+/// `application/grpc`, alone or with a suffix (`+proto`, `-web`).
+pub fn is_grpc<B>(response: &http::Response<B>) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The `grpc-status` in `headers` (response headers or trailers), if any;
@@ -157,14 +175,9 @@ pub fn status_in(headers: &http::HeaderMap) -> Option<GrpcCode> {
 /// `grpc-status` in its headers. Its outcome is known only at the end of
 /// its body ([`BodyEnd::of`]).
 pub fn ends_in_trailers<B>(response: &http::Response<B>) -> bool {
-    // The content type first: a standard name is found faster than
-    // `grpc-status`, and an answer that is not gRPC needs no more lookups.
     response.status() == http::StatusCode::OK
-        && response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-        && status_of(response).is_none()
+        && is_grpc(response)
+        && status_in(response.headers()).is_none()
 }
 
 /// How a gRPC response body ended, as read from the frame that ended it.
@@ -212,6 +225,7 @@ mod tests {
 
     fn answered(status: &str) -> http::Response<()> {
         http::Response::builder()
+            .header("content-type", "application/grpc")
             .header("grpc-status", status)
             .body(())
             .expect("response")
@@ -224,6 +238,29 @@ mod tests {
         assert_eq!(status_of(&answered("banana")), Some(GrpcCode::UNKNOWN));
         assert_eq!(status_of(&answered("99")), Some(GrpcCode::UNKNOWN));
         assert_eq!(status_of(&http::Response::new(())), None);
+    }
+
+    #[test]
+    fn an_answer_that_is_not_grpc_has_no_grpc_status() {
+        let page = |content_type: &str| {
+            http::Response::builder()
+                .status(http::StatusCode::OK)
+                .header("content-type", content_type)
+                .header("grpc-status", "14")
+                .body(())
+                .expect("response")
+        };
+        assert_eq!(status_of(&page("text/html")), None, "a proxy's page");
+        assert_eq!(status_of(&page("application/json")), None);
+        assert_eq!(
+            status_of(&page("application/grpc-web+proto")),
+            Some(GrpcCode::UNAVAILABLE)
+        );
+        let untyped = http::Response::builder()
+            .header("grpc-status", "14")
+            .body(())
+            .expect("response");
+        assert_eq!(status_of(&untyped), None, "no content type");
     }
 
     #[test]

@@ -204,8 +204,10 @@ where
             .extensions()
             .get::<CallPolicy>()
             .map_or(self.per_attempt, CallPolicy::per_attempt_timeout);
-        let now = clock::now();
-        let left = deadline_of(&req).map(|d| d.remaining(now));
+        // The clock is read only for a limit to date.
+        let deadline = deadline_of(&req);
+        let now = (per_attempt.is_some() || deadline.is_some()).then(clock::now);
+        let left = deadline.zip(now).map(|(d, now)| d.remaining(now));
         let limit = match (per_attempt, left) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -233,7 +235,7 @@ where
         AttemptFuture {
             inner,
             sleep: None,
-            until: limit.map(|l| now.saturating_add(l)),
+            until: limit.zip(now).map(|(l, now)| now.saturating_add(l)),
             limit: limit.unwrap_or_default(),
             context,
             endpoint_to_blame,

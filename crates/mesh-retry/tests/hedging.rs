@@ -21,8 +21,8 @@ use tower::{service_fn, Layer, Service, ServiceExt};
 
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
-/// How one instance answers: `status` after `delay` (a gRPC code in
-/// `grpc-status` when set).
+/// How one instance answers: `status` after `delay` (a gRPC answer with
+/// its code in `grpc-status` when set).
 #[derive(Clone, Copy, Debug)]
 struct Instance {
     delay: Duration,
@@ -113,7 +113,9 @@ fn balanced(
                 .status(instance.status)
                 .header("x-instance", i.to_string());
             if let Some(code) = instance.grpc {
-                r = r.header("grpc-status", code.to_string());
+                r = r
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", code.to_string());
             }
             Ok::<_, BoxError>(r.body(String::new()).expect("response"))
         }

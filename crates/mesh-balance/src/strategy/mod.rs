@@ -28,7 +28,7 @@ use mesh_core::ext::AvoidEndpoints;
 use mesh_core::{Endpoint, EndpointId, EndpointSet, EventBus, MeshEvent, ServiceName};
 
 use crate::config::BalanceConfig;
-use crate::round_robin::RoundRobin;
+use crate::round_robin::Turns;
 use least::Pool;
 use ring::Ring;
 use weighted::Cumulative;
@@ -114,6 +114,9 @@ struct Memo {
     /// round robin strategies only).
     cumulative: Cumulative,
     cursor: AtomicUsize,
+    /// The service's round-robin rotation, carried over from the previous
+    /// snapshot's memo: found with the memo, in the same lookup.
+    turns: Arc<Turns>,
     ring: Option<Ring>,
     /// When availability was last counted (clock nanos), and the result.
     counted_at: AtomicU64,
@@ -157,7 +160,6 @@ pub struct ServiceMetrics {
 pub struct Picker {
     config: BalanceConfig,
     events: EventBus,
-    rr: RoundRobin,
     memos: ArcSwap<HashMap<ServiceName, Arc<Memo>>>,
 }
 
@@ -167,7 +169,6 @@ impl Picker {
         Picker {
             config,
             events,
-            rr: RoundRobin::new(),
             memos: ArcSwap::from_pointee(HashMap::new()),
         }
     }
@@ -252,7 +253,7 @@ impl Picker {
     ) -> Option<&'a Endpoint> {
         let endpoints = set.endpoints();
         match self.strategy() {
-            Strategy::RoundRobin | Strategy::ConsistentHash => self.rr.pick_by(set, ok),
+            Strategy::RoundRobin | Strategy::ConsistentHash => memo.turns.next(set, ok),
             Strategy::Random if memo.uniform_weights => random(endpoints, ok),
             Strategy::Random => memo.cumulative.pick(endpoints, ok),
             Strategy::WeightedRoundRobin => weighted(memo, set, ok),
@@ -345,6 +346,9 @@ impl Picker {
                 _ => Cumulative::default(),
             },
             cursor: AtomicUsize::new(0),
+            turns: previous
+                .as_ref()
+                .map_or_else(Arc::default, |p| Arc::clone(&p.turns)),
             ring: self.hashes().then(|| Ring::new(set.endpoints())),
             counted_at: AtomicU64::new(u64::MAX),
             // Carried over, so a new snapshot with the same availability

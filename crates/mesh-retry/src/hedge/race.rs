@@ -223,7 +223,9 @@ mod tests {
         let answer = |status: u16, grpc: Option<&str>| {
             let mut r = Response::builder().status(status);
             if let Some(code) = grpc {
-                r = r.header("grpc-status", code);
+                r = r
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", code);
             }
             judge(&hedging, &classifier, &Ok(r.body(()).expect("response")))
         };
