@@ -6,18 +6,18 @@ use tower_layer::Layer;
 use crate::config::RetryConfig;
 use crate::policy::{PolicyState, RetryPolicy};
 use crate::service::Retry;
+use crate::service_budgets::ServiceBudgets;
 use crate::stats::{Counters, RetryStats};
 use crate::trace::{MethodPolicyNames, RouteNames};
 
 /// Wraps a service in retries; see [`Retry`].
 ///
 /// All services made by the layer share one set of counters
-/// ([`RetryLayer::stats`]) and one retry budget. A request that carries its
-/// own [`RetryBudget`](crate::RetryBudget) extension is counted, and its
+/// ([`RetryLayer::stats`]) and one retry budget, or one budget per service
+/// ([`RetryLayer::budget_per_service`]). A request that carries its own
+/// [`RetryBudget`](crate::RetryBudget) extension is counted, and its
 /// retries paid, from that budget instead of the layer's (whether or not
-/// the layer has one): a layer serving several services keeps them apart
-/// with one budget per service, made by
-/// [`RetryConfig::new_budget`](crate::RetryConfig::new_budget).
+/// the layer has one).
 ///
 /// Configure the layer before making services: [`RetryLayer::events`]
 /// returns a layer with fresh counters and a fresh budget (and the route's
@@ -32,28 +32,72 @@ impl RetryLayer {
     /// classification and no event subscribers.
     pub fn new(config: RetryConfig) -> Self {
         RetryLayer {
-            shared: Arc::new(Self::shared(config, EventBus::default(), OnceLock::new())),
+            shared: Arc::new(Self::shared(
+                config,
+                EventBus::default(),
+                OnceLock::new(),
+                false,
+            )),
         }
     }
 
-    fn shared(config: RetryConfig, events: EventBus, route: OnceLock<RouteNames>) -> PolicyState {
+    fn shared(
+        config: RetryConfig,
+        events: EventBus,
+        route: OnceLock<RouteNames>,
+        per_service: bool,
+    ) -> PolicyState {
         let budget = config.new_budget();
+        let service_budgets = match (per_service, config.budget(), &budget) {
+            (true, Some(settings), Some(shared)) => {
+                Some(ServiceBudgets::new(settings, shared.clone()))
+            }
+            _ => None,
+        };
         PolicyState {
             config,
             classifier: FailureClassifier::default(),
             events,
             counters: Counters::default(),
             budget,
+            service_budgets,
             route,
+        }
+    }
+
+    /// This layer's configuration and route name, in a fresh layer.
+    fn rebuilt(self, events: EventBus, per_service: bool) -> Self {
+        let (config, route) = (self.shared.config.clone(), self.shared.route.clone());
+        RetryLayer {
+            shared: Arc::new(Self::shared(config, events, route, per_service)),
         }
     }
 
     /// Publishes retries, exhausted retries and spent budgets on `events`.
     pub fn events(self, events: EventBus) -> Self {
-        let (config, route) = (self.shared.config.clone(), self.shared.route.clone());
-        RetryLayer {
-            shared: Arc::new(Self::shared(config, events, route)),
-        }
+        let per_service = self.shared.service_budgets.is_some();
+        self.rebuilt(events, per_service)
+    }
+
+    /// Keeps one retry budget per service instead of one for the layer,
+    /// each with the configured budget's settings, made on the service's
+    /// first call: a layer serving several services (the `mesh` facade's
+    /// default route) lets a failing one spend only the retries its own
+    /// traffic funded. A call's service is its
+    /// [`TargetService`](mesh_core::ext::TargetService), else its URI's
+    /// host. At most 1,024 services get their own; later ones, and
+    /// requests that name none, share one more. Without a budget
+    /// configured, there is none to keep.
+    ///
+    /// ```
+    /// use mesh_retry::RetryLayer;
+    ///
+    /// let retry = RetryLayer::default().budget_per_service();
+    /// # let _ = retry;
+    /// ```
+    pub fn budget_per_service(self) -> Self {
+        let events = self.shared.events.clone();
+        self.rebuilt(events, true)
     }
 
     /// Names the route this layer serves in the span of every call through

@@ -16,6 +16,7 @@ mod propagate;
 mod replay;
 mod retrying;
 mod service;
+mod service_budgets;
 mod settings;
 mod stats;
 mod trace;

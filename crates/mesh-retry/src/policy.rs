@@ -29,6 +29,9 @@ pub(crate) struct PolicyState {
     pub(crate) events: EventBus,
     pub(crate) counters: Counters,
     pub(crate) budget: Option<RetryBudget>,
+    /// One budget per service, when the layer keeps them
+    /// ([`crate::RetryLayer::budget_per_service`]).
+    pub(crate) service_budgets: Option<crate::service_budgets::ServiceBudgets>,
     /// The route's names for its call spans, once given
     /// ([`crate::RetryLayer::name_route`]).
     pub(crate) route: std::sync::OnceLock<crate::trace::RouteNames>,

@@ -108,13 +108,19 @@ where
         // Read at most once, for the budget and the deadline alike.
         let mut reading = None;
         let mut now = || *reading.get_or_insert_with(clock::now);
-        if let Some(budget) = req.extensions().get::<RetryBudget>() {
-            // The request's own account (one per service, say) is counted
-            // at the exact time: the layer's request sequence says nothing
-            // about how recently this account last read the clock.
-            budget.deposit(now());
-        } else if let Some(budget) = &shared.budget {
-            budget.deposit_counted(sequence);
+        // The call's own account: the request's, else its service's.
+        // Only this layer reads it: taken off the request, it leaves the
+        // replay copy nothing to copy but the context.
+        let own_budget = req.extensions_mut().remove::<RetryBudget>().or_else(|| {
+            let budgets = shared.service_budgets.as_ref()?;
+            Some(budgets.of(&req))
+        });
+        match (&own_budget, &shared.budget) {
+            // Counted at the exact time: the layer's request sequence says
+            // nothing about how recently this account last read the clock.
+            (Some(own), _) => own.deposit(now()),
+            (None, Some(layer)) => layer.deposit_counted(sequence),
+            (None, None) => {}
         }
         // One context for the call's attempts (the caller's, if it
         // attached one): its deadline, and where the balancer names each
@@ -137,14 +143,11 @@ where
                 req.extensions_mut().insert(context);
             }
             let shared = Arc::clone(&self.shared);
-            let future = HedgeFuture::start(&mut self.inner, req, hedging, shared);
+            let future = HedgeFuture::start(&mut self.inner, req, hedging, shared, own_budget);
             drop(entered);
             return ResponseFuture::hedging(future, span);
         }
-        // Only this layer reads the call's budget: taken off the request,
-        // it leaves the replay copy nothing to copy but the context.
-        let budget = req.extensions_mut().remove::<RetryBudget>();
-        let policy = RetryPolicy::for_call(Arc::clone(&self.shared), context, budget);
+        let policy = RetryPolicy::for_call(Arc::clone(&self.shared), context, own_budget);
         let prototype = Arc::clone(&self.prototype);
         let future = RetryingFuture::start(policy, &mut self.inner, prototype, req);
         drop(entered);

@@ -502,3 +502,56 @@ async fn an_attempt_gets_its_timer_once_the_bound_below_is_withdrawn() {
 async fn an_attempt_whose_own_limit_comes_first_keeps_its_timer() {
     assert_cut_at_the_deadline(hangs_after_noting_a_bound(MS(10_000), MS(60_000))).await;
 }
+
+/// One layer in front of two services: `orders` always fails, `users`
+/// never does. With one budget for the layer, the healthy service's
+/// traffic funds retries against the failing one; with one per service,
+/// `orders` retries only on what its own calls funded (10% of one call:
+/// nothing).
+#[tokio::test(start_paused = true)]
+async fn with_a_budget_per_service_a_failing_service_spends_only_its_own() {
+    async fn attempts_on_orders(layer: RetryLayer) -> usize {
+        let orders = Arc::new(Mutex::new(0));
+        let counted = Arc::clone(&orders);
+        let svc = layer.layer(service_fn(move |req: Request<String>| {
+            let failing = req.uri().host() == Some("orders");
+            if failing {
+                *counted.lock().expect("count") += 1;
+            }
+            let status = if failing { 503 } else { 200 };
+            async move {
+                Ok::<_, BoxError>(Response::builder().status(status).body(String::new())?)
+            }
+        }));
+        let to = |host: &str| {
+            Request::get(format!("http://{host}/"))
+                .body(String::new())
+                .expect("request")
+        };
+        for _ in 0..100 {
+            svc.clone().oneshot(to("users")).await.expect("users");
+        }
+        let answer = svc.oneshot(to("orders")).await.expect("an answer");
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let attempts = *orders.lock().expect("count");
+        attempts
+    }
+    let config = || {
+        RetryConfig::builder()
+            .max_retries(2)
+            .backoff(Backoff::constant(Duration::from_millis(1)))
+            .budget(10.0, 0, Duration::from_secs(10))
+            .build()
+            .expect("config")
+    };
+    assert_eq!(
+        attempts_on_orders(RetryLayer::new(config())).await,
+        3,
+        "the layer's budget, funded by users, paid two retries"
+    );
+    assert_eq!(
+        attempts_on_orders(RetryLayer::new(config()).budget_per_service()).await,
+        1,
+        "orders' own budget funds no retry"
+    );
+}

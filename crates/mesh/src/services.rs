@@ -32,9 +32,6 @@ pub(crate) struct ServiceState {
     /// The whole-call deadline of its route, when its limits may make a
     /// call wait: the wait counts against it.
     pub(crate) queue_deadline: Option<std::time::Duration>,
-    /// Its own retry budget, for a service on the shared default route
-    /// (an overridden service's route has a retry layer of its own).
-    pub(crate) budget: Option<mesh_retry::RetryBudget>,
     /// How much of a streamed request body is kept so a retry can send
     /// it again (`replay_buffer`).
     pub(crate) replay_buffer: usize,
@@ -49,13 +46,12 @@ pub(crate) struct ServiceState {
 // === impl ServiceState ===
 
 impl ServiceState {
-    /// `name`'s state with no limits, budget, fallback or checker.
+    /// `name`'s state with no limits, fallback or checker.
     pub(crate) fn new(name: ServiceName) -> ServiceState {
         ServiceState {
             name,
             limits: None,
             queue_deadline: None,
-            budget: None,
             replay_buffer: 0,
             fallback: None,
             checker: OnceLock::new(),

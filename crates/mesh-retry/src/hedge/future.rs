@@ -89,18 +89,16 @@ where
     B: ReplayableBody,
 {
     /// Sends the first copy of `req` on `ready` (a service whose
-    /// `poll_ready` said yes) and arms the timer for the next.
+    /// `poll_ready` said yes) and arms the timer for the next; copies are
+    /// paid from `own_budget` (the call's), else the layer's.
     pub(crate) fn start(
         ready: &mut AttemptTimeout<S>,
         req: Request<B>,
         hedging: Hedging,
         shared: Arc<PolicyState>,
+        own_budget: Option<RetryBudget>,
     ) -> Self {
-        let budget = req
-            .extensions()
-            .get::<RetryBudget>()
-            .cloned()
-            .or_else(|| shared.budget.clone());
+        let budget = own_budget.or_else(|| shared.budget.clone());
         let avoid = req
             .extensions()
             .get::<AvoidEndpoints>()

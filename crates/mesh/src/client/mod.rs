@@ -92,8 +92,8 @@ struct Inner {
     splits: Arc<Splits>,
     /// Each service's stack of layers.
     routes: Routes,
-    /// What the client keeps per destination service (limits, retry
-    /// budget, upstream checker), bounded.
+    /// What the client keeps per destination service (limits, fallback,
+    /// upstream checker), bounded.
     services: ServiceStates,
     /// The mutual TLS clients, for upstream probes over mutual TLS.
     transports: Transports,

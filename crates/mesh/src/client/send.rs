@@ -266,8 +266,8 @@ impl MeshClient {
     /// Readies `req` for its service's stack: finds the service's state
     /// (unless given), attaches the call's context, makes its body
     /// replayable, notes what a fallback needs, finds its route, and gives
-    /// it its method's policy, its service's retry budget and the call's
-    /// deadline ([`MeshClient::hold_to_deadline`]).
+    /// it its method's policy and the call's deadline
+    /// ([`MeshClient::hold_to_deadline`]).
     fn prepare(
         &self,
         mut req: Request<RequestBody>,
@@ -301,8 +301,8 @@ impl MeshClient {
         })
     }
 
-    /// Gives `req` its method's policy, its service's retry budget and the
-    /// call's deadline; returns when a wait for admission must end.
+    /// Gives `req` its method's policy and the call's deadline; returns
+    /// when a wait for admission must end.
     ///
     /// The deadline is the caller's or its method's, whichever is sooner,
     /// else (when the service's limits may make the call wait) the
@@ -332,9 +332,6 @@ impl MeshClient {
             // Dated from the call's start, as the wait's end below is.
             let started = clock::Nanos::from_instant(call.started.into_std());
             CallContext::attach(req).set_deadline(Deadline(started.saturating_add(limit)));
-        }
-        if let Some(budget) = &call.state.budget {
-            req.extensions_mut().insert(budget.clone());
         }
         deadline.map(|d| call.started + d)
     }

@@ -1,5 +1,5 @@
 //! What the client keeps per destination service, made on the service's
-//! first call: its limits, its retry budget and its upstream health
+//! first call: its limits, its fallback and its upstream health
 //! checker (see [`crate::services`] for how the map stays bounded).
 
 use std::sync::Arc;
@@ -36,16 +36,6 @@ impl MeshClient {
                 .limits_for(service.as_str())
                 .filter(|l| l.max_wait.is_some())
                 .and_then(|_| config.retry_for(service.as_str()).ok()?.deadline()),
-            // A service the file overrides has a route, and so a retry
-            // layer and budget, of its own; the others share the default
-            // route's layer and bring their budget with each request.
-            budget: match config.services.contains_key(service.as_str()) {
-                true => None,
-                false => config
-                    .retry_for(service.as_str())
-                    .ok()
-                    .and_then(|retry| retry.new_budget()),
-            },
             replay_buffer: config.replay_buffer_for(service.as_str()),
             fallback: Fallback::new(
                 config

@@ -115,6 +115,12 @@ impl RouteParts<'_> {
         let config = self.config;
         let bus = self.bus;
         let retry = RetryLayer::new(config.retry_for(service)?).events(bus.clone());
+        // The default route serves every service the file does not name:
+        // each gets its own budget there, as a named one has in its route.
+        let retry = match service.is_empty() {
+            true => retry.budget_per_service(),
+            false => retry,
+        };
         let balance = BalanceLayer::from_config(config.balance_for(service)).events(bus.clone());
         let breaker = BreakerLayer::new(config.breaker_for(service)?).events(bus.clone());
         let stack = ServiceBuilder::new()
