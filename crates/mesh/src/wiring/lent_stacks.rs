@@ -35,12 +35,10 @@ type Slot<S> = Padded<Mutex<S>>;
 pin_project_lite::pin_project! {
     /// One call on a lent stack, or on a clone when none could be lent.
     #[project = CallProj]
-    pub(crate) enum LentCall<'a, S, R>
+    pub(crate) enum LentCall<S, R>
     where
         S: Service<R>,
     {
-        /// Not polled yet: a stack is lent on the first poll.
-        Start { stacks: &'a LentStacks<S>, req: Option<R> },
         /// Called on a lent stack.
         Lent { #[pin] future: S::Future },
         /// Called on a clone (boxed: rare, and the clone would make every
@@ -64,14 +62,18 @@ impl<S: Clone> LentStacks<S> {
     }
 
     /// Sends `req` through this thread's slot's stack if it is free and
-    /// ready at the first poll, else through a clone.
-    pub(crate) fn oneshot<R>(&self, req: R) -> LentCall<'_, S, R>
+    /// ready now, else through a clone. The stack is called here, not at
+    /// the first poll: the call's future is made once, where it stays,
+    /// instead of being moved from a state that held the request.
+    pub(crate) fn oneshot<R>(&self, req: R) -> LentCall<S, R>
     where
         S: Service<R>,
     {
-        LentCall::Start {
-            stacks: self,
-            req: Some(req),
+        match self.try_call(req) {
+            Ok(future) => LentCall::Lent { future },
+            Err(req) => LentCall::Cloned {
+                future: Box::pin(self.spare.clone().oneshot(req)),
+            },
         }
     }
 
@@ -101,28 +103,16 @@ impl<S: Clone> LentStacks<S> {
 
 // === impl LentCall ===
 
-impl<S, R> Future for LentCall<'_, S, R>
+impl<S, R> Future for LentCall<S, R>
 where
     S: Service<R> + Clone,
 {
     type Output = Result<S::Response, S::Error>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            let next = match self.as_mut().project() {
-                CallProj::Start { stacks, req } => {
-                    let req = req.take().expect("a call is started once");
-                    match stacks.try_call(req) {
-                        Ok(future) => LentCall::Lent { future },
-                        Err(req) => LentCall::Cloned {
-                            future: Box::pin(stacks.spare.clone().oneshot(req)),
-                        },
-                    }
-                }
-                CallProj::Lent { future } => return future.poll(cx),
-                CallProj::Cloned { future } => return future.as_mut().poll(cx),
-            };
-            self.set(next);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CallProj::Lent { future } => future.poll(cx),
+            CallProj::Cloned { future } => future.as_mut().poll(cx),
         }
     }
 }
