@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use mesh_core::ext::{CallContext, SelectedEndpoint};
+use mesh_core::grpc::{Answer, GrpcCodes};
 use mesh_core::{BoxError, Endpoint, MeshError, ServiceName};
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
@@ -240,13 +241,16 @@ where
         Ok(response) => {
             // A server error answered fast is no sign of a fast instance,
             // nor is a gRPC failure answered trailers-only.
-            let grpc_failed = mesh_core::grpc::status_of(&response)
-                .is_some_and(|code| mesh_core::grpc::GrpcCodes::failures().contains(code));
+            let answer = Answer::of(&response);
+            let grpc_failed = match answer {
+                Answer::TrailersOnly(code) => GrpcCodes::failures().contains(code),
+                Answer::Http | Answer::Streamed => false,
+            };
             match response.status().is_server_error() || grpc_failed {
                 true => in_flight.failed(),
                 false => in_flight.responded(),
             }
-            let status_at_end = mesh_core::grpc::ends_in_trailers(&response);
+            let status_at_end = answer == Answer::Streamed;
             let mut response = response.map(|body| {
                 let tracked = TrackedBody::new(body, in_flight);
                 match status_at_end {

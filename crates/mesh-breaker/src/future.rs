@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use mesh_core::clock::Nanos;
 use mesh_core::ext::{AttemptBound, CallContext};
+use mesh_core::grpc::Answer;
 use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, Outcome};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -352,15 +353,18 @@ fn judge<B>(
     let Some(mut tracker) = tracker else {
         return result.map(|r| r.map(ResponseBody::judged));
     };
-    match result {
-        Ok(response) if mesh_core::grpc::ends_in_trailers(&response) => {
-            tracker.answered();
-            Ok(response.map(|body| ResponseBody::judged_at_end(body, tracker)))
-        }
-        result => {
-            let outcome = tracker.classifier().classify_result(&result);
-            tracker.finish(outcome);
-            result.map(|r| r.map(ResponseBody::judged))
-        }
-    }
+    let outcome = match &result {
+        Ok(response) => match Answer::of(response) {
+            Answer::Streamed => {
+                tracker.answered();
+                return result.map(|r| r.map(|body| ResponseBody::judged_at_end(body, tracker)));
+            }
+            answer => tracker
+                .classifier()
+                .classify_answer(response.status(), answer),
+        },
+        Err(error) => tracker.classifier().classify_error_outcome(&**error),
+    };
+    tracker.finish(outcome);
+    result.map(|r| r.map(ResponseBody::judged))
 }

@@ -308,15 +308,24 @@ impl FailureClassifier {
     /// The verdict on a response: its status, or for a gRPC call answered
     /// trailers-only, its `grpc-status` (application codes never fail).
     pub fn classify_response<B>(&self, response: &http::Response<B>) -> Outcome {
-        if response.status() == StatusCode::OK {
-            if let Some(code) = crate::grpc::status_of(response) {
-                return match self.grpc_failures.contains(code) {
+        self.classify_answer(response.status(), crate::grpc::Answer::of(response))
+    }
+
+    /// The verdict on a response with `status` whose headers say `answer`
+    /// (read once by a layer that needs it for more than this verdict).
+    /// A gRPC answer still streaming is judged at its end
+    /// ([`FailureClassifier::classify_body_end`]); until then its headers
+    /// say nothing against it.
+    pub fn classify_answer(&self, status: StatusCode, answer: crate::grpc::Answer) -> Outcome {
+        match answer {
+            crate::grpc::Answer::TrailersOnly(code) if status == StatusCode::OK => {
+                match self.grpc_failures.contains(code) {
                     true => Outcome::Failure(FailureKind::Grpc(code)),
                     false => Outcome::Success,
-                };
+                }
             }
+            _ => self.classify_status(status),
         }
-        self.classify_status(response.status())
     }
 
     /// The verdict on a gRPC response whose status came at the end of its

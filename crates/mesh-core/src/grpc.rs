@@ -130,19 +130,49 @@ impl GrpcCodes {
     }
 }
 
-/// The `grpc-status` a gRPC response's headers carry (a trailers-only
-/// response), if any. A malformed value reads as `UNKNOWN`, as gRPC
-/// clients read it.
+/// What a response's headers say of its gRPC status, read with one
+/// lookup of its content type and, for a gRPC answer only, one of
+/// `grpc-status`: the layers that judge a response read it once.
 ///
-/// Only a gRPC response has one: an answer whose content type is not
+/// Only a gRPC answer has a gRPC status: one whose content type is not
 /// `application/grpc` (a proxy's error page, say) is judged by its HTTP
 /// status, whatever headers it carries, as gRPC's own clients do. This
 /// also spares every other answer the lookup of a name that is not a
 /// standard header's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Judged by its HTTP status: not a gRPC answer, or one that is not
+    /// `200` and names no status.
+    Http,
+    /// A trailers-only answer: its status is in its headers (a malformed
+    /// one reads as `UNKNOWN`, as gRPC clients read it).
+    TrailersOnly(GrpcCode),
+    /// A `200` gRPC answer whose status comes in the trailers after its
+    /// messages: its outcome is known only at the end of its body
+    /// ([`BodyEnd::of`]).
+    Streamed,
+}
+
+impl Answer {
+    /// What `response`'s headers say.
+    pub fn of<B>(response: &http::Response<B>) -> Answer {
+        if !is_grpc(response) {
+            return Answer::Http;
+        }
+        match status_in(response.headers()) {
+            Some(code) => Answer::TrailersOnly(code),
+            None if response.status() == http::StatusCode::OK => Answer::Streamed,
+            None => Answer::Http,
+        }
+    }
+}
+
+/// The `grpc-status` a gRPC response's headers carry (a trailers-only
+/// response), if any; see [`Answer`].
 pub fn status_of<B>(response: &http::Response<B>) -> Option<GrpcCode> {
-    match is_grpc(response) {
-        true => status_in(response.headers()),
-        false => None,
+    match Answer::of(response) {
+        Answer::TrailersOnly(code) => Some(code),
+        Answer::Http | Answer::Streamed => None,
     }
 }
 
@@ -171,13 +201,9 @@ pub fn status_in(headers: &http::HeaderMap) -> Option<GrpcCode> {
 }
 
 /// Whether `response` is a gRPC answer whose status comes in trailers
-/// after its messages: `200`, a `application/grpc` content type, and no
-/// `grpc-status` in its headers. Its outcome is known only at the end of
-/// its body ([`BodyEnd::of`]).
+/// after its messages ([`Answer::Streamed`]).
 pub fn ends_in_trailers<B>(response: &http::Response<B>) -> bool {
-    response.status() == http::StatusCode::OK
-        && is_grpc(response)
-        && status_in(response.headers()).is_none()
+    Answer::of(response) == Answer::Streamed
 }
 
 /// How a gRPC response body ended, as read from the frame that ended it.
@@ -299,6 +325,34 @@ mod tests {
         assert!(ends_in_trailers(&grpc(None)));
         assert!(!ends_in_trailers(&grpc(Some("0"))), "trailers-only");
         assert!(!ends_in_trailers(&http::Response::new(())), "not gRPC");
+    }
+
+    #[test]
+    fn one_reading_tells_every_kind_of_answer_apart() {
+        let answer = |status: u16, content_type: Option<&str>, grpc_status: Option<&str>| {
+            let mut b = http::Response::builder().status(status);
+            if let Some(t) = content_type {
+                b = b.header("content-type", t);
+            }
+            if let Some(s) = grpc_status {
+                b = b.header("grpc-status", s);
+            }
+            Answer::of(&b.body(()).expect("response"))
+        };
+        let grpc = Some("application/grpc");
+        assert_eq!(answer(200, grpc, None), Answer::Streamed);
+        assert_eq!(
+            answer(200, grpc, Some("14")),
+            Answer::TrailersOnly(GrpcCode::UNAVAILABLE)
+        );
+        assert_eq!(
+            answer(503, grpc, Some("14")),
+            Answer::TrailersOnly(GrpcCode::UNAVAILABLE),
+            "read whatever the HTTP status; the classifier weighs it"
+        );
+        assert_eq!(answer(503, grpc, None), Answer::Http, "a proxy's 503");
+        assert_eq!(answer(200, Some("text/html"), Some("14")), Answer::Http);
+        assert_eq!(answer(200, None, None), Answer::Http);
     }
 
     #[test]

@@ -305,15 +305,19 @@ impl CallMetrics {
                     .get::<SelectedEndpoint>()
                     .map(|e| e.0.id())
                     .or(served_by);
-                if grpc::ends_in_trailers(response) {
-                    return CountAtEnd(Some(PendingCall {
-                        service: service.clone(),
-                        endpoint: endpoint.cloned(),
-                        started,
-                    }));
-                }
-                let cell = match grpc::status_of(response) {
-                    Some(code) if response.status() == http::StatusCode::OK => Cell::grpc(code),
+                let cell = match grpc::Answer::of(response) {
+                    grpc::Answer::Streamed => {
+                        return CountAtEnd(Some(PendingCall {
+                            service: service.clone(),
+                            endpoint: endpoint.cloned(),
+                            started,
+                        }))
+                    }
+                    grpc::Answer::TrailersOnly(code)
+                        if response.status() == http::StatusCode::OK =>
+                    {
+                        Cell::grpc(code)
+                    }
                     _ => Cell::status(response.status()),
                 };
                 self.count(service, endpoint, cell, elapsed);
