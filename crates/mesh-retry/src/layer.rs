@@ -87,14 +87,8 @@ impl RetryLayer {
     /// [`TargetService`](mesh_core::ext::TargetService), else its URI's
     /// host. At most 1,024 services get their own; later ones, and
     /// requests that name none, share one more. Without a budget
-    /// configured, there is none to keep.
-    ///
-    /// ```
-    /// use mesh_retry::RetryLayer;
-    ///
-    /// let retry = RetryLayer::default().budget_per_service();
-    /// # let _ = retry;
-    /// ```
+    /// configured, there is none to keep. The crate's README shows one in
+    /// use.
     pub fn budget_per_service(self) -> Self {
         let events = self.shared.events.clone();
         self.rebuilt(events, true)
