@@ -227,9 +227,25 @@ async fn a_budget_of_zero_sends_no_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_service_cannot_spend_retries_funded_by_a_healthy_one() {
+    let retries = retries_of_a_failing_service_after(0).await;
+    eprintln!("the failing service retried {retries} times");
+}
+
+/// Hosts no registry knows take no room from real services' budgets: each
+/// is forgotten when its call finds it unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_hosts_take_no_room_from_real_services_budgets() {
+    let retries = retries_of_a_failing_service_after(1500).await;
+    eprintln!("after 1500 junk hosts, the failing service retried {retries} times");
+}
+
+/// Sends `junk` calls to hosts no registry knows, then 400 calls to a
+/// healthy service and 100 to a failing one (429: retried, but no failure
+/// for the breaker, which stays out of the way), all on the default
+/// route; asserts the failing one retried only on what its own calls
+/// funded, and returns how often it retried.
+async fn retries_of_a_failing_service_after(junk: usize) -> u64 {
     let healthy = Backend::start(Behavior::Ok).await.expect("backend");
-    // 429: retried, but no failure for the breaker, which stays out of
-    // the way.
     let failing = Backend::start(Behavior::Status(429))
         .await
         .expect("backend");
@@ -241,6 +257,19 @@ async fn a_failing_service_cannot_spend_retries_funded_by_a_healthy_one() {
         failing.addr()
     );
     let client = client(&text).await.expect("client");
+    for i in 0..junk {
+        let err = client
+            .get(&format!("junk-{i}"), "/", CallOptions::default())
+            .await
+            .expect_err("no such service");
+        assert!(
+            matches!(
+                MeshError::find(&*err),
+                Some(MeshError::UnknownService { .. })
+            ),
+            "{err}"
+        );
+    }
     // Plenty of healthy traffic: with one shared budget it would fund
     // retries for everyone.
     for _ in 0..400 {
@@ -257,12 +286,12 @@ async fn a_failing_service_cannot_spend_retries_funded_by_a_healthy_one() {
     // second over a 10 s window): far fewer than the 100 retries a
     // shared budget would have allowed.
     let retries = failing.stats().requests - 100;
-    eprintln!("the failing service retried {retries} times");
     assert!(
         retries <= 10 + 100 / 10 + 5,
         "the failing service retried {retries} times"
     );
     client.shutdown(Duration::from_secs(1)).await;
+    retries
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -228,6 +228,16 @@ impl RetryBudget {
         self.deposit(mesh_core::clock::now());
     }
 
+    /// Whether no request was counted in the whole window before `now`:
+    /// the account then holds nothing a fresh one would not (its window is
+    /// empty, and its per-second minimum, refilled for at least one
+    /// second, is whole), so it may be dropped and made again.
+    pub(crate) fn is_idle(&self, now: Nanos) -> bool {
+        let s = &*self.state;
+        let last = s.current.load(Ordering::Relaxed);
+        last == u64::MAX || now.0 / s.slice >= last.saturating_add(BUCKETS)
+    }
+
     /// Spends one retry if the budget allows it at `now`.
     pub fn try_withdraw(&self, now: Nanos) -> bool {
         let s = &*self.state;

@@ -1,6 +1,6 @@
 use std::sync::{Arc, OnceLock};
 
-use mesh_core::{EventBus, FailureClassifier};
+use mesh_core::{EventBus, FailureClassifier, ServiceName};
 use tower_layer::Layer;
 
 use crate::config::RetryConfig;
@@ -92,6 +92,15 @@ impl RetryLayer {
     pub fn budget_per_service(self) -> Self {
         let events = self.shared.events.clone();
         self.rebuilt(events, true)
+    }
+
+    /// Drops `service`'s own budget, for a layer that keeps one per
+    /// service: for a service found unknown, so that names taken from
+    /// requests leave nothing behind. A later call makes a fresh one.
+    pub fn forget_budget(&self, service: &ServiceName) {
+        if let Some(budgets) = &self.shared.service_budgets {
+            budgets.forget(service);
+        }
     }
 
     /// Names the route this layer serves in the span of every call through

@@ -1,10 +1,13 @@
 //! [`ServiceBudgets`]: one retry budget per service a layer serves.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hashbrown::HashMap;
 use http::Request;
+use mesh_core::clock::{self, Nanos};
 use mesh_core::ext::{Destination, TargetService};
 use mesh_core::ServiceName;
 
@@ -15,22 +18,33 @@ use crate::budget::{RetryBudget, RetryBudgetConfig};
 /// share one budget.
 pub(crate) const MAX_SERVICES: usize = 1024;
 
+/// How often a full table is looked over for idle budgets: at most once a
+/// second, so that hosts arriving past the bound cost a lookup, not a scan.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// A budget per service, each with the layer's settings, made on the
 /// service's first call, so that a failing service spends only retries
 /// its own traffic funded. Found by name in a lock-free snapshot; a new
 /// service takes a mutex and copies the table (once per service, not per
 /// call).
 ///
-/// Requests that name no service (no host), services past
-/// [`MAX_SERVICES`], and hosts that are no valid service name share one
-/// more budget.
+/// Bounded at [`MAX_SERVICES`]: a full table first drops the budgets no
+/// request used for a whole window (a budget so idle holds what a fresh
+/// one holds), and a service found unknown can be forgotten at once
+/// ([`ServiceBudgets::forget`]). Requests that name no service (no host),
+/// services past the bound, and hosts that are no valid service name
+/// share one more budget.
 #[derive(Debug)]
 pub(crate) struct ServiceBudgets {
     settings: RetryBudgetConfig,
     by_service: ArcSwap<HashMap<ServiceName, RetryBudget>>,
-    adding: Mutex<()>,
+    changing: Mutex<()>,
+    /// When a full table was last looked over (clock nanos).
+    swept: AtomicU64,
     shared: RetryBudget,
 }
+
+// === impl ServiceBudgets ===
 
 impl ServiceBudgets {
     /// Budgets made with `settings`, which were validated with the rest of
@@ -39,7 +53,8 @@ impl ServiceBudgets {
         ServiceBudgets {
             settings,
             by_service: ArcSwap::from_pointee(HashMap::new()),
-            adding: Mutex::new(()),
+            changing: Mutex::new(()),
+            swept: AtomicU64::new(0),
             shared,
         }
     }
@@ -63,6 +78,11 @@ impl ServiceBudgets {
         if let Some(budget) = table.get(destination.as_str()) {
             return budget.clone();
         }
+        // A full table makes no room until its next sweep: until then a
+        // new name costs no allocation and no lock.
+        if table.len() >= MAX_SERVICES && !self.sweep_due(clock::now()) {
+            return self.shared.clone();
+        }
         drop(table);
         let name = match destination {
             Destination::Named(service) => service.clone(),
@@ -74,6 +94,22 @@ impl ServiceBudgets {
         self.add(name)
     }
 
+    /// Drops `service`'s budget, if it has one: for a service the call
+    /// found unknown, so that names taken from requests leave nothing
+    /// behind.
+    pub(crate) fn forget(&self, service: &ServiceName) {
+        if !self.by_service.load().contains_key(service) {
+            return;
+        }
+        let _changing = self.lock();
+        let current = self.by_service.load_full();
+        if current.contains_key(service) {
+            let mut next = HashMap::clone(&current);
+            next.remove(service);
+            self.by_service.store(Arc::new(next));
+        }
+    }
+
     /// `service`'s budget, made now unless another call just did.
     fn add(&self, service: ServiceName) -> RetryBudget {
         // A host written in another case finds its service's budget here,
@@ -81,21 +117,40 @@ impl ServiceBudgets {
         if let Some(budget) = self.by_service.load().get(&service) {
             return budget.clone();
         }
-        let _adding = self.adding.lock().unwrap_or_else(|e| e.into_inner());
+        let _changing = self.lock();
         let current = self.by_service.load_full();
         if let Some(budget) = current.get(&service) {
             return budget.clone();
         }
-        if current.len() >= MAX_SERVICES {
+        let full = current.len() >= MAX_SERVICES;
+        let now = clock::now();
+        if full && !self.sweep_due(now) {
             return self.shared.clone();
         }
         let Ok(budget) = self.settings.new_budget() else {
             return self.shared.clone();
         };
         let mut next = HashMap::clone(&current);
+        if full {
+            self.swept.store(now.0, Ordering::Relaxed);
+            next.retain(|_, kept| !kept.is_idle(now));
+            if next.len() >= MAX_SERVICES {
+                return self.shared.clone();
+            }
+        }
         next.insert(service, budget.clone());
         self.by_service.store(Arc::new(next));
         budget
+    }
+
+    /// Whether a full table may be looked over again at `now`.
+    fn sweep_due(&self, now: Nanos) -> bool {
+        let last = Nanos(self.swept.load(Ordering::Relaxed));
+        last == Nanos::ZERO || now.saturating_since(last) >= SWEEP_EVERY
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How many services have a budget of their own.
@@ -152,18 +207,55 @@ mod tests {
         assert_eq!(budgets.len(), 1);
     }
 
-    #[test]
-    fn services_past_the_bound_and_unnamed_requests_share_one_budget() {
-        let budgets = budgets();
+    /// Fills the table with services that each counted a request now.
+    fn fill(budgets: &ServiceBudgets) {
         for i in 0..MAX_SERVICES {
-            budgets.of(&to(&format!("http://s{i}/")));
+            budgets
+                .of(&to(&format!("http://s{i}/")))
+                .deposit(clock::now());
         }
         assert_eq!(budgets.len(), MAX_SERVICES);
-        budgets.of(&to("http://late/")).deposit(Nanos(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn services_past_the_bound_and_unnamed_requests_share_one_budget() {
+        let budgets = budgets();
+        fill(&budgets);
+        budgets.of(&to("http://late/")).deposit(clock::now());
         assert_eq!(budgets.len(), MAX_SERVICES, "no budget past the bound");
         assert!(
-            budgets.of(&to("/no-host")).try_withdraw(Nanos(1)),
+            budgets.of(&to("/no-host")).try_withdraw(clock::now()),
             "the late service funded the shared budget"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_table_makes_room_by_dropping_budgets_idle_for_a_window() {
+        let budgets = budgets();
+        fill(&budgets);
+        // A whole window (10 s) passes; one service keeps calling.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let busy = budgets.of(&to("http://s7/"));
+        busy.deposit(clock::now());
+        let late = budgets.of(&to("http://late/"));
+        assert_eq!(budgets.len(), 2, "the idle ones made room");
+        late.deposit(clock::now());
+        assert!(late.try_withdraw(clock::now()), "late has its own");
+        assert!(
+            budgets.of(&to("http://s7/")).try_withdraw(clock::now()),
+            "s7 kept its account"
+        );
+    }
+
+    #[test]
+    fn a_forgotten_service_leaves_nothing_behind() {
+        let budgets = budgets();
+        budgets.of(&to("http://typo/")).deposit(Nanos(1));
+        budgets.forget(&ServiceName::new("typo").expect("name"));
+        assert_eq!(budgets.len(), 0);
+        assert!(
+            !budgets.of(&to("http://typo/")).try_withdraw(Nanos(1)),
+            "made afresh: nothing funded"
         );
     }
 }

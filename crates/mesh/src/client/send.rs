@@ -244,7 +244,7 @@ impl MeshClient {
                 // Handed to the stack here, as the argument of its future:
                 // the request takes no room of its own in this one.
                 let outcome = route.lent.oneshot(req).await;
-                self.after_call(service, &state, &outcome);
+                self.after_call(service, &state, route, &outcome);
                 outcome
             }
         };
@@ -336,12 +336,20 @@ impl MeshClient {
         deadline.map(|d| call.started + d)
     }
 
-    /// Forgets the state of a service the call found unknown to everyone;
-    /// else starts the service's upstream checker once discovery knows it.
-    fn after_call(&self, service: &ServiceName, state: &ServiceState, outcome: &Outcome) {
+    /// Forgets the state (and retry budget) of a service the call found
+    /// unknown to everyone; else starts the service's upstream checker
+    /// once discovery knows it.
+    fn after_call(
+        &self,
+        service: &ServiceName,
+        state: &ServiceState,
+        route: &Route,
+        outcome: &Outcome,
+    ) {
         match outcome {
             Err(error) if is_unknown(&**error) && !self.knows(service) => {
-                self.inner.services.remove(service)
+                self.inner.services.remove(service);
+                route.retry.forget_budget(service);
             }
             _ => self.check_upstream(service, state),
         }
