@@ -282,4 +282,17 @@ async fn an_answer_that_is_not_grpc_is_judged_by_its_http_status() {
         .map(|b| (b.failure_rate, b.buffered_calls))
         .collect();
     assert_eq!(rates, [(Some(0.0), 3)], "recorded as successes");
+    // The balancer kept the instance in service; the facade's metrics
+    // counted three 2xx answers and no gRPC code.
+    let instances = &route.services[0].instances;
+    assert_eq!(instances.iter().map(|i| i.requests).sum::<u64>(), 3);
+    assert!(instances.iter().all(|i| i.available), "{instances:?}");
+    let text = client.prometheus();
+    let calls: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("mesh_requests_total{") && l.contains("service=\"greeter\""))
+        .collect();
+    assert_eq!(calls.len(), 1, "{text}");
+    assert!(calls[0].contains("grpc_code=\"\""), "{}", calls[0]);
+    assert!(calls[0].ends_with(" 3"), "{}", calls[0]);
 }

@@ -69,6 +69,9 @@ impl RoundRobin {
         set: &'a EndpointSet,
         candidate: impl Fn(&Endpoint) -> bool,
     ) -> Option<&'a Endpoint> {
+        if set.is_empty() {
+            return None;
+        }
         // Borrowed from the table: a clone of its `Arc` would write a
         // count every core shares, on every pick.
         let table = self.turns.load();
@@ -101,6 +104,8 @@ impl RoundRobin {
         found.unwrap_or_default()
     }
 }
+
+// === impl Turns ===
 
 impl Turns {
     /// The next endpoint of `set` in turn among those `candidate` accepts.

@@ -316,6 +316,19 @@ impl FailureClassifier {
     /// A gRPC answer still streaming is judged at its end
     /// ([`FailureClassifier::classify_body_end`]); until then its headers
     /// say nothing against it.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use mesh_core::grpc::{Answer, GrpcCode};
+    /// use mesh_core::{FailureClassifier, Outcome};
+    ///
+    /// let c = FailureClassifier::default();
+    /// let unavailable = Answer::TrailersOnly(GrpcCode::UNAVAILABLE);
+    /// assert!(matches!(c.classify_answer(StatusCode::OK, unavailable), Outcome::Failure(_)));
+    /// let not_found = Answer::TrailersOnly(GrpcCode::NOT_FOUND);
+    /// assert_eq!(c.classify_answer(StatusCode::OK, not_found), Outcome::Success);
+    /// assert!(matches!(c.classify_answer(StatusCode::BAD_GATEWAY, Answer::Http), Outcome::Failure(_)));
+    /// ```
     pub fn classify_answer(&self, status: StatusCode, answer: crate::grpc::Answer) -> Outcome {
         match answer {
             crate::grpc::Answer::TrailersOnly(code) if status == StatusCode::OK => {

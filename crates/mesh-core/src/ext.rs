@@ -5,12 +5,12 @@
 //!
 //! | type | written by | read by |
 //! |---|---|---|
-//! | [`TargetService`] | the user, to route by something other than the authority | discovery, breaker, events |
+//! | [`TargetService`] | the user, to route by something other than the authority | discovery, breaker, events; retry, for a layer that keeps a budget per service |
 //! | [`AffinityKey`] | the user | balancer (session affinity, consistent hashing) |
 //! | [`Attempt`] | retry | anyone tracing or logging |
 //! | [`AvoidEndpoints`] | retry | balancer |
 //! | [`Deadline`] | the caller, by hand (the facade notes its call timeout in the [`CallContext`]) | retry, which notes the earlier of that and its own in the [`CallContext`]: each attempt is cut at it, no backoff starts past it |
-//! | `mesh_retry::RetryBudget` | the user or the facade (one per service, so one service's failures spend only its own retries) | retry: counts the request and pays its retries from it instead of the layer's budget |
+//! | `mesh_retry::RetryBudget` | the user (one per service, so one service's failures spend only its own retries; a retry layer can keep them itself, as the facade's does) | retry: counts the request and pays its retries from it instead of the layer's budget |
 //! | [`CallContext`] | retry (one per call, one per hedged copy), else discovery, else the caller | see below |
 //! | [`crate::EndpointSet`] | by hand, for a balancer without discovery above it | balancer; breaker and events take the service from it when there is no [`TargetService`] |
 //! | [`SelectedEndpoint`] | by hand (a health probe aimed at one endpoint); the balancer when the request has no [`CallContext`] (request and response) | breaker, retry |

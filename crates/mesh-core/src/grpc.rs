@@ -1,13 +1,14 @@
 //! gRPC statuses as the layers judge them: a call answered with HTTP 200
 //! may still have failed, its outcome in `grpc-status`.
 //!
-//! A *trailers-only* response (what a server sends for an error before
-//! any message, as tonic does for a handler's `Err(Status)`) carries
-//! `grpc-status` in its headers, so the outcome is known when the headers
-//! arrive; that is what [`status_of`] reads. A status sent in trailers
-//! after messages arrives only at the end of the body: [`ends_in_trailers`]
-//! says a response's outcome waits for it, and [`BodyEnd::of`] reads it
-//! from the frame that ends the body.
+//! Only an `application/grpc` answer has a gRPC status; any other is
+//! judged by its HTTP status. A *trailers-only* response (what a server
+//! sends for an error before any message, as tonic does for a handler's
+//! `Err(Status)`) carries `grpc-status` in its headers, so the outcome is
+//! known when the headers arrive. A status sent in trailers after messages
+//! arrives only at the end of the body. [`Answer::of`] tells the kinds
+//! apart in one reading of the headers, and [`BodyEnd::of`] reads a
+//! streamed answer's status from the frame that ends its body.
 
 use std::fmt;
 use std::task::Poll;
@@ -139,6 +140,24 @@ impl GrpcCodes {
 /// status, whatever headers it carries, as gRPC's own clients do. This
 /// also spares every other answer the lookup of a name that is not a
 /// standard header's.
+///
+/// ```
+/// use mesh_core::grpc::{Answer, GrpcCode};
+///
+/// let answer = |content_type: &str, status: Option<&str>| {
+///     let mut b = http::Response::builder().header("content-type", content_type);
+///     if let Some(s) = status {
+///         b = b.header("grpc-status", s);
+///     }
+///     Answer::of(&b.body(()).unwrap())
+/// };
+/// assert_eq!(
+///     answer("application/grpc", Some("14")),
+///     Answer::TrailersOnly(GrpcCode::UNAVAILABLE)
+/// );
+/// assert_eq!(answer("application/grpc+proto", None), Answer::Streamed);
+/// assert_eq!(answer("text/html", Some("14")), Answer::Http);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
     /// Judged by its HTTP status: not a gRPC answer, or one that is not

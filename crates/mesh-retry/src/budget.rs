@@ -22,11 +22,12 @@ const PPM: u128 = 1_000_000;
 ///
 /// A `RetryBudget` is a handle: clones share one account, and cloning costs
 /// a reference count. A [`crate::RetryLayer`] keeps one for all its
-/// services; a request carrying a `RetryBudget` as an extension is counted
-/// against that one instead, so a caller serving several services through
-/// one layer keeps one account per service (build them with
-/// [`crate::RetryConfig::new_budget`]): a failing service then spends only
-/// retries its own traffic funded.
+/// services, or one per service
+/// ([`crate::RetryLayer::budget_per_service`]); a request carrying a
+/// `RetryBudget` as an extension is counted against that one instead, so
+/// a caller can keep its own accounts (build them with
+/// [`crate::RetryConfig::new_budget`]). Either way a failing service then
+/// spends only retries its own traffic funded.
 ///
 /// A budget of 0% with a minimum of 0 per second allows no retry at all;
 /// 0% with a minimum allows only that trickle.

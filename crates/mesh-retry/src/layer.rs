@@ -27,6 +27,16 @@ pub struct RetryLayer {
     shared: Arc<PolicyState>,
 }
 
+/// Whose retry budget a layer's calls draw from (a request's own
+/// extension aside).
+#[derive(Clone, Copy, Debug)]
+enum Accounts {
+    /// One budget for every call of the layer.
+    Layer,
+    /// One per service ([`RetryLayer::budget_per_service`]).
+    PerService,
+}
+
 impl RetryLayer {
     /// Retries according to `config`, with the default failure
     /// classification and no event subscribers.
@@ -36,7 +46,7 @@ impl RetryLayer {
                 config,
                 EventBus::default(),
                 OnceLock::new(),
-                false,
+                Accounts::Layer,
             )),
         }
     }
@@ -45,11 +55,11 @@ impl RetryLayer {
         config: RetryConfig,
         events: EventBus,
         route: OnceLock<RouteNames>,
-        per_service: bool,
+        accounts: Accounts,
     ) -> PolicyState {
         let budget = config.new_budget();
-        let service_budgets = match (per_service, config.budget(), &budget) {
-            (true, Some(settings), Some(shared)) => {
+        let service_budgets = match (accounts, config.budget(), &budget) {
+            (Accounts::PerService, Some(settings), Some(shared)) => {
                 Some(ServiceBudgets::new(settings, shared.clone()))
             }
             _ => None,
@@ -66,17 +76,20 @@ impl RetryLayer {
     }
 
     /// This layer's configuration and route name, in a fresh layer.
-    fn rebuilt(self, events: EventBus, per_service: bool) -> Self {
+    fn rebuilt(self, events: EventBus, accounts: Accounts) -> Self {
         let (config, route) = (self.shared.config.clone(), self.shared.route.clone());
         RetryLayer {
-            shared: Arc::new(Self::shared(config, events, route, per_service)),
+            shared: Arc::new(Self::shared(config, events, route, accounts)),
         }
     }
 
     /// Publishes retries, exhausted retries and spent budgets on `events`.
     pub fn events(self, events: EventBus) -> Self {
-        let per_service = self.shared.service_budgets.is_some();
-        self.rebuilt(events, per_service)
+        let accounts = match self.shared.service_budgets {
+            Some(_) => Accounts::PerService,
+            None => Accounts::Layer,
+        };
+        self.rebuilt(events, accounts)
     }
 
     /// Keeps one retry budget per service instead of one for the layer,
@@ -91,7 +104,7 @@ impl RetryLayer {
     /// use.
     pub fn budget_per_service(self) -> Self {
         let events = self.shared.events.clone();
-        self.rebuilt(events, true)
+        self.rebuilt(events, Accounts::PerService)
     }
 
     /// Drops `service`'s own budget, for a layer that keeps one per
@@ -142,7 +155,9 @@ impl RetryLayer {
 
     /// The policy this layer's services use, for driving tower's own
     /// [`tower::retry::Retry`] directly. It shares this layer's counters
-    /// and budget.
+    /// and budget (for a layer that keeps one per service, the one its
+    /// calls share when they name no service: tower's `Retry` does not
+    /// look requests up).
     pub fn policy(&self) -> RetryPolicy {
         RetryPolicy::new(Arc::clone(&self.shared))
     }

@@ -34,8 +34,10 @@ use crate::trace::{self, AttemptAnswer};
 /// deadline, its errors boxed (so the policy can classify any error the
 /// stack below produces).
 /// Before the first attempt it counts the request for the retry budget (the
-/// [`RetryBudget`] the request carries as an extension, if any, else the
-/// layer's) and notes the call's deadline in its
+/// [`RetryBudget`] the request carries as an extension, if any, else its
+/// service's when the layer keeps one per service
+/// ([`crate::RetryLayer::budget_per_service`]), else the layer's) and
+/// notes the call's deadline in its
 /// [`CallContext`]: the earlier of the caller's (a [`Deadline`]) and the
 /// configuration's.
 ///

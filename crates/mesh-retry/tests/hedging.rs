@@ -503,3 +503,59 @@ async fn between_two_real_servers_the_fast_one_wins_and_the_slow_one_is_cancelle
     );
     assert_eq!(layer.stats().hedges_won, 1);
 }
+
+/// With a budget per service, a hedged copy is paid by its own service's
+/// traffic: `users`' fast calls fund copies of `orders`' slow call only
+/// when the layer keeps one budget for both.
+#[tokio::test(start_paused = true)]
+async fn with_a_budget_per_service_a_hedged_copy_is_paid_by_its_own_service() {
+    async fn copies_to_orders(layer: RetryLayer) -> usize {
+        let sent = Arc::new(Mutex::new(0usize));
+        let counted = Arc::clone(&sent);
+        let svc = layer.layer(service_fn(move |req: Request<String>| {
+            let copy = match req.uri().host() {
+                Some("orders") => {
+                    let mut sent = counted.lock().expect("count");
+                    *sent += 1;
+                    *sent
+                }
+                _ => 0,
+            };
+            async move {
+                // The first copy to `orders` is slow: a hedge is due at 50 ms.
+                if copy == 1 {
+                    tokio::time::sleep(MS(1_000)).await;
+                }
+                Ok::<_, BoxError>(Response::new(String::new()))
+            }
+        }));
+        let to = |host: &str| {
+            Request::get(format!("http://{host}/"))
+                .body(String::new())
+                .expect("request")
+        };
+        for _ in 0..50 {
+            svc.clone().oneshot(to("users")).await.expect("users");
+        }
+        svc.oneshot(to("orders")).await.expect("orders");
+        let copies = *sent.lock().expect("count");
+        copies
+    }
+    let config = || {
+        RetryConfig::builder()
+            .budget(10.0, 0, Duration::from_secs(10))
+            .hedging(Hedging::new(2, MS(50)).expect("hedging"))
+            .build()
+            .expect("config")
+    };
+    assert_eq!(
+        copies_to_orders(RetryLayer::new(config())).await,
+        2,
+        "users' calls paid a copy"
+    );
+    assert_eq!(
+        copies_to_orders(RetryLayer::new(config()).budget_per_service()).await,
+        1,
+        "orders' own call funds no copy"
+    );
+}

@@ -457,3 +457,26 @@ proptest::proptest! {
         }
     }
 }
+
+/// A new endpoint-set snapshot (discovery's next answer, the same
+/// endpoints) continues the rotation where the last one left it, rather
+/// than sending its first pick to the first endpoint again.
+#[test]
+fn round_robin_turns_carry_over_to_the_next_snapshot() {
+    let picker = picker_for(Strategy::RoundRobin, false);
+    let first = set_of(&[1, 1, 1]);
+    let pick = |set: &EndpointSet| {
+        picker
+            .pick(set, &PickContext::default(), Nanos(0))
+            .unwrap()
+            .id()
+            .clone()
+    };
+    let ids: Vec<EndpointId> = first.iter().map(|e| e.id().clone()).collect();
+    assert_eq!(pick(&first), ids[0]);
+    assert_eq!(pick(&first), ids[1]);
+    let next = set_of(&[1, 1, 1]);
+    assert_ne!(next.generation(), first.generation(), "a new snapshot");
+    assert_eq!(pick(&next), ids[2], "the third turn, not the first again");
+    assert_eq!(pick(&next), ids[0]);
+}

@@ -63,8 +63,9 @@ impl<S: Clone> LentStacks<S> {
 
     /// Sends `req` through this thread's slot's stack if it is free and
     /// ready now, else through a clone. The stack is called here, not at
-    /// the first poll: the call's future is made once, where it stays,
-    /// instead of being moved from a state that held the request.
+    /// the first poll: a future that waited to call would hold the request
+    /// until then and move the stack's future (about a kilobyte) into
+    /// itself.
     pub(crate) fn oneshot<R>(&self, req: R) -> LentCall<S, R>
     where
         S: Service<R>,
@@ -163,6 +164,11 @@ mod tests {
         let stack = numbered(true);
         let lent = LentStacks::new(&stack);
         let call = lent.oneshot(41);
+        assert_eq!(
+            stack.calls.load(Ordering::Relaxed),
+            1,
+            "called when the call is made"
+        );
         let clones = Arc::strong_count(&stack.calls);
         assert_eq!(call.await, Ok(42));
         assert_eq!(stack.calls.load(Ordering::Relaxed), 1);

@@ -115,9 +115,11 @@ impl RouteParts<'_> {
         let config = self.config;
         let bus = self.bus;
         let retry = RetryLayer::new(config.retry_for(service)?).events(bus.clone());
-        // The default route serves every service the file does not name:
-        // each gets its own budget there, as a named one has in its route.
-        let retry = match service.is_empty() {
+        // The default route (`""`) serves every service the file does not
+        // name: each gets its own budget there, as a named one has in its
+        // own route.
+        let serves_many = service.is_empty();
+        let retry = match serves_many {
             true => retry.budget_per_service(),
             false => retry,
         };
