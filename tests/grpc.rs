@@ -32,12 +32,7 @@ async fn a_tonic_client_calls_through_the_mesh_and_is_balanced() {
         answered_by.insert(reply.rsplit(' ').next().map(str::to_owned));
     }
     assert_eq!(answered_by.len(), 2, "balanced over both greeters");
-    let metrics = client.metrics();
-    let route = metrics
-        .routes
-        .iter()
-        .find(|r| r.route == "greeter")
-        .expect("the greeter's own route");
+    let route = greeter_route(&client);
     assert_eq!(route.retry.requests, 6, "every call went through the stack");
     let served: u64 = route.services[0].instances.iter().map(|i| i.requests).sum();
     assert_eq!(served, 6);
@@ -59,6 +54,16 @@ async fn a_tonic_client_calls_through_the_mesh_and_is_balanced() {
     );
     let count = "mesh_request_duration_seconds_count{";
     assert_eq!(sum(count, "service=\"greeter\""), 6.0, "{text}");
+}
+
+/// The metrics of the greeter's own route.
+fn greeter_route(client: &mesh::MeshClient) -> mesh::metrics::RouteMetrics {
+    let metrics = client.metrics();
+    metrics
+        .routes
+        .into_iter()
+        .find(|r| r.route == "greeter")
+        .expect("the greeter's own route")
 }
 
 /// A gRPC server on a loopback port answering every call with `status`
@@ -103,12 +108,7 @@ async fn an_unavailable_instance_is_retried_elsewhere_and_ejected() {
         (1..=10).contains(&seen),
         "the unavailable greeter saw {seen}"
     );
-    let metrics = client.metrics();
-    let route = metrics
-        .routes
-        .iter()
-        .find(|r| r.route == "greeter")
-        .expect("route");
+    let route = greeter_route(&client);
     assert!(route.retry.retries >= 1, "{:?}", route.retry);
     // Open (its window starts afresh, empty), or closed with every call
     // it recorded failed.
@@ -133,12 +133,7 @@ async fn an_application_code_is_neither_retried_nor_held_against_the_instance() 
     }
     // One attempt each, all recorded as successes by the breaker.
     assert_eq!(calls.load(Ordering::SeqCst), 10);
-    let metrics = client.metrics();
-    let route = metrics
-        .routes
-        .iter()
-        .find(|r| r.route == "greeter")
-        .expect("route");
+    let route = greeter_route(&client);
     let rates: Vec<_> = route
         .breakers
         .iter()
@@ -200,12 +195,7 @@ breaker = {{ scope = "endpoint", grpc_failure_codes = [5], minimum_calls = 100 }
             .await
             .expect_err("NOT_FOUND reaches the caller");
     }
-    let metrics = client.metrics();
-    let route = metrics
-        .routes
-        .iter()
-        .find(|r| r.route == "greeter")
-        .expect("route");
+    let route = greeter_route(&client);
     let rates: Vec<_> = route
         .breakers
         .iter()
@@ -269,12 +259,7 @@ async fn an_answer_that_is_not_grpc_is_judged_by_its_http_status() {
         assert_eq!(answer.status(), http::StatusCode::OK);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3, "no call was retried");
-    let metrics = client.metrics();
-    let route = metrics
-        .routes
-        .iter()
-        .find(|r| r.route == "greeter")
-        .expect("route");
+    let route = greeter_route(&client);
     assert_eq!(route.retry.retries, 0, "{:?}", route.retry);
     let rates: Vec<_> = route
         .breakers
