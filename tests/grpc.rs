@@ -230,13 +230,29 @@ async fn a_call_no_instance_can_answer_is_unavailable_as_grpc_says() {
 /// success, as a gRPC client would judge it by its HTTP status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_that_is_not_grpc_is_judged_by_its_http_status() {
+    judged_by_http_status("text/html", Some("application/grpc")).await;
+}
+
+/// A plain call (no gRPC content type) answered in `application/grpc`
+/// with `UNAVAILABLE`: only a gRPC call has a gRPC answer, so it too is
+/// judged by its HTTP 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_call_is_judged_by_its_http_status_whatever_its_answer_says() {
+    judged_by_http_status("application/grpc", None).await;
+}
+
+/// Three calls through `MeshClient` (content type `request_type`, if
+/// any) to an instance answering 200 in `answer_type` with
+/// `grpc-status: 14`: each is judged by its HTTP status alone, by every
+/// layer and the facade's metrics.
+async fn judged_by_http_status(answer_type: &'static str, request_type: Option<&'static str>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
     let page = tower::service_fn(move |_req: http::Request<Incoming>| {
         counted.fetch_add(1, Ordering::SeqCst);
         async move {
             let answer = http::Response::builder()
-                .header("content-type", "text/html")
+                .header("content-type", answer_type)
                 .header("grpc-status", "14")
                 .body(http_body_util::Full::new(bytes::Bytes::from_static(
                     b"<p>maintenance</p>",
@@ -248,14 +264,15 @@ async fn an_answer_that_is_not_grpc_is_judged_by_its_http_status() {
     let proxy = mesh_testkit::h2c::serve(page).await.expect("served");
     let client = grpc::mesh_client(&[proxy]).await.expect("client");
     for _ in 0..3 {
-        let call = http::Request::post("http://greeter/helloworld.Greeter/SayHello")
-            .header("content-type", "application/grpc")
-            .body(bytes::Bytes::new())
-            .expect("request");
+        let mut call = http::Request::post("http://greeter/helloworld.Greeter/SayHello");
+        if let Some(content_type) = request_type {
+            call = call.header("content-type", content_type);
+        }
+        let call = call.body(bytes::Bytes::new()).expect("request");
         let answer = client
             .send(call)
             .await
-            .expect("the page reaches the caller");
+            .expect("the answer reaches the caller");
         assert_eq!(answer.status(), http::StatusCode::OK);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3, "no call was retried");

@@ -90,6 +90,14 @@ impl Call {
 }
 
 impl Chosen {
+    /// Whether the call is a gRPC call, when its context says.
+    fn grpc_call(&self) -> Option<bool> {
+        match self {
+            Chosen::InContext(context) => context.is_grpc_call(),
+            Chosen::Here { .. } => None,
+        }
+    }
+
     /// `error` from the endpoint chosen, wrapped in
     /// [`MeshError::Endpoint`] naming it.
     fn blame(self, error: BoxError) -> BoxError {
@@ -241,7 +249,7 @@ where
         Ok(response) => {
             // A server error answered fast is no sign of a fast instance,
             // nor is a gRPC failure answered trailers-only.
-            let answer = Answer::of(&response);
+            let answer = Answer::of_call(chosen.grpc_call(), &response);
             let grpc_failed = match answer {
                 Answer::TrailersOnly(code) => GrpcCodes::failures().contains(code),
                 Answer::Http | Answer::Streamed => false,

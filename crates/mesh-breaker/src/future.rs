@@ -46,6 +46,14 @@ pub(crate) enum Called {
 }
 
 impl Called {
+    /// Whether the call is a gRPC call, when its context says.
+    fn grpc_call(&self) -> Option<bool> {
+        match self {
+            Called::Here(_) => None,
+            Called::InContext(context) => context.is_grpc_call(),
+        }
+    }
+
     /// The endpoint, if the call named one.
     pub(crate) fn endpoint(&self) -> Option<Endpoint> {
         match self {
@@ -354,7 +362,7 @@ fn judge<B>(
         return result.map(|r| r.map(ResponseBody::judged));
     };
     let outcome = match &result {
-        Ok(response) => match Answer::of(response) {
+        Ok(response) => match Answer::of_call(tracker.called.grpc_call(), response) {
             Answer::Streamed => {
                 tracker.answered();
                 return result.map(|r| r.map(|body| ResponseBody::judged_at_end(body, tracker)));

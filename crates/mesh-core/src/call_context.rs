@@ -1,6 +1,6 @@
 //! One call's notes, shared by the layers it passes through.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use http::Request;
@@ -51,6 +51,8 @@ struct Notes {
     deadline: AtomicU64,
     /// Nanoseconds on [`crate::clock`]; `u64::MAX` for none.
     attempt_bound: AtomicU64,
+    /// Whether the call is a gRPC call: [`UNSEEN`], [`PLAIN`] or [`GRPC`].
+    grpc: AtomicU8,
     endpoints: Mutex<Option<EndpointSet>>,
     chosen: Mutex<Option<(ServiceName, Endpoint)>>,
 }
@@ -60,6 +62,7 @@ impl Default for Notes {
         Notes {
             deadline: AtomicU64::new(NO_DEADLINE),
             attempt_bound: AtomicU64::new(NO_DEADLINE),
+            grpc: AtomicU8::new(UNSEEN),
             endpoints: Mutex::default(),
             chosen: Mutex::default(),
         }
@@ -67,6 +70,13 @@ impl Default for Notes {
 }
 
 const NO_DEADLINE: u64 = u64::MAX;
+
+/// No layer looked at the request yet.
+const UNSEEN: u8 = 0;
+/// Not a gRPC call.
+const PLAIN: u8 = 1;
+/// A gRPC call.
+const GRPC: u8 = 2;
 
 /// A poisoned note is still a note: a panic elsewhere must not blind the
 /// layers that read it.
@@ -96,6 +106,8 @@ impl CallContext {
         let copy = CallContext::new();
         let deadline = self.0.deadline.load(Ordering::Relaxed);
         copy.0.deadline.store(deadline, Ordering::Relaxed);
+        let grpc = self.0.grpc.load(Ordering::Relaxed);
+        copy.0.grpc.store(grpc, Ordering::Relaxed);
         copy
     }
 
@@ -110,6 +122,24 @@ impl CallContext {
         match self.0.deadline.load(Ordering::Relaxed) {
             NO_DEADLINE => None,
             nanos => Some(Deadline(Nanos(nanos))),
+        }
+    }
+
+    /// Notes whether the call is a gRPC call (its request's content type
+    /// is `application/grpc`), looked at once by the layer that attaches
+    /// the context, so that the layers below judge a plain call's answers
+    /// by their HTTP status without looking for a gRPC one.
+    pub fn note_grpc_call(&self, grpc: bool) {
+        let seen = if grpc { GRPC } else { PLAIN };
+        self.0.grpc.store(seen, Ordering::Relaxed);
+    }
+
+    /// Whether the call is a gRPC call, if a layer noted it.
+    pub fn is_grpc_call(&self) -> Option<bool> {
+        match self.0.grpc.load(Ordering::Relaxed) {
+            PLAIN => Some(false),
+            GRPC => Some(true),
+            _ => None,
         }
     }
 
@@ -342,14 +372,19 @@ mod tests {
     }
 
     #[test]
-    fn a_fork_keeps_the_deadline_and_nothing_else() {
+    fn a_fork_keeps_the_deadline_and_the_kind_of_call_and_nothing_else() {
         let call = CallContext::new();
         assert_eq!(call.deadline(), None);
+        assert_eq!(call.is_grpc_call(), None, "not noted yet");
         call.set_deadline(Deadline(Nanos(42)));
+        call.note_grpc_call(true);
         call.choose(users(), endpoint(1));
         let copy = call.fork();
         assert_eq!(copy.deadline(), Some(Deadline(Nanos(42))));
+        assert_eq!(copy.is_grpc_call(), Some(true));
         assert!(copy.chosen().is_none());
+        call.note_grpc_call(false);
+        assert_eq!(call.is_grpc_call(), Some(false));
     }
 
     #[test]

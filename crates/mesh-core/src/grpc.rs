@@ -173,6 +173,18 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// What `response`'s headers say, for a call its context says is
+    /// (`Some(true)`) or is not (`Some(false)`) a gRPC call
+    /// ([`CallContext::is_grpc_call`](crate::ext::CallContext::is_grpc_call)),
+    /// or `None` when no layer noted it: the answer to a plain call is
+    /// judged by its HTTP status, without a lookup.
+    pub fn of_call<B>(grpc_call: Option<bool>, response: &http::Response<B>) -> Answer {
+        match grpc_call {
+            Some(false) => Answer::Http,
+            Some(true) | None => Answer::of(response),
+        }
+    }
+
     /// What `response`'s headers say.
     pub fn of<B>(response: &http::Response<B>) -> Answer {
         if !is_grpc(response) {
@@ -372,6 +384,19 @@ mod tests {
         assert_eq!(answer(503, grpc, None), Answer::Http, "a proxy's 503");
         assert_eq!(answer(200, Some("text/html"), Some("14")), Answer::Http);
         assert_eq!(answer(200, None, None), Answer::Http);
+    }
+
+    #[test]
+    fn a_plain_call_s_answer_is_read_for_its_http_status_alone() {
+        let unavailable = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "14")
+            .body(())
+            .expect("response");
+        assert_eq!(Answer::of_call(Some(false), &unavailable), Answer::Http);
+        let read = Answer::TrailersOnly(GrpcCode::UNAVAILABLE);
+        assert_eq!(Answer::of_call(Some(true), &unavailable), read);
+        assert_eq!(Answer::of_call(None, &unavailable), read, "not noted");
     }
 
     #[test]

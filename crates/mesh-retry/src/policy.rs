@@ -22,6 +22,7 @@ use crate::grpc::{self, Pushback};
 use crate::replay::ReplayableBody;
 use crate::stats::{Counters, RetryStats};
 use crate::trace::SentBecause;
+use mesh_core::grpc::Answer;
 
 pub(crate) struct PolicyState {
     pub(crate) config: RetryConfig,
@@ -197,9 +198,13 @@ impl RetryPolicy {
         result: &Result<Response<RB>, BoxError>,
     ) -> Option<FailureKind> {
         let config = &self.shared.config;
+        let grpc_call = self.context.as_ref().and_then(CallContext::is_grpc_call);
         let grpc = match result {
             Ok(response) if response.status() == http::StatusCode::OK => {
-                mesh_core::grpc::status_of(response)
+                match Answer::of_call(grpc_call, response) {
+                    Answer::TrailersOnly(code) => Some(code),
+                    Answer::Http | Answer::Streamed => None,
+                }
             }
             _ => None,
         };

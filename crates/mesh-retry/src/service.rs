@@ -128,6 +128,9 @@ where
         // attached one): its deadline, and where the balancer names each
         // attempt's endpoint, read back here to avoid it next time.
         let context = CallContext::of(&req).cloned().unwrap_or_default();
+        // Looked at once here: the layers below, and this one's policy,
+        // judge a plain call's answers without looking for a gRPC status.
+        context.note_grpc_call(grpc::is_grpc(&req));
         if let Some(d) = shared.config.deadline() {
             // A deadline the caller set stays if it is earlier than ours.
             let ours = Deadline(now().saturating_add(d));

@@ -410,3 +410,27 @@ async fn a_call_policy_still_answers_to_the_budget() {
     svc.oneshot(call).await.expect("answered");
     assert_eq!(log.lock().expect("log").len(), 1);
 }
+
+/// Only a gRPC call has a gRPC status: a plain GET answered in
+/// `application/grpc` with `UNAVAILABLE` (a misrouted call) is judged by
+/// its HTTP 200 and not retried, where the same answer to a gRPC call is.
+#[tokio::test(start_paused = true)]
+async fn a_plain_call_is_judged_by_its_http_status_whatever_its_answer_says() {
+    let unavailable = || vec![(14, None, Duration::ZERO), (0, None, Duration::ZERO)];
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc =
+        layer(2, Backoff::constant(MS(1))).layer(grpc_upstream(unavailable(), Arc::clone(&log)));
+    let plain = Request::get("http://users/")
+        .body(String::new())
+        .expect("request");
+    let r = svc.oneshot(plain).await.expect("answered");
+    assert_eq!(grpc_status(&r), "14", "handed back as it came");
+    assert_eq!(log.lock().expect("log").len(), 1, "not retried");
+
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc =
+        layer(2, Backoff::constant(MS(1))).layer(grpc_upstream(unavailable(), Arc::clone(&log)));
+    let r = svc.oneshot(grpc_call()).await.expect("answered");
+    assert_eq!(grpc_status(&r), "0");
+    assert_eq!(log.lock().expect("log").len(), 2, "retried once");
+}

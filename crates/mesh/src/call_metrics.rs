@@ -288,14 +288,16 @@ impl Default for CallMetrics {
 impl CallMetrics {
     /// Counts the call to `service` that ended with `outcome` (started at
     /// `started`; served by `served_by` when the response does not name
-    /// its endpoint); a gRPC answer whose status is still to come in its
-    /// trailers is returned pending instead, for its body to settle.
+    /// its endpoint; a gRPC call or not as `grpc_call` says, when its
+    /// context noted it); a gRPC answer whose status is still to come in
+    /// its trailers is returned pending instead, for its body to settle.
     pub(crate) fn record<B>(
         &self,
         service: &ServiceName,
         outcome: &Result<Response<B>, BoxError>,
         started: tokio::time::Instant,
         served_by: Option<&EndpointId>,
+        grpc_call: Option<bool>,
     ) -> CountAtEnd {
         let elapsed = started.elapsed();
         match outcome {
@@ -305,7 +307,7 @@ impl CallMetrics {
                     .get::<SelectedEndpoint>()
                     .map(|e| e.0.id())
                     .or(served_by);
-                let cell = match grpc::Answer::of(response) {
+                let cell = match grpc::Answer::of_call(grpc_call, response) {
                     grpc::Answer::Streamed => {
                         return CountAtEnd(Some(PendingCall {
                             service: service.clone(),
@@ -752,7 +754,13 @@ mod tests {
                 .header(http::header::CONTENT_TYPE, "application/grpc")
                 .body(())
                 .expect("response");
-            let at_end = metrics.record(&users, &Ok(response), tokio::time::Instant::now(), None);
+            let at_end = metrics.record(
+                &users,
+                &Ok(response),
+                tokio::time::Instant::now(),
+                None,
+                None,
+            );
             assert!(at_end.is_pending(), "the status is still to come");
             at_end
         };

@@ -197,19 +197,21 @@ impl CallGuard {
     }
 
     /// Counts the call to `service` (served by endpoint `served_by`, if
-    /// the response does not say) in the client's metrics: now, or when
-    /// its body ends for a gRPC answer whose status is in its trailers.
+    /// the response does not say; a gRPC call or not as `grpc_call` says,
+    /// if its context noted it) in the client's metrics: now, or when its
+    /// body ends for a gRPC answer whose status is in its trailers.
     pub(super) fn record<B>(
         &mut self,
         service: &ServiceName,
         outcome: &Result<http::Response<B>, BoxError>,
         started: tokio::time::Instant,
         served_by: Option<&EndpointId>,
+        grpc_call: Option<bool>,
     ) {
         self.pending = self
             .inner
             .call_metrics
-            .record(service, outcome, started, served_by);
+            .record(service, outcome, started, served_by, grpc_call);
     }
 
     /// Settles a pending call once `polled` ends its body (trailers, the

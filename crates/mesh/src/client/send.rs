@@ -252,7 +252,13 @@ impl MeshClient {
         // writes a count every core shares.
         let mut report = |served_by: Option<&EndpointId>| {
             self.publish_completed(service, &outcome, started, served_by);
-            guard.record(service, &outcome, started, served_by);
+            guard.record(
+                service,
+                &outcome,
+                started,
+                served_by,
+                context.is_grpc_call(),
+            );
         };
         if context.with_chosen(|_, e| report(Some(e.id()))).is_none() {
             report(None);

@@ -61,7 +61,8 @@ where
         };
         let served_by = context.chosen();
         let served_by = served_by.as_ref().map(Endpoint::id);
-        let at_end = metrics.record(&service, &outcome, started, served_by);
+        let grpc_call = context.is_grpc_call();
+        let at_end = metrics.record(&service, &outcome, started, served_by, grpc_call);
         Poll::Ready(
             outcome.map(|response| {
                 response.map(|body| RequestMetricsBody::new(body, metrics, at_end))
