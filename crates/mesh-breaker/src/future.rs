@@ -28,6 +28,9 @@ pub(crate) struct Tracker {
     called: Called,
     started: Option<Instant>,
     timed_out_at: Option<(Instant, Duration)>,
+    /// Whether the call is a gRPC call, when its context says: a plain
+    /// call's answer is judged by its HTTP status.
+    grpc_call: Option<bool>,
     /// The endpoint's service, and the most of it that may be ejected
     /// (percent), when a cap applies.
     peers: Option<(Peers, f64)>,
@@ -46,14 +49,6 @@ pub(crate) enum Called {
 }
 
 impl Called {
-    /// Whether the call is a gRPC call, when its context says.
-    fn grpc_call(&self) -> Option<bool> {
-        match self {
-            Called::Here(_) => None,
-            Called::InContext(context) => context.is_grpc_call(),
-        }
-    }
-
     /// The endpoint, if the call named one.
     pub(crate) fn endpoint(&self) -> Option<Endpoint> {
         match self {
@@ -79,9 +74,16 @@ impl Tracker {
             permit,
             called,
             timed_out_at: None,
+            grpc_call: None,
             peers: None,
             done: false,
         }
+    }
+
+    /// Notes whether the call is a gRPC call, as its context says.
+    pub(crate) fn grpc_call(mut self, grpc_call: Option<bool>) -> Self {
+        self.grpc_call = grpc_call;
+        self
     }
 
     /// Caps the ejection of this call's endpoint: at most `percent` of
@@ -362,7 +364,7 @@ fn judge<B>(
         return result.map(|r| r.map(ResponseBody::judged));
     };
     let outcome = match &result {
-        Ok(response) => match Answer::of_call(tracker.called.grpc_call(), response) {
+        Ok(response) => match Answer::of_call(tracker.grpc_call, response) {
             Answer::Streamed => {
                 tracker.answered();
                 return result.map(|r| r.map(|body| ResponseBody::judged_at_end(body, tracker)));

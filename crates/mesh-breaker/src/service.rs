@@ -279,7 +279,11 @@ where
                         }
                     }
                 }
-                let mut tracker = Tracker::new(entry, admitted.permit, called);
+                let grpc_call = match &called {
+                    Called::InContext(context) => context.is_grpc_call(),
+                    Called::Here(_) => CallContext::of(&req).and_then(CallContext::is_grpc_call),
+                };
+                let mut tracker = Tracker::new(entry, admitted.permit, called).grpc_call(grpc_call);
                 let cap = registry.config().max_ejection_percent();
                 if cap < 100.0 && registry.config().scope() == BreakerScope::Endpoint {
                     if let Some(peers) = peers_of(&req) {

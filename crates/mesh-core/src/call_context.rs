@@ -12,9 +12,10 @@ use crate::name::ServiceName;
 use crate::set::EndpointSet;
 
 /// What the layers of one call tell each other: the call's deadline (from
-/// the caller or retry), the service's endpoints (from discovery), the
-/// endpoint chosen for the current attempt (by the balancer) and when a
-/// layer below will have ended that attempt (the breaker's call timeout).
+/// the caller or retry), whether it is a gRPC call (from retry), the
+/// service's endpoints (from discovery), the endpoint chosen for the
+/// current attempt (by the balancer) and when a layer below will have
+/// ended that attempt (the breaker's call timeout).
 ///
 /// One shared value per call instead of one extension per note: each
 /// [`http::Extensions`] insert boxes its value, and a note on the
@@ -101,7 +102,8 @@ impl CallContext {
     }
 
     /// A context for a copy of the call sent alongside it (a hedged
-    /// copy): the same deadline, its own endpoints and choice.
+    /// copy): the same deadline and kind of call, its own endpoints and
+    /// choice.
     pub fn fork(&self) -> CallContext {
         let copy = CallContext::new();
         let deadline = self.0.deadline.load(Ordering::Relaxed);
@@ -126,9 +128,10 @@ impl CallContext {
     }
 
     /// Notes whether the call is a gRPC call (its request's content type
-    /// is `application/grpc`), looked at once by the layer that attaches
-    /// the context, so that the layers below judge a plain call's answers
-    /// by their HTTP status without looking for a gRPC one.
+    /// is `application/grpc`), as the retry layer sees the request, so
+    /// that the layers below judge a plain call's answers by their HTTP
+    /// status without looking for a gRPC one. A layer below that changed
+    /// the request's content type would leave the note behind it.
     pub fn note_grpc_call(&self, grpc: bool) {
         let seen = if grpc { GRPC } else { PLAIN };
         self.0.grpc.store(seen, Ordering::Relaxed);
@@ -385,6 +388,7 @@ mod tests {
         assert!(copy.chosen().is_none());
         call.note_grpc_call(false);
         assert_eq!(call.is_grpc_call(), Some(false));
+        assert_eq!(copy.is_grpc_call(), Some(true), "a note of its own");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //!
 //! The [`CallContext`] carries the notes that change with every call, in
 //! one shared value instead of one boxed extension each: the deadline,
-//! whether the call is a gRPC call (retry looks once),
+//! whether the call is a gRPC call (retry notes it),
 //! discovery notes the service's endpoints there, the balancer the endpoint it chose, and
 //! the breaker (below), retry and the facade (above) read that choice,
 //! also after an attempt was cancelled. [`deadline_of`],

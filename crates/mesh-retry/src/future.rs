@@ -36,6 +36,8 @@ pin_project! {
         kind: Kind<S, B>,
         // The call's span (`mesh.call`), entered while the attempts run.
         span: Span,
+        // Whether the call is a gRPC call, for the span's note of its answer.
+        grpc_call: Option<bool>,
     }
 }
 
@@ -65,19 +67,21 @@ where
     S::Error: Into<BoxError>,
     RetryPolicy: Policy<Request<B>, S::Response, BoxError>,
 {
-    pub(crate) fn retrying(future: Retrying<S, B>, span: Span) -> Self {
+    pub(crate) fn retrying(future: Retrying<S, B>, span: Span, grpc_call: Option<bool>) -> Self {
         ResponseFuture {
             kind: Kind::Retrying { future },
             span,
+            grpc_call,
         }
     }
 
-    pub(crate) fn hedging(future: HedgeFuture<S, B>, span: Span) -> Self {
+    pub(crate) fn hedging(future: HedgeFuture<S, B>, span: Span, grpc_call: Option<bool>) -> Self {
         ResponseFuture {
             kind: Kind::Hedging {
                 future: Box::pin(future),
             },
             span,
+            grpc_call,
         }
     }
 }
@@ -101,7 +105,7 @@ where
             KindProj::Hedging { future } => future.as_mut().poll(cx),
         };
         if let Poll::Ready(result) = &polled {
-            trace::record_call(this.span, result);
+            trace::record_call(this.span, result, *this.grpc_call);
         }
         polled
     }

@@ -52,8 +52,8 @@ pub(crate) static TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// gets less than the first attempt did, as gRPC clients send it. Rounded
 /// up to the millisecond (gRPC's wire format allows at most 8 digits,
 /// so past about 27 hours in seconds); other requests are left alone.
-pub(crate) fn note_time_left<B>(req: &mut Request<B>, left: Duration) {
-    if !is_grpc(req) {
+pub(crate) fn note_time_left<B>(req: &mut Request<B>, left: Duration, grpc_call: Option<bool>) {
+    if !grpc_call.unwrap_or_else(|| is_grpc(req)) {
         return;
     }
     let millis = left.as_nanos().div_ceil(1_000_000).max(1);
@@ -120,7 +120,7 @@ mod tests {
                 .header("grpc-timeout", "5S")
                 .body(())
                 .expect("request");
-            note_time_left(&mut call, left);
+            note_time_left(&mut call, left, None);
             call.headers()[&TIMEOUT]
                 .to_str()
                 .map(str::to_owned)
@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(told(Duration::ZERO), "1m");
         assert_eq!(told(Duration::from_secs(200_000)), "200000S");
         let mut plain = Request::get("http://users/").body(()).expect("request");
-        note_time_left(&mut plain, Duration::from_secs(1));
+        note_time_left(&mut plain, Duration::from_secs(1), None);
         assert!(plain.headers().get(&TIMEOUT).is_none());
     }
 

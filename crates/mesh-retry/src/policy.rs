@@ -158,7 +158,8 @@ impl RetryPolicy {
         let Ok(response) = result else {
             return Some((self.backoff_delay(req), false));
         };
-        if mesh_core::grpc::status_of(response).is_some() {
+        let grpc_call = self.context.as_ref().and_then(CallContext::is_grpc_call);
+        if let Answer::TrailersOnly(_) = Answer::of_call(grpc_call, response) {
             match grpc::pushback(response) {
                 Some(Pushback::After(d)) => return Some((d, true)),
                 Some(Pushback::Stop) => {

@@ -130,7 +130,8 @@ where
         let context = CallContext::of(&req).cloned().unwrap_or_default();
         // Looked at once here: the layers below, and this one's policy,
         // judge a plain call's answers without looking for a gRPC status.
-        context.note_grpc_call(grpc::is_grpc(&req));
+        let grpc_call = grpc::is_grpc(&req);
+        context.note_grpc_call(grpc_call);
         if let Some(d) = shared.config.deadline() {
             // A deadline the caller set stays if it is earlier than ours.
             let ours = Deadline(now().saturating_add(d));
@@ -150,13 +151,13 @@ where
             let shared = Arc::clone(&self.shared);
             let future = HedgeFuture::start(&mut self.inner, req, hedging, shared, own_budget);
             drop(entered);
-            return ResponseFuture::hedging(future, span);
+            return ResponseFuture::hedging(future, span, Some(grpc_call));
         }
         let policy = RetryPolicy::for_call(Arc::clone(&self.shared), context, own_budget);
         let prototype = Arc::clone(&self.prototype);
         let future = RetryingFuture::start(policy, &mut self.inner, prototype, req);
         drop(entered);
-        ResponseFuture::retrying(future, span)
+        ResponseFuture::retrying(future, span, Some(grpc_call))
     }
 }
 
@@ -231,7 +232,8 @@ where
         let context = CallContext::attach(&mut req).clone();
         context.begin_attempt();
         if let Some(left) = left {
-            crate::grpc::note_time_left(&mut req, left);
+            let grpc_call = context.is_grpc_call();
+            crate::grpc::note_time_left(&mut req, left, grpc_call);
         }
         // The layers below are called, and later polled, inside the
         // attempt's span: the balancer's pick and the breaker's verdict

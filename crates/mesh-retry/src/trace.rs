@@ -41,6 +41,7 @@ use std::sync::{Arc, OnceLock};
 
 use http::{Method, Request, Response};
 use mesh_core::ext::{Attempt, CallContext, Destination, SelectedEndpoint};
+use mesh_core::grpc::Answer;
 use mesh_core::{BoxError, FailureClassifier, FailureKind, MeshError};
 use tracing::field::Empty;
 use tracing::Span;
@@ -209,7 +210,7 @@ pub trait AttemptAnswer: sealed::Sealed {
     /// Records the answer's status (and gRPC code) on `span`, an enabled
     /// span; whether it succeeded.
     #[doc(hidden)]
-    fn record_on(&self, span: &Span) -> bool;
+    fn record_on(&self, span: &Span, grpc_call: Option<bool>) -> bool;
 
     /// The endpoint that served it, as the balancer noted it.
     #[doc(hidden)]
@@ -223,8 +224,8 @@ mod sealed {
 }
 
 impl<B> AttemptAnswer for Response<B> {
-    fn record_on(&self, span: &Span) -> bool {
-        record_response(span, self)
+    fn record_on(&self, span: &Span, grpc_call: Option<bool>) -> bool {
+        record_response(span, self, grpc_call)
     }
 
     fn served_by(&self) -> Option<(String, std::net::SocketAddr)> {
@@ -235,13 +236,17 @@ impl<B> AttemptAnswer for Response<B> {
 }
 
 /// Records a call's answer on its span.
-pub(crate) fn record_call<T: AttemptAnswer>(span: &Span, result: &Result<T, BoxError>) {
+pub(crate) fn record_call<T: AttemptAnswer>(
+    span: &Span,
+    result: &Result<T, BoxError>,
+    grpc_call: Option<bool>,
+) {
     if span.is_disabled() {
         return;
     }
     match result {
         Ok(response) => {
-            response.record_on(span);
+            response.record_on(span, grpc_call);
         }
         Err(error) => {
             span.record("error.type", error_type(error.as_ref()));
@@ -272,7 +277,7 @@ pub(crate) fn record_attempt<T: AttemptAnswer>(
         span.record("server.port", i64::from(address.port()));
     }
     let outcome = match result {
-        Ok(response) if response.record_on(span) => "success",
+        Ok(response) if response.record_on(span, context.is_grpc_call()) => "success",
         Ok(_) => "failure",
         Err(error) => {
             span.record("error.type", error_type(error.as_ref()));
@@ -295,7 +300,7 @@ pub(crate) fn record_cancelled(span: &Span) {
 /// below 400, and a gRPC call answered `OK` (or not yet, the code to come
 /// in trailers). A failure's `error.type` is its status code (or gRPC
 /// code name), as the conventions ask.
-fn record_response<RB>(span: &Span, response: &Response<RB>) -> bool {
+fn record_response<RB>(span: &Span, response: &Response<RB>, grpc_call: Option<bool>) -> bool {
     let status = response.status();
     span.record("http.response.status_code", i64::from(status.as_u16()));
     if status.as_u16() >= 400 {
@@ -303,8 +308,8 @@ fn record_response<RB>(span: &Span, response: &Response<RB>) -> bool {
         span.record("otel.status_code", "ERROR");
         return false;
     }
-    match mesh_core::grpc::status_of(response) {
-        Some(code) => {
+    match Answer::of_call(grpc_call, response) {
+        Answer::TrailersOnly(code) => {
             span.record("rpc.grpc.status_code", i64::from(code.get()));
             let ok = code.get() == 0;
             if !ok {
@@ -313,7 +318,7 @@ fn record_response<RB>(span: &Span, response: &Response<RB>) -> bool {
             }
             ok
         }
-        None => true,
+        Answer::Http | Answer::Streamed => true,
     }
 }
 

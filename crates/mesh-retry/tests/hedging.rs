@@ -559,3 +559,22 @@ async fn with_a_budget_per_service_a_hedged_copy_is_paid_by_its_own_service() {
         "orders' own call funds no copy"
     );
 }
+
+/// A plain call answered in `application/grpc` with `UNAVAILABLE` is
+/// judged by its HTTP 200, as the layers below its copies judge it: the
+/// answer, not a reason for another copy.
+#[tokio::test(start_paused = true)]
+async fn a_plain_call_s_answer_is_judged_by_its_http_status() {
+    let unavailable = Instance {
+        grpc: Some(14),
+        ..answers(200, 10)
+    };
+    let log = Arc::new(Mutex::new(Log::default()));
+    let svc = hedging(3, Duration::from_secs(1)).layer(balanced(
+        vec![unavailable, answers(200, 10)],
+        Arc::clone(&log),
+    ));
+    let r = svc.oneshot(get()).await.expect("answered");
+    assert_eq!(instance_of(&r), "0", "the first answer ends the call");
+    assert_eq!(sent_to(&log), [0]);
+}

@@ -274,7 +274,12 @@ where
         copy: u32,
         result: Result<Response<RB>, BoxError>,
     ) -> Option<Result<Response<RB>, BoxError>> {
-        let answer = judge(&self.hedging, &self.shared.classifier, &result);
+        let answer = judge(
+            &self.hedging,
+            &self.shared.classifier,
+            &result,
+            self.context.is_grpc_call(),
+        );
         let next = self.race.settle(answer);
         if let Answer::NonFatal { reason, .. } = answer {
             tracing::debug!(attempt = copy, %reason, "hedging: a copy failed, non-fatally");

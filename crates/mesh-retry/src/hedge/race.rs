@@ -116,9 +116,10 @@ pub(crate) fn judge<RB>(
     hedging: &Hedging,
     classifier: &FailureClassifier,
     result: &Result<Response<RB>, BoxError>,
+    grpc_call: Option<bool>,
 ) -> Answer {
     match result {
-        Ok(response) => judge_response(hedging, response),
+        Ok(response) => judge_response(hedging, response, grpc_call),
         Err(error) => {
             let kind = classifier.classify_error(error.as_ref());
             let names_endpoint = MeshError::endpoint_of(error.as_ref()).is_some()
@@ -146,10 +147,17 @@ pub(crate) fn judge<RB>(
     }
 }
 
-fn judge_response<RB>(hedging: &Hedging, response: &Response<RB>) -> Answer {
-    let grpc = (response.status() == StatusCode::OK)
-        .then(|| mesh_core::grpc::status_of(response))
-        .flatten();
+fn judge_response<RB>(
+    hedging: &Hedging,
+    response: &Response<RB>,
+    grpc_call: Option<bool>,
+) -> Answer {
+    let grpc = match mesh_core::grpc::Answer::of_call(grpc_call, response) {
+        mesh_core::grpc::Answer::TrailersOnly(code) if response.status() == StatusCode::OK => {
+            Some(code)
+        }
+        _ => None,
+    };
     let (non_fatal, reason) = match grpc {
         Some(code) => (hedging.is_non_fatal_grpc(code), FailureKind::Grpc(code)),
         None => (
@@ -227,7 +235,12 @@ mod tests {
                     .header("content-type", "application/grpc")
                     .header("grpc-status", code);
             }
-            judge(&hedging, &classifier, &Ok(r.body(()).expect("response")))
+            judge(
+                &hedging,
+                &classifier,
+                &Ok(r.body(()).expect("response")),
+                None,
+            )
         };
         assert_eq!(answer(200, None), Answer::Fatal);
         assert_eq!(answer(500, None), Answer::Fatal);
@@ -241,14 +254,14 @@ mod tests {
         let refused: BoxError =
             Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert!(matches!(
-            judge::<()>(&hedging, &classifier, &Err(refused)),
+            judge::<()>(&hedging, &classifier, &Err(refused), None),
             Answer::NonFatal { .. }
         ));
         let deadline: BoxError = Box::new(MeshError::Timeout {
             after: Duration::from_millis(5),
         });
         assert_eq!(
-            judge::<()>(&hedging, &classifier, &Err(deadline)),
+            judge::<()>(&hedging, &classifier, &Err(deadline), None),
             Answer::Fatal
         );
     }
