@@ -330,14 +330,12 @@ impl FailureClassifier {
     /// assert!(matches!(c.classify_answer(StatusCode::BAD_GATEWAY, Answer::Http), Outcome::Failure(_)));
     /// ```
     pub fn classify_answer(&self, status: StatusCode, answer: crate::grpc::Answer) -> Outcome {
-        match answer {
-            crate::grpc::Answer::TrailersOnly(code) if status == StatusCode::OK => {
-                match self.grpc_failures.contains(code) {
-                    true => Outcome::Failure(FailureKind::Grpc(code)),
-                    false => Outcome::Success,
-                }
+        match answer.deciding_code(status) {
+            Some(code) if self.grpc_failures.contains(code) => {
+                Outcome::Failure(FailureKind::Grpc(code))
             }
-            _ => self.classify_status(status),
+            Some(_) => Outcome::Success,
+            None => self.classify_status(status),
         }
     }
 

@@ -185,6 +185,16 @@ impl Answer {
         }
     }
 
+    /// The gRPC code that decides an answer with HTTP `status`: a
+    /// trailers-only code of a `200`; any other answer is decided by its
+    /// HTTP status (or, streamed, by its trailers).
+    pub fn deciding_code(self, status: http::StatusCode) -> Option<GrpcCode> {
+        match self {
+            Answer::TrailersOnly(code) if status == http::StatusCode::OK => Some(code),
+            _ => None,
+        }
+    }
+
     /// What `response`'s headers say.
     pub fn of<B>(response: &http::Response<B>) -> Answer {
         if !is_grpc(response) {

@@ -201,13 +201,8 @@ impl RetryPolicy {
         let config = &self.shared.config;
         let grpc_call = self.context.as_ref().and_then(CallContext::is_grpc_call);
         let grpc = match result {
-            Ok(response) if response.status() == http::StatusCode::OK => {
-                match Answer::of_call(grpc_call, response) {
-                    Answer::TrailersOnly(code) => Some(code),
-                    Answer::Http | Answer::Streamed => None,
-                }
-            }
-            _ => None,
+            Ok(response) => Answer::of_call(grpc_call, response).deciding_code(response.status()),
+            Err(_) => None,
         };
         let kind = match (result, grpc) {
             (_, Some(code)) => FailureKind::Grpc(code),

@@ -144,7 +144,7 @@ where
         // future is polled: both inside the call's span, their parent.
         let span = trace::call_span(&req, &shared.route);
         let entered = span.enter();
-        if let Some(hedging) = self.hedging_for(&req) {
+        if let Some(hedging) = self.hedging_for(&req, grpc_call) {
             if CallContext::of(&req).is_none() {
                 req.extensions_mut().insert(context);
             }
@@ -164,14 +164,15 @@ where
 impl<S> Retry<S> {
     /// The hedging `req` gets, if any: its [`CallPolicy`]'s (which may
     /// have none), else the configuration's; only for a request that may
-    /// be sent more than once.
-    fn hedging_for<B: ReplayableBody>(&self, req: &Request<B>) -> Option<Hedging> {
+    /// be sent more than once (`grpc_call`: a gRPC call's retry policy,
+    /// not its method, says so).
+    fn hedging_for<B: ReplayableBody>(&self, req: &Request<B>, grpc_call: bool) -> Option<Hedging> {
         let config = &self.shared.config;
         let hedging = match req.extensions().get::<CallPolicy>() {
             Some(policy) => policy.hedging(),
             None => config.hedging(),
         }?;
-        let repeatable = may_repeat(config, req) || grpc::is_grpc(req);
+        let repeatable = may_repeat(config, req) || grpc_call;
         (repeatable && req.body().is_replayable()).then_some(*hedging)
     }
 }

@@ -307,20 +307,17 @@ impl CallMetrics {
                     .get::<SelectedEndpoint>()
                     .map(|e| e.0.id())
                     .or(served_by);
-                let cell = match grpc::Answer::of_call(grpc_call, response) {
-                    grpc::Answer::Streamed => {
-                        return CountAtEnd(Some(PendingCall {
-                            service: service.clone(),
-                            endpoint: endpoint.cloned(),
-                            started,
-                        }))
-                    }
-                    grpc::Answer::TrailersOnly(code)
-                        if response.status() == http::StatusCode::OK =>
-                    {
-                        Cell::grpc(code)
-                    }
-                    _ => Cell::status(response.status()),
+                let answer = grpc::Answer::of_call(grpc_call, response);
+                if answer == grpc::Answer::Streamed {
+                    return CountAtEnd(Some(PendingCall {
+                        service: service.clone(),
+                        endpoint: endpoint.cloned(),
+                        started,
+                    }));
+                }
+                let cell = match answer.deciding_code(response.status()) {
+                    Some(code) => Cell::grpc(code),
+                    None => Cell::status(response.status()),
                 };
                 self.count(service, endpoint, cell, elapsed);
             }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use http::{Response, StatusCode};
+use http::Response;
 use mesh_core::{BoxError, FailureClassifier, FailureKind, MeshError};
 
 use crate::grpc::{self, Pushback};
@@ -152,12 +152,8 @@ fn judge_response<RB>(
     response: &Response<RB>,
     grpc_call: Option<bool>,
 ) -> Answer {
-    let grpc = match mesh_core::grpc::Answer::of_call(grpc_call, response) {
-        mesh_core::grpc::Answer::TrailersOnly(code) if response.status() == StatusCode::OK => {
-            Some(code)
-        }
-        _ => None,
-    };
+    let grpc =
+        mesh_core::grpc::Answer::of_call(grpc_call, response).deciding_code(response.status());
     let (non_fatal, reason) = match grpc {
         Some(code) => (hedging.is_non_fatal_grpc(code), FailureKind::Grpc(code)),
         None => (
