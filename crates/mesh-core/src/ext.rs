@@ -38,6 +38,7 @@ use crate::name::{EndpointId, ServiceName};
 pub use crate::call_context::{
     chosen_endpoint, deadline_of, with_endpoint_set, AttemptBound, CallContext,
 };
+pub use crate::host::host_of;
 
 /// The logical service a request is for.
 ///
@@ -80,7 +81,7 @@ impl<'a> Destination<'a> {
     pub fn of<B>(req: &'a http::Request<B>) -> Option<Destination<'a>> {
         match req.extensions().get::<TargetService>() {
             Some(TargetService(service)) => Some(Destination::Named(service)),
-            None => req.uri().host().map(Destination::Host),
+            None => host_of(req.uri()).map(Destination::Host),
         }
     }
 

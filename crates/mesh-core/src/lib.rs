@@ -11,6 +11,7 @@ mod error;
 mod event;
 pub mod ext;
 pub mod grpc;
+mod host;
 mod name;
 mod secret;
 mod set;

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 use http::header::RETRY_AFTER;
 use http::{Method, Request, Response, StatusCode};
 use mesh_core::clock;
-use mesh_core::ext::{deadline_of, Attempt, AvoidEndpoints, CallContext, SelectedEndpoint};
+use mesh_core::ext::{
+    deadline_of, host_of, Attempt, AvoidEndpoints, CallContext, SelectedEndpoint,
+};
 use mesh_core::{
     BoxError, EndpointId, EventBus, FailureClassifier, FailureKind, MeshError, MeshEvent,
     ServiceName,
@@ -305,7 +307,7 @@ pub(crate) fn failed_endpoint<RB>(
 }
 
 pub(crate) fn service_of<B>(req: &Request<B>) -> Option<ServiceName> {
-    req.uri().host().and_then(|h| ServiceName::new(h).ok())
+    host_of(req.uri()).and_then(|h| ServiceName::new(h).ok())
 }
 
 impl<B, RB> tower::retry::Policy<Request<B>, Response<RB>, BoxError> for RetryPolicy

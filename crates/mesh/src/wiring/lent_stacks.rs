@@ -65,22 +65,9 @@ impl<S: Clone> LentStacks<S> {
     /// ready now, else through a clone. The stack is called here, not at
     /// the first poll: a future that waited to call would hold the request
     /// until then and move the stack's future (about a kilobyte) into
-    /// itself.
+    /// itself. Each branch builds the call it returns, so that the stack's
+    /// future is written once, where the caller keeps it.
     pub(crate) fn oneshot<R>(&self, req: R) -> LentCall<S, R>
-    where
-        S: Service<R>,
-    {
-        match self.try_call(req) {
-            Ok(future) => LentCall::Lent { future },
-            Err(req) => LentCall::Cloned {
-                future: Box::pin(self.spare.clone().oneshot(req)),
-            },
-        }
-    }
-
-    /// Calls this thread's slot's stack with `req` if it is free and ready
-    /// now; else gives `req` back.
-    fn try_call<R>(&self, req: R) -> Result<S::Future, R>
     where
         S: Service<R>,
     {
@@ -90,14 +77,29 @@ impl<S: Clone> LentStacks<S> {
             // A stack whose call panicked is still whole: each call owns
             // its future, and the layers keep no per-call state.
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(req),
+            Err(TryLockError::WouldBlock) => return self.cloned(req),
         };
         // A stack not ready at once is waited on through a clone, which
         // registers the caller's own waker.
         let mut cx = Context::from_waker(Waker::noop());
         match stack.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => Ok(stack.call(req)),
-            Poll::Ready(Err(_)) | Poll::Pending => Err(req),
+            Poll::Ready(Ok(())) => LentCall::Lent {
+                future: stack.call(req),
+            },
+            Poll::Ready(Err(_)) | Poll::Pending => {
+                drop(stack);
+                self.cloned(req)
+            }
+        }
+    }
+
+    /// Sends `req` through a clone of the stack.
+    fn cloned<R>(&self, req: R) -> LentCall<S, R>
+    where
+        S: Service<R>,
+    {
+        LentCall::Cloned {
+            future: Box::pin(self.spare.clone().oneshot(req)),
         }
     }
 }
