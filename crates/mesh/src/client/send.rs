@@ -181,7 +181,10 @@ impl MeshClient {
         let mut req = Request::new(RequestBody::from(body));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
-        req.headers_mut().extend(options.headers);
+        // Most calls add none: an empty map is not even walked.
+        if !options.headers.is_empty() {
+            req.headers_mut().extend(options.headers);
+        }
         if let Some(key) = options.affinity_key {
             req.extensions_mut().insert(AffinityKey::new(key));
         }
