@@ -23,7 +23,7 @@
 //! also after an attempt was cancelled. [`deadline_of`],
 //! [`with_endpoint_set`] and [`chosen_endpoint`] read either form, and
 //! [`Destination::of`] the service a request names ([`TargetService`],
-//! else its host) for every layer that looks it up.
+//! else its host, read by [`host_of`]) for every layer that looks it up.
 //!
 //! One span field crosses layers the same way: the retry layer's attempt
 //! span (`mesh.attempt`) is current while the layers below run, and the

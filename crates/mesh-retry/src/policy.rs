@@ -8,7 +8,7 @@ use http::header::RETRY_AFTER;
 use http::{Method, Request, Response, StatusCode};
 use mesh_core::clock;
 use mesh_core::ext::{
-    deadline_of, host_of, Attempt, AvoidEndpoints, CallContext, SelectedEndpoint,
+    deadline_of, Attempt, AvoidEndpoints, CallContext, Destination, SelectedEndpoint,
 };
 use mesh_core::{
     BoxError, EndpointId, EventBus, FailureClassifier, FailureKind, MeshError, MeshEvent,
@@ -306,8 +306,14 @@ pub(crate) fn failed_endpoint<RB>(
     named.or_else(|| context?.chosen().map(|e| e.id().clone()))
 }
 
+/// The service `req` is routed to, as its events name it: its
+/// [`TargetService`](mesh_core::ext::TargetService), else its URI's host
+/// when that is a valid name.
 pub(crate) fn service_of<B>(req: &Request<B>) -> Option<ServiceName> {
-    host_of(req.uri()).and_then(|h| ServiceName::new(h).ok())
+    match Destination::of(req)? {
+        Destination::Named(service) => Some(service.clone()),
+        Destination::Host(host) => ServiceName::new(host).ok(),
+    }
 }
 
 impl<B, RB> tower::retry::Policy<Request<B>, Response<RB>, BoxError> for RetryPolicy

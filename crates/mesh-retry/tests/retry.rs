@@ -555,3 +555,44 @@ async fn with_a_budget_per_service_a_failing_service_spends_only_its_own() {
         "orders' own budget funds no retry"
     );
 }
+
+/// Retry events name the service a request is routed to: its
+/// `TargetService` when it has one (a request whose authority is an
+/// address or a proxy), else its URI's host.
+#[tokio::test(start_paused = true)]
+async fn retry_events_name_the_service_the_request_is_routed_to() {
+    use mesh_core::ext::TargetService;
+    use mesh_core::{EventBus, MeshEvent, ServiceName};
+
+    let events = EventBus::default();
+    let mut seen = events.subscribe();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc = RetryLayer::new(
+        RetryConfig::builder()
+            .max_retries(1)
+            .backoff(Backoff::constant(MS(10)))
+            .no_budget()
+            .build()
+            .expect("config"),
+    )
+    .events(events)
+    .layer(scripted(vec![(503, None, MS(0))], log));
+    let name = |n: &str| Some(ServiceName::new(n).expect("name"));
+    let mut routed = get();
+    routed
+        .extensions_mut()
+        .insert(TargetService(ServiceName::new("users").expect("name")));
+    for (req, expected) in [(routed, name("users")), (get(), name("api"))] {
+        let answer = svc.clone().oneshot(req).await.expect("an answer");
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let mut named = Vec::new();
+        while let Ok(event) = seen.try_recv() {
+            match event {
+                MeshEvent::RetryScheduled { service, .. }
+                | MeshEvent::RetriesExhausted { service, .. } => named.push(service),
+                _ => {}
+            }
+        }
+        assert_eq!(named, [expected.clone(), expected], "scheduled, then exhausted");
+    }
+}

@@ -65,8 +65,9 @@ impl<S: Clone> LentStacks<S> {
     /// ready now, else through a clone. The stack is called here, not at
     /// the first poll: a future that waited to call would hold the request
     /// until then and move the stack's future (about a kilobyte) into
-    /// itself. Each branch builds the call it returns, so that the stack's
-    /// future is written once, where the caller keeps it.
+    /// itself. Each branch builds the call it returns: no `Result` wraps
+    /// the stack's future (about a kilobyte) on its way out, which would
+    /// be one more copy of it.
     pub(crate) fn oneshot<R>(&self, req: R) -> LentCall<S, R>
     where
         S: Service<R>,
