@@ -9,7 +9,8 @@
 //!   body has been read. Per run, [`WARM_UP`] of the same loop unmeasured
 //!   (connections, discovery, estimates), then [`WINDOW`] measured.
 //! - Each stack's run is paired with a raw hyper run just before it; the
-//!   ratios (throughput, p99) are taken per pair, over [`ROUNDS`] rounds,
+//!   ratios (throughput, p99) are taken per pair, over [`ROUNDS`] rounds
+//!   (or `--rounds=N`: more rounds steady the medians on a noisy machine),
 //!   and the medians reported. About 4 minutes in all.
 //! - Stacks: raw hyper (round robin by hand: the anchor); tower's retry
 //!   (2 retries on errors and 5xx) over tower's 5 s timeout over it;
@@ -30,6 +31,7 @@
 //! cargo bench -p tower-mesh-benches --bench healthy
 //! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 "by hand, round robin"
 //! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 --workers=1 MeshClient
+//! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 --rounds=9 MeshClient
 //! ```
 //!
 //! Prints a markdown table and writes `target/healthy.json` (every pair,
@@ -429,19 +431,30 @@ fn print_table(rows: &[Row]) {
 }
 
 /// What the command line narrows the run to, for profiling one stack:
-/// words that a stack's name must contain (any of them), and
-/// `--callers=N`.
-fn filters() -> (Vec<String>, Option<usize>) {
-    let mut names = Vec::new();
-    let mut callers = None;
+/// words that a stack's name must contain (any of them), `--callers=N`,
+/// and `--rounds=N` rounds instead of [`ROUNDS`].
+struct Filters {
+    names: Vec<String>,
+    callers: Option<usize>,
+    rounds: usize,
+}
+
+fn filters() -> Filters {
+    let mut filters = Filters {
+        names: Vec::new(),
+        callers: None,
+        rounds: ROUNDS,
+    };
     for arg in std::env::args().skip(1) {
         if let Some(n) = arg.strip_prefix("--callers=") {
-            callers = n.parse().ok();
+            filters.callers = n.parse().ok();
+        } else if let Some(n) = arg.strip_prefix("--rounds=") {
+            filters.rounds = n.parse().ok().filter(|n| *n > 0).unwrap_or(ROUNDS);
         } else if !arg.starts_with("--") {
-            names.push(arg);
+            filters.names.push(arg);
         }
     }
-    (names, callers)
+    filters
 }
 
 fn main() {
@@ -449,7 +462,11 @@ fn main() {
         return;
     };
     let workers = runtime.metrics().num_workers();
-    let (names, callers_only) = filters();
+    let Filters {
+        names,
+        callers: callers_only,
+        rounds,
+    } = filters();
     let began = Instant::now();
     let pairs = runtime.block_on(async {
         let mut backends = Vec::new();
@@ -463,7 +480,7 @@ fn main() {
             .into_iter()
             .filter(|c| callers_only.is_none_or(|only| only == *c));
         for callers in callers_run {
-            for round in 1..=ROUNDS {
+            for round in 1..=rounds {
                 let stacks = Stack::PAIRED
                     .into_iter()
                     .filter(|s| names.is_empty() || names.iter().any(|n| s.name().contains(n.as_str())));
@@ -500,7 +517,7 @@ fn main() {
         &Report {
             instances: INSTANCES,
             workers,
-            rounds: ROUNDS,
+            rounds,
             warm_up_ms: WARM_UP.as_millis(),
             window_ms: WINDOW.as_millis(),
             rows,

@@ -593,6 +593,10 @@ async fn retry_events_name_the_service_the_request_is_routed_to() {
                 _ => {}
             }
         }
-        assert_eq!(named, [expected.clone(), expected], "scheduled, then exhausted");
+        assert_eq!(
+            named,
+            [expected.clone(), expected],
+            "scheduled, then exhausted"
+        );
     }
 }
