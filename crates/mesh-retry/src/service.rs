@@ -208,7 +208,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // A call's own policy sets its attempts' timeout, none included.
         let per_attempt = req
             .extensions()
@@ -229,7 +229,6 @@ where
         let endpoint_to_blame = per_attempt.is_some() && limit == per_attempt;
         // The call's context (a hedged copy's own) names the endpoint this
         // attempt goes to, once the balancer picks it.
-        let mut req = req;
         let context = CallContext::attach(&mut req).clone();
         context.begin_attempt();
         if let Some(left) = left {
@@ -242,7 +241,11 @@ where
         let span = trace::attempt_span(&req);
         #[cfg(feature = "opentelemetry")]
         crate::propagate::inject(&span, req.headers_mut());
-        let inner = span.in_scope(|| self.inner.call(req));
+        // Entered rather than `in_scope`: a closure would move the request
+        // once more on its way to the call.
+        let entered = span.enter();
+        let inner = self.inner.call(req);
+        drop(entered);
         AttemptFuture {
             inner,
             sleep: None,
