@@ -15,7 +15,7 @@ use tokio::time::Sleep;
 use tower::Service;
 
 use crate::body::{InFlight, TrackedBody};
-use crate::service::{Chooser, Dispatch};
+use crate::service::Chooser;
 use crate::slots::{Slots, Waiter};
 
 pin_project! {
@@ -203,21 +203,21 @@ where
         if let Err(e) = std::task::ready!(w.inner.poll_ready(cx)) {
             return Poll::Ready(Err(e.into()));
         }
-        let Some(request) = w.req.take() else {
+        let Some(mut request) = w.req.take() else {
             return Poll::Ready(Err("balance response future polled after completion".into()));
         };
-        let error = match w.chooser.dispatch(request) {
-            Dispatch::Sent(request, call) => {
+        let error = match w.chooser.dispatch(&mut request) {
+            Ok(call) => {
                 return Poll::Ready(Ok(State::Called {
                     future: w.inner.call(request),
                     call: Some(call),
                 }))
             }
-            Dispatch::Refused(request, error @ MeshError::AtCapacity { .. }) => {
+            Err(error @ MeshError::AtCapacity { .. }) => {
                 *w.req = Some(request);
                 error
             }
-            Dispatch::Refused(_, error) => return Poll::Ready(Err(error.into())),
+            Err(error) => return Poll::Ready(Err(error.into())),
         };
         if w.deadline.poll(cx).is_ready() {
             return Poll::Ready(Err(error.into()));

@@ -127,18 +127,17 @@ impl Chooser {
         }
     }
 
-    /// Picks an endpoint, takes a slot on it, and points the request at it.
-    pub(crate) fn dispatch<B>(&self, mut req: Request<B>) -> Dispatch<B> {
+    /// Picks an endpoint, takes a slot on it, and points `req` at it; else
+    /// says why none could be taken, `req` left as it was. The request is
+    /// borrowed, not passed through: each pass would copy it twice.
+    pub(crate) fn dispatch<B>(&self, req: &mut Request<B>) -> Result<Call, MeshError> {
         let limit = self.picker.config().max_connections_per_instance();
         // With a connection limit, the pick and the count must agree: the
         // slot is taken atomically, and a pick that lost the race for the
         // last slot of an endpoint picks again (that endpoint is now full).
         for _ in 0..4 {
             let now = clock::now();
-            let (endpoint, service) = match self.choose(&req, now) {
-                Ok(chosen) => chosen,
-                Err(error) => return Dispatch::Refused(req, error),
-            };
+            let (endpoint, service) = self.choose(req, now)?;
             let state = Arc::clone(endpoint.state());
             let in_flight = match limit {
                 None => InFlight::start_at(state, now),
@@ -148,12 +147,12 @@ impl Chooser {
                 },
             };
             tracing::trace!(endpoint = %endpoint, "picked endpoint");
-            rewrite(&mut req, &endpoint);
+            rewrite(req, &endpoint);
             // The call context takes the note without an allocation (and
             // the endpoint and name, not copies of them: each copy writes a
             // count every core shares); without one, the request and the
             // response carry it.
-            let chosen = match CallContext::of(&req) {
+            let chosen = match CallContext::of(req) {
                 Some(context) => {
                     context.choose(service, endpoint);
                     Chosen::InContext(context.clone())
@@ -164,9 +163,9 @@ impl Chooser {
                     Chosen::Here { endpoint, service }
                 }
             };
-            return Dispatch::Sent(req, Call::new(in_flight, chosen));
+            return Ok(Call::new(in_flight, chosen));
         }
-        let error = match with_endpoint_set(&req, |set| (set.service().clone(), set.len())) {
+        let error = match with_endpoint_set(req, |set| (set.service().clone(), set.len())) {
             Some((service, total)) => self.at_capacity(service, total),
             None => MeshError::Misconfigured {
                 layer: "BalanceLayer",
@@ -174,15 +173,8 @@ impl Chooser {
                 hint: "place DiscoverLayer above BalanceLayer",
             },
         };
-        Dispatch::Refused(req, error)
+        Err(error)
     }
-}
-
-/// The outcome of [`Chooser::dispatch`]: the request back, pointed at an
-/// endpoint with its slot taken, or the request back with the reason.
-pub(crate) enum Dispatch<B> {
-    Sent(Request<B>, Call),
-    Refused(Request<B>, MeshError),
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -243,10 +235,10 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        match self.chooser.dispatch(req) {
-            Dispatch::Sent(req, call) => ResponseFuture::called(self.inner.call(req), call),
-            Dispatch::Refused(req, error @ MeshError::AtCapacity { .. }) => {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match self.chooser.dispatch(&mut req) {
+            Ok(call) => ResponseFuture::called(self.inner.call(req), call),
+            Err(error @ MeshError::AtCapacity { .. }) => {
                 let wait = self.chooser.picker().config().wait_at_capacity();
                 match (wait, self.chooser.slots()) {
                     // Wait (bounded) for a slot, with a clone of the inner
@@ -261,7 +253,7 @@ where
                     _ => ResponseFuture::failed(error),
                 }
             }
-            Dispatch::Refused(_, error) => {
+            Err(error) => {
                 tracing::debug!(%error, "balancer refused request");
                 ResponseFuture::failed(error)
             }
