@@ -4,7 +4,8 @@
 //! blocking-query rules; no Consul binary can be installed here).
 //! Discovery stays bounded against request hosts, limits apply from a
 //! service's first call, time is bounded by the call's deadline, retries
-//! are funded per service and never hammer an open circuit, bad
+//! are funded per service, never hammer an open circuit and are
+//! reported under the service the call was routed to, bad
 //! configuration fails at start naming the file or key, and no secret
 //! reaches `Debug` or the health endpoints.
 
@@ -494,4 +495,48 @@ async fn an_unreachable_registry_at_registration_is_a_registration_failure_not_b
     );
     let text = err.to_string();
     assert!(text.contains(&format!("consul at {url}")), "{text}");
+}
+
+/// Retry events name the service a call was routed to: a request sent to
+/// an instance's own address, routed by a `TargetService`, names that
+/// service in its retry events, not the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_events_name_the_service_a_request_is_routed_to() {
+    use mesh::core::ext::TargetService;
+    use mesh::core::{MeshEvent, ServiceName};
+
+    let failing = Backend::start(Behavior::Status(503))
+        .await
+        .expect("backend");
+    let text = static_config(
+        "users",
+        failing.addr(),
+        "",
+        "[retry]\nmax_retries = 1\ninitial = \"1ms\"\nbudget_percent = 100\n",
+    );
+    let client = client(&text).await.expect("client");
+    let mut events = client.subscribe();
+    let users = ServiceName::new("users").expect("name");
+    let mut req = Request::get(format!("http://{}/", failing.addr()))
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    req.extensions_mut().insert(TargetService(users.clone()));
+    let answer = client.send(req).await.expect("an answer");
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(failing.stats().requests, 2, "retried once, at the instance");
+    let mut named = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match event {
+            MeshEvent::RetryScheduled { service, .. }
+            | MeshEvent::RetriesExhausted { service, .. }
+            | MeshEvent::RetryBudgetExhausted { service, .. } => named.push(service),
+            _ => {}
+        }
+    }
+    assert!(!named.is_empty(), "the retry was reported");
+    assert!(
+        named.iter().all(|s| s.as_ref() == Some(&users)),
+        "every retry event names the routed service: {named:?}"
+    );
+    client.shutdown(Duration::from_secs(1)).await;
 }
