@@ -346,3 +346,39 @@ async fn an_unreachable_endpoint_is_retried_on_a_live_one() {
     assert!(retry.stats().retries >= 1, "{:?}", retry.stats());
     assert_eq!(retry.stats().exhausted, 0);
 }
+
+/// A request sent to an instance's own address and routed by hand with a
+/// `TargetService` is reported under that service in every retry event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_events_name_the_service_a_request_is_routed_to() {
+    use mesh::core::ext::TargetService;
+    use mesh::core::ServiceName;
+
+    let Scene {
+        backends,
+        mut events,
+        stack,
+        ..
+    } = scene(&[Behavior::Status(503)], Duration::from_secs(5)).await;
+    let users = ServiceName::new(SERVICE).expect("name");
+    let mut req = Request::get(format!("http://{}/", backends[0].addr()))
+        .body(Full::new(Bytes::new()))
+        .expect("valid request");
+    req.extensions_mut().insert(TargetService(users.clone()));
+    let answer = stack.oneshot(req).await.expect("an answer");
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let mut named = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match event {
+            MeshEvent::RetryScheduled { service, .. }
+            | MeshEvent::RetriesExhausted { service, .. }
+            | MeshEvent::RetryBudgetExhausted { service, .. } => named.push(service),
+            _ => {}
+        }
+    }
+    assert!(!named.is_empty(), "the retries were reported");
+    assert!(
+        named.iter().all(|s| s.as_ref() == Some(&users)),
+        "every retry event names the routed service: {named:?}"
+    );
+}
