@@ -20,15 +20,24 @@
 //!   the production profile's settings (see [`stacks::mesh_stack`]), balancing
 //!   round robin, power of two choices or least response time; and
 //!   `MeshClient` from a TOML configuration (static discovery, round
-//!   robin, production profile), called as a user would for plain HTTP:
+//!   robin, production profile), and from one that lists the instances
+//!   and sets nothing else (power of two choices, the default strategy),
+//!   both called as a user would for plain HTTP:
 //!   `client.get(service, path, CallOptions::default())`.
 //! - Per stack and number of callers: requests per second, p50, p99, the
 //!   two ratios against the paired raw runs, and allocations per request
 //!   (a counting allocator: client, servers and harness together, the same
 //!   servers for every stack, so differences are the stacks').
 //!
+//! - `--scene=failing-and-slow`: the same loops with one instance
+//!   answering 503 and another answering after [`SLOW`] (the other two
+//!   healthy), as a check of a stack under failure at a number of callers
+//!   would run them. Throughput counts successful requests only; p99 is
+//!   over every request, failed ones included.
+//!
 //! ```text
 //! cargo bench -p tower-mesh-benches --bench healthy
+//! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 --scene=failing-and-slow
 //! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 "by hand, round robin"
 //! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 --workers=1 MeshClient
 //! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 --rounds=9 MeshClient
@@ -72,9 +81,53 @@ const WARM_UP: Duration = Duration::from_millis(300);
 const WINDOW: Duration = Duration::from_millis(1500);
 /// A caller still waiting this long after the window closed is stuck.
 const STUCK: Duration = Duration::from_secs(10);
+/// How late the slow instance of the failing-and-slow scene answers (as
+/// in the fault scenes of `benches/faults.rs`).
+const SLOW: Duration = Duration::from_millis(50);
 /// Latencies a run keeps room for before it starts, so the harness's own
 /// allocations stay out of the count.
 const EXPECTED_REQUESTS: usize = 100_000;
+
+/// What the instances do while the stacks are measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Scene {
+    /// Every instance answers 200 at once.
+    Healthy,
+    /// One instance answers 503, one answers 200 after [`SLOW`].
+    FailingAndSlow,
+}
+
+impl Scene {
+    const ALL: [Scene; 2] = [Scene::Healthy, Scene::FailingAndSlow];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scene::Healthy => "healthy",
+            Scene::FailingAndSlow => "failing-and-slow",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Scene> {
+        Scene::ALL.into_iter().find(|scene| scene.name() == name)
+    }
+
+    /// Gives `backends` (at least two) their behaviours.
+    fn set_up(self, backends: &[Backend]) {
+        if let (Scene::FailingAndSlow, [.., failing, slow]) = (self, backends) {
+            failing.set_behavior(Behavior::Status(503));
+            slow.set_behavior(Behavior::Slow(SLOW));
+        }
+    }
+
+    /// Where the JSON report goes, under the target directory.
+    fn report_name(self) -> &'static str {
+        match self {
+            Scene::Healthy => "healthy",
+            Scene::FailingAndSlow => "healthy-failing-and-slow",
+        }
+    }
+}
 
 /// The stacks measured against raw hyper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,11 +140,12 @@ enum Stack {
     MeshP2c,
     MeshLeastResponseTime,
     Facade,
+    FacadeDefaults,
 }
 
 impl Stack {
     /// Each paired with a raw run, in this order, every round.
-    const PAIRED: [Stack; 7] = [
+    const PAIRED: [Stack; 8] = [
         Stack::TowerRetryTimeout,
         Stack::Resilience,
         Stack::TowerP2cBuffer,
@@ -99,6 +153,7 @@ impl Stack {
         Stack::MeshP2c,
         Stack::MeshLeastResponseTime,
         Stack::Facade,
+        Stack::FacadeDefaults,
     ];
 
     fn name(self) -> &'static str {
@@ -111,6 +166,7 @@ impl Stack {
             Stack::MeshP2c => "tower-mesh by hand, p2c",
             Stack::MeshLeastResponseTime => "tower-mesh by hand, least response time",
             Stack::Facade => "MeshClient (round robin)",
+            Stack::FacadeDefaults => "MeshClient (defaults: p2c)",
         }
     }
 }
@@ -277,13 +333,17 @@ async fn run(
         Stack::MeshLeastResponseTime => {
             mesh_run(Strategy::LeastResponseTime, client, addrs, callers).await
         }
-        Stack::Facade => {
-            let mesh = stacks::facade(addrs).await;
-            let figures = measure(&Facade(mesh.clone()), callers).await;
-            mesh.shutdown(Duration::from_secs(1)).await;
-            figures
+        Stack::Facade => facade_run(stacks::facade(addrs).await, callers).await,
+        Stack::FacadeDefaults => {
+            facade_run(stacks::facade_with_defaults(addrs).await, callers).await
         }
     }
+}
+
+async fn facade_run(mesh: MeshClient, callers: usize) -> Run {
+    let figures = measure(&Facade(mesh.clone()), callers).await;
+    mesh.shutdown(Duration::from_secs(1)).await;
+    figures
 }
 
 async fn mesh_run(
@@ -331,6 +391,7 @@ struct Row {
 
 #[derive(Debug, serde::Serialize)]
 struct Report {
+    scene: Scene,
     instances: usize,
     /// The runtime's worker threads.
     workers: usize,
@@ -432,29 +493,36 @@ fn print_table(rows: &[Row]) {
 
 /// What the command line narrows the run to, for profiling one stack:
 /// words that a stack's name must contain (any of them), `--callers=N`,
-/// and `--rounds=N` rounds instead of [`ROUNDS`].
+/// `--rounds=N` rounds instead of [`ROUNDS`], and `--scene=NAME`.
 struct Filters {
     names: Vec<String>,
     callers: Option<usize>,
     rounds: usize,
+    scene: Scene,
 }
 
-fn filters() -> Filters {
+/// The command line's filters, or why it cannot be run.
+fn filters() -> Result<Filters, String> {
     let mut filters = Filters {
         names: Vec::new(),
         callers: None,
         rounds: ROUNDS,
+        scene: Scene::Healthy,
     };
     for arg in std::env::args().skip(1) {
         if let Some(n) = arg.strip_prefix("--callers=") {
             filters.callers = n.parse().ok();
         } else if let Some(n) = arg.strip_prefix("--rounds=") {
             filters.rounds = n.parse().ok().filter(|n| *n > 0).unwrap_or(ROUNDS);
+        } else if let Some(name) = arg.strip_prefix("--scene=") {
+            filters.scene = Scene::parse(name).ok_or_else(|| {
+                format!("--scene={name}: no such scene (healthy, failing-and-slow)")
+            })?;
         } else if !arg.starts_with("--") {
             filters.names.push(arg);
         }
     }
-    filters
+    Ok(filters)
 }
 
 fn main() {
@@ -466,13 +534,21 @@ fn main() {
         names,
         callers: callers_only,
         rounds,
-    } = filters();
+        scene,
+    } = match filters() {
+        Ok(filters) => filters,
+        Err(error) => {
+            eprintln!("{error}");
+            std::process::exit(2);
+        }
+    };
     let began = Instant::now();
     let pairs = runtime.block_on(async {
         let mut backends = Vec::new();
         for _ in 0..INSTANCES {
             backends.push(Backend::start(Behavior::Ok).await.expect("backend"));
         }
+        scene.set_up(&backends);
         let addrs: Vec<SocketAddr> = backends.iter().map(Backend::addr).collect();
         let client: anchors::HttpClient = Client::builder(TokioExecutor::new()).build_http();
         let mut pairs = Vec::new();
@@ -510,11 +586,13 @@ fn main() {
         pairs
     });
     let rows: Vec<Row> = CALLERS.iter().flat_map(|&c| rows(c, &pairs)).collect();
+    println!("scene: {}\n", scene.name());
     print_table(&rows);
     println!("\nran in {:.0} s", began.elapsed().as_secs_f64());
     output::write_json(
-        "healthy",
+        scene.report_name(),
         &Report {
+            scene,
             instances: INSTANCES,
             workers,
             rounds,

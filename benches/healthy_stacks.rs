@@ -100,6 +100,17 @@ pub fn mesh_stack(
 /// `MeshClient` from TOML: the four instances listed statically, round
 /// robin, everything else the defaults (production profile, HTTP/1).
 pub async fn facade(addrs: &[SocketAddr]) -> MeshClient {
+    facade_from(addrs, "[balance]\nstrategy = \"round_robin\"\n").await
+}
+
+/// `MeshClient` from TOML: the four instances listed statically and
+/// nothing else, every setting its default (power of two choices).
+pub async fn facade_with_defaults(addrs: &[SocketAddr]) -> MeshClient {
+    facade_from(addrs, "").await
+}
+
+/// `MeshClient` from a TOML listing the four instances, then `rest`.
+async fn facade_from(addrs: &[SocketAddr], rest: &str) -> MeshClient {
     let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
     let config = MeshConfig::from_toml_str(&format!(
         r#"
@@ -108,9 +119,7 @@ name = "bench"
 [discovery]
 kind = "static"
 services = {{ {SERVICE} = [{}] }}
-[balance]
-strategy = "round_robin"
-"#,
+{rest}"#,
         list.join(", ")
     ))
     .expect("config");

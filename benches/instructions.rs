@@ -1,6 +1,8 @@
 //! Instructions per request, counted by valgrind's callgrind: raw hyper,
-//! tower's retry + timeout (the anchor), tower-mesh assembled by hand and
-//! `MeshClient`, each sending [`CALLS`] requests one after the other to
+//! tower's retry + timeout (the anchor), tower-mesh assembled by hand,
+//! `MeshClient` (round robin, as by hand) and `MeshClient` with every
+//! setting its default (`MeshClient-defaults`: power of two choices),
+//! each sending [`CALLS`] requests one after the other to
 //! four loopback instances, client and servers on one current-thread
 //! runtime.
 //!
@@ -47,7 +49,13 @@ const INSTANCES: usize = 4;
 const FUTURE_SIZE: &str = "future size:";
 
 /// The stacks, by the name each run is given.
-const STACKS: [&str; 4] = ["raw", "tower-retry-timeout", "by-hand", "MeshClient"];
+const STACKS: [&str; 5] = [
+    "raw",
+    "tower-retry-timeout",
+    "by-hand",
+    "MeshClient",
+    "MeshClient-defaults",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -150,25 +158,32 @@ fn run_one(stack: &str) {
             &runtime,
             stacks::mesh_stack(&addrs, Strategy::RoundRobin, client),
         ),
-        "MeshClient" => {
-            let mesh = runtime.block_on(stacks::facade(&addrs));
-            let future = mesh.get(stacks::SERVICE, "/", CallOptions::default());
-            let size = std::mem::size_of_val(&future);
-            eprintln!("{FUTURE_SIZE} MeshClient::get's, {size} bytes");
-            drop(future);
-            let mesh = &mesh;
-            let call = move || async move {
-                let response = mesh.get(stacks::SERVICE, "/", CallOptions::default());
-                read(response.await.expect("call")).await;
-            };
-            runtime.block_on(calls(WARM_UP, call));
-            measured_calls(&runtime, call);
-        }
+        "MeshClient" => facade(&runtime, runtime.block_on(stacks::facade(&addrs))),
+        "MeshClient-defaults" => facade(
+            &runtime,
+            runtime.block_on(stacks::facade_with_defaults(&addrs)),
+        ),
         other => {
             eprintln!("unknown stack {other:?}: one of {STACKS:?}");
             std::process::exit(2);
         }
     }
+}
+
+/// Sends the warm-up and the counted calls through `mesh`, called as a
+/// user calls it: `get(service, path, options)`.
+fn facade(runtime: &tokio::runtime::Runtime, mesh: MeshClient) {
+    let future = mesh.get(stacks::SERVICE, "/", CallOptions::default());
+    let size = std::mem::size_of_val(&future);
+    eprintln!("{FUTURE_SIZE} MeshClient::get's, {size} bytes");
+    drop(future);
+    let mesh = &mesh;
+    let call = move || async move {
+        let response = mesh.get(stacks::SERVICE, "/", CallOptions::default());
+        read(response.await.expect("call")).await;
+    };
+    runtime.block_on(calls(WARM_UP, call));
+    measured_calls(runtime, call);
 }
 
 /// Sends the warm-up and the counted calls through a tower stack, driven

@@ -303,12 +303,18 @@ impl Picker {
                 .or_else(|| uniform(endpoints, ok))
         };
         let a = draw()?;
-        // Two *distinct* candidates: drawing the same one twice would send
-        // the worst endpoint 1/n^2 of the traffic unchallenged.
+        // Two *distinct* candidates whenever two are usable: a candidate
+        // left unchallenged is the worst endpoint's chance. A few draws
+        // find a second one at once; when they all draw `a` again (1/n^4
+        // of the picks among n usable: 1/16 with two), a scan does.
+        // Without it, a slow instance beside one fast one would take 3% of
+        // a lone caller's requests.
+        let other = |e: &Endpoint| ok(e) && !std::ptr::eq(a, e);
         let b = (0..4)
             .map(|_| draw())
             .find(|b| b.is_some_and(|b| !std::ptr::eq(a, b)))
-            .flatten();
+            .flatten()
+            .or_else(|| uniform(endpoints, &other));
         // An unmeasured candidate is taken to be as fast as the other.
         let (la, lb) = (
             a.state().latency_at(now),

@@ -150,6 +150,38 @@ fn least_response_time_and_p2c_starve_a_slow_instance() {
     }
 }
 
+/// Power of two choices compares two distinct candidates whenever two
+/// are usable: a lone caller (nothing in flight) never lands on an
+/// instance slower than every other, however few are usable, with an
+/// ejected one among them or not.
+#[test]
+fn p2c_never_picks_the_slowest_unchallenged() {
+    let picker = picker_for(Strategy::PowerOfTwoChoices, false);
+    for usable in 2..=5 {
+        for ejected in [false, true] {
+            let set = set_of(&vec![1; usable + usize::from(ejected)]);
+            for (i, e) in set.iter().enumerate() {
+                let slow = i == 0;
+                let latency = if slow { 50_000 } else { 100 }; // us
+                e.state().record_latency(Duration::from_micros(latency));
+            }
+            if ejected {
+                set.endpoints()[usable]
+                    .state()
+                    .eject_until(Nanos(u64::MAX / 2));
+            }
+            let picks = counts(&picker, &set, 20_000);
+            assert_eq!(
+                picks[0], 0,
+                "{usable} usable, ejected one: {ejected}: picks {picks:?}"
+            );
+            if ejected {
+                assert_eq!(picks[usable], 0, "the ejected one is never picked");
+            }
+        }
+    }
+}
+
 /// Past the exact-scan size, least connections and least response time
 /// compare a sample: with half of 1,000 instances loaded (or slow), the
 /// loaded half gets about 1/2^SAMPLE of the picks, never most of them,
