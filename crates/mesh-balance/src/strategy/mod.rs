@@ -268,16 +268,15 @@ impl Picker {
         }
     }
 
-    /// Expected wait at `e`, relative to its weight: latency x (in
-    /// flight + 1) / weight, in seconds; `unknown` stands in for the
-    /// latency of an endpoint with no sample yet. In floating point: an
-    /// integer division per candidate would cost more than the rest of
-    /// the comparison, and equal inputs still give equal costs for ties.
-    fn cost(&self, e: &Endpoint, now: Nanos, unknown: Option<Duration>) -> f64 {
-        let latency = e
-            .state()
-            .latency_at(now)
-            .or(unknown)
+    /// Expected wait at `e`, relative to its weight: `latency` (its
+    /// estimate, read once by the caller: each reading fades it, an
+    /// exponential) x (in flight + 1) / weight, in seconds; the
+    /// configured unknown latency for an endpoint with none. In floating
+    /// point: an integer division per candidate would cost more than the
+    /// rest of the comparison, and equal inputs still give equal costs
+    /// for ties.
+    fn cost(&self, e: &Endpoint, latency: Option<Duration>) -> f64 {
+        let latency = latency
             .unwrap_or(self.config.unknown_latency())
             .as_secs_f64()
             .max(1e-9);
@@ -321,7 +320,7 @@ impl Picker {
             b.and_then(|b| b.state().latency_at(now)),
         );
         Some(match b {
-            Some(b) if self.cost(b, now, la) < self.cost(a, now, lb) => b,
+            Some(b) if self.cost(b, lb.or(la)) < self.cost(a, la.or(lb)) => b,
             _ => a,
         })
     }
