@@ -39,9 +39,12 @@
 //! cargo bench -p tower-mesh-benches --bench healthy
 //! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 --scene=failing-and-slow
 //! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 "by hand, round robin"
-//! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 --workers=1 MeshClient
+//! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 --workers=1 "MeshClient (round"
 //! cargo bench -p tower-mesh-benches --bench healthy -- --callers=32 --rounds=9 MeshClient
 //! ```
+//!
+//! A word names every stack whose name contains it (`MeshClient`: both
+//! `MeshClient` stacks).
 //!
 //! Prints a markdown table and writes `target/healthy.json` (every pair,
 //! and the medians).
@@ -511,14 +514,22 @@ fn filters() -> Result<Filters, String> {
     };
     for arg in std::env::args().skip(1) {
         if let Some(n) = arg.strip_prefix("--callers=") {
-            filters.callers = n.parse().ok();
+            let callers = n.parse().ok().filter(|n| CALLERS.contains(n));
+            let callers = callers.ok_or_else(|| format!("{arg}: one of {CALLERS:?}"))?;
+            filters.callers = Some(callers);
         } else if let Some(n) = arg.strip_prefix("--rounds=") {
-            filters.rounds = n.parse().ok().filter(|n| *n > 0).unwrap_or(ROUNDS);
+            let rounds = n.parse().ok().filter(|n| *n > 0);
+            filters.rounds = rounds.ok_or_else(|| format!("{arg}: a number above 0"))?;
         } else if let Some(name) = arg.strip_prefix("--scene=") {
             filters.scene = Scene::parse(name).ok_or_else(|| {
-                format!("--scene={name}: no such scene (healthy, failing-and-slow)")
+                let names: Vec<&str> = Scene::ALL.iter().map(|s| s.name()).collect();
+                format!("{arg}: no such scene (one of {})", names.join(", "))
             })?;
         } else if !arg.starts_with("--") {
+            let matches = |s: &Stack| s.name().contains(arg.as_str());
+            if !Stack::PAIRED.iter().any(matches) {
+                return Err(format!("{arg:?}: no stack's name contains it"));
+            }
             filters.names.push(arg);
         }
     }

@@ -21,8 +21,9 @@
 //! Run that way, it runs itself once per stack under
 //! `valgrind --tool=callgrind` and prints a table; without valgrind on
 //! the `PATH` it says so and measures nothing. Stacks can be named as
-//! arguments (`-- MeshClient`); `--stack=<name>` runs one stack
-//! uncounted, as each counted run does.
+//! arguments, each word naming every stack whose name contains it
+//! (`MeshClient` names both `MeshClient` stacks); `--stack=<name>` runs
+//! one stack uncounted, as each counted run does.
 
 #[path = "healthy_stacks.rs"]
 mod stacks;
@@ -158,8 +159,8 @@ fn run_one(stack: &str) {
             &runtime,
             stacks::mesh_stack(&addrs, Strategy::RoundRobin, client),
         ),
-        "MeshClient" => facade(&runtime, runtime.block_on(stacks::facade(&addrs))),
-        "MeshClient-defaults" => facade(
+        "MeshClient" => drive_facade(&runtime, runtime.block_on(stacks::facade(&addrs))),
+        "MeshClient-defaults" => drive_facade(
             &runtime,
             runtime.block_on(stacks::facade_with_defaults(&addrs)),
         ),
@@ -172,7 +173,7 @@ fn run_one(stack: &str) {
 
 /// Sends the warm-up and the counted calls through `mesh`, called as a
 /// user calls it: `get(service, path, options)`.
-fn facade(runtime: &tokio::runtime::Runtime, mesh: MeshClient) {
+fn drive_facade(runtime: &tokio::runtime::Runtime, mesh: MeshClient) {
     let future = mesh.get(stacks::SERVICE, "/", CallOptions::default());
     let size = std::mem::size_of_val(&future);
     eprintln!("{FUTURE_SIZE} MeshClient::get's, {size} bytes");

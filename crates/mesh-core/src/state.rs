@@ -145,7 +145,10 @@ impl EndpointState {
         let at = Nanos(self.latency_at.load(Ordering::Relaxed));
         let age = now.saturating_since(at).as_secs_f64();
         let half_lives = age / Self::LATENCY_HALF_LIFE.as_secs_f64();
-        Some(estimate.mul_f64(0.5f64.powf(half_lives)))
+        // In nanoseconds: `Duration::mul_f64` checks for overflow and
+        // negative results that a factor in [0, 1] cannot give.
+        let faded = estimate.as_nanos() as f64 * 0.5f64.powf(half_lives);
+        Some(Duration::from_nanos(faded as u64))
     }
 
     /// How fast an unrefreshed latency estimate fades (see

@@ -269,7 +269,7 @@ impl Picker {
     }
 
     /// Expected wait at `e`, relative to its weight: `latency` (its
-    /// estimate, read once by the caller: each reading fades it, an
+    /// estimate, read once by the caller: its fading takes an
     /// exponential) x (in flight + 1) / weight, in seconds; the
     /// configured unknown latency for an endpoint with none. In floating
     /// point: an integer division per candidate would cost more than the
@@ -302,17 +302,16 @@ impl Picker {
                 .or_else(|| uniform(endpoints, ok))
         };
         let a = draw()?;
-        // Two *distinct* candidates whenever two are usable: a candidate
-        // left unchallenged is the worst endpoint's chance. A few draws
-        // find a second one at once; when they all draw `a` again (1/n^4
-        // of the picks among n usable: 1/16 with two), a scan does.
-        // Without it, a slow instance beside one fast one would take 3% of
-        // a lone caller's requests.
+        // Two *distinct* candidates whenever two are usable, or the slow
+        // one of them goes unchallenged whenever it is drawn first. A few
+        // draws find a second one at once; when they all miss (all `a`
+        // again: 1/k^4 of the picks among k usable, 1/16 with two), a
+        // scan does. Without it, a slow instance beside a fast one would
+        // take one request in 32 of a lone caller's.
         let other = |e: &Endpoint| ok(e) && !std::ptr::eq(a, e);
         let b = (0..4)
-            .map(|_| draw())
-            .find(|b| b.is_some_and(|b| !std::ptr::eq(a, b)))
-            .flatten()
+            .map(|_| &endpoints[fastrand::usize(..n)])
+            .find(|e| other(e))
             .or_else(|| uniform(endpoints, &other));
         // An unmeasured candidate is taken to be as fast as the other.
         let (la, lb) = (
