@@ -175,19 +175,19 @@ strategy = "{strategy}"
 /// Requests a lone caller sends one after another.
 const ONE_BY_ONE: usize = 2_000;
 
-/// Of two instances, one answering after 200 ms: power of two choices
+/// Of two instances, one answering after 500 ms: power of two choices
 /// (the default strategy) compares both on every pick, so a lone caller's
 /// requests go to the slow one only while it is unmeasured (its first
 /// answer says how slow it is), where a candidate drawn unchallenged would
 /// send it one request in 32 (about 60 here). The bound leaves room for
 /// a fast call stalled on a loaded machine past the slow one's fading
-/// estimate (200 ms makes that rare). Through a `MeshClient` built from
+/// estimate (half a second makes that rare). Through a `MeshClient` built from
 /// TOML with no `[balance]` section, and a stack assembled by hand,
 /// against real servers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_of_two_choices_sends_a_lone_caller_to_the_slow_one_of_two_only_to_measure_it() {
     let backends = [
-        Backend::start(Behavior::Slow(Duration::from_millis(200)))
+        Backend::start(Behavior::Slow(Duration::from_millis(500)))
             .await
             .expect("slow backend"),
         Backend::start(Behavior::Ok).await.expect("backend"),
