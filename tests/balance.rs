@@ -79,6 +79,23 @@ async fn ten_thousand_requests_with_cancellations_leave_no_count_behind() {
     assert!(served > 5_000, "most requests reached a server: {served}");
 }
 
+/// A `MeshClient` from TOML listing `addrs` as `users`, then `rest`.
+async fn client_of_users(addrs: &[String], rest: &str) -> mesh::MeshClient {
+    let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    let config = mesh::MeshConfig::from_toml_str(&format!(
+        r#"
+[service]
+name = "caller"
+[discovery]
+kind = "static"
+services = {{ users = [{}] }}
+{rest}"#,
+        list.join(", ")
+    ))
+    .expect("config");
+    mesh::MeshClient::from_config(config).await.expect("client")
+}
+
 /// Twenty instances, one answering after 200 ms: past 16 candidates the
 /// least-cost strategies compare a random sample, and the slow instance,
 /// its requests piling up in flight, still gets far less than round
@@ -98,21 +115,8 @@ async fn past_sixteen_instances_sampled_least_cost_picks_still_starve_a_slow_one
         backends[0].stats().requests as f64 / all as f64
     };
     for strategy in ["least_connections", "least_response_time"] {
-        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
-        let config = mesh::MeshConfig::from_toml_str(&format!(
-            r#"
-[service]
-name = "caller"
-[discovery]
-kind = "static"
-services = {{ users = [{}] }}
-[balance]
-strategy = "{strategy}"
-"#,
-            list.join(", ")
-        ))
-        .expect("config");
-        let client = mesh::MeshClient::from_config(config).await.expect("client");
+        let balance = format!("[balance]\nstrategy = \"{strategy}\"\n");
+        let client = client_of_users(&addrs, &balance).await;
         backends.iter().for_each(Backend::reset_stats);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..32 {
@@ -193,19 +197,7 @@ async fn power_of_two_choices_sends_a_lone_caller_to_the_slow_one_of_two_only_to
         Backend::start(Behavior::Ok).await.expect("backend"),
     ];
     let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
-    let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
-    let config = mesh::MeshConfig::from_toml_str(&format!(
-        r#"
-[service]
-name = "caller"
-[discovery]
-kind = "static"
-services = {{ users = [{}] }}
-"#,
-        list.join(", ")
-    ))
-    .expect("config");
-    let client = mesh::MeshClient::from_config(config).await.expect("client");
+    let client = client_of_users(&addrs, "").await;
     for _ in 0..ONE_BY_ONE {
         let response = client
             .get("users", "/", mesh::CallOptions::default())
