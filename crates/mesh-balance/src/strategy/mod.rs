@@ -302,12 +302,13 @@ impl Picker {
                 .or_else(|| uniform(endpoints, ok))
         };
         let a = draw()?;
-        // Two *distinct* candidates whenever two are usable, or the slow
-        // one of them goes unchallenged whenever it is drawn first. A few
-        // draws find a second one at once; when they all miss (all `a`
-        // again: 1/k^4 of the picks among k usable, 1/16 with two), a
-        // scan does. Without it, a slow instance beside a fast one would
-        // take one request in 32 of a lone caller's.
+        // Two *distinct* candidates whenever two are usable: a candidate
+        // left alone is taken unchallenged, however slow. Four draws
+        // usually find the second; when all four miss (each drawing `a`
+        // again or an endpoint that is out: 1/16 of the picks with two
+        // endpoints, both usable), a scan does. Without it, a slow
+        // instance beside a fast one would take one request in 32 of a
+        // lone caller's.
         let other = |e: &Endpoint| ok(e) && !std::ptr::eq(a, e);
         let b = (0..4)
             .map(|_| &endpoints[fastrand::usize(..n)])
