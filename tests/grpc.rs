@@ -241,6 +241,63 @@ async fn a_plain_call_is_judged_by_its_http_status_whatever_its_answer_says() {
     judged_by_http_status("application/grpc", None).await;
 }
 
+/// `mesh-breaker`'s `FallbackLayer`, replacing failed answers, assembled
+/// by hand over `MeshClient` (built from TOML) and an instance answering
+/// every call 200 in `application/grpc` with `UNAVAILABLE`: a gRPC call's
+/// answer is a failure, retried, then replaced; a plain call's is an HTTP
+/// 200 and passes, as every layer below judges it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_layer_replaces_only_a_grpc_call_s_failed_answer() {
+    use http_body_util::BodyExt;
+    use mesh::breaker::{FallbackLayer, Fault};
+    use tower::ServiceExt;
+    let unavailable = tower::service_fn(|_req: http::Request<Incoming>| async move {
+        let answer = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "14")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("response");
+        Ok::<_, Infallible>(answer)
+    });
+    let greeter = mesh_testkit::h2c::serve(unavailable).await.expect("served");
+    let client = grpc::mesh_client(&[greeter]).await.expect("client");
+    let guarded = tower::ServiceBuilder::new()
+        .layer(
+            FallbackLayer::new(|fault: Fault| {
+                let Fault::Response(status) = fault else {
+                    return Err("an answer was expected".into());
+                };
+                let text = format!("fallback for {}", status.as_u16());
+                Ok(http::Response::new(mesh::MeshBody::from(text)))
+            })
+            .on_failed_responses(mesh::core::FailureClassifier::default()),
+        )
+        .service(client.clone());
+    let call = |content_type: Option<&str>| {
+        let mut call = http::Request::post("http://greeter/helloworld.Greeter/SayHello");
+        if let Some(content_type) = content_type {
+            call = call.header("content-type", content_type);
+        }
+        call.body(bytes::Bytes::new()).expect("request")
+    };
+    let grpc_answer = guarded
+        .clone()
+        .oneshot(call(Some("application/grpc")))
+        .await;
+    let body = grpc_answer.expect("answered").into_body().collect().await;
+    assert_eq!(&body.expect("body").to_bytes()[..], b"fallback for 200");
+    let plain_answer = guarded.oneshot(call(None)).await.expect("answered");
+    assert_eq!(
+        plain_answer
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.as_bytes()),
+        Some(&b"14"[..]),
+        "the instance's own answer, not the fallback's"
+    );
+    client.shutdown(Duration::from_secs(1)).await;
+}
+
 /// Three calls through `MeshClient` (content type `request_type`, if
 /// any) to an instance answering 200 in `answer_type` with
 /// `grpc-status: 14`: each is judged by its HTTP status alone, by every

@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
+use mesh_core::grpc::{is_grpc_call, Answer};
 use mesh_core::{BoxError, FailureClassifier, FailureKind, MeshError, Outcome};
 use pin_project_lite::pin_project;
 use tower::Service;
@@ -69,7 +70,9 @@ impl<F> FallbackLayer<F> {
     }
 
     /// Also replaces responses that `classifier` calls failures (a 503,
-    /// say) with the fallback's answer.
+    /// say) with the fallback's answer. A gRPC call's answer is judged by
+    /// its gRPC status; any other call's by its HTTP status alone, whatever
+    /// its headers say (as every layer of the mesh judges it).
     pub fn on_failed_responses(mut self, classifier: FailureClassifier) -> Self {
         self.failed_responses = Some(classifier);
         self
@@ -127,9 +130,9 @@ impl<S: std::fmt::Debug, F> std::fmt::Debug for Fallback<S, F> {
     }
 }
 
-impl<S, F, Req, RB, FB> Service<Req> for Fallback<S, F>
+impl<S, F, B, RB, FB> Service<Request<B>> for Fallback<S, F>
 where
-    S: Service<Req, Response = Response<RB>>,
+    S: Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
     F: Fn(Fault) -> Result<Response<FB>, BoxError>,
     FB: Into<RB>,
@@ -142,10 +145,17 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // Read only when answers may be replaced.
+        let grpc_call = self
+            .layer
+            .failed_responses
+            .as_ref()
+            .map(|_| is_grpc_call(&req));
         FallbackFuture {
             inner: self.inner.call(req),
             layer: self.layer.clone(),
+            grpc_call,
         }
     }
 }
@@ -156,6 +166,8 @@ pin_project! {
         #[pin]
         inner: Fut,
         layer: FallbackLayer<F>,
+        // Whether the call is a gRPC call, when its answer may be replaced.
+        grpc_call: Option<bool>,
     }
 }
 
@@ -173,7 +185,7 @@ where
         let result = std::task::ready!(this.inner.poll(cx));
         let fault = match result {
             Ok(response) => match &this.layer.failed_responses {
-                Some(c) if matches!(c.classify_response(&response), Outcome::Failure(_)) => {
+                Some(c) if failed(c, *this.grpc_call, &response) => {
                     Fault::Response(response.status())
                 }
                 _ => return Poll::Ready(Ok(response)),
@@ -196,6 +208,20 @@ where
         tracing::debug!(?fault, "answering from fallback");
         Poll::Ready((this.layer.fallback)(fault).map(|answer| answer.map(Into::into)))
     }
+}
+
+/// Whether `classifier` calls `response` a failure: by its gRPC status
+/// only for a gRPC call.
+fn failed<B>(
+    classifier: &FailureClassifier,
+    grpc_call: Option<bool>,
+    response: &Response<B>,
+) -> bool {
+    let answer = Answer::of_call(grpc_call, response);
+    matches!(
+        classifier.classify_answer(response.status(), answer),
+        Outcome::Failure(_)
+    )
 }
 
 #[cfg(test)]
@@ -246,5 +272,32 @@ mod tests {
         let key = BreakerKey::Authority(http::uri::Authority::from_static("api"));
         breaker.handle(&key).unwrap().force_open();
         assert_eq!(body(svc.oneshot(get("/ok")).await.unwrap()), "rejected");
+    }
+
+    /// Every answer is a 200 in `application/grpc` with `grpc-status: 14`:
+    /// a gRPC call's is a failure and is replaced; a plain call's is a 200
+    /// and passes.
+    #[tokio::test]
+    async fn only_a_grpc_call_is_judged_by_its_grpc_status() {
+        let svc = ServiceBuilder::new()
+            .layer(FallbackLayer::new(answer).on_failed_responses(FailureClassifier::default()))
+            .service(service_fn(|_req: http::Request<()>| async move {
+                Ok::<_, BoxError>(
+                    http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "14")
+                        .body("real".to_owned())
+                        .unwrap(),
+                )
+            }));
+        let plain = http::Request::get("http://api/").body(()).unwrap();
+        let answer = svc.clone().oneshot(plain).await.unwrap();
+        assert_eq!(answer.into_body(), "real", "a plain call's 200 passes");
+        let grpc = http::Request::post("http://api/greeter.Greeter/SayHello")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let answer = svc.oneshot(grpc).await.unwrap();
+        assert_eq!(answer.into_body(), "status 200", "UNAVAILABLE is replaced");
     }
 }

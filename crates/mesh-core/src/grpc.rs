@@ -220,8 +220,28 @@ pub fn status_of<B>(response: &http::Response<B>) -> Option<GrpcCode> {
 /// Whether `response` is a gRPC answer: its content type is
 /// `application/grpc`, alone or with a suffix (`+proto`, `-web`).
 pub fn is_grpc<B>(response: &http::Response<B>) -> bool {
-    response
-        .headers()
+    has_grpc_content_type(response.headers())
+}
+
+/// Whether `req` is a gRPC call: its content type is `application/grpc`,
+/// alone or with a suffix. Only a gRPC call's answer is read for a gRPC
+/// status ([`Answer::of_call`]); any other call's is judged by its HTTP
+/// status, as gRPC's own clients judge it.
+///
+/// ```
+/// let call = http::Request::post("http://greeter/helloworld.Greeter/SayHello")
+///     .header("content-type", "application/grpc+proto")
+///     .body(())
+///     .unwrap();
+/// assert!(mesh_core::grpc::is_grpc_call(&call));
+/// assert!(!mesh_core::grpc::is_grpc_call(&http::Request::new(())));
+/// ```
+pub fn is_grpc_call<B>(req: &http::Request<B>) -> bool {
+    has_grpc_content_type(req.headers())
+}
+
+fn has_grpc_content_type(headers: &http::HeaderMap) -> bool {
+    headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }

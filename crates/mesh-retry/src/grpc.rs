@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
+use mesh_core::grpc::is_grpc_call;
 
 /// The header a server sets on a trailers-only answer to steer the
 /// client's next attempt.
@@ -53,7 +54,7 @@ pub(crate) static TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// up to the millisecond (gRPC's wire format allows at most 8 digits,
 /// so past about 27 hours in seconds); other requests are left alone.
 pub(crate) fn note_time_left<B>(req: &mut Request<B>, left: Duration, grpc_call: Option<bool>) {
-    if !grpc_call.unwrap_or_else(|| is_grpc(req)) {
+    if !grpc_call.unwrap_or_else(|| is_grpc_call(req)) {
         return;
     }
     let millis = left.as_nanos().div_ceil(1_000_000).max(1);
@@ -66,19 +67,11 @@ pub(crate) fn note_time_left<B>(req: &mut Request<B>, left: Duration, grpc_call:
     }
 }
 
-/// Whether `req` is a gRPC call: its content type is `application/grpc`
-/// or one of its `+proto`, `+json`... forms.
-pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 /// Tells the server, on a gRPC call, how many attempts went before this
 /// one (overwriting any value the caller set); other requests are left
 /// alone.
 pub(crate) fn note_previous_attempts<B>(req: &mut Request<B>, previous: u32) {
-    if is_grpc(req) {
+    if is_grpc_call(req) {
         req.headers_mut()
             .insert(PREVIOUS_ATTEMPTS.clone(), HeaderValue::from(previous));
     }
@@ -87,6 +80,7 @@ pub(crate) fn note_previous_attempts<B>(req: &mut Request<B>, previous: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::CONTENT_TYPE;
 
     fn answered(value: &str) -> Response<()> {
         Response::builder()

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use mesh_core::clock::{self, Nanos};
 use mesh_core::ext::{deadline_of, CallContext, Deadline};
+use mesh_core::grpc::is_grpc_call;
 use mesh_core::{BoxError, MeshError};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -17,7 +18,6 @@ use tracing::Span;
 use crate::budget::RetryBudget;
 use crate::call_policy::CallPolicy;
 use crate::future::ResponseFuture;
-use crate::grpc;
 use crate::hedge::{HedgeFuture, Hedging};
 use crate::policy::{may_repeat, PolicyState, RetryPolicy};
 use crate::replay::ReplayableBody;
@@ -130,7 +130,7 @@ where
         let context = CallContext::of(&req).cloned().unwrap_or_default();
         // Looked at once here: the layers below, and this one's policy,
         // judge a plain call's answers without looking for a gRPC status.
-        let grpc_call = grpc::is_grpc(&req);
+        let grpc_call = is_grpc_call(&req);
         context.note_grpc_call(grpc_call);
         if let Some(d) = shared.config.deadline() {
             // A deadline the caller set stays if it is earlier than ours.
