@@ -243,21 +243,27 @@ async fn a_plain_call_is_judged_by_its_http_status_whatever_its_answer_says() {
 
 /// `mesh-breaker`'s `FallbackLayer`, replacing failed answers, assembled
 /// by hand over `MeshClient` (built from TOML) and an instance answering
-/// every call 200 in `application/grpc` with `UNAVAILABLE`: a gRPC call's
-/// answer is a failure, retried, then replaced; a plain call's is an HTTP
-/// 200 and passes, as every layer below judges it.
+/// every call 200 in `application/grpc` with `UNAVAILABLE`: a plain call's
+/// answer is an HTTP 200 and passes, not retried, as every layer below
+/// judges it; a gRPC call's is a failure, retried twice (the production
+/// profile), then replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fallback_layer_replaces_only_a_grpc_call_s_failed_answer() {
     use http_body_util::BodyExt;
     use mesh::breaker::{FallbackLayer, Fault};
     use tower::ServiceExt;
-    let unavailable = tower::service_fn(|_req: http::Request<Incoming>| async move {
-        let answer = http::Response::builder()
-            .header("content-type", "application/grpc")
-            .header("grpc-status", "14")
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .expect("response");
-        Ok::<_, Infallible>(answer)
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let unavailable = tower::service_fn(move |_req: http::Request<Incoming>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let answer = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "14")
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .expect("response");
+            Ok::<_, Infallible>(answer)
+        }
     });
     let greeter = mesh_testkit::h2c::serve(unavailable).await.expect("served");
     let client = grpc::mesh_client(&[greeter]).await.expect("client");
@@ -280,13 +286,8 @@ async fn the_fallback_layer_replaces_only_a_grpc_call_s_failed_answer() {
         }
         call.body(bytes::Bytes::new()).expect("request")
     };
-    let grpc_answer = guarded
-        .clone()
-        .oneshot(call(Some("application/grpc")))
-        .await;
-    let body = grpc_answer.expect("answered").into_body().collect().await;
-    assert_eq!(&body.expect("body").to_bytes()[..], b"fallback for 200");
-    let plain_answer = guarded.oneshot(call(None)).await.expect("answered");
+    let plain_answer = guarded.clone().oneshot(call(None)).await;
+    let plain_answer = plain_answer.expect("answered");
     assert_eq!(
         plain_answer
             .headers()
@@ -294,6 +295,19 @@ async fn the_fallback_layer_replaces_only_a_grpc_call_s_failed_answer() {
             .map(|v| v.as_bytes()),
         Some(&b"14"[..]),
         "the instance's own answer, not the fallback's"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "a plain call is not retried"
+    );
+    let grpc_answer = guarded.oneshot(call(Some("application/grpc"))).await;
+    let body = grpc_answer.expect("answered").into_body().collect().await;
+    assert_eq!(&body.expect("body").to_bytes()[..], b"fallback for 200");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1 + 3,
+        "the gRPC call was sent three times (two retries) before the fallback answered"
     );
     client.shutdown(Duration::from_secs(1)).await;
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
+use mesh_core::ext::CallContext;
 use mesh_core::grpc::{is_grpc_call, Answer};
 use mesh_core::{BoxError, FailureClassifier, FailureKind, MeshError, Outcome};
 use pin_project_lite::pin_project;
@@ -71,8 +72,11 @@ impl<F> FallbackLayer<F> {
 
     /// Also replaces responses that `classifier` calls failures (a 503,
     /// say) with the fallback's answer. A gRPC call's answer is judged by
-    /// its gRPC status; any other call's by its HTTP status alone, whatever
-    /// its headers say (as every layer of the mesh judges it).
+    /// a status in its headers (a trailers-only answer: one in trailers
+    /// comes after the answer was passed on); any other call's by its HTTP
+    /// status alone, whatever its headers say. The kind of call is noted
+    /// in the request's [`CallContext`] (attached if it had none), so that
+    /// the layers below judge the answer alike.
     pub fn on_failed_responses(mut self, classifier: FailureClassifier) -> Self {
         self.failed_responses = Some(classifier);
         self
@@ -145,13 +149,13 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        // Read only when answers may be replaced.
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Only when answers may be replaced.
         let grpc_call = self
             .layer
             .failed_responses
             .as_ref()
-            .map(|_| is_grpc_call(&req));
+            .map(|_| kind_of_call(&mut req));
         FallbackFuture {
             inner: self.inner.call(req),
             layer: self.layer.clone(),
@@ -208,6 +212,19 @@ where
         tracing::debug!(?fault, "answering from fallback");
         Poll::Ready((this.layer.fallback)(fault).map(|answer| answer.map(Into::into)))
     }
+}
+
+/// Whether `req` is a gRPC call: as a layer above noted it in the call's
+/// context, else as its content type says, then noted there (a context
+/// attached if it had none), so that every layer below judges the answer
+/// as this one does, a breaker with no retry layer above it included.
+fn kind_of_call<B>(req: &mut Request<B>) -> bool {
+    if let Some(noted) = CallContext::of(req).and_then(CallContext::is_grpc_call) {
+        return noted;
+    }
+    let grpc_call = is_grpc_call(req);
+    CallContext::attach(req).note_grpc_call(grpc_call);
+    grpc_call
 }
 
 /// Whether `classifier` calls `response` a failure: by its gRPC status
@@ -276,11 +293,14 @@ mod tests {
 
     /// Every answer is a 200 in `application/grpc` with `grpc-status: 14`:
     /// a gRPC call's is a failure and is replaced; a plain call's is a 200
-    /// and passes.
+    /// and passes. The breaker below, with no retry layer to note the kind
+    /// of call, judges each as the fallback does.
     #[tokio::test]
     async fn only_a_grpc_call_is_judged_by_its_grpc_status() {
+        let breaker = BreakerLayer::new(BreakerConfig::default());
         let svc = ServiceBuilder::new()
             .layer(FallbackLayer::new(answer).on_failed_responses(FailureClassifier::default()))
+            .layer(breaker.clone())
             .service(service_fn(|_req: http::Request<()>| async move {
                 Ok::<_, BoxError>(
                     http::Response::builder()
@@ -290,14 +310,20 @@ mod tests {
                         .unwrap(),
                 )
             }));
+        let body = |r: Response<crate::ResponseBody<String>>| r.into_body().into_inner();
+        let key = BreakerKey::Authority(http::uri::Authority::from_static("api"));
         let plain = http::Request::get("http://api/").body(()).unwrap();
-        let answer = svc.clone().oneshot(plain).await.unwrap();
-        assert_eq!(answer.into_body(), "real", "a plain call's 200 passes");
+        let passed = svc.clone().oneshot(plain).await.unwrap();
+        assert_eq!(body(passed), "real", "a plain call's 200 passes");
+        let judged = breaker.handle(&key).unwrap().metrics();
+        assert_eq!((judged.successful_total, judged.failed_total), (1, 0));
         let grpc = http::Request::post("http://api/greeter.Greeter/SayHello")
             .header("content-type", "application/grpc")
             .body(())
             .unwrap();
-        let answer = svc.oneshot(grpc).await.unwrap();
-        assert_eq!(answer.into_body(), "status 200", "UNAVAILABLE is replaced");
+        let replaced = svc.oneshot(grpc).await.unwrap();
+        assert_eq!(body(replaced), "status 200", "UNAVAILABLE is replaced");
+        let judged = breaker.handle(&key).unwrap().metrics();
+        assert_eq!((judged.successful_total, judged.failed_total), (1, 1));
     }
 }
