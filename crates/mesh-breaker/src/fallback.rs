@@ -75,8 +75,10 @@ impl<F> FallbackLayer<F> {
     /// a status in its headers (a trailers-only answer: one in trailers
     /// comes after the answer was passed on); any other call's by its HTTP
     /// status alone, whatever its headers say. The kind of call is noted
-    /// in the request's [`CallContext`] (attached if it had none), so that
-    /// the layers below judge the answer alike.
+    /// in the request's [`CallContext`], if it has one (the facade's, or a
+    /// caller's), so that the layers below judge the answer alike; without
+    /// one, layers below with no retry layer above them read each answer
+    /// for a gRPC status, as they always do without a note.
     pub fn on_failed_responses(mut self, classifier: FailureClassifier) -> Self {
         self.failed_responses = Some(classifier);
         self
@@ -149,13 +151,13 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         // Only when answers may be replaced.
         let grpc_call = self
             .layer
             .failed_responses
             .as_ref()
-            .map(|_| kind_of_call(&mut req));
+            .map(|_| kind_of_call(&req));
         FallbackFuture {
             inner: self.inner.call(req),
             layer: self.layer.clone(),
@@ -215,15 +217,20 @@ where
 }
 
 /// Whether `req` is a gRPC call: as a layer above noted it in the call's
-/// context, else as its content type says, then noted there (a context
-/// attached if it had none), so that every layer below judges the answer
-/// as this one does, a breaker with no retry layer above it included.
-fn kind_of_call<B>(req: &mut Request<B>) -> bool {
-    if let Some(noted) = CallContext::of(req).and_then(CallContext::is_grpc_call) {
+/// context, else as its content type says, then noted in the context if
+/// the request has one, so that the layers below judge the answer as this
+/// one does, a breaker with no retry layer above it included. None is
+/// attached for the note: a context changes where the layers below leave
+/// theirs (the balancer's choice would no longer ride on the response).
+fn kind_of_call<B>(req: &Request<B>) -> bool {
+    let context = CallContext::of(req);
+    if let Some(noted) = context.and_then(CallContext::is_grpc_call) {
         return noted;
     }
     let grpc_call = is_grpc_call(req);
-    CallContext::attach(req).note_grpc_call(grpc_call);
+    if let Some(context) = context {
+        context.note_grpc_call(grpc_call);
+    }
     grpc_call
 }
 
@@ -294,7 +301,8 @@ mod tests {
     /// Every answer is a 200 in `application/grpc` with `grpc-status: 14`:
     /// a gRPC call's is a failure and is replaced; a plain call's is a 200
     /// and passes. The breaker below, with no retry layer to note the kind
-    /// of call, judges each as the fallback does.
+    /// of call, judges each as the fallback does from the note in the
+    /// calls' contexts (attached by the caller, as the facade does).
     #[tokio::test]
     async fn only_a_grpc_call_is_judged_by_its_grpc_status() {
         let breaker = BreakerLayer::new(BreakerConfig::default());
@@ -312,18 +320,36 @@ mod tests {
             }));
         let body = |r: Response<crate::ResponseBody<String>>| r.into_body().into_inner();
         let key = BreakerKey::Authority(http::uri::Authority::from_static("api"));
-        let plain = http::Request::get("http://api/").body(()).unwrap();
+        let mut plain = http::Request::get("http://api/").body(()).unwrap();
+        CallContext::attach(&mut plain);
         let passed = svc.clone().oneshot(plain).await.unwrap();
         assert_eq!(body(passed), "real", "a plain call's 200 passes");
         let judged = breaker.handle(&key).unwrap().metrics();
         assert_eq!((judged.successful_total, judged.failed_total), (1, 0));
-        let grpc = http::Request::post("http://api/greeter.Greeter/SayHello")
+        let mut grpc = http::Request::post("http://api/greeter.Greeter/SayHello")
             .header("content-type", "application/grpc")
             .body(())
             .unwrap();
+        CallContext::attach(&mut grpc);
         let replaced = svc.oneshot(grpc).await.unwrap();
         assert_eq!(body(replaced), "status 200", "UNAVAILABLE is replaced");
         let judged = breaker.handle(&key).unwrap().metrics();
         assert_eq!((judged.successful_total, judged.failed_total), (1, 1));
+    }
+
+    /// The kind of call is noted only in a context the request carries: a
+    /// context attached here would move the notes of the layers below
+    /// (the balancer's choice) off the response.
+    #[tokio::test]
+    async fn a_request_without_a_context_gets_none() {
+        let svc = ServiceBuilder::new()
+            .layer(FallbackLayer::new(answer).on_failed_responses(FailureClassifier::default()))
+            .service(service_fn(|req: http::Request<()>| async move {
+                let attached = CallContext::of(&req).is_some();
+                Ok::<_, BoxError>(Response::new(format!("context: {attached}")))
+            }));
+        let plain = http::Request::get("http://api/").body(()).unwrap();
+        let answered = svc.oneshot(plain).await.unwrap();
+        assert_eq!(answered.into_body(), "context: false");
     }
 }
