@@ -9,6 +9,9 @@
 //! configuration fails at start naming the file or key, and no secret
 //! reaches `Debug` or the health endpoints.
 
+#[path = "support/retry_events.rs"]
+mod retry_events;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -503,7 +506,7 @@ async fn an_unreachable_registry_at_registration_is_a_registration_failure_not_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_events_name_the_service_a_request_is_routed_to() {
     use mesh::core::ext::TargetService;
-    use mesh::core::{MeshEvent, ServiceName};
+    use mesh::core::ServiceName;
 
     let failing = Backend::start(Behavior::Status(503))
         .await
@@ -524,15 +527,7 @@ async fn retry_events_name_the_service_a_request_is_routed_to() {
     let answer = client.send(req).await.expect("an answer");
     assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(failing.stats().requests, 2, "retried once, at the instance");
-    let mut named = Vec::new();
-    while let Ok(event) = events.try_recv() {
-        match event {
-            MeshEvent::RetryScheduled { service, .. }
-            | MeshEvent::RetriesExhausted { service, .. }
-            | MeshEvent::RetryBudgetExhausted { service, .. } => named.push(service),
-            _ => {}
-        }
-    }
+    let named = retry_events::services_named(&mut events);
     assert!(!named.is_empty(), "the retry was reported");
     assert!(
         named.iter().all(|s| s.as_ref() == Some(&users)),

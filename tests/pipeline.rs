@@ -2,6 +2,9 @@
 //! `ServiceBuilder` exactly as a user would: Retry, Discover, Balance,
 //! Breaker and tower's timeout over hyper-util's legacy client.
 
+#[path = "support/retry_events.rs"]
+mod retry_events;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -367,15 +370,7 @@ async fn retry_events_name_the_service_a_request_is_routed_to() {
     req.extensions_mut().insert(TargetService(users.clone()));
     let answer = stack.oneshot(req).await.expect("an answer");
     assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let mut named = Vec::new();
-    while let Ok(event) = events.try_recv() {
-        match event {
-            MeshEvent::RetryScheduled { service, .. }
-            | MeshEvent::RetriesExhausted { service, .. }
-            | MeshEvent::RetryBudgetExhausted { service, .. } => named.push(service),
-            _ => {}
-        }
-    }
+    let named = retry_events::services_named(&mut events);
     assert!(!named.is_empty(), "the retries were reported");
     assert!(
         named.iter().all(|s| s.as_ref() == Some(&users)),
