@@ -55,6 +55,8 @@ mod output;
 #[path = "bench_runtime.rs"]
 mod bench_runtime;
 
+#[path = "conn_cache.rs"]
+mod conn_cache;
 #[path = "healthy_stacks.rs"]
 mod stacks;
 
@@ -144,11 +146,13 @@ enum Stack {
     MeshLeastResponseTime,
     Facade,
     FacadeDefaults,
+    ConnCache,
+    MeshOverConnCache,
 }
 
 impl Stack {
     /// Each paired with a raw run, in this order, every round.
-    const PAIRED: [Stack; 8] = [
+    const PAIRED: [Stack; 10] = [
         Stack::TowerRetryTimeout,
         Stack::Resilience,
         Stack::TowerP2cBuffer,
@@ -157,6 +161,8 @@ impl Stack {
         Stack::MeshLeastResponseTime,
         Stack::Facade,
         Stack::FacadeDefaults,
+        Stack::ConnCache,
+        Stack::MeshOverConnCache,
     ];
 
     fn name(self) -> &'static str {
@@ -170,6 +176,10 @@ impl Stack {
             Stack::MeshLeastResponseTime => "tower-mesh by hand, least response time",
             Stack::Facade => "MeshClient (round robin)",
             Stack::FacadeDefaults => "MeshClient (defaults: p2c)",
+            Stack::ConnCache => "hyper connections, a cache per instance",
+            Stack::MeshOverConnCache => {
+                "tower-mesh by hand (round robin) over a cache per instance"
+            }
         }
     }
 }
@@ -339,6 +349,12 @@ async fn run(
         Stack::Facade => facade_run(stacks::facade(addrs).await, callers).await,
         Stack::FacadeDefaults => {
             facade_run(stacks::facade_with_defaults(addrs).await, callers).await
+        }
+        Stack::ConnCache => measure(&Tower(conn_cache::per_instance(addrs)), callers).await,
+        Stack::MeshOverConnCache => {
+            let leaf = conn_cache::per_instance(addrs);
+            let stack = stacks::mesh_stack(addrs, Strategy::RoundRobin, leaf);
+            measure(&Tower(stack), callers).await
         }
     }
 }

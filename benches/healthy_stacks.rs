@@ -56,11 +56,12 @@ pub fn tower_retry_timeout(
 /// within 10 s), discovery, `strategy`, breakers per
 /// endpoint (5 failures in a row, or 50% of the last 100 calls once 20
 /// were seen; 30 s open) timing each attempt out at 5 s, over `addrs`
-/// listed by a static registry.
-pub fn mesh_stack(
+/// listed by a static registry; `client` sends to the instance each
+/// request's URI names.
+pub fn mesh_stack<C, B>(
     addrs: &[SocketAddr],
     strategy: Strategy,
-    client: anchors::HttpClient,
+    client: C,
 ) -> impl Service<
     Request<Body>,
     Response = Response<impl http_body::Body<Data = Bytes> + Send + 'static>,
@@ -68,7 +69,14 @@ pub fn mesh_stack(
     Future = impl Send,
 > + Clone
        + Send
-       + 'static {
+       + 'static
+where
+    C: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let registry = StaticRegistry::builder()
         .service(SERVICE, addrs.iter().map(SocketAddr::to_string))
         .build()

@@ -25,6 +25,8 @@
 //! (`MeshClient` names both `MeshClient` stacks); `--stack=<name>` runs
 //! one stack uncounted, as each counted run does.
 
+#[path = "conn_cache.rs"]
+mod conn_cache;
 #[path = "healthy_stacks.rs"]
 mod stacks;
 
@@ -52,8 +54,10 @@ const FUTURE_SIZE: &str = "future size:";
 const RANDOM_SEED: u64 = 19;
 
 /// The stacks, by the name each run is given.
-const STACKS: [&str; 5] = [
+const STACKS: [&str; 7] = [
     "raw",
+    "hyper-conn-cache",
+    "by-hand-over-conn-cache",
     "tower-retry-timeout",
     "by-hand",
     "MeshClient",
@@ -157,6 +161,15 @@ fn run_one(stack: &str) {
     let client: anchors::HttpClient = Client::builder(TokioExecutor::new()).build_http();
     match stack {
         "raw" => drive(&runtime, anchors::RoundRobin::new(client, &addrs)),
+        "hyper-conn-cache" => drive(&runtime, conn_cache::per_instance(&addrs)),
+        "by-hand-over-conn-cache" => drive(
+            &runtime,
+            stacks::mesh_stack(
+                &addrs,
+                Strategy::RoundRobin,
+                conn_cache::per_instance(&addrs),
+            ),
+        ),
         "tower-retry-timeout" => drive(&runtime, stacks::tower_retry_timeout(client, &addrs)),
         "by-hand" => drive(
             &runtime,
