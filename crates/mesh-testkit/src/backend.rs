@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -36,6 +36,10 @@ pub struct BackendStats {
     pub errors: u64,
     /// Total time spent answering, for mean service time.
     pub busy: Duration,
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections that have ended (closed by either side).
+    pub connections_ended: u64,
 }
 
 #[derive(Default)]
@@ -43,12 +47,16 @@ struct Counters {
     requests: AtomicU64,
     errors: AtomicU64,
     busy_nanos: AtomicU64,
+    connections: AtomicU64,
+    connections_ended: AtomicU64,
 }
 
-/// What the accept loop and the handle share: the script and the counters.
+/// What the accept loop and the handle share: the script, the counters,
+/// and how long a connection may wait for its next request.
 struct BackendState {
     behavior: Mutex<Behavior>,
     counters: Counters,
+    idle_timeout: Mutex<Option<Duration>>,
 }
 
 /// A real HTTP/1.1 server on `127.0.0.1`, stopped when dropped.
@@ -80,6 +88,7 @@ impl Backend {
         let state = Arc::new(BackendState {
             behavior: Mutex::new(behavior),
             counters: Counters::default(),
+            idle_timeout: Mutex::new(None),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&state), addr));
         Ok(Backend { addr, state, task })
@@ -97,6 +106,15 @@ impl Backend {
         }
     }
 
+    /// Closes, from now on, any connection on which no request begins
+    /// within `idle` (as servers close idle keep-alive connections);
+    /// `None` keeps them open.
+    pub fn close_idle_after(&self, idle: Option<Duration>) {
+        if let Ok(mut timeout) = self.state.idle_timeout.lock() {
+            *timeout = idle;
+        }
+    }
+
     /// What it has seen so far.
     pub fn stats(&self) -> BackendStats {
         let c = &self.state.counters;
@@ -104,6 +122,8 @@ impl Backend {
             requests: c.requests.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
             busy: Duration::from_nanos(c.busy_nanos.load(Ordering::Relaxed)),
+            connections: c.connections.load(Ordering::Relaxed),
+            connections_ended: c.connections_ended.load(Ordering::Relaxed),
         }
     }
 
@@ -113,6 +133,8 @@ impl Backend {
         c.requests.store(0, Ordering::Relaxed);
         c.errors.store(0, Ordering::Relaxed);
         c.busy_nanos.store(0, Ordering::Relaxed);
+        c.connections.store(0, Ordering::Relaxed);
+        c.connections_ended.store(0, Ordering::Relaxed);
     }
 }
 
@@ -137,11 +159,21 @@ async fn accept_loop(listener: TcpListener, state: Arc<BackendState>, addr: Sock
         let state = Arc::clone(&state);
         // Connections live in the JoinSet so that aborting the accept loop
         // (dropping the Backend) closes them too.
+        state.counters.connections.fetch_add(1, Ordering::Relaxed);
         connections.spawn(async move {
-            let service = service_fn(move |req| answer(req, Arc::clone(&state), addr));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let mut http = http1::Builder::new();
+            if let Some(idle) = state.idle_timeout.lock().ok().and_then(|t| *t) {
+                // hyper times the wait for each request's head, the wait
+                // between two requests included.
+                http.timer(TokioTimer::new()).header_read_timeout(idle);
+            }
+            let answers = Arc::clone(&state);
+            let service = service_fn(move |req| answer(req, Arc::clone(&answers), addr));
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+            state
+                .counters
+                .connections_ended
+                .fetch_add(1, Ordering::Relaxed);
         });
         while connections.try_join_next().is_some() {}
     }
@@ -200,8 +232,27 @@ mod tests {
         assert!(body.starts_with(b"200 OK from 127.0.0.1:"));
         let stats = backend.stats();
         assert_eq!((stats.requests, stats.errors), (2, 1));
+        assert_eq!(stats.connections, 1, "the client kept its connection");
         assert!(stats.busy >= Duration::from_millis(20));
         backend.reset_stats();
         assert_eq!(backend.stats(), BackendStats::default());
+    }
+
+    #[tokio::test]
+    async fn closes_connections_idle_past_its_timeout_and_counts_them() {
+        let backend = Backend::start(Behavior::Ok).await.unwrap();
+        backend.close_idle_after(Some(Duration::from_millis(50)));
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let uri: http::Uri = format!("http://{}/", backend.addr()).parse().unwrap();
+        let r = client.get(uri).await.unwrap();
+        r.into_body().collect().await.unwrap();
+        for _ in 0..200 {
+            if backend.stats().connections_ended == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stats = backend.stats();
+        assert_eq!((stats.connections, stats.connections_ended), (1, 1));
     }
 }

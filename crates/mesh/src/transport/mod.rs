@@ -1,5 +1,6 @@
-//! The leaf of every stack: hyper-util's pooled client, over plain TCP or
-//! over mutual TLS, behind one type.
+//! The leaf of every stack, behind one type: plain HTTP/1.1 on
+//! connections kept per endpoint ([`per_endpoint`]), and hyper-util's
+//! pooled client for h2c and for mutual TLS.
 //!
 //! Over mutual TLS every destination service gets a client of its own,
 //! whose connector accepts only a server presenting that service's
@@ -30,6 +31,10 @@ use mesh_discover::Catalog;
 use mesh_tls::{Credentials, MeshConnector, SpiffeId, TlsConfig};
 use tower::Service;
 
+mod per_endpoint;
+
+use per_endpoint::PerEndpoint;
+
 /// A hyper-util client over mesh-tls's connector (https only).
 pub(crate) type TlsClient = Client<MeshConnector<HttpConnector>, SentBody>;
 
@@ -37,6 +42,8 @@ pub(crate) type TlsClient = Client<MeshConnector<HttpConnector>, SentBody>;
 /// both answer with hyper's response.
 #[derive(Clone, Debug)]
 pub(crate) enum Transport {
+    /// Plain HTTP/1.1: connections kept per endpoint.
+    Http1(PerEndpoint),
     /// Shared: a stack is cloned per lane (and per call when its lane is
     /// busy), and one `Arc` is cheaper to clone than the client's own
     /// handles.
@@ -45,11 +52,12 @@ pub(crate) enum Transport {
 }
 
 pin_project_lite::pin_project! {
-    /// The response future: hyper-util's, or a refusal made before
-    /// anything was sent.
+    /// The response future: hyper-util's, one of [`PerEndpoint`]'s, or a
+    /// refusal made before anything was sent.
     #[project = TransportFutureProj]
     pub(crate) enum TransportFuture {
         Sent { #[pin] future: ResponseFuture },
+        OnEndpoint { future: per_endpoint::ResponseFuture },
         Refused { error: Option<BoxError> },
     }
 }
@@ -62,6 +70,7 @@ impl Future for TransportFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             TransportFutureProj::Sent { future } => future.poll(cx).map_err(Into::into),
+            TransportFutureProj::OnEndpoint { future } => future.as_mut().poll(cx),
             TransportFutureProj::Refused { error } => Poll::Ready(Err(error
                 .take()
                 .unwrap_or_else(|| "mesh transport: polled after completion".into()))),
@@ -72,11 +81,15 @@ impl Future for TransportFuture {
 // === impl Transport ===
 
 impl Transport {
-    /// Plain TCP, HTTP/1.1 or (with `http2_only`) HTTP/2 by prior
-    /// knowledge (h2c).
-    pub(crate) fn plain(http2_only: bool) -> Transport {
+    /// Plain TCP, HTTP/1.1 on connections kept per endpoint.
+    pub(crate) fn http1() -> Transport {
+        Transport::Http1(PerEndpoint::new(tcp(), per_endpoint::SWEEP))
+    }
+
+    /// Plain TCP, HTTP/2 by prior knowledge (h2c).
+    pub(crate) fn h2c() -> Transport {
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.http2_only(http2_only);
+        builder.http2_only(true);
         Transport::Plain(Arc::new(builder.build(tcp())))
     }
 }
@@ -101,6 +114,9 @@ impl Service<Request<SentBody>> for Transport {
 
     fn call(&mut self, req: Request<SentBody>) -> Self::Future {
         match self {
+            Transport::Http1(endpoints) => TransportFuture::OnEndpoint {
+                future: endpoints.send(req),
+            },
             Transport::Plain(client) => TransportFuture::Sent {
                 future: client.request(req),
             },
@@ -294,8 +310,8 @@ impl Transports {
             (clients(false), clients(true))
         });
         Transports {
-            http1: Transport::plain(false),
-            h2c: Transport::plain(true),
+            http1: Transport::http1(),
+            h2c: Transport::h2c(),
             tls,
         }
     }

@@ -1,0 +1,259 @@
+//! [`PerEndpoint`] against real HTTP/1.1 servers on loopback that count
+//! the connections they accept and can close idle ones.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::client::SentBody;
+
+/// A server's counts: connections accepted, connections ended, requests.
+#[derive(Default)]
+struct Seen {
+    accepted: AtomicUsize,
+    ended: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+/// An HTTP/1.1 server answering 200 with `body_len` bytes; it closes a
+/// connection on which no request begins within `idle` (as servers close
+/// idle keep-alive connections).
+async fn server(idle: Option<Duration>, body_len: usize) -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let counts = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            counts.accepted.fetch_add(1, Ordering::SeqCst);
+            let counts = Arc::clone(&counts);
+            tokio::spawn(async move {
+                let answers = Arc::clone(&counts);
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let answers = Arc::clone(&answers);
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        answers.requests.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![
+                            b'x';
+                            body_len
+                        ]))))
+                    }
+                });
+                let mut http = hyper::server::conn::http1::Builder::new();
+                if let Some(idle) = idle {
+                    http.timer(TokioTimer::new()).header_read_timeout(idle);
+                }
+                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                counts.ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn transport() -> PerEndpoint {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    // Sweeps only when a test asks.
+    PerEndpoint::new(tcp, Duration::from_secs(3600))
+}
+
+fn request(method: Method, addr: SocketAddr) -> Request<SentBody> {
+    Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}/path?q=1"))
+        .header(HOST, "users")
+        .body(SentBody::Whole(Full::new(Bytes::from_static(b"hello"))))
+        .unwrap()
+}
+
+/// Sends one request and reads its answer whole.
+async fn call(transport: &PerEndpoint, method: Method, addr: SocketAddr) -> StatusCode {
+    let response = transport.send(request(method, addr)).await.unwrap();
+    let status = response.status();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
+/// Waits (bounded) until `done` holds.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test]
+async fn calls_one_after_another_share_one_connection_per_endpoint() {
+    let (a, seen_a) = server(None, 10).await;
+    let (b, seen_b) = server(None, 10).await;
+    let transport = transport();
+    for _ in 0..20 {
+        assert_eq!(call(&transport, Method::GET, a).await, StatusCode::OK);
+        assert_eq!(call(&transport, Method::GET, b).await, StatusCode::OK);
+    }
+    assert_eq!(seen_a.requests.load(Ordering::SeqCst), 20);
+    assert_eq!(seen_a.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(seen_b.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(transport.endpoints(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_calls_each_get_a_connection_and_all_come_back() {
+    let (addr, seen) = server(None, 10).await;
+    let transport = transport();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let transport = transport.clone();
+        calls.spawn(async move { call(&transport, Method::GET, addr).await });
+    }
+    while let Some(status) = calls.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let opened = seen.accepted.load(Ordering::SeqCst);
+    assert!((1..=16).contains(&opened), "{opened} connections");
+    // Every connection is back in the cache: as many more calls open none.
+    for _ in 0..opened {
+        call(&transport, Method::GET, addr).await;
+    }
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), opened);
+}
+
+#[tokio::test]
+async fn a_request_is_written_in_origin_form_with_the_callers_host() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let head = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut read = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::io::AsyncReadExt::read(&mut stream, &mut buf)
+                .await
+                .unwrap();
+            read.extend_from_slice(&buf[..n]);
+        }
+        let answer = b"HTTP/1.1 204 No Content\r\n\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut stream, answer)
+            .await
+            .unwrap();
+        String::from_utf8(read).unwrap()
+    });
+    let transport = transport();
+    assert_eq!(
+        call(&transport, Method::POST, addr).await,
+        StatusCode::NO_CONTENT
+    );
+    let head = head.await.unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("post /path?q=1 http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nhost: users\r\n"), "{head}");
+}
+
+#[tokio::test]
+async fn a_request_after_the_server_closed_the_idle_connection_goes_out_on_a_new_one() {
+    // The server closes a connection idle for 100 ms; each call comes
+    // after that, on the connection the cache kept.
+    let (addr, seen) = server(Some(Duration::from_millis(100)), 10).await;
+    let transport = transport();
+    for round in 1..=4 {
+        assert_eq!(call(&transport, Method::POST, addr).await, StatusCode::OK);
+        eventually("the server closed the idle connection", || {
+            seen.ended.load(Ordering::SeqCst) == round
+        })
+        .await;
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 4, "each POST once");
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn an_answer_dropped_unread_leaves_the_next_call_a_connection() {
+    // 1 MiB: more than a socket's buffers, so the connection is still
+    // busy with it when the caller drops it.
+    let (addr, seen) = server(None, 1 << 20).await;
+    let transport = transport();
+    for _ in 0..3 {
+        let response = transport.send(request(Method::GET, addr)).await.unwrap();
+        drop(response);
+        let next =
+            tokio::time::timeout(Duration::from_secs(10), call(&transport, Method::GET, addr));
+        assert_eq!(next.await.expect("the next call stalled"), StatusCode::OK);
+    }
+    assert_eq!(seen.requests.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test]
+async fn the_sweep_closes_idle_connections_and_forgets_endpoints_no_longer_called() {
+    let (addr, seen) = server(None, 10).await;
+    let transport = transport();
+    call(&transport, Method::GET, addr).await;
+    // Time for the connection to go back to its cache (it goes once
+    // hyper's connection task has seen the answer through).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Called since the last sweep: kept.
+    transport.sweep();
+    assert_eq!(transport.endpoints(), 1);
+    assert_eq!(seen.ended.load(Ordering::SeqCst), 0);
+    // Idle for a whole sweep: its connection closed, its cache dropped.
+    transport.sweep();
+    eventually("the idle connection closed", || {
+        seen.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(transport.endpoints(), 0);
+    // Called again, it connects again.
+    assert_eq!(call(&transport, Method::GET, addr).await, StatusCode::OK);
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_refused_connection_fails_with_its_io_cause() {
+    let addr = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let error = transport()
+        .send(request(Method::GET, addr))
+        .await
+        .unwrap_err();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    let mut refused = false;
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        cause = e.source();
+    }
+    assert!(refused, "{error:?}");
+}
+
+#[tokio::test]
+async fn requests_that_name_no_endpoint_or_http2_are_refused_before_sending() {
+    let transport = transport();
+    let mut no_authority = Request::new(SentBody::Whole(Full::new(Bytes::new())));
+    *no_authority.uri_mut() = http::Uri::from_static("/path");
+    let error = transport.send(no_authority).await.unwrap_err();
+    assert!(error.to_string().contains("no authority"), "{error}");
+
+    let (addr, seen) = server(None, 10).await;
+    let mut h2 = request(Method::GET, addr);
+    *h2.version_mut() = http::Version::HTTP_2;
+    let error = transport.send(h2).await.unwrap_err();
+    assert!(error.to_string().contains("http2"), "{error}");
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 0);
+}
