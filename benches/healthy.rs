@@ -18,7 +18,9 @@
 //!   with `PeakEwma` behind a `Buffer` (no retry); tower-mesh assembled by
 //!   hand (Retry, Discover from a `StaticRegistry`, Balance, Breaker) with
 //!   the production profile's settings (see [`stacks::mesh_stack`]), balancing
-//!   round robin, power of two choices or least response time; and
+//!   round robin, power of two choices or least response time, over the
+//!   same hyper-util client as raw hyper, and round robin over
+//!   `EndpointClient` (connections kept per endpoint); and
 //!   `MeshClient` from a TOML configuration (static discovery, round
 //!   robin, production profile), and from one that lists the instances
 //!   and sets nothing else (power of two choices, the default strategy),
@@ -55,8 +57,6 @@ mod output;
 #[path = "bench_runtime.rs"]
 mod bench_runtime;
 
-#[path = "conn_cache.rs"]
-mod conn_cache;
 #[path = "healthy_stacks.rs"]
 mod stacks;
 
@@ -146,13 +146,12 @@ enum Stack {
     MeshLeastResponseTime,
     Facade,
     FacadeDefaults,
-    ConnCache,
-    MeshOverConnCache,
+    MeshOverEndpointClient,
 }
 
 impl Stack {
     /// Each paired with a raw run, in this order, every round.
-    const PAIRED: [Stack; 10] = [
+    const PAIRED: [Stack; 9] = [
         Stack::TowerRetryTimeout,
         Stack::Resilience,
         Stack::TowerP2cBuffer,
@@ -161,8 +160,7 @@ impl Stack {
         Stack::MeshLeastResponseTime,
         Stack::Facade,
         Stack::FacadeDefaults,
-        Stack::ConnCache,
-        Stack::MeshOverConnCache,
+        Stack::MeshOverEndpointClient,
     ];
 
     fn name(self) -> &'static str {
@@ -176,10 +174,7 @@ impl Stack {
             Stack::MeshLeastResponseTime => "tower-mesh by hand, least response time",
             Stack::Facade => "MeshClient (round robin)",
             Stack::FacadeDefaults => "MeshClient (defaults: p2c)",
-            Stack::ConnCache => "hyper connections, a cache per instance",
-            Stack::MeshOverConnCache => {
-                "tower-mesh by hand (round robin) over a cache per instance"
-            }
+            Stack::MeshOverEndpointClient => "tower-mesh by hand (round robin) over EndpointClient",
         }
     }
 }
@@ -350,10 +345,8 @@ async fn run(
         Stack::FacadeDefaults => {
             facade_run(stacks::facade_with_defaults(addrs).await, callers).await
         }
-        Stack::ConnCache => measure(&Tower(conn_cache::per_instance(addrs)), callers).await,
-        Stack::MeshOverConnCache => {
-            let leaf = conn_cache::per_instance(addrs);
-            let stack = stacks::mesh_stack(addrs, Strategy::RoundRobin, leaf);
+        Stack::MeshOverEndpointClient => {
+            let stack = stacks::mesh_stack(addrs, Strategy::RoundRobin, EndpointClient::new());
             measure(&Tower(stack), callers).await
         }
     }

@@ -1,5 +1,6 @@
 //! Instructions per request, counted by valgrind's callgrind: raw hyper,
-//! tower's retry + timeout (the anchor), tower-mesh assembled by hand,
+//! tower's retry + timeout (the anchor), tower-mesh assembled by hand
+//! (over raw hyper's client, and over `EndpointClient`: `by-hand-EndpointClient`),
 //! `MeshClient` (round robin, as by hand) and `MeshClient` with every
 //! setting its default (`MeshClient-defaults`: power of two choices),
 //! each sending [`CALLS`] requests one after the other to
@@ -25,8 +26,6 @@
 //! (`MeshClient` names both `MeshClient` stacks); `--stack=<name>` runs
 //! one stack uncounted, as each counted run does.
 
-#[path = "conn_cache.rs"]
-mod conn_cache;
 #[path = "healthy_stacks.rs"]
 mod stacks;
 
@@ -54,12 +53,11 @@ const FUTURE_SIZE: &str = "future size:";
 const RANDOM_SEED: u64 = 19;
 
 /// The stacks, by the name each run is given.
-const STACKS: [&str; 7] = [
+const STACKS: [&str; 6] = [
     "raw",
-    "hyper-conn-cache",
-    "by-hand-over-conn-cache",
     "tower-retry-timeout",
     "by-hand",
+    "by-hand-EndpointClient",
     "MeshClient",
     "MeshClient-defaults",
 ];
@@ -161,19 +159,14 @@ fn run_one(stack: &str) {
     let client: anchors::HttpClient = Client::builder(TokioExecutor::new()).build_http();
     match stack {
         "raw" => drive(&runtime, anchors::RoundRobin::new(client, &addrs)),
-        "hyper-conn-cache" => drive(&runtime, conn_cache::per_instance(&addrs)),
-        "by-hand-over-conn-cache" => drive(
-            &runtime,
-            stacks::mesh_stack(
-                &addrs,
-                Strategy::RoundRobin,
-                conn_cache::per_instance(&addrs),
-            ),
-        ),
         "tower-retry-timeout" => drive(&runtime, stacks::tower_retry_timeout(client, &addrs)),
         "by-hand" => drive(
             &runtime,
             stacks::mesh_stack(&addrs, Strategy::RoundRobin, client),
+        ),
+        "by-hand-EndpointClient" => drive(
+            &runtime,
+            stacks::mesh_stack(&addrs, Strategy::RoundRobin, EndpointClient::new()),
         ),
         "MeshClient" => drive_facade(&runtime, runtime.block_on(stacks::facade(&addrs))),
         "MeshClient-defaults" => drive_facade(

@@ -5,6 +5,7 @@
 mod call_metrics;
 mod client;
 mod config;
+mod endpoint_client;
 mod fallback;
 mod grpc;
 mod lanes;
@@ -23,6 +24,7 @@ pub use config::{
     MeshConfig, MethodSettings, Profile, Protocol, RetryPolicySettings, RetrySettings,
     ServiceOverride,
 };
+pub use endpoint_client::{EndpointClient, ResponseFuture as EndpointResponseFuture};
 pub use fallback::{FallbackCause, FallbackFn, FallbackUsed};
 pub use grpc::GrpcChannel;
 pub use split::Subset;
@@ -37,7 +39,7 @@ pub use mesh_tls as tls;
 
 /// The names most stacks need, in one `use`.
 pub mod prelude {
-    pub use crate::{CallOptions, MeshClient, MeshConfig, StartError};
+    pub use crate::{CallOptions, EndpointClient, MeshClient, MeshConfig, StartError};
     pub use mesh_balance::{BalanceConfig, BalanceLayer, KeySource, Strategy};
     pub use mesh_breaker::{BreakerConfig, BreakerLayer, BreakerScope, FallbackLayer, Fault};
     pub use mesh_core::ext::{AffinityKey, TargetService};

@@ -1,5 +1,5 @@
 //! The leaf of every stack, behind one type: plain HTTP/1.1 on
-//! connections kept per endpoint ([`per_endpoint`]), and hyper-util's
+//! connections kept per endpoint ([`EndpointClient`]), and hyper-util's
 //! pooled client for h2c and for mutual TLS.
 //!
 //! Over mutual TLS every destination service gets a client of its own,
@@ -31,9 +31,7 @@ use mesh_discover::Catalog;
 use mesh_tls::{Credentials, MeshConnector, SpiffeId, TlsConfig};
 use tower::Service;
 
-mod per_endpoint;
-
-use per_endpoint::PerEndpoint;
+use crate::endpoint_client::{self, EndpointClient};
 
 /// A hyper-util client over mesh-tls's connector (https only).
 pub(crate) type TlsClient = Client<MeshConnector<HttpConnector>, SentBody>;
@@ -43,7 +41,7 @@ pub(crate) type TlsClient = Client<MeshConnector<HttpConnector>, SentBody>;
 #[derive(Clone, Debug)]
 pub(crate) enum Transport {
     /// Plain HTTP/1.1: connections kept per endpoint.
-    Http1(PerEndpoint),
+    Http1(EndpointClient<SentBody>),
     /// Shared: a stack is cloned per lane (and per call when its lane is
     /// busy), and one `Arc` is cheaper to clone than the client's own
     /// handles.
@@ -52,12 +50,12 @@ pub(crate) enum Transport {
 }
 
 pin_project_lite::pin_project! {
-    /// The response future: hyper-util's, one of [`PerEndpoint`]'s, or a
+    /// The response future: hyper-util's, [`EndpointClient`]'s, or a
     /// refusal made before anything was sent.
     #[project = TransportFutureProj]
     pub(crate) enum TransportFuture {
         Sent { #[pin] future: ResponseFuture },
-        OnEndpoint { future: per_endpoint::ResponseFuture },
+        OnEndpoint { #[pin] future: endpoint_client::ResponseFuture },
         Refused { error: Option<BoxError> },
     }
 }
@@ -70,7 +68,7 @@ impl Future for TransportFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             TransportFutureProj::Sent { future } => future.poll(cx).map_err(Into::into),
-            TransportFutureProj::OnEndpoint { future } => future.as_mut().poll(cx),
+            TransportFutureProj::OnEndpoint { future } => future.poll(cx),
             TransportFutureProj::Refused { error } => Poll::Ready(Err(error
                 .take()
                 .unwrap_or_else(|| "mesh transport: polled after completion".into()))),
@@ -83,7 +81,7 @@ impl Future for TransportFuture {
 impl Transport {
     /// Plain TCP, HTTP/1.1 on connections kept per endpoint.
     pub(crate) fn http1() -> Transport {
-        Transport::Http1(PerEndpoint::new(tcp(), per_endpoint::SWEEP))
+        Transport::Http1(EndpointClient::new())
     }
 
     /// Plain TCP, HTTP/2 by prior knowledge (h2c).
@@ -115,7 +113,7 @@ impl Service<Request<SentBody>> for Transport {
     fn call(&mut self, req: Request<SentBody>) -> Self::Future {
         match self {
             Transport::Http1(endpoints) => TransportFuture::OnEndpoint {
-                future: endpoints.send(req),
+                future: endpoints.call(req),
             },
             Transport::Plain(client) => TransportFuture::Sent {
                 future: client.request(req),

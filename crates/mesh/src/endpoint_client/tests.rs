@@ -1,4 +1,4 @@
-//! [`PerEndpoint`] against real HTTP/1.1 servers on loopback that count
+//! [`EndpointClient`] against real HTTP/1.1 servers on loopback that count
 //! the connections they accept and can close idle ones.
 
 use std::convert::Infallible;
@@ -14,8 +14,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use http::header::HOST;
+
 use super::*;
-use crate::client::SentBody;
 
 /// A server's counts: connections accepted, connections ended, requests.
 #[derive(Default)]
@@ -63,25 +64,25 @@ async fn server(idle: Option<Duration>, body_len: usize) -> (SocketAddr, Arc<See
     (addr, seen)
 }
 
-fn transport() -> PerEndpoint {
-    let mut tcp = HttpConnector::new();
-    tcp.set_nodelay(true);
+type Body = Full<Bytes>;
+
+fn client() -> EndpointClient<Body> {
     // Sweeps only when a test asks.
-    PerEndpoint::new(tcp, Duration::from_secs(3600))
+    EndpointClient::sweeping_every(Duration::from_secs(3600))
 }
 
-fn request(method: Method, addr: SocketAddr) -> Request<SentBody> {
+fn request(method: Method, addr: SocketAddr) -> Request<Body> {
     Request::builder()
         .method(method)
         .uri(format!("http://{addr}/path?q=1"))
         .header(HOST, "users")
-        .body(SentBody::Whole(Full::new(Bytes::from_static(b"hello"))))
+        .body(Full::new(Bytes::from_static(b"hello")))
         .unwrap()
 }
 
 /// Sends one request and reads its answer whole.
-async fn call(transport: &PerEndpoint, method: Method, addr: SocketAddr) -> StatusCode {
-    let response = transport.send(request(method, addr)).await.unwrap();
+async fn call(client: &EndpointClient<Body>, method: Method, addr: SocketAddr) -> StatusCode {
+    let response = client.clone().call(request(method, addr)).await.unwrap();
     let status = response.status();
     response.into_body().collect().await.unwrap();
     status
@@ -102,25 +103,25 @@ async fn eventually(what: &str, done: impl Fn() -> bool) {
 async fn calls_one_after_another_share_one_connection_per_endpoint() {
     let (a, seen_a) = server(None, 10).await;
     let (b, seen_b) = server(None, 10).await;
-    let transport = transport();
+    let client = client();
     for _ in 0..20 {
-        assert_eq!(call(&transport, Method::GET, a).await, StatusCode::OK);
-        assert_eq!(call(&transport, Method::GET, b).await, StatusCode::OK);
+        assert_eq!(call(&client, Method::GET, a).await, StatusCode::OK);
+        assert_eq!(call(&client, Method::GET, b).await, StatusCode::OK);
     }
     assert_eq!(seen_a.requests.load(Ordering::SeqCst), 20);
     assert_eq!(seen_a.accepted.load(Ordering::SeqCst), 1);
     assert_eq!(seen_b.accepted.load(Ordering::SeqCst), 1);
-    assert_eq!(transport.endpoints(), 2);
+    assert_eq!(client.endpoints(), 2);
 }
 
 #[tokio::test]
 async fn concurrent_calls_each_get_a_connection_and_all_come_back() {
     let (addr, seen) = server(None, 10).await;
-    let transport = transport();
+    let client = client();
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..16 {
-        let transport = transport.clone();
-        calls.spawn(async move { call(&transport, Method::GET, addr).await });
+        let client = client.clone();
+        calls.spawn(async move { call(&client, Method::GET, addr).await });
     }
     while let Some(status) = calls.join_next().await {
         assert_eq!(status.unwrap(), StatusCode::OK);
@@ -129,7 +130,7 @@ async fn concurrent_calls_each_get_a_connection_and_all_come_back() {
     assert!((1..=16).contains(&opened), "{opened} connections");
     // Every connection is back in the cache: as many more calls open none.
     for _ in 0..opened {
-        call(&transport, Method::GET, addr).await;
+        call(&client, Method::GET, addr).await;
     }
     assert_eq!(seen.accepted.load(Ordering::SeqCst), opened);
 }
@@ -154,9 +155,9 @@ async fn a_request_is_written_in_origin_form_with_the_callers_host() {
             .unwrap();
         String::from_utf8(read).unwrap()
     });
-    let transport = transport();
+    let client = client();
     assert_eq!(
-        call(&transport, Method::POST, addr).await,
+        call(&client, Method::POST, addr).await,
         StatusCode::NO_CONTENT
     );
     let head = head.await.unwrap().to_ascii_lowercase();
@@ -169,9 +170,9 @@ async fn a_request_after_the_server_closed_the_idle_connection_goes_out_on_a_new
     // The server closes a connection idle for 100 ms; each call comes
     // after that, on the connection the cache kept.
     let (addr, seen) = server(Some(Duration::from_millis(100)), 10).await;
-    let transport = transport();
+    let client = client();
     for round in 1..=4 {
-        assert_eq!(call(&transport, Method::POST, addr).await, StatusCode::OK);
+        assert_eq!(call(&client, Method::POST, addr).await, StatusCode::OK);
         eventually("the server closed the idle connection", || {
             seen.ended.load(Ordering::SeqCst) == round
         })
@@ -186,12 +187,15 @@ async fn an_answer_dropped_unread_leaves_the_next_call_a_connection() {
     // 1 MiB: more than a socket's buffers, so the connection is still
     // busy with it when the caller drops it.
     let (addr, seen) = server(None, 1 << 20).await;
-    let transport = transport();
+    let client = client();
     for _ in 0..3 {
-        let response = transport.send(request(Method::GET, addr)).await.unwrap();
+        let response = client
+            .clone()
+            .call(request(Method::GET, addr))
+            .await
+            .unwrap();
         drop(response);
-        let next =
-            tokio::time::timeout(Duration::from_secs(10), call(&transport, Method::GET, addr));
+        let next = tokio::time::timeout(Duration::from_secs(10), call(&client, Method::GET, addr));
         assert_eq!(next.await.expect("the next call stalled"), StatusCode::OK);
     }
     assert_eq!(seen.requests.load(Ordering::SeqCst), 6);
@@ -200,24 +204,24 @@ async fn an_answer_dropped_unread_leaves_the_next_call_a_connection() {
 #[tokio::test]
 async fn the_sweep_closes_idle_connections_and_forgets_endpoints_no_longer_called() {
     let (addr, seen) = server(None, 10).await;
-    let transport = transport();
-    call(&transport, Method::GET, addr).await;
+    let client = client();
+    call(&client, Method::GET, addr).await;
     // Time for the connection to go back to its cache (it goes once
     // hyper's connection task has seen the answer through).
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Called since the last sweep: kept.
-    transport.sweep();
-    assert_eq!(transport.endpoints(), 1);
+    client.sweep();
+    assert_eq!(client.endpoints(), 1);
     assert_eq!(seen.ended.load(Ordering::SeqCst), 0);
     // Idle for a whole sweep: its connection closed, its cache dropped.
-    transport.sweep();
+    client.sweep();
     eventually("the idle connection closed", || {
         seen.ended.load(Ordering::SeqCst) == 1
     })
     .await;
-    assert_eq!(transport.endpoints(), 0);
+    assert_eq!(client.endpoints(), 0);
     // Called again, it connects again.
-    assert_eq!(call(&transport, Method::GET, addr).await, StatusCode::OK);
+    assert_eq!(call(&client, Method::GET, addr).await, StatusCode::OK);
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
 }
 
@@ -227,10 +231,7 @@ async fn a_refused_connection_fails_with_its_io_cause() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         listener.local_addr().unwrap()
     };
-    let error = transport()
-        .send(request(Method::GET, addr))
-        .await
-        .unwrap_err();
+    let error = client().call(request(Method::GET, addr)).await.unwrap_err();
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
     let mut refused = false;
     while let Some(e) = cause {
@@ -244,16 +245,16 @@ async fn a_refused_connection_fails_with_its_io_cause() {
 
 #[tokio::test]
 async fn requests_that_name_no_endpoint_or_http2_are_refused_before_sending() {
-    let transport = transport();
-    let mut no_authority = Request::new(SentBody::Whole(Full::new(Bytes::new())));
+    let client = client();
+    let mut no_authority = Request::new(Full::new(Bytes::new()));
     *no_authority.uri_mut() = http::Uri::from_static("/path");
-    let error = transport.send(no_authority).await.unwrap_err();
+    let error = client.clone().call(no_authority).await.unwrap_err();
     assert!(error.to_string().contains("no authority"), "{error}");
 
     let (addr, seen) = server(None, 10).await;
     let mut h2 = request(Method::GET, addr);
     *h2.version_mut() = http::Version::HTTP_2;
-    let error = transport.send(h2).await.unwrap_err();
-    assert!(error.to_string().contains("http2"), "{error}");
+    let error = client.clone().call(h2).await.unwrap_err();
+    assert!(error.to_string().contains("HTTP/2"), "{error}");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 0);
 }

@@ -1,0 +1,259 @@
+//! One connection cache per endpoint authority, found with one lookup in
+//! a lock-free table, and the sweep that closes idle connections.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use hashbrown::HashMap;
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mesh_core::BoxError;
+use tower::Service;
+
+use super::connection::{Connect, Connection, Unsent};
+
+/// How many connections a request that was never written is tried on.
+const TRIES: usize = 3;
+
+/// A response on its way.
+pub(super) type Sending =
+    Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+/// What an [`EndpointClient`](super::EndpointClient) needs of its caches,
+/// whose type hyper-util keeps unnameable.
+pub(super) trait Pools<B>: Send + Sync {
+    fn send(&self, req: Request<B>) -> Sending;
+    fn sweep(&self);
+    fn endpoints(&self) -> usize;
+}
+
+/// Caches of connections opened by `tcp`, swept every `period` while a
+/// tokio runtime is there to run the sweep.
+pub(super) fn over<B>(tcp: HttpConnector, period: Duration) -> Arc<dyn Pools<B>>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let pools: Arc<dyn Pools<B>> = Arc::new(caches(
+        move || {
+            hyper_util::client::pool::cache::builder()
+                .executor(TokioExecutor::new())
+                .build(Connect::new(tcp.clone()))
+        },
+        // Keeps the connections a request took since the last sweep, and
+        // says whether any is left.
+        |cache| {
+            cache.retain(|c: &mut Connection<B>| c.taken_since_last_look() && !c.closed());
+            cache.is_empty()
+        },
+    ));
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(sweep_every(period, Arc::downgrade(&pools)));
+    }
+    pools
+}
+
+/// Sweeps `pools` every `period` for as long as they exist.
+async fn sweep_every<B>(period: Duration, pools: Weak<dyn Pools<B>>) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        match pools.upgrade() {
+            Some(pools) => pools.sweep(),
+            None => return,
+        }
+    }
+}
+
+/// One cache per authority, made by `make` on the first request to it,
+/// and tidied by `tidy` at each sweep.
+struct Caches<C, F, T> {
+    make: F,
+    tidy: T,
+    caches: ArcSwap<HashMap<Authority, Arc<Entry<C>>>>,
+    /// Serializes inserts and sweeps.
+    adding: Mutex<()>,
+}
+
+/// [`Caches`] made by `make` and tidied by `tidy`: a function, so that
+/// `tidy`'s argument is known to be `make`'s cache.
+fn caches<C, F, T>(make: F, tidy: T) -> Caches<C, F, T>
+where
+    F: Fn() -> C,
+    T: Fn(&mut C) -> bool,
+{
+    Caches {
+        make,
+        tidy,
+        caches: ArcSwap::default(),
+        adding: Mutex::new(()),
+    }
+}
+
+/// An endpoint's cache, and whether a request took it since the last
+/// sweep.
+struct Entry<C> {
+    cache: C,
+    called: AtomicBool,
+}
+
+impl<B, C, F, T, L> Pools<B> for Caches<C, F, T>
+where
+    B: Send + 'static,
+    F: Fn() -> C + Send + Sync + 'static,
+    T: Fn(&mut C) -> bool + Send + Sync + 'static,
+    C: Service<Authority, Response = L, Error = BoxError> + Clone + Send + Sync + 'static,
+    C::Future: Send,
+    L: Service<Request<B>, Response = Response<Incoming>, Error = Unsent<B>> + Send + 'static,
+    L::Future: Send,
+{
+    fn send(&self, mut req: Request<B>) -> Sending {
+        if req.version() == Version::HTTP_2 {
+            return refused("an HTTP/2 request on an HTTP/1.1 client: send it over h2c");
+        }
+        let Some(authority) = req.uri().authority().cloned() else {
+            return refused("the request names no endpoint: its URI has no authority");
+        };
+        let cache = match self.caches.load().get(&authority) {
+            Some(entry) => entry.take(),
+            None => self.add(&authority),
+        };
+        origin_form(&mut req, &authority);
+        Box::pin(send_on(cache, authority, req))
+    }
+
+    fn sweep(&self) {
+        // A poisoned lock guards nothing broken: the table is replaced
+        // whole, never edited in place.
+        let _adding = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.caches.load_full();
+        let mut kept = HashMap::with_capacity(current.len());
+        for (authority, entry) in current.iter() {
+            let called = entry.called.swap(false, Ordering::Relaxed);
+            let empty = (self.tidy)(&mut entry.cache.clone());
+            if called || !empty {
+                kept.insert(authority.clone(), Arc::clone(entry));
+            }
+        }
+        if kept.len() < current.len() {
+            self.caches.store(Arc::new(kept));
+        }
+    }
+
+    fn endpoints(&self) -> usize {
+        self.caches.load().len()
+    }
+}
+
+impl<C, F, T> Caches<C, F, T>
+where
+    F: Fn() -> C,
+    C: Clone,
+{
+    /// The cache for `authority`, made on its first request.
+    fn add(&self, authority: &Authority) -> C {
+        let _adding = self.adding.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.caches.load_full();
+        if let Some(entry) = current.get(authority) {
+            return entry.take();
+        }
+        let mut caches = HashMap::clone(&current);
+        let entry = Arc::new(Entry {
+            cache: (self.make)(),
+            called: AtomicBool::new(true),
+        });
+        let cache = entry.take();
+        caches.insert(authority.clone(), entry);
+        self.caches.store(Arc::new(caches));
+        cache
+    }
+}
+
+impl<C: Clone> Entry<C> {
+    /// A handle on the cache, noting the call for the sweep.
+    fn take(&self) -> C {
+        // Read first: a store on every call would pass the line between
+        // cores.
+        if !self.called.load(Ordering::Relaxed) {
+            self.called.store(true, Ordering::Relaxed);
+        }
+        self.cache.clone()
+    }
+}
+
+/// Takes a connection from `cache` and sends `req` on it; a request never
+/// written goes out on another connection, up to [`TRIES`] in all.
+async fn send_on<B, C, L>(
+    mut cache: C,
+    authority: Authority,
+    mut req: Request<B>,
+) -> Result<Response<Incoming>, BoxError>
+where
+    C: Service<Authority, Response = L, Error = BoxError>,
+    L: Service<Request<B>, Response = Response<Incoming>, Error = Unsent<B>> + Send + 'static,
+    L::Future: Send,
+{
+    for _ in 0..TRIES {
+        std::future::poll_fn(|cx| cache.poll_ready(cx)).await?;
+        let mut connection = cache.call(authority.clone()).await?;
+        // A connection found closed is dropped by its cache.
+        if std::future::poll_fn(|cx| connection.poll_ready(cx))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        match connection.call(req).await {
+            Ok(response) => {
+                give_back_when_idle(connection);
+                return Ok(response);
+            }
+            Err(Unsent::Again(unsent)) => req = *unsent,
+            Err(Unsent::Failed(error)) => return Err(error),
+        }
+    }
+    Err(format!("{authority}: every connection tried closed before the request was written").into())
+}
+
+/// Lets `connection` go back to its cache once it is ready for another
+/// request (its response read), or be dropped if it fails first.
+fn give_back_when_idle<L, R>(mut connection: L)
+where
+    L: Service<R> + Send + 'static,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    if connection.poll_ready(&mut cx).is_pending() {
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| connection.poll_ready(cx)).await;
+        });
+    }
+}
+
+/// A refusal, made before anything was sent.
+fn refused(why: &'static str) -> Sending {
+    Box::pin(async move { Err(format!("mesh EndpointClient: {why}").into()) })
+}
+
+/// `req` as written on an HTTP/1 connection: its path alone, and a `Host`
+/// (the one it carries, else the endpoint's).
+fn origin_form<B>(req: &mut Request<B>, authority: &Authority) {
+    if !req.headers().contains_key(HOST) {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(HOST, host);
+        }
+    }
+    let path = req.uri().path_and_query().cloned();
+    *req.uri_mut() = Uri::from(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
+}

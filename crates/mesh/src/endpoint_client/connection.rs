@@ -1,0 +1,142 @@
+//! One HTTP/1 connection as its endpoint's cache keeps it, and the
+//! service that opens them.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::client::legacy::connect::HttpConnector;
+use mesh_core::BoxError;
+use tower::Service;
+
+/// Why a connection gave no answer.
+pub(super) enum Unsent<B> {
+    /// The request was never written on a reused connection: it may go
+    /// out on another. Boxed: the answer's `Result` would otherwise be as
+    /// large as a request on every call.
+    Again(Box<Request<B>>),
+    Failed(BoxError),
+}
+
+impl<B> fmt::Debug for Unsent<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unsent::Again(_) => f.write_str("Again"),
+            Unsent::Failed(error) => f.debug_tuple("Failed").field(error).finish(),
+        }
+    }
+}
+
+/// One HTTP/1 connection.
+pub(super) struct Connection<B> {
+    sender: http1::SendRequest<B>,
+    /// Whether it has carried a request before the one it carries now.
+    used: bool,
+    /// Whether a request took it since the sweep last looked.
+    taken: bool,
+}
+
+impl<B> Connection<B> {
+    pub(super) fn closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    /// Whether a request took it since the last call, which resets it.
+    pub(super) fn taken_since_last_look(&mut self) -> bool {
+        std::mem::take(&mut self.taken)
+    }
+}
+
+impl<B> Service<Request<B>> for Connection<B>
+where
+    B: http_body::Body + Send + 'static,
+{
+    type Response = Response<Incoming>;
+    type Error = Unsent<B>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, Unsent<B>>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Unsent<B>>> {
+        self.sender
+            .poll_ready(cx)
+            .map_err(|e| Unsent::Failed(e.into()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let reused = std::mem::replace(&mut self.used, true);
+        self.taken = true;
+        let sent = self.sender.try_send_request(req);
+        Box::pin(async move {
+            sent.await.map_err(|mut e| match e.take_message() {
+                Some(req) if reused => Unsent::Again(Box::new(req)),
+                // A new connection that takes no request says the
+                // endpoint is wrong, not the connection: no other try.
+                _ => Unsent::Failed(e.into_error().into()),
+            })
+        })
+    }
+}
+
+/// Opens plain HTTP/1 connections, each driven by a task of its own.
+pub(super) struct Connect<B> {
+    tcp: HttpConnector,
+    body: PhantomData<fn(B)>,
+}
+
+impl<B> Connect<B> {
+    pub(super) fn new(tcp: HttpConnector) -> Connect<B> {
+        Connect {
+            tcp,
+            body: PhantomData,
+        }
+    }
+}
+
+impl<B> Clone for Connect<B> {
+    fn clone(&self) -> Self {
+        Connect::new(self.tcp.clone())
+    }
+}
+
+impl<B> Service<Authority> for Connect<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Connection<B>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Connection<B>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, authority: Authority) -> Self::Future {
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query("/")
+            .build();
+        let mut tcp = self.tcp.clone();
+        Box::pin(async move {
+            let stream = tcp.call(uri?).await?;
+            let (sender, connection) = http1::handshake(stream).await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended");
+                }
+            });
+            Ok(Connection {
+                sender,
+                used: false,
+                taken: true,
+            })
+        })
+    }
+}
