@@ -232,7 +232,9 @@ mod tests {
         assert!(body.starts_with(b"200 OK from 127.0.0.1:"));
         let stats = backend.stats();
         assert_eq!((stats.requests, stats.errors), (2, 1));
-        assert_eq!(stats.connections, 1, "the client kept its connection");
+        // One, or two when the second request began before the first's
+        // connection was back in the client's pool.
+        assert!((1..=2).contains(&stats.connections), "{stats:?}");
         assert!(stats.busy >= Duration::from_millis(20));
         backend.reset_stats();
         assert_eq!(backend.stats(), BackendStats::default());

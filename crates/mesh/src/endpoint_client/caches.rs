@@ -2,6 +2,7 @@
 //! a lock-free table, and the sweep that closes idle connections.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -12,18 +13,23 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hashbrown::HashMap;
 use http::header::HOST;
-use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use mesh_core::BoxError;
+use mesh_core::{BoxError, ConnectError};
 use tower::Service;
 
 use super::connection::{Connect, Connection, Unsent};
 
 /// How many connections a request that was never written is tried on.
 const TRIES: usize = 3;
+
+/// How many cached connections found closed one request may pass over
+/// (each is dropped from its cache): a bound for a peer that closes every
+/// connection it accepts.
+const CLOSED_PASSED: usize = 64;
 
 /// A response on its way.
 pub(super) type Sending =
@@ -120,8 +126,8 @@ where
     L::Future: Send,
 {
     fn send(&self, mut req: Request<B>) -> Sending {
-        if req.version() == Version::HTTP_2 {
-            return refused("an HTTP/2 request on an HTTP/1.1 client: send it over h2c");
+        if let Some(why) = unsupported(&req) {
+            return refused(why);
         }
         let Some(authority) = req.uri().authority().cloned() else {
             return refused("the request names no endpoint: its URI has no authority");
@@ -193,52 +199,132 @@ impl<C: Clone> Entry<C> {
     }
 }
 
-/// Takes a connection from `cache` and sends `req` on it; a request never
-/// written goes out on another connection, up to [`TRIES`] in all.
+/// Takes a connection from `cache` and sends `req` on it. Cached
+/// connections found closed are passed over (and dropped); a request
+/// never written goes out on another connection, up to [`TRIES`] in all.
 async fn send_on<B, C, L>(
     mut cache: C,
     authority: Authority,
     mut req: Request<B>,
-) -> Result<Response<Incoming>, BoxError>
+) -> Result<L::Response, BoxError>
 where
     C: Service<Authority, Response = L, Error = BoxError>,
-    L: Service<Request<B>, Response = Response<Incoming>, Error = Unsent<B>> + Send + 'static,
-    L::Future: Send,
+    L: Service<Request<B>, Error = Unsent<B>> + Send + 'static,
 {
-    for _ in 0..TRIES {
-        std::future::poll_fn(|cx| cache.poll_ready(cx)).await?;
-        let mut connection = cache.call(authority.clone()).await?;
-        // A connection found closed is dropped by its cache.
-        if std::future::poll_fn(|cx| connection.poll_ready(cx))
+    let (mut tries, mut closed) = (0, 0);
+    loop {
+        std::future::poll_fn(|cx| cache.poll_ready(cx))
+            .await
+            .map_err(ConnectError::new)?;
+        let taken = cache
+            .call(authority.clone())
+            .await
+            .map_err(ConnectError::new)?;
+        let mut connection = Lease::new(taken);
+        if std::future::poll_fn(|cx| connection.get().poll_ready(cx))
             .await
             .is_err()
         {
+            closed += 1;
+            if closed > CLOSED_PASSED {
+                return Err(unsent(&authority, "every connection was closed"));
+            }
             continue;
         }
-        match connection.call(req).await {
+        match connection.get().call(req).await {
             Ok(response) => {
-                give_back_when_idle(connection);
+                connection.give_back_when_idle();
                 return Ok(response);
             }
-            Err(Unsent::Again(unsent)) => req = *unsent,
+            Err(Unsent::Again(unsent_req)) => {
+                tries += 1;
+                if tries == TRIES {
+                    return Err(unsent(&authority, "each connection closed before it"));
+                }
+                req = *unsent_req;
+            }
             Err(Unsent::Failed(error)) => return Err(error),
         }
     }
-    Err(format!("{authority}: every connection tried closed before the request was written").into())
 }
 
-/// Lets `connection` go back to its cache once it is ready for another
-/// request (its response read), or be dropped if it fails first.
-fn give_back_when_idle<L, R>(mut connection: L)
+/// The error of a request that could not be written to `authority`: a
+/// [`ConnectError`], since it was never sent (retrying it is safe).
+fn unsent(authority: &Authority, why: &str) -> BoxError {
+    ConnectError::new(format!("{authority}: the request was never written: {why}")).into()
+}
+
+/// A connection taken from its cache for one request. Dropped before its
+/// answer came (the call failed, or was cancelled), it is polled once, so
+/// that it reports itself closed (see `Connection::poll_ready`) and its
+/// cache drops it instead of handing it on busy.
+struct Lease<L, B>
 where
-    L: Service<R> + Send + 'static,
+    L: Service<Request<B>>,
 {
-    let mut cx = Context::from_waker(Waker::noop());
-    if connection.poll_ready(&mut cx).is_pending() {
-        tokio::spawn(async move {
-            let _ = std::future::poll_fn(|cx| connection.poll_ready(cx)).await;
-        });
+    connection: Option<L>,
+    body: PhantomData<fn(B)>,
+}
+
+impl<L, B> Lease<L, B>
+where
+    L: Service<Request<B>> + Send + 'static,
+{
+    fn new(connection: L) -> Self {
+        Lease {
+            connection: Some(connection),
+            body: PhantomData,
+        }
     }
+
+    fn get(&mut self) -> &mut L {
+        self.connection
+            .as_mut()
+            .expect("a lease holds its connection until it ends")
+    }
+
+    /// Lets the connection go back to its cache once it is ready for
+    /// another request (its response read), or be dropped if it fails
+    /// first.
+    fn give_back_when_idle(mut self) {
+        let Some(mut connection) = self.connection.take() else {
+            return;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        if connection.poll_ready(&mut cx).is_pending() {
+            tokio::spawn(async move {
+                let _ = std::future::poll_fn(|cx| connection.poll_ready(cx)).await;
+            });
+        }
+    }
+}
+
+impl<L, B> Drop for Lease<L, B>
+where
+    L: Service<Request<B>>,
+{
+    fn drop(&mut self) {
+        if let Some(mut connection) = self.connection.take() {
+            let _ = connection.poll_ready(&mut Context::from_waker(Waker::noop()));
+        }
+    }
+}
+
+/// Why `req` cannot go out on a plain HTTP/1.1 connection, if it cannot.
+fn unsupported<B>(req: &Request<B>) -> Option<&'static str> {
+    if !matches!(req.version(), Version::HTTP_10 | Version::HTTP_11) {
+        return Some("only HTTP/1.0 and HTTP/1.1 requests go out here: send HTTP/2 over h2c");
+    }
+    if req.uri().scheme().is_some_and(|s| *s != Scheme::HTTP) {
+        return Some(
+            "only http URIs go out here: an https one would be sent in cleartext \
+             (for TLS, use mesh-tls's connector under hyper-util's client)",
+        );
+    }
+    if req.method() == Method::CONNECT {
+        return Some("CONNECT is a request for a proxy, not for an endpoint");
+    }
+    None
 }
 
 /// A refusal, made before anything was sent.
@@ -247,13 +333,21 @@ fn refused(why: &'static str) -> Sending {
 }
 
 /// `req` as written on an HTTP/1 connection: its path alone, and a `Host`
-/// (the one it carries, else the endpoint's).
+/// (the one it carries, else the endpoint's host, and its port unless it
+/// is http's 80).
 fn origin_form<B>(req: &mut Request<B>, authority: &Authority) {
     if !req.headers().contains_key(HOST) {
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        let host = match authority.port_u16() {
+            Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
+        if let Ok(host) = HeaderValue::from_str(&host) {
             req.headers_mut().insert(HOST, host);
         }
     }
     let path = req.uri().path_and_query().cloned();
     *req.uri_mut() = Uri::from(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
 }
+
+#[cfg(test)]
+mod tests;

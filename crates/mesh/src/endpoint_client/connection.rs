@@ -5,6 +5,8 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -18,9 +20,9 @@ use tower::Service;
 
 /// Why a connection gave no answer.
 pub(super) enum Unsent<B> {
-    /// The request was never written on a reused connection: it may go
-    /// out on another. Boxed: the answer's `Result` would otherwise be as
-    /// large as a request on every call.
+    /// The request was never written (the connection closed first): it
+    /// may go out on another. Boxed: the answer's `Result` would otherwise
+    /// be as large as a request on every call.
     Again(Box<Request<B>>),
     Failed(BoxError),
 }
@@ -37,8 +39,11 @@ impl<B> fmt::Debug for Unsent<B> {
 /// One HTTP/1 connection.
 pub(super) struct Connection<B> {
     sender: http1::SendRequest<B>,
-    /// Whether it has carried a request before the one it carries now.
-    used: bool,
+    /// Set while a request is on it and until its answer's head came:
+    /// a connection given up in between (its call failed, or was
+    /// cancelled) is reported closed, so that its cache drops it instead
+    /// of handing it, busy or broken, to the next request.
+    busy: Arc<AtomicBool>,
     /// Whether a request took it since the sweep last looked.
     taken: bool,
 }
@@ -63,21 +68,29 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, Unsent<B>>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Unsent<B>>> {
+        if self.busy.load(Ordering::Relaxed) {
+            return Poll::Ready(Err(Unsent::Failed(
+                "the connection was given up mid-request".into(),
+            )));
+        }
         self.sender
             .poll_ready(cx)
             .map_err(|e| Unsent::Failed(e.into()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let reused = std::mem::replace(&mut self.used, true);
         self.taken = true;
+        self.busy.store(true, Ordering::Relaxed);
+        let busy = Arc::clone(&self.busy);
         let sent = self.sender.try_send_request(req);
         Box::pin(async move {
-            sent.await.map_err(|mut e| match e.take_message() {
-                Some(req) if reused => Unsent::Again(Box::new(req)),
-                // A new connection that takes no request says the
-                // endpoint is wrong, not the connection: no other try.
-                _ => Unsent::Failed(e.into_error().into()),
+            let answer = sent.await;
+            if answer.is_ok() {
+                busy.store(false, Ordering::Relaxed);
+            }
+            answer.map_err(|mut e| match e.take_message() {
+                Some(req) => Unsent::Again(Box::new(req)),
+                None => Unsent::Failed(e.into_error().into()),
             })
         })
     }
@@ -134,7 +147,7 @@ where
             });
             Ok(Connection {
                 sender,
-                used: false,
+                busy: Arc::default(),
                 taken: true,
             })
         })

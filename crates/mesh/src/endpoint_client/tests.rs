@@ -128,15 +128,52 @@ async fn concurrent_calls_each_get_a_connection_and_all_come_back() {
     }
     let opened = seen.accepted.load(Ordering::SeqCst);
     assert!((1..=16).contains(&opened), "{opened} connections");
-    // Every connection is back in the cache: as many more calls open none.
+    // Every connection is back in its cache: as many calls again, all at
+    // once, open none.
+    let mut calls = tokio::task::JoinSet::new();
     for _ in 0..opened {
-        call(&client, Method::GET, addr).await;
+        let client = client.clone();
+        calls.spawn(async move {
+            let response = client
+                .clone()
+                .call(request(Method::GET, addr))
+                .await
+                .unwrap();
+            // Holds its connection until every call has one.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            response.into_body().collect().await.unwrap();
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done.unwrap();
     }
     assert_eq!(seen.accepted.load(Ordering::SeqCst), opened);
 }
 
 #[tokio::test]
 async fn a_request_is_written_in_origin_form_with_the_callers_host() {
+    let (head, addr) = one_request_head().await;
+    let client = client();
+    assert_eq!(
+        call(&client, Method::POST, addr).await,
+        StatusCode::NO_CONTENT
+    );
+    let head = head.await.unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("post /path?q=1 http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nhost: users\r\n"), "{head}");
+
+    // Without a Host of its own, the endpoint's.
+    let (head, addr) = one_request_head().await;
+    let mut req = request(Method::GET, addr);
+    req.headers_mut().remove(HOST);
+    client.clone().call(req).await.unwrap();
+    let head = head.await.unwrap().to_ascii_lowercase();
+    assert!(head.contains(&format!("\r\nhost: {addr}\r\n")), "{head}");
+}
+
+/// A server that reads one request's head, answers 204, and returns the
+/// head it read.
+async fn one_request_head() -> (tokio::task::JoinHandle<String>, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let head = tokio::spawn(async move {
@@ -155,14 +192,7 @@ async fn a_request_is_written_in_origin_form_with_the_callers_host() {
             .unwrap();
         String::from_utf8(read).unwrap()
     });
-    let client = client();
-    assert_eq!(
-        call(&client, Method::POST, addr).await,
-        StatusCode::NO_CONTENT
-    );
-    let head = head.await.unwrap().to_ascii_lowercase();
-    assert!(head.starts_with("post /path?q=1 http/1.1\r\n"), "{head}");
-    assert!(head.contains("\r\nhost: users\r\n"), "{head}");
+    (head, addr)
 }
 
 #[tokio::test]
@@ -199,6 +229,12 @@ async fn an_answer_dropped_unread_leaves_the_next_call_a_connection() {
         assert_eq!(next.await.expect("the next call stalled"), StatusCode::OK);
     }
     assert_eq!(seen.requests.load(Ordering::SeqCst), 6);
+    // Each connection whose answer was dropped is closed, not kept busy:
+    // only the last call's stays open.
+    eventually("the abandoned connections closed", || {
+        seen.accepted.load(Ordering::SeqCst) - seen.ended.load(Ordering::SeqCst) == 1
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -244,7 +280,7 @@ async fn a_refused_connection_fails_with_its_io_cause() {
 }
 
 #[tokio::test]
-async fn requests_that_name_no_endpoint_or_http2_are_refused_before_sending() {
+async fn requests_a_plain_http1_connection_cannot_carry_are_refused_before_sending() {
     let client = client();
     let mut no_authority = Request::new(Full::new(Bytes::new()));
     *no_authority.uri_mut() = http::Uri::from_static("/path");
@@ -256,5 +292,15 @@ async fn requests_that_name_no_endpoint_or_http2_are_refused_before_sending() {
     *h2.version_mut() = http::Version::HTTP_2;
     let error = client.clone().call(h2).await.unwrap_err();
     assert!(error.to_string().contains("HTTP/2"), "{error}");
+
+    // An https URI would go out in cleartext.
+    let mut https = request(Method::GET, addr);
+    *https.uri_mut() = format!("https://{addr}/path").parse().unwrap();
+    let error = client.clone().call(https).await.unwrap_err();
+    assert!(error.to_string().contains("cleartext"), "{error}");
+
+    let connect = request(Method::CONNECT, addr);
+    let error = client.clone().call(connect).await.unwrap_err();
+    assert!(error.to_string().contains("CONNECT"), "{error}");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 0);
 }

@@ -1,0 +1,153 @@
+//! `send_on` over a scripted cache: which connections a request is tried
+//! on, and when it gives up.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+
+/// What the next connection taken from the cache does.
+#[derive(Clone, Copy, Debug)]
+enum Next {
+    /// Found closed when polled.
+    Closed,
+    /// Closes before the request is written: hands it back.
+    Unwritten,
+    /// Fails after the request was written.
+    Fails,
+    Answers,
+}
+
+/// A cache handing out connections as scripted, counting what they do.
+#[derive(Clone, Default)]
+struct Script {
+    next: Arc<Mutex<VecDeque<Next>>>,
+    written: Arc<AtomicUsize>,
+    polls: Arc<AtomicUsize>,
+}
+
+impl Script {
+    fn of(plan: impl IntoIterator<Item = Next>) -> Script {
+        let script = Script::default();
+        script.next.lock().unwrap().extend(plan);
+        script
+    }
+}
+
+impl Service<Authority> for Script {
+    type Response = Scripted;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Scripted, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _authority: Authority) -> Self::Future {
+        let next = self.next.lock().unwrap().pop_front();
+        std::future::ready(match next {
+            Some(next) => Ok(Scripted {
+                next,
+                script: self.clone(),
+            }),
+            None => Err("the script ran out".into()),
+        })
+    }
+}
+
+struct Scripted {
+    next: Next,
+    script: Script,
+}
+
+impl Service<Request<()>> for Scripted {
+    type Response = &'static str;
+    type Error = Unsent<()>;
+    type Future = std::future::Ready<Result<&'static str, Unsent<()>>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> std::task::Poll<Result<(), Unsent<()>>> {
+        self.script.polls.fetch_add(1, Ordering::SeqCst);
+        std::task::Poll::Ready(match self.next {
+            Next::Closed => Err(Unsent::Failed("closed".into())),
+            _ => Ok(()),
+        })
+    }
+
+    fn call(&mut self, req: Request<()>) -> Self::Future {
+        std::future::ready(match self.next {
+            Next::Unwritten => Err(Unsent::Again(Box::new(req))),
+            Next::Fails => {
+                self.script.written.fetch_add(1, Ordering::SeqCst);
+                Err(Unsent::Failed("reset".into()))
+            }
+            _ => {
+                self.script.written.fetch_add(1, Ordering::SeqCst);
+                Ok("answer")
+            }
+        })
+    }
+}
+
+async fn send(script: &Script) -> Result<&'static str, BoxError> {
+    let authority = Authority::from_static("10.0.0.1:80");
+    send_on(script.clone(), authority, Request::new(())).await
+}
+
+fn is_connect_error(error: &BoxError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(e) = cause {
+        if e.is::<ConnectError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+#[tokio::test]
+async fn closed_cached_connections_are_passed_over_without_using_up_tries() {
+    let script = Script::of([Next::Closed; 10].into_iter().chain([Next::Answers]));
+    assert_eq!(send(&script).await.unwrap(), "answer");
+    assert_eq!(script.written.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_request_never_written_goes_out_on_another_connection() {
+    let script = Script::of([
+        Next::Unwritten,
+        Next::Closed,
+        Next::Unwritten,
+        Next::Answers,
+    ]);
+    assert_eq!(send(&script).await.unwrap(), "answer");
+    assert_eq!(script.written.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_request_no_connection_takes_fails_as_never_sent() {
+    let script = Script::of([Next::Unwritten; 3].into_iter().chain([Next::Answers]));
+    let error = send(&script).await.unwrap_err();
+    assert!(is_connect_error(&error), "{error}");
+    let cause = error.source().map(ToString::to_string).unwrap_or_default();
+    assert!(cause.contains("never written"), "{cause}");
+    assert_eq!(script.next.lock().unwrap().len(), 1, "three tries, no more");
+
+    let script = Script::of(
+        [Next::Closed; CLOSED_PASSED + 1]
+            .into_iter()
+            .chain([Next::Answers]),
+    );
+    let error = send(&script).await.unwrap_err();
+    assert!(is_connect_error(&error), "{error}");
+}
+
+#[tokio::test]
+async fn a_request_written_is_never_sent_again_and_its_connection_is_polled_to_close() {
+    let script = Script::of([Next::Fails, Next::Answers]);
+    let error = send(&script).await.unwrap_err();
+    assert_eq!(error.to_string(), "reset");
+    assert_eq!(script.written.load(Ordering::SeqCst), 1);
+    // Polled before the call, and once more as the lease ends: that poll
+    // is what makes the cache drop a connection given up mid-request.
+    assert_eq!(script.polls.load(Ordering::SeqCst), 2);
+}
