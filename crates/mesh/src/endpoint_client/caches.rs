@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Waker};
 use std::time::Duration;
@@ -23,12 +23,9 @@ use tower::Service;
 
 use super::connection::{Connect, Connection, Unsent};
 
-/// How many connections a request that was never written is tried on.
-const TRIES: usize = 3;
-
 /// How many cached connections found closed one request may pass over
-/// (each is dropped from its cache): a bound for a peer that closes every
-/// connection it accepts.
+/// (each is dropped from its cache): a bound, should every connection to
+/// a restarted peer have closed meanwhile.
 const CLOSED_PASSED: usize = 64;
 
 /// A response on its way.
@@ -43,34 +40,40 @@ pub(super) trait Pools<B>: Send + Sync {
     fn endpoints(&self) -> usize;
 }
 
-/// Caches of connections opened by `tcp`, swept every `period` while a
-/// tokio runtime is there to run the sweep.
+/// Caches of connections opened by `tcp`, swept every `period` from the
+/// first request on.
 pub(super) fn over<B>(tcp: HttpConnector, period: Duration) -> Arc<dyn Pools<B>>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let pools: Arc<dyn Pools<B>> = Arc::new(caches(
-        move || {
-            hyper_util::client::pool::cache::builder()
-                .executor(TokioExecutor::new())
-                .build(Connect::new(tcp.clone()))
-        },
-        // Keeps the connections a request took since the last sweep, and
-        // says whether any is left.
-        |cache| {
-            cache.retain(|c: &mut Connection<B>| c.taken_since_last_look() && !c.closed());
-            cache.is_empty()
-        },
-    ));
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(sweep_every(period, Arc::downgrade(&pools)));
-    }
-    pools
+    let opened = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&opened);
+    Arc::new_cyclic(|me| {
+        caches(
+            move || {
+                hyper_util::client::pool::cache::builder()
+                    .executor(TokioExecutor::new())
+                    .build(Connect::new(tcp.clone(), Arc::clone(&counted)))
+            },
+            // Keeps the connections a request took since the last sweep,
+            // and says whether any is left.
+            |cache| {
+                cache.retain(|c: &mut Connection<B>| c.taken_since_last_look() && !c.closed());
+                cache.is_empty()
+            },
+            Sweeps {
+                opened,
+                period,
+                me: me.clone(),
+                started: AtomicBool::new(false),
+            },
+        )
+    })
 }
 
 /// Sweeps `pools` every `period` for as long as they exist.
-async fn sweep_every<B>(period: Duration, pools: Weak<dyn Pools<B>>) {
+async fn sweep_every<P: Pools<B> + ?Sized, B>(period: Duration, pools: Weak<P>) {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -91,11 +94,40 @@ struct Caches<C, F, T> {
     caches: ArcSwap<HashMap<Authority, Arc<Entry<C>>>>,
     /// Serializes inserts and sweeps.
     adding: Mutex<()>,
+    sweeps: Sweeps<Self>,
+}
+
+/// What the sweep and the count of opened connections need.
+struct Sweeps<P> {
+    /// How many connections were opened: a connection numbered past the
+    /// count a request began with was opened for it (or while it waited).
+    opened: Arc<AtomicU64>,
+    period: Duration,
+    /// The caches themselves, for the sweeping task to hold weakly.
+    me: Weak<P>,
+    started: AtomicBool,
+}
+
+impl<P: 'static> Sweeps<P> {
+    /// Starts the sweeping task, once, if a tokio runtime is there to run
+    /// it (requests need one anyway).
+    fn start<B: 'static>(&self)
+    where
+        P: Pools<B>,
+    {
+        if self.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(sweep_every(self.period, self.me.clone()))),
+            Err(_) => self.started.store(false, Ordering::Relaxed),
+        }
+    }
 }
 
 /// [`Caches`] made by `make` and tidied by `tidy`: a function, so that
 /// `tidy`'s argument is known to be `make`'s cache.
-fn caches<C, F, T>(make: F, tidy: T) -> Caches<C, F, T>
+fn caches<C, F, T>(make: F, tidy: T, sweeps: Sweeps<Caches<C, F, T>>) -> Caches<C, F, T>
 where
     F: Fn() -> C,
     T: Fn(&mut C) -> bool,
@@ -105,6 +137,7 @@ where
         tidy,
         caches: ArcSwap::default(),
         adding: Mutex::new(()),
+        sweeps,
     }
 }
 
@@ -132,12 +165,16 @@ where
         let Some(authority) = req.uri().authority().cloned() else {
             return refused("the request names no endpoint: its URI has no authority");
         };
+        let began = self.sweeps.opened.load(Ordering::Relaxed);
         let cache = match self.caches.load().get(&authority) {
             Some(entry) => entry.take(),
-            None => self.add(&authority),
+            None => {
+                self.sweeps.start::<B>();
+                self.add(&authority)
+            }
         };
         origin_form(&mut req, &authority);
-        Box::pin(send_on(cache, authority, req))
+        Box::pin(send_on(cache, authority, req, began))
     }
 
     fn sweep(&self) {
@@ -200,19 +237,21 @@ impl<C: Clone> Entry<C> {
 }
 
 /// Takes a connection from `cache` and sends `req` on it. Cached
-/// connections found closed are passed over (and dropped); a request
-/// never written goes out on another connection, up to [`TRIES`] in all.
+/// connections found closed are passed over (each dropped), and a
+/// request one of them handed back unwritten goes out on the next; a
+/// connection opened since the request `began` that closes at once fails
+/// it: the peer, not a stale connection, is at fault.
 async fn send_on<B, C, L>(
     mut cache: C,
     authority: Authority,
     mut req: Request<B>,
+    began: u64,
 ) -> Result<L::Response, BoxError>
 where
     C: Service<Authority, Response = L, Error = BoxError>,
     L: Service<Request<B>, Error = Unsent<B>> + Send + 'static,
 {
-    let (mut tries, mut closed) = (0, 0);
-    loop {
+    for _ in 0..=CLOSED_PASSED {
         std::future::poll_fn(|cx| cache.poll_ready(cx))
             .await
             .map_err(ConnectError::new)?;
@@ -221,31 +260,32 @@ where
             .await
             .map_err(ConnectError::new)?;
         let mut connection = Lease::new(taken);
-        if std::future::poll_fn(|cx| connection.get().poll_ready(cx))
-            .await
-            .is_err()
-        {
-            closed += 1;
-            if closed > CLOSED_PASSED {
-                return Err(unsent(&authority, "every connection was closed"));
-            }
-            continue;
-        }
-        match connection.get().call(req).await {
-            Ok(response) => {
-                connection.give_back_when_idle();
-                return Ok(response);
-            }
-            Err(Unsent::Again(unsent_req)) => {
-                tries += 1;
-                if tries == TRIES {
-                    return Err(unsent(&authority, "each connection closed before it"));
-                }
-                req = *unsent_req;
-            }
+        let closed = match std::future::poll_fn(|cx| connection.get().poll_ready(cx)).await {
+            Err(Unsent::Closed { serial, .. }) => serial,
             Err(Unsent::Failed(error)) => return Err(error),
+            Ok(()) => match connection.get().call(req).await {
+                Ok(response) => {
+                    connection.give_back_when_idle();
+                    return Ok(response);
+                }
+                Err(Unsent::Closed {
+                    serial,
+                    request: Some(unsent),
+                }) => {
+                    req = *unsent;
+                    serial
+                }
+                Err(Unsent::Closed { request: None, .. }) => {
+                    return Err(unsent(&authority, "its connection closed"));
+                }
+                Err(Unsent::Failed(error)) => return Err(error),
+            },
+        };
+        if closed > began {
+            return Err(unsent(&authority, "a new connection closed at once"));
         }
     }
+    Err(unsent(&authority, "every connection to it had closed"))
 }
 
 /// The error of a request that could not be written to `authority`: a

@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -20,17 +20,27 @@ use tower::Service;
 
 /// Why a connection gave no answer.
 pub(super) enum Unsent<B> {
-    /// The request was never written (the connection closed first): it
-    /// may go out on another. Boxed: the answer's `Result` would otherwise
-    /// be as large as a request on every call.
-    Again(Box<Request<B>>),
+    /// The connection was closed, or closed before the request was
+    /// written (then the request is handed back, boxed: the answer's
+    /// `Result` would otherwise be as large as a request on every call).
+    /// `serial` tells a connection opened after the request began from
+    /// one it found cached.
+    Closed {
+        serial: u64,
+        request: Option<Box<Request<B>>>,
+    },
+    /// The request may have been written: it must not go out again.
     Failed(BoxError),
 }
 
 impl<B> fmt::Debug for Unsent<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Unsent::Again(_) => f.write_str("Again"),
+            Unsent::Closed { serial, request } => f
+                .debug_struct("Closed")
+                .field("serial", serial)
+                .field("request_back", &request.is_some())
+                .finish(),
             Unsent::Failed(error) => f.debug_tuple("Failed").field(error).finish(),
         }
     }
@@ -46,6 +56,8 @@ pub(super) struct Connection<B> {
     busy: Arc<AtomicBool>,
     /// Whether a request took it since the sweep last looked.
     taken: bool,
+    /// Its place in the order its client opened connections.
+    serial: u64,
 }
 
 impl<B> Connection<B> {
@@ -68,20 +80,20 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, Unsent<B>>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Unsent<B>>> {
+        let closed = Unsent::Closed {
+            serial: self.serial,
+            request: None,
+        };
         if self.busy.load(Ordering::Relaxed) {
-            return Poll::Ready(Err(Unsent::Failed(
-                "the connection was given up mid-request".into(),
-            )));
+            return Poll::Ready(Err(closed));
         }
-        self.sender
-            .poll_ready(cx)
-            .map_err(|e| Unsent::Failed(e.into()))
+        self.sender.poll_ready(cx).map_err(|_| closed)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         self.taken = true;
         self.busy.store(true, Ordering::Relaxed);
-        let busy = Arc::clone(&self.busy);
+        let (busy, serial) = (Arc::clone(&self.busy), self.serial);
         let sent = self.sender.try_send_request(req);
         Box::pin(async move {
             let answer = sent.await;
@@ -89,23 +101,29 @@ where
                 busy.store(false, Ordering::Relaxed);
             }
             answer.map_err(|mut e| match e.take_message() {
-                Some(req) => Unsent::Again(Box::new(req)),
+                Some(req) => Unsent::Closed {
+                    serial,
+                    request: Some(Box::new(req)),
+                },
                 None => Unsent::Failed(e.into_error().into()),
             })
         })
     }
 }
 
-/// Opens plain HTTP/1 connections, each driven by a task of its own.
+/// Opens plain HTTP/1 connections, each driven by a task of its own,
+/// numbering them in `opened`.
 pub(super) struct Connect<B> {
     tcp: HttpConnector,
+    opened: Arc<AtomicU64>,
     body: PhantomData<fn(B)>,
 }
 
 impl<B> Connect<B> {
-    pub(super) fn new(tcp: HttpConnector) -> Connect<B> {
+    pub(super) fn new(tcp: HttpConnector, opened: Arc<AtomicU64>) -> Connect<B> {
         Connect {
             tcp,
+            opened,
             body: PhantomData,
         }
     }
@@ -113,7 +131,7 @@ impl<B> Connect<B> {
 
 impl<B> Clone for Connect<B> {
     fn clone(&self) -> Self {
-        Connect::new(self.tcp.clone())
+        Connect::new(self.tcp.clone(), Arc::clone(&self.opened))
     }
 }
 
@@ -136,12 +154,13 @@ where
             .authority(authority)
             .path_and_query("/")
             .build();
-        let mut tcp = self.tcp.clone();
+        let (mut tcp, opened) = (self.tcp.clone(), Arc::clone(&self.opened));
         Box::pin(async move {
             let stream = tcp.call(uri?).await?;
             let (sender, connection) = http1::handshake(stream).await?;
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                // Upgrades (WebSocket...) work as through hyper-util's client.
+                if let Err(error) = connection.with_upgrades().await {
                     tracing::debug!(%error, "connection ended");
                 }
             });
@@ -149,6 +168,7 @@ where
                 sender,
                 busy: Arc::default(),
                 taken: true,
+                serial: opened.fetch_add(1, Ordering::Relaxed) + 1,
             })
         })
     }

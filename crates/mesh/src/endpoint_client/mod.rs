@@ -4,12 +4,12 @@
 //!
 //! hyper-util's legacy client keeps every destination in one pool, keyed
 //! by scheme and authority and hashed with SipHash one byte at a time,
-//! three times a request: with its checkout futures, about a quarter of a
-//! plain request's instructions on loopback (BENCHMARKS.md, "Connections
-//! kept per endpoint"). Here a request finds its endpoint's cache with
-//! one foldhash lookup, and the cache (hyper-util's
-//! `client::pool::cache`) hands out one of hyper's own connections
-//! (`hyper::client::conn::http1`) under a short lock.
+//! three times a request; with its checkout futures, it costs more
+//! instructions per loopback request than the whole stack assembled by
+//! hand (BENCHMARKS.md, "Connections kept per endpoint"). Here a request
+//! finds its endpoint's cache with one foldhash lookup, and the cache
+//! (hyper-util's `client::pool::cache`) hands out one of hyper's own
+//! connections (`hyper::client::conn::http1`) under a short lock.
 
 use std::fmt;
 use std::future::Future;
@@ -44,23 +44,34 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// What hyper-util's legacy client does for a pooled connection, it does
 /// too:
-/// - a request that could not be written because its reused connection
-///   had closed meanwhile (the peer's idle timeout, a restart) is sent
-///   again on another connection: it never reached the peer, whatever its
-///   method;
+/// - cached connections found closed (the peer's idle timeout, a restart)
+///   are passed over and dropped; a request hyper hands back unwritten
+///   because its connection closed first goes out on the next one,
+///   whatever its method, since it never reached the peer;
+/// - a connection opened for a request that closes at once fails that
+///   request with a [`ConnectError`](mesh_core::ConnectError): never sent,
+///   so retrying it (elsewhere) is safe, as it is for a refused
+///   connection, a connect timeout or a name that does not resolve;
 /// - a connection goes back to its endpoint's cache once its response has
 ///   been read (a task waits for that while the caller is still reading);
-///   one whose answer is dropped unread is closed;
+///   one given up before its answer came (the call failed or was
+///   cancelled), or whose answer is dropped while its body is still
+///   coming, is closed;
 /// - requests go out in origin form (`GET /path?query HTTP/1.1`), with the
 ///   `Host` they carry (the balancer keeps the service's name there), else
-///   the endpoint's.
+///   the endpoint's; upgrades (`hyper::upgrade::on`) work.
 ///
 /// Every 45 s, connections no request took since the last sweep are
 /// closed, and endpoints no request named are forgotten: the caches follow
 /// the endpoints the balancer picks. TCP_NODELAY is on; a connection must
-/// open within 5 s. Plain HTTP/1.1 only: a request marked HTTP/2 is
-/// refused before anything is sent (use hyper-util's client for h2c, and
-/// mesh-tls's connector for mutual TLS).
+/// open within 5 s.
+///
+/// Plain HTTP/1.x only, refused before anything is sent: an `https` URI
+/// (it would go out in cleartext: use mesh-tls's connector under
+/// hyper-util's client), an HTTP/2 request (use h2c), `CONNECT`.
+///
+/// Calls must run inside a tokio runtime: each connection, and each wait
+/// for a connection to be read out, is a task.
 ///
 /// Cloning is cheap and shares the connections.
 ///
@@ -109,9 +120,8 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    /// A client with no connection yet. Made inside a tokio runtime, it
-    /// sweeps idle connections every 45 s; made outside one, it keeps them
-    /// until their peers close them.
+    /// A client with no connection yet; its sweep starts with its first
+    /// request.
     pub fn new() -> EndpointClient<B> {
         Self::sweeping_every(SWEEP)
     }

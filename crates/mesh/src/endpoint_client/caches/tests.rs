@@ -9,14 +9,34 @@ use super::*;
 /// What the next connection taken from the cache does.
 #[derive(Clone, Copy, Debug)]
 enum Next {
-    /// Found closed when polled.
+    /// A cached connection, found closed when polled.
     Closed,
-    /// Closes before the request is written: hands it back.
+    /// A cached connection that closes before the request is written, and
+    /// hands it back.
     Unwritten,
+    /// A connection opened for the request, closed at once.
+    NewClosed,
+    /// A connection opened for the request that closes before it is
+    /// written.
+    NewUnwritten,
     /// Fails after the request was written.
     Fails,
     Answers,
 }
+
+impl Next {
+    /// The connection's serial: cached ones were opened before the
+    /// request began ([`BEGAN`]), new ones after.
+    fn serial(self) -> u64 {
+        match self {
+            Next::NewClosed | Next::NewUnwritten => BEGAN + 1,
+            _ => BEGAN - 1,
+        }
+    }
+}
+
+/// How many connections were opened when each request began.
+const BEGAN: u64 = 10;
 
 /// A cache handing out connections as scripted, counting what they do.
 #[derive(Clone, Default)]
@@ -68,14 +88,20 @@ impl Service<Request<()>> for Scripted {
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> std::task::Poll<Result<(), Unsent<()>>> {
         self.script.polls.fetch_add(1, Ordering::SeqCst);
         std::task::Poll::Ready(match self.next {
-            Next::Closed => Err(Unsent::Failed("closed".into())),
+            Next::Closed | Next::NewClosed => Err(Unsent::Closed {
+                serial: self.next.serial(),
+                request: None,
+            }),
             _ => Ok(()),
         })
     }
 
     fn call(&mut self, req: Request<()>) -> Self::Future {
         std::future::ready(match self.next {
-            Next::Unwritten => Err(Unsent::Again(Box::new(req))),
+            Next::Unwritten | Next::NewUnwritten => Err(Unsent::Closed {
+                serial: self.next.serial(),
+                request: Some(Box::new(req)),
+            }),
             Next::Fails => {
                 self.script.written.fetch_add(1, Ordering::SeqCst);
                 Err(Unsent::Failed("reset".into()))
@@ -90,7 +116,7 @@ impl Service<Request<()>> for Scripted {
 
 async fn send(script: &Script) -> Result<&'static str, BoxError> {
     let authority = Authority::from_static("10.0.0.1:80");
-    send_on(script.clone(), authority, Request::new(())).await
+    send_on(script.clone(), authority, Request::new(()), BEGAN).await
 }
 
 fn is_connect_error(error: &BoxError) -> bool {
@@ -105,17 +131,18 @@ fn is_connect_error(error: &BoxError) -> bool {
 }
 
 #[tokio::test]
-async fn closed_cached_connections_are_passed_over_without_using_up_tries() {
+async fn closed_cached_connections_are_passed_over() {
     let script = Script::of([Next::Closed; 10].into_iter().chain([Next::Answers]));
     assert_eq!(send(&script).await.unwrap(), "answer");
     assert_eq!(script.written.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
-async fn a_request_never_written_goes_out_on_another_connection() {
+async fn a_request_a_cached_connection_handed_back_goes_out_on_another() {
     let script = Script::of([
         Next::Unwritten,
         Next::Closed,
+        Next::Unwritten,
         Next::Unwritten,
         Next::Answers,
     ]);
@@ -124,14 +151,23 @@ async fn a_request_never_written_goes_out_on_another_connection() {
 }
 
 #[tokio::test]
-async fn a_request_no_connection_takes_fails_as_never_sent() {
-    let script = Script::of([Next::Unwritten; 3].into_iter().chain([Next::Answers]));
-    let error = send(&script).await.unwrap_err();
-    assert!(is_connect_error(&error), "{error}");
-    let cause = error.source().map(ToString::to_string).unwrap_or_default();
-    assert!(cause.contains("never written"), "{cause}");
-    assert_eq!(script.next.lock().unwrap().len(), 1, "three tries, no more");
+async fn a_new_connection_closing_at_once_fails_the_request_as_never_sent() {
+    for first in [Next::NewClosed, Next::NewUnwritten] {
+        let script = Script::of([first, Next::Answers]);
+        let error = send(&script).await.unwrap_err();
+        assert!(is_connect_error(&error), "{error}");
+        let cause = error.source().map(ToString::to_string).unwrap_or_default();
+        assert!(cause.contains("never written"), "{cause}");
+        assert_eq!(
+            script.next.lock().unwrap().len(),
+            1,
+            "no other connection tried"
+        );
+    }
+}
 
+#[tokio::test]
+async fn passing_over_closed_connections_is_bounded() {
     let script = Script::of(
         [Next::Closed; CLOSED_PASSED + 1]
             .into_iter()
@@ -139,6 +175,7 @@ async fn a_request_no_connection_takes_fails_as_never_sent() {
     );
     let error = send(&script).await.unwrap_err();
     assert!(is_connect_error(&error), "{error}");
+    assert_eq!(script.next.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]
