@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use mesh::prelude::*;
+use mesh_testkit::wait::until;
 use mesh_testkit::{Backend, Behavior};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -88,17 +89,6 @@ where
     status
 }
 
-/// Waits (bounded) until `done` holds.
-async fn eventually(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never: {what}");
-}
-
 /// Asserts that every instance served part of `calls` requests, on
 /// connections the client kept: one, or a few more when a call began
 /// before the last one's connection was back in its cache (a race
@@ -145,7 +135,7 @@ where
 {
     for round in 1..=4 {
         assert_eq!(call().await, StatusCode::OK);
-        eventually("the instance closed the idle connection", || {
+        until("the instance closed the idle connection", || {
             backend.stats().connections_ended >= round
         })
         .await;

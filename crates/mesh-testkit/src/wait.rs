@@ -35,3 +35,16 @@ pub async fn until_endpoints(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+/// Waits until `done` holds, reading it every 10 ms.
+///
+/// # Panics
+///
+/// After [`PATIENCE`], naming `what` was awaited.
+pub async fn until(what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < PATIENCE, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
