@@ -31,7 +31,7 @@ use mesh_discover::Catalog;
 use mesh_tls::{Credentials, MeshConnector, SpiffeId, TlsConfig};
 use tower::Service;
 
-use crate::endpoint_client::{self, EndpointClient};
+use crate::endpoint_client::{self, tcp, EndpointClient};
 
 /// A hyper-util client over mesh-tls's connector (https only).
 pub(crate) type TlsClient = Client<MeshConnector<HttpConnector>, SentBody>;
@@ -90,14 +90,6 @@ impl Transport {
         builder.http2_only(true);
         Transport::Plain(Arc::new(builder.build(tcp())))
     }
-}
-
-/// TCP as every client here opens it.
-fn tcp() -> HttpConnector {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    http
 }
 
 impl Service<Request<SentBody>> for Transport {

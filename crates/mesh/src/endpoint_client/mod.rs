@@ -38,6 +38,15 @@ const SWEEP: Duration = Duration::from_secs(45);
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// TCP as every client of the mesh opens it: no Nagle delay, and a
+/// connection open within [`CONNECT_TIMEOUT`] or failed.
+pub(crate) fn tcp() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http
+}
+
 /// Sends each request over plain HTTP/1.1 to the endpoint its URI's
 /// authority names, on a connection kept for that endpoint: the leaf of a
 /// stack whose balancer points each request at an endpoint.
@@ -128,11 +137,8 @@ where
 
     /// A client swept every `period` (tests shorten it).
     pub(crate) fn sweeping_every(period: Duration) -> EndpointClient<B> {
-        let mut tcp = HttpConnector::new();
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
         EndpointClient {
-            pools: caches::over(tcp, period),
+            pools: caches::over(tcp(), period),
         }
     }
 
