@@ -7,6 +7,11 @@
 //! ```text
 //! cargo bench -p tower-mesh-benches --bench per_call
 //! ```
+//!
+//! Stacks can be named as arguments (`-- retry+discover+balance+breaker`),
+//! each word naming the stack of that name: the leaf is always measured,
+//! as the anchor. Under `valgrind --tool=callgrind` one named stack gives
+//! a profile of that stack alone.
 
 #[path = "memory_registry.rs"]
 mod memory_registry;
@@ -176,7 +181,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let stacks = stacks();
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let stacks: Vec<_> = stacks()
+        .into_iter()
+        .filter(|(name, _)| *name == "leaf" || named.is_empty() || named.iter().any(|n| n == name))
+        .collect();
     let (leaf_ns, leaf_allocs) = measure(&runtime, &stacks[0].1);
     println!("| stack | ns per call | added vs leaf | allocations per call | added |");
     println!("|---|---|---|---|---|");

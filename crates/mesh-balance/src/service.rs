@@ -89,17 +89,17 @@ impl Chooser {
         })
     }
 
-    fn choose<B>(
-        &self,
-        req: &Request<B>,
-        now: clock::Nanos,
-    ) -> Result<(Endpoint, ServiceName), MeshError> {
+    fn choose<B>(&self, req: &Request<B>, now: clock::Nanos) -> Result<Picked, MeshError> {
         let cx = PickContext {
             avoid: req.extensions().get::<AvoidEndpoints>(),
             key_hash: self.key_hash(req),
         };
         let pick = |set: &EndpointSet| match self.picker.pick(set, &cx, now) {
-            Ok(e) => Ok((e.clone(), set.service().clone())),
+            Ok(e) => Ok(Picked {
+                endpoint: e.clone(),
+                service: set.service().clone(),
+                host: host_for(req, set),
+            }),
             Err(NoPick::NoneAvailable) => Err(MeshError::NoAvailableEndpoints {
                 service: set.service().clone(),
                 total: set.len(),
@@ -137,7 +137,11 @@ impl Chooser {
         // last slot of an endpoint picks again (that endpoint is now full).
         for _ in 0..4 {
             let now = clock::now();
-            let (endpoint, service) = self.choose(req, now)?;
+            let Picked {
+                endpoint,
+                service,
+                host,
+            } = self.choose(req, now)?;
             let state = Arc::clone(endpoint.state());
             let in_flight = match limit {
                 None => InFlight::start_at(state, now),
@@ -147,7 +151,7 @@ impl Chooser {
                 },
             };
             tracing::trace!(endpoint = %endpoint, "picked endpoint");
-            rewrite(req, &endpoint);
+            rewrite(req, &endpoint, host);
             // The call context takes the note without an allocation (and
             // the endpoint and name, not copies of them: each copy writes a
             // count every core shares); without one, the request and the
@@ -177,6 +181,28 @@ impl Chooser {
     }
 }
 
+/// What a pick gives the request: its endpoint, its service, and the
+/// `Host` header it needs, if any.
+struct Picked {
+    endpoint: Endpoint,
+    service: ServiceName,
+    host: Option<HeaderValue>,
+}
+
+/// The `Host` header `req` needs before it is pointed at an endpoint:
+/// none when it has one; else its authority, the set's own value (made
+/// once) when the authority is the service's name.
+fn host_for<B>(req: &Request<B>, set: &EndpointSet) -> Option<HeaderValue> {
+    if req.headers().contains_key(HOST) {
+        return None;
+    }
+    let authority = req.uri().authority()?;
+    match set.host() {
+        Some(host) if authority.as_str() == set.service().as_str() => Some(host.clone()),
+        _ => host_header(authority),
+    }
+}
+
 /// The value of cookie `name` in the request's `Cookie` headers.
 fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
     headers
@@ -199,14 +225,13 @@ fn host_header(authority: &http::uri::Authority) -> Option<HeaderValue> {
     HeaderValue::from_str(host_port).ok()
 }
 
-/// Points `req` at `endpoint`, keeping the logical authority in `Host`.
-/// The URI is taken apart rather than copied: its scheme and path move
-/// into the new one, and only the endpoint's authority is cloned.
-fn rewrite<B>(req: &mut Request<B>, endpoint: &Endpoint) {
-    if !req.headers().contains_key(HOST) {
-        if let Some(value) = req.uri().authority().and_then(host_header) {
-            req.headers_mut().insert(HOST, value);
-        }
+/// Points `req` at `endpoint`, keeping the logical authority in `Host`
+/// (`host`, from [`host_for`]). The URI is taken apart rather than copied:
+/// its scheme and path move into the new one, and only the endpoint's
+/// authority is cloned.
+fn rewrite<B>(req: &mut Request<B>, endpoint: &Endpoint, host: Option<HeaderValue>) {
+    if let Some(value) = host {
+        req.headers_mut().insert(HOST, value);
     }
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme.get_or_insert(Scheme::HTTP);
@@ -349,24 +374,55 @@ mod tests {
         );
     }
 
+    /// The `Host` header `req` arrives with at the endpoint's service, and
+    /// where its bytes are.
+    async fn host_sent(req: Request<()>) -> (String, usize) {
+        let svc = BalanceLayer::round_robin().layer(service_fn(|req: Request<()>| async move {
+            let host = &req.headers()[HOST];
+            let sent = format!(
+                "{} {}",
+                host.to_str().unwrap(),
+                host.as_bytes().as_ptr() as usize
+            );
+            Ok::<_, Infallible>(Response::new(Full::<bytes::Bytes>::from(sent)))
+        }));
+        let body = svc.oneshot(req).await.unwrap().into_body();
+        let body = body.collect().await.unwrap().to_bytes();
+        let (host, at) = std::str::from_utf8(&body).unwrap().split_once(' ').unwrap();
+        (host.to_owned(), at.parse().unwrap())
+    }
+
+    fn with_set(uri: &str, set: &EndpointSet) -> Request<()> {
+        let mut req = Request::get(uri).body(()).unwrap();
+        req.extensions_mut().insert(set.clone());
+        req
+    }
+
     #[tokio::test]
     async fn the_host_header_never_carries_userinfo() {
+        let (host, _) = host_sent(with_set("http://user:pw@users:8080/", &set())).await;
+        assert_eq!(host, "users:8080");
+    }
+
+    #[tokio::test]
+    async fn the_host_header_is_the_authority_asked_for() {
         let set = set();
-        let svc = BalanceLayer::round_robin().layer(service_fn(|req: Request<()>| async move {
-            let host = req.headers()[HOST].to_str().unwrap().to_owned();
-            Ok::<_, Infallible>(Response::new(Full::<bytes::Bytes>::from(host)))
-        }));
-        let mut req = Request::get("http://user:pw@users:8080/").body(()).unwrap();
-        req.extensions_mut().insert(set.clone());
-        let body = svc
-            .oneshot(req)
-            .await
-            .unwrap()
-            .into_body()
-            .collect()
-            .await
-            .unwrap();
-        assert_eq!(&body.to_bytes()[..], b"users:8080");
+        let made_once = set.host().unwrap().as_bytes().as_ptr() as usize;
+        assert_eq!(
+            host_sent(with_set("http://users/", &set)).await,
+            ("users".to_owned(), made_once),
+            "the service's name: the set's own value, not a copy"
+        );
+        let (host, at) = host_sent(with_set("http://Users/", &set)).await;
+        assert_eq!(host, "Users", "as the caller wrote it");
+        assert_ne!(at, made_once);
+        let (host, _) = host_sent(with_set("http://users:8080/", &set)).await;
+        assert_eq!(host, "users:8080");
+        let mut own = with_set("http://users/", &set);
+        own.headers_mut()
+            .insert(HOST, HeaderValue::from_static("users.example"));
+        let (host, _) = host_sent(own).await;
+        assert_eq!(host, "users.example", "the caller's own Host is kept");
     }
 
     #[tokio::test]

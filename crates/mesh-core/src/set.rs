@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use http::HeaderValue;
+
 use crate::clock::Nanos;
 use crate::endpoint::Endpoint;
 use crate::name::{EndpointId, ServiceName};
@@ -13,7 +15,9 @@ use crate::name::{EndpointId, ServiceName};
 /// A set never changes: discovery builds a new one and swaps it in whole, so
 /// a request that took a snapshot keeps a consistent view for its lifetime.
 /// Cloning is two reference-count increments, cheap enough to attach to
-/// every request.
+/// every request. The set also holds its service's name as a `Host` header
+/// value ([`EndpointSet::host`]), made once, so that the balancer does not
+/// make one per request.
 ///
 /// ```
 /// use mesh_core::{Endpoint, EndpointSet, ServiceName};
@@ -35,8 +39,27 @@ use crate::name::{EndpointId, ServiceName};
 #[derive(Clone)]
 pub struct EndpointSet {
     service: ServiceName,
-    endpoints: Arc<[Endpoint]>,
+    members: Arc<Members>,
     generation: u64,
+}
+
+/// What a set's clones share: its endpoints, and its service's name as a
+/// `Host` value (beside them, so that a clone counts one reference, not
+/// two).
+struct Members {
+    endpoints: Box<[Endpoint]>,
+    host: Option<HeaderValue>,
+}
+
+impl Members {
+    fn new(service: &ServiceName, endpoints: Vec<Endpoint>) -> Arc<Self> {
+        // A service name is ASCII letters, digits, '-', '_' and '.':
+        // always a valid header value.
+        Arc::new(Members {
+            endpoints: endpoints.into_boxed_slice(),
+            host: HeaderValue::from_str(service.as_str()).ok(),
+        })
+    }
 }
 
 /// Orders snapshots: every set made gets the next number.
@@ -66,8 +89,8 @@ impl EndpointSet {
             keep[i - 1]
         });
         EndpointSet {
+            members: Members::new(&service, endpoints),
             service,
-            endpoints: endpoints.into(),
             generation: next_generation(),
         }
     }
@@ -82,8 +105,8 @@ impl EndpointSet {
     /// An empty set: the service exists but has no instances right now.
     pub fn empty(service: ServiceName) -> Self {
         EndpointSet {
+            members: Members::new(&service, Vec::new()),
             service,
-            endpoints: Arc::from(Vec::new()),
             generation: next_generation(),
         }
     }
@@ -93,42 +116,51 @@ impl EndpointSet {
         &self.service
     }
 
+    /// The service's name as a `Host` header value (`user-service`),
+    /// for requests addressed to the service by that name. Cloning it is
+    /// a reference-count increment. `None` only for a name no header
+    /// could carry, which a validated [`ServiceName`] never is.
+    pub fn host(&self) -> Option<&HeaderValue> {
+        self.members.host.as_ref()
+    }
+
     /// All endpoints, available or not, in a stable order.
     pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
+        &self.members.endpoints
     }
 
     /// Iterates over all endpoints.
     pub fn iter(&self) -> std::slice::Iter<'_, Endpoint> {
-        self.endpoints.iter()
+        self.members.endpoints.iter()
     }
 
     /// The number of endpoints, available or not.
     pub fn len(&self) -> usize {
-        self.endpoints.len()
+        self.members.endpoints.len()
     }
 
     /// Whether the set has no endpoint at all.
     pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
+        self.members.endpoints.is_empty()
     }
 
     /// The endpoint with this id.
     pub fn get(&self, id: &EndpointId) -> Option<&Endpoint> {
-        self.endpoints.iter().find(|e| e.id() == id)
+        self.members.endpoints.iter().find(|e| e.id() == id)
     }
 
     /// The endpoints that may receive a new request at `now` (healthy or
     /// unchecked, and not ejected).
     pub fn available(&self, now: Nanos) -> impl Iterator<Item = &Endpoint> + '_ {
-        self.endpoints
+        self.members
+            .endpoints
             .iter()
             .filter(move |e| e.state().is_available(now))
     }
 
     /// Whether two sets are the same snapshot (pointer equality).
     pub fn ptr_eq(&self, other: &EndpointSet) -> bool {
-        Arc::ptr_eq(&self.endpoints, &other.endpoints)
+        Arc::ptr_eq(&self.members, &other.members)
     }
 
     /// This set, with every endpoint that `previous` also had (same id and
@@ -150,7 +182,11 @@ impl EndpointSet {
             .collect();
         EndpointSet {
             service: self.service.clone(),
-            endpoints: endpoints.into(),
+            // The endpoints are new; the `Host` value is the service's.
+            members: Arc::new(Members {
+                endpoints: endpoints.into_boxed_slice(),
+                host: self.members.host.clone(),
+            }),
             generation: next_generation(),
         }
     }
@@ -178,7 +214,7 @@ impl fmt::Debug for EndpointSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EndpointSet")
             .field("service", &self.service)
-            .field("endpoints", &self.endpoints)
+            .field("endpoints", &self.members.endpoints)
             .finish()
     }
 }
@@ -248,6 +284,16 @@ mod tests {
         assert_eq!(fresh.endpoints()[0].state().health(), Health::Unknown);
         let kept = EndpointSet::new(name(), vec![stayed]).reconcile(&previous);
         assert_eq!(kept.endpoints()[0].state().health(), Health::Unhealthy);
+    }
+
+    #[test]
+    fn the_host_value_is_the_service_name_and_survives_a_refresh() {
+        let name = ServiceName::new("Orders").unwrap();
+        let old = EndpointSet::new(name.clone(), vec![ep(1)]);
+        assert_eq!(old.host().map(HeaderValue::as_bytes), Some(&b"orders"[..]));
+        let fresh = EndpointSet::new(name.clone(), vec![ep(1), ep(2)]).reconcile(&old);
+        assert_eq!(fresh.host(), old.host());
+        assert_eq!(EndpointSet::empty(name).host(), old.host());
     }
 
     #[test]
