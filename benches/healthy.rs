@@ -485,7 +485,7 @@ fn print_table(rows: &[Row]) {
             r.failures
         );
     }
-    println!("\nper-round ratios (throughput / p99), round 1, 2, 3:");
+    println!("\nper-round ratios (throughput / p99), each round in order:");
     for r in rows.iter().filter(|r| r.stack != Stack::Raw.name()) {
         let each = |v: &[f64]| {
             v.iter()
