@@ -23,11 +23,6 @@ use tower::Service;
 
 use super::connection::{Connect, Connection, Unsent};
 
-/// How many cached connections found closed one request may pass over
-/// (each is dropped from its cache): a bound, should every connection to
-/// a restarted peer have closed meanwhile.
-const CLOSED_PASSED: usize = 64;
-
 /// A response on its way.
 pub(super) type Sending =
     Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
@@ -66,14 +61,21 @@ where
                 opened,
                 period,
                 me: me.clone(),
-                started: AtomicBool::new(false),
+                started: Arc::default(),
             },
         )
     })
 }
 
-/// Sweeps `pools` every `period` for as long as they exist.
-async fn sweep_every<P: Pools<B> + ?Sized, B>(period: Duration, pools: Weak<P>) {
+/// Sweeps `pools` every `period` for as long as they exist. `started`
+/// is cleared when the task ends, however it ends (its runtime shut
+/// down, say), so that the next request starts another.
+async fn sweep_every<P: Pools<B> + ?Sized, B>(
+    period: Duration,
+    pools: Weak<P>,
+    started: Arc<AtomicBool>,
+) {
+    let _clears = ClearOnDrop(started);
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -83,6 +85,15 @@ async fn sweep_every<P: Pools<B> + ?Sized, B>(period: Duration, pools: Weak<P>) 
             Some(pools) => pools.sweep(),
             None => return,
         }
+    }
+}
+
+/// Clears its flag when dropped.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
@@ -105,21 +116,30 @@ struct Sweeps<P> {
     period: Duration,
     /// The caches themselves, for the sweeping task to hold weakly.
     me: Weak<P>,
-    started: AtomicBool,
+    /// Whether a sweeping task runs.
+    started: Arc<AtomicBool>,
 }
 
 impl<P: 'static> Sweeps<P> {
-    /// Starts the sweeping task, once, if a tokio runtime is there to run
-    /// it (requests need one anyway).
+    /// Starts the sweeping task unless one runs, if a tokio runtime is
+    /// there to run it (requests need one anyway). Called on every
+    /// request: one that outlives the runtime its sweep ran on starts
+    /// another on its own.
     fn start<B: 'static>(&self)
     where
         P: Pools<B>,
     {
-        if self.started.swap(true, Ordering::Relaxed) {
+        // Read first: a write on every call would pass the line between
+        // cores.
+        if self.started.load(Ordering::Relaxed) || self.started.swap(true, Ordering::Relaxed) {
             return;
         }
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(sweep_every(self.period, self.me.clone()))),
+            Ok(runtime) => drop(runtime.spawn(sweep_every(
+                self.period,
+                self.me.clone(),
+                Arc::clone(&self.started),
+            ))),
             Err(_) => self.started.store(false, Ordering::Relaxed),
         }
     }
@@ -162,16 +182,17 @@ where
         if let Some(why) = unsupported(&req) {
             return refused(why);
         }
-        let Some(authority) = req.uri().authority().cloned() else {
+        let Some(authority) = req.uri().authority().map(endpoint_of) else {
             return refused("the request names no endpoint: its URI has no authority");
         };
+        let Ok(authority) = authority else {
+            return refused("the URI's authority names no endpoint after its userinfo");
+        };
         let began = self.sweeps.opened.load(Ordering::Relaxed);
+        self.sweeps.start::<B>();
         let cache = match self.caches.load().get(&authority) {
             Some(entry) => entry.take(),
-            None => {
-                self.sweeps.start::<B>();
-                self.add(&authority)
-            }
+            None => self.add(&authority),
         };
         origin_form(&mut req, &authority);
         Box::pin(send_on(cache, authority, req, began))
@@ -237,10 +258,15 @@ impl<C: Clone> Entry<C> {
 }
 
 /// Takes a connection from `cache` and sends `req` on it. Cached
-/// connections found closed are passed over (each dropped), and a
-/// request one of them handed back unwritten goes out on the next; a
-/// connection opened since the request `began` that closes at once fails
-/// it: the peer, not a stale connection, is at fault.
+/// connections found closed are passed over, however many (a restarted
+/// peer, or one whose keep-alive is shorter than the sweep, closes them
+/// all), and a request one of them handed back unwritten goes out on the
+/// next; a connection opened since the request `began` that closes at
+/// once fails it: the peer, not a stale connection, is at fault.
+///
+/// The loop ends: each pass either fails, answers, or drops from the
+/// cache a connection opened before the request began (a connection that
+/// reports itself closed never goes back), and those are finitely many.
 async fn send_on<B, C, L>(
     mut cache: C,
     authority: Authority,
@@ -251,7 +277,7 @@ where
     C: Service<Authority, Response = L, Error = BoxError>,
     L: Service<Request<B>, Error = Unsent<B>> + Send + 'static,
 {
-    for _ in 0..=CLOSED_PASSED {
+    loop {
         std::future::poll_fn(|cx| cache.poll_ready(cx))
             .await
             .map_err(ConnectError::new)?;
@@ -285,7 +311,16 @@ where
             return Err(unsent(&authority, "a new connection closed at once"));
         }
     }
-    Err(unsent(&authority, "every connection to it had closed"))
+}
+
+/// The endpoint `authority` names: itself, or, when it carries userinfo
+/// (`user:password@host:port`), its host and port alone, so that no
+/// credential keys a cache or reaches an error message.
+fn endpoint_of(authority: &Authority) -> Result<Authority, http::uri::InvalidUri> {
+    match authority.as_str().rsplit_once('@') {
+        None => Ok(authority.clone()),
+        Some((_, endpoint)) => Authority::try_from(endpoint),
+    }
 }
 
 /// The error of a request that could not be written to `authority`: a

@@ -54,7 +54,7 @@ pub(crate) fn tcp() -> HttpConnector {
 /// What hyper-util's legacy client does for a pooled connection, it does
 /// too:
 /// - cached connections found closed (the peer's idle timeout, a restart)
-///   are passed over and dropped; a request hyper hands back unwritten
+///   are passed over and dropped, however many; a request hyper hands back unwritten
 ///   because its connection closed first goes out on the next one,
 ///   whatever its method, since it never reached the peer;
 /// - a connection opened for a request that closes at once fails that
@@ -72,7 +72,9 @@ pub(crate) fn tcp() -> HttpConnector {
 ///
 /// Every 45 s, connections no request took since the last sweep are
 /// closed, and endpoints no request named are forgotten: the caches follow
-/// the endpoints the balancer picks. TCP_NODELAY is on; a connection must
+/// the endpoints the balancer picks. Userinfo in a URI's authority
+/// (`user:password@host`) is left out: it keys no cache and reaches no
+/// error message. TCP_NODELAY is on; a connection must
 /// open within 5 s.
 ///
 /// Plain HTTP/1.x only, refused before anything is sent: an `https` URI

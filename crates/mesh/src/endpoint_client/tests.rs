@@ -219,7 +219,7 @@ async fn a_request_after_the_server_closed_the_idle_connection_goes_out_on_a_new
 }
 
 #[tokio::test]
-async fn a_call_given_up_mid_request_leaves_its_connection_out_of_the_cache() {
+async fn a_call_given_up_mid_request_leaves_the_next_call_a_connection_of_its_own() {
     let (addr, seen) = slow_first(None, 10, Duration::from_secs(5)).await;
     let client = client();
     let first = tokio::time::timeout(
@@ -270,10 +270,17 @@ async fn the_sweep_closes_idle_connections_and_forgets_endpoints_no_longer_calle
     // Time for the connection to go back to its cache (it goes once
     // hyper's connection task has seen the answer through).
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // Called since the last sweep: kept.
+    // Called since the last sweep: kept, and the next call takes it.
     client.sweep();
     assert_eq!(client.endpoints(), 1);
-    assert_eq!(seen.ended.load(Ordering::SeqCst), 0);
+    assert_eq!(call(&client, Method::GET, addr).await, StatusCode::OK);
+    assert_eq!(
+        seen.accepted.load(Ordering::SeqCst),
+        1,
+        "the kept connection"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.sweep();
     // Idle for a whole sweep: its connection closed, its cache dropped.
     client.sweep();
     until("the idle connection closed", || {
@@ -284,6 +291,67 @@ async fn the_sweep_closes_idle_connections_and_forgets_endpoints_no_longer_calle
     // Called again, it connects again.
     assert_eq!(call(&client, Method::GET, addr).await, StatusCode::OK);
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_client_outliving_the_runtime_its_sweep_ran_on_sweeps_on_the_next() {
+    // The server runs on a runtime of its own, alive throughout.
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (addr, seen) = servers.block_on(server(None, 10));
+    let client = EndpointClient::<Body>::sweeping_every(Duration::from_millis(200));
+    let current = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // The first runtime starts the sweep, and ends with it.
+    current().block_on(call(&client, Method::GET, addr));
+    current().block_on(async {
+        assert_eq!(call(&client, Method::GET, addr).await, StatusCode::OK);
+        // That call's connection, idle, is closed by a sweep this
+        // runtime runs.
+        until("the idle connection closed by a sweep", || {
+            seen.ended.load(Ordering::SeqCst) == seen.accepted.load(Ordering::SeqCst)
+        })
+        .await;
+        until("the endpoint forgotten", || client.endpoints() == 0).await;
+    });
+}
+
+#[tokio::test]
+async fn userinfo_keys_no_cache_and_reaches_no_error() {
+    let (addr, seen) = server(None, 10).await;
+    let client = client();
+    let with_userinfo = |addr: SocketAddr| {
+        Request::get(format!("http://user:s3cret@{addr}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let response = client.clone().call(with_userinfo(addr)).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(call(&client, Method::GET, addr).await, StatusCode::OK);
+    assert_eq!(client.endpoints(), 1, "one cache for the endpoint");
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 1, "one connection");
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let error = client
+        .clone()
+        .call(with_userinfo(closed))
+        .await
+        .unwrap_err();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(e) = cause {
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e:?}");
+        cause = e.source();
+    }
 }
 
 #[tokio::test]
