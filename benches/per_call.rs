@@ -11,7 +11,8 @@
 //! Stacks can be named as arguments (`-- retry+discover+balance+breaker`),
 //! each word naming the stack of that name: the leaf is always measured,
 //! as the anchor. Under `valgrind --tool=callgrind` one named stack gives
-//! a profile of that stack alone.
+//! a profile of that stack, the leaf's runs and the future sizes beside
+//! it.
 
 #[path = "memory_registry.rs"]
 mod memory_registry;

@@ -67,15 +67,14 @@ where
     })
 }
 
-/// Sweeps `pools` every `period` for as long as they exist. `started`
-/// is cleared when the task ends, however it ends (its runtime shut
+/// Sweeps `pools` every `period` for as long as they exist. `_started`
+/// clears its flag when the task ends, however it ends (its runtime shut
 /// down, say), so that the next request starts another.
 async fn sweep_every<P: Pools<B> + ?Sized, B>(
     period: Duration,
     pools: Weak<P>,
-    started: Arc<AtomicBool>,
+    _started: ClearOnDrop,
 ) {
-    let _clears = ClearOnDrop(started);
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -135,10 +134,13 @@ impl<P: 'static> Sweeps<P> {
             return;
         }
         match tokio::runtime::Handle::try_current() {
+            // The flag's guard is an argument, not made in the task's
+            // body: a task dropped before it ever ran (its runtime shutting
+            // down) still clears it.
             Ok(runtime) => drop(runtime.spawn(sweep_every(
                 self.period,
                 self.me.clone(),
-                Arc::clone(&self.started),
+                ClearOnDrop(Arc::clone(&self.started)),
             ))),
             Err(_) => self.started.store(false, Ordering::Relaxed),
         }

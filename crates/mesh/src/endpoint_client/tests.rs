@@ -324,34 +324,18 @@ fn a_client_outliving_the_runtime_its_sweep_ran_on_sweeps_on_the_next() {
 }
 
 #[tokio::test]
-async fn userinfo_keys_no_cache_and_reaches_no_error() {
+async fn userinfo_keys_no_cache_of_its_own() {
     let (addr, seen) = server(None, 10).await;
     let client = client();
-    let with_userinfo = |addr: SocketAddr| {
-        Request::get(format!("http://user:s3cret@{addr}/"))
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
-    let response = client.clone().call(with_userinfo(addr)).await.unwrap();
+    let with_userinfo = Request::get(format!("http://user:s3cret@{addr}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.clone().call(with_userinfo).await.unwrap();
     response.into_body().collect().await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(call(&client, Method::GET, addr).await, StatusCode::OK);
     assert_eq!(client.endpoints(), 1, "one cache for the endpoint");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 1, "one connection");
-    let closed = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
-    let error = client
-        .clone()
-        .call(with_userinfo(closed))
-        .await
-        .unwrap_err();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
-    while let Some(e) = cause {
-        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e:?}");
-        cause = e.source();
-    }
 }
 
 #[tokio::test]

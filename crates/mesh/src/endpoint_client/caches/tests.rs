@@ -181,8 +181,20 @@ async fn a_request_written_is_never_sent_again_and_its_connection_is_polled_to_c
     let error = send(&script).await.unwrap_err();
     assert_eq!(error.to_string(), "reset");
     assert_eq!(script.written.load(Ordering::SeqCst), 1);
-    // Polled before the call, and once more as the lease ends: that poll
-    // finds the connection closed (its request given up mid-way), which
-    // makes hyper-util's cache drop it instead of taking it back.
+    // Polled before the call, and once more as the lease ends: on a real
+    // `Connection` that poll finds it closed (its request given up
+    // mid-way), which makes hyper-util's cache drop it instead of taking
+    // it back.
     assert_eq!(script.polls.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn userinfo_is_left_out_of_the_endpoint() {
+    let endpoint = |a: &'static str| endpoint_of(&Authority::from_static(a)).map(|a| a.to_string());
+    assert_eq!(endpoint("u:s3cret@10.0.0.1:80").unwrap(), "10.0.0.1:80");
+    assert_eq!(endpoint("a@b@users:8080").unwrap(), "users:8080");
+    assert_eq!(endpoint("[::1]:80").unwrap(), "[::1]:80");
+    assert_eq!(endpoint("users").unwrap(), "users");
+    // Valid whole, but nothing valid after its userinfo: refused.
+    assert!(endpoint("[a@b]").is_err());
 }
