@@ -2,7 +2,11 @@
 //! built up one layer at a time over an in-memory leaf that answers at
 //! once (Discover; + Balance; + Breaker; + Retry, the full stack), each
 //! against the leaf alone in the same run, with the allocations per call
-//! counted by a counting allocator in the same process.
+//! counted by a counting allocator in the same process (in a pass of
+//! their own). The stack is called `ready` then `call` on one clone, as
+//! the healthy bench's callers and `MeshClient`'s lent stacks call it:
+//! no clone per call. `benches/contention.rs` measures the same stacks
+//! on two threads at once.
 //!
 //! ```text
 //! cargo bench -p tower-mesh-benches --bench per_call
@@ -14,130 +18,40 @@
 //! a profile of that stack, the leaf's runs and the future sizes beside
 //! it.
 
-#[path = "memory_registry.rs"]
-mod memory_registry;
+#[path = "per_call_stacks.rs"]
+mod stacks;
 
 use std::alloc::System;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use mesh::prelude::*;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
-use tower::util::BoxCloneService;
-use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower::Layer;
+
+use stacks::{call, nanos_per_call, Stack};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Calls per measurement, and measurements per stack (the median wins).
-const CALLS: u32 = 200_000;
-const ROUNDS: usize = 5;
-
-type Stack = BoxCloneService<Request<Full<Bytes>>, Response<Full<Bytes>>, BoxError>;
-
-/// One call through `stack`, its body read to the end.
-async fn call(stack: &Stack) {
-    let req = Request::get("http://user-service/api/users")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let response = stack.clone().oneshot(req).await.expect("call");
-    response.into_body().collect().await.expect("body");
-}
-
-fn leaf() -> Stack {
-    BoxCloneService::new(tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-    }))
-}
-
-/// Answers boxed back into `Full`, so every stack has one type; the
-/// unboxing costs the same in every stack, the leaf's included.
-fn boxed<S, B>(service: S) -> Stack
-where
-    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    BoxCloneService::new(
-        service
-            .map_err(Into::into)
-            .map_response(|r: Response<B>| r.map(|_| Full::new(Bytes::from_static(b"ok")))),
-    )
-}
-
-fn stacks() -> Vec<(&'static str, Stack)> {
-    let registry = memory_registry::three_instances();
-    let discover = || DiscoverLayer::new(registry.catalog());
-    let breaker = || {
-        BreakerLayer::new(
-            BreakerConfig::builder()
-                .call_timeout(Duration::from_secs(5))
-                .build()
-                .expect("breaker config"),
-        )
-    };
-    let leaf_fn = tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        Ok::<_, BoxError>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-    });
-    vec![
-        ("leaf", leaf()),
-        ("discover", boxed(discover().layer(leaf_fn))),
-        (
-            "discover+balance",
-            boxed(
-                ServiceBuilder::new()
-                    .layer(discover())
-                    .layer(BalanceLayer::round_robin())
-                    .service(leaf_fn),
-            ),
-        ),
-        (
-            "discover+balance+breaker",
-            boxed(
-                ServiceBuilder::new()
-                    .layer(discover())
-                    .layer(BalanceLayer::round_robin())
-                    .layer(breaker())
-                    .service(leaf_fn),
-            ),
-        ),
-        (
-            "retry+discover+balance+breaker",
-            boxed(
-                ServiceBuilder::new()
-                    .layer(RetryLayer::default())
-                    .layer(discover())
-                    .layer(BalanceLayer::round_robin())
-                    .layer(breaker())
-                    .service(leaf_fn),
-            ),
-        ),
-    ]
-}
-
-/// Nanoseconds and allocations per call through `stack`.
-fn measure(runtime: &tokio::runtime::Runtime, stack: &Stack) -> (f64, f64) {
+/// Allocations per call through `stack`, on one thread.
+fn allocations_per_call(stack: &Stack) -> f64 {
+    const COUNTED: u32 = 10_000;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut stack = stack.clone();
     runtime.block_on(async {
-        for _ in 0..CALLS / 10 {
-            call(stack).await;
+        for _ in 0..COUNTED {
+            call(&mut stack).await;
         }
-        let mut times = Vec::new();
-        let mut allocations = 0;
-        for _ in 0..ROUNDS {
-            let region = Region::new(GLOBAL);
-            let started = Instant::now();
-            for _ in 0..CALLS {
-                call(stack).await;
-            }
-            times.push(started.elapsed().as_nanos() as f64 / f64::from(CALLS));
-            allocations = region.change().allocations;
+        let region = Region::new(GLOBAL);
+        for _ in 0..COUNTED {
+            call(&mut stack).await;
         }
-        times.sort_by(f64::total_cmp);
-        (times[ROUNDS / 2], allocations as f64 / f64::from(CALLS))
+        region.change().allocations as f64 / f64::from(COUNTED)
     })
 }
 
@@ -178,23 +92,14 @@ fn future_sizes() {
 
 fn main() {
     future_sizes();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let named: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let stacks: Vec<_> = stacks()
-        .into_iter()
-        .filter(|(name, _)| *name == "leaf" || named.is_empty() || named.iter().any(|n| n == name))
-        .collect();
-    let (leaf_ns, leaf_allocs) = measure(&runtime, &stacks[0].1);
+    let stacks = stacks::named(std::env::args().skip(1));
+    let leaf_ns = nanos_per_call(&stacks[0].1, 1);
+    let leaf_allocs = allocations_per_call(&stacks[0].1);
     println!("| stack | ns per call | added vs leaf | allocations per call | added |");
     println!("|---|---|---|---|---|");
     for (name, stack) in &stacks {
-        let (ns, allocs) = measure(&runtime, stack);
+        let ns = nanos_per_call(stack, 1);
+        let allocs = allocations_per_call(stack);
         println!(
             "| {name} | {ns:.0} | {:+.0} ns | {allocs:.1} | {:+.1} |",
             ns - leaf_ns,

@@ -191,11 +191,8 @@ struct Picked {
 
 /// The `Host` header `req` needs before it is pointed at an endpoint:
 /// none when it has one; else its authority, the set's own value (made
-/// once) when the authority is the service's name. That clone writes a
-/// count every core shares, as the set's own clone does; on two cores it
-/// costs far less than the allocation, copy and validation it replaces
-/// (BENCHMARKS.md, "The service's `Host` value made once per endpoint
-/// set").
+/// once, over `'static` bytes: cloning it copies a pointer) when the
+/// authority is the service's name.
 fn host_for<B>(req: &Request<B>, set: &EndpointSet) -> Option<HeaderValue> {
     if req.headers().contains_key(HOST) {
         return None;

@@ -12,6 +12,7 @@ mod event;
 pub mod ext;
 pub mod grpc;
 mod host;
+mod host_value;
 mod name;
 mod secret;
 mod set;

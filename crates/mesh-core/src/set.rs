@@ -14,10 +14,10 @@ use crate::name::{EndpointId, ServiceName};
 ///
 /// A set never changes: discovery builds a new one and swaps it in whole, so
 /// a request that took a snapshot keeps a consistent view for its lifetime.
-/// Cloning is two reference-count increments, cheap enough to attach to
+/// Cloning is one reference-count increment, cheap enough to attach to
 /// every request. The set also holds its service's name as a `Host` header
-/// value ([`EndpointSet::host`]), made once, so that the balancer does not
-/// make one per request.
+/// value ([`EndpointSet::host`]) that costs nothing to clone, so that the
+/// balancer does not make one per request.
 ///
 /// ```
 /// use mesh_core::{Endpoint, EndpointSet, ServiceName};
@@ -38,26 +38,25 @@ use crate::name::{EndpointId, ServiceName};
 /// ```
 #[derive(Clone)]
 pub struct EndpointSet {
-    service: ServiceName,
     members: Arc<Members>,
     generation: u64,
 }
 
-/// What a set's clones share: its endpoints, and its service's name as a
-/// `Host` value (beside them, so that a clone counts one reference, not
-/// two).
+/// What a set's clones share, behind one reference count (a clone per
+/// request writes one count every core shares, not one per field): its
+/// service, its endpoints, and the service's name as a `Host` value.
 struct Members {
+    service: ServiceName,
     endpoints: Box<[Endpoint]>,
     host: Option<HeaderValue>,
 }
 
 impl Members {
-    fn new(service: &ServiceName, endpoints: Vec<Endpoint>) -> Arc<Self> {
-        // A service name is ASCII letters, digits, '-', '_' and '.':
-        // always a valid header value.
+    fn new(service: ServiceName, endpoints: Vec<Endpoint>) -> Arc<Self> {
         Arc::new(Members {
+            host: crate::host_value::host_value(&service),
+            service,
             endpoints: endpoints.into_boxed_slice(),
-            host: HeaderValue::from_str(service.as_str()).ok(),
         })
     }
 }
@@ -89,8 +88,7 @@ impl EndpointSet {
             keep[i - 1]
         });
         EndpointSet {
-            members: Members::new(&service, endpoints),
-            service,
+            members: Members::new(service, endpoints),
             generation: next_generation(),
         }
     }
@@ -105,21 +103,22 @@ impl EndpointSet {
     /// An empty set: the service exists but has no instances right now.
     pub fn empty(service: ServiceName) -> Self {
         EndpointSet {
-            members: Members::new(&service, Vec::new()),
-            service,
+            members: Members::new(service, Vec::new()),
             generation: next_generation(),
         }
     }
 
     /// The service these endpoints belong to.
     pub fn service(&self) -> &ServiceName {
-        &self.service
+        &self.members.service
     }
 
     /// The service's name as a `Host` header value (`user-service`),
-    /// for requests addressed to the service by that name. Cloning it is
-    /// a reference-count increment. `None` only for a name no header
-    /// could carry, which a validated [`ServiceName`] never is.
+    /// for requests addressed to the service by that name. Cloning it
+    /// copies a pointer: its bytes are `'static`, kept once per name (for
+    /// the first 4,096 names; later ones share a reference count). `None`
+    /// only for a name no header could carry, which a validated
+    /// [`ServiceName`] never is.
     pub fn host(&self) -> Option<&HeaderValue> {
         self.members.host.as_ref()
     }
@@ -181,9 +180,10 @@ impl EndpointSet {
             })
             .collect();
         EndpointSet {
-            service: self.service.clone(),
-            // The endpoints are new; the `Host` value is the service's.
+            // The endpoints are new; the name and `Host` value are the
+            // service's.
             members: Arc::new(Members {
+                service: self.members.service.clone(),
                 endpoints: endpoints.into_boxed_slice(),
                 host: self.members.host.clone(),
             }),
@@ -213,7 +213,7 @@ impl EndpointSet {
 impl fmt::Debug for EndpointSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EndpointSet")
-            .field("service", &self.service)
+            .field("service", &self.members.service)
             .field("endpoints", &self.members.endpoints)
             .finish()
     }
