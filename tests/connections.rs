@@ -1,8 +1,9 @@
 //! What the mesh does with its connections, against real HTTP/1.1 servers
 //! on 127.0.0.1, through `MeshClient` built from TOML and through a stack
 //! assembled by hand over `EndpointClient`: connections kept per instance
-//! for calls made one after another, and a request that meets a
-//! connection its instance closed while idle sent once, on a new one.
+//! for calls made one after another, a request that meets a connection
+//! its instance closed while idle sent once, on a new one, and the `Host`
+//! the instance sees: the service's name, or the caller's own.
 
 use std::time::Duration;
 
@@ -158,4 +159,83 @@ async fn a_post_on_a_connection_the_instance_closed_while_idle_is_sent_once_on_a
     backend.close_idle_after(idle);
     let stack = by_hand(std::slice::from_ref(&backend));
     posts_after_idle_closes(&backend, || call_stack(&stack, Method::POST)).await;
+}
+
+/// A server on 127.0.0.1 answering each request with the `Host` header
+/// it arrived with.
+async fn host_echo() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let echo =
+                hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let host = req
+                        .headers()
+                        .get(http::header::HOST)
+                        .map(|h| Bytes::copy_from_slice(h.as_bytes()))
+                        .unwrap_or_default();
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(host)))
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), echo),
+            );
+        }
+    });
+    addr
+}
+
+/// The body of `response`, as text.
+async fn text<B>(response: Response<B>) -> String
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let body = response.into_body().collect().await.expect("body");
+    String::from_utf8(body.to_bytes().to_vec()).expect("text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_sees_the_service_name_as_host_or_the_callers_own() {
+    let addr = host_echo().await;
+    let config = MeshConfig::from_toml_str(&format!(
+        "[service]\nname = \"caller\"\n[discovery]\nkind = \"static\"\nservices = {{ users = [\"{addr}\"] }}\n"
+    ))
+    .expect("config");
+    let client = MeshClient::from_config(config).await.expect("client");
+    for _ in 0..3 {
+        let response = client
+            .get("users", "/", CallOptions::default())
+            .await
+            .expect("call");
+        assert_eq!(text(response).await, "users", "through MeshClient");
+    }
+    let own = Request::get("http://users/")
+        .header(http::header::HOST, "users.example")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = client.send(own).await.expect("call");
+    assert_eq!(text(response).await, "users.example", "the caller's Host");
+
+    let registry = StaticRegistry::builder()
+        .service("users", [addr.to_string()])
+        .build()
+        .expect("registry");
+    let stack = ServiceBuilder::new()
+        .layer(RetryLayer::default())
+        .layer(DiscoverLayer::new(registry.catalog()))
+        .layer(BalanceLayer::round_robin())
+        .layer(BreakerLayer::default())
+        .service(EndpointClient::new());
+    for uri in ["http://users/", "http://Users:8080/"] {
+        let req = Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let response = stack.clone().oneshot(req).await.expect("call");
+        let host = uri.trim_start_matches("http://").trim_end_matches('/');
+        assert_eq!(text(response).await, host, "by hand, {uri}");
+    }
 }
