@@ -164,28 +164,14 @@ async fn a_post_on_a_connection_the_instance_closed_while_idle_is_sent_once_on_a
 /// A server on 127.0.0.1 answering each request with the `Host` header
 /// it arrived with.
 async fn host_echo() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let echo =
-                hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let host = req
-                        .headers()
-                        .get(http::header::HOST)
-                        .map(|h| Bytes::copy_from_slice(h.as_bytes()))
-                        .unwrap_or_default();
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(host)))
-                });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), echo),
-            );
-        }
-    });
-    addr
+    mesh_testkit::echo::serve(|req| {
+        req.headers()
+            .get(http::header::HOST)
+            .map(|h| Bytes::copy_from_slice(h.as_bytes()))
+            .unwrap_or_default()
+    })
+    .await
+    .expect("echo server")
 }
 
 /// The body of `response`, as text.

@@ -3,6 +3,7 @@
 #![warn(missing_docs, clippy::unwrap_used)]
 
 mod backend;
+pub mod echo;
 pub mod fs;
 pub mod net;
 pub mod wait;

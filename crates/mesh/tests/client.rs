@@ -386,26 +386,12 @@ async fn the_shipped_notification_sample_runs_as_is() {
 
 /// A server on 127.0.0.1 answering each request with its path and query.
 async fn echo_path() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service =
-                hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
-                    let path = req.uri().path_and_query().map(|p| p.to_string());
-                    async move {
-                        let body =
-                            http_body_util::Full::new(bytes::Bytes::from(path.unwrap_or_default()));
-                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
-                    }
-                });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
-        }
-    });
-    addr
+    mesh_testkit::echo::serve(|req| {
+        let path = req.uri().path_and_query().map(|p| p.to_string());
+        bytes::Bytes::from(path.unwrap_or_default())
+    })
+    .await
+    .expect("echo server")
 }
 
 /// A client whose service `users` is the one instance at `addr`.
