@@ -2,12 +2,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::HOST;
-use http::uri::Scheme;
+use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use mesh_core::ext::{
     with_endpoint_set, AffinityKey, AvoidEndpoints, CallContext, SelectedEndpoint,
 };
-use mesh_core::{clock, BoxError, Endpoint, EndpointSet, MeshError, ServiceName};
+use mesh_core::{clock, BoxError, Endpoint, EndpointSet, EndpointState, MeshError, ServiceName};
 use tower::Service;
 
 use crate::body::{InFlight, TrackedBody};
@@ -94,11 +94,13 @@ impl Chooser {
             avoid: req.extensions().get::<AvoidEndpoints>(),
             key_hash: self.key_hash(req),
         };
+        let context = CallContext::of(req);
         let pick = |set: &EndpointSet| match self.picker.pick(set, &cx, now) {
             Ok(e) => Ok(Picked {
-                endpoint: e.clone(),
-                service: set.service().clone(),
+                state: Arc::clone(e.state()),
+                authority: e.authority().clone(),
                 host: host_for(req, set),
+                named: Named::of(context, set, e),
             }),
             Err(NoPick::NoneAvailable) => Err(MeshError::NoAvailableEndpoints {
                 service: set.service().clone(),
@@ -138,11 +140,11 @@ impl Chooser {
         for _ in 0..4 {
             let now = clock::now();
             let Picked {
-                endpoint,
-                service,
+                state,
+                authority,
                 host,
+                named,
             } = self.choose(req, now)?;
-            let state = Arc::clone(endpoint.state());
             let in_flight = match limit {
                 None => InFlight::start_at(state, now),
                 Some(l) => match state.try_start_request(l) {
@@ -150,23 +152,9 @@ impl Chooser {
                     false => continue,
                 },
             };
-            tracing::trace!(endpoint = %endpoint, "picked endpoint");
-            rewrite(req, &endpoint, host);
-            // The call context takes the note without an allocation (and
-            // the endpoint and name, not copies of them: each copy writes a
-            // count every core shares); without one, the request and the
-            // response carry it.
-            let chosen = match CallContext::of(req) {
-                Some(context) => {
-                    context.choose(service, endpoint);
-                    Chosen::InContext(context.clone())
-                }
-                None => {
-                    req.extensions_mut()
-                        .insert(SelectedEndpoint(endpoint.clone()));
-                    Chosen::Here { endpoint, service }
-                }
-            };
+            tracing::trace!(endpoint = %authority, "picked endpoint");
+            rewrite(req, authority, host);
+            let chosen = named.note(req);
             return Ok(Call::new(in_flight, chosen));
         }
         let error = match with_endpoint_set(req, |set| (set.service().clone(), set.len())) {
@@ -181,12 +169,83 @@ impl Chooser {
     }
 }
 
-/// What a pick gives the request: its endpoint, its service, and the
-/// `Host` header it needs, if any.
+/// What a pick gives the call: the endpoint's live state and authority,
+/// the `Host` header the request needs, if any, and how the layers above
+/// will know the endpoint.
 struct Picked {
-    endpoint: Endpoint,
-    service: ServiceName,
+    state: Arc<EndpointState>,
+    authority: Authority,
     host: Option<HeaderValue>,
+    named: Named,
+}
+
+/// How the endpoint picked is named to the layers above.
+enum Named {
+    /// By its position in the set the call's context noted: nothing is
+    /// copied (each copy of the endpoint or its service writes a count
+    /// every core shares).
+    Position {
+        context: CallContext,
+        generation: u64,
+        position: usize,
+    },
+    /// By copies, for a request without a call context.
+    Copies {
+        endpoint: Endpoint,
+        service: ServiceName,
+    },
+}
+
+impl Named {
+    fn of(context: Option<&CallContext>, set: &EndpointSet, endpoint: &Endpoint) -> Named {
+        match (context, set.position_of(endpoint)) {
+            (Some(context), Some(position)) => Named::Position {
+                context: context.clone(),
+                generation: set.generation(),
+                position,
+            },
+            _ => Named::Copies {
+                endpoint: endpoint.clone(),
+                service: set.service().clone(),
+            },
+        }
+    }
+
+    /// Notes the endpoint where the layers above read it: in the call's
+    /// context, by position, or as copies when the set picked from was
+    /// not the one noted there (one inserted by hand); without a context,
+    /// on the request and, through the [`Chosen`] returned, the response.
+    fn note<B>(self, req: &mut Request<B>) -> Chosen {
+        match self {
+            Named::Position {
+                context,
+                generation,
+                position,
+            } => {
+                if !context.choose_noted(generation, position) {
+                    let copies = with_endpoint_set(req, |set| {
+                        let endpoint = set.endpoints().get(position)?.clone();
+                        Some((set.service().clone(), endpoint))
+                    });
+                    if let Some((service, endpoint)) = copies.flatten() {
+                        context.choose(service, endpoint);
+                    }
+                }
+                Chosen::InContext(context)
+            }
+            Named::Copies { endpoint, service } => match CallContext::of(req) {
+                Some(context) => {
+                    context.choose(service, endpoint);
+                    Chosen::InContext(context.clone())
+                }
+                None => {
+                    req.extensions_mut()
+                        .insert(SelectedEndpoint(endpoint.clone()));
+                    Chosen::Here { endpoint, service }
+                }
+            },
+        }
+    }
 }
 
 /// The `Host` header `req` needs before it is pointed at an endpoint:
@@ -226,17 +285,17 @@ fn host_header(authority: &http::uri::Authority) -> Option<HeaderValue> {
     HeaderValue::from_str(host_port).ok()
 }
 
-/// Points `req` at `endpoint`, keeping the logical authority in `Host`
+/// Points `req` at the endpoint at `authority`, keeping the logical authority in `Host`
 /// (`host`, from [`host_for`]). The URI is taken apart rather than copied:
-/// its scheme and path move into the new one, and only the endpoint's
-/// authority is cloned.
-fn rewrite<B>(req: &mut Request<B>, endpoint: &Endpoint, host: Option<HeaderValue>) {
+/// its scheme and path move into the new one, beside the endpoint's
+/// authority.
+fn rewrite<B>(req: &mut Request<B>, authority: Authority, host: Option<HeaderValue>) {
     if let Some(value) = host {
         req.headers_mut().insert(HOST, value);
     }
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme.get_or_insert(Scheme::HTTP);
-    parts.authority = Some(endpoint.authority().clone());
+    parts.authority = Some(authority);
     parts
         .path_and_query
         .get_or_insert_with(|| http::uri::PathAndQuery::from_static("/"));
@@ -472,6 +531,57 @@ mod tests {
             err.to_string()
                 .contains("place DiscoverLayer above BalanceLayer"),
             "{err}"
+        );
+    }
+
+    /// A balancer over a leaf that answers with the authority it was
+    /// sent to, or fails when `fail`.
+    fn reporting(
+        fail: bool,
+    ) -> impl Service<Request<()>, Response = Response<TrackedBody<Full<bytes::Bytes>>>, Error = BoxError>
+    {
+        BalanceLayer::round_robin().layer(service_fn(move |req: Request<()>| async move {
+            if fail {
+                return Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+            }
+            let sent_to = req.uri().authority().unwrap().to_string();
+            Ok(Response::new(Full::<bytes::Bytes>::from(sent_to)))
+        }))
+    }
+
+    #[tokio::test]
+    async fn the_call_context_names_the_endpoint_sent_to_whichever_way_the_set_came() {
+        let set = set();
+        for noted in [true, false] {
+            let mut svc = reporting(false);
+            for _ in 0..3 {
+                let mut req = Request::get("http://users/").body(()).unwrap();
+                let context = CallContext::attach(&mut req).clone();
+                match noted {
+                    // As discovery notes it, below a retry layer.
+                    true => context.set_endpoints(set.clone()),
+                    // A set inserted by hand, in a request with a context.
+                    false => drop(req.extensions_mut().insert(set.clone())),
+                }
+                let response = svc.ready().await.unwrap().call(req).await.unwrap();
+                assert!(response.extensions().get::<SelectedEndpoint>().is_none());
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                let chosen = context.chosen().expect("named in the context");
+                assert_eq!(
+                    chosen.authority().as_str().as_bytes(),
+                    &body[..],
+                    "noted: {noted}"
+                );
+                let ours = set.iter().find(|e| e.id() == chosen.id()).unwrap();
+                assert!(Arc::ptr_eq(ours.state(), chosen.state()));
+            }
+        }
+        let mut req = Request::get("http://users/").body(()).unwrap();
+        CallContext::attach(&mut req).set_endpoints(set.clone());
+        let err = reporting(true).oneshot(req).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "request to users endpoint 127.0.0.1:1 failed: connection refused"
         );
     }
 

@@ -54,8 +54,45 @@ struct Notes {
     attempt_bound: AtomicU64,
     /// Whether the call is a gRPC call: [`UNSEEN`], [`PLAIN`] or [`GRPC`].
     grpc: AtomicU8,
-    endpoints: Mutex<Option<EndpointSet>>,
-    chosen: Mutex<Option<(ServiceName, Endpoint)>>,
+    /// The endpoints and the choice among them, under one lock: a choice
+    /// made in the noted set is kept as its position there.
+    picks: Mutex<Picks>,
+}
+
+/// The service's endpoints and the endpoint chosen for the current
+/// attempt.
+#[derive(Debug, Default)]
+struct Picks {
+    endpoints: Option<EndpointSet>,
+    chosen: Choice,
+}
+
+/// The endpoint chosen for the current attempt.
+#[derive(Debug, Default)]
+enum Choice {
+    /// None yet.
+    #[default]
+    None,
+    /// The endpoint at this position of the noted set: no copy of the
+    /// endpoint or its service, whose counts every core shares.
+    Noted(usize),
+    /// An endpoint of a set not noted here (one inserted by hand, or
+    /// another context's choice).
+    Given(ServiceName, Endpoint),
+}
+
+impl Picks {
+    /// The chosen endpoint and its service, borrowed.
+    fn chosen(&self) -> Option<(&ServiceName, &Endpoint)> {
+        match &self.chosen {
+            Choice::None => None,
+            Choice::Noted(at) => {
+                let set = self.endpoints.as_ref()?;
+                Some((set.service(), set.endpoints().get(*at)?))
+            }
+            Choice::Given(service, endpoint) => Some((service, endpoint)),
+        }
+    }
 }
 
 impl Default for Notes {
@@ -64,8 +101,7 @@ impl Default for Notes {
             deadline: AtomicU64::new(NO_DEADLINE),
             attempt_bound: AtomicU64::new(NO_DEADLINE),
             grpc: AtomicU8::new(UNSEEN),
-            endpoints: Mutex::default(),
-            chosen: Mutex::default(),
+            picks: Mutex::default(),
         }
     }
 }
@@ -146,9 +182,17 @@ impl CallContext {
         }
     }
 
-    /// Notes the endpoints of the call's service (discovery's answer).
+    /// Notes the endpoints of the call's service (discovery's answer). A
+    /// choice already made in the set they replace is kept.
     pub fn set_endpoints(&self, set: EndpointSet) {
-        *lock(&self.0.endpoints) = Some(set);
+        let mut picks = lock(&self.0.picks);
+        if let Choice::Noted(_) = picks.chosen {
+            picks.chosen = match picks.chosen() {
+                Some((service, endpoint)) => Choice::Given(service.clone(), endpoint.clone()),
+                None => Choice::None,
+            };
+        }
+        picks.endpoints = Some(set);
     }
 
     /// Runs `f` on the noted endpoints, without copying them; `None` when
@@ -162,7 +206,7 @@ impl CallContext {
     where
         F: FnOnce(&EndpointSet) -> R,
     {
-        match lock(&self.0.endpoints).as_ref() {
+        match lock(&self.0.picks).endpoints.as_ref() {
             Some(set) => Ok(f(set)),
             None => Err(f),
         }
@@ -175,32 +219,55 @@ impl CallContext {
 
     /// Notes the endpoint chosen for the current attempt, and its service.
     pub fn choose(&self, service: ServiceName, endpoint: Endpoint) {
-        *lock(&self.0.chosen) = Some((service, endpoint));
+        lock(&self.0.picks).chosen = Choice::Given(service, endpoint);
+    }
+
+    /// Notes the endpoint at position `at` of the set noted here as the
+    /// one chosen for the current attempt, if that set is the snapshot
+    /// of generation `generation` ([`EndpointSet::generation`]): the
+    /// choice is kept as the position, without copying the endpoint or
+    /// its service (each copy writes a count every core shares). Returns
+    /// whether it was noted; a choice in another set is noted with
+    /// [`CallContext::choose`].
+    pub fn choose_noted(&self, generation: u64, at: usize) -> bool {
+        let mut picks = lock(&self.0.picks);
+        let noted = picks
+            .endpoints
+            .as_ref()
+            .is_some_and(|own| own.generation() == generation && at < own.len());
+        if noted {
+            picks.chosen = Choice::Noted(at);
+        }
+        noted
     }
 
     /// The endpoint chosen for the current attempt, with its service.
     pub fn chosen_with_service(&self) -> Option<(ServiceName, Endpoint)> {
-        lock(&self.0.chosen).clone()
+        let picks = lock(&self.0.picks);
+        let (service, endpoint) = picks.chosen()?;
+        Some((service.clone(), endpoint.clone()))
     }
 
     /// Runs `f` on the endpoint chosen for the current attempt and its
     /// service, without copying them (each copy writes a count every core
-    /// shares); `None` before the balancer chose.
+    /// shares); `None` before the balancer chose. The endpoints and the
+    /// choice are read under one lock, so `f` must not read them again
+    /// through this context.
     pub fn with_chosen<R>(&self, f: impl FnOnce(&ServiceName, &Endpoint) -> R) -> Option<R> {
-        lock(&self.0.chosen)
-            .as_ref()
-            .map(|(service, endpoint)| f(service, endpoint))
+        let picks = lock(&self.0.picks);
+        let (service, endpoint) = picks.chosen()?;
+        Some(f(service, endpoint))
     }
 
     /// The endpoint chosen for the current attempt.
     pub fn chosen(&self) -> Option<Endpoint> {
-        lock(&self.0.chosen).as_ref().map(|(_, e)| e.clone())
+        lock(&self.0.picks).chosen().map(|(_, e)| e.clone())
     }
 
     /// A new attempt starts: the last one's endpoint and bound are not
     /// its own.
     pub fn begin_attempt(&self) {
-        *lock(&self.0.chosen) = None;
+        lock(&self.0.picks).chosen = Choice::None;
         self.0.attempt_bound.store(NO_DEADLINE, Ordering::Relaxed);
     }
 
@@ -235,8 +302,10 @@ impl CallContext {
         if Arc::ptr_eq(&self.0, &other.0) {
             return;
         }
-        let chosen = other.chosen_with_service();
-        *lock(&self.0.chosen) = chosen;
+        lock(&self.0.picks).chosen = match other.chosen_with_service() {
+            Some((service, endpoint)) => Choice::Given(service, endpoint),
+            None => Choice::None,
+        };
     }
 }
 
@@ -372,6 +441,29 @@ mod tests {
         assert_eq!(call.chosen().map(|e| e.address().port()), Some(2));
         call.adopt_choice(&call.clone());
         assert_eq!(call.chosen().map(|e| e.address().port()), Some(2));
+    }
+
+    #[test]
+    fn a_choice_in_the_noted_set_is_read_from_it_and_outlives_a_new_set() {
+        let call = CallContext::new();
+        let set = EndpointSet::new(users(), vec![endpoint(1), endpoint(2)]);
+        assert!(!call.choose_noted(set.generation(), 1), "no set noted");
+        call.set_endpoints(set.clone());
+        let other = EndpointSet::new(users(), vec![endpoint(1), endpoint(2)]);
+        assert!(!call.choose_noted(other.generation(), 1), "another set");
+        assert!(!call.choose_noted(set.generation(), 2), "past the end");
+        assert!(call.chosen().is_none());
+        assert!(call.choose_noted(set.generation(), 1));
+        let chosen = call.chosen().expect("chosen");
+        assert!(Arc::ptr_eq(chosen.state(), set.endpoints()[1].state()));
+        let named = call.with_chosen(|s, e| (s.clone(), e.address().port()));
+        assert_eq!(named, Some((users(), 2)));
+        // Discovery notes a newer set: the choice made in the old one stays.
+        call.set_endpoints(EndpointSet::new(users(), vec![endpoint(3)]));
+        assert_eq!(call.chosen().map(|e| e.address().port()), Some(2));
+        assert_eq!(call.with_endpoints(EndpointSet::len), Some(1));
+        call.begin_attempt();
+        assert!(call.chosen().is_none());
     }
 
     #[test]

@@ -6,8 +6,12 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::uri::Authority;
+
 use crate::name::{EndpointId, InvalidName};
 use crate::state::EndpointState;
+use crate::static_text::StaticTexts;
 
 /// The relative share of traffic an endpoint should receive; never zero.
 ///
@@ -78,7 +82,7 @@ struct EndpointInfo {
     address: SocketAddr,
     /// The address as a URI authority, built once so that rewriting a
     /// request's URI to this endpoint allocates nothing.
-    authority: http::uri::Authority,
+    authority: Authority,
     weight: Weight,
     tags: Box<[String]>,
     metadata: BTreeMap<String, String>,
@@ -112,7 +116,7 @@ impl Endpoint {
     }
 
     /// The address as a URI authority (`10.0.0.7:8080`, `[::1]:8080`).
-    pub fn authority(&self) -> &http::uri::Authority {
+    pub fn authority(&self) -> &Authority {
         &self.info.authority
     }
 
@@ -248,16 +252,41 @@ impl EndpointBuilder {
     }
 }
 
-fn authority_of(address: SocketAddr) -> http::uri::Authority {
+/// The most endpoint addresses whose authority is kept `'static`; about
+/// 40 bytes each.
+pub(crate) const MAX_AUTHORITIES: usize = 16_384;
+
+/// The addresses kept.
+static AUTHORITIES: StaticTexts = StaticTexts::new(MAX_AUTHORITIES);
+
+/// `address` as an authority: over `'static` bytes while fewer than
+/// [`MAX_AUTHORITIES`] addresses have them, so that the copy the balancer
+/// puts in every request's URI writes no count every core shares; else
+/// over bytes of its own.
+fn authority_of(address: SocketAddr) -> Authority {
+    let text = address.to_string();
+    let kept = AUTHORITIES
+        .get(&text)
+        .map(|t| Bytes::from_static(t.as_bytes()));
     // A socket address always prints as a valid authority ("ip:port" or
     // "[ipv6]:port"); the fallback only keeps this free of panics.
-    http::uri::Authority::try_from(address.to_string())
-        .unwrap_or_else(|_| http::uri::Authority::from_static("0.0.0.0:0"))
+    kept.and_then(|bytes| Authority::from_maybe_shared(bytes).ok())
+        .or_else(|| Authority::try_from(text).ok())
+        .unwrap_or_else(|| Authority::from_static("0.0.0.0:0"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_at_one_address_share_one_static_authority() {
+        let a = Endpoint::builder("127.0.0.9:7".parse().unwrap()).build();
+        let b = Endpoint::builder("127.0.0.9:7".parse().unwrap()).build();
+        assert_eq!(a.authority().as_str(), "127.0.0.9:7");
+        let (x, y) = (a.authority().as_str(), b.authority().as_str());
+        assert_eq!(x.as_ptr(), y.as_ptr(), "one copy of the text");
+    }
 
     #[test]
     fn zero_weight_is_refused() {

@@ -1,24 +1,19 @@
-//! A service's name as a `Host` header value that costs nothing to clone.
-//!
-//! The balancer gives every request addressed to a service by its name
-//! that name as its `Host` header. A value made per request is an
-//! allocation and a copy; one value shared by every request is a
-//! reference count that every core writes, twice a request, which on a
-//! busy multi-core client costs more than the copy (`benches/contention.rs`).
-//! A value over `'static` bytes has neither: cloning it copies a pointer.
-//! So each name gets its bytes leaked once, and is found again by name
-//! when discovery builds the service's next endpoint set. The names kept
-//! are bounded ([`MAX_NAMES`]): past that, sets get a shared value.
-
-use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock};
+//! A service's name as a `Host` header value that costs nothing to clone:
+//! over `'static` bytes kept once per name ([`crate::static_text`]), found
+//! again by name when discovery builds the service's next endpoint set.
+//! The names kept are bounded ([`MAX_NAMES`]): past that, sets get a
+//! shared value.
 
 use http::HeaderValue;
 
 use crate::name::ServiceName;
+use crate::static_text::StaticTexts;
 
 /// The most names given `'static` bytes; about 30 bytes each.
 pub(crate) const MAX_NAMES: usize = 4096;
+
+/// The names kept.
+static NAMES: StaticTexts = StaticTexts::new(MAX_NAMES);
 
 /// `service`'s name as a `Host` value: over `'static` bytes while fewer
 /// than [`MAX_NAMES`] names have them, else over bytes of its own.
@@ -28,30 +23,11 @@ pub(crate) fn host_value(service: &ServiceName) -> Option<HeaderValue> {
     let name = service.as_str();
     // Validated here, so that the `'static` value below cannot fail.
     let own = HeaderValue::from_str(name).ok()?;
-    Some(match interned(name) {
+    Some(match NAMES.get(name) {
         Some(bytes) => HeaderValue::from_static(bytes),
         None => own,
     })
 }
-
-/// `name`'s `'static` copy: the one made before, else a new one while
-/// the set of them has room.
-fn interned(name: &str) -> Option<&'static str> {
-    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let names = NAMES.get_or_init(Mutex::default);
-    // A poisoned lock guards a set that is only ever added to, whole.
-    let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(kept) = names.get(name) {
-        return Some(kept);
-    }
-    if names.len() >= MAX_NAMES {
-        return None;
-    }
-    let kept: &'static str = Box::leak(Box::from(name));
-    names.insert(kept);
-    Some(kept)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

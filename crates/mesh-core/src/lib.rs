@@ -17,6 +17,7 @@ mod name;
 mod secret;
 mod set;
 mod state;
+mod static_text;
 
 pub use classify::{FailureClassifier, FailureKind, Outcome, StatusSet};
 pub use config_error::ConfigError;

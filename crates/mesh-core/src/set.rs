@@ -157,6 +157,17 @@ impl EndpointSet {
             .filter(move |e| e.state().is_available(now))
     }
 
+    /// The position in this set of `endpoint`, if it is one of this set's
+    /// own (the value [`EndpointSet::endpoints`] holds, not an equal
+    /// one), found from its address without a scan.
+    pub fn position_of(&self, endpoint: &Endpoint) -> Option<usize> {
+        let size = std::mem::size_of::<Endpoint>();
+        let start = self.members.endpoints.as_ptr() as usize;
+        let offset = (endpoint as *const Endpoint as usize).checked_sub(start)?;
+        let at = offset / size;
+        (offset % size == 0 && at < self.len()).then_some(at)
+    }
+
     /// Whether two sets are the same snapshot (pointer equality).
     pub fn ptr_eq(&self, other: &EndpointSet) -> bool {
         Arc::ptr_eq(&self.members, &other.members)
@@ -238,6 +249,22 @@ mod tests {
 
     fn name() -> ServiceName {
         ServiceName::new("svc").unwrap()
+    }
+
+    #[test]
+    fn an_endpoint_is_found_at_its_position_in_its_own_set_only() {
+        let set = EndpointSet::new(name(), vec![ep(1), ep(2), ep(3)]);
+        for (at, endpoint) in set.iter().enumerate() {
+            assert_eq!(set.position_of(endpoint), Some(at));
+        }
+        let equal = ep(2);
+        assert_eq!(set.position_of(&equal), None, "an equal copy");
+        let other = EndpointSet::new(name(), vec![ep(1), ep(2), ep(3)]);
+        assert_eq!(set.position_of(&other.endpoints()[1]), None);
+        assert_eq!(
+            EndpointSet::empty(name()).position_of(&set.endpoints()[0]),
+            None
+        );
     }
 
     #[test]
