@@ -16,7 +16,7 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 /// Calls per measurement, and measurements per stack (the median wins).
 pub const CALLS: u32 = 200_000;
-pub const ROUNDS: usize = 5;
+pub const ROUNDS: usize = 7;
 
 /// Every stack, boxed to one type.
 pub type Stack = BoxCloneService<Request<Full<Bytes>>, Response<Full<Bytes>>, BoxError>;

@@ -5,7 +5,8 @@ use http::header::HOST;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use mesh_core::ext::{
-    with_endpoint_set, AffinityKey, AvoidEndpoints, CallContext, SelectedEndpoint,
+    with_endpoint_set, with_endpoint_set_from, AffinityKey, AvoidEndpoints, CallContext,
+    SelectedEndpoint,
 };
 use mesh_core::{clock, BoxError, Endpoint, EndpointSet, EndpointState, MeshError, ServiceName};
 use tower::Service;
@@ -95,13 +96,16 @@ impl Chooser {
             key_hash: self.key_hash(req),
         };
         let context = CallContext::of(req);
-        let pick = |set: &EndpointSet| match self.picker.pick(set, &cx, now) {
-            Ok(e) => Ok(Picked {
-                state: Arc::clone(e.state()),
-                authority: e.authority().clone(),
-                host: host_for(req, set),
-                named: Named::of(context, set, e),
-            }),
+        let pick = |set: &EndpointSet, noted: bool| match self.picker.pick(set, &cx, now) {
+            Ok(e) => {
+                tracing::trace!(endpoint = %e, "picked endpoint");
+                Ok(Picked {
+                    state: Arc::clone(e.state()),
+                    authority: e.authority().clone(),
+                    host: host_for(req, set),
+                    named: Named::of(context.filter(|_| noted), set, e),
+                })
+            }
             Err(NoPick::NoneAvailable) => Err(MeshError::NoAvailableEndpoints {
                 service: set.service().clone(),
                 total: set.len(),
@@ -110,7 +114,7 @@ impl Chooser {
                 Err(self.at_capacity(set.service().clone(), available))
             }
         };
-        with_endpoint_set(req, pick).unwrap_or(Err(MeshError::Misconfigured {
+        with_endpoint_set_from(req, pick).unwrap_or(Err(MeshError::Misconfigured {
             layer: "BalanceLayer",
             missing: "EndpointSet",
             hint: "place DiscoverLayer above BalanceLayer, or insert an EndpointSet into the request's extensions",
@@ -152,7 +156,6 @@ impl Chooser {
                     false => continue,
                 },
             };
-            tracing::trace!(endpoint = %authority, "picked endpoint");
             rewrite(req, authority, host);
             let chosen = named.note(req);
             return Ok(Call::new(in_flight, chosen));
@@ -181,15 +184,16 @@ struct Picked {
 
 /// How the endpoint picked is named to the layers above.
 enum Named {
-    /// By its position in the set the call's context noted: nothing is
-    /// copied (each copy of the endpoint or its service writes a count
-    /// every core shares).
+    /// By its position in the set the call's context noted, where it was
+    /// picked: nothing is copied (each copy of the endpoint or its service
+    /// writes a count every core shares).
     Position {
         context: CallContext,
         generation: u64,
         position: usize,
     },
-    /// By copies, for a request without a call context.
+    /// By copies: picked in a set inserted by hand, with or without a
+    /// call context.
     Copies {
         endpoint: Endpoint,
         service: ServiceName,
@@ -197,6 +201,8 @@ enum Named {
 }
 
 impl Named {
+    /// How to name `endpoint` of `set`; `context` is the call's, given
+    /// only when `set` is the one it noted.
     fn of(context: Option<&CallContext>, set: &EndpointSet, endpoint: &Endpoint) -> Named {
         match (context, set.position_of(endpoint)) {
             (Some(context), Some(position)) => Named::Position {
@@ -212,9 +218,8 @@ impl Named {
     }
 
     /// Notes the endpoint where the layers above read it: in the call's
-    /// context, by position, or as copies when the set picked from was
-    /// not the one noted there (one inserted by hand); without a context,
-    /// on the request and, through the [`Chosen`] returned, the response.
+    /// context when it has one; without one, on the request and, through
+    /// the [`Chosen`] returned, the response.
     fn note<B>(self, req: &mut Request<B>) -> Chosen {
         match self {
             Named::Position {
@@ -222,15 +227,10 @@ impl Named {
                 generation,
                 position,
             } => {
-                if !context.choose_noted(generation, position) {
-                    let copies = with_endpoint_set(req, |set| {
-                        let endpoint = set.endpoints().get(position)?.clone();
-                        Some((set.service().clone(), endpoint))
-                    });
-                    if let Some((service, endpoint)) = copies.flatten() {
-                        context.choose(service, endpoint);
-                    }
-                }
+                // Not noted only if another call noted other endpoints in
+                // the context since the pick (a context belongs to one
+                // call): then it names no endpoint rather than a wrong one.
+                let _ = context.choose_noted(generation, position);
                 Chosen::InContext(context)
             }
             Named::Copies { endpoint, service } => match CallContext::of(req) {
@@ -563,9 +563,15 @@ mod tests {
                     // A set inserted by hand, in a request with a context.
                     false => drop(req.extensions_mut().insert(set.clone())),
                 }
+                let states = || -> usize { set.iter().map(|e| Arc::strong_count(e.state())).sum() };
+                let before = states();
                 let response = svc.ready().await.unwrap().call(req).await.unwrap();
                 assert!(response.extensions().get::<SelectedEndpoint>().is_none());
                 let body = response.into_body().collect().await.unwrap().to_bytes();
+                // The context holds the choice: by position when it noted
+                // the set, else as a copy of the endpoint (and its state).
+                let copies = usize::from(!noted);
+                assert_eq!(states(), before + copies, "noted: {noted}");
                 let chosen = context.chosen().expect("named in the context");
                 assert_eq!(
                     chosen.authority().as_str().as_bytes(),

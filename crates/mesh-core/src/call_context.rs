@@ -76,8 +76,9 @@ enum Choice {
     /// The endpoint at this position of the noted set: no copy of the
     /// endpoint or its service, whose counts every core shares.
     Noted(usize),
-    /// An endpoint of a set not noted here (one inserted by hand, or
-    /// another context's choice).
+    /// Copies of the endpoint and its service: one of a set not noted
+    /// here (one inserted by hand, or another context's choice), or a
+    /// choice made in a set since replaced.
     Given(ServiceName, Endpoint),
 }
 
@@ -196,20 +197,11 @@ impl CallContext {
     }
 
     /// Runs `f` on the noted endpoints, without copying them; `None` when
-    /// none were noted.
+    /// none were noted. The endpoints and the choice are read under one
+    /// lock, so `f` must not read them again through this context
+    /// (`chosen`, `with_chosen`, `endpoints`...).
     pub fn with_endpoints<R>(&self, f: impl FnOnce(&EndpointSet) -> R) -> Option<R> {
-        self.try_with_endpoints(f).ok()
-    }
-
-    /// Runs `f` on the noted endpoints; `f` back when none were noted.
-    fn try_with_endpoints<R, F>(&self, f: F) -> Result<R, F>
-    where
-        F: FnOnce(&EndpointSet) -> R,
-    {
-        match lock(&self.0.picks).endpoints.as_ref() {
-            Some(set) => Ok(f(set)),
-            None => Err(f),
-        }
+        lock(&self.0.picks).endpoints.as_ref().map(f)
     }
 
     /// The noted endpoints.
@@ -229,6 +221,18 @@ impl CallContext {
     /// its service (each copy writes a count every core shares). Returns
     /// whether it was noted; a choice in another set is noted with
     /// [`CallContext::choose`].
+    ///
+    /// ```
+    /// use mesh_core::ext::CallContext;
+    /// use mesh_core::{Endpoint, EndpointSet, ServiceName};
+    /// let at = |port| Endpoint::builder(([127, 0, 0, 1], port).into()).build();
+    /// let set = EndpointSet::new(ServiceName::new("orders")?, vec![at(1), at(2)]);
+    /// let context = CallContext::new();
+    /// context.set_endpoints(set.clone());
+    /// assert!(context.choose_noted(set.generation(), 1));
+    /// assert_eq!(context.chosen().map(|e| e.address().port()), Some(2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn choose_noted(&self, generation: u64, at: usize) -> bool {
         let mut picks = lock(&self.0.picks);
         let noted = picks
@@ -345,15 +349,28 @@ pub fn deadline_of<B>(req: &Request<B>) -> Option<Deadline> {
 
 /// Runs `f` on the endpoints of `req`'s service: those noted in its call
 /// context (discovery's answer), else an [`EndpointSet`] inserted by hand.
+/// The context's endpoints are read under its lock: `f` must not read
+/// its endpoints or choice again through the context.
 pub fn with_endpoint_set<B, R>(req: &Request<B>, f: impl FnOnce(&EndpointSet) -> R) -> Option<R> {
-    let f = match CallContext::of(req) {
-        Some(context) => match context.try_with_endpoints(f) {
-            Ok(found) => return Some(found),
-            Err(f) => f,
-        },
-        None => f,
-    };
-    req.extensions().get::<EndpointSet>().map(f)
+    with_endpoint_set_from(req, |set, _| f(set))
+}
+
+/// As [`with_endpoint_set`], telling `f` whether the endpoints are the
+/// ones the call context noted (`true`) or a set inserted by hand: a
+/// choice among the noted ones can be noted by its position
+/// ([`CallContext::choose_noted`]).
+pub fn with_endpoint_set_from<B, R>(
+    req: &Request<B>,
+    f: impl FnOnce(&EndpointSet, bool) -> R,
+) -> Option<R> {
+    if let Some(context) = CallContext::of(req) {
+        if let Some(set) = lock(&context.0.picks).endpoints.as_ref() {
+            return Some(f(set, true));
+        }
+    }
+    req.extensions()
+        .get::<EndpointSet>()
+        .map(|set| f(set, false))
 }
 
 /// The endpoint chosen for `req`: the balancer's choice noted in its call

@@ -36,7 +36,8 @@ use crate::endpoint::Endpoint;
 use crate::name::{EndpointId, ServiceName};
 
 pub use crate::call_context::{
-    chosen_endpoint, deadline_of, with_endpoint_set, AttemptBound, CallContext,
+    chosen_endpoint, deadline_of, with_endpoint_set, with_endpoint_set_from, AttemptBound,
+    CallContext,
 };
 pub use crate::host::host_of;
 

@@ -28,6 +28,7 @@ pub(crate) fn host_value(service: &ServiceName) -> Option<HeaderValue> {
         None => own,
     })
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

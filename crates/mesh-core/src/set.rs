@@ -160,12 +160,22 @@ impl EndpointSet {
     /// The position in this set of `endpoint`, if it is one of this set's
     /// own (the value [`EndpointSet::endpoints`] holds, not an equal
     /// one), found from its address without a scan.
+    ///
+    /// ```
+    /// use mesh_core::{Endpoint, EndpointSet, ServiceName};
+    /// let at = |port| Endpoint::builder(([127, 0, 0, 1], port).into()).build();
+    /// let set = EndpointSet::new(ServiceName::new("orders")?, vec![at(1), at(2)]);
+    /// assert_eq!(set.position_of(&set.endpoints()[1]), Some(1));
+    /// assert_eq!(set.position_of(&at(2)), None, "equal, not the set's own");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn position_of(&self, endpoint: &Endpoint) -> Option<usize> {
-        let size = std::mem::size_of::<Endpoint>();
-        let start = self.members.endpoints.as_ptr() as usize;
-        let offset = (endpoint as *const Endpoint as usize).checked_sub(start)?;
-        let at = offset / size;
-        (offset % size == 0 && at < self.len()).then_some(at)
+        const SIZE: usize = std::mem::size_of::<Endpoint>();
+        const _: () = assert!(SIZE != 0, "an endpoint holds two pointers");
+        let start = self.members.endpoints.as_ptr().addr();
+        let offset = std::ptr::from_ref(endpoint).addr().checked_sub(start)?;
+        let at = offset / SIZE;
+        (offset % SIZE == 0 && at < self.len()).then_some(at)
     }
 
     /// Whether two sets are the same snapshot (pointer equality).

@@ -3,19 +3,23 @@
 //!
 //! A value every request clones (a service's `Host` header, an endpoint's
 //! authority) shared by reference count is a count every core writes,
-//! twice a request, which on a busy multi-core client costs more than the
-//! copy (`benches/contention.rs`). A value over `'static` bytes has
-//! neither: cloning it copies a pointer. Each table keeps a bounded number
-//! of texts; past its bound, values are made over bytes of their own, as
-//! they would be without it.
+//! twice a request, which on a busy multi-core client costs more than an
+//! allocation and a copy per request (`benches/contention.rs`). A value
+//! over `'static` bytes has neither: cloning it copies a pointer. Each
+//! table keeps a bounded number of texts for the life of the process,
+//! first come first kept; past its bound, values are made over bytes of
+//! their own.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// A bounded table of `'static` texts.
 pub(crate) struct StaticTexts {
     limit: usize,
     texts: OnceLock<Mutex<HashSet<&'static str>>>,
+    /// Whether the table was found full (said once, in the log).
+    full: AtomicBool,
 }
 
 impl StaticTexts {
@@ -24,6 +28,7 @@ impl StaticTexts {
         StaticTexts {
             limit,
             texts: OnceLock::new(),
+            full: AtomicBool::new(false),
         }
     }
 
@@ -37,6 +42,12 @@ impl StaticTexts {
             return Some(kept);
         }
         if texts.len() >= self.limit {
+            if !self.full.swap(true, Ordering::Relaxed) {
+                tracing::debug!(
+                    limit = self.limit,
+                    "static text table full: later values get bytes of their own"
+                );
+            }
             return None;
         }
         let kept: &'static str = Box::leak(Box::from(text));
