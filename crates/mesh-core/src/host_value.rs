@@ -4,6 +4,8 @@
 //! The names kept are bounded ([`MAX_NAMES`]): past that, sets get a
 //! shared value.
 
+use bytes::Bytes;
+use http::uri::Authority;
 use http::HeaderValue;
 
 use crate::name::ServiceName;
@@ -29,9 +31,30 @@ pub(crate) fn host_value(service: &ServiceName) -> Option<HeaderValue> {
     })
 }
 
+/// `service`'s name as a URI authority: over the same `'static` bytes as
+/// its `Host` value while the table has room, else over bytes of its
+/// own. `None` only for a name no authority could carry, which a
+/// validated [`ServiceName`] never is.
+pub(crate) fn authority(service: &ServiceName) -> Option<Authority> {
+    let name = service.as_str();
+    match NAMES.get(name) {
+        Some(kept) => Authority::from_maybe_shared(Bytes::from_static(kept.as_bytes())).ok(),
+        None => Authority::try_from(name).ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_authority_shares_the_host_values_bytes() {
+        let name = ServiceName::new("authority-test").unwrap();
+        let host = host_value(&name).unwrap();
+        let authority = authority(&name).unwrap();
+        assert_eq!(authority.as_str(), "authority-test");
+        assert_eq!(authority.as_str().as_ptr(), host.as_bytes().as_ptr());
+    }
 
     #[test]
     fn one_static_copy_per_name_and_a_bounded_number_of_names() {

@@ -60,6 +60,23 @@ impl ServiceName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name as a URI authority (`user-service`), for requests
+    /// addressed to the service by name. For the first 4,096 names a
+    /// process sees, it is over `'static` text kept once per name, so a
+    /// clone copies a pointer and writes no reference count. `None` only
+    /// for a name no authority could carry, which a validated name never
+    /// is.
+    ///
+    /// ```
+    /// use mesh_core::ServiceName;
+    /// let name = ServiceName::new("User-Service")?;
+    /// assert_eq!(name.authority().map(|a| a.to_string()).as_deref(), Some("user-service"));
+    /// # Ok::<(), mesh_core::InvalidName>(())
+    /// ```
+    pub fn authority(&self) -> Option<http::uri::Authority> {
+        crate::host_value::authority(self)
+    }
 }
 
 impl Borrow<str> for ServiceName {

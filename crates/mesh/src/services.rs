@@ -13,6 +13,7 @@ use hashbrown::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
+use http::uri::Authority;
 use mesh_core::{MeshError, ServiceName};
 use mesh_health::UpstreamHealthChecker;
 
@@ -27,6 +28,11 @@ pub(crate) struct ServiceState {
     /// The service, as the map knows it: a call borrows its name from
     /// here instead of copying it.
     pub(crate) name: ServiceName,
+    /// Its name as a URI authority, made once: a call's URI takes a
+    /// clone instead of parsing its name again (over `'static` text for
+    /// most services, so the clone, the retry layer's copy of the URI
+    /// included, writes no shared count).
+    pub(crate) authority: Option<Authority>,
     /// Its rate and concurrency limits, if any apply.
     pub(crate) limits: Option<Limits>,
     /// The whole-call deadline of its route, when its limits may make a
@@ -49,6 +55,7 @@ impl ServiceState {
     /// `name`'s state with no limits, fallback or checker.
     pub(crate) fn new(name: ServiceName) -> ServiceState {
         ServiceState {
+            authority: name.authority(),
             name,
             limits: None,
             queue_deadline: None,

@@ -412,13 +412,22 @@ services = {{ users = ["{addr}"] }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_reaches_the_server_whole_with_or_without_its_leading_slash() {
     let client = users_on(echo_path().await).await;
-    for (path, expected) in [
+    // "Users" is not the service's own spelling, so its name is checked
+    // on every call; "users" is, and from its second call on its URI is
+    // made from what its first call kept.
+    let cases = [
         ("/api/users?page=2", "/api/users?page=2"),
         ("api/users?page=2", "/api/users?page=2"),
         ("", "/"),
-    ] {
+        ("/a?b=c#fragment", "/a?b=c"),
+        ("//elsewhere/x", "//elsewhere/x"),
+    ];
+    let calls = ["Users", "users", "users"]
+        .into_iter()
+        .flat_map(|name| cases.map(|c| (name, c)));
+    for (name, (path, expected)) in calls {
         let response = client
-            .get("Users", path, CallOptions::default())
+            .get(name, path, CallOptions::default())
             .await
             .expect("answer");
         let body = response
@@ -427,7 +436,7 @@ async fn a_path_reaches_the_server_whole_with_or_without_its_leading_slash() {
             .await
             .expect("body")
             .to_bytes();
-        assert_eq!(&body[..], expected.as_bytes(), "path {path:?}");
+        assert_eq!(&body[..], expected.as_bytes(), "{name} {path:?}");
     }
     client.shutdown(Duration::from_secs(5)).await;
 }
@@ -458,5 +467,17 @@ async fn a_path_that_is_no_uri_path_is_refused_naming_the_service_not_the_query(
         .await
         .expect("answer");
     assert!(response.status().is_success());
+    // And a bad one is refused the same way once the service is known.
+    let again = client
+        .get("users", "/a b", CallOptions::default())
+        .await
+        .expect_err("still no URI path");
+    assert!(
+        matches!(
+            MeshError::find(&*again),
+            Some(MeshError::InvalidPath { .. })
+        ),
+        "typed: {again:?}"
+    );
     client.shutdown(Duration::from_secs(5)).await;
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
 use http::{Method, Request, Response, Uri};
 use mesh_core::clock;
 use mesh_core::ext::{
@@ -161,14 +162,13 @@ impl MeshClient {
                 named.as_str()
             }
         };
-        // One string for the whole URI, sized once (no formatting, no
-        // regrowth), the path's slash added if missing; the request built
-        // in place around it.
-        let slash = if path.starts_with('/') { "" } else { "/" };
-        let parts = ["http://", name, slash, path];
-        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        parts.iter().for_each(|part| text.push_str(part));
-        let uri = match Uri::try_from(text) {
+        // The service's authority made once (with its state), else from
+        // its name; only the path is parsed per call.
+        let authority = match state.as_ref().and_then(|s| s.authority.as_ref()) {
+            Some(made) => Ok(made.clone()),
+            None => Authority::try_from(name),
+        };
+        let uri = match authority.and_then(|authority| call_uri(authority, path)) {
             Ok(uri) => uri,
             Err(source) => {
                 let service = match &state {
@@ -477,4 +477,21 @@ fn settle(
             answer.ok_or(error)
         }
     }
+}
+
+/// The URI of a call to the service at `authority` for `path`, its slash
+/// added if missing.
+fn call_uri(authority: Authority, path: &str) -> Result<Uri, InvalidUri> {
+    let path_and_query = match path.starts_with('/') {
+        true => PathAndQuery::try_from(path)?,
+        false => PathAndQuery::try_from(["/", path].concat())?,
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path_and_query);
+    // A scheme, an authority and a path always make a URI; if they
+    // somehow did not, a URI without an authority fails the call below
+    // (no service named) rather than sending it anywhere.
+    Ok(Uri::from_parts(parts).unwrap_or_default())
 }
