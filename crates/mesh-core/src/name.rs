@@ -62,11 +62,12 @@ impl ServiceName {
     }
 
     /// The name as a URI authority (`user-service`), for requests
-    /// addressed to the service by name. For the first 4,096 names a
-    /// process sees, it is over `'static` text kept once per name, so a
-    /// clone copies a pointer and writes no reference count. `None` only
-    /// for a name no authority could carry, which a validated name never
-    /// is.
+    /// addressed to the service by name. For a service discovery lists
+    /// (the first 4,096 names it lists keep a `'static` copy, shared with
+    /// their `Host` value), it is over that copy, so a clone copies a
+    /// pointer and writes no reference count; for any other name, over
+    /// bytes of its own (asking keeps no name). `None` only for a name no
+    /// authority could carry, which a validated name never is.
     ///
     /// ```
     /// use mesh_core::ServiceName;

@@ -32,6 +32,15 @@ impl StaticTexts {
         }
     }
 
+    /// `text`'s `'static` copy, if one was kept before; never adds one
+    /// (for text from less trusted places than where [`StaticTexts::get`]
+    /// is called).
+    pub(crate) fn find(&self, text: &str) -> Option<&'static str> {
+        let texts = self.texts.get()?;
+        let texts = texts.lock().unwrap_or_else(|p| p.into_inner());
+        texts.get(text).copied()
+    }
+
     /// `text`'s `'static` copy: the one kept before, else a new one while
     /// the table has room.
     pub(crate) fn get(&self, text: &str) -> Option<&'static str> {
@@ -69,5 +78,8 @@ mod tests {
         assert_eq!(table.get("b"), Some("b"));
         assert_eq!(table.get("c"), None, "past the limit");
         assert_eq!(table.get("a").unwrap().as_ptr(), a.as_ptr(), "still kept");
+        assert_eq!(table.find("a").unwrap().as_ptr(), a.as_ptr());
+        assert_eq!(table.find("d"), None, "finding adds nothing");
+        assert_eq!(StaticTexts::new(1).find("a"), None, "an empty table");
     }
 }

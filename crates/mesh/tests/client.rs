@@ -412,9 +412,9 @@ services = {{ users = ["{addr}"] }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_reaches_the_server_whole_with_or_without_its_leading_slash() {
     let client = users_on(echo_path().await).await;
-    // "Users" is not the service's own spelling, so its name is checked
-    // on every call; "users" is, and from its second call on its URI is
-    // made from what its first call kept.
+    // "Users" is not the service's own spelling, so its URI is made from
+    // its name on every call; "users" is, and its URI is made from the
+    // authority kept with the service's state (made by the first call).
     let cases = [
         ("/api/users?page=2", "/api/users?page=2"),
         ("api/users?page=2", "/api/users?page=2"),
@@ -469,7 +469,7 @@ async fn a_path_that_is_no_uri_path_is_refused_naming_the_service_not_the_query(
     assert!(response.status().is_success());
     // And a bad one is refused the same way once the service is known.
     let again = client
-        .get("users", "/a b", CallOptions::default())
+        .get("users", "/a b?token=s3cret", CallOptions::default())
         .await
         .expect_err("still no URI path");
     assert!(
@@ -479,5 +479,6 @@ async fn a_path_that_is_no_uri_path_is_refused_naming_the_service_not_the_query(
         ),
         "typed: {again:?}"
     );
+    assert!(!again.to_string().contains("s3cret"), "{again}");
     client.shutdown(Duration::from_secs(5)).await;
 }

@@ -491,7 +491,9 @@ fn call_uri(authority: Authority, path: &str) -> Result<Uri, InvalidUri> {
     parts.authority = Some(authority);
     parts.path_and_query = Some(path_and_query);
     // A scheme, an authority and a path always make a URI; if they
-    // somehow did not, a URI without an authority fails the call below
+    // somehow did not, discovery refuses the URI without an authority
     // (no service named) rather than sending it anywhere.
-    Ok(Uri::from_parts(parts).unwrap_or_default())
+    let uri = Uri::from_parts(parts);
+    debug_assert!(uri.is_ok(), "a URI of scheme, authority and path: {uri:?}");
+    Ok(uri.unwrap_or_default())
 }
