@@ -285,10 +285,10 @@ fn host_header(authority: &http::uri::Authority) -> Option<HeaderValue> {
     HeaderValue::from_str(host_port).ok()
 }
 
-/// Points `req` at the endpoint at `authority`, keeping the logical authority in `Host`
-/// (`host`, from [`host_for`]). The URI is taken apart rather than copied:
-/// its scheme and path move into the new one, beside the endpoint's
-/// authority.
+/// Points `req` at the endpoint at `authority`, keeping the logical
+/// authority in `Host` (`host`, from [`host_for`]). The URI is taken
+/// apart rather than copied: its scheme and path move into the new one,
+/// beside the endpoint's authority.
 fn rewrite<B>(req: &mut Request<B>, authority: Authority, host: Option<HeaderValue>) {
     if let Some(value) = host {
         req.headers_mut().insert(HOST, value);
