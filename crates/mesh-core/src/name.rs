@@ -76,7 +76,7 @@ impl ServiceName {
     /// # Ok::<(), mesh_core::InvalidName>(())
     /// ```
     pub fn authority(&self) -> Option<http::uri::Authority> {
-        crate::host_value::authority(self)
+        crate::name_values::authority(self)
     }
 }
 

@@ -54,7 +54,7 @@ struct Members {
 impl Members {
     fn new(service: ServiceName, endpoints: Vec<Endpoint>) -> Arc<Self> {
         Arc::new(Members {
-            host: crate::host_value::host_value(&service),
+            host: crate::name_values::host_value(&service),
             service,
             endpoints: endpoints.into_boxed_slice(),
         })

@@ -54,9 +54,9 @@ pub(crate) fn tcp() -> HttpConnector {
 /// What hyper-util's legacy client does for a pooled connection, it does
 /// too:
 /// - cached connections found closed (the peer's idle timeout, a restart)
-///   are passed over and dropped, however many; a request hyper hands back unwritten
-///   because its connection closed first goes out on the next one,
-///   whatever its method, since it never reached the peer;
+///   are passed over and dropped, however many; a request hyper hands
+///   back unwritten because its connection closed first goes out on the
+///   next one, whatever its method, since it never reached the peer;
 /// - a connection opened for a request that closes at once fails that
 ///   request with a [`ConnectError`](mesh_core::ConnectError): never sent,
 ///   so retrying it (elsewhere) is safe, as it is for a refused
@@ -74,8 +74,7 @@ pub(crate) fn tcp() -> HttpConnector {
 /// closed, and endpoints no request named are forgotten: the caches follow
 /// the endpoints the balancer picks. Userinfo in a URI's authority
 /// (`user:password@host`) is left out: it keys no cache and reaches no
-/// error message. TCP_NODELAY is on; a connection must
-/// open within 5 s.
+/// error message. TCP_NODELAY is on; a connection must open within 5 s.
 ///
 /// Plain HTTP/1.x only, refused before anything is sent: an `https` URI
 /// (it would go out in cleartext: use mesh-tls's connector under

@@ -1,8 +1,9 @@
-//! A service's name as a `Host` header value that costs nothing to clone:
-//! over `'static` bytes kept once per name ([`crate::static_text`]), found
-//! again by name when discovery builds the service's next endpoint set.
-//! The names kept are bounded ([`MAX_NAMES`]): past that, sets get a
-//! shared value.
+//! A service's name as the values its requests carry, a `Host` header
+//! value and a URI authority, that cost nothing to clone: over `'static`
+//! bytes kept once per name ([`crate::static_text`]), found again by name
+//! when discovery builds the service's next endpoint set. The names kept
+//! are bounded ([`MAX_NAMES`]): past that, values are over bytes of their
+//! own.
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -23,12 +24,10 @@ static NAMES: StaticTexts = StaticTexts::new(MAX_NAMES);
 /// [`ServiceName`] never is.
 pub(crate) fn host_value(service: &ServiceName) -> Option<HeaderValue> {
     let name = service.as_str();
-    // Validated here, so that the `'static` value below cannot fail.
-    let own = HeaderValue::from_str(name).ok()?;
-    Some(match NAMES.get(name) {
-        Some(bytes) => HeaderValue::from_static(bytes),
-        None => own,
-    })
+    match NAMES.get(name) {
+        Some(kept) => HeaderValue::from_maybe_shared(Bytes::from_static(kept.as_bytes())).ok(),
+        None => HeaderValue::from_str(name).ok(),
+    }
 }
 
 /// `service`'s name as a URI authority: over the same `'static` bytes as
