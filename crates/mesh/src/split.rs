@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Request;
-use mesh_core::ext::{AffinityKey, CallContext};
+use mesh_core::ext::{with_endpoint_set_from, AffinityKey, CallContext};
 use mesh_core::{ConfigError, Endpoint, EndpointSet, ServiceName};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
@@ -272,20 +272,19 @@ where
             return self.inner.call(req);
         }
         let key = req.extensions().get::<AffinityKey>().map(|k| &*k.0);
-        let by_hand = req.extensions().get::<EndpointSet>();
-        let subset = match by_hand {
-            Some(full) => self.splits.choose(full, key),
-            None => CallContext::of(&req)
-                .and_then(|c| c.with_endpoints(|full| self.splits.choose(full, key)))
-                .flatten(),
-        };
-        // The subset replaces the full set where discovery noted it.
-        match (subset, by_hand.is_some(), CallContext::of(&req)) {
-            (Some(subset), false, Some(context)) => context.set_endpoints(subset),
-            (Some(subset), _, _) => {
+        // The set the balancer will read (the context's, else one inserted
+        // by hand), narrowed where it lies: narrowing the other would
+        // leave the balancer the full set.
+        let subset = with_endpoint_set_from(&req, |full, noted| {
+            self.splits.choose(full, key).map(|subset| (subset, noted))
+        })
+        .flatten();
+        match (subset, CallContext::of(&req)) {
+            (Some((subset, true)), Some(context)) => context.set_endpoints(subset),
+            (Some((subset, _)), _) => {
                 req.extensions_mut().insert(subset);
             }
-            (None, _, _) => {}
+            (None, _) => {}
         }
         self.inner.call(req)
     }

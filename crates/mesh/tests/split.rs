@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use mesh::{CallOptions, MeshClient, MeshConfig, Subset};
+use mesh_core::{Endpoint, EndpointSet, ServiceName};
 use mesh_testkit::{Backend, Behavior};
 
 fn subset(name: &str, weight: u32) -> Subset {
@@ -120,6 +121,70 @@ weight = 10
             }]
         )
         .is_err());
+    client.shutdown(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A request that carries an endpoint set of its own (sent with
+/// `MeshClient::send`) is split all the same: the subset narrows the set
+/// the balancer reads, the one discovery noted for the call, not the
+/// caller's copy beside it.
+#[tokio::test]
+async fn a_request_carrying_its_own_endpoint_set_is_split_too() {
+    let stable = Backend::start(Behavior::Ok).await.expect("backend");
+    let canary = Backend::start(Behavior::Ok).await.expect("backend");
+    let dir = std::env::temp_dir().join(format!("mesh-split-own-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let services = dir.join("services.json");
+    std::fs::write(
+        &services,
+        format!(
+            r#"{{ "services": {{ "users": [
+                {{ "address": "{}", "tags": ["v1"] }},
+                {{ "address": "{}", "tags": ["v2"] }}
+            ] }} }}"#,
+            stable.addr(),
+            canary.addr()
+        ),
+    )
+    .expect("services");
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+[service]
+name = "api-gateway"
+[discovery]
+kind = "file"
+path = "{}"
+[[services.users.split]]
+name = "v1"
+tag = "v1"
+weight = 0
+[[services.users.split]]
+name = "v2"
+tag = "v2"
+weight = 100
+"#,
+        services.display()
+    ))
+    .expect("config");
+    let client = MeshClient::from_config(config).await.expect("client");
+    let own = EndpointSet::new(
+        ServiceName::new("users").expect("name"),
+        vec![
+            Endpoint::builder(stable.addr()).tag("v1").build(),
+            Endpoint::builder(canary.addr()).tag("v2").build(),
+        ],
+    );
+    for _ in 0..20 {
+        let mut req = http::Request::get("http://users/")
+            .body(bytes::Bytes::new())
+            .expect("request");
+        req.extensions_mut().insert(own.clone());
+        let response = client.send(req).await.expect("call");
+        response.into_body().collect().await.expect("body");
+    }
+    assert_eq!(stable.stats().requests, 0, "every call to the v2 subset");
+    assert_eq!(canary.stats().requests, 20);
     client.shutdown(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
