@@ -18,6 +18,7 @@ use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use mesh_core::clock::{self, Nanos};
 use mesh_core::{BoxError, ConnectError};
 use tower::Service;
 
@@ -61,40 +62,68 @@ where
                 opened,
                 period,
                 me: me.clone(),
-                started: Arc::default(),
+                sweeper: Arc::default(),
+                numbered: AtomicU64::new(0),
+                swept_at: Arc::default(),
             },
         )
     })
 }
 
-/// Sweeps `pools` every `period` for as long as they exist. `_started`
-/// clears its flag when the task ends, however it ends (its runtime shut
-/// down, say), so that the next request starts another.
-async fn sweep_every<P: Pools<B> + ?Sized, B>(
-    period: Duration,
-    pools: Weak<P>,
-    _started: ClearOnDrop,
-) {
+/// Sweeps `pools` every `period` for as long as they exist and `sweeper`
+/// is the one running. `sweeper` says none runs when the task ends,
+/// however it ends (its runtime shut down, say), so that the next request
+/// starts another.
+async fn sweep_every<P: Pools<B> + ?Sized, B>(period: Duration, pools: Weak<P>, sweeper: Sweeper) {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
+        if !sweeper.is_current() {
+            return;
+        }
         match pools.upgrade() {
             Some(pools) => pools.sweep(),
             None => return,
         }
+        sweeper.swept();
     }
 }
 
-/// Clears its flag when dropped.
-struct ClearOnDrop(Arc<AtomicBool>);
+/// One sweeping task's number, and where the running one's is kept.
+struct Sweeper {
+    number: u64,
+    running: Arc<AtomicU64>,
+    swept_at: Arc<AtomicU64>,
+}
 
-impl Drop for ClearOnDrop {
+impl Sweeper {
+    /// Whether no other task has taken over the sweeping.
+    fn is_current(&self) -> bool {
+        self.running.load(Ordering::Relaxed) == self.number
+    }
+
+    /// Notes a sweep, for the requests that check the sweeper is alive.
+    fn swept(&self) {
+        self.swept_at.store(clock::now().0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Sweeper {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
+        // Only its own number: a task taken over leaves its successor be.
+        let _ = self.running.compare_exchange(
+            self.number,
+            NO_SWEEPER,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 }
+
+/// The running sweeper's number when none runs.
+const NO_SWEEPER: u64 = 0;
 
 /// One cache per authority, made by `make` on the first request to it,
 /// and tidied by `tidy` at each sweep.
@@ -115,8 +144,13 @@ struct Sweeps<P> {
     period: Duration,
     /// The caches themselves, for the sweeping task to hold weakly.
     me: Weak<P>,
-    /// Whether a sweeping task runs.
-    started: Arc<AtomicBool>,
+    /// The number of the sweeping task that runs, [`NO_SWEEPER`] when
+    /// none does.
+    sweeper: Arc<AtomicU64>,
+    /// Sweeping tasks numbered so far.
+    numbered: AtomicU64,
+    /// When the sweeping task last swept, or started (clock nanos).
+    swept_at: Arc<AtomicU64>,
 }
 
 impl<P: 'static> Sweeps<P> {
@@ -128,22 +162,56 @@ impl<P: 'static> Sweeps<P> {
     where
         P: Pools<B>,
     {
-        // Read first: a write on every call would pass the line between
+        // A read only: a write on every call would pass the line between
         // cores.
-        if self.started.load(Ordering::Relaxed) || self.started.swap(true, Ordering::Relaxed) {
+        if self.sweeper.load(Ordering::Relaxed) == NO_SWEEPER {
+            self.take_over::<B>(NO_SWEEPER);
+        }
+    }
+
+    /// Replaces a sweeping task that has not swept for two periods: it
+    /// runs on a runtime that is alive but no longer driven (one kept
+    /// after its last `block_on`), and would never sweep again. Called
+    /// when an endpoint is added, so that the caches it would forget stay
+    /// bounded.
+    fn revive<B: 'static>(&self)
+    where
+        P: Pools<B>,
+    {
+        let running = self.sweeper.load(Ordering::Relaxed);
+        let swept_at = Nanos(self.swept_at.load(Ordering::Relaxed));
+        if running != NO_SWEEPER && clock::now().saturating_since(swept_at) > self.period * 2 {
+            self.take_over::<B>(running);
+        }
+    }
+
+    /// Starts a sweeping task in place of `running`'s, unless another
+    /// request just did, if a tokio runtime is there to run it.
+    fn take_over<B: 'static>(&self, running: u64)
+    where
+        P: Pools<B>,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let number = self.numbered.fetch_add(1, Ordering::Relaxed) + 1;
+        if self
+            .sweeper
+            .compare_exchange(running, number, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
             return;
         }
-        match tokio::runtime::Handle::try_current() {
-            // The flag's guard is an argument, not made in the task's
-            // body: a task dropped before it ever ran (its runtime shutting
-            // down) still clears it.
-            Ok(runtime) => drop(runtime.spawn(sweep_every(
-                self.period,
-                self.me.clone(),
-                ClearOnDrop(Arc::clone(&self.started)),
-            ))),
-            Err(_) => self.started.store(false, Ordering::Relaxed),
-        }
+        self.swept_at.store(clock::now().0, Ordering::Relaxed);
+        // The sweeper is an argument, not made in the task's body: a task
+        // dropped before it ever ran (its runtime shutting down) still
+        // says none runs.
+        let sweeper = Sweeper {
+            number,
+            running: Arc::clone(&self.sweeper),
+            swept_at: Arc::clone(&self.swept_at),
+        };
+        drop(runtime.spawn(sweep_every(self.period, self.me.clone(), sweeper)));
     }
 }
 
@@ -194,7 +262,10 @@ where
         self.sweeps.start::<B>();
         let cache = match self.caches.load().get(&authority) {
             Some(entry) => entry.take(),
-            None => self.add(&authority),
+            None => {
+                self.sweeps.revive::<B>();
+                self.add(&authority)
+            }
         };
         origin_form(&mut req, &authority);
         Box::pin(send_on(cache, authority, req, began))

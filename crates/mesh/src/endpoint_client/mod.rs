@@ -72,7 +72,10 @@ pub(crate) fn tcp() -> HttpConnector {
 ///
 /// Every 45 s, connections no request took since the last sweep are
 /// closed, and endpoints no request named are forgotten: the caches follow
-/// the endpoints the balancer picks. Userinfo in a URI's authority
+/// the endpoints the balancer picks. The sweep is a task on the runtime of
+/// a request: one whose runtime ends, or stops being driven (two sweeps
+/// missed), is started again on the runtime of the next request (the next
+/// request to a new endpoint, for one no longer driven). Userinfo in a URI's authority
 /// (`user:password@host`) is left out: it keys no cache and reaches no
 /// error message. TCP_NODELAY is on; a connection must open within 5 s.
 ///

@@ -381,3 +381,39 @@ async fn requests_a_plain_http1_connection_cannot_carry_are_refused_before_sendi
     assert!(error.to_string().contains("CONNECT"), "{error}");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 0);
 }
+
+/// A runtime kept after its last `block_on` is alive but never runs its
+/// tasks again: a sweep started there would never sweep, and the caches
+/// of endpoints called once would pile up. A request to a new endpoint
+/// finds the sweep two periods late and starts it again on its own
+/// runtime.
+#[test]
+fn a_sweep_on_a_runtime_no_longer_driven_is_started_again_elsewhere() {
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (first, _) = servers.block_on(server(None, 10));
+    let (second, _) = servers.block_on(server(None, 10));
+    let client = EndpointClient::<Body>::sweeping_every(Duration::from_millis(200));
+    let current = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // The sweep starts on `kept`, which is never driven again.
+    let kept = current();
+    assert_eq!(
+        kept.block_on(call(&client, Method::GET, first)),
+        StatusCode::OK
+    );
+    current().block_on(async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(call(&client, Method::GET, second).await, StatusCode::OK);
+        assert_eq!(client.endpoints(), 2);
+        until("both endpoints forgotten", || client.endpoints() == 0).await;
+    });
+    drop(kept);
+}
