@@ -18,7 +18,7 @@ use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use mesh_core::clock::{self, Nanos};
+use mesh_core::clock::Nanos;
 use mesh_core::{BoxError, ConnectError};
 use tower::Service;
 
@@ -71,9 +71,9 @@ where
 }
 
 /// Sweeps `pools` every `period` for as long as they exist and `sweeper`
-/// is the one running. `sweeper` says none runs when the task ends,
-/// however it ends (its runtime shut down, say), so that the next request
-/// starts another.
+/// is the one running. Unless another task took over, `sweeper` says none
+/// runs when the task ends, however it ends (its runtime shut down, say),
+/// so that the next request starts another.
 async fn sweep_every<P: Pools<B> + ?Sized, B>(period: Duration, pools: Weak<P>, sweeper: Sweeper) {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -106,7 +106,7 @@ impl Sweeper {
 
     /// Notes a sweep, for the requests that check the sweeper is alive.
     fn swept(&self) {
-        self.swept_at.store(clock::now().0, Ordering::Relaxed);
+        self.swept_at.store(wall_now().0, Ordering::Relaxed);
     }
 }
 
@@ -124,6 +124,13 @@ impl Drop for Sweeper {
 
 /// The running sweeper's number when none runs.
 const NO_SWEEPER: u64 = 0;
+
+/// Now, on the process's clock read without tokio's: sweepers on
+/// different runtimes are compared, and a paused runtime's clock (a test's)
+/// runs ahead of the others or stands still.
+fn wall_now() -> Nanos {
+    Nanos::from_instant(std::time::Instant::now())
+}
 
 /// One cache per authority, made by `make` on the first request to it,
 /// and tidied by `tidy` at each sweep.
@@ -149,7 +156,7 @@ struct Sweeps<P> {
     sweeper: Arc<AtomicU64>,
     /// Sweeping tasks numbered so far.
     numbered: AtomicU64,
-    /// When the sweeping task last swept, or started (clock nanos).
+    /// When the sweeping task last swept, or started ([`wall_now`]).
     swept_at: Arc<AtomicU64>,
 }
 
@@ -178,9 +185,11 @@ impl<P: 'static> Sweeps<P> {
     where
         P: Pools<B>,
     {
-        let running = self.sweeper.load(Ordering::Relaxed);
+        // Acquire: the time the running sweeper stored before it took
+        // over is read with its number, never an older one.
+        let running = self.sweeper.load(Ordering::Acquire);
         let swept_at = Nanos(self.swept_at.load(Ordering::Relaxed));
-        if running != NO_SWEEPER && clock::now().saturating_since(swept_at) > self.period * 2 {
+        if running != NO_SWEEPER && wall_now().saturating_since(swept_at) > self.period * 2 {
             self.take_over::<B>(running);
         }
     }
@@ -195,14 +204,16 @@ impl<P: 'static> Sweeps<P> {
             return;
         };
         let number = self.numbered.fetch_add(1, Ordering::Relaxed) + 1;
+        // Dated before it is published, so that no request finds the new
+        // sweeper with the old one's time and takes over again at once.
+        self.swept_at.store(wall_now().0, Ordering::Relaxed);
         if self
             .sweeper
-            .compare_exchange(running, number, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(running, number, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
             return;
         }
-        self.swept_at.store(clock::now().0, Ordering::Relaxed);
         // The sweeper is an argument, not made in the task's body: a task
         // dropped before it ever ran (its runtime shutting down) still
         // says none runs.

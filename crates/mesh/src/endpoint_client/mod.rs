@@ -75,9 +75,9 @@ pub(crate) fn tcp() -> HttpConnector {
 /// the endpoints the balancer picks. The sweep is a task on the runtime of
 /// a request: one whose runtime ends, or stops being driven (two sweeps
 /// missed), is started again on the runtime of the next request (the next
-/// request to a new endpoint, for one no longer driven). Userinfo in a URI's authority
-/// (`user:password@host`) is left out: it keys no cache and reaches no
-/// error message. TCP_NODELAY is on; a connection must open within 5 s.
+/// request to a new endpoint, for one no longer driven). Userinfo in a
+/// URI's authority (`user:password@host`) is left out: it keys no cache
+/// and reaches no error message. TCP_NODELAY is on; a connection must open within 5 s.
 ///
 /// Plain HTTP/1.x only, refused before anything is sent: an `https` URI
 /// (it would go out in cleartext: use mesh-tls's connector under
