@@ -289,3 +289,66 @@ where
         self.inner.call(req)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tower::ServiceExt;
+
+    /// What the service below the split saw: the services of the call
+    /// context's set and of the set inserted by hand.
+    type Seen = (Option<String>, Option<String>);
+
+    fn users() -> EndpointSet {
+        let endpoint = |addr: &str, tag: &str| {
+            Endpoint::builder(addr.parse().expect("address"))
+                .tag(tag)
+                .build()
+        };
+        EndpointSet::new(
+            ServiceName::new("users").expect("name"),
+            vec![endpoint("127.0.0.1:1", "v1"), endpoint("127.0.0.1:2", "v2")],
+        )
+    }
+
+    /// `req` through a split sending every call of `users` to `v2`.
+    async fn seen(req: Request<()>) -> Seen {
+        let splits = Splits::default();
+        let v2 = Subset {
+            name: "v2".to_owned(),
+            tag: Some("v2".to_owned()),
+            meta: Default::default(),
+            weight: 1,
+        };
+        splits.set(ServiceName::new("users").expect("name"), vec![v2]);
+        let below = tower::service_fn(|req: Request<()>| async move {
+            let name = |set: EndpointSet| set.service().as_str().to_owned();
+            let noted = CallContext::of(&req).and_then(CallContext::endpoints);
+            let by_hand = req.extensions().get::<EndpointSet>().cloned();
+            Ok::<Seen, Infallible>((noted.map(name), by_hand.map(name)))
+        });
+        let split = SplitLayer(Arc::new(splits)).layer(below);
+        split.oneshot(req).await.expect("infallible")
+    }
+
+    #[tokio::test]
+    async fn the_set_narrowed_is_the_one_the_balancer_reads() {
+        let narrowed = || Some("users.v2".to_owned());
+        // A set inserted by hand, and no context.
+        let mut req = Request::new(());
+        req.extensions_mut().insert(users());
+        assert_eq!(seen(req).await, (None, narrowed()));
+        // A context with no set yet: the set inserted by hand.
+        let mut req = Request::new(());
+        CallContext::attach(&mut req);
+        req.extensions_mut().insert(users());
+        assert_eq!(seen(req).await, (None, narrowed()));
+        // A context's set beside one inserted by hand: the context's, which
+        // the balancer reads first.
+        let mut req = Request::new(());
+        CallContext::attach(&mut req).set_endpoints(users());
+        req.extensions_mut().insert(users());
+        assert_eq!(seen(req).await, (narrowed(), Some("users".to_owned())));
+    }
+}
