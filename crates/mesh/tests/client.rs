@@ -467,6 +467,9 @@ async fn a_path_that_is_no_uri_path_is_refused_naming_the_service_not_the_query(
         .await
         .expect("answer");
     assert!(response.status().is_success());
+    // Dropped: an answer still held counts its call as in flight, and
+    // the shutdown below would wait for it.
+    drop(response);
     // And a bad one is refused the same way once the service is known.
     let again = client
         .get("users", "/a b?token=s3cret", CallOptions::default())
@@ -480,5 +483,28 @@ async fn a_path_that_is_no_uri_path_is_refused_naming_the_service_not_the_query(
         "typed: {again:?}"
     );
     assert!(!again.to_string().contains("s3cret"), "{again}");
+    // A path whose URI would be longer than `http` parses (65,534 bytes)
+    // is refused too, through the first call's path and the kept one's.
+    let long = format!("/{}", "a".repeat(65_534 - "http://users".len()));
+    for name in ["Users", "users"] {
+        let error = client
+            .get(name, &long, CallOptions::default())
+            .await
+            .expect_err("too long a URI");
+        assert!(
+            matches!(
+                MeshError::find(&*error),
+                Some(MeshError::InvalidPath { .. })
+            ),
+            "{name}: {error:?}"
+        );
+    }
+    // One byte shorter, it is a URI.
+    let response = client
+        .get("users", &long[..long.len() - 1], CallOptions::default())
+        .await
+        .expect("the longest URI is sent");
+    let body = response.into_body().collect().await.expect("body");
+    assert_eq!(body.to_bytes().len(), long.len() - 1, "the path echoed");
     client.shutdown(Duration::from_secs(5)).await;
 }

@@ -479,13 +479,23 @@ fn settle(
     }
 }
 
+/// The longest URI `http` parses (65,534 bytes). Made from parts, a URI
+/// is not measured whole.
+const MAX_URI: usize = u16::MAX as usize - 1;
+
 /// The URI of a call to the service at `authority` for `path`, its slash
-/// added if missing.
+/// added if missing; refused, as `http` refuses to parse it, when the
+/// whole is longer than [`MAX_URI`].
 fn call_uri(authority: Authority, path: &str) -> Result<Uri, InvalidUri> {
     let path_and_query = match path.starts_with('/') {
         true => PathAndQuery::try_from(path)?,
         false => PathAndQuery::try_from(["/", path].concat())?,
     };
+    let whole = ["http://", authority.as_str(), path_and_query.as_str()];
+    if whole.iter().map(|part| part.len()).sum::<usize>() > MAX_URI {
+        // Parsed whole, it fails as too long: the error `http` gives.
+        return Uri::try_from(whole.concat());
+    }
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority);
