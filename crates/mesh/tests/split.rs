@@ -1,12 +1,49 @@
 //! Canary traffic splitting over real hyper servers on 127.0.0.1: calls
 //! divided between tagged subsets by weight, changed at run time.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
 use mesh::{CallOptions, MeshClient, MeshConfig, Subset};
 use mesh_core::{Endpoint, EndpointSet, ServiceName};
 use mesh_testkit::{Backend, Behavior};
+
+/// A client of `users`, listed in a services file (in a directory of its
+/// own, `name`, returned for removal) as `instances` (address, tag),
+/// configured by `rest` beside the file's discovery.
+async fn users_from_file(
+    name: &str,
+    instances: &[(SocketAddr, &str)],
+    rest: &str,
+) -> (MeshClient, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let services = dir.join("services.json");
+    let listed: Vec<String> = instances
+        .iter()
+        .map(|(addr, tag)| format!(r#"{{ "address": "{addr}", "tags": ["{tag}"] }}"#))
+        .collect();
+    let users = format!(
+        r#"{{ "services": {{ "users": [{}] }} }}"#,
+        listed.join(", ")
+    );
+    std::fs::write(&services, users).expect("services");
+    let config = MeshConfig::from_toml_str(&format!(
+        r#"
+[service]
+name = "api-gateway"
+[discovery]
+kind = "file"
+path = "{}"
+{rest}"#,
+        services.display()
+    ))
+    .expect("config");
+    let client = MeshClient::from_config(config).await.expect("client");
+    (client, dir)
+}
 
 fn subset(name: &str, weight: u32) -> Subset {
     Subset {
@@ -24,30 +61,14 @@ async fn calls_follow_the_weights_and_the_weights_change_without_a_restart() {
         Backend::start(Behavior::Ok).await.expect("backend"),
     ];
     let v2 = Backend::start(Behavior::Ok).await.expect("backend");
-    let dir = std::env::temp_dir().join(format!("mesh-split-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let services = dir.join("services.json");
-    std::fs::write(
-        &services,
-        format!(
-            r#"{{ "services": {{ "users": [
-                {{ "address": "{}", "tags": ["v1"] }},
-                {{ "address": "{}", "tags": ["v1"] }},
-                {{ "address": "{}", "tags": ["v2"] }}
-            ] }} }}"#,
-            v1[0].addr(),
-            v1[1].addr(),
-            v2.addr()
-        ),
-    )
-    .expect("services");
-    let config = MeshConfig::from_toml_str(&format!(
+    let (client, dir) = users_from_file(
+        "mesh-split",
+        &[
+            (v1[0].addr(), "v1"),
+            (v1[1].addr(), "v1"),
+            (v2.addr(), "v2"),
+        ],
         r#"
-[service]
-name = "api-gateway"
-[discovery]
-kind = "file"
-path = "{}"
 # Round robin within each subset, so "balanced" below means even.
 [services.users.balance]
 strategy = "round_robin"
@@ -60,10 +81,8 @@ name = "v2"
 tag = "v2"
 weight = 10
 "#,
-        services.display()
-    ))
-    .expect("config");
-    let client = MeshClient::from_config(config).await.expect("client");
+    )
+    .await;
     let send = |n: usize| {
         let client = client.clone();
         async move {
@@ -133,28 +152,10 @@ weight = 10
 async fn a_request_carrying_its_own_endpoint_set_is_split_too() {
     let stable = Backend::start(Behavior::Ok).await.expect("backend");
     let canary = Backend::start(Behavior::Ok).await.expect("backend");
-    let dir = std::env::temp_dir().join(format!("mesh-split-own-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let services = dir.join("services.json");
-    std::fs::write(
-        &services,
-        format!(
-            r#"{{ "services": {{ "users": [
-                {{ "address": "{}", "tags": ["v1"] }},
-                {{ "address": "{}", "tags": ["v2"] }}
-            ] }} }}"#,
-            stable.addr(),
-            canary.addr()
-        ),
-    )
-    .expect("services");
-    let config = MeshConfig::from_toml_str(&format!(
+    let (client, dir) = users_from_file(
+        "mesh-split-own",
+        &[(stable.addr(), "v1"), (canary.addr(), "v2")],
         r#"
-[service]
-name = "api-gateway"
-[discovery]
-kind = "file"
-path = "{}"
 [[services.users.split]]
 name = "v1"
 tag = "v1"
@@ -164,10 +165,8 @@ name = "v2"
 tag = "v2"
 weight = 100
 "#,
-        services.display()
-    ))
-    .expect("config");
-    let client = MeshClient::from_config(config).await.expect("client");
+    )
+    .await;
     let own = EndpointSet::new(
         ServiceName::new("users").expect("name"),
         vec![

@@ -293,22 +293,29 @@ async fn the_sweep_closes_idle_connections_and_forgets_endpoints_no_longer_calle
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
 }
 
-#[test]
-fn a_client_outliving_the_runtime_its_sweep_ran_on_sweeps_on_the_next() {
-    // The server runs on a runtime of its own, alive throughout.
-    let servers = tokio::runtime::Builder::new_multi_thread()
+/// A runtime for servers, alive throughout the test while the client's
+/// calls run on others.
+fn servers_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// A runtime for some of the client's calls.
+fn current() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_client_outliving_the_runtime_its_sweep_ran_on_sweeps_on_the_next() {
+    let servers = servers_runtime();
     let (addr, seen) = servers.block_on(server(None, 10));
     let client = EndpointClient::<Body>::sweeping_every(Duration::from_millis(200));
-    let current = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     // The first runtime starts the sweep, and ends with it.
     current().block_on(call(&client, Method::GET, addr));
     current().block_on(async {
@@ -389,20 +396,10 @@ async fn requests_a_plain_http1_connection_cannot_carry_are_refused_before_sendi
 /// runtime.
 #[test]
 fn a_sweep_on_a_runtime_no_longer_driven_is_started_again_elsewhere() {
-    let servers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let servers = servers_runtime();
     let (first, _) = servers.block_on(server(None, 10));
     let (second, _) = servers.block_on(server(None, 10));
     let client = EndpointClient::<Body>::sweeping_every(Duration::from_millis(200));
-    let current = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     // The sweep starts on `kept`, which is never driven again.
     let kept = current();
     assert_eq!(
