@@ -481,6 +481,19 @@ async fn credentials_in_the_consul_url_are_refused_naming_the_key() {
     let text = err.to_string();
     assert!(text.contains("discovery.url"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
+    // A password holding '/', '?' or '#' ends a URL parser's authority
+    // early: refused all the same, over https too, and never quoted.
+    for url in [
+        "http://admin:hun/ter2@127.0.0.1:8500",
+        "http://admin:hun?ter#2@127.0.0.1:8500",
+        "https://admin:hun/ter2@consul.internal:8501",
+        "consul://admin:hun/ter2@127.0.0.1:8500",
+    ] {
+        let err = MeshConfig::from_toml_str(&consul_config(url, "")).expect_err(url);
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("credentials"), "{url}: {text}");
+        assert!(!text.contains("ter2") && !text.contains("ter#2"), "{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

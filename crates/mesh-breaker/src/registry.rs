@@ -23,7 +23,9 @@ pub enum BreakerKey {
     Endpoint(ServiceName, EndpointId),
     /// A whole service (scope [`crate::BreakerScope::Service`]).
     Service(ServiceName),
-    /// A plain authority, when the breaker is used without discovery.
+    /// A plain authority, when the breaker is used without discovery: its
+    /// host and port (userinfo, a password, keys no breaker and shows in
+    /// no log).
     Authority(http::uri::Authority),
     /// A key of the user's (see [`crate::BreakerLayer::key_by`]).
     Custom(Arc<str>),
@@ -74,7 +76,8 @@ impl Hash for BreakerKey {
 pub(crate) enum KeyRef<'a> {
     Endpoint(&'a ServiceName, &'a EndpointId),
     Service(&'a ServiceName),
-    Authority(&'a http::uri::Authority),
+    /// Host and port, without userinfo.
+    Authority(&'a str),
     Custom(&'a str),
 }
 
@@ -83,16 +86,26 @@ impl<'a> KeyRef<'a> {
         match self {
             KeyRef::Endpoint(s, e) => (0, s.as_str(), e.as_str()),
             KeyRef::Service(s) => (1, s.as_str(), ""),
-            KeyRef::Authority(a) => (2, a.as_str(), ""),
+            KeyRef::Authority(a) => (2, a, ""),
             KeyRef::Custom(k) => (3, k, ""),
         }
+    }
+
+    /// The key of `authority`: its host and port.
+    pub(crate) fn authority(authority: &'a http::uri::Authority) -> KeyRef<'a> {
+        let text = authority.as_str();
+        KeyRef::Authority(text.rsplit_once('@').map_or(text, |(_, host)| host))
     }
 
     pub(crate) fn to_owned_key(self) -> BreakerKey {
         match self {
             KeyRef::Endpoint(s, e) => BreakerKey::Endpoint(s.clone(), e.clone()),
             KeyRef::Service(s) => BreakerKey::Service(s.clone()),
-            KeyRef::Authority(a) => BreakerKey::Authority(a.clone()),
+            // The host and port of an authority are one: this cannot fail.
+            KeyRef::Authority(a) => match http::uri::Authority::try_from(a) {
+                Ok(authority) => BreakerKey::Authority(authority),
+                Err(_) => BreakerKey::Custom(Arc::from(a)),
+            },
             KeyRef::Custom(k) => BreakerKey::Custom(Arc::from(k)),
         }
     }
@@ -101,7 +114,7 @@ impl<'a> KeyRef<'a> {
         match key {
             BreakerKey::Endpoint(s, e) => KeyRef::Endpoint(s, e),
             BreakerKey::Service(s) => KeyRef::Service(s),
-            BreakerKey::Authority(a) => KeyRef::Authority(a),
+            BreakerKey::Authority(a) => KeyRef::authority(a),
             BreakerKey::Custom(k) => KeyRef::Custom(k),
         }
     }
@@ -400,10 +413,10 @@ mod lookup_tests {
         );
         let authority = http::uri::Authority::from_static("api");
         let first = r
-            .get_or_insert(KeyRef::Authority(&authority), None, None, || Nanos(0))
+            .get_or_insert(KeyRef::authority(&authority), None, None, || Nanos(0))
             .unwrap();
         let again = r
-            .get_or_insert(KeyRef::Authority(&authority), None, None, || Nanos(0))
+            .get_or_insert(KeyRef::authority(&authority), None, None, || Nanos(0))
             .unwrap();
         assert!(Arc::ptr_eq(&first, &again));
         let owned = BreakerKey::Authority(authority.clone());

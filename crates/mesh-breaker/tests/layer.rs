@@ -608,3 +608,31 @@ fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> 
         std::task::Poll::Pending => None,
     }
 }
+
+/// A breaker used without discovery keys by the URI's host and port:
+/// userinfo (a password) keys no breaker of its own and shows in no key.
+#[tokio::test]
+async fn userinfo_keys_no_breaker_and_shows_in_no_key() {
+    let layer = BreakerLayer::new(BreakerConfig::default());
+    let mut svc = layer.layer(service_fn(|_req: Request<()>| async { status(200) }));
+    for uri in [
+        "http://admin:hunter2@api/x",
+        "http://api/y",
+        "http://token@api/z",
+    ] {
+        let req = Request::get(uri).body(()).expect("request");
+        svc.ready()
+            .await
+            .expect("ready")
+            .call(req)
+            .await
+            .expect("call");
+    }
+    assert_eq!(layer.breakers(), 1, "one breaker for api");
+    assert!(layer.state(&key()).is_some(), "keyed as api");
+    let shown = format!("{:?}", layer.metrics());
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("token"),
+        "{shown}"
+    );
+}

@@ -562,14 +562,16 @@ pub(crate) const TOKEN_HEADER: &str = "x-consul-token";
 
 /// `url` without its userinfo (`http://user:password@host` reads
 /// `http://<redacted>@host`), for anything shown: the user part may be a
-/// token too. Text that is not a URL with an authority is returned as is.
+/// token too. Everything up to the last `@` is hidden, not only what a
+/// URL parser would take for userinfo: a password holding `/`, `?` or `#`
+/// (base64 tokens do) ends a parser's authority early, and would show.
+/// Text with no `@` is returned as is.
 pub(crate) fn redact_userinfo(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, url),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
     let host_and_rest = &rest[at + 1..];
@@ -947,9 +949,15 @@ mod tests {
     #[test]
     fn userinfo_is_redacted_from_urls() {
         for (url, shown) in [
-            ("http://u:p@h:1/x?y=z@w", "http://<redacted>@h:1/x?y=z@w"),
+            ("http://u:p@h:1/x", "http://<redacted>@h:1/x"),
             ("https://token@h", "https://<redacted>@h"),
-            ("http://h:1/a@b", "http://h:1/a@b"),
+            // A password with '/', '?' or '#' in it, written as it is.
+            ("http://u:p/w@h:1", "http://<redacted>@h:1"),
+            ("http://u:p?w#x@h:1/y", "http://<redacted>@h:1/y"),
+            ("https://b64+/=@h", "https://<redacted>@h"),
+            // An '@' further on hides what precedes it too: it may be a
+            // credential.
+            ("http://h:1/a@b", "http://<redacted>@b"),
             ("h:1", "h:1"),
             ("u:p@h", "<redacted>@h"),
             ("", ""),
@@ -1027,7 +1035,7 @@ mod tests {
     proptest! {
         /// No password written into a Consul address ever shows.
         #[test]
-        fn passwords_in_addresses_never_show(user in "[a-z]{1,8}", password in "[A-Za-z0-9]{12,20}", path in "[a-z/@:]{0,10}") {
+        fn passwords_in_addresses_never_show(user in "[a-z]{1,8}", password in "[A-Za-z0-9/?#+=]{12,20}", path in "[a-z/@:]{0,10}") {
             let url = format!("http://{user}:{password}@127.0.0.1:8500/{path}");
             let redacted = redact_userinfo(&url);
             prop_assert!(!redacted.contains(&password), "{}", redacted);

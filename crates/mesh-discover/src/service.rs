@@ -146,7 +146,13 @@ where
                 }
             }
             Err(error) => {
-                tracing::debug!(%error, uri = %req.uri(), "discovery refused request");
+                // Host and path only: userinfo and query may hold secrets.
+                tracing::debug!(
+                    %error,
+                    host = req.uri().host().unwrap_or_default(),
+                    path = req.uri().path(),
+                    "discovery refused request"
+                );
                 ResponseFuture::failed(error)
             }
         }

@@ -381,8 +381,12 @@ where
     }
 }
 
-/// Where `uri` points, for messages: its authority, else the whole URI.
+/// Where `uri` points, for messages, logs and events: its host and port,
+/// never its userinfo (a password) nor its path and query.
 fn authority(uri: &Uri) -> String {
-    uri.authority()
-        .map_or_else(|| uri.to_string(), |a| a.to_string())
+    match (uri.host(), uri.port_u16()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        (None, _) => "(no host)".to_owned(),
+    }
 }

@@ -286,6 +286,22 @@ async fn plaintext_is_refused_before_any_connection_is_opened() {
         .await
         .expect_err("no scheme");
     assert!(error.is::<PlaintextRefused>(), "{error:?}");
+
+    // Userinfo, path and query are named nowhere: only host and port.
+    let with_secrets = format!(
+        "http://admin:hunter2@127.0.0.1:{}/api?token=s3cret",
+        addr.port()
+    );
+    let error = tower::ServiceExt::oneshot(&mut connector, with_secrets.parse().expect("uri"))
+        .await
+        .expect_err("plaintext");
+    let refused = find::<PlaintextRefused>(&*error).expect("PlaintextRefused");
+    assert_eq!(refused.authority, format!("127.0.0.1:{}", addr.port()));
+    let shown = format!("{error} {error:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("s3cret"),
+        "{shown}"
+    );
 }
 
 #[tokio::test]

@@ -223,3 +223,31 @@ fn a_consul_address_the_file_cannot_reach_is_refused_naming_discovery_url() {
     assert_eq!(err.key(), "discovery.url");
     assert!(err.reason().contains("http"), "{err}");
 }
+
+/// A refused TOML file is told by position and message: `toml` would
+/// quote the line at fault, and that line may hold a secret.
+#[test]
+fn a_refused_toml_line_is_never_quoted() {
+    for (text, key) in [
+        // A misspelt key on the token's line, in an inline table.
+        (
+            "[service]\nname = \"a\"\n[discovery]\nkind = \"consul\"\nurl = \"http://127.0.0.1:8500\"\nservices = {}\ntokn = \"s3cr3t-value\"\n",
+            "discovery",
+        ),
+        (
+            "[service]\nname = \"a\"\ndiscovery = { kind = \"consul\", url = \"http://127.0.0.1:8500\", token = \"s3cr3t-value\", bogus = 1 }\n",
+            "discovery",
+        ),
+        // Not TOML at all: an unterminated string.
+        (
+            "[service]\nname = \"a\"\n[discovery]\nkind = \"consul\"\ntoken = \"s3cr3t-value\n",
+            "the configuration",
+        ),
+    ] {
+        let err = MeshConfig::from_toml_str(text).expect_err("refused");
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains(key), "{shown}");
+        assert!(shown.contains("line "), "the position is told: {shown}");
+    }
+}

@@ -81,21 +81,46 @@ impl MeshConfig {
     }
 
     fn parse_yaml(text: &str) -> Result<MeshConfig, ConfigError> {
-        Self::deserialize(serde_norway::Deserializer::from_str(text))
+        Self::deserialize(serde_norway::Deserializer::from_str(text), |e| {
+            e.to_string()
+        })
     }
 
     fn parse(text: &str) -> Result<MeshConfig, ConfigError> {
-        let de = toml::de::Deserializer::parse(text)
-            .map_err(|e| ConfigError::new("the configuration", "not valid TOML").caused_by(e))?;
-        Self::deserialize(de)
+        let de = toml::de::Deserializer::parse(text).map_err(|e| {
+            ConfigError::new(
+                "the configuration",
+                format!("not valid TOML: {}", toml_error(text, &e)),
+            )
+        })?;
+        Self::deserialize(de, |e| toml_error(text, e))
     }
 
-    /// Deserializes, naming the path of the key at fault.
-    fn deserialize<'de, D: serde::Deserializer<'de>>(de: D) -> Result<MeshConfig, ConfigError> {
+    /// Deserializes, naming the path of the key at fault, its error told
+    /// by `tell`.
+    fn deserialize<'de, D: serde::Deserializer<'de>>(
+        de: D,
+        tell: impl Fn(&D::Error) -> String,
+    ) -> Result<MeshConfig, ConfigError> {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            refused_at(&path, &e.into_inner().to_string())
+            refused_at(&path, &tell(e.inner()))
         })
+    }
+}
+
+/// A TOML error told by its position and message, never by the line it
+/// is on, which `toml` quotes: that line may hold a secret (a token
+/// beside a misspelt key, an inline table with a password).
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    let before = error.span().and_then(|span| text.get(..span.start));
+    match before {
+        Some(before) => {
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+            format!("line {line}, column {column}: {}", error.message())
+        }
+        None => error.message().to_owned(),
     }
 }
 

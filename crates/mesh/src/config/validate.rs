@@ -241,36 +241,33 @@ fn validate_static(services: &BTreeMap<String, Vec<String>>) -> Result<(), Confi
     Ok(())
 }
 
-/// Consul's address: an http URL without credentials in it.
+/// Consul's address: an http URL without credentials in it. Its text is
+/// quoted in no error: it may hold a password.
 fn validate_consul_url(url: &str) -> Result<(), ConfigError> {
+    // First, and by any '@' rather than a parser's idea of userinfo: a
+    // password holding '/', '?' or '#' would end a parser's authority
+    // early. The URL is printed (Debug, metrics, errors); a credential
+    // belongs in `token`, which never is.
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    if after_scheme.contains('@') {
+        return Err(ConfigError::new(
+            "discovery.url",
+            "holds credentials (user:password@): give Consul's ACL token as `token`, \
+             which is never printed",
+        ));
+    }
     if url.starts_with("https://") {
         return Err(ConfigError::new(
             "discovery.url",
-            format!(
-                "{url:?}: https to Consul needs a TLS connector, which a file cannot give: \
-                 talk to the local agent over http, or build the registry in code \
-                 (ConsulRegistryBuilder::connector)"
-            ),
+            "https to Consul needs a TLS connector, which a file cannot give: \
+             talk to the local agent over http, or build the registry in code \
+             (ConsulRegistryBuilder::connector)",
         ));
     }
     if !url.starts_with("http://") {
         return Err(ConfigError::new(
             "discovery.url",
-            format!("{url:?} is not an http URL"),
-        ));
-    }
-    // The URL is printed (Debug, metrics, errors); a credential belongs in
-    // `token`, which never is.
-    let has_credentials = url
-        .parse::<http::Uri>()
-        .ok()
-        .and_then(|u| u.authority().map(|a| a.as_str().contains('@')))
-        .unwrap_or(false);
-    if has_credentials {
-        return Err(ConfigError::new(
-            "discovery.url",
-            "holds credentials (user:password@): give Consul's ACL token as `token`, \
-             which is never printed",
+            "is not an http URL (http://host:port)",
         ));
     }
     Ok(())
