@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use http::{Extensions, HeaderMap, Method, Uri};
-use mesh_core::{clock, EventBus, FailureClassifier};
+use mesh_core::{clock, EventBus, FailureClassifier, HeaderNames, ShownUri};
 use tower_layer::Layer;
 
 use crate::circuit::BreakerMetrics;
@@ -10,8 +10,8 @@ use crate::handle::BreakerHandle;
 use crate::registry::{BreakerKey, KeyRef, Outcomes};
 use crate::service::{Breaker, LayerState};
 
-/// The parts of a request a custom key function may look at.
-#[derive(Debug)]
+/// The parts of a request a custom key function may look at. `Debug`
+/// shows no header value, userinfo or query: they may hold secrets.
 pub struct RequestParts<'a> {
     /// The method.
     pub method: &'a Method,
@@ -21,6 +21,16 @@ pub struct RequestParts<'a> {
     pub headers: &'a HeaderMap,
     /// The extensions.
     pub extensions: &'a Extensions,
+}
+
+impl std::fmt::Debug for RequestParts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestParts")
+            .field("method", self.method)
+            .field("uri", &ShownUri(self.uri))
+            .field("headers", &HeaderNames(self.headers))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A function choosing a request's breaker key; `None` falls back to the

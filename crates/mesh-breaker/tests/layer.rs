@@ -636,3 +636,34 @@ async fn userinfo_keys_no_breaker_and_shows_in_no_key() {
         "{shown}"
     );
 }
+
+/// What a key function is shown, printed, holds no secret: no header
+/// value, userinfo or query.
+#[tokio::test]
+async fn request_parts_print_no_secret() {
+    let printed = Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = Arc::clone(&printed);
+    let layer = BreakerLayer::new(BreakerConfig::default()).key_by(move |parts| {
+        *seen.lock().expect("lock") = format!("{parts:?}");
+        None
+    });
+    let mut svc = layer.layer(service_fn(|_req: Request<()>| async { status(200) }));
+    let req = Request::get("http://admin:hunter2@api/x?token=s3cret")
+        .header("authorization", "Bearer t0k3n")
+        .body(())
+        .expect("request");
+    svc.ready()
+        .await
+        .expect("ready")
+        .call(req)
+        .await
+        .expect("call");
+    let printed = printed.lock().expect("lock").clone();
+    assert!(
+        printed.contains("authorization") && printed.contains("api/x"),
+        "{printed}"
+    );
+    for secret in ["hunter2", "s3cret", "t0k3n"] {
+        assert!(!printed.contains(secret), "{printed}");
+    }
+}

@@ -16,6 +16,7 @@ mod name;
 mod name_values;
 mod secret;
 mod set;
+mod shown;
 mod state;
 mod static_text;
 
@@ -27,4 +28,5 @@ pub use event::{CircuitState, EventBus, MeshEvent, Probe, ProbeStatus};
 pub use name::{EndpointId, InvalidName, ServiceName};
 pub use secret::Secret;
 pub use set::EndpointSet;
+pub use shown::{HeaderNames, ShownUri};
 pub use state::{EndpointState, Health};

@@ -6,7 +6,8 @@ use std::fmt;
 
 /// Displays a URI with its userinfo password replaced by `***`
 /// (`http://admin:***@db:8080/health`); a userinfo without a password is
-/// taken as a token and hidden whole (`https://***@host/`).
+/// taken as a token and hidden whole (`https://***@host/`), and so is a
+/// query (`/health?***`), which may carry one (`?token=...`).
 pub(crate) struct Redacted<'a>(pub(crate) &'a http::Uri);
 
 // === impl Redacted ===
@@ -29,8 +30,8 @@ impl fmt::Display for Redacted<'_> {
             }
         }
         f.write_str(uri.path())?;
-        if let Some(query) = uri.query() {
-            write!(f, "?{query}")?;
+        if uri.query().is_some() {
+            f.write_str("?***")?;
         }
         Ok(())
     }
@@ -126,7 +127,11 @@ mod tests {
     fn passwords_and_tokens_are_hidden_and_the_rest_kept() {
         assert_eq!(
             shown("http://admin:s3cret@127.0.0.1:8080/health?x=1"),
-            "http://admin:***@127.0.0.1:8080/health?x=1"
+            "http://admin:***@127.0.0.1:8080/health?***"
+        );
+        assert_eq!(
+            shown("http://127.0.0.1:8080/health?token=s3cret"),
+            "http://127.0.0.1:8080/health?***"
         );
         assert_eq!(shown("https://tok3n@host/"), "https://***@host/");
         assert_eq!(shown("http://127.0.0.1:80/a"), "http://127.0.0.1:80/a");

@@ -11,8 +11,8 @@ use crate::backoff::{Backoff, Growth};
 use crate::budget::{RetryBudget, RetryBudgetConfig};
 use crate::hedge::Hedging;
 
-/// What a custom retry condition sees of one attempt.
-#[derive(Debug)]
+/// What a custom retry condition sees of one attempt. `Debug` shows no
+/// header value, userinfo or query: they may hold secrets.
 pub struct RetryContext<'a> {
     /// The request's method.
     pub method: &'a Method,
@@ -24,6 +24,18 @@ pub struct RetryContext<'a> {
     pub attempt: u32,
     /// Its outcome: the response status, or the error.
     pub outcome: Result<StatusCode, &'a (dyn std::error::Error + 'static)>,
+}
+
+impl std::fmt::Debug for RetryContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryContext")
+            .field("method", self.method)
+            .field("uri", &mesh_core::ShownUri(self.uri))
+            .field("headers", &mesh_core::HeaderNames(self.headers))
+            .field("attempt", &self.attempt)
+            .field("outcome", &self.outcome)
+            .finish()
+    }
 }
 
 /// A custom retry condition: `Some(true)` retries, `Some(false)` does not,
@@ -470,6 +482,28 @@ impl RetryConfigBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_context_prints_no_secret() {
+        let uri: Uri = "http://admin:hunter2@api/x?token=s3cret".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer t0k3n".parse().unwrap());
+        let context = RetryContext {
+            method: &Method::GET,
+            uri: &uri,
+            headers: &headers,
+            attempt: 1,
+            outcome: Ok(StatusCode::SERVICE_UNAVAILABLE),
+        };
+        let printed = format!("{context:?}");
+        assert!(
+            printed.contains("authorization") && printed.contains("api/x"),
+            "{printed}"
+        );
+        for secret in ["hunter2", "s3cret", "t0k3n"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+    }
 
     #[test]
     fn defaults_follow_the_design_document() {

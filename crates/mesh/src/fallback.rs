@@ -35,8 +35,8 @@ pub struct FallbackUsed {
     pub last_good: bool,
 }
 
-/// What a fallback written in code is told about the failed call.
-#[derive(Debug)]
+/// What a fallback written in code is told about the failed call. `Debug`
+/// shows no userinfo or query: they may hold secrets.
 pub struct FallbackCause<'a> {
     /// The service called.
     pub service: &'a ServiceName,
@@ -48,6 +48,18 @@ pub struct FallbackCause<'a> {
     pub error: Option<&'a BoxError>,
     /// The status, for an answer `on_status` replaces.
     pub status: Option<StatusCode>,
+}
+
+impl std::fmt::Debug for FallbackCause<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FallbackCause")
+            .field("service", self.service)
+            .field("method", self.method)
+            .field("uri", &mesh_core::ShownUri(self.uri))
+            .field("error", &self.error)
+            .field("status", &self.status)
+            .finish()
+    }
 }
 
 /// A fallback written in code: an answer, or `None` to leave the call's
@@ -393,6 +405,26 @@ mod tests {
 #[cfg(test)]
 mod capture_tests {
     use super::*;
+
+    #[test]
+    fn a_fallback_cause_prints_no_secret() {
+        let uri: Uri = "http://admin:hunter2@users/api?token=s3cret"
+            .parse()
+            .unwrap();
+        let cause = FallbackCause {
+            service: &ServiceName::new("users").unwrap(),
+            method: &Method::GET,
+            uri: &uri,
+            error: None,
+            status: Some(StatusCode::SERVICE_UNAVAILABLE),
+        };
+        let printed = format!("{cause:?}");
+        assert!(printed.contains("users/api"), "{printed}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("s3cret"),
+            "{printed}"
+        );
+    }
 
     fn fallback() -> Fallback {
         let config = FallbackConfig {

@@ -17,6 +17,7 @@ use mesh_core::{
 
 use crate::grpc::GrpcProbeClient;
 use crate::probe::ProbeClient;
+use crate::redact::Redacted;
 
 mod builder;
 mod config;
@@ -321,7 +322,7 @@ impl Prober {
             .path_and_query(path.as_str())
             .build()
             .map_err(|e| format!("probe URL for {addr}{path}: {e}"))?;
-        let shown = format!("GET {uri}");
+        let shown = format!("GET {}", Redacted(&uri));
         let mut request = http::Request::get(uri)
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("{shown}: {e}"))?;
