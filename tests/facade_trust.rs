@@ -494,6 +494,15 @@ async fn credentials_in_the_consul_url_are_refused_naming_the_key() {
         assert!(text.contains("credentials"), "{url}: {text}");
         assert!(!text.contains("ter2") && !text.contains("ter#2"), "{text}");
     }
+    // A token in a query is refused the same way, and not quoted either.
+    let err = MeshConfig::from_toml_str(&consul_config("http://127.0.0.1:8500/?token=hunter2", ""))
+        .expect_err("a query");
+    let text = format!("{err} {err:?}");
+    assert!(
+        text.contains("discovery.url") && text.contains("query"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,16 +16,17 @@ use crate::timer::Timer;
 /// What one breaker guards.
 ///
 /// Keys compare as written: an authority `API` and an authority `api` are
-/// two breakers (service names are lower case already).
-#[derive(Clone, Debug)]
+/// two breakers (service names are lower case already). An authority
+/// compares, and shows in `Debug`, by its host and port alone.
+#[derive(Clone)]
 pub enum BreakerKey {
     /// One endpoint of a service (scope [`crate::BreakerScope::Endpoint`]).
     Endpoint(ServiceName, EndpointId),
     /// A whole service (scope [`crate::BreakerScope::Service`]).
     Service(ServiceName),
     /// A plain authority, when the breaker is used without discovery: its
-    /// host and port (userinfo, a password, keys no breaker and shows in
-    /// no log).
+    /// host and port key it (userinfo, a password, keys no breaker of its
+    /// own and shows nowhere).
     Authority(http::uri::Authority),
     /// A key of the user's (see [`crate::BreakerLayer::key_by`]).
     Custom(Arc<str>),
@@ -37,10 +38,22 @@ impl BreakerKey {
         match self {
             BreakerKey::Endpoint(s, e) => (0, s.as_str(), e.as_str()),
             BreakerKey::Service(s) => (1, s.as_str(), ""),
-            BreakerKey::Authority(a) => (2, a.as_str(), ""),
+            BreakerKey::Authority(a) => (2, host_and_port(a), ""),
             BreakerKey::Custom(k) => (3, k, ""),
         }
     }
+}
+
+impl std::fmt::Debug for BreakerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        KeyRef::of(self).fmt(f)
+    }
+}
+
+/// An authority's host and port: what follows its userinfo, if any.
+fn host_and_port(authority: &http::uri::Authority) -> &str {
+    let text = authority.as_str();
+    text.rsplit_once('@').map_or(text, |(_, host)| host)
 }
 
 /// Whether two key parts are equal. Parts usually share their buffer
@@ -72,13 +85,23 @@ impl Hash for BreakerKey {
 
 /// A [`BreakerKey`] borrowed from a request, so that looking a breaker up
 /// clones nothing and counts no reference.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub(crate) enum KeyRef<'a> {
     Endpoint(&'a ServiceName, &'a EndpointId),
     Service(&'a ServiceName),
-    /// Host and port, without userinfo.
-    Authority(&'a str),
+    Authority(&'a http::uri::Authority),
     Custom(&'a str),
+}
+
+impl std::fmt::Debug for KeyRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyRef::Endpoint(s, e) => f.debug_tuple("Endpoint").field(s).field(e).finish(),
+            KeyRef::Service(s) => f.debug_tuple("Service").field(s).finish(),
+            KeyRef::Authority(a) => f.debug_tuple("Authority").field(&host_and_port(a)).finish(),
+            KeyRef::Custom(k) => f.debug_tuple("Custom").field(k).finish(),
+        }
+    }
 }
 
 impl<'a> KeyRef<'a> {
@@ -86,26 +109,16 @@ impl<'a> KeyRef<'a> {
         match self {
             KeyRef::Endpoint(s, e) => (0, s.as_str(), e.as_str()),
             KeyRef::Service(s) => (1, s.as_str(), ""),
-            KeyRef::Authority(a) => (2, a, ""),
+            KeyRef::Authority(a) => (2, host_and_port(a), ""),
             KeyRef::Custom(k) => (3, k, ""),
         }
-    }
-
-    /// The key of `authority`: its host and port.
-    pub(crate) fn authority(authority: &'a http::uri::Authority) -> KeyRef<'a> {
-        let text = authority.as_str();
-        KeyRef::Authority(text.rsplit_once('@').map_or(text, |(_, host)| host))
     }
 
     pub(crate) fn to_owned_key(self) -> BreakerKey {
         match self {
             KeyRef::Endpoint(s, e) => BreakerKey::Endpoint(s.clone(), e.clone()),
             KeyRef::Service(s) => BreakerKey::Service(s.clone()),
-            // The host and port of an authority are one: this cannot fail.
-            KeyRef::Authority(a) => match http::uri::Authority::try_from(a) {
-                Ok(authority) => BreakerKey::Authority(authority),
-                Err(_) => BreakerKey::Custom(Arc::from(a)),
-            },
+            KeyRef::Authority(a) => BreakerKey::Authority(a.clone()),
             KeyRef::Custom(k) => BreakerKey::Custom(Arc::from(k)),
         }
     }
@@ -114,7 +127,7 @@ impl<'a> KeyRef<'a> {
         match key {
             BreakerKey::Endpoint(s, e) => KeyRef::Endpoint(s, e),
             BreakerKey::Service(s) => KeyRef::Service(s),
-            BreakerKey::Authority(a) => KeyRef::authority(a),
+            BreakerKey::Authority(a) => KeyRef::Authority(a),
             BreakerKey::Custom(k) => KeyRef::Custom(k),
         }
     }
@@ -413,10 +426,10 @@ mod lookup_tests {
         );
         let authority = http::uri::Authority::from_static("api");
         let first = r
-            .get_or_insert(KeyRef::authority(&authority), None, None, || Nanos(0))
+            .get_or_insert(KeyRef::Authority(&authority), None, None, || Nanos(0))
             .unwrap();
         let again = r
-            .get_or_insert(KeyRef::authority(&authority), None, None, || Nanos(0))
+            .get_or_insert(KeyRef::Authority(&authority), None, None, || Nanos(0))
             .unwrap();
         assert!(Arc::ptr_eq(&first, &again));
         let owned = BreakerKey::Authority(authority.clone());

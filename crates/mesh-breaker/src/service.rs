@@ -186,7 +186,7 @@ impl Named {
             (None, _) => req
                 .uri()
                 .authority()
-                .map(|a| (KeyRef::authority(a), None, None)),
+                .map(|a| (KeyRef::Authority(a), None, None)),
         }
     }
 }

@@ -635,6 +635,10 @@ async fn userinfo_keys_no_breaker_and_shows_in_no_key() {
         !shown.contains("hunter2") && !shown.contains("token"),
         "{shown}"
     );
+    // A key written by hand with userinfo is the same key, shown without.
+    let by_hand = BreakerKey::Authority(http::uri::Authority::from_static("admin:hunter2@api"));
+    assert!(layer.state(&by_hand).is_some(), "the breaker of api");
+    assert!(!format!("{by_hand:?}").contains("hunter2"), "{by_hand:?}");
 }
 
 /// What a key function is shown, printed, holds no secret: no header

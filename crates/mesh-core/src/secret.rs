@@ -74,8 +74,57 @@ impl serde::Serialize for Secret {
 
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        // `any`, not `string`: a format (or serde's buffering of a tagged
+        // enum) asked for a string refuses another type itself, quoting it.
+        deserializer.deserialize_any(SecretVisitor)
     }
+}
+
+/// Reads a string, and refuses anything else without quoting it: serde's
+/// own message for a value of the wrong type quotes the value
+/// (``invalid type: integer `12345678` ``), and a secret written without
+/// its quotes would be shown.
+struct SecretVisitor;
+
+impl serde::de::Visitor<'_> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Secret, E> {
+        Ok(Secret::new(value))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, value: String) -> Result<Secret, E> {
+        Ok(Secret(value))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+        Err(not_a_string())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+        Err(not_a_string())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+        Err(not_a_string())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+        Err(not_a_string())
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Secret, E> {
+        Err(not_a_string())
+    }
+}
+
+/// The refusal of a secret that is not a string, which quotes nothing.
+fn not_a_string<E: serde::de::Error>() -> E {
+    E::custom("a secret is a string: write it in quotes (its value is not shown)")
 }
 
 #[cfg(test)]

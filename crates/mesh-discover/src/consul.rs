@@ -461,6 +461,18 @@ impl ConsulRegistryBuilder {
         let base: Uri = self.base.parse().map_err(|e| {
             ConfigError::new("consul.address", format!("{shown:?} is not a URL")).caused_by(e)
         })?;
+        // A password holding '/', '?' or '#' ends the URL's authority
+        // early: the rest of it would be sent, and shown, as a path or a
+        // fragment. Refused, so that no part of it ever is.
+        let after_scheme = self.base.split_once("://").map_or(&*self.base, |(_, r)| r);
+        let userinfo_parsed = base.authority().is_some_and(|a| a.as_str().contains('@'));
+        if after_scheme.contains('#') || (after_scheme.contains('@') && !userinfo_parsed) {
+            return Err(ConfigError::new(
+                "consul.address",
+                "holds a '#', or a password with '/', '?' or '#' in it: percent-encode \
+                 them (%23, %2F, %3F), or give an ACL token as the token instead",
+            ));
+        }
         match (base.scheme_str(), base.authority(), &self.transport) {
             (Some("http"), Some(_), _) | (Some("https"), Some(_), Some(_)) => {}
             (Some("https"), Some(_), None) => {
@@ -944,6 +956,27 @@ mod tests {
         for shown in [err.to_string(), format!("{err:?}")] {
             assert!(!shown.contains("s3cr3t"), "{shown}");
         }
+    }
+
+    #[test]
+    fn a_password_that_would_end_the_authority_early_is_refused_unquoted() {
+        for url in [
+            "http://admin:hun#ter2@127.0.0.1:8500",
+            "http://admin:hun/ter2@127.0.0.1:8500",
+            "http://admin:hun?ter2@127.0.0.1:8500",
+            "http://127.0.0.1:8500/#ter2",
+        ] {
+            let err = ConsulRegistry::builder(url).build().expect_err(url);
+            assert_eq!(err.key(), "consul.address", "{url}");
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("ter2"), "{shown}");
+        }
+        // Percent-encoded, it is a URL like any other.
+        assert!(
+            ConsulRegistry::builder("http://admin:hun%2Fter2@127.0.0.1:8500")
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -53,9 +53,11 @@ impl HealthPaths {
     pub fn new(live: &str, ready: &str, startup: &str) -> Result<Self, ConfigError> {
         for (what, path) in [("live", live), ("ready", ready), ("startup", startup)] {
             if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+                // Quoted without a query, which may carry a token.
+                let shown = path.split(['?', '#']).next().unwrap_or_default();
                 return Err(ConfigError::new(
                     format!("health.paths.{what}"),
-                    format!("{path:?} is not a path (it must start with '/', without query or fragment)"),
+                    format!("{shown:?} is not a path (it must start with '/', without query or fragment)"),
                 ));
             }
         }

@@ -18,6 +18,9 @@ impl fmt::Display for Redacted<'_> {
         if let Some(scheme) = uri.scheme_str() {
             write!(f, "{scheme}://")?;
         }
+        if mesh_core::ShownUri::may_split_userinfo(uri) {
+            return f.write_str("***");
+        }
         if let Some(authority) = uri.authority() {
             // The host follows the last '@': a raw '@' cannot appear in a
             // host, so everything before it is userinfo.
@@ -134,6 +137,11 @@ mod tests {
             "http://127.0.0.1:8080/health?***"
         );
         assert_eq!(shown("https://tok3n@host/"), "https://***@host/");
+        // A password holding '/' or '#' ends the parsed authority early:
+        // nothing past the scheme is shown.
+        assert_eq!(shown("http://admin:pa/ss@db/health"), "http://***");
+        assert_eq!(shown("http://admin:pa#ss@db/health"), "http://***");
+        assert_eq!(shown("http://tok/en@db/health"), "http://***");
         assert_eq!(shown("http://127.0.0.1:80/a"), "http://127.0.0.1:80/a");
         assert_eq!(shown("http://[::1]:80"), "http://[::1]:80/");
         assert_eq!(shown("/relative"), "/relative");

@@ -199,6 +199,12 @@ fn bad_configurations_are_named() {
     assert_eq!(err.reason(), r#""/health ready" is not a path"#);
     let cause = std::error::Error::source(&err).expect("the parse error is kept");
     assert!(err.to_string().ends_with(&cause.to_string()), "{err}");
+    // Its query, which may carry a token, is not quoted.
+    let config: UpstreamCheckConfig =
+        serde_json::from_str(r#"{"probe": {"http": {"path": "/health ready?token=s3cret"}}}"#)
+            .expect("parses");
+    let err = config.validate().expect_err("a space in the path");
+    assert!(!format!("{err} {err:?}").contains("s3cret"), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

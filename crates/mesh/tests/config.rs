@@ -251,3 +251,21 @@ fn a_refused_toml_line_is_never_quoted() {
         assert!(shown.contains("line "), "the position is told: {shown}");
     }
 }
+
+/// A token written without its quotes is refused without being quoted:
+/// serde's own message for a value of the wrong type would show it.
+#[test]
+fn a_secret_of_the_wrong_type_is_refused_without_quoting_it() {
+    for token in ["12345678", "-12345678", "1234.5678", "true"] {
+        let text = format!(
+            "[service]\nname = \"a\"\n[discovery]\nkind = \"consul\"\nurl = \"http://127.0.0.1:8500\"\ntoken = {token}\n"
+        );
+        let err = MeshConfig::from_toml_str(&text).expect_err(token);
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains(token.trim_start_matches('-')), "{shown}");
+        assert!(shown.contains("a secret is a string"), "{shown}");
+    }
+    // Quoted, it is a token like any other.
+    let text = "[service]\nname = \"a\"\n[discovery]\nkind = \"consul\"\nurl = \"http://127.0.0.1:8500\"\ntoken = \"12345678\"\n";
+    MeshConfig::from_toml_str(text).expect("a quoted token");
+}

@@ -160,16 +160,18 @@ impl UpstreamCheckConfig {
             validate_grpc_service(service)?;
         }
         if let UpstreamProbe::Http { path } = &self.probe {
+            // Quoted without its query, which may carry a token.
+            let shown = path.split(['?', '#']).next().unwrap_or_default();
             if !path.starts_with('/') {
                 return Err(ConfigError::new(
                     "health.upstream.probe.http.path",
-                    format!("{path:?} must start with '/'"),
+                    format!("{shown:?} must start with '/'"),
                 ));
             }
             if let Err(e) = path.parse::<http::uri::PathAndQuery>() {
                 return Err(ConfigError::new(
                     "health.upstream.probe.http.path",
-                    format!("{path:?} is not a path"),
+                    format!("{shown:?} is not a path"),
                 )
                 .caused_by(e));
             }

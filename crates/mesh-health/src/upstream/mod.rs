@@ -321,7 +321,7 @@ impl Prober {
             .authority(addr.to_string())
             .path_and_query(path.as_str())
             .build()
-            .map_err(|e| format!("probe URL for {addr}{path}: {e}"))?;
+            .map_err(|e| format!("probe URL for {addr}: {e}"))?;
         let shown = format!("GET {}", Redacted(&uri));
         let mut request = http::Request::get(uri)
             .body(Empty::<Bytes>::new())

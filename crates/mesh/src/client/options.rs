@@ -5,7 +5,9 @@ use std::time::Duration;
 use http::HeaderMap;
 
 /// Per-call options (the design document's `{ clientId }` and friends).
-#[derive(Clone, Debug, Default)]
+/// `Debug` shows the headers by name only: their values may be secrets
+/// (`Authorization`).
+#[derive(Clone, Default)]
 pub struct CallOptions {
     /// Headers to send.
     pub headers: HeaderMap,
@@ -21,6 +23,16 @@ pub struct CallOptions {
 }
 
 // === impl CallOptions ===
+
+impl std::fmt::Debug for CallOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallOptions")
+            .field("headers", &mesh_core::HeaderNames(&self.headers))
+            .field("timeout", &self.timeout)
+            .field("affinity_key", &self.affinity_key)
+            .finish()
+    }
+}
 
 impl CallOptions {
     /// Options with an affinity key (the design document's `clientId`).
@@ -41,5 +53,24 @@ impl CallOptions {
     pub fn header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
         self.headers.insert(name, value);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_never_show() {
+        let options = CallOptions::client_id("client-7").header(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer t0k3n"),
+        );
+        let shown = format!("{options:?}");
+        assert!(
+            shown.contains("authorization") && shown.contains("client-7"),
+            "{shown}"
+        );
+        assert!(!shown.contains("t0k3n"), "{shown}");
     }
 }

@@ -117,7 +117,8 @@ fn toml_error(text: &str, error: &toml::de::Error) -> String {
     match before {
         Some(before) => {
             let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+            let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+            let column = before[line_start..].chars().count() + 1;
             format!("line {line}, column {column}: {}", error.message())
         }
         None => error.message().to_owned(),

@@ -256,6 +256,12 @@ fn validate_consul_url(url: &str) -> Result<(), ConfigError> {
              which is never printed",
         ));
     }
+    if after_scheme.contains(['?', '#']) {
+        return Err(ConfigError::new(
+            "discovery.url",
+            "holds a query or a fragment: Consul's address is http://host:port",
+        ));
+    }
     if url.starts_with("https://") {
         return Err(ConfigError::new(
             "discovery.url",
