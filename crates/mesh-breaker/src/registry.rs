@@ -118,7 +118,13 @@ impl<'a> KeyRef<'a> {
         match self {
             KeyRef::Endpoint(s, e) => BreakerKey::Endpoint(s.clone(), e.clone()),
             KeyRef::Service(s) => BreakerKey::Service(s.clone()),
-            KeyRef::Authority(a) => BreakerKey::Authority(a.clone()),
+            // Kept as host and port: a kept key is listed (`metrics`,
+            // `keys`) and shown. A host and port that is no authority by
+            // itself (`[x@y]`, brackets around an '@') is kept as written:
+            // it compares by the same parts.
+            KeyRef::Authority(a) => BreakerKey::Authority(
+                http::uri::Authority::try_from(host_and_port(a)).unwrap_or_else(|_| a.clone()),
+            ),
             KeyRef::Custom(k) => BreakerKey::Custom(Arc::from(k)),
         }
     }

@@ -635,6 +635,13 @@ async fn userinfo_keys_no_breaker_and_shows_in_no_key() {
         !shown.contains("hunter2") && !shown.contains("token"),
         "{shown}"
     );
+    // Listed, the key is the host and port alone.
+    for (key, _) in layer.metrics() {
+        match key {
+            BreakerKey::Authority(authority) => assert_eq!(authority.as_str(), "api"),
+            other => panic!("an authority key, not {other:?}"),
+        }
+    }
     // A key written by hand with userinfo is the same key, shown without.
     let by_hand = BreakerKey::Authority(http::uri::Authority::from_static("admin:hunter2@api"));
     assert!(layer.state(&by_hand).is_some(), "the breaker of api");

@@ -16,7 +16,8 @@ const REDACTED: &str = "<redacted>";
 /// `Debug`, `Display` and `Serialize` all write `<redacted>`: a serialized
 /// configuration is for display, not for reloading, since its secrets are
 /// gone. `Deserialize` reads a plain string, so a configuration file holds
-/// the secret as written.
+/// the secret as written; a value of another type (a number written
+/// without its quotes) is refused without being quoted.
 ///
 /// ```
 /// use mesh_core::Secret;
@@ -117,8 +118,18 @@ impl serde::de::Visitor<'_> for SecretVisitor {
         Err(not_a_string())
     }
 
-    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Secret, E> {
+    fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Secret, E> {
         Err(not_a_string())
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Secret, E> {
+        Err(not_a_string())
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, value: &[u8]) -> Result<Secret, E> {
+        std::str::from_utf8(value)
+            .map(Secret::new)
+            .map_err(|_| not_a_string())
     }
 }
 

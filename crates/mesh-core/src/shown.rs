@@ -30,7 +30,10 @@ impl ShownUri<'_> {
     /// password holding `/`, `?` or `#` ends the authority early (`http`
     /// then reads `admin:pa` as host and port, the rest as the path), so a
     /// port that is no number, or an `@` past the authority, is taken as
-    /// a credential split apart.
+    /// a credential split apart. It errs towards hiding: a path with an
+    /// `@` of its own (`/users/@me`) is hidden too. A userinfo cut by `#`
+    /// leaves no trace in a parsed URI (`http` drops the fragment): where
+    /// URLs are configured, `#` is better refused.
     pub fn may_split_userinfo(uri: &Uri) -> bool {
         let port_no_number = uri.authority().is_some_and(|authority| {
             let text = authority.as_str();

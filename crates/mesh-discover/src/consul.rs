@@ -466,11 +466,12 @@ impl ConsulRegistryBuilder {
         // fragment. Refused, so that no part of it ever is.
         let after_scheme = self.base.split_once("://").map_or(&*self.base, |(_, r)| r);
         let userinfo_parsed = base.authority().is_some_and(|a| a.as_str().contains('@'));
-        if after_scheme.contains('#') || (after_scheme.contains('@') && !userinfo_parsed) {
+        if after_scheme.contains(['?', '#']) || (after_scheme.contains('@') && !userinfo_parsed) {
             return Err(ConfigError::new(
                 "consul.address",
-                "holds a '#', or a password with '/', '?' or '#' in it: percent-encode \
-                 them (%23, %2F, %3F), or give an ACL token as the token instead",
+                "holds a query, a fragment, or a password with '/', '?' or '#' in it: \
+                 Consul's address is scheme, host and port (percent-encode a password's \
+                 %23, %2F, %3F, or give an ACL token as the token instead)",
             ));
         }
         match (base.scheme_str(), base.authority(), &self.transport) {
@@ -965,6 +966,7 @@ mod tests {
             "http://admin:hun/ter2@127.0.0.1:8500",
             "http://admin:hun?ter2@127.0.0.1:8500",
             "http://127.0.0.1:8500/#ter2",
+            "http://127.0.0.1:8500/?token=ter2",
         ] {
             let err = ConsulRegistry::builder(url).build().expect_err(url);
             assert_eq!(err.key(), "consul.address", "{url}");

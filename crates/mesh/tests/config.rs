@@ -265,6 +265,15 @@ fn a_secret_of_the_wrong_type_is_refused_without_quoting_it() {
         assert!(!shown.contains(token.trim_start_matches('-')), "{shown}");
         assert!(shown.contains("a secret is a string"), "{shown}");
     }
+    // In YAML, a number too long for 64 bits is refused by serde itself
+    // as it reads the table; its message is not let quote it either.
+    let long = "123456789012345678901234567890";
+    let yaml = format!(
+        "service:\n  name: a\ndiscovery:\n  kind: consul\n  url: http://127.0.0.1:8500\n  token: {long}\n"
+    );
+    let err = MeshConfig::from_yaml_str(&yaml).expect_err("a number");
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains(long), "{shown}");
     // Quoted, it is a token like any other.
     let text = "[service]\nname = \"a\"\n[discovery]\nkind = \"consul\"\nurl = \"http://127.0.0.1:8500\"\ntoken = \"12345678\"\n";
     MeshConfig::from_toml_str(text).expect("a quoted token");

@@ -104,9 +104,36 @@ impl MeshConfig {
     ) -> Result<MeshConfig, ConfigError> {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            refused_at(&path, &tell(e.inner()))
+            refused_at(&path, &without_wide_integers(&tell(e.inner())))
         })
     }
+}
+
+/// `message` without the integers serde quotes when it cannot hold them
+/// (``integer `…` as u128``, from a table it buffers, such as
+/// `[discovery]`): a secret written as a long number would show.
+fn without_wide_integers(message: &str) -> String {
+    const QUOTED: &str = "integer `";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(QUOTED) {
+        let open = start + QUOTED.len();
+        let Some(length) = rest[open..].find('`') else {
+            break;
+        };
+        let close = open + length;
+        let after = &rest[close + 1..];
+        let wide = after.starts_with(" as u128") || after.starts_with(" as i128");
+        out.push_str(&rest[..start]);
+        out.push_str(if wide {
+            "integer"
+        } else {
+            &rest[start..=close]
+        });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A TOML error told by its position and message, never by the line it
