@@ -609,24 +609,28 @@ fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> 
     }
 }
 
+/// Sends `req` through `layer` over a service answering 200.
+async fn answered_through(layer: &BreakerLayer, req: Request<()>) {
+    let mut svc = layer.layer(service_fn(|_req: Request<()>| async { status(200) }));
+    svc.ready()
+        .await
+        .expect("ready")
+        .call(req)
+        .await
+        .expect("call");
+}
+
 /// A breaker used without discovery keys by the URI's host and port:
 /// userinfo (a password) keys no breaker of its own and shows in no key.
 #[tokio::test]
 async fn userinfo_keys_no_breaker_and_shows_in_no_key() {
     let layer = BreakerLayer::new(BreakerConfig::default());
-    let mut svc = layer.layer(service_fn(|_req: Request<()>| async { status(200) }));
     for uri in [
         "http://admin:hunter2@api/x",
         "http://api/y",
         "http://token@api/z",
     ] {
-        let req = Request::get(uri).body(()).expect("request");
-        svc.ready()
-            .await
-            .expect("ready")
-            .call(req)
-            .await
-            .expect("call");
+        answered_through(&layer, Request::get(uri).body(()).expect("request")).await;
     }
     assert_eq!(layer.breakers(), 1, "one breaker for api");
     assert!(layer.state(&key()).is_some(), "keyed as api");
@@ -658,17 +662,11 @@ async fn request_parts_print_no_secret() {
         *seen.lock().expect("lock") = format!("{parts:?}");
         None
     });
-    let mut svc = layer.layer(service_fn(|_req: Request<()>| async { status(200) }));
     let req = Request::get("http://admin:hunter2@api/x?token=s3cret")
         .header("authorization", "Bearer t0k3n")
         .body(())
         .expect("request");
-    svc.ready()
-        .await
-        .expect("ready")
-        .call(req)
-        .await
-        .expect("call");
+    answered_through(&layer, req).await;
     let printed = printed.lock().expect("lock").clone();
     assert!(
         printed.contains("authorization") && printed.contains("api/x"),
