@@ -62,7 +62,10 @@ impl Default for HttpExpect {
 ///
 /// A `user:password@` in the URL is sent as HTTP Basic authentication (a
 /// sensitive header), as curl does, and never printed: errors, and so
-/// reports, logs and events, show the URL as `user:***@host`.
+/// reports, logs and events, show the URL as `user:***@host`, and a query
+/// as `?***`. A password's `/`, `?` and `#` must be percent-encoded
+/// (`%2F`, `%3F`, `%23`), as in any URL: unencoded, they end the
+/// authority where `http` parses it, and a `#` drops the rest unseen.
 pub fn http_get(
     url: http::Uri,
     expect: HttpExpect,
