@@ -1240,7 +1240,7 @@ async fn limits_requests_per_period_refuse_the_excess_until_the_period_passes() 
     let client = start_client(&static_config(
         "",
         services,
-        "[limits]\nrequests = 3\nper = \"300ms\"\n",
+        "[limits]\nrequests = 3\nper = \"3s\"\n",
     ))
     .await;
     for _ in 0..3 {
@@ -1255,8 +1255,8 @@ async fn limits_requests_per_period_refuse_the_excess_until_the_period_passes() 
     get(&client, "orders")
         .await
         .expect("another service's allowance");
-    // The period refills it.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The period refills it: one call's allowance a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     get(&client, "users").await.expect("after the period");
     assert_eq!(up.stats().requests, 5);
     client.shutdown(Duration::from_secs(1)).await;
@@ -1343,7 +1343,10 @@ async fn a_queued_call_waits_no_longer_than_its_deadline() {
         let client = client.clone();
         async move { get(&client, "users").await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    mesh_testkit::wait::until("the first call reaches the server", || {
+        slow.stats().requests == 1
+    })
+    .await;
     // The second waits for it until its own deadline, not the 10 s max_wait.
     let started = Instant::now();
     let options = CallOptions::default().timeout(Duration::from_millis(300));
@@ -1371,12 +1374,14 @@ async fn max_wait_lets_a_call_over_the_rate_wait_for_its_permit() {
             &format!("[limits]\nrequests = 1\nper = \"300ms\"\n{limits}"),
         ))
         .await;
-        get(&client, "users").await.expect("the first permit");
+        // Timed from before the first call: its permit, taken after this,
+        // is followed by the next one 300 ms later.
         let started = Instant::now();
+        get(&client, "users").await.expect("the first permit");
         let second = get(&client, "users").await;
         seen.push((
             second.is_ok(),
-            started.elapsed() >= Duration::from_millis(200),
+            started.elapsed() >= Duration::from_millis(250),
         ));
         client.shutdown(Duration::from_secs(1)).await;
     }

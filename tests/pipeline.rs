@@ -250,8 +250,10 @@ fn assert_still_failing(breaker: &BreakerLayer, key: &BreakerKey) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_server_times_out_opens_its_breaker_and_is_routed_around() {
     let mut s = scene(
-        &[Behavior::Ok, Behavior::Slow(Duration::from_millis(500))],
-        Duration::from_millis(50),
+        &[Behavior::Ok, Behavior::Slow(Duration::from_secs(2))],
+        // Ample for the fast server on a loaded machine: a call to it that
+        // timed out would be retried on it again.
+        Duration::from_millis(300),
     )
     .await;
     for i in 0..40 {
@@ -267,7 +269,16 @@ async fn a_slow_server_times_out_opens_its_breaker_and_is_routed_around() {
         .iter()
         .filter(|t| **t == CircuitState::HalfOpen)
         .count() as u64;
-    assert_eq!(slow.stats().requests, 3 + probes);
+    // As above: the last half-open may have begun (by timer) after the
+    // last call, with no probe sent.
+    let sent = slow.stats().requests;
+    assert!(
+        (2 + probes..=3 + probes).contains(&sent),
+        "{sent} requests; transitions: {seen:?}"
+    );
+    if sent == 2 + probes {
+        assert_eq!(seen.last(), Some(&CircuitState::HalfOpen), "{seen:?}");
+    }
     assert_eq!(s.backends[0].stats().requests, 40);
     assert_eq!(in_flight_total(&s.catalog), 0);
 }

@@ -442,8 +442,10 @@ async fn a_prometheus_server_scraping_the_gateway_sees_what_the_client_saw() {
         (got - own).abs() < 1e-9,
         "p99 {got}, the client's buckets give {own}"
     );
+    // Near the upstream's 30 ms; the upper bound leaves room for a loaded
+    // machine stalling a few calls of the 1 % the p99 reads.
     assert!(
-        (0.025..=0.1).contains(&got),
+        (0.025..=0.25).contains(&got),
         "p99 {got}s for calls of {UPSTREAM_DELAY:?}"
     );
     let p99_rate = format!(
@@ -451,7 +453,7 @@ async fn a_prometheus_server_scraping_the_gateway_sees_what_the_client_saw() {
     );
     let got = prometheus.query(&p99_rate, Some(at)).await.expect("p99");
     assert!(
-        (0.025..=0.1).contains(&got),
+        (0.025..=0.25).contains(&got),
         "p99 from rates {got}s for calls of {UPSTREAM_DELAY:?}"
     );
 

@@ -793,7 +793,7 @@ mod wait_tests {
         req
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_request_waits_for_a_slot_then_fails_clearly_when_none_frees() {
         let (set, svc, release) = one_slot_held(Duration::from_millis(200));
         let request = || request_for(&set);
@@ -812,7 +812,7 @@ mod wait_tests {
         // Now hold the slot for good: a waiter gives up after 200 ms.
         let hold = Arc::clone(set.endpoints()[0].state());
         hold.start_request();
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let err = svc.oneshot(request()).await.unwrap_err();
         assert!(
             matches!(
