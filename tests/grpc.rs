@@ -182,6 +182,124 @@ async fn a_call_s_grpc_timeout_is_its_deadline_through_the_mesh() {
     assert!(status.message().contains("timed out"), "{status:?}");
 }
 
+/// A gRPC call sent with `MeshClient::send` (as a hand-written gRPC client
+/// would) keeps its `grpc-timeout` too: the call ends by it, the server is
+/// told no more than it, and one already spent sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_send_a_grpc_timeout_bounds_the_call_and_is_what_the_server_is_told() {
+    let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let heard = Arc::clone(&told);
+    let hung = tower::service_fn(move |req: http::Request<Incoming>| {
+        let timeout = req.headers().get("grpc-timeout").cloned();
+        heard.lock().expect("log").push(timeout);
+        async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, Infallible>(tonic::Status::ok("late").into_http::<tonic::body::Body>())
+        }
+    });
+    let addr = mesh_testkit::h2c::serve(hung).await.expect("served");
+    let client = grpc::mesh_client(&[addr]).await.expect("client");
+    let call = |timeout: &str| {
+        http::Request::post(format!("http://greeter{}", grpc::SAY_HELLO))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", timeout)
+            .body(bytes::Bytes::new())
+            .expect("request")
+    };
+    let started = Instant::now();
+    let err = client
+        .send(call("300m"))
+        .await
+        .expect_err("past its deadline");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{err}");
+    assert!(
+        matches!(
+            mesh::core::MeshError::find(&*err),
+            Some(mesh::core::MeshError::Timeout { .. })
+        ),
+        "{err}"
+    );
+    let told_first = told.lock().expect("log").clone();
+    let [Some(value)] = &told_first[..] else {
+        panic!("one attempt, with a grpc-timeout: {told_first:?}")
+    };
+    let millis: u64 = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_suffix('m')?.parse().ok())
+        .unwrap_or_else(|| panic!("{value:?}"));
+    assert!((1..=300).contains(&millis), "the server was told {value:?}");
+    // No time left: nothing is sent.
+    let err = client.send(call("0m")).await.expect_err("no time left");
+    assert!(
+        matches!(
+            mesh::core::MeshError::find(&*err),
+            Some(mesh::core::MeshError::Timeout { .. })
+        ),
+        "{err}"
+    );
+    assert_eq!(told.lock().expect("log").len(), 1, "nothing more was sent");
+}
+
+/// Hedged, a call answered UNAVAILABLE with a pushback longer than its
+/// deadline returns that answer at once: no copy could be sent in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_call_does_not_wait_out_a_pushback_past_its_deadline() {
+    let (busy, calls) = answering(|| {
+        let mut status = tonic::Status::unavailable("come back in a minute");
+        let pushback = tonic::metadata::MetadataValue::from_static("60000");
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", pushback);
+        status
+    })
+    .await;
+    let config = mesh::MeshConfig::from_toml_str(&format!(
+        r#"
+[service]
+name = "api-gateway"
+[discovery]
+kind = "static"
+services = {{ greeter = ["{busy}"] }}
+[services.greeter]
+protocol = "h2c"
+[retry]
+hedging = {{ max_attempts = 3, delay = "1s" }}
+"#
+    ))
+    .expect("config");
+    let client = mesh::MeshClient::from_config(config).await.expect("client");
+    let mut channel = tonic::client::Grpc::with_origin(
+        client.grpc_channel(),
+        "http://greeter".parse().expect("uri"),
+    );
+    channel.ready().await.expect("ready");
+    let mut request = tonic::Request::new(grpc::HelloRequest {
+        name: "Ada".to_owned(),
+    });
+    request.set_timeout(Duration::from_millis(500));
+    let started = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        channel.unary(
+            request,
+            http::uri::PathAndQuery::from_static(grpc::SAY_HELLO),
+            tonic_prost::ProstCodec::<grpc::HelloRequest, grpc::HelloReply>::default(),
+        ),
+    )
+    .await
+    .expect("answered long before the pushback ends");
+    let status = answer.expect_err("UNAVAILABLE");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{status:?}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "no copy after the pushback"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_s_grpc_failure_codes_decide_what_counts_against_an_instance() {
     let (missing, _) = answering(|| tonic::Status::not_found("no such user")).await;

@@ -261,6 +261,40 @@ pub fn status_in(headers: &http::HeaderMap) -> Option<GrpcCode> {
     Some(code.unwrap_or(GrpcCode::UNKNOWN))
 }
 
+/// The `grpc-timeout` a gRPC caller set in `headers`: how long the caller
+/// waits for the call (`100m`, `5S`: at most 8 digits and a unit of `H`,
+/// `M`, `S`, `m`, `u` or `n`, as gRPC's wire format has it). `None` when
+/// absent or malformed, which sets no deadline.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("grpc-timeout", http::HeaderValue::from_static("250m"));
+/// assert_eq!(mesh_core::grpc::timeout_in(&headers), Some(Duration::from_millis(250)));
+/// headers.insert("grpc-timeout", http::HeaderValue::from_static("1.5S"));
+/// assert_eq!(mesh_core::grpc::timeout_in(&headers), None);
+/// ```
+pub fn timeout_in(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    let text = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Whether `response` is a gRPC answer whose status comes in trailers
 /// after its messages ([`Answer::Streamed`]).
 pub fn ends_in_trailers<B>(response: &http::Response<B>) -> bool {
@@ -309,6 +343,29 @@ impl BodyEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_wire_writes_them_and_malformed_ones_set_none() {
+        use std::time::Duration;
+        let read = |v: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "grpc-timeout",
+                http::HeaderValue::from_str(v).expect("value"),
+            );
+            timeout_in(&headers)
+        };
+        assert_eq!(read("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(read("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(read("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(read("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(read("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(read("10n"), Some(Duration::from_nanos(10)));
+        for bad in ["", "m", "100", "100x", "-1m", "123456789m", "1.5S"] {
+            assert_eq!(read(bad), None, "{bad:?}");
+        }
+        assert_eq!(timeout_in(&http::HeaderMap::new()), None);
+    }
 
     fn answered(status: &str) -> http::Response<()> {
         http::Response::builder()

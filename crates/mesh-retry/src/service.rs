@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use mesh_core::clock::{self, Nanos};
 use mesh_core::ext::{deadline_of, CallContext, Deadline};
-use mesh_core::grpc::is_grpc_call;
+use mesh_core::grpc::{is_grpc_call, timeout_in};
 use mesh_core::{BoxError, MeshError};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -132,13 +132,19 @@ where
         // judge a plain call's answers without looking for a gRPC status.
         let grpc_call = is_grpc_call(&req);
         context.note_grpc_call(grpc_call);
-        if let Some(d) = shared.config.deadline() {
-            // A deadline the caller set stays if it is earlier than ours.
-            let ours = Deadline(now().saturating_add(d));
-            let earliest = deadline_of(&req).map_or(ours, |theirs| theirs.min(ours));
+        // The earliest of the caller's deadline (noted, or a gRPC call's
+        // `grpc-timeout`) and ours.
+        let grpc_timeout = grpc_call.then(|| timeout_in(req.headers())).flatten();
+        let deadlines = [
+            deadline_of(&req),
+            grpc_timeout.map(|t| Deadline(now().saturating_add(t))),
+            shared
+                .config
+                .deadline()
+                .map(|d| Deadline(now().saturating_add(d))),
+        ];
+        if let Some(earliest) = deadlines.into_iter().flatten().min() {
             context.set_deadline(earliest);
-        } else if let Some(theirs) = deadline_of(&req) {
-            context.set_deadline(theirs);
         }
         // The first attempt is made now, the others while the response
         // future is polled: both inside the call's span, their parent.
@@ -243,8 +249,11 @@ where
         crate::propagate::inject(&span, req.headers_mut());
         // Entered rather than `in_scope`: a closure would move the request
         // once more on its way to the call.
+        // A deadline already passed sends nothing: the request would
+        // reach the server only to be cancelled at once.
+        let expired = limit.is_some_and(|l| l.is_zero());
         let entered = span.enter();
-        let inner = self.inner.call(req);
+        let inner = (!expired).then(|| self.inner.call(req));
         drop(entered);
         AttemptFuture {
             inner,
@@ -261,8 +270,9 @@ where
 pin_project! {
     /// The response future of [`AttemptTimeout`].
     pub struct AttemptFuture<F> {
+        // None when the deadline had passed before the attempt was made.
         #[pin]
-        inner: F,
+        inner: Option<F>,
         // Set on a poll that finds the attempt pending, unless a layer
         // below still promises to end it by `until` (the breaker's call
         // timeout, noted in the context): one timer instead of two.
@@ -312,9 +322,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            let result = Err(MeshError::Timeout { after: *this.limit }.into());
+            this.trace.finish(&result, this.context);
+            return Poll::Ready(result);
+        };
         let polled = {
             let _entered = this.trace.span.enter();
-            this.inner.poll(cx)
+            inner.poll(cx)
         };
         if let Poll::Ready(result) = polled {
             let result = result.map_err(Into::into);

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::ext::{Attempt, AvoidEndpoints, Deadline};
 use mesh_core::{clock, BoxError, EndpointId, MeshError, ServiceName};
-use mesh_retry::{Backoff, RetryConfig, RetryLayer};
+use mesh_retry::{Backoff, Hedging, RetryConfig, RetryLayer};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -144,6 +144,33 @@ async fn a_backoff_that_would_end_past_the_callers_deadline_is_not_started() {
     assert_eq!(response.status(), 503, "the last real response");
     assert_eq!(attempts.load(Ordering::SeqCst), 1);
     assert_eq!(started.elapsed(), Duration::from_secs(1), "no wait started");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_already_passed_sends_nothing_and_times_out() {
+    let hedged = Hedging::new(3, MS(50)).expect("hedging");
+    for (name, config) in [
+        ("retry", RetryConfig::builder().max_retries(2)),
+        ("hedging", RetryConfig::builder().hedging(hedged)),
+    ] {
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&attempts);
+        let inner = service_fn(move |_req: Request<String>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, BoxError>(Response::new(())) }
+        });
+        let svc = RetryLayer::new(config.no_budget().build().expect("config")).layer(inner);
+        let mut req = Request::get("http://api/x")
+            .body(String::new())
+            .expect("request");
+        req.extensions_mut().insert(Deadline(clock::now()));
+        let err = svc.oneshot(req).await.expect_err("no time left");
+        assert!(
+            matches!(MeshError::find(&*err), Some(MeshError::Timeout { .. })),
+            "{name}: {err}"
+        );
+        assert_eq!(attempts.load(Ordering::SeqCst), 0, "{name}: nothing sent");
+    }
 }
 
 /// Attempts per service (by URI host), answered by `answer(host, attempt)`.

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_core::grpc::{GrpcCode, GrpcCodes};
 use mesh_core::BoxError;
-use mesh_retry::{Backoff, CallPolicy, RetryBudget, RetryConfig, RetryLayer};
+use mesh_retry::{Backoff, CallPolicy, Hedging, RetryBudget, RetryConfig, RetryLayer};
 use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
 
@@ -152,6 +152,73 @@ async fn a_pushback_that_would_end_past_the_deadline_returns_the_answer_at_once(
     assert_eq!(grpc_status(&r), "14");
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(log.lock().expect("log").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_callers_grpc_timeout_bounds_the_call_when_it_is_earlier_than_the_deadline() {
+    for (caller, told, ended) in [("100m", "100m", MS(100)), ("60S", "10000m", MS(10_000))] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let hung = service_fn(move |req: Request<String>| {
+            let told = req.headers().get("grpc-timeout").cloned();
+            log.lock().expect("log").push(told);
+            async {
+                std::future::pending::<()>().await;
+                Ok::<_, BoxError>(Response::new(String::new()))
+            }
+        });
+        let svc = RetryLayer::new(
+            RetryConfig::builder()
+                .max_retries(2)
+                .deadline(Duration::from_secs(10))
+                .no_budget()
+                .build()
+                .expect("config"),
+        )
+        .layer(hung);
+        let mut call = grpc_call();
+        call.headers_mut()
+            .insert("grpc-timeout", caller.parse().expect("value"));
+        let started = Instant::now();
+        let err = svc
+            .oneshot(call)
+            .await
+            .expect_err("the server never answers");
+        assert_eq!(started.elapsed(), ended, "{caller}: {err}");
+        let seen = seen.lock().expect("log").clone();
+        assert_eq!(seen, [Some(told.parse().expect("value"))], "{caller}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedged_call_waits_for_no_pushback_that_would_end_past_its_deadline() {
+    for (pushback, deadline, waited, sent) in [
+        ("60000", MS(200), Duration::ZERO, 1),
+        ("100", MS(200), MS(100), 2),
+    ] {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let svc = RetryLayer::new(
+            RetryConfig::builder()
+                .hedging(Hedging::new(3, Duration::from_secs(1)).expect("hedging"))
+                .deadline(deadline)
+                .no_budget()
+                .build()
+                .expect("config"),
+        )
+        .layer(grpc_upstream(
+            vec![
+                (14, Some(pushback), Duration::ZERO),
+                (0, None, Duration::ZERO),
+            ],
+            Arc::clone(&log),
+        ));
+        let started = Instant::now();
+        let r = svc.oneshot(grpc_call()).await.expect("answered");
+        assert_eq!(started.elapsed(), waited, "pushback {pushback}");
+        assert_eq!(log.lock().expect("log").len(), sent, "pushback {pushback}");
+        let status = if sent == 1 { "14" } else { "0" };
+        assert_eq!(grpc_status(&r), status, "pushback {pushback}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

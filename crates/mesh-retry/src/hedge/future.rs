@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use mesh_core::ext::{deadline_of, Attempt, AvoidEndpoints, CallContext};
@@ -308,6 +309,10 @@ where
                 self.due = true;
                 self.sent_after = self.reason;
             }
+            // The server's pushback would outlast the call's deadline: no
+            // copy could be sent in time, so none is waited for; the copies
+            // out may still answer, else this answer is the call's.
+            Next::SendAfter(wait) if self.outlasts_deadline(wait) => self.race.close(),
             Next::SendAfter(wait) => {
                 self.due = false;
                 self.armed = true;
@@ -360,6 +365,11 @@ where
     /// Whether the request's deadline has passed: no copy is worth sending.
     fn past_deadline(&self) -> bool {
         deadline_of(&self.template).is_some_and(|d| d.remaining(clock::now()).is_zero())
+    }
+
+    /// Whether waiting `wait` would reach the request's deadline.
+    fn outlasts_deadline(&self, wait: Duration) -> bool {
+        deadline_of(&self.template).is_some_and(|d| d.remaining(clock::now()) <= wait)
     }
 
     /// The call's answer when no copy is running and none may follow: the

@@ -11,9 +11,11 @@ use http::HeaderMap;
 pub struct CallOptions {
     /// Headers to send.
     pub headers: HeaderMap,
-    /// The call's deadline: the whole call, retries included, ends within
-    /// this (or sooner, by the route's `[retry] deadline`), failing with
-    /// `MeshError::Timeout` when it runs out.
+    /// The call's deadline: the whole call, retries included, has its
+    /// response's headers within this (or sooner, by the route's `[retry]
+    /// deadline`), failing with `MeshError::Timeout` when it runs out. The
+    /// body is then read at the caller's pace: bound that read with
+    /// `tokio::time::timeout` where a server may stall mid-body.
     pub timeout: Option<Duration>,
     /// A client key for session affinity and consistent hashing: used by
     /// the balancer when its `sticky` sources include `"extension"` (or the

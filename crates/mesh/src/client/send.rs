@@ -13,6 +13,7 @@ use mesh_core::clock;
 use mesh_core::ext::{
     AffinityKey, CallContext, Deadline, Destination, SelectedEndpoint, TargetService,
 };
+use mesh_core::grpc::{is_grpc_call, timeout_in};
 use mesh_core::{BoxError, EndpointId, MeshError, MeshEvent, ServiceName};
 
 use super::body::{CallGuard, StackBody};
@@ -65,21 +66,18 @@ impl MeshClient {
     /// Sends `req` through the stack of the service its URI's host names
     /// (`http://users/api/users`). The body is whole (`Full<Bytes>`,
     /// `Bytes`, `String`...) or streamed ([`RequestBody::stream`]).
+    ///
+    /// A gRPC call's `grpc-timeout` is its deadline: the whole call, queue
+    /// and retries included, ends within it, and each attempt tells the
+    /// server the time left.
     pub fn send(
         &self,
         req: Request<impl Into<RequestBody>>,
     ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
-        self.send_with(Ok(req.map(Into::into)), None, None)
-    }
-
-    /// [`MeshClient::send`] with the whole call held to `deadline`, for
-    /// callers that carry their own (a gRPC call's `grpc-timeout`).
-    pub(crate) fn send_within(
-        &self,
-        req: Request<RequestBody>,
-        deadline: Option<Duration>,
-    ) -> impl Future<Output = Result<Response<MeshBody>, BoxError>> + Send + '_ {
-        self.send_with(Ok(req), deadline, None)
+        let deadline = is_grpc_call(&req)
+            .then(|| timeout_in(req.headers()))
+            .flatten();
+        self.send_with(Ok(req.map(Into::into)), deadline, None)
     }
 
     /// Sends `method` to `service` at `path` (the design document's
