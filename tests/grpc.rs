@@ -189,24 +189,36 @@ async fn a_call_s_grpc_timeout_is_its_deadline_through_the_mesh() {
 async fn through_send_a_grpc_timeout_bounds_the_call_and_is_what_the_server_is_told() {
     let told = Arc::new(std::sync::Mutex::new(Vec::new()));
     let heard = Arc::clone(&told);
+    // Says hello only after 3 s; answers anything else at once.
     let hung = tower::service_fn(move |req: http::Request<Incoming>| {
-        let timeout = req.headers().get("grpc-timeout").cloned();
-        heard.lock().expect("log").push(timeout);
-        async {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            Ok::<_, Infallible>(tonic::Status::ok("late").into_http::<tonic::body::Body>())
+        let hello = req.uri().path() == grpc::SAY_HELLO;
+        if hello {
+            let timeout = req.headers().get("grpc-timeout").cloned();
+            heard.lock().expect("log").push(timeout);
+        }
+        async move {
+            if hello {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Ok::<_, Infallible>(tonic::Status::ok("").into_http::<tonic::body::Body>())
         }
     });
     let addr = mesh_testkit::h2c::serve(hung).await.expect("served");
     let client = grpc::mesh_client(&[addr]).await.expect("client");
-    let call = |timeout: &str| {
-        http::Request::post(format!("http://greeter{}", grpc::SAY_HELLO))
+    let call_to = |path: &str, timeout: &str| {
+        http::Request::post(format!("http://greeter{path}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .header("grpc-timeout", timeout)
             .body(bytes::Bytes::new())
             .expect("request")
     };
+    let call = |timeout: &str| call_to(grpc::SAY_HELLO, timeout);
+    // The connection made first, so the short deadline below is the call's.
+    client
+        .send(call_to("/warm.Up/Now", "10S"))
+        .await
+        .expect("answered at once");
     let started = Instant::now();
     let err = client
         .send(call("300m"))
@@ -278,7 +290,8 @@ hedging = {{ max_attempts = 3, delay = "1s" }}
     let mut request = tonic::Request::new(grpc::HelloRequest {
         name: "Ada".to_owned(),
     });
-    request.set_timeout(Duration::from_millis(500));
+    // Longer than the call takes, shorter than the pushback.
+    request.set_timeout(Duration::from_secs(5));
     let started = Instant::now();
     let answer = tokio::time::timeout(
         Duration::from_secs(10),

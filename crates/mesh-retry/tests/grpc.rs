@@ -221,6 +221,36 @@ async fn a_hedged_call_waits_for_no_pushback_that_would_end_past_its_deadline() 
     }
 }
 
+/// A pushback past the deadline from one copy stops only the timer: a copy
+/// still out that answers non-fatally sends the next one at once.
+#[tokio::test(start_paused = true)]
+async fn a_pushback_past_the_deadline_leaves_the_copies_out_their_say() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc = RetryLayer::new(
+        RetryConfig::builder()
+            .hedging(Hedging::new(3, MS(50)).expect("hedging"))
+            .deadline(Duration::from_secs(1))
+            .no_budget()
+            .build()
+            .expect("config"),
+    )
+    .layer(grpc_upstream(
+        vec![
+            (14, Some("60000"), MS(70)),
+            (14, None, MS(60)),
+            (0, None, Duration::ZERO),
+        ],
+        Arc::clone(&log),
+    ));
+    let started = Instant::now();
+    let r = svc.oneshot(grpc_call()).await.expect("answered");
+    assert_eq!(grpc_status(&r), "0", "the third copy's answer");
+    // Copy 2 left at 50 ms and answered at 110 ms; the hedging timer,
+    // stopped by the pushback at 70 ms, sent nothing at 100 ms.
+    assert_eq!(started.elapsed(), MS(110));
+    assert_eq!(gaps(&log), [MS(50), MS(60)]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pushback_on_a_code_that_is_not_retried_changes_nothing() {
     let log = Arc::new(Mutex::new(Vec::new()));

@@ -17,9 +17,11 @@ use crate::client::{MeshBody, MeshClient, RequestBody};
 /// streamed through the stack as it is produced ([`RequestBody::stream`]),
 /// its first `replay_buffer` bytes kept so a retry can send them again;
 /// a stream longer than that is committed to its first attempt, never
-/// failed for its size. A call's `grpc-timeout` (what tonic's
-/// `Request::set_timeout` sends) is its deadline: every attempt and every
-/// backoff ends within it. A call the mesh cannot complete is answered as
+/// failed for its size. A gRPC call's `grpc-timeout` (what tonic's
+/// `Request::set_timeout` sends; read on `application/grpc` requests,
+/// which tonic's are) is its deadline: every attempt and every backoff
+/// ends within it, the response's headers arrive by it, and the server is
+/// told no more. A call the mesh cannot complete is answered as
 /// a gRPC server would answer it, trailers-only: `DEADLINE_EXCEEDED` when
 /// its deadline runs out, `RESOURCE_EXHAUSTED` over a limit, `UNAVAILABLE`
 /// when no instance could answer (none known or available, circuits open,

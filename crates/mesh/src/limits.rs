@@ -38,6 +38,21 @@ struct Queue {
 /// the call cancelled).
 struct Place<'a>(&'a AtomicU32);
 
+/// When a call's deadline falls, and the limit it came from (the call's
+/// timeout, as a [`MeshError::Timeout`] names it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallDeadline {
+    pub(crate) at: Instant,
+    pub(crate) limit: Duration,
+}
+
+/// How long a call waits in the queue, and whether its deadline is what
+/// ends the wait (then running out is a timeout, not a refusal).
+struct Wait {
+    until: Instant,
+    deadline: Option<Duration>,
+}
+
 /// Held for the duration of a call.
 pub(crate) struct Admission {
     _permit: Option<OwnedSemaphorePermit>,
@@ -73,13 +88,14 @@ impl Limits {
 
     /// Admits a call: at once when under every limit; else, with a queue,
     /// after waiting for room at most `max_wait` (and no later than
-    /// `deadline`); else refused, naming the limit.
+    /// `deadline`); else refused, naming the limit. A wait for a slot that
+    /// lasts to the call's deadline fails as the call's timeout.
     pub(crate) async fn admit(
         &self,
         service: &ServiceName,
-        deadline: Option<Instant>,
+        deadline: Option<CallDeadline>,
     ) -> Result<Admission, MeshError> {
-        let queued = self.queue.as_ref().map(|q| q.until(deadline));
+        let queued = self.queue.as_ref().map(|q| q.wait(deadline));
         // One place in the queue for the whole admission, taken on the
         // first wait: a call waiting for a permit, then for a slot, is
         // one waiter, never refused as "queue full" by itself.
@@ -87,9 +103,11 @@ impl Limits {
         if let Some((limiter, n, per)) = &self.rate {
             let refused = || exceeded(service, format!("{n} calls per {per:?}"));
             if limiter.check().is_err() {
-                let (queue, until) = queued.as_ref().ok_or_else(refused)?;
+                let (queue, wait) = queued.as_ref().ok_or_else(refused)?;
                 place = Some(queue.enter().ok_or_else(|| queue.full(service))?);
-                wait_for_permit(limiter, *until).await.ok_or_else(refused)?;
+                wait_for_permit(limiter, wait.until)
+                    .await
+                    .ok_or_else(refused)?;
             }
         }
         let permit = match &self.concurrency {
@@ -99,14 +117,14 @@ impl Limits {
                 match Arc::clone(semaphore).try_acquire_owned() {
                     Ok(permit) => Some(permit),
                     Err(_) => {
-                        let (queue, until) = queued.as_ref().ok_or_else(refused)?;
+                        let (queue, wait) = queued.as_ref().ok_or_else(refused)?;
                         if place.is_none() {
                             place = Some(queue.enter().ok_or_else(|| queue.full(service))?);
                         }
                         let acquire = Arc::clone(semaphore).acquire_owned();
-                        match tokio::time::timeout_at(*until, acquire).await {
+                        match tokio::time::timeout_at(wait.until, acquire).await {
                             Ok(Ok(permit)) => Some(permit),
-                            _ => return Err(refused()),
+                            _ => return Err(wait.gave_up(refused())),
                         }
                     }
                 }
@@ -140,14 +158,37 @@ fn exceeded(service: &ServiceName, limit: String) -> MeshError {
     }
 }
 
+// === impl Wait ===
+
+impl Wait {
+    /// Why a wait that ran out failed: the call's timeout when its
+    /// deadline ended it, else `refused`.
+    fn gave_up(&self, refused: MeshError) -> MeshError {
+        match self.deadline {
+            Some(after) => MeshError::Timeout { after },
+            None => refused,
+        }
+    }
+}
+
 // === impl Queue ===
 
 impl Queue {
     /// When a call arriving now stops waiting: after `max_wait`, or at its
     /// deadline if sooner.
-    fn until(&self, deadline: Option<Instant>) -> (&Queue, Instant) {
+    fn wait(&self, deadline: Option<CallDeadline>) -> (&Queue, Wait) {
         let own = Instant::now() + self.max_wait;
-        (self, deadline.map_or(own, |d| d.min(own)))
+        let wait = match deadline {
+            Some(d) if d.at < own => Wait {
+                until: d.at,
+                deadline: Some(d.limit),
+            },
+            _ => Wait {
+                until: own,
+                deadline: None,
+            },
+        };
+        (self, wait)
     }
 
     /// A place in the queue, unless it is full.

@@ -310,9 +310,16 @@ where
                 self.sent_after = self.reason;
             }
             // The server's pushback would outlast the call's deadline: no
-            // copy could be sent in time, so none is waited for; the copies
-            // out may still answer, else this answer is the call's.
-            Next::SendAfter(wait) if self.outlasts_deadline(wait) => self.race.close(),
+            // copy is waited for. With none left running this answer is
+            // the call's; else the copies out may still answer, and one
+            // answering non-fatally may still send the next at once.
+            Next::SendAfter(wait) if self.outlasts_deadline(wait) => match self.race.is_idle() {
+                true => self.race.close(),
+                false => {
+                    self.due = false;
+                    self.armed = false;
+                }
+            },
             Next::SendAfter(wait) => {
                 self.due = false;
                 self.armed = true;

@@ -82,7 +82,8 @@ impl Race {
     }
 
     /// No more copies go out (the budget is spent, the deadline passed, the
-    /// server pushed back for good).
+    /// server pushed back for good or past the deadline with no copy left
+    /// running).
     pub(crate) fn close(&mut self) {
         self.closed = true;
     }

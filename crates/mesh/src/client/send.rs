@@ -19,6 +19,7 @@ use mesh_core::{BoxError, EndpointId, MeshError, MeshEvent, ServiceName};
 use super::body::{CallGuard, StackBody};
 use super::{CallOptions, MeshBody, MeshClient, RequestBody, SentBody};
 use crate::fallback::{Asked, Fallback, FallbackCause};
+use crate::limits::CallDeadline;
 use crate::services::ServiceState;
 use crate::wiring::routes::Route;
 
@@ -48,8 +49,8 @@ struct Prepared<'a> {
     /// Boxed (an allocation per call to such a service): unboxed, every
     /// call's future would be 120 bytes larger.
     asked: Option<Box<Asked>>,
-    /// When a wait for admission must end.
-    until: Option<tokio::time::Instant>,
+    /// When the call's deadline falls, for a wait for admission.
+    until: Option<CallDeadline>,
 }
 
 /// One call's service state, its caller's deadline and when it started.
@@ -68,8 +69,8 @@ impl MeshClient {
     /// `Bytes`, `String`...) or streamed ([`RequestBody::stream`]).
     ///
     /// A gRPC call's `grpc-timeout` is its deadline: the whole call, queue
-    /// and retries included, ends within it, and each attempt tells the
-    /// server the time left.
+    /// and retries included, has its response's headers within it, and
+    /// each attempt tells the server the time left.
     pub fn send(
         &self,
         req: Request<impl Into<RequestBody>>,
@@ -321,7 +322,7 @@ impl MeshClient {
         call: Call<'_>,
         route: &Route,
         req: &mut Request<SentBody>,
-    ) -> Option<tokio::time::Instant> {
+    ) -> Option<CallDeadline> {
         let applied = route
             .policies
             .as_deref()
@@ -340,7 +341,10 @@ impl MeshClient {
             let started = clock::Nanos::from_instant(call.started.into_std());
             CallContext::attach(req).set_deadline(Deadline(started.saturating_add(limit)));
         }
-        deadline.map(|d| call.started + d)
+        deadline.map(|limit| CallDeadline {
+            at: call.started + limit,
+            limit,
+        })
     }
 
     /// Forgets the state (and retry budget) of a service the call found
