@@ -388,3 +388,54 @@ async fn retry_events_name_the_service_a_request_is_routed_to() {
         "every retry event names the routed service: {named:?}"
     );
 }
+
+/// Under tower's `ConcurrencyLimit` (one call at a time), a retry waits for
+/// the slot no longer than its call's deadline: a call answered 503, then
+/// held out of the slot by a slow call, times out at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_for_a_concurrency_slot_ends_at_the_deadline() {
+    let failing = Backend::start(Behavior::Status(503))
+        .await
+        .expect("backend");
+    let slow = Backend::start(Behavior::Slow(Duration::from_secs(5)))
+        .await
+        .expect("backend");
+    let retry = RetryConfig::builder()
+        .max_retries(2)
+        .backoff(Backoff::constant(Duration::from_millis(200)))
+        .deadline(Duration::from_millis(800))
+        .build()
+        .expect("retry");
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    // Its clones share the one slot.
+    let limited = tower::limit::ConcurrencyLimit::new(client, 1);
+    let stack = ServiceBuilder::new()
+        .layer(RetryLayer::new(retry))
+        .service(limited.clone());
+    let to = |backend: &Backend| {
+        Request::get(format!("http://{}/", backend.addr()))
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let started = std::time::Instant::now();
+    let retried = tokio::spawn(stack.clone().oneshot(to(&failing)));
+    mesh_testkit::wait::until("the first attempt answered", || {
+        failing.stats().requests == 1
+    })
+    .await;
+    // Takes the one slot for 5 s (no deadline of its own) while the first
+    // call backs off.
+    let holder = tokio::spawn(limited.oneshot(to(&slow)));
+    let err = retried
+        .await
+        .expect("task")
+        .expect_err("no slot before the deadline");
+    assert!(
+        matches!(MeshError::find(&*err), Some(MeshError::Timeout { .. })),
+        "{err}"
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "ended after {took:?}");
+    assert_eq!(failing.stats().requests, 1, "the retry was never sent");
+    holder.abort();
+}

@@ -19,11 +19,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use http::Request;
+use mesh_core::clock;
 use mesh_core::ext::CallContext;
-use mesh_core::BoxError;
+use mesh_core::{BoxError, MeshError};
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower::retry::Policy;
 use tower::Service;
 
@@ -56,7 +59,10 @@ pin_project! {
     enum State<F, W> {
         Called { #[pin] future: F },
         Waiting { #[pin] backoff: W },
-        Retrying,
+        // Waiting for the stack to be ready for the retry: no longer than
+        // the call's deadline, when a stack applies backpressure.
+        // `left`: the time left when the wait began.
+        Retrying { #[pin] expiry: Option<Sleep>, left: Duration },
     }
 }
 
@@ -113,15 +119,29 @@ where
                 }
                 StateProj::Waiting { backoff } => {
                     ready!(backoff.poll(cx));
-                    this.state.set(State::Retrying);
+                    this.state.set(State::Retrying {
+                        expiry: None,
+                        left: Duration::ZERO,
+                    });
                 }
-                StateProj::Retrying => {
+                StateProj::Retrying { mut expiry, left } => {
                     let prototype = &**this.prototype;
                     let service = this.service.get_or_insert_with(|| {
                         // A panic while cloning leaves the copy as it was.
                         Box::new(prototype.lock().unwrap_or_else(|e| e.into_inner()).clone())
                     });
-                    if let Err(error) = ready!(service.poll_ready(cx)) {
+                    let ready = match service.poll_ready(cx) {
+                        Poll::Ready(ready) => ready,
+                        Poll::Pending => {
+                            let Some(timeout) = expired(this.policy, expiry.as_mut(), left, cx)
+                            else {
+                                return Poll::Pending;
+                            };
+                            this.request.take();
+                            return Poll::Ready(Err(timeout.into()));
+                        }
+                    };
+                    if let Err(error) = ready {
                         // Done: a poll after this must not send the copy.
                         this.request.take();
                         return Poll::Ready(Err(error.into()));
@@ -139,6 +159,24 @@ where
             }
         }
     }
+}
+
+/// Whether the call's deadline has come while the stack is not ready: the
+/// timeout then, armed on the first wait (most stacks are always ready).
+fn expired(
+    policy: &RetryPolicy,
+    mut expiry: Pin<&mut Option<Sleep>>,
+    left: &mut Duration,
+    cx: &mut Context<'_>,
+) -> Option<MeshError> {
+    if expiry.is_none() {
+        let deadline = policy.context()?.deadline()?;
+        *left = deadline.remaining(clock::now());
+        let at = tokio::time::Instant::from_std(deadline.0.to_instant());
+        expiry.set(Some(tokio::time::sleep_until(at)));
+    }
+    let fired = expiry.as_pin_mut()?.poll(cx).is_ready();
+    fired.then_some(MeshError::Timeout { after: *left })
 }
 
 /// Gives an attempt the call's context (a copy of the request may have

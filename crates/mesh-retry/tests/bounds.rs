@@ -173,6 +173,76 @@ async fn a_deadline_already_passed_sends_nothing_and_times_out() {
     }
 }
 
+/// A stack ready for one call only, answering it 503: every later wait for
+/// readiness lasts for ever (nothing ever wakes it), as under a
+/// concurrency limit whose slots are all held.
+#[derive(Clone)]
+struct ReadyOnce(Arc<AtomicUsize>);
+
+impl tower::Service<Request<String>> for ReadyOnce {
+    type Response = Response<()>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Response<()>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => std::task::Poll::Ready(Ok(())),
+            _ => std::task::Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, _req: Request<String>) -> Self::Future {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let answer = Response::builder().status(503).body(()).expect("response");
+        std::future::ready(Ok(answer))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_for_a_stack_s_readiness_no_longer_than_the_deadline() {
+    let hedged = Hedging::new(3, MS(50)).expect("hedging");
+    for (name, config) in [
+        (
+            "retry",
+            RetryConfig::builder()
+                .max_retries(2)
+                .backoff(Backoff::constant(MS(10))),
+        ),
+        ("hedging", RetryConfig::builder().hedging(hedged)),
+    ] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let config = config
+            .deadline(MS(300))
+            .no_budget()
+            .build()
+            .expect("config");
+        let svc = RetryLayer::new(config).layer(ReadyOnce(Arc::clone(&calls)));
+        let req = Request::get("http://api/x")
+            .body(String::new())
+            .expect("request");
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(60), svc.oneshot(req))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: still waiting for readiness"));
+        assert_eq!(started.elapsed(), MS(300), "{name}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{name}");
+        match outcome {
+            // Hedging returns the last answer it had.
+            Ok(answer) => assert_eq!((name, answer.status().as_u16()), ("hedging", 503)),
+            Err(err) => {
+                assert_eq!(name, "retry", "{err}");
+                assert!(
+                    matches!(MeshError::find(&*err), Some(MeshError::Timeout { .. })),
+                    "{err}"
+                );
+            }
+        }
+    }
+}
+
 /// Attempts per service (by URI host), answered by `answer(host, attempt)`.
 type Log = Arc<Mutex<HashMap<String, usize>>>;
 

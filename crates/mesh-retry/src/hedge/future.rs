@@ -158,7 +158,17 @@ where
                 return Poll::Pending;
             }
             match call.service.poll_ready(cx) {
-                Poll::Pending => return Poll::Pending,
+                // A stack that applies backpressure is waited for no longer
+                // than the deadline: the timer, unless armed, is set to it
+                // (when it fires, the deadline closes the race).
+                Poll::Pending if call.armed => return Poll::Pending,
+                Poll::Pending => match call.deadline_at() {
+                    Some(at) => {
+                        call.timer.as_mut().reset(at);
+                        call.armed = true;
+                    }
+                    None => return Poll::Pending,
+                },
                 Poll::Ready(Err(error)) => {
                     // The copies already out may still answer.
                     call.race.close();
@@ -372,6 +382,12 @@ where
     /// Whether the request's deadline has passed: no copy is worth sending.
     fn past_deadline(&self) -> bool {
         deadline_of(&self.template).is_some_and(|d| d.remaining(clock::now()).is_zero())
+    }
+
+    /// When the request's deadline falls, on the runtime's clock.
+    fn deadline_at(&self) -> Option<Instant> {
+        let deadline = deadline_of(&self.template)?;
+        Some(Instant::from_std(deadline.0.to_instant()))
     }
 
     /// Whether waiting `wait` would reach the request's deadline.
