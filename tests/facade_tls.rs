@@ -410,6 +410,37 @@ async fn mutual_tls_without_an_expected_identity_is_refused_at_start() {
     assert!(err.to_string().contains("tls.peer_identity"), "{err}");
 }
 
+/// The system's roots vouch for names, never for workload identities, and
+/// `MeshClient` verifies every service by identity: the key is refused at
+/// start rather than failing every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusting_the_system_roots_is_refused_at_start() {
+    let ca = Ca::new("mesh CA");
+    let dir = TempDir::new("facade-system-roots");
+    let issued = ca.issue(Leaf::service("api-gateway"));
+    let [cert, key, ca_path] = dir.write("gateway", &issued, &ca.pem);
+    for roots in [false, true] {
+        let text = format!(
+            "{SERVICE}{}\n[tls]\ncert_path = {:?}\nkey_path = {:?}\nca_path = {:?}\n\
+             trust_system_roots = {roots}\n[services.users]\n\
+             identity = \"spiffe://cluster.local/ns/default/sa/users\"\n",
+            static_discovery(&[]),
+            path(&cert),
+            path(&key),
+            path(&ca_path)
+        );
+        let file = dir.path("mesh.toml");
+        std::fs::write(&file, text).expect("write config");
+        match MeshConfig::load_with_env(&file, |_| None) {
+            Ok(_) => assert!(!roots, "system roots accepted"),
+            Err(err) => {
+                assert!(roots, "{err}");
+                assert!(err.to_string().contains("tls.trust_system_roots"), "{err}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_with_no_expected_identity_is_refused_and_nothing_is_sent() {
     let ca = Ca::new("mesh CA");

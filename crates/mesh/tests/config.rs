@@ -278,3 +278,26 @@ fn a_secret_of_the_wrong_type_is_refused_without_quoting_it() {
     let text = "[service]\nname = \"a\"\n[discovery]\nkind = \"consul\"\nurl = \"http://127.0.0.1:8500\"\ntoken = \"12345678\"\n";
     MeshConfig::from_toml_str(text).expect("a quoted token");
 }
+
+#[test]
+fn the_profiles_retries_are_jittered_as_a_written_retry_section_is() {
+    let jitter = |text: &str| {
+        let config = MeshConfig::from_toml_str(text).expect("config");
+        config
+            .retry_for("users")
+            .expect("retry")
+            .backoff()
+            .jitter_kind()
+    };
+    let service = "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"static\"\nservices = { users = [\"127.0.0.1:1\"] }\n";
+    for profile in ["production", "staging"] {
+        let profile_only = format!("profile = \"{profile}\"\n{service}");
+        let written = format!("{profile_only}[retry]\nmax_retries = 2\n");
+        assert_eq!(
+            jitter(&profile_only),
+            mesh::retry::Jitter::Full,
+            "{profile}"
+        );
+        assert_eq!(jitter(&profile_only), jitter(&written), "{profile}");
+    }
+}

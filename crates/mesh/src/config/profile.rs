@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mesh_breaker::{BreakerConfig, BreakerScope};
 use mesh_core::ConfigError;
-use mesh_retry::{Backoff, RetryConfig};
+use mesh_retry::{Backoff, Jitter, RetryConfig};
 use serde::{Deserialize, Serialize};
 
 use super::retry::{deadline_for, retry_after_for};
@@ -52,9 +52,11 @@ impl Profile {
             Profile::Development => RetryConfig::builder()
                 .max_retries(1)
                 .backoff(Backoff::constant(Duration::from_millis(100))),
+            // Jittered in full, as a `[retry]` section is by default: many
+            // clients failing at once must not retry in step.
             Profile::Staging | Profile::Production => RetryConfig::builder()
                 .max_retries(2)
-                .backoff(Backoff::exponential(Duration::from_millis(50), 2.0))
+                .backoff(Backoff::exponential(Duration::from_millis(50), 2.0).jitter(Jitter::Full))
                 .budget(20.0, 10, Duration::from_secs(10)),
         };
         builder

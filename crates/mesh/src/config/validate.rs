@@ -209,6 +209,14 @@ impl MeshConfig {
         let Some(tls) = self.tls.as_ref().filter(|t| t.enabled) else {
             return Ok(());
         };
+        if tls.trust_system_roots {
+            return Err(ConfigError::new(
+                "tls.trust_system_roots",
+                "cannot be used by MeshClient, which verifies every called service by its \
+                 SPIFFE identity, and only the mesh CA may vouch for those; system roots are \
+                 for a mesh-tls client built by hand that verifies servers by name",
+            ));
+        }
         if tls.peer_identity.is_none() && identities.is_empty() {
             return Err(ConfigError::new(
                 "tls.peer_identity",
