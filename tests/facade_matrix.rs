@@ -674,12 +674,17 @@ async fn sticky_keeps_a_client_on_one_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_connections_per_instance_refuses_a_call_over_the_limit() {
+async fn max_connections_per_instance_refuses_a_call_over_the_limit_unless_it_may_wait() {
     let slow = Backend::start(Behavior::Slow(Duration::from_millis(600)))
         .await
         .expect("backend");
     let mut refused = Vec::new();
-    for balance in ["[balance]\nmax_connections_per_instance = 1\n", ""] {
+    for balance in [
+        "[balance]\nmax_connections_per_instance = 1\n",
+        // Long enough for the first call to end and free its slot.
+        "[balance]\nmax_connections_per_instance = 1\nwait_at_capacity = \"3s\"\n",
+        "",
+    ] {
         let client = start_client(&static_config(
             "",
             &[("users", &[slow.addr()])],
@@ -696,15 +701,16 @@ async fn max_connections_per_instance_refuses_a_call_over_the_limit() {
         .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let second = get(&client, "users").await;
-        refused.push(
-            second
-                .as_ref()
-                .is_err_and(|e| matches!(mesh_error(e), Some(MeshError::AtCapacity { .. }))),
-        );
+        refused.push(match &second {
+            Ok(status) => Some(*status == StatusCode::OK),
+            Err(e) if matches!(mesh_error(e), Some(MeshError::AtCapacity { .. })) => None,
+            Err(e) => panic!("{balance}: {e}"),
+        });
         first.await.expect("task").expect("the first call");
         client.shutdown(Duration::from_secs(1)).await;
     }
-    assert_eq!(refused, [true, false]);
+    // Refused at capacity; answered once the slot freed; no limit.
+    assert_eq!(refused, [None, Some(true), Some(true)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1661,6 +1667,32 @@ async fn a_fixed_fallback_answers_a_failed_call_and_without_one_the_error_comes_
             None
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_fallback_answers_with_its_status() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", mesh_testkit::net::free_port())
+        .parse()
+        .expect("address");
+    let mut statuses = Vec::new();
+    for status in ["", "status = 503\n"] {
+        let tables = format!("[services.users.fallback]\nbody = \"maintenance\"\n{status}");
+        let client = start_client(&static_config(
+            "",
+            &[("users", &[dead])],
+            &format!("{NO_RETRY}{tables}"),
+        ))
+        .await;
+        let response = client
+            .get("users", "/api/users", CallOptions::default())
+            .await
+            .expect("the fallback answers");
+        let (status, body, _) = answer(response).await;
+        assert_eq!(body, "maintenance");
+        statuses.push(status);
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -314,6 +314,39 @@ hedging = {{ max_attempts = 3, delay = "1s" }}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_grpc_codes_decide_which_codes_are_retried() {
+    for (codes, sent) in [("[]", 1), ("[14]", 3)] {
+        let (busy, calls) = answering(|| tonic::Status::unavailable("draining")).await;
+        let config = mesh::MeshConfig::from_toml_str(&format!(
+            r#"
+[service]
+name = "api-gateway"
+[discovery]
+kind = "static"
+services = {{ greeter = ["{busy}"] }}
+[services.greeter]
+protocol = "h2c"
+breaker = {{ scope = "endpoint", consecutive_failures = 100, minimum_calls = 100 }}
+[retry]
+max_retries = 2
+initial = "1ms"
+retryable_grpc_codes = {codes}
+"#
+        ))
+        .expect("config");
+        let client = mesh::MeshClient::from_config(config).await.expect("client");
+        let err = grpc::say_hello(&client, "Ada")
+            .await
+            .expect_err("UNAVAILABLE reaches the caller");
+        let status = err
+            .downcast_ref::<tonic::Status>()
+            .unwrap_or_else(|| panic!("a gRPC status: {err}"));
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{codes}");
+        assert_eq!(calls.load(Ordering::SeqCst), sent, "{codes}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_s_grpc_failure_codes_decide_what_counts_against_an_instance() {
     let (missing, _) = answering(|| tonic::Status::not_found("no such user")).await;
     let config = mesh::MeshConfig::from_toml_str(&format!(
