@@ -179,9 +179,14 @@ async fn serve(mode: Mode) -> (SocketAddr, Arc<Seen>) {
 /// A mesh client for the `store` service at `instances`, with `extra`
 /// keys in its `[services.store]` section.
 async fn client(instances: &[SocketAddr], extra: &str) -> MeshClient {
+    client_from("", instances, extra).await
+}
+
+/// [`client`], with `top` written before every table (top-level keys).
+async fn client_from(top: &str, instances: &[SocketAddr], extra: &str) -> MeshClient {
     let list: Vec<String> = instances.iter().map(|a| format!("\"{a}\"")).collect();
     let config = MeshConfig::from_toml_str(&format!(
-        r#"
+        r#"{top}
 [service]
 name = "api-gateway"
 [discovery]
@@ -317,14 +322,21 @@ async fn a_streamed_call_within_the_replay_buffer_is_retried_elsewhere_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_replay_buffer_a_streamed_call_is_committed_and_never_retried() {
+    // The service's own buffer, and the file's for every service.
+    for (top, own) in [
+        ("", "replay_buffer = 1024\n"),
+        ("replay_buffer = 1024\n", ""),
+    ] {
+        past_the_replay_buffer(top, own).await;
+    }
+}
+
+async fn past_the_replay_buffer(top: &str, own: &str) {
     let (bad, bad_seen) = serve(Mode::Unavailable).await;
     let (good, good_seen) = serve(Mode::Good).await;
     // Round robin, so that half the calls meet the bad instance first.
-    let client = client(
-        &[bad, good],
-        "replay_buffer = 1024\nbalance = { strategy = \"round_robin\" }",
-    )
-    .await;
+    let extra = format!("{own}balance = {{ strategy = \"round_robin\" }}");
+    let client = client_from(top, &[bad, good], &extra).await;
     let mut unavailable = 0;
     for _ in 0..10 {
         match upload(&client, 3, 32 * 1024).await {
