@@ -140,6 +140,35 @@ async fn the_profile_sets_how_often_a_failing_call_is_retried() {
     assert_eq!(sent, [2, 3], "requests per call (development, production)");
 }
 
+/// `MESH_PROFILE` overrides the file's profile, as a deployment sets it;
+/// `SERVICE_NAME` the service's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_s_profile_and_name_override_the_file_s() {
+    let mut seen = Vec::new();
+    for profile in [None, Some("development")] {
+        let failing = Backend::start(Behavior::Status(503))
+            .await
+            .expect("backend");
+        let text = static_config("", &[("users", &[failing.addr()])], "");
+        let file = scratch_dir().join("mesh.toml");
+        std::fs::write(&file, text).expect("write config");
+        let config = MeshConfig::load_with_env(&file, |name| match name {
+            "MESH_PROFILE" => profile.map(str::to_owned),
+            "SERVICE_NAME" => Some("billing-api".to_owned()),
+            _ => None,
+        })
+        .expect("config");
+        let client = MeshClient::from_config(config).await.expect("client");
+        let status = get(&client, "users").await.expect("the server's answer");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        seen.push((client.metrics().service, failing.stats().requests));
+        client.shutdown(Duration::from_secs(1)).await;
+    }
+    // The file's profile (production): two retries; development: one.
+    let name = "billing-api".to_owned();
+    assert_eq!(seen, [(name.clone(), 3), (name, 2)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_fails_a_slow_instance_and_a_service_s_own_timeout_applies_to_it_alone() {
     let slow = Backend::start(Behavior::Slow(Duration::from_millis(2500)))
