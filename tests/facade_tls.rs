@@ -393,12 +393,20 @@ async fn the_server_side_admits_only_the_callers_it_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_without_an_expected_identity_is_refused_at_start() {
-    let ca = Ca::new("mesh CA");
     let dir = TempDir::new("facade-no-identity");
+    let err = load_gateway_tls(&dir, "").expect_err("no identity");
+    assert!(err.to_string().contains("tls.peer_identity"), "{err}");
+}
+
+/// The gateway's configuration with mutual TLS on (its certificate issued
+/// by a fresh CA, written to `dir`), `rest` after its `[tls]` keys, loaded
+/// from a file.
+fn load_gateway_tls(dir: &TempDir, rest: &str) -> Result<MeshConfig, mesh::core::ConfigError> {
+    let ca = Ca::new("mesh CA");
     let issued = ca.issue(Leaf::service("api-gateway"));
     let [cert, key, ca_path] = dir.write("gateway", &issued, &ca.pem);
     let text = format!(
-        "{SERVICE}{}\n[tls]\ncert_path = {:?}\nkey_path = {:?}\nca_path = {:?}\n",
+        "{SERVICE}{}\n[tls]\ncert_path = {:?}\nkey_path = {:?}\nca_path = {:?}\n{rest}",
         static_discovery(&[]),
         path(&cert),
         path(&key),
@@ -406,8 +414,7 @@ async fn mutual_tls_without_an_expected_identity_is_refused_at_start() {
     );
     let file = dir.path("mesh.toml");
     std::fs::write(&file, text).expect("write config");
-    let err = MeshConfig::load_with_env(&file, |_| None).expect_err("no identity");
-    assert!(err.to_string().contains("tls.peer_identity"), "{err}");
+    MeshConfig::load_with_env(&file, |_| None)
 }
 
 /// The system's roots vouch for names, never for workload identities, and
@@ -415,23 +422,13 @@ async fn mutual_tls_without_an_expected_identity_is_refused_at_start() {
 /// start rather than failing every call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusting_the_system_roots_is_refused_at_start() {
-    let ca = Ca::new("mesh CA");
     let dir = TempDir::new("facade-system-roots");
-    let issued = ca.issue(Leaf::service("api-gateway"));
-    let [cert, key, ca_path] = dir.write("gateway", &issued, &ca.pem);
     for roots in [false, true] {
-        let text = format!(
-            "{SERVICE}{}\n[tls]\ncert_path = {:?}\nkey_path = {:?}\nca_path = {:?}\n\
-             trust_system_roots = {roots}\n[services.users]\n\
-             identity = \"spiffe://cluster.local/ns/default/sa/users\"\n",
-            static_discovery(&[]),
-            path(&cert),
-            path(&key),
-            path(&ca_path)
+        let rest = format!(
+            "trust_system_roots = {roots}\n[services.users]\n\
+             identity = \"spiffe://cluster.local/ns/default/sa/users\"\n"
         );
-        let file = dir.path("mesh.toml");
-        std::fs::write(&file, text).expect("write config");
-        match MeshConfig::load_with_env(&file, |_| None) {
+        match load_gateway_tls(&dir, &rest) {
             Ok(_) => assert!(!roots, "system roots accepted"),
             Err(err) => {
                 assert!(roots, "{err}");

@@ -65,6 +65,30 @@ async fn a_tonic_client_calls_through_the_mesh_and_is_balanced() {
     assert_eq!(sum(count, "service=\"greeter\""), calls, "{text}");
 }
 
+/// One SayHello through the mesh, as tonic sends it with
+/// `Request::set_timeout(timeout)` (`grpc-timeout`).
+async fn say_hello_within(
+    client: &mesh::MeshClient,
+    timeout: Duration,
+) -> Result<tonic::Response<grpc::HelloReply>, tonic::Status> {
+    let mut channel = tonic::client::Grpc::with_origin(
+        client.grpc_channel(),
+        "http://greeter".parse().expect("uri"),
+    );
+    channel.ready().await.expect("ready");
+    let mut request = tonic::Request::new(grpc::HelloRequest {
+        name: "Ada".to_owned(),
+    });
+    request.set_timeout(timeout);
+    channel
+        .unary(
+            request,
+            http::uri::PathAndQuery::from_static(grpc::SAY_HELLO),
+            tonic_prost::ProstCodec::<grpc::HelloRequest, grpc::HelloReply>::default(),
+        )
+        .await
+}
+
 /// The metrics of the greeter's own route.
 fn greeter_route(client: &mesh::MeshClient) -> mesh::metrics::RouteMetrics {
     let metrics = client.metrics();
@@ -155,23 +179,9 @@ async fn an_application_code_is_neither_retried_nor_held_against_the_instance() 
 async fn a_call_s_grpc_timeout_is_its_deadline_through_the_mesh() {
     let (slow, _) = answering_after(Duration::from_secs(3), || tonic::Status::ok("late")).await;
     let client = grpc::mesh_client(&[slow]).await.expect("client");
-    let mut channel = tonic::client::Grpc::with_origin(
-        client.grpc_channel(),
-        "http://greeter".parse().expect("uri"),
-    );
-    channel.ready().await.expect("ready");
-    let mut request = tonic::Request::new(grpc::HelloRequest {
-        name: "Ada".to_owned(),
-    });
-    // Sent as `grpc-timeout: 300m`.
-    request.set_timeout(Duration::from_millis(300));
     let started = Instant::now();
-    let status = channel
-        .unary(
-            request,
-            http::uri::PathAndQuery::from_static("/helloworld.Greeter/SayHello"),
-            tonic_prost::ProstCodec::<grpc::HelloRequest, grpc::HelloReply>::default(),
-        )
+    // Sent as `grpc-timeout: 300m`.
+    let status = say_hello_within(&client, Duration::from_millis(300))
         .await
         .expect_err("past its deadline");
     assert!(
@@ -282,24 +292,11 @@ hedging = {{ max_attempts = 3, delay = "1s" }}
     ))
     .expect("config");
     let client = mesh::MeshClient::from_config(config).await.expect("client");
-    let mut channel = tonic::client::Grpc::with_origin(
-        client.grpc_channel(),
-        "http://greeter".parse().expect("uri"),
-    );
-    channel.ready().await.expect("ready");
-    let mut request = tonic::Request::new(grpc::HelloRequest {
-        name: "Ada".to_owned(),
-    });
-    // Longer than the call takes, shorter than the pushback.
-    request.set_timeout(Duration::from_secs(5));
     let started = Instant::now();
+    // A deadline longer than the call takes, shorter than the pushback.
     let answer = tokio::time::timeout(
         Duration::from_secs(10),
-        channel.unary(
-            request,
-            http::uri::PathAndQuery::from_static(grpc::SAY_HELLO),
-            tonic_prost::ProstCodec::<grpc::HelloRequest, grpc::HelloReply>::default(),
-        ),
+        say_hello_within(&client, Duration::from_secs(5)),
     )
     .await
     .expect("answered long before the pushback ends");
