@@ -65,6 +65,18 @@ async fn a_tonic_client_calls_through_the_mesh_and_is_balanced() {
     assert_eq!(sum(count, "service=\"greeter\""), calls, "{text}");
 }
 
+/// A mesh client from TOML calling the greeter at `addr` over h2c: `own`
+/// written in its `[services.greeter]` table, `tables` after it.
+async fn greeter_client(addr: std::net::SocketAddr, own: &str, tables: &str) -> mesh::MeshClient {
+    let config = mesh::MeshConfig::from_toml_str(&format!(
+        "[service]\nname = \"api-gateway\"\n[discovery]\nkind = \"static\"\n\
+         services = {{ greeter = [\"{addr}\"] }}\n[services.greeter]\nprotocol = \"h2c\"\n\
+         {own}{tables}"
+    ))
+    .expect("config");
+    mesh::MeshClient::from_config(config).await.expect("client")
+}
+
 /// One SayHello through the mesh, as tonic sends it with
 /// `Request::set_timeout(timeout)` (`grpc-timeout`).
 async fn say_hello_within(
@@ -277,21 +289,8 @@ async fn a_hedged_call_does_not_wait_out_a_pushback_past_its_deadline() {
         status
     })
     .await;
-    let config = mesh::MeshConfig::from_toml_str(&format!(
-        r#"
-[service]
-name = "api-gateway"
-[discovery]
-kind = "static"
-services = {{ greeter = ["{busy}"] }}
-[services.greeter]
-protocol = "h2c"
-[retry]
-hedging = {{ max_attempts = 3, delay = "1s" }}
-"#
-    ))
-    .expect("config");
-    let client = mesh::MeshClient::from_config(config).await.expect("client");
+    let retry = "[retry]\nhedging = { max_attempts = 3, delay = \"1s\" }\n";
+    let client = greeter_client(busy, "", retry).await;
     let started = Instant::now();
     // A deadline longer than the call takes, shorter than the pushback.
     let answer = tokio::time::timeout(
@@ -314,24 +313,12 @@ hedging = {{ max_attempts = 3, delay = "1s" }}
 async fn retryable_grpc_codes_decide_which_codes_are_retried() {
     for (codes, sent) in [("[]", 1), ("[14]", 3)] {
         let (busy, calls) = answering(|| tonic::Status::unavailable("draining")).await;
-        let config = mesh::MeshConfig::from_toml_str(&format!(
-            r#"
-[service]
-name = "api-gateway"
-[discovery]
-kind = "static"
-services = {{ greeter = ["{busy}"] }}
-[services.greeter]
-protocol = "h2c"
-breaker = {{ scope = "endpoint", consecutive_failures = 100, minimum_calls = 100 }}
-[retry]
-max_retries = 2
-initial = "1ms"
-retryable_grpc_codes = {codes}
-"#
-        ))
-        .expect("config");
-        let client = mesh::MeshClient::from_config(config).await.expect("client");
+        let breaker =
+            "breaker = { scope = \"endpoint\", consecutive_failures = 100, minimum_calls = 100 }\n";
+        let retry = format!(
+            "[retry]\nmax_retries = 2\ninitial = \"1ms\"\nretryable_grpc_codes = {codes}\n"
+        );
+        let client = greeter_client(busy, breaker, &retry).await;
         let err = grpc::say_hello(&client, "Ada")
             .await
             .expect_err("UNAVAILABLE reaches the caller");
@@ -346,20 +333,9 @@ retryable_grpc_codes = {codes}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_breaker_s_grpc_failure_codes_decide_what_counts_against_an_instance() {
     let (missing, _) = answering(|| tonic::Status::not_found("no such user")).await;
-    let config = mesh::MeshConfig::from_toml_str(&format!(
-        r#"
-[service]
-name = "api-gateway"
-[discovery]
-kind = "static"
-services = {{ greeter = ["{missing}"] }}
-[services.greeter]
-protocol = "h2c"
-breaker = {{ scope = "endpoint", grpc_failure_codes = [5], minimum_calls = 100 }}
-"#
-    ))
-    .expect("config");
-    let client = mesh::MeshClient::from_config(config).await.expect("client");
+    let breaker =
+        "breaker = { scope = \"endpoint\", grpc_failure_codes = [5], minimum_calls = 100 }\n";
+    let client = greeter_client(missing, breaker, "").await;
     for i in 0..4 {
         grpc::say_hello(&client, &format!("caller-{i}"))
             .await
