@@ -149,7 +149,11 @@ async fn the_environment_s_profile_and_name_override_the_file_s() {
         let failing = Backend::start(Behavior::Status(503))
             .await
             .expect("backend");
-        let text = static_config("", &[("users", &[failing.addr()])], "");
+        let text = static_config(
+            "profile = \"production\"",
+            &[("users", &[failing.addr()])],
+            "",
+        );
         let file = scratch_dir().join("mesh.toml");
         std::fs::write(&file, text).expect("write config");
         let config = MeshConfig::load_with_env(&file, |name| match name {

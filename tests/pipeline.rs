@@ -397,13 +397,14 @@ async fn a_retry_waiting_for_a_concurrency_slot_ends_at_the_deadline() {
     let failing = Backend::start(Behavior::Status(503))
         .await
         .expect("backend");
-    let slow = Backend::start(Behavior::Slow(Duration::from_secs(5)))
+    let slow = Backend::start(Behavior::Slow(Duration::from_secs(10)))
         .await
         .expect("backend");
+    // The backoff leaves the slow call a second to take the slot.
     let retry = RetryConfig::builder()
         .max_retries(2)
-        .backoff(Backoff::constant(Duration::from_millis(200)))
-        .deadline(Duration::from_millis(800))
+        .backoff(Backoff::constant(Duration::from_secs(1)))
+        .deadline(Duration::from_secs(3))
         .build()
         .expect("retry");
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
@@ -423,7 +424,7 @@ async fn a_retry_waiting_for_a_concurrency_slot_ends_at_the_deadline() {
         failing.stats().requests == 1
     })
     .await;
-    // Takes the one slot for 5 s (no deadline of its own) while the first
+    // Takes the one slot for 10 s (no deadline of its own) while the first
     // call backs off.
     let holder = tokio::spawn(limited.oneshot(to(&slow)));
     let err = retried
@@ -435,7 +436,7 @@ async fn a_retry_waiting_for_a_concurrency_slot_ends_at_the_deadline() {
         "{err}"
     );
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(3), "ended after {took:?}");
+    assert!(took < Duration::from_secs(6), "ended after {took:?}");
     assert_eq!(failing.stats().requests, 1, "the retry was never sent");
     holder.abort();
 }
