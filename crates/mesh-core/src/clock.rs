@@ -49,6 +49,11 @@ impl Nanos {
         epoch() + Duration::from_nanos(self.0)
     }
 
+    /// Converts to the runtime's clock, for a timer set at this time.
+    pub fn to_tokio_instant(self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.to_instant())
+    }
+
     /// This time plus `d`, saturating instead of overflowing.
     pub fn saturating_add(self, d: Duration) -> Nanos {
         let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);

@@ -272,7 +272,7 @@ impl Lease {
         }
         let last = clock::Nanos(self.last_used.load(Ordering::Relaxed));
         let at = last.saturating_add(followers.settings.idle_timeout);
-        Some(tokio::time::Instant::from_std(at.to_instant()))
+        Some(at.to_tokio_instant())
     }
 
     /// Leaves (and withdraws the service's set) when idle. Returns

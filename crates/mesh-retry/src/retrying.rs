@@ -172,8 +172,9 @@ fn expired(
     if expiry.is_none() {
         let deadline = policy.context()?.deadline()?;
         *left = deadline.remaining(clock::now());
-        let at = tokio::time::Instant::from_std(deadline.0.to_instant());
-        expiry.set(Some(tokio::time::sleep_until(at)));
+        expiry.set(Some(tokio::time::sleep_until(
+            deadline.0.to_tokio_instant(),
+        )));
     }
     let fired = expiry.as_pin_mut()?.poll(cx).is_ready();
     fired.then_some(MeshError::Timeout { after: *left })

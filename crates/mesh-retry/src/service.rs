@@ -342,8 +342,8 @@ where
         if let (true, Some(until)) = (this.sleep.is_none(), *this.until) {
             let covered = this.context.attempt_bound().is_some_and(|b| b <= until);
             if !covered {
-                let at = tokio::time::Instant::from_std(until.to_instant());
-                this.sleep.set(Some(tokio::time::sleep_until(at)));
+                this.sleep
+                    .set(Some(tokio::time::sleep_until(until.to_tokio_instant())));
             }
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {

@@ -387,7 +387,7 @@ where
     /// When the request's deadline falls, on the runtime's clock.
     fn deadline_at(&self) -> Option<Instant> {
         let deadline = deadline_of(&self.template)?;
-        Some(Instant::from_std(deadline.0.to_instant()))
+        Some(deadline.0.to_tokio_instant())
     }
 
     /// Whether waiting `wait` would reach the request's deadline.
